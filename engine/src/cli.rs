@@ -1,0 +1,225 @@
+//! The command line: `validate`, `schema` and `map`, their flags, output and exit codes
+//! (0 valid or done, 1 invalid or failed, 2 unusable invocation).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::diagnostic::{self, Format, Severity};
+use crate::fhir::{BundleKind, bundle};
+use crate::fhir_schema::FhirSchema;
+use crate::load;
+use crate::secrets::ProcessEnvironment;
+use crate::validate::{self, Options, Outcome};
+
+/// Largest input `engine map` reads.
+const MAX_INPUT: u64 = 256 << 20;
+
+/// FOSPS connector engine: YAML connector definitions turned into FHIR routes, webhooks and
+/// schedules.
+#[derive(Debug, Parser)]
+#[command(name = "engine", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check definitions without network: schema, meaning, expressions, templates, cron,
+    /// references, routes, and the definitions' own tests. Exit 0 valid, 1 invalid, 2
+    /// unusable invocation.
+    Validate {
+        /// Files and directories of definitions.
+        #[arg(default_value = "connectors.d")]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        /// Fail on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
+        /// Unresolvable `${env:...}` / `${file:...}` are warnings (CI runs without secrets).
+        #[arg(long)]
+        allow_unresolved: bool,
+        /// Skip the definitions' `tests:`.
+        #[arg(long)]
+        no_tests: bool,
+        /// Check the FHIR produced by tests against this FHIR R4 JSON Schema file.
+        #[arg(long, value_name = "FILE")]
+        fhir_schema: Option<PathBuf>,
+    },
+    /// Print the JSON Schema (2020-12) of the definition format.
+    Schema,
+    /// Apply one connector's mapping to a sample input and print the FHIR.
+    Map {
+        /// Name of the connector.
+        #[arg(long)]
+        connector: String,
+        /// Input JSON file (a source answer or a push payload); `-` reads standard input.
+        #[arg(long)]
+        input: PathBuf,
+        /// Definitions to load.
+        #[arg(long = "definitions", short = 'd', default_value = "connectors.d")]
+        definitions: Vec<PathBuf>,
+        /// Caller parameters of a pull search, as NAME=VALUE.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Print a Bundle of this type instead of a list of resources.
+        #[arg(long, value_enum)]
+        bundle: Option<BundleArg>,
+        /// Check the output against this FHIR R4 JSON Schema file.
+        #[arg(long, value_name = "FILE")]
+        fhir_schema: Option<PathBuf>,
+    },
+}
+
+/// Bundle types `engine map --bundle` assembles.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BundleArg {
+    Collection,
+    Transaction,
+    Batch,
+    Searchset,
+}
+
+/// Runs a command and gives its exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Validate { paths, format, deny_warnings, allow_unresolved, no_tests, fhir_schema } => {
+            let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
+                Ok(s) => s,
+                Err(e) => return usage(&e),
+            };
+            let outcome = match load_and_validate(&paths, allow_unresolved, !no_tests, schema.as_ref()) {
+                Ok(o) => o,
+                Err(e) => return usage(&e.to_string()),
+            };
+            let text = diagnostic::render(&outcome.diagnostics, format, &|p: &Path| outcome.texts.get(p).cloned());
+            let failed = outcome.has_errors()
+                || (deny_warnings && outcome.diagnostics.iter().any(|d| d.severity == Severity::Warning));
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            if format == Format::Human && !failed {
+                if let Some(m) = &outcome.model {
+                    let tests: usize = m.connectors.iter().map(|c| c.tests.len()).sum();
+                    let _ = writeln!(
+                        out,
+                        "valid: {} connectors, {} sources, {} sinks in {} files; {} definition tests passed",
+                        m.connectors.len(),
+                        m.sources.len(),
+                        m.sinks.len(),
+                        outcome.texts.len(),
+                        if no_tests { 0 } else { tests }
+                    );
+                }
+            }
+            if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+        }
+        Command::Schema => {
+            let text = serde_json::to_string_pretty(&crate::schema::generate()).unwrap_or_default();
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Command::Map { connector, input, definitions, params, bundle: as_bundle, fhir_schema } => {
+            let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
+                Ok(s) => s,
+                Err(e) => return usage(&e),
+            };
+            let outcome = match load_and_validate(&definitions, true, false, None) {
+                Ok(o) => o,
+                Err(e) => return usage(&e.to_string()),
+            };
+            let Some(model) = &outcome.model else {
+                let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| outcome.texts.get(p).cloned());
+                eprint!("{text}");
+                return ExitCode::from(1);
+            };
+            let Some(c) = model.connector(&connector) else {
+                let names: Vec<&str> = model.connectors.iter().map(|c| c.name.as_str()).collect();
+                let hint = diagnostic::did_you_mean(&connector, names.iter().copied()).unwrap_or_else(|| format!("connectors: {}", names.join(", ")));
+                return usage(&format!("no connector `{connector}` ({hint})"));
+            };
+            let document = match read_input(&input) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let mut param_values = serde_json::Map::new();
+            for p in &params {
+                let Some((k, v)) = p.split_once('=') else { return usage(&format!("`{p}` is not NAME=VALUE")) };
+                param_values.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+            match c.map_document(&document, &Value::Object(param_values)) {
+                Ok(resources) => {
+                    let mut invalid = false;
+                    if let Some(schema) = &schema {
+                        for (i, r) in resources.iter().enumerate() {
+                            for problem in schema.check(r) {
+                                eprintln!("error: resource {i} is not valid FHIR R4: {problem}");
+                                invalid = true;
+                            }
+                        }
+                    }
+                    let out = match as_bundle {
+                        None => Value::Array(resources),
+                        Some(kind) => bundle(
+                            match kind {
+                                BundleArg::Collection => BundleKind::Collection,
+                                BundleArg::Transaction => BundleKind::Transaction,
+                                BundleArg::Batch => BundleKind::Batch,
+                                BundleArg::Searchset => BundleKind::Searchset,
+                            },
+                            resources,
+                            None,
+                        ),
+                    };
+                    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                    if invalid { ExitCode::from(1) } else { ExitCode::SUCCESS }
+                }
+                Err(e) => {
+                    eprintln!("error: mapping failed: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+/// Reads and validates definitions with the process environment.
+pub fn load_and_validate(
+    paths: &[PathBuf],
+    allow_unresolved: bool,
+    run_tests: bool,
+    fhir_schema: Option<&FhirSchema>,
+) -> Result<Outcome, load::UnusablePath> {
+    let (files, read_errors) = load::read_all(paths)?;
+    let opts = Options { allow_unresolved, run_tests, fhir_schema, env: &ProcessEnvironment };
+    Ok(validate::validate(&files, read_errors, &opts))
+}
+
+/// Reads a JSON input of bounded size; the error says why it is unusable.
+pub fn read_input(path: &Path) -> Result<Value, String> {
+    let mut bytes = Vec::new();
+    let name = path.display();
+    let read = if path == Path::new("-") {
+        std::io::Read::read_to_end(&mut std::io::Read::take(std::io::stdin(), MAX_INPUT + 1), &mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_INPUT + 1), &mut bytes))
+    };
+    read.map_err(|e| format!("{name}: {}", load::io_reason(&e)))?;
+    if bytes.len() as u64 > MAX_INPUT {
+        return Err(format!("{name}: larger than {} MiB", MAX_INPUT >> 20));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("{name}: not JSON: {e}"))
+}

@@ -1,0 +1,193 @@
+//! Diagnostics: located problems in definitions, collected all at once and rendered for people,
+//! for machines (JSON) and for GitHub workflow annotations.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// A place in a definition file: 1-based line and column, and the YAML path of the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+    pub path: String,
+}
+
+/// One problem, with everything needed to find and fix it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub path: String,
+    pub severity: Severity,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn error(file: &Path, at: &Location, message: impl Into<String>) -> Self {
+        Self::new(file, at, Severity::Error, message)
+    }
+
+    pub fn warning(file: &Path, at: &Location, message: impl Into<String>) -> Self {
+        Self::new(file, at, Severity::Warning, message)
+    }
+
+    fn new(file: &Path, at: &Location, severity: Severity, message: impl Into<String>) -> Self {
+        Diagnostic {
+            file: file.to_path_buf(),
+            line: at.line,
+            column: at.column,
+            path: at.path.clone(),
+            severity,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: Option<String>) -> Self {
+        self.hint = hint;
+        self
+    }
+}
+
+/// The output formats of `engine validate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+    Github,
+}
+
+/// Sorts diagnostics by file, position and message so that output is stable.
+pub fn sort(diags: &mut [Diagnostic]) {
+    diags.sort_by(|a, b| {
+        (&a.file, a.line, a.column, a.severity, &a.message).cmp(&(
+            &b.file, b.line, b.column, b.severity, &b.message,
+        ))
+    });
+}
+
+/// Renders diagnostics; `source` gives the text of a file for the snippet under a human message.
+pub fn render(diags: &[Diagnostic], format: Format, source: &dyn Fn(&Path) -> Option<String>) -> String {
+    match format {
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(diags).unwrap_or_else(|_| "[]".into());
+            s.push('\n');
+            s
+        }
+        Format::Github => diags.iter().map(github).collect(),
+        Format::Human => {
+            let mut out = String::new();
+            for d in diags {
+                human(&mut out, d, source(&d.file).as_deref());
+            }
+            out.push_str(&summary(diags));
+            out
+        }
+    }
+}
+
+/// One line that counts errors and warnings.
+pub fn summary(diags: &[Diagnostic]) -> String {
+    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    let warnings = diags.len() - errors;
+    let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
+    format!("{}, {}\n", plural(errors, "error"), plural(warnings, "warning"))
+}
+
+fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
+    let level = match d.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    let _ = writeln!(out, "{level}: {}", d.message);
+    let path = if d.path.is_empty() { String::new() } else { format!(" at {}", d.path) };
+    let _ = writeln!(out, "  --> {}:{}:{}{path}", d.file.display(), d.line, d.column);
+    if let Some(text) = source.and_then(|s| s.lines().nth(d.line.wrapping_sub(1))) {
+        let number = d.line.to_string();
+        let pad = " ".repeat(number.len());
+        let shown: String = text.chars().take(120).collect();
+        let caret = " ".repeat(d.column.saturating_sub(1).min(120));
+        let _ = writeln!(out, "{pad} |\n{number} | {shown}\n{pad} | {caret}^");
+    }
+    if let Some(hint) = &d.hint {
+        let _ = writeln!(out, "  = hint: {hint}");
+    }
+    out.push('\n');
+}
+
+fn github(d: &Diagnostic) -> String {
+    let level = match d.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    let mut message = d.message.clone();
+    if !d.path.is_empty() {
+        message = format!("{}: {message}", d.path);
+    }
+    if let Some(hint) = &d.hint {
+        message.push_str(&format!(" (hint: {hint})"));
+    }
+    format!(
+        "::{level} file={},line={},col={},title=engine validate::{}\n",
+        escape_property(&d.file.display().to_string()),
+        d.line,
+        d.column,
+        escape_data(&message)
+    )
+}
+
+fn escape_data(s: &str) -> String {
+    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+}
+
+fn escape_property(s: &str) -> String {
+    escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+/// The closest known name to a misspelt one, for "did you mean" hints.
+pub fn did_you_mean<'a>(wrong: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    known
+        .into_iter()
+        .map(|k| (strsim::jaro_winkler(&wrong.to_lowercase(), &k.to_lowercase()), k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| format!("did you mean `{k}`?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn did_you_mean_finds_close_names_only() {
+        let known = ["timeout", "retries", "headers"];
+        assert_eq!(did_you_mean("timout", known).as_deref(), Some("did you mean `timeout`?"));
+        assert_eq!(did_you_mean("zzz", known), None);
+    }
+
+    #[test]
+    fn github_annotations_escape_newlines_and_separators() {
+        let d = Diagnostic::error(
+            Path::new("a,b:c.yaml"),
+            &Location { line: 3, column: 4, path: "spec".into() },
+            "two\nlines",
+        );
+        assert_eq!(
+            github(&d),
+            "::error file=a%2Cb%3Ac.yaml,line=3,col=4,title=engine validate::spec: two%0Alines\n"
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! FHIR rules the mapping relies on: empty values, deterministic ids, date and dateTime
+//! normalisation, Bundle assembly and splitting a Bundle into entries with references rewritten.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+/// Namespace of the engine's UUID v5 ids.
+const NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a57_9d3e_4b8a_a0c4_52e1_0f7d_93b6);
+
+/// True for values FHIR does not allow: null, "", [] and {}.
+pub fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// A deterministic UUID v5 of the parts (joined with a separator that cannot be confused).
+pub fn uuid5(parts: &[String]) -> String {
+    Uuid::new_v5(&NAMESPACE, parts.join("\u{1f}").as_bytes()).to_string()
+}
+
+/// Normalises a value to a FHIR `date` (`YYYY`, `YYYY-MM` or `YYYY-MM-DD`).
+pub fn date(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => {
+            let s = s.trim();
+            if let Some(d) = partial_date(s) {
+                return Ok(d);
+            }
+            if let Some(d) = parse_date(s) {
+                return Ok(d.format("%Y-%m-%d").to_string());
+            }
+            parse_date_time(s)
+                .map(|dt| dt.0.format("%Y-%m-%d").to_string())
+                .ok_or_else(|| format!("`{s}` is not a date"))
+        }
+        Value::Number(_) => epoch(v).map(|dt| dt.format("%Y-%m-%d").to_string()),
+        other => Err(format!("expected a date, found {}", kind(other))),
+    }
+}
+
+/// Normalises a value to a FHIR `dateTime`: a date alone stays a date; a time without a zone
+/// is taken as UTC.
+pub fn date_time(v: &Value) -> Result<String, String> {
+    match v {
+        Value::String(s) => {
+            let s = s.trim();
+            if let Some(d) = partial_date(s) {
+                return Ok(d);
+            }
+            if let Some(d) = parse_date(s) {
+                return Ok(d.format("%Y-%m-%d").to_string());
+            }
+            parse_date_time(s)
+                .map(|(dt, offset)| match offset {
+                    Some(o) => dt.with_timezone(&o).to_rfc3339_opts(SecondsFormat::AutoSi, false),
+                    None => dt.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                })
+                .ok_or_else(|| format!("`{s}` is not a date or dateTime"))
+        }
+        Value::Number(_) => epoch(v).map(|dt| dt.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        other => Err(format!("expected a dateTime, found {}", kind(other))),
+    }
+}
+
+/// The JSON type of a value, for messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn partial_date(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r.clone()).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    match b.len() {
+        4 if digits(0..4) => Some(s.to_owned()),
+        7 if digits(0..4) && b[4] == b'-' && digits(5..7) && (1..=12).contains(&s[5..7].parse::<u8>().ok()?) => {
+            Some(s.to_owned())
+        }
+        _ => None,
+    }
+}
+
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    ["%Y-%m-%d", "%Y%m%d", "%Y/%m/%d"]
+        .iter()
+        .find_map(|f| NaiveDate::parse_from_str(s, f).ok())
+}
+
+fn parse_date_time(s: &str) -> Option<(DateTime<Utc>, Option<chrono::FixedOffset>)> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some((dt.with_timezone(&Utc), Some(*dt.offset())));
+    }
+    if let Ok(dt) = DateTime::parse_from_rfc2822(s) {
+        return Some((dt.with_timezone(&Utc), Some(*dt.offset())));
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y%m%d%H%M%S"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        .map(|n| (Utc.from_utc_datetime(&n), None))
+}
+
+fn epoch(v: &Value) -> Result<DateTime<Utc>, String> {
+    let n = v.as_f64().ok_or("not a number")?;
+    let seconds = if n.abs() > 1e11 { n / 1000.0 } else { n };
+    DateTime::from_timestamp_millis((seconds * 1000.0) as i64).ok_or_else(|| format!("{n} is not a time"))
+}
+
+/// Kinds of Bundle the engine assembles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleKind {
+    Collection,
+    Transaction,
+    Batch,
+    Searchset,
+}
+
+impl BundleKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            BundleKind::Collection => "collection",
+            BundleKind::Transaction => "transaction",
+            BundleKind::Batch => "batch",
+            BundleKind::Searchset => "searchset",
+        }
+    }
+}
+
+/// The `Type/id` of a resource, when it has both.
+pub fn local_reference(resource: &Value) -> Option<String> {
+    let t = resource.get("resourceType")?.as_str()?;
+    let id = resource.get("id")?.as_str()?;
+    Some(format!("{t}/{id}"))
+}
+
+/// Assembles a Bundle. `fullUrl`s are `{base}/Type/id` with a base, else `urn:uuid:` ids
+/// derived from `Type/id`; transactions and batches `PUT Type/id` (or `POST` without an id).
+pub fn bundle(kind: BundleKind, resources: Vec<Value>, base: Option<&str>) -> Value {
+    let entries: Vec<Value> = resources
+        .into_iter()
+        .map(|r| {
+            let local = local_reference(&r);
+            let full_url = match (&local, base) {
+                (Some(l), Some(b)) => format!("{}/{l}", b.trim_end_matches('/')),
+                (Some(l), None) => format!("urn:uuid:{}", uuid5(std::slice::from_ref(l))),
+                (None, _) => format!("urn:uuid:{}", uuid5(&[r.to_string()])),
+            };
+            let mut entry = Map::new();
+            entry.insert("fullUrl".into(), Value::String(full_url));
+            let request = match (kind, &local) {
+                (BundleKind::Transaction | BundleKind::Batch, Some(l)) => Some(json!({"method": "PUT", "url": l})),
+                (BundleKind::Transaction | BundleKind::Batch, None) => {
+                    let t = r.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+                    Some(json!({"method": "POST", "url": t}))
+                }
+                _ => None,
+            };
+            entry.insert("resource".into(), r);
+            if kind == BundleKind::Searchset {
+                entry.insert("search".into(), json!({"mode": "match"}));
+            }
+            if let Some(req) = request {
+                entry.insert("request".into(), req);
+            }
+            Value::Object(entry)
+        })
+        .collect();
+    let mut b = Map::new();
+    b.insert("resourceType".into(), json!("Bundle"));
+    b.insert("type".into(), json!(kind.as_str()));
+    if kind == BundleKind::Searchset {
+        b.insert("total".into(), json!(entries.len()));
+    }
+    if !entries.is_empty() {
+        b.insert("entry".into(), Value::Array(entries));
+    }
+    Value::Object(b)
+}
+
+/// The resources of a Bundle, each with an id (kept, taken from a `urn:uuid:` full URL, or
+/// derived from the full URL), and references between entries rewritten to `Type/id`.
+pub fn split_bundle(bundle: &Value) -> Result<Vec<Value>, String> {
+    let entries = match bundle.get("entry") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(e)) => e,
+        Some(_) => return Err("Bundle.entry is not an array".into()),
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    let mut rewrite: HashMap<String, String> = HashMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let Some(resource) = entry.get("resource").filter(|r| r.is_object()) else {
+            return Err(format!("Bundle.entry[{i}] has no resource"));
+        };
+        let mut resource = resource.clone();
+        if resource.get("resourceType").and_then(Value::as_str).is_none() {
+            return Err(format!("Bundle.entry[{i}].resource has no resourceType"));
+        }
+        let full_url = entry.get("fullUrl").and_then(Value::as_str);
+        if resource.get("id").and_then(Value::as_str).is_none() {
+            let id = match full_url {
+                Some(u) if u.starts_with("urn:uuid:") => u["urn:uuid:".len()..].to_owned(),
+                Some(u) => uuid5(&[u.to_owned()]),
+                None => uuid5(&[resource.to_string()]),
+            };
+            resource["id"] = Value::String(id);
+        }
+        let local = local_reference(&resource).unwrap_or_default();
+        if let Some(u) = full_url {
+            rewrite.insert(u.to_owned(), local.clone());
+        }
+        out.push(resource);
+    }
+    for r in &mut out {
+        rewrite_references(r, &rewrite);
+    }
+    Ok(out)
+}
+
+fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o.iter_mut() {
+                if k == "reference" {
+                    if let Value::String(s) = child {
+                        if let Some(local) = map.get(s.as_str()) {
+                            *s = local.clone();
+                        }
+                        continue;
+                    }
+                }
+                rewrite_references(child, map);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| rewrite_references(c, map)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_normalise() {
+        assert_eq!(date(&json!("20240105")).as_deref(), Ok("2024-01-05"));
+        assert_eq!(date(&json!("2024-01")).as_deref(), Ok("2024-01"));
+        assert_eq!(date(&json!("2024-01-05T23:30:00+02:00")).as_deref(), Ok("2024-01-05"));
+        assert_eq!(date_time(&json!("2024-01-05 10:00:00")).as_deref(), Ok("2024-01-05T10:00:00Z"));
+        assert_eq!(date_time(&json!("2024-01-05T10:00:00+02:00")).as_deref(), Ok("2024-01-05T10:00:00+02:00"));
+        assert_eq!(date_time(&json!(1704448800000_i64)).as_deref(), Ok("2024-01-05T10:00:00Z"));
+        assert_eq!(date(&json!("05/01/2024")), Err("`05/01/2024` is not a date".into()));
+        assert_eq!(date(&json!({})), Err("expected a date, found an object".into()));
+    }
+
+    #[test]
+    fn uuid5_is_stable_and_separates_parts() {
+        assert_eq!(uuid5(&["a".into(), "b".into()]), uuid5(&["a".into(), "b".into()]));
+        assert_ne!(uuid5(&["ab".into()]), uuid5(&["a".into(), "b".into()]));
+    }
+
+    #[test]
+    fn split_rewrites_internal_references() {
+        let b = json!({"resourceType": "Bundle", "type": "document", "entry": [
+            {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111", "resource": {"resourceType": "Patient"}},
+            {"fullUrl": "http://x/Observation/o1", "resource": {"resourceType": "Observation", "id": "o1",
+              "subject": {"reference": "urn:uuid:11111111-1111-1111-1111-111111111111"},
+              "focus": [{"reference": "Patient/other"}]}}
+        ]});
+        let parts = split_bundle(&b).expect("splits");
+        assert_eq!(parts[0]["id"], "11111111-1111-1111-1111-111111111111");
+        assert_eq!(parts[1]["subject"]["reference"], "Patient/11111111-1111-1111-1111-111111111111");
+        assert_eq!(parts[1]["focus"][0]["reference"], "Patient/other");
+    }
+
+    #[test]
+    fn transaction_bundles_put_by_id() {
+        let b = bundle(BundleKind::Transaction, vec![json!({"resourceType": "Patient", "id": "p"})], None);
+        assert_eq!(b["entry"][0]["request"], json!({"method": "PUT", "url": "Patient/p"}));
+        assert!(b["entry"][0]["fullUrl"].as_str().is_some_and(|u| u.starts_with("urn:uuid:")));
+    }
+}

@@ -1,0 +1,118 @@
+//! The definitions' own tests: each input mapped and compared with the expected FHIR, exactly
+//! or as a subset, with a readable diff on failure.
+
+use serde_json::Value;
+
+use super::context::Ctx;
+use crate::diagnostic::Diagnostic;
+use crate::fhir_schema::FhirSchema;
+use crate::model::Connector;
+use crate::spec::MatchMode;
+
+/// Most difference lines shown for one test.
+const MAX_LINES: usize = 20;
+
+/// Runs the tests of one connector, reporting failures at each test.
+pub fn run(ctx: &mut Ctx<'_>, c: &Connector, schema: Option<&FhirSchema>) {
+    for t in &c.tests {
+        let at = ctx.at_owned(&t.at);
+        let mut fail = |message: String| ctx.diags.push(Diagnostic::error(&ctx.doc.file, &at, message));
+        let result = c.map_document(&t.input, &t.params);
+        let got = match (result, &t.expect_error) {
+            (Err(e), Some(want)) if e.to_string().contains(want.as_str()) => continue,
+            (Err(e), Some(want)) => {
+                fail(format!("test `{}`: expected an error containing `{want}`, got: {e}", t.name));
+                continue;
+            }
+            (Ok(_), Some(want)) => {
+                fail(format!("test `{}`: expected an error containing `{want}`, but the mapping succeeded", t.name));
+                continue;
+            }
+            (Err(e), None) => {
+                fail(format!("test `{}`: the mapping failed: {e}", t.name));
+                continue;
+            }
+            (Ok(got), None) => got,
+        };
+        if let Some(schema) = schema {
+            for (i, r) in got.iter().enumerate() {
+                for problem in schema.check(r).into_iter().take(5) {
+                    fail(format!("test `{}`: resource {i} is not valid FHIR R4: {problem}", t.name));
+                }
+            }
+        }
+        let expected = match &t.expect {
+            Some(Value::Array(a)) => Value::Array(a.clone()),
+            Some(one) => Value::Array(vec![one.clone()]),
+            None => continue,
+        };
+        let mut lines = Vec::new();
+        diff("$", &expected, &Value::Array(got), t.match_mode == MatchMode::Subset, &mut lines);
+        if !lines.is_empty() {
+            let more = lines.len().saturating_sub(MAX_LINES);
+            lines.truncate(MAX_LINES);
+            if more > 0 {
+                lines.push(format!("... and {more} more"));
+            }
+            fail(format!("test `{}`: the output differs from the expected FHIR:\n    {}", t.name, lines.join("\n    ")));
+        }
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 80 {
+        format!("{}...", s.chars().take(77).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Differences between expected and actual output, one line each, by JSONPath.
+pub fn diff(path: &str, expected: &Value, got: &Value, subset: bool, out: &mut Vec<String>) {
+    match (expected, got) {
+        (Value::Object(e), Value::Object(g)) => {
+            for (k, ev) in e {
+                let p = format!("{path}.{k}");
+                match g.get(k) {
+                    Some(gv) => diff(&p, ev, gv, subset, out),
+                    None => out.push(format!("{p}: missing (expected {})", short(ev))),
+                }
+            }
+            if !subset {
+                for (k, gv) in g.iter().filter(|(k, _)| !e.contains_key(*k)) {
+                    out.push(format!("{path}.{k}: not expected (got {})", short(gv)));
+                }
+            }
+        }
+        (Value::Array(e), Value::Array(g)) => {
+            for i in 0..e.len().max(g.len()) {
+                let p = format!("{path}[{i}]");
+                match (e.get(i), g.get(i)) {
+                    (Some(ev), Some(gv)) => diff(&p, ev, gv, subset, out),
+                    (Some(ev), None) => out.push(format!("{p}: missing (expected {})", short(ev))),
+                    (None, Some(gv)) if !subset => out.push(format!("{p}: not expected (got {})", short(gv))),
+                    _ => {}
+                }
+            }
+        }
+        _ if expected != got => out.push(format!("{path}: expected {}, got {}", short(expected), short(got))),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diff_names_each_difference() {
+        let mut out = Vec::new();
+        diff("$", &json!([{"a": 1, "b": [1, 2]}]), &json!([{"a": 2, "b": [1], "c": true}]), false, &mut out);
+        assert_eq!(out, vec!["$[0].a: expected 1, got 2", "$[0].b[1]: missing (expected 2)", "$[0].c: not expected (got true)"]);
+        let mut sub = Vec::new();
+        diff("$", &json!([{"a": 1}]), &json!([{"a": 1, "c": true}, {}]), true, &mut sub);
+        assert!(sub.is_empty());
+    }
+}
