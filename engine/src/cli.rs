@@ -52,8 +52,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         fhir_schema: Option<PathBuf>,
     },
-    /// Print the JSON Schema (2020-12) of the definition format.
-    Schema,
+    /// Print the JSON Schema (2020-12) of the definition format, or its Markdown reference.
+    Schema {
+        /// `json` (the schema) or `markdown` (the format reference).
+        #[arg(long, value_enum, default_value = "json")]
+        format: SchemaFormat,
+    },
     /// Apply one connector's mapping to a sample input and print the FHIR.
     Map {
         /// Name of the connector.
@@ -75,6 +79,13 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         fhir_schema: Option<PathBuf>,
     },
+}
+
+/// Output of `engine schema`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaFormat {
+    Json,
+    Markdown,
 }
 
 /// Bundle types `engine map --bundle` assembles.
@@ -119,9 +130,8 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
         }
-        Command::Schema => {
-            let text = serde_json::to_string_pretty(&crate::schema::generate()).unwrap_or_default();
-            println!("{text}");
+        Command::Schema { format } => {
+            print!("{}", schema_text(format));
             ExitCode::SUCCESS
         }
         Command::Map { connector, input, definitions, params, bundle: as_bundle, fhir_schema } => {
@@ -222,4 +232,13 @@ pub fn read_input(path: &Path) -> Result<Value, String> {
         return Err(format!("{name}: larger than {} MiB", MAX_INPUT >> 20));
     }
     serde_json::from_slice(&bytes).map_err(|e| format!("{name}: not JSON: {e}"))
+}
+
+/// What `engine schema` prints (also the committed `schemas/` and `docs/reference.md`).
+pub fn schema_text(format: SchemaFormat) -> String {
+    let schema = crate::schema::generate();
+    match format {
+        SchemaFormat::Json => serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n",
+        SchemaFormat::Markdown => crate::reference::markdown(&schema),
+    }
 }

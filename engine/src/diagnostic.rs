@@ -93,7 +93,9 @@ pub fn render(diags: &[Diagnostic], format: Format, source: &dyn Fn(&Path) -> Op
             for d in diags {
                 human(&mut out, d, source(&d.file).as_deref());
             }
-            out.push_str(&summary(diags));
+            if !diags.is_empty() {
+                out.push_str(&summary(diags));
+            }
             out
         }
     }

@@ -9,6 +9,7 @@ pub mod jsonpath;
 pub mod load;
 pub mod mapping;
 pub mod model;
+pub mod reference;
 pub mod schema;
 pub mod secrets;
 pub mod spec;

@@ -211,7 +211,11 @@ fn syntax_error(text: &str, line: usize, column: usize, info: &str) -> YamlError
         line,
         column,
         path: String::new(),
-        message: format!("YAML syntax: {info}"),
+        message: if info.contains("recursion limit") {
+            format!("nesting deeper than {MAX_DEPTH} levels")
+        } else {
+            format!("YAML syntax: {info}")
+        },
         hint: if tab {
             Some("YAML does not allow tabs for indentation: use spaces".into())
         } else if info.contains("flow") {
