@@ -100,41 +100,67 @@ pub enum BundleArg {
 /// Runs a command and gives its exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Validate { paths, format, deny_warnings, allow_unresolved, no_tests, fhir_schema } => {
+        Command::Validate {
+            paths,
+            format,
+            deny_warnings,
+            allow_unresolved,
+            no_tests,
+            fhir_schema,
+        } => {
             let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
                 Ok(s) => s,
                 Err(e) => return usage(&e),
             };
-            let outcome = match load_and_validate(&paths, allow_unresolved, !no_tests, schema.as_ref()) {
-                Ok(o) => o,
-                Err(e) => return usage(&e.to_string()),
-            };
-            let text = diagnostic::render(&outcome.diagnostics, format, &|p: &Path| outcome.texts.get(p).cloned());
+            let outcome =
+                match load_and_validate(&paths, allow_unresolved, !no_tests, schema.as_ref()) {
+                    Ok(o) => o,
+                    Err(e) => return usage(&e.to_string()),
+                };
+            let text = diagnostic::render(&outcome.diagnostics, format, &|p: &Path| {
+                outcome.texts.get(p).cloned()
+            });
             let failed = outcome.has_errors()
-                || (deny_warnings && outcome.diagnostics.iter().any(|d| d.severity == Severity::Warning));
+                || (deny_warnings
+                    && outcome
+                        .diagnostics
+                        .iter()
+                        .any(|d| d.severity == Severity::Warning));
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(text.as_bytes());
-            if format == Format::Human && !failed {
-                if let Some(m) = &outcome.model {
-                    let tests: usize = m.connectors.iter().map(|c| c.tests.len()).sum();
-                    let _ = writeln!(
-                        out,
-                        "valid: {} connectors, {} sources, {} sinks in {} files; {} definition tests passed",
-                        m.connectors.len(),
-                        m.sources.len(),
-                        m.sinks.len(),
-                        outcome.texts.len(),
-                        if no_tests { 0 } else { tests }
-                    );
-                }
+            if format == Format::Human
+                && !failed
+                && let Some(m) = &outcome.model
+            {
+                let tests: usize = m.connectors.iter().map(|c| c.tests.len()).sum();
+                let _ = writeln!(
+                    out,
+                    "valid: {} connectors, {} sources, {} sinks in {} files; {} definition tests passed",
+                    m.connectors.len(),
+                    m.sources.len(),
+                    m.sinks.len(),
+                    outcome.texts.len(),
+                    if no_tests { 0 } else { tests }
+                );
             }
-            if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+            if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Command::Schema { format } => {
             print!("{}", schema_text(format));
             ExitCode::SUCCESS
         }
-        Command::Map { connector, input, definitions, params, bundle: as_bundle, fhir_schema } => {
+        Command::Map {
+            connector,
+            input,
+            definitions,
+            params,
+            bundle: as_bundle,
+            fhir_schema,
+        } => {
             let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
                 Ok(s) => s,
                 Err(e) => return usage(&e),
@@ -144,13 +170,16 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(e) => return usage(&e.to_string()),
             };
             let Some(model) = &outcome.model else {
-                let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| outcome.texts.get(p).cloned());
+                let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+                    outcome.texts.get(p).cloned()
+                });
                 eprint!("{text}");
                 return ExitCode::from(1);
             };
             let Some(c) = model.connector(&connector) else {
                 let names: Vec<&str> = model.connectors.iter().map(|c| c.name.as_str()).collect();
-                let hint = diagnostic::did_you_mean(&connector, names.iter().copied()).unwrap_or_else(|| format!("connectors: {}", names.join(", ")));
+                let hint = diagnostic::did_you_mean(&connector, names.iter().copied())
+                    .unwrap_or_else(|| format!("connectors: {}", names.join(", ")));
                 return usage(&format!("no connector `{connector}` ({hint})"));
             };
             let document = match read_input(&input) {
@@ -162,7 +191,9 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             let mut param_values = serde_json::Map::new();
             for p in &params {
-                let Some((k, v)) = p.split_once('=') else { return usage(&format!("`{p}` is not NAME=VALUE")) };
+                let Some((k, v)) = p.split_once('=') else {
+                    return usage(&format!("`{p}` is not NAME=VALUE"));
+                };
                 param_values.insert(k.to_owned(), Value::String(v.to_owned()));
             }
             match c.map_document(&document, &Value::Object(param_values)) {
@@ -190,7 +221,11 @@ pub fn run(cli: Cli) -> ExitCode {
                         ),
                     };
                     println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-                    if invalid { ExitCode::from(1) } else { ExitCode::SUCCESS }
+                    if invalid {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: mapping failed: {e}");
@@ -214,7 +249,12 @@ pub fn load_and_validate(
     fhir_schema: Option<&FhirSchema>,
 ) -> Result<Outcome, load::UnusablePath> {
     let (files, read_errors) = load::read_all(paths)?;
-    let opts = Options { allow_unresolved, run_tests, fhir_schema, env: &ProcessEnvironment };
+    let opts = Options {
+        allow_unresolved,
+        run_tests,
+        fhir_schema,
+        env: &ProcessEnvironment,
+    };
     Ok(validate::validate(&files, read_errors, &opts))
 }
 
@@ -223,9 +263,14 @@ pub fn read_input(path: &Path) -> Result<Value, String> {
     let mut bytes = Vec::new();
     let name = path.display();
     let read = if path == Path::new("-") {
-        std::io::Read::read_to_end(&mut std::io::Read::take(std::io::stdin(), MAX_INPUT + 1), &mut bytes)
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::io::stdin(), MAX_INPUT + 1),
+            &mut bytes,
+        )
     } else {
-        std::fs::File::open(path).and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_INPUT + 1), &mut bytes))
+        std::fs::File::open(path).and_then(|f| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_INPUT + 1), &mut bytes)
+        })
     };
     read.map_err(|e| format!("{name}: {}", load::io_reason(&e)))?;
     if bytes.len() as u64 > MAX_INPUT {

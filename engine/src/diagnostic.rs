@@ -73,14 +73,17 @@ pub enum Format {
 /// Sorts diagnostics by file, position and message so that output is stable.
 pub fn sort(diags: &mut [Diagnostic]) {
     diags.sort_by(|a, b| {
-        (&a.file, a.line, a.column, a.severity, &a.message).cmp(&(
-            &b.file, b.line, b.column, b.severity, &b.message,
-        ))
+        (&a.file, a.line, a.column, a.severity, &a.message)
+            .cmp(&(&b.file, b.line, b.column, b.severity, &b.message))
     });
 }
 
 /// Renders diagnostics; `source` gives the text of a file for the snippet under a human message.
-pub fn render(diags: &[Diagnostic], format: Format, source: &dyn Fn(&Path) -> Option<String>) -> String {
+pub fn render(
+    diags: &[Diagnostic],
+    format: Format,
+    source: &dyn Fn(&Path) -> Option<String>,
+) -> String {
     match format {
         Format::Json => {
             let mut s = serde_json::to_string_pretty(diags).unwrap_or_else(|_| "[]".into());
@@ -103,10 +106,17 @@ pub fn render(diags: &[Diagnostic], format: Format, source: &dyn Fn(&Path) -> Op
 
 /// One line that counts errors and warnings.
 pub fn summary(diags: &[Diagnostic]) -> String {
-    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     let warnings = diags.len() - errors;
     let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
-    format!("{}, {}\n", plural(errors, "error"), plural(warnings, "warning"))
+    format!(
+        "{}, {}\n",
+        plural(errors, "error"),
+        plural(warnings, "warning")
+    )
 }
 
 fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
@@ -115,8 +125,18 @@ fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
         Severity::Warning => "warning",
     };
     let _ = writeln!(out, "{level}: {}", d.message);
-    let path = if d.path.is_empty() { String::new() } else { format!(" at {}", d.path) };
-    let _ = writeln!(out, "  --> {}:{}:{}{path}", d.file.display(), d.line, d.column);
+    let path = if d.path.is_empty() {
+        String::new()
+    } else {
+        format!(" at {}", d.path)
+    };
+    let _ = writeln!(
+        out,
+        "  --> {}:{}:{}{path}",
+        d.file.display(),
+        d.line,
+        d.column
+    );
     if let Some(text) = source.and_then(|s| s.lines().nth(d.line.wrapping_sub(1))) {
         let number = d.line.to_string();
         let pad = " ".repeat(number.len());
@@ -152,7 +172,9 @@ fn github(d: &Diagnostic) -> String {
 }
 
 fn escape_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 fn escape_property(s: &str) -> String {
@@ -163,7 +185,12 @@ fn escape_property(s: &str) -> String {
 pub fn did_you_mean<'a>(wrong: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
     known
         .into_iter()
-        .map(|k| (strsim::jaro_winkler(&wrong.to_lowercase(), &k.to_lowercase()), k))
+        .map(|k| {
+            (
+                strsim::jaro_winkler(&wrong.to_lowercase(), &k.to_lowercase()),
+                k,
+            )
+        })
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, k)| format!("did you mean `{k}`?"))
@@ -176,7 +203,10 @@ mod tests {
     #[test]
     fn did_you_mean_finds_close_names_only() {
         let known = ["timeout", "retries", "headers"];
-        assert_eq!(did_you_mean("timout", known).as_deref(), Some("did you mean `timeout`?"));
+        assert_eq!(
+            did_you_mean("timout", known).as_deref(),
+            Some("did you mean `timeout`?")
+        );
         assert_eq!(did_you_mean("zzz", known), None);
     }
 
@@ -184,7 +214,11 @@ mod tests {
     fn github_annotations_escape_newlines_and_separators() {
         let d = Diagnostic::error(
             Path::new("a,b:c.yaml"),
-            &Location { line: 3, column: 4, path: "spec".into() },
+            &Location {
+                line: 3,
+                column: 4,
+                path: "spec".into(),
+            },
             "two\nlines",
         );
         assert_eq!(

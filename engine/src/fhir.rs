@@ -60,7 +60,9 @@ pub fn date_time(v: &Value) -> Result<String, String> {
             }
             parse_date_time(s)
                 .map(|(dt, offset)| match offset {
-                    Some(o) => dt.with_timezone(&o).to_rfc3339_opts(SecondsFormat::AutoSi, false),
+                    Some(o) => dt
+                        .with_timezone(&o)
+                        .to_rfc3339_opts(SecondsFormat::AutoSi, false),
                     None => dt.to_rfc3339_opts(SecondsFormat::AutoSi, true),
                 })
                 .ok_or_else(|| format!("`{s}` is not a date or dateTime"))
@@ -84,10 +86,17 @@ pub fn kind(v: &Value) -> &'static str {
 
 fn partial_date(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r.clone()).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let digits = |r: std::ops::Range<usize>| {
+        b.get(r.clone())
+            .is_some_and(|x| x.iter().all(u8::is_ascii_digit))
+    };
     match b.len() {
         4 if digits(0..4) => Some(s.to_owned()),
-        7 if digits(0..4) && b[4] == b'-' && digits(5..7) && (1..=12).contains(&s[5..7].parse::<u8>().ok()?) => {
+        7 if digits(0..4)
+            && b[4] == b'-'
+            && digits(5..7)
+            && (1..=12).contains(&s[5..7].parse::<u8>().ok()?) =>
+        {
             Some(s.to_owned())
         }
         _ => None,
@@ -107,16 +116,23 @@ fn parse_date_time(s: &str) -> Option<(DateTime<Utc>, Option<chrono::FixedOffset
     if let Ok(dt) = DateTime::parse_from_rfc2822(s) {
         return Some((dt.with_timezone(&Utc), Some(*dt.offset())));
     }
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y%m%d%H%M%S"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
-        .map(|n| (Utc.from_utc_datetime(&n), None))
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%Y%m%d%H%M%S",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .map(|n| (Utc.from_utc_datetime(&n), None))
 }
 
 fn epoch(v: &Value) -> Result<DateTime<Utc>, String> {
     let n = v.as_f64().ok_or("not a number")?;
     let seconds = if n.abs() > 1e11 { n / 1000.0 } else { n };
-    DateTime::from_timestamp_millis((seconds * 1000.0) as i64).ok_or_else(|| format!("{n} is not a time"))
+    DateTime::from_timestamp_millis((seconds * 1000.0) as i64)
+        .ok_or_else(|| format!("{n} is not a time"))
 }
 
 /// Kinds of Bundle the engine assembles.
@@ -161,9 +177,14 @@ pub fn bundle(kind: BundleKind, resources: Vec<Value>, base: Option<&str>) -> Va
             let mut entry = Map::new();
             entry.insert("fullUrl".into(), Value::String(full_url));
             let request = match (kind, &local) {
-                (BundleKind::Transaction | BundleKind::Batch, Some(l)) => Some(json!({"method": "PUT", "url": l})),
+                (BundleKind::Transaction | BundleKind::Batch, Some(l)) => {
+                    Some(json!({"method": "PUT", "url": l}))
+                }
                 (BundleKind::Transaction | BundleKind::Batch, None) => {
-                    let t = r.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+                    let t = r
+                        .get("resourceType")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     Some(json!({"method": "POST", "url": t}))
                 }
                 _ => None,
@@ -205,7 +226,11 @@ pub fn split_bundle(bundle: &Value) -> Result<Vec<Value>, String> {
             return Err(format!("Bundle.entry[{i}] has no resource"));
         };
         let mut resource = resource.clone();
-        if resource.get("resourceType").and_then(Value::as_str).is_none() {
+        if resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .is_none()
+        {
             return Err(format!("Bundle.entry[{i}].resource has no resourceType"));
         }
         let full_url = entry.get("fullUrl").and_then(Value::as_str);
@@ -233,13 +258,13 @@ fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
     match v {
         Value::Object(o) => {
             for (k, child) in o.iter_mut() {
-                if k == "reference" {
-                    if let Value::String(s) = child {
-                        if let Some(local) = map.get(s.as_str()) {
-                            *s = local.clone();
-                        }
-                        continue;
+                if k == "reference"
+                    && let Value::String(s) = child
+                {
+                    if let Some(local) = map.get(s.as_str()) {
+                        *s = local.clone();
                     }
+                    continue;
                 }
                 rewrite_references(child, map);
             }
@@ -257,17 +282,38 @@ mod tests {
     fn dates_normalise() {
         assert_eq!(date(&json!("20240105")).as_deref(), Ok("2024-01-05"));
         assert_eq!(date(&json!("2024-01")).as_deref(), Ok("2024-01"));
-        assert_eq!(date(&json!("2024-01-05T23:30:00+02:00")).as_deref(), Ok("2024-01-05"));
-        assert_eq!(date_time(&json!("2024-01-05 10:00:00")).as_deref(), Ok("2024-01-05T10:00:00Z"));
-        assert_eq!(date_time(&json!("2024-01-05T10:00:00+02:00")).as_deref(), Ok("2024-01-05T10:00:00+02:00"));
-        assert_eq!(date_time(&json!(1704448800000_i64)).as_deref(), Ok("2024-01-05T10:00:00Z"));
-        assert_eq!(date(&json!("05/01/2024")), Err("`05/01/2024` is not a date".into()));
-        assert_eq!(date(&json!({})), Err("expected a date, found an object".into()));
+        assert_eq!(
+            date(&json!("2024-01-05T23:30:00+02:00")).as_deref(),
+            Ok("2024-01-05")
+        );
+        assert_eq!(
+            date_time(&json!("2024-01-05 10:00:00")).as_deref(),
+            Ok("2024-01-05T10:00:00Z")
+        );
+        assert_eq!(
+            date_time(&json!("2024-01-05T10:00:00+02:00")).as_deref(),
+            Ok("2024-01-05T10:00:00+02:00")
+        );
+        assert_eq!(
+            date_time(&json!(1704448800000_i64)).as_deref(),
+            Ok("2024-01-05T10:00:00Z")
+        );
+        assert_eq!(
+            date(&json!("05/01/2024")),
+            Err("`05/01/2024` is not a date".into())
+        );
+        assert_eq!(
+            date(&json!({})),
+            Err("expected a date, found an object".into())
+        );
     }
 
     #[test]
     fn uuid5_is_stable_and_separates_parts() {
-        assert_eq!(uuid5(&["a".into(), "b".into()]), uuid5(&["a".into(), "b".into()]));
+        assert_eq!(
+            uuid5(&["a".into(), "b".into()]),
+            uuid5(&["a".into(), "b".into()])
+        );
         assert_ne!(uuid5(&["ab".into()]), uuid5(&["a".into(), "b".into()]));
     }
 
@@ -281,14 +327,28 @@ mod tests {
         ]});
         let parts = split_bundle(&b).expect("splits");
         assert_eq!(parts[0]["id"], "11111111-1111-1111-1111-111111111111");
-        assert_eq!(parts[1]["subject"]["reference"], "Patient/11111111-1111-1111-1111-111111111111");
+        assert_eq!(
+            parts[1]["subject"]["reference"],
+            "Patient/11111111-1111-1111-1111-111111111111"
+        );
         assert_eq!(parts[1]["focus"][0]["reference"], "Patient/other");
     }
 
     #[test]
     fn transaction_bundles_put_by_id() {
-        let b = bundle(BundleKind::Transaction, vec![json!({"resourceType": "Patient", "id": "p"})], None);
-        assert_eq!(b["entry"][0]["request"], json!({"method": "PUT", "url": "Patient/p"}));
-        assert!(b["entry"][0]["fullUrl"].as_str().is_some_and(|u| u.starts_with("urn:uuid:")));
+        let b = bundle(
+            BundleKind::Transaction,
+            vec![json!({"resourceType": "Patient", "id": "p"})],
+            None,
+        );
+        assert_eq!(
+            b["entry"][0]["request"],
+            json!({"method": "PUT", "url": "Patient/p"})
+        );
+        assert!(
+            b["entry"][0]["fullUrl"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("urn:uuid:"))
+        );
     }
 }

@@ -18,13 +18,23 @@ impl FhirSchema {
     pub fn load(path: &Path) -> Result<FhirSchema, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: {}", path.display(), crate::load::io_reason(&e)))?;
-        let mut root: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-        let definitions = root.get_mut("definitions").map(Value::take).ok_or_else(|| format!("{}: no `definitions`", path.display()))?;
-        Ok(FhirSchema { definitions, validators: Mutex::new(HashMap::new()) })
+        let mut root: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+        let definitions = root
+            .get_mut("definitions")
+            .map(Value::take)
+            .ok_or_else(|| format!("{}: no `definitions`", path.display()))?;
+        Ok(FhirSchema {
+            definitions,
+            validators: Mutex::new(HashMap::new()),
+        })
     }
 
     fn validator(&self, resource_type: &str) -> Result<Arc<jsonschema::Validator>, String> {
-        let mut cache = self.validators.lock().map_err(|_| "schema cache poisoned".to_string())?;
+        let mut cache = self
+            .validators
+            .lock()
+            .map_err(|_| "schema cache poisoned".to_string())?;
         if let Some(v) = cache.get(resource_type) {
             return Ok(v.clone());
         }
@@ -36,7 +46,10 @@ impl FhirSchema {
             "$ref": format!("#/definitions/{resource_type}"),
             "definitions": self.definitions,
         });
-        let v = Arc::new(jsonschema::validator_for(&schema).map_err(|e| format!("the FHIR schema does not compile: {e}"))?);
+        let v = Arc::new(
+            jsonschema::validator_for(&schema)
+                .map_err(|e| format!("the FHIR schema does not compile: {e}"))?,
+        );
         cache.insert(resource_type.to_owned(), v.clone());
         Ok(v)
     }
@@ -47,7 +60,10 @@ impl FhirSchema {
             return vec!["no resourceType".into()];
         };
         match self.validator(t) {
-            Ok(v) => v.iter_errors(resource).map(|e| format!("{}: {e}", e.instance_path())).collect(),
+            Ok(v) => v
+                .iter_errors(resource)
+                .map(|e| format!("{}: {e}", e.instance_path()))
+                .collect(),
             Err(e) => vec![e],
         }
     }

@@ -26,11 +26,22 @@ impl Query {
             None => (text.to_owned(), false),
         };
         if !source.starts_with('$') {
-            return Err("a JSONPath query starts with `$` (the record) or `@` (the current element)".into());
+            return Err(
+                "a JSONPath query starts with `$` (the record) or `@` (the current element)".into(),
+            );
         }
-        let path = JsonPath::parse(&source)
-            .map_err(|e| format!("invalid JSONPath at character {}: {}", e.position() + 1, e.message()))?;
-        Ok(Query { text: text.to_owned(), path, relative })
+        let path = JsonPath::parse(&source).map_err(|e| {
+            format!(
+                "invalid JSONPath at character {}: {}",
+                e.position() + 1,
+                e.message()
+            )
+        })?;
+        Ok(Query {
+            text: text.to_owned(),
+            path,
+            relative,
+        })
     }
 
     /// The text as written.
@@ -40,7 +51,9 @@ impl Query {
 
     /// The selected nodes, in document order.
     pub fn select<'a>(&self, record: &'a Value, current: &'a Value) -> Vec<&'a Value> {
-        self.path.query(if self.relative { current } else { record }).all()
+        self.path
+            .query(if self.relative { current } else { record })
+            .all()
     }
 
     /// The normalized paths of the selected nodes (for error messages).
@@ -66,20 +79,34 @@ mod tests {
         assert_eq!(q.select(&record, &item), vec![&json!(1), &json!(2)]);
         let r = Query::parse("@.b").expect("valid");
         assert_eq!(r.select(&record, &item), vec![&json!(3)]);
-        assert_eq!(q.locate(&record, &item), vec!["$['a'][0]['b']", "$['a'][1]['b']"]);
+        assert_eq!(
+            q.locate(&record, &item),
+            vec!["$['a'][0]['b']", "$['a'][1]['b']"]
+        );
     }
 
     #[test]
     fn errors_name_the_position() {
-        assert_eq!(Query::parse("a.b").unwrap_err(), "a JSONPath query starts with `$` (the record) or `@` (the current element)");
-        assert!(Query::parse("$.a[").unwrap_err().starts_with("invalid JSONPath at character"));
+        assert_eq!(
+            Query::parse("a.b").expect_err("an error"),
+            "a JSONPath query starts with `$` (the record) or `@` (the current element)"
+        );
+        assert!(
+            Query::parse("$.a[")
+                .expect_err("an error")
+                .starts_with("invalid JSONPath at character")
+        );
     }
 
     /// All 703 cases of the RFC 9535 compliance suite through this layer.
     #[test]
     fn rfc9535_compliance_suite() {
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/jsonpath-cts/cts.json");
-        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e} (the compliance suite is needed)"));
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/testdata/jsonpath-cts/cts.json"
+        );
+        let text = std::fs::read_to_string(file)
+            .unwrap_or_else(|e| panic!("{file}: {e} (the compliance suite is needed)"));
         let suite: Value = serde_json::from_str(&text).expect("cts.json is JSON");
         let tests = suite["tests"].as_array().expect("tests");
         let mut failures = Vec::new();
@@ -110,6 +137,11 @@ mod tests {
             }
         }
         assert_eq!(tests.len(), 703, "the suite has 703 cases");
-        assert!(failures.is_empty(), "{} of 703 failed:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} of 703 failed:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
     }
 }

@@ -40,7 +40,10 @@ pub fn read_all(paths: &[PathBuf]) -> Result<(Vec<SourceFile>, Vec<Diagnostic>),
             reason: io_reason(&e),
         })?;
         if meta.is_dir() {
-            walk(p, &mut files).map_err(|e| UnusablePath { path: p.display().to_string(), reason: io_reason(&e) })?;
+            walk(p, &mut files).map_err(|e| UnusablePath {
+                path: p.display().to_string(),
+                reason: io_reason(&e),
+            })?;
         } else {
             files.push(p.clone());
         }
@@ -77,9 +80,18 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 fn read_one(path: &Path) -> Result<String, Diagnostic> {
-    let at = |line, column| Location { line, column, path: String::new() };
-    let bytes = std::fs::read(path)
-        .map_err(|e| Diagnostic::error(path, &at(1, 1), format!("cannot read the file: {}", io_reason(&e))))?;
+    let at = |line, column| Location {
+        line,
+        column,
+        path: String::new(),
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        Diagnostic::error(
+            path,
+            &at(1, 1),
+            format!("cannot read the file: {}", io_reason(&e)),
+        )
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let valid = String::from_utf8_lossy(good);
@@ -103,11 +115,15 @@ mod tests {
         std::fs::write(data.join("notes.txt"), "x").expect("write");
         std::os::unix::fs::symlink(&data, dir.path().join("..data")).expect("link");
         for f in ["b.yaml", "a.yml", "notes.txt"] {
-            std::os::unix::fs::symlink(Path::new("..data").join(f), dir.path().join(f)).expect("link");
+            std::os::unix::fs::symlink(Path::new("..data").join(f), dir.path().join(f))
+                .expect("link");
         }
         let (files, diags) = read_all(&[dir.path().to_path_buf()]).expect("usable");
         assert!(diags.is_empty());
-        let names: Vec<_> = files.iter().map(|f| f.path.file_name().map(|n| n.to_owned())).collect();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.path.file_name().map(|n| n.to_owned()))
+            .collect();
         assert_eq!(names, vec![Some("a.yml".into()), Some("b.yaml".into())]);
     }
 
@@ -118,13 +134,22 @@ mod tests {
         std::os::unix::fs::symlink("missing", dir.path().join("gone.yaml")).expect("link");
         let (files, diags) = read_all(&[dir.path().to_path_buf()]).expect("usable");
         assert!(files.is_empty());
-        let found: Vec<_> = diags.iter().map(|d| (d.line, d.column, d.message.as_str())).collect();
-        assert_eq!(found, vec![(2, 4, "the file is not UTF-8 text"), (1, 1, "cannot read the file: not found")]);
+        let found: Vec<_> = diags
+            .iter()
+            .map(|d| (d.line, d.column, d.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (2, 4, "the file is not UTF-8 text"),
+                (1, 1, "cannot read the file: not found")
+            ]
+        );
     }
 
     #[test]
     fn a_missing_path_is_unusable() {
-        let err = read_all(&[PathBuf::from("/no/such/dir")]).unwrap_err();
+        let err = read_all(&[PathBuf::from("/no/such/dir")]).expect_err("an error");
         assert_eq!(err.to_string(), "/no/such/dir: not found");
     }
 }

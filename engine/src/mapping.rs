@@ -46,15 +46,39 @@ enum Kind {
     Text(Text),
     Object(Vec<(String, Expr)>),
     Array(Vec<Expr>),
-    Path { query: Query, default: Option<Box<Expr>> },
+    Path {
+        query: Query,
+        default: Option<Box<Expr>>,
+    },
     Paths(Query),
-    Each { query: Query, name: Option<String>, body: Box<Expr> },
-    If { query: Query, equals: Option<Value>, then: Box<Expr>, otherwise: Option<Box<Expr>> },
-    Translate { value: Box<Expr>, table: String },
-    Date { value: Box<Expr>, time: bool },
+    Each {
+        query: Query,
+        name: Option<String>,
+        body: Box<Expr>,
+    },
+    If {
+        query: Query,
+        equals: Option<Value>,
+        then: Box<Expr>,
+        otherwise: Option<Box<Expr>>,
+    },
+    Translate {
+        value: Box<Expr>,
+        table: String,
+    },
+    Date {
+        value: Box<Expr>,
+        time: bool,
+    },
     Uuid(Vec<Expr>),
-    Reference { resource_type: String, id: Box<Expr> },
-    Convert { value: Box<Expr>, to: Conversion },
+    Reference {
+        resource_type: String,
+        id: Box<Expr>,
+    },
+    Convert {
+        value: Box<Expr>,
+        to: Conversion,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,8 +128,17 @@ pub struct Compiler<'a> {
 
 impl Compiler<'_> {
     fn error(&mut self, at: &[String], node: &Node, message: String, hint: Option<String>) -> Expr {
-        self.errors.push(CompileError { at: at.to_vec(), line: node.line, column: node.column, message, hint });
-        Expr { rule: display_path(at).into(), kind: Kind::Literal(Value::Null) }
+        self.errors.push(CompileError {
+            at: at.to_vec(),
+            line: node.line,
+            column: node.column,
+            message,
+            hint,
+        });
+        Expr {
+            rule: display_path(at).into(),
+            kind: Kind::Literal(Value::Null),
+        }
     }
 
     /// Compiles a template node found at YAML path `at`.
@@ -116,12 +149,24 @@ impl Compiler<'_> {
                 Ok(Text::Const(c)) => Kind::Literal(Value::String(c)),
                 Ok(t) => Kind::Text(t),
                 Err(e) => {
-                    let place = e.position.map(|(l, c)| format!(" (template line {l}, column {c})")).unwrap_or_default();
-                    return self.error(at, node, format!("{}{place}", e.message), Some("write `\\{{` for a literal `{{`".into()));
+                    let place = e
+                        .position
+                        .map(|(l, c)| format!(" (template line {l}, column {c})"))
+                        .unwrap_or_default();
+                    return self.error(
+                        at,
+                        node,
+                        format!("{}{place}", e.message),
+                        Some("write `\\{{` for a literal `{{`".into()),
+                    );
                 }
             },
             NodeValue::Seq(items) => Kind::Array(
-                items.iter().enumerate().map(|(i, n)| self.compile(n, &push(at, &i.to_string()))).collect(),
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| self.compile(n, &push(at, &i.to_string())))
+                    .collect(),
             ),
             NodeValue::Map(entries) => {
                 if entries.iter().any(|(k, _)| k.name.starts_with('$')) {
@@ -139,18 +184,43 @@ impl Compiler<'_> {
         Expr { rule, kind }
     }
 
-    fn operator(&mut self, node: &Node, entries: &[(crate::yaml::Key, Node)], at: &[String], rule: Arc<str>) -> Expr {
+    fn operator(
+        &mut self,
+        node: &Node,
+        entries: &[(crate::yaml::Key, Node)],
+        at: &[String],
+        rule: Arc<str>,
+    ) -> Expr {
         let names: Vec<&str> = entries.iter().map(|(k, _)| k.name.as_str()).collect();
-        let heads: Vec<_> = OPERATORS.iter().filter(|(h, _, _)| names.contains(h)).collect();
-        let known: Vec<&str> = OPERATORS.iter().flat_map(|(h, o, r)| std::iter::once(*h).chain(o.iter().copied()).chain(r.iter().copied())).collect();
+        let heads: Vec<_> = OPERATORS
+            .iter()
+            .filter(|(h, _, _)| names.contains(h))
+            .collect();
+        let known: Vec<&str> = OPERATORS
+            .iter()
+            .flat_map(|(h, o, r)| {
+                std::iter::once(*h)
+                    .chain(o.iter().copied())
+                    .chain(r.iter().copied())
+            })
+            .collect();
         let [(head, optional, required)] = heads.as_slice() else {
-            let first = names.iter().find(|n| n.starts_with('$')).copied().unwrap_or_default();
+            let first = names
+                .iter()
+                .find(|n| n.starts_with('$'))
+                .copied()
+                .unwrap_or_default();
             return if heads.is_empty() {
                 let hint = crate::diagnostic::did_you_mean(first, OPERATORS.iter().map(|o| o.0));
                 self.error(at, node, format!("unknown operator `{first}`"), hint.or(Some("a key that starts with `$` is an operator; write `$literal: {...}` for a literal object".into())))
             } else {
                 let found: Vec<&str> = heads.iter().map(|h| h.0).collect();
-                self.error(at, node, format!("one operator per mapping, found {}", found.join(" and ")), None)
+                self.error(
+                    at,
+                    node,
+                    format!("one operator per mapping, found {}", found.join(" and ")),
+                    None,
+                )
             };
         };
         for (k, n) in entries {
@@ -160,10 +230,22 @@ impl Compiler<'_> {
             }
             let allowed: Vec<&str> = optional.iter().chain(required.iter()).copied().collect();
             let (message, hint) = if name.starts_with('$') {
-                let hint = crate::diagnostic::did_you_mean(name, allowed.iter().copied().chain(known.iter().copied()));
-                (format!("`{name}` does not go with `{head}`"), hint.or_else(|| (!allowed.is_empty()).then(|| format!("`{head}` takes {}", allowed.join(", ")))))
+                let hint = crate::diagnostic::did_you_mean(
+                    name,
+                    allowed.iter().copied().chain(known.iter().copied()),
+                );
+                (
+                    format!("`{name}` does not go with `{head}`"),
+                    hint.or_else(|| {
+                        (!allowed.is_empty())
+                            .then(|| format!("`{head}` takes {}", allowed.join(", ")))
+                    }),
+                )
             } else {
-                (format!("`{head}` cannot be mixed with the field `{name}`"), Some("put the operator under its own key".into()))
+                (
+                    format!("`{head}` cannot be mixed with the field `{name}`"),
+                    Some("put the operator under its own key".into()),
+                )
             };
             return self.error(&push(at, name), n, message, hint);
         }
@@ -178,7 +260,12 @@ impl Compiler<'_> {
         let kind = match *head {
             "$path" | "$paths" | "$each" | "$if" => {
                 let Some(text) = value.as_str() else {
-                    return self.error(&value_at, value, format!("`{head}` takes a JSONPath query"), None);
+                    return self.error(
+                        &value_at,
+                        value,
+                        format!("`{head}` takes a JSONPath query"),
+                        None,
+                    );
                 };
                 let query = match Query::parse(text) {
                     Ok(q) => q,
@@ -187,7 +274,8 @@ impl Compiler<'_> {
                 match *head {
                     "$path" => Kind::Path {
                         query,
-                        default: get("$default").map(|n| Box::new(self.compile(n, &push(at, "$default")))),
+                        default: get("$default")
+                            .map(|n| Box::new(self.compile(n, &push(at, "$default")))),
                     },
                     "$paths" => Kind::Paths(query),
                     "$each" => {
@@ -199,38 +287,81 @@ impl Compiler<'_> {
                             },
                         };
                         let body = get("$do").map(|n| self.compile(n, &push(at, "$do")));
-                        Kind::Each { query, name, body: Box::new(body.unwrap_or(Expr { rule: rule.clone(), kind: Kind::Literal(Value::Null) })) }
+                        Kind::Each {
+                            query,
+                            name,
+                            body: Box::new(body.unwrap_or(Expr {
+                                rule: rule.clone(),
+                                kind: Kind::Literal(Value::Null),
+                            })),
+                        }
                     }
                     _ => Kind::If {
                         query,
                         equals: get("$equals").map(Node::to_json),
-                        then: Box::new(self.compile(get("$then").unwrap_or(node), &push(at, "$then"))),
-                        otherwise: get("$else").map(|n| Box::new(self.compile(n, &push(at, "$else")))),
+                        then: Box::new(
+                            self.compile(get("$then").unwrap_or(node), &push(at, "$then")),
+                        ),
+                        otherwise: get("$else")
+                            .map(|n| Box::new(self.compile(n, &push(at, "$else")))),
                     },
                 }
             }
             "$translate" => {
                 let table_node = get("$table").unwrap_or(node);
                 let Some(table) = table_node.as_str() else {
-                    return self.error(&push(at, "$table"), table_node, "`$table` takes the name of a table".into(), None);
+                    return self.error(
+                        &push(at, "$table"),
+                        table_node,
+                        "`$table` takes the name of a table".into(),
+                        None,
+                    );
                 };
                 if !self.tables.contains_key(table) {
-                    let hint = crate::diagnostic::did_you_mean(table, self.tables.keys().map(String::as_str));
-                    return self.error(&push(at, "$table"), table_node, format!("no table `{table}` in spec.tables"), hint);
+                    let hint = crate::diagnostic::did_you_mean(
+                        table,
+                        self.tables.keys().map(String::as_str),
+                    );
+                    return self.error(
+                        &push(at, "$table"),
+                        table_node,
+                        format!("no table `{table}` in spec.tables"),
+                        hint,
+                    );
                 }
-                Kind::Translate { value: Box::new(self.compile(value, &value_at)), table: table.to_owned() }
+                Kind::Translate {
+                    value: Box::new(self.compile(value, &value_at)),
+                    table: table.to_owned(),
+                }
             }
-            "$date" | "$dateTime" => Kind::Date { value: Box::new(self.compile(value, &value_at)), time: *head == "$dateTime" },
+            "$date" | "$dateTime" => Kind::Date {
+                value: Box::new(self.compile(value, &value_at)),
+                time: *head == "$dateTime",
+            },
             "$uuid" => match &value.value {
-                NodeValue::Seq(items) => Kind::Uuid(items.iter().enumerate().map(|(i, n)| self.compile(n, &push(&value_at, &i.to_string()))).collect()),
+                NodeValue::Seq(items) => Kind::Uuid(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| self.compile(n, &push(&value_at, &i.to_string())))
+                        .collect(),
+                ),
                 _ => Kind::Uuid(vec![self.compile(value, &value_at)]),
             },
             "$reference" => {
                 let Some(t) = value.as_str().filter(|t| is_resource_type(t)) else {
-                    return self.error(&value_at, value, "`$reference` takes a FHIR resource type, e.g. `Patient`".into(), None);
+                    return self.error(
+                        &value_at,
+                        value,
+                        "`$reference` takes a FHIR resource type, e.g. `Patient`".into(),
+                        None,
+                    );
                 };
                 let id = get("$id").unwrap_or(node);
-                Kind::Reference { resource_type: t.to_owned(), id: Box::new(self.compile(id, &push(at, "$id"))) }
+                Kind::Reference {
+                    resource_type: t.to_owned(),
+                    id: Box::new(self.compile(id, &push(at, "$id"))),
+                }
             }
             "$literal" => Kind::Literal(value.to_json()),
             conv => Kind::Convert {
@@ -254,13 +385,17 @@ fn push(at: &[String], s: &str) -> Vec<String> {
 }
 
 fn is_identifier(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !s.starts_with(|c: char| c.is_ascii_digit())
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
 /// True for a FHIR resource type name.
 pub fn is_resource_type(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_uppercase()) && chars.all(|c| c.is_ascii_alphabetic()) && s.len() >= 2
+    chars.next().is_some_and(|c| c.is_ascii_uppercase())
+        && chars.all(|c| c.is_ascii_alphabetic())
+        && s.len() >= 2
 }
 
 /// What a mapping reads: the record, connector values and caller parameters.
@@ -281,7 +416,13 @@ struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     fn new(input: Input<'a>) -> Self {
-        Scope { input, current: input.record, index: None, bindings: Vec::new(), context: OnceCell::new() }
+        Scope {
+            input,
+            current: input.record,
+            index: None,
+            bindings: Vec::new(),
+            context: OnceCell::new(),
+        }
     }
 
     fn child(&self, current: &'a Value, index: usize, name: Option<&'a str>) -> Scope<'a> {
@@ -289,7 +430,13 @@ impl<'a> Scope<'a> {
         if let Some(n) = name {
             bindings.push((n, current));
         }
-        Scope { input: self.input, current, index: Some(index), bindings, context: OnceCell::new() }
+        Scope {
+            input: self.input,
+            current,
+            index: Some(index),
+            bindings,
+            context: OnceCell::new(),
+        }
     }
 
     fn context(&self) -> &Context {
@@ -333,7 +480,10 @@ impl Mapping {
                 return Err(MapError {
                     rule: self.root.rule.to_string(),
                     input: None,
-                    message: format!("produced {} without a `resourceType`, not a FHIR resource", fhir::kind(r)),
+                    message: format!(
+                        "produced {} without a `resourceType`, not a FHIR resource",
+                        fhir::kind(r)
+                    ),
                 });
             }
         }
@@ -341,7 +491,11 @@ impl Mapping {
     }
 
     fn fail(&self, e: &Expr, message: impl Into<String>) -> MapError {
-        MapError { rule: e.rule.to_string(), input: None, message: message.into() }
+        MapError {
+            rule: e.rule.to_string(),
+            input: None,
+            message: message.into(),
+        }
     }
 
     fn eval(&self, e: &Expr, scope: &Scope<'_>) -> Result<Option<Value>, MapError> {
@@ -367,7 +521,9 @@ impl Mapping {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
                     match (self.eval(item, scope)?, &item.kind) {
-                        (Some(Value::Array(a)), Kind::Each { .. } | Kind::Paths(_)) => out.extend(a),
+                        (Some(Value::Array(a)), Kind::Each { .. } | Kind::Paths(_)) => {
+                            out.extend(a)
+                        }
                         (Some(v), _) => out.push(v),
                         (None, _) => {}
                     }
@@ -387,13 +543,21 @@ impl Mapping {
                         return Err(MapError {
                             rule: e.rule.to_string(),
                             input: paths.first().cloned(),
-                            message: format!("`{}` selects {} values where one is expected; use `$paths` or `$each` for many", query.as_str(), many.len()),
+                            message: format!(
+                                "`{}` selects {} values where one is expected; use `$paths` or `$each` for many",
+                                query.as_str(),
+                                many.len()
+                            ),
                         });
                     }
                 }
             }
             Kind::Paths(query) => {
-                let items: Vec<Value> = query.select(scope.input.record, scope.current).into_iter().filter_map(|v| prune(v.clone())).collect();
+                let items: Vec<Value> = query
+                    .select(scope.input.record, scope.current)
+                    .into_iter()
+                    .filter_map(|v| prune(v.clone()))
+                    .collect();
                 Some(Value::Array(items)).filter(|v| !fhir::is_empty(v))
             }
             Kind::Each { query, name, body } => {
@@ -407,7 +571,10 @@ impl Mapping {
                         Ok(None) => {}
                         Err(mut err) => {
                             if err.input.is_none() {
-                                err.input = query.locate(scope.input.record, scope.current).into_iter().nth(i);
+                                err.input = query
+                                    .locate(scope.input.record, scope.current)
+                                    .into_iter()
+                                    .nth(i);
                             }
                             return Err(err);
                         }
@@ -415,11 +582,18 @@ impl Mapping {
                 }
                 Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
             }
-            Kind::If { query, equals, then, otherwise } => {
+            Kind::If {
+                query,
+                equals,
+                then,
+                otherwise,
+            } => {
                 let nodes = query.select(scope.input.record, scope.current);
                 let holds = match equals {
-                    Some(x) => nodes.iter().any(|n| *n == x),
-                    None => nodes.iter().any(|n| !fhir::is_empty(n) && **n != Value::Bool(false)),
+                    Some(x) => nodes.contains(&x),
+                    None => nodes
+                        .iter()
+                        .any(|n| !fhir::is_empty(n) && **n != Value::Bool(false)),
                 };
                 match (holds, otherwise) {
                     (true, _) => self.eval(then, scope)?,
@@ -434,17 +608,37 @@ impl Mapping {
                         Value::String(s) => s.clone(),
                         Value::Number(n) => n.to_string(),
                         Value::Bool(b) => b.to_string(),
-                        other => return Err(self.with_input(e, value, scope, format!("cannot translate {}", fhir::kind(other)))),
+                        other => {
+                            return Err(self.with_input(
+                                e,
+                                value,
+                                scope,
+                                format!("cannot translate {}", fhir::kind(other)),
+                            ));
+                        }
                     };
-                    let t = self.tables.get(table).ok_or_else(|| self.fail(e, format!("no table `{table}`")))?;
-                    Some(t.translate(table, &code).map_err(|m| self.with_input(e, value, scope, m))?).filter(|v| !fhir::is_empty(v))
+                    let t = self
+                        .tables
+                        .get(table)
+                        .ok_or_else(|| self.fail(e, format!("no table `{table}`")))?;
+                    Some(
+                        t.translate(table, &code)
+                            .map_err(|m| self.with_input(e, value, scope, m))?,
+                    )
+                    .filter(|v| !fhir::is_empty(v))
                 }
             },
             Kind::Date { value, time } => match self.eval(value, scope)? {
                 None => None,
                 Some(v) => {
-                    let out = if *time { fhir::date_time(&v) } else { fhir::date(&v) };
-                    Some(Value::String(out.map_err(|m| self.with_input(e, value, scope, m))?))
+                    let out = if *time {
+                        fhir::date_time(&v)
+                    } else {
+                        fhir::date(&v)
+                    };
+                    Some(Value::String(
+                        out.map_err(|m| self.with_input(e, value, scope, m))?,
+                    ))
                 }
             },
             Kind::Uuid(parts) => {
@@ -453,16 +647,35 @@ impl Mapping {
                     match self.eval(p, scope)? {
                         Some(Value::String(s)) => texts.push(s),
                         Some(other) => texts.push(other.to_string()),
-                        None => return Err(self.with_input(e, p, scope, "a part of the id is missing, so the id would not be deterministic".into())),
+                        None => {
+                            return Err(self.with_input(
+                                e,
+                                p,
+                                scope,
+                                "a part of the id is missing, so the id would not be deterministic"
+                                    .into(),
+                            ));
+                        }
                     }
                 }
                 Some(Value::String(fhir::uuid5(&texts)))
             }
             Kind::Reference { resource_type, id } => match self.eval(id, scope)? {
                 None => None,
-                Some(Value::String(s)) => Some(serde_json::json!({"reference": format!("{resource_type}/{s}")})),
-                Some(Value::Number(n)) => Some(serde_json::json!({"reference": format!("{resource_type}/{n}")})),
-                Some(other) => return Err(self.with_input(e, id, scope, format!("a reference id must be text, found {}", fhir::kind(&other)))),
+                Some(Value::String(s)) => {
+                    Some(serde_json::json!({"reference": format!("{resource_type}/{s}")}))
+                }
+                Some(Value::Number(n)) => {
+                    Some(serde_json::json!({"reference": format!("{resource_type}/{n}")}))
+                }
+                Some(other) => {
+                    return Err(self.with_input(
+                        e,
+                        id,
+                        scope,
+                        format!("a reference id must be text, found {}", fhir::kind(&other)),
+                    ));
+                }
             },
             Kind::Convert { value, to } => match self.eval(value, scope)? {
                 None => None,
@@ -474,17 +687,28 @@ impl Mapping {
     /// An error with the input path of `source` when it is a query.
     fn with_input(&self, e: &Expr, source: &Expr, scope: &Scope<'_>, message: String) -> MapError {
         let input = match &source.kind {
-            Kind::Path { query, .. } => query.locate(scope.input.record, scope.current).into_iter().next(),
+            Kind::Path { query, .. } => query
+                .locate(scope.input.record, scope.current)
+                .into_iter()
+                .next(),
             _ => None,
         };
-        MapError { rule: e.rule.to_string(), input, message }
+        MapError {
+            rule: e.rule.to_string(),
+            input,
+            message,
+        }
     }
 }
 
 /// Removes empty values inside a selected value, as FHIR allows none.
 fn prune(v: Value) -> Option<Value> {
     let v = match v {
-        Value::Object(o) => Value::Object(o.into_iter().filter_map(|(k, v)| prune(v).map(|v| (k, v))).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
+                .collect(),
+        ),
         Value::Array(a) => Value::Array(a.into_iter().filter_map(prune).collect()),
         other => other,
     };
@@ -505,7 +729,10 @@ fn convert(v: &Value, to: Conversion) -> Result<Value, String> {
             .parse::<serde_json::Number>()
             .map(Value::Number)
             .map_err(|_| format!("`{text}` is not a number")),
-        Conversion::Integer => text.parse::<i64>().map(Value::from).map_err(|_| format!("`{text}` is not an integer")),
+        Conversion::Integer => text
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| format!("`{text}` is not an integer")),
         Conversion::Boolean => match text.as_str() {
             "true" | "True" | "TRUE" | "1" | "yes" | "Y" | "y" => Ok(Value::Bool(true)),
             "false" | "False" | "FALSE" | "0" | "no" | "N" | "n" => Ok(Value::Bool(false)),

@@ -55,6 +55,7 @@ pub struct Connector {
 }
 
 /// What drives a connector, with what that strategy needs.
+#[allow(clippy::large_enum_variant)] // built once per load; boxing would only add indirection
 #[derive(Debug)]
 pub enum Strategy {
     Pull(Pull),
@@ -91,9 +92,19 @@ pub enum Pagination {
     NextUrl(Query),
     LinkHeader,
     Fhir,
-    Offset { param: String, limit_param: String, limit: u32 },
-    Page { param: String, start: u32 },
-    Cursor { path: Query, param: String },
+    Offset {
+        param: String,
+        limit_param: String,
+        limit: u32,
+    },
+    Page {
+        param: String,
+        start: u32,
+    },
+    Cursor {
+        path: Query,
+        param: String,
+    },
 }
 
 /// A checked sink.
@@ -195,9 +206,17 @@ pub struct Push {
 /// Push caller authentication.
 #[derive(Debug, Clone)]
 pub enum PushAuth {
-    Hmac { secret: Secret, header: String, timestamp_header: String, tolerance: Duration },
+    Hmac {
+        secret: Secret,
+        header: String,
+        timestamp_header: String,
+        tolerance: Duration,
+    },
     Bearer(Secret),
-    ApiKey { header: String, value: Secret },
+    ApiKey {
+        header: String,
+        value: Secret,
+    },
 }
 
 /// The sink of a connector: a named one, or the embedded NDJSON default.
@@ -226,10 +245,19 @@ pub struct Schedule {
 }
 
 /// What a cron run reads.
+#[allow(clippy::large_enum_variant)] // built once per load; boxing would only add indirection
 #[derive(Debug)]
 pub enum CronRead {
-    Fetch { request: Request, records: Query, incremental: Option<(Query, String)> },
-    Sync { resource_types: Vec<String>, incremental: bool, page_size: u32 },
+    Fetch {
+        request: Request,
+        records: Query,
+        incremental: Option<(Query, String)>,
+    },
+    Sync {
+        resource_types: Vec<String>,
+        incremental: bool,
+        page_size: u32,
+    },
 }
 
 /// A definition test.
@@ -249,7 +277,10 @@ impl Connector {
     /// The records selector of the documents this connector maps.
     pub fn records(&self) -> Option<&Query> {
         match &self.strategy {
-            Strategy::Pull(p) => p.resources.iter().find_map(|r| r.search.as_ref().map(|s| &s.records)),
+            Strategy::Pull(p) => p
+                .resources
+                .iter()
+                .find_map(|r| r.search.as_ref().map(|s| &s.records)),
             Strategy::Push(p) => Some(&p.records),
             Strategy::Cron(c) => match &c.read {
                 CronRead::Fetch { records, .. } => Some(records),
@@ -262,13 +293,19 @@ impl Connector {
     /// record mapped (or taken as a resource when there is no mapping).
     pub fn map_document(&self, document: &Value, params: &Value) -> Result<Vec<Value>, MapError> {
         let selected: Vec<(String, &Value)> = match self.records() {
-            Some(q) => q.locate(document, document).into_iter().zip(q.select(document, document)).collect(),
+            Some(q) => q
+                .locate(document, document)
+                .into_iter()
+                .zip(q.select(document, document))
+                .collect(),
             None => vec![("$".to_owned(), document)],
         };
         let mut out = Vec::new();
         for (path, record) in selected {
             let split;
-            let records: Vec<&Value> = if self.split_bundles && record.get("resourceType") == Some(&Value::from("Bundle")) {
+            let records: Vec<&Value> = if self.split_bundles
+                && record.get("resourceType") == Some(&Value::from("Bundle"))
+            {
                 split = crate::fhir::split_bundle(record).map_err(|m| MapError {
                     rule: "spec.splitBundles".into(),
                     input: Some(path.clone()),
@@ -281,7 +318,11 @@ impl Connector {
             for r in records {
                 match &self.mapping {
                     Some(m) => {
-                        let input = Input { record: r, vars: &self.vars, params };
+                        let input = Input {
+                            record: r,
+                            vars: &self.vars,
+                            params,
+                        };
                         out.extend(m.apply(input).map_err(|mut e| {
                             e.input = Some(match e.input.take() {
                                 Some(inner) => format!("{path}{}", inner.trim_start_matches('$')),
@@ -290,12 +331,16 @@ impl Connector {
                             e
                         })?);
                     }
-                    None if r.get("resourceType").is_some_and(Value::is_string) => out.push(r.clone()),
+                    None if r.get("resourceType").is_some_and(Value::is_string) => {
+                        out.push(r.clone())
+                    }
                     None => {
                         return Err(MapError {
                             rule: "spec".into(),
                             input: Some(path.clone()),
-                            message: "the record is not a FHIR resource and the connector has no mapping".into(),
+                            message:
+                                "the record is not a FHIR resource and the connector has no mapping"
+                                    .into(),
                         });
                     }
                 }

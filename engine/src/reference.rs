@@ -18,7 +18,9 @@ pub fn markdown(schema: &Value) -> String {
          `spec.mapping` and `spec.tests` may use `${env:NAME}`, `${env:NAME:-default}` and\n\
          `${file:PATH}`. The mapping language is described in [mapping.md](mapping.md).\n",
     );
-    let mut queue: VecDeque<String> = ["ConnectorDoc", "SourceDoc", "SinkDoc"].map(String::from).into();
+    let mut queue: VecDeque<String> = ["ConnectorDoc", "SourceDoc", "SinkDoc"]
+        .map(String::from)
+        .into();
     let mut seen: BTreeSet<String> = queue.iter().cloned().collect();
     while let Some(name) = queue.pop_front() {
         let def = &defs[&name];
@@ -26,18 +28,26 @@ pub fn markdown(schema: &Value) -> String {
         if let Some(d) = def.get("description").and_then(Value::as_str) {
             let _ = writeln!(out, "{d}\n");
         }
-        if let Some(options) = def.get("enum").or_else(|| def.get("oneOf")).and_then(Value::as_array) {
+        if let Some(options) = def
+            .get("enum")
+            .or_else(|| def.get("oneOf"))
+            .and_then(Value::as_array)
+        {
             let values: Vec<String> = options.iter().map(enum_value).collect();
             let _ = writeln!(out, "One of: {}.", values.join(", "));
             continue;
         }
-        let Some(props) = def.get("properties").and_then(Value::as_object) else { continue };
+        let Some(props) = def.get("properties").and_then(Value::as_object) else {
+            continue;
+        };
         let required: Vec<&str> = def
             .get("required")
             .and_then(Value::as_array)
             .map(|r| r.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        out.push_str("| field | type | required | description | example |\n|---|---|---|---|---|\n");
+        out.push_str(
+            "| field | type | required | description | example |\n|---|---|---|---|---|\n",
+        );
         for (field, p) in props {
             for r in refs(p) {
                 if seen.insert(r.clone()) {
@@ -55,7 +65,11 @@ pub fn markdown(schema: &Value) -> String {
                 out,
                 "| `{field}` | {} | {} | {doc}{} | {} |",
                 type_of(p, defs),
-                if required.contains(&field.as_str()) { "yes" } else { "no" },
+                if required.contains(&field.as_str()) {
+                    "yes"
+                } else {
+                    "no"
+                },
                 constraints(p),
                 example(field, p, defs).replace('|', "\\|"),
             );
@@ -74,7 +88,12 @@ fn title(def: &str) -> String {
 }
 
 fn anchor(def: &str) -> String {
-    title(def).to_lowercase().replace([' ', '(', ')', ':'], "-").replace("--", "-").trim_matches('-').replace("--", "-")
+    title(def)
+        .to_lowercase()
+        .replace([' ', '(', ')', ':'], "-")
+        .replace("--", "-")
+        .trim_matches('-')
+        .replace("--", "-")
 }
 
 fn enum_value(v: &Value) -> String {
@@ -86,12 +105,18 @@ fn enum_value(v: &Value) -> String {
 }
 
 fn ref_name(p: &Value) -> Option<String> {
-    p.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/$defs/")).map(String::from)
+    p.get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .map(String::from)
 }
 
 fn refs(p: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    for candidate in [Some(p), p.get("items"), p.get("additionalProperties")].into_iter().flatten() {
+    for candidate in [Some(p), p.get("items"), p.get("additionalProperties")]
+        .into_iter()
+        .flatten()
+    {
         if let Some(r) = ref_name(candidate) {
             out.push(r);
         }
@@ -102,13 +127,24 @@ fn refs(p: &Value) -> Vec<String> {
 fn type_of(p: &Value, defs: &Value) -> String {
     if let Some(r) = ref_name(p) {
         let def = &defs[&r];
-        if let Some(options) = def.get("enum").or_else(|| def.get("oneOf")).and_then(Value::as_array) {
-            return options.iter().map(enum_value).collect::<Vec<_>>().join(" \\| ");
+        if let Some(options) = def
+            .get("enum")
+            .or_else(|| def.get("oneOf"))
+            .and_then(Value::as_array)
+        {
+            return options
+                .iter()
+                .map(enum_value)
+                .collect::<Vec<_>>()
+                .join(" \\| ");
         }
         return format!("[{r}](#{})", anchor(&r));
     }
     match p.get("type").and_then(Value::as_str) {
-        Some("array") => format!("list of {}", p.get("items").map_or("any".into(), |i| type_of(i, defs))),
+        Some("array") => format!(
+            "list of {}",
+            p.get("items").map_or("any".into(), |i| type_of(i, defs))
+        ),
         Some("object") => match p.get("additionalProperties") {
             Some(Value::Bool(true)) | None => "map of any".into(),
             Some(a) => format!("map of {}", type_of(a, defs)),
@@ -132,7 +168,11 @@ fn constraints(p: &Value) -> String {
     if let Some(n) = p.get("minItems") {
         parts.push(format!("At least {n} item(s)."));
     }
-    if parts.is_empty() { String::new() } else { format!(" {}", parts.join(" ")) }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", parts.join(" "))
+    }
 }
 
 fn example(field: &str, p: &Value, defs: &Value) -> String {
@@ -141,7 +181,11 @@ fn example(field: &str, p: &Value, defs: &Value) -> String {
     }
     if let Some(r) = ref_name(p) {
         let def = &defs[&r];
-        if let Some(first) = def.get("enum").or_else(|| def.get("oneOf")).and_then(|o| o.get(0)) {
+        if let Some(first) = def
+            .get("enum")
+            .or_else(|| def.get("oneOf"))
+            .and_then(|o| o.get(0))
+        {
             return enum_value(first);
         }
         return format!("see [{r}](#{})", anchor(&r));
@@ -196,7 +240,10 @@ fn inline(v: &Value) -> String {
         Value::Array(a) => format!("[{}]", a.iter().map(inline).collect::<Vec<_>>().join(", ")),
         Value::Object(o) => format!(
             "{{ {} }}",
-            o.iter().map(|(k, v)| format!("{k}: {}", inline(v))).collect::<Vec<_>>().join(", ")
+            o.iter()
+                .map(|(k, v)| format!("{k}: {}", inline(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         other => other.to_string(),
     }

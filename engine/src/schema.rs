@@ -16,13 +16,8 @@ pub fn generate() -> Value {
     let connector = generator.subschema_for::<ConnectorDoc>();
     let source = generator.subschema_for::<SourceDoc>();
     let sink = generator.subschema_for::<SinkDoc>();
-    let defs: Map<String, Value> = generator
-        .take_definitions(true)
-        .into_iter()
-        .collect();
-    let branch = |kind: &str, schema: schemars::Schema| {
-        json!({"if": {"properties": {"kind": {"const": kind}}}, "then": schema})
-    };
+    let defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    let branch = |kind: &str, schema: schemars::Schema| json!({"if": {"properties": {"kind": {"const": kind}}}, "then": schema});
     let mut root = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://fosps.gravitate-health.eu/schemas/connector.schema.json",
@@ -51,7 +46,11 @@ fn drop_null(v: &mut Value) {
                 }
             }
             if let Some(Value::Array(any)) = o.get("anyOf") {
-                let rest: Vec<Value> = any.iter().filter(|s| **s != json!({"type": "null"})).cloned().collect();
+                let rest: Vec<Value> = any
+                    .iter()
+                    .filter(|s| **s != json!({"type": "null"}))
+                    .cloned()
+                    .collect();
                 if rest.len() == 1 && any.len() == 2 {
                     o.remove("anyOf");
                     if let Value::Object(inner) = &rest[0] {
@@ -78,7 +77,8 @@ fn schema() -> &'static Value {
 
 fn validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    VALIDATOR.get_or_init(|| jsonschema::validator_for(schema()).expect("the generated schema compiles"))
+    VALIDATOR
+        .get_or_init(|| jsonschema::validator_for(schema()).expect("the generated schema compiles"))
 }
 
 /// A schema finding: where (JSON pointer segments), what, and an optional hint. `key` is set
@@ -104,13 +104,25 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                     let mut key_at = at.clone();
                     key_at.push(k.clone());
                     let hint = crate::diagnostic::did_you_mean(k, known.iter().map(String::as_str))
-                        .or_else(|| (!known.is_empty()).then(|| format!("known keys: {}", known.join(", "))));
-                    out.push(Finding { at: key_at, key: true, message: format!("unknown key `{k}`"), hint });
+                        .or_else(|| {
+                            (!known.is_empty()).then(|| format!("known keys: {}", known.join(", ")))
+                        });
+                    out.push(Finding {
+                        at: key_at,
+                        key: true,
+                        message: format!("unknown key `{k}`"),
+                        hint,
+                    });
                 }
             }
             ValidationErrorKind::Required { property } => {
                 let name = property.as_str().unwrap_or_default();
-                out.push(Finding { at, key: false, message: format!("missing required key `{name}`"), hint: None });
+                out.push(Finding {
+                    at,
+                    key: false,
+                    message: format!("missing required key `{name}`"),
+                    hint: None,
+                });
             }
             ValidationErrorKind::Type { kind } => {
                 let expected = match kind {
@@ -125,13 +137,17 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                     hint: None,
                 });
             }
-            ValidationErrorKind::Enum { options } | ValidationErrorKind::Constant { expected_value: options } => {
+            ValidationErrorKind::Enum { options }
+            | ValidationErrorKind::Constant {
+                expected_value: options,
+            } => {
                 let options: Vec<String> = match options.as_ref() {
                     Value::Array(a) => a.iter().map(text).collect(),
                     other => vec![text(other)],
                 };
                 let shown = found.map(text).unwrap_or_default();
-                let hint = crate::diagnostic::did_you_mean(&shown, options.iter().map(String::as_str));
+                let hint =
+                    crate::diagnostic::did_you_mean(&shown, options.iter().map(String::as_str));
                 out.push(Finding {
                     at,
                     key: false,
@@ -145,7 +161,9 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                     spec::DURATION_PATTERN => format!("`{shown}` is not a duration"),
                     spec::SIZE_PATTERN => format!("`{shown}` is not a size"),
                     spec::NAME_PATTERN => format!("`{shown}` is not a DNS label"),
-                    spec::RESOURCE_TYPE_PATTERN => format!("`{shown}` is not a FHIR resource type name"),
+                    spec::RESOURCE_TYPE_PATTERN => {
+                        format!("`{shown}` is not a FHIR resource type name")
+                    }
                     _ => format!("`{shown}` does not match `{pattern}`"),
                 };
                 let hint = match pattern.as_str() {
@@ -156,9 +174,19 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                     }
                     _ => None,
                 };
-                out.push(Finding { at, key: false, message, hint });
+                out.push(Finding {
+                    at,
+                    key: false,
+                    message,
+                    hint,
+                });
             }
-            _ => out.push(Finding { at, key: false, message: e.to_string(), hint: None }),
+            _ => out.push(Finding {
+                at,
+                key: false,
+                message: e.to_string(),
+                hint: None,
+            }),
         }
     }
     out
@@ -199,7 +227,14 @@ pub fn known_keys(doc: &Value, at: &[String]) -> Vec<String> {
         "Connector" => "ConnectorDoc",
         "Source" => "SourceDoc",
         "Sink" => "SinkDoc",
-        _ => return vec!["apiVersion".into(), "kind".into(), "metadata".into(), "spec".into()],
+        _ => {
+            return vec![
+                "apiVersion".into(),
+                "kind".into(),
+                "metadata".into(),
+                "spec".into(),
+            ];
+        }
     };
     let mut node = &root["$defs"][def];
     for s in at {
@@ -222,7 +257,11 @@ pub fn known_keys(doc: &Value, at: &[String]) -> Vec<String> {
 }
 
 fn deref<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
-    match node.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/$defs/")) {
+    match node
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+    {
         Some(name) => &root["$defs"][name],
         None => node,
     }
@@ -238,7 +277,10 @@ mod tests {
         assert_eq!(s["$schema"], "https://json-schema.org/draft/2020-12/schema");
         let text = s.to_string();
         assert!(!text.contains("\"null\""), "explicit nulls are not values");
-        assert_eq!(s["$defs"]["SourceSpec"]["properties"]["timeout"]["type"], "string");
+        assert_eq!(
+            s["$defs"]["SourceSpec"]["properties"]["timeout"]["type"],
+            "string"
+        );
     }
 
     #[test]

@@ -40,7 +40,9 @@ pub fn resolve(s: &str, env: &dyn Environment, base: &Path) -> Result<String, St
             out.push_str("${");
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
-            let end = after.find('}').ok_or_else(|| "unclosed `${` (write `$${` for a literal `${`)".to_string())?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| "unclosed `${` (write `$${` for a literal `${`)".to_string())?;
             let reference = &after[..end];
             out.push_str(&lookup(reference, env, base)?);
             rest = &after[end + 1..];
@@ -63,7 +65,9 @@ fn lookup(reference: &str, env: &dyn Environment, base: &Path) -> Result<String,
             && !name.starts_with(|c: char| c.is_ascii_digit())
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(format!("`${{{reference}}}`: `{name}` is not an environment variable name"));
+            return Err(format!(
+                "`${{{reference}}}`: `{name}` is not an environment variable name"
+            ));
         }
         env.var(name)
             .or_else(|| default.map(str::to_owned))
@@ -83,9 +87,16 @@ fn lookup(reference: &str, env: &dyn Environment, base: &Path) -> Result<String,
                 }
                 text
             })
-            .map_err(|e| format!("secret file `{path}` cannot be read: {}", crate::load::io_reason(&e)))
+            .map_err(|e| {
+                format!(
+                    "secret file `{path}` cannot be read: {}",
+                    crate::load::io_reason(&e)
+                )
+            })
     } else {
-        Err(format!("unknown reference `${{{reference}}}`: use `${{env:NAME}}` or `${{file:PATH}}`"))
+        Err(format!(
+            "unknown reference `${{{reference}}}`: use `${{env:NAME}}` or `${{file:PATH}}`"
+        ))
     }
 }
 
@@ -112,17 +123,39 @@ mod tests {
     fn resolves_env_files_and_escapes() {
         let env = Fake(HashMap::from([("A", "alpha")]));
         let base = Path::new("/s");
-        assert_eq!(resolve("x ${env:A} y", &env, base).as_deref(), Ok("x alpha y"));
-        assert_eq!(resolve("Bearer ${file:token}", &env, base).as_deref(), Ok("Bearer t0k3n"));
-        assert_eq!(resolve("$${env:A} costs $5", &env, base).as_deref(), Ok("${env:A} costs $5"));
-        assert_eq!(resolve("${env:B}", &env, base), Err("environment variable `B` is not set".into()));
-        assert_eq!(resolve("${env:B:-http://b:1}/x", &env, base).as_deref(), Ok("http://b:1/x"));
-        assert_eq!(resolve("${env:A:-other}", &env, base).as_deref(), Ok("alpha"));
+        assert_eq!(
+            resolve("x ${env:A} y", &env, base).as_deref(),
+            Ok("x alpha y")
+        );
+        assert_eq!(
+            resolve("Bearer ${file:token}", &env, base).as_deref(),
+            Ok("Bearer t0k3n")
+        );
+        assert_eq!(
+            resolve("$${env:A} costs $5", &env, base).as_deref(),
+            Ok("${env:A} costs $5")
+        );
+        assert_eq!(
+            resolve("${env:B}", &env, base),
+            Err("environment variable `B` is not set".into())
+        );
+        assert_eq!(
+            resolve("${env:B:-http://b:1}/x", &env, base).as_deref(),
+            Ok("http://b:1/x")
+        );
+        assert_eq!(
+            resolve("${env:A:-other}", &env, base).as_deref(),
+            Ok("alpha")
+        );
         assert_eq!(
             resolve("${file:nope}", &env, base),
             Err("secret file `nope` cannot be read: not found".into())
         );
-        assert!(resolve("${vault:x}", &env, base).unwrap_err().starts_with("unknown reference"));
+        assert!(
+            resolve("${vault:x}", &env, base)
+                .expect_err("an error")
+                .starts_with("unknown reference")
+        );
         assert!(has_reference("a ${env:A}") && !has_reference("a $${env:A}"));
     }
 }

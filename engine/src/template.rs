@@ -7,20 +7,31 @@ use std::sync::Arc;
 
 use handlebars::template::{Parameter, Template, TemplateElement};
 use handlebars::{
-    Context, Handlebars, Helper, HelperDef, JsonValue, RenderContext, RenderError, RenderErrorReason,
-    ScopedJson, handlebars_helper,
+    Context, Handlebars, Helper, HelperDef, JsonValue, RenderContext, RenderError,
+    RenderErrorReason, ScopedJson, handlebars_helper,
 };
 use serde_json::Value;
 
 use crate::fhir;
 
 /// Helpers of the engine, documented in the README ("Template helpers").
-pub const ENGINE_HELPERS: [&str; 11] =
-    ["upper", "lower", "trim", "join", "default", "concat", "date", "dateTime", "uuid5", "translate", "json"];
+pub const ENGINE_HELPERS: [&str; 11] = [
+    "upper",
+    "lower",
+    "trim",
+    "join",
+    "default",
+    "concat",
+    "date",
+    "dateTime",
+    "uuid5",
+    "translate",
+    "json",
+];
 /// Helpers that come with Handlebars.
 pub const BUILTIN_HELPERS: [&str; 17] = [
-    "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or",
-    "not", "len",
+    "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte",
+    "and", "or", "not", "len",
 ];
 
 /// A translation table as the `translate` helper and `$translate` see it.
@@ -35,7 +46,9 @@ impl Table {
     pub fn translate(&self, name: &str, code: &str) -> Result<Value, String> {
         match self.map.get(code).or(self.default.as_ref()) {
             Some(v) => Ok(v.clone()),
-            None => Err(format!("code `{code}` is not in table `{name}` and the table has no default")),
+            None => Err(format!(
+                "code `{code}` is not in table `{name}` and the table has no default"
+            )),
         }
     }
 }
@@ -54,7 +67,9 @@ pub struct Templates {
 
 impl std::fmt::Debug for Templates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Templates").field("count", &self.registry.get_templates().len()).finish()
+        f.debug_struct("Templates")
+            .field("count", &self.registry.get_templates().len())
+            .finish()
     }
 }
 
@@ -100,7 +115,10 @@ impl Templates {
             let hint = crate::diagnostic::did_you_mean(&helper, known)
                 .map(|h| format!(" ({h})"))
                 .unwrap_or_default();
-            return Err(TemplateError { message: format!("unknown helper `{helper}`{hint}"), position });
+            return Err(TemplateError {
+                message: format!("unknown helper `{helper}`{hint}"),
+                position,
+            });
         }
         self.registry.register_template(name, template);
         Ok(Text::Template(name.to_owned()))
@@ -141,19 +159,27 @@ fn unknown_helper(t: &Template) -> Option<(String, Option<(usize, usize)>)> {
 
 fn element_unknown_helper(el: &TemplateElement) -> Option<String> {
     let h = match el {
-        TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) | TemplateElement::HelperBlock(h) => h,
+        TemplateElement::Expression(h)
+        | TemplateElement::HtmlExpression(h)
+        | TemplateElement::HelperBlock(h) => h,
         _ => return None,
     };
     let is_call = h.block || !h.params.is_empty() || !h.hash.is_empty();
-    if let Parameter::Name(name) = &h.name {
-        if is_call && !ENGINE_HELPERS.contains(&name.as_str()) && !BUILTIN_HELPERS.contains(&name.as_str()) {
-            return Some(name.clone());
-        }
+    if let Parameter::Name(name) = &h.name
+        && is_call
+        && !ENGINE_HELPERS.contains(&name.as_str())
+        && !BUILTIN_HELPERS.contains(&name.as_str())
+    {
+        return Some(name.clone());
     }
-    let nested = h.params.iter().chain(h.hash.values()).find_map(|p| match p {
-        Parameter::Subexpression(s) => element_unknown_helper(&s.element),
-        _ => None,
-    });
+    let nested = h
+        .params
+        .iter()
+        .chain(h.hash.values())
+        .find_map(|p| match p {
+            Parameter::Subexpression(s) => element_unknown_helper(&s.element),
+            _ => None,
+        });
     nested.or_else(|| {
         [&h.template, &h.inverse]
             .into_iter()
@@ -199,11 +225,14 @@ impl HelperDef for DateHelper {
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
         let name = if self.0 { "dateTime" } else { "date" };
-        let v = h
-            .param(0)
-            .filter(|p| !p.is_value_missing())
-            .ok_or(RenderErrorReason::ParamNotFoundForIndex(if self.0 { "dateTime" } else { "date" }, 0))?;
-        let out = if self.0 { fhir::date_time(v.value()) } else { fhir::date(v.value()) };
+        let v = h.param(0).filter(|p| !p.is_value_missing()).ok_or(
+            RenderErrorReason::ParamNotFoundForIndex(if self.0 { "dateTime" } else { "date" }, 0),
+        )?;
+        let out = if self.0 {
+            fhir::date_time(v.value())
+        } else {
+            fhir::date(v.value())
+        };
         out.map(|s| ScopedJson::Derived(JsonValue::String(s)))
             .map_err(|e| RenderErrorReason::Other(format!("{name}: {e}")).into())
     }
@@ -220,8 +249,13 @@ impl HelperDef for DefaultHelper {
         _: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
-        let chosen = h.params().iter().find(|p| !p.is_value_missing() && !fhir::is_empty(p.value()));
-        Ok(ScopedJson::Derived(chosen.map(|p| p.value().clone()).unwrap_or(Value::Null)))
+        let chosen = h
+            .params()
+            .iter()
+            .find(|p| !p.is_value_missing() && !fhir::is_empty(p.value()));
+        Ok(ScopedJson::Derived(
+            chosen.map(|p| p.value().clone()).unwrap_or(Value::Null),
+        ))
     }
 }
 
@@ -236,7 +270,10 @@ impl HelperDef for TranslateHelper {
         _: &'rc Context,
         _: &mut RenderContext<'reg, 'rc>,
     ) -> Result<ScopedJson<'rc>, RenderError> {
-        let table = h.param(0).and_then(|p| p.value().as_str()).unwrap_or_default();
+        let table = h
+            .param(0)
+            .and_then(|p| p.value().as_str())
+            .unwrap_or_default();
         let code = h
             .param(1)
             .filter(|p| !p.is_value_missing())
@@ -245,7 +282,9 @@ impl HelperDef for TranslateHelper {
             .0
             .get(table)
             .ok_or_else(|| RenderErrorReason::Other(format!("translate: no table `{table}`")))?;
-        let v = t.translate(table, &text_of(code.value())).map_err(RenderErrorReason::Other)?;
+        let v = t
+            .translate(table, &text_of(code.value()))
+            .map_err(RenderErrorReason::Other)?;
         Ok(ScopedJson::Derived(v))
     }
 }

@@ -58,8 +58,17 @@ pub struct Parsed {
 }
 
 enum Frame {
-    Seq { node: Node, items: Vec<Node>, anchor: usize },
-    Map { node: Node, entries: Vec<(Key, Node)>, key: Option<Key>, anchor: usize },
+    Seq {
+        node: Node,
+        items: Vec<Node>,
+        anchor: usize,
+    },
+    Map {
+        node: Node,
+        entries: Vec<(Key, Node)>,
+        key: Option<Key>,
+        anchor: usize,
+    },
 }
 
 /// Parses all documents of `text`.
@@ -72,18 +81,29 @@ pub fn parse(text: &str) -> Parsed {
         let (event, span) = match event {
             Ok(e) => e,
             Err(e) => {
-                out.errors.push(syntax_error(text, e.marker().line(), e.marker().col() + 1, e.info()));
+                out.errors.push(syntax_error(
+                    text,
+                    e.marker().line(),
+                    e.marker().col() + 1,
+                    e.info(),
+                ));
                 return out;
             }
         };
-        let at = |v: NodeValue| Node { value: v, line: span.start.line(), column: span.start.col() + 1 };
+        let at = |v: NodeValue| Node {
+            value: v,
+            line: span.start.line(),
+            column: span.start.col() + 1,
+        };
         let complete = match event {
             Event::DocumentStart(_) => {
                 anchors.clear();
                 None
             }
             Event::Scalar(text, style, anchor, tag) => {
-                let core_str = tag.as_ref().is_some_and(|t| t.handle == "tag:yaml.org,2002:" && t.suffix == "str");
+                let core_str = tag
+                    .as_ref()
+                    .is_some_and(|t| t.handle == "tag:yaml.org,2002:" && t.suffix == "str");
                 let value = if style == ScalarStyle::Plain && !core_str {
                     resolve_plain(&text)
                 } else {
@@ -92,23 +112,44 @@ pub fn parse(text: &str) -> Parsed {
                 Some((at(value), anchor))
             }
             Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Seq { node: at(NodeValue::Null), items: Vec::new(), anchor });
+                stack.push(Frame::Seq {
+                    node: at(NodeValue::Null),
+                    items: Vec::new(),
+                    anchor,
+                });
                 None
             }
             Event::MappingStart(anchor, _) => {
                 if matches!(stack.last(), Some(Frame::Map { key: None, .. })) {
-                    out.errors.push(error_at(&span, "a mapping key must be a plain value, not a collection"));
+                    out.errors.push(error_at(
+                        &span,
+                        "a mapping key must be a plain value, not a collection",
+                    ));
                     return out;
                 }
-                stack.push(Frame::Map { node: at(NodeValue::Null), entries: Vec::new(), key: None, anchor });
+                stack.push(Frame::Map {
+                    node: at(NodeValue::Null),
+                    entries: Vec::new(),
+                    key: None,
+                    anchor,
+                });
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Seq { mut node, items, anchor }) => {
+                Some(Frame::Seq {
+                    mut node,
+                    items,
+                    anchor,
+                }) => {
                     node.value = NodeValue::Seq(items);
                     Some((node, anchor))
                 }
-                Some(Frame::Map { mut node, entries, anchor, .. }) => {
+                Some(Frame::Map {
+                    mut node,
+                    entries,
+                    anchor,
+                    ..
+                }) => {
                     node.value = NodeValue::Map(entries);
                     Some((node, anchor))
                 }
@@ -130,19 +171,28 @@ pub fn parse(text: &str) -> Parsed {
                     return out;
                 }
                 None => {
-                    out.errors.push(error_at(&span, "alias to an unknown anchor"));
+                    out.errors
+                        .push(error_at(&span, "alias to an unknown anchor"));
                     return out;
                 }
             },
             _ => None,
         };
         if stack.len() > MAX_DEPTH {
-            out.errors.push(error_at(&span, &format!("nesting deeper than {MAX_DEPTH} levels")));
+            out.errors.push(error_at(
+                &span,
+                &format!("nesting deeper than {MAX_DEPTH} levels"),
+            ));
             return out;
         }
-        let Some((node, anchor)) = complete else { continue };
+        let Some((node, anchor)) = complete else {
+            continue;
+        };
         if budget == 0 {
-            out.errors.push(error_at(&span, &format!("more than {MAX_NODES} nodes in one file")));
+            out.errors.push(error_at(
+                &span,
+                &format!("more than {MAX_NODES} nodes in one file"),
+            ));
             return out;
         }
         budget -= 1;
@@ -175,11 +225,18 @@ pub fn parse(text: &str) -> Parsed {
                         NodeValue::Int(i) => i.to_string(),
                         NodeValue::Float(f) => f.to_string(),
                         NodeValue::Seq(_) | NodeValue::Map(_) => {
-                            out.errors.push(error_at(&span, "a mapping key must be a plain value, not a collection"));
+                            out.errors.push(error_at(
+                                &span,
+                                "a mapping key must be a plain value, not a collection",
+                            ));
                             return out;
                         }
                     };
-                    *key = Some(Key { name, line: node.line, column: node.column });
+                    *key = Some(Key {
+                        name,
+                        line: node.line,
+                        column: node.column,
+                    });
                 }
             },
         }
@@ -206,7 +263,10 @@ fn error_at(span: &Span, message: &str) -> YamlError {
 }
 
 fn syntax_error(text: &str, line: usize, column: usize, info: &str) -> YamlError {
-    let tab = text.lines().nth(line.wrapping_sub(1)).is_some_and(|l| l.contains('\t'));
+    let tab = text
+        .lines()
+        .nth(line.wrapping_sub(1))
+        .is_some_and(|l| l.contains('\t'));
     YamlError {
         line,
         column,
@@ -232,31 +292,34 @@ fn resolve_plain(s: &str) -> NodeValue {
         "" | "~" | "null" | "Null" | "NULL" => return NodeValue::Null,
         "true" | "True" | "TRUE" => return NodeValue::Bool(true),
         "false" | "False" | "FALSE" => return NodeValue::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return NodeValue::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return NodeValue::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return NodeValue::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return NodeValue::Float(f64::NAN),
         _ => {}
     }
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = s.parse::<i64>() {
-            return NodeValue::Int(i);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = s.parse::<i64>()
+    {
+        return NodeValue::Int(i);
     }
-    if let Some(hex) = s.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return NodeValue::Int(i);
-        }
+    if let Some(hex) = s.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return NodeValue::Int(i);
     }
-    if let Some(oct) = s.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return NodeValue::Int(i);
-        }
+    if let Some(oct) = s.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return NodeValue::Int(i);
     }
-    if is_core_float(digits) {
-        if let Ok(f) = s.parse::<f64>() {
-            return NodeValue::Float(f);
-        }
+    if is_core_float(digits)
+        && let Ok(f) = s.parse::<f64>()
+    {
+        return NodeValue::Float(f);
     }
     NodeValue::Str(s.to_owned())
 }
@@ -302,7 +365,10 @@ impl Node {
     /// The child under a key or index.
     pub fn child(&self, segment: &str) -> Option<&Node> {
         match &self.value {
-            NodeValue::Map(entries) => entries.iter().find(|(k, _)| k.name == segment).map(|(_, v)| v),
+            NodeValue::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == segment)
+                .map(|(_, v)| v),
             NodeValue::Seq(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
             _ => None,
         }
@@ -311,7 +377,10 @@ impl Node {
     /// The key written for `segment` in this mapping.
     pub fn key(&self, segment: &str) -> Option<&Key> {
         match &self.value {
-            NodeValue::Map(entries) => entries.iter().find(|(k, _)| k.name == segment).map(|(k, _)| k),
+            NodeValue::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == segment)
+                .map(|(k, _)| k),
             _ => None,
         }
     }
@@ -342,7 +411,11 @@ pub fn display_path(segments: &[String]) -> String {
     for s in segments {
         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
             out.push_str(&format!("[{s}]"));
-        } else if s.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '$') && !s.is_empty() {
+        } else if s
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '$')
+            && !s.is_empty()
+        {
             if !out.is_empty() {
                 out.push('.');
             }
@@ -375,7 +448,8 @@ mod tests {
 
     #[test]
     fn core_schema_scalars() {
-        let n = one("a: 1\nb: '1'\nc: 1.5\nd: true\ne: ~\nf: 0x1F\ng: 1e3\nh: .5\ni: abc\nj: 1.2.3\n");
+        let n =
+            one("a: 1\nb: '1'\nc: 1.5\nd: true\ne: ~\nf: 0x1F\ng: 1e3\nh: .5\ni: abc\nj: 1.2.3\n");
         let json = n.to_json();
         assert_eq!(
             json,
@@ -388,7 +462,10 @@ mod tests {
         let n = one("spec:\n  source:\n    url: x\n");
         let url = n.descend(&["spec".into(), "source".into(), "url".into()]);
         assert_eq!((url.line, url.column), (3, 10));
-        let key = n.descend(&["spec".into(), "source".into()]).key("url").expect("key");
+        let key = n
+            .descend(&["spec".into(), "source".into()])
+            .key("url")
+            .expect("key");
         assert_eq!((key.line, key.column), (3, 5));
     }
 
@@ -406,7 +483,11 @@ mod tests {
         let text = "[".repeat(20_000);
         let p = parse(&text);
         assert_eq!(p.errors.len(), 1);
-        assert!(p.errors[0].message.contains("nesting deeper"), "{:?}", p.errors);
+        assert!(
+            p.errors[0].message.contains("nesting deeper"),
+            "{:?}",
+            p.errors
+        );
     }
 
     #[test]
@@ -423,7 +504,10 @@ mod tests {
 
     #[test]
     fn paths_read_like_yaml() {
-        let segs: Vec<String> = ["spec", "tests", "0", "a.b"].iter().map(|s| s.to_string()).collect();
+        let segs: Vec<String> = ["spec", "tests", "0", "a.b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(display_path(&segs), "spec.tests[0][\"a.b\"]");
     }
 }

@@ -22,15 +22,25 @@ fn stdout(o: &Output) -> String {
 #[test]
 fn shipped_definitions_and_examples_are_valid() {
     let o = engine(&["validate", "connectors.d", "examples", "--deny-warnings"]);
-    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(stdout(&o).contains("valid: "), "{}", stdout(&o));
 }
 
 #[test]
 fn committed_schema_and_reference_are_current() {
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let schema = std::fs::read_to_string(root.join("schemas/connector.schema.json")).unwrap_or_default();
-    assert!(schema == schema_text(SchemaFormat::Json), "schemas/connector.schema.json is stale: run `engine schema > schemas/connector.schema.json`");
+    let schema =
+        std::fs::read_to_string(root.join("schemas/connector.schema.json")).unwrap_or_default();
+    assert!(
+        schema == schema_text(SchemaFormat::Json),
+        "schemas/connector.schema.json is stale: run `engine schema > schemas/connector.schema.json`"
+    );
     let reference = std::fs::read_to_string(root.join("docs/reference.md")).unwrap_or_default();
     assert!(
         reference == schema_text(SchemaFormat::Markdown),
@@ -44,11 +54,22 @@ fn exit_codes_say_valid_invalid_or_unusable() {
     assert_eq!(engine(&["validate", "no/such/path"]).status.code(), Some(2));
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("broken.yaml");
-    std::fs::write(&file, "apiVersion: fosps.gravitate-health.eu/v1\nkind: Connector\nmetadata: { name: broken\n").expect("write");
+    std::fs::write(
+        &file,
+        "apiVersion: fosps.gravitate-health.eu/v1\nkind: Connector\nmetadata: { name: broken\n",
+    )
+    .expect("write");
     let o = engine(&["validate", file.to_str().expect("path")]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    assert!(stdout(&o).contains("error: YAML syntax: "), "{}", stdout(&o));
-    assert_eq!(engine(&["validate", "--format", "xml"]).status.code(), Some(2));
+    assert!(
+        stdout(&o).contains("error: YAML syntax: "),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        engine(&["validate", "--format", "xml"]).status.code(),
+        Some(2)
+    );
     assert_eq!(engine(&["frobnicate"]).status.code(), Some(2));
 }
 
@@ -70,7 +91,9 @@ fn json_and_github_formats() {
     let o = engine(&["validate", path, "--format", "github"]);
     assert_eq!(
         stdout(&o),
-        format!("::error file={path},line=4,col=25,title=engine validate::spec.timout: unknown key `timout` (hint: did you mean `timeout`?)\n")
+        format!(
+            "::error file={path},line=4,col=25,title=engine validate::spec.timout: unknown key `timout` (hint: did you mean `timeout`?)\n"
+        )
     );
 }
 
@@ -84,39 +107,94 @@ fn warnings_fail_only_when_denied() {
     let o = engine(&["validate", path]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(stdout(&o).contains("warning: source `lonely` is not used by any connector"));
-    assert_eq!(engine(&["validate", path, "--deny-warnings"]).status.code(), Some(1));
+    assert_eq!(
+        engine(&["validate", path, "--deny-warnings"]).status.code(),
+        Some(1)
+    );
 }
 
 #[test]
 fn map_prints_fhir_and_fails_clearly() {
-    let o = engine(&["map", "-d", "examples", "--connector", "drug-labels", "--input", "examples/drug-labels/label.json"]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = engine(&[
+        "map",
+        "-d",
+        "examples",
+        "--connector",
+        "drug-labels",
+        "--input",
+        "examples/drug-labels/label.json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(out[0]["resourceType"], "MedicinalProductDefinition");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{not json").expect("write");
-    let o = engine(&["map", "-d", "examples", "--connector", "drug-labels", "--input", bad.to_str().expect("path")]);
+    let o = engine(&[
+        "map",
+        "-d",
+        "examples",
+        "--connector",
+        "drug-labels",
+        "--input",
+        bad.to_str().expect("path"),
+    ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not JSON: key must be a string at line 1 column 2"));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("not JSON: key must be a string at line 1 column 2")
+    );
 
     let deep = dir.path().join("deep.json");
     std::fs::write(&deep, "[".repeat(10_000) + &"]".repeat(10_000)).expect("write");
-    let o = engine(&["map", "-d", "examples", "--connector", "drug-labels", "--input", deep.to_str().expect("path")]);
+    let o = engine(&[
+        "map",
+        "-d",
+        "examples",
+        "--connector",
+        "drug-labels",
+        "--input",
+        deep.to_str().expect("path"),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("recursion limit exceeded"));
 
     let wrong = dir.path().join("wrong.json");
-    std::fs::write(&wrong, r#"{"results": [{"set_id": "a", "effective_time": {"x": 1}}]}"#).expect("write");
-    let o = engine(&["map", "-d", "examples", "--connector", "drug-labels", "--input", wrong.to_str().expect("path")]);
+    std::fs::write(
+        &wrong,
+        r#"{"results": [{"set_id": "a", "effective_time": {"x": 1}}]}"#,
+    )
+    .expect("write");
+    let o = engine(&[
+        "map",
+        "-d",
+        "examples",
+        "--connector",
+        "drug-labels",
+        "--input",
+        wrong.to_str().expect("path"),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&o.stderr),
         "error: mapping failed: rule spec.mapping.statusDate: expected a dateTime, found an object (input $['results'][0]['effective_time'])\n"
     );
 
-    let o = engine(&["map", "-d", "examples", "--connector", "drug-lables", "--input", "examples/drug-labels/label.json"]);
+    let o = engine(&[
+        "map",
+        "-d",
+        "examples",
+        "--connector",
+        "drug-lables",
+        "--input",
+        "examples/drug-labels/label.json",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("did you mean `drug-labels`?"));
 }

@@ -26,9 +26,16 @@ fn output(case: &Path) -> String {
         Ok(x) => x,
         Err(e) => return format!("unusable: {e}\n"),
     };
-    let opts = Options { allow_unresolved: false, run_tests: true, fhir_schema: None, env: &CorpusEnv };
+    let opts = Options {
+        allow_unresolved: false,
+        run_tests: true,
+        fhir_schema: None,
+        env: &CorpusEnv,
+    };
     let outcome = validate(&files, read_errors, &opts);
-    render(&outcome.diagnostics, Format::Human, &|p: &Path| outcome.texts.get(p).cloned())
+    render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+        outcome.texts.get(p).cloned()
+    })
 }
 
 #[test]
@@ -59,6 +66,16 @@ fn invalid_definitions_give_their_exact_diagnostics() {
             case.display()
         );
     }
-    assert!(failures.is_empty(), "{} of {} goldens differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
-    assert!(cases.len() >= 40, "the corpus has {} cases; at least 40 are expected", cases.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} goldens differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    assert!(
+        cases.len() >= 40,
+        "the corpus has {} cases; at least 40 are expected",
+        cases.len()
+    );
 }

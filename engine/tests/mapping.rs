@@ -13,21 +13,32 @@ use serde_json::Value;
 const FHIR_SCHEMA: &str = "../../shared/testdata/fhir-r4/fhir.schema.json";
 
 fn fhir_schema() -> FhirSchema {
-    FhirSchema::load(Path::new(FHIR_SCHEMA)).unwrap_or_else(|e| panic!("the FHIR R4 schema is needed: {e}"))
+    FhirSchema::load(Path::new(FHIR_SCHEMA))
+        .unwrap_or_else(|e| panic!("the FHIR R4 schema is needed: {e}"))
 }
 
 fn run_case(dir: &Path) -> Result<Vec<Value>, String> {
-    let (files, read_errors) = engine::load::read_all(&[dir.join("connector.yaml")]).map_err(|e| e.to_string())?;
-    let opts = Options { allow_unresolved: true, run_tests: true, fhir_schema: None, env: &ProcessEnvironment };
+    let (files, read_errors) =
+        engine::load::read_all(&[dir.join("connector.yaml")]).map_err(|e| e.to_string())?;
+    let opts = Options {
+        allow_unresolved: true,
+        run_tests: true,
+        fhir_schema: None,
+        env: &ProcessEnvironment,
+    };
     let outcome = validate(&files, read_errors, &opts);
-    let model = outcome.model.ok_or_else(|| format!("invalid definition: {:?}", outcome.diagnostics))?;
+    let model = outcome
+        .model
+        .ok_or_else(|| format!("invalid definition: {:?}", outcome.diagnostics))?;
     let connector = model.connectors.first().ok_or("no connector")?;
     let input: Value = engine::cli::read_input(&dir.join("input.json"))?;
     let params = std::fs::read_to_string(dir.join("params.json"))
         .ok()
         .map(|t| serde_json::from_str(&t).expect("params.json is JSON"))
         .unwrap_or(Value::Object(Default::default()));
-    connector.map_document(&input, &params).map_err(|e| e.to_string())
+    connector
+        .map_document(&input, &params)
+        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -52,18 +63,26 @@ fn mapping_fixtures_produce_their_expected_fhir() {
                     let text = serde_json::to_string_pretty(&got).expect("json") + "\n";
                     std::fs::write(&file, text).expect("write");
                 }
-                let want: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_default())
-                    .unwrap_or(Value::Null);
+                let want: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_default())
+                        .unwrap_or(Value::Null);
                 if Value::Array(got.clone()) != want {
-                    failures.push(format!("{name}: got {}", serde_json::to_string_pretty(&got).unwrap_or_default()));
+                    failures.push(format!(
+                        "{name}: got {}",
+                        serde_json::to_string_pretty(&got).unwrap_or_default()
+                    ));
                 }
                 for (i, r) in want.as_array().into_iter().flatten().enumerate() {
                     for problem in schema.check(r) {
-                        failures.push(format!("{name}: expected resource {i} is not valid FHIR R4: {problem}"));
+                        failures.push(format!(
+                            "{name}: expected resource {i} is not valid FHIR R4: {problem}"
+                        ));
                     }
                 }
                 if want.as_array().is_none_or(Vec::is_empty) {
-                    failures.push(format!("{name}: expected.json must list at least one resource"));
+                    failures.push(format!(
+                        "{name}: expected.json must list at least one resource"
+                    ));
                 }
             }
             (Err(e), true) => {
@@ -72,14 +91,26 @@ fn mapping_fixtures_produce_their_expected_fhir() {
                 }
                 let want = std::fs::read_to_string(&error_file).unwrap_or_default();
                 if want.trim_end() != e {
-                    failures.push(format!("{name}: error was\n  {e}\nexpected\n  {}", want.trim_end()));
+                    failures.push(format!(
+                        "{name}: error was\n  {e}\nexpected\n  {}",
+                        want.trim_end()
+                    ));
                 }
             }
-            (Ok(got), true) => failures.push(format!("{name}: expected an error, got {} resources", got.len())),
+            (Ok(got), true) => failures.push(format!(
+                "{name}: expected an error, got {} resources",
+                got.len()
+            )),
             (Err(e), false) => failures.push(format!("{name}: failed: {e}")),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    let ok = cases.iter().filter(|d| d.join("expected.json").exists()).count();
-    assert!(ok >= 25, "{ok} mapping fixtures with expected FHIR; at least 25 are expected");
+    let ok = cases
+        .iter()
+        .filter(|d| d.join("expected.json").exists())
+        .count();
+    assert!(
+        ok >= 25,
+        "{ok} mapping fixtures with expected FHIR; at least 25 are expected"
+    );
 }

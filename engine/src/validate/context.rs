@@ -31,22 +31,34 @@ impl<'a> Ctx<'a> {
 
     pub fn at_owned(&self, path: &[String]) -> Location {
         let node = self.doc.node.descend(path);
-        Location { line: node.line, column: node.column, path: display_path(path) }
+        Location {
+            line: node.line,
+            column: node.column,
+            path: display_path(path),
+        }
     }
 
     pub fn error(&mut self, path: &[&str], message: impl Into<String>, hint: Option<String>) {
         let at = self.at(path);
-        self.diags.push(Diagnostic::error(&self.doc.file, &at, message).with_hint(hint));
+        self.diags
+            .push(Diagnostic::error(&self.doc.file, &at, message).with_hint(hint));
     }
 
-    pub fn error_owned(&mut self, path: &[String], message: impl Into<String>, hint: Option<String>) {
+    pub fn error_owned(
+        &mut self,
+        path: &[String],
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         let at = self.at_owned(path);
-        self.diags.push(Diagnostic::error(&self.doc.file, &at, message).with_hint(hint));
+        self.diags
+            .push(Diagnostic::error(&self.doc.file, &at, message).with_hint(hint));
     }
 
     pub fn warning(&mut self, path: &[&str], message: impl Into<String>, hint: Option<String>) {
         let at = self.at(path);
-        self.diags.push(Diagnostic::warning(&self.doc.file, &at, message).with_hint(hint));
+        self.diags
+            .push(Diagnostic::warning(&self.doc.file, &at, message).with_hint(hint));
     }
 
     fn pointer(path: &[&str]) -> String {
@@ -77,7 +89,11 @@ impl<'a> Ctx<'a> {
                 default
             }
             None => {
-                self.error(path, format!("{} is not a duration", self.show(path, text)), None);
+                self.error(
+                    path,
+                    format!("{} is not a duration", self.show(path, text)),
+                    None,
+                );
                 default
             }
         }
@@ -88,7 +104,11 @@ impl<'a> Ctx<'a> {
         let Some(text) = value else { return default };
         match parse_size(text) {
             Some(0) | None => {
-                self.error(path, format!("{} is not a size above zero", self.show(path, text)), None);
+                self.error(
+                    path,
+                    format!("{} is not a size above zero", self.show(path, text)),
+                    None,
+                );
                 default
             }
             Some(n) => n,

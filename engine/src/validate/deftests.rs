@@ -16,16 +16,25 @@ const MAX_LINES: usize = 20;
 pub fn run(ctx: &mut Ctx<'_>, c: &Connector, schema: Option<&FhirSchema>) {
     for t in &c.tests {
         let at = ctx.at_owned(&t.at);
-        let mut fail = |message: String| ctx.diags.push(Diagnostic::error(&ctx.doc.file, &at, message));
+        let mut fail = |message: String| {
+            ctx.diags
+                .push(Diagnostic::error(&ctx.doc.file, &at, message))
+        };
         let result = c.map_document(&t.input, &t.params);
         let got = match (result, &t.expect_error) {
             (Err(e), Some(want)) if e.to_string().contains(want.as_str()) => continue,
             (Err(e), Some(want)) => {
-                fail(format!("test `{}`: expected an error containing `{want}`, got: {e}", t.name));
+                fail(format!(
+                    "test `{}`: expected an error containing `{want}`, got: {e}",
+                    t.name
+                ));
                 continue;
             }
             (Ok(_), Some(want)) => {
-                fail(format!("test `{}`: expected an error containing `{want}`, but the mapping succeeded", t.name));
+                fail(format!(
+                    "test `{}`: expected an error containing `{want}`, but the mapping succeeded",
+                    t.name
+                ));
                 continue;
             }
             (Err(e), None) => {
@@ -37,7 +46,10 @@ pub fn run(ctx: &mut Ctx<'_>, c: &Connector, schema: Option<&FhirSchema>) {
         if let Some(schema) = schema {
             for (i, r) in got.iter().enumerate() {
                 for problem in schema.check(r).into_iter().take(5) {
-                    fail(format!("test `{}`: resource {i} is not valid FHIR R4: {problem}", t.name));
+                    fail(format!(
+                        "test `{}`: resource {i} is not valid FHIR R4: {problem}",
+                        t.name
+                    ));
                 }
             }
         }
@@ -47,14 +59,24 @@ pub fn run(ctx: &mut Ctx<'_>, c: &Connector, schema: Option<&FhirSchema>) {
             None => continue,
         };
         let mut lines = Vec::new();
-        diff("$", &expected, &Value::Array(got), t.match_mode == MatchMode::Subset, &mut lines);
+        diff(
+            "$",
+            &expected,
+            &Value::Array(got),
+            t.match_mode == MatchMode::Subset,
+            &mut lines,
+        );
         if !lines.is_empty() {
             let more = lines.len().saturating_sub(MAX_LINES);
             lines.truncate(MAX_LINES);
             if more > 0 {
                 lines.push(format!("... and {more} more"));
             }
-            fail(format!("test `{}`: the output differs from the expected FHIR:\n    {}", t.name, lines.join("\n    ")));
+            fail(format!(
+                "test `{}`: the output differs from the expected FHIR:\n    {}",
+                t.name,
+                lines.join("\n    ")
+            ));
         }
     }
 }
@@ -91,12 +113,18 @@ pub fn diff(path: &str, expected: &Value, got: &Value, subset: bool, out: &mut V
                 match (e.get(i), g.get(i)) {
                     (Some(ev), Some(gv)) => diff(&p, ev, gv, subset, out),
                     (Some(ev), None) => out.push(format!("{p}: missing (expected {})", short(ev))),
-                    (None, Some(gv)) if !subset => out.push(format!("{p}: not expected (got {})", short(gv))),
+                    (None, Some(gv)) if !subset => {
+                        out.push(format!("{p}: not expected (got {})", short(gv)))
+                    }
                     _ => {}
                 }
             }
         }
-        _ if expected != got => out.push(format!("{path}: expected {}, got {}", short(expected), short(got))),
+        _ if expected != got => out.push(format!(
+            "{path}: expected {}, got {}",
+            short(expected),
+            short(got)
+        )),
         _ => {}
     }
 }
@@ -109,10 +137,29 @@ mod tests {
     #[test]
     fn diff_names_each_difference() {
         let mut out = Vec::new();
-        diff("$", &json!([{"a": 1, "b": [1, 2]}]), &json!([{"a": 2, "b": [1], "c": true}]), false, &mut out);
-        assert_eq!(out, vec!["$[0].a: expected 1, got 2", "$[0].b[1]: missing (expected 2)", "$[0].c: not expected (got true)"]);
+        diff(
+            "$",
+            &json!([{"a": 1, "b": [1, 2]}]),
+            &json!([{"a": 2, "b": [1], "c": true}]),
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                "$[0].a: expected 1, got 2",
+                "$[0].b[1]: missing (expected 2)",
+                "$[0].c: not expected (got true)"
+            ]
+        );
         let mut sub = Vec::new();
-        diff("$", &json!([{"a": 1}]), &json!([{"a": 1, "c": true}, {}]), true, &mut sub);
+        diff(
+            "$",
+            &json!([{"a": 1}]),
+            &json!([{"a": 1, "c": true}, {}]),
+            true,
+            &mut sub,
+        );
         assert!(sub.is_empty());
     }
 }

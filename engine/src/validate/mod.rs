@@ -45,7 +45,9 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 }
 
@@ -74,8 +76,14 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
         texts.insert(file.path.clone(), file.text.clone());
         let parsed = yaml::parse(&file.text);
         for e in &parsed.errors {
-            let at = Location { line: e.line, column: e.column, path: e.path.clone() };
-            diags.push(Diagnostic::error(&file.path, &at, e.message.clone()).with_hint(e.hint.clone()));
+            let at = Location {
+                line: e.line,
+                column: e.column,
+                path: e.path.clone(),
+            };
+            diags.push(
+                Diagnostic::error(&file.path, &at, e.message.clone()).with_hint(e.hint.clone()),
+            );
         }
         let documents: Vec<Node> = parsed
             .documents
@@ -83,15 +91,24 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
             .filter(|d| d.value != NodeValue::Null)
             .collect();
         if documents.is_empty() && parsed.errors.is_empty() {
-            let at = Location { line: 1, column: 1, path: String::new() };
+            let at = Location {
+                line: 1,
+                column: 1,
+                path: String::new(),
+            };
             diags.push(
-                Diagnostic::error(&file.path, &at, "the file has no documents")
-                    .with_hint(Some("a definition starts with `apiVersion: fosps.gravitate-health.eu/v1`".into())),
+                Diagnostic::error(&file.path, &at, "the file has no documents").with_hint(Some(
+                    "a definition starts with `apiVersion: fosps.gravitate-health.eu/v1`".into(),
+                )),
             );
         }
         for node in documents {
             if !matches!(node.value, NodeValue::Map(_)) {
-                let at = Location { line: node.line, column: node.column, path: String::new() };
+                let at = Location {
+                    line: node.line,
+                    column: node.column,
+                    path: String::new(),
+                };
                 let found = crate::fhir::kind(&node.to_json());
                 diags.push(Diagnostic::error(
                     &file.path,
@@ -110,62 +127,124 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
                         (true, Some(k)) => (k.line, k.column),
                         _ => (target.line, target.column),
                     };
-                    let at = Location { line, column, path: display_path(&f.at) };
+                    let at = Location {
+                        line,
+                        column,
+                        path: display_path(&f.at),
+                    };
                     diags.push(Diagnostic::error(&file.path, &at, f.message).with_hint(f.hint));
                 }
-                if let (Some(k), Some(n)) = (json["kind"].as_str(), json["metadata"]["name"].as_str()) {
+                if let (Some(k), Some(n)) =
+                    (json["kind"].as_str(), json["metadata"]["name"].as_str())
+                {
                     broken.insert((k.to_owned(), n.to_owned()));
                 }
                 continue;
             }
             let base = file.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-            let mut doc = Doc { file: file.path.clone(), node, json: Value::Null, secret: HashSet::new(), unresolved: HashSet::new() };
-            resolve_secrets(&mut json, &mut Vec::new(), &mut doc, &mut diags, opts, &base);
+            let mut doc = Doc {
+                file: file.path.clone(),
+                node,
+                json: Value::Null,
+                secret: HashSet::new(),
+                unresolved: HashSet::new(),
+            };
+            resolve_secrets(
+                &mut json,
+                &mut Vec::new(),
+                &mut doc,
+                &mut diags,
+                opts,
+                &base,
+            );
             doc.json = json;
             let kind = doc.json["kind"].as_str().unwrap_or_default().to_owned();
             let typed = match kind.as_str() {
-                "Connector" => serde_json::from_value(doc.json.clone()).map(|t| connectors.push((doc, t))),
-                "Source" => serde_json::from_value(doc.json.clone()).map(|t| sources.push((doc, t))),
+                "Connector" => {
+                    serde_json::from_value(doc.json.clone()).map(|t| connectors.push((doc, t)))
+                }
+                "Source" => {
+                    serde_json::from_value(doc.json.clone()).map(|t| sources.push((doc, t)))
+                }
                 _ => serde_json::from_value(doc.json.clone()).map(|t| sinks.push((doc, t))),
             };
             if let Err(e) = typed {
                 // The schema and the types agree, so this is a bug; say so rather than panic.
-                let at = Location { line: 1, column: 1, path: String::new() };
-                diags.push(Diagnostic::error(&file.path, &at, format!("internal: schema-valid document not accepted: {e}")));
+                let at = Location {
+                    line: 1,
+                    column: 1,
+                    path: String::new(),
+                };
+                diags.push(Diagnostic::error(
+                    &file.path,
+                    &at,
+                    format!("internal: schema-valid document not accepted: {e}"),
+                ));
             }
         }
     }
 
     let mut model = Model::default();
-    unique_names("Source", sources.iter().map(|(d, t)| (d, t.metadata.name.as_str())), &mut diags);
-    unique_names("Sink", sinks.iter().map(|(d, t)| (d, t.metadata.name.as_str())), &mut diags);
-    unique_names("Connector", connectors.iter().map(|(d, t)| (d, t.metadata.name.as_str())), &mut diags);
+    unique_names(
+        "Source",
+        sources.iter().map(|(d, t)| (d, t.metadata.name.as_str())),
+        &mut diags,
+    );
+    unique_names(
+        "Sink",
+        sinks.iter().map(|(d, t)| (d, t.metadata.name.as_str())),
+        &mut diags,
+    );
+    unique_names(
+        "Connector",
+        connectors
+            .iter()
+            .map(|(d, t)| (d, t.metadata.name.as_str())),
+        &mut diags,
+    );
     for (doc, spec) in &sources {
         let mut ctx = Ctx::new(doc, &mut diags);
         if let Some(s) = source::source(&mut ctx, &spec.metadata.name, &spec.spec, &["spec"]) {
-            model.sources.entry(spec.metadata.name.clone()).or_insert(Arc::new(s));
+            model
+                .sources
+                .entry(spec.metadata.name.clone())
+                .or_insert(Arc::new(s));
         }
     }
     for (doc, spec) in &sinks {
         let mut ctx = Ctx::new(doc, &mut diags);
         if let Some(s) = source::sink(&mut ctx, &spec.metadata.name, &spec.spec) {
-            model.sinks.entry(spec.metadata.name.clone()).or_insert(Arc::new(s));
+            model
+                .sinks
+                .entry(spec.metadata.name.clone())
+                .or_insert(Arc::new(s));
         }
     }
-    let names = connector::Names { sources: &model.sources, sinks: &model.sinks, broken: &broken };
+    let names = connector::Names {
+        sources: &model.sources,
+        sinks: &model.sinks,
+        broken: &broken,
+    };
     let mut used_sources = HashSet::new();
     for (doc, spec) in &connectors {
         let mut ctx = Ctx::new(doc, &mut diags);
-        if let Some(c) = connector::connector(&mut ctx, spec, &names, &mut used_sources) {
-            if model.connector(&c.name).is_none() {
-                model.connectors.push(Arc::new(c));
-            }
+        if let Some(c) = connector::connector(&mut ctx, spec, &names, &mut used_sources)
+            && model.connector(&c.name).is_none()
+        {
+            model.connectors.push(Arc::new(c));
         }
     }
     for (doc, spec) in &sources {
         if !used_sources.contains(&spec.metadata.name) {
             let mut ctx = Ctx::new(doc, &mut diags);
-            ctx.warning(&["metadata", "name"], format!("source `{}` is not used by any connector", spec.metadata.name), None);
+            ctx.warning(
+                &["metadata", "name"],
+                format!(
+                    "source `{}` is not used by any connector",
+                    spec.metadata.name
+                ),
+                None,
+            );
         }
     }
     routes(&connectors, &mut diags);
@@ -181,18 +260,30 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
     }
     crate::diagnostic::sort(&mut diags);
     let ok = !diags.iter().any(|d| d.severity == Severity::Error);
-    Outcome { model: ok.then_some(model), diagnostics: diags, texts }
+    Outcome {
+        model: ok.then_some(model),
+        diagnostics: diags,
+        texts,
+    }
 }
 
-fn unique_names<'a>(kind: &str, docs: impl Iterator<Item = (&'a Doc, &'a str)>, diags: &mut Vec<Diagnostic>) {
+fn unique_names<'a>(
+    kind: &str,
+    docs: impl Iterator<Item = (&'a Doc, &'a str)>,
+    diags: &mut Vec<Diagnostic>,
+) {
     let mut seen: BTreeMap<&str, (PathBuf, usize)> = BTreeMap::new();
     for (doc, name) in docs {
         let ctx = Ctx::new(doc, diags);
         let at = ctx.at(&["metadata", "name"]);
         match seen.get(name) {
             Some((file, line)) => diags.push(
-                Diagnostic::error(&doc.file, &at, format!("{kind} name `{name}` is already used"))
-                    .with_hint(Some(format!("first defined at {}:{line}", file.display()))),
+                Diagnostic::error(
+                    &doc.file,
+                    &at,
+                    format!("{kind} name `{name}` is already used"),
+                )
+                .with_hint(Some(format!("first defined at {}:{line}", file.display()))),
             ),
             None => {
                 seen.insert(name, (doc.file.clone(), at.line));
@@ -202,24 +293,52 @@ fn unique_names<'a>(kind: &str, docs: impl Iterator<Item = (&'a Doc, &'a str)>, 
 }
 
 /// Paths the engine itself serves; push endpoints may not take them.
-const RESERVED: [&str; 6] = ["/fhir", "/connectors", "/healthz", "/readyz", "/metrics", "/openapi.json"];
+const RESERVED: [&str; 6] = [
+    "/fhir",
+    "/connectors",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+];
 
 fn routes(connectors: &[(Doc, ConnectorDoc)], diags: &mut Vec<Diagnostic>) {
     let mut seen: BTreeMap<String, (String, PathBuf, usize)> = BTreeMap::new();
     for (doc, c) in connectors {
         let Some(push) = &c.spec.push else { continue };
-        let path = push.path.clone().unwrap_or_else(|| format!("/push/{}", c.metadata.name));
+        let path = push
+            .path
+            .clone()
+            .unwrap_or_else(|| format!("/push/{}", c.metadata.name));
         let ctx = Ctx::new(doc, diags);
-        let at = if push.path.is_some() { ctx.at(&["spec", "push", "path"]) } else { ctx.at(&["spec", "push"]) };
+        let at = if push.path.is_some() {
+            ctx.at(&["spec", "push", "path"])
+        } else {
+            ctx.at(&["spec", "push"])
+        };
         let normal = path.trim_end_matches('/').to_owned();
-        if let Some(r) = RESERVED.iter().find(|r| normal == **r || normal.starts_with(&format!("{r}/"))) {
-            diags.push(Diagnostic::error(&doc.file, &at, format!("push path `{path}` collides with the engine's own route `{r}`")));
+        if let Some(r) = RESERVED
+            .iter()
+            .find(|r| normal == **r || normal.starts_with(&format!("{r}/")))
+        {
+            diags.push(Diagnostic::error(
+                &doc.file,
+                &at,
+                format!("push path `{path}` collides with the engine's own route `{r}`"),
+            ));
             continue;
         }
         match seen.get(&normal) {
             Some((other, file, line)) => diags.push(
-                Diagnostic::error(&doc.file, &at, format!("push path `{path}` is also the route of connector `{other}`"))
-                    .with_hint(Some(format!("`{other}` is defined at {}:{line}", file.display()))),
+                Diagnostic::error(
+                    &doc.file,
+                    &at,
+                    format!("push path `{path}` is also the route of connector `{other}`"),
+                )
+                .with_hint(Some(format!(
+                    "`{other}` is defined at {}:{line}",
+                    file.display()
+                ))),
             ),
             None => {
                 seen.insert(normal, (c.metadata.name.clone(), doc.file.clone(), at.line));
@@ -253,7 +372,11 @@ fn resolve_secrets(
                 }
                 Err(message) => {
                     let node = doc.node.descend(at);
-                    let loc = Location { line: node.line, column: node.column, path: display_path(at) };
+                    let loc = Location {
+                        line: node.line,
+                        column: node.column,
+                        path: display_path(at),
+                    };
                     let d = if opts.allow_unresolved {
                         Diagnostic::warning(&doc.file, &loc, message)
                     } else {

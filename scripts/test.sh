@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine: installs what the tests need (pinned,
+# idempotent, see scripts/tools.sh), runs the Rust tests, and checks the shipped files with
+# outside validators.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/tools.sh
+source scripts/tools.sh
+
+echo "== cargo test"
+cargo test --locked --workspace
+
+echo "== engine validate connectors.d examples"
+cargo run --locked --quiet -p engine -- validate connectors.d examples --deny-warnings
+
+echo "== definitions against the published schema, with check-jsonschema"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mapfile -t defs < <(find connectors.d examples -name '*.yaml' -o -name '*.yml' | sort)
+"$VENV/bin/python" scripts/split-yaml.py "$work/ok" "${defs[@]}"
+"$VENV/bin/check-jsonschema" --schemafile schemas/connector.schema.json "$work"/ok/*.json
+# The same validator must also refuse what `engine validate` refuses.
+printf 'apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {name: s}\nspec: {url: "http://x", timout: 1s}\n' > "$work/bad.yaml"
+if "$VENV/bin/check-jsonschema" --schemafile schemas/connector.schema.json "$work/bad.yaml" > /dev/null; then
+  echo "check-jsonschema accepted a definition with an unknown key" >&2
+  exit 1
+fi
+echo "check-jsonschema refuses the unknown key, as engine validate does"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the outside tools the tests need, pinned, into a directory that survives between
+# runs on the same machine ($FOSPS_TOOLS, default ~/.local/share/fosps-tools). Idempotent:
+# each tool is installed only when its pinned version is missing. Source it to get $TOOLS.
+set -euo pipefail
+TOOLS="${FOSPS_TOOLS:-$HOME/.local/share/fosps-tools}"
+mkdir -p "$TOOLS"
+
+# Python validators from PyPI, pinned.
+PY_PINS="check-jsonschema==0.39.0"
+VENV="$TOOLS/venv"
+if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PY_PINS" ]; then
+  echo "tools: installing $PY_PINS into $VENV"
+  python3 -m venv "$VENV"
+  # shellcheck disable=SC2086
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check $PY_PINS
+  echo "$PY_PINS" > "$VENV/.pins"
+fi
+export TOOLS VENV
