@@ -21,6 +21,20 @@ pub fn is_empty(v: &Value) -> bool {
     }
 }
 
+/// JSON equality, with numbers compared by value (`1` equals `1.0`).
+pub fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// A deterministic UUID v5 of the parts (joined with a separator that cannot be confused).
 pub fn uuid5(parts: &[String]) -> String {
     Uuid::new_v5(&NAMESPACE, parts.join("\u{1f}").as_bytes()).to_string()
@@ -37,8 +51,12 @@ pub fn date(v: &Value) -> Result<String, String> {
             if let Some(d) = parse_date(s) {
                 return Ok(d.format("%Y-%m-%d").to_string());
             }
+            // The date as written at the source, in its own offset.
             parse_date_time(s)
-                .map(|dt| dt.0.format("%Y-%m-%d").to_string())
+                .map(|(dt, offset)| match offset {
+                    Some(o) => dt.with_timezone(&o).format("%Y-%m-%d").to_string(),
+                    None => dt.format("%Y-%m-%d").to_string(),
+                })
                 .ok_or_else(|| format!("`{s}` is not a date"))
         }
         Value::Number(_) => epoch(v).map(|dt| dt.format("%Y-%m-%d").to_string()),
@@ -285,6 +303,14 @@ mod tests {
         assert_eq!(
             date(&json!("2024-01-05T23:30:00+02:00")).as_deref(),
             Ok("2024-01-05")
+        );
+        assert_eq!(
+            date(&json!("2024-01-08T00:30:00+01:00")).as_deref(),
+            Ok("2024-01-08")
+        );
+        assert_eq!(
+            date(&json!("2024-01-07T23:30:00-05:00")).as_deref(),
+            Ok("2024-01-07")
         );
         assert_eq!(
             date_time(&json!("2024-01-05 10:00:00")).as_deref(),

@@ -44,6 +44,11 @@ impl Query {
         })
     }
 
+    /// True for a query of the current element (`@...`).
+    pub fn is_relative(&self) -> bool {
+        self.relative
+    }
+
     /// The text as written.
     pub fn as_str(&self) -> &str {
         &self.text

@@ -153,12 +153,7 @@ impl Compiler<'_> {
                         .position
                         .map(|(l, c)| format!(" (template line {l}, column {c})"))
                         .unwrap_or_default();
-                    return self.error(
-                        at,
-                        node,
-                        format!("{}{place}", e.message),
-                        Some("write `\\{{` for a literal `{{`".into()),
-                    );
+                    return self.error(at, node, format!("{}{place}", e.message), e.hint);
                 }
             },
             NodeValue::Seq(items) => Kind::Array(
@@ -406,51 +401,111 @@ pub struct Input<'a> {
     pub params: &'a Value,
 }
 
+/// Where a mapping is evaluating: the record, the current element and the names bound by
+/// enclosing `$each`es, and how the current element was reached (for error paths).
 struct Scope<'a> {
     input: Input<'a>,
+    templates: &'a Templates,
     current: &'a Value,
-    index: Option<usize>,
+    index: Option<Value>,
     bindings: Vec<(&'a str, &'a Value)>,
+    /// The enclosing scope, the query that selected the current element, and its position.
+    parent: Option<(&'a Scope<'a>, &'a Query, usize)>,
     context: OnceCell<Context>,
 }
 
 impl<'a> Scope<'a> {
-    fn new(input: Input<'a>) -> Self {
+    fn new(input: Input<'a>, templates: &'a Templates) -> Self {
         Scope {
             input,
+            templates,
             current: input.record,
             index: None,
             bindings: Vec::new(),
+            parent: None,
             context: OnceCell::new(),
         }
     }
 
-    fn child(&self, current: &'a Value, index: usize, name: Option<&'a str>) -> Scope<'a> {
+    fn child(
+        &'a self,
+        query: &'a Query,
+        current: &'a Value,
+        index: usize,
+        name: Option<&'a str>,
+    ) -> Scope<'a> {
         let mut bindings = self.bindings.clone();
         if let Some(n) = name {
             bindings.push((n, current));
         }
         Scope {
             input: self.input,
+            templates: self.templates,
             current,
-            index: Some(index),
+            index: Some(Value::from(index)),
             bindings,
+            parent: Some((self, query, index)),
             context: OnceCell::new(),
         }
     }
 
+    /// The normalized path of the current element inside the record (`$` for the record).
+    fn current_path(&self) -> String {
+        match self.parent {
+            None => "$".into(),
+            Some((parent, query, i)) => parent.input_path(query, i).unwrap_or_else(|| "$".into()),
+        }
+    }
+
+    /// The normalized path, inside the record, of the `i`th value `query` selects here.
+    fn input_path(&self, query: &Query, i: usize) -> Option<String> {
+        let located = query
+            .locate(self.input.record, self.current)
+            .into_iter()
+            .nth(i)?;
+        Some(if query.is_relative() {
+            format!("{}{}", self.current_path(), &located[1..])
+        } else {
+            located
+        })
+    }
+}
+
+impl crate::template::Scope for Scope<'_> {
+    fn value(&self, name: &str) -> Option<&Value> {
+        match name {
+            "record" => Some(self.input.record),
+            "item" => Some(self.current),
+            "vars" => Some(self.input.vars),
+            "params" => Some(self.input.params),
+            "index" => self.index.as_ref(),
+            other => self
+                .bindings
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == other)
+                .map(|(_, v)| *v),
+        }
+    }
+
+    /// The Handlebars context of this scope, built once and holding only what the
+    /// connector's Handlebars templates read.
     fn context(&self) -> &Context {
         self.context.get_or_init(|| {
             let mut m = Map::new();
-            m.insert("record".into(), self.input.record.clone());
-            m.insert("item".into(), self.current.clone());
-            m.insert("vars".into(), self.input.vars.clone());
-            m.insert("params".into(), self.input.params.clone());
-            if let Some(i) = self.index {
-                m.insert("index".into(), Value::from(i));
+            let named = [
+                ("record", self.input.record),
+                ("item", self.current),
+                ("vars", self.input.vars),
+                ("params", self.input.params),
+            ];
+            for (name, value) in named.into_iter().chain(self.bindings.iter().copied()) {
+                if self.templates.needs(name) {
+                    m.insert(name.to_owned(), value.clone());
+                }
             }
-            for (n, v) in &self.bindings {
-                m.insert((*n).to_owned(), (*v).clone());
+            if let Some(i) = &self.index {
+                m.insert("index".into(), i.clone());
             }
             Context::from(Value::Object(m))
         })
@@ -468,7 +523,7 @@ pub struct Mapping {
 impl Mapping {
     /// The FHIR resources made from one record.
     pub fn apply(&self, input: Input<'_>) -> Result<Vec<Value>, MapError> {
-        let scope = Scope::new(input);
+        let scope = Scope::new(input, &self.templates);
         let out = self.eval(&self.root, &scope)?;
         let resources = match out {
             None => Vec::new(),
@@ -504,8 +559,8 @@ impl Mapping {
             Kind::Text(t) => {
                 let s = self
                     .templates
-                    .render(t, scope.context())
-                    .map_err(|err| self.fail(e, crate::template::describe(&err)))?;
+                    .render(t, scope)
+                    .map_err(|m| self.fail(e, m))?;
                 Some(Value::String(s)).filter(|v| !fhir::is_empty(v))
             }
             Kind::Object(fields) => {
@@ -537,12 +592,14 @@ impl Mapping {
                         Some(d) => self.eval(d, scope)?,
                         None => None,
                     },
-                    [one] => prune((*one).clone()),
+                    [one] => match (prune((*one).clone()), default) {
+                        (None, Some(d)) => self.eval(d, scope)?,
+                        (value, _) => value,
+                    },
                     many => {
-                        let paths = query.locate(scope.input.record, scope.current);
                         return Err(MapError {
                             rule: e.rule.to_string(),
-                            input: paths.first().cloned(),
+                            input: scope.input_path(query, 0),
                             message: format!(
                                 "`{}` selects {} values where one is expected; use `$paths` or `$each` for many",
                                 query.as_str(),
@@ -564,17 +621,14 @@ impl Mapping {
                 let nodes = query.select(scope.input.record, scope.current);
                 let mut out = Vec::with_capacity(nodes.len());
                 for (i, node) in nodes.into_iter().enumerate() {
-                    let child = scope.child(node, i, name.as_deref());
+                    let child = scope.child(query, node, i, name.as_deref());
                     match self.eval(body, &child) {
                         Ok(Some(Value::Array(a))) => out.extend(a),
                         Ok(Some(v)) => out.push(v),
                         Ok(None) => {}
                         Err(mut err) => {
                             if err.input.is_none() {
-                                err.input = query
-                                    .locate(scope.input.record, scope.current)
-                                    .into_iter()
-                                    .nth(i);
+                                err.input = scope.input_path(query, i);
                             }
                             return Err(err);
                         }
@@ -590,7 +644,7 @@ impl Mapping {
             } => {
                 let nodes = query.select(scope.input.record, scope.current);
                 let holds = match equals {
-                    Some(x) => nodes.contains(&x),
+                    Some(x) => nodes.iter().any(|n| fhir::same(n, x)),
                     None => nodes
                         .iter()
                         .any(|n| !fhir::is_empty(n) && **n != Value::Bool(false)),
@@ -687,10 +741,7 @@ impl Mapping {
     /// An error with the input path of `source` when it is a query.
     fn with_input(&self, e: &Expr, source: &Expr, scope: &Scope<'_>, message: String) -> MapError {
         let input = match &source.kind {
-            Kind::Path { query, .. } => query
-                .locate(scope.input.record, scope.current)
-                .into_iter()
-                .next(),
+            Kind::Path { query, .. } => scope.input_path(query, 0),
             _ => None,
         };
         MapError {
@@ -731,8 +782,14 @@ fn convert(v: &Value, to: Conversion) -> Result<Value, String> {
             .map_err(|_| format!("`{text}` is not a number")),
         Conversion::Integer => text
             .parse::<i64>()
+            .ok()
+            .or_else(|| {
+                // A decimal without a fraction (`3.0`) converts without loss.
+                let f = text.parse::<f64>().ok()?;
+                (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+            })
             .map(Value::from)
-            .map_err(|_| format!("`{text}` is not an integer")),
+            .ok_or_else(|| format!("`{text}` is not an integer")),
         Conversion::Boolean => match text.as_str() {
             "true" | "True" | "TRUE" | "1" | "yes" | "Y" | "y" => Ok(Value::Bool(true)),
             "false" | "False" | "FALSE" | "0" | "no" | "N" | "n" => Ok(Value::Bool(false)),

@@ -272,7 +272,7 @@ pub fn request(
                     .position
                     .map(|(l, c)| format!(" (template line {l}, column {c})"))
                     .unwrap_or_default();
-                ctx.error(&path, format!("{}{place}", e.message), None);
+                ctx.error(&path, format!("{}{place}", e.message), e.hint);
                 None
             }
         }
