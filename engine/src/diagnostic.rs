@@ -140,14 +140,47 @@ fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
     if let Some(text) = source.and_then(|s| s.lines().nth(d.line.wrapping_sub(1))) {
         let number = d.line.to_string();
         let pad = " ".repeat(number.len());
-        let shown: String = text.chars().take(120).collect();
-        let caret = " ".repeat(d.column.saturating_sub(1).min(120));
-        let _ = writeln!(out, "{pad} |\n{number} | {shown}\n{pad} | {caret}^");
+        let (shown, caret) = snippet(text, d.column);
+        let _ = writeln!(
+            out,
+            "{pad} |\n{number} | {shown}\n{pad} | {}^",
+            " ".repeat(caret)
+        );
     }
     if let Some(hint) = &d.hint {
         let _ = writeln!(out, "  = hint: {hint}");
     }
     out.push('\n');
+}
+
+/// Most characters of a source line shown under a message.
+const SNIPPET: usize = 100;
+
+/// The part of a line shown (around the column, control characters replaced) and the
+/// caret's offset in it.
+fn snippet(line: &str, column: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    let at = column.saturating_sub(1).min(chars.len());
+    let start = at
+        .saturating_sub(SNIPPET / 2)
+        .min(chars.len().saturating_sub(SNIPPET));
+    let start = if at < SNIPPET { 0 } else { start };
+    let end = (start + SNIPPET).min(chars.len());
+    let mut shown = String::new();
+    if start > 0 {
+        shown.push_str("...");
+    }
+    shown.extend(chars[start..end].iter().map(|c| {
+        if c.is_control() && *c != '\t' {
+            '\u{fffd}'
+        } else {
+            *c
+        }
+    }));
+    if end < chars.len() {
+        shown.push_str("...");
+    }
+    (shown, at - start + if start > 0 { 3 } else { 0 })
 }
 
 fn github(d: &Diagnostic) -> String {
@@ -208,6 +241,20 @@ mod tests {
             Some("did you mean `timeout`?")
         );
         assert_eq!(did_you_mean("zzz", known), None);
+    }
+
+    #[test]
+    fn snippets_are_windowed_and_printable() {
+        assert_eq!(snippet("a: 1", 4), ("a: 1".to_owned(), 3));
+        assert_eq!(
+            snippet("\u{7f}ELF\u{0}x", 5),
+            ("\u{fffd}ELF\u{fffd}x".to_owned(), 4)
+        );
+        let long = "x".repeat(300);
+        let (shown, caret) = snippet(&long, 250);
+        assert_eq!(shown.chars().count(), 106);
+        assert_eq!(shown.chars().nth(caret), Some('x'));
+        assert_eq!(caret, 53);
     }
 
     #[test]

@@ -85,6 +85,15 @@ fn read_one(path: &Path) -> Result<String, Diagnostic> {
         column,
         path: String::new(),
     };
+    let broken_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        && std::fs::metadata(path).is_err();
+    if broken_link {
+        return Err(Diagnostic::error(
+            path,
+            &at(1, 1),
+            "cannot read the file: it is a symbolic link to nothing",
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| {
         Diagnostic::error(
             path,
@@ -142,7 +151,11 @@ mod tests {
             found,
             vec![
                 (2, 4, "the file is not UTF-8 text"),
-                (1, 1, "cannot read the file: not found")
+                (
+                    1,
+                    1,
+                    "cannot read the file: it is a symbolic link to nothing"
+                )
             ]
         );
     }

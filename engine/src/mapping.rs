@@ -213,12 +213,15 @@ impl Compiler<'_> {
                 self.error(
                     at,
                     node,
-                    format!("one operator per mapping, found {}", found.join(" and ")),
+                    format!(
+                        "one operator per mapping, found `{}`",
+                        found.join("` and `")
+                    ),
                     None,
                 )
             };
         };
-        for (k, n) in entries {
+        for (k, _) in entries {
             let name = k.name.as_str();
             if name == *head || optional.contains(&name) || required.contains(&name) {
                 continue;
@@ -242,7 +245,13 @@ impl Compiler<'_> {
                     Some("put the operator under its own key".into()),
                 )
             };
-            return self.error(&push(at, name), n, message, hint);
+            // Point at the key: it is the key that is wrong here.
+            let key_node = Node {
+                value: NodeValue::Null,
+                line: k.line,
+                column: k.column,
+            };
+            return self.error(&push(at, name), &key_node, message, hint);
         }
         for r in *required {
             if !names.contains(r) {
@@ -264,7 +273,14 @@ impl Compiler<'_> {
                 };
                 let query = match Query::parse(text) {
                     Ok(q) => q,
-                    Err(e) => return self.error(&value_at, value, e, None),
+                    Err(e) => {
+                        return self.error(
+                            &value_at,
+                            value,
+                            e,
+                            Some("JSONPath as in RFC 9535, e.g. `$.results[*]` or `@.code`".into()),
+                        );
+                    }
                 };
                 match *head {
                     "$path" => Kind::Path {

@@ -17,14 +17,14 @@ pub fn generate() -> Value {
     let source = generator.subschema_for::<SourceDoc>();
     let sink = generator.subschema_for::<SinkDoc>();
     let defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
-    let branch = |kind: &str, schema: schemars::Schema| json!({"if": {"properties": {"kind": {"const": kind}}}, "then": schema});
+    let branch = |kind: &str, schema: schemars::Schema| json!({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": schema});
     let mut root = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://fosps.gravitate-health.eu/schemas/connector.schema.json",
         "title": "FOSPS connector engine definition",
         "description": format!("One document of apiVersion {}: a Connector, a Source or a Sink.", spec::API_VERSION),
         "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "required": ["kind"],
         "properties": {"kind": {"enum": spec::KINDS}},
         "allOf": [branch("Connector", connector), branch("Source", source), branch("Sink", sink)],
         "$defs": defs,
@@ -129,7 +129,7 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                     TypeKind::Single(t) => format!("{t}"),
                     TypeKind::Multiple(set) => format!("{set:?}"),
                 };
-                let what = found.map_or("nothing", crate::fhir::kind);
+                let what = found.map_or("nothing", yaml_kind);
                 out.push(Finding {
                     at,
                     key: false,
@@ -189,7 +189,24 @@ pub fn check(doc: &Value) -> Vec<Finding> {
             }),
         }
     }
+    // The same finding may come from two schema branches.
+    let mut seen = Vec::new();
+    out.retain(|f| {
+        let key = (f.at.clone(), f.message.clone());
+        let fresh = !seen.contains(&key);
+        seen.push(key);
+        fresh
+    });
     out
+}
+
+/// The YAML word for the type of a value, for messages about definitions.
+pub fn yaml_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Array(_) => "a sequence",
+        Value::Object(_) => "a mapping",
+        other => crate::fhir::kind(other),
+    }
 }
 
 fn article(t: &str) -> String {

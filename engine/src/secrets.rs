@@ -28,9 +28,18 @@ pub fn has_reference(s: &str) -> bool {
     s.replace("$${", "").contains("${")
 }
 
+/// Why a reference could not be resolved; the message names the reference, never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unresolved {
+    /// Well formed, but the variable is not set or the file cannot be read here.
+    Unavailable(String),
+    /// Not a valid reference: a definition error wherever it is checked.
+    Malformed(String),
+}
+
 /// Resolves the references of `s`. Relative file paths are relative to `base`; a file's
 /// trailing newline is dropped. The error names the reference, never a value.
-pub fn resolve(s: &str, env: &dyn Environment, base: &Path) -> Result<String, String> {
+pub fn resolve(s: &str, env: &dyn Environment, base: &Path) -> Result<String, Unresolved> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -40,9 +49,9 @@ pub fn resolve(s: &str, env: &dyn Environment, base: &Path) -> Result<String, St
             out.push_str("${");
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
-            let end = after
-                .find('}')
-                .ok_or_else(|| "unclosed `${` (write `$${` for a literal `${`)".to_string())?;
+            let end = after.find('}').ok_or_else(|| {
+                Unresolved::Malformed("unclosed `${` (write `$${` for a literal `${`)".into())
+            })?;
             let reference = &after[..end];
             out.push_str(&lookup(reference, env, base)?);
             rest = &after[end + 1..];
@@ -55,7 +64,7 @@ pub fn resolve(s: &str, env: &dyn Environment, base: &Path) -> Result<String, St
     Ok(out)
 }
 
-fn lookup(reference: &str, env: &dyn Environment, base: &Path) -> Result<String, String> {
+fn lookup(reference: &str, env: &dyn Environment, base: &Path) -> Result<String, Unresolved> {
     if let Some(spec) = reference.strip_prefix("env:") {
         let (name, default) = match spec.split_once(":-") {
             Some((n, d)) => (n, Some(d)),
@@ -65,16 +74,18 @@ fn lookup(reference: &str, env: &dyn Environment, base: &Path) -> Result<String,
             && !name.starts_with(|c: char| c.is_ascii_digit())
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(format!(
+            return Err(Unresolved::Malformed(format!(
                 "`${{{reference}}}`: `{name}` is not an environment variable name"
-            ));
+            )));
         }
         env.var(name)
             .or_else(|| default.map(str::to_owned))
-            .ok_or_else(|| format!("environment variable `{name}` is not set"))
+            .ok_or_else(|| {
+                Unresolved::Unavailable(format!("environment variable `{name}` is not set"))
+            })
     } else if let Some(path) = reference.strip_prefix("file:") {
         if path.is_empty() {
-            return Err("`${file:}` names no file".into());
+            return Err(Unresolved::Malformed("`${file:}` names no file".into()));
         }
         let full = base.join(path);
         env.read(&full)
@@ -88,15 +99,15 @@ fn lookup(reference: &str, env: &dyn Environment, base: &Path) -> Result<String,
                 text
             })
             .map_err(|e| {
-                format!(
+                Unresolved::Unavailable(format!(
                     "secret file `{path}` cannot be read: {}",
                     crate::load::io_reason(&e)
-                )
+                ))
             })
     } else {
-        Err(format!(
+        Err(Unresolved::Malformed(format!(
             "unknown reference `${{{reference}}}`: use `${{env:NAME}}` or `${{file:PATH}}`"
-        ))
+        )))
     }
 }
 
@@ -137,7 +148,9 @@ mod tests {
         );
         assert_eq!(
             resolve("${env:B}", &env, base),
-            Err("environment variable `B` is not set".into())
+            Err(Unresolved::Unavailable(
+                "environment variable `B` is not set".into()
+            ))
         );
         assert_eq!(
             resolve("${env:B:-http://b:1}/x", &env, base).as_deref(),
@@ -149,12 +162,12 @@ mod tests {
         );
         assert_eq!(
             resolve("${file:nope}", &env, base),
-            Err("secret file `nope` cannot be read: not found".into())
+            Err(Unresolved::Unavailable(
+                "secret file `nope` cannot be read: not found".into()
+            ))
         );
         assert!(
-            resolve("${vault:x}", &env, base)
-                .expect_err("an error")
-                .starts_with("unknown reference")
+            matches!(resolve("${vault:x}", &env, base), Err(Unresolved::Malformed(m)) if m.starts_with("unknown reference"))
         );
         assert!(has_reference("a ${env:A}") && !has_reference("a $${env:A}"));
     }

@@ -397,6 +397,28 @@ impl Node {
         node
     }
 
+    /// Where to point for the node at `segments` (or its nearest written ancestor): at its
+    /// key when `key` is set or the node is a collection (a block collection starts at its
+    /// first entry, so its key is the clearer place), else at the value.
+    pub fn locate(&self, segments: &[String], key: bool) -> (usize, usize) {
+        let mut node = self;
+        let mut last_key = None;
+        for s in segments {
+            match node.child(s) {
+                Some(n) => {
+                    last_key = node.key(s);
+                    node = n;
+                }
+                None => break,
+            }
+        }
+        let collection = matches!(node.value, NodeValue::Map(_) | NodeValue::Seq(_));
+        match last_key {
+            Some(k) if key || collection => (k.line, k.column),
+            _ => (node.line, node.column),
+        }
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match &self.value {
             NodeValue::Str(s) => Some(s),

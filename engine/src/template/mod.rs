@@ -187,7 +187,7 @@ impl Templates {
         let template = Template::compile(source).map_err(|e| TemplateError {
             message: "invalid Handlebars syntax: each `{{` needs a closing `}}` around a path or a helper call".into(),
             position: e.pos(),
-            hint: Some(format!("the parser said: {}; write `\\{{{{` for a literal `{{{{`", e.reason())),
+            hint: Some("write `\\{{` for a literal `{{`".into()),
         })?;
         if let Some((helper, position)) = unknown_helper(&template) {
             let mut known: Vec<&str> = Function::ALL.iter().map(|(n, _)| *n).collect();

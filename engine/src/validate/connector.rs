@@ -266,6 +266,8 @@ fn sources(
         }
         return Vec::new();
     }
+    // Listed sources count as used even when the connector has other errors.
+    used.extend(spec.sources.iter().flatten().cloned());
     let Some(which) = exactly_one(
         ctx,
         &["spec"],
@@ -292,7 +294,6 @@ fn sources(
         ctx.error(&["spec", "sources"], "the list of sources is empty", None);
     }
     for (i, s) in list.iter().enumerate() {
-        used.insert(s.clone());
         match names.sources.get(s) {
             Some(src) => out.push(src.clone()),
             None if names.broken.contains(&("Source".into(), s.clone())) => {}
@@ -399,8 +400,9 @@ fn pull_resource(
                 ctx.error(&p_at, "`max` is for parameters of `type: integer`", None);
             }
             if p.kind == ParamType::Integer && p.default.as_ref().is_some_and(|d| !d.is_i64()) {
+                let d_at: Vec<&str> = p_at.iter().copied().chain(["default"]).collect();
                 ctx.error(
-                    &p_at,
+                    &d_at,
                     "the default of an integer parameter must be an integer",
                     None,
                 );
@@ -586,34 +588,19 @@ fn cron(
     })
 }
 
-/// Checks a cron expression (5 fields, or 6 with seconds) and its time zone.
+/// Checks a cron expression (5 fields, or 6 with seconds) and its time zone, reporting both.
 pub fn schedule(ctx: &mut Ctx<'_>, cron: &str, tz: Option<&str>) -> Option<Schedule> {
-    let at = ["spec", "schedule", "cron"];
-    let fields = cron.split_whitespace().count();
-    let with_seconds = match fields {
-        5 => format!("0 {}", cron.trim()),
-        6 => cron.trim().to_owned(),
-        n => {
-            ctx.error(&at, format!("`{cron}` has {n} fields; cron takes 5 (minute hour day month weekday) or 6 (seconds first)"), None);
-            return None;
+    let with_seconds = match cron_with_seconds(cron) {
+        Ok(c) => Some(c),
+        Err(message) => {
+            ctx.error(&["spec", "schedule", "cron"], message, None);
+            None
         }
     };
-    let parser = croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .year(croner::parser::Year::Disallowed)
-        .build();
-    if let Err(e) = parser.parse(&with_seconds) {
-        ctx.error(
-            &at,
-            format!("`{cron}` is not a valid cron expression: {e}"),
-            None,
-        );
-        return None;
-    }
     let time_zone = match tz {
-        None => chrono_tz::UTC,
+        None => Some(chrono_tz::UTC),
         Some(name) => match chrono_tz::Tz::from_str(name) {
-            Ok(z) => z,
+            Ok(z) => Some(z),
             Err(_) => {
                 let hint = did_you_mean(name, chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()));
                 ctx.error(
@@ -621,15 +608,66 @@ pub fn schedule(ctx: &mut Ctx<'_>, cron: &str, tz: Option<&str>) -> Option<Sched
                     format!("`{name}` is not an IANA time zone"),
                     hint.or(Some("e.g. `Europe/Madrid`, `UTC`".into())),
                 );
-                return None;
+                None
             }
         },
     };
     Some(Schedule {
         cron: cron.trim().to_owned(),
-        cron_with_seconds: with_seconds,
-        time_zone,
+        cron_with_seconds: with_seconds?,
+        time_zone: time_zone?,
     })
+}
+
+/// The 6-field form of a 5- or 6-field cron expression, or what is wrong with it.
+pub fn cron_with_seconds(cron: &str) -> Result<String, String> {
+    const FIELDS: [(&str, u32, u32); 6] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let fields: Vec<&str> = cron.split_whitespace().collect();
+    let full = match fields.len() {
+        5 => std::iter::once("0")
+            .chain(fields.iter().copied())
+            .collect::<Vec<_>>(),
+        6 => fields.clone(),
+        n => {
+            return Err(format!(
+                "`{cron}` has {n} fields; cron takes 5 (minute hour day month weekday) or 6 (seconds first)"
+            ));
+        }
+    };
+    for (field, (name, lo, hi)) in full.iter().zip(FIELDS) {
+        for part in field.split(',') {
+            let (range, step) = part
+                .split_once('/')
+                .map_or((part, None), |(r, s)| (r, Some(s)));
+            if let Some(step) = step
+                && step.parse::<u32>().is_ok_and(|s| s == 0)
+            {
+                return Err(format!(
+                    "`{cron}`: the {name} step `{part}` must be at least 1"
+                ));
+            }
+            for n in range.split('-').filter_map(|x| x.parse::<u32>().ok()) {
+                if n < lo || n > hi {
+                    return Err(format!("`{cron}`: {name} `{n}` is outside {lo}-{hi}"));
+                }
+            }
+        }
+    }
+    let with_seconds = full.join(" ");
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(&with_seconds)
+        .map_err(|e| format!("`{cron}` is not a valid cron expression: {e}"))?;
+    Ok(with_seconds)
 }
 
 fn tests(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> Vec<Test> {

@@ -30,16 +30,29 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn at_owned(&self, path: &[String]) -> Location {
-        let node = self.doc.node.descend(path);
+        let (line, column) = self.doc.node.locate(path, false);
         Location {
-            line: node.line,
-            column: node.column,
+            line,
+            column,
             path: display_path(path),
         }
     }
 
     pub fn error(&mut self, path: &[&str], message: impl Into<String>, hint: Option<String>) {
         let at = self.at(path);
+        self.diags
+            .push(Diagnostic::error(&self.doc.file, &at, message).with_hint(hint));
+    }
+
+    /// An error about the key (not the value) at `path`.
+    pub fn error_key(&mut self, path: &[&str], message: impl Into<String>, hint: Option<String>) {
+        let segments = segs(path);
+        let (line, column) = self.doc.node.locate(&segments, true);
+        let at = Location {
+            line,
+            column,
+            path: display_path(&segments),
+        };
         self.diags
             .push(Diagnostic::error(&self.doc.file, &at, message).with_hint(hint));
     }

@@ -18,7 +18,7 @@ use crate::diagnostic::{Diagnostic, Location, Severity};
 use crate::fhir_schema::FhirSchema;
 use crate::load::SourceFile;
 use crate::model::Model;
-use crate::secrets::Environment;
+use crate::secrets::{Environment, Unresolved};
 use crate::spec::{ConnectorDoc, SinkDoc, SourceDoc};
 use crate::yaml::{self, Node, NodeValue, display_path};
 
@@ -109,7 +109,7 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
                     column: node.column,
                     path: String::new(),
                 };
-                let found = crate::fhir::kind(&node.to_json());
+                let found = crate::schema::yaml_kind(&node.to_json());
                 diags.push(Diagnostic::error(
                     &file.path,
                     &at,
@@ -121,12 +121,7 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
             let findings = crate::schema::check(&json);
             if !findings.is_empty() {
                 for f in findings {
-                    let target = node.descend(&f.at);
-                    let parent = node.descend(&f.at[..f.at.len().saturating_sub(1)]);
-                    let (line, column) = match (f.key, f.at.last().and_then(|k| parent.key(k))) {
-                        (true, Some(k)) => (k.line, k.column),
-                        _ => (target.line, target.column),
-                    };
+                    let (line, column) = node.locate(&f.at, f.key);
                     let at = Location {
                         line,
                         column,
@@ -204,20 +199,31 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
     );
     for (doc, spec) in &sources {
         let mut ctx = Ctx::new(doc, &mut diags);
-        if let Some(s) = source::source(&mut ctx, &spec.metadata.name, &spec.spec, &["spec"]) {
-            model
-                .sources
-                .entry(spec.metadata.name.clone())
-                .or_insert(Arc::new(s));
+        match source::source(&mut ctx, &spec.metadata.name, &spec.spec, &["spec"]) {
+            Some(s) => {
+                model
+                    .sources
+                    .entry(spec.metadata.name.clone())
+                    .or_insert(Arc::new(s));
+            }
+            // It exists: references to it are not errors of their own.
+            None => {
+                broken.insert(("Source".into(), spec.metadata.name.clone()));
+            }
         }
     }
     for (doc, spec) in &sinks {
         let mut ctx = Ctx::new(doc, &mut diags);
-        if let Some(s) = source::sink(&mut ctx, &spec.metadata.name, &spec.spec) {
-            model
-                .sinks
-                .entry(spec.metadata.name.clone())
-                .or_insert(Arc::new(s));
+        match source::sink(&mut ctx, &spec.metadata.name, &spec.spec) {
+            Some(s) => {
+                model
+                    .sinks
+                    .entry(spec.metadata.name.clone())
+                    .or_insert(Arc::new(s));
+            }
+            None => {
+                broken.insert(("Sink".into(), spec.metadata.name.clone()));
+            }
         }
     }
     let names = connector::Names {
@@ -370,19 +376,30 @@ fn resolve_secrets(
                     }
                     *s = resolved;
                 }
-                Err(message) => {
+                Err(unresolved) => {
                     let node = doc.node.descend(at);
                     let loc = Location {
                         line: node.line,
                         column: node.column,
                         path: display_path(at),
                     };
-                    let d = if opts.allow_unresolved {
-                        Diagnostic::warning(&doc.file, &loc, message)
-                    } else {
-                        Diagnostic::error(&doc.file, &loc, message).with_hint(Some(
-                            "set it, or run `engine validate --allow-unresolved` where secrets are absent".into(),
-                        ))
+                    let d = match unresolved {
+                        Unresolved::Malformed(message) => {
+                            Diagnostic::error(&doc.file, &loc, message)
+                        }
+                        Unresolved::Unavailable(message) if opts.allow_unresolved => {
+                            Diagnostic::warning(&doc.file, &loc, message)
+                        }
+                        Unresolved::Unavailable(message) => {
+                            let what = if message.starts_with("environment") {
+                                "set the variable"
+                            } else {
+                                "provide the file"
+                            };
+                            Diagnostic::error(&doc.file, &loc, message).with_hint(Some(format!(
+                                "{what}, or run `engine validate --allow-unresolved` where secrets are absent"
+                            )))
+                        }
                     };
                     diags.push(d);
                     doc.secret.insert(pointer.clone());

@@ -84,11 +84,11 @@ pub fn url(ctx: &mut Ctx<'_>, at: &[&str], text: &str) -> Option<url::Url> {
             }
             Some(u)
         }
-        Ok(u) => {
+        Ok(_) => {
             ctx.error(
                 at,
                 format!("{} is not an http or https URL", ctx.show(at, text)),
-                Some(format!("scheme `{}`", u.scheme())),
+                Some("use an `http://` or `https://` URL".into()),
             );
             None
         }
@@ -107,13 +107,13 @@ pub fn url(ctx: &mut Ctx<'_>, at: &[&str], text: &str) -> Option<url::Url> {
 
 fn header(ctx: &mut Ctx<'_>, at: &[&str], name: &str, value: &str) {
     if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-        ctx.error(at, format!("`{name}` is not a valid header name"), None);
+        ctx.error_key(at, format!("`{name}` is not a valid header name"), None);
     }
     if !ctx.unresolved(at) && axum::http::HeaderValue::from_str(value).is_err() {
         ctx.error(
             at,
             format!(
-                "{} is not a valid header value (control characters or non-ASCII)",
+                "{} is not a valid header value (it has control characters)",
                 ctx.show(at, value)
             ),
             None,
@@ -294,7 +294,7 @@ pub fn request(
     let mut headers = Vec::new();
     for (k, v) in &r.headers {
         if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            ctx.error(
+            ctx.error_key(
                 &with(at, &["headers", k]),
                 format!("`{k}` is not a valid header name"),
                 None,
