@@ -29,6 +29,35 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The main job: load the definitions and serve their routes, the admin API and
+    /// operations endpoints. Refuses to start on invalid definitions.
+    Serve {
+        /// Files and directories of definitions.
+        #[arg(default_value = "connectors.d")]
+        paths: Vec<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, env = "ENGINE_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: String,
+        /// Log format.
+        #[arg(long, env = "ENGINE_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// Log filter (`info`, `debug`, `engine=debug,warn`).
+        #[arg(long, env = "ENGINE_LOG", default_value = "info")]
+        log: String,
+        /// Public base URL used in links (e.g. `https://fosps.example/connector/api`); by
+        /// default the `Host` header.
+        #[arg(long, env = "ENGINE_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Longest time a request may take before it is answered 504.
+        #[arg(long, env = "ENGINE_REQUEST_TIMEOUT", default_value = "60s")]
+        request_timeout: String,
+        /// Largest request body.
+        #[arg(long, env = "ENGINE_MAX_BODY", default_value = "10MiB")]
+        max_body: String,
+        /// Time given to requests in flight when a shutdown signal arrives.
+        #[arg(long, env = "ENGINE_SHUTDOWN_GRACE", default_value = "10s")]
+        shutdown_grace: String,
+    },
     /// Check definitions without network: schema, meaning, expressions, templates, cron,
     /// references, routes, and the definitions' own tests. Exit 0 valid, 1 invalid, 2
     /// unusable invocation.
@@ -81,6 +110,13 @@ pub enum Command {
     },
 }
 
+/// Log formats of `engine serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Output of `engine schema`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SchemaFormat {
@@ -100,6 +136,81 @@ pub enum BundleArg {
 /// Runs a command and gives its exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Serve {
+            paths,
+            listen,
+            log_format,
+            log,
+            public_url,
+            request_timeout,
+            max_body,
+            shutdown_grace,
+        } => {
+            let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
+                Ok(f) => f,
+                Err(e) => return usage(&format!("--log `{log}`: {e}")),
+            };
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr);
+            match log_format {
+                LogFormat::Json => builder.json().init(),
+                LogFormat::Text => builder.init(),
+            }
+            let parse = |flag: &str, v: &str| {
+                crate::validate::parse_duration(v)
+                    .ok_or_else(|| format!("{flag} `{v}` is not a duration"))
+            };
+            let limits = match (
+                parse("--request-timeout", &request_timeout),
+                crate::validate::parse_size(&max_body),
+                parse("--shutdown-grace", &shutdown_grace),
+            ) {
+                (Ok(timeout), Some(body), Ok(grace)) => (
+                    crate::http::Limits {
+                        timeout,
+                        body: body as usize,
+                        public_url,
+                        ..Default::default()
+                    },
+                    grace,
+                ),
+                (Err(e), _, _) | (_, _, Err(e)) => return usage(&e),
+                (_, None, _) => return usage(&format!("--max-body `{max_body}` is not a size")),
+            };
+            let outcome = match load_and_validate(&paths, false, false, None) {
+                Ok(o) => o,
+                Err(e) => return usage(&e.to_string()),
+            };
+            let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+                outcome.texts.get(p).cloned()
+            });
+            let Some(model) = outcome.model else {
+                eprint!("{text}");
+                eprintln!("error: the definitions are invalid; not starting");
+                return ExitCode::from(1);
+            };
+            if !outcome.diagnostics.is_empty() {
+                eprint!("{text}");
+            }
+            let engine = match crate::http::Engine::new(std::sync::Arc::new(model), limits.0) {
+                Ok(e) => e,
+                Err(e) => return usage(&e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return usage(&format!("runtime: {e}")),
+            };
+            match runtime.block_on(crate::serve::serve(engine, &listen, limits.1)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => usage(&e),
+            }
+        }
         Command::Validate {
             paths,
             format,

@@ -539,8 +539,11 @@ pub struct Mapping {
 impl Mapping {
     /// The FHIR resources made from one record.
     pub fn apply(&self, input: Input<'_>) -> Result<Vec<Value>, MapError> {
-        let scope = Scope::new(input, &self.templates);
-        let out = self.eval(&self.root, &scope)?;
+        let evaluator = Evaluator {
+            templates: &self.templates,
+            tables: &self.tables,
+        };
+        let out = evaluator.evaluate(&self.root, input)?;
         let resources = match out {
             None => Vec::new(),
             Some(Value::Array(items)) => items,
@@ -559,6 +562,21 @@ impl Mapping {
             }
         }
         Ok(resources)
+    }
+}
+
+/// Evaluates compiled expressions with a connector's templates and tables (the mapping, and
+/// request bodies of pull connectors).
+pub struct Evaluator<'a> {
+    pub templates: &'a Templates,
+    pub tables: &'a BTreeMap<String, Table>,
+}
+
+impl Evaluator<'_> {
+    /// The value of an expression for one input; `None` when it is empty.
+    pub fn evaluate(&self, e: &Expr, input: Input<'_>) -> Result<Option<Value>, MapError> {
+        let scope = Scope::new(input, self.templates);
+        self.eval(e, &scope)
     }
 
     fn fail(&self, e: &Expr, message: impl Into<String>) -> MapError {

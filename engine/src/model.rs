@@ -300,6 +300,15 @@ impl Connector {
                 .collect(),
             None => vec![("$".to_owned(), document)],
         };
+        self.map_records(selected, params)
+    }
+
+    /// Maps records already selected, each with its path in the input (for errors).
+    pub fn map_records<'a>(
+        &self,
+        selected: impl IntoIterator<Item = (String, &'a Value)>,
+        params: &Value,
+    ) -> Result<Vec<Value>, MapError> {
         let mut out = Vec::new();
         for (path, record) in selected {
             let split;

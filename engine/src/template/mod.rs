@@ -173,6 +173,11 @@ impl Templates {
         }
     }
 
+    /// The connector's code tables.
+    pub fn tables(&self) -> &BTreeMap<String, Table> {
+        &self.tables
+    }
+
     /// True when a Handlebars template may read the context name `name` (contexts leave out
     /// the rest, which saves copying the record for templates that never read it).
     pub fn needs(&self, name: &str) -> bool {

@@ -23,6 +23,7 @@ use crate::spec::{ConnectorDoc, SinkDoc, SourceDoc};
 use crate::yaml::{self, Node, NodeValue, display_path};
 
 use context::Ctx;
+pub use context::{parse_duration, parse_size};
 
 /// What validation may assume.
 pub struct Options<'a> {

@@ -1,0 +1,504 @@
+//! The HTTP surface of `engine serve`: pull routes under `/fhir/{connector}`, the admin API
+//! under `/connectors`, and operations (`/healthz`, `/readyz`, `/metrics`). `router` is a
+//! function of the engine's state, so tests drive it without a socket.
+
+pub mod outcome;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::cache::{Answer, Source as CacheSource};
+use crate::metrics::Metrics;
+use crate::model::{Model, Strategy};
+use crate::pull::{PullRuntime, RequestInfo};
+use crate::upstream::Upstreams;
+use outcome::{FHIR_JSON, Problem, fhir_response};
+
+/// Limits on requests, and how the engine is reached from outside.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body.
+    pub body: usize,
+    /// Largest total size of request headers.
+    pub headers: usize,
+    /// Longest a request may take before it is answered 504.
+    pub timeout: Duration,
+    /// Public base URL for links (`https://host/prefix`); without it, the `Host` header.
+    pub public_url: Option<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body: 10 << 20,
+            headers: 16 << 10,
+            timeout: Duration::from_secs(60),
+            public_url: None,
+        }
+    }
+}
+
+/// Everything the routes need, built once from a model (no IO, nothing spawned).
+pub struct Engine {
+    pub model: Arc<Model>,
+    pub pulls: HashMap<String, Arc<PullRuntime>>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub ready: AtomicBool,
+}
+
+impl Engine {
+    pub fn new(model: Arc<Model>, limits: Limits) -> Result<Arc<Engine>, String> {
+        let metrics = Arc::new(Metrics::default());
+        let sources = model
+            .connectors
+            .iter()
+            .flat_map(|c| c.sources.iter().cloned());
+        let upstreams = Upstreams::new(sources, metrics.clone())?;
+        let pulls = model
+            .connectors
+            .iter()
+            .filter_map(|c| {
+                PullRuntime::new(c.clone(), &upstreams).map(|p| (c.name.clone(), Arc::new(p)))
+            })
+            .collect();
+        Ok(Arc::new(Engine {
+            model,
+            pulls,
+            metrics,
+            limits,
+            ready: AtomicBool::new(true),
+        }))
+    }
+
+    fn pull(&self, name: &str) -> Result<&Arc<PullRuntime>, Problem> {
+        self.pulls
+            .get(name)
+            .ok_or_else(|| Problem::not_found(format!("no pull connector `{name}`")))
+    }
+}
+
+/// The application.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/connectors", get(list))
+        .route("/connectors/list", get(list))
+        .route("/connectors/{name}", get(show))
+        .route("/connectors/{name}/cache", delete(invalidate))
+        .route("/fhir/{connector}", post(batch))
+        .route("/fhir/{connector}/{resource_type}", get(search))
+        .route("/fhir/{connector}/{resource_type}/{id}", get(read))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(engine.clone(), guard))
+        .with_state(engine)
+}
+
+/// The request id of a request (from `X-Request-Id`, or made here).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Every request: an id, a header size limit, a time limit answered 504, metrics and a log line.
+async fn guard(State(engine): State<Arc<Engine>>, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let (connector, route) = route_of(req.uri().path());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = if header_bytes > engine.limits.headers {
+        let mut p = Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too-long",
+            "the request headers are too large",
+        );
+        p.diagnostics = format!(
+            "{} (at most {} bytes)",
+            p.diagnostics, engine.limits.headers
+        );
+        p.into_response()
+    } else {
+        match tokio::time::timeout(engine.limits.timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!("no answer within {} s", engine.limits.timeout.as_secs_f64()),
+            )
+            .into_response(),
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    let labels = vec![
+        ("connector", connector.clone()),
+        ("route", route.to_owned()),
+    ];
+    let mut with_status = labels.clone();
+    with_status.push(("status", status.to_string()));
+    engine.metrics.add(
+        "engine_requests_total",
+        "HTTP requests answered.",
+        with_status,
+        1.0,
+    );
+    engine.metrics.observe(
+        "engine_request_duration_seconds",
+        "Time to answer HTTP requests.",
+        labels,
+        start.elapsed(),
+    );
+    tracing::info!(request_id = %id, %method, %path, status, ms = start.elapsed().as_secs_f64() * 1000.0, "request");
+    resp
+}
+
+/// The connector and route name of a path, for metrics labels (bounded: unknown paths are
+/// `other`).
+fn route_of(path: &str) -> (String, &'static str) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["fhir", c] => ((*c).to_owned(), "batch"),
+        ["fhir", c, _] => ((*c).to_owned(), "search"),
+        ["fhir", c, _, _] => ((*c).to_owned(), "read"),
+        ["healthz"] => (String::new(), "healthz"),
+        ["readyz"] => (String::new(), "readyz"),
+        ["metrics"] => (String::new(), "metrics"),
+        ["connectors", ..] => (String::new(), "admin"),
+        _ => (String::new(), "other"),
+    }
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
+    let ready = engine.ready.load(Ordering::Relaxed);
+    let body = json!({"status": if ready { "ready" } else { "not ready" }, "connectors": engine.model.connectors.len()});
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    let mut series = Vec::new();
+    for (name, p) in &engine.pulls {
+        if let Some(c) = &p.cache {
+            let s = c.stats();
+            let l = || vec![("connector", name.clone())];
+            series.push((
+                "engine_cache_entries",
+                "Answers in the cache.",
+                "gauge",
+                l(),
+                s.entries as f64,
+            ));
+            series.push((
+                "engine_cache_bytes",
+                "Weight of the cache in bytes.",
+                "gauge",
+                l(),
+                s.bytes as f64,
+            ));
+            series.push((
+                "engine_cache_hits_total",
+                "Answers served fresh from the cache.",
+                "counter",
+                l(),
+                s.hits as f64,
+            ));
+            series.push((
+                "engine_cache_misses_total",
+                "Answers loaded from the sources.",
+                "counter",
+                l(),
+                s.misses as f64,
+            ));
+            series.push((
+                "engine_cache_stale_total",
+                "Stale answers served because a source failed.",
+                "counter",
+                l(),
+                s.stale as f64,
+            ));
+            series.push((
+                "engine_cache_evictions_total",
+                "Answers evicted for capacity.",
+                "counter",
+                l(),
+                s.evictions as f64,
+            ));
+        }
+    }
+    series.sort_by(|a, b| a.0.cmp(b.0));
+    let text = engine.metrics.render(&series);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn summary(engine: &Engine, c: &crate::model::Connector) -> Value {
+    let strategy = match &c.strategy {
+        Strategy::Pull(_) => "pull",
+        Strategy::Push(_) => "push",
+        Strategy::Cron(_) => "cron",
+    };
+    let mut v = json!({
+        "name": c.name,
+        "description": c.description,
+        "strategy": strategy,
+        "labels": c.labels,
+        "sources": c.sources.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+    });
+    if let Strategy::Pull(p) = &c.strategy {
+        v["resources"] = p
+            .resources
+            .iter()
+            .map(|r| {
+                json!({
+                    "type": r.resource_type,
+                    "search": r.search.is_some(),
+                    "read": r.read.is_some(),
+                })
+            })
+            .collect();
+        v["routes"] = json!(format!("/fhir/{}", c.name));
+    }
+    if let Some(cache) = engine.pulls.get(&c.name).and_then(|p| p.cache.as_ref()) {
+        v["cache"] = serde_json::to_value(cache.stats()).unwrap_or(Value::Null);
+    }
+    v
+}
+
+async fn list(State(engine): State<Arc<Engine>>) -> Response {
+    let all: Vec<Value> = engine
+        .model
+        .connectors
+        .iter()
+        .map(|c| summary(&engine, c))
+        .collect();
+    axum::Json(all).into_response()
+}
+
+async fn show(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
+    match engine.model.connector(&name) {
+        Some(c) => axum::Json(summary(&engine, c)).into_response(),
+        None => Problem::not_found(format!("no connector `{name}`")).into_response(),
+    }
+}
+
+async fn invalidate(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
+    match engine.pulls.get(&name).and_then(|p| p.cache.as_ref()) {
+        Some(cache) => axum::Json(json!({"connector": name, "invalidated": cache.invalidate()}))
+            .into_response(),
+        None => Problem::not_found(format!("no cache for connector `{name}`")).into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    Problem::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .into_response()
+}
+
+fn request_info(
+    engine: &Engine,
+    headers: &HeaderMap,
+    path_and_query: &str,
+    id: &str,
+) -> RequestInfo {
+    let base = match &engine.limits.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let proto = headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("http");
+            let host = headers
+                .get("x-forwarded-host")
+                .or_else(|| headers.get(header::HOST))
+                .and_then(|v| v.to_str().ok())
+                .filter(|h| {
+                    h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b))
+                })
+                .unwrap_or("localhost");
+            format!("{proto}://{host}")
+        }
+    };
+    RequestInfo {
+        request_id: id.to_owned(),
+        self_url: format!("{base}{path_and_query}"),
+        base,
+    }
+}
+
+fn answer(a: &Answer, how: CacheSource, req_headers: &HeaderMap) -> Response {
+    let etag = HeaderValue::from_str(&a.etag).ok();
+    let matches = req_headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == a.etag || t.trim() == "*"));
+    let mut resp = if matches && a.status == 200 {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = (
+            StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
+            Body::from(a.body.clone()),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        r
+    };
+    if let Some(e) = etag {
+        resp.headers_mut().insert(header::ETAG, e);
+    }
+    let cache = match how {
+        CacheSource::Hit => "hit",
+        CacheSource::Miss => "miss",
+        CacheSource::Stale => "stale",
+        CacheSource::Uncached => "none",
+    };
+    resp.headers_mut()
+        .insert("x-cache", HeaderValue::from_static(cache));
+    resp
+}
+
+fn no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| matches!(d.trim(), "no-cache" | "no-store" | "max-age=0"))
+        })
+}
+
+async fn search(
+    State(engine): State<Arc<Engine>>,
+    Path((connector, resource_type)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let rt = engine.pull(&connector)?.clone();
+    let res = rt.resource(&resource_type)?;
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let q = rt.parse_search(res, &pairs)?;
+    let path_and_query = match &query {
+        Some(q) if !q.is_empty() => format!("/fhir/{connector}/{resource_type}?{q}"),
+        _ => format!("/fhir/{connector}/{resource_type}"),
+    };
+    let info = request_info(&engine, &headers, &path_and_query, &id);
+    let (a, how) = match &rt.cache {
+        Some(cache) => {
+            let bypass = no_cache(&headers) && rt.cache_allows_no_cache();
+            cache
+                .get_or_load(&q.key(&resource_type), bypass, || rt.search(res, &q, &info))
+                .await?
+        }
+        None => (
+            Arc::new(rt.search(res, &q, &info).await?),
+            CacheSource::Uncached,
+        ),
+    };
+    Ok(answer(&a, how, &headers))
+}
+
+async fn read(
+    State(engine): State<Arc<Engine>>,
+    Path((connector, resource_type, rid)): Path<(String, String, String)>,
+    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let rt = engine.pull(&connector)?.clone();
+    let res = rt.resource(&resource_type)?;
+    if rid.is_empty()
+        || rid.len() > 64
+        || !rid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(Problem::invalid(format!("`{rid}` is not a FHIR id")));
+    }
+    let info = request_info(
+        &engine,
+        &headers,
+        &format!("/fhir/{connector}/{resource_type}/{rid}"),
+        &id,
+    );
+    let (a, how) = match &rt.cache {
+        Some(cache) => {
+            let bypass = no_cache(&headers) && rt.cache_allows_no_cache();
+            cache
+                .get_or_load(&format!("read|{resource_type}|{rid}"), bypass, || {
+                    rt.read(res, &rid, &info)
+                })
+                .await?
+        }
+        None => (
+            Arc::new(rt.read(res, &rid, &info).await?),
+            CacheSource::Uncached,
+        ),
+    };
+    Ok(answer(&a, how, &headers))
+}
+
+async fn batch(
+    State(engine): State<Arc<Engine>>,
+    Path(connector): Path<String>,
+    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let rt = engine.pull(&connector)?.clone();
+    let bytes = axum::body::to_bytes(body, engine.limits.body)
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-long",
+                format!("the body is larger than {} bytes", engine.limits.body),
+            )
+        })?;
+    let bundle: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Problem::invalid(format!("the body is not JSON: {e}")))?;
+    let info = request_info(&engine, &headers, &format!("/fhir/{connector}"), &id);
+    let out = rt.batch(&bundle, &info).await?;
+    Ok(fhir_response(StatusCode::OK, &out))
+}
