@@ -17,6 +17,11 @@ pub async fn serve(engine: Arc<Engine>, listen: &str, grace: Duration) -> Result
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(address = %local, connectors = engine.model.connectors.len(), "serving");
+    for c in &engine.model.connectors {
+        if !engine.pulls.contains_key(&c.name) {
+            tracing::warn!(connector = %c.name, "loaded but not run: push and cron connectors are not served yet");
+        }
+    }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, router(engine.clone())).with_graceful_shutdown(async move {
         shutdown_signal().await;
