@@ -18,7 +18,10 @@ const WRK_SECONDS: &str = "8s";
 const WRK_CONNECTIONS: &str = "32";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// The stand-in regulator API: one label per query, about 1 KB of JSON.
@@ -27,7 +30,11 @@ fn standin() -> u16 {
     let port = listener.local_addr().expect("addr").port();
     listener.set_nonblocking(true).expect("nonblocking");
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move {
             let app = axum::Router::new().route(
                 "/drug/label.json",
@@ -94,7 +101,14 @@ impl Drop for Engine {
 fn start_engine(dir: &Path) -> Engine {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(["serve", dir.to_str().expect("path"), "--listen", &format!("127.0.0.1:{port}"), "--log", "warn"])
+        .args([
+            "serve",
+            dir.to_str().expect("path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log",
+            "warn",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -124,7 +138,10 @@ fn wrk(url: &str, connections: &str, script: Option<&Path>) -> (f64, f64, f64) {
     if let Some(s) = script {
         cmd.args(["-s", s.to_str().expect("path")]);
     }
-    let out = cmd.arg(url).output().expect("wrk runs (apt-get install wrk)");
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("wrk runs (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let rate = text
         .lines()
@@ -160,14 +177,24 @@ fn get_ok(url: &str) -> bool {
     use std::io::{Read, Write};
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let Ok(mut s) = std::net::TcpStream::connect(host) else { return false };
+    let Ok(mut s) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    if write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").is_err() {
+    if write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
         return false;
     }
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
-    buf.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).is_some_and(|c| (200..300).contains(&c))
+    buf.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .is_some_and(|c| (200..300).contains(&c))
 }
 
 fn main() {
@@ -177,7 +204,11 @@ fn main() {
     }
     let upstream = standin();
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("labels.yaml"), connector("labels", upstream)).expect("write");
+    std::fs::write(
+        dir.path().join("labels.yaml"),
+        connector("labels", upstream),
+    )
+    .expect("write");
     let engine = start_engine(dir.path());
     let base = format!("http://127.0.0.1:{}", engine.1);
 
@@ -186,8 +217,13 @@ fn main() {
     assert!(get_ok(&hit_url), "the warm-up search answers 200");
     let (health, _, _) = wrk(&format!("{base}/healthz"), WRK_CONNECTIONS, None);
     let (hits, hit50, hit99) = wrk(&hit_url, WRK_CONNECTIONS, None);
-    println!("(a) /healthz: {health:.0} req/s; cache-hit search: {hits:.0} req/s (p50 {hit50:.3} ms, p99 {hit99:.3} ms)");
-    println!("    ratio cache-hit / healthz: {:.2} (target >= 0.7)", hits / health);
+    println!(
+        "(a) /healthz: {health:.0} req/s; cache-hit search: {hits:.0} req/s (p50 {hit50:.3} ms, p99 {hit99:.3} ms)"
+    );
+    println!(
+        "    ratio cache-hit / healthz: {:.2} (target >= 0.7)",
+        hits / health
+    );
 
     // (b) Cache misses (a new name each request) against the stand-in called directly.
     let script = dir.path().join("unique.lua");
@@ -196,21 +232,41 @@ fn main() {
         "counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format(nil, wrk.path .. counter .. '-' .. math.random(1, 1000000000))\nend\n",
     )
     .expect("script");
-    let (_, direct50, direct99) = wrk(&format!("http://127.0.0.1:{upstream}/drug/label.json?search=brand:x"), "1", Some(&script));
-    let (_, miss50, miss99) = wrk(&format!("{base}/fhir/labels/MedicinalProductDefinition?name=x"), "1", Some(&script));
-    println!("(b) stand-in direct: p50 {direct50:.3} ms, p99 {direct99:.3} ms; through the engine (cache misses): p50 {miss50:.3} ms, p99 {miss99:.3} ms");
-    println!("    added by the engine: p50 {:.3} ms (target <= 1 ms), p99 {:.3} ms", miss50 - direct50, miss99 - direct99);
+    let (_, direct50, direct99) = wrk(
+        &format!("http://127.0.0.1:{upstream}/drug/label.json?search=brand:x"),
+        "1",
+        Some(&script),
+    );
+    let (_, miss50, miss99) = wrk(
+        &format!("{base}/fhir/labels/MedicinalProductDefinition?name=x"),
+        "1",
+        Some(&script),
+    );
+    println!(
+        "(b) stand-in direct: p50 {direct50:.3} ms, p99 {direct99:.3} ms; through the engine (cache misses): p50 {miss50:.3} ms, p99 {miss99:.3} ms"
+    );
+    println!(
+        "    added by the engine: p50 {:.3} ms (target <= 1 ms), p99 {:.3} ms",
+        miss50 - direct50,
+        miss99 - direct99
+    );
     drop(engine);
 
     // (c) Memory: 100 connectors idle, then 10,000 cached answers.
     let many = tempfile::tempdir().expect("tempdir");
-    let text: String = (0..100).map(|i| connector(&format!("labels-{i}"), upstream)).collect();
+    let text: String = (0..100)
+        .map(|i| connector(&format!("labels-{i}"), upstream))
+        .collect();
     std::fs::write(many.path().join("many.yaml"), text).expect("write");
     let engine = start_engine(many.path());
     std::thread::sleep(Duration::from_millis(500));
     let idle = rss_kib(engine.0.id());
     let base = format!("http://127.0.0.1:{}", engine.1);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let client = reqwest::Client::new();
         let mut set = tokio::task::JoinSet::new();
@@ -230,5 +286,9 @@ fn main() {
         }
     });
     let full = rss_kib(engine.0.id());
-    println!("(c) RSS with 100 connectors idle: {:.1} MiB; with 10,000 cached answers: {:.1} MiB", idle as f64 / 1024.0, full as f64 / 1024.0);
+    println!(
+        "(c) RSS with 100 connectors idle: {:.1} MiB; with 10,000 cached answers: {:.1} MiB",
+        idle as f64 / 1024.0,
+        full as f64 / 1024.0
+    );
 }
