@@ -54,9 +54,25 @@ pub enum Command {
         /// Largest request body.
         #[arg(long, env = "ENGINE_MAX_BODY", default_value = "10MiB")]
         max_body: String,
+        #[command(flatten)]
+        dirs: DirArgs,
         /// Time given to requests in flight when a shutdown signal arrives.
         #[arg(long, env = "ENGINE_SHUTDOWN_GRACE", default_value = "10s")]
         shutdown_grace: String,
+    },
+    /// Run one cron connector once and exit: non-zero on any failure (for Kubernetes
+    /// CronJobs).
+    Run {
+        /// Name of the cron connector.
+        name: String,
+        /// Definitions to load.
+        #[arg(long = "definitions", short = 'd', default_value = "connectors.d")]
+        definitions: Vec<PathBuf>,
+        /// Read and map, and print the FHIR that would be written, writing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        dirs: DirArgs,
     },
     /// Check definitions without network: schema, meaning, expressions, templates, cron,
     /// references, routes, and the definitions' own tests. Exit 0 valid, 1 invalid, 2
@@ -110,6 +126,29 @@ pub enum Command {
     },
 }
 
+/// Where local state and the embedded NDJSON sink live.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DirArgs {
+    /// Local state: watermarks, push queues and dead letters.
+    #[arg(long, env = "ENGINE_STATE_DIR", default_value = ".engine-state")]
+    pub state_dir: PathBuf,
+    /// Directory of the embedded NDJSON sink (default: `ndjson` in the state directory).
+    #[arg(long, env = "ENGINE_SINK_DIR")]
+    pub sink_dir: Option<PathBuf>,
+}
+
+impl DirArgs {
+    fn dirs(&self) -> crate::http::Dirs {
+        crate::http::Dirs {
+            state: self.state_dir.clone(),
+            sink: self
+                .sink_dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("ndjson")),
+        }
+    }
+}
+
 /// Log formats of `engine serve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -145,6 +184,7 @@ pub fn run(cli: Cli) -> ExitCode {
             request_timeout,
             max_body,
             shutdown_grace,
+            dirs,
         } => {
             let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
                 Ok(f) => f,
@@ -195,7 +235,11 @@ pub fn run(cli: Cli) -> ExitCode {
             if !outcome.diagnostics.is_empty() {
                 eprint!("{text}");
             }
-            let engine = match crate::http::Engine::new(std::sync::Arc::new(model), limits.0) {
+            let engine = match crate::http::Engine::new(
+                std::sync::Arc::new(model),
+                limits.0,
+                &dirs.dirs(),
+            ) {
                 Ok(e) => e,
                 Err(e) => return usage(&e),
             };
@@ -209,6 +253,83 @@ pub fn run(cli: Cli) -> ExitCode {
             match runtime.block_on(crate::serve::serve(engine, &listen, limits.1)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => usage(&e),
+            }
+        }
+        Command::Run {
+            name,
+            definitions,
+            dry_run,
+            dirs,
+        } => {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("warn")
+                .with_writer(std::io::stderr)
+                .try_init();
+            let outcome = match load_and_validate(&definitions, false, false, None) {
+                Ok(o) => o,
+                Err(e) => return usage(&e.to_string()),
+            };
+            let Some(model) = outcome.model else {
+                let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+                    outcome.texts.get(p).cloned()
+                });
+                eprint!("{text}");
+                return ExitCode::from(1);
+            };
+            let Some(connector) = model.connector(&name).cloned() else {
+                return usage(&format!("no connector `{name}`"));
+            };
+            let dirs = dirs.dirs();
+            let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+            let runner =
+                crate::upstream::Upstreams::new(connector.sources.iter().cloned(), metrics.clone())
+                    .and_then(|u| {
+                        crate::run::Runner::new(
+                            connector,
+                            &u,
+                            crate::state::StateDir::new(&dirs.state),
+                            &dirs.sink,
+                            metrics,
+                        )
+                    });
+            let runner = match runner {
+                Ok(r) => r,
+                Err(e) => return usage(&e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return usage(&format!("runtime: {e}")),
+            };
+            let (report, resources) = runtime.block_on(runner.run(dry_run));
+            if dry_run {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&Value::Array(resources)).unwrap_or_default()
+                );
+            }
+            eprintln!(
+                "{}: read {} records, wrote {} resources ({} unchanged), {} source calls, {} sink calls, {} failures",
+                report.connector,
+                report.records_read,
+                report.resources_written,
+                report.resources_unchanged,
+                report.source_calls,
+                report.sink_calls,
+                report.failures.len()
+            );
+            for f in &report.failures {
+                eprintln!("error: {} {}: {}", f.stage, f.subject, f.message);
+                if let Some(o) = &f.outcome {
+                    eprintln!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+                }
+            }
+            if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
         Command::Validate {

@@ -7,17 +7,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{Method, StatusCode};
 use futures_util::future::join_all;
 use serde_json::{Map, Value, json};
 
 use crate::cache::{Answer, AnswerCache};
 use crate::http::outcome::{Problem, outcome};
 use crate::jsonpath::Query;
-use crate::mapping::{Evaluator, Input};
-use crate::model::{Connector, Pull, PullResource, Request, Strategy};
+use crate::model::{Connector, Pull, PullResource, Strategy};
 use crate::spec::{ParamType, SourceType};
-use crate::template::Scope;
 use crate::upstream::{Call, Failure, SourceClient, Upstreams};
 
 /// Default `_count` of a search that declares none.
@@ -75,6 +73,18 @@ impl PullRuntime {
             cache,
             clients,
         })
+    }
+
+    /// The resource types this connector serves.
+    pub fn resource_types(&self) -> std::collections::HashSet<String> {
+        self.pull()
+            .map(|p| {
+                p.resources
+                    .iter()
+                    .map(|r| r.resource_type.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// True when callers may skip the cache with `Cache-Control: no-cache`.
@@ -205,7 +215,10 @@ impl PullRuntime {
         let want = q.count + 1;
         let results = join_all(self.clients.iter().map(|client| async move {
             let call = match &search.request {
-                Some(r) => self.build_call(client, r, &q.params, None)?,
+                Some(r) => {
+                    crate::request::build(&self.connector, &client.source.url, r, &q.params, None)
+                        .map_err(|m| SourceError::Problem(Problem::invalid(m)))?
+                }
                 None => fhir_search_call(client, &res.resource_type, &q.params),
             };
             let pages = match client
@@ -223,7 +236,7 @@ impl PullRuntime {
                 }
                 other => other.map_err(SourceError::Failed)?,
             };
-            let (records, reply) = pages;
+            let (records, reply, _) = pages;
             let total_query = search.total.clone().or_else(|| {
                 (client.source.kind == SourceType::Fhir)
                     .then(|| Query::parse("$.total").ok())
@@ -321,7 +334,14 @@ impl PullRuntime {
             let params = &params;
             async move {
                 let call = match &read.request {
-                    Some(r) => self.build_call(client, r, params, Some(id))?,
+                    Some(r) => crate::request::build(
+                        &self.connector,
+                        &client.source.url,
+                        r,
+                        params,
+                        Some(id),
+                    )
+                    .map_err(|m| SourceError::Problem(Problem::invalid(m)))?,
                     None => fhir_read_call(client, &res.resource_type, id),
                 };
                 let reply = match client.send(&call, &info.request_id).await {
@@ -454,87 +474,6 @@ impl PullRuntime {
         let _ = info;
         Ok(json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries}))
     }
-
-    /// An upstream call from a request template. Caller values are percent-encoded as whole
-    /// path segments in the path; query values are encoded by the URL; header values may not
-    /// hold line breaks.
-    fn build_call(
-        &self,
-        client: &SourceClient,
-        r: &Request,
-        params: &Value,
-        id: Option<&str>,
-    ) -> Result<Call, SourceError> {
-        let templates = &self.connector.templates;
-        let vars = &self.connector.vars;
-        let id_value = id.map(|i| Value::String(i.to_owned()));
-        let raw = Values::new(params, vars, id_value.as_ref());
-        let encoded_params = encode_values(params);
-        let encoded_id = id.map(|i| Value::String(encode_segment(i)));
-        let in_path = Values::new(&encoded_params, vars, encoded_id.as_ref());
-        let render = |t, scope: &Values<'_>| {
-            templates.render(t, scope).map_err(|m| {
-                SourceError::Problem(Problem::invalid(format!(
-                    "cannot build the upstream request: {m}"
-                )))
-            })
-        };
-        let path = render(&r.path, &in_path)?;
-        let base = &client.source.url;
-        let mut url = base.clone();
-        url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
-        for (k, t) in &r.query {
-            let v = render(t, &raw)?;
-            if !v.is_empty() {
-                url.query_pairs_mut().append_pair(k, &v);
-            }
-        }
-        if url.query() == Some("") {
-            url.set_query(None);
-        }
-        let mut headers = Vec::new();
-        for (k, t) in &r.headers {
-            let v = render(t, &raw)?;
-            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
-                SourceError::Problem(Problem::invalid(format!("bad header name `{k}`")))
-            })?;
-            let value = HeaderValue::from_str(&v).map_err(|_| {
-                SourceError::Problem(Problem::invalid(format!(
-                    "a value for header `{k}` has characters a header cannot carry"
-                )))
-            })?;
-            headers.push((name, value));
-        }
-        let body = match &r.body {
-            None => None,
-            Some(expr) => {
-                let evaluator = Evaluator {
-                    templates,
-                    tables: templates.tables(),
-                };
-                let input = Input {
-                    record: &Value::Null,
-                    vars,
-                    params,
-                };
-                evaluator.evaluate(expr, input).map_err(|e| {
-                    SourceError::Problem(Problem::invalid(format!(
-                        "cannot build the upstream request body: {e}"
-                    )))
-                })?
-            }
-        };
-        let method = match r.method {
-            crate::spec::Method::Get => Method::GET,
-            crate::spec::Method::Post => Method::POST,
-        };
-        Ok(Call {
-            method,
-            url,
-            headers,
-            body,
-        })
-    }
 }
 
 /// Why one source gave no answer: it failed (a partial answer), or the caller's request was
@@ -547,74 +486,6 @@ enum SourceError {
 impl From<Failure> for SourceError {
     fn from(f: Failure) -> Self {
         SourceError::Failed(f)
-    }
-}
-
-/// Template values of an upstream request.
-struct Values<'a> {
-    params: &'a Value,
-    vars: &'a Value,
-    id: Option<&'a Value>,
-    context: std::cell::OnceCell<handlebars::Context>,
-}
-
-impl<'a> Values<'a> {
-    fn new(params: &'a Value, vars: &'a Value, id: Option<&'a Value>) -> Self {
-        Values {
-            params,
-            vars,
-            id,
-            context: std::cell::OnceCell::new(),
-        }
-    }
-}
-
-impl Scope for Values<'_> {
-    fn value(&self, name: &str) -> Option<&Value> {
-        match name {
-            "params" => Some(self.params),
-            "vars" => Some(self.vars),
-            "id" => self.id,
-            _ => None,
-        }
-    }
-
-    fn context(&self) -> &handlebars::Context {
-        self.context.get_or_init(|| {
-            let mut m = Map::new();
-            m.insert("params".into(), self.params.clone());
-            m.insert("vars".into(), self.vars.clone());
-            if let Some(id) = self.id {
-                m.insert("id".into(), id.clone());
-            }
-            handlebars::Context::from(Value::Object(m))
-        })
-    }
-}
-
-/// Percent-encodes everything but unreserved letters, digits, `-`, `_` and `~` (so `/`, `.`,
-/// `?`, `#`, `%` and line breaks cannot act in a path).
-pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn encode_values(params: &Value) -> Value {
-    match params {
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, v)| (k.clone(), encode_values(v)))
-                .collect(),
-        ),
-        Value::String(s) => Value::String(encode_segment(s)),
-        other => other.clone(),
     }
 }
 
@@ -683,7 +554,7 @@ fn fhir_read_call(client: &SourceClient, resource_type: &str, id: &str) -> Call 
     url.set_path(&format!(
         "{}/{resource_type}/{}",
         base.path().trim_end_matches('/'),
-        encode_segment(id)
+        crate::request::encode_segment(id)
     ));
     Call {
         method: Method::GET,
@@ -822,21 +693,4 @@ fn merge_entry(answers: Vec<&Value>, failures: &[Failure]) -> Value {
         }
     }
     entry
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn path_values_cannot_escape_their_segment() {
-        assert_eq!(encode_segment("a/b?c#d"), "a%2Fb%3Fc%23d");
-        assert_eq!(encode_segment(".."), "%2E%2E");
-        assert_eq!(encode_segment("%2F"), "%252F");
-        assert_eq!(encode_segment("x\r\ny"), "x%0D%0Ay");
-        assert_eq!(
-            encode_segment("http://evil.example/"),
-            "http%3A%2F%2Fevil%2Eexample%2F"
-        );
-    }
 }

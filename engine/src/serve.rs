@@ -1,5 +1,6 @@
-//! `engine serve`: binds the listener, serves the router, and shuts down gracefully on SIGTERM
-//! or SIGINT (in-flight requests finish, for at most the grace period).
+//! `engine serve`: binds the listener, serves the router, runs cron schedules and push queue
+//! drainers, and shuts down gracefully on SIGTERM or SIGINT (in-flight requests finish, for
+//! at most the grace period).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,10 +18,12 @@ pub async fn serve(engine: Arc<Engine>, listen: &str, grace: Duration) -> Result
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(address = %local, connectors = engine.model.connectors.len(), "serving");
-    for c in &engine.model.connectors {
-        if !engine.pulls.contains_key(&c.name) {
-            tracing::warn!(connector = %c.name, "loaded but not run: push and cron connectors are not served yet");
-        }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for job in engine.crons.values() {
+        tokio::spawn(job.clone().schedule(stopped.clone()));
+    }
+    for ep in engine.pushes.values() {
+        tokio::spawn(ep.clone().drain(stopped.clone()));
     }
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, router(engine.clone())).with_graceful_shutdown(async move {
@@ -40,6 +43,7 @@ pub async fn serve(engine: Arc<Engine>, listen: &str, grace: Duration) -> Result
         r = server => r.map_err(|e| format!("server: {e}"))?,
         () = deadline => tracing::warn!("grace period over: requests still in flight are dropped"),
     }
+    let _ = stop.send(true);
     tracing::info!("stopped");
     Ok(())
 }

@@ -246,7 +246,31 @@ impl SourceClient {
         want: Option<usize>,
         max_pages: u32,
         request_id: &str,
-    ) -> Result<(Vec<Value>, Reply), Failure> {
+    ) -> Result<(Vec<Value>, Reply, usize), Failure> {
+        let pagination = self.source.pagination.clone();
+        self.pages_with(
+            first,
+            records,
+            want,
+            max_pages,
+            pagination.as_ref(),
+            request_id,
+        )
+        .await
+    }
+
+    /// As `pages`, with the given pagination instead of the source's. An answer with an
+    /// error status is a failure (with its status). Gives the records, the first reply and
+    /// the number of calls made.
+    pub async fn pages_with(
+        &self,
+        first: Call,
+        records: &crate::jsonpath::Query,
+        want: Option<usize>,
+        max_pages: u32,
+        pagination: Option<&Pagination>,
+        request_id: &str,
+    ) -> Result<(Vec<Value>, Reply, usize), Failure> {
         let mut call = first;
         let mut out = Vec::new();
         let mut first_reply = None;
@@ -254,6 +278,18 @@ impl SourceClient {
         let mut page = 0u32;
         loop {
             let reply = self.send(&call, request_id).await?;
+            if reply.status >= 400 {
+                let detail = reply.body["issue"][0]["diagnostics"]
+                    .as_str()
+                    .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
+                    .unwrap_or_default();
+                return Err(Failure {
+                    source: self.source.name.clone(),
+                    reason: format!("answered {}{detail}", reply.status),
+                    timeout: false,
+                    status: Some(reply.status),
+                });
+            }
             let found: Vec<Value> = records
                 .select(&reply.body, &reply.body)
                 .into_iter()
@@ -262,7 +298,8 @@ impl SourceClient {
             let n = found.len();
             out.extend(found);
             page += 1;
-            let next = self.next_call(&call, &reply, n, &mut offset, page);
+            let next =
+                pagination.and_then(|p| self.next_call(p, &call, &reply, n, &mut offset, page));
             if first_reply.is_none() {
                 first_reply = Some(reply);
             }
@@ -279,11 +316,12 @@ impl SourceClient {
             timeout: false,
             status: None,
         })?;
-        Ok((out, reply))
+        Ok((out, reply, page as usize))
     }
 
     fn next_call(
         &self,
+        pagination: &Pagination,
         call: &Call,
         reply: &Reply,
         found: usize,
@@ -298,7 +336,7 @@ impl SourceClient {
                 ..call.clone()
             })
         };
-        match self.source.pagination.as_ref()? {
+        match pagination {
             Pagination::NextUrl(q) => {
                 let next = q
                     .select(&reply.body, &reply.body)

@@ -19,10 +19,17 @@ use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use std::collections::HashSet;
+use std::path::PathBuf;
+
 use crate::cache::{Answer, Source as CacheSource};
 use crate::metrics::Metrics;
 use crate::model::{Model, Strategy};
 use crate::pull::{PullRuntime, RequestInfo};
+use crate::push::{PushEndpoint, Reply};
+use crate::run::Runner;
+use crate::schedule::CronJob;
+use crate::state::StateDir;
 use crate::upstream::Upstreams;
 use outcome::{FHIR_JSON, Problem, fhir_response};
 
@@ -50,33 +57,98 @@ impl Default for Limits {
     }
 }
 
-/// Everything the routes need, built once from a model (no IO, nothing spawned).
+/// Where the engine keeps local state, and the embedded NDJSON sink.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    pub state: PathBuf,
+    pub sink: PathBuf,
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Dirs {
+            state: PathBuf::from(".engine-state"),
+            sink: PathBuf::from(".engine-state/ndjson"),
+        }
+    }
+}
+
+/// Everything the routes need, built once from a model (nothing spawned).
 pub struct Engine {
     pub model: Arc<Model>,
     pub pulls: HashMap<String, Arc<PullRuntime>>,
+    pub crons: HashMap<String, Arc<CronJob>>,
+    pub pushes: HashMap<String, Arc<PushEndpoint>>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub ready: AtomicBool,
 }
 
 impl Engine {
-    pub fn new(model: Arc<Model>, limits: Limits) -> Result<Arc<Engine>, String> {
+    pub fn new(model: Arc<Model>, limits: Limits, dirs: &Dirs) -> Result<Arc<Engine>, String> {
         let metrics = Arc::new(Metrics::default());
         let sources = model
             .connectors
             .iter()
             .flat_map(|c| c.sources.iter().cloned());
         let upstreams = Upstreams::new(sources, metrics.clone())?;
-        let pulls = model
+        let pulls: HashMap<String, Arc<PullRuntime>> = model
             .connectors
             .iter()
             .filter_map(|c| {
                 PullRuntime::new(c.clone(), &upstreams).map(|p| (c.name.clone(), Arc::new(p)))
             })
             .collect();
+        let mut crons = HashMap::new();
+        let mut pushes = HashMap::new();
+        let state = StateDir::new(&dirs.state);
+        for c in &model.connectors {
+            match &c.strategy {
+                Strategy::Cron(cron) => {
+                    let runner = Runner::new(
+                        c.clone(),
+                        &upstreams,
+                        state.clone(),
+                        &dirs.sink,
+                        metrics.clone(),
+                    )?;
+                    crons.insert(
+                        c.name.clone(),
+                        Arc::new(CronJob::new(runner, cron.schedule.clone())),
+                    );
+                }
+                Strategy::Push(_) => {
+                    let caches: Vec<(HashSet<String>, Arc<PullRuntime>)> = pulls
+                        .values()
+                        .map(|p| (p.resource_types(), p.clone()))
+                        .collect();
+                    let invalidate: crate::push::Invalidate =
+                        Arc::new(move |types: &HashSet<String>| {
+                            for (served, p) in &caches {
+                                if served.iter().any(|t| types.contains(t))
+                                    && let Some(cache) = &p.cache
+                                {
+                                    cache.invalidate();
+                                }
+                            }
+                        });
+                    let ep = PushEndpoint::new(
+                        c.clone(),
+                        &dirs.state,
+                        &dirs.sink,
+                        metrics.clone(),
+                        invalidate,
+                    )?;
+                    pushes.insert(c.name.clone(), Arc::new(ep));
+                }
+                Strategy::Pull(_) => {}
+            }
+        }
         Ok(Arc::new(Engine {
             model,
             pulls,
+            crons,
+            pushes,
             metrics,
             limits,
             ready: AtomicBool::new(true),
@@ -92,7 +164,17 @@ impl Engine {
 
 /// The application.
 pub fn router(engine: Arc<Engine>) -> Router {
-    Router::new()
+    let mut app = Router::new();
+    for ep in engine.pushes.values() {
+        let ep = ep.clone();
+        let path = ep.path().to_owned();
+        app = app.route(
+            &path,
+            post(move |headers: HeaderMap, body: Body| push(ep, headers, body)),
+        );
+    }
+    app.route("/connectors/{name}/run", post(run_now))
+        .route("/connectors/{name}/dead-letters", get(dead_letters))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -190,6 +272,7 @@ fn route_of(path: &str) -> (String, &'static str) {
         ["readyz"] => (String::new(), "readyz"),
         ["metrics"] => (String::new(), "metrics"),
         ["connectors", ..] => (String::new(), "admin"),
+        ["push", c] => ((*c).to_owned(), "push"),
         _ => (String::new(), "other"),
     }
 }
@@ -259,6 +342,24 @@ async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
             ));
         }
     }
+    for (name, ep) in &engine.pushes {
+        let (queued, dead) = ep.depths();
+        let l = || vec![("connector", name.clone())];
+        series.push((
+            "engine_push_queue_depth",
+            "Push payloads waiting in the local queue.",
+            "gauge",
+            l(),
+            queued as f64,
+        ));
+        series.push((
+            "engine_push_dead_letters",
+            "Push payloads that can never be written.",
+            "gauge",
+            l(),
+            dead as f64,
+        ));
+    }
     series.sort_by(|a, b| a.0.cmp(b.0));
     let text = engine.metrics.render(&series);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -294,7 +395,78 @@ fn summary(engine: &Engine, c: &crate::model::Connector) -> Value {
     if let Some(cache) = engine.pulls.get(&c.name).and_then(|p| p.cache.as_ref()) {
         v["cache"] = serde_json::to_value(cache.stats()).unwrap_or(Value::Null);
     }
+    if let Some(job) = engine.crons.get(&c.name) {
+        v["run"] = job.status();
+    }
+    if let Some(ep) = engine.pushes.get(&c.name) {
+        let (queued, dead) = ep.depths();
+        v["push"] = json!({"path": ep.path(), "queued": queued, "deadLetters": dead});
+    }
     v
+}
+
+async fn run_now(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
+    let Some(job) = engine.crons.get(&name).cloned() else {
+        return Problem::not_found(format!("no cron connector `{name}`")).into_response();
+    };
+    if job.is_running() {
+        return Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("`{name}` is running already"),
+        )
+        .into_response();
+    }
+    tokio::spawn(async move { job.run_now().await });
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"connector": name, "status": "started"})),
+    )
+        .into_response()
+}
+
+async fn dead_letters(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
+    match engine.pushes.get(&name) {
+        Some(ep) => axum::Json(ep.dead_letters()).into_response(),
+        None => Problem::not_found(format!("no push connector `{name}`")).into_response(),
+    }
+}
+
+async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) -> Response {
+    let limit = ep.max_body();
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-long",
+            format!("the body is larger than {limit} bytes"),
+        )
+        .into_response();
+    };
+    if let Err(p) = ep.authenticate(&headers, &bytes) {
+        return p.into_response();
+    }
+    match ep.deliver(&headers, &bytes).await {
+        Ok(Reply::Written(n)) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "written", "resources": n})),
+        )
+            .into_response(),
+        Ok(Reply::Queued) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"status": "queued"})),
+        )
+            .into_response(),
+        Ok(Reply::Duplicate) => {
+            (StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response()
+        }
+        Err(p) if p.status == StatusCode::SERVICE_UNAVAILABLE => {
+            let mut r = p.into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            r
+        }
+        Err(p) => p.into_response(),
+    }
 }
 
 async fn list(State(engine): State<Arc<Engine>>) -> Response {
