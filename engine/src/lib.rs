@@ -12,6 +12,7 @@ pub mod load;
 pub mod mapping;
 pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod pull;
 pub mod push;
 pub mod reference;

@@ -178,6 +178,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .route("/connectors", get(list))
         .route("/connectors/list", get(list))
         .route("/connectors/{name}", get(show))
@@ -275,6 +276,17 @@ fn route_of(path: &str) -> (String, &'static str) {
         ["push", c] => ((*c).to_owned(), "push"),
         _ => (String::new(), "other"),
     }
+}
+
+async fn openapi(State(engine): State<Arc<Engine>>) -> Response {
+    let prefix = engine
+        .limits
+        .public_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    axum::Json(crate::openapi::document(&engine.model, &prefix)).into_response()
 }
 
 async fn healthz() -> Response {
