@@ -26,3 +26,24 @@ if "$VENV/bin/check-jsonschema" --schemafile schemas/connector.schema.json "$wor
   exit 1
 fi
 echo "check-jsonschema refuses the unknown key, as engine validate does"
+
+echo "== release build (the Dockerfile's build step)"
+cargo build --locked --release -p engine
+
+echo "== Dockerfile with hadolint"
+"$VENV/bin/hadolint" Dockerfile
+
+echo "== deploy/ against Kubernetes and Istio schemas"
+cargo run --locked --quiet -p engine -- manifests connectors.d --out deploy/base --check
+core=()
+for kind in deployment service pdb hpa pvc configmap cronjobs; do core+=("deploy/base/$kind.yaml"); done
+"$VENV/bin/kubernetes-validate" --strict --quiet "${core[@]}"
+istio="../shared/testdata/istio-crd-schemas"
+for pair in virtualservice:virtualservice_v1 authorizationpolicy:authorizationpolicy_v1 requestauthentication:requestauthentication_v1; do
+  "$VENV/bin/check-jsonschema" --schemafile "$istio/${pair#*:}.json" "deploy/base/${pair%%:*}.yaml"
+done
+
+echo "== OpenAPI document with openapi-spec-validator"
+cargo run --locked --quiet -p engine -- openapi connectors.d examples --prefix /connector/api > "$work/openapi.json"
+"$VENV/bin/openapi-spec-validator" "$work/openapi.json"
+echo "all checks passed"

@@ -158,7 +158,8 @@ impl AnswerCache {
         Fut: Future<Output = Result<Answer, Problem>>,
     {
         let mut load = Some(load);
-        let mut previous: Option<Arc<Answer>> = None;
+        // The answer kept as a stale fallback, and the end of its stale window.
+        let mut previous: Option<(Arc<Answer>, Instant)> = None;
         let mut bypass = bypass;
         loop {
             let now = Instant::now();
@@ -192,8 +193,10 @@ impl AnswerCache {
                             *stale_until
                         }
                     };
-                    if now < stale_until {
-                        previous = entry.answer.clone().or(previous);
+                    if now < stale_until
+                        && let Some(a) = &entry.answer
+                    {
+                        previous = Some((a.clone(), stale_until));
                     }
                     self.cache.remove_if(key, |v| Arc::ptr_eq(v, &entry));
                     bypass = false;
@@ -228,9 +231,9 @@ impl AnswerCache {
                             }
                         }
                         Err(problem) => {
-                            let stale_until = now + self.stale_if_error;
+                            let stale_until = previous.as_ref().map_or(now, |(_, until)| *until);
                             let entry = Entry {
-                                answer: previous.clone(),
+                                answer: previous.as_ref().map(|(a, _)| a.clone()),
                                 state: State::Failed {
                                     retry_at: now + FAILURE_SHARED_FOR,
                                     stale_until,
@@ -239,11 +242,11 @@ impl AnswerCache {
                             };
                             let _ = guard.insert(Arc::new(entry));
                             match previous {
-                                Some(a) => {
+                                Some((a, until)) if now < until => {
                                     self.stale.fetch_add(1, Ordering::Relaxed);
                                     Ok((a, Source::Stale))
                                 }
-                                None => Err(problem),
+                                _ => Err(problem),
                             }
                         }
                     };

@@ -56,6 +56,9 @@ pub enum Command {
         max_body: String,
         #[command(flatten)]
         dirs: DirArgs,
+        /// Run the cron schedules in this process (off when Kubernetes CronJobs run them).
+        #[arg(long, env = "ENGINE_RUN_SCHEDULES", default_value_t = true, action = clap::ArgAction::Set)]
+        run_schedules: bool,
         /// Time given to requests in flight when a shutdown signal arrives.
         #[arg(long, env = "ENGINE_SHUTDOWN_GRACE", default_value = "10s")]
         shutdown_grace: String,
@@ -103,6 +106,25 @@ pub enum Command {
         /// URL to get.
         #[arg(default_value = "http://127.0.0.1:8080/healthz")]
         url: String,
+    },
+    /// Generate the per-connector Kubernetes and Istio manifests (ConfigMap of the
+    /// definitions, VirtualService routes, AuthorizationPolicy, CronJobs).
+    Manifests {
+        /// Files and directories of definitions.
+        #[arg(default_value = "connectors.d")]
+        paths: Vec<PathBuf>,
+        /// Directory the files are written to.
+        #[arg(long, default_value = "deploy/base")]
+        out: PathBuf,
+        /// Only compare with the files in `--out`; exit 1 when they differ.
+        #[arg(long)]
+        check: bool,
+        /// Public path prefix on the gateway.
+        #[arg(long, default_value = "/connector/api/")]
+        prefix: String,
+        /// Image of the CronJobs.
+        #[arg(long, default_value = "gravitatehealth/fosps-connector-engine:latest")]
+        image: String,
     },
     /// Print the OpenAPI document of the configured routes.
     Openapi {
@@ -201,6 +223,7 @@ pub fn run(cli: Cli) -> ExitCode {
             max_body,
             shutdown_grace,
             dirs,
+            run_schedules,
         } => {
             let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
                 Ok(f) => f,
@@ -266,7 +289,12 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(r) => r,
                 Err(e) => return usage(&format!("runtime: {e}")),
             };
-            match runtime.block_on(crate::serve::serve(engine, &listen, limits.1)) {
+            match runtime.block_on(crate::serve::serve(
+                engine,
+                &listen,
+                limits.1,
+                run_schedules,
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => usage(&e),
             }
@@ -395,6 +423,57 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS
+            }
+        }
+        Command::Manifests {
+            paths,
+            out,
+            check,
+            prefix,
+            image,
+        } => {
+            let (files, read_errors) = match load::read_all(&paths) {
+                Ok(x) => x,
+                Err(e) => return usage(&e.to_string()),
+            };
+            let opts = Options {
+                allow_unresolved: true,
+                run_tests: false,
+                fhir_schema: None,
+                env: &ProcessEnvironment,
+            };
+            let outcome = validate::validate(&files, read_errors, &opts);
+            let Some(model) = outcome.model else {
+                let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+                    outcome.texts.get(p).cloned()
+                });
+                eprint!("{text}");
+                return ExitCode::from(1);
+            };
+            let opts = crate::manifests::Options {
+                prefix,
+                image,
+                ..Default::default()
+            };
+            let generated = crate::manifests::generate(&model, &files, &opts);
+            let mut stale = Vec::new();
+            for (name, text) in &generated {
+                let path = out.join(name);
+                if check {
+                    if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                        stale.push(path.display().to_string());
+                    }
+                } else if let Err(e) =
+                    std::fs::create_dir_all(&out).and_then(|()| std::fs::write(&path, text))
+                {
+                    return usage(&format!("{}: {e}", path.display()));
+                }
+            }
+            if stale.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("stale (run `engine manifests`): {}", stale.join(", "));
+                ExitCode::from(1)
             }
         }
         Command::Probe { url } => match probe(&url) {

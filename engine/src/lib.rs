@@ -9,6 +9,7 @@ pub mod fhir_schema;
 pub mod http;
 pub mod jsonpath;
 pub mod load;
+pub mod manifests;
 pub mod mapping;
 pub mod metrics;
 pub mod model;

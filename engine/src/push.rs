@@ -257,7 +257,7 @@ impl PushEndpoint {
                     f.resource,
                     f.message
                 ),
-                f.outcome.clone(),
+                f.outcome.as_deref().cloned(),
             ));
         }
         (self.invalidate)(&types);
@@ -443,7 +443,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -398,7 +398,7 @@ fn write_failure(f: WriteFailure) -> Failure {
         stage: "write",
         subject: f.resource,
         message: f.message,
-        outcome: f.outcome,
+        outcome: f.outcome.map(|o| *o),
     }
 }
 

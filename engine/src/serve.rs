@@ -9,7 +9,12 @@ use std::time::Duration;
 use crate::http::{Engine, router};
 
 /// Serves until a shutdown signal; the error says why it could not start.
-pub async fn serve(engine: Arc<Engine>, listen: &str, grace: Duration) -> Result<(), String> {
+pub async fn serve(
+    engine: Arc<Engine>,
+    listen: &str,
+    grace: Duration,
+    run_schedules: bool,
+) -> Result<(), String> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| format!("`{listen}` is not an address such as 0.0.0.0:8080"))?;
@@ -19,8 +24,10 @@ pub async fn serve(engine: Arc<Engine>, listen: &str, grace: Duration) -> Result
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(address = %local, connectors = engine.model.connectors.len(), "serving");
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    for job in engine.crons.values() {
-        tokio::spawn(job.clone().schedule(stopped.clone()));
+    if run_schedules {
+        for job in engine.crons.values() {
+            tokio::spawn(job.clone().schedule(stopped.clone()));
+        }
     }
     for ep in engine.pushes.values() {
         tokio::spawn(ep.clone().drain(stopped.clone()));

@@ -24,7 +24,7 @@ pub struct WriteFailure {
     pub status: Option<u16>,
     pub message: String,
     /// The server's `OperationOutcome`, when it sent one.
-    pub outcome: Option<Value>,
+    pub outcome: Option<Box<Value>>,
     /// True when trying again later may succeed (the sink was unreachable or overloaded).
     pub transient: bool,
 }
@@ -309,7 +309,10 @@ async fn write_fhir(
                                 "the server answered {}",
                                 status.map_or("nothing".into(), |s| s.to_string())
                             ),
-                            outcome: resp.map(|r| r["outcome"].clone()).filter(|o| o.is_object()),
+                            outcome: resp
+                                .map(|r| r["outcome"].clone())
+                                .filter(|o| o.is_object())
+                                .map(Box::new),
                             transient: status.is_some_and(|s| s >= 500 || s == 429),
                         }),
                     }
@@ -321,7 +324,7 @@ async fn write_fhir(
                     resource: (*l).clone(),
                     status,
                     message: message.clone(),
-                    outcome: outcome.clone(),
+                    outcome: outcome.clone().map(Box::new),
                     transient,
                 }));
             }

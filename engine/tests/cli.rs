@@ -198,3 +198,57 @@ fn map_prints_fhir_and_fails_clearly() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("did you mean `drug-labels`?"));
 }
+
+#[test]
+fn committed_deploy_matches_the_generator() {
+    let o = engine(&[
+        "manifests",
+        "connectors.d",
+        "--out",
+        "deploy/base",
+        "--check",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn openapi_describes_routes_and_holds_no_secret() {
+    let o = engine(&[
+        "openapi",
+        "connectors.d",
+        "examples",
+        "--prefix",
+        "/connector/api",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = stdout(&o);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["servers"][0]["url"], "/connector/api");
+    let search = &doc["paths"]["/fhir/drug-labels/MedicinalProductDefinition"]["get"];
+    let names: Vec<&str> = search["parameters"]
+        .as_array()
+        .expect("params")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, vec!["name", "_count", "_offset"]);
+    assert!(
+        doc["paths"]["/fhir/proxy"]["post"].is_object(),
+        "the proxy takes batches"
+    );
+    assert!(
+        !text.contains("example-labels-api-key"),
+        "a secret leaked into the OpenAPI document"
+    );
+}
