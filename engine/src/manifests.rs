@@ -152,8 +152,25 @@ fn authorization(model: &Model, opts: &Options) -> Value {
     if !protected.is_empty() {
         rules.push(json!({"from": [{"source": {"requestPrincipals": ["*"]}}], "to": protected}));
     }
+    let mut open_gets: Vec<String> = [
+        "/fhir/*",
+        "/connectors",
+        "/connectors/list",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ]
+    .map(String::from)
+    .to_vec();
+    open_gets.extend(
+        model
+            .connectors
+            .iter()
+            .map(|c| format!("/connectors/{}", c.name)),
+    );
     rules.push(json!({"to": [
-        {"operation": {"methods": ["GET", "OPTIONS"], "paths": ["/fhir/*", "/connectors", "/connectors/list", "/healthz", "/readyz", "/metrics", "/openapi.json"]}},
+        {"operation": {"methods": ["GET", "OPTIONS"], "paths": open_gets}},
         {"operation": {"methods": ["POST", "OPTIONS"], "paths": open_posts}}
     ]}));
     json!({

@@ -25,6 +25,8 @@ pub struct Names<'a> {
     pub sinks: &'a BTreeMap<String, Arc<Sink>>,
     /// Documents that exist but failed their schema check.
     pub broken: &'a HashSet<(String, String)>,
+    /// Read and check the definitions' test files (not needed by `map`, `serve`, `run`).
+    pub tests: bool,
 }
 
 /// Checks and compiles one connector.
@@ -165,7 +167,11 @@ pub fn connector(
             Some("the mapping turns each record into FHIR".into()),
         );
     }
-    let tests = tests(ctx, spec);
+    let tests = if names.tests {
+        tests(ctx, spec)
+    } else {
+        Vec::new()
+    };
     let vars = Value::Object(
         spec.vars
             .iter()

@@ -231,6 +231,7 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
         sources: &model.sources,
         sinks: &model.sinks,
         broken: &broken,
+        tests: opts.run_tests,
     };
     let mut used_sources = HashSet::new();
     for (doc, spec) in &connectors {
