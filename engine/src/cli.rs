@@ -282,6 +282,21 @@ pub fn run(cli: Cli) -> ExitCode {
                 Ok(e) => e,
                 Err(e) => return usage(&e),
             };
+            let loader_paths = paths.clone();
+            let load: crate::serve::Loader = std::sync::Arc::new(move || {
+                let outcome = load_and_validate(&loader_paths, false, false, None)
+                    .map_err(|e| e.to_string())?;
+                let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+                    outcome.texts.get(p).cloned()
+                });
+                outcome.model.ok_or(text)
+            });
+            let reload = crate::serve::Reload {
+                paths,
+                load,
+                dirs: dirs.dirs(),
+                poll: std::time::Duration::from_secs(1),
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -294,6 +309,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 &listen,
                 limits.1,
                 run_schedules,
+                Some(reload),
             )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => usage(&e),

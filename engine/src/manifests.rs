@@ -148,6 +148,7 @@ fn authorization(model: &Model, opts: &Options) -> Value {
             Strategy::Pull(_) => {}
         }
     }
+    protected.push(json!({"operation": {"methods": ["GET"], "paths": ["/reload"]}}));
     let mut rules = Vec::new();
     if !protected.is_empty() {
         rules.push(json!({"from": [{"source": {"requestPrincipals": ["*"]}}], "to": protected}));

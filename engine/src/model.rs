@@ -42,6 +42,9 @@ impl Model {
 #[derive(Debug)]
 pub struct Connector {
     pub name: String,
+    /// Digest of the connector's resolved definition and of the sources and sink it names:
+    /// equal fingerprints mean a reload leaves the connector as it is.
+    pub fingerprint: String,
     pub description: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub file: PathBuf,

@@ -82,11 +82,47 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub ready: AtomicBool,
+    /// Outcome of definition reloads, shared by every generation of the engine.
+    pub reload: Arc<ReloadStatus>,
+}
+
+/// What the last reload of the definitions did.
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    /// Definition sets served so far (1 for the first).
+    pub generation: std::sync::atomic::AtomicU64,
+    /// Diagnostics of the last refused set, until a valid set is loaded.
+    pub error: std::sync::Mutex<Option<String>>,
+}
+
+impl ReloadStatus {
+    pub fn json(&self) -> Value {
+        json!({
+            "generation": self.generation.load(Ordering::Relaxed),
+            "lastError": self.error.lock().ok().and_then(|e| e.clone()),
+        })
+    }
 }
 
 impl Engine {
     pub fn new(model: Arc<Model>, limits: Limits, dirs: &Dirs) -> Result<Arc<Engine>, String> {
-        let metrics = Arc::new(Metrics::default());
+        Self::with_previous(model, limits, dirs, None)
+    }
+
+    /// A new engine for `model`; connectors unchanged since `previous` (same fingerprint)
+    /// keep their runtime, so their caches, queues and schedules survive.
+    pub fn with_previous(
+        model: Arc<Model>,
+        limits: Limits,
+        dirs: &Dirs,
+        previous: Option<&Engine>,
+    ) -> Result<Arc<Engine>, String> {
+        let metrics = previous.map_or_else(|| Arc::new(Metrics::default()), |p| p.metrics.clone());
+        let unchanged = |name: &str, fingerprint: &str| {
+            previous
+                .and_then(|p| p.model.connector(name))
+                .is_some_and(|c| c.fingerprint == fingerprint)
+        };
         let sources = model
             .connectors
             .iter()
@@ -95,14 +131,29 @@ impl Engine {
         let pulls: HashMap<String, Arc<PullRuntime>> = model
             .connectors
             .iter()
-            .filter_map(|c| {
-                PullRuntime::new(c.clone(), &upstreams).map(|p| (c.name.clone(), Arc::new(p)))
+            .filter_map(|c| match previous.and_then(|p| p.pulls.get(&c.name)) {
+                Some(kept) if unchanged(&c.name, &c.fingerprint) => {
+                    Some((c.name.clone(), kept.clone()))
+                }
+                _ => PullRuntime::new(c.clone(), &upstreams).map(|p| (c.name.clone(), Arc::new(p))),
             })
             .collect();
         let mut crons = HashMap::new();
         let mut pushes = HashMap::new();
         let state = StateDir::new(&dirs.state);
         for c in &model.connectors {
+            if unchanged(&c.name, &c.fingerprint)
+                && let Some(p) = previous
+            {
+                if let Some(job) = p.crons.get(&c.name) {
+                    crons.insert(c.name.clone(), job.clone());
+                    continue;
+                }
+                if let Some(ep) = p.pushes.get(&c.name) {
+                    pushes.insert(c.name.clone(), ep.clone());
+                    continue;
+                }
+            }
             match &c.strategy {
                 Strategy::Cron(cron) => {
                     let runner = Runner::new(
@@ -144,6 +195,9 @@ impl Engine {
                 Strategy::Pull(_) => {}
             }
         }
+        let reload =
+            previous.map_or_else(|| Arc::new(ReloadStatus::default()), |p| p.reload.clone());
+        reload.generation.fetch_add(1, Ordering::Relaxed);
         Ok(Arc::new(Engine {
             model,
             pulls,
@@ -152,6 +206,7 @@ impl Engine {
             metrics,
             limits,
             ready: AtomicBool::new(true),
+            reload,
         }))
     }
 
@@ -179,6 +234,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/reload", get(reload_status))
         .route("/connectors", get(list))
         .route("/connectors/list", get(list))
         .route("/connectors/{name}", get(show))
@@ -272,6 +328,7 @@ fn route_of(path: &str) -> (String, &'static str) {
         ["healthz"] => (String::new(), "healthz"),
         ["readyz"] => (String::new(), "readyz"),
         ["metrics"] => (String::new(), "metrics"),
+        ["reload"] => (String::new(), "admin"),
         ["connectors", ..] => (String::new(), "admin"),
         ["push", c] => ((*c).to_owned(), "push"),
         _ => (String::new(), "other"),
@@ -289,13 +346,21 @@ async fn openapi(State(engine): State<Arc<Engine>>) -> Response {
     axum::Json(crate::openapi::document(&engine.model, &prefix)).into_response()
 }
 
+async fn reload_status(State(engine): State<Arc<Engine>>) -> Response {
+    axum::Json(engine.reload.json()).into_response()
+}
+
 async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
 async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
     let ready = engine.ready.load(Ordering::Relaxed);
-    let body = json!({"status": if ready { "ready" } else { "not ready" }, "connectors": engine.model.connectors.len()});
+    let body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "connectors": engine.model.connectors.len(),
+        "reload": engine.reload.json(),
+    });
     let status = if ready {
         StatusCode::OK
     } else {

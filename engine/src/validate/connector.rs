@@ -182,6 +182,7 @@ pub fn connector(
     let templates = Arc::new(templates);
     (ctx.diags.len() == errors).then(|| Connector {
         name: name.to_owned(),
+        fingerprint: String::new(),
         description: doc.metadata.description.clone(),
         labels: doc.metadata.labels.clone(),
         file: ctx.doc.file.clone(),

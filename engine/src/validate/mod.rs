@@ -236,9 +236,27 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
     let mut used_sources = HashSet::new();
     for (doc, spec) in &connectors {
         let mut ctx = Ctx::new(doc, &mut diags);
-        if let Some(c) = connector::connector(&mut ctx, spec, &names, &mut used_sources)
+        if let Some(mut c) = connector::connector(&mut ctx, spec, &names, &mut used_sources)
             && model.connector(&c.name).is_none()
         {
+            let mut parts = vec![doc.json.to_string()];
+            for name in spec.spec.sources.iter().flatten() {
+                parts.extend(
+                    sources
+                        .iter()
+                        .filter(|(_, s)| &s.metadata.name == name)
+                        .map(|(d, _)| d.json.to_string()),
+                );
+            }
+            if let Some(sink) = &spec.spec.sink {
+                parts.extend(
+                    sinks
+                        .iter()
+                        .filter(|(_, s)| &s.metadata.name == sink)
+                        .map(|(d, _)| d.json.to_string()),
+                );
+            }
+            c.fingerprint = crate::fhir::uuid5(&parts);
             model.connectors.push(Arc::new(c));
         }
     }
