@@ -295,7 +295,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 paths,
                 load,
                 dirs: dirs.dirs(),
-                poll: std::time::Duration::from_secs(1),
+                poll: std::time::Duration::from_millis(500),
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
