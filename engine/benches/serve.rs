@@ -113,9 +113,11 @@ fn start_engine(dir: &Path) -> Engine {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("engine starts");
+    // Owned at once, so that the process is killed and waited for on every path.
+    let engine = Engine(child, port);
     for _ in 0..100 {
         if get_ok(&format!("http://127.0.0.1:{port}/healthz")) {
-            return Engine(child, port);
+            return engine;
         }
         std::thread::sleep(Duration::from_millis(50));
     }

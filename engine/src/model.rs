@@ -204,6 +204,8 @@ pub struct Push {
     pub idempotency_header: String,
     pub dedup_window: Duration,
     pub sink: SinkRef,
+    /// Write by conditional update on this identifier system (`write.identifierSystem`).
+    pub identifier_system: Option<String>,
 }
 
 /// Push caller authentication.

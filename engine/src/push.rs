@@ -43,6 +43,8 @@ pub struct PushEndpoint {
     writer: Writer,
     dir: PathBuf,
     seen: std::sync::Mutex<HashMap<String, i64>>,
+    /// Keys of deliveries being processed now (a concurrent repeat is refused with 409).
+    in_flight: std::sync::Mutex<HashSet<String>>,
     wake: tokio::sync::Notify,
     seq: AtomicU64,
     metrics: Arc<Metrics>,
@@ -86,6 +88,7 @@ impl PushEndpoint {
             writer,
             dir,
             seen: std::sync::Mutex::new(seen),
+            in_flight: std::sync::Mutex::new(HashSet::new()),
             wake: tokio::sync::Notify::new(),
             seq: AtomicU64::new(seq),
             metrics,
@@ -188,15 +191,38 @@ impl PushEndpoint {
             self.count("duplicate");
             return Ok(Reply::Duplicate);
         }
+        let claimed = self
+            .in_flight
+            .lock()
+            .map(|mut f| f.insert(key.clone()))
+            .unwrap_or(false);
+        if !claimed {
+            self.count("concurrent-repeat");
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the same delivery is being processed now; send again later if it is not acknowledged",
+            ));
+        }
+        let reply = self.accept(&key, &payload).await;
+        if let Ok(mut f) = self.in_flight.lock() {
+            f.remove(&key);
+        }
+        reply
+    }
+
+    /// Writes (sync) or queues (queued) a claimed delivery; remembers it once durable.
+    async fn accept(&self, key: &str, payload: &Value) -> Result<Reply, Problem> {
+        let (key, payload) = (key.to_owned(), payload);
         match self.push().mode {
             PushMode::Queued => {
-                self.enqueue(&key, &payload)?;
+                self.enqueue(&key, payload)?;
                 self.remember(&key);
                 self.count("queued");
                 self.wake.notify_one();
                 Ok(Reply::Queued)
             }
-            PushMode::Sync => match self.process(&payload).await {
+            PushMode::Sync => match self.process(payload).await {
                 Ok(n) => {
                     self.remember(&key);
                     self.count("written");
@@ -213,7 +239,7 @@ impl PushEndpoint {
                     Err(p)
                 }
                 Err(Outcome::Permanent(why, outcome)) => {
-                    self.dead_letter(&payload, &why, outcome.as_ref());
+                    self.dead_letter(payload, &why, outcome.as_ref());
                     self.remember(&key);
                     Err(Problem::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
@@ -233,7 +259,7 @@ impl PushEndpoint {
             .map_err(|e| Outcome::Permanent(format!("mapping failed: {e}"), None))?;
         let types = crate::sink::types_of(&resources);
         let opts = WriteOptions {
-            identifier_system: None,
+            identifier_system: self.push().identifier_system.clone(),
         };
         let report = self.writer.write(resources, &opts).await;
         self.metrics.add(

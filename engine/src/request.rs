@@ -34,7 +34,13 @@ pub fn build(
     };
     let path = render(&r.path, &in_path)?;
     let mut url = base.clone();
-    url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
+    let wanted = format!("{}{path}", base.path().trim_end_matches('/'));
+    url.set_path(&wanted);
+    if url.path() != wanted {
+        // `.` and `..` segments (also percent-encoded) are removed by URL normalisation: a
+        // caller value made only of dots would move the request to another path.
+        return Err("a value in the upstream path cannot be `.` or `..`".into());
+    }
     for (k, t) in &r.query {
         let v = render(t, &raw)?;
         if !v.is_empty() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use engine::http::{Engine, Limits, router};
+use engine::http::{Dirs, Engine, Limits, router};
 use engine::secrets::ProcessEnvironment;
 use engine::validate::{Options, validate};
 use serde_json::{Value, json};
@@ -202,7 +202,11 @@ struct Served {
 /// Serves the engine of `yaml` on 127.0.0.1 in a spawned task.
 async fn serve(yaml: &str, limits: Limits) -> Served {
     let (model, dir) = model_of(yaml);
-    let engine = Engine::new(Arc::new(model), limits).expect("engine");
+    let dirs = Dirs {
+        state: dir.path().join("state"),
+        sink: dir.path().join("state/ndjson"),
+    };
+    let engine = Engine::new(Arc::new(model), limits, &dirs).expect("engine");
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the engine");
@@ -431,7 +435,7 @@ async fn label_api() -> Stub {
     .await
 }
 
-/// The drug-labels connector of `examples/drug-labels` over `url`, with `extra` spec lines.
+/// The drug-labels connector of `examples/drug-labels` over `url`, with a `cache` line.
 fn drug_labels_yaml(url: &str, cache: &str) -> String {
     r#"
 apiVersion: fosps.gravitate-health.eu/v1
@@ -1364,11 +1368,14 @@ async fn binary_finishes_in_flight_requests_on_sigterm_and_refuses_invalid_defin
         drug_labels_yaml(&api.url, ""),
     )
     .expect("write");
+    let state = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"))
         .arg("serve")
         .arg(dir.path())
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(state.path())
         .env_remove("ENGINE_PUBLIC_URL")
         .env_remove("ENGINE_REQUEST_TIMEOUT")
         .env_remove("ENGINE_SHUTDOWN_GRACE")
@@ -1457,6 +1464,8 @@ spec:
         .arg("serve")
         .arg(bad.path())
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--state-dir")
+        .arg(state.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

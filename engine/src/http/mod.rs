@@ -697,7 +697,9 @@ async fn read(
 ) -> Result<Response, Problem> {
     let rt = engine.pull(&connector)?.clone();
     let res = rt.resource(&resource_type)?;
-    if rid.is_empty()
+    if rid == "."
+        || rid == ".."
+        || rid.is_empty()
         || rid.len() > 64
         || !rid
             .bytes()

@@ -155,6 +155,10 @@ pub fn connector(
                     Duration::from_secs(86_400),
                 ),
                 sink: sink_ref(ctx, spec, names)?,
+                identifier_system: spec
+                    .write
+                    .as_ref()
+                    .and_then(|w| w.identifier_system.clone()),
             }))
         }),
         S::Cron => cron(ctx, spec, names, fhir_source, &mut templates, &tables).map(Strategy::Cron),

@@ -1,0 +1,1965 @@
+//! End-to-end tests of cron runs and push endpoints over real sockets on 127.0.0.1: the engine
+//! (its `Runner`, its router with push drainers and cron schedules, or the `engine` binary)
+//! between stand-in servers written here as small axum apps with in-memory state:
+//!
+//! - a FHIR *source* answering `GET /{Type}?_count=N[&_lastUpdated=gtX]` with `searchset`
+//!   Bundles paged through absolute `next` links, counting calls and calls in flight, and able
+//!   to be slow or to fail;
+//! - a FHIR *sink* applying `transaction` and `batch` Bundles of `PUT Type/id` and
+//!   `PUT Type?identifier=system|value` to a store, refusing resources marked
+//!   `"invalid": true` with an `OperationOutcome`, switchable down (503), counting POSTs and
+//!   recording the order of writes;
+//! - a JSON API for `fetch` connectors.
+//!
+//! Every wait is a poll with a deadline; no sleep stands for an assertion of speed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, TimeZone, Utc};
+use engine::http::{Dirs, Engine, Limits, router};
+use engine::model::Model;
+use engine::run::{RunReport, Runner};
+use engine::secrets::ProcessEnvironment;
+use engine::state::StateDir;
+use engine::validate::{Options, validate};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Longest any single HTTP request of a test may take before the test fails.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a run of the `engine` binary may take before the test fails.
+const BINARY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The HMAC secret of the push connectors.
+const SECRET: &str = "push-secret-0123456789abcdef";
+
+// ------------------------------------------------------------------------------------------
+// Small helpers
+// ------------------------------------------------------------------------------------------
+
+fn fhir_json(status: u16, body: &Value) -> Response {
+    (
+        StatusCode::from_u16(status).expect("a status code"),
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        serde_json::to_vec(body).expect("JSON"),
+    )
+        .into_response()
+}
+
+fn operation_outcome(code: &str, diagnostics: &str) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]
+    })
+}
+
+async fn bind() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind on 127.0.0.1");
+    let addr = listener.local_addr().expect("local address");
+    (listener, format!("http://{addr}"))
+}
+
+fn spawn_app(listener: TcpListener, app: axum::Router) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
+/// A URL where nothing listens (connection refused): a port taken and given back.
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("address").port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// `2026-01-01T00:00:00Z` plus `seconds`, as a FHIR instant.
+fn instant(seconds: i64) -> String {
+    let t = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("a time")
+        + chrono::TimeDelta::seconds(seconds);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A resource without its `meta` (server-managed metadata).
+fn without_meta(r: &Value) -> Value {
+    let mut c = r.clone();
+    if let Some(o) = c.as_object_mut() {
+        o.remove("meta");
+    }
+    c
+}
+
+fn key_of(r: &Value) -> String {
+    format!(
+        "{}/{}",
+        r["resourceType"].as_str().unwrap_or("?"),
+        r["id"].as_str().unwrap_or("?")
+    )
+}
+
+/// Polls `check` every 20 ms until it holds; fails the test after `deadline`.
+async fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    loop {
+        if check() {
+            return;
+        }
+        assert!(Instant::now() < end, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Stand-in FHIR source
+// ------------------------------------------------------------------------------------------
+
+struct SourceInner {
+    base: String,
+    /// Resources by type, in insertion order.
+    resources: Mutex<BTreeMap<String, Vec<Value>>>,
+    calls: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    delay_ms: AtomicU64,
+    /// Answer this status (for one type, or for all) instead of searching.
+    failing: Mutex<Option<(Option<String>, u16)>>,
+    /// `Type?query` of every request, in arrival order.
+    requests: Mutex<Vec<String>>,
+}
+
+/// Decrements the calls in flight when a request ends (also when it is cancelled).
+struct InFlight(Arc<SourceInner>);
+
+impl InFlight {
+    fn enter(s: &Arc<SourceInner>) -> InFlight {
+        let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(s.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone)]
+struct FhirSource {
+    url: String,
+    inner: Arc<SourceInner>,
+}
+
+impl FhirSource {
+    async fn start() -> FhirSource {
+        let (listener, url) = bind().await;
+        let inner = Arc::new(SourceInner {
+            base: url.clone(),
+            resources: Mutex::new(BTreeMap::new()),
+            calls: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            delay_ms: AtomicU64::new(0),
+            failing: Mutex::new(None),
+            requests: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .route("/{rtype}", get(source_search))
+            .with_state(inner.clone());
+        spawn_app(listener, app);
+        FhirSource { url, inner }
+    }
+
+    /// Adds a resource, or replaces the one of the same type and id.
+    fn put(&self, r: Value) {
+        let t = r["resourceType"]
+            .as_str()
+            .expect("a resourceType")
+            .to_owned();
+        let mut all = self.inner.resources.lock().expect("source store");
+        let list = all.entry(t).or_default();
+        match list.iter_mut().find(|x| x["id"] == r["id"]) {
+            Some(slot) => *slot = r,
+            None => list.push(r),
+        }
+    }
+
+    fn all(&self) -> Vec<Value> {
+        self.inner
+            .resources
+            .lock()
+            .expect("source store")
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// The largest `meta.lastUpdated` of a type.
+    fn newest(&self, t: &str) -> String {
+        self.inner.resources.lock().expect("source store")[t]
+            .iter()
+            .filter_map(|r| r["meta"]["lastUpdated"].as_str())
+            .max_by_key(|s| DateTime::parse_from_rfc3339(s).expect("an instant"))
+            .expect("resources of the type")
+            .to_owned()
+    }
+
+    fn calls(&self) -> usize {
+        self.inner.calls.load(Ordering::SeqCst)
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.inner.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.inner.requests.lock().expect("source log").clone()
+    }
+
+    fn fail(&self, only: Option<&str>, status: u16) {
+        *self.inner.failing.lock().expect("source switch") =
+            Some((only.map(str::to_owned), status));
+    }
+
+    fn heal(&self) {
+        *self.inner.failing.lock().expect("source switch") = None;
+    }
+
+    fn delay(&self, d: Duration) {
+        self.inner
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+fn parse_instant(s: &str) -> Option<DateTime<chrono::FixedOffset>> {
+    DateTime::parse_from_rfc3339(s).ok()
+}
+
+async fn source_search(
+    State(s): State<Arc<SourceInner>>,
+    UrlPath(rtype): UrlPath<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    let _guard = InFlight::enter(&s);
+    let query = query.unwrap_or_default();
+    s.requests
+        .lock()
+        .expect("source log")
+        .push(format!("{rtype}?{query}"));
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let failing = s.failing.lock().expect("source switch").clone();
+    if let Some((only, status)) = failing
+        && only.as_deref().is_none_or(|t| t == rtype)
+    {
+        return fhir_json(
+            status,
+            &operation_outcome("exception", "the source stand-in is failing"),
+        );
+    }
+    let pairs: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let count: usize = pairs
+        .get("_count")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(50)
+        .max(1);
+    let offset: usize = pairs
+        .get("_offset")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let since = match pairs.get("_lastUpdated") {
+        None => None,
+        Some(v) => match v.strip_prefix("gt").and_then(parse_instant) {
+            Some(t) => Some(t),
+            None => {
+                return fhir_json(
+                    400,
+                    &operation_outcome("invalid", &format!("bad _lastUpdated `{v}`")),
+                );
+            }
+        },
+    };
+    let mut matching: Vec<Value> = s
+        .resources
+        .lock()
+        .expect("source store")
+        .get(&rtype)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| {
+            let updated = r["meta"]["lastUpdated"].as_str().and_then(parse_instant);
+            since.is_none_or(|since| updated.is_some_and(|u| u > since))
+        })
+        .collect();
+    matching.sort_by_key(|r| {
+        (
+            r["meta"]["lastUpdated"].as_str().and_then(parse_instant),
+            r["id"].as_str().unwrap_or("").to_owned(),
+        )
+    });
+    let page_url = |offset: usize| {
+        let mut u = url::Url::parse(&format!("{}/{rtype}", s.base)).expect("a URL");
+        {
+            let mut q = u.query_pairs_mut();
+            q.append_pair("_count", &count.to_string());
+            if let Some(v) = pairs.get("_lastUpdated") {
+                q.append_pair("_lastUpdated", v);
+            }
+            q.append_pair("_offset", &offset.to_string());
+        }
+        u.to_string()
+    };
+    let end = (offset + count).min(matching.len());
+    let page = matching.get(offset..end).unwrap_or_default();
+    let mut link = vec![json!({"relation": "self", "url": page_url(offset)})];
+    if end < matching.len() {
+        link.push(json!({"relation": "next", "url": page_url(end)}));
+    }
+    let entry: Vec<Value> = page
+        .iter()
+        .map(|r| {
+            json!({
+                "fullUrl": format!("{}/{}", s.base, key_of(r)),
+                "resource": r,
+                "search": {"mode": "match"}
+            })
+        })
+        .collect();
+    fhir_json(
+        200,
+        &json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": matching.len(),
+            "link": link,
+            "entry": entry
+        }),
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// Stand-in FHIR sink
+// ------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Store {
+    /// `Type/id` to the stored resource (with the sink's own `meta`).
+    resources: BTreeMap<String, Value>,
+    /// `Type/id` of every applied write, in order.
+    applied: Vec<String>,
+    /// Writes per `Type/id`.
+    writes: HashMap<String, usize>,
+    /// Writes of a resource whose reference did not resolve yet when it was written.
+    dangling: Vec<String>,
+    /// Ids given to resources created by a conditional update.
+    created: u64,
+}
+
+struct SinkInner {
+    store: Mutex<Store>,
+    posts: AtomicUsize,
+    refused: AtomicUsize,
+    down: AtomicBool,
+    /// Time taken to answer each POST.
+    delay_ms: AtomicU64,
+    /// `type` and number of entries of every Bundle received.
+    bundles: Mutex<Vec<(String, usize)>>,
+}
+
+#[derive(Clone)]
+struct FhirSink {
+    url: String,
+    inner: Arc<SinkInner>,
+}
+
+impl FhirSink {
+    async fn start() -> FhirSink {
+        let (listener, url) = bind().await;
+        let inner = Arc::new(SinkInner {
+            store: Mutex::new(Store::default()),
+            posts: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
+            bundles: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .route("/", post(sink_post))
+            .with_state(inner.clone());
+        spawn_app(listener, app);
+        FhirSink { url, inner }
+    }
+
+    fn posts(&self) -> usize {
+        self.inner.posts.load(Ordering::SeqCst)
+    }
+
+    /// POSTs answered 503 because the sink was down.
+    fn refused(&self) -> usize {
+        self.inner.refused.load(Ordering::SeqCst)
+    }
+
+    fn down(&self, down: bool) {
+        self.inner.down.store(down, Ordering::SeqCst);
+    }
+
+    fn delay(&self, d: Duration) {
+        self.inner
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.inner.store.lock().expect("sink store")
+    }
+
+    fn count(&self) -> usize {
+        self.store().resources.len()
+    }
+
+    fn get(&self, key: &str) -> Option<Value> {
+        self.store().resources.get(key).cloned()
+    }
+
+    fn bundles(&self) -> Vec<(String, usize)> {
+        self.inner.bundles.lock().expect("sink log").clone()
+    }
+}
+
+/// Where a `PUT` goes.
+enum Target {
+    Id {
+        rtype: String,
+        id: String,
+    },
+    Identifier {
+        rtype: String,
+        system: String,
+        value: String,
+    },
+}
+
+/// Checks one entry of a Bundle; the error is an `OperationOutcome`.
+fn check_entry(e: &Value) -> Result<(Target, Value), Value> {
+    let bad = |m: String| operation_outcome("invalid", &m);
+    let req = &e["request"];
+    let url = req["url"].as_str().unwrap_or("");
+    if req["method"] != "PUT" {
+        return Err(bad(format!("only PUT is supported, not {}", req["method"])));
+    }
+    let r = e["resource"].clone();
+    let rtype = r["resourceType"].as_str().unwrap_or("").to_owned();
+    let target = match url.split_once('?') {
+        Some((t, q)) => {
+            let pairs: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect();
+            let [(k, v)] = pairs.as_slice() else {
+                return Err(bad(format!("`{url}`: one search parameter expected")));
+            };
+            let Some((system, value)) = v.split_once('|').filter(|_| k == "identifier") else {
+                return Err(bad(format!("`{url}`: identifier=system|value expected")));
+            };
+            let has = r["identifier"].as_array().is_some_and(|ids| {
+                ids.iter()
+                    .any(|i| i["system"] == system && i["value"] == value)
+            });
+            if !has {
+                return Err(bad(format!("`{url}`: the resource lacks that identifier")));
+            }
+            Target::Identifier {
+                rtype: t.to_owned(),
+                system: system.to_owned(),
+                value: value.to_owned(),
+            }
+        }
+        None => {
+            let Some((t, id)) = url.split_once('/').filter(|(_, id)| !id.is_empty()) else {
+                return Err(bad(format!("`{url}` is not Type/id")));
+            };
+            if r["id"] != id {
+                return Err(bad(format!("`{url}`: the resource id is {}", r["id"])));
+            }
+            Target::Id {
+                rtype: t.to_owned(),
+                id: id.to_owned(),
+            }
+        }
+    };
+    let t = match &target {
+        Target::Id { rtype, .. } | Target::Identifier { rtype, .. } => rtype,
+    };
+    if *t != rtype {
+        return Err(bad(format!("`{url}`: the resource is a {rtype}")));
+    }
+    if r["invalid"] == true {
+        return Err(bad(format!(
+            "{}: the element `invalid` is not allowed (refused by the sink stand-in)",
+            key_of(&r)
+        )));
+    }
+    Ok((target, r))
+}
+
+/// Applies a checked write; gives the entry's `response`.
+fn apply(store: &mut Store, target: Target, mut r: Value) -> Value {
+    let (rtype, id) = match target {
+        Target::Id { rtype, id } => (rtype, id),
+        Target::Identifier {
+            rtype,
+            system,
+            value,
+        } => {
+            let found = store.resources.values().find(|x| {
+                x["resourceType"] == rtype.as_str()
+                    && x["identifier"].as_array().is_some_and(|ids| {
+                        ids.iter()
+                            .any(|i| i["system"] == system.as_str() && i["value"] == value.as_str())
+                    })
+            });
+            let id = match found {
+                Some(x) => x["id"].as_str().unwrap_or("").to_owned(),
+                None => {
+                    store.created += 1;
+                    format!("created-{}", store.created)
+                }
+            };
+            (rtype, id)
+        }
+    };
+    let key = format!("{rtype}/{id}");
+    let mut refs = Vec::new();
+    collect_refs(&r, &mut refs);
+    for reference in refs {
+        if reference != key && !store.resources.contains_key(&reference) {
+            store.dangling.push(format!("{key} -> {reference}"));
+        }
+    }
+    let version = store
+        .resources
+        .get(&key)
+        .and_then(|x| x["meta"]["versionId"].as_str())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    let existed = store.resources.contains_key(&key);
+    r["id"] = json!(id);
+    r["meta"] = json!({"versionId": version.to_string(), "lastUpdated": Utc::now().to_rfc3339()});
+    store.resources.insert(key.clone(), r);
+    store.applied.push(key.clone());
+    *store.writes.entry(key.clone()).or_default() += 1;
+    json!({
+        "status": if existed { "200 OK" } else { "201 Created" },
+        "location": format!("{key}/_history/{version}"),
+        "etag": format!("W/\"{version}\"")
+    })
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, c) in o {
+                match (k.as_str(), c) {
+                    ("reference", Value::String(s)) => out.push(s.clone()),
+                    _ => collect_refs(c, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|c| collect_refs(c, out)),
+        _ => {}
+    }
+}
+
+async fn sink_post(State(s): State<Arc<SinkInner>>, body: Bytes) -> Response {
+    s.posts.fetch_add(1, Ordering::SeqCst);
+    let delay = s.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if s.down.load(Ordering::SeqCst) {
+        s.refused.fetch_add(1, Ordering::SeqCst);
+        return fhir_json(
+            503,
+            &operation_outcome("transient", "the sink stand-in is down"),
+        );
+    }
+    let Ok(bundle) = serde_json::from_slice::<Value>(&body) else {
+        return fhir_json(400, &operation_outcome("structure", "the body is not JSON"));
+    };
+    let kind = bundle["type"].as_str().unwrap_or("").to_owned();
+    let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+    s.bundles
+        .lock()
+        .expect("sink log")
+        .push((kind.clone(), entries.len()));
+    let mut store = s.store.lock().expect("sink store");
+    match kind.as_str() {
+        "transaction" => {
+            // All or nothing: every entry is checked before any is applied.
+            let mut checked = Vec::new();
+            for e in &entries {
+                match check_entry(e) {
+                    Ok(c) => checked.push(c),
+                    Err(outcome) => return fhir_json(400, &outcome),
+                }
+            }
+            let answers: Vec<Value> = checked
+                .into_iter()
+                .map(|(t, r)| json!({"response": apply(&mut store, t, r)}))
+                .collect();
+            fhir_json(
+                200,
+                &json!({"resourceType": "Bundle", "type": "transaction-response", "entry": answers}),
+            )
+        }
+        "batch" => {
+            let answers: Vec<Value> = entries
+                .iter()
+                .map(|e| match check_entry(e) {
+                    Ok((t, r)) => json!({"response": apply(&mut store, t, r)}),
+                    Err(outcome) => json!({"response": {"status": "400", "outcome": outcome}}),
+                })
+                .collect();
+            fhir_json(
+                200,
+                &json!({"resourceType": "Bundle", "type": "batch-response", "entry": answers}),
+            )
+        }
+        other => fhir_json(
+            400,
+            &operation_outcome(
+                "invalid",
+                &format!("a transaction or batch Bundle is expected, not `{other}`"),
+            ),
+        ),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Stand-in JSON API (for `fetch`)
+// ------------------------------------------------------------------------------------------
+
+struct JsonInner {
+    items: Mutex<Vec<Value>>,
+    queries: Mutex<Vec<String>>,
+}
+
+#[derive(Clone)]
+struct JsonApi {
+    url: String,
+    inner: Arc<JsonInner>,
+}
+
+impl JsonApi {
+    async fn start(items: Vec<Value>) -> JsonApi {
+        let (listener, url) = bind().await;
+        let inner = Arc::new(JsonInner {
+            items: Mutex::new(items),
+            queries: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .route("/items", get(json_items))
+            .with_state(inner.clone());
+        spawn_app(listener, app);
+        JsonApi { url, inner }
+    }
+
+    fn add(&self, item: Value) {
+        self.inner.items.lock().expect("items").push(item);
+    }
+
+    fn queries(&self) -> Vec<String> {
+        self.inner.queries.lock().expect("log").clone()
+    }
+}
+
+/// `{"items": [...]}`, only those with `updated` greater than `since` when it is given.
+async fn json_items(State(s): State<Arc<JsonInner>>, RawQuery(query): RawQuery) -> Response {
+    let query = query.unwrap_or_default();
+    s.queries.lock().expect("log").push(query.clone());
+    let since: Option<i64> = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "since")
+        .and_then(|(_, v)| v.parse().ok());
+    let items: Vec<Value> = s
+        .items
+        .lock()
+        .expect("items")
+        .iter()
+        .filter(|i| since.is_none_or(|s| i["updated"].as_i64().is_some_and(|u| u > s)))
+        .cloned()
+        .collect();
+    axum::Json(json!({"items": items})).into_response()
+}
+
+// ------------------------------------------------------------------------------------------
+// The engine under test
+// ------------------------------------------------------------------------------------------
+
+/// Writes definitions to a new temporary directory.
+fn definitions(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("definitions.yaml"), yaml).expect("write definitions");
+    dir
+}
+
+/// Loads and validates the definitions of a directory.
+fn load(dir: &Path) -> Model {
+    let (files, read_errors) =
+        engine::load::read_all(&[dir.to_path_buf()]).expect("readable definitions");
+    let opts = Options {
+        allow_unresolved: false,
+        run_tests: false,
+        fhir_schema: None,
+        env: &ProcessEnvironment,
+    };
+    let outcome = validate(&files, read_errors, &opts);
+    outcome
+        .model
+        .unwrap_or_else(|| panic!("invalid definitions: {:#?}", outcome.diagnostics))
+}
+
+/// A runner of a cron connector, on its own clients.
+fn runner(model: &Model, name: &str, state: &Path, sink_dir: &Path) -> Runner {
+    let connector = model.connector(name).expect("the connector").clone();
+    let metrics = Arc::new(engine::metrics::Metrics::default());
+    let upstreams =
+        engine::upstream::Upstreams::new(connector.sources.iter().cloned(), metrics.clone())
+            .expect("upstream clients");
+    Runner::new(
+        connector,
+        &upstreams,
+        StateDir::new(state),
+        sink_dir,
+        metrics,
+    )
+    .expect("a runner")
+}
+
+async fn run_with_deadline(r: &Runner, dry_run: bool) -> (RunReport, Vec<Value>) {
+    tokio::time::timeout(Duration::from_secs(30), r.run(dry_run))
+        .await
+        .expect("the run ends in time")
+}
+
+fn watermarks(state: &Path, name: &str) -> BTreeMap<String, String> {
+    StateDir::new(state)
+        .load(name)
+        .expect("readable state")
+        .watermarks
+}
+
+/// What the `engine` binary did.
+#[derive(Debug)]
+struct Exit {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `engine run NAME -d DEFS --state-dir STATE --sink-dir SINK [--dry-run]`.
+async fn engine_run(defs: &Path, name: &str, state: &Path, sink: &Path, dry_run: bool) -> Exit {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    cmd.arg("run")
+        .arg(name)
+        .arg("-d")
+        .arg(defs)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--sink-dir")
+        .arg(sink)
+        .env_remove("ENGINE_STATE_DIR")
+        .env_remove("ENGINE_SINK_DIR")
+        .kill_on_drop(true);
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    let out = tokio::time::timeout(BINARY_TIMEOUT, cmd.output())
+        .await
+        .expect("`engine run` ends in time")
+        .expect("`engine run` starts");
+    Exit {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The engine's router served on 127.0.0.1.
+struct Served {
+    base: String,
+    engine: Arc<Engine>,
+    server: JoinHandle<()>,
+}
+
+async fn serve_engine(model: Model, dirs: &Dirs) -> Served {
+    let engine = Engine::new(Arc::new(model), Limits::default(), dirs).expect("an engine");
+    let (listener, base) = bind().await;
+    let server = spawn_app(listener, router(engine.clone()));
+    Served {
+        base,
+        engine,
+        server,
+    }
+}
+
+fn dirs_in(state: &Path) -> Dirs {
+    Dirs {
+        state: state.to_path_buf(),
+        sink: state.join("ndjson"),
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(CLIENT_TIMEOUT)
+        .build()
+        .expect("client")
+}
+
+/// An answer of the engine.
+#[derive(Debug, Clone)]
+struct Got {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Got {
+    let resp = req.send().await.expect("the engine answers");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("a body");
+    Got {
+        status,
+        headers,
+        text,
+    }
+}
+
+/// Sends a push signed with `secret` at `ts`, with an optional idempotency key.
+async fn push(
+    c: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    ts: i64,
+    body: &[u8],
+    key: Option<&str>,
+) -> Got {
+    let mut req = c
+        .post(url)
+        .header("content-type", "application/json")
+        .header("X-Timestamp", ts.to_string())
+        .header("X-Signature", engine::push::sign(secret, ts, body))
+        .body(body.to_vec());
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    send(req).await
+}
+
+/// Checks that an answer is an `OperationOutcome` with this status.
+fn assert_outcome(got: &Got, status: u16) {
+    assert_eq!(got.status, status, "{}", got.text);
+    assert_eq!(
+        got.header("content-type"),
+        "application/fhir+json",
+        "{got:?}"
+    );
+    let body = got.json();
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert!(body["issue"][0]["diagnostics"].is_string(), "{body}");
+}
+
+fn sink_doc(name: &str, url: &str, mode: &str, retries: u32) -> String {
+    format!(
+        "apiVersion: fosps.gravitate-health.eu/v1
+kind: Sink
+metadata: {{ name: {name} }}
+spec:
+  fhir: {{ url: \"{url}\", version: R4, batchSize: 100, mode: {mode}, retries: {retries}, timeout: 5s }}
+---
+"
+    )
+}
+
+fn sync_doc(name: &str, source_url: &str, sink: &str, types: &str, page_size: u32) -> String {
+    format!(
+        "apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: {name} }}
+spec:
+  strategy: cron
+  schedule: {{ cron: \"0 2 * * *\" }}
+  source: {{ type: fhir, url: \"{source_url}\", retries: 1, timeout: 5s }}
+  sync: {{ resourceTypes: [{types}], incremental: true, pageSize: {page_size} }}
+  sink: {sink}
+---
+"
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. FHIR-to-FHIR sync
+// ------------------------------------------------------------------------------------------
+
+fn patient(i: usize, t: i64) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "id": format!("pat-{i:04}"),
+        "meta": {"versionId": "3", "lastUpdated": instant(t), "source": "#source"},
+        "active": true,
+        "name": [{"family": format!("Family{i}"), "given": ["Ann"]}],
+        "birthDate": "1970-01-01"
+    })
+}
+
+fn organization(i: usize, t: i64) -> Value {
+    json!({
+        "resourceType": "Organization",
+        "id": format!("org-{i:04}"),
+        "meta": {"versionId": "1", "lastUpdated": instant(t)},
+        "name": format!("Clinic {i}")
+    })
+}
+
+fn observation(i: usize, t: i64) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "id": format!("obs-{i:04}"),
+        "meta": {"versionId": "1", "lastUpdated": instant(t)},
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "subject": {"reference": format!("Patient/pat-{:04}", (i * 7) % 400)},
+        "performer": [{"reference": format!("Organization/org-{:04}", i % 300)}],
+        "valueQuantity": {"value": 60 + (i % 40), "unit": "kg"}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_sync_copies_1100_resources_in_few_calls_then_only_what_changed() {
+    let source = FhirSource::start().await;
+    let sink = FhirSink::start().await;
+    let mut t = 0;
+    // Observations are listed first in `resourceTypes` and read first, so the sink sees
+    // them after their Patients and Organizations only if the engine orders the writes.
+    for i in 0..400 {
+        t += 1;
+        source.put(observation(i, t));
+    }
+    for i in 0..400 {
+        t += 1;
+        source.put(patient(i, t));
+    }
+    for i in 0..300 {
+        t += 1;
+        source.put(organization(i, t));
+    }
+    let yaml = sink_doc("store", &sink.url, "transaction", 3)
+        + &sync_doc(
+            "copy",
+            &source.url,
+            "store",
+            "Observation, Patient, Organization",
+            100,
+        );
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let ndjson = tempfile::tempdir().expect("ndjson");
+
+    // First run: everything.
+    let r1 = runner(&load(defs.path()), "copy", state.path(), ndjson.path());
+    let (report, _) = run_with_deadline(&r1, false).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(report.records_read, 1100);
+    assert_eq!(report.resources_written, 1100);
+    assert_eq!(
+        report.source_calls,
+        source.calls(),
+        "the report counts source calls"
+    );
+    assert_eq!(
+        report.sink_calls,
+        sink.posts(),
+        "the report counts sink calls"
+    );
+    let ratio = (report.source_calls + report.sink_calls) as f64 / report.resources_written as f64;
+    println!(
+        "calls per resource: ({} source + {} sink) / {} resources written = {ratio:.4}",
+        report.source_calls, report.sink_calls, report.resources_written
+    );
+    assert!(ratio <= 0.05, "{ratio} calls per resource");
+    assert!(
+        sink.bundles()
+            .iter()
+            .all(|(kind, n)| kind == "transaction" && *n <= 100),
+        "transactions of at most batchSize entries: {:?}",
+        sink.bundles()
+    );
+    {
+        let store = sink.store();
+        assert_eq!(store.resources.len(), 1100);
+        for r in source.all() {
+            let got = store
+                .resources
+                .get(&key_of(&r))
+                .unwrap_or_else(|| panic!("{} is in the sink", key_of(&r)));
+            assert_eq!(without_meta(got), without_meta(&r), "{}", key_of(&r));
+        }
+        assert!(
+            store.dangling.is_empty(),
+            "resources written before those they reference: {:?}",
+            &store.dangling[..store.dangling.len().min(10)]
+        );
+    }
+    let expected_marks: BTreeMap<String, String> = ["Observation", "Patient", "Organization"]
+        .iter()
+        .map(|t| ((*t).to_owned(), source.newest(t)))
+        .collect();
+    assert_eq!(watermarks(state.path(), "copy"), expected_marks);
+    drop(r1);
+
+    // Five resources change at the source.
+    let changed = [
+        {
+            let mut p = patient(3, 10_001);
+            p["name"][0]["family"] = json!("Changed");
+            p
+        },
+        {
+            let mut p = patient(250, 10_002);
+            p["active"] = json!(false);
+            p
+        },
+        {
+            let mut o = observation(10, 10_003);
+            o["valueQuantity"]["value"] = json!(99);
+            o
+        },
+        {
+            let mut o = observation(399, 10_004);
+            o["status"] = json!("amended");
+            o
+        },
+        {
+            let mut o = organization(100, 10_005);
+            o["name"] = json!("Renamed clinic");
+            o
+        },
+    ];
+    for c in &changed {
+        source.put(c.clone());
+    }
+
+    // Second run, by a new runner on the same state directory: only what changed.
+    let before = source.requests().len();
+    let posts_before = sink.posts();
+    let r2 = runner(&load(defs.path()), "copy", state.path(), ndjson.path());
+    let (report, _) = run_with_deadline(&r2, false).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(
+        report.records_read, 5,
+        "only the changed resources are read"
+    );
+    assert_eq!(report.resources_written, 5);
+    let second: Vec<String> = source.requests()[before..].to_vec();
+    for (t, mark) in &expected_marks {
+        let first = second
+            .iter()
+            .find(|r| r.starts_with(&format!("{t}?")))
+            .unwrap_or_else(|| panic!("{t} searched in {second:?}"));
+        let pairs: HashMap<String, String> =
+            url::form_urlencoded::parse(first.split_once('?').map_or("", |(_, q)| q).as_bytes())
+                .into_owned()
+                .collect();
+        assert_eq!(
+            pairs.get("_lastUpdated"),
+            Some(&format!("gt{mark}")),
+            "{first}"
+        );
+    }
+    assert_eq!(sink.posts() - posts_before, 1, "5 resources in one Bundle");
+    assert_eq!(sink.count(), 1100, "no duplicates");
+    for c in &changed {
+        let got = sink.get(&key_of(c)).expect("in the sink");
+        assert_eq!(without_meta(&got), without_meta(c));
+    }
+    assert_eq!(
+        sink.store().writes.values().filter(|n| **n == 2).count(),
+        5,
+        "each changed resource written twice, every other once"
+    );
+    assert!(sink.store().dangling.is_empty());
+
+    // Third run: nothing changed, nothing read or written.
+    let posts_before = sink.posts();
+    let (report, _) = run_with_deadline(&r2, false).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!((report.records_read, report.resources_written), (0, 0));
+    assert_eq!(sink.posts(), posts_before);
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. `engine run`
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_run_exit_codes_outcomes_and_dry_run() {
+    let source = FhirSource::start().await;
+    let sink = FhirSink::start().await;
+    for i in 0..5 {
+        source.put(patient(i, i as i64 + 1));
+    }
+    let yaml = sink_doc("store", &sink.url, "transaction", 0)
+        + &sync_doc("cli-sync", &source.url, "store", "Patient", 100);
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let ndjson = tempfile::tempdir().expect("ndjson");
+
+    // --dry-run: the FHIR on stdout, nothing written, no watermark.
+    let out = engine_run(defs.path(), "cli-sync", state.path(), ndjson.path(), true).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let printed: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is JSON ({e}): {}", out.stdout));
+    let printed = printed.as_array().expect("a list of resources");
+    let mut want: Vec<Value> = source.all().iter().map(without_meta).collect();
+    want.sort_by_key(key_of);
+    let mut got = printed.clone();
+    got.sort_by_key(key_of);
+    assert_eq!(got, want, "the dry run prints what it would write");
+    assert_eq!(sink.posts(), 0, "a dry run writes nothing");
+    assert!(watermarks(state.path(), "cli-sync").is_empty());
+
+    // A clean run exits 0.
+    let out = engine_run(defs.path(), "cli-sync", state.path(), ndjson.path(), false).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(sink.count(), 5);
+    let mark = watermarks(state.path(), "cli-sync");
+    assert_eq!(mark.get("Patient"), Some(&instant(5)));
+
+    // The sink refuses a resource: non-zero, and the server's OperationOutcome on stderr.
+    let mut bad = patient(99, 100);
+    bad["invalid"] = json!(true);
+    source.put(bad);
+    source.put(patient(98, 101));
+    let out = engine_run(defs.path(), "cli-sync", state.path(), ndjson.path(), false).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains("\"OperationOutcome\"")
+            && out.stderr.contains(
+                "Patient/pat-0099: the element `invalid` is not allowed (refused by the sink stand-in)"
+            ),
+        "the server's OperationOutcome on stderr: {}",
+        out.stderr
+    );
+    assert!(sink.get("Patient/pat-0099").is_none());
+    assert_eq!(
+        watermarks(state.path(), "cli-sync"),
+        mark,
+        "a failed run does not advance the watermark"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. A run that cannot read
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_that_cannot_read_fails_writes_nothing_and_keeps_its_watermark() {
+    let source = FhirSource::start().await;
+    let sink = FhirSink::start().await;
+    for i in 0..20 {
+        source.put(patient(i, i as i64 + 1));
+    }
+    for i in 0..10 {
+        source.put(organization(i, 100 + i as i64));
+    }
+    let name = "reader";
+    let yaml = sink_doc("store", &sink.url, "transaction", 0)
+        + &sync_doc(name, &source.url, "store", "Patient, Organization", 8);
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let ndjson = tempfile::tempdir().expect("ndjson");
+    let model = load(defs.path());
+    let r = runner(&model, name, state.path(), ndjson.path());
+    let (report, _) = run_with_deadline(&r, false).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(sink.count(), 30);
+    let marks = watermarks(state.path(), name);
+    assert_eq!(marks.len(), 2, "{marks:?}");
+
+    // Three resources change, and the source answers 500 for Organization searches.
+    let mut p = patient(1, 1_000);
+    p["active"] = json!(false);
+    source.put(p.clone());
+    let mut p2 = patient(2, 1_001);
+    p2["active"] = json!(false);
+    source.put(p2.clone());
+    let mut o = organization(3, 1_002);
+    o["name"] = json!("Moved");
+    source.put(o.clone());
+    source.fail(Some("Organization"), 500);
+    let posts = sink.posts();
+    let (report, _) = run_with_deadline(&r, false).await;
+    assert!(!report.ok(), "a run that cannot read fails");
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.stage == "read" && f.subject == "Organization"),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.resources_written, 0);
+    assert_eq!(sink.posts(), posts, "nothing is written");
+    assert_eq!(watermarks(state.path(), name), marks, "the watermark stays");
+
+    // The binary exits non-zero on the same failure, writing nothing.
+    let out = engine_run(defs.path(), name, state.path(), ndjson.path(), false).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains("error: read Organization"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sink.posts(), posts, "nothing is written");
+    assert_eq!(watermarks(state.path(), name), marks, "the watermark stays");
+
+    // The source down altogether (connection refused): the same, by library and binary.
+    let down_yaml = sink_doc("store", &sink.url, "transaction", 0)
+        + &sync_doc(name, &dead_url(), "store", "Patient, Organization", 8);
+    let down_defs = definitions(&down_yaml);
+    let down = runner(&load(down_defs.path()), name, state.path(), ndjson.path());
+    let (report, _) = run_with_deadline(&down, false).await;
+    assert!(!report.ok());
+    assert!(
+        report.failures.iter().all(|f| f.stage == "read"),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.source_calls, 0);
+    let out = engine_run(down_defs.path(), name, state.path(), ndjson.path(), false).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert_eq!(sink.posts(), posts, "nothing is written");
+    assert_eq!(watermarks(state.path(), name), marks, "the watermark stays");
+
+    // Healed: the next run reads exactly what changed since the last successful run.
+    source.heal();
+    let (report, _) = run_with_deadline(&r, false).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(report.records_read, 3);
+    assert_eq!(report.resources_written, 3);
+    for c in [&p, &p2, &o] {
+        assert_eq!(
+            without_meta(&sink.get(&key_of(c)).expect("written")),
+            without_meta(c)
+        );
+    }
+    assert_eq!(sink.count(), 30);
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. The default NDJSON sink
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_fetch_writes_ndjson_files_one_resource_per_line() {
+    let api = JsonApi::start(vec![
+        json!({"id": "a1", "family": "Rossi", "weight": "71.5", "updated": 1}),
+        json!({"id": "a2", "family": "Bianchi", "weight": "80", "updated": 2}),
+        json!({"id": "a3", "family": "Verdi", "weight": "65", "updated": 3}),
+    ])
+    .await;
+    let yaml = r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: { name: clinic-feed }
+spec:
+  strategy: cron
+  schedule: { cron: "0 2 * * *" }
+  source: { url: "@URL@", retries: 0, timeout: 5s }
+  fetch:
+    request: { path: /items }
+    records: $.items[*]
+    incremental: { cursor: $.updated, param: since }
+  mapping:
+    - resourceType: Patient
+      id: { $path: $.id }
+      name: [ { family: { $path: $.family } } ]
+    - resourceType: Observation
+      id: "obs-{{record.id}}"
+      status: final
+      code: { text: body weight }
+      subject: { $reference: Patient, $id: { $path: $.id } }
+      valueQuantity: { value: { $number: { $path: $.weight } }, unit: kg }
+"#
+    .replace("@URL@", &api.url);
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let out_dir = tempfile::tempdir().expect("ndjson");
+    let r = runner(
+        &load(defs.path()),
+        "clinic-feed",
+        state.path(),
+        out_dir.path(),
+    );
+    let (report, _) = run_with_deadline(&r, false).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!((report.records_read, report.resources_written), (3, 6));
+
+    let lines = |t: &str| -> Vec<Value> {
+        let text = std::fs::read_to_string(out_dir.path().join(format!("{t}.ndjson")))
+            .unwrap_or_else(|e| panic!("{t}.ndjson: {e}"));
+        assert!(text.ends_with('\n'), "{t}.ndjson ends with a newline");
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a JSON line ({e}): {l}")))
+            .collect()
+    };
+    let patients = lines("Patient");
+    assert_eq!(
+        patients,
+        vec![
+            json!({"resourceType": "Patient", "id": "a1", "name": [{"family": "Rossi"}]}),
+            json!({"resourceType": "Patient", "id": "a2", "name": [{"family": "Bianchi"}]}),
+            json!({"resourceType": "Patient", "id": "a3", "name": [{"family": "Verdi"}]}),
+        ]
+    );
+    let observations = lines("Observation");
+    assert_eq!(observations.len(), 3);
+    assert_eq!(
+        observations[0],
+        json!({
+            "resourceType": "Observation", "id": "obs-a1", "status": "final",
+            "code": {"text": "body weight"}, "subject": {"reference": "Patient/a1"},
+            "valueQuantity": {"value": 71.5, "unit": "kg"}
+        })
+    );
+    let files: BTreeSet<String> = std::fs::read_dir(out_dir.path())
+        .expect("the sink directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files,
+        BTreeSet::from(["Observation.ndjson".to_owned(), "Patient.ndjson".to_owned()])
+    );
+    assert_eq!(
+        watermarks(state.path(), "clinic-feed").get("records"),
+        Some(&"3".to_owned())
+    );
+
+    // Next run: only records after the watermark, appended as whole lines.
+    api.add(json!({"id": "a4", "family": "Neri", "weight": "90", "updated": 4}));
+    let (report, _) = run_with_deadline(&r, false).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!((report.records_read, report.resources_written), (1, 2));
+    assert_eq!(api.queries().last().map(String::as_str), Some("since=3"));
+    let patients = lines("Patient");
+    assert_eq!(patients.len(), 4);
+    assert_eq!(patients[3]["id"], "a4");
+    assert_eq!(lines("Observation").len(), 4);
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. Push, sync mode
+// ------------------------------------------------------------------------------------------
+
+fn push_yaml(name: &str, sink_url: &str, mode: &str, extra: &str) -> String {
+    sink_doc("store", sink_url, "batch", 0)
+        + &format!(
+            "apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: {name} }}
+spec:
+  strategy: push
+  sink: store
+  push:
+    auth: {{ hmac: {{ secret: \"{SECRET}\", tolerance: 60s }} }}
+    mode: {mode}
+{extra}"
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_sink_down() {
+    let sink = FhirSink::start().await;
+    let yaml = push_yaml(
+        "admissions",
+        &sink.url,
+        "sync",
+        "    maxBody: 1KiB
+  tables:
+    sex: { map: { M: male, F: female } }
+  mapping:
+    resourceType: Patient
+    id: { $path: $.id }
+    name: [ { family: { $path: $.family } } ]
+    gender: { $translate: { $path: $.sex }, $table: sex }
+",
+    );
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let served = serve_engine(load(defs.path()), &dirs_in(state.path())).await;
+    let url = format!("{}/push/admissions", served.base);
+    let c = client();
+    let now = Utc::now().timestamp();
+
+    // Correctly signed: written.
+    let body1 = br#"{"id":"adm-1","family":"Rossi","sex":"F"}"#;
+    let got = push(&c, &url, SECRET, now, body1, None).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.json()["status"], "written");
+    assert_eq!(
+        without_meta(&sink.get("Patient/adm-1").expect("written to the sink")),
+        json!({"resourceType": "Patient", "id": "adm-1", "name": [{"family": "Rossi"}], "gender": "female"})
+    );
+    let posts = sink.posts();
+    assert_eq!(posts, 1);
+
+    // Refused, writing nothing: a bad signature, a tampered body, an old timestamp, too big.
+    let body2 = br#"{"id":"adm-2","family":"Bianchi","sex":"M"}"#;
+    let got = push(&c, &url, "another-secret-0123456789", now, body2, None).await;
+    assert_outcome(&got, 401);
+    let tampered = send(
+        c.post(&url)
+            .header("content-type", "application/json")
+            .header("X-Timestamp", now.to_string())
+            .header("X-Signature", engine::push::sign(SECRET, now, body1))
+            .body(body2.to_vec()),
+    )
+    .await;
+    assert_outcome(&tampered, 401);
+    let got = push(&c, &url, SECRET, now - 600, body2, None).await;
+    assert_outcome(&got, 401);
+    let big = serde_json::to_vec(&json!({"id": "adm-big", "family": "x".repeat(2000), "sex": "F"}))
+        .expect("JSON");
+    let got = push(&c, &url, SECRET, now, &big, None).await;
+    assert_outcome(&got, 413);
+    assert_eq!(sink.posts(), posts, "refused pushes write nothing");
+    assert!(sink.get("Patient/adm-2").is_none() && sink.get("Patient/adm-big").is_none());
+
+    // Replays: the same delivery, the same body signed later, the same idempotency key.
+    let got = push(&c, &url, SECRET, now, body1, None).await;
+    assert_eq!(
+        (got.status, got.json()["status"].clone()),
+        (200, json!("duplicate"))
+    );
+    let got = push(&c, &url, SECRET, now + 1, body1, None).await;
+    assert_eq!(
+        (got.status, got.json()["status"].clone()),
+        (200, json!("duplicate"))
+    );
+    let body3 = br#"{"id":"adm-3","family":"Verdi","sex":"M"}"#;
+    let got = push(&c, &url, SECRET, now, body3, Some("delivery-77")).await;
+    assert_eq!(
+        (got.status, got.json()["status"].clone()),
+        (200, json!("written"))
+    );
+    let body4 = br#"{"id":"adm-4","family":"Neri","sex":"F"}"#;
+    let got = push(&c, &url, SECRET, now, body4, Some("delivery-77")).await;
+    assert_eq!(
+        (got.status, got.json()["status"].clone()),
+        (200, json!("duplicate"))
+    );
+    assert_eq!(sink.posts(), posts + 1, "replays are not written again");
+    assert!(sink.get("Patient/adm-3").is_some() && sink.get("Patient/adm-4").is_none());
+    assert_eq!(sink.store().writes.get("Patient/adm-1"), Some(&1));
+
+    // A payload the mapping cannot map: 422, and a dead letter.
+    let posts = sink.posts();
+    let body5 = br#"{"id":"adm-5","family":"Gialli","sex":"Q"}"#;
+    let got = push(&c, &url, SECRET, now, body5, None).await;
+    assert_outcome(&got, 422);
+    assert_eq!(sink.posts(), posts);
+    let dead = send(c.get(format!(
+        "{}/connectors/admissions/dead-letters",
+        served.base
+    )))
+    .await;
+    assert_eq!(dead.status, 200, "{}", dead.text);
+    let dead = dead.json();
+    let dead = dead.as_array().expect("a list");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("mapping failed")),
+        "{dead:?}"
+    );
+    let shown = send(c.get(format!("{}/connectors/admissions", served.base))).await;
+    assert_eq!(shown.json()["push"]["deadLetters"], 1, "{}", shown.text);
+
+    // The sink down: 503 with Retry-After, nothing written; sent again later, written.
+    sink.down(true);
+    let body6 = br#"{"id":"adm-6","family":"Blu","sex":"M"}"#;
+    let got = push(&c, &url, SECRET, now, body6, None).await;
+    assert_outcome(&got, 503);
+    assert!(!got.header("retry-after").is_empty(), "{got:?}");
+    assert!(sink.get("Patient/adm-6").is_none());
+    sink.down(false);
+    let got = push(&c, &url, SECRET, Utc::now().timestamp(), body6, None).await;
+    assert_eq!(
+        (got.status, got.json()["status"].clone()),
+        (200, json!("written")),
+        "{}",
+        got.text
+    );
+    assert!(sink.get("Patient/adm-6").is_some());
+    served.server.abort();
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. Push, queued mode
+// ------------------------------------------------------------------------------------------
+
+fn queued_body(id: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "resourceType": "Patient",
+        "id": id,
+        "name": [{"family": format!("Family {id}")}]
+    }))
+    .expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_queued_acknowledges_500_and_delivers_each_exactly_once_across_a_sink_outage() {
+    let sink = FhirSink::start().await;
+    let yaml = push_yaml("queued-feed", &sink.url, "queued", "");
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let served = serve_engine(load(defs.path()), &dirs_in(state.path())).await;
+    let ep = served.engine.pushes["queued-feed"].clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let drainer = tokio::spawn(ep.drain(stopped));
+    let url = format!("{}/push/queued-feed", served.base);
+    let c = client();
+
+    let ids: Vec<String> = (0..500).map(|i| format!("q-{i:04}")).collect();
+    let mut acknowledged = Vec::new();
+    for (chunk_no, chunk) in ids.chunks(10).enumerate() {
+        let sent = chunk_no * 10;
+        if sent == 150 {
+            sink.down(true);
+        }
+        if sent == 350 {
+            // The drainer has met the outage (payloads were queued while the sink was down).
+            let s = sink.clone();
+            wait_until(
+                Duration::from_secs(10),
+                "the drainer meets the outage",
+                move || s.refused() > 0,
+            )
+            .await;
+            sink.down(false);
+        }
+        let answers = futures_util::future::join_all(chunk.iter().map(|id| {
+            let body = queued_body(id);
+            let c = c.clone();
+            let url = url.clone();
+            async move { push(&c, &url, SECRET, Utc::now().timestamp(), &body, None).await }
+        }))
+        .await;
+        for (id, got) in chunk.iter().zip(answers) {
+            assert_eq!(got.status, 202, "{id}: {}", got.text);
+            assert_eq!(got.json()["status"], "queued");
+            acknowledged.push(id.clone());
+        }
+    }
+    assert_eq!(acknowledged.len(), 500);
+
+    let s = sink.clone();
+    wait_until(
+        Duration::from_secs(30),
+        "the drainer catches up",
+        move || s.count() >= 500,
+    )
+    .await;
+    let e = served.engine.pushes["queued-feed"].clone();
+    wait_until(Duration::from_secs(10), "the queue empties", move || {
+        e.depths().0 == 0
+    })
+    .await;
+    println!(
+        "queued: {} sink POSTs, {} refused while down",
+        sink.posts(),
+        sink.refused()
+    );
+    {
+        let store = sink.store();
+        let want: BTreeSet<String> = acknowledged
+            .iter()
+            .map(|id| format!("Patient/{id}"))
+            .collect();
+        let have: BTreeSet<String> = store.resources.keys().cloned().collect();
+        let missing: Vec<&String> = want.difference(&have).collect();
+        let extra: Vec<&String> = have.difference(&want).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "missing {missing:?}, extra {extra:?}"
+        );
+        let twice: Vec<(&String, &usize)> = store.writes.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(twice.is_empty(), "written more than once: {twice:?}");
+        for id in &acknowledged {
+            let r = &store.resources[&format!("Patient/{id}")];
+            assert_eq!(
+                without_meta(r),
+                serde_json::from_slice::<Value>(&queued_body(id)).expect("JSON")
+            );
+        }
+    }
+    let shown = send(c.get(format!("{}/connectors/queued-feed", served.base))).await;
+    assert_eq!(shown.json()["push"]["queued"], 0, "{}", shown.text);
+    assert_eq!(shown.json()["push"]["deadLetters"], 0, "{}", shown.text);
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), drainer)
+        .await
+        .expect("the drainer stops")
+        .expect("the drainer ends cleanly");
+    served.server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_queue_survives_a_restart_and_drains_in_order() {
+    let sink = FhirSink::start().await;
+    let yaml = push_yaml("durable-feed", &sink.url, "queued", "");
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let dirs = dirs_in(state.path());
+
+    // With the sink down, ten payloads are acknowledged and the drainer cannot write them.
+    sink.down(true);
+    let served = serve_engine(load(defs.path()), &dirs).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let drainer = tokio::spawn(served.engine.pushes["durable-feed"].clone().drain(stopped));
+    let url = format!("{}/push/durable-feed", served.base);
+    let c = client();
+    let ids: Vec<String> = (0..10).map(|i| format!("d-{i:02}")).collect();
+    for id in &ids {
+        let got = push(
+            &c,
+            &url,
+            SECRET,
+            Utc::now().timestamp(),
+            &queued_body(id),
+            None,
+        )
+        .await;
+        assert_eq!(got.status, 202, "{}", got.text);
+    }
+    let s = sink.clone();
+    wait_until(
+        Duration::from_secs(10),
+        "the drainer tries the sink",
+        move || s.refused() > 0,
+    )
+    .await;
+
+    // The engine stops: drainer, server, engine.
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), drainer)
+        .await
+        .expect("the drainer stops")
+        .expect("the drainer ends cleanly");
+    served.server.abort();
+    drop(served);
+    drop(c);
+    assert_eq!(sink.count(), 0);
+
+    // A new engine on the same state directory finds the ten payloads queued.
+    let served = serve_engine(load(defs.path()), &dirs).await;
+    let c = client();
+    let shown = send(c.get(format!("{}/connectors/durable-feed", served.base))).await;
+    assert_eq!(shown.json()["push"]["queued"], 10, "{}", shown.text);
+    sink.down(false);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let drainer = tokio::spawn(served.engine.pushes["durable-feed"].clone().drain(stopped));
+    let s = sink.clone();
+    wait_until(
+        Duration::from_secs(15),
+        "the new drainer delivers",
+        move || s.count() >= 10,
+    )
+    .await;
+    let applied = sink.store().applied.clone();
+    let want: Vec<String> = ids.iter().map(|id| format!("Patient/{id}")).collect();
+    assert_eq!(applied, want, "every payload once, in order");
+    let e = served.engine.pushes["durable-feed"].clone();
+    wait_until(Duration::from_secs(5), "the queue empties", move || {
+        e.depths().0 == 0
+    })
+    .await;
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), drainer)
+        .await
+        .expect("the drainer stops")
+        .expect("the drainer ends cleanly");
+    served.server.abort();
+}
+
+// ------------------------------------------------------------------------------------------
+// 7. Cron schedule
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_skips_ticks_while_a_slow_run_goes_and_never_overlaps() {
+    let source = FhirSource::start().await;
+    source.put(patient(1, 1));
+    source.delay(Duration::from_millis(1500));
+    let yaml = format!(
+        "apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: every-second }}
+spec:
+  strategy: cron
+  schedule: {{ cron: \"* * * * * *\" }}
+  source: {{ type: fhir, url: \"{}\", retries: 0, timeout: 10s }}
+  sync: {{ resourceTypes: [Patient] }}
+",
+        source.url
+    );
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let engine = Engine::new(
+        Arc::new(load(defs.path())),
+        Limits::default(),
+        &dirs_in(state.path()),
+    )
+    .expect("an engine");
+    let job = engine.crons["every-second"].clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(job.clone().schedule(stopped));
+
+    let (j, s) = (job.clone(), source.clone());
+    wait_until(
+        Duration::from_secs(10),
+        "two runs and two skipped ticks",
+        move || {
+            let status = j.status();
+            s.calls() >= 2 && status["skippedTicks"].as_u64().unwrap_or(0) >= 2
+        },
+    )
+    .await;
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(5), scheduler)
+        .await
+        .expect("the schedule stops")
+        .expect("the schedule ends cleanly");
+    let j = job.clone();
+    wait_until(Duration::from_secs(5), "the last run ends", move || {
+        !j.is_running()
+    })
+    .await;
+    let status = job.status();
+    println!("schedule status: {status}");
+    assert!(status["skippedTicks"].as_u64().unwrap_or(0) > 0, "{status}");
+    assert!(status["lastRun"].is_object(), "{status}");
+    assert_eq!(
+        source.max_in_flight(),
+        1,
+        "the source saw two calls at once: runs overlapped"
+    );
+    assert!(
+        std::fs::read_to_string(state.path().join("ndjson").join("Patient.ndjson"))
+            .is_ok_and(|t| t.lines().count() >= 1),
+        "the runs wrote to the default NDJSON sink"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Beyond the list: concurrent replays, and writes by identifier
+// ------------------------------------------------------------------------------------------
+
+/// A sender that times out and retries while the first delivery is still being written sends
+/// the same delivery twice at once: it must still be written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_sync_concurrent_replays_are_written_once() {
+    let sink = FhirSink::start().await;
+    sink.delay(Duration::from_millis(500));
+    let yaml = push_yaml("slow-sync", &sink.url, "sync", "");
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let served = serve_engine(load(defs.path()), &dirs_in(state.path())).await;
+    let url = format!("{}/push/slow-sync", served.base);
+    let c = client();
+    let now = Utc::now().timestamp();
+
+    // The same body twice at once.
+    let body = queued_body("twice-1");
+    let (a, b) = tokio::join!(
+        push(&c, &url, SECRET, now, &body, None),
+        push(&c, &url, SECRET, now, &body, None)
+    );
+    let same_body = (
+        [&a, &b]
+            .iter()
+            .filter(|g| g.status == 200 && g.json()["status"] == "written")
+            .count(),
+        sink.store()
+            .writes
+            .get("Patient/twice-1")
+            .copied()
+            .unwrap_or(0),
+    );
+    let same_body_answers = format!("{} {} / {} {}", a.status, a.text, b.status, b.text);
+
+    // Two bodies with the same idempotency key at once.
+    let (body_a, body_b) = (queued_body("key-a"), queued_body("key-b"));
+    let (a, b) = tokio::join!(
+        push(&c, &url, SECRET, now, &body_a, Some("same-key")),
+        push(&c, &url, SECRET, now, &body_b, Some("same-key"))
+    );
+    let same_key = (
+        [&a, &b]
+            .iter()
+            .filter(|g| g.status == 200 && g.json()["status"] == "written")
+            .count(),
+        {
+            let store = sink.store();
+            store.writes.get("Patient/key-a").copied().unwrap_or(0)
+                + store.writes.get("Patient/key-b").copied().unwrap_or(0)
+        },
+    );
+    let same_key_answers = format!("{} {} / {} {}", a.status, a.text, b.status, b.text);
+
+    // (deliveries answered `written`, writes in the sink) for each pair.
+    assert_eq!(
+        (same_body, same_key),
+        ((1, 1), (1, 1)),
+        "one delivery written, the replay not; same body: {same_body_answers}; same key: {same_key_answers}"
+    );
+    served.server.abort();
+}
+
+/// `write.identifierSystem` of a cron connector: conditional updates, so a changed record
+/// updates the resource the server created, with no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_writes_by_identifier_and_updates_without_duplicates() {
+    let api = JsonApi::start(vec![
+        json!({"mrn": "m1", "family": "Rossi", "updated": 1}),
+        json!({"mrn": "m2", "family": "Bianchi", "updated": 2}),
+        json!({"mrn": "m3", "family": "Verdi", "updated": 3}),
+    ])
+    .await;
+    let sink = FhirSink::start().await;
+    let yaml = sink_doc("store", &sink.url, "batch", 0)
+        + &r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: { name: by-identifier }
+spec:
+  strategy: cron
+  schedule: { cron: "0 2 * * *" }
+  source: { url: "@URL@", retries: 0, timeout: 5s }
+  fetch:
+    request: { path: /items }
+    records: $.items[*]
+    incremental: { cursor: $.updated, param: since }
+  sink: store
+  write: { identifierSystem: "urn:mrn" }
+  mapping:
+    resourceType: Patient
+    identifier: [ { system: "urn:mrn", value: { $path: $.mrn } } ]
+    name: [ { family: { $path: $.family } } ]
+"#
+        .replace("@URL@", &api.url);
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let ndjson = tempfile::tempdir().expect("ndjson");
+    let r = runner(
+        &load(defs.path()),
+        "by-identifier",
+        state.path(),
+        ndjson.path(),
+    );
+    let (report, _) = run_with_deadline(&r, false).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(report.resources_written, 3);
+    assert_eq!(sink.count(), 3);
+    let id_of = |mrn: &str| -> (String, Value) {
+        let store = sink.store();
+        let (k, v) = store
+            .resources
+            .iter()
+            .find(|(_, r)| r["identifier"][0]["value"] == mrn)
+            .unwrap_or_else(|| panic!("{mrn} in the sink"));
+        (k.clone(), v.clone())
+    };
+    let (key, _) = id_of("m2");
+
+    api.add(json!({"mrn": "m2", "family": "Changed", "updated": 4}));
+    let (report, _) = run_with_deadline(&r, false).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!((report.records_read, report.resources_written), (1, 1));
+    assert_eq!(sink.count(), 3, "updated in place, no duplicate");
+    let (key2, updated) = id_of("m2");
+    assert_eq!(key2, key, "the same resource");
+    assert_eq!(updated["name"][0]["family"], "Changed");
+}
+
+/// `write.identifierSystem` is accepted on push connectors: their writes must honour it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_writes_by_identifier_when_the_connector_asks() {
+    let sink = FhirSink::start().await;
+    let yaml = push_yaml(
+        "by-identifier-push",
+        &sink.url,
+        "sync",
+        "  write: { identifierSystem: \"urn:mrn\" }\n",
+    );
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let served = serve_engine(load(defs.path()), &dirs_in(state.path())).await;
+    let url = format!("{}/push/by-identifier-push", served.base);
+    let c = client();
+    let now = Utc::now().timestamp();
+    for family in ["First", "Second"] {
+        let body = serde_json::to_vec(&json!({
+            "resourceType": "Patient",
+            "identifier": [{"system": "urn:mrn", "value": "123"}],
+            "name": [{"family": family}]
+        }))
+        .expect("JSON");
+        let got = push(&c, &url, SECRET, now, &body, None).await;
+        assert_eq!(got.status, 200, "{}", got.text);
+        assert_eq!(got.json()["status"], "written", "{}", got.text);
+    }
+    let store = sink.store();
+    assert_eq!(store.resources.len(), 1, "{:?}", store.resources.keys());
+    let only = store.resources.values().next().expect("one resource");
+    assert_eq!(only["name"][0]["family"], "Second");
+    drop(store);
+    served.server.abort();
+}
