@@ -565,9 +565,8 @@ fn fhir_read_call(client: &SourceClient, resource_type: &str, id: &str) -> Call 
 }
 
 fn status_failure(client: &SourceClient, reply: &crate::upstream::Reply) -> Failure {
-    let detail = reply.body["issue"][0]["diagnostics"]
-        .as_str()
-        .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
+    let detail = crate::http::outcome::issue_text(&reply.body)
+        .map(|d| format!(": {d}"))
         .unwrap_or_default();
     Failure {
         source: client.source.name.clone(),

@@ -432,7 +432,7 @@ async fn send_bundle(
                 let outcome = (json["resourceType"] == "OperationOutcome").then(|| json.clone());
                 let detail = outcome
                     .as_ref()
-                    .and_then(|o| o["issue"][0]["diagnostics"].as_str())
+                    .and_then(crate::http::outcome::issue_text)
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default();
                 let e = (

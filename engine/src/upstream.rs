@@ -279,9 +279,8 @@ impl SourceClient {
         loop {
             let reply = self.send(&call, request_id).await?;
             if reply.status >= 400 {
-                let detail = reply.body["issue"][0]["diagnostics"]
-                    .as_str()
-                    .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
+                let detail = crate::http::outcome::issue_text(&reply.body)
+                    .map(|d| format!(": {d}"))
                     .unwrap_or_default();
                 return Err(Failure {
                     source: self.source.name.clone(),
