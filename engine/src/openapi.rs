@@ -176,23 +176,24 @@ pub fn document(model: &Model, prefix: &str) -> Value {
         }
     }
     let admin = ["admin"];
-    let name_param =
-        json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let names: Vec<&str> = model.connectors.iter().map(|c| c.name.as_str()).collect();
+    let name_param = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "enum": names}}]);
+    let list = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}});
     let not_found = outcome_responses(&[("404", "no such connector")]);
     let with = |ok: (&str, Value), extra: &Map<String, Value>| {
         let mut m = extra.clone();
         m.insert(ok.0.to_owned(), ok.1);
         Value::Object(m)
     };
-    paths.insert("/connectors".into(), json!({"get": {"tags": admin, "summary": "Connectors and their status", "operationId": "list-connectors", "responses": {"200": json_ok("the connectors")}}}));
-    paths.insert("/connectors/list".into(), json!({"get": {"tags": admin, "summary": "Connectors (the FOSPS runner API's name)", "operationId": "list-connectors-fosps", "responses": {"200": json_ok("the connectors")}}}));
+    paths.insert("/connectors".into(), json!({"get": {"tags": admin, "summary": "Connectors and their status", "operationId": "list-connectors", "responses": {"200": list("the connectors")}}}));
+    paths.insert("/connectors/list".into(), json!({"get": {"tags": admin, "summary": "Connectors (the FOSPS runner API's name)", "operationId": "list-connectors-fosps", "responses": {"200": list("the connectors")}}}));
     paths.insert("/connectors/{name}".into(), json!({"get": {"tags": admin, "summary": "One connector: strategy, last and next run, cache, queue", "operationId": "show-connector", "parameters": name_param, "responses": with(("200", json_ok("the connector")), &not_found)}}));
     let mut run =
         outcome_responses(&[("404", "no such cron connector"), ("409", "a run is going")]);
     run.insert("202".into(), json_ok("the run started"));
     paths.insert("/connectors/{name}/run".into(), json!({"post": {"tags": admin, "summary": "Run a cron connector now", "operationId": "run-connector", "parameters": name_param, "responses": run}}));
     paths.insert("/connectors/{name}/cache".into(), json!({"delete": {"tags": admin, "summary": "Empty a pull connector's cache", "operationId": "invalidate-cache", "parameters": name_param, "responses": with(("200", json_ok("how many answers were dropped")), &not_found)}}));
-    paths.insert("/connectors/{name}/dead-letters".into(), json!({"get": {"tags": admin, "summary": "Push payloads that could not be written, with the reason", "operationId": "dead-letters", "parameters": name_param, "responses": with(("200", json_ok("the dead letters")), &not_found)}}));
+    paths.insert("/connectors/{name}/dead-letters".into(), json!({"get": {"tags": admin, "summary": "Push payloads that could not be written, with the reason", "operationId": "dead-letters", "parameters": name_param, "responses": with(("200", list("the dead letters")), &not_found)}}));
     paths.insert("/reload".into(), json!({"get": {"tags": admin, "summary": "Reloads of the definitions: generation, and the diagnostics of a refused set", "operationId": "reload-status", "responses": {"200": json_ok("the reload status")}}}));
     let ops = ["operations"];
     paths.insert("/healthz".into(), json!({"get": {"tags": ops, "summary": "Liveness", "operationId": "healthz", "responses": {"200": json_ok("alive")}}}));

@@ -124,7 +124,21 @@ pub fn label(r: &Value, i: usize) -> String {
 }
 
 /// Orders resources so that those referenced by others come first (cycles keep their order).
+/// A `Type/id` given more than once is written once, as its last version (a transaction may
+/// not touch one resource twice).
 pub fn reference_order(resources: Vec<Value>) -> Vec<Value> {
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (i, r) in resources.iter().enumerate() {
+        if let Some(l) = crate::fhir::local_reference(r) {
+            last.insert(l, i);
+        }
+    }
+    let resources: Vec<Value> = resources
+        .into_iter()
+        .enumerate()
+        .filter(|(i, r)| crate::fhir::local_reference(r).is_none_or(|l| last.get(&l) == Some(i)))
+        .map(|(_, r)| r)
+        .collect();
     let index: HashMap<String, usize> = resources
         .iter()
         .enumerate()
@@ -491,6 +505,14 @@ mod tests {
         ];
         let order: Vec<String> = reference_order(r).iter().map(|r| label(r, 0)).collect();
         assert_eq!(order, vec!["Patient/p", "Observation/o", "Composition/c"]);
+        let twice = vec![
+            json!({"resourceType": "Patient", "id": "p", "v": 1}),
+            json!({"resourceType": "Patient", "id": "p", "v": 2}),
+        ];
+        assert_eq!(
+            reference_order(twice),
+            vec![json!({"resourceType": "Patient", "id": "p", "v": 2})]
+        );
     }
 
     #[test]

@@ -164,13 +164,6 @@ pub fn connector(
         S::Cron => cron(ctx, spec, names, fhir_source, &mut templates, &tables).map(Strategy::Cron),
     };
 
-    if spec.mapping.is_none() && !fhir_source && spec.strategy != S::Push {
-        ctx.error(
-            &["spec"],
-            "a connector over a JSON source needs a `mapping`",
-            Some("the mapping turns each record into FHIR".into()),
-        );
-    }
     let tests = if names.tests {
         tests(ctx, spec)
     } else {
