@@ -674,19 +674,32 @@ async fn search(
         _ => format!("/fhir/{connector}/{resource_type}"),
     };
     let info = request_info(&engine, &headers, &path_and_query, &id);
+    cached(&rt, &q.key(&resource_type), &headers, || {
+        rt.search(res, &q, &info)
+    })
+    .await
+}
+
+/// The answer to a pull request: through the connector's cache when it has one.
+async fn cached<F, Fut>(
+    rt: &PullRuntime,
+    key: &str,
+    headers: &HeaderMap,
+    load: F,
+) -> Result<Response, Problem>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Answer, Problem>>,
+{
     let (a, how) = match &rt.cache {
         Some(cache) => {
-            let bypass = no_cache(&headers) && rt.cache_allows_no_cache();
             cache
-                .get_or_load(&q.key(&resource_type), bypass, || rt.search(res, &q, &info))
+                .get_or_load(key, no_cache(headers) && rt.cache_allows_no_cache(), load)
                 .await?
         }
-        None => (
-            Arc::new(rt.search(res, &q, &info).await?),
-            CacheSource::Uncached,
-        ),
+        None => (Arc::new(load().await?), CacheSource::Uncached),
     };
-    Ok(answer(&a, how, &headers))
+    Ok(answer(&a, how, headers))
 }
 
 async fn read(
@@ -713,21 +726,13 @@ async fn read(
         &format!("/fhir/{connector}/{resource_type}/{rid}"),
         &id,
     );
-    let (a, how) = match &rt.cache {
-        Some(cache) => {
-            let bypass = no_cache(&headers) && rt.cache_allows_no_cache();
-            cache
-                .get_or_load(&format!("read|{resource_type}|{rid}"), bypass, || {
-                    rt.read(res, &rid, &info)
-                })
-                .await?
-        }
-        None => (
-            Arc::new(rt.read(res, &rid, &info).await?),
-            CacheSource::Uncached,
-        ),
-    };
-    Ok(answer(&a, how, &headers))
+    cached(
+        &rt,
+        &format!("read|{resource_type}|{rid}"),
+        &headers,
+        || rt.read(res, &rid, &info),
+    )
+    .await
 }
 
 async fn batch(
