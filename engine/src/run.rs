@@ -295,23 +295,24 @@ impl Runner {
         };
         let before = self.client.source.pagination.is_none() && stream != "records";
         let request_id = uuid::Uuid::new_v4().to_string();
-        let result = if before {
-            // FHIR syncs follow the Bundle's `next` links whatever the source says.
-            self.client
-                .pages_with(
-                    call,
-                    records,
-                    None,
-                    max_pages,
-                    Some(&Pagination::Fhir),
-                    &request_id,
-                )
-                .await
+        // FHIR syncs follow the Bundle's `next` links whatever the source says.
+        let pagination = if before {
+            Some(Pagination::Fhir)
         } else {
-            self.client
-                .pages(call, records, None, max_pages, &request_id)
-                .await
+            self.client.source.pagination.clone()
         };
+        let result = self
+            .client
+            .pages_with(
+                call,
+                records,
+                None,
+                max_pages,
+                pagination.as_ref(),
+                &request_id,
+                &mut report.source_calls,
+            )
+            .await;
         match result {
             Err(f) => report.failures.push(Failure {
                 stage: "read",
@@ -319,8 +320,7 @@ impl Runner {
                 message: f.to_string(),
                 outcome: None,
             }),
-            Ok((found, _, calls)) => {
-                report.source_calls += calls;
+            Ok((found, _)) => {
                 report.records_read += found.len();
                 if let Some(c) = cursor {
                     let best = found

@@ -133,6 +133,16 @@ impl SourceClient {
     /// Sends a call with the source's headers, limits, timeout and retries. A GET is retried
     /// after connection errors, timeouts, 5xx and 429; other methods are sent once.
     pub async fn send(&self, call: &Call, request_id: &str) -> Result<Reply, Failure> {
+        self.send_counted(call, request_id, &mut 0).await
+    }
+
+    /// As `send`, adding every HTTP attempt (retries included) to `calls`.
+    pub async fn send_counted(
+        &self,
+        call: &Call,
+        request_id: &str,
+        calls: &mut usize,
+    ) -> Result<Reply, Failure> {
         let s = &self.source;
         let fail = |reason: String, timeout: bool, status: Option<u16>| Failure {
             source: s.name.clone(),
@@ -167,6 +177,7 @@ impl SourceClient {
                     .header(axum::http::header::CONTENT_TYPE, content_type(s))
                     .body(serde_json::to_vec(body).unwrap_or_default());
             }
+            *calls += 1;
             let started = tokio::time::Instant::now();
             let sent = req.send().await;
             let label = match &sent {
@@ -248,20 +259,25 @@ impl SourceClient {
         request_id: &str,
     ) -> Result<(Vec<Value>, Reply, usize), Failure> {
         let pagination = self.source.pagination.clone();
-        self.pages_with(
-            first,
-            records,
-            want,
-            max_pages,
-            pagination.as_ref(),
-            request_id,
-        )
-        .await
+        let mut calls = 0;
+        let (records, reply) = self
+            .pages_with(
+                first,
+                records,
+                want,
+                max_pages,
+                pagination.as_ref(),
+                request_id,
+                &mut calls,
+            )
+            .await?;
+        Ok((records, reply, calls))
     }
 
-    /// As `pages`, with the given pagination instead of the source's. An answer with an
-    /// error status is a failure (with its status). Gives the records, the first reply and
-    /// the number of calls made.
+    /// As `pages`, with the given pagination instead of the source's, adding every HTTP
+    /// attempt (failed ones and retries included) to `calls`. An answer with an error status
+    /// is a failure (with its status). Gives the records and the first reply.
+    #[allow(clippy::too_many_arguments)] // a paged read: each argument is a distinct part of it
     pub async fn pages_with(
         &self,
         first: Call,
@@ -270,14 +286,15 @@ impl SourceClient {
         max_pages: u32,
         pagination: Option<&Pagination>,
         request_id: &str,
-    ) -> Result<(Vec<Value>, Reply, usize), Failure> {
+        calls: &mut usize,
+    ) -> Result<(Vec<Value>, Reply), Failure> {
         let mut call = first;
         let mut out = Vec::new();
         let mut first_reply = None;
         let mut offset = 0u64;
         let mut page = 0u32;
         loop {
-            let reply = self.send(&call, request_id).await?;
+            let reply = self.send_counted(&call, request_id, calls).await?;
             if reply.status >= 400 {
                 let detail = crate::http::outcome::issue_text(&reply.body)
                     .map(|d| format!(": {d}"))
@@ -315,7 +332,7 @@ impl SourceClient {
             timeout: false,
             status: None,
         })?;
-        Ok((out, reply, page as usize))
+        Ok((out, reply))
     }
 
     fn next_call(

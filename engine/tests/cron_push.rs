@@ -1273,7 +1273,8 @@ async fn run_that_cannot_read_fails_writes_nothing_and_keeps_its_watermark() {
         "{:#?}",
         report.failures
     );
-    assert_eq!(report.source_calls, 0);
+    // Every attempt counts as a source call, refused connections and retries included.
+    assert!(report.source_calls >= 2, "{}", report.source_calls);
     let out = engine_run(down_defs.path(), name, state.path(), ndjson.path(), false).await;
     assert_ne!(out.code, Some(0), "{out:#?}");
     assert_eq!(sink.posts(), posts, "nothing is written");

@@ -1,0 +1,1704 @@
+//! End-to-end tests of the connector definitions the image ships, `connectors.d/` itself (never
+//! a copy with edits): each test loads that directory with an environment of its own (the
+//! `${env:NAME:-default}` references resolved through `engine::secrets::Environment`, so no
+//! process environment variable is set), pointing the definitions at servers on 127.0.0.1:
+//!
+//! - Helios FHIR Server (R4), started by the tests as a child process exactly as in
+//!   `tests/helios.rs` (at `$HFS_BIN`, else
+//!   `${FOSPS_TOOLS:-$HOME/.local/share/fosps-tools}/hfs/bin/hfs`; without it these tests
+//!   fail, they do not skip), as the ePI and IPS FHIR servers;
+//! - stand-ins written here as small axum apps: the HL7 Europe sandbox (a FHIR source), the
+//!   supporting-material REST API, and, for the label webhook only, a FHIR sink.
+//!
+//! Helios is R4: `MedicinalProductDefinition` is an R5-only type that it refuses (404). So the
+//! stand-in sandbox holds only R4-valid resources (Organization, Patient, Observation, Bundle,
+//! Composition) and answers `MedicinalProductDefinition` searches with an empty searchset, and
+//! the label webhook (which maps to `MedicinalProductDefinition`) writes to a stand-in sink.
+//!
+//! Every wait is a poll with a deadline.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{TimeZone, Utc};
+use engine::http::{Dirs, Engine, Limits, router};
+use engine::model::Model;
+use engine::run::{RunReport, Runner};
+use engine::secrets::Environment;
+use engine::state::StateDir;
+use engine::validate::{Options, validate};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Longest any single HTTP request of a test may take.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest Helios may take to answer `GET /metadata` after it is started.
+const HELIOS_START: Duration = Duration::from_secs(20);
+/// Longest one cron run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest a run of the `engine` binary may take.
+const BINARY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The environment variables the shipped definitions read, all of them.
+const SHIPPED_VARIABLES: [&str; 6] = [
+    "EPI_FHIR_URL",
+    "IPS_FHIR_URL",
+    "HL7_SANDBOX_FHIR_URL",
+    "SUPPORTING_MATERIAL_API_URL",
+    "SUPPORTING_MATERIAL_API_KEY",
+    "LABEL_WEBHOOK_SECRET",
+];
+/// The API key the stand-in supporting-material API requires.
+const API_KEY: &str = "shipped-test-api-key-0123456789";
+/// The HMAC secret given to the label webhook.
+const WEBHOOK_SECRET: &str = "shipped-test-webhook-secret-0123456789";
+
+// ------------------------------------------------------------------------------------------
+// The shipped definitions, loaded with the test's environment
+// ------------------------------------------------------------------------------------------
+
+/// `connectors.d/` of the project.
+fn shipped_dir() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../connectors.d")).to_path_buf()
+}
+
+/// The environment of one test: the variables it sets (and nothing else), files from disk,
+/// and the names the definitions asked for.
+struct TestEnv {
+    vars: BTreeMap<&'static str, String>,
+    asked: Mutex<BTreeSet<String>>,
+}
+
+impl TestEnv {
+    /// Every variable of the shipped definitions set: URLs where nothing listens, and test
+    /// secrets; a test then points the ones it uses at its servers.
+    fn new() -> TestEnv {
+        let mut vars = BTreeMap::new();
+        for name in SHIPPED_VARIABLES {
+            vars.insert(name, dead_url());
+        }
+        vars.insert("SUPPORTING_MATERIAL_API_KEY", API_KEY.to_owned());
+        vars.insert("LABEL_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned());
+        TestEnv {
+            vars,
+            asked: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn with(mut self, name: &'static str, value: &str) -> TestEnv {
+        assert!(SHIPPED_VARIABLES.contains(&name), "{name} is not shipped");
+        self.vars.insert(name, value.to_owned());
+        self
+    }
+}
+
+impl Environment for TestEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.asked
+            .lock()
+            .expect("asked names")
+            .insert(name.to_owned());
+        self.vars.get(name).cloned()
+    }
+
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// Loads and validates `connectors.d/` with `env`; every variable it reads is one the test
+/// set (so no embedded default, which points at 127.0.0.1:8081 and such, is used).
+fn load_shipped(env: &TestEnv) -> Model {
+    let (files, read_errors) =
+        engine::load::read_all(&[shipped_dir()]).expect("connectors.d is readable");
+    let names: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| f.path.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "fosps-proxy.yaml",
+            "hl7-fhir-sync.yaml",
+            "label-webhook.yaml",
+            "sinks.yaml",
+            "supporting-material.yaml"
+        ]
+        .map(str::to_owned)
+        .into(),
+        "the shipped definition files"
+    );
+    let opts = Options {
+        allow_unresolved: false,
+        run_tests: false,
+        fhir_schema: None,
+        env,
+    };
+    let outcome = validate(&files, read_errors, &opts);
+    let model = outcome.model.unwrap_or_else(|| {
+        panic!(
+            "the shipped definitions are invalid: {:#?}",
+            outcome.diagnostics
+        )
+    });
+    let asked = env.asked.lock().expect("asked names").clone();
+    let known: BTreeSet<String> = SHIPPED_VARIABLES.map(str::to_owned).into();
+    assert_eq!(
+        asked, known,
+        "the shipped definitions read exactly the documented environment variables"
+    );
+    model
+}
+
+/// A runner of a shipped cron connector, on its own clients.
+fn runner(model: &Model, name: &str, state: &Path) -> Runner {
+    let connector = model.connector(name).expect("the connector").clone();
+    let metrics = Arc::new(engine::metrics::Metrics::default());
+    let upstreams =
+        engine::upstream::Upstreams::new(connector.sources.iter().cloned(), metrics.clone())
+            .expect("upstream clients");
+    Runner::new(
+        connector,
+        &upstreams,
+        StateDir::new(state),
+        &state.join("ndjson"),
+        metrics,
+    )
+    .expect("a runner")
+}
+
+async fn run_with_deadline(r: &Runner) -> RunReport {
+    tokio::time::timeout(RUN_TIMEOUT, r.run(false))
+        .await
+        .expect("the run ends in time")
+        .0
+}
+
+fn watermarks(state: &Path, name: &str) -> BTreeMap<String, String> {
+    StateDir::new(state)
+        .load(name)
+        .expect("readable state")
+        .watermarks
+}
+
+/// What the `engine` binary did.
+#[derive(Debug)]
+struct Exit {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `engine run NAME -d connectors.d --state-dir STATE --sink-dir STATE/ndjson` with the
+/// test's variables passed to the child process.
+async fn engine_run(env: &TestEnv, name: &str, state: &Path) -> Exit {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    cmd.arg("run")
+        .arg(name)
+        .arg("-d")
+        .arg(shipped_dir())
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--sink-dir")
+        .arg(state.join("ndjson"))
+        .env_remove("ENGINE_STATE_DIR")
+        .env_remove("ENGINE_SINK_DIR")
+        .envs(env.vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(BINARY_TIMEOUT, cmd.output())
+        .await
+        .expect("`engine run` ends in time")
+        .expect("`engine run` starts");
+    Exit {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The engine's router over the shipped definitions, served on 127.0.0.1.
+struct Served {
+    base: String,
+    engine: Arc<Engine>,
+    server: JoinHandle<()>,
+}
+
+async fn serve_engine(model: Model, state: &Path) -> Served {
+    let dirs = Dirs {
+        state: state.to_path_buf(),
+        sink: state.join("ndjson"),
+    };
+    let engine = Engine::new(Arc::new(model), Limits::default(), &dirs).expect("an engine");
+    let (listener, base) = bind().await;
+    let server = spawn_app(listener, router(engine.clone()));
+    Served {
+        base,
+        engine,
+        server,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Helios FHIR Server (as in tests/helios.rs)
+// ------------------------------------------------------------------------------------------
+
+/// A file of the shared test data (beside the project's checkout).
+fn testdata(rel: &str) -> PathBuf {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata"
+    ))
+    .join(rel)
+}
+
+/// The Helios binary; fails the test when it is not installed.
+fn helios_binary() -> PathBuf {
+    let path = match std::env::var_os("HFS_BIN").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("FOSPS_TOOLS")
+            .filter(|t| !t.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+                    .join(".local/share/fosps-tools")
+            })
+            .join("hfs/bin/hfs"),
+    };
+    assert!(
+        path.is_file(),
+        "Helios FHIR Server is not installed at {}: run scripts/tools.sh, which installs it \
+         (or set HFS_BIN to an `hfs` binary)",
+        path.display()
+    );
+    path
+}
+
+/// A port free now (taken and given back).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on 127.0.0.1");
+    l.local_addr().expect("a local address").port()
+}
+
+/// A URL where nothing listens (connection refused).
+fn dead_url() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+/// A running Helios server (in memory), killed (and waited for) on drop.
+struct Helios {
+    work: tempfile::TempDir,
+    /// Its base URL (also its public base: the links it writes).
+    url: String,
+    child: Option<Child>,
+}
+
+impl Helios {
+    async fn start() -> Helios {
+        let bin = helios_binary();
+        let work = tempfile::tempdir().expect("a working directory for Helios");
+        let data = work.path().join("data");
+        std::fs::create_dir_all(&data).expect("the data directory of Helios");
+        for f in [
+            "search-parameters-r4.json",
+            "compartment-definitions-r4.json",
+        ] {
+            let from = testdata("hfs-data").join(f);
+            std::fs::copy(&from, data.join(f)).unwrap_or_else(|e| {
+                panic!("{}: {e} (the shared test data is missing)", from.display())
+            });
+        }
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let log =
+            std::fs::File::create(work.path().join("helios.log")).expect("the Helios log file");
+        let mut cmd = Command::new(&bin);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("HFS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("--host")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--database-url")
+            .arg(":memory:")
+            .arg("--log-level")
+            .arg("warn")
+            .current_dir(work.path())
+            .env("HFS_BASE_URL", &url)
+            // Startup in well under a second: no conformance resources copied into storage,
+            // no web UI.
+            .env("HFS_SEED_CONFORMANCE", "false")
+            .env("HFS_UI_ENABLED", "false")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the Helios log file"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut h = Helios {
+            work,
+            url,
+            child: Some(child),
+        };
+        h.wait_ready().await;
+        h
+    }
+
+    /// Waits until `GET /metadata` answers 200.
+    async fn wait_ready(&mut self) {
+        let c = client();
+        let end = Instant::now() + HELIOS_START;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "Helios exited ({status}) before answering; its log:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(r) = c
+                .get(format!("{}/metadata", self.url))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                && r.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "Helios did not answer GET /metadata within {HELIOS_START:?}; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.work.path().join("helios.log")).unwrap_or_default();
+        let start = text.len().saturating_sub(4000);
+        text.get(start..).unwrap_or(&text).to_owned()
+    }
+}
+
+impl Drop for Helios {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// HTTP helpers
+// ------------------------------------------------------------------------------------------
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(CLIENT_TIMEOUT)
+        .build()
+        .expect("an HTTP client")
+}
+
+async fn bind() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind on 127.0.0.1");
+    let addr = listener.local_addr().expect("a local address");
+    (listener, format!("http://{addr}"))
+}
+
+fn spawn_app(listener: TcpListener, app: axum::Router) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
+fn fhir_json(status: u16, body: &Value) -> Response {
+    (
+        StatusCode::from_u16(status).expect("a status code"),
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        serde_json::to_vec(body).expect("JSON"),
+    )
+        .into_response()
+}
+
+fn operation_outcome(code: &str, diagnostics: &str) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]
+    })
+}
+
+/// An answer of a server.
+#[derive(Debug, Clone)]
+struct Got {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Got {
+    let resp = req.send().await.expect("an answer");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("a body");
+    Got {
+        status,
+        headers,
+        text,
+    }
+}
+
+async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
+    let got = send(c.get(url).header("accept", "application/fhir+json")).await;
+    (
+        got.status,
+        serde_json::from_str(&got.text).unwrap_or(Value::Null),
+    )
+}
+
+fn key_of(r: &Value) -> String {
+    format!(
+        "{}/{}",
+        r["resourceType"].as_str().unwrap_or("?"),
+        r["id"].as_str().unwrap_or("?")
+    )
+}
+
+/// A resource without its `meta` (server-managed metadata).
+fn without_meta(r: &Value) -> Value {
+    let mut c = r.clone();
+    if let Some(o) = c.as_object_mut() {
+        o.remove("meta");
+    }
+    c
+}
+
+/// Writes resources to Helios with one transaction Bundle of `PUT Type/id`.
+async fn seed(c: &reqwest::Client, base: &str, resources: &[Value]) {
+    let entry: Vec<Value> = resources
+        .iter()
+        .map(|r| json!({"resource": r, "request": {"method": "PUT", "url": key_of(r)}}))
+        .collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entry});
+    let got = send(
+        c.post(base)
+            .header("content-type", "application/fhir+json")
+            .header("accept", "application/fhir+json")
+            .body(bundle.to_string()),
+    )
+    .await;
+    assert_eq!(got.status, 200, "the seeding transaction: {}", got.text);
+    let answer = got.json();
+    let answers = answer["entry"].as_array().expect("entries");
+    assert_eq!(answers.len(), resources.len(), "{answer}");
+    for a in answers {
+        let s = a["response"]["status"].as_str().unwrap_or("");
+        assert!(s.starts_with('2'), "a seeding entry failed: {a}");
+    }
+}
+
+/// Every resource of a type in Helios, by following the search's `next` links.
+async fn search_all(c: &reqwest::Client, h: &Helios, rtype: &str) -> Vec<Value> {
+    let mut next = Some(format!("{}/{rtype}?_count=500", h.url));
+    let mut visited = HashSet::new();
+    let mut out = Vec::new();
+    while let Some(url) = next.take() {
+        assert!(
+            visited.insert(url.clone()) && visited.len() <= 50,
+            "the paging of {rtype} does not end: {url}"
+        );
+        let (status, b) = get_json(c, &url).await;
+        assert_eq!(status, 200, "{url}: {b}");
+        assert_eq!(b["type"], "searchset", "{url}: {b}");
+        for e in b["entry"].as_array().into_iter().flatten() {
+            if e["resource"]["resourceType"] == rtype {
+                out.push(e["resource"].clone());
+            }
+        }
+        next = b["link"]
+            .as_array()
+            .and_then(|ls| ls.iter().find(|l| l["relation"] == "next"))
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_owned);
+    }
+    out
+}
+
+/// Every resource of some types in Helios, by `Type/id` (with meta); fails on an id listed
+/// twice (a duplicate).
+async fn read_all(c: &reqwest::Client, h: &Helios, types: &[&str]) -> BTreeMap<String, Value> {
+    let mut all = BTreeMap::new();
+    for t in types {
+        for r in search_all(c, h, t).await {
+            let k = key_of(&r);
+            assert!(
+                all.insert(k.clone(), r).is_none(),
+                "{k} is listed twice by the search: a duplicate"
+            );
+        }
+    }
+    all
+}
+
+async fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    loop {
+        if check() {
+            return;
+        }
+        assert!(Instant::now() < end, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `2026-01-01T00:00:00Z` plus `seconds`, as a FHIR instant.
+fn instant(seconds: i64) -> String {
+    let t = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("a time")
+        + chrono::TimeDelta::seconds(seconds);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+// ------------------------------------------------------------------------------------------
+// Stand-in HL7 Europe sandbox (a FHIR R5 server's search API)
+// ------------------------------------------------------------------------------------------
+
+/// Largest page the stand-in sandbox answers, whatever `_count` asks (so that `next` links
+/// are followed).
+const SANDBOX_PAGE: usize = 3;
+
+struct SandboxInner {
+    base: String,
+    resources: Mutex<BTreeMap<String, Vec<Value>>>,
+    clock: AtomicUsize,
+    /// Answer this status for searches of this type.
+    failing: Mutex<Option<(String, u16)>>,
+    /// `Type?query` of every request, in arrival order.
+    requests: Mutex<Vec<String>>,
+}
+
+/// A FHIR server stand-in answering `GET /{Type}?_count=N[&_lastUpdated=gtX]` with
+/// `searchset` Bundles paged through absolute `next` links; every resource put gets a newer
+/// `meta.lastUpdated`.
+#[derive(Clone)]
+struct Sandbox {
+    url: String,
+    inner: Arc<SandboxInner>,
+}
+
+impl Sandbox {
+    async fn start(resources: &[Value]) -> Sandbox {
+        let (listener, url) = bind().await;
+        let inner = Arc::new(SandboxInner {
+            base: url.clone(),
+            resources: Mutex::new(BTreeMap::new()),
+            clock: AtomicUsize::new(0),
+            failing: Mutex::new(None),
+            requests: Mutex::new(Vec::new()),
+        });
+        let app = axum::Router::new()
+            .route("/{rtype}", get(sandbox_search))
+            .with_state(inner.clone());
+        spawn_app(listener, app);
+        let s = Sandbox { url, inner };
+        for r in resources {
+            s.put(r.clone());
+        }
+        s
+    }
+
+    /// Adds a resource, or replaces the one of the same type and id, as a new version.
+    fn put(&self, mut r: Value) {
+        let tick = self.inner.clock.fetch_add(1, Ordering::SeqCst) as i64 + 1;
+        let t = r["resourceType"]
+            .as_str()
+            .expect("a resourceType")
+            .to_owned();
+        let mut all = self.inner.resources.lock().expect("sandbox store");
+        let list = all.entry(t).or_default();
+        let version = list
+            .iter()
+            .find(|x| x["id"] == r["id"])
+            .and_then(|x| x["meta"]["versionId"].as_str())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        r["meta"] = json!({"versionId": version.to_string(), "lastUpdated": instant(tick)});
+        match list.iter_mut().find(|x| x["id"] == r["id"]) {
+            Some(slot) => *slot = r,
+            None => list.push(r),
+        }
+    }
+
+    fn all(&self) -> Vec<Value> {
+        self.inner
+            .resources
+            .lock()
+            .expect("sandbox store")
+            .values()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// The largest `meta.lastUpdated` of a type (the instants sort as text).
+    fn newest(&self, t: &str) -> Option<String> {
+        self.inner
+            .resources
+            .lock()
+            .expect("sandbox store")
+            .get(t)?
+            .iter()
+            .filter_map(|r| r["meta"]["lastUpdated"].as_str().map(str::to_owned))
+            .max()
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.inner.requests.lock().expect("sandbox log").clone()
+    }
+
+    fn fail(&self, rtype: &str, status: u16) {
+        *self.inner.failing.lock().expect("sandbox switch") = Some((rtype.to_owned(), status));
+    }
+}
+
+async fn sandbox_search(
+    State(s): State<Arc<SandboxInner>>,
+    UrlPath(rtype): UrlPath<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let query = query.unwrap_or_default();
+    s.requests
+        .lock()
+        .expect("sandbox log")
+        .push(format!("{rtype}?{query}"));
+    let failing = s.failing.lock().expect("sandbox switch").clone();
+    if let Some((t, status)) = failing
+        && t == rtype
+    {
+        return fhir_json(
+            status,
+            &operation_outcome("exception", "the sandbox stand-in is failing"),
+        );
+    }
+    let pairs: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let count: usize = pairs
+        .get("_count")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(SANDBOX_PAGE)
+        .clamp(1, SANDBOX_PAGE);
+    let offset: usize = pairs
+        .get("_offset")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let since = match pairs.get("_lastUpdated") {
+        None => None,
+        Some(v) => match v
+            .strip_prefix("gt")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        {
+            Some(t) => Some(t),
+            None => {
+                return fhir_json(
+                    400,
+                    &operation_outcome("invalid", &format!("bad _lastUpdated `{v}`")),
+                );
+            }
+        },
+    };
+    // A MedicinalProductDefinition search finds nothing: the store holds none (Helios, the
+    // sink, is R4 and would refuse them).
+    let mut matching: Vec<Value> = s
+        .resources
+        .lock()
+        .expect("sandbox store")
+        .get(&rtype)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| {
+            let updated = r["meta"]["lastUpdated"]
+                .as_str()
+                .and_then(|u| chrono::DateTime::parse_from_rfc3339(u).ok());
+            since.is_none_or(|since| updated.is_some_and(|u| u > since))
+        })
+        .collect();
+    matching.sort_by_key(|r| {
+        (
+            r["meta"]["lastUpdated"].as_str().unwrap_or("").to_owned(),
+            r["id"].as_str().unwrap_or("").to_owned(),
+        )
+    });
+    let page_url = |offset: usize| {
+        let mut u = url::Url::parse(&format!("{}/{rtype}", s.base)).expect("a URL");
+        {
+            let mut q = u.query_pairs_mut();
+            q.append_pair("_count", &count.to_string());
+            if let Some(v) = pairs.get("_lastUpdated") {
+                q.append_pair("_lastUpdated", v);
+            }
+            q.append_pair("_offset", &offset.to_string());
+        }
+        u.to_string()
+    };
+    let end = (offset + count).min(matching.len());
+    let page = matching.get(offset..end).unwrap_or_default();
+    let mut link = vec![json!({"relation": "self", "url": page_url(offset)})];
+    if end < matching.len() {
+        link.push(json!({"relation": "next", "url": page_url(end)}));
+    }
+    let entry: Vec<Value> = page
+        .iter()
+        .map(|r| {
+            json!({
+                "fullUrl": format!("{}/{}", s.base, key_of(r)),
+                "resource": r,
+                "search": {"mode": "match"}
+            })
+        })
+        .collect();
+    fhir_json(
+        200,
+        &json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": matching.len(),
+            "link": link,
+            "entry": entry
+        }),
+    )
+}
+
+/// The types `hl7-fhir-sync` copies that Helios (R4) stores.
+const SYNC_TYPES: [&str; 5] = [
+    "Organization",
+    "Patient",
+    "Observation",
+    "Bundle",
+    "Composition",
+];
+
+/// R4-valid resources of every type the sync copies except MedicinalProductDefinition.
+fn sandbox_resources() -> Vec<Value> {
+    let mut out = Vec::new();
+    for i in 1..=2 {
+        out.push(json!({
+            "resourceType": "Organization",
+            "id": format!("org-{i}"),
+            "active": true,
+            "name": format!("Marketing authorisation holder {i}")
+        }));
+    }
+    for i in 1..=4 {
+        out.push(json!({
+            "resourceType": "Patient",
+            "id": format!("pat-{i}"),
+            "active": true,
+            "name": [{"family": format!("Family{i}"), "given": ["Ana"]}],
+            "gender": if i % 2 == 0 { "female" } else { "male" },
+            "birthDate": format!("19{}0-0{i}-1{i}", 5 + i)
+        }));
+    }
+    for i in 1..=4 {
+        out.push(json!({
+            "resourceType": "Observation",
+            "id": format!("obs-{i}"),
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7", "display": "Body weight"}]},
+            "subject": {"reference": format!("Patient/pat-{i}")},
+            "effectiveDateTime": format!("2025-0{i}-10T08:30:00Z"),
+            "valueQuantity": {"value": 60 + i, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}
+        }));
+    }
+    let composition = |i: usize| {
+        json!({
+            "resourceType": "Composition",
+            "id": format!("comp-{i}"),
+            "status": "final",
+            "type": {"coding": [{"system": "http://loinc.org", "code": "60593-1"}]},
+            "subject": {"reference": format!("Patient/pat-{i}")},
+            "date": "2026-01-15T10:00:00Z",
+            "author": [{"reference": format!("Organization/org-{i}")}],
+            "title": format!("Electronic product information {i}"),
+            "section": [{
+                "title": "Measurements",
+                "entry": [{"reference": format!("Observation/obs-{i}")}]
+            }]
+        })
+    };
+    out.push(composition(1));
+    out.push(composition(2));
+    out.push(json!({
+        "resourceType": "Bundle",
+        "id": "epi-doc-1",
+        "identifier": {"system": "https://sandbox.example/epi", "value": "epi-doc-1"},
+        "type": "document",
+        "timestamp": "2026-01-15T10:00:00Z",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:5d2a0b4e-6f3c-4b8e-9d1a-2c3b4d5e6f70",
+                "resource": {
+                    "resourceType": "Composition",
+                    "id": "doc-comp",
+                    "status": "final",
+                    "type": {"coding": [{"system": "http://loinc.org", "code": "60593-1"}]},
+                    "date": "2026-01-15T10:00:00Z",
+                    "author": [{"reference": "urn:uuid:7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"}],
+                    "title": "Package leaflet"
+                }
+            },
+            {
+                "fullUrl": "urn:uuid:7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+                "resource": {"resourceType": "Organization", "id": "doc-org", "name": "Holder"}
+            }
+        ]
+    }));
+    out
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. hl7-fhir-sync: the stand-in sandbox into Helios
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and_fails_whole() {
+    let resources = sandbox_resources();
+    let (helios, sandbox) = tokio::join!(Helios::start(), Sandbox::start(&resources));
+    let env = TestEnv::new()
+        .with("EPI_FHIR_URL", &helios.url)
+        .with("HL7_SANDBOX_FHIR_URL", &sandbox.url);
+    let state = tempfile::tempdir().expect("state");
+    let c = client();
+    let name = "hl7-fhir-sync";
+
+    // First run: every resource of the sandbox.
+    let seeded = sandbox.all();
+    assert_eq!(seeded.len(), 13);
+    let r1 = runner(&load_shipped(&env), name, state.path());
+    let report = run_with_deadline(&r1).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(
+        (report.records_read, report.resources_written),
+        (seeded.len(), seeded.len()),
+        "{report:#?}"
+    );
+    let requests = sandbox.requests();
+    for t in SYNC_TYPES
+        .iter()
+        .chain(std::iter::once(&"MedicinalProductDefinition"))
+    {
+        assert!(
+            requests.iter().any(|r| r.starts_with(&format!("{t}?"))),
+            "{t} is searched: {requests:#?}"
+        );
+    }
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("Patient?") && r.contains("_offset=3")),
+        "the `next` links are followed: {requests:#?}"
+    );
+    let copied = read_all(&c, &helios, &SYNC_TYPES).await;
+    let want: BTreeMap<String, Value> = seeded
+        .iter()
+        .map(|r| (key_of(r), without_meta(r)))
+        .collect();
+    assert_eq!(
+        copied.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "Helios holds exactly the sandbox's resources"
+    );
+    for (k, r) in &want {
+        assert_eq!(&without_meta(&copied[k]), r, "{k}");
+    }
+    let marks = watermarks(state.path(), name);
+    for t in SYNC_TYPES {
+        assert_eq!(
+            marks.get(t),
+            sandbox.newest(t).as_ref(),
+            "the watermark of {t} is its newest lastUpdated"
+        );
+    }
+    assert!(
+        !marks.contains_key("MedicinalProductDefinition"),
+        "nothing read, no watermark: {marks:?}"
+    );
+    drop(r1);
+
+    // Two resources change at the sandbox.
+    let mut p = seeded
+        .iter()
+        .find(|r| key_of(r) == "Patient/pat-2")
+        .map(without_meta)
+        .expect("Patient/pat-2");
+    p["name"][0]["family"] = json!("Changed");
+    let mut o = seeded
+        .iter()
+        .find(|r| key_of(r) == "Observation/obs-3")
+        .map(without_meta)
+        .expect("Observation/obs-3");
+    o["valueQuantity"]["value"] = json!(99);
+    sandbox.put(p.clone());
+    sandbox.put(o.clone());
+
+    // Second run, by a new runner on the same state: only what changed, no duplicates.
+    let before = sandbox.requests().len();
+    let r2 = runner(&load_shipped(&env), name, state.path());
+    let report = run_with_deadline(&r2).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    let second = sandbox.requests()[before..].to_vec();
+    assert_eq!(
+        (report.records_read, report.resources_written),
+        (2, 2),
+        "only the 2 changed resources are read and written; sandbox requests: {second:#?}"
+    );
+    for t in SYNC_TYPES {
+        let first = second
+            .iter()
+            .find(|l| l.starts_with(&format!("{t}?")))
+            .unwrap_or_else(|| panic!("{t} searched in {second:?}"));
+        let query = first.split_once('?').map_or("", |(_, q)| q);
+        let since: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "_lastUpdated")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(
+            since,
+            vec![format!("gt{}", marks[t])],
+            "{t} is searched from its watermark: {first}"
+        );
+    }
+    let copied = read_all(&c, &helios, &SYNC_TYPES).await;
+    assert_eq!(
+        copied.len(),
+        seeded.len(),
+        "no duplicates, nothing missing: {:?}",
+        copied.keys().collect::<Vec<_>>()
+    );
+    for r in sandbox.all() {
+        let k = key_of(&r);
+        assert_eq!(without_meta(&copied[&k]), without_meta(&r), "{k}");
+    }
+    assert_eq!(without_meta(&copied["Patient/pat-2"]), p);
+    assert_eq!(without_meta(&copied["Observation/obs-3"]), o);
+    let marks = watermarks(state.path(), name);
+    drop(r2);
+
+    // Third run: one more change, and the sandbox answers 500 for Observation searches. The
+    // run fails and writes nothing, by the library and by `engine run`.
+    let mut org = sandbox
+        .all()
+        .into_iter()
+        .find(|r| key_of(r) == "Organization/org-1")
+        .map(|r| without_meta(&r))
+        .expect("Organization/org-1");
+    org["name"] = json!("Renamed holder");
+    sandbox.put(org);
+    sandbox.fail("Observation", 500);
+    let snapshot = read_all(&c, &helios, &SYNC_TYPES).await;
+    let r3 = runner(&load_shipped(&env), name, state.path());
+    let report = run_with_deadline(&r3).await;
+    assert!(!report.ok(), "a run that cannot read fails: {report:#?}");
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.stage == "read" && f.subject == "Observation" && f.message.contains("500")),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!((report.resources_written, report.sink_calls), (0, 0));
+    assert_eq!(
+        read_all(&c, &helios, &SYNC_TYPES).await,
+        snapshot,
+        "nothing is written (every version in Helios is the same)"
+    );
+    assert_eq!(watermarks(state.path(), name), marks, "the watermark stays");
+
+    let out = engine_run(&env, name, state.path()).await;
+    println!(
+        "`engine run {name}`: exit {:?}\nstdout: {}\nstderr: {}",
+        out.code, out.stdout, out.stderr
+    );
+    assert_ne!(out.code, Some(0), "`engine run {name}` fails: {out:#?}");
+    assert!(
+        out.stderr.contains("Observation") && out.stderr.contains("500"),
+        "the failed read on stderr: {out:#?}"
+    );
+    assert_eq!(
+        read_all(&c, &helios, &SYNC_TYPES).await,
+        snapshot,
+        "nothing is written by `engine run` either"
+    );
+    assert_eq!(watermarks(state.path(), name), marks, "the watermark stays");
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. proxy: fan-out over two Helios servers, and the runner API
+// ------------------------------------------------------------------------------------------
+
+fn patient(id: &str, family: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "id": id,
+        "active": true,
+        "name": [{"family": family}]
+    })
+}
+
+fn entries_of(bundle: &Value, mode: &str) -> Vec<Value> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["search"]["mode"] == mode)
+        .map(|e| e["resource"].clone())
+        .collect()
+}
+
+fn ids_of(resources: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = resources
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_api() {
+    let sandbox_org = [json!({
+        "resourceType": "Organization",
+        "id": "org-from-sandbox",
+        "name": "Copied by a run on demand"
+    })];
+    let (epi, mut ips, sandbox) = tokio::join!(
+        Helios::start(),
+        Helios::start(),
+        Sandbox::start(&sandbox_org)
+    );
+    let c = client();
+    let epi_patients = [
+        patient("e1", "Epi One"),
+        patient("e2", "Epi Two"),
+        patient("e3", "Epi Three"),
+    ];
+    let ips_patients = [patient("i1", "Ips One"), patient("i2", "Ips Two")];
+    seed(&c, &epi.url, &epi_patients).await;
+    seed(&c, &ips.url, &ips_patients).await;
+    let env = TestEnv::new()
+        .with("EPI_FHIR_URL", &epi.url)
+        .with("IPS_FHIR_URL", &ips.url)
+        .with("HL7_SANDBOX_FHIR_URL", &sandbox.url);
+    let state = tempfile::tempdir().expect("state");
+    let served = serve_engine(load_shipped(&env), state.path()).await;
+
+    // Both servers up: one searchset with the Patients of both.
+    let search = format!("{}/fhir/proxy/Patient", served.base);
+    let got = send(c.get(&search)).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.header("content-type"), "application/fhir+json");
+    let b = got.json();
+    assert_eq!(
+        (&b["resourceType"], &b["type"]),
+        (&json!("Bundle"), &json!("searchset")),
+        "{b}"
+    );
+    let matches = entries_of(&b, "match");
+    assert_eq!(ids_of(&matches), ["e1", "e2", "e3", "i1", "i2"], "{b}");
+    let seeded: BTreeMap<String, Value> = epi_patients
+        .iter()
+        .chain(&ips_patients)
+        .map(|p| (key_of(p), p.clone()))
+        .collect();
+    for m in &matches {
+        assert_eq!(without_meta(m), seeded[&key_of(m)], "{m}");
+    }
+    assert!(entries_of(&b, "outcome").is_empty(), "{b}");
+    assert_eq!(b["total"], 5, "{b}");
+
+    // A read finds the resource on whichever server holds it.
+    for (id, family) in [("e2", "Epi Two"), ("i1", "Ips One")] {
+        let got = send(c.get(format!("{}/fhir/proxy/Patient/{id}", served.base))).await;
+        assert_eq!(got.status, 200, "{}", got.text);
+        assert_eq!(without_meta(&got.json()), patient(id, family));
+    }
+
+    // The shipped connectors, listed.
+    let got = send(c.get(format!("{}/connectors/list", served.base))).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let listed: BTreeMap<String, Value> = got
+        .json()
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap_or("").to_owned(), c.clone()))
+        .collect();
+    let strategies: BTreeMap<&str, &str> = listed
+        .iter()
+        .map(|(n, c)| (n.as_str(), c["strategy"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        strategies,
+        BTreeMap::from([
+            ("hl7-fhir-sync", "cron"),
+            ("label-webhook", "push"),
+            ("proxy", "pull"),
+            ("supporting-material", "cron"),
+        ]),
+        "{}",
+        got.text
+    );
+    assert_eq!(listed["proxy"]["sources"], json!(["epi", "ips"]));
+    assert_eq!(listed["proxy"]["routes"], "/fhir/proxy");
+    assert_eq!(listed["hl7-fhir-sync"]["run"]["schedule"], "0 2 * * *");
+    assert_eq!(listed["hl7-fhir-sync"]["run"]["timeZone"], "Europe/Madrid");
+    assert_eq!(
+        listed["supporting-material"]["run"]["schedule"],
+        "30 3 * * *"
+    );
+    assert_eq!(
+        listed["label-webhook"]["push"]["path"],
+        "/push/label-changed"
+    );
+
+    // The IPS server killed; the cached answer dropped (it would be served fresh for 5
+    // minutes): a 200 with the ePI results and an OperationOutcome naming `ips`.
+    ips.kill();
+    let got = send(c.delete(format!("{}/connectors/proxy/cache", served.base))).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let got = send(c.get(&search)).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let b = got.json();
+    assert_eq!(ids_of(&entries_of(&b, "match")), ["e1", "e2", "e3"], "{b}");
+    let outcomes = entries_of(&b, "outcome");
+    assert_eq!(outcomes.len(), 1, "{b}");
+    assert_eq!(outcomes[0]["resourceType"], "OperationOutcome", "{b}");
+    let text = outcomes[0]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        text.contains("`ips`") && !text.contains("`epi`"),
+        "the outcome names the failed source only: {text}"
+    );
+
+    // The FOSPS runner API: a run of `hl7-fhir-sync` on demand, started in the background.
+    let got = send(c.post(format!("{}/connectors/hl7-fhir-sync/run", served.base))).await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    assert_eq!(
+        got.json(),
+        json!({"connector": "hl7-fhir-sync", "status": "started"})
+    );
+    let job = served.engine.crons["hl7-fhir-sync"].clone();
+    wait_until(
+        Duration::from_secs(15),
+        "the run on demand ends",
+        move || !job.status()["lastRun"].is_null() && !job.is_running(),
+    )
+    .await;
+    let got = send(c.get(format!("{}/connectors/hl7-fhir-sync", served.base))).await;
+    let last = &got.json()["run"]["lastRun"];
+    assert_eq!(last["failures"], json!([]), "{last}");
+    assert_eq!(
+        (&last["records_read"], &last["resources_written"]),
+        (&json!(1), &json!(1)),
+        "{last}"
+    );
+    let (status, org) = get_json(&c, &format!("{}/Organization/org-from-sandbox", epi.url)).await;
+    assert_eq!(status, 200, "the run wrote into the ePI server: {org}");
+    assert_eq!(org["name"], "Copied by a run on demand");
+    served.server.abort();
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. supporting-material: a paged REST API with an API key into Helios
+// ------------------------------------------------------------------------------------------
+
+/// Largest page the stand-in API answers, whatever `pageSize` asks.
+const API_PAGE: usize = 3;
+
+struct ApiInner {
+    rows: Mutex<Vec<Value>>,
+    /// The `page` parameter (absent: `None`) and the full query of every authorised request.
+    pages: Mutex<Vec<(Option<String>, String)>>,
+    refused: AtomicUsize,
+}
+
+/// The supporting-material REST API: `GET /materials?page=N&pageSize=M` with `X-Api-Key`
+/// (401 without it), `{"page": N, "items": [...]}`; pages start at 1 (a request without
+/// `page` is page 1) and a page after the last is empty.
+#[derive(Clone)]
+struct MaterialsApi {
+    url: String,
+    inner: Arc<ApiInner>,
+}
+
+impl MaterialsApi {
+    async fn start(rows: Vec<Value>) -> MaterialsApi {
+        let (listener, url) = bind().await;
+        let inner = Arc::new(ApiInner {
+            rows: Mutex::new(rows),
+            pages: Mutex::new(Vec::new()),
+            refused: AtomicUsize::new(0),
+        });
+        let app = axum::Router::new()
+            .route("/materials", get(materials))
+            .with_state(inner.clone());
+        spawn_app(listener, app);
+        MaterialsApi { url, inner }
+    }
+
+    fn pages(&self) -> Vec<(Option<String>, String)> {
+        self.inner.pages.lock().expect("API log").clone()
+    }
+
+    fn change(&self, id: i64, field: &str, value: Value) {
+        let mut rows = self.inner.rows.lock().expect("rows");
+        let row = rows
+            .iter_mut()
+            .find(|r| r["id"] == id)
+            .expect("the row to change");
+        row[field] = value;
+    }
+}
+
+async fn materials(
+    State(s): State<Arc<ApiInner>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(API_KEY) {
+        s.refused.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "a valid X-Api-Key header is required"})),
+        )
+            .into_response();
+    }
+    let query = query.unwrap_or_default();
+    let pairs: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let page_param = pairs.get("page").cloned();
+    s.pages
+        .lock()
+        .expect("API log")
+        .push((page_param.clone(), query.clone()));
+    let Some(page) = page_param
+        .as_deref()
+        .map_or(Some(1), |p| p.parse::<usize>().ok())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "page is a number"})),
+        )
+            .into_response();
+    };
+    let size = pairs
+        .get("pageSize")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(API_PAGE)
+        .clamp(1, API_PAGE);
+    let rows = s.rows.lock().expect("rows").clone();
+    let items: Vec<Value> = rows
+        .into_iter()
+        .skip(page.saturating_sub(1) * size)
+        .take(size)
+        .collect();
+    axum::Json(json!({"page": page, "items": items})).into_response()
+}
+
+/// The category system of the Gravitate-Health IG.
+const CATEGORY_SYSTEM: &str =
+    "http://hl7.eu/fhir/ig/gravitate-health/CodeSystem/DocumentReferenceCategory";
+const MATERIAL_SYSTEM: &str = "https://fosps.gravitate-health.eu/supporting-material";
+
+fn shipped_json(rel: &str) -> Value {
+    let path = shipped_dir().join(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The material id of a DocumentReference, from its identifier.
+fn material_id(r: &Value) -> String {
+    r["identifier"]
+        .as_array()
+        .and_then(|ids| ids.iter().find(|i| i["system"] == MATERIAL_SYSTEM))
+        .and_then(|i| i["value"].as_str())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+fn category_of(r: &Value) -> (String, String) {
+    let coding = &r["category"][0]["coding"][0];
+    (
+        coding["system"].as_str().unwrap_or("").to_owned(),
+        coding["code"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+/// The DocumentReferences in Helios, by material id.
+async fn documents(c: &reqwest::Client, h: &Helios) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for r in search_all(c, h, "DocumentReference").await {
+        let id = material_id(&r);
+        assert!(out.insert(id.clone(), r).is_none(), "material {id} twice");
+    }
+    out
+}
+
+fn versions(docs: &BTreeMap<String, Value>) -> BTreeMap<String, String> {
+    docs.iter()
+        .map(|(k, r)| {
+            (
+                k.clone(),
+                r["meta"]["versionId"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supporting_material_pages_with_the_api_key_translates_categories_and_writes_only_changes()
+{
+    // The rows of connectors.d/tests/supporting-material.input.json and two more, served in
+    // two pages of three.
+    let input = shipped_json("tests/supporting-material.input.json");
+    let mut rows = input["items"].as_array().expect("items").clone();
+    rows.push(json!({"id": 105, "title": "Safety alert", "category": "safety-alert", "productId": "mpd-ibuprofen-200", "updatedAt": "2026-10-05", "url": "https://materials.example/105"}));
+    rows.push(json!({"id": 106, "title": "Additional monitoring", "category": "MDM", "productId": "mpd-salbutamol-100", "updatedAt": "2026-10-06", "url": "https://materials.example/106", "language": "de"}));
+    let ids: Vec<String> = rows.iter().map(|r| r["id"].to_string()).collect();
+    let (helios, api) = tokio::join!(Helios::start(), MaterialsApi::start(rows.clone()));
+    let c = client();
+    let name = "supporting-material";
+
+    // The API refuses a request without the key.
+    let got = send(c.get(format!("{}/materials", api.url))).await;
+    assert_eq!(got.status, 401, "{}", got.text);
+
+    // A run with a wrong key fails and writes nothing.
+    let wrong = TestEnv::new()
+        .with("EPI_FHIR_URL", &helios.url)
+        .with("SUPPORTING_MATERIAL_API_URL", &api.url)
+        .with("SUPPORTING_MATERIAL_API_KEY", "not-the-key");
+    let state = tempfile::tempdir().expect("state");
+    let report = run_with_deadline(&runner(&load_shipped(&wrong), name, state.path())).await;
+    assert!(!report.ok(), "{report:#?}");
+    assert!(
+        report
+            .failures
+            .iter()
+            .any(|f| f.stage == "read" && f.message.contains("401")),
+        "{:#?}",
+        report.failures
+    );
+    assert_eq!(report.resources_written, 0);
+    assert!(documents(&c, &helios).await.is_empty());
+
+    // First run: every row, one DocumentReference each.
+    let env = TestEnv::new()
+        .with("EPI_FHIR_URL", &helios.url)
+        .with("SUPPORTING_MATERIAL_API_URL", &api.url);
+    let state = tempfile::tempdir().expect("state");
+    let report = run_with_deadline(&runner(&load_shipped(&env), name, state.path())).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(
+        (
+            report.records_read,
+            report.resources_written,
+            report.resources_unchanged
+        ),
+        (6, 6, 0),
+        "{report:#?}"
+    );
+    let pages = api.pages();
+    let asked: Vec<Option<&str>> = pages.iter().map(|(p, _)| p.as_deref()).collect();
+    assert_eq!(
+        asked,
+        [None, Some("2"), Some("3")],
+        "pages 1 (the first request), 2, then 3 (empty: the end): {pages:?}"
+    );
+    for (_, q) in &pages {
+        assert!(q.contains("pageSize=100"), "{q}");
+    }
+    let docs = documents(&c, &helios).await;
+    assert_eq!(docs.keys().cloned().collect::<Vec<_>>(), ids);
+    // The rows of the shipped test input become exactly the shipped expected resources.
+    let expected = shipped_json("tests/supporting-material.expected.json");
+    for e in expected.as_array().expect("expected resources") {
+        let id = material_id(e);
+        assert_eq!(without_meta(&docs[&id]), *e, "material {id}");
+    }
+    let codes: BTreeMap<String, (String, String)> = docs
+        .iter()
+        .map(|(k, r)| (k.clone(), category_of(r)))
+        .collect();
+    let want = |code: &str| (CATEGORY_SYSTEM.to_owned(), code.to_owned());
+    assert_eq!(
+        codes,
+        BTreeMap::from([
+            ("101".to_owned(), want("AE")),
+            ("102".to_owned(), want("STO")),
+            ("103".to_owned(), want("MU")),
+            ("104".to_owned(), want("OTHER")),
+            ("105".to_owned(), want("SA")),
+            ("106".to_owned(), want("MDM")),
+        ]),
+        "adverse-event, storage, video, press-release (default), safety-alert, MDM"
+    );
+    let first_versions = versions(&docs);
+
+    // Second run, rows unchanged: nothing written.
+    let report = run_with_deadline(&runner(&load_shipped(&env), name, state.path())).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(
+        (
+            report.records_read,
+            report.resources_written,
+            report.resources_unchanged,
+            report.sink_calls
+        ),
+        (6, 0, 6, 0),
+        "{report:#?}"
+    );
+    assert_eq!(versions(&documents(&c, &helios).await), first_versions);
+
+    // One row changes: exactly one resource written.
+    api.change(102, "title", json!("Storing your medicine safely"));
+    let report = run_with_deadline(&runner(&load_shipped(&env), name, state.path())).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(
+        (
+            report.records_read,
+            report.resources_written,
+            report.resources_unchanged
+        ),
+        (6, 1, 5),
+        "{report:#?}"
+    );
+    let docs = documents(&c, &helios).await;
+    assert_eq!(docs["102"]["type"]["text"], "Storing your medicine safely");
+    let mut want_versions = first_versions.clone();
+    let bumped = docs["102"]["meta"]["versionId"]
+        .as_str()
+        .expect("a versionId")
+        .to_owned();
+    assert_ne!(bumped, first_versions["102"], "material 102 is rewritten");
+    want_versions.insert("102".to_owned(), bumped);
+    assert_eq!(versions(&docs), want_versions, "only material 102 changes");
+    assert_eq!(
+        api.inner.refused.load(Ordering::SeqCst),
+        2,
+        "only the keyless request and the wrong-key run were refused"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. label-webhook: a signed notification, queued, drained into a stand-in sink
+// ------------------------------------------------------------------------------------------
+
+/// A FHIR sink stand-in that records the transaction and batch Bundles it receives and
+/// answers each `PUT` entry 201. Used instead of Helios for the label webhook only: the
+/// webhook writes `MedicinalProductDefinition`, an R5-only type Helios (R4) refuses with 404.
+#[derive(Clone)]
+struct RecordingSink {
+    url: String,
+    bundles: Arc<Mutex<Vec<Value>>>,
+}
+
+impl RecordingSink {
+    async fn start() -> RecordingSink {
+        let (listener, url) = bind().await;
+        let bundles = Arc::new(Mutex::new(Vec::new()));
+        let app = axum::Router::new()
+            .route("/", post(record_bundle))
+            .with_state(bundles.clone());
+        spawn_app(listener, app);
+        RecordingSink { url, bundles }
+    }
+
+    fn bundles(&self) -> Vec<Value> {
+        self.bundles.lock().expect("sink log").clone()
+    }
+}
+
+async fn record_bundle(State(log): State<Arc<Mutex<Vec<Value>>>>, body: Bytes) -> Response {
+    let Ok(bundle) = serde_json::from_slice::<Value>(&body) else {
+        return fhir_json(400, &operation_outcome("structure", "the body is not JSON"));
+    };
+    let kind = bundle["type"].as_str().unwrap_or("").to_owned();
+    if kind != "transaction" && kind != "batch" {
+        return fhir_json(
+            400,
+            &operation_outcome("invalid", "a transaction or batch Bundle is expected"),
+        );
+    }
+    let answers: Vec<Value> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            json!({"response": {
+                "status": "201 Created",
+                "location": format!("{}/_history/1", e["request"]["url"].as_str().unwrap_or(""))
+            }})
+        })
+        .collect();
+    log.lock().expect("sink log").push(bundle);
+    fhir_json(
+        200,
+        &json!({"resourceType": "Bundle", "type": format!("{kind}-response"), "entry": answers}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_the_sink() {
+    let sink = RecordingSink::start().await;
+    let env = TestEnv::new().with("EPI_FHIR_URL", &sink.url);
+    let state = tempfile::tempdir().expect("state");
+    let served = serve_engine(load_shipped(&env), state.path()).await;
+    let ep = served.engine.pushes["label-webhook"].clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let drainer = tokio::spawn(ep.clone().drain(stopped));
+    let c = client();
+    let url = format!("{}/push/label-changed", served.base);
+    let body = serde_json::to_vec(&json!({
+        "event": "label.updated",
+        "product": {"name": "Painaway 200 mg tablets"},
+        "label": {
+            "setId": "0a1b2c3d-1111-2222-3333-444455556666",
+            "version": 4,
+            "effectiveTime": "20261101",
+            "withdrawn": false,
+            "documents": ["DocumentReference/leaflet-4"]
+        }
+    }))
+    .expect("JSON");
+
+    // Unsigned, and signed with another secret: 401, nothing queued.
+    let got = send(
+        c.post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone()),
+    )
+    .await;
+    assert_eq!(got.status, 401, "{}", got.text);
+    assert_eq!(
+        got.json()["resourceType"],
+        "OperationOutcome",
+        "{}",
+        got.text
+    );
+    let ts = Utc::now().timestamp();
+    let got = send(
+        c.post(&url)
+            .header("content-type", "application/json")
+            .header("X-Timestamp", ts.to_string())
+            .header(
+                "X-Signature",
+                engine::push::sign("not-the-secret-0123456789", ts, &body),
+            )
+            .body(body.clone()),
+    )
+    .await;
+    assert_eq!(got.status, 401, "{}", got.text);
+    assert_eq!(ep.depths(), (0, 0));
+
+    // Signed with the secret given: accepted and queued.
+    let ts = Utc::now().timestamp();
+    let got = send(
+        c.post(&url)
+            .header("content-type", "application/json")
+            .header("X-Timestamp", ts.to_string())
+            .header("X-Signature", engine::push::sign(WEBHOOK_SECRET, ts, &body))
+            .body(body.clone()),
+    )
+    .await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    assert_eq!(got.json()["status"], "queued", "{}", got.text);
+
+    // The drainer writes the mapped MedicinalProductDefinition to the sink.
+    let (s, e) = (sink.clone(), ep.clone());
+    wait_until(
+        Duration::from_secs(15),
+        "the drainer writes the notification",
+        move || !s.bundles().is_empty() && e.depths().0 == 0,
+    )
+    .await;
+    assert_eq!(ep.depths(), (0, 0), "{:?}", ep.dead_letters());
+    let bundles = sink.bundles();
+    assert_eq!(bundles.len(), 1, "{bundles:#?}");
+    assert_eq!(bundles[0]["type"], "transaction", "{}", bundles[0]);
+    let entries = bundles[0]["entry"].as_array().expect("entries");
+    assert_eq!(entries.len(), 1, "{}", bundles[0]);
+    let id = "fd490434-05ae-5f10-88dd-41dea17bee75";
+    assert_eq!(
+        entries[0]["request"],
+        json!({"method": "PUT", "url": format!("MedicinalProductDefinition/{id}")})
+    );
+    assert_eq!(
+        entries[0]["resource"],
+        json!({
+            "resourceType": "MedicinalProductDefinition",
+            "id": id,
+            "identifier": [{
+                "system": "https://regulator.example/set-id",
+                "value": "0a1b2c3d-1111-2222-3333-444455556666"
+            }],
+            "version": "4",
+            "status": {"coding": [{"system": "http://hl7.org/fhir/publication-status", "code": "active"}]},
+            "statusDate": "2026-11-01",
+            "name": [{"productName": "Painaway 200 mg tablets"}],
+            "attachedDocument": [{"reference": "DocumentReference/leaflet-4"}]
+        })
+    );
+
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), drainer)
+        .await
+        .expect("the drainer stops")
+        .expect("the drainer ends cleanly");
+    served.server.abort();
+}
