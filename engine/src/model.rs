@@ -257,6 +257,8 @@ pub enum CronRead {
         request: Request,
         records: Query,
         incremental: Option<(Query, String)>,
+        /// Values the request runs once for each (`params.item`); empty: once.
+        each: Vec<Value>,
     },
     Sync {
         resource_types: Vec<String>,

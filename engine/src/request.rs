@@ -131,12 +131,13 @@ impl Scope for Values<'_> {
     }
 }
 
-/// Percent-encodes everything but unreserved letters, digits, `-`, `_` and `~` (so `/`, `.`,
-/// `?`, `#`, `%` and line breaks cannot act in a path).
+/// Percent-encodes everything but the unreserved characters (letters, digits, `-`, `.`, `_`,
+/// `~`), so that `/`, `?`, `#`, `%` and line breaks cannot act in a path. A value made only
+/// of dots is still a dot segment: `build` refuses the call then.
 pub fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -164,12 +165,12 @@ mod tests {
     #[test]
     fn path_values_cannot_escape_their_segment() {
         assert_eq!(encode_segment("a/b?c#d"), "a%2Fb%3Fc%23d");
-        assert_eq!(encode_segment(".."), "%2E%2E");
+        assert_eq!(encode_segment("lens.json"), "lens.json");
         assert_eq!(encode_segment("%2F"), "%252F");
         assert_eq!(encode_segment("x\r\ny"), "x%0D%0Ay");
         assert_eq!(
             encode_segment("http://evil.example/"),
-            "http%3A%2F%2Fevil%2Eexample%2F"
+            "http%3A%2F%2Fevil.example%2F"
         );
     }
 }

@@ -131,37 +131,50 @@ impl Runner {
                 request,
                 records,
                 incremental,
+                each,
             } => {
-                let params = json!({"watermark": state.watermarks.get("records").cloned().unwrap_or_default()});
-                match crate::request::build(
-                    &self.connector,
-                    &self.client.source.url,
-                    request,
-                    &params,
-                    None,
-                ) {
-                    Err(m) => report.failures.push(Failure {
-                        stage: "read",
-                        subject: "request".into(),
-                        message: m,
-                        outcome: None,
-                    }),
-                    Ok(mut call) => {
-                        if let (Some((_, param)), Some(wm)) =
-                            (incremental, state.watermarks.get("records"))
-                        {
-                            crate::upstream::set_query(&mut call.url, &[(param, wm.clone())]);
+                let watermark = state.watermarks.get("records").cloned();
+                let items: Vec<Option<&Value>> = if each.is_empty() {
+                    vec![None]
+                } else {
+                    each.iter().map(Some).collect()
+                };
+                for item in items {
+                    let mut params = json!({"watermark": watermark.clone().unwrap_or_default()});
+                    if let Some(v) = item {
+                        params["item"] = v.clone();
+                    }
+                    let subject =
+                        item.map_or_else(|| "request".to_owned(), |v| format!("request for {v}"));
+                    match crate::request::build(
+                        &self.connector,
+                        &self.client.source.url,
+                        request,
+                        &params,
+                        None,
+                    ) {
+                        Err(m) => report.failures.push(Failure {
+                            stage: "read",
+                            subject,
+                            message: m,
+                            outcome: None,
+                        }),
+                        Ok(mut call) => {
+                            if let (Some((_, param)), Some(wm)) = (incremental, &watermark) {
+                                crate::upstream::set_query(&mut call.url, &[(param, wm.clone())]);
+                            }
+                            let cursor = incremental.as_ref().map(|(q, _)| q);
+                            self.read_stream(
+                                call,
+                                records,
+                                "records",
+                                &mut report,
+                                &mut resources,
+                                &mut watermarks,
+                                cursor,
+                            )
+                            .await;
                         }
-                        self.read_stream(
-                            call,
-                            records,
-                            "records",
-                            &mut report,
-                            &mut resources,
-                            &mut watermarks,
-                            incremental.as_ref().map(|(q, _)| q),
-                        )
-                        .await;
                     }
                 }
             }

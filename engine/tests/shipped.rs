@@ -51,8 +51,9 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(20);
 const BINARY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The environment variables the shipped definitions read, all of them.
-const SHIPPED_VARIABLES: [&str; 6] = [
+const SHIPPED_VARIABLES: [&str; 7] = [
     "EPI_FHIR_URL",
+    "LENSES_BASE_URL",
     "IPS_FHIR_URL",
     "HL7_SANDBOX_FHIR_URL",
     "SUPPORTING_MATERIAL_API_URL",
@@ -132,6 +133,7 @@ fn load_shipped(env: &TestEnv) -> Model {
             "fosps-proxy.yaml",
             "hl7-fhir-sync.yaml",
             "label-webhook.yaml",
+            "lenses.yaml",
             "sinks.yaml",
             "supporting-material.yaml"
         ]
@@ -1185,6 +1187,7 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
         BTreeMap::from([
             ("hl7-fhir-sync", "cron"),
             ("label-webhook", "push"),
+            ("lenses", "cron"),
             ("proxy", "pull"),
             ("supporting-material", "cron"),
         ]),
@@ -1701,4 +1704,89 @@ async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_t
         .expect("the drainer stops")
         .expect("the drainer ends cleanly");
     served.server.abort();
+}
+
+// ------------------------------------------------------------------------------------------
+// lenses
+// ------------------------------------------------------------------------------------------
+
+/// A lens file as the stand-in serves it: a Library with its identifier and no id.
+fn lens(file: &str, version: &str) -> Value {
+    let name = file.trim_end_matches(".json");
+    json!({
+        "resourceType": "Library",
+        "identifier": [{"system": "https://gravitate-health.eu/lenses", "value": name}],
+        "name": name,
+        "version": version,
+        "status": "active",
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/library-type", "code": "logic-library"}]},
+        "content": [{"contentType": "application/javascript", "data": "ZnVuY3Rpb24gZW5oYW5jZSgpIHt9"}]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lenses_are_upserted_by_identifier_and_never_duplicated() {
+    let files = [
+        "pregnancy-lens.json",
+        "conditions-lens.json",
+        "allergy-lens.json",
+        "interaction-lens.json",
+    ];
+    let version = Arc::new(Mutex::new("1.0.0".to_owned()));
+    let served = version.clone();
+    let (listener, base) = bind().await;
+    let app = axum::Router::new().route(
+        "/lenses/{file}",
+        axum::routing::get(
+            move |axum::extract::Path(file): axum::extract::Path<String>| {
+                let v = served.lock().expect("version").clone();
+                async move {
+                    if files.contains(&file.as_str()) {
+                        fhir_json(200, &lens(&file, &v))
+                    } else {
+                        fhir_json(404, &operation_outcome("not-found", &file))
+                    }
+                }
+            },
+        ),
+    );
+    let _api = spawn_app(listener, app);
+    let helios = Helios::start().await;
+    let env = TestEnv::new()
+        .with("EPI_FHIR_URL", &helios.url)
+        .with("LENSES_BASE_URL", &format!("{base}/lenses"));
+    let state = tempfile::tempdir().expect("state");
+    let c = client();
+    for round in 0..2 {
+        if round == 1 {
+            *version.lock().expect("version") = "1.1.0".to_owned();
+        }
+        let report = run_with_deadline(&runner(&load_shipped(&env), "lenses", state.path())).await;
+        assert!(report.ok(), "{report:#?}");
+        assert_eq!(
+            (report.records_read, report.resources_written),
+            (4, 4),
+            "{report:#?}"
+        );
+        let libraries = search_all(&c, &helios, "Library").await;
+        assert_eq!(
+            libraries.len(),
+            4,
+            "one Library per lens after run {}: {libraries:#?}",
+            round + 1
+        );
+        for f in files {
+            let name = f.trim_end_matches(".json");
+            let found: Vec<&Value> = libraries
+                .iter()
+                .filter(|l| l["identifier"][0]["value"] == name)
+                .collect();
+            assert_eq!(found.len(), 1, "{name} is there once");
+            let expected = if round == 0 { "1.0.0" } else { "1.1.0" };
+            assert_eq!(
+                found[0]["version"], expected,
+                "{name} holds the served version"
+            );
+        }
+    }
 }

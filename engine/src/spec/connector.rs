@@ -274,6 +274,12 @@ pub struct FetchSpec {
     pub request: RequestSpec,
     /// JSONPath to the records in each answer.
     pub records: String,
+    /// Run the request once for each of these values (available to its templates as
+    /// `params.item`), e.g. the files of a list of lenses; the records of every answer are
+    /// read.
+    #[serde(default)]
+    #[schemars(extend("examples" = [["pregnancy-lens.json", "allergy-lens.json"]]))]
+    pub each: Vec<Value>,
     /// Read only what changed since the last successful run.
     #[serde(default)]
     pub incremental: Option<IncrementalSpec>,

@@ -554,6 +554,7 @@ fn cron(
                 request: request?,
                 records: records?,
                 incremental,
+                each: f.each.clone(),
             }
         }
         _ => {
