@@ -17,9 +17,10 @@
 //!
 //! Every wait is a poll with a deadline.
 
+mod helios_server;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +37,7 @@ use engine::run::{RunReport, Runner};
 use engine::secrets::Environment;
 use engine::state::StateDir;
 use engine::validate::{Options, validate};
+use helios_server::{Db, Helios, free_port};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -43,8 +45,6 @@ use tokio::time::Instant;
 
 /// Longest any single HTTP request of a test may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest Helios may take to answer `GET /metadata` after it is started.
-const HELIOS_START: Duration = Duration::from_secs(20);
 /// Longest one cron run may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest a run of the `engine` binary may take.
@@ -252,165 +252,12 @@ async fn serve_engine(model: Model, state: &Path) -> Served {
 }
 
 // ------------------------------------------------------------------------------------------
-// Helios FHIR Server (as in tests/helios.rs)
+// Outside servers: where nothing listens (Helios is in tests/helios_server)
 // ------------------------------------------------------------------------------------------
-
-/// A file of the shared test data (beside the project's checkout).
-fn testdata(rel: &str) -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata"
-    ))
-    .join(rel)
-}
-
-/// The Helios binary; fails the test when it is not installed.
-fn helios_binary() -> PathBuf {
-    let path = match std::env::var_os("HFS_BIN").filter(|p| !p.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("FOSPS_TOOLS")
-            .filter(|t| !t.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                    .join(".local/share/fosps-tools")
-            })
-            .join("hfs/bin/hfs"),
-    };
-    assert!(
-        path.is_file(),
-        "Helios FHIR Server is not installed at {}: run scripts/tools.sh, which installs it \
-         (or set HFS_BIN to an `hfs` binary)",
-        path.display()
-    );
-    path
-}
-
-/// A port free now (taken and given back).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on 127.0.0.1");
-    l.local_addr().expect("a local address").port()
-}
 
 /// A URL where nothing listens (connection refused).
 fn dead_url() -> String {
     format!("http://127.0.0.1:{}", free_port())
-}
-
-/// A running Helios server (in memory), killed (and waited for) on drop.
-struct Helios {
-    work: tempfile::TempDir,
-    /// Its base URL (also its public base: the links it writes).
-    url: String,
-    child: Option<Child>,
-}
-
-impl Helios {
-    async fn start() -> Helios {
-        let bin = helios_binary();
-        let work = tempfile::tempdir().expect("a working directory for Helios");
-        let data = work.path().join("data");
-        std::fs::create_dir_all(&data).expect("the data directory of Helios");
-        for f in [
-            "search-parameters-r4.json",
-            "compartment-definitions-r4.json",
-        ] {
-            let from = testdata("hfs-data").join(f);
-            std::fs::copy(&from, data.join(f)).unwrap_or_else(|e| {
-                panic!("{}: {e} (the shared test data is missing)", from.display())
-            });
-        }
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let log =
-            std::fs::File::create(work.path().join("helios.log")).expect("the Helios log file");
-        let mut cmd = Command::new(&bin);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("HFS_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.arg("--host")
-            .arg("127.0.0.1")
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--database-url")
-            .arg(":memory:")
-            .arg("--log-level")
-            .arg("warn")
-            .current_dir(work.path())
-            .env("HFS_BASE_URL", &url)
-            // Startup in well under a second: no conformance resources copied into storage,
-            // no web UI.
-            .env("HFS_SEED_CONFORMANCE", "false")
-            .env("HFS_UI_ENABLED", "false")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("the Helios log file"))
-            .stderr(log);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut h = Helios {
-            work,
-            url,
-            child: Some(child),
-        };
-        h.wait_ready().await;
-        h
-    }
-
-    /// Waits until `GET /metadata` answers 200.
-    async fn wait_ready(&mut self) {
-        let c = client();
-        let end = Instant::now() + HELIOS_START;
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "Helios exited ({status}) before answering; its log:\n{}",
-                    self.log()
-                );
-            }
-            if let Ok(r) = c
-                .get(format!("{}/metadata", self.url))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                && r.status() == StatusCode::OK
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < end,
-                "Helios did not answer GET /metadata within {HELIOS_START:?}; its log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Kills the process (SIGKILL) and waits for it.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        let text = std::fs::read_to_string(self.work.path().join("helios.log")).unwrap_or_default();
-        let start = text.len().saturating_sub(4000);
-        text.get(start..).unwrap_or(&text).to_owned()
-    }
-}
-
-impl Drop for Helios {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -907,7 +754,7 @@ fn sandbox_resources() -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and_fails_whole() {
     let resources = sandbox_resources();
-    let (helios, sandbox) = tokio::join!(Helios::start(), Sandbox::start(&resources));
+    let (helios, sandbox) = tokio::join!(Helios::start(Db::Memory), Sandbox::start(&resources));
     let env = TestEnv::new()
         .with("EPI_FHIR_URL", &helios.url)
         .with("HL7_SANDBOX_FHIR_URL", &sandbox.url);
@@ -1117,8 +964,8 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
         "name": "Copied by a run on demand"
     })];
     let (epi, mut ips, sandbox) = tokio::join!(
-        Helios::start(),
-        Helios::start(),
+        Helios::start(Db::Memory),
+        Helios::start(Db::Memory),
         Sandbox::start(&sandbox_org)
     );
     let c = client();
@@ -1413,7 +1260,7 @@ async fn supporting_material_pages_with_the_api_key_translates_categories_and_wr
     rows.push(json!({"id": 105, "title": "Safety alert", "category": "safety-alert", "productId": "mpd-ibuprofen-200", "updatedAt": "2026-10-05", "url": "https://materials.example/105"}));
     rows.push(json!({"id": 106, "title": "Additional monitoring", "category": "MDM", "productId": "mpd-salbutamol-100", "updatedAt": "2026-10-06", "url": "https://materials.example/106", "language": "de"}));
     let ids: Vec<String> = rows.iter().map(|r| r["id"].to_string()).collect();
-    let (helios, api) = tokio::join!(Helios::start(), MaterialsApi::start(rows.clone()));
+    let (helios, api) = tokio::join!(Helios::start(Db::Memory), MaterialsApi::start(rows.clone()));
     let c = client();
     let name = "supporting-material";
 
@@ -1751,7 +1598,7 @@ async fn lenses_are_upserted_by_identifier_and_never_duplicated() {
         ),
     );
     let _api = spawn_app(listener, app);
-    let helios = Helios::start().await;
+    let helios = Helios::start(Db::Memory).await;
     let env = TestEnv::new()
         .with("EPI_FHIR_URL", &helios.url)
         .with("LENSES_BASE_URL", &format!("{base}/lenses"));
