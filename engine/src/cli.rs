@@ -380,6 +380,14 @@ pub fn run(cli: Cli) -> ExitCode {
                 report.sink_calls,
                 report.failures.len()
             );
+            for s in &report.skipped {
+                let times = if s.count > 1 {
+                    format!(" ({}×)", s.count)
+                } else {
+                    String::new()
+                };
+                eprintln!("left out: {}{times}: {}", s.subject, s.reason);
+            }
             for f in &report.failures {
                 eprintln!("error: {} {}: {}", f.stage, f.subject, f.message);
                 if let Some(o) = &f.outcome {

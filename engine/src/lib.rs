@@ -6,6 +6,7 @@ pub mod cli;
 pub mod diagnostic;
 pub mod fhir;
 pub mod fhir_schema;
+pub mod guide;
 pub mod http;
 pub mod jsonpath;
 pub mod load;

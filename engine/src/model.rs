@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::guide::Glob;
 use crate::jsonpath::Query;
 use crate::mapping::{Input, MapError, Mapping};
 use crate::spec::{BundleMode, FhirVersion, MatchMode, ParamType, PushMode, SourceType};
@@ -265,6 +266,30 @@ pub enum CronRead {
         incremental: bool,
         page_size: u32,
     },
+    Import(Import),
+}
+
+/// A checked implementation guide import.
+#[derive(Debug)]
+pub struct Import {
+    pub guide: GuideLocation,
+    /// The allow-list; empty lists allow all.
+    pub include_files: Vec<Glob>,
+    pub include_types: Vec<String>,
+    /// The deny-list.
+    pub exclude_files: Vec<Glob>,
+    pub exclude_types: Vec<String>,
+    pub max_bytes: u64,
+    pub timeout: Duration,
+}
+
+/// Where a guide is.
+#[derive(Debug, Clone)]
+pub enum GuideLocation {
+    /// A package to download.
+    Url(url::Url),
+    /// A directory of FHIR JSON, or a package file.
+    Path(PathBuf),
 }
 
 /// A definition test.
@@ -291,7 +316,7 @@ impl Connector {
             Strategy::Push(p) => Some(&p.records),
             Strategy::Cron(c) => match &c.read {
                 CronRead::Fetch { records, .. } => Some(records),
-                CronRead::Sync { .. } => None,
+                CronRead::Sync { .. } | CronRead::Import(_) => None,
             },
         }
     }

@@ -2,6 +2,7 @@
 //! sink, and report. A run that cannot read fails; the watermark and the digests of written
 //! resources advance only when every write succeeded.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::jsonpath::Query;
 use crate::metrics::Metrics;
-use crate::model::{Connector, CronRead, Pagination, Strategy};
+use crate::model::{Connector, CronRead, Import, Pagination, Strategy};
 use crate::sink::{WriteFailure, WriteOptions, Writer};
 use crate::state::{ConnectorState, StateDir};
 use crate::upstream::{Call, SourceClient, Upstreams};
@@ -32,7 +33,27 @@ pub struct RunReport {
     pub sink_calls: usize,
     pub sink_retries: usize,
     pub failures: Vec<Failure>,
+    /// Files and resources read but deliberately not written, and why.
+    pub skipped: Vec<Skipped>,
     pub dry_run: bool,
+}
+
+/// Something a run read and did not write: a file, a resource or a resource type.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Skipped {
+    pub subject: String,
+    pub reason: String,
+    pub count: usize,
+}
+
+impl Skipped {
+    pub fn one(subject: &str, reason: &str) -> Skipped {
+        Skipped {
+            subject: subject.to_owned(),
+            reason: reason.to_owned(),
+            count: 1,
+        }
+    }
 }
 
 /// One failure of a run.
@@ -57,7 +78,8 @@ impl RunReport {
 /// Runs one cron connector.
 pub struct Runner {
     pub connector: Arc<Connector>,
-    client: Arc<SourceClient>,
+    /// The client of the source; an import has none.
+    client: Option<Arc<SourceClient>>,
     writer: Writer,
     state: StateDir,
     metrics: Arc<Metrics>,
@@ -74,14 +96,16 @@ impl Runner {
         let Strategy::Cron(cron) = &connector.strategy else {
             return Err(format!("`{}` is not a cron connector", connector.name));
         };
-        let source = connector
-            .sources
-            .first()
-            .ok_or_else(|| format!("`{}` has no source", connector.name))?;
-        let client = upstreams
-            .get(&source.name)
-            .cloned()
-            .ok_or_else(|| format!("no client for source `{}`", source.name))?;
+        let client = match (&cron.read, connector.sources.first()) {
+            (CronRead::Import(_), _) => None,
+            (_, None) => return Err(format!("`{}` has no source", connector.name)),
+            (_, Some(source)) => Some(
+                upstreams
+                    .get(&source.name)
+                    .cloned()
+                    .ok_or_else(|| format!("no client for source `{}`", source.name))?,
+            ),
+        };
         let writer = Writer::new(&cron.sink, sink_dir)?;
         Ok(Runner {
             connector,
@@ -107,6 +131,7 @@ impl Runner {
             sink_calls: 0,
             sink_retries: 0,
             failures: Vec::new(),
+            skipped: Vec::new(),
             dry_run,
         };
         let Strategy::Cron(cron) = &self.connector.strategy else {
@@ -126,13 +151,25 @@ impl Runner {
         };
         let mut watermarks = state.watermarks.clone();
         let mut resources = Vec::new();
-        match &cron.read {
-            CronRead::Fetch {
-                request,
-                records,
-                incremental,
-                each,
-            } => {
+        match (&cron.read, &self.client) {
+            (CronRead::Import(import), _) => {
+                self.import(import, &mut report, &mut resources).await;
+            }
+            (_, None) => report.failures.push(Failure {
+                stage: "read",
+                subject: "source".into(),
+                message: "the connector has no source".into(),
+                outcome: None,
+            }),
+            (
+                CronRead::Fetch {
+                    request,
+                    records,
+                    incremental,
+                    each,
+                },
+                Some(client),
+            ) => {
                 let watermark = state.watermarks.get("records").cloned();
                 let items: Vec<Option<&Value>> = if each.is_empty() {
                     vec![None]
@@ -148,7 +185,7 @@ impl Runner {
                         item.map_or_else(|| "request".to_owned(), |v| format!("request for {v}"));
                     match crate::request::build(
                         &self.connector,
-                        &self.client.source.url,
+                        &client.source.url,
                         request,
                         &params,
                         None,
@@ -165,6 +202,7 @@ impl Runner {
                             }
                             let cursor = incremental.as_ref().map(|(q, _)| q);
                             self.read_stream(
+                                client,
                                 call,
                                 records,
                                 "records",
@@ -178,14 +216,17 @@ impl Runner {
                     }
                 }
             }
-            CronRead::Sync {
-                resource_types,
-                incremental,
-                page_size,
-            } => {
+            (
+                CronRead::Sync {
+                    resource_types,
+                    incremental,
+                    page_size,
+                },
+                Some(client),
+            ) => {
                 let entries = Query::parse("$.entry[*].resource").ok();
                 for t in resource_types {
-                    let base = &self.client.source.url;
+                    let base = &client.source.url;
                     let mut url = base.clone();
                     url.set_path(&format!("{}/{t}", base.path().trim_end_matches('/')));
                     url.query_pairs_mut()
@@ -203,6 +244,7 @@ impl Runner {
                     let Some(q) = &entries else { continue };
                     let cursor = Query::parse("@.meta.lastUpdated").ok();
                     self.read_stream(
+                        client,
                         call,
                         q,
                         t,
@@ -293,6 +335,7 @@ impl Runner {
     #[allow(clippy::too_many_arguments)] // one stream's read: each argument is a distinct part of the run
     async fn read_stream(
         &self,
+        client: &SourceClient,
         call: Call,
         records: &Query,
         stream: &str,
@@ -301,21 +344,20 @@ impl Runner {
         watermarks: &mut std::collections::BTreeMap<String, String>,
         cursor: Option<&Query>,
     ) {
-        let max_pages = match &self.client.source.pagination {
+        let max_pages = match &client.source.pagination {
             Some(_) => MAX_PAGES,
             None if stream != "records" => MAX_PAGES,
             None => 1,
         };
-        let before = self.client.source.pagination.is_none() && stream != "records";
+        let before = client.source.pagination.is_none() && stream != "records";
         let request_id = uuid::Uuid::new_v4().to_string();
         // FHIR syncs follow the Bundle's `next` links whatever the source says.
         let pagination = if before {
             Some(Pagination::Fhir)
         } else {
-            self.client.source.pagination.clone()
+            client.source.pagination.clone()
         };
-        let result = self
-            .client
+        let result = client
             .pages_with(
                 call,
                 records,
@@ -363,6 +405,91 @@ impl Runner {
                     }),
                 }
             }
+        }
+    }
+
+    /// Reads an implementation guide: each file's resources mapped (Bundles split when the
+    /// connector asks), the type lists applied, and a `Type/id` given twice with different
+    /// content reported (the last in file order is written).
+    async fn import(&self, import: &Import, report: &mut RunReport, out: &mut Vec<Value>) {
+        let guide = match crate::guide::read(import).await {
+            Ok(g) => g,
+            Err(message) => {
+                report.failures.push(Failure {
+                    stage: "read",
+                    subject: "guide".into(),
+                    message,
+                    outcome: None,
+                });
+                return;
+            }
+        };
+        report.skipped.extend(guide.skipped);
+        report.records_read += guide.resources.len();
+        let mut left_out: BTreeMap<(String, &str), usize> = BTreeMap::new();
+        let mut origin: HashMap<String, (String, String)> = HashMap::new();
+        for (file, record) in &guide.resources {
+            let mapped = match self
+                .connector
+                .map_records([(file.clone(), record)], &json!({}))
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    report.failures.push(Failure {
+                        stage: "map",
+                        subject: file.clone(),
+                        message: e.to_string(),
+                        outcome: None,
+                    });
+                    continue;
+                }
+            };
+            for r in mapped {
+                let t = r["resourceType"].as_str().unwrap_or_default().to_owned();
+                let reason =
+                    if !import.include_types.is_empty() && !import.include_types.contains(&t) {
+                        Some("not in `import.include.types`")
+                    } else if import.exclude_types.contains(&t) {
+                        Some("excluded by `import.exclude.types`")
+                    } else {
+                        None
+                    };
+                if let Some(reason) = reason {
+                    *left_out.entry((t, reason)).or_default() += 1;
+                    continue;
+                }
+                if let Some(label) = crate::fhir::local_reference(&r) {
+                    let d = digest(&r);
+                    if let Some((before, old)) = origin.get(&label)
+                        && *old != d
+                    {
+                        report.skipped.push(Skipped::one(
+                            &label,
+                            &format!(
+                                "the version in `{before}` is replaced by a different one in `{file}` (the last in file order is written)"
+                            ),
+                        ));
+                    }
+                    origin.insert(label, (file.clone(), d));
+                }
+                out.push(r);
+            }
+        }
+        report
+            .skipped
+            .extend(left_out.into_iter().map(|((t, reason), count)| Skipped {
+                subject: t,
+                reason: reason.to_owned(),
+                count,
+            }));
+        for s in &report.skipped {
+            tracing::info!(
+                connector = %self.connector.name,
+                subject = %s.subject,
+                reason = %s.reason,
+                count = s.count,
+                "import left this out"
+            );
         }
     }
 

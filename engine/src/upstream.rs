@@ -497,7 +497,7 @@ async fn read_body(mut resp: reqwest::Response) -> Result<Value, String> {
 }
 
 /// A reqwest error without its URL (which may carry caller values or credentials).
-fn without_url(e: &reqwest::Error) -> String {
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
     let mut e2 = format!("{e}");
     if let Some(u) = e.url() {
         e2 = e2.replace(u.as_str(), "<url>");
@@ -520,7 +520,7 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 }
 
 /// Exponential backoff with full jitter: up to 100 ms, 200 ms, 400 ms ... (at most 5 s).
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let cap = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)))
         .min(Duration::from_secs(5));
     let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;

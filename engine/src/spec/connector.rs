@@ -54,6 +54,10 @@ pub struct ConnectorSpec {
     /// What a cron connector copies from a FHIR source (FHIR-to-FHIR sync).
     #[serde(default)]
     pub sync: Option<SyncSpec>,
+    /// The implementation guide a cron connector imports (no source: the guide is read
+    /// from a directory or a FHIR package).
+    #[serde(default)]
+    pub import: Option<ImportSpec>,
     /// How resources are written to the sink.
     #[serde(default)]
     pub write: Option<WriteSpec>,
@@ -310,6 +314,52 @@ pub struct SyncSpec {
     #[serde(default)]
     #[schemars(range(min = 1, max = 1000))]
     pub page_size: Option<u32>,
+}
+
+/// An implementation guide import: every FHIR resource of a built guide, written to the
+/// sink in dependency order. Every file and resource left out is counted in the run report.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImportSpec {
+    /// The guide: a directory of FHIR JSON files, a FHIR package (`package.tgz`) file, or
+    /// the `http`/`https` URL of a package. Paths are relative to the definition's directory.
+    #[schemars(extend("examples" = [
+        "${env:IPS_GUIDE:-https://build.fhir.org/ig/hl7-eu/gravitate-health-ips/package.tgz}",
+        "/guides/ips/fsh-generated/resources"
+    ]))]
+    pub guide: String,
+    /// The allow-list: only files matching one of `files`, and only resources of one of
+    /// `types`, are imported (an empty list allows all).
+    #[serde(default)]
+    pub include: Option<GuideFilterSpec>,
+    /// The deny-list: files matching one of `files`, and resources of one of `types`, are
+    /// not imported.
+    #[serde(default)]
+    pub exclude: Option<GuideFilterSpec>,
+    /// Largest package download, and largest guide once unpacked (default `512MiB`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^[0-9]+(B|KB|MB|GB|KiB|MiB|GiB)?$"))]
+    pub max_size: Option<String>,
+    /// Time allowed for the package download (default `5m`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub timeout: Option<String>,
+}
+
+/// Files and resource types of a guide import's allow- or deny-list.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GuideFilterSpec {
+    /// File patterns: `*` and `?` within a name, `**` across folders. A pattern without `/`
+    /// matches the file name in any folder; one with `/` matches the path in the guide (in a
+    /// package, the path below `package/`).
+    #[serde(default)]
+    #[schemars(extend("examples" = [["ImplementationGuide-*.json", "example/**"]]))]
+    pub files: Vec<String>,
+    /// FHIR resource types, matched after `splitBundles` and the mapping.
+    #[serde(default)]
+    #[schemars(extend("examples" = [["StructureDefinition", "ImplementationGuide"]]))]
+    pub types: Vec<String>,
 }
 
 /// How resources are written.

@@ -206,6 +206,7 @@ fn sections(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) {
         ("schedule", spec.schedule.is_some(), &[S::Cron][..]),
         ("fetch", spec.fetch.is_some(), &[S::Cron][..]),
         ("sync", spec.sync.is_some(), &[S::Cron][..]),
+        ("import", spec.import.is_some(), &[S::Cron][..]),
         ("sink", spec.sink.is_some(), &[S::Cron, S::Push][..]),
         ("write", spec.write.is_some(), &[S::Cron, S::Push][..]),
     ];
@@ -272,6 +273,21 @@ fn sources(
     }
     // Listed sources count as used even when the connector has other errors.
     used.extend(spec.sources.iter().flatten().cloned());
+    if spec.strategy == S::Cron && spec.import.is_some() {
+        if spec.source.is_some() || spec.sources.is_some() {
+            let key = if spec.source.is_some() {
+                "source"
+            } else {
+                "sources"
+            };
+            ctx.error(
+                &["spec", key],
+                "an import reads its guide (`import.guide`), not a source",
+                None,
+            );
+        }
+        return Vec::new();
+    }
     let Some(which) = exactly_one(
         ctx,
         &["spec"],
@@ -530,6 +546,7 @@ fn cron(
         &[
             ("fetch", spec.fetch.is_some()),
             ("sync", spec.sync.is_some()),
+            ("import", spec.import.is_some()),
         ],
     );
     let read = match which? {
@@ -557,6 +574,7 @@ fn cron(
                 each: f.each.clone(),
             }
         }
+        2 => CronRead::Import(super::guide::import(ctx, spec.import.as_ref()?)?),
         _ => {
             let y = spec.sync.as_ref()?;
             if !fhir_source {

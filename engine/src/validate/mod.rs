@@ -6,6 +6,7 @@
 mod connector;
 mod context;
 mod deftests;
+mod guide;
 mod source;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

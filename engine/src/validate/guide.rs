@@ -1,0 +1,89 @@
+//! Checks of an implementation guide import: where the guide is, its allow- and deny-lists,
+//! and its limits.
+
+use std::time::Duration;
+
+use super::context::Ctx;
+use super::source::url;
+use crate::guide::Glob;
+use crate::mapping::is_resource_type;
+use crate::model::{GuideLocation, Import};
+use crate::spec::ImportSpec;
+
+/// Checks an implementation guide import.
+pub fn import(ctx: &mut Ctx<'_>, i: &ImportSpec) -> Option<Import> {
+    let at = ["spec", "import", "guide"];
+    let guide = if i.guide.starts_with("http://") || i.guide.starts_with("https://") {
+        GuideLocation::Url(url(ctx, &at, &i.guide)?)
+    } else if i.guide.contains("://") {
+        ctx.error(
+            &at,
+            format!(
+                "{} is neither a path nor an http(s) URL",
+                ctx.show(&at, &i.guide)
+            ),
+            None,
+        );
+        return None;
+    } else if i.guide.trim().is_empty() {
+        ctx.error(&at, "the guide is empty", None);
+        return None;
+    } else {
+        let dir = ctx.doc.file.parent().unwrap_or(std::path::Path::new(""));
+        GuideLocation::Path(dir.join(&i.guide))
+    };
+    let mut lists = [(&i.include, "include"), (&i.exclude, "exclude")].map(|(f, key)| {
+        let Some(f) = f else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut files = Vec::new();
+        for (n, p) in f.files.iter().enumerate() {
+            if p.trim().is_empty() {
+                ctx.error(
+                    &["spec", "import", key, "files", &n.to_string()],
+                    "the pattern is empty",
+                    None,
+                );
+            }
+            files.push(Glob::new(p));
+        }
+        for (n, t) in f.types.iter().enumerate() {
+            if !is_resource_type(t) {
+                ctx.error(
+                    &["spec", "import", key, "types", &n.to_string()],
+                    format!("`{t}` is not a FHIR resource type name"),
+                    None,
+                );
+            }
+        }
+        (files, f.types.clone())
+    });
+    let (exclude_files, exclude_types) = std::mem::take(&mut lists[1]);
+    let (include_files, include_types) = std::mem::take(&mut lists[0]);
+    for (n, t) in exclude_types.iter().enumerate() {
+        if include_types.contains(t) {
+            ctx.error(
+                &["spec", "import", "exclude", "types", &n.to_string()],
+                format!("`{t}` is both included and excluded"),
+                None,
+            );
+        }
+    }
+    Some(Import {
+        guide,
+        include_files,
+        include_types,
+        exclude_files,
+        exclude_types,
+        max_bytes: ctx.size(
+            &["spec", "import", "maxSize"],
+            i.max_size.as_deref(),
+            512 << 20,
+        ),
+        timeout: ctx.duration(
+            &["spec", "import", "timeout"],
+            i.timeout.as_deref(),
+            Duration::from_secs(300),
+        ),
+    })
+}
