@@ -276,6 +276,8 @@ impl Runner {
                 o.remove("meta");
             }
         }
+        // One version of each `Type/id` is written: the last read.
+        let resources = crate::sink::last_versions(resources);
         let digests: Vec<(String, String)> = resources
             .iter()
             .enumerate()

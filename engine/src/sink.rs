@@ -123,22 +123,27 @@ pub fn label(r: &Value, i: usize) -> String {
     })
 }
 
-/// Orders resources so that those referenced by others come first (cycles keep their order).
-/// A `Type/id` given more than once is written once, as its last version (a transaction may
-/// not touch one resource twice).
-pub fn reference_order(resources: Vec<Value>) -> Vec<Value> {
+/// Each `Type/id` once, as its last version (a transaction may not touch one resource
+/// twice), in the order of those last versions; resources without an id all kept.
+pub fn last_versions(resources: Vec<Value>) -> Vec<Value> {
     let mut last: HashMap<String, usize> = HashMap::new();
     for (i, r) in resources.iter().enumerate() {
         if let Some(l) = crate::fhir::local_reference(r) {
             last.insert(l, i);
         }
     }
-    let resources: Vec<Value> = resources
+    resources
         .into_iter()
         .enumerate()
         .filter(|(i, r)| crate::fhir::local_reference(r).is_none_or(|l| last.get(&l) == Some(i)))
         .map(|(_, r)| r)
-        .collect();
+        .collect()
+}
+
+/// Orders resources so that those referenced by others come first (cycles keep their order),
+/// each `Type/id` once, as its last version.
+pub fn reference_order(resources: Vec<Value>) -> Vec<Value> {
+    let resources = last_versions(resources);
     let index: HashMap<String, usize> = resources
         .iter()
         .enumerate()

@@ -1964,3 +1964,147 @@ async fn push_writes_by_identifier_when_the_connector_asks() {
     drop(store);
     served.server.abort();
 }
+
+// ------------------------------------------------------------------------------------------
+// Guide imports: the allow- and deny-lists
+// ------------------------------------------------------------------------------------------
+
+/// The Gravitate-Health IPS guide's resources (shared test data).
+fn ips_guide() -> std::path::PathBuf {
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/fhir-r4/gravitate-ips"
+    ))
+    .to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guide_import_lists_allow_and_deny_files_and_types_and_count_what_they_leave_out() {
+    let guide = ips_guide();
+    let defs = definitions(&format!(
+        "apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: ips-subset }}
+spec:
+  strategy: cron
+  schedule: {{ cron: \"0 3 * * *\" }}
+  import:
+    guide: \"{}\"
+    include:
+      files: [\"Bundle-gravitate-*.json\", \"ValueSet-*.json\", \"Questionnaire-*.json\"]
+      types: [Patient, Composition, Condition, ValueSet, Questionnaire]
+    exclude:
+      files: [Bundle-gravitate-ips-jp.json, \"ValueSet-eq5d-*.json\"]
+  splitBundles: true
+",
+        guide.display()
+    ));
+    let types = [
+        "Patient",
+        "Composition",
+        "Condition",
+        "ValueSet",
+        "Questionnaire",
+    ];
+    // What the lists should let through, worked out here from the files themselves.
+    let mut names: Vec<String> = std::fs::read_dir(&guide)
+        .expect("the guide")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    let included_file = |n: &str| {
+        (n.starts_with("Bundle-gravitate-")
+            || n.starts_with("ValueSet-")
+            || n.starts_with("Questionnaire-"))
+            && n != "Bundle-gravitate-ips-jp.json"
+            && !n.starts_with("ValueSet-eq5d-")
+    };
+    let mut expected = BTreeSet::new();
+    let mut other_types: BTreeMap<String, usize> = BTreeMap::new();
+    for n in names.iter().filter(|n| included_file(n)) {
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(guide.join(n)).expect("a file"))
+                .expect("JSON");
+        let resources: Vec<Value> = if r["resourceType"] == "Bundle" {
+            r["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e["resource"].clone())
+                .collect()
+        } else {
+            vec![r]
+        };
+        for r in resources {
+            let t = r["resourceType"].as_str().expect("a type").to_owned();
+            if types.contains(&t.as_str()) {
+                expected.insert(key_of(&r));
+            } else {
+                *other_types.entry(t).or_default() += 1;
+            }
+        }
+    }
+    assert!(
+        expected.len() > 30 && other_types.len() > 3,
+        "{expected:?} {other_types:?}"
+    );
+
+    let state = tempfile::tempdir().expect("state");
+    let ndjson = tempfile::tempdir().expect("ndjson");
+    let r = runner(
+        &load(defs.path()),
+        "ips-subset",
+        state.path(),
+        ndjson.path(),
+    );
+    let (report, _) = run_with_deadline(&r, false).await;
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(report.resources_written, expected.len(), "{report:#?}");
+
+    // The sink holds exactly what the lists let through.
+    let mut written = BTreeSet::new();
+    for entry in std::fs::read_dir(ndjson.path()).expect("the sink") {
+        let path = entry.expect("an entry").path();
+        for line in std::fs::read_to_string(&path).expect("a file").lines() {
+            let r: Value = serde_json::from_str(line).expect("an NDJSON line");
+            assert!(written.insert(key_of(&r)), "{} written twice", key_of(&r));
+        }
+    }
+    assert_eq!(written, expected);
+
+    // Everything left out is in the report: each file, each type with its count.
+    let reasons: BTreeMap<&str, &str> = report
+        .skipped
+        .iter()
+        .filter(|s| s.subject.ends_with(".json"))
+        .map(|s| (s.subject.as_str(), s.reason.as_str()))
+        .collect();
+    for n in &names {
+        match reasons.get(n.as_str()) {
+            None => assert!(included_file(n), "{n} left out without a word"),
+            Some(why) => {
+                assert!(!included_file(n), "{n} should have been read: {why}");
+                let expected_reason = if n == "Bundle-gravitate-ips-jp.json" {
+                    "excluded by `Bundle-gravitate-ips-jp.json` of `import.exclude.files`"
+                } else if n.starts_with("ValueSet-eq5d-") {
+                    "excluded by `ValueSet-eq5d-*.json` of `import.exclude.files`"
+                } else {
+                    "not in `import.include.files`"
+                };
+                assert_eq!(*why, expected_reason, "{n}");
+            }
+        }
+    }
+    let by_type: BTreeMap<String, usize> = report
+        .skipped
+        .iter()
+        .filter(|s| s.reason == "not in `import.include.types`")
+        .map(|s| (s.subject.clone(), s.count))
+        .collect();
+    assert_eq!(by_type, other_types, "{:#?}", report.skipped);
+}

@@ -51,8 +51,10 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(20);
 const BINARY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The environment variables the shipped definitions read, all of them.
-const SHIPPED_VARIABLES: [&str; 7] = [
+const SHIPPED_VARIABLES: [&str; 9] = [
     "EPI_FHIR_URL",
+    "IPS_GUIDE",
+    "EPI_GUIDE",
     "LENSES_BASE_URL",
     "IPS_FHIR_URL",
     "HL7_SANDBOX_FHIR_URL",
@@ -131,6 +133,7 @@ fn load_shipped(env: &TestEnv) -> Model {
         names,
         [
             "fosps-proxy.yaml",
+            "guide-import.yaml",
             "hl7-fhir-sync.yaml",
             "label-webhook.yaml",
             "lenses.yaml",
@@ -1636,4 +1639,354 @@ async fn lenses_are_upserted_by_identifier_and_never_duplicated() {
             );
         }
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// ips-guide-import and epi-guide-import: a guide directory and a package by URL
+// ------------------------------------------------------------------------------------------
+
+/// Every `Type/id` of a guide directory, as a server should hold them once each Bundle is
+/// split: the entries of Bundles, the other resources as they are.
+fn guide_resources(dir: &Path) -> BTreeMap<String, Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("the guide directory")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    files.sort();
+    let mut out = BTreeMap::new();
+    for f in files {
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).expect("a file")).expect("JSON");
+        if r["resourceType"] == "Bundle" {
+            for e in r["entry"].as_array().into_iter().flatten() {
+                out.insert(key_of(&e["resource"]), e["resource"].clone());
+            }
+        } else {
+            out.insert(key_of(&r), r);
+        }
+    }
+    out
+}
+
+fn is_type_and_id(r: &str) -> bool {
+    r.split_once('/').is_some_and(|(t, id)| {
+        t.starts_with(|c: char| c.is_ascii_uppercase())
+            && t.chars().all(|c| c.is_ascii_alphabetic())
+            && !id.is_empty()
+            && !id.contains('/')
+    })
+}
+
+/// Every `Type/id` a resource refers to (other forms, such as a bare id the guide itself
+/// has once, are not references a server resolves).
+fn local_references(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, c) in o {
+                match (k.as_str(), c) {
+                    ("reference", Value::String(r)) if is_type_and_id(r) => out.push(r.clone()),
+                    _ => local_references(c, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|c| local_references(c, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ips_guide_import_writes_the_guide_as_resources_whose_references_resolve_and_reruns_write_nothing()
+ {
+    let guide_dir = helios_server::testdata("fhir-r4/gravitate-ips");
+    let expected = guide_resources(&guide_dir);
+    let types: BTreeSet<&str> = expected
+        .values()
+        .filter_map(|r| r["resourceType"].as_str())
+        .collect();
+    let types: Vec<&str> = types.into_iter().collect();
+    assert!(
+        expected.len() > 300 && !types.contains(&"Bundle"),
+        "{types:?}"
+    );
+    let helios = Helios::start(Db::Memory).await;
+    let env = TestEnv::new()
+        .with("IPS_FHIR_URL", &helios.url)
+        .with("IPS_GUIDE", guide_dir.to_str().expect("a UTF-8 path"));
+    let state = tempfile::tempdir().expect("state");
+    let c = client();
+
+    let report = run_with_deadline(&runner(
+        &load_shipped(&env),
+        "ips-guide-import",
+        state.path(),
+    ))
+    .await;
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(report.records_read, 30, "every file of the guide is read");
+    assert_eq!(report.resources_written, expected.len(), "{report:#?}");
+    // Two Compositions are given twice with different content by the guide itself: that is
+    // reported, not silently resolved.
+    let conflicts: BTreeSet<&str> = report.skipped.iter().map(|s| s.subject.as_str()).collect();
+    assert_eq!(
+        conflicts,
+        BTreeSet::from(["Composition/gravitate-Alicia", "Composition/ips-example-2"]),
+        "{:#?}",
+        report.skipped
+    );
+
+    let stored = read_all(&c, &helios, &types).await;
+    assert_eq!(
+        stored.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "Helios holds every resource of the guide once"
+    );
+    assert!(
+        search_all(&c, &helios, "Bundle").await.is_empty(),
+        "IPS document Bundles are written as their entries"
+    );
+    let mut dangling = Vec::new();
+    for (k, r) in &stored {
+        let mut refs = Vec::new();
+        local_references(r, &mut refs);
+        dangling.extend(
+            refs.into_iter()
+                .filter(|t| !stored.contains_key(t))
+                .map(|t| format!("{k} -> {t}")),
+        );
+    }
+    assert!(
+        dangling.is_empty(),
+        "references that do not resolve: {dangling:#?}"
+    );
+    // Separate resources are what patient-level operations work on.
+    for patient in stored.keys().filter(|k| k.starts_with("Patient/")) {
+        let (status, b) = get_json(&c, &format!("{}/{patient}/$everything", helios.url)).await;
+        assert_eq!(status, 200, "{patient}/$everything: {b}");
+        let kinds: BTreeSet<&str> = b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["resource"]["resourceType"].as_str())
+            .collect();
+        assert!(
+            kinds.contains("Patient") && kinds.len() > 1,
+            "{patient}/$everything finds its resources: {kinds:?}"
+        );
+    }
+
+    // The second run finds nothing changed: nothing is written, nothing is duplicated.
+    let again = run_with_deadline(&runner(
+        &load_shipped(&env),
+        "ips-guide-import",
+        state.path(),
+    ))
+    .await;
+    assert!(again.ok(), "{again:#?}");
+    assert_eq!(
+        (
+            again.resources_written,
+            again.resources_unchanged,
+            again.sink_calls
+        ),
+        (0, expected.len(), 0),
+        "{again:#?}"
+    );
+    let after = read_all(&c, &helios, &types).await;
+    assert_eq!(after.len(), expected.len());
+    for (k, r) in &after {
+        assert_eq!(
+            r["meta"]["versionId"], stored[k]["meta"]["versionId"],
+            "{k} was not written again"
+        );
+    }
+}
+
+/// A gzipped tar of `package/...` files: a FHIR package as the guide publisher builds it.
+fn package_tgz(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (path, content) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, format!("package/{path}"), content.as_slice())
+            .expect("a tar entry");
+    }
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .expect("a gzipped tar")
+}
+
+/// An ePI guide package: an ePI document Bundle and its List, the guide's ImplementationGuide,
+/// an R5-only MedicinalProductDefinition, the package's own files, and files that are not
+/// FHIR resources.
+fn epi_package() -> Vec<u8> {
+    let json = |v: Value| serde_json::to_vec(&v).expect("JSON");
+    let bundle = json!({
+        "resourceType": "Bundle", "id": "epi-1", "type": "document",
+        "identifier": {"system": "https://gravitate-health.eu/epi", "value": "epi-1"},
+        "timestamp": "2026-01-01T00:00:00Z",
+        "entry": [
+            {"fullUrl": "urn:uuid:2b7f6a3e-0000-4000-8000-000000000001", "resource": {
+                "resourceType": "Composition", "id": "epi-1-composition", "status": "final",
+                "type": {"text": "Package leaflet"}, "date": "2026-01-01", "title": "Leaflet",
+                "author": [{"reference": "urn:uuid:2b7f6a3e-0000-4000-8000-000000000002"}]}},
+            {"fullUrl": "urn:uuid:2b7f6a3e-0000-4000-8000-000000000002", "resource": {
+                "resourceType": "Organization", "id": "epi-1-holder", "name": "Holder"}}
+        ]
+    });
+    let list = json!({
+        "resourceType": "List", "id": "epi-list", "status": "current", "mode": "working",
+        "entry": [{"item": {"reference": "Bundle/epi-1"}}]
+    });
+    let guide = json!({
+        "resourceType": "ImplementationGuide", "id": "gh-epi", "url": "http://example.org/ig",
+        "name": "GhEpi", "status": "draft", "packageId": "gh.epi", "fhirVersion": ["4.0.1"]
+    });
+    let product = json!({
+        "resourceType": "MedicinalProductDefinition", "id": "mpd-1",
+        "name": [{"productName": "Product"}]
+    });
+    package_tgz(&[
+        (
+            "package.json",
+            json(json!({"name": "gh.epi", "version": "0.1.0"})),
+        ),
+        (
+            ".index.json",
+            json(json!({"index-version": 2, "files": []})),
+        ),
+        ("ImplementationGuide-gh-epi.json", json(guide)),
+        ("example/Bundle-epi-1.json", json(bundle)),
+        ("example/List-epi-list.json", json(list)),
+        (
+            "example/MedicinalProductDefinition-mpd-1.json",
+            json(product),
+        ),
+        (
+            "openapi/epi.openapi.json",
+            json(json!({"openapi": "3.0.0"})),
+        ),
+        ("other/spec.internals", b"not JSON".to_vec()),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epi_guide_import_reads_a_package_by_url_keeps_documents_whole_and_names_what_it_leaves_out()
+ {
+    let package = Arc::new(epi_package());
+    let (listener, base) = bind().await;
+    let served = package.clone();
+    let app = axum::Router::new().route(
+        "/ig/package.tgz",
+        get(move || {
+            let body = served.as_ref().clone();
+            async move { ([(header::CONTENT_TYPE, "application/gzip")], body).into_response() }
+        }),
+    );
+    let _ig = spawn_app(listener, app);
+    let helios = Helios::start(Db::Memory).await;
+    let env = TestEnv::new()
+        .with("EPI_FHIR_URL", &helios.url)
+        .with("EPI_GUIDE", &format!("{base}/ig/package.tgz"));
+    let state = tempfile::tempdir().expect("state");
+    let c = client();
+
+    let report = run_with_deadline(&runner(
+        &load_shipped(&env),
+        "epi-guide-import",
+        state.path(),
+    ))
+    .await;
+    // Helios is R4 and refuses the R5-only type: the run fails and says which resource,
+    // with the server's OperationOutcome, instead of skipping it.
+    assert!(!report.ok(), "{report:#?}");
+    assert_eq!(report.failures.len(), 1, "{report:#?}");
+    let f = &report.failures[0];
+    assert_eq!(
+        (f.stage, f.subject.as_str()),
+        ("write", "MedicinalProductDefinition/mpd-1")
+    );
+    assert_eq!(
+        f.outcome.as_ref().map(|o| o["resourceType"].clone()),
+        Some(json!("OperationOutcome")),
+        "{f:#?}"
+    );
+    assert_eq!(report.resources_written, 2, "{report:#?}");
+    let mut skipped: Vec<(String, usize)> = report
+        .skipped
+        .iter()
+        .map(|s| (s.subject.clone(), s.count))
+        .collect();
+    skipped.sort();
+    assert_eq!(
+        skipped,
+        [
+            (".index.json", 1),
+            ("ImplementationGuide", 1),
+            ("files not ending in `.json`", 1),
+            ("openapi/epi.openapi.json", 1),
+            ("package.json", 1),
+        ]
+        .map(|(s, n)| (s.to_owned(), n))
+        .to_vec(),
+        "{:#?}",
+        report.skipped
+    );
+    // The ePI stays one document Bundle; its List refers to it; the guide's own description
+    // is left out, as the shipped deny-list says.
+    let (status, bundle) = get_json(&c, &format!("{}/Bundle/epi-1", helios.url)).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(bundle["type"], "document");
+    assert_eq!(
+        bundle["entry"].as_array().map(Vec::len),
+        Some(2),
+        "{bundle}"
+    );
+    let (status, list) = get_json(&c, &format!("{}/List/epi-list", helios.url)).await;
+    assert_eq!(
+        (status, list["entry"][0]["item"]["reference"].clone()),
+        (200, json!("Bundle/epi-1"))
+    );
+    assert!(
+        search_all(&c, &helios, "ImplementationGuide")
+            .await
+            .is_empty()
+    );
+
+    // `engine run`, as a CronJob runs it, exits 1 and prints what it left out and what failed.
+    let exit = engine_run(&env, "epi-guide-import", state.path()).await;
+    assert_eq!(exit.code, Some(1), "{exit:#?}");
+    assert!(
+        exit.stderr
+            .contains("left out: ImplementationGuide: excluded by `import.exclude.types`")
+            && exit
+                .stderr
+                .contains("error: write MedicinalProductDefinition/mpd-1"),
+        "{exit:#?}"
+    );
+
+    // A package that cannot be downloaded fails the run, which writes nothing.
+    let env = TestEnv::new()
+        .with("EPI_FHIR_URL", &helios.url)
+        .with("EPI_GUIDE", &format!("{base}/ig/missing.tgz"));
+    let missing = run_with_deadline(&runner(
+        &load_shipped(&env),
+        "epi-guide-import",
+        state.path(),
+    ))
+    .await;
+    assert_eq!(missing.failures.len(), 1, "{missing:#?}");
+    assert_eq!(
+        (missing.failures[0].stage, missing.resources_written),
+        ("read", 0)
+    );
+    assert!(
+        missing.failures[0].message.contains("404"),
+        "{:#?}",
+        missing.failures
+    );
 }

@@ -14,7 +14,7 @@ use crate::spec::ImportSpec;
 pub fn import(ctx: &mut Ctx<'_>, i: &ImportSpec) -> Option<Import> {
     let at = ["spec", "import", "guide"];
     let guide = if i.guide.starts_with("http://") || i.guide.starts_with("https://") {
-        GuideLocation::Url(url(ctx, &at, &i.guide)?)
+        url(ctx, &at, &i.guide).map(GuideLocation::Url)
     } else if i.guide.contains("://") {
         ctx.error(
             &at,
@@ -24,13 +24,13 @@ pub fn import(ctx: &mut Ctx<'_>, i: &ImportSpec) -> Option<Import> {
             ),
             None,
         );
-        return None;
+        None
     } else if i.guide.trim().is_empty() {
         ctx.error(&at, "the guide is empty", None);
-        return None;
+        None
     } else {
         let dir = ctx.doc.file.parent().unwrap_or(std::path::Path::new(""));
-        GuideLocation::Path(dir.join(&i.guide))
+        Some(GuideLocation::Path(dir.join(&i.guide)))
     };
     let mut lists = [(&i.include, "include"), (&i.exclude, "exclude")].map(|(f, key)| {
         let Some(f) = f else {
@@ -69,21 +69,23 @@ pub fn import(ctx: &mut Ctx<'_>, i: &ImportSpec) -> Option<Import> {
             );
         }
     }
+    let max_bytes = ctx.size(
+        &["spec", "import", "maxSize"],
+        i.max_size.as_deref(),
+        512 << 20,
+    );
+    let timeout = ctx.duration(
+        &["spec", "import", "timeout"],
+        i.timeout.as_deref(),
+        Duration::from_secs(300),
+    );
     Some(Import {
-        guide,
+        guide: guide?,
         include_files,
         include_types,
         exclude_files,
         exclude_types,
-        max_bytes: ctx.size(
-            &["spec", "import", "maxSize"],
-            i.max_size.as_deref(),
-            512 << 20,
-        ),
-        timeout: ctx.duration(
-            &["spec", "import", "timeout"],
-            i.timeout.as_deref(),
-            Duration::from_secs(300),
-        ),
+        max_bytes,
+        timeout,
     })
 }
