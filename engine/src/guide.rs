@@ -166,13 +166,7 @@ async fn fetch(
 
 /// Reads a guide directory, or a package file.
 fn read_path(path: &Path, max: u64) -> Result<Files, String> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        format!(
-            "cannot read the guide {}: {}",
-            path.display(),
-            crate::load::io_reason(&e)
-        )
-    })?;
+    let meta = std::fs::metadata(path).map_err(|e| cannot_read(path, &e))?;
     if meta.is_dir() {
         return read_dir(path, max);
     }
@@ -182,14 +176,16 @@ fn read_path(path: &Path, max: u64) -> Result<Files, String> {
             path.display()
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| {
-        format!(
-            "cannot read the package {}: {}",
-            path.display(),
-            crate::load::io_reason(&e)
-        )
-    })?;
+    let bytes = std::fs::read(path).map_err(|e| cannot_read(path, &e))?;
     unpack(&bytes, max).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn cannot_read(path: &Path, e: &std::io::Error) -> String {
+    format!(
+        "cannot read {}: {}",
+        path.display(),
+        crate::load::io_reason(e)
+    )
 }
 
 /// Every file below `root` (symbolic links followed, Kubernetes' `..data` folders of a
@@ -199,13 +195,7 @@ fn read_dir(root: &Path, max: u64) -> Result<Files, String> {
     let mut total = 0u64;
     let mut stack: Vec<(PathBuf, String, usize)> = vec![(root.to_path_buf(), String::new(), 0)];
     while let Some((dir, prefix, depth)) = stack.pop() {
-        let cannot = |e: std::io::Error| {
-            format!(
-                "cannot read {}: {}",
-                dir.display(),
-                crate::load::io_reason(&e)
-            )
-        };
+        let cannot = |e: std::io::Error| cannot_read(&dir, &e);
         for entry in std::fs::read_dir(&dir).map_err(cannot)? {
             let entry = entry.map_err(cannot)?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -214,13 +204,7 @@ fn read_dir(root: &Path, max: u64) -> Result<Files, String> {
             }
             let path = entry.path();
             let rel = format!("{prefix}{name}");
-            let meta = std::fs::metadata(&path).map_err(|e| {
-                format!(
-                    "cannot read {}: {}",
-                    path.display(),
-                    crate::load::io_reason(&e)
-                )
-            })?;
+            let meta = std::fs::metadata(&path).map_err(|e| cannot_read(&path, &e))?;
             if meta.is_dir() {
                 if depth + 1 > MAX_DEPTH {
                     return Err(format!(
@@ -241,13 +225,7 @@ fn read_dir(root: &Path, max: u64) -> Result<Files, String> {
                         root.display()
                     ));
                 }
-                let bytes = std::fs::read(&path).map_err(|e| {
-                    format!(
-                        "cannot read {}: {}",
-                        path.display(),
-                        crate::load::io_reason(&e)
-                    )
-                })?;
+                let bytes = std::fs::read(&path).map_err(|e| cannot_read(&path, &e))?;
                 files.push((rel, bytes));
             }
             if files.len() > MAX_FILES {

@@ -1035,7 +1035,9 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
     assert_eq!(
         strategies,
         BTreeMap::from([
+            ("epi-guide-import", "cron"),
             ("hl7-fhir-sync", "cron"),
+            ("ips-guide-import", "cron"),
             ("label-webhook", "push"),
             ("lenses", "cron"),
             ("proxy", "pull"),

@@ -256,35 +256,25 @@ fn sources(
     names: &Names<'_>,
     used: &mut HashSet<String>,
 ) -> Vec<Arc<Source>> {
-    if spec.strategy == S::Push {
-        if spec.source.is_some() || spec.sources.is_some() {
-            let key = if spec.source.is_some() {
-                "source"
-            } else {
-                "sources"
-            };
-            ctx.error(
-                &["spec", key],
-                "a push connector reads no source: callers send the data",
-                None,
-            );
+    // A push connector is sent its data, and an import reads its guide: neither has a source.
+    let sourceless = match spec.strategy {
+        S::Push => Some("a push connector reads no source: callers send the data"),
+        S::Cron if spec.import.is_some() => {
+            Some("an import reads its guide (`import.guide`), not a source")
         }
-        return Vec::new();
+        _ => None,
+    };
+    if spec.strategy != S::Push {
+        // Listed sources count as used even when the connector has other errors.
+        used.extend(spec.sources.iter().flatten().cloned());
     }
-    // Listed sources count as used even when the connector has other errors.
-    used.extend(spec.sources.iter().flatten().cloned());
-    if spec.strategy == S::Cron && spec.import.is_some() {
-        if spec.source.is_some() || spec.sources.is_some() {
-            let key = if spec.source.is_some() {
-                "source"
-            } else {
-                "sources"
-            };
-            ctx.error(
-                &["spec", key],
-                "an import reads its guide (`import.guide`), not a source",
-                None,
-            );
+    if let Some(message) = sourceless {
+        let given = [
+            ("source", spec.source.is_some()),
+            ("sources", spec.sources.is_some()),
+        ];
+        if let Some((key, _)) = given.into_iter().find(|(_, on)| *on) {
+            ctx.error(&["spec", key], message, None);
         }
         return Vec::new();
     }
