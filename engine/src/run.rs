@@ -2,7 +2,6 @@
 //! sink, and report. A run that cannot read fails; the watermark and the digests of written
 //! resources advance only when every write succeeded.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -410,9 +409,7 @@ impl Runner {
         }
     }
 
-    /// Reads an implementation guide: each file's resources mapped (Bundles split when the
-    /// connector asks), the type lists applied, and a `Type/id` given twice with different
-    /// content reported (the last in file order is written).
+    /// Reads an implementation guide and maps it (see `guide::resources`).
     async fn import(&self, import: &Import, report: &mut RunReport, out: &mut Vec<Value>) {
         let guide = match crate::guide::read(import).await {
             Ok(g) => g,
@@ -426,65 +423,9 @@ impl Runner {
                 return;
             }
         };
-        report.skipped.extend(guide.skipped);
         report.records_read += guide.resources.len();
-        let mut left_out: BTreeMap<(String, &str), usize> = BTreeMap::new();
-        let mut origin: HashMap<String, (String, String)> = HashMap::new();
-        for (file, record) in &guide.resources {
-            let mapped = match self
-                .connector
-                .map_records([(file.clone(), record)], &json!({}))
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    report.failures.push(Failure {
-                        stage: "map",
-                        subject: file.clone(),
-                        message: e.to_string(),
-                        outcome: None,
-                    });
-                    continue;
-                }
-            };
-            for r in mapped {
-                let t = r["resourceType"].as_str().unwrap_or_default().to_owned();
-                let reason =
-                    if !import.include_types.is_empty() && !import.include_types.contains(&t) {
-                        Some("not in `import.include.types`")
-                    } else if import.exclude_types.contains(&t) {
-                        Some("excluded by `import.exclude.types`")
-                    } else {
-                        None
-                    };
-                if let Some(reason) = reason {
-                    *left_out.entry((t, reason)).or_default() += 1;
-                    continue;
-                }
-                if let Some(label) = crate::fhir::local_reference(&r) {
-                    let d = digest(&r);
-                    if let Some((before, old)) = origin.get(&label)
-                        && *old != d
-                    {
-                        report.skipped.push(Skipped::one(
-                            &label,
-                            &format!(
-                                "the version in `{before}` is replaced by a different one in `{file}` (the last in file order is written)"
-                            ),
-                        ));
-                    }
-                    origin.insert(label, (file.clone(), d));
-                }
-                out.push(r);
-            }
-        }
-        report
-            .skipped
-            .extend(left_out.into_iter().map(|((t, reason), count)| Skipped {
-                subject: t,
-                reason: reason.to_owned(),
-                count,
-            }));
-        for s in &report.skipped {
+        let imported = crate::guide::resources(&self.connector, import, guide);
+        for s in &imported.skipped {
             tracing::info!(
                 connector = %self.connector.name,
                 subject = %s.subject,
@@ -493,6 +434,19 @@ impl Runner {
                 "import left this out"
             );
         }
+        report.skipped.extend(imported.skipped);
+        report.failures.extend(
+            imported
+                .unmapped
+                .into_iter()
+                .map(|(file, message)| Failure {
+                    stage: "map",
+                    subject: file,
+                    message,
+                    outcome: None,
+                }),
+        );
+        out.extend(imported.resources);
     }
 
     fn finish(&self, mut report: RunReport) -> RunReport {

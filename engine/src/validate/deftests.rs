@@ -1,13 +1,17 @@
-//! The definitions' own tests: each input mapped and compared with the expected FHIR, exactly
-//! or as a subset, with a readable diff on failure.
+//! The definitions' own tests: checked (names, inputs and expectations, inline or from files),
+//! then each input mapped and compared with the expected FHIR, exactly or as a subset, with a
+//! readable diff on failure.
+
+use std::collections::HashSet;
 
 use serde_json::Value;
 
-use super::context::Ctx;
+use super::context::{Ctx, segs};
+use super::source::exactly_one;
 use crate::diagnostic::Diagnostic;
 use crate::fhir_schema::FhirSchema;
-use crate::model::Connector;
-use crate::spec::MatchMode;
+use crate::model::{Connector, Test};
+use crate::spec::{ConnectorSpec, MatchMode};
 
 /// Most difference lines shown for one test.
 const MAX_LINES: usize = 20;
@@ -126,6 +130,105 @@ pub fn diff(path: &str, expected: &Value, got: &Value, subset: bool, out: &mut V
             short(got)
         )),
         _ => {}
+    }
+}
+
+/// Checks the `tests` of a connector and reads their files: the tests `run` runs.
+pub fn tests(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> Vec<Test> {
+    let dir = ctx
+        .doc
+        .file
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for (i, t) in spec.tests.iter().enumerate() {
+        let idx = i.to_string();
+        let at = ["spec", "tests", idx.as_str()];
+        if !names.insert(t.name.clone()) {
+            ctx.error(
+                &["spec", "tests", &idx, "name"],
+                format!("test name `{}` is used twice", t.name),
+                None,
+            );
+        }
+        let input = match exactly_one(
+            ctx,
+            &at,
+            "a test",
+            &[
+                ("input", t.input.is_some()),
+                ("inputFile", t.input_file.is_some()),
+            ],
+        ) {
+            Some(0) => t.input.clone(),
+            Some(_) => json_file(
+                ctx,
+                &["spec", "tests", &idx, "inputFile"],
+                &dir,
+                t.input_file.as_deref().unwrap_or_default(),
+            ),
+            None => None,
+        };
+        let expect = match exactly_one(
+            ctx,
+            &at,
+            "a test",
+            &[
+                ("expect", t.expect.is_some()),
+                ("expectFile", t.expect_file.is_some()),
+                ("expectError", t.expect_error.is_some()),
+            ],
+        ) {
+            Some(0) => t.expect.clone(),
+            Some(1) => json_file(
+                ctx,
+                &["spec", "tests", &idx, "expectFile"],
+                &dir,
+                t.expect_file.as_deref().unwrap_or_default(),
+            ),
+            _ => None,
+        };
+        if let Some(input) = input {
+            out.push(Test {
+                name: t.name.clone(),
+                at: segs(&at),
+                input,
+                params: Value::Object(
+                    t.params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
+                expect,
+                match_mode: t.match_mode,
+                expect_error: t.expect_error.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn json_file(ctx: &mut Ctx<'_>, at: &[&str], dir: &std::path::Path, name: &str) -> Option<Value> {
+    let path = dir.join(name);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.error(
+                at,
+                format!("cannot read `{name}`: {}", crate::load::io_reason(&e)),
+                Some(format!("paths are relative to {}", dir.display())),
+            );
+            return None;
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            ctx.error(at, format!("`{name}` is not JSON: {e}"), None);
+            None
+        }
     }
 }
 

@@ -5,8 +5,11 @@
 
 mod connector;
 mod context;
+mod cron;
 mod deftests;
 mod guide;
+mod pull;
+mod push;
 mod source;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
