@@ -201,7 +201,8 @@ pub fn resources(connector: &Connector, import: &Import, guide: Guide) -> Import
         ..Imported::default()
     };
     let mut left_out: BTreeMap<(String, &str), usize> = BTreeMap::new();
-    let mut origin: HashMap<String, (String, String)> = HashMap::new();
+    // `Type/id` to the file and the place in `out.resources` of its last version.
+    let mut origin: HashMap<String, (String, usize)> = HashMap::new();
     for (file, record) in &guide.resources {
         let mapped = match connector.map_records([(file.clone(), record)], &json!({})) {
             Ok(m) => m,
@@ -224,9 +225,8 @@ pub fn resources(connector: &Connector, import: &Import, guide: Guide) -> Import
                 continue;
             }
             if let Some(label) = crate::fhir::local_reference(&r) {
-                let d = crate::run::digest(&r);
-                if let Some((before, old)) = origin.get(&label)
-                    && *old != d
+                if let Some((before, at)) = origin.get(&label)
+                    && !same_content(&out.resources[*at], &r)
                 {
                     out.skipped.push(Skipped::one(
                         &label,
@@ -235,7 +235,7 @@ pub fn resources(connector: &Connector, import: &Import, guide: Guide) -> Import
                         ),
                     ));
                 }
-                origin.insert(label, (file.clone(), d));
+                origin.insert(label, (file.clone(), out.resources.len()));
             }
             out.resources.push(r);
         }
@@ -247,4 +247,20 @@ pub fn resources(connector: &Connector, import: &Import, guide: Guide) -> Import
             count,
         }));
     out
+}
+
+/// Equal apart from `meta`.
+fn same_content(a: &Value, b: &Value) -> bool {
+    match (a.as_object(), b.as_object()) {
+        (Some(x), Some(y)) => {
+            let fields = |o: &'_ serde_json::Map<String, Value>| {
+                o.len() - usize::from(o.contains_key("meta"))
+            };
+            fields(x) == fields(y)
+                && x.iter()
+                    .filter(|(k, _)| k.as_str() != "meta")
+                    .all(|(k, v)| y.get(k) == Some(v))
+        }
+        _ => a == b,
+    }
 }

@@ -1,0 +1,156 @@
+//! Benchmark: a guide import's read and preparation (a `package.tgz` file unpacked in memory,
+//! file patterns applied, JSON parsed, IPS Bundles split, type lists applied), against plain
+//! serde_json parsing of the same files already in memory, in the same run. Prints both rates
+//! and their ratio. Run: `cargo bench -p engine --bench guide`.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use engine::model::{GuideLocation, Import, Strategy};
+use engine::secrets::ProcessEnvironment;
+use engine::validate::{Options, validate};
+use serde_json::Value;
+
+/// Copies of the guide's files in the package.
+const COPIES: usize = 40;
+const ROUNDS: usize = 5;
+
+fn best(mut f: impl FnMut() -> usize) -> Duration {
+    (0..ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            black_box(f());
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+/// The Gravitate-Health IPS guide's files (shared test data), each `COPIES` times under
+/// another folder.
+fn guide_files() -> Vec<(String, Vec<u8>)> {
+    let dir = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/testdata/fhir-r4/gravitate-ips"
+    ));
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("the shared test data")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for copy in 0..COPIES {
+        for path in &names {
+            let name = path.file_name().expect("a name").to_string_lossy();
+            out.push((
+                format!("package/copy-{copy}/{name}"),
+                std::fs::read(path).expect("a file"),
+            ));
+        }
+    }
+    out
+}
+
+fn package(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (path, content) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, path, content.as_slice())
+            .expect("a tar entry");
+    }
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .expect("a gzipped tar")
+}
+
+fn main() {
+    let files = guide_files();
+    let bytes: usize = files.iter().map(|(_, c)| c.len()).sum();
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let tgz = work.path().join("package.tgz");
+    std::fs::write(&tgz, package(&files)).expect("the package");
+    let yaml = format!(
+        "apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: ips }}
+spec:
+  strategy: cron
+  schedule: {{ cron: \"0 1 * * *\" }}
+  import:
+    guide: \"{}\"
+    exclude: {{ files: [\"ValueSet-eq5d-*.json\"], types: [Questionnaire] }}
+  splitBundles: true
+",
+        tgz.display()
+    );
+    let defs = work.path().join("defs");
+    std::fs::create_dir(&defs).expect("defs");
+    std::fs::write(defs.join("ips.yaml"), yaml).expect("the definition");
+    let (sources, errors) = engine::load::read_all(&[defs]).expect("the definition");
+    let opts = Options {
+        allow_unresolved: false,
+        run_tests: false,
+        fhir_schema: None,
+        env: &ProcessEnvironment,
+    };
+    let model = validate(&sources, errors, &opts)
+        .model
+        .expect("a valid definition");
+    let connector = model.connector("ips").expect("the connector").clone();
+    let Strategy::Cron(cron) = &connector.strategy else {
+        panic!("a cron connector")
+    };
+    let engine::model::CronRead::Import(import) = &cron.read else {
+        panic!("an import")
+    };
+    assert!(matches!(import.guide, GuideLocation::Path(_)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let import: &Import = import;
+
+    let baseline = best(|| {
+        files
+            .iter()
+            .map(|(_, c)| serde_json::from_slice::<Value>(c).expect("JSON"))
+            .collect::<Vec<Value>>()
+            .len()
+    });
+    let mut written = 0;
+    let engine = best(|| {
+        let guide = runtime
+            .block_on(engine::guide::read(import))
+            .expect("the guide reads");
+        let imported = engine::guide::resources(&connector, import, guide);
+        written = imported.resources.len();
+        written
+    });
+    let rate = |d: Duration| files.len() as f64 / d.as_secs_f64();
+    println!(
+        "guide: {} files ({:.1} MiB of JSON) in a package, {written} resources prepared",
+        files.len(),
+        bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "baseline: serde_json parse of the files in memory: {:.0} files/s ({:.1} ms)",
+        rate(baseline),
+        baseline.as_secs_f64() * 1e3
+    );
+    println!(
+        "engine: package read, unpacked, filtered, parsed, split, type lists: {:.0} files/s ({:.1} ms)",
+        rate(engine),
+        engine.as_secs_f64() * 1e3
+    );
+    println!(
+        "ratio of times (import / baseline): {:.2}",
+        engine.as_secs_f64() / baseline.as_secs_f64()
+    );
+}
