@@ -2,7 +2,9 @@
 //! under `/connectors`, and operations (`/healthz`, `/readyz`, `/metrics`). `router` is a
 //! function of the engine's state, so tests drive it without a socket.
 
+mod admin;
 pub mod outcome;
+mod routes;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,8 +13,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -22,16 +24,19 @@ use tokio::time::Instant;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use crate::cache::{Answer, Source as CacheSource};
 use crate::metrics::Metrics;
 use crate::model::{Model, Strategy};
-use crate::pull::{PullRuntime, RequestInfo};
-use crate::push::{PushEndpoint, Reply};
+use crate::pull::PullRuntime;
+use crate::push::PushEndpoint;
 use crate::run::Runner;
 use crate::schedule::CronJob;
 use crate::state::StateDir;
 use crate::upstream::Upstreams;
-use outcome::{FHIR_JSON, Problem, fhir_response};
+use admin::{
+    dead_letters, healthz, invalidate, list, metrics, openapi, readyz, reload_status, run_now, show,
+};
+use outcome::Problem;
+use routes::{batch, push, read, search};
 
 /// Limits on requests, and how the engine is reached from outside.
 #[derive(Debug, Clone)]
@@ -335,242 +340,6 @@ fn route_of(path: &str) -> (String, &'static str) {
     }
 }
 
-async fn openapi(State(engine): State<Arc<Engine>>) -> Response {
-    let prefix = engine
-        .limits
-        .public_url
-        .as_deref()
-        .and_then(|u| url::Url::parse(u).ok())
-        .map(|u| u.path().trim_end_matches('/').to_owned())
-        .unwrap_or_default();
-    axum::Json(crate::openapi::document(&engine.model, &prefix)).into_response()
-}
-
-async fn reload_status(State(engine): State<Arc<Engine>>) -> Response {
-    axum::Json(engine.reload.json()).into_response()
-}
-
-async fn healthz() -> Response {
-    axum::Json(json!({"status": "ok"})).into_response()
-}
-
-async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
-    let ready = engine.ready.load(Ordering::Relaxed);
-    let body = json!({
-        "status": if ready { "ready" } else { "not ready" },
-        "connectors": engine.model.connectors.len(),
-        "reload": engine.reload.json(),
-    });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(body)).into_response()
-}
-
-async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
-    let mut series = Vec::new();
-    for (name, p) in &engine.pulls {
-        if let Some(c) = &p.cache {
-            let s = c.stats();
-            let l = || vec![("connector", name.clone())];
-            series.push((
-                "engine_cache_entries",
-                "Answers in the cache.",
-                "gauge",
-                l(),
-                s.entries as f64,
-            ));
-            series.push((
-                "engine_cache_bytes",
-                "Weight of the cache in bytes.",
-                "gauge",
-                l(),
-                s.bytes as f64,
-            ));
-            series.push((
-                "engine_cache_hits_total",
-                "Answers served fresh from the cache.",
-                "counter",
-                l(),
-                s.hits as f64,
-            ));
-            series.push((
-                "engine_cache_misses_total",
-                "Answers loaded from the sources.",
-                "counter",
-                l(),
-                s.misses as f64,
-            ));
-            series.push((
-                "engine_cache_stale_total",
-                "Stale answers served because a source failed.",
-                "counter",
-                l(),
-                s.stale as f64,
-            ));
-            series.push((
-                "engine_cache_evictions_total",
-                "Answers evicted for capacity.",
-                "counter",
-                l(),
-                s.evictions as f64,
-            ));
-        }
-    }
-    for (name, ep) in &engine.pushes {
-        let (queued, dead) = ep.depths();
-        let l = || vec![("connector", name.clone())];
-        series.push((
-            "engine_push_queue_depth",
-            "Push payloads waiting in the local queue.",
-            "gauge",
-            l(),
-            queued as f64,
-        ));
-        series.push((
-            "engine_push_dead_letters",
-            "Push payloads that can never be written.",
-            "gauge",
-            l(),
-            dead as f64,
-        ));
-    }
-    series.sort_by(|a, b| a.0.cmp(b.0));
-    let text = engine.metrics.render(&series);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-fn summary(engine: &Engine, c: &crate::model::Connector) -> Value {
-    let strategy = match &c.strategy {
-        Strategy::Pull(_) => "pull",
-        Strategy::Push(_) => "push",
-        Strategy::Cron(_) => "cron",
-    };
-    let mut v = json!({
-        "name": c.name,
-        "description": c.description,
-        "strategy": strategy,
-        "labels": c.labels,
-        "sources": c.sources.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-    });
-    if let Strategy::Pull(p) = &c.strategy {
-        v["resources"] = p
-            .resources
-            .iter()
-            .map(|r| {
-                json!({
-                    "type": r.resource_type,
-                    "search": r.search.is_some(),
-                    "read": r.read.is_some(),
-                })
-            })
-            .collect();
-        v["routes"] = json!(format!("/fhir/{}", c.name));
-    }
-    if let Some(cache) = engine.pulls.get(&c.name).and_then(|p| p.cache.as_ref()) {
-        v["cache"] = serde_json::to_value(cache.stats()).unwrap_or(Value::Null);
-    }
-    if let Some(job) = engine.crons.get(&c.name) {
-        v["run"] = job.status();
-    }
-    if let Some(ep) = engine.pushes.get(&c.name) {
-        let (queued, dead) = ep.depths();
-        v["push"] = json!({"path": ep.path(), "queued": queued, "deadLetters": dead});
-    }
-    v
-}
-
-async fn run_now(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
-    let Some(job) = engine.crons.get(&name).cloned() else {
-        return Problem::not_found(format!("no cron connector `{name}`")).into_response();
-    };
-    if job.is_running() {
-        return Problem::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("`{name}` is running already"),
-        )
-        .into_response();
-    }
-    tokio::spawn(async move { job.run_now().await });
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({"connector": name, "status": "started"})),
-    )
-        .into_response()
-}
-
-async fn dead_letters(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
-    match engine.pushes.get(&name) {
-        Some(ep) => axum::Json(ep.dead_letters()).into_response(),
-        None => Problem::not_found(format!("no push connector `{name}`")).into_response(),
-    }
-}
-
-async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) -> Response {
-    let limit = ep.max_body();
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-long",
-            format!("the body is larger than {limit} bytes"),
-        )
-        .into_response();
-    };
-    if let Err(p) = ep.authenticate(&headers, &bytes) {
-        return p.into_response();
-    }
-    match ep.deliver(&headers, &bytes).await {
-        Ok(Reply::Written(n)) => (
-            StatusCode::OK,
-            axum::Json(json!({"status": "written", "resources": n})),
-        )
-            .into_response(),
-        Ok(Reply::Queued) => (
-            StatusCode::ACCEPTED,
-            axum::Json(json!({"status": "queued"})),
-        )
-            .into_response(),
-        Ok(Reply::Duplicate) => {
-            (StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response()
-        }
-        Err(p) if p.status == StatusCode::SERVICE_UNAVAILABLE => {
-            let mut r = p.into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-            r
-        }
-        Err(p) => p.into_response(),
-    }
-}
-
-async fn list(State(engine): State<Arc<Engine>>) -> Response {
-    let all: Vec<Value> = engine
-        .model
-        .connectors
-        .iter()
-        .map(|c| summary(&engine, c))
-        .collect();
-    axum::Json(all).into_response()
-}
-
-async fn show(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
-    match engine.model.connector(&name) {
-        Some(c) => axum::Json(summary(&engine, c)).into_response(),
-        None => Problem::not_found(format!("no connector `{name}`")).into_response(),
-    }
-}
-
-async fn invalidate(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
-    match engine.pulls.get(&name).and_then(|p| p.cache.as_ref()) {
-        Some(cache) => axum::Json(json!({"connector": name, "invalidated": cache.invalidate()}))
-            .into_response(),
-        None => Problem::not_found(format!("no cache for connector `{name}`")).into_response(),
-    }
-}
-
 async fn not_found(req: Request) -> Response {
     Problem::not_found(format!(
         "no route for {} {}",
@@ -578,183 +347,4 @@ async fn not_found(req: Request) -> Response {
         req.uri().path()
     ))
     .into_response()
-}
-
-fn request_info(
-    engine: &Engine,
-    headers: &HeaderMap,
-    path_and_query: &str,
-    id: &str,
-) -> RequestInfo {
-    let base = match &engine.limits.public_url {
-        Some(u) => u.trim_end_matches('/').to_owned(),
-        None => {
-            let proto = headers
-                .get("x-forwarded-proto")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("http");
-            let host = headers
-                .get("x-forwarded-host")
-                .or_else(|| headers.get(header::HOST))
-                .and_then(|v| v.to_str().ok())
-                .filter(|h| {
-                    h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b))
-                })
-                .unwrap_or("localhost");
-            format!("{proto}://{host}")
-        }
-    };
-    RequestInfo {
-        request_id: id.to_owned(),
-        self_url: format!("{base}{path_and_query}"),
-        base,
-    }
-}
-
-fn answer(a: &Answer, how: CacheSource, req_headers: &HeaderMap) -> Response {
-    let etag = HeaderValue::from_str(&a.etag).ok();
-    let matches = req_headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == a.etag || t.trim() == "*"));
-    let mut resp = if matches && a.status == 200 {
-        StatusCode::NOT_MODIFIED.into_response()
-    } else {
-        let mut r = (
-            StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
-            Body::from(a.body.clone()),
-        )
-            .into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-        r
-    };
-    if let Some(e) = etag {
-        resp.headers_mut().insert(header::ETAG, e);
-    }
-    let cache = match how {
-        CacheSource::Hit => "hit",
-        CacheSource::Miss => "miss",
-        CacheSource::Stale => "stale",
-        CacheSource::Uncached => "none",
-    };
-    resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static(cache));
-    resp
-}
-
-fn no_cache(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|d| matches!(d.trim(), "no-cache" | "no-store" | "max-age=0"))
-        })
-}
-
-async fn search(
-    State(engine): State<Arc<Engine>>,
-    Path((connector, resource_type)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    let rt = engine.pull(&connector)?.clone();
-    let res = rt.resource(&resource_type)?;
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    let q = rt.parse_search(res, &pairs)?;
-    let path_and_query = match &query {
-        Some(q) if !q.is_empty() => format!("/fhir/{connector}/{resource_type}?{q}"),
-        _ => format!("/fhir/{connector}/{resource_type}"),
-    };
-    let info = request_info(&engine, &headers, &path_and_query, &id);
-    cached(&rt, &q.key(&resource_type), &headers, || {
-        rt.search(res, &q, &info)
-    })
-    .await
-}
-
-/// The answer to a pull request: through the connector's cache when it has one.
-async fn cached<F, Fut>(
-    rt: &PullRuntime,
-    key: &str,
-    headers: &HeaderMap,
-    load: F,
-) -> Result<Response, Problem>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<Answer, Problem>>,
-{
-    let (a, how) = match &rt.cache {
-        Some(cache) => {
-            cache
-                .get_or_load(key, no_cache(headers) && rt.cache_allows_no_cache(), load)
-                .await?
-        }
-        None => (Arc::new(load().await?), CacheSource::Uncached),
-    };
-    Ok(answer(&a, how, headers))
-}
-
-async fn read(
-    State(engine): State<Arc<Engine>>,
-    Path((connector, resource_type, rid)): Path<(String, String, String)>,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
-    headers: HeaderMap,
-) -> Result<Response, Problem> {
-    let rt = engine.pull(&connector)?.clone();
-    let res = rt.resource(&resource_type)?;
-    if rid == "."
-        || rid == ".."
-        || rid.is_empty()
-        || rid.len() > 64
-        || !rid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
-        return Err(Problem::invalid(format!("`{rid}` is not a FHIR id")));
-    }
-    let info = request_info(
-        &engine,
-        &headers,
-        &format!("/fhir/{connector}/{resource_type}/{rid}"),
-        &id,
-    );
-    cached(
-        &rt,
-        &format!("read|{resource_type}|{rid}"),
-        &headers,
-        || rt.read(res, &rid, &info),
-    )
-    .await
-}
-
-async fn batch(
-    State(engine): State<Arc<Engine>>,
-    Path(connector): Path<String>,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Problem> {
-    let rt = engine.pull(&connector)?.clone();
-    let bytes = axum::body::to_bytes(body, engine.limits.body)
-        .await
-        .map_err(|_| {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-long",
-                format!("the body is larger than {} bytes", engine.limits.body),
-            )
-        })?;
-    let bundle: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Problem::invalid(format!("the body is not JSON: {e}")))?;
-    let info = request_info(&engine, &headers, &format!("/fhir/{connector}"), &id);
-    let out = rt.batch(&bundle, &info).await?;
-    Ok(fhir_response(StatusCode::OK, &out))
 }

@@ -1,0 +1,170 @@
+//! The offline checks: `validate` (definitions checked, their tests run) and `map` (one
+//! connector's mapping applied to a sample input, the FHIR printed).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use super::{BundleArg, load_and_validate, usage};
+use crate::diagnostic::{self, Format, Severity};
+use crate::fhir::{BundleKind, bundle};
+use crate::fhir_schema::FhirSchema;
+use crate::load;
+
+/// Largest input `engine map` reads.
+const MAX_INPUT: u64 = 256 << 20;
+
+/// `engine validate`: exit 0 valid, 1 invalid, 2 unusable invocation.
+pub(super) fn validate(
+    paths: Vec<PathBuf>,
+    format: Format,
+    deny_warnings: bool,
+    allow_unresolved: bool,
+    no_tests: bool,
+    fhir_schema: Option<PathBuf>,
+) -> ExitCode {
+    let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    let outcome = match load_and_validate(&paths, allow_unresolved, !no_tests, schema.as_ref()) {
+        Ok(o) => o,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let text = diagnostic::render(&outcome.diagnostics, format, &|p: &Path| {
+        outcome.texts.get(p).cloned()
+    });
+    let failed = outcome.has_errors()
+        || (deny_warnings
+            && outcome
+                .diagnostics
+                .iter()
+                .any(|d| d.severity == Severity::Warning));
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    if format == Format::Human
+        && !failed
+        && let Some(m) = &outcome.model
+    {
+        let tests: usize = m.connectors.iter().map(|c| c.tests.len()).sum();
+        let _ = writeln!(
+            out,
+            "valid: {} connectors, {} sources, {} sinks in {} files; {} definition tests passed",
+            m.connectors.len(),
+            m.sources.len(),
+            m.sinks.len(),
+            outcome.texts.len(),
+            if no_tests { 0 } else { tests }
+        );
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `engine map`: the FHIR one connector makes of a sample input.
+pub(super) fn map(
+    connector: String,
+    input: PathBuf,
+    definitions: Vec<PathBuf>,
+    params: Vec<String>,
+    as_bundle: Option<BundleArg>,
+    fhir_schema: Option<PathBuf>,
+) -> ExitCode {
+    let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    let outcome = match load_and_validate(&definitions, true, false, None) {
+        Ok(o) => o,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let Some(model) = &outcome.model else {
+        let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+            outcome.texts.get(p).cloned()
+        });
+        eprint!("{text}");
+        return ExitCode::from(1);
+    };
+    let Some(c) = model.connector(&connector) else {
+        let names: Vec<&str> = model.connectors.iter().map(|c| c.name.as_str()).collect();
+        let hint = diagnostic::did_you_mean(&connector, names.iter().copied())
+            .unwrap_or_else(|| format!("connectors: {}", names.join(", ")));
+        return usage(&format!("no connector `{connector}` ({hint})"));
+    };
+    let document = match read_input(&input) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut param_values = serde_json::Map::new();
+    for p in &params {
+        let Some((k, v)) = p.split_once('=') else {
+            return usage(&format!("`{p}` is not NAME=VALUE"));
+        };
+        param_values.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    match c.map_document(&document, &Value::Object(param_values)) {
+        Ok(resources) => {
+            let mut invalid = false;
+            if let Some(schema) = &schema {
+                for (i, r) in resources.iter().enumerate() {
+                    for problem in schema.check(r) {
+                        eprintln!("error: resource {i} is not valid FHIR R4: {problem}");
+                        invalid = true;
+                    }
+                }
+            }
+            let out = match as_bundle {
+                None => Value::Array(resources),
+                Some(kind) => bundle(
+                    match kind {
+                        BundleArg::Collection => BundleKind::Collection,
+                        BundleArg::Transaction => BundleKind::Transaction,
+                        BundleArg::Batch => BundleKind::Batch,
+                        BundleArg::Searchset => BundleKind::Searchset,
+                    },
+                    resources,
+                    None,
+                ),
+            };
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            if invalid {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: mapping failed: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Reads a JSON input of bounded size; the error says why it is unusable.
+pub fn read_input(path: &Path) -> Result<Value, String> {
+    let mut bytes = Vec::new();
+    let name = path.display();
+    let read = if path == Path::new("-") {
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::io::stdin(), MAX_INPUT + 1),
+            &mut bytes,
+        )
+    } else {
+        std::fs::File::open(path).and_then(|f| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_INPUT + 1), &mut bytes)
+        })
+    };
+    read.map_err(|e| format!("{name}: {}", load::io_reason(&e)))?;
+    if bytes.len() as u64 > MAX_INPUT {
+        return Err(format!("{name}: larger than {} MiB", MAX_INPUT >> 20));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("{name}: not JSON: {e}"))
+}

@@ -1,0 +1,94 @@
+//! What is generated from the definitions: `manifests` (Kubernetes and Istio parts, or a check
+//! that they are current), `openapi` (the routes' OpenAPI document) and `schema`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use super::{SchemaFormat, load_and_validate, usage};
+use crate::diagnostic::{self, Format};
+use crate::load;
+use crate::secrets::ProcessEnvironment;
+use crate::validate::{self, Options};
+
+/// `engine manifests`: writes the generated files, or with `check` compares them.
+pub(super) fn manifests(
+    paths: Vec<PathBuf>,
+    out: PathBuf,
+    check: bool,
+    prefix: String,
+    image: String,
+) -> ExitCode {
+    let (files, read_errors) = match load::read_all(&paths) {
+        Ok(x) => x,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let opts = Options {
+        allow_unresolved: true,
+        run_tests: false,
+        fhir_schema: None,
+        env: &ProcessEnvironment,
+    };
+    let outcome = validate::validate(&files, read_errors, &opts);
+    let Some(model) = outcome.model else {
+        let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+            outcome.texts.get(p).cloned()
+        });
+        eprint!("{text}");
+        return ExitCode::from(1);
+    };
+    let opts = crate::manifests::Options {
+        prefix,
+        image,
+        ..Default::default()
+    };
+    let generated = crate::manifests::generate(&model, &files, &opts);
+    let mut stale = Vec::new();
+    for (name, text) in &generated {
+        let path = out.join(name);
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                stale.push(path.display().to_string());
+            }
+        } else if let Err(e) =
+            std::fs::create_dir_all(&out).and_then(|()| std::fs::write(&path, text))
+        {
+            return usage(&format!("{}: {e}", path.display()));
+        }
+    }
+    if stale.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("stale (run `engine manifests`): {}", stale.join(", "));
+        ExitCode::from(1)
+    }
+}
+
+/// `engine openapi`: prints the OpenAPI document of the configured routes.
+pub(super) fn openapi(paths: Vec<PathBuf>, prefix: String) -> ExitCode {
+    let outcome = match load_and_validate(&paths, true, false, None) {
+        Ok(o) => o,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let Some(model) = outcome.model else {
+        let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+            outcome.texts.get(p).cloned()
+        });
+        eprint!("{text}");
+        return ExitCode::from(1);
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&crate::openapi::document(&model, &prefix))
+            .unwrap_or_default()
+    );
+    ExitCode::SUCCESS
+}
+
+/// What `engine schema` prints (also the committed `schemas/` and `docs/reference.md`).
+pub fn schema_text(format: SchemaFormat) -> String {
+    let schema = crate::schema::generate();
+    match format {
+        SchemaFormat::Json => serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n",
+        SchemaFormat::Markdown => crate::reference::markdown(&schema),
+    }
+}

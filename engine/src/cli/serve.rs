@@ -1,0 +1,234 @@
+//! The commands that run the engine: `serve` (routes, admin API, schedules, reloads), `run`
+//! (one cron connector once, for Kubernetes CronJobs) and `probe` (the image's health check).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use super::{DirArgs, LogFormat, load_and_validate, usage};
+use crate::diagnostic::{self, Format};
+
+/// `engine serve`: loads the definitions and serves them until a shutdown signal.
+#[allow(clippy::too_many_arguments)] // the flags of `engine serve`, one argument each
+pub(super) fn serve(
+    paths: Vec<PathBuf>,
+    listen: String,
+    log_format: LogFormat,
+    log: String,
+    public_url: Option<String>,
+    request_timeout: String,
+    max_body: String,
+    shutdown_grace: String,
+    dirs: DirArgs,
+    run_schedules: bool,
+) -> ExitCode {
+    let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
+        Ok(f) => f,
+        Err(e) => return usage(&format!("--log `{log}`: {e}")),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let parse = |flag: &str, v: &str| {
+        crate::validate::parse_duration(v).ok_or_else(|| format!("{flag} `{v}` is not a duration"))
+    };
+    let limits = match (
+        parse("--request-timeout", &request_timeout),
+        crate::validate::parse_size(&max_body),
+        parse("--shutdown-grace", &shutdown_grace),
+    ) {
+        (Ok(timeout), Some(body), Ok(grace)) => (
+            crate::http::Limits {
+                timeout,
+                body: body as usize,
+                public_url,
+                ..Default::default()
+            },
+            grace,
+        ),
+        (Err(e), _, _) | (_, _, Err(e)) => return usage(&e),
+        (_, None, _) => return usage(&format!("--max-body `{max_body}` is not a size")),
+    };
+    let outcome = match load_and_validate(&paths, false, false, None) {
+        Ok(o) => o,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+        outcome.texts.get(p).cloned()
+    });
+    let Some(model) = outcome.model else {
+        eprint!("{text}");
+        eprintln!("error: the definitions are invalid; not starting");
+        return ExitCode::from(1);
+    };
+    if !outcome.diagnostics.is_empty() {
+        eprint!("{text}");
+    }
+    let engine = match crate::http::Engine::new(std::sync::Arc::new(model), limits.0, &dirs.dirs())
+    {
+        Ok(e) => e,
+        Err(e) => return usage(&e),
+    };
+    let loader_paths = paths.clone();
+    let load: crate::serve::Loader = std::sync::Arc::new(move || {
+        let outcome =
+            load_and_validate(&loader_paths, false, false, None).map_err(|e| e.to_string())?;
+        let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+            outcome.texts.get(p).cloned()
+        });
+        outcome.model.ok_or(text)
+    });
+    let reload = crate::serve::Reload {
+        paths,
+        load,
+        dirs: dirs.dirs(),
+        poll: std::time::Duration::from_millis(500),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return usage(&format!("runtime: {e}")),
+    };
+    match runtime.block_on(crate::serve::serve(
+        engine,
+        &listen,
+        limits.1,
+        run_schedules,
+        Some(reload),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => usage(&e),
+    }
+}
+
+/// `engine run`: one run of a cron connector; non-zero on any failure.
+pub(super) fn run_once(
+    name: String,
+    definitions: Vec<PathBuf>,
+    dry_run: bool,
+    dirs: DirArgs,
+) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_writer(std::io::stderr)
+        .try_init();
+    let outcome = match load_and_validate(&definitions, false, false, None) {
+        Ok(o) => o,
+        Err(e) => return usage(&e.to_string()),
+    };
+    let Some(model) = outcome.model else {
+        let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
+            outcome.texts.get(p).cloned()
+        });
+        eprint!("{text}");
+        return ExitCode::from(1);
+    };
+    let Some(connector) = model.connector(&name).cloned() else {
+        return usage(&format!("no connector `{name}`"));
+    };
+    let dirs = dirs.dirs();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let runner =
+        crate::upstream::Upstreams::new(connector.sources.iter().cloned(), metrics.clone())
+            .and_then(|u| {
+                crate::run::Runner::new(
+                    connector,
+                    &u,
+                    crate::state::StateDir::new(&dirs.state),
+                    &dirs.sink,
+                    metrics,
+                )
+            });
+    let runner = match runner {
+        Ok(r) => r,
+        Err(e) => return usage(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return usage(&format!("runtime: {e}")),
+    };
+    let (report, resources) = runtime.block_on(runner.run(dry_run));
+    if dry_run {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Value::Array(resources)).unwrap_or_default()
+        );
+    }
+    eprintln!(
+        "{}: read {} records, wrote {} resources ({} unchanged), {} source calls, {} sink calls, {} failures",
+        report.connector,
+        report.records_read,
+        report.resources_written,
+        report.resources_unchanged,
+        report.source_calls,
+        report.sink_calls,
+        report.failures.len()
+    );
+    for s in &report.skipped {
+        let times = if s.count > 1 {
+            format!(" ({}×)", s.count)
+        } else {
+            String::new()
+        };
+        eprintln!("left out: {}{times}: {}", s.subject, s.reason);
+    }
+    for f in &report.failures {
+        eprintln!("error: {} {}: {}", f.stage, f.subject, f.message);
+        if let Some(o) = &f.outcome {
+            eprintln!("{}", serde_json::to_string_pretty(o).unwrap_or_default());
+        }
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// A plain HTTP/1.1 GET with a 5 s timeout; Ok on a 2xx status.
+pub(super) fn probe(url: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    if u.scheme() != "http" {
+        return Err("only http:// URLs".into());
+    }
+    let host = u.host_str().ok_or("no host")?;
+    let port = u.port_or_known_default().unwrap_or(80);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| format!("{host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host}: no address"))?;
+    let timeout = std::time::Duration::from_secs(5);
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{url}: {e}"))?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let target = match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_owned(),
+    };
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("{url}: {e}"))?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).map_err(|e| format!("{url}: {e}"))?;
+    let status = std::str::from_utf8(&head[9..12]).unwrap_or("000");
+    if status.starts_with('2') {
+        Ok(())
+    } else {
+        Err(format!("{url} answered {status}"))
+    }
+}

@@ -1,0 +1,222 @@
+//! The operations and admin handlers: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`,
+//! `/reload`, and the `/connectors` API (list, detail, cache delete, run, dead letters).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::Engine;
+use super::outcome::Problem;
+use crate::model::Strategy;
+
+pub(super) async fn openapi(State(engine): State<Arc<Engine>>) -> Response {
+    let prefix = engine
+        .limits
+        .public_url
+        .as_deref()
+        .and_then(|u| url::Url::parse(u).ok())
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    axum::Json(crate::openapi::document(&engine.model, &prefix)).into_response()
+}
+
+pub(super) async fn reload_status(State(engine): State<Arc<Engine>>) -> Response {
+    axum::Json(engine.reload.json()).into_response()
+}
+
+pub(super) async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+pub(super) async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
+    let ready = engine.ready.load(Ordering::Relaxed);
+    let body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "connectors": engine.model.connectors.len(),
+        "reload": engine.reload.json(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+pub(super) async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    let mut series = Vec::new();
+    for (name, p) in &engine.pulls {
+        if let Some(c) = &p.cache {
+            let s = c.stats();
+            let l = || vec![("connector", name.clone())];
+            series.push((
+                "engine_cache_entries",
+                "Answers in the cache.",
+                "gauge",
+                l(),
+                s.entries as f64,
+            ));
+            series.push((
+                "engine_cache_bytes",
+                "Weight of the cache in bytes.",
+                "gauge",
+                l(),
+                s.bytes as f64,
+            ));
+            series.push((
+                "engine_cache_hits_total",
+                "Answers served fresh from the cache.",
+                "counter",
+                l(),
+                s.hits as f64,
+            ));
+            series.push((
+                "engine_cache_misses_total",
+                "Answers loaded from the sources.",
+                "counter",
+                l(),
+                s.misses as f64,
+            ));
+            series.push((
+                "engine_cache_stale_total",
+                "Stale answers served because a source failed.",
+                "counter",
+                l(),
+                s.stale as f64,
+            ));
+            series.push((
+                "engine_cache_evictions_total",
+                "Answers evicted for capacity.",
+                "counter",
+                l(),
+                s.evictions as f64,
+            ));
+        }
+    }
+    for (name, ep) in &engine.pushes {
+        let (queued, dead) = ep.depths();
+        let l = || vec![("connector", name.clone())];
+        series.push((
+            "engine_push_queue_depth",
+            "Push payloads waiting in the local queue.",
+            "gauge",
+            l(),
+            queued as f64,
+        ));
+        series.push((
+            "engine_push_dead_letters",
+            "Push payloads that can never be written.",
+            "gauge",
+            l(),
+            dead as f64,
+        ));
+    }
+    series.sort_by(|a, b| a.0.cmp(b.0));
+    let text = engine.metrics.render(&series);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn summary(engine: &Engine, c: &crate::model::Connector) -> Value {
+    let strategy = match &c.strategy {
+        Strategy::Pull(_) => "pull",
+        Strategy::Push(_) => "push",
+        Strategy::Cron(_) => "cron",
+    };
+    let mut v = json!({
+        "name": c.name,
+        "description": c.description,
+        "strategy": strategy,
+        "labels": c.labels,
+        "sources": c.sources.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+    });
+    if let Strategy::Pull(p) = &c.strategy {
+        v["resources"] = p
+            .resources
+            .iter()
+            .map(|r| {
+                json!({
+                    "type": r.resource_type,
+                    "search": r.search.is_some(),
+                    "read": r.read.is_some(),
+                })
+            })
+            .collect();
+        v["routes"] = json!(format!("/fhir/{}", c.name));
+    }
+    if let Some(cache) = engine.pulls.get(&c.name).and_then(|p| p.cache.as_ref()) {
+        v["cache"] = serde_json::to_value(cache.stats()).unwrap_or(Value::Null);
+    }
+    if let Some(job) = engine.crons.get(&c.name) {
+        v["run"] = job.status();
+    }
+    if let Some(ep) = engine.pushes.get(&c.name) {
+        let (queued, dead) = ep.depths();
+        v["push"] = json!({"path": ep.path(), "queued": queued, "deadLetters": dead});
+    }
+    v
+}
+
+pub(super) async fn run_now(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+) -> Response {
+    let Some(job) = engine.crons.get(&name).cloned() else {
+        return Problem::not_found(format!("no cron connector `{name}`")).into_response();
+    };
+    if job.is_running() {
+        return Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("`{name}` is running already"),
+        )
+        .into_response();
+    }
+    tokio::spawn(async move { job.run_now().await });
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"connector": name, "status": "started"})),
+    )
+        .into_response()
+}
+
+pub(super) async fn dead_letters(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+) -> Response {
+    match engine.pushes.get(&name) {
+        Some(ep) => axum::Json(ep.dead_letters()).into_response(),
+        None => Problem::not_found(format!("no push connector `{name}`")).into_response(),
+    }
+}
+
+pub(super) async fn list(State(engine): State<Arc<Engine>>) -> Response {
+    let all: Vec<Value> = engine
+        .model
+        .connectors
+        .iter()
+        .map(|c| summary(&engine, c))
+        .collect();
+    axum::Json(all).into_response()
+}
+
+pub(super) async fn show(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> Response {
+    match engine.model.connector(&name) {
+        Some(c) => axum::Json(summary(&engine, c)).into_response(),
+        None => Problem::not_found(format!("no connector `{name}`")).into_response(),
+    }
+}
+
+pub(super) async fn invalidate(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+) -> Response {
+    match engine.pulls.get(&name).and_then(|p| p.cache.as_ref()) {
+        Some(cache) => axum::Json(json!({"connector": name, "invalidated": cache.invalidate()}))
+            .into_response(),
+        None => Problem::not_found(format!("no cache for connector `{name}`")).into_response(),
+    }
+}

@@ -1,0 +1,232 @@
+//! The connectors' own routes: pull routes under `/fhir/{connector}` (search, read, batch;
+//! cache lookup, ETag/304) and the webhooks of push connectors.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::outcome::{FHIR_JSON, Problem, fhir_response};
+use super::{Engine, RequestId};
+use crate::cache::{Answer, Source as CacheSource};
+use crate::pull::{PullRuntime, RequestInfo};
+use crate::push::{PushEndpoint, Reply};
+
+pub(super) async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) -> Response {
+    let limit = ep.max_body();
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-long",
+            format!("the body is larger than {limit} bytes"),
+        )
+        .into_response();
+    };
+    if let Err(p) = ep.authenticate(&headers, &bytes) {
+        return p.into_response();
+    }
+    match ep.deliver(&headers, &bytes).await {
+        Ok(Reply::Written(n)) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "written", "resources": n})),
+        )
+            .into_response(),
+        Ok(Reply::Queued) => (
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"status": "queued"})),
+        )
+            .into_response(),
+        Ok(Reply::Duplicate) => {
+            (StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response()
+        }
+        Err(p) if p.status == StatusCode::SERVICE_UNAVAILABLE => {
+            let mut r = p.into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            r
+        }
+        Err(p) => p.into_response(),
+    }
+}
+
+fn request_info(
+    engine: &Engine,
+    headers: &HeaderMap,
+    path_and_query: &str,
+    id: &str,
+) -> RequestInfo {
+    let base = match &engine.limits.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let proto = headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("http");
+            let host = headers
+                .get("x-forwarded-host")
+                .or_else(|| headers.get(header::HOST))
+                .and_then(|v| v.to_str().ok())
+                .filter(|h| {
+                    h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b))
+                })
+                .unwrap_or("localhost");
+            format!("{proto}://{host}")
+        }
+    };
+    RequestInfo {
+        request_id: id.to_owned(),
+        self_url: format!("{base}{path_and_query}"),
+        base,
+    }
+}
+
+fn answer(a: &Answer, how: CacheSource, req_headers: &HeaderMap) -> Response {
+    let etag = HeaderValue::from_str(&a.etag).ok();
+    let matches = req_headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == a.etag || t.trim() == "*"));
+    let mut resp = if matches && a.status == 200 {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = (
+            StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
+            Body::from(a.body.clone()),
+        )
+            .into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+        r
+    };
+    if let Some(e) = etag {
+        resp.headers_mut().insert(header::ETAG, e);
+    }
+    let cache = match how {
+        CacheSource::Hit => "hit",
+        CacheSource::Miss => "miss",
+        CacheSource::Stale => "stale",
+        CacheSource::Uncached => "none",
+    };
+    resp.headers_mut()
+        .insert("x-cache", HeaderValue::from_static(cache));
+    resp
+}
+
+fn no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| matches!(d.trim(), "no-cache" | "no-store" | "max-age=0"))
+        })
+}
+
+pub(super) async fn search(
+    State(engine): State<Arc<Engine>>,
+    Path((connector, resource_type)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let rt = engine.pull(&connector)?.clone();
+    let res = rt.resource(&resource_type)?;
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let q = rt.parse_search(res, &pairs)?;
+    let path_and_query = match &query {
+        Some(q) if !q.is_empty() => format!("/fhir/{connector}/{resource_type}?{q}"),
+        _ => format!("/fhir/{connector}/{resource_type}"),
+    };
+    let info = request_info(&engine, &headers, &path_and_query, &id);
+    cached(&rt, &q.key(&resource_type), &headers, || {
+        rt.search(res, &q, &info)
+    })
+    .await
+}
+
+/// The answer to a pull request: through the connector's cache when it has one.
+async fn cached<F, Fut>(
+    rt: &PullRuntime,
+    key: &str,
+    headers: &HeaderMap,
+    load: F,
+) -> Result<Response, Problem>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Answer, Problem>>,
+{
+    let (a, how) = match &rt.cache {
+        Some(cache) => {
+            cache
+                .get_or_load(key, no_cache(headers) && rt.cache_allows_no_cache(), load)
+                .await?
+        }
+        None => (Arc::new(load().await?), CacheSource::Uncached),
+    };
+    Ok(answer(&a, how, headers))
+}
+
+pub(super) async fn read(
+    State(engine): State<Arc<Engine>>,
+    Path((connector, resource_type, rid)): Path<(String, String, String)>,
+    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let rt = engine.pull(&connector)?.clone();
+    let res = rt.resource(&resource_type)?;
+    if rid == "."
+        || rid == ".."
+        || rid.is_empty()
+        || rid.len() > 64
+        || !rid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(Problem::invalid(format!("`{rid}` is not a FHIR id")));
+    }
+    let info = request_info(
+        &engine,
+        &headers,
+        &format!("/fhir/{connector}/{resource_type}/{rid}"),
+        &id,
+    );
+    cached(
+        &rt,
+        &format!("read|{resource_type}|{rid}"),
+        &headers,
+        || rt.read(res, &rid, &info),
+    )
+    .await
+}
+
+pub(super) async fn batch(
+    State(engine): State<Arc<Engine>>,
+    Path(connector): Path<String>,
+    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let rt = engine.pull(&connector)?.clone();
+    let bytes = axum::body::to_bytes(body, engine.limits.body)
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-long",
+                format!("the body is larger than {} bytes", engine.limits.body),
+            )
+        })?;
+    let bundle: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Problem::invalid(format!("the body is not JSON: {e}")))?;
+    let info = request_info(&engine, &headers, &format!("/fhir/{connector}"), &id);
+    let out = rt.batch(&bundle, &info).await?;
+    Ok(fhir_response(StatusCode::OK, &out))
+}
