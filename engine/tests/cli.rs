@@ -1,7 +1,7 @@
 //! The `engine` binary as users run it: exit codes, output formats, the shipped definitions,
 //! and the committed schema and reference that must equal what the code generates.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use engine::cli::{SchemaFormat, schema_text};
@@ -19,16 +19,35 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `text` written to a file `name` of a new temporary directory (removed when dropped).
+fn file_in_tempdir(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join(name);
+    std::fs::write(&file, text).expect("write");
+    (dir, file)
+}
+
+/// `engine map -d examples --connector CONNECTOR --input INPUT`, from the project's root.
+fn map(connector: &str, input: &str) -> Output {
+    engine(&[
+        "map",
+        "-d",
+        "examples",
+        "--connector",
+        connector,
+        "--input",
+        input,
+    ])
+}
+
 #[test]
 fn shipped_definitions_and_examples_are_valid() {
     let o = engine(&["validate", "connectors.d", "examples", "--deny-warnings"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&o),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("valid: "), "{}", stdout(&o));
 }
 
@@ -52,13 +71,10 @@ fn committed_schema_and_reference_are_current() {
 #[test]
 fn exit_codes_say_valid_invalid_or_unusable() {
     assert_eq!(engine(&["validate", "no/such/path"]).status.code(), Some(2));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("broken.yaml");
-    std::fs::write(
-        &file,
+    let (_dir, file) = file_in_tempdir(
+        "broken.yaml",
         "apiVersion: fosps.gravitate-health.eu/v1\nkind: Connector\nmetadata: { name: broken\n",
-    )
-    .expect("write");
+    );
     let o = engine(&["validate", file.to_str().expect("path")]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert!(
@@ -75,10 +91,10 @@ fn exit_codes_say_valid_invalid_or_unusable() {
 
 #[test]
 fn json_and_github_formats() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("c.yaml");
-    std::fs::write(&file, "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {name: s}\nspec: {url: 'http://x', timout: 1s}\n")
-        .expect("write");
+    let (_dir, file) = file_in_tempdir(
+        "c.yaml",
+        "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {name: s}\nspec: {url: 'http://x', timout: 1s}\n",
+    );
     let path = file.to_str().expect("utf-8 path");
     let o = engine(&["validate", path, "--format", "json"]);
     assert_eq!(o.status.code(), Some(1));
@@ -99,10 +115,10 @@ fn json_and_github_formats() {
 
 #[test]
 fn warnings_fail_only_when_denied() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("s.yaml");
-    std::fs::write(&file, "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {name: lonely}\nspec: {url: 'http://x'}\n")
-        .expect("write");
+    let (_dir, file) = file_in_tempdir(
+        "s.yaml",
+        "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {name: lonely}\nspec: {url: 'http://x'}\n",
+    );
     let path = file.to_str().expect("utf-8 path");
     let o = engine(&["validate", path]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
@@ -115,55 +131,23 @@ fn warnings_fail_only_when_denied() {
 
 #[test]
 fn map_prints_fhir_and_fails_clearly() {
-    let o = engine(&[
-        "map",
-        "-d",
-        "examples",
-        "--connector",
-        "drug-labels",
-        "--input",
-        "examples/drug-labels/label.json",
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = map("drug-labels", "examples/drug-labels/label.json");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert_eq!(out[0]["resourceType"], "MedicinalProductDefinition");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{not json").expect("write");
-    let o = engine(&[
-        "map",
-        "-d",
-        "examples",
-        "--connector",
-        "drug-labels",
-        "--input",
-        bad.to_str().expect("path"),
-    ]);
+    let o = map("drug-labels", bad.to_str().expect("path"));
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&o.stderr)
-            .contains("not JSON: key must be a string at line 1 column 2")
-    );
+    assert!(stderr(&o).contains("not JSON: key must be a string at line 1 column 2"));
 
     let deep = dir.path().join("deep.json");
     std::fs::write(&deep, "[".repeat(10_000) + &"]".repeat(10_000)).expect("write");
-    let o = engine(&[
-        "map",
-        "-d",
-        "examples",
-        "--connector",
-        "drug-labels",
-        "--input",
-        deep.to_str().expect("path"),
-    ]);
+    let o = map("drug-labels", deep.to_str().expect("path"));
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("recursion limit exceeded"));
+    assert!(stderr(&o).contains("recursion limit exceeded"));
 
     let wrong = dir.path().join("wrong.json");
     std::fs::write(
@@ -171,32 +155,16 @@ fn map_prints_fhir_and_fails_clearly() {
         r#"{"results": [{"set_id": "a", "effective_time": {"x": 1}}]}"#,
     )
     .expect("write");
-    let o = engine(&[
-        "map",
-        "-d",
-        "examples",
-        "--connector",
-        "drug-labels",
-        "--input",
-        wrong.to_str().expect("path"),
-    ]);
+    let o = map("drug-labels", wrong.to_str().expect("path"));
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8_lossy(&o.stderr),
+        stderr(&o),
         "error: mapping failed: rule spec.mapping.statusDate: expected a dateTime, found an object (input $['results'][0]['effective_time'])\n"
     );
 
-    let o = engine(&[
-        "map",
-        "-d",
-        "examples",
-        "--connector",
-        "drug-lables",
-        "--input",
-        "examples/drug-labels/label.json",
-    ]);
+    let o = map("drug-lables", "examples/drug-labels/label.json");
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("did you mean `drug-labels`?"));
+    assert!(stderr(&o).contains("did you mean `drug-labels`?"));
 }
 
 #[test]
@@ -208,12 +176,7 @@ fn committed_deploy_matches_the_generator() {
         "deploy/base",
         "--check",
     ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
 #[test]
@@ -225,12 +188,7 @@ fn openapi_describes_routes_and_holds_no_secret() {
         "--prefix",
         "/connector/api",
     ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = stdout(&o);
     let doc: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(doc["openapi"], "3.0.3");

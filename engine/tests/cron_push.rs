@@ -2,9 +2,9 @@
 //! (its `Runner`, its router with push drainers and cron schedules, or the `engine` binary)
 //! between stand-in servers written here as small axum apps with in-memory state:
 //!
-//! - a FHIR *source* answering `GET /{Type}?_count=N[&_lastUpdated=gtX]` with `searchset`
-//!   Bundles paged through absolute `next` links, counting calls and calls in flight, and able
-//!   to be slow or to fail;
+//! - a FHIR *source* (`fhir_standin::FhirSource`) answering
+//!   `GET /{Type}?_count=N[&_lastUpdated=gtX]` with `searchset` Bundles paged through absolute
+//!   `next` links, counting calls and calls in flight, and able to be slow or to fail;
 //! - a FHIR *sink* applying `transaction` and `batch` Bundles of `PUT Type/id` and
 //!   `PUT Type?identifier=system|value` to a store, refusing resources marked
 //!   `"invalid": true` with an `OperationOutcome`, switchable down (503), counting POSTs and
@@ -13,6 +13,11 @@
 //!
 //! Every wait is a poll with a deadline; no sleep stands for an assertion of speed.
 
+mod engine_under_test;
+mod fhir_resources;
+mod fhir_standin;
+mod local_http;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,345 +25,28 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::{DateTime, TimeZone, Utc};
-use engine::http::{Dirs, Engine, Limits, router};
-use engine::model::Model;
-use engine::run::{RunReport, Runner};
-use engine::secrets::ProcessEnvironment;
-use engine::state::StateDir;
-use engine::validate::{Options, validate};
+use chrono::Utc;
+use engine::http::{Engine, Limits};
+use engine_under_test::{
+    Drainer, Exit, definitions, dirs_in, engine_run_command, exit_of, load, patient_payload,
+    run_with_deadline, runner_with_sink_dir, serve_engine, signed_push, wait_until, watermarks,
+};
+use fhir_resources::{instant, key_of, references, without_meta};
+use fhir_standin::{FhirSource, fhir_json, operation_outcome};
+use local_http::{Got, bind, client, dead_url, send, spawn_app};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 /// Longest any single HTTP request of a test may take before the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one cron run may take.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a run of the `engine` binary may take before the test fails.
 const BINARY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The HMAC secret of the push connectors.
 const SECRET: &str = "push-secret-0123456789abcdef";
-
-// ------------------------------------------------------------------------------------------
-// Small helpers
-// ------------------------------------------------------------------------------------------
-
-fn fhir_json(status: u16, body: &Value) -> Response {
-    (
-        StatusCode::from_u16(status).expect("a status code"),
-        [(header::CONTENT_TYPE, "application/fhir+json")],
-        serde_json::to_vec(body).expect("JSON"),
-    )
-        .into_response()
-}
-
-fn operation_outcome(code: &str, diagnostics: &str) -> Value {
-    json!({
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]
-    })
-}
-
-async fn bind() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind on 127.0.0.1");
-    let addr = listener.local_addr().expect("local address");
-    (listener, format!("http://{addr}"))
-}
-
-fn spawn_app(listener: TcpListener, app: axum::Router) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    })
-}
-
-/// A URL where nothing listens (connection refused): a port taken and given back.
-fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("address").port();
-    drop(l);
-    format!("http://127.0.0.1:{port}")
-}
-
-/// `2026-01-01T00:00:00Z` plus `seconds`, as a FHIR instant.
-fn instant(seconds: i64) -> String {
-    let t = Utc
-        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-        .single()
-        .expect("a time")
-        + chrono::TimeDelta::seconds(seconds);
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// A resource without its `meta` (server-managed metadata).
-fn without_meta(r: &Value) -> Value {
-    let mut c = r.clone();
-    if let Some(o) = c.as_object_mut() {
-        o.remove("meta");
-    }
-    c
-}
-
-fn key_of(r: &Value) -> String {
-    format!(
-        "{}/{}",
-        r["resourceType"].as_str().unwrap_or("?"),
-        r["id"].as_str().unwrap_or("?")
-    )
-}
-
-/// Polls `check` every 20 ms until it holds; fails the test after `deadline`.
-async fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    loop {
-        if check() {
-            return;
-        }
-        assert!(Instant::now() < end, "{what}: not within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// Stand-in FHIR source
-// ------------------------------------------------------------------------------------------
-
-struct SourceInner {
-    base: String,
-    /// Resources by type, in insertion order.
-    resources: Mutex<BTreeMap<String, Vec<Value>>>,
-    calls: AtomicUsize,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-    delay_ms: AtomicU64,
-    /// Answer this status (for one type, or for all) instead of searching.
-    failing: Mutex<Option<(Option<String>, u16)>>,
-    /// `Type?query` of every request, in arrival order.
-    requests: Mutex<Vec<String>>,
-}
-
-/// Decrements the calls in flight when a request ends (also when it is cancelled).
-struct InFlight(Arc<SourceInner>);
-
-impl InFlight {
-    fn enter(s: &Arc<SourceInner>) -> InFlight {
-        let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        s.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        InFlight(s.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-#[derive(Clone)]
-struct FhirSource {
-    url: String,
-    inner: Arc<SourceInner>,
-}
-
-impl FhirSource {
-    async fn start() -> FhirSource {
-        let (listener, url) = bind().await;
-        let inner = Arc::new(SourceInner {
-            base: url.clone(),
-            resources: Mutex::new(BTreeMap::new()),
-            calls: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
-            delay_ms: AtomicU64::new(0),
-            failing: Mutex::new(None),
-            requests: Mutex::new(Vec::new()),
-        });
-        let app = axum::Router::new()
-            .route("/{rtype}", get(source_search))
-            .with_state(inner.clone());
-        spawn_app(listener, app);
-        FhirSource { url, inner }
-    }
-
-    /// Adds a resource, or replaces the one of the same type and id.
-    fn put(&self, r: Value) {
-        let t = r["resourceType"]
-            .as_str()
-            .expect("a resourceType")
-            .to_owned();
-        let mut all = self.inner.resources.lock().expect("source store");
-        let list = all.entry(t).or_default();
-        match list.iter_mut().find(|x| x["id"] == r["id"]) {
-            Some(slot) => *slot = r,
-            None => list.push(r),
-        }
-    }
-
-    fn all(&self) -> Vec<Value> {
-        self.inner
-            .resources
-            .lock()
-            .expect("source store")
-            .values()
-            .flatten()
-            .cloned()
-            .collect()
-    }
-
-    /// The largest `meta.lastUpdated` of a type.
-    fn newest(&self, t: &str) -> String {
-        self.inner.resources.lock().expect("source store")[t]
-            .iter()
-            .filter_map(|r| r["meta"]["lastUpdated"].as_str())
-            .max_by_key(|s| DateTime::parse_from_rfc3339(s).expect("an instant"))
-            .expect("resources of the type")
-            .to_owned()
-    }
-
-    fn calls(&self) -> usize {
-        self.inner.calls.load(Ordering::SeqCst)
-    }
-
-    fn max_in_flight(&self) -> usize {
-        self.inner.max_in_flight.load(Ordering::SeqCst)
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.inner.requests.lock().expect("source log").clone()
-    }
-
-    fn fail(&self, only: Option<&str>, status: u16) {
-        *self.inner.failing.lock().expect("source switch") =
-            Some((only.map(str::to_owned), status));
-    }
-
-    fn heal(&self) {
-        *self.inner.failing.lock().expect("source switch") = None;
-    }
-
-    fn delay(&self, d: Duration) {
-        self.inner
-            .delay_ms
-            .store(d.as_millis() as u64, Ordering::SeqCst);
-    }
-}
-
-fn parse_instant(s: &str) -> Option<DateTime<chrono::FixedOffset>> {
-    DateTime::parse_from_rfc3339(s).ok()
-}
-
-async fn source_search(
-    State(s): State<Arc<SourceInner>>,
-    UrlPath(rtype): UrlPath<String>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    s.calls.fetch_add(1, Ordering::SeqCst);
-    let _guard = InFlight::enter(&s);
-    let query = query.unwrap_or_default();
-    s.requests
-        .lock()
-        .expect("source log")
-        .push(format!("{rtype}?{query}"));
-    let delay = s.delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    let failing = s.failing.lock().expect("source switch").clone();
-    if let Some((only, status)) = failing
-        && only.as_deref().is_none_or(|t| t == rtype)
-    {
-        return fhir_json(
-            status,
-            &operation_outcome("exception", "the source stand-in is failing"),
-        );
-    }
-    let pairs: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    let count: usize = pairs
-        .get("_count")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(50)
-        .max(1);
-    let offset: usize = pairs
-        .get("_offset")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let since = match pairs.get("_lastUpdated") {
-        None => None,
-        Some(v) => match v.strip_prefix("gt").and_then(parse_instant) {
-            Some(t) => Some(t),
-            None => {
-                return fhir_json(
-                    400,
-                    &operation_outcome("invalid", &format!("bad _lastUpdated `{v}`")),
-                );
-            }
-        },
-    };
-    let mut matching: Vec<Value> = s
-        .resources
-        .lock()
-        .expect("source store")
-        .get(&rtype)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| {
-            let updated = r["meta"]["lastUpdated"].as_str().and_then(parse_instant);
-            since.is_none_or(|since| updated.is_some_and(|u| u > since))
-        })
-        .collect();
-    matching.sort_by_key(|r| {
-        (
-            r["meta"]["lastUpdated"].as_str().and_then(parse_instant),
-            r["id"].as_str().unwrap_or("").to_owned(),
-        )
-    });
-    let page_url = |offset: usize| {
-        let mut u = url::Url::parse(&format!("{}/{rtype}", s.base)).expect("a URL");
-        {
-            let mut q = u.query_pairs_mut();
-            q.append_pair("_count", &count.to_string());
-            if let Some(v) = pairs.get("_lastUpdated") {
-                q.append_pair("_lastUpdated", v);
-            }
-            q.append_pair("_offset", &offset.to_string());
-        }
-        u.to_string()
-    };
-    let end = (offset + count).min(matching.len());
-    let page = matching.get(offset..end).unwrap_or_default();
-    let mut link = vec![json!({"relation": "self", "url": page_url(offset)})];
-    if end < matching.len() {
-        link.push(json!({"relation": "next", "url": page_url(end)}));
-    }
-    let entry: Vec<Value> = page
-        .iter()
-        .map(|r| {
-            json!({
-                "fullUrl": format!("{}/{}", s.base, key_of(r)),
-                "resource": r,
-                "search": {"mode": "match"}
-            })
-        })
-        .collect();
-    fhir_json(
-        200,
-        &json!({
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": matching.len(),
-            "link": link,
-            "entry": entry
-        }),
-    )
-}
 
 // ------------------------------------------------------------------------------------------
 // Stand-in FHIR sink
@@ -552,7 +240,7 @@ fn apply(store: &mut Store, target: Target, mut r: Value) -> Value {
     };
     let key = format!("{rtype}/{id}");
     let mut refs = Vec::new();
-    collect_refs(&r, &mut refs);
+    references(&r, &mut refs);
     for reference in refs {
         if reference != key && !store.resources.contains_key(&reference) {
             store.dangling.push(format!("{key} -> {reference}"));
@@ -576,21 +264,6 @@ fn apply(store: &mut Store, target: Target, mut r: Value) -> Value {
         "location": format!("{key}/_history/{version}"),
         "etag": format!("W/\"{version}\"")
     })
-}
-
-fn collect_refs(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(o) => {
-            for (k, c) in o {
-                match (k.as_str(), c) {
-                    ("reference", Value::String(s)) => out.push(s.clone()),
-                    _ => collect_refs(c, out),
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|c| collect_refs(c, out)),
-        _ => {}
-    }
 }
 
 async fn sink_post(State(s): State<Arc<SinkInner>>, body: Bytes) -> Response {
@@ -718,159 +391,14 @@ async fn json_items(State(s): State<Arc<JsonInner>>, RawQuery(query): RawQuery) 
 // The engine under test
 // ------------------------------------------------------------------------------------------
 
-/// Writes definitions to a new temporary directory.
-fn definitions(yaml: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("definitions.yaml"), yaml).expect("write definitions");
-    dir
-}
-
-/// Loads and validates the definitions of a directory.
-fn load(dir: &Path) -> Model {
-    let (files, read_errors) =
-        engine::load::read_all(&[dir.to_path_buf()]).expect("readable definitions");
-    let opts = Options {
-        allow_unresolved: false,
-        run_tests: false,
-        fhir_schema: None,
-        env: &ProcessEnvironment,
-    };
-    let outcome = validate(&files, read_errors, &opts);
-    outcome
-        .model
-        .unwrap_or_else(|| panic!("invalid definitions: {:#?}", outcome.diagnostics))
-}
-
-/// A runner of a cron connector, on its own clients.
-fn runner(model: &Model, name: &str, state: &Path, sink_dir: &Path) -> Runner {
-    let connector = model.connector(name).expect("the connector").clone();
-    let metrics = Arc::new(engine::metrics::Metrics::default());
-    let upstreams =
-        engine::upstream::Upstreams::new(connector.sources.iter().cloned(), metrics.clone())
-            .expect("upstream clients");
-    Runner::new(
-        connector,
-        &upstreams,
-        StateDir::new(state),
-        sink_dir,
-        metrics,
-    )
-    .expect("a runner")
-}
-
-async fn run_with_deadline(r: &Runner, dry_run: bool) -> (RunReport, Vec<Value>) {
-    tokio::time::timeout(Duration::from_secs(30), r.run(dry_run))
-        .await
-        .expect("the run ends in time")
-}
-
-fn watermarks(state: &Path, name: &str) -> BTreeMap<String, String> {
-    StateDir::new(state)
-        .load(name)
-        .expect("readable state")
-        .watermarks
-}
-
-/// What the `engine` binary did.
-#[derive(Debug)]
-struct Exit {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `engine run NAME -d DEFS --state-dir STATE --sink-dir SINK [--dry-run]`.
 async fn engine_run(defs: &Path, name: &str, state: &Path, sink: &Path, dry_run: bool) -> Exit {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
-    cmd.arg("run")
-        .arg(name)
-        .arg("-d")
-        .arg(defs)
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--sink-dir")
-        .arg(sink)
-        .env_remove("ENGINE_STATE_DIR")
-        .env_remove("ENGINE_SINK_DIR")
-        .kill_on_drop(true);
+    let mut cmd = engine_run_command(defs, name, state);
+    cmd.arg("--sink-dir").arg(sink);
     if dry_run {
         cmd.arg("--dry-run");
     }
-    let out = tokio::time::timeout(BINARY_TIMEOUT, cmd.output())
-        .await
-        .expect("`engine run` ends in time")
-        .expect("`engine run` starts");
-    Exit {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// The engine's router served on 127.0.0.1.
-struct Served {
-    base: String,
-    engine: Arc<Engine>,
-    server: JoinHandle<()>,
-}
-
-async fn serve_engine(model: Model, dirs: &Dirs) -> Served {
-    let engine = Engine::new(Arc::new(model), Limits::default(), dirs).expect("an engine");
-    let (listener, base) = bind().await;
-    let server = spawn_app(listener, router(engine.clone()));
-    Served {
-        base,
-        engine,
-        server,
-    }
-}
-
-fn dirs_in(state: &Path) -> Dirs {
-    Dirs {
-        state: state.to_path_buf(),
-        sink: state.join("ndjson"),
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(CLIENT_TIMEOUT)
-        .build()
-        .expect("client")
-}
-
-/// An answer of the engine.
-#[derive(Debug, Clone)]
-struct Got {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-}
-
-impl Got {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Got {
-    let resp = req.send().await.expect("the engine answers");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("a body");
-    Got {
-        status,
-        headers,
-        text,
-    }
+    exit_of(cmd, BINARY_TIMEOUT).await
 }
 
 /// Sends a push signed with `secret` at `ts`, with an optional idempotency key.
@@ -882,12 +410,7 @@ async fn push(
     body: &[u8],
     key: Option<&str>,
 ) -> Got {
-    let mut req = c
-        .post(url)
-        .header("content-type", "application/json")
-        .header("X-Timestamp", ts.to_string())
-        .header("X-Signature", engine::push::sign(secret, ts, body))
-        .body(body.to_vec());
+    let mut req = signed_push(c, url, secret, ts, body);
     if let Some(k) = key {
         req = req.header("Idempotency-Key", k);
     }
@@ -1004,8 +527,8 @@ async fn cron_sync_copies_1100_resources_in_few_calls_then_only_what_changed() {
     let ndjson = tempfile::tempdir().expect("ndjson");
 
     // First run: everything.
-    let r1 = runner(&load(defs.path()), "copy", state.path(), ndjson.path());
-    let (report, _) = run_with_deadline(&r1, false).await;
+    let r1 = runner_with_sink_dir(&load(defs.path()), "copy", state.path(), ndjson.path());
+    let report = run_with_deadline(&r1, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!(report.records_read, 1100);
     assert_eq!(report.resources_written, 1100);
@@ -1050,7 +573,12 @@ async fn cron_sync_copies_1100_resources_in_few_calls_then_only_what_changed() {
     }
     let expected_marks: BTreeMap<String, String> = ["Observation", "Patient", "Organization"]
         .iter()
-        .map(|t| ((*t).to_owned(), source.newest(t)))
+        .map(|t| {
+            (
+                (*t).to_owned(),
+                source.newest(t).expect("resources of the type"),
+            )
+        })
         .collect();
     assert_eq!(watermarks(state.path(), "copy"), expected_marks);
     drop(r1);
@@ -1090,8 +618,8 @@ async fn cron_sync_copies_1100_resources_in_few_calls_then_only_what_changed() {
     // Second run, by a new runner on the same state directory: only what changed.
     let before = source.requests().len();
     let posts_before = sink.posts();
-    let r2 = runner(&load(defs.path()), "copy", state.path(), ndjson.path());
-    let (report, _) = run_with_deadline(&r2, false).await;
+    let r2 = runner_with_sink_dir(&load(defs.path()), "copy", state.path(), ndjson.path());
+    let report = run_with_deadline(&r2, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!(
         report.records_read, 5,
@@ -1129,7 +657,7 @@ async fn cron_sync_copies_1100_resources_in_few_calls_then_only_what_changed() {
 
     // Third run: nothing changed, nothing read or written.
     let posts_before = sink.posts();
-    let (report, _) = run_with_deadline(&r2, false).await;
+    let report = run_with_deadline(&r2, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!((report.records_read, report.resources_written), (0, 0));
     assert_eq!(sink.posts(), posts_before);
@@ -1217,8 +745,8 @@ async fn run_that_cannot_read_fails_writes_nothing_and_keeps_its_watermark() {
     let state = tempfile::tempdir().expect("state");
     let ndjson = tempfile::tempdir().expect("ndjson");
     let model = load(defs.path());
-    let r = runner(&model, name, state.path(), ndjson.path());
-    let (report, _) = run_with_deadline(&r, false).await;
+    let r = runner_with_sink_dir(&model, name, state.path(), ndjson.path());
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!(sink.count(), 30);
     let marks = watermarks(state.path(), name);
@@ -1236,7 +764,7 @@ async fn run_that_cannot_read_fails_writes_nothing_and_keeps_its_watermark() {
     source.put(o.clone());
     source.fail(Some("Organization"), 500);
     let posts = sink.posts();
-    let (report, _) = run_with_deadline(&r, false).await;
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
     assert!(!report.ok(), "a run that cannot read fails");
     assert!(
         report
@@ -1265,8 +793,8 @@ async fn run_that_cannot_read_fails_writes_nothing_and_keeps_its_watermark() {
     let down_yaml = sink_doc("store", &sink.url, "transaction", 0)
         + &sync_doc(name, &dead_url(), "store", "Patient, Organization", 8);
     let down_defs = definitions(&down_yaml);
-    let down = runner(&load(down_defs.path()), name, state.path(), ndjson.path());
-    let (report, _) = run_with_deadline(&down, false).await;
+    let down = runner_with_sink_dir(&load(down_defs.path()), name, state.path(), ndjson.path());
+    let report = run_with_deadline(&down, RUN_TIMEOUT).await;
     assert!(!report.ok());
     assert!(
         report.failures.iter().all(|f| f.stage == "read"),
@@ -1282,7 +810,7 @@ async fn run_that_cannot_read_fails_writes_nothing_and_keeps_its_watermark() {
 
     // Healed: the next run reads exactly what changed since the last successful run.
     source.heal();
-    let (report, _) = run_with_deadline(&r, false).await;
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!(report.records_read, 3);
     assert_eq!(report.resources_written, 3);
@@ -1333,13 +861,13 @@ spec:
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
     let out_dir = tempfile::tempdir().expect("ndjson");
-    let r = runner(
+    let r = runner_with_sink_dir(
         &load(defs.path()),
         "clinic-feed",
         state.path(),
         out_dir.path(),
     );
-    let (report, _) = run_with_deadline(&r, false).await;
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!((report.records_read, report.resources_written), (3, 6));
 
@@ -1385,7 +913,7 @@ spec:
 
     // Next run: only records after the watermark, appended as whole lines.
     api.add(json!({"id": "a4", "family": "Neri", "weight": "90", "updated": 4}));
-    let (report, _) = run_with_deadline(&r, false).await;
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!((report.records_read, report.resources_written), (1, 2));
     assert_eq!(api.queries().last().map(String::as_str), Some("since=3"));
@@ -1434,9 +962,9 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load(defs.path()), &dirs_in(state.path())).await;
+    let served = serve_engine(load(defs.path()), state.path()).await;
     let url = format!("{}/push/admissions", served.base);
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let now = Utc::now().timestamp();
 
     // Correctly signed: written.
@@ -1547,27 +1075,17 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
 // 6. Push, queued mode
 // ------------------------------------------------------------------------------------------
 
-fn queued_body(id: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "resourceType": "Patient",
-        "id": id,
-        "name": [{"family": format!("Family {id}")}]
-    }))
-    .expect("JSON")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_queued_acknowledges_500_and_delivers_each_exactly_once_across_a_sink_outage() {
     let sink = FhirSink::start().await;
     let yaml = push_yaml("queued-feed", &sink.url, "queued", "");
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load(defs.path()), &dirs_in(state.path())).await;
+    let served = serve_engine(load(defs.path()), state.path()).await;
     let ep = served.engine.pushes["queued-feed"].clone();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let drainer = tokio::spawn(ep.drain(stopped));
+    let drainer = Drainer::start(ep);
     let url = format!("{}/push/queued-feed", served.base);
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
 
     let ids: Vec<String> = (0..500).map(|i| format!("q-{i:04}")).collect();
     let mut acknowledged = Vec::new();
@@ -1588,7 +1106,7 @@ async fn push_queued_acknowledges_500_and_delivers_each_exactly_once_across_a_si
             sink.down(false);
         }
         let answers = futures_util::future::join_all(chunk.iter().map(|id| {
-            let body = queued_body(id);
+            let body = patient_payload(id);
             let c = c.clone();
             let url = url.clone();
             async move { push(&c, &url, SECRET, Utc::now().timestamp(), &body, None).await }
@@ -1638,18 +1156,14 @@ async fn push_queued_acknowledges_500_and_delivers_each_exactly_once_across_a_si
             let r = &store.resources[&format!("Patient/{id}")];
             assert_eq!(
                 without_meta(r),
-                serde_json::from_slice::<Value>(&queued_body(id)).expect("JSON")
+                serde_json::from_slice::<Value>(&patient_payload(id)).expect("JSON")
             );
         }
     }
     let shown = send(c.get(format!("{}/connectors/queued-feed", served.base))).await;
     assert_eq!(shown.json()["push"]["queued"], 0, "{}", shown.text);
     assert_eq!(shown.json()["push"]["deadLetters"], 0, "{}", shown.text);
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), drainer)
-        .await
-        .expect("the drainer stops")
-        .expect("the drainer ends cleanly");
+    drainer.stop().await;
     served.server.abort();
 }
 
@@ -1659,15 +1173,13 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
     let yaml = push_yaml("durable-feed", &sink.url, "queued", "");
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let dirs = dirs_in(state.path());
 
     // With the sink down, ten payloads are acknowledged and the drainer cannot write them.
     sink.down(true);
-    let served = serve_engine(load(defs.path()), &dirs).await;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let drainer = tokio::spawn(served.engine.pushes["durable-feed"].clone().drain(stopped));
+    let served = serve_engine(load(defs.path()), state.path()).await;
+    let drainer = Drainer::start(served.engine.pushes["durable-feed"].clone());
     let url = format!("{}/push/durable-feed", served.base);
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let ids: Vec<String> = (0..10).map(|i| format!("d-{i:02}")).collect();
     for id in &ids {
         let got = push(
@@ -1675,7 +1187,7 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
             &url,
             SECRET,
             Utc::now().timestamp(),
-            &queued_body(id),
+            &patient_payload(id),
             None,
         )
         .await;
@@ -1690,24 +1202,19 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
     .await;
 
     // The engine stops: drainer, server, engine.
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), drainer)
-        .await
-        .expect("the drainer stops")
-        .expect("the drainer ends cleanly");
+    drainer.stop().await;
     served.server.abort();
     drop(served);
     drop(c);
     assert_eq!(sink.count(), 0);
 
     // A new engine on the same state directory finds the ten payloads queued.
-    let served = serve_engine(load(defs.path()), &dirs).await;
-    let c = client();
+    let served = serve_engine(load(defs.path()), state.path()).await;
+    let c = client(CLIENT_TIMEOUT);
     let shown = send(c.get(format!("{}/connectors/durable-feed", served.base))).await;
     assert_eq!(shown.json()["push"]["queued"], 10, "{}", shown.text);
     sink.down(false);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let drainer = tokio::spawn(served.engine.pushes["durable-feed"].clone().drain(stopped));
+    let drainer = Drainer::start(served.engine.pushes["durable-feed"].clone());
     let s = sink.clone();
     wait_until(
         Duration::from_secs(15),
@@ -1723,11 +1230,7 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
         e.depths().0 == 0
     })
     .await;
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), drainer)
-        .await
-        .expect("the drainer stops")
-        .expect("the drainer ends cleanly");
+    drainer.stop().await;
     served.server.abort();
 }
 
@@ -1813,13 +1316,13 @@ async fn push_sync_concurrent_replays_are_written_once() {
     let yaml = push_yaml("slow-sync", &sink.url, "sync", "");
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load(defs.path()), &dirs_in(state.path())).await;
+    let served = serve_engine(load(defs.path()), state.path()).await;
     let url = format!("{}/push/slow-sync", served.base);
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let now = Utc::now().timestamp();
 
     // The same body twice at once.
-    let body = queued_body("twice-1");
+    let body = patient_payload("twice-1");
     let (a, b) = tokio::join!(
         push(&c, &url, SECRET, now, &body, None),
         push(&c, &url, SECRET, now, &body, None)
@@ -1838,7 +1341,7 @@ async fn push_sync_concurrent_replays_are_written_once() {
     let same_body_answers = format!("{} {} / {} {}", a.status, a.text, b.status, b.text);
 
     // Two bodies with the same idempotency key at once.
-    let (body_a, body_b) = (queued_body("key-a"), queued_body("key-b"));
+    let (body_a, body_b) = (patient_payload("key-a"), patient_payload("key-b"));
     let (a, b) = tokio::join!(
         push(&c, &url, SECRET, now, &body_a, Some("same-key")),
         push(&c, &url, SECRET, now, &body_b, Some("same-key"))
@@ -1899,13 +1402,13 @@ spec:
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
     let ndjson = tempfile::tempdir().expect("ndjson");
-    let r = runner(
+    let r = runner_with_sink_dir(
         &load(defs.path()),
         "by-identifier",
         state.path(),
         ndjson.path(),
     );
-    let (report, _) = run_with_deadline(&r, false).await;
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!(report.resources_written, 3);
     assert_eq!(sink.count(), 3);
@@ -1921,7 +1424,7 @@ spec:
     let (key, _) = id_of("m2");
 
     api.add(json!({"mrn": "m2", "family": "Changed", "updated": 4}));
-    let (report, _) = run_with_deadline(&r, false).await;
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!((report.records_read, report.resources_written), (1, 1));
     assert_eq!(sink.count(), 3, "updated in place, no duplicate");
@@ -1942,9 +1445,9 @@ async fn push_writes_by_identifier_when_the_connector_asks() {
     );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load(defs.path()), &dirs_in(state.path())).await;
+    let served = serve_engine(load(defs.path()), state.path()).await;
     let url = format!("{}/push/by-identifier-push", served.base);
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let now = Utc::now().timestamp();
     for family in ["First", "Second"] {
         let body = serde_json::to_vec(&json!({
@@ -2056,13 +1559,13 @@ spec:
 
     let state = tempfile::tempdir().expect("state");
     let ndjson = tempfile::tempdir().expect("ndjson");
-    let r = runner(
+    let r = runner_with_sink_dir(
         &load(defs.path()),
         "ips-subset",
         state.path(),
         ndjson.path(),
     );
-    let (report, _) = run_with_deadline(&r, false).await;
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
     assert!(report.ok(), "{report:#?}");
     assert_eq!(report.resources_written, expected.len(), "{report:#?}");
 
@@ -2131,8 +1634,8 @@ spec:
     ));
     let state = tempfile::tempdir().expect("state");
     let ndjson = tempfile::tempdir().expect("ndjson");
-    let r = runner(&load(defs.path()), "ips-all", state.path(), ndjson.path());
-    let (report, _) = run_with_deadline(&r, false).await;
+    let r = runner_with_sink_dir(&load(defs.path()), "ips-all", state.path(), ndjson.path());
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
     assert!(report.ok(), "{report:#?}");
     assert!(report.sink_calls >= 4, "several transactions: {report:#?}");
     let store = sink.store();

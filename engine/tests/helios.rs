@@ -14,10 +14,13 @@
 //!
 //! Every wait is a poll with a deadline.
 
+mod engine_under_test;
+mod fhir_resources;
+mod helios_client;
 mod helios_server;
+mod local_http;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,16 +30,16 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
-use engine::http::{Dirs, Engine, Limits, router};
-use engine::model::Model;
-use engine::run::{RunReport, Runner};
-use engine::secrets::ProcessEnvironment;
-use engine::state::StateDir;
-use engine::validate::{Options, validate};
+use engine_under_test::{
+    Drainer, definitions, engine_run_command, exit_of, load, patient_payload, run_with_deadline,
+    runner, serve_engine, signed_push, wait_until, watermarks,
+};
+use fhir_resources::{key_of, references, without_meta};
+use helios_client::{get_json, read_all, search_all, seed};
 use helios_server::{Db, Helios, testdata};
+use local_http::{Got, bind, client, send, spawn_app};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Longest any single HTTP request of a test may take.
@@ -45,35 +48,14 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 const RUN_TIMEOUT: Duration = Duration::from_secs(40);
 /// Longest a run of the `engine` binary may take.
 const BINARY_TIMEOUT: Duration = Duration::from_secs(40);
+/// Most pages one search of Helios may take before its paging counts as endless.
+const MOST_PAGES: usize = 200;
 /// The HMAC secret of the push connectors.
 const SECRET: &str = "helios-push-secret-0123456789";
 
 // ------------------------------------------------------------------------------------------
-// Helios FHIR Server
-// ------------------------------------------------------------------------------------------
-
-// ------------------------------------------------------------------------------------------
 // Talking to Helios
 // ------------------------------------------------------------------------------------------
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(CLIENT_TIMEOUT)
-        .build()
-        .expect("an HTTP client")
-}
-
-async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
-    let resp = c
-        .get(url)
-        .header("accept", "application/fhir+json")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 /// `PUT Type/id` of a resource; the status and the answer.
 async fn put(c: &reqwest::Client, base: &str, r: &Value) -> (u16, Value) {
@@ -91,92 +73,6 @@ async fn put(c: &reqwest::Client, base: &str, r: &Value) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// Writes resources with one transaction Bundle of `PUT Type/id`; every entry must succeed.
-async fn transaction(c: &reqwest::Client, base: &str, resources: &[Value]) {
-    let entry: Vec<Value> = resources
-        .iter()
-        .map(|r| json!({"resource": r, "request": {"method": "PUT", "url": key_of(r)}}))
-        .collect();
-    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entry});
-    let resp = c
-        .post(base)
-        .header("content-type", "application/fhir+json")
-        .header("accept", "application/fhir+json")
-        .body(serde_json::to_vec(&bundle).expect("JSON"))
-        .send()
-        .await
-        .expect("Helios answers a transaction");
-    let status = resp.status().as_u16();
-    let answer: Value = resp.json().await.expect("a JSON answer");
-    assert_eq!(status, 200, "the seeding transaction: {answer}");
-    assert_eq!(answer["type"], "transaction-response", "{answer}");
-    let answers = answer["entry"].as_array().expect("entries");
-    assert_eq!(answers.len(), resources.len());
-    for a in answers {
-        let s = a["response"]["status"].as_str().unwrap_or("");
-        assert!(s.starts_with('2'), "a seeding entry failed: {a}");
-    }
-}
-
-/// Every resource of a type, by following the search's `next` links.
-async fn search_all(c: &reqwest::Client, h: &Helios, rtype: &str) -> Vec<Value> {
-    let mut next = Some(format!("{}/{rtype}?_count=500", h.url));
-    let mut visited = HashSet::new();
-    let mut out = Vec::new();
-    while let Some(url) = next.take() {
-        assert!(
-            visited.insert(url.clone()) && visited.len() <= 200,
-            "the paging of {rtype} does not end: {url}"
-        );
-        let (status, b) = get_json(c, &url).await;
-        assert_eq!(status, 200, "{url}: {b}");
-        assert_eq!(b["type"], "searchset", "{url}: {b}");
-        for e in b["entry"].as_array().into_iter().flatten() {
-            if e["resource"]["resourceType"] == rtype {
-                out.push(e["resource"].clone());
-            }
-        }
-        next = b["link"]
-            .as_array()
-            .and_then(|ls| ls.iter().find(|l| l["relation"] == "next"))
-            .and_then(|l| l["url"].as_str())
-            .map(|l| h.direct(l));
-    }
-    out
-}
-
-/// Every resource of some types, by `Type/id`; fails on an id met twice (a duplicate).
-async fn read_all(c: &reqwest::Client, h: &Helios, types: &[&str]) -> BTreeMap<String, Value> {
-    let mut all = BTreeMap::new();
-    for t in types {
-        for r in search_all(c, h, t).await {
-            let k = key_of(&r);
-            assert!(
-                all.insert(k.clone(), r).is_none(),
-                "{k} is listed twice by the search: a duplicate"
-            );
-        }
-    }
-    all
-}
-
-/// A resource without its `meta` (server-managed metadata).
-fn without_meta(r: &Value) -> Value {
-    let mut c = r.clone();
-    if let Some(o) = c.as_object_mut() {
-        o.remove("meta");
-    }
-    c
-}
-
-fn key_of(r: &Value) -> String {
-    format!(
-        "{}/{}",
-        r["resourceType"].as_str().unwrap_or("?"),
-        r["id"].as_str().unwrap_or("?")
-    )
-}
-
 fn count_of(all: &BTreeMap<String, Value>, rtype: &str) -> usize {
     all.keys()
         .filter(|k| k.split('/').next() == Some(rtype))
@@ -192,22 +88,6 @@ fn outcome_text(o: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Every `reference` string inside a value.
-fn references(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(o) => {
-            for (k, c) in o {
-                match (k.as_str(), c) {
-                    ("reference", Value::String(s)) => out.push(s.clone()),
-                    _ => references(c, out),
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|c| references(c, out)),
-        _ => {}
-    }
-}
-
 /// A relative literal reference `Type/id` (FHIR's resource type and id syntax), if it is one.
 fn type_and_id(reference: &str) -> Option<(&str, &str)> {
     let (t, id) = reference.split_once('/')?;
@@ -221,34 +101,9 @@ fn type_and_id(reference: &str) -> Option<(&str, &str)> {
     (type_ok && id_ok).then_some((t, id))
 }
 
-async fn poll_until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    loop {
-        if check() {
-            return;
-        }
-        assert!(Instant::now() < end, "{what}: not within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // ------------------------------------------------------------------------------------------
 // Small servers of the tests: a counting proxy, a JSON API
 // ------------------------------------------------------------------------------------------
-
-async fn bind() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind on 127.0.0.1");
-    let addr = listener.local_addr().expect("a local address");
-    (listener, format!("http://{addr}"))
-}
-
-fn spawn_app(listener: TcpListener, app: axum::Router) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    })
-}
 
 struct ProxyInner {
     target: String,
@@ -267,7 +122,7 @@ impl Proxy {
     fn start(listener: TcpListener, target: &str) -> Proxy {
         let inner = Arc::new(ProxyInner {
             target: target.to_owned(),
-            client: client(),
+            client: client(CLIENT_TIMEOUT),
             log: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
@@ -381,60 +236,6 @@ async fn fhir_r5_standin(resources: Vec<Value>) -> String {
 // The engine under test
 // ------------------------------------------------------------------------------------------
 
-/// Writes definitions to a new temporary directory.
-fn definitions(yaml: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("definitions.yaml"), yaml).expect("write definitions");
-    dir
-}
-
-/// Loads and validates the definitions of a directory.
-fn load(dir: &Path) -> Model {
-    let (files, read_errors) =
-        engine::load::read_all(&[dir.to_path_buf()]).expect("readable definitions");
-    let opts = Options {
-        allow_unresolved: false,
-        run_tests: false,
-        fhir_schema: None,
-        env: &ProcessEnvironment,
-    };
-    let outcome = validate(&files, read_errors, &opts);
-    outcome
-        .model
-        .unwrap_or_else(|| panic!("invalid definitions: {:#?}", outcome.diagnostics))
-}
-
-/// A runner of a cron connector, on its own clients.
-fn runner(model: &Model, name: &str, state: &Path) -> Runner {
-    let connector = model.connector(name).expect("the connector").clone();
-    let metrics = Arc::new(engine::metrics::Metrics::default());
-    let upstreams =
-        engine::upstream::Upstreams::new(connector.sources.iter().cloned(), metrics.clone())
-            .expect("upstream clients");
-    Runner::new(
-        connector,
-        &upstreams,
-        StateDir::new(state),
-        &state.join("ndjson"),
-        metrics,
-    )
-    .expect("a runner")
-}
-
-async fn run_with_deadline(r: &Runner) -> RunReport {
-    tokio::time::timeout(RUN_TIMEOUT, r.run(false))
-        .await
-        .expect("the run ends in time")
-        .0
-}
-
-fn watermarks(state: &Path, name: &str) -> BTreeMap<String, String> {
-    StateDir::new(state)
-        .load(name)
-        .expect("readable state")
-        .watermarks
-}
-
 /// The `Sink` document `helios`.
 fn sink_doc(url: &str, mode: &str, retries: u32) -> String {
     format!(
@@ -448,80 +249,6 @@ spec:
     )
 }
 
-/// What the `engine` binary did.
-#[derive(Debug)]
-struct Exit {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `engine run NAME -d DEFS --state-dir STATE`.
-async fn engine_run(defs: &Path, name: &str, state: &Path) -> Exit {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
-    cmd.arg("run")
-        .arg(name)
-        .arg("-d")
-        .arg(defs)
-        .arg("--state-dir")
-        .arg(state)
-        .env_remove("ENGINE_STATE_DIR")
-        .env_remove("ENGINE_SINK_DIR")
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(BINARY_TIMEOUT, cmd.output())
-        .await
-        .expect("`engine run` ends in time")
-        .expect("`engine run` starts");
-    Exit {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// The engine's router served on 127.0.0.1.
-struct Served {
-    base: String,
-    engine: Arc<Engine>,
-    server: JoinHandle<()>,
-}
-
-async fn serve_engine(model: Model, state: &Path) -> Served {
-    let dirs = Dirs {
-        state: state.to_path_buf(),
-        sink: state.join("ndjson"),
-    };
-    let engine = Engine::new(Arc::new(model), Limits::default(), &dirs).expect("an engine");
-    let (listener, base) = bind().await;
-    let server = spawn_app(listener, router(engine.clone()));
-    Served {
-        base,
-        engine,
-        server,
-    }
-}
-
-/// An answer of the engine.
-#[derive(Debug, Clone)]
-struct Got {
-    status: u16,
-    text: String,
-}
-
-impl Got {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Got {
-    let resp = req.send().await.expect("the engine answers");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("a body");
-    Got { status, text }
-}
-
 /// Sends a push signed now with the connectors' secret.
 async fn push(c: &reqwest::Client, url: &str, body: &[u8]) -> Got {
     push_signed(c, url, SECRET, body).await
@@ -529,15 +256,7 @@ async fn push(c: &reqwest::Client, url: &str, body: &[u8]) -> Got {
 
 /// Sends a push signed now with `secret`.
 async fn push_signed(c: &reqwest::Client, url: &str, secret: &str, body: &[u8]) -> Got {
-    let ts = Utc::now().timestamp();
-    send(
-        c.post(url)
-            .header("content-type", "application/json")
-            .header("X-Timestamp", ts.to_string())
-            .header("X-Signature", engine::push::sign(secret, ts, body))
-            .body(body.to_vec()),
-    )
-    .await
+    send(signed_push(c, url, secret, Utc::now().timestamp(), body)).await
 }
 
 // ------------------------------------------------------------------------------------------
@@ -589,7 +308,7 @@ async fn cron_sync_copies_1100_resources_between_two_helios_servers_then_only_wh
     );
     let source_proxy = Proxy::start(source_listener, &source.url);
     let sink_proxy = Proxy::start(sink_listener, &sink.url);
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
 
     // The source holds 400 Patients, 300 Organizations and 400 Observations that reference
     // them, written with transaction Bundles of 100.
@@ -601,9 +320,9 @@ async fn cron_sync_copies_1100_resources_between_two_helios_servers_then_only_wh
         .chain(organizations.chunks(100))
         .chain(observations.chunks(100))
     {
-        transaction(&c, &source.url, chunk).await;
+        seed(&c, &source.url, chunk).await;
     }
-    let seeded = read_all(&c, &source, &SYNC_TYPES).await;
+    let seeded = read_all(&c, &source, &SYNC_TYPES, MOST_PAGES).await;
     assert_eq!(seeded.len(), 1100, "the source holds what was seeded");
 
     let yaml = sink_doc(&sink_public, "transaction", 3)
@@ -631,7 +350,7 @@ spec:
     // First run: everything.
     let (source_before, sink_before) = (source_proxy.calls(), sink_proxy.calls());
     let r1 = runner(&load(defs.path()), "copy", state.path());
-    let report = run_with_deadline(&r1).await;
+    let report = run_with_deadline(&r1, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!(
         (report.records_read, report.resources_written),
@@ -660,7 +379,7 @@ spec:
     );
     assert!(ratio <= 0.05, "{ratio} calls per resource");
 
-    let copied = read_all(&c, &sink, &SYNC_TYPES).await;
+    let copied = read_all(&c, &sink, &SYNC_TYPES, MOST_PAGES).await;
     assert_eq!(
         copied.keys().collect::<Vec<_>>(),
         seeded.keys().collect::<Vec<_>>(),
@@ -707,7 +426,7 @@ spec:
     // Second run, by a new runner on the same state directory: exactly what changed.
     let (source_before, sink_before) = (source_proxy.calls(), sink_proxy.calls());
     let r2 = runner(&load(defs.path()), "copy", state.path());
-    let report = run_with_deadline(&r2).await;
+    let report = run_with_deadline(&r2, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     let second = source_proxy.log_from(source_before);
     assert_eq!(
@@ -738,7 +457,7 @@ spec:
     );
 
     // The sink: every resource once, each type counted by paging; the 5 updated.
-    let copied = read_all(&c, &sink, &SYNC_TYPES).await;
+    let copied = read_all(&c, &sink, &SYNC_TYPES, MOST_PAGES).await;
     let counts: Vec<usize> = SYNC_TYPES.iter().map(|t| count_of(&copied, t)).collect();
     println!("sink after the second run: {SYNC_TYPES:?} = {counts:?}");
     assert_eq!(
@@ -746,7 +465,7 @@ spec:
         vec![400, 400, 300],
         "no duplicates, nothing missing"
     );
-    let source_now = read_all(&c, &source, &SYNC_TYPES).await;
+    let source_now = read_all(&c, &source, &SYNC_TYPES, MOST_PAGES).await;
     assert_eq!(source_now.len(), 1100);
     for (k, r) in &source_now {
         assert_eq!(
@@ -852,7 +571,7 @@ spec:
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
     let r = runner(&load(defs.path()), "ips-import", state.path());
-    let report = run_with_deadline(&r).await;
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
     println!(
         "IPS import: {} records read, {} resources written ({} Bundle entries + {} other resources, {} distinct), {} sink calls",
         report.records_read,
@@ -868,7 +587,7 @@ spec:
     assert_eq!(report.resources_written, expected.len());
 
     // Every entry is a resource of Helios, equal (apart from meta) to a version of it.
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let mut stored: BTreeMap<String, Value> = BTreeMap::new();
     for (k, versions) in &expected {
         let (status, got) = get_json(&c, &format!("{}/{k}", helios.url)).await;
@@ -935,15 +654,6 @@ spec:
 // 3. Push into Helios: sync, then queued across a Helios restart
 // ------------------------------------------------------------------------------------------
 
-fn queued_body(id: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "resourceType": "Patient",
-        "id": id,
-        "name": [{"family": format!("Family {id}")}]
-    }))
-    .expect("JSON")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_into_helios_sync_then_queued_across_a_helios_restart() {
     let mut helios = Helios::start(Db::File).await;
@@ -980,7 +690,7 @@ spec:
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
     let served = serve_engine(load(defs.path()), state.path()).await;
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
 
     // Sync: a signed payload is mapped, written, and read back from Helios; one signed with
     // another secret is refused and written nowhere.
@@ -1012,8 +722,7 @@ spec:
 
     // Queued: 500 pushes; Helios is killed after 150 and started again after 350.
     let ep = served.engine.pushes["feed"].clone();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let drainer = tokio::spawn(ep.clone().drain(stopped));
+    let drainer = Drainer::start(ep.clone());
     let url = format!("{}/push/feed", served.base);
     let ids: Vec<String> = (0..500).map(|i| format!("q-{i:04}")).collect();
     let mut acknowledged = Vec::new();
@@ -1039,7 +748,7 @@ spec:
             );
         }
         let answers = futures_util::future::join_all(chunk.iter().map(|id| {
-            let body = queued_body(id);
+            let body = patient_payload(id);
             let c = c.clone();
             let url = url.clone();
             async move { push(&c, &url, &body).await }
@@ -1054,7 +763,7 @@ spec:
     assert_eq!(acknowledged.len(), 500);
     let started = Instant::now();
     let e = ep.clone();
-    poll_until(
+    wait_until(
         Duration::from_secs(40),
         "the drainer catches up",
         move || e.depths().0 == 0,
@@ -1067,7 +776,7 @@ spec:
     assert_eq!(shown.json()["push"]["deadLetters"], 0, "{}", shown.text);
 
     // Every acknowledged payload is in Helios exactly once, and nothing else is.
-    let patients = search_all(&c, &helios, "Patient").await;
+    let patients = search_all(&c, &helios, "Patient", MOST_PAGES).await;
     let mut by_id: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for p in &patients {
         by_id
@@ -1096,15 +805,11 @@ spec:
     for id in &acknowledged {
         assert_eq!(
             without_meta(by_id[id][0]),
-            serde_json::from_slice::<Value>(&queued_body(id)).expect("JSON"),
+            serde_json::from_slice::<Value>(&patient_payload(id)).expect("JSON"),
             "Patient/{id}"
         );
     }
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), drainer)
-        .await
-        .expect("the drainer stops")
-        .expect("the drainer ends cleanly");
+    drainer.stop().await;
     served.server.abort();
 }
 
@@ -1115,7 +820,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_run_fails_and_prints_the_outcome_when_helios_refuses_a_resource() {
     let helios = Helios::start(Db::Memory).await;
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
 
     // What Helios answers for each R5-only type, asked directly.
     let mut refusals = BTreeMap::new();
@@ -1183,7 +888,11 @@ spec:
         ("from-r5-server", "InventoryItem", "InventoryItem/inv-1"),
     ] {
         let state = tempfile::tempdir().expect("state");
-        let out = engine_run(defs.path(), name, state.path()).await;
+        let out = exit_of(
+            engine_run_command(defs.path(), name, state.path()),
+            BINARY_TIMEOUT,
+        )
+        .await;
         println!(
             "`engine run {name}`: exit {:?}\nstdout: {}\nstderr: {}",
             out.code, out.stdout, out.stderr

@@ -1,10 +1,14 @@
 //! Hot reload of the real binary under load: a valid change serves within 2 s with no failed
 //! request; an invalid change is refused, reported, and the old definitions keep answering.
 
+mod local_http;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use local_http::free_port;
 
 struct Server(Child);
 
@@ -13,13 +17,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 const EXTRA: &str = r#"apiVersion: fosps.gravitate-health.eu/v1

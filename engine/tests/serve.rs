@@ -2,6 +2,10 @@
 //! the `engine` binary) in front of stand-in upstream servers, small axum apps that count their
 //! calls, record what they received, and can be made to fail, to be slow or to be down.
 
+mod engine_under_test;
+mod fhir_resources;
+mod local_http;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,12 +14,12 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use engine::http::{Dirs, Engine, Limits, router};
-use engine::secrets::ProcessEnvironment;
-use engine::validate::{Options, validate};
+use engine::http::Limits;
+use engine_under_test::{Served, definitions, load, serve_engine_with_limits};
+use fhir_resources::entries_of;
+use local_http::{Got, bind, client, dead_url, free_port, send, spawn_app};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// Longest any single request of a test may take before the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,10 +78,7 @@ struct Stub {
 
 impl Stub {
     async fn start(answer: impl Fn(&Seen) -> (u16, Value) + Send + Sync + 'static) -> Stub {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a stand-in");
-        let addr = listener.local_addr().expect("stand-in address");
+        let (listener, url) = bind().await;
         let state = Arc::new(StubState {
             calls: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
@@ -88,13 +89,8 @@ impl Stub {
         let app = axum::Router::new()
             .fallback(stub_handler)
             .with_state(state.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Stub {
-            url: format!("http://{addr}"),
-            state,
-        }
+        spawn_app(listener, app);
+        Stub { url, state }
     }
 
     fn calls(&self) -> usize {
@@ -156,111 +152,17 @@ async fn stub_handler(State(s): State<Arc<StubState>>, req: Request) -> Response
         .into_response()
 }
 
-/// A URL where nothing listens (connection refused): a port taken and given back.
-fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("address").port();
-    drop(l);
-    format!("http://127.0.0.1:{port}")
-}
-
-/// A free port on 127.0.0.1 (bound and released).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("address").port()
-}
-
 // ------------------------------------------------------------------------------------------
 // The engine under test
 // ------------------------------------------------------------------------------------------
 
-/// Validates definitions written to a temporary directory into a model.
-fn model_of(yaml: &str) -> (engine::model::Model, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("definitions.yaml"), yaml).expect("write definitions");
-    let (files, read_errors) =
-        engine::load::read_all(&[dir.path().to_path_buf()]).expect("readable definitions");
-    let opts = Options {
-        allow_unresolved: false,
-        run_tests: false,
-        fhir_schema: None,
-        env: &ProcessEnvironment,
-    };
-    let outcome = validate(&files, read_errors, &opts);
-    let model = outcome
-        .model
-        .unwrap_or_else(|| panic!("invalid definitions: {:#?}", outcome.diagnostics));
-    (model, dir)
-}
-
-struct Served {
-    base: String,
-    addr: SocketAddr,
-    _defs: tempfile::TempDir,
-}
-
-/// Serves the engine of `yaml` on 127.0.0.1 in a spawned task.
-async fn serve(yaml: &str, limits: Limits) -> Served {
-    let (model, dir) = model_of(yaml);
-    let dirs = Dirs {
-        state: dir.path().join("state"),
-        sink: dir.path().join("state/ndjson"),
-    };
-    let engine = Engine::new(Arc::new(model), limits, &dirs).expect("engine");
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the engine");
-    let addr = listener.local_addr().expect("engine address");
-    let app = router(engine);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Served {
-        base: format!("http://{addr}"),
-        addr,
-        _defs: dir,
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(CLIENT_TIMEOUT)
-        .build()
-        .expect("client")
-}
-
-/// An answer of the engine.
-#[derive(Debug, Clone)]
-struct Got {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-}
-
-impl Got {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} {}", self.status, self.text))
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Got {
-    let resp = req.send().await.expect("the engine answers");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("a body");
-    Got {
-        status,
-        headers,
-        text,
-    }
+/// Serves the engine of `yaml` on 127.0.0.1 in a spawned task; the definitions, and the
+/// engine's state beside them, are in the directory given with it.
+async fn serve(yaml: &str, limits: Limits) -> (Served, tempfile::TempDir) {
+    let defs = definitions(yaml);
+    let served =
+        serve_engine_with_limits(load(defs.path()), &defs.path().join("state"), limits).await;
+    (served, defs)
 }
 
 async fn get(c: &reqwest::Client, url: &str) -> Got {
@@ -354,23 +256,11 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The ids of the resources of a Bundle's entries whose search mode is `mode`, in order.
 fn ids_of(bundle: &Value, mode: &str) -> Vec<String> {
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["search"]["mode"] == mode)
-        .map(|e| e["resource"]["id"].as_str().unwrap_or("").to_owned())
-        .collect()
-}
-
-fn outcomes_of(bundle: &Value) -> Vec<Value> {
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["search"]["mode"] == "outcome")
-        .map(|e| e["resource"].clone())
+    entries_of(bundle, mode)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap_or("").to_owned())
         .collect()
 }
 
@@ -551,12 +441,12 @@ async fn fhir_server(ids: &'static [&'static str]) -> Stub {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_api_connector_answers_searchset_and_read() {
     let api = label_api().await;
-    let engine = serve(
+    let (engine, _defs) = serve(
         &drug_labels_yaml(&api.url, "cache: { ttl: 10m, staleIfError: 1h }"),
         Limits::default(),
     )
     .await;
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let route = format!(
         "{}/fhir/drug-labels/MedicinalProductDefinition",
         engine.base
@@ -651,8 +541,8 @@ spec:
         read: {}
 "#
     .replace("@URL@", &fhir.url);
-    let engine = serve(&yaml, Limits::default()).await;
-    let c = client();
+    let (engine, _defs) = serve(&yaml, Limits::default()).await;
+    let c = client(CLIENT_TIMEOUT);
     let route = format!("{}/fhir/patients/Patient", engine.base);
 
     let got = send(c.get(with_query(&route, &[("identifier", "http://sys|123")]))).await;
@@ -694,12 +584,12 @@ spec:
 async fn concurrent_identical_requests_make_one_upstream_call() {
     let api = label_api().await;
     api.delay(Duration::from_millis(200));
-    let engine = serve(
+    let (engine, _defs) = serve(
         &drug_labels_yaml(&api.url, "cache: { ttl: 10m, staleIfError: 1h }"),
         Limits::default(),
     )
     .await;
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let route = format!(
         "{}/fhir/drug-labels/MedicinalProductDefinition",
         engine.base
@@ -748,12 +638,12 @@ async fn concurrent_identical_requests_make_one_upstream_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_answer_is_served_while_upstream_fails() {
     let api = label_api().await;
-    let engine = serve(
+    let (engine, _defs) = serve(
         &drug_labels_yaml(&api.url, "cache: { ttl: 10m, staleIfError: 1h }"),
         Limits::default(),
     )
     .await;
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let route = format!(
         "{}/fhir/drug-labels/MedicinalProductDefinition",
         engine.base
@@ -826,8 +716,8 @@ spec:
         connector("with-slow", "epi, slow"),
     ]
     .concat();
-    let engine = serve(&yaml, Limits::default()).await;
-    let c = client();
+    let (engine, _defs) = serve(&yaml, Limits::default()).await;
+    let c = client(CLIENT_TIMEOUT);
 
     // Both up: merged.
     let got = get(&c, &format!("{}/fhir/both/Patient", engine.base)).await;
@@ -836,7 +726,7 @@ spec:
     let mut ids = ids_of(&b, "match");
     ids.sort();
     assert_eq!(ids, ["e1", "e2", "i1"], "{b}");
-    assert!(outcomes_of(&b).is_empty(), "{b}");
+    assert!(entries_of(&b, "outcome").is_empty(), "{b}");
     assert_eq!(b["total"], 3, "{b}");
     assert_eq!((epi.calls(), ips.calls()), (1, 1));
 
@@ -845,7 +735,7 @@ spec:
     assert_eq!(got.status, 200, "{}", got.text);
     let b = got.json();
     assert_eq!(ids_of(&b, "match"), ["e1", "e2"], "{b}");
-    let outcomes = outcomes_of(&b);
+    let outcomes = entries_of(&b, "outcome");
     assert_eq!(outcomes.len(), 1, "{b}");
     assert_eq!(outcomes[0]["resourceType"], "OperationOutcome");
     let text = outcomes[0]["issue"][0]["diagnostics"]
@@ -859,7 +749,7 @@ spec:
     assert_eq!(got.status, 200, "{}", got.text);
     let b = got.json();
     assert_eq!(ids_of(&b, "match"), ["e1", "e2"], "{b}");
-    let outcomes = outcomes_of(&b);
+    let outcomes = entries_of(&b, "outcome");
     assert_eq!(outcomes.len(), 1, "{b}");
     assert_eq!(outcomes[0]["resourceType"], "OperationOutcome");
     assert_eq!(outcomes[0]["issue"][0]["code"], "timeout", "{b}");
@@ -928,7 +818,7 @@ spec:
     assert_eq!(entries.len(), 2, "{b}");
     for e in entries {
         assert_eq!(ids_of(&e["resource"], "match"), ["e1", "e2"], "{e}");
-        let outcomes = outcomes_of(&e["resource"]);
+        let outcomes = entries_of(&e["resource"], "outcome");
         assert_eq!(outcomes.len(), 1, "{e}");
         let text = outcomes[0]["issue"][0]["diagnostics"]
             .as_str()
@@ -1017,12 +907,12 @@ async fn caller_values_cannot_change_upstream_host_path_or_headers() {
         }
     })
     .await;
-    let engine = serve(
+    let (engine, _defs) = serve(
         &INJECTION_YAML.replace("@URL@", &api.url),
         Limits::default(),
     )
     .await;
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let route = format!("{}/fhir/labels/MedicinalProductDefinition", engine.base);
 
     let values = [
@@ -1170,8 +1060,8 @@ spec:
 "#
         .replace("@URL@", &fhir.url)
     );
-    let engine = serve(&yaml, Limits::default()).await;
-    let c = client();
+    let (engine, _defs) = serve(&yaml, Limits::default()).await;
+    let c = client(CLIENT_TIMEOUT);
     let route = format!(
         "{}/fhir/drug-labels/MedicinalProductDefinition",
         engine.base
@@ -1299,8 +1189,8 @@ spec:
         headers: 2048,
         ..Limits::default()
     };
-    let engine = serve(&yaml, limits).await;
-    let c = client();
+    let (engine, _defs) = serve(&yaml, limits).await;
+    let c = client(CLIENT_TIMEOUT);
 
     // Time.
     let got = get(
@@ -1386,7 +1276,7 @@ async fn binary_finishes_in_flight_requests_on_sigterm_and_refuses_invalid_defin
         .expect("the engine starts");
     let pid = child.id().expect("a pid");
     let base = format!("http://127.0.0.1:{port}");
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
 
     // Up: /healthz answers.
     let up = async {

@@ -7,8 +7,9 @@
 //!   `tests/helios.rs` (at `$HFS_BIN`, else
 //!   `${FOSPS_TOOLS:-$HOME/.local/share/fosps-tools}/hfs/bin/hfs`; without it these tests
 //!   fail, they do not skip), as the ePI and IPS FHIR servers;
-//! - stand-ins written here as small axum apps: the HL7 Europe sandbox (a FHIR source), the
-//!   supporting-material REST API, and, for the label webhook only, a FHIR sink.
+//! - stand-ins as small axum apps: the HL7 Europe sandbox (the FHIR source of
+//!   `tests/fhir_standin`), and, written here, the supporting-material REST API and, for the
+//!   label webhook only, a FHIR sink.
 //!
 //! Helios is R4: `MedicinalProductDefinition` is an R5-only type that it refuses (404). So the
 //! stand-in sandbox holds only R4-valid resources (Organization, Patient, Observation, Bundle,
@@ -17,31 +18,39 @@
 //!
 //! Every wait is a poll with a deadline.
 
+mod engine_under_test;
+mod fhir_resources;
+mod fhir_standin;
+mod helios_client;
 mod helios_server;
+mod local_http;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::{TimeZone, Utc};
-use engine::http::{Dirs, Engine, Limits, router};
+use chrono::Utc;
 use engine::model::Model;
-use engine::run::{RunReport, Runner};
+use engine::run::RunReport;
 use engine::secrets::Environment;
-use engine::state::StateDir;
 use engine::validate::{Options, validate};
-use helios_server::{Db, Helios, free_port};
+use engine_under_test::{
+    Drainer, Exit, engine_run_command, exit_of, run_with_deadline, runner, serve_engine,
+    signed_push, wait_until, watermarks,
+};
+use fhir_resources::{entries_of, key_of, references, without_meta};
+use fhir_standin::{FhirSource, fhir_json, operation_outcome};
+use helios_client::{get_json, read_all, search_all, seed};
+use helios_server::{Db, Helios};
+use local_http::{bind, client, dead_url, send, spawn_app};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 /// Longest any single HTTP request of a test may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -49,6 +58,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Longest a run of the `engine` binary may take.
 const BINARY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most pages one search of Helios may take before its paging counts as endless.
+const MOST_PAGES: usize = 50;
 
 /// The environment variables the shipped definitions read, all of them.
 const SHIPPED_VARIABLES: [&str; 9] = [
@@ -166,289 +177,19 @@ fn load_shipped(env: &TestEnv) -> Model {
     model
 }
 
-/// A runner of a shipped cron connector, on its own clients.
-fn runner(model: &Model, name: &str, state: &Path) -> Runner {
-    let connector = model.connector(name).expect("the connector").clone();
-    let metrics = Arc::new(engine::metrics::Metrics::default());
-    let upstreams =
-        engine::upstream::Upstreams::new(connector.sources.iter().cloned(), metrics.clone())
-            .expect("upstream clients");
-    Runner::new(
-        connector,
-        &upstreams,
-        StateDir::new(state),
-        &state.join("ndjson"),
-        metrics,
-    )
-    .expect("a runner")
-}
-
-async fn run_with_deadline(r: &Runner) -> RunReport {
-    tokio::time::timeout(RUN_TIMEOUT, r.run(false))
-        .await
-        .expect("the run ends in time")
-        .0
-}
-
-fn watermarks(state: &Path, name: &str) -> BTreeMap<String, String> {
-    StateDir::new(state)
-        .load(name)
-        .expect("readable state")
-        .watermarks
-}
-
-/// What the `engine` binary did.
-#[derive(Debug)]
-struct Exit {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `engine run NAME -d connectors.d --state-dir STATE --sink-dir STATE/ndjson` with the
 /// test's variables passed to the child process.
 async fn engine_run(env: &TestEnv, name: &str, state: &Path) -> Exit {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
-    cmd.arg("run")
-        .arg(name)
-        .arg("-d")
-        .arg(shipped_dir())
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--sink-dir")
+    let mut cmd = engine_run_command(&shipped_dir(), name, state);
+    cmd.arg("--sink-dir")
         .arg(state.join("ndjson"))
-        .env_remove("ENGINE_STATE_DIR")
-        .env_remove("ENGINE_SINK_DIR")
-        .envs(env.vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(BINARY_TIMEOUT, cmd.output())
-        .await
-        .expect("`engine run` ends in time")
-        .expect("`engine run` starts");
-    Exit {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .envs(env.vars.iter().map(|(k, v)| (*k, v.as_str())));
+    exit_of(cmd, BINARY_TIMEOUT).await
 }
 
-/// The engine's router over the shipped definitions, served on 127.0.0.1.
-struct Served {
-    base: String,
-    engine: Arc<Engine>,
-    server: JoinHandle<()>,
-}
-
-async fn serve_engine(model: Model, state: &Path) -> Served {
-    let dirs = Dirs {
-        state: state.to_path_buf(),
-        sink: state.join("ndjson"),
-    };
-    let engine = Engine::new(Arc::new(model), Limits::default(), &dirs).expect("an engine");
-    let (listener, base) = bind().await;
-    let server = spawn_app(listener, router(engine.clone()));
-    Served {
-        base,
-        engine,
-        server,
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// Outside servers: where nothing listens (Helios is in tests/helios_server)
-// ------------------------------------------------------------------------------------------
-
-/// A URL where nothing listens (connection refused).
-fn dead_url() -> String {
-    format!("http://127.0.0.1:{}", free_port())
-}
-
-// ------------------------------------------------------------------------------------------
-// HTTP helpers
-// ------------------------------------------------------------------------------------------
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(CLIENT_TIMEOUT)
-        .build()
-        .expect("an HTTP client")
-}
-
-async fn bind() -> (TcpListener, String) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind on 127.0.0.1");
-    let addr = listener.local_addr().expect("a local address");
-    (listener, format!("http://{addr}"))
-}
-
-fn spawn_app(listener: TcpListener, app: axum::Router) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    })
-}
-
-fn fhir_json(status: u16, body: &Value) -> Response {
-    (
-        StatusCode::from_u16(status).expect("a status code"),
-        [(header::CONTENT_TYPE, "application/fhir+json")],
-        serde_json::to_vec(body).expect("JSON"),
-    )
-        .into_response()
-}
-
-fn operation_outcome(code: &str, diagnostics: &str) -> Value {
-    json!({
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]
-    })
-}
-
-/// An answer of a server.
-#[derive(Debug, Clone)]
-struct Got {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-}
-
-impl Got {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Got {
-    let resp = req.send().await.expect("an answer");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.expect("a body");
-    Got {
-        status,
-        headers,
-        text,
-    }
-}
-
-async fn get_json(c: &reqwest::Client, url: &str) -> (u16, Value) {
-    let got = send(c.get(url).header("accept", "application/fhir+json")).await;
-    (
-        got.status,
-        serde_json::from_str(&got.text).unwrap_or(Value::Null),
-    )
-}
-
-fn key_of(r: &Value) -> String {
-    format!(
-        "{}/{}",
-        r["resourceType"].as_str().unwrap_or("?"),
-        r["id"].as_str().unwrap_or("?")
-    )
-}
-
-/// A resource without its `meta` (server-managed metadata).
-fn without_meta(r: &Value) -> Value {
-    let mut c = r.clone();
-    if let Some(o) = c.as_object_mut() {
-        o.remove("meta");
-    }
-    c
-}
-
-/// Writes resources to Helios with one transaction Bundle of `PUT Type/id`.
-async fn seed(c: &reqwest::Client, base: &str, resources: &[Value]) {
-    let entry: Vec<Value> = resources
-        .iter()
-        .map(|r| json!({"resource": r, "request": {"method": "PUT", "url": key_of(r)}}))
-        .collect();
-    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entry});
-    let got = send(
-        c.post(base)
-            .header("content-type", "application/fhir+json")
-            .header("accept", "application/fhir+json")
-            .body(bundle.to_string()),
-    )
-    .await;
-    assert_eq!(got.status, 200, "the seeding transaction: {}", got.text);
-    let answer = got.json();
-    let answers = answer["entry"].as_array().expect("entries");
-    assert_eq!(answers.len(), resources.len(), "{answer}");
-    for a in answers {
-        let s = a["response"]["status"].as_str().unwrap_or("");
-        assert!(s.starts_with('2'), "a seeding entry failed: {a}");
-    }
-}
-
-/// Every resource of a type in Helios, by following the search's `next` links.
-async fn search_all(c: &reqwest::Client, h: &Helios, rtype: &str) -> Vec<Value> {
-    let mut next = Some(format!("{}/{rtype}?_count=500", h.url));
-    let mut visited = HashSet::new();
-    let mut out = Vec::new();
-    while let Some(url) = next.take() {
-        assert!(
-            visited.insert(url.clone()) && visited.len() <= 50,
-            "the paging of {rtype} does not end: {url}"
-        );
-        let (status, b) = get_json(c, &url).await;
-        assert_eq!(status, 200, "{url}: {b}");
-        assert_eq!(b["type"], "searchset", "{url}: {b}");
-        for e in b["entry"].as_array().into_iter().flatten() {
-            if e["resource"]["resourceType"] == rtype {
-                out.push(e["resource"].clone());
-            }
-        }
-        next = b["link"]
-            .as_array()
-            .and_then(|ls| ls.iter().find(|l| l["relation"] == "next"))
-            .and_then(|l| l["url"].as_str())
-            .map(str::to_owned);
-    }
-    out
-}
-
-/// Every resource of some types in Helios, by `Type/id` (with meta); fails on an id listed
-/// twice (a duplicate).
-async fn read_all(c: &reqwest::Client, h: &Helios, types: &[&str]) -> BTreeMap<String, Value> {
-    let mut all = BTreeMap::new();
-    for t in types {
-        for r in search_all(c, h, t).await {
-            let k = key_of(&r);
-            assert!(
-                all.insert(k.clone(), r).is_none(),
-                "{k} is listed twice by the search: a duplicate"
-            );
-        }
-    }
-    all
-}
-
-async fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    loop {
-        if check() {
-            return;
-        }
-        assert!(Instant::now() < end, "{what}: not within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `2026-01-01T00:00:00Z` plus `seconds`, as a FHIR instant.
-fn instant(seconds: i64) -> String {
-    let t = Utc
-        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
-        .single()
-        .expect("a time")
-        + chrono::TimeDelta::seconds(seconds);
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// One run of a shipped cron connector, loaded with `env`, by a new runner on `state`.
+async fn run_once(env: &TestEnv, name: &str, state: &Path) -> RunReport {
+    run_with_deadline(&runner(&load_shipped(env), name, state), RUN_TIMEOUT).await
 }
 
 // ------------------------------------------------------------------------------------------
@@ -459,208 +200,17 @@ fn instant(seconds: i64) -> String {
 /// are followed).
 const SANDBOX_PAGE: usize = 3;
 
-struct SandboxInner {
-    base: String,
-    resources: Mutex<BTreeMap<String, Vec<Value>>>,
-    clock: AtomicUsize,
-    /// Answer this status for searches of this type.
-    failing: Mutex<Option<(String, u16)>>,
-    /// `Type?query` of every request, in arrival order.
-    requests: Mutex<Vec<String>>,
-}
-
-/// A FHIR server stand-in answering `GET /{Type}?_count=N[&_lastUpdated=gtX]` with
-/// `searchset` Bundles paged through absolute `next` links; every resource put gets a newer
-/// `meta.lastUpdated`.
-#[derive(Clone)]
-struct Sandbox {
-    url: String,
-    inner: Arc<SandboxInner>,
-}
-
-impl Sandbox {
-    async fn start(resources: &[Value]) -> Sandbox {
-        let (listener, url) = bind().await;
-        let inner = Arc::new(SandboxInner {
-            base: url.clone(),
-            resources: Mutex::new(BTreeMap::new()),
-            clock: AtomicUsize::new(0),
-            failing: Mutex::new(None),
-            requests: Mutex::new(Vec::new()),
-        });
-        let app = axum::Router::new()
-            .route("/{rtype}", get(sandbox_search))
-            .with_state(inner.clone());
-        spawn_app(listener, app);
-        let s = Sandbox { url, inner };
-        for r in resources {
-            s.put(r.clone());
-        }
-        s
+/// The stand-in sandbox: a FHIR source (answering
+/// `GET /{Type}?_count=N[&_lastUpdated=gtX]` with `searchset` Bundles paged through absolute
+/// `next` links) holding `resources`, each put as a new version with a newer
+/// `meta.lastUpdated`. A MedicinalProductDefinition search finds nothing: it holds none
+/// (Helios, the sink, is R4 and would refuse them).
+async fn start_sandbox(resources: &[Value]) -> FhirSource {
+    let sandbox = FhirSource::with_largest_page(SANDBOX_PAGE).await;
+    for r in resources {
+        sandbox.put_version(r.clone());
     }
-
-    /// Adds a resource, or replaces the one of the same type and id, as a new version.
-    fn put(&self, mut r: Value) {
-        let tick = self.inner.clock.fetch_add(1, Ordering::SeqCst) as i64 + 1;
-        let t = r["resourceType"]
-            .as_str()
-            .expect("a resourceType")
-            .to_owned();
-        let mut all = self.inner.resources.lock().expect("sandbox store");
-        let list = all.entry(t).or_default();
-        let version = list
-            .iter()
-            .find(|x| x["id"] == r["id"])
-            .and_then(|x| x["meta"]["versionId"].as_str())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            + 1;
-        r["meta"] = json!({"versionId": version.to_string(), "lastUpdated": instant(tick)});
-        match list.iter_mut().find(|x| x["id"] == r["id"]) {
-            Some(slot) => *slot = r,
-            None => list.push(r),
-        }
-    }
-
-    fn all(&self) -> Vec<Value> {
-        self.inner
-            .resources
-            .lock()
-            .expect("sandbox store")
-            .values()
-            .flatten()
-            .cloned()
-            .collect()
-    }
-
-    /// The largest `meta.lastUpdated` of a type (the instants sort as text).
-    fn newest(&self, t: &str) -> Option<String> {
-        self.inner
-            .resources
-            .lock()
-            .expect("sandbox store")
-            .get(t)?
-            .iter()
-            .filter_map(|r| r["meta"]["lastUpdated"].as_str().map(str::to_owned))
-            .max()
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.inner.requests.lock().expect("sandbox log").clone()
-    }
-
-    fn fail(&self, rtype: &str, status: u16) {
-        *self.inner.failing.lock().expect("sandbox switch") = Some((rtype.to_owned(), status));
-    }
-}
-
-async fn sandbox_search(
-    State(s): State<Arc<SandboxInner>>,
-    UrlPath(rtype): UrlPath<String>,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let query = query.unwrap_or_default();
-    s.requests
-        .lock()
-        .expect("sandbox log")
-        .push(format!("{rtype}?{query}"));
-    let failing = s.failing.lock().expect("sandbox switch").clone();
-    if let Some((t, status)) = failing
-        && t == rtype
-    {
-        return fhir_json(
-            status,
-            &operation_outcome("exception", "the sandbox stand-in is failing"),
-        );
-    }
-    let pairs: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    let count: usize = pairs
-        .get("_count")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(SANDBOX_PAGE)
-        .clamp(1, SANDBOX_PAGE);
-    let offset: usize = pairs
-        .get("_offset")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let since = match pairs.get("_lastUpdated") {
-        None => None,
-        Some(v) => match v
-            .strip_prefix("gt")
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        {
-            Some(t) => Some(t),
-            None => {
-                return fhir_json(
-                    400,
-                    &operation_outcome("invalid", &format!("bad _lastUpdated `{v}`")),
-                );
-            }
-        },
-    };
-    // A MedicinalProductDefinition search finds nothing: the store holds none (Helios, the
-    // sink, is R4 and would refuse them).
-    let mut matching: Vec<Value> = s
-        .resources
-        .lock()
-        .expect("sandbox store")
-        .get(&rtype)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| {
-            let updated = r["meta"]["lastUpdated"]
-                .as_str()
-                .and_then(|u| chrono::DateTime::parse_from_rfc3339(u).ok());
-            since.is_none_or(|since| updated.is_some_and(|u| u > since))
-        })
-        .collect();
-    matching.sort_by_key(|r| {
-        (
-            r["meta"]["lastUpdated"].as_str().unwrap_or("").to_owned(),
-            r["id"].as_str().unwrap_or("").to_owned(),
-        )
-    });
-    let page_url = |offset: usize| {
-        let mut u = url::Url::parse(&format!("{}/{rtype}", s.base)).expect("a URL");
-        {
-            let mut q = u.query_pairs_mut();
-            q.append_pair("_count", &count.to_string());
-            if let Some(v) = pairs.get("_lastUpdated") {
-                q.append_pair("_lastUpdated", v);
-            }
-            q.append_pair("_offset", &offset.to_string());
-        }
-        u.to_string()
-    };
-    let end = (offset + count).min(matching.len());
-    let page = matching.get(offset..end).unwrap_or_default();
-    let mut link = vec![json!({"relation": "self", "url": page_url(offset)})];
-    if end < matching.len() {
-        link.push(json!({"relation": "next", "url": page_url(end)}));
-    }
-    let entry: Vec<Value> = page
-        .iter()
-        .map(|r| {
-            json!({
-                "fullUrl": format!("{}/{}", s.base, key_of(r)),
-                "resource": r,
-                "search": {"mode": "match"}
-            })
-        })
-        .collect();
-    fhir_json(
-        200,
-        &json!({
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": matching.len(),
-            "link": link,
-            "entry": entry
-        }),
-    )
+    sandbox
 }
 
 /// The types `hl7-fhir-sync` copies that Helios (R4) stores.
@@ -757,19 +307,19 @@ fn sandbox_resources() -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and_fails_whole() {
     let resources = sandbox_resources();
-    let (helios, sandbox) = tokio::join!(Helios::start(Db::Memory), Sandbox::start(&resources));
+    let (helios, sandbox) = tokio::join!(Helios::start(Db::Memory), start_sandbox(&resources));
     let env = TestEnv::new()
         .with("EPI_FHIR_URL", &helios.url)
         .with("HL7_SANDBOX_FHIR_URL", &sandbox.url);
     let state = tempfile::tempdir().expect("state");
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let name = "hl7-fhir-sync";
 
     // First run: every resource of the sandbox.
     let seeded = sandbox.all();
     assert_eq!(seeded.len(), 13);
     let r1 = runner(&load_shipped(&env), name, state.path());
-    let report = run_with_deadline(&r1).await;
+    let report = run_with_deadline(&r1, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!(
         (report.records_read, report.resources_written),
@@ -792,7 +342,7 @@ async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and
             .any(|r| r.starts_with("Patient?") && r.contains("_offset=3")),
         "the `next` links are followed: {requests:#?}"
     );
-    let copied = read_all(&c, &helios, &SYNC_TYPES).await;
+    let copied = read_all(&c, &helios, &SYNC_TYPES, MOST_PAGES).await;
     let want: BTreeMap<String, Value> = seeded
         .iter()
         .map(|r| (key_of(r), without_meta(r)))
@@ -832,13 +382,13 @@ async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and
         .map(without_meta)
         .expect("Observation/obs-3");
     o["valueQuantity"]["value"] = json!(99);
-    sandbox.put(p.clone());
-    sandbox.put(o.clone());
+    sandbox.put_version(p.clone());
+    sandbox.put_version(o.clone());
 
     // Second run, by a new runner on the same state: only what changed, no duplicates.
     let before = sandbox.requests().len();
     let r2 = runner(&load_shipped(&env), name, state.path());
-    let report = run_with_deadline(&r2).await;
+    let report = run_with_deadline(&r2, RUN_TIMEOUT).await;
     assert!(report.ok(), "{:#?}", report.failures);
     let second = sandbox.requests()[before..].to_vec();
     assert_eq!(
@@ -862,7 +412,7 @@ async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and
             "{t} is searched from its watermark: {first}"
         );
     }
-    let copied = read_all(&c, &helios, &SYNC_TYPES).await;
+    let copied = read_all(&c, &helios, &SYNC_TYPES, MOST_PAGES).await;
     assert_eq!(
         copied.len(),
         seeded.len(),
@@ -887,11 +437,11 @@ async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and
         .map(|r| without_meta(&r))
         .expect("Organization/org-1");
     org["name"] = json!("Renamed holder");
-    sandbox.put(org);
-    sandbox.fail("Observation", 500);
-    let snapshot = read_all(&c, &helios, &SYNC_TYPES).await;
+    sandbox.put_version(org);
+    sandbox.fail(Some("Observation"), 500);
+    let snapshot = read_all(&c, &helios, &SYNC_TYPES, MOST_PAGES).await;
     let r3 = runner(&load_shipped(&env), name, state.path());
-    let report = run_with_deadline(&r3).await;
+    let report = run_with_deadline(&r3, RUN_TIMEOUT).await;
     assert!(!report.ok(), "a run that cannot read fails: {report:#?}");
     assert!(
         report
@@ -903,7 +453,7 @@ async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and
     );
     assert_eq!((report.resources_written, report.sink_calls), (0, 0));
     assert_eq!(
-        read_all(&c, &helios, &SYNC_TYPES).await,
+        read_all(&c, &helios, &SYNC_TYPES, MOST_PAGES).await,
         snapshot,
         "nothing is written (every version in Helios is the same)"
     );
@@ -920,7 +470,7 @@ async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and
         "the failed read on stderr: {out:#?}"
     );
     assert_eq!(
-        read_all(&c, &helios, &SYNC_TYPES).await,
+        read_all(&c, &helios, &SYNC_TYPES, MOST_PAGES).await,
         snapshot,
         "nothing is written by `engine run` either"
     );
@@ -938,16 +488,6 @@ fn patient(id: &str, family: &str) -> Value {
         "active": true,
         "name": [{"family": family}]
     })
-}
-
-fn entries_of(bundle: &Value, mode: &str) -> Vec<Value> {
-    bundle["entry"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["search"]["mode"] == mode)
-        .map(|e| e["resource"].clone())
-        .collect()
 }
 
 fn ids_of(resources: &[Value]) -> Vec<String> {
@@ -969,9 +509,9 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
     let (epi, mut ips, sandbox) = tokio::join!(
         Helios::start(Db::Memory),
         Helios::start(Db::Memory),
-        Sandbox::start(&sandbox_org)
+        start_sandbox(&sandbox_org)
     );
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let epi_patients = [
         patient("e1", "Epi One"),
         patient("e2", "Epi Two"),
@@ -1237,7 +777,7 @@ fn category_of(r: &Value) -> (String, String) {
 /// The DocumentReferences in Helios, by material id.
 async fn documents(c: &reqwest::Client, h: &Helios) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
-    for r in search_all(c, h, "DocumentReference").await {
+    for r in search_all(c, h, "DocumentReference", MOST_PAGES).await {
         let id = material_id(&r);
         assert!(out.insert(id.clone(), r).is_none(), "material {id} twice");
     }
@@ -1266,7 +806,7 @@ async fn supporting_material_pages_with_the_api_key_translates_categories_and_wr
     rows.push(json!({"id": 106, "title": "Additional monitoring", "category": "MDM", "productId": "mpd-salbutamol-100", "updatedAt": "2026-10-06", "url": "https://materials.example/106", "language": "de"}));
     let ids: Vec<String> = rows.iter().map(|r| r["id"].to_string()).collect();
     let (helios, api) = tokio::join!(Helios::start(Db::Memory), MaterialsApi::start(rows.clone()));
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     let name = "supporting-material";
 
     // The API refuses a request without the key.
@@ -1279,7 +819,7 @@ async fn supporting_material_pages_with_the_api_key_translates_categories_and_wr
         .with("SUPPORTING_MATERIAL_API_URL", &api.url)
         .with("SUPPORTING_MATERIAL_API_KEY", "not-the-key");
     let state = tempfile::tempdir().expect("state");
-    let report = run_with_deadline(&runner(&load_shipped(&wrong), name, state.path())).await;
+    let report = run_once(&wrong, name, state.path()).await;
     assert!(!report.ok(), "{report:#?}");
     assert!(
         report
@@ -1297,7 +837,7 @@ async fn supporting_material_pages_with_the_api_key_translates_categories_and_wr
         .with("EPI_FHIR_URL", &helios.url)
         .with("SUPPORTING_MATERIAL_API_URL", &api.url);
     let state = tempfile::tempdir().expect("state");
-    let report = run_with_deadline(&runner(&load_shipped(&env), name, state.path())).await;
+    let report = run_once(&env, name, state.path()).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!(
         (
@@ -1346,7 +886,7 @@ async fn supporting_material_pages_with_the_api_key_translates_categories_and_wr
     let first_versions = versions(&docs);
 
     // Second run, rows unchanged: nothing written.
-    let report = run_with_deadline(&runner(&load_shipped(&env), name, state.path())).await;
+    let report = run_once(&env, name, state.path()).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!(
         (
@@ -1362,7 +902,7 @@ async fn supporting_material_pages_with_the_api_key_translates_categories_and_wr
 
     // One row changes: exactly one resource written.
     api.change(102, "title", json!("Storing your medicine safely"));
-    let report = run_with_deadline(&runner(&load_shipped(&env), name, state.path())).await;
+    let report = run_once(&env, name, state.path()).await;
     assert!(report.ok(), "{:#?}", report.failures);
     assert_eq!(
         (
@@ -1455,9 +995,8 @@ async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_t
     let state = tempfile::tempdir().expect("state");
     let served = serve_engine(load_shipped(&env), state.path()).await;
     let ep = served.engine.pushes["label-webhook"].clone();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let drainer = tokio::spawn(ep.clone().drain(stopped));
-    let c = client();
+    let drainer = Drainer::start(ep.clone());
+    let c = client(CLIENT_TIMEOUT);
     let url = format!("{}/push/label-changed", served.base);
     let body = serde_json::to_vec(&json!({
         "event": "label.updated",
@@ -1487,30 +1026,20 @@ async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_t
         got.text
     );
     let ts = Utc::now().timestamp();
-    let got = send(
-        c.post(&url)
-            .header("content-type", "application/json")
-            .header("X-Timestamp", ts.to_string())
-            .header(
-                "X-Signature",
-                engine::push::sign("not-the-secret-0123456789", ts, &body),
-            )
-            .body(body.clone()),
-    )
+    let got = send(signed_push(
+        &c,
+        &url,
+        "not-the-secret-0123456789",
+        ts,
+        &body,
+    ))
     .await;
     assert_eq!(got.status, 401, "{}", got.text);
     assert_eq!(ep.depths(), (0, 0));
 
     // Signed with the secret given: accepted and queued.
     let ts = Utc::now().timestamp();
-    let got = send(
-        c.post(&url)
-            .header("content-type", "application/json")
-            .header("X-Timestamp", ts.to_string())
-            .header("X-Signature", engine::push::sign(WEBHOOK_SECRET, ts, &body))
-            .body(body.clone()),
-    )
-    .await;
+    let got = send(signed_push(&c, &url, WEBHOOK_SECRET, ts, &body)).await;
     assert_eq!(got.status, 202, "{}", got.text);
     assert_eq!(got.json()["status"], "queued", "{}", got.text);
 
@@ -1550,11 +1079,7 @@ async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_t
         })
     );
 
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), drainer)
-        .await
-        .expect("the drainer stops")
-        .expect("the drainer ends cleanly");
+    drainer.stop().await;
     served.server.abort();
 }
 
@@ -1608,19 +1133,19 @@ async fn lenses_are_upserted_by_identifier_and_never_duplicated() {
         .with("EPI_FHIR_URL", &helios.url)
         .with("LENSES_BASE_URL", &format!("{base}/lenses"));
     let state = tempfile::tempdir().expect("state");
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
     for round in 0..2 {
         if round == 1 {
             *version.lock().expect("version") = "1.1.0".to_owned();
         }
-        let report = run_with_deadline(&runner(&load_shipped(&env), "lenses", state.path())).await;
+        let report = run_once(&env, "lenses", state.path()).await;
         assert!(report.ok(), "{report:#?}");
         assert_eq!(
             (report.records_read, report.resources_written),
             (4, 4),
             "{report:#?}"
         );
-        let libraries = search_all(&c, &helios, "Library").await;
+        let libraries = search_all(&c, &helios, "Library", MOST_PAGES).await;
         assert_eq!(
             libraries.len(),
             4,
@@ -1681,19 +1206,11 @@ fn is_type_and_id(r: &str) -> bool {
 
 /// Every `Type/id` a resource refers to (other forms, such as a bare id the guide itself
 /// has once, are not references a server resolves).
-fn local_references(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(o) => {
-            for (k, c) in o {
-                match (k.as_str(), c) {
-                    ("reference", Value::String(r)) if is_type_and_id(r) => out.push(r.clone()),
-                    _ => local_references(c, out),
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|c| local_references(c, out)),
-        _ => {}
-    }
+fn local_references(v: &Value) -> Vec<String> {
+    let mut refs = Vec::new();
+    references(v, &mut refs);
+    refs.retain(|r| is_type_and_id(r));
+    refs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1715,14 +1232,9 @@ async fn ips_guide_import_writes_the_guide_as_resources_whose_references_resolve
         .with("IPS_FHIR_URL", &helios.url)
         .with("IPS_GUIDE", guide_dir.to_str().expect("a UTF-8 path"));
     let state = tempfile::tempdir().expect("state");
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
 
-    let report = run_with_deadline(&runner(
-        &load_shipped(&env),
-        "ips-guide-import",
-        state.path(),
-    ))
-    .await;
+    let report = run_once(&env, "ips-guide-import", state.path()).await;
     assert!(report.ok(), "{report:#?}");
     assert_eq!(report.records_read, 30, "every file of the guide is read");
     assert_eq!(report.resources_written, expected.len(), "{report:#?}");
@@ -1736,22 +1248,23 @@ async fn ips_guide_import_writes_the_guide_as_resources_whose_references_resolve
         report.skipped
     );
 
-    let stored = read_all(&c, &helios, &types).await;
+    let stored = read_all(&c, &helios, &types, MOST_PAGES).await;
     assert_eq!(
         stored.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>(),
         "Helios holds every resource of the guide once"
     );
     assert!(
-        search_all(&c, &helios, "Bundle").await.is_empty(),
+        search_all(&c, &helios, "Bundle", MOST_PAGES)
+            .await
+            .is_empty(),
         "IPS document Bundles are written as their entries"
     );
     let mut dangling = Vec::new();
     for (k, r) in &stored {
-        let mut refs = Vec::new();
-        local_references(r, &mut refs);
         dangling.extend(
-            refs.into_iter()
+            local_references(r)
+                .into_iter()
                 .filter(|t| !stored.contains_key(t))
                 .map(|t| format!("{k} -> {t}")),
         );
@@ -1777,12 +1290,7 @@ async fn ips_guide_import_writes_the_guide_as_resources_whose_references_resolve
     }
 
     // The second run finds nothing changed: nothing is written, nothing is duplicated.
-    let again = run_with_deadline(&runner(
-        &load_shipped(&env),
-        "ips-guide-import",
-        state.path(),
-    ))
-    .await;
+    let again = run_once(&env, "ips-guide-import", state.path()).await;
     assert!(again.ok(), "{again:#?}");
     assert_eq!(
         (
@@ -1793,7 +1301,7 @@ async fn ips_guide_import_writes_the_guide_as_resources_whose_references_resolve
         (0, expected.len(), 0),
         "{again:#?}"
     );
-    let after = read_all(&c, &helios, &types).await;
+    let after = read_all(&c, &helios, &types, MOST_PAGES).await;
     assert_eq!(after.len(), expected.len());
     for (k, r) in &after {
         assert_eq!(
@@ -1895,14 +1403,9 @@ async fn epi_guide_import_reads_a_package_by_url_keeps_documents_whole_and_names
         .with("EPI_FHIR_URL", &helios.url)
         .with("EPI_GUIDE", &format!("{base}/ig/package.tgz"));
     let state = tempfile::tempdir().expect("state");
-    let c = client();
+    let c = client(CLIENT_TIMEOUT);
 
-    let report = run_with_deadline(&runner(
-        &load_shipped(&env),
-        "epi-guide-import",
-        state.path(),
-    ))
-    .await;
+    let report = run_once(&env, "epi-guide-import", state.path()).await;
     // Helios is R4 and refuses the R5-only type: the run fails and says which resource,
     // with the server's OperationOutcome, instead of skipping it.
     assert!(!report.ok(), "{report:#?}");
@@ -1954,7 +1457,7 @@ async fn epi_guide_import_reads_a_package_by_url_keeps_documents_whole_and_names
         (200, json!("Bundle/epi-1"))
     );
     assert!(
-        search_all(&c, &helios, "ImplementationGuide")
+        search_all(&c, &helios, "ImplementationGuide", MOST_PAGES)
             .await
             .is_empty()
     );
@@ -1975,12 +1478,7 @@ async fn epi_guide_import_reads_a_package_by_url_keeps_documents_whole_and_names
     let env = TestEnv::new()
         .with("EPI_FHIR_URL", &helios.url)
         .with("EPI_GUIDE", &format!("{base}/ig/missing.tgz"));
-    let missing = run_with_deadline(&runner(
-        &load_shipped(&env),
-        "epi-guide-import",
-        state.path(),
-    ))
-    .await;
+    let missing = run_once(&env, "epi-guide-import", state.path()).await;
     assert_eq!(missing.failures.len(), 1, "{missing:#?}");
     assert_eq!(
         (missing.failures[0].stage, missing.resources_written),

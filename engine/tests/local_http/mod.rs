@@ -1,0 +1,84 @@
+//! Servers and clients on 127.0.0.1, as the end-to-end tests use them: a listener on a free
+//! port with its URL, a small axum app served in a task, a free port and a URL where nothing
+//! listens, and the tests' HTTP client with the answers it gets (`Got`, from `send`).
+//! Shared by `tests/serve.rs`, `tests/cron_push.rs`, `tests/helios.rs`, `tests/shipped.rs`
+//! and `tests/reload.rs`; each uses a part, hence the `dead_code` allowance below.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A listener on a free port of 127.0.0.1, and its URL.
+pub async fn bind() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind on 127.0.0.1");
+    let addr = listener.local_addr().expect("a local address");
+    (listener, format!("http://{addr}"))
+}
+
+/// Serves `app` on `listener` in a spawned task.
+pub fn spawn_app(listener: TcpListener, app: axum::Router) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    })
+}
+
+/// A port of 127.0.0.1 free now (taken and given back).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on 127.0.0.1");
+    l.local_addr().expect("a local address").port()
+}
+
+/// A URL where nothing listens (connection refused): a port taken and given back.
+pub fn dead_url() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+/// An HTTP client whose every request fails after `timeout`.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .expect("an HTTP client")
+}
+
+/// An answer of a server.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Got {
+    /// The body as JSON; fails the test when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+    }
+
+    /// A header's value (empty when it is absent or not text).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends a request and reads its answer whole; fails the test when there is none.
+pub async fn send(req: reqwest::RequestBuilder) -> Got {
+    let resp = req.send().await.expect("an answer");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("a body");
+    Got {
+        status,
+        headers,
+        text,
+    }
+}
