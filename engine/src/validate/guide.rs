@@ -8,7 +8,7 @@ use super::source::url;
 use crate::guide::Glob;
 use crate::mapping::is_resource_type;
 use crate::model::{GuideLocation, Import};
-use crate::spec::ImportSpec;
+use crate::spec::{GuideFilterSpec, ImportSpec};
 
 /// Checks an implementation guide import.
 pub fn import(ctx: &mut Ctx<'_>, i: &ImportSpec) -> Option<Import> {
@@ -32,34 +32,8 @@ pub fn import(ctx: &mut Ctx<'_>, i: &ImportSpec) -> Option<Import> {
         let dir = ctx.doc.file.parent().unwrap_or(std::path::Path::new(""));
         Some(GuideLocation::Path(dir.join(&i.guide)))
     };
-    let mut lists = [(&i.include, "include"), (&i.exclude, "exclude")].map(|(f, key)| {
-        let Some(f) = f else {
-            return (Vec::new(), Vec::new());
-        };
-        let mut files = Vec::new();
-        for (n, p) in f.files.iter().enumerate() {
-            if p.trim().is_empty() {
-                ctx.error(
-                    &["spec", "import", key, "files", &n.to_string()],
-                    "the pattern is empty",
-                    None,
-                );
-            }
-            files.push(Glob::new(p));
-        }
-        for (n, t) in f.types.iter().enumerate() {
-            if !is_resource_type(t) {
-                ctx.error(
-                    &["spec", "import", key, "types", &n.to_string()],
-                    format!("`{t}` is not a FHIR resource type name"),
-                    None,
-                );
-            }
-        }
-        (files, f.types.clone())
-    });
-    let (exclude_files, exclude_types) = std::mem::take(&mut lists[1]);
-    let (include_files, include_types) = std::mem::take(&mut lists[0]);
+    let (include_files, include_types) = list(ctx, i.include.as_ref(), "include");
+    let (exclude_files, exclude_types) = list(ctx, i.exclude.as_ref(), "exclude");
     for (n, t) in exclude_types.iter().enumerate() {
         if include_types.contains(t) {
             ctx.error(
@@ -88,4 +62,33 @@ pub fn import(ctx: &mut Ctx<'_>, i: &ImportSpec) -> Option<Import> {
         max_bytes,
         timeout,
     })
+}
+
+/// Checks an allow- or deny-list (`key` is `include` or `exclude`): its patterns and types.
+fn list(ctx: &mut Ctx<'_>, f: Option<&GuideFilterSpec>, key: &str) -> (Vec<Glob>, Vec<String>) {
+    let Some(f) = f else {
+        return (Vec::new(), Vec::new());
+    };
+    for (n, p) in f.files.iter().enumerate() {
+        if p.trim().is_empty() {
+            ctx.error(
+                &["spec", "import", key, "files", &n.to_string()],
+                "the pattern is empty",
+                None,
+            );
+        }
+    }
+    for (n, t) in f.types.iter().enumerate() {
+        if !is_resource_type(t) {
+            ctx.error(
+                &["spec", "import", key, "types", &n.to_string()],
+                format!("`{t}` is not a FHIR resource type name"),
+                None,
+            );
+        }
+    }
+    (
+        f.files.iter().map(|p| Glob::new(p)).collect(),
+        f.types.clone(),
+    )
 }
