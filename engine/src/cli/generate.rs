@@ -1,11 +1,10 @@
 //! What is generated from the definitions: `manifests` (Kubernetes and Istio parts, or a check
 //! that they are current), `openapi` (the routes' OpenAPI document) and `schema`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{SchemaFormat, load_and_validate, usage};
-use crate::diagnostic::{self, Format};
+use super::{SchemaFormat, load_and_validate, model_of, usage};
 use crate::load;
 use crate::secrets::ProcessEnvironment;
 use crate::validate::{self, Options};
@@ -28,13 +27,9 @@ pub(super) fn manifests(
         fhir_schema: None,
         env: &ProcessEnvironment,
     };
-    let outcome = validate::validate(&files, read_errors, &opts);
-    let Some(model) = outcome.model else {
-        let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
-            outcome.texts.get(p).cloned()
-        });
-        eprint!("{text}");
-        return ExitCode::from(1);
+    let model = match model_of(Ok(validate::validate(&files, read_errors, &opts))) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
     let opts = crate::manifests::Options {
         prefix,
@@ -65,16 +60,9 @@ pub(super) fn manifests(
 
 /// `engine openapi`: prints the OpenAPI document of the configured routes.
 pub(super) fn openapi(paths: Vec<PathBuf>, prefix: String) -> ExitCode {
-    let outcome = match load_and_validate(&paths, true, false, None) {
-        Ok(o) => o,
-        Err(e) => return usage(&e.to_string()),
-    };
-    let Some(model) = outcome.model else {
-        let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
-            outcome.texts.get(p).cloned()
-        });
-        eprint!("{text}");
-        return ExitCode::from(1);
+    let model = match model_of(load_and_validate(&paths, true, false, None)) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
     println!(
         "{}",

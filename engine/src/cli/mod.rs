@@ -303,6 +303,19 @@ fn usage(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The model of valid definitions, or the exit of a command that needs one: an unusable path
+/// exits 2, invalid definitions print their diagnostics and exit 1.
+fn model_of(loaded: Result<Outcome, load::UnusablePath>) -> Result<crate::model::Model, ExitCode> {
+    let outcome = loaded.map_err(|e| usage(&e.to_string()))?;
+    outcome.model.ok_or_else(|| {
+        let text = crate::diagnostic::render(&outcome.diagnostics, Format::Human, &|p| {
+            outcome.texts.get(p).cloned()
+        });
+        eprint!("{text}");
+        ExitCode::from(1)
+    })
+}
+
 /// Reads and validates definitions with the process environment.
 pub fn load_and_validate(
     paths: &[PathBuf],

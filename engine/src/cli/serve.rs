@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::{DirArgs, LogFormat, load_and_validate, usage};
+use super::{DirArgs, LogFormat, load_and_validate, model_of, usage};
 use crate::diagnostic::{self, Format};
 
 /// `engine serve`: loads the definitions and serves them until a shutdown signal.
@@ -121,16 +121,9 @@ pub(super) fn run_once(
         .with_env_filter("warn")
         .with_writer(std::io::stderr)
         .try_init();
-    let outcome = match load_and_validate(&definitions, false, false, None) {
-        Ok(o) => o,
-        Err(e) => return usage(&e.to_string()),
-    };
-    let Some(model) = outcome.model else {
-        let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
-            outcome.texts.get(p).cloned()
-        });
-        eprint!("{text}");
-        return ExitCode::from(1);
+    let model = match model_of(load_and_validate(&definitions, false, false, None)) {
+        Ok(m) => m,
+        Err(code) => return code,
     };
     let Some(connector) = model.connector(&name).cloned() else {
         return usage(&format!("no connector `{name}`"));
