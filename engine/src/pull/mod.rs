@@ -125,6 +125,16 @@ fn status_failure(client: &SourceClient, reply: &crate::upstream::Reply) -> Fail
     }
 }
 
+/// A source whose answer the mapping could not turn into FHIR.
+fn mapping_failure(client: &SourceClient, e: &crate::mapping::MapError) -> SourceError {
+    SourceError::Failed(Failure {
+        source: client.source.name.clone(),
+        reason: format!("mapping failed: {e}"),
+        timeout: false,
+        status: None,
+    })
+}
+
 fn all_failed(failures: &[Failure]) -> Problem {
     let timeout = failures.iter().all(|f| f.timeout);
     let text = failures

@@ -5,11 +5,11 @@ use axum::http::{Method, StatusCode};
 use futures_util::future::join_all;
 use serde_json::json;
 
-use super::{PullRuntime, RequestInfo, SourceError, all_failed, status_failure};
+use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure, status_failure};
 use crate::cache::Answer;
 use crate::http::outcome::Problem;
 use crate::model::PullResource;
-use crate::upstream::{Call, Failure, SourceClient};
+use crate::upstream::{Call, SourceClient};
 
 impl PullRuntime {
     /// The resource `Type/id` from the first source that has it.
@@ -60,14 +60,7 @@ impl PullRuntime {
                 let mapped = self
                     .connector
                     .map_records([("$".to_owned(), record)], params)
-                    .map_err(|e| {
-                        SourceError::Failed(Failure {
-                            source: client.source.name.clone(),
-                            reason: format!("mapping failed: {e}"),
-                            timeout: false,
-                            status: None,
-                        })
-                    })?;
+                    .map_err(|e| mapping_failure(client, &e))?;
                 let pick = mapped
                     .iter()
                     .position(|r| r["resourceType"] == res.resource_type.as_str() && r["id"] == id)

@@ -7,13 +7,13 @@ use axum::http::{Method, StatusCode};
 use futures_util::future::join_all;
 use serde_json::{Map, Value, json};
 
-use super::{PullRuntime, RequestInfo, SourceError, all_failed};
+use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure};
 use crate::cache::Answer;
 use crate::http::outcome::{Problem, outcome};
 use crate::jsonpath::Query;
 use crate::model::PullResource;
 use crate::spec::{ParamType, SourceType};
-use crate::upstream::{Call, Failure, SourceClient};
+use crate::upstream::{Call, SourceClient};
 
 /// Default `_count` of a search that declares none.
 const DEFAULT_COUNT: i64 = 20;
@@ -180,14 +180,7 @@ impl PullRuntime {
                         .map(|(i, r)| (format!("$[{i}]"), r)),
                     &q.params,
                 )
-                .map_err(|e| {
-                    SourceError::Failed(Failure {
-                        source: client.source.name.clone(),
-                        reason: format!("mapping failed: {e}"),
-                        timeout: false,
-                        status: None,
-                    })
-                })?;
+                .map_err(|e| mapping_failure(client, &e))?;
             Ok::<_, SourceError>((mapped, total))
         }))
         .await;
