@@ -31,8 +31,9 @@ use axum::routing::{get, post};
 use chrono::Utc;
 use engine::http::{Engine, Limits};
 use engine_under_test::{
-    Drainer, Exit, definitions, dirs_in, engine_run_command, exit_of, load, patient_payload,
-    run_with_deadline, runner_with_sink_dir, serve_engine, signed_push, wait_until, watermarks,
+    Drainer, Exit, assert_searched_from_watermarks, definitions, dirs_in, engine_run_command,
+    exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, serve_engine,
+    signed_push, wait_until, watermarks,
 };
 use fhir_resources::{instant, key_of, references, without_meta};
 use fhir_standin::{FhirSource, fhir_json, operation_outcome};
@@ -627,21 +628,8 @@ async fn cron_sync_copies_1100_resources_in_few_calls_then_only_what_changed() {
     );
     assert_eq!(report.resources_written, 5);
     let second: Vec<String> = source.requests()[before..].to_vec();
-    for (t, mark) in &expected_marks {
-        let first = second
-            .iter()
-            .find(|r| r.starts_with(&format!("{t}?")))
-            .unwrap_or_else(|| panic!("{t} searched in {second:?}"));
-        let pairs: HashMap<String, String> =
-            url::form_urlencoded::parse(first.split_once('?').map_or("", |(_, q)| q).as_bytes())
-                .into_owned()
-                .collect();
-        assert_eq!(
-            pairs.get("_lastUpdated"),
-            Some(&format!("gt{mark}")),
-            "{first}"
-        );
-    }
+    let types: Vec<&str> = expected_marks.keys().map(String::as_str).collect();
+    assert_searched_from_watermarks(&second, "", &types, &expected_marks);
     assert_eq!(sink.posts() - posts_before, 1, "5 resources in one Bundle");
     assert_eq!(sink.count(), 1100, "no duplicates");
     for c in &changed {

@@ -31,8 +31,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use engine_under_test::{
-    Drainer, definitions, engine_run_command, exit_of, load, patient_payload, run_with_deadline,
-    runner, serve_engine, signed_push, wait_until, watermarks,
+    Drainer, assert_searched_from_watermarks, definitions, engine_run_command, exit_of, load,
+    patient_payload, run_with_deadline, runner, serve_engine, signed_push, wait_until, watermarks,
 };
 use fhir_resources::{key_of, references, without_meta};
 use helios_client::{get_json, read_all, search_all, seed};
@@ -434,22 +434,7 @@ spec:
         (5, 5),
         "only the 5 changed resources are read and written; source calls: {second:#?}"
     );
-    for t in SYNC_TYPES {
-        let first = second
-            .iter()
-            .find(|l| l.starts_with(&format!("GET /{t}?")))
-            .unwrap_or_else(|| panic!("{t} searched in {second:?}"));
-        let query = first.split_once('?').map_or("", |(_, q)| q);
-        let since: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
-            .filter(|(k, _)| k == "_lastUpdated")
-            .map(|(_, v)| v.into_owned())
-            .collect();
-        assert_eq!(
-            since,
-            vec![format!("gt{}", marks[t])],
-            "{t} is searched from its watermark: {first}"
-        );
-    }
+    assert_searched_from_watermarks(&second, "GET /", &SYNC_TYPES, &marks);
     assert_eq!(
         sink_proxy.calls() - sink_before,
         1,

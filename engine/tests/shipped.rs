@@ -42,8 +42,8 @@ use engine::run::RunReport;
 use engine::secrets::Environment;
 use engine::validate::{Options, validate};
 use engine_under_test::{
-    Drainer, Exit, engine_run_command, exit_of, run_with_deadline, runner, serve_engine,
-    signed_push, wait_until, watermarks,
+    Drainer, Exit, assert_searched_from_watermarks, engine_run_command, exit_of, run_with_deadline,
+    runner, serve_engine, signed_push, wait_until, watermarks,
 };
 use fhir_resources::{entries_of, key_of, references, without_meta};
 use fhir_standin::{FhirSource, fhir_json, operation_outcome};
@@ -396,22 +396,7 @@ async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and
         (2, 2),
         "only the 2 changed resources are read and written; sandbox requests: {second:#?}"
     );
-    for t in SYNC_TYPES {
-        let first = second
-            .iter()
-            .find(|l| l.starts_with(&format!("{t}?")))
-            .unwrap_or_else(|| panic!("{t} searched in {second:?}"));
-        let query = first.split_once('?').map_or("", |(_, q)| q);
-        let since: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
-            .filter(|(k, _)| k == "_lastUpdated")
-            .map(|(_, v)| v.into_owned())
-            .collect();
-        assert_eq!(
-            since,
-            vec![format!("gt{}", marks[t])],
-            "{t} is searched from its watermark: {first}"
-        );
-    }
+    assert_searched_from_watermarks(&second, "", &SYNC_TYPES, &marks);
     let copied = read_all(&c, &helios, &SYNC_TYPES, MOST_PAGES).await;
     assert_eq!(
         copied.len(),

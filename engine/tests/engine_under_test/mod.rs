@@ -87,6 +87,37 @@ pub fn watermarks(state: &Path, name: &str) -> BTreeMap<String, String> {
         .watermarks
 }
 
+/// Asserts that an incremental sync searched each of `types` from its watermark in `marks`
+/// (which must have one): the first request of the type in `requests` (lines
+/// `{prefix}{Type}?{query}`) carries `_lastUpdated=gt{watermark}`, and no other
+/// `_lastUpdated`.
+pub fn assert_searched_from_watermarks(
+    requests: &[String],
+    prefix: &str,
+    types: &[&str],
+    marks: &BTreeMap<String, String>,
+) {
+    for t in types {
+        let mark = marks
+            .get(*t)
+            .unwrap_or_else(|| panic!("no watermark for {t}: {marks:?}"));
+        let first = requests
+            .iter()
+            .find(|l| l.starts_with(&format!("{prefix}{t}?")))
+            .unwrap_or_else(|| panic!("{t} searched in {requests:?}"));
+        let query = first.split_once('?').map_or("", |(_, q)| q);
+        let since: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "_lastUpdated")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(
+            since,
+            vec![format!("gt{mark}")],
+            "{t} is searched from its watermark: {first}"
+        );
+    }
+}
+
 /// What the `engine` binary did.
 #[derive(Debug)]
 pub struct Exit {
