@@ -3,29 +3,23 @@
 //! serde_json parsing of the same files already in memory, in the same run. Prints both rates
 //! and their ratio. Run: `cargo bench -p engine --bench guide`.
 
-use std::hint::black_box;
+#[path = "../tests/fhir_package/mod.rs"]
+mod fhir_package;
+#[path = "timing/mod.rs"]
+mod timing;
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engine::model::{GuideLocation, Import, Strategy};
 use engine::secrets::ProcessEnvironment;
 use engine::validate::{Options, validate};
 use serde_json::Value;
+use timing::best;
 
 /// Copies of the guide's files in the package.
 const COPIES: usize = 40;
 const ROUNDS: usize = 5;
-
-fn best(mut f: impl FnMut() -> usize) -> Duration {
-    (0..ROUNDS)
-        .map(|_| {
-            let start = Instant::now();
-            black_box(f());
-            start.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
 
 /// The Gravitate-Health IPS guide's files (shared test data), each `COPIES` times under
 /// another folder.
@@ -44,7 +38,7 @@ fn guide_files() -> Vec<(String, Vec<u8>)> {
         for path in &names {
             let name = path.file_name().expect("a name").to_string_lossy();
             out.push((
-                format!("package/copy-{copy}/{name}"),
+                format!("copy-{copy}/{name}"),
                 std::fs::read(path).expect("a file"),
             ));
         }
@@ -52,30 +46,12 @@ fn guide_files() -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn package(files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::default(),
-    ));
-    for (path, content) in files {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, path, content.as_slice())
-            .expect("a tar entry");
-    }
-    tar.into_inner()
-        .and_then(|gz| gz.finish())
-        .expect("a gzipped tar")
-}
-
 fn main() {
     let files = guide_files();
     let bytes: usize = files.iter().map(|(_, c)| c.len()).sum();
     let work = tempfile::tempdir().expect("a temporary directory");
     let tgz = work.path().join("package.tgz");
-    std::fs::write(&tgz, package(&files)).expect("the package");
+    std::fs::write(&tgz, fhir_package::package_tgz(&files)).expect("the package");
     let yaml = format!(
         "apiVersion: fosps.gravitate-health.eu/v1
 kind: Connector
@@ -117,7 +93,7 @@ spec:
         .expect("a runtime");
     let import: &Import = import;
 
-    let baseline = best(|| {
+    let baseline = best(ROUNDS, || {
         files
             .iter()
             .map(|(_, c)| serde_json::from_slice::<Value>(c).expect("JSON"))
@@ -125,7 +101,7 @@ spec:
             .len()
     });
     let mut written = 0;
-    let engine = best(|| {
+    let engine = best(ROUNDS, || {
         let guide = runtime
             .block_on(engine::guide::read(import))
             .expect("the guide reads");

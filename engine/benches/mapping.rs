@@ -3,13 +3,16 @@
 //! serialise of the same records in the same run. Prints both rates and their ratio.
 //! Run: `cargo bench -p engine --bench mapping`.
 
-use std::hint::black_box;
+#[path = "timing/mod.rs"]
+mod timing;
+
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use engine::secrets::ProcessEnvironment;
 use engine::validate::{Options, validate};
 use serde_json::{Value, json};
+use timing::best;
 
 const RECORDS: usize = 20_000;
 const ROUNDS: usize = 5;
@@ -34,17 +37,6 @@ fn records() -> Vec<String> {
         .collect()
 }
 
-fn best(mut f: impl FnMut() -> usize) -> Duration {
-    (0..ROUNDS)
-        .map(|_| {
-            let start = Instant::now();
-            black_box(f());
-            start.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
-
 fn main() {
     let root = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -65,7 +57,7 @@ fn main() {
     let texts = records();
     let params = json!({});
 
-    let baseline = best(|| {
+    let baseline = best(ROUNDS, || {
         let mut bytes = 0;
         for t in &texts {
             let v: Value = serde_json::from_str(t).expect("json");
@@ -73,7 +65,7 @@ fn main() {
         }
         bytes
     });
-    let mapped = best(|| {
+    let mapped = best(ROUNDS, || {
         let mut bytes = 0;
         for t in &texts {
             let v: Value = serde_json::from_str(t).expect("json");

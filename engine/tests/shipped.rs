@@ -19,6 +19,7 @@
 //! Every wait is a poll with a deadline.
 
 mod engine_under_test;
+mod fhir_package;
 mod fhir_resources;
 mod fhir_standin;
 mod helios_client;
@@ -45,6 +46,7 @@ use engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, engine_run_command, exit_of, run_with_deadline,
     runner, serve_engine, signed_push, wait_until, watermarks,
 };
+use fhir_package::package_tgz;
 use fhir_resources::{entries_of, key_of, references, without_meta};
 use fhir_standin::{FhirSource, fhir_json, operation_outcome};
 use helios_client::{get_json, read_all, search_all, seed};
@@ -1294,25 +1296,6 @@ async fn ips_guide_import_writes_the_guide_as_resources_whose_references_resolve
             "{k} was not written again"
         );
     }
-}
-
-/// A gzipped tar of `package/...` files: a FHIR package as the guide publisher builds it.
-fn package_tgz(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::default(),
-    ));
-    for (path, content) in files {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(content.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, format!("package/{path}"), content.as_slice())
-            .expect("a tar entry");
-    }
-    tar.into_inner()
-        .and_then(|gz| gz.finish())
-        .expect("a gzipped tar")
 }
 
 /// An ePI guide package: an ePI document Bundle and its List, the guide's ImplementationGuide,
