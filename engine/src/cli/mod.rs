@@ -35,38 +35,7 @@ pub struct Cli {
 pub enum Command {
     /// The main job: load the definitions and serve their routes, the admin API and
     /// operations endpoints. Refuses to start on invalid definitions.
-    Serve {
-        /// Files and directories of definitions.
-        #[arg(default_value = "connectors.d")]
-        paths: Vec<PathBuf>,
-        /// Address to listen on.
-        #[arg(long, env = "ENGINE_LISTEN", default_value = "0.0.0.0:8080")]
-        listen: String,
-        /// Log format.
-        #[arg(long, env = "ENGINE_LOG_FORMAT", value_enum, default_value = "text")]
-        log_format: LogFormat,
-        /// Log filter (`info`, `debug`, `engine=debug,warn`).
-        #[arg(long, env = "ENGINE_LOG", default_value = "info")]
-        log: String,
-        /// Public base URL used in links (e.g. `https://fosps.example/connector/api`); by
-        /// default the `Host` header.
-        #[arg(long, env = "ENGINE_PUBLIC_URL")]
-        public_url: Option<String>,
-        /// Longest time a request may take before it is answered 504.
-        #[arg(long, env = "ENGINE_REQUEST_TIMEOUT", default_value = "60s")]
-        request_timeout: String,
-        /// Largest request body.
-        #[arg(long, env = "ENGINE_MAX_BODY", default_value = "10MiB")]
-        max_body: String,
-        #[command(flatten)]
-        dirs: DirArgs,
-        /// Run the cron schedules in this process (off when Kubernetes CronJobs run them).
-        #[arg(long, env = "ENGINE_RUN_SCHEDULES", default_value_t = true, action = clap::ArgAction::Set)]
-        run_schedules: bool,
-        /// Time given to requests in flight when a shutdown signal arrives.
-        #[arg(long, env = "ENGINE_SHUTDOWN_GRACE", default_value = "10s")]
-        shutdown_grace: String,
-    },
+    Serve(ServeArgs),
     /// Run one cron connector once and exit: non-zero on any failure (for Kubernetes
     /// CronJobs).
     Run {
@@ -214,32 +183,45 @@ pub enum BundleArg {
     Searchset,
 }
 
+/// The flags of `engine serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Files and directories of definitions.
+    #[arg(default_value = "connectors.d")]
+    pub paths: Vec<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "ENGINE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// Log format.
+    #[arg(long, env = "ENGINE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `debug`, `engine=debug,warn`).
+    #[arg(long, env = "ENGINE_LOG", default_value = "info")]
+    pub log: String,
+    /// Public base URL used in links (e.g. `https://fosps.example/connector/api`); by
+    /// default the `Host` header.
+    #[arg(long, env = "ENGINE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Longest time a request may take before it is answered 504.
+    #[arg(long, env = "ENGINE_REQUEST_TIMEOUT", default_value = "60s")]
+    pub request_timeout: String,
+    /// Largest request body.
+    #[arg(long, env = "ENGINE_MAX_BODY", default_value = "10MiB")]
+    pub max_body: String,
+    #[command(flatten)]
+    pub dirs: DirArgs,
+    /// Run the cron schedules in this process (off when Kubernetes CronJobs run them).
+    #[arg(long, env = "ENGINE_RUN_SCHEDULES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub run_schedules: bool,
+    /// Time given to requests in flight when a shutdown signal arrives.
+    #[arg(long, env = "ENGINE_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: String,
+}
+
 /// Runs a command and gives its exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve {
-            paths,
-            listen,
-            log_format,
-            log,
-            public_url,
-            request_timeout,
-            max_body,
-            shutdown_grace,
-            dirs,
-            run_schedules,
-        } => serve::serve(
-            paths,
-            listen,
-            log_format,
-            log,
-            public_url,
-            request_timeout,
-            max_body,
-            shutdown_grace,
-            dirs,
-            run_schedules,
-        ),
+        Command::Serve(args) => serve::serve(args),
         Command::Run {
             name,
             definitions,

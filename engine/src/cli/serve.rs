@@ -6,23 +6,23 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::{DirArgs, LogFormat, load_and_validate, model_of, usage};
+use super::{DirArgs, LogFormat, ServeArgs, load_and_validate, model_of, usage};
 use crate::diagnostic::{self, Format};
 
 /// `engine serve`: loads the definitions and serves them until a shutdown signal.
-#[allow(clippy::too_many_arguments)] // the flags of `engine serve`, one argument each
-pub(super) fn serve(
-    paths: Vec<PathBuf>,
-    listen: String,
-    log_format: LogFormat,
-    log: String,
-    public_url: Option<String>,
-    request_timeout: String,
-    max_body: String,
-    shutdown_grace: String,
-    dirs: DirArgs,
-    run_schedules: bool,
-) -> ExitCode {
+pub(super) fn serve(args: ServeArgs) -> ExitCode {
+    let ServeArgs {
+        paths,
+        listen,
+        log_format,
+        log,
+        public_url,
+        request_timeout,
+        max_body,
+        dirs,
+        run_schedules,
+        shutdown_grace,
+    } = args;
     let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
         Ok(f) => f,
         Err(e) => return usage(&format!("--log `{log}`: {e}")),
