@@ -32,15 +32,14 @@ pub struct Guide {
 /// Reads the guide of an import. A guide that cannot be read, or a `.json` file that is not
 /// JSON, fails the whole read: nothing of a guide read in part is written.
 pub async fn read(import: &Import) -> Result<Guide, String> {
+    let max = import.max_bytes;
     let files = match &import.guide {
         GuideLocation::Url(url) => {
-            let bytes = package::download(url, import.max_bytes, import.timeout).await?;
-            let max = import.max_bytes;
+            let bytes = package::download(url, max, import.timeout).await?;
             blocking(move || package::unpack(&bytes, max)).await?
         }
         GuideLocation::Path(path) => {
             let path = path.clone();
-            let max = import.max_bytes;
             blocking(move || read_path(&path, max)).await?
         }
     };
