@@ -11,9 +11,9 @@ mod timing;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use engine::config::secrets::ProcessEnvironment;
+use engine::config::validate::{Options, validate};
 use engine::model::{GuideLocation, Import, Strategy};
-use engine::secrets::ProcessEnvironment;
-use engine::validate::{Options, validate};
 use serde_json::Value;
 use timing::best;
 
@@ -69,7 +69,7 @@ spec:
     let defs = work.path().join("defs");
     std::fs::create_dir(&defs).expect("defs");
     std::fs::write(defs.join("ips.yaml"), yaml).expect("the definition");
-    let (sources, errors) = engine::load::read_all(&[defs]).expect("the definition");
+    let (sources, errors) = engine::config::load::read_all(&[defs]).expect("the definition");
     let opts = Options {
         allow_unresolved: false,
         run_tests: false,
@@ -103,9 +103,9 @@ spec:
     let mut written = 0;
     let engine = best(ROUNDS, || {
         let guide = runtime
-            .block_on(engine::guide::read(import))
+            .block_on(engine::runtime::guide::read(import))
             .expect("the guide reads");
-        let imported = engine::guide::resources(&connector, import, guide);
+        let imported = engine::runtime::guide::resources(&connector, import, guide);
         written = imported.resources.len();
         written
     });

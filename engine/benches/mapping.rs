@@ -9,8 +9,8 @@ mod timing;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use engine::secrets::ProcessEnvironment;
-use engine::validate::{Options, validate};
+use engine::config::secrets::ProcessEnvironment;
+use engine::config::validate::{Options, validate};
 use serde_json::{Value, json};
 use timing::best;
 
@@ -42,7 +42,7 @@ fn main() {
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/drug-labels/connector.yaml"
     ));
-    let (files, errors) = engine::load::read_all(&[root]).expect("example");
+    let (files, errors) = engine::config::load::read_all(&[root]).expect("example");
     let opts = Options {
         allow_unresolved: true,
         run_tests: false,
@@ -69,7 +69,7 @@ fn main() {
         let mut bytes = 0;
         for t in &texts {
             let v: Value = serde_json::from_str(t).expect("json");
-            let input = engine::mapping::Input {
+            let input = engine::model::mapping::Input {
                 record: &v,
                 vars: &connector.vars,
                 params: &params,

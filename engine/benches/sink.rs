@@ -148,14 +148,15 @@ async fn source(all: Arc<Vec<Value>>) -> String {
 }
 
 fn model(dir: &std::path::Path) -> engine::model::Model {
-    let (files, errors) = engine::load::read_all(&[dir.to_path_buf()]).expect("definitions");
-    let opts = engine::validate::Options {
+    let (files, errors) =
+        engine::config::load::read_all(&[dir.to_path_buf()]).expect("definitions");
+    let opts = engine::config::validate::Options {
         allow_unresolved: false,
         run_tests: false,
         fhir_schema: None,
-        env: &engine::secrets::ProcessEnvironment,
+        env: &engine::config::secrets::ProcessEnvironment,
     };
-    let outcome = engine::validate::validate(&files, errors, &opts);
+    let outcome = engine::config::validate::validate(&files, errors, &opts);
     outcome
         .model
         .unwrap_or_else(|| panic!("{:?}", outcome.diagnostics))
@@ -203,15 +204,17 @@ async fn main() {
     .expect("write");
     let m = model(dir.path());
     let connector = m.connector("sync").expect("connector").clone();
-    let metrics = Arc::new(engine::metrics::Metrics::default());
-    let upstreams =
-        engine::upstream::Upstreams::new(connector.sources.iter().cloned(), metrics.clone())
-            .expect("clients");
+    let metrics = Arc::new(engine::runtime::metrics::Metrics::default());
+    let upstreams = engine::runtime::upstream::Upstreams::new(
+        connector.sources.iter().cloned(),
+        metrics.clone(),
+    )
+    .expect("clients");
     let state = tempfile::tempdir().expect("state");
-    let runner = engine::run::Runner::new(
+    let runner = engine::runtime::run::Runner::new(
         connector,
         &upstreams,
-        engine::state::StateDir::new(state.path()),
+        engine::runtime::state::StateDir::new(state.path()),
         state.path(),
         metrics,
     )
@@ -268,7 +271,8 @@ async fn main() {
             for i in (worker..PUSHES).step_by(16) {
                 let body = json!({"id": format!("n{i}")}).to_string();
                 let ts = chrono::Utc::now().timestamp();
-                let sig = engine::push::sign("bench-secret-0123456789", ts, body.as_bytes());
+                let sig =
+                    engine::runtime::push::sign("bench-secret-0123456789", ts, body.as_bytes());
                 let r = client
                     .post(format!("{base}/push/hook"))
                     .header("content-type", "application/json")

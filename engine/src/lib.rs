@@ -1,33 +1,12 @@
 //! The FOSPS connector engine: declarative YAML connectors turned into FHIR routes (pull),
-//! webhooks (push) and schedules (cron). See ARCHITECTURE.md for the map of modules.
+//! webhooks (push) and schedules (cron). The folders are the phases, and the arrows point down:
+//! `cli` uses everything; `http` serves what `runtime` built; `generate` writes what `config`
+//! and `model` describe; `config` reads and checks definitions into the `model`; `runtime`
+//! builds and runs the `model`. See ARCHITECTURE.md.
 
-pub mod cache;
 pub mod cli;
-pub mod diagnostic;
-pub mod fhir;
-pub mod fhir_schema;
-pub mod guide;
+pub mod config;
+pub mod generate;
 pub mod http;
-pub mod jsonpath;
-pub mod load;
-pub mod manifests;
-pub mod mapping;
-pub mod metrics;
 pub mod model;
-pub mod openapi;
-pub mod pull;
-pub mod push;
-pub mod reference;
-pub mod request;
-pub mod run;
-pub mod schedule;
-pub mod schema;
-pub mod secrets;
-pub mod serve;
-pub mod sink;
-pub mod spec;
-pub mod state;
-pub mod template;
-pub mod upstream;
-pub mod validate;
-pub mod yaml;
+pub mod runtime;

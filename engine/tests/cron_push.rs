@@ -975,7 +975,10 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
         c.post(&url)
             .header("content-type", "application/json")
             .header("X-Timestamp", now.to_string())
-            .header("X-Signature", engine::push::sign(SECRET, now, body1))
+            .header(
+                "X-Signature",
+                engine::runtime::push::sign(SECRET, now, body1),
+            )
             .body(body2.to_vec()),
     )
     .await;

@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::diagnostic::{Format, render};
-use engine::secrets::Environment;
-use engine::validate::{Options, validate};
+use engine::config::diagnostic::{Format, render};
+use engine::config::secrets::Environment;
+use engine::config::validate::{Options, validate};
 
 /// The environment of the corpus: `PRESENT` is set, nothing else.
 struct CorpusEnv;
@@ -22,7 +22,7 @@ impl Environment for CorpusEnv {
 }
 
 fn output(case: &Path) -> String {
-    let (files, read_errors) = match engine::load::read_all(&[case.to_path_buf()]) {
+    let (files, read_errors) = match engine::config::load::read_all(&[case.to_path_buf()]) {
         Ok(x) => x,
         Err(e) => return format!("unusable: {e}\n"),
     };

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::fhir_schema::FhirSchema;
-use engine::secrets::ProcessEnvironment;
-use engine::validate::{Options, validate};
+use engine::config::fhir_schema::FhirSchema;
+use engine::config::secrets::ProcessEnvironment;
+use engine::config::validate::{Options, validate};
 use serde_json::Value;
 
 const FHIR_SCHEMA: &str = "../../shared/testdata/fhir-r4/fhir.schema.json";
@@ -19,7 +19,7 @@ fn fhir_schema() -> FhirSchema {
 
 fn run_case(dir: &Path) -> Result<Vec<Value>, String> {
     let (files, read_errors) =
-        engine::load::read_all(&[dir.join("connector.yaml")]).map_err(|e| e.to_string())?;
+        engine::config::load::read_all(&[dir.join("connector.yaml")]).map_err(|e| e.to_string())?;
     let opts = Options {
         allow_unresolved: true,
         run_tests: true,

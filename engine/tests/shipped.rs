@@ -1,6 +1,6 @@
 //! End-to-end tests of the connector definitions the image ships, `connectors.d/` itself (never
 //! a copy with edits): each test loads that directory with an environment of its own (the
-//! `${env:NAME:-default}` references resolved through `engine::secrets::Environment`, so no
+//! `${env:NAME:-default}` references resolved through `engine::config::secrets::Environment`, so no
 //! process environment variable is set), pointing the definitions at servers on 127.0.0.1:
 //!
 //! - Helios FHIR Server (R4), started by the tests as a child process exactly as in
@@ -38,10 +38,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
+use engine::config::secrets::Environment;
+use engine::config::validate::{Options, validate};
 use engine::model::Model;
-use engine::run::RunReport;
-use engine::secrets::Environment;
-use engine::validate::{Options, validate};
+use engine::runtime::run::RunReport;
 use engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, engine_run_command, exit_of, run_with_deadline,
     runner, serve_engine, signed_push, wait_until, watermarks,
@@ -137,7 +137,7 @@ impl Environment for TestEnv {
 /// set (so no embedded default, which points at 127.0.0.1:8081 and such, is used).
 fn load_shipped(env: &TestEnv) -> Model {
     let (files, read_errors) =
-        engine::load::read_all(&[shipped_dir()]).expect("connectors.d is readable");
+        engine::config::load::read_all(&[shipped_dir()]).expect("connectors.d is readable");
     let names: BTreeSet<String> = files
         .iter()
         .filter_map(|f| f.path.file_name().map(|n| n.to_string_lossy().into_owned()))

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use super::{BundleArg, load_and_validate, usage};
-use crate::diagnostic::{self, Format, Severity};
-use crate::fhir::{BundleKind, bundle};
-use crate::fhir_schema::FhirSchema;
-use crate::load;
+use crate::config::diagnostic::{self, Format, Severity};
+use crate::config::fhir_schema::FhirSchema;
+use crate::config::load;
+use crate::model::fhir::{BundleKind, bundle};
 
 /// Largest input `engine map` reads.
 const MAX_INPUT: u64 = 256 << 20;
@@ -92,7 +92,7 @@ pub(super) fn map(
     };
     let Some(c) = model.connector(&connector) else {
         let names: Vec<&str> = model.connectors.iter().map(|c| c.name.as_str()).collect();
-        let hint = diagnostic::did_you_mean(&connector, names.iter().copied())
+        let hint = crate::model::hint::did_you_mean(&connector, names.iter().copied())
             .unwrap_or_else(|| format!("connectors: {}", names.join(", ")));
         return usage(&format!("no connector `{connector}` ({hint})"));
     };

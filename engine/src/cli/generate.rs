@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::{SchemaFormat, load_and_validate, model_of, usage};
-use crate::load;
-use crate::secrets::ProcessEnvironment;
-use crate::validate::{self, Options};
+use crate::config::load;
+use crate::config::secrets::ProcessEnvironment;
+use crate::config::validate::{self, Options};
 
 /// `engine manifests`: writes the generated files, or with `check` compares them.
 pub(super) fn manifests(
@@ -31,12 +31,12 @@ pub(super) fn manifests(
         Ok(m) => m,
         Err(code) => return code,
     };
-    let opts = crate::manifests::Options {
+    let opts = crate::generate::manifests::Options {
         prefix,
         image,
         ..Default::default()
     };
-    let generated = crate::manifests::generate(&model, &files, &opts);
+    let generated = crate::generate::manifests::generate(&model, &files, &opts);
     let mut stale = Vec::new();
     for (name, text) in &generated {
         let path = out.join(name);
@@ -66,7 +66,7 @@ pub(super) fn openapi(paths: Vec<PathBuf>, prefix: String) -> ExitCode {
     };
     println!(
         "{}",
-        serde_json::to_string_pretty(&crate::openapi::document(&model, &prefix))
+        serde_json::to_string_pretty(&crate::generate::openapi::document(&model, &prefix))
             .unwrap_or_default()
     );
     ExitCode::SUCCESS
@@ -74,9 +74,9 @@ pub(super) fn openapi(paths: Vec<PathBuf>, prefix: String) -> ExitCode {
 
 /// What `engine schema` prints (also the committed `schemas/` and `docs/reference.md`).
 pub fn schema_text(format: SchemaFormat) -> String {
-    let schema = crate::schema::generate();
+    let schema = crate::config::schema::generate();
     match format {
         SchemaFormat::Json => serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n",
-        SchemaFormat::Markdown => crate::reference::markdown(&schema),
+        SchemaFormat::Markdown => crate::generate::reference::markdown(&schema),
     }
 }

@@ -9,11 +9,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::diagnostic::Format;
-use crate::fhir_schema::FhirSchema;
-use crate::load;
-use crate::secrets::ProcessEnvironment;
-use crate::validate::{self, Options, Outcome};
+use crate::config::diagnostic::Format;
+use crate::config::fhir_schema::FhirSchema;
+use crate::config::load;
+use crate::config::secrets::ProcessEnvironment;
+use crate::config::validate::{self, Options, Outcome};
 
 mod check;
 mod generate;
@@ -290,7 +290,7 @@ fn usage(message: &str) -> ExitCode {
 fn model_of(loaded: Result<Outcome, load::UnusablePath>) -> Result<crate::model::Model, ExitCode> {
     let outcome = loaded.map_err(|e| usage(&e.to_string()))?;
     outcome.model.ok_or_else(|| {
-        let text = crate::diagnostic::render(&outcome.diagnostics, Format::Human, &|p| {
+        let text = crate::config::diagnostic::render(&outcome.diagnostics, Format::Human, &|p| {
             outcome.texts.get(p).cloned()
         });
         eprint!("{text}");

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use super::{DirArgs, LogFormat, ServeArgs, load_and_validate, model_of, usage};
-use crate::diagnostic::{self, Format};
+use crate::config::diagnostic::{self, Format};
 
 /// `engine serve`: loads the definitions and serves them until a shutdown signal.
 pub(super) fn serve(args: ServeArgs) -> ExitCode {
@@ -37,11 +37,12 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         LogFormat::Text => builder.init(),
     }
     let parse = |flag: &str, v: &str| {
-        crate::validate::parse_duration(v).ok_or_else(|| format!("{flag} `{v}` is not a duration"))
+        crate::config::validate::parse_duration(v)
+            .ok_or_else(|| format!("{flag} `{v}` is not a duration"))
     };
     let limits = match (
         parse("--request-timeout", &request_timeout),
-        crate::validate::parse_size(&max_body),
+        crate::config::validate::parse_size(&max_body),
         parse("--shutdown-grace", &shutdown_grace),
     ) {
         (Ok(timeout), Some(body), Ok(grace)) => (
@@ -77,7 +78,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return usage(&e),
     };
     let loader_paths = paths.clone();
-    let load: crate::serve::Loader = std::sync::Arc::new(move || {
+    let load: crate::http::server::Loader = std::sync::Arc::new(move || {
         let outcome =
             load_and_validate(&loader_paths, false, false, None).map_err(|e| e.to_string())?;
         let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
@@ -85,7 +86,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         });
         outcome.model.ok_or(text)
     });
-    let reload = crate::serve::Reload {
+    let reload = crate::http::server::Reload {
         paths,
         load,
         dirs: dirs.dirs(),
@@ -98,7 +99,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage(&format!("runtime: {e}")),
     };
-    match runtime.block_on(crate::serve::serve(
+    match runtime.block_on(crate::http::server::serve(
         engine,
         &listen,
         limits.1,
@@ -129,18 +130,20 @@ pub(super) fn run_once(
         return usage(&format!("no connector `{name}`"));
     };
     let dirs = dirs.dirs();
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    let runner =
-        crate::upstream::Upstreams::new(connector.sources.iter().cloned(), metrics.clone())
-            .and_then(|u| {
-                crate::run::Runner::new(
-                    connector,
-                    &u,
-                    crate::state::StateDir::new(&dirs.state),
-                    &dirs.sink,
-                    metrics,
-                )
-            });
+    let metrics = std::sync::Arc::new(crate::runtime::metrics::Metrics::default());
+    let runner = crate::runtime::upstream::Upstreams::new(
+        connector.sources.iter().cloned(),
+        metrics.clone(),
+    )
+    .and_then(|u| {
+        crate::runtime::run::Runner::new(
+            connector,
+            &u,
+            crate::runtime::state::StateDir::new(&dirs.state),
+            &dirs.sink,
+            metrics,
+        )
+    });
     let runner = match runner {
         Ok(r) => r,
         Err(e) => return usage(&e),

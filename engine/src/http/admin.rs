@@ -21,7 +21,7 @@ pub(super) async fn openapi(State(engine): State<Arc<Engine>>) -> Response {
         .and_then(|u| url::Url::parse(u).ok())
         .map(|u| u.path().trim_end_matches('/').to_owned())
         .unwrap_or_default();
-    axum::Json(crate::openapi::document(&engine.model, &prefix)).into_response()
+    axum::Json(crate::generate::openapi::document(&engine.model, &prefix)).into_response()
 }
 
 pub(super) async fn reload_status(State(engine): State<Arc<Engine>>) -> Response {

@@ -5,6 +5,7 @@
 mod admin;
 pub mod outcome;
 mod routes;
+pub mod server;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,14 +25,14 @@ use tokio::time::Instant;
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use crate::metrics::Metrics;
 use crate::model::{Model, Strategy};
-use crate::pull::PullRuntime;
-use crate::push::PushEndpoint;
-use crate::run::Runner;
-use crate::schedule::CronJob;
-use crate::state::StateDir;
-use crate::upstream::Upstreams;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::pull::PullRuntime;
+use crate::runtime::push::PushEndpoint;
+use crate::runtime::run::Runner;
+use crate::runtime::schedule::CronJob;
+use crate::runtime::state::StateDir;
+use crate::runtime::upstream::Upstreams;
 use admin::{
     dead_letters, healthz, invalidate, list, metrics, openapi, readyz, reload_status, run_now, show,
 };
@@ -178,7 +179,7 @@ impl Engine {
                         .values()
                         .map(|p| (p.resource_types(), p.clone()))
                         .collect();
-                    let invalidate: crate::push::Invalidate =
+                    let invalidate: crate::runtime::push::Invalidate =
                         Arc::new(move |types: &HashSet<String>| {
                             for (served, p) in &caches {
                                 if served.iter().any(|t| types.contains(t))

@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 
 use super::outcome::{FHIR_JSON, Problem, fhir_response};
 use super::{Engine, RequestId};
-use crate::cache::{Answer, Source as CacheSource};
-use crate::pull::{PullRuntime, RequestInfo};
-use crate::push::{PushEndpoint, Reply};
+use crate::runtime::cache::{Answer, Source as CacheSource};
+use crate::runtime::pull::{PullRuntime, RequestInfo};
+use crate::runtime::push::{PushEndpoint, Reply};
 
 pub(super) async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) -> Response {
     let limit = ep.max_body();

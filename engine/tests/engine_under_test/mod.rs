@@ -13,13 +13,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::config::secrets::ProcessEnvironment;
+use engine::config::validate::{Options, validate};
 use engine::http::{Dirs, Engine, Limits, router};
 use engine::model::Model;
-use engine::push::PushEndpoint;
-use engine::run::{RunReport, Runner};
-use engine::secrets::ProcessEnvironment;
-use engine::state::StateDir;
-use engine::validate::{Options, validate};
+use engine::runtime::push::PushEndpoint;
+use engine::runtime::run::{RunReport, Runner};
+use engine::runtime::state::StateDir;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -36,7 +36,7 @@ pub fn definitions(yaml: &str) -> tempfile::TempDir {
 /// Loads and validates the definitions of a directory, with the process environment.
 pub fn load(dir: &Path) -> Model {
     let (files, read_errors) =
-        engine::load::read_all(&[dir.to_path_buf()]).expect("readable definitions");
+        engine::config::load::read_all(&[dir.to_path_buf()]).expect("readable definitions");
     let opts = Options {
         allow_unresolved: false,
         run_tests: false,
@@ -57,10 +57,12 @@ pub fn runner(model: &Model, name: &str, state: &Path) -> Runner {
 /// A runner of a cron connector, on its own clients, whose NDJSON sink is `sink_dir`.
 pub fn runner_with_sink_dir(model: &Model, name: &str, state: &Path, sink_dir: &Path) -> Runner {
     let connector = model.connector(name).expect("the connector").clone();
-    let metrics = Arc::new(engine::metrics::Metrics::default());
-    let upstreams =
-        engine::upstream::Upstreams::new(connector.sources.iter().cloned(), metrics.clone())
-            .expect("upstream clients");
+    let metrics = Arc::new(engine::runtime::metrics::Metrics::default());
+    let upstreams = engine::runtime::upstream::Upstreams::new(
+        connector.sources.iter().cloned(),
+        metrics.clone(),
+    )
+    .expect("upstream clients");
     Runner::new(
         connector,
         &upstreams,
@@ -228,7 +230,7 @@ pub fn signed_push(
     c.post(url)
         .header("content-type", "application/json")
         .header("X-Timestamp", ts.to_string())
-        .header("X-Signature", engine::push::sign(secret, ts, body))
+        .header("X-Signature", engine::runtime::push::sign(secret, ts, body))
         .body(body.to_vec())
 }
 

@@ -1,0 +1,315 @@
+//! The JSON Schema (2020-12) of the definition format, generated from the spec types, and the
+//! check of documents against it, with its findings turned into located diagnostics.
+
+use std::sync::OnceLock;
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use schemars::{SchemaGenerator, generate::SchemaSettings};
+use serde_json::{Map, Value, json};
+
+use crate::config::spec::{self, ConnectorDoc, SinkDoc, SourceDoc};
+use crate::config::yaml::pointer_segments;
+
+/// The published schema: one document of any kind, dispatched on `kind`.
+pub fn generate() -> Value {
+    let mut generator = SchemaGenerator::new(SchemaSettings::draft2020_12());
+    let connector = generator.subschema_for::<ConnectorDoc>();
+    let source = generator.subschema_for::<SourceDoc>();
+    let sink = generator.subschema_for::<SinkDoc>();
+    let defs: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    let branch = |kind: &str, schema: schemars::Schema| json!({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": schema});
+    let mut root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://fosps.gravitate-health.eu/schemas/connector.schema.json",
+        "title": "FOSPS connector engine definition",
+        "description": format!("One document of apiVersion {}: a Connector, a Source or a Sink.", spec::API_VERSION),
+        "type": "object",
+        "required": ["kind"],
+        "properties": {"kind": {"enum": spec::KINDS}},
+        "allOf": [branch("Connector", connector), branch("Source", source), branch("Sink", sink)],
+        "$defs": defs,
+    });
+    drop_null(&mut root);
+    root
+}
+
+/// Optional fields are written or left out; an explicit null is not a value, so the
+/// `null` alternatives schemars adds for `Option` are removed.
+fn drop_null(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::Array(types)) = o.get_mut("type") {
+                types.retain(|t| t != "null");
+                if types.len() == 1 {
+                    let only = types.remove(0);
+                    o.insert("type".into(), only);
+                }
+            }
+            if let Some(Value::Array(any)) = o.get("anyOf") {
+                let rest: Vec<Value> = any
+                    .iter()
+                    .filter(|s| **s != json!({"type": "null"}))
+                    .cloned()
+                    .collect();
+                if rest.len() == 1 && any.len() == 2 {
+                    o.remove("anyOf");
+                    if let Value::Object(inner) = &rest[0] {
+                        for (k, val) in inner {
+                            o.entry(k.clone()).or_insert(val.clone());
+                        }
+                    }
+                }
+            }
+            if o.get("default") == Some(&Value::Null) {
+                o.remove("default");
+            }
+            o.values_mut().for_each(drop_null);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_null),
+        _ => {}
+    }
+}
+
+fn schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(generate)
+}
+
+fn validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR
+        .get_or_init(|| jsonschema::validator_for(schema()).expect("the generated schema compiles"))
+}
+
+/// A schema finding: where (JSON pointer segments), what, and an optional hint. `key` is set
+/// when the finding is about a key rather than a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub at: Vec<String>,
+    pub key: bool,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Checks one document; findings are in document order of their paths.
+pub fn check(doc: &Value) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for e in validator().iter_errors(doc) {
+        let at = pointer_segments(e.instance_path().as_str());
+        let found = value_at(doc, &at);
+        match e.kind() {
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                let known = known_keys(doc, &at);
+                for k in unexpected {
+                    let mut key_at = at.clone();
+                    key_at.push(k.clone());
+                    let hint =
+                        crate::model::hint::did_you_mean(k, known.iter().map(String::as_str))
+                            .or_else(|| {
+                                (!known.is_empty())
+                                    .then(|| format!("known keys: {}", known.join(", ")))
+                            });
+                    out.push(Finding {
+                        at: key_at,
+                        key: true,
+                        message: format!("unknown key `{k}`"),
+                        hint,
+                    });
+                }
+            }
+            ValidationErrorKind::Required { property } => {
+                let name = property.as_str().unwrap_or_default();
+                out.push(Finding {
+                    at,
+                    key: false,
+                    message: format!("missing required key `{name}`"),
+                    hint: None,
+                });
+            }
+            ValidationErrorKind::Type { kind } => {
+                let expected = match kind {
+                    TypeKind::Single(t) => format!("{t}"),
+                    TypeKind::Multiple(set) => format!("{set:?}"),
+                };
+                let what = found.map_or("nothing", yaml_kind);
+                out.push(Finding {
+                    at,
+                    key: false,
+                    message: format!("expected {}, found {what}", article(&expected)),
+                    hint: None,
+                });
+            }
+            ValidationErrorKind::Enum { options }
+            | ValidationErrorKind::Constant {
+                expected_value: options,
+            } => {
+                let options: Vec<String> = match options.as_ref() {
+                    Value::Array(a) => a.iter().map(text).collect(),
+                    other => vec![text(other)],
+                };
+                let shown = found.map(text).unwrap_or_default();
+                let hint =
+                    crate::model::hint::did_you_mean(&shown, options.iter().map(String::as_str));
+                out.push(Finding {
+                    at,
+                    key: false,
+                    message: format!("`{shown}` is not one of: {}", options.join(", ")),
+                    hint,
+                });
+            }
+            ValidationErrorKind::Pattern { pattern } => {
+                let shown = found.map(text).unwrap_or_default();
+                let message = match pattern.as_str() {
+                    spec::DURATION_PATTERN => format!("`{shown}` is not a duration"),
+                    spec::SIZE_PATTERN => format!("`{shown}` is not a size"),
+                    spec::NAME_PATTERN => format!("`{shown}` is not a DNS label"),
+                    spec::RESOURCE_TYPE_PATTERN => {
+                        format!("`{shown}` is not a FHIR resource type name")
+                    }
+                    _ => format!("`{shown}` does not match `{pattern}`"),
+                };
+                let hint = match pattern.as_str() {
+                    spec::DURATION_PATTERN => Some("write a number and a unit: `500ms`, `30s`, `10m`, `1h`, `1d`".into()),
+                    spec::SIZE_PATTERN => Some("write bytes, or a number and a unit: `512KiB`, `1MiB`".into()),
+                    spec::NAME_PATTERN => {
+                        Some("use lower-case letters, digits and `-`, at most 63 characters, starting and ending with a letter or digit".into())
+                    }
+                    _ => None,
+                };
+                out.push(Finding {
+                    at,
+                    key: false,
+                    message,
+                    hint,
+                });
+            }
+            _ => out.push(Finding {
+                at,
+                key: false,
+                message: e.to_string(),
+                hint: None,
+            }),
+        }
+    }
+    // The same finding may come from two schema branches.
+    let mut seen = Vec::new();
+    out.retain(|f| {
+        let key = (f.at.clone(), f.message.clone());
+        let fresh = !seen.contains(&key);
+        seen.push(key);
+        fresh
+    });
+    out
+}
+
+/// The YAML word for the type of a value, for messages about definitions.
+pub fn yaml_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Array(_) => "a sequence",
+        Value::Object(_) => "a mapping",
+        other => crate::model::fhir::kind(other),
+    }
+}
+
+fn article(t: &str) -> String {
+    match t {
+        "object" => "a mapping".into(),
+        "array" => "a sequence".into(),
+        "integer" => "an integer".into(),
+        "string" => "a string".into(),
+        "boolean" => "a boolean".into(),
+        "number" => "a number".into(),
+        other => other.into(),
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn value_at<'a>(doc: &'a Value, at: &[String]) -> Option<&'a Value> {
+    at.iter().try_fold(doc, |v, s| match v {
+        Value::Object(o) => o.get(s),
+        Value::Array(a) => s.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+/// The keys the schema allows in the mapping at `at` (for did-you-mean hints).
+pub fn known_keys(doc: &Value, at: &[String]) -> Vec<String> {
+    let root = schema();
+    let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let def = match kind {
+        "Connector" => "ConnectorDoc",
+        "Source" => "SourceDoc",
+        "Sink" => "SinkDoc",
+        _ => {
+            return vec![
+                "apiVersion".into(),
+                "kind".into(),
+                "metadata".into(),
+                "spec".into(),
+            ];
+        }
+    };
+    let mut node = &root["$defs"][def];
+    for s in at {
+        node = deref(root, node);
+        node = if let Some(p) = node.get("properties").and_then(|p| p.get(s)) {
+            p
+        } else if let Some(i) = node.get("items") {
+            i
+        } else if let Some(a) = node.get("additionalProperties").filter(|a| a.is_object()) {
+            a
+        } else {
+            return Vec::new();
+        };
+    }
+    deref(root, node)
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn deref<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
+    match node
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+    {
+        Some(name) => &root["$defs"][name],
+        None => node,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_is_2020_12_and_has_no_null_alternatives() {
+        let s = generate();
+        assert_eq!(s["$schema"], "https://json-schema.org/draft/2020-12/schema");
+        let text = s.to_string();
+        assert!(!text.contains("\"null\""), "explicit nulls are not values");
+        assert_eq!(
+            s["$defs"]["SourceSpec"]["properties"]["timeout"]["type"],
+            "string"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_get_did_you_mean() {
+        let doc = json!({"apiVersion": "fosps.gravitate-health.eu/v1", "kind": "Source",
+            "metadata": {"name": "s"}, "spec": {"url": "http://x", "timout": "1s"}});
+        let f = check(&doc);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].at, vec!["spec", "timout"]);
+        assert_eq!(f[0].message, "unknown key `timout`");
+        assert_eq!(f[0].hint.as_deref(), Some("did you mean `timeout`?"));
+    }
+}

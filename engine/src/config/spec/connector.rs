@@ -1,0 +1,411 @@
+//! Spec types of a connector: its strategy and what each strategy needs (pull routes, push
+//! endpoint, schedule), the mapping, code tables, the cache and the definition's own tests.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{RequestSpec, SourceSpec};
+use crate::model::vocabulary::{MatchMode, ParamType, PushMode};
+
+/// What a connector does and with what.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectorSpec {
+    /// `pull` (FHIR routes answered from the source), `push` (a webhook) or `cron` (a
+    /// schedule that reads the source and writes to a sink).
+    pub strategy: Strategy,
+    /// The source, written inline. Use either `source` or `sources`.
+    #[serde(default)]
+    pub source: Option<SourceSpec>,
+    /// Names of `Source` documents. Several FHIR sources make a fan-out proxy.
+    #[serde(default)]
+    #[schemars(extend("examples" = [["epi", "ips"]]))]
+    pub sources: Option<Vec<String>>,
+    /// Connector-level values, available to templates as `vars.NAME` (strings may use
+    /// `${env:NAME}` / `${file:PATH}`).
+    #[serde(default)]
+    pub vars: BTreeMap<String, Value>,
+    /// Code translation tables used by `$translate` in the mapping.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableSpec>,
+    /// Replace each record that is a FHIR Bundle by its entries' resources, rewriting
+    /// references between entries (`urn:uuid:` full URLs) to `Type/id`.
+    #[serde(default)]
+    pub split_bundles: bool,
+    /// The structural template of the FHIR produced from one record (see "Mapping"). A
+    /// sequence at the top produces several resources per record. Without a mapping, records
+    /// are expected to be FHIR resources already.
+    #[serde(default)]
+    pub mapping: Option<Value>,
+    /// Pull routes (strategy `pull`).
+    #[serde(default)]
+    pub pull: Option<PullSpec>,
+    /// Push endpoint (strategy `push`).
+    #[serde(default)]
+    pub push: Option<PushSpec>,
+    /// When a cron connector runs (strategy `cron`).
+    #[serde(default)]
+    pub schedule: Option<ScheduleSpec>,
+    /// What a cron connector reads from a JSON source.
+    #[serde(default)]
+    pub fetch: Option<FetchSpec>,
+    /// What a cron connector copies from a FHIR source (FHIR-to-FHIR sync).
+    #[serde(default)]
+    pub sync: Option<SyncSpec>,
+    /// The implementation guide a cron connector imports (no source: the guide is read
+    /// from a directory or a FHIR package).
+    #[serde(default)]
+    pub import: Option<ImportSpec>,
+    /// How resources are written to the sink.
+    #[serde(default)]
+    pub write: Option<WriteSpec>,
+    /// Answer cache of pull routes.
+    #[serde(default)]
+    pub cache: Option<CacheSpec>,
+    /// Name of the `Sink` document that cron and push connectors write to (default: the
+    /// embedded NDJSON sink in the state directory).
+    #[serde(default)]
+    pub sink: Option<String>,
+    /// The definition's own tests, run by `engine validate`.
+    #[serde(default)]
+    pub tests: Vec<TestSpec>,
+}
+
+/// How a connector is driven.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    Pull,
+    Push,
+    Cron,
+}
+
+/// A code translation table (ConceptMap-like).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// Source code to target value (a code, a Coding, any JSON).
+    #[schemars(extend("examples" = [{"AE": "AE", "adverse-event": "AE"}]))]
+    pub map: BTreeMap<String, Value>,
+    /// Value for codes not in `map`; without it an unmapped code is a mapping error.
+    #[serde(default)]
+    pub default: Option<Value>,
+}
+
+/// FHIR interactions served under `/fhir/{connector}`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PullSpec {
+    /// The resource types served, and how.
+    #[schemars(length(min = 1))]
+    pub resources: Vec<PullResourceSpec>,
+    /// Accept `POST /fhir/{connector}` with a batch Bundle, fanned out to every FHIR source.
+    #[serde(default)]
+    pub batch: bool,
+}
+
+/// One resource type of a pull connector.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PullResourceSpec {
+    /// FHIR resource type, e.g. `MedicinalProductDefinition`.
+    #[serde(rename = "type")]
+    #[schemars(extend("pattern" = "^[A-Z][A-Za-z]{1,63}$"))]
+    pub resource_type: String,
+    /// Search: `GET /fhir/{connector}/{type}?...`.
+    #[serde(default)]
+    pub search: Option<SearchSpec>,
+    /// Read: `GET /fhir/{connector}/{type}/{id}`.
+    #[serde(default)]
+    pub read: Option<ReadSpec>,
+}
+
+/// A search interaction.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SearchSpec {
+    /// Accepted search parameters; others are refused with 400.
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamSpec>,
+    /// The upstream request (FHIR sources default to the same search upstream).
+    #[serde(default)]
+    pub request: Option<RequestSpec>,
+    /// JSONPath to the records in the answer (default `$` for one record; FHIR sources
+    /// default to the Bundle's entries).
+    #[serde(default)]
+    pub records: Option<String>,
+    /// JSONPath to the total number of matches in the answer.
+    #[serde(default)]
+    pub total: Option<String>,
+}
+
+/// A read interaction.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReadSpec {
+    /// The upstream request; `{{id}}` is the requested id.
+    #[serde(default)]
+    pub request: Option<RequestSpec>,
+    /// JSONPath to the record in the answer (default `$`); no record gives 404.
+    #[serde(default)]
+    pub records: Option<String>,
+}
+
+/// A search parameter.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ParamSpec {
+    /// Value type (default `string`).
+    #[serde(default, rename = "type")]
+    pub kind: ParamType,
+    /// Refuse requests without it.
+    #[serde(default)]
+    pub required: bool,
+    /// Value when the caller gives none.
+    #[serde(default)]
+    pub default: Option<Value>,
+    /// Largest accepted value of an `integer` parameter.
+    #[serde(default)]
+    pub max: Option<i64>,
+    /// Shown in the OpenAPI document.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A push endpoint.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PushSpec {
+    /// Route of the endpoint (default `/push/{connector}`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^/[A-Za-z0-9._~/-]*$"))]
+    pub path: Option<String>,
+    /// How callers prove who they are.
+    pub auth: PushAuthSpec,
+    /// Largest accepted body (default `1MiB`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^[0-9]+(B|KB|MB|GB|KiB|MiB|GiB)?$"))]
+    pub max_body: Option<String>,
+    /// `sync` (answer after the sink wrote) or `queued` (answer after a durable local queue
+    /// has the payload; default).
+    #[serde(default)]
+    pub mode: Option<PushMode>,
+    /// JSONPath to the records in a payload (default `$`).
+    #[serde(default)]
+    pub records: Option<String>,
+    /// Header with the caller's idempotency key (default `Idempotency-Key`).
+    #[serde(default)]
+    pub idempotency_header: Option<String>,
+    /// How long a delivery is remembered to acknowledge repeats without writing (default
+    /// `24h`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub dedup_window: Option<String>,
+}
+
+/// Authentication of push callers: exactly one of `hmac`, `bearer`, `apiKey`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PushAuthSpec {
+    /// HMAC-SHA256 signature of `timestamp.body`.
+    #[serde(default)]
+    pub hmac: Option<HmacSpec>,
+    /// A bearer token.
+    #[serde(default)]
+    pub bearer: Option<super::BearerSpec>,
+    /// A key in a header.
+    #[serde(default)]
+    pub api_key: Option<super::ApiKeySpec>,
+}
+
+/// HMAC signature settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HmacSpec {
+    /// The shared secret, normally `${env:NAME}` or `${file:PATH}`.
+    pub secret: String,
+    /// Header with the hex signature, optionally prefixed `sha256=` (default `X-Signature`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Header with the Unix timestamp that was signed (default `X-Timestamp`).
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+    /// Largest accepted age of the timestamp (default `5m`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub tolerance: Option<String>,
+}
+
+/// A schedule.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScheduleSpec {
+    /// Cron expression: 5 fields (minute hour day month weekday) or 6 with seconds first.
+    #[schemars(extend("examples" = ["0 2 * * *", "*/30 * * * * *"]))]
+    pub cron: String,
+    /// IANA time zone of the schedule (default `UTC`).
+    #[serde(default)]
+    #[schemars(extend("examples" = ["Europe/Madrid"]))]
+    pub time_zone: Option<String>,
+}
+
+/// A cron read from a JSON source.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FetchSpec {
+    /// The request of the first page.
+    pub request: RequestSpec,
+    /// JSONPath to the records in each answer.
+    pub records: String,
+    /// Run the request once for each of these values (available to its templates as
+    /// `params.item`), e.g. the files of a list of lenses; the records of every answer are
+    /// read.
+    #[serde(default)]
+    #[schemars(extend("examples" = [["pregnancy-lens.json", "allergy-lens.json"]]))]
+    pub each: Vec<Value>,
+    /// Read only what changed since the last successful run.
+    #[serde(default)]
+    pub incremental: Option<IncrementalSpec>,
+}
+
+/// Incremental reads with a watermark kept in the state directory.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IncrementalSpec {
+    /// JSONPath, relative to a record, to the value that orders changes (the watermark is
+    /// the largest value written).
+    pub cursor: String,
+    /// Query parameter that carries the watermark of the last successful run.
+    pub param: String,
+}
+
+/// A FHIR-to-FHIR sync.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SyncSpec {
+    /// Resource types copied, in this order.
+    #[schemars(length(min = 1))]
+    pub resource_types: Vec<String>,
+    /// Read only resources changed since the last successful run (`_lastUpdated`).
+    #[serde(default)]
+    pub incremental: bool,
+    /// `_count` of each search (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub page_size: Option<u32>,
+}
+
+/// An implementation guide import: every FHIR resource of a built guide, written to the
+/// sink in dependency order. Every file and resource left out is counted in the run report.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImportSpec {
+    /// The guide: a directory of FHIR JSON files, a FHIR package (`package.tgz`) file, or
+    /// the `http`/`https` URL of a package. Paths are relative to the definition's directory.
+    #[schemars(extend("examples" = [
+        "${env:IPS_GUIDE:-https://build.fhir.org/ig/hl7-eu/gravitate-health-ips/package.tgz}",
+        "/guides/ips/fsh-generated/resources"
+    ]))]
+    pub guide: String,
+    /// The allow-list: only files matching one of `files`, and only resources of one of
+    /// `types`, are imported (an empty list allows all).
+    #[serde(default)]
+    pub include: Option<GuideFilterSpec>,
+    /// The deny-list: files matching one of `files`, and resources of one of `types`, are
+    /// not imported.
+    #[serde(default)]
+    pub exclude: Option<GuideFilterSpec>,
+    /// Largest package download, and largest guide once unpacked (default `512MiB`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^[0-9]+(B|KB|MB|GB|KiB|MiB|GiB)?$"))]
+    pub max_size: Option<String>,
+    /// Time allowed for the package download (default `5m`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub timeout: Option<String>,
+}
+
+/// Files and resource types of a guide import's allow- or deny-list.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GuideFilterSpec {
+    /// File patterns: `*` and `?` within a name, `**` across folders. A pattern without `/`
+    /// matches the file name in any folder; one with `/` matches the path in the guide (in a
+    /// package, the path below `package/`).
+    #[serde(default)]
+    #[schemars(extend("examples" = [["ImplementationGuide-*.json", "example/**"]]))]
+    pub files: Vec<String>,
+    /// FHIR resource types, matched after `splitBundles` and the mapping.
+    #[serde(default)]
+    #[schemars(extend("examples" = [["StructureDefinition", "ImplementationGuide"]]))]
+    pub types: Vec<String>,
+}
+
+/// How resources are written.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WriteSpec {
+    /// Conditional update on this identifier system (`PUT Type?identifier=system|value`)
+    /// instead of `PUT Type/id`.
+    #[serde(default)]
+    pub identifier_system: Option<String>,
+    /// Skip resources whose content has not changed since they were last written.
+    #[serde(default)]
+    pub only_changed: bool,
+}
+
+/// The answer cache of a pull connector.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// How long an answer is fresh, e.g. `10m`.
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub ttl: String,
+    /// Most answers kept (default 10000).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_entries: Option<u64>,
+    /// Most bytes kept (default `64MiB`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^[0-9]+(B|KB|MB|GB|KiB|MiB|GiB)?$"))]
+    pub max_bytes: Option<String>,
+    /// How long past its TTL an answer may be served when the source fails.
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub stale_if_error: Option<String>,
+    /// Honour a caller's `Cache-Control: no-cache` (default true).
+    #[serde(default)]
+    pub allow_no_cache: Option<bool>,
+}
+
+/// A test of the mapping: an input and the FHIR expected from it.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TestSpec {
+    /// Name shown in results.
+    pub name: String,
+    /// The input, inline (a source answer, or a payload for push).
+    #[serde(default)]
+    pub input: Option<Value>,
+    /// The input, as a JSON file relative to the definition.
+    #[serde(default)]
+    pub input_file: Option<String>,
+    /// Caller parameters of a pull search (available as `params.NAME`).
+    #[serde(default)]
+    pub params: BTreeMap<String, Value>,
+    /// The expected FHIR, inline: a list of resources.
+    #[serde(default)]
+    pub expect: Option<Value>,
+    /// The expected FHIR, as a JSON file relative to the definition.
+    #[serde(default)]
+    pub expect_file: Option<String>,
+    /// `exact` (default) or `subset` (every expected value present; more allowed).
+    #[serde(default, rename = "match")]
+    pub match_mode: MatchMode,
+    /// The mapping is expected to fail with a message containing this text.
+    #[serde(default)]
+    pub expect_error: Option<String>,
+}

@@ -1,0 +1,227 @@
+//! Spec types of the outside world: sources (HTTP APIs and FHIR servers), their
+//! authentication and pagination, request templates, and sinks.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::model::vocabulary::{BundleMode, FhirVersion, Method, SourceType};
+
+/// Where data comes from: a JSON HTTP API or a FHIR server.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// Base URL (`http` or `https`); request paths are appended to it.
+    #[schemars(extend("examples" = ["https://api.regulator.example", "${env:EPI_FHIR_URL}"]))]
+    pub url: String,
+    /// `json` (default) for a JSON HTTP API, `fhir` for a FHIR server (searches, reads and
+    /// batches pass through; FHIR `next` links are followed).
+    #[serde(default, rename = "type")]
+    pub kind: SourceType,
+    /// FHIR version of a `fhir` source.
+    #[serde(default)]
+    pub fhir_version: Option<FhirVersion>,
+    /// Headers sent with every request (values may use `${env:NAME}` / `${file:PATH}`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Authentication sent with every request.
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
+    /// Time allowed for one request, e.g. `10s` (default `30s`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub timeout: Option<String>,
+    /// Retries of an idempotent request after a connection error, 5xx or 429 (default 2),
+    /// with exponential backoff and jitter, honouring `Retry-After`.
+    #[serde(default)]
+    #[schemars(range(max = 10))]
+    pub retries: Option<u32>,
+    /// Most requests in flight to this source at once (default 16).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1024))]
+    pub concurrency: Option<u32>,
+    /// How the source splits long answers into pages.
+    #[serde(default)]
+    pub pagination: Option<PaginationSpec>,
+}
+
+/// Authentication of outbound requests: exactly one of `bearer`, `apiKey`, `basic`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub bearer: Option<BearerSpec>,
+    /// A key in a header of its own.
+    #[serde(default)]
+    pub api_key: Option<ApiKeySpec>,
+    /// HTTP basic authentication.
+    #[serde(default)]
+    pub basic: Option<BasicSpec>,
+}
+
+/// A bearer token.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BearerSpec {
+    /// The token, normally `${env:NAME}` or `${file:PATH}`.
+    #[schemars(extend("examples" = ["${env:LABELS_TOKEN}"]))]
+    pub token: String,
+}
+
+/// An API key sent in a header.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    /// Header name, e.g. `X-Api-Key`.
+    pub header: String,
+    /// The key, normally `${env:NAME}` or `${file:PATH}`.
+    pub value: String,
+}
+
+/// A user name and password.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicSpec {
+    pub username: String,
+    pub password: String,
+}
+
+/// Pagination: exactly one of `nextUrl`, `linkHeader`, `fhir`, `offset`, `page`, `cursor`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PaginationSpec {
+    /// JSONPath to the URL of the next page in the answer body.
+    #[serde(default)]
+    pub next_url: Option<String>,
+    /// Follow `Link: <...>; rel="next"` headers.
+    #[serde(default)]
+    pub link_header: Option<bool>,
+    /// Follow a FHIR Bundle's `link` with relation `next`.
+    #[serde(default)]
+    pub fhir: Option<bool>,
+    /// Offset and limit query parameters.
+    #[serde(default)]
+    pub offset: Option<OffsetSpec>,
+    /// Page number query parameter.
+    #[serde(default)]
+    pub page: Option<PageSpec>,
+    /// A cursor taken from the answer and sent back as a query parameter.
+    #[serde(default)]
+    pub cursor: Option<CursorSpec>,
+    /// Most pages read for one answer or run (default 1000).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_pages: Option<u32>,
+}
+
+/// Offset pagination.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OffsetSpec {
+    /// Query parameter of the offset, e.g. `skip`.
+    pub param: String,
+    /// Query parameter of the page size, e.g. `limit`.
+    pub limit_param: String,
+    /// Page size.
+    #[schemars(range(min = 1))]
+    pub limit: u32,
+}
+
+/// Page-number pagination.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PageSpec {
+    /// Query parameter of the page number.
+    pub param: String,
+    /// Number of the first page (default 1).
+    #[serde(default)]
+    pub start: Option<u32>,
+}
+
+/// Cursor pagination.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CursorSpec {
+    /// JSONPath to the next cursor in the answer; none or null ends the pages.
+    pub path: String,
+    /// Query parameter that carries the cursor.
+    pub param: String,
+}
+
+/// A request to a source, built from templates. Strings are Handlebars templates over
+/// `params` (caller values, encoded), `vars` and `id`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestSpec {
+    /// HTTP method (default `GET`).
+    #[serde(default)]
+    pub method: Option<Method>,
+    /// Path appended to the source URL; values from templates are percent-encoded as one
+    /// path segment each.
+    #[schemars(extend("examples" = ["/drug/label.json", "/labels/{{id}}"]))]
+    pub path: String,
+    /// Query parameters; a parameter whose value renders empty is left out.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// Extra headers for this request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A JSON body, written as a structural template.
+    #[serde(default)]
+    pub body: Option<Value>,
+}
+
+/// Where cron and push connectors write: exactly one of `fhir`, `ndjson`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SinkSpec {
+    /// A FHIR server.
+    #[serde(default)]
+    pub fhir: Option<FhirSinkSpec>,
+    /// A directory of NDJSON files, one per resource type (FHIR Bulk Data layout).
+    #[serde(default)]
+    pub ndjson: Option<NdjsonSinkSpec>,
+}
+
+/// A FHIR server sink.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FhirSinkSpec {
+    /// Base URL of the FHIR server.
+    #[schemars(extend("examples" = ["${env:EPI_FHIR_URL}"]))]
+    pub url: String,
+    /// FHIR version of the server (`R4` or `R5`; the ePI server is R5).
+    pub version: FhirVersion,
+    /// Authentication of writes.
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
+    /// Time allowed for one write, e.g. `60s` (default `60s`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub timeout: Option<String>,
+    /// Resources per Bundle (default 100).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch_size: Option<u32>,
+    /// `transaction` (default: all or nothing per Bundle) or `batch`.
+    #[serde(default)]
+    pub mode: Option<BundleMode>,
+    /// Retries of a Bundle after a transient failure (default 3).
+    #[serde(default)]
+    #[schemars(range(max = 10))]
+    pub retries: Option<u32>,
+    /// Write a Provenance resource per run.
+    #[serde(default)]
+    pub provenance: Option<bool>,
+}
+
+/// An NDJSON directory sink.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NdjsonSinkSpec {
+    /// Directory of the files (created when missing).
+    pub dir: String,
+}

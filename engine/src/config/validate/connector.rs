@@ -1,0 +1,259 @@
+//! Checks of a connector: strategy and its sections, references to sources and sinks, pull
+//! routes, push endpoint, schedule, mapping, tables and the definition's tests.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::context::{Ctx, segs};
+use super::source::{exactly_one, source};
+use crate::config::mapping::Compiler;
+use crate::config::spec::{ConnectorDoc, ConnectorSpec, SourceType, Strategy as S};
+use crate::model::hint::did_you_mean;
+use crate::model::mapping::Mapping;
+use crate::model::template::{Table, Templates};
+use crate::model::{Connector, Sink, SinkRef, Source, Strategy};
+
+/// The named documents a connector may refer to.
+pub struct Names<'a> {
+    pub sources: &'a BTreeMap<String, Arc<Source>>,
+    pub sinks: &'a BTreeMap<String, Arc<Sink>>,
+    /// Documents that exist but failed their schema check.
+    pub broken: &'a HashSet<(String, String)>,
+    /// Read and check the definitions' test files (not needed by `map`, `serve`, `run`).
+    pub tests: bool,
+}
+
+/// Checks and compiles one connector.
+pub fn connector(
+    ctx: &mut Ctx<'_>,
+    doc: &ConnectorDoc,
+    names: &Names<'_>,
+    used: &mut HashSet<String>,
+) -> Option<Connector> {
+    let errors = ctx.diags.len();
+    let spec = &doc.spec;
+    let name = doc.metadata.name.as_str();
+    sections(ctx, spec);
+
+    let tables: Arc<BTreeMap<String, Table>> = Arc::new(
+        spec.tables
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    Table {
+                        map: t.map.clone(),
+                        default: t.default.clone(),
+                    },
+                )
+            })
+            .collect(),
+    );
+    let mut templates = Templates::new(tables.clone());
+
+    let sources = sources(ctx, spec, name, names, used);
+    let mapping_root = spec.mapping.as_ref().map(|_| {
+        let at = segs(&["spec", "mapping"]);
+        let node = ctx.doc.node.descend(&at).clone();
+        let mut compiler = Compiler {
+            templates: &mut templates,
+            tables: &tables,
+            errors: Vec::new(),
+        };
+        let expr = compiler.compile(&node, &at);
+        for e in compiler.errors {
+            let loc = crate::config::diagnostic::Location {
+                line: e.line,
+                column: e.column,
+                path: crate::config::yaml::display_path(&e.at),
+            };
+            ctx.diags.push(
+                crate::config::diagnostic::Diagnostic::error(&ctx.doc.file, &loc, e.message)
+                    .with_hint(e.hint),
+            );
+        }
+        expr
+    });
+
+    let fhir_source = !sources.is_empty() && sources.iter().all(|s| s.kind == SourceType::Fhir);
+    let strategy = match spec.strategy {
+        S::Pull => {
+            super::pull::pull(ctx, spec, fhir_source, &mut templates, &tables).map(Strategy::Pull)
+        }
+        S::Push => super::push::push(ctx, spec, name, names).map(Strategy::Push),
+        S::Cron => super::cron::cron(ctx, spec, names, fhir_source, &mut templates, &tables)
+            .map(Strategy::Cron),
+    };
+
+    let tests = if names.tests {
+        super::deftests::tests(ctx, spec)
+    } else {
+        Vec::new()
+    };
+    let vars = Value::Object(
+        spec.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
+    let strategy = strategy?;
+    let templates = Arc::new(templates);
+    (ctx.diags.len() == errors).then(|| Connector {
+        name: name.to_owned(),
+        fingerprint: String::new(),
+        description: doc.metadata.description.clone(),
+        labels: doc.metadata.labels.clone(),
+        file: ctx.doc.file.clone(),
+        strategy,
+        sources,
+        vars,
+        split_bundles: spec.split_bundles,
+        mapping: mapping_root.map(|root| Mapping {
+            root,
+            templates: templates.clone(),
+            tables: tables.clone(),
+        }),
+        templates,
+        tests,
+    })
+}
+
+/// Sections that belong to another strategy are errors; required ones must be there.
+fn sections(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) {
+    let present = [
+        ("pull", spec.pull.is_some(), &[S::Pull][..]),
+        ("cache", spec.cache.is_some(), &[S::Pull][..]),
+        ("push", spec.push.is_some(), &[S::Push][..]),
+        ("schedule", spec.schedule.is_some(), &[S::Cron][..]),
+        ("fetch", spec.fetch.is_some(), &[S::Cron][..]),
+        ("sync", spec.sync.is_some(), &[S::Cron][..]),
+        ("import", spec.import.is_some(), &[S::Cron][..]),
+        ("sink", spec.sink.is_some(), &[S::Cron, S::Push][..]),
+        ("write", spec.write.is_some(), &[S::Cron, S::Push][..]),
+    ];
+    let strategy = match spec.strategy {
+        S::Pull => "pull",
+        S::Push => "push",
+        S::Cron => "cron",
+    };
+    for (key, on, strategies) in present {
+        if on && !strategies.contains(&spec.strategy) {
+            let owners: Vec<&str> = strategies
+                .iter()
+                .map(|s| match s {
+                    S::Pull => "pull",
+                    S::Push => "push",
+                    S::Cron => "cron",
+                })
+                .collect();
+            ctx.error(
+                &["spec", key],
+                format!(
+                    "`{key}` is for {} connectors; this one is `{strategy}`",
+                    owners.join(" and ")
+                ),
+                None,
+            );
+        }
+    }
+    let required = match spec.strategy {
+        S::Pull => ("pull", spec.pull.is_some()),
+        S::Push => ("push", spec.push.is_some()),
+        S::Cron => ("schedule", spec.schedule.is_some()),
+    };
+    if !required.1 {
+        ctx.error(
+            &["spec"],
+            format!("a {strategy} connector needs `{}`", required.0),
+            None,
+        );
+    }
+}
+
+fn sources(
+    ctx: &mut Ctx<'_>,
+    spec: &ConnectorSpec,
+    name: &str,
+    names: &Names<'_>,
+    used: &mut HashSet<String>,
+) -> Vec<Arc<Source>> {
+    // A push connector is sent its data, and an import reads its guide: neither has a source.
+    let sourceless = match spec.strategy {
+        S::Push => Some("a push connector reads no source: callers send the data"),
+        S::Cron if spec.import.is_some() => {
+            Some("an import reads its guide (`import.guide`), not a source")
+        }
+        _ => None,
+    };
+    if spec.strategy != S::Push {
+        // Listed sources count as used even when the connector has other errors.
+        used.extend(spec.sources.iter().flatten().cloned());
+    }
+    if let Some(message) = sourceless {
+        let given = [
+            ("source", spec.source.is_some()),
+            ("sources", spec.sources.is_some()),
+        ];
+        if let Some((key, _)) = given.into_iter().find(|(_, on)| *on) {
+            ctx.error(&["spec", key], message, None);
+        }
+        return Vec::new();
+    }
+    let Some(which) = exactly_one(
+        ctx,
+        &["spec"],
+        "a pull or cron connector",
+        &[
+            ("source", spec.source.is_some()),
+            ("sources", spec.sources.is_some()),
+        ],
+    ) else {
+        return Vec::new();
+    };
+    if which == 0 {
+        return spec
+            .source
+            .as_ref()
+            .and_then(|s| source(ctx, name, s, &["spec", "source"]))
+            .map(Arc::new)
+            .into_iter()
+            .collect();
+    }
+    let mut out = Vec::new();
+    let list = spec.sources.as_deref().unwrap_or_default();
+    if list.is_empty() {
+        ctx.error(&["spec", "sources"], "the list of sources is empty", None);
+    }
+    for (i, s) in list.iter().enumerate() {
+        match names.sources.get(s) {
+            Some(src) => out.push(src.clone()),
+            None if names.broken.contains(&("Source".into(), s.clone())) => {}
+            None => {
+                let hint = did_you_mean(s, names.sources.keys().map(String::as_str));
+                ctx.error(
+                    &["spec", "sources", &i.to_string()],
+                    format!("no Source named `{s}`"),
+                    hint,
+                );
+            }
+        }
+    }
+    out
+}
+
+pub fn sink_ref(ctx: &mut Ctx<'_>, spec: &ConnectorSpec, names: &Names<'_>) -> Option<SinkRef> {
+    match &spec.sink {
+        None => Some(SinkRef::Default),
+        Some(s) => match names.sinks.get(s) {
+            Some(sink) => Some(SinkRef::Named(sink.clone())),
+            None if names.broken.contains(&("Sink".into(), s.clone())) => None,
+            None => {
+                let hint = did_you_mean(s, names.sinks.keys().map(String::as_str));
+                ctx.error(&["spec", "sink"], format!("no Sink named `{s}`"), hint);
+                None
+            }
+        },
+    }
+}

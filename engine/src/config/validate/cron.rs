@@ -1,0 +1,178 @@
+//! Checks of a cron connector: its schedule (cron expression and time zone) and what it
+//! reads (`fetch`, `sync` or `import`), sink and write options.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use super::connector::{Names, sink_ref};
+use super::context::Ctx;
+use super::source::{exactly_one, query, request};
+use crate::config::spec::ConnectorSpec;
+use crate::model::hint::did_you_mean;
+use crate::model::mapping::is_resource_type;
+use crate::model::template::{Table, Templates};
+use crate::model::{Cron, CronRead, Schedule};
+
+pub fn cron(
+    ctx: &mut Ctx<'_>,
+    spec: &ConnectorSpec,
+    names: &Names<'_>,
+    fhir_source: bool,
+    templates: &mut Templates,
+    tables: &BTreeMap<String, Table>,
+) -> Option<Cron> {
+    let s = spec.schedule.as_ref()?;
+    let schedule = schedule(ctx, &s.cron, s.time_zone.as_deref());
+    let which = exactly_one(
+        ctx,
+        &["spec"],
+        "a cron connector",
+        &[
+            ("fetch", spec.fetch.is_some()),
+            ("sync", spec.sync.is_some()),
+            ("import", spec.import.is_some()),
+        ],
+    );
+    let read = match which? {
+        0 => {
+            let f = spec.fetch.as_ref()?;
+            let request = request(
+                ctx,
+                &["spec", "fetch", "request"],
+                &f.request,
+                templates,
+                tables,
+            );
+            let records = query(ctx, &["spec", "fetch", "records"], &f.records);
+            let incremental = match &f.incremental {
+                Some(i) => Some((
+                    query(ctx, &["spec", "fetch", "incremental", "cursor"], &i.cursor)?,
+                    i.param.clone(),
+                )),
+                None => None,
+            };
+            CronRead::Fetch {
+                request: request?,
+                records: records?,
+                incremental,
+                each: f.each.clone(),
+            }
+        }
+        2 => CronRead::Import(super::guide::import(ctx, spec.import.as_ref()?)?),
+        _ => {
+            let y = spec.sync.as_ref()?;
+            if !fhir_source {
+                ctx.error(
+                    &["spec", "sync"],
+                    "a sync reads FHIR sources only",
+                    Some("give the connector a source of `type: fhir`".into()),
+                );
+            }
+            for (i, t) in y.resource_types.iter().enumerate() {
+                if !is_resource_type(t) {
+                    ctx.error(
+                        &["spec", "sync", "resourceTypes", &i.to_string()],
+                        format!("`{t}` is not a FHIR resource type name"),
+                        None,
+                    );
+                }
+            }
+            CronRead::Sync {
+                resource_types: y.resource_types.clone(),
+                incremental: y.incremental,
+                page_size: y.page_size.unwrap_or(100),
+            }
+        }
+    };
+    let sink = sink_ref(ctx, spec, names)?;
+    let write = spec.write.as_ref();
+    Some(Cron {
+        schedule: schedule?,
+        read,
+        sink,
+        identifier_system: write.and_then(|w| w.identifier_system.clone()),
+        only_changed: write.is_some_and(|w| w.only_changed),
+    })
+}
+
+/// Checks a cron expression (5 fields, or 6 with seconds) and its time zone, reporting both.
+pub fn schedule(ctx: &mut Ctx<'_>, cron: &str, tz: Option<&str>) -> Option<Schedule> {
+    let with_seconds = match cron_with_seconds(cron) {
+        Ok(c) => Some(c),
+        Err(message) => {
+            ctx.error(&["spec", "schedule", "cron"], message, None);
+            None
+        }
+    };
+    let time_zone = match tz {
+        None => Some(chrono_tz::UTC),
+        Some(name) => match chrono_tz::Tz::from_str(name) {
+            Ok(z) => Some(z),
+            Err(_) => {
+                let hint = did_you_mean(name, chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()));
+                ctx.error(
+                    &["spec", "schedule", "timeZone"],
+                    format!("`{name}` is not an IANA time zone"),
+                    hint.or(Some("e.g. `Europe/Madrid`, `UTC`".into())),
+                );
+                None
+            }
+        },
+    };
+    Some(Schedule {
+        cron: cron.trim().to_owned(),
+        cron_with_seconds: with_seconds?,
+        time_zone: time_zone?,
+    })
+}
+
+/// The 6-field form of a 5- or 6-field cron expression, or what is wrong with it.
+pub fn cron_with_seconds(cron: &str) -> Result<String, String> {
+    const FIELDS: [(&str, u32, u32); 6] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let fields: Vec<&str> = cron.split_whitespace().collect();
+    let full = match fields.len() {
+        5 => std::iter::once("0")
+            .chain(fields.iter().copied())
+            .collect::<Vec<_>>(),
+        6 => fields.clone(),
+        n => {
+            return Err(format!(
+                "`{cron}` has {n} fields; cron takes 5 (minute hour day month weekday) or 6 (seconds first)"
+            ));
+        }
+    };
+    for (field, (name, lo, hi)) in full.iter().zip(FIELDS) {
+        for part in field.split(',') {
+            let (range, step) = part
+                .split_once('/')
+                .map_or((part, None), |(r, s)| (r, Some(s)));
+            if let Some(step) = step
+                && step.parse::<u32>().is_ok_and(|s| s == 0)
+            {
+                return Err(format!(
+                    "`{cron}`: the {name} step `{part}` must be at least 1"
+                ));
+            }
+            for n in range.split('-').filter_map(|x| x.parse::<u32>().ok()) {
+                if n < lo || n > hi {
+                    return Err(format!("`{cron}`: {name} `{n}` is outside {lo}-{hi}"));
+                }
+            }
+        }
+    }
+    let with_seconds = full.join(" ");
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(&with_seconds)
+        .map_err(|e| format!("`{cron}` is not a valid cron expression: {e}"))?;
+    Ok(with_seconds)
+}

@@ -1,0 +1,271 @@
+//! The definitions' own tests: checked (names, inputs and expectations, inline or from files),
+//! then each input mapped and compared with the expected FHIR, exactly or as a subset, with a
+//! readable diff on failure.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::context::{Ctx, segs};
+use super::source::exactly_one;
+use crate::config::diagnostic::Diagnostic;
+use crate::config::fhir_schema::FhirSchema;
+use crate::config::spec::{ConnectorSpec, MatchMode};
+use crate::model::{Connector, Test};
+
+/// Most difference lines shown for one test.
+const MAX_LINES: usize = 20;
+
+/// Runs the tests of one connector, reporting failures at each test.
+pub fn run(ctx: &mut Ctx<'_>, c: &Connector, schema: Option<&FhirSchema>) {
+    for t in &c.tests {
+        let at = ctx.at_owned(&t.at);
+        let mut fail = |message: String| {
+            ctx.diags
+                .push(Diagnostic::error(&ctx.doc.file, &at, message))
+        };
+        let result = c.map_document(&t.input, &t.params);
+        let got = match (result, &t.expect_error) {
+            (Err(e), Some(want)) if e.to_string().contains(want.as_str()) => continue,
+            (Err(e), Some(want)) => {
+                fail(format!(
+                    "test `{}`: expected an error containing `{want}`, got: {e}",
+                    t.name
+                ));
+                continue;
+            }
+            (Ok(_), Some(want)) => {
+                fail(format!(
+                    "test `{}`: expected an error containing `{want}`, but the mapping succeeded",
+                    t.name
+                ));
+                continue;
+            }
+            (Err(e), None) => {
+                fail(format!("test `{}`: the mapping failed: {e}", t.name));
+                continue;
+            }
+            (Ok(got), None) => got,
+        };
+        if let Some(schema) = schema {
+            for (i, r) in got.iter().enumerate() {
+                for problem in schema.check(r).into_iter().take(5) {
+                    fail(format!(
+                        "test `{}`: resource {i} is not valid FHIR R4: {problem}",
+                        t.name
+                    ));
+                }
+            }
+        }
+        let expected = match &t.expect {
+            Some(Value::Array(a)) => Value::Array(a.clone()),
+            Some(one) => Value::Array(vec![one.clone()]),
+            None => continue,
+        };
+        let mut lines = Vec::new();
+        diff(
+            "$",
+            &expected,
+            &Value::Array(got),
+            t.match_mode == MatchMode::Subset,
+            &mut lines,
+        );
+        if !lines.is_empty() {
+            let more = lines.len().saturating_sub(MAX_LINES);
+            lines.truncate(MAX_LINES);
+            if more > 0 {
+                lines.push(format!("... and {more} more"));
+            }
+            fail(format!(
+                "test `{}`: the output differs from the expected FHIR:\n    {}",
+                t.name,
+                lines.join("\n    ")
+            ));
+        }
+    }
+}
+
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 80 {
+        format!("{}...", s.chars().take(77).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Differences between expected and actual output, one line each, by JSONPath.
+pub fn diff(path: &str, expected: &Value, got: &Value, subset: bool, out: &mut Vec<String>) {
+    match (expected, got) {
+        (Value::Object(e), Value::Object(g)) => {
+            for (k, ev) in e {
+                let p = format!("{path}.{k}");
+                match g.get(k) {
+                    Some(gv) => diff(&p, ev, gv, subset, out),
+                    None => out.push(format!("{p}: missing (expected {})", short(ev))),
+                }
+            }
+            if !subset {
+                for (k, gv) in g.iter().filter(|(k, _)| !e.contains_key(*k)) {
+                    out.push(format!("{path}.{k}: not expected (got {})", short(gv)));
+                }
+            }
+        }
+        (Value::Array(e), Value::Array(g)) => {
+            for i in 0..e.len().max(g.len()) {
+                let p = format!("{path}[{i}]");
+                match (e.get(i), g.get(i)) {
+                    (Some(ev), Some(gv)) => diff(&p, ev, gv, subset, out),
+                    (Some(ev), None) => out.push(format!("{p}: missing (expected {})", short(ev))),
+                    (None, Some(gv)) if !subset => {
+                        out.push(format!("{p}: not expected (got {})", short(gv)))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ if expected != got => out.push(format!(
+            "{path}: expected {}, got {}",
+            short(expected),
+            short(got)
+        )),
+        _ => {}
+    }
+}
+
+/// Checks the `tests` of a connector and reads their files: the tests `run` runs.
+pub fn tests(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> Vec<Test> {
+    let dir = ctx
+        .doc
+        .file
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut names = HashSet::new();
+    for (i, t) in spec.tests.iter().enumerate() {
+        let idx = i.to_string();
+        let at = ["spec", "tests", idx.as_str()];
+        if !names.insert(t.name.clone()) {
+            ctx.error(
+                &["spec", "tests", &idx, "name"],
+                format!("test name `{}` is used twice", t.name),
+                None,
+            );
+        }
+        let input = match exactly_one(
+            ctx,
+            &at,
+            "a test",
+            &[
+                ("input", t.input.is_some()),
+                ("inputFile", t.input_file.is_some()),
+            ],
+        ) {
+            Some(0) => t.input.clone(),
+            Some(_) => json_file(
+                ctx,
+                &["spec", "tests", &idx, "inputFile"],
+                &dir,
+                t.input_file.as_deref().unwrap_or_default(),
+            ),
+            None => None,
+        };
+        let expect = match exactly_one(
+            ctx,
+            &at,
+            "a test",
+            &[
+                ("expect", t.expect.is_some()),
+                ("expectFile", t.expect_file.is_some()),
+                ("expectError", t.expect_error.is_some()),
+            ],
+        ) {
+            Some(0) => t.expect.clone(),
+            Some(1) => json_file(
+                ctx,
+                &["spec", "tests", &idx, "expectFile"],
+                &dir,
+                t.expect_file.as_deref().unwrap_or_default(),
+            ),
+            _ => None,
+        };
+        if let Some(input) = input {
+            out.push(Test {
+                name: t.name.clone(),
+                at: segs(&at),
+                input,
+                params: Value::Object(
+                    t.params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
+                expect,
+                match_mode: t.match_mode,
+                expect_error: t.expect_error.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn json_file(ctx: &mut Ctx<'_>, at: &[&str], dir: &std::path::Path, name: &str) -> Option<Value> {
+    let path = dir.join(name);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.error(
+                at,
+                format!(
+                    "cannot read `{name}`: {}",
+                    crate::config::load::io_reason(&e)
+                ),
+                Some(format!("paths are relative to {}", dir.display())),
+            );
+            return None;
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            ctx.error(at, format!("`{name}` is not JSON: {e}"), None);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn diff_names_each_difference() {
+        let mut out = Vec::new();
+        diff(
+            "$",
+            &json!([{"a": 1, "b": [1, 2]}]),
+            &json!([{"a": 2, "b": [1], "c": true}]),
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                "$[0].a: expected 1, got 2",
+                "$[0].b[1]: missing (expected 2)",
+                "$[0].c: not expected (got true)"
+            ]
+        );
+        let mut sub = Vec::new();
+        diff(
+            "$",
+            &json!([{"a": 1}]),
+            &json!([{"a": 1, "c": true}, {}]),
+            true,
+            &mut sub,
+        );
+        assert!(sub.is_empty());
+    }
+}

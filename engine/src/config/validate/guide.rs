@@ -1,0 +1,94 @@
+//! Checks of an implementation guide import: where the guide is, its allow- and deny-lists,
+//! and its limits.
+
+use std::time::Duration;
+
+use super::context::Ctx;
+use super::source::url;
+use crate::config::spec::{GuideFilterSpec, ImportSpec};
+use crate::model::glob::Glob;
+use crate::model::mapping::is_resource_type;
+use crate::model::{GuideLocation, Import};
+
+/// Checks an implementation guide import.
+pub fn import(ctx: &mut Ctx<'_>, i: &ImportSpec) -> Option<Import> {
+    let at = ["spec", "import", "guide"];
+    let guide = if i.guide.starts_with("http://") || i.guide.starts_with("https://") {
+        url(ctx, &at, &i.guide).map(GuideLocation::Url)
+    } else if i.guide.contains("://") {
+        ctx.error(
+            &at,
+            format!(
+                "{} is neither a path nor an http(s) URL",
+                ctx.show(&at, &i.guide)
+            ),
+            None,
+        );
+        None
+    } else if i.guide.trim().is_empty() {
+        ctx.error(&at, "the guide is empty", None);
+        None
+    } else {
+        let dir = ctx.doc.file.parent().unwrap_or(std::path::Path::new(""));
+        Some(GuideLocation::Path(dir.join(&i.guide)))
+    };
+    let (include_files, include_types) = list(ctx, i.include.as_ref(), "include");
+    let (exclude_files, exclude_types) = list(ctx, i.exclude.as_ref(), "exclude");
+    for (n, t) in exclude_types.iter().enumerate() {
+        if include_types.contains(t) {
+            ctx.error(
+                &["spec", "import", "exclude", "types", &n.to_string()],
+                format!("`{t}` is both included and excluded"),
+                None,
+            );
+        }
+    }
+    let max_bytes = ctx.size(
+        &["spec", "import", "maxSize"],
+        i.max_size.as_deref(),
+        512 << 20,
+    );
+    let timeout = ctx.duration(
+        &["spec", "import", "timeout"],
+        i.timeout.as_deref(),
+        Duration::from_secs(300),
+    );
+    Some(Import {
+        guide: guide?,
+        include_files,
+        include_types,
+        exclude_files,
+        exclude_types,
+        max_bytes,
+        timeout,
+    })
+}
+
+/// Checks an allow- or deny-list (`key` is `include` or `exclude`): its patterns and types.
+fn list(ctx: &mut Ctx<'_>, f: Option<&GuideFilterSpec>, key: &str) -> (Vec<Glob>, Vec<String>) {
+    let Some(f) = f else {
+        return (Vec::new(), Vec::new());
+    };
+    for (n, p) in f.files.iter().enumerate() {
+        if p.trim().is_empty() {
+            ctx.error(
+                &["spec", "import", key, "files", &n.to_string()],
+                "the pattern is empty",
+                None,
+            );
+        }
+    }
+    for (n, t) in f.types.iter().enumerate() {
+        if !is_resource_type(t) {
+            ctx.error(
+                &["spec", "import", key, "types", &n.to_string()],
+                format!("`{t}` is not a FHIR resource type name"),
+                None,
+            );
+        }
+    }
+    (
+        f.files.iter().map(|p| Glob::new(p)).collect(),
+        f.types.clone(),
+    )
+}

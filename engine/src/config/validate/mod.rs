@@ -1,0 +1,450 @@
+//! Validation: definition files in, a checked [`Model`] or a list of diagnostics out. YAML is
+//! parsed into a located tree, checked against the generated schema, secrets are resolved,
+//! then each document is checked for meaning and compiled; references, names and routes are
+//! checked across documents; last, the definitions' own tests run.
+
+mod connector;
+mod context;
+mod cron;
+mod deftests;
+mod guide;
+mod pull;
+mod push;
+mod source;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::config::diagnostic::{Diagnostic, Location, Severity};
+use crate::config::fhir_schema::FhirSchema;
+use crate::config::load::SourceFile;
+use crate::config::secrets::{Environment, Unresolved};
+use crate::config::spec::{ConnectorDoc, SinkDoc, SourceDoc};
+use crate::config::yaml::{self, Node, NodeValue, display_path};
+use crate::model::Model;
+
+use context::Ctx;
+pub use context::{parse_duration, parse_size};
+
+/// What validation may assume.
+pub struct Options<'a> {
+    /// Unresolvable `${env:...}` / `${file:...}` are warnings instead of errors (CI without
+    /// secrets).
+    pub allow_unresolved: bool,
+    /// Run the definitions' `tests:`.
+    pub run_tests: bool,
+    /// Check produced FHIR R4 against this JSON Schema.
+    pub fhir_schema: Option<&'a FhirSchema>,
+    pub env: &'a dyn Environment,
+}
+
+/// The result: the model when there is no error, and every diagnostic.
+pub struct Outcome {
+    pub model: Option<Model>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub texts: HashMap<PathBuf, String>,
+}
+
+impl Outcome {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// One document after the schema check and secret resolution.
+struct Doc {
+    pub file: PathBuf,
+    pub node: Node,
+    pub json: Value,
+    /// JSON pointers of strings that held references (values never shown).
+    pub secret: HashSet<String>,
+    /// JSON pointers of strings whose references could not be resolved.
+    pub unresolved: HashSet<String>,
+}
+
+/// Validates the files; `read_errors` are diagnostics from reading them.
+pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Options<'_>) -> Outcome {
+    let mut diags = read_errors;
+    let mut texts = HashMap::new();
+    let mut connectors: Vec<(Doc, ConnectorDoc)> = Vec::new();
+    let mut sources: Vec<(Doc, SourceDoc)> = Vec::new();
+    let mut sinks: Vec<(Doc, SinkDoc)> = Vec::new();
+    // Names of documents that failed the schema check: references to them are not errors.
+    let mut broken: HashSet<(String, String)> = HashSet::new();
+
+    for file in files {
+        texts.insert(file.path.clone(), file.text.clone());
+        let parsed = yaml::parse(&file.text);
+        for e in &parsed.errors {
+            let at = Location {
+                line: e.line,
+                column: e.column,
+                path: e.path.clone(),
+            };
+            diags.push(
+                Diagnostic::error(&file.path, &at, e.message.clone()).with_hint(e.hint.clone()),
+            );
+        }
+        let documents: Vec<Node> = parsed
+            .documents
+            .into_iter()
+            .filter(|d| d.value != NodeValue::Null)
+            .collect();
+        if documents.is_empty() && parsed.errors.is_empty() {
+            let at = Location {
+                line: 1,
+                column: 1,
+                path: String::new(),
+            };
+            diags.push(
+                Diagnostic::error(&file.path, &at, "the file has no documents").with_hint(Some(
+                    "a definition starts with `apiVersion: fosps.gravitate-health.eu/v1`".into(),
+                )),
+            );
+        }
+        for node in documents {
+            if !matches!(node.value, NodeValue::Map(_)) {
+                let at = Location {
+                    line: node.line,
+                    column: node.column,
+                    path: String::new(),
+                };
+                let found = crate::config::schema::yaml_kind(&node.to_json());
+                diags.push(Diagnostic::error(
+                    &file.path,
+                    &at,
+                    format!("a document must be a mapping with apiVersion, kind, metadata and spec, found {found}"),
+                ));
+                continue;
+            }
+            let mut json = node.to_json();
+            let findings = crate::config::schema::check(&json);
+            if !findings.is_empty() {
+                for f in findings {
+                    let (line, column) = node.locate(&f.at, f.key);
+                    let at = Location {
+                        line,
+                        column,
+                        path: display_path(&f.at),
+                    };
+                    diags.push(Diagnostic::error(&file.path, &at, f.message).with_hint(f.hint));
+                }
+                if let (Some(k), Some(n)) =
+                    (json["kind"].as_str(), json["metadata"]["name"].as_str())
+                {
+                    broken.insert((k.to_owned(), n.to_owned()));
+                }
+                continue;
+            }
+            let base = file.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            let mut doc = Doc {
+                file: file.path.clone(),
+                node,
+                json: Value::Null,
+                secret: HashSet::new(),
+                unresolved: HashSet::new(),
+            };
+            resolve_secrets(
+                &mut json,
+                &mut Vec::new(),
+                &mut doc,
+                &mut diags,
+                opts,
+                &base,
+            );
+            doc.json = json;
+            let kind = doc.json["kind"].as_str().unwrap_or_default().to_owned();
+            let typed = match kind.as_str() {
+                "Connector" => {
+                    serde_json::from_value(doc.json.clone()).map(|t| connectors.push((doc, t)))
+                }
+                "Source" => {
+                    serde_json::from_value(doc.json.clone()).map(|t| sources.push((doc, t)))
+                }
+                _ => serde_json::from_value(doc.json.clone()).map(|t| sinks.push((doc, t))),
+            };
+            if let Err(e) = typed {
+                // The schema and the types agree, so this is a bug; say so rather than panic.
+                let at = Location {
+                    line: 1,
+                    column: 1,
+                    path: String::new(),
+                };
+                diags.push(Diagnostic::error(
+                    &file.path,
+                    &at,
+                    format!("internal: schema-valid document not accepted: {e}"),
+                ));
+            }
+        }
+    }
+
+    let mut model = Model::default();
+    unique_names(
+        "Source",
+        sources.iter().map(|(d, t)| (d, t.metadata.name.as_str())),
+        &mut diags,
+    );
+    unique_names(
+        "Sink",
+        sinks.iter().map(|(d, t)| (d, t.metadata.name.as_str())),
+        &mut diags,
+    );
+    unique_names(
+        "Connector",
+        connectors
+            .iter()
+            .map(|(d, t)| (d, t.metadata.name.as_str())),
+        &mut diags,
+    );
+    for (doc, spec) in &sources {
+        let mut ctx = Ctx::new(doc, &mut diags);
+        match source::source(&mut ctx, &spec.metadata.name, &spec.spec, &["spec"]) {
+            Some(s) => {
+                model
+                    .sources
+                    .entry(spec.metadata.name.clone())
+                    .or_insert(Arc::new(s));
+            }
+            // It exists: references to it are not errors of their own.
+            None => {
+                broken.insert(("Source".into(), spec.metadata.name.clone()));
+            }
+        }
+    }
+    for (doc, spec) in &sinks {
+        let mut ctx = Ctx::new(doc, &mut diags);
+        match source::sink(&mut ctx, &spec.metadata.name, &spec.spec) {
+            Some(s) => {
+                model
+                    .sinks
+                    .entry(spec.metadata.name.clone())
+                    .or_insert(Arc::new(s));
+            }
+            None => {
+                broken.insert(("Sink".into(), spec.metadata.name.clone()));
+            }
+        }
+    }
+    let names = connector::Names {
+        sources: &model.sources,
+        sinks: &model.sinks,
+        broken: &broken,
+        tests: opts.run_tests,
+    };
+    let mut used_sources = HashSet::new();
+    for (doc, spec) in &connectors {
+        let mut ctx = Ctx::new(doc, &mut diags);
+        if let Some(mut c) = connector::connector(&mut ctx, spec, &names, &mut used_sources)
+            && model.connector(&c.name).is_none()
+        {
+            let mut parts = vec![doc.json.to_string()];
+            for name in spec.spec.sources.iter().flatten() {
+                parts.extend(
+                    sources
+                        .iter()
+                        .filter(|(_, s)| &s.metadata.name == name)
+                        .map(|(d, _)| d.json.to_string()),
+                );
+            }
+            if let Some(sink) = &spec.spec.sink {
+                parts.extend(
+                    sinks
+                        .iter()
+                        .filter(|(_, s)| &s.metadata.name == sink)
+                        .map(|(d, _)| d.json.to_string()),
+                );
+            }
+            c.fingerprint = crate::model::fhir::uuid5(&parts);
+            model.connectors.push(Arc::new(c));
+        }
+    }
+    for (doc, spec) in &sources {
+        if !used_sources.contains(&spec.metadata.name) {
+            let mut ctx = Ctx::new(doc, &mut diags);
+            ctx.warning(
+                &["metadata", "name"],
+                format!(
+                    "source `{}` is not used by any connector",
+                    spec.metadata.name
+                ),
+                None,
+            );
+        }
+    }
+    routes(&connectors, &mut diags);
+
+    if opts.run_tests && !diags.iter().any(|d| d.severity == Severity::Error) {
+        for (doc, _) in &connectors {
+            let name = doc.json["metadata"]["name"].as_str().unwrap_or_default();
+            if let Some(c) = model.connector(name) {
+                let mut ctx = Ctx::new(doc, &mut diags);
+                deftests::run(&mut ctx, c, opts.fhir_schema);
+            }
+        }
+    }
+    crate::config::diagnostic::sort(&mut diags);
+    let ok = !diags.iter().any(|d| d.severity == Severity::Error);
+    Outcome {
+        model: ok.then_some(model),
+        diagnostics: diags,
+        texts,
+    }
+}
+
+fn unique_names<'a>(
+    kind: &str,
+    docs: impl Iterator<Item = (&'a Doc, &'a str)>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut seen: BTreeMap<&str, (PathBuf, usize)> = BTreeMap::new();
+    for (doc, name) in docs {
+        let ctx = Ctx::new(doc, diags);
+        let at = ctx.at(&["metadata", "name"]);
+        match seen.get(name) {
+            Some((file, line)) => diags.push(
+                Diagnostic::error(
+                    &doc.file,
+                    &at,
+                    format!("{kind} name `{name}` is already used"),
+                )
+                .with_hint(Some(format!("first defined at {}:{line}", file.display()))),
+            ),
+            None => {
+                seen.insert(name, (doc.file.clone(), at.line));
+            }
+        }
+    }
+}
+
+/// Paths the engine itself serves; push endpoints may not take them.
+const RESERVED: [&str; 6] = [
+    "/fhir",
+    "/connectors",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+];
+
+fn routes(connectors: &[(Doc, ConnectorDoc)], diags: &mut Vec<Diagnostic>) {
+    let mut seen: BTreeMap<String, (String, PathBuf, usize)> = BTreeMap::new();
+    for (doc, c) in connectors {
+        let Some(push) = &c.spec.push else { continue };
+        let path = push
+            .path
+            .clone()
+            .unwrap_or_else(|| format!("/push/{}", c.metadata.name));
+        let ctx = Ctx::new(doc, diags);
+        let at = if push.path.is_some() {
+            ctx.at(&["spec", "push", "path"])
+        } else {
+            ctx.at(&["spec", "push"])
+        };
+        let normal = path.trim_end_matches('/').to_owned();
+        if let Some(r) = RESERVED
+            .iter()
+            .find(|r| normal == **r || normal.starts_with(&format!("{r}/")))
+        {
+            diags.push(Diagnostic::error(
+                &doc.file,
+                &at,
+                format!("push path `{path}` collides with the engine's own route `{r}`"),
+            ));
+            continue;
+        }
+        match seen.get(&normal) {
+            Some((other, file, line)) => diags.push(
+                Diagnostic::error(
+                    &doc.file,
+                    &at,
+                    format!("push path `{path}` is also the route of connector `{other}`"),
+                )
+                .with_hint(Some(format!(
+                    "`{other}` is defined at {}:{line}",
+                    file.display()
+                ))),
+            ),
+            None => {
+                seen.insert(normal, (c.metadata.name.clone(), doc.file.clone(), at.line));
+            }
+        }
+    }
+}
+
+/// Resolves `${env:...}` / `${file:...}` in string values outside `spec.mapping` and
+/// `spec.tests` (templates and samples, where `${` has no meaning).
+fn resolve_secrets(
+    v: &mut Value,
+    at: &mut Vec<String>,
+    doc: &mut Doc,
+    diags: &mut Vec<Diagnostic>,
+    opts: &Options<'_>,
+    base: &Path,
+) {
+    if at.len() == 2 && at[0] == "spec" && (at[1] == "mapping" || at[1] == "tests") {
+        return;
+    }
+    match v {
+        Value::String(s) if crate::config::secrets::has_reference(s) || s.contains("$${") => {
+            let pointer = format!("/{}", at.join("/"));
+            match crate::config::secrets::resolve(s, opts.env, base) {
+                Ok(resolved) => {
+                    if crate::config::secrets::has_reference(s) {
+                        doc.secret.insert(pointer);
+                    }
+                    *s = resolved;
+                }
+                Err(unresolved) => {
+                    let node = doc.node.descend(at);
+                    let loc = Location {
+                        line: node.line,
+                        column: node.column,
+                        path: display_path(at),
+                    };
+                    let d = match unresolved {
+                        Unresolved::Malformed(message) => {
+                            Diagnostic::error(&doc.file, &loc, message)
+                        }
+                        Unresolved::Unavailable(message) if opts.allow_unresolved => {
+                            Diagnostic::warning(&doc.file, &loc, message)
+                        }
+                        Unresolved::Unavailable(message) => {
+                            let what = if message.starts_with("environment") {
+                                "set the variable"
+                            } else {
+                                "provide the file"
+                            };
+                            Diagnostic::error(&doc.file, &loc, message).with_hint(Some(format!(
+                                "{what}, or run `engine validate --allow-unresolved` where secrets are absent"
+                            )))
+                        }
+                    };
+                    diags.push(d);
+                    doc.secret.insert(pointer.clone());
+                    doc.unresolved.insert(pointer);
+                }
+            }
+        }
+        Value::Object(o) => {
+            for (k, child) in o.iter_mut() {
+                at.push(k.clone());
+                resolve_secrets(child, at, doc, diags, opts, base);
+                at.pop();
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter_mut().enumerate() {
+                at.push(i.to_string());
+                resolve_secrets(child, at, doc, diags, opts, base);
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,94 @@
+//! Checks of a push connector: its endpoint, caller authentication, limits and
+//! deduplication.
+
+use std::time::Duration;
+
+use super::connector::{Names, sink_ref};
+use super::context::Ctx;
+use super::source::{exactly_one, query};
+use crate::config::spec::{ConnectorSpec, PushMode};
+use crate::model::{Push, PushAuth, Secret};
+
+/// Checks the `push` section.
+pub fn push(
+    ctx: &mut Ctx<'_>,
+    spec: &ConnectorSpec,
+    name: &str,
+    names: &Names<'_>,
+) -> Option<Push> {
+    let p = spec.push.as_ref()?;
+    let auth = push_auth(ctx, &p.auth)?;
+    let records = query(
+        ctx,
+        &["spec", "push", "records"],
+        p.records.as_deref().unwrap_or("$"),
+    )?;
+    Some(Push {
+        path: p.path.clone().unwrap_or_else(|| format!("/push/{name}")),
+        auth,
+        max_body: ctx.size(&["spec", "push", "maxBody"], p.max_body.as_deref(), 1 << 20),
+        mode: p.mode.unwrap_or(PushMode::Queued),
+        records,
+        idempotency_header: p
+            .idempotency_header
+            .clone()
+            .unwrap_or_else(|| "Idempotency-Key".into()),
+        dedup_window: ctx.duration(
+            &["spec", "push", "dedupWindow"],
+            p.dedup_window.as_deref(),
+            Duration::from_secs(86_400),
+        ),
+        sink: sink_ref(ctx, spec, names)?,
+        identifier_system: spec
+            .write
+            .as_ref()
+            .and_then(|w| w.identifier_system.clone()),
+    })
+}
+
+fn push_auth(ctx: &mut Ctx<'_>, a: &crate::config::spec::PushAuthSpec) -> Option<PushAuth> {
+    let at = ["spec", "push", "auth"];
+    let which = exactly_one(
+        ctx,
+        &at,
+        "push auth",
+        &[
+            ("hmac", a.hmac.is_some()),
+            ("bearer", a.bearer.is_some()),
+            ("apiKey", a.api_key.is_some()),
+        ],
+    )?;
+    Some(match which {
+        0 => {
+            let h = a.hmac.as_ref()?;
+            if !ctx.unresolved(&["spec", "push", "auth", "hmac", "secret"]) && h.secret.len() < 16 {
+                ctx.error(
+                    &["spec", "push", "auth", "hmac", "secret"],
+                    "an HMAC secret needs at least 16 characters",
+                    None,
+                );
+            }
+            PushAuth::Hmac {
+                secret: Secret(h.secret.clone()),
+                header: h.header.clone().unwrap_or_else(|| "X-Signature".into()),
+                timestamp_header: h
+                    .timestamp_header
+                    .clone()
+                    .unwrap_or_else(|| "X-Timestamp".into()),
+                tolerance: ctx.duration(
+                    &["spec", "push", "auth", "hmac", "tolerance"],
+                    h.tolerance.as_deref(),
+                    Duration::from_secs(300),
+                ),
+            }
+        }
+        1 => PushAuth::Bearer(Secret(a.bearer.as_ref()?.token.clone())),
+        _ => {
+            let k = a.api_key.as_ref()?;
+            PushAuth::ApiKey {
+                header: k.header.clone(),
+                value: Secret(k.value.clone()),
+            }
+        }
+    })
+}

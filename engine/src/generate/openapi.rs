@@ -1,0 +1,226 @@
+//! The OpenAPI 3.0 document of the configured routes: pull interactions with their search
+//! parameters, push endpoints with their bodies and authentication, the admin API and the
+//! operations endpoints. It never holds a secret.
+
+use serde_json::{Map, Value, json};
+
+use crate::model::vocabulary::ParamType;
+use crate::model::{Model, PushAuth, Strategy};
+
+fn outcome_responses(codes: &[(&str, &str)]) -> Map<String, Value> {
+    codes
+        .iter()
+        .map(|(code, text)| {
+            (
+                (*code).to_owned(),
+                json!({"description": text, "content": {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}}),
+            )
+        })
+        .collect()
+}
+
+fn fhir_ok(description: &str, schema: &str) -> Value {
+    json!({"description": description, "content": {"application/fhir+json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn json_ok(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"type": "object"}}}})
+}
+
+/// The document; `prefix` is the public path prefix (e.g. `/connector/api`), used as the
+/// server URL.
+pub fn document(model: &Model, prefix: &str) -> Value {
+    let mut paths = Map::new();
+    let mut security_schemes = Map::new();
+    for c in &model.connectors {
+        match &c.strategy {
+            Strategy::Pull(p) => {
+                let tag = c.name.clone();
+                for r in &p.resources {
+                    let t = &r.resource_type;
+                    if let Some(s) = &r.search {
+                        let mut params: Vec<Value> = s
+                            .params
+                            .iter()
+                            .filter(|(n, _)| n.as_str() != "_count")
+                            .map(|(n, spec)| {
+                                let schema = match spec.kind {
+                                    ParamType::Integer => {
+                                        let mut s = json!({"type": "integer"});
+                                        if let Some(m) = spec.max {
+                                            s["maximum"] = json!(m);
+                                        }
+                                        s
+                                    }
+                                    ParamType::Date => json!({"type": "string", "description": "a FHIR date, optionally with a prefix (ge, le, ...)"}),
+                                    _ => json!({"type": "string"}),
+                                };
+                                let mut p = json!({"name": n, "in": "query", "required": spec.required, "schema": schema});
+                                if let Some(d) = &spec.description {
+                                    p["description"] = json!(d);
+                                }
+                                p
+                            })
+                            .collect();
+                        let max = s.params.get("_count").and_then(|p| p.max).unwrap_or(1000);
+                        params.push(json!({"name": "_count", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": max}}));
+                        params.push(json!({"name": "_offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}));
+                        let mut responses = outcome_responses(&[
+                            ("400", "invalid parameters"),
+                            ("502", "every source failed"),
+                            ("504", "no answer in time"),
+                        ]);
+                        responses.insert("200".into(), fhir_ok("a searchset Bundle (with an OperationOutcome entry per failed source)", "Bundle"));
+                        responses.insert(
+                            "304".into(),
+                            json!({"description": "not modified (If-None-Match)"}),
+                        );
+                        paths.insert(
+                            format!("/fhir/{}/{t}", c.name),
+                            json!({"get": {"tags": [tag], "summary": format!("Search {t}"), "operationId": format!("search-{}-{t}", c.name), "parameters": params, "responses": responses}}),
+                        );
+                    }
+                    if r.read.is_some() {
+                        let mut responses = outcome_responses(&[
+                            ("400", "invalid id"),
+                            ("404", "not found"),
+                            ("502", "every source failed"),
+                            ("504", "no answer in time"),
+                        ]);
+                        responses.insert("200".into(), fhir_ok(&format!("the {t}"), "Resource"));
+                        responses.insert(
+                            "304".into(),
+                            json!({"description": "not modified (If-None-Match)"}),
+                        );
+                        paths.insert(
+                            format!("/fhir/{}/{t}/{{id}}", c.name),
+                            json!({"get": {
+                                "tags": [tag], "summary": format!("Read {t}"), "operationId": format!("read-{}-{t}", c.name),
+                                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9\\-\\.]{1,64}$"}}],
+                                "responses": responses
+                            }}),
+                        );
+                    }
+                }
+                if p.batch {
+                    let mut responses = outcome_responses(&[
+                        ("400", "not a batch Bundle"),
+                        ("413", "body too large"),
+                        ("502", "every source failed"),
+                    ]);
+                    responses.insert("200".into(), fhir_ok("a batch-response Bundle", "Bundle"));
+                    paths.insert(
+                        format!("/fhir/{}", c.name),
+                        json!({"post": {
+                            "tags": [tag], "summary": "Batch over every FHIR source", "operationId": format!("batch-{}", c.name),
+                            "requestBody": {"required": true, "content": {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/Bundle"}}, "application/json": {"schema": {"$ref": "#/components/schemas/Bundle"}}}},
+                            "responses": responses
+                        }}),
+                    );
+                }
+            }
+            Strategy::Push(p) => {
+                let scheme = format!("{}-auth", c.name);
+                let mut parameters = Vec::new();
+                let (definition, description) = match &p.auth {
+                    PushAuth::Bearer(_) => (
+                        json!({"type": "http", "scheme": "bearer"}),
+                        "a bearer token",
+                    ),
+                    PushAuth::ApiKey { header, .. } => (
+                        json!({"type": "apiKey", "in": "header", "name": header}),
+                        "an API key",
+                    ),
+                    PushAuth::Hmac {
+                        header,
+                        timestamp_header,
+                        ..
+                    } => {
+                        parameters.push(json!({"name": timestamp_header, "in": "header", "required": true, "schema": {"type": "integer"}, "description": "Unix time in seconds of the signature"}));
+                        (
+                            json!({"type": "apiKey", "in": "header", "name": header, "description": format!("hex HMAC-SHA256 (optionally `sha256=`-prefixed) of `<{timestamp_header}>.<body>`")}),
+                            "an HMAC-SHA256 signature",
+                        )
+                    }
+                };
+                parameters.push(json!({"name": p.idempotency_header, "in": "header", "required": false, "schema": {"type": "string"}, "description": "repeated deliveries with the same key are written once"}));
+                security_schemes.insert(scheme.clone(), definition);
+                let mut responses = outcome_responses(&[
+                    ("400", "not JSON"),
+                    ("401", "authentication failed"),
+                    ("413", "body too large"),
+                    ("415", "not JSON media type"),
+                    ("422", "the payload can never be written (dead-lettered)"),
+                    (
+                        "503",
+                        "the sink is unavailable: send again after Retry-After",
+                    ),
+                ]);
+                responses.insert(
+                    "200".into(),
+                    json_ok("written (sync mode), or a repeated delivery"),
+                );
+                responses.insert("202".into(), json_ok("queued durably (queued mode)"));
+                paths.insert(
+                    p.path.clone(),
+                    json!({"post": {
+                        "tags": [c.name], "summary": format!("Push to {} ({description})", c.name), "operationId": format!("push-{}", c.name),
+                        "security": [{scheme: []}],
+                        "parameters": parameters,
+                        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}, "application/fhir+json": {"schema": {"type": "object"}}}},
+                        "responses": responses
+                    }}),
+                );
+            }
+            Strategy::Cron(_) => {}
+        }
+    }
+    let admin = ["admin"];
+    let names: Vec<&str> = model.connectors.iter().map(|c| c.name.as_str()).collect();
+    let name_param = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "enum": names}}]);
+    let list = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}});
+    let not_found = outcome_responses(&[("404", "no such connector")]);
+    let with = |ok: (&str, Value), extra: &Map<String, Value>| {
+        let mut m = extra.clone();
+        m.insert(ok.0.to_owned(), ok.1);
+        Value::Object(m)
+    };
+    paths.insert("/connectors".into(), json!({"get": {"tags": admin, "summary": "Connectors and their status", "operationId": "list-connectors", "responses": {"200": list("the connectors")}}}));
+    paths.insert("/connectors/list".into(), json!({"get": {"tags": admin, "summary": "Connectors (the FOSPS runner API's name)", "operationId": "list-connectors-fosps", "responses": {"200": list("the connectors")}}}));
+    paths.insert("/connectors/{name}".into(), json!({"get": {"tags": admin, "summary": "One connector: strategy, last and next run, cache, queue", "operationId": "show-connector", "parameters": name_param, "responses": with(("200", json_ok("the connector")), &not_found)}}));
+    let mut run =
+        outcome_responses(&[("404", "no such cron connector"), ("409", "a run is going")]);
+    run.insert("202".into(), json_ok("the run started"));
+    paths.insert("/connectors/{name}/run".into(), json!({"post": {"tags": admin, "summary": "Run a cron connector now", "operationId": "run-connector", "parameters": name_param, "responses": run}}));
+    paths.insert("/connectors/{name}/cache".into(), json!({"delete": {"tags": admin, "summary": "Empty a pull connector's cache", "operationId": "invalidate-cache", "parameters": name_param, "responses": with(("200", json_ok("how many answers were dropped")), &not_found)}}));
+    paths.insert("/connectors/{name}/dead-letters".into(), json!({"get": {"tags": admin, "summary": "Push payloads that could not be written, with the reason", "operationId": "dead-letters", "parameters": name_param, "responses": with(("200", list("the dead letters")), &not_found)}}));
+    paths.insert("/reload".into(), json!({"get": {"tags": admin, "summary": "Reloads of the definitions: generation, and the diagnostics of a refused set", "operationId": "reload-status", "responses": {"200": json_ok("the reload status")}}}));
+    let ops = ["operations"];
+    paths.insert("/healthz".into(), json!({"get": {"tags": ops, "summary": "Liveness", "operationId": "healthz", "responses": {"200": json_ok("alive")}}}));
+    paths.insert("/readyz".into(), json!({"get": {"tags": ops, "summary": "Readiness", "operationId": "readyz", "responses": {"200": json_ok("ready"), "503": json_ok("not ready")}}}));
+    paths.insert("/metrics".into(), json!({"get": {"tags": ops, "summary": "Prometheus metrics", "operationId": "metrics", "responses": {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}));
+    paths.insert("/openapi.json".into(), json!({"get": {"tags": ops, "summary": "This document", "operationId": "openapi", "responses": {"200": json_ok("the OpenAPI document")}}}));
+    let server = if prefix.is_empty() {
+        "/".to_owned()
+    } else {
+        format!("/{}", prefix.trim_matches('/'))
+    };
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "FOSPS connector engine",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "FHIR routes, webhooks and the admin API of the configured connectors."
+        },
+        "servers": [{"url": server}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": security_schemes,
+            "schemas": {
+                "Resource": {"type": "object", "required": ["resourceType"], "properties": {"resourceType": {"type": "string"}, "id": {"type": "string"}}, "additionalProperties": true},
+                "Bundle": {"type": "object", "required": ["resourceType", "type"], "properties": {"resourceType": {"type": "string", "enum": ["Bundle"]}, "type": {"type": "string"}, "total": {"type": "integer"}, "link": {"type": "array", "items": {"type": "object"}}, "entry": {"type": "array", "items": {"type": "object"}}}, "additionalProperties": true},
+                "OperationOutcome": {"type": "object", "required": ["resourceType", "issue"], "properties": {"resourceType": {"type": "string", "enum": ["OperationOutcome"]}, "issue": {"type": "array", "items": {"type": "object", "required": ["severity", "code"], "properties": {"severity": {"type": "string"}, "code": {"type": "string"}, "diagnostics": {"type": "string"}}}}}, "additionalProperties": true}
+            }
+        }
+    })
+}

@@ -1,0 +1,262 @@
+//! `engine serve`: binds the listener, serves the current engine's router, runs cron schedules
+//! and push queue drainers, reloads the definitions when their files change (a mounted
+//! ConfigMap's `..data` swap included) or on SIGHUP, and shuts down gracefully on SIGTERM or
+//! SIGINT (in-flight requests finish, for at most the grace period).
+//!
+//! A reload validates the new set first: an invalid set is refused (its diagnostics are logged
+//! and shown by `/readyz` and `/reload`) and the old set keeps serving. A valid set replaces
+//! the old one atomically: requests in flight finish on the old router, and connectors whose
+//! definitions did not change keep their caches, queues and schedules.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::http::{Dirs, Engine, router};
+use crate::model::Model;
+
+/// Loads and validates the definitions again: the model, or the diagnostics as text.
+pub type Loader = Arc<dyn Fn() -> Result<Model, String> + Send + Sync>;
+
+/// How to reload the definitions.
+pub struct Reload {
+    pub paths: Vec<PathBuf>,
+    pub load: Loader,
+    pub dirs: Dirs,
+    /// How often the files are compared with the served set.
+    pub poll: Duration,
+}
+
+/// The background tasks of cron and push connectors, by connector, with the fingerprint of
+/// the definition they run.
+struct Tasks {
+    run_schedules: bool,
+    running: HashMap<String, (String, watch::Sender<bool>)>,
+}
+
+impl Tasks {
+    /// Starts the tasks of new or changed connectors and stops those of changed or removed
+    /// ones; unchanged ones go on.
+    fn sync(&mut self, engine: &Engine) {
+        let mut wanted: HashMap<String, String> = HashMap::new();
+        for c in &engine.model.connectors {
+            let runs = (self.run_schedules && engine.crons.contains_key(&c.name))
+                || engine.pushes.contains_key(&c.name);
+            if runs {
+                wanted.insert(c.name.clone(), c.fingerprint.clone());
+            }
+        }
+        self.running.retain(|name, (fingerprint, stop)| {
+            let keep = wanted.get(name) == Some(fingerprint);
+            if !keep {
+                let _ = stop.send(true);
+            }
+            keep
+        });
+        for (name, fingerprint) in wanted {
+            if self.running.contains_key(&name) {
+                continue;
+            }
+            let (stop, stopped) = watch::channel(false);
+            if let Some(job) = engine.crons.get(&name) {
+                tokio::spawn(job.clone().schedule(stopped));
+            } else if let Some(ep) = engine.pushes.get(&name) {
+                tokio::spawn(ep.clone().drain(stopped));
+            }
+            self.running.insert(name, (fingerprint, stop));
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for (_, (_, stop)) in self.running.drain() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// Serves until a shutdown signal; the error says why it could not start.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listen: &str,
+    grace: Duration,
+    run_schedules: bool,
+    reload: Option<Reload>,
+) -> Result<(), String> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("`{listen}` is not an address such as 0.0.0.0:8080"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(address = %local, connectors = engine.model.connectors.len(), "serving");
+
+    let current = Arc::new(RwLock::new((engine.clone(), router(engine.clone()))));
+    let tasks = Arc::new(Mutex::new(Tasks {
+        run_schedules,
+        running: HashMap::new(),
+    }));
+    if let Ok(mut t) = tasks.lock() {
+        t.sync(&engine);
+    }
+    let (stop, stopped) = watch::channel(false);
+    if let Some(r) = reload {
+        tokio::spawn(watch_definitions(
+            r,
+            current.clone(),
+            tasks.clone(),
+            stopped.clone(),
+        ));
+    }
+
+    let serving = current.clone();
+    let app = Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let router = serving.read().ok().map(|g| g.1.clone());
+        async move {
+            match router {
+                Some(r) => r.oneshot(req).await,
+                None => Ok(axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+            }
+        }
+    }));
+
+    let (tx, rx) = watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    let mut signalled = rx.clone();
+    let deadline = async move {
+        let _ = signalled.wait_for(|s| *s).await;
+        tracing::info!(
+            grace_seconds = grace.as_secs_f64(),
+            "shutting down: finishing requests in flight"
+        );
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| format!("server: {e}"))?,
+        () = deadline => tracing::warn!("grace period over: requests still in flight are dropped"),
+    }
+    let _ = stop.send(true);
+    if let Ok(mut t) = tasks.lock() {
+        t.stop_all();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A digest of the definition files as they are now.
+fn digest(paths: &[PathBuf]) -> String {
+    match crate::config::load::read_all(paths) {
+        Ok((files, errors)) => {
+            let mut parts: Vec<String> = files
+                .iter()
+                .map(|f| format!("{}\u{1e}{}", f.path.display(), f.text))
+                .collect();
+            parts.extend(
+                errors
+                    .iter()
+                    .map(|d| format!("{}\u{1e}{}", d.file.display(), d.message)),
+            );
+            crate::model::fhir::uuid5(&parts)
+        }
+        Err(e) => e.to_string(),
+    }
+}
+
+type Current = Arc<RwLock<(Arc<Engine>, Router)>>;
+
+/// Reloads when the files change or SIGHUP arrives, until `stop`.
+async fn watch_definitions(
+    r: Reload,
+    current: Current,
+    tasks: Arc<Mutex<Tasks>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut last = digest(&r.paths);
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<()>();
+        let forced = tokio::select! {
+            () = hup => true,
+            () = tokio::time::sleep(r.poll) => false,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let now = digest(&r.paths);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        let old = match current.read() {
+            Ok(g) => g.0.clone(),
+            Err(_) => return,
+        };
+        let result = (r.load)().and_then(|model| {
+            Engine::with_previous(Arc::new(model), old.limits.clone(), &r.dirs, Some(&old))
+        });
+        match result {
+            Ok(new) => {
+                if let Ok(mut g) = current.write() {
+                    *g = (new.clone(), router(new.clone()));
+                }
+                if let Ok(mut t) = tasks.lock() {
+                    t.sync(&new);
+                }
+                if let Ok(mut e) = new.reload.error.lock() {
+                    *e = None;
+                }
+                tracing::info!(
+                    connectors = new.model.connectors.len(),
+                    "definitions reloaded"
+                );
+            }
+            Err(text) => {
+                tracing::error!("definitions not reloaded, the old set keeps serving:\n{text}");
+                if let Ok(mut e) = old.reload.error.lock() {
+                    *e = Some(text);
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

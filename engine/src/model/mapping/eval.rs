@@ -1,0 +1,391 @@
+//! Evaluation of compiled templates per record: the scope (record, current element, `$each`
+//! bindings, input paths for errors), the operators' semantics, pruning and conversions.
+
+use std::cell::OnceCell;
+use std::collections::BTreeMap;
+
+use handlebars::Context;
+use serde_json::{Map, Value};
+
+use super::{Conversion, Expr, Input, Kind, MapError};
+use crate::model::fhir;
+use crate::model::jsonpath::Query;
+use crate::model::template::{Table, Templates};
+
+/// Where a mapping is evaluating: the record, the current element and the names bound by
+/// enclosing `$each`es, and how the current element was reached (for error paths).
+struct Scope<'a> {
+    input: Input<'a>,
+    templates: &'a Templates,
+    current: &'a Value,
+    index: Option<Value>,
+    bindings: Vec<(&'a str, &'a Value)>,
+    /// The enclosing scope, the query that selected the current element, and its position.
+    parent: Option<(&'a Scope<'a>, &'a Query, usize)>,
+    context: OnceCell<Context>,
+}
+
+impl<'a> Scope<'a> {
+    fn new(input: Input<'a>, templates: &'a Templates) -> Self {
+        Scope {
+            input,
+            templates,
+            current: input.record,
+            index: None,
+            bindings: Vec::new(),
+            parent: None,
+            context: OnceCell::new(),
+        }
+    }
+
+    fn child(
+        &'a self,
+        query: &'a Query,
+        current: &'a Value,
+        index: usize,
+        name: Option<&'a str>,
+    ) -> Scope<'a> {
+        let mut bindings = self.bindings.clone();
+        if let Some(n) = name {
+            bindings.push((n, current));
+        }
+        Scope {
+            input: self.input,
+            templates: self.templates,
+            current,
+            index: Some(Value::from(index)),
+            bindings,
+            parent: Some((self, query, index)),
+            context: OnceCell::new(),
+        }
+    }
+
+    /// The normalized path of the current element inside the record (`$` for the record).
+    fn current_path(&self) -> String {
+        match self.parent {
+            None => "$".into(),
+            Some((parent, query, i)) => parent.input_path(query, i).unwrap_or_else(|| "$".into()),
+        }
+    }
+
+    /// The normalized path, inside the record, of the `i`th value `query` selects here.
+    fn input_path(&self, query: &Query, i: usize) -> Option<String> {
+        let located = query
+            .locate(self.input.record, self.current)
+            .into_iter()
+            .nth(i)?;
+        Some(if query.is_relative() {
+            format!("{}{}", self.current_path(), &located[1..])
+        } else {
+            located
+        })
+    }
+}
+
+impl crate::model::template::Scope for Scope<'_> {
+    fn value(&self, name: &str) -> Option<&Value> {
+        match name {
+            "record" => Some(self.input.record),
+            "item" => Some(self.current),
+            "vars" => Some(self.input.vars),
+            "params" => Some(self.input.params),
+            "index" => self.index.as_ref(),
+            other => self
+                .bindings
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == other)
+                .map(|(_, v)| *v),
+        }
+    }
+
+    /// The Handlebars context of this scope, built once and holding only what the
+    /// connector's Handlebars templates read.
+    fn context(&self) -> &Context {
+        self.context.get_or_init(|| {
+            let mut m = Map::new();
+            let named = [
+                ("record", self.input.record),
+                ("item", self.current),
+                ("vars", self.input.vars),
+                ("params", self.input.params),
+            ];
+            for (name, value) in named.into_iter().chain(self.bindings.iter().copied()) {
+                if self.templates.needs(name) {
+                    m.insert(name.to_owned(), value.clone());
+                }
+            }
+            if let Some(i) = &self.index {
+                m.insert("index".into(), i.clone());
+            }
+            Context::from(Value::Object(m))
+        })
+    }
+}
+
+/// Evaluates compiled expressions with a connector's templates and tables (the mapping, and
+/// request bodies of pull connectors).
+pub struct Evaluator<'a> {
+    pub templates: &'a Templates,
+    pub tables: &'a BTreeMap<String, Table>,
+}
+
+impl Evaluator<'_> {
+    /// The value of an expression for one input; `None` when it is empty.
+    pub fn evaluate(&self, e: &Expr, input: Input<'_>) -> Result<Option<Value>, MapError> {
+        let scope = Scope::new(input, self.templates);
+        self.eval(e, &scope)
+    }
+
+    fn fail(&self, e: &Expr, message: impl Into<String>) -> MapError {
+        MapError {
+            rule: e.rule.to_string(),
+            input: None,
+            message: message.into(),
+        }
+    }
+
+    fn eval(&self, e: &Expr, scope: &Scope<'_>) -> Result<Option<Value>, MapError> {
+        Ok(match &e.kind {
+            Kind::Literal(v) => Some(v.clone()).filter(|v| !fhir::is_empty(v)),
+            Kind::Text(t) => {
+                let s = self
+                    .templates
+                    .render(t, scope)
+                    .map_err(|m| self.fail(e, m))?;
+                Some(Value::String(s)).filter(|v| !fhir::is_empty(v))
+            }
+            Kind::Object(fields) => {
+                let mut m = Map::with_capacity(fields.len());
+                for (k, f) in fields {
+                    if let Some(v) = self.eval(f, scope)? {
+                        m.insert(k.clone(), v);
+                    }
+                }
+                Some(Value::Object(m)).filter(|v| !fhir::is_empty(v))
+            }
+            Kind::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    match (self.eval(item, scope)?, &item.kind) {
+                        (Some(Value::Array(a)), Kind::Each { .. } | Kind::Paths(_)) => {
+                            out.extend(a)
+                        }
+                        (Some(v), _) => out.push(v),
+                        (None, _) => {}
+                    }
+                }
+                Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
+            }
+            Kind::Path { query, default } => {
+                let nodes = query.select(scope.input.record, scope.current);
+                match nodes.as_slice() {
+                    [] => match default {
+                        Some(d) => self.eval(d, scope)?,
+                        None => None,
+                    },
+                    [one] => match (prune((*one).clone()), default) {
+                        (None, Some(d)) => self.eval(d, scope)?,
+                        (value, _) => value,
+                    },
+                    many => {
+                        return Err(MapError {
+                            rule: e.rule.to_string(),
+                            input: scope.input_path(query, 0),
+                            message: format!(
+                                "`{}` selects {} values where one is expected; use `$paths` or `$each` for many",
+                                query.as_str(),
+                                many.len()
+                            ),
+                        });
+                    }
+                }
+            }
+            Kind::Paths(query) => {
+                let items: Vec<Value> = query
+                    .select(scope.input.record, scope.current)
+                    .into_iter()
+                    .filter_map(|v| prune(v.clone()))
+                    .collect();
+                Some(Value::Array(items)).filter(|v| !fhir::is_empty(v))
+            }
+            Kind::Each { query, name, body } => {
+                let nodes = query.select(scope.input.record, scope.current);
+                let mut out = Vec::with_capacity(nodes.len());
+                for (i, node) in nodes.into_iter().enumerate() {
+                    let child = scope.child(query, node, i, name.as_deref());
+                    match self.eval(body, &child) {
+                        Ok(Some(Value::Array(a))) => out.extend(a),
+                        Ok(Some(v)) => out.push(v),
+                        Ok(None) => {}
+                        Err(mut err) => {
+                            if err.input.is_none() {
+                                err.input = scope.input_path(query, i);
+                            }
+                            return Err(err);
+                        }
+                    }
+                }
+                Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
+            }
+            Kind::If {
+                query,
+                equals,
+                then,
+                otherwise,
+            } => {
+                let nodes = query.select(scope.input.record, scope.current);
+                let holds = match equals {
+                    Some(x) => nodes.iter().any(|n| fhir::same(n, x)),
+                    None => nodes
+                        .iter()
+                        .any(|n| !fhir::is_empty(n) && **n != Value::Bool(false)),
+                };
+                match (holds, otherwise) {
+                    (true, _) => self.eval(then, scope)?,
+                    (false, Some(o)) => self.eval(o, scope)?,
+                    (false, None) => None,
+                }
+            }
+            Kind::Translate { value, table } => match self.eval(value, scope)? {
+                None => None,
+                Some(v) => {
+                    let code = match &v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        other => {
+                            return Err(self.with_input(
+                                e,
+                                value,
+                                scope,
+                                format!("cannot translate {}", fhir::kind(other)),
+                            ));
+                        }
+                    };
+                    let t = self
+                        .tables
+                        .get(table)
+                        .ok_or_else(|| self.fail(e, format!("no table `{table}`")))?;
+                    Some(
+                        t.translate(table, &code)
+                            .map_err(|m| self.with_input(e, value, scope, m))?,
+                    )
+                    .filter(|v| !fhir::is_empty(v))
+                }
+            },
+            Kind::Date { value, time } => match self.eval(value, scope)? {
+                None => None,
+                Some(v) => {
+                    let out = if *time {
+                        fhir::date_time(&v)
+                    } else {
+                        fhir::date(&v)
+                    };
+                    Some(Value::String(
+                        out.map_err(|m| self.with_input(e, value, scope, m))?,
+                    ))
+                }
+            },
+            Kind::Uuid(parts) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match self.eval(p, scope)? {
+                        Some(Value::String(s)) => texts.push(s),
+                        Some(other) => texts.push(other.to_string()),
+                        None => {
+                            return Err(self.with_input(
+                                e,
+                                p,
+                                scope,
+                                "a part of the id is missing, so the id would not be deterministic"
+                                    .into(),
+                            ));
+                        }
+                    }
+                }
+                Some(Value::String(fhir::uuid5(&texts)))
+            }
+            Kind::Reference { resource_type, id } => match self.eval(id, scope)? {
+                None => None,
+                Some(Value::String(s)) => {
+                    Some(serde_json::json!({"reference": format!("{resource_type}/{s}")}))
+                }
+                Some(Value::Number(n)) => {
+                    Some(serde_json::json!({"reference": format!("{resource_type}/{n}")}))
+                }
+                Some(other) => {
+                    return Err(self.with_input(
+                        e,
+                        id,
+                        scope,
+                        format!("a reference id must be text, found {}", fhir::kind(&other)),
+                    ));
+                }
+            },
+            Kind::Convert { value, to } => match self.eval(value, scope)? {
+                None => None,
+                Some(v) => Some(convert(&v, *to).map_err(|m| self.with_input(e, value, scope, m))?),
+            },
+        })
+    }
+
+    /// An error with the input path of `source` when it is a query.
+    fn with_input(&self, e: &Expr, source: &Expr, scope: &Scope<'_>, message: String) -> MapError {
+        let input = match &source.kind {
+            Kind::Path { query, .. } => scope.input_path(query, 0),
+            _ => None,
+        };
+        MapError {
+            rule: e.rule.to_string(),
+            input,
+            message,
+        }
+    }
+}
+
+/// Removes empty values inside a selected value, as FHIR allows none.
+fn prune(v: Value) -> Option<Value> {
+    let v = match v {
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().filter_map(prune).collect()),
+        other => other,
+    };
+    Some(v).filter(|v| !fhir::is_empty(v))
+}
+
+fn convert(v: &Value, to: Conversion) -> Result<Value, String> {
+    let text = match v {
+        Value::String(s) => s.trim().to_owned(),
+        other => other.to_string(),
+    };
+    match to {
+        Conversion::String => Ok(Value::String(match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })),
+        Conversion::Number => text
+            .parse::<serde_json::Number>()
+            .map(Value::Number)
+            .map_err(|_| format!("`{text}` is not a number")),
+        Conversion::Integer => text
+            .parse::<i64>()
+            .ok()
+            .or_else(|| {
+                // A decimal without a fraction (`3.0`) converts without loss.
+                let f = text.parse::<f64>().ok()?;
+                (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+            })
+            .map(Value::from)
+            .ok_or_else(|| format!("`{text}` is not an integer")),
+        Conversion::Boolean => match text.as_str() {
+            "true" | "True" | "TRUE" | "1" | "yes" | "Y" | "y" => Ok(Value::Bool(true)),
+            "false" | "False" | "FALSE" | "0" | "no" | "N" | "n" => Ok(Value::Bool(false)),
+            _ => Err(format!("`{text}` is not a boolean")),
+        },
+    }
+}

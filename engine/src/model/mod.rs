@@ -1,0 +1,402 @@
+//! The checked model: what `validate` makes of the specs. Names are checked, durations are
+//! `Duration`s, queries and templates are compiled, cron is parsed, references are resolved;
+//! runtime code reads only these types.
+
+pub mod fhir;
+pub mod glob;
+pub mod hint;
+pub mod jsonpath;
+pub mod mapping;
+pub mod template;
+pub mod vocabulary;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::model::glob::Glob;
+use crate::model::jsonpath::Query;
+use crate::model::mapping::{Input, MapError, Mapping};
+use crate::model::template::{Templates, Text};
+use crate::model::vocabulary::{
+    BundleMode, FhirVersion, MatchMode, ParamType, PushMode, SourceType,
+};
+
+/// A string whose value may come from a secret: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Every checked document of a set of definition files.
+#[derive(Debug, Default)]
+pub struct Model {
+    pub connectors: Vec<Arc<Connector>>,
+    pub sources: BTreeMap<String, Arc<Source>>,
+    pub sinks: BTreeMap<String, Arc<Sink>>,
+}
+
+impl Model {
+    pub fn connector(&self, name: &str) -> Option<&Arc<Connector>> {
+        self.connectors.iter().find(|c| c.name == name)
+    }
+}
+
+/// A checked connector.
+#[derive(Debug)]
+pub struct Connector {
+    pub name: String,
+    /// Digest of the connector's resolved definition and of the sources and sink it names:
+    /// equal fingerprints mean a reload leaves the connector as it is.
+    pub fingerprint: String,
+    pub description: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub file: PathBuf,
+    pub strategy: Strategy,
+    pub sources: Vec<Arc<Source>>,
+    pub vars: Value,
+    pub split_bundles: bool,
+    pub mapping: Option<Mapping>,
+    pub templates: Arc<Templates>,
+    pub tests: Vec<Test>,
+}
+
+/// What drives a connector, with what that strategy needs.
+#[allow(clippy::large_enum_variant)] // built once per load; boxing would only add indirection
+#[derive(Debug)]
+pub enum Strategy {
+    Pull(Pull),
+    Push(Push),
+    Cron(Cron),
+}
+
+/// A checked source.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub url: url::Url,
+    pub kind: SourceType,
+    pub fhir_version: Option<FhirVersion>,
+    pub headers: Vec<(String, Secret)>,
+    pub auth: Option<Auth>,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub concurrency: u32,
+    pub pagination: Option<Pagination>,
+}
+
+/// Outbound authentication.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    Bearer(Secret),
+    ApiKey { header: String, value: Secret },
+    Basic { username: Secret, password: Secret },
+}
+
+/// How a source pages.
+#[derive(Debug, Clone)]
+pub enum Pagination {
+    NextUrl(Query),
+    LinkHeader,
+    Fhir,
+    Offset {
+        param: String,
+        limit_param: String,
+        limit: u32,
+    },
+    Page {
+        param: String,
+        start: u32,
+    },
+    Cursor {
+        path: Query,
+        param: String,
+    },
+}
+
+/// A checked sink.
+#[derive(Debug)]
+pub enum Sink {
+    Fhir(FhirSink),
+    Ndjson { name: String, dir: PathBuf },
+}
+
+/// A FHIR server sink.
+#[derive(Debug)]
+pub struct FhirSink {
+    pub name: String,
+    pub url: url::Url,
+    pub version: FhirVersion,
+    pub auth: Option<Auth>,
+    pub timeout: Duration,
+    pub batch_size: u32,
+    pub mode: BundleMode,
+    pub retries: u32,
+    pub provenance: bool,
+}
+
+/// Pull routes.
+#[derive(Debug)]
+pub struct Pull {
+    pub resources: Vec<PullResource>,
+    pub batch: bool,
+    pub cache: Option<Cache>,
+}
+
+/// One resource type of a pull connector.
+#[derive(Debug)]
+pub struct PullResource {
+    pub resource_type: String,
+    pub search: Option<Search>,
+    pub read: Option<Read>,
+}
+
+/// A search interaction.
+#[derive(Debug)]
+pub struct Search {
+    pub params: BTreeMap<String, Param>,
+    pub request: Option<Request>,
+    pub records: Query,
+    pub total: Option<Query>,
+}
+
+/// A read interaction.
+#[derive(Debug)]
+pub struct Read {
+    pub request: Option<Request>,
+    pub records: Query,
+}
+
+/// A search parameter.
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub kind: ParamType,
+    pub required: bool,
+    pub default: Option<Value>,
+    pub max: Option<i64>,
+    pub description: Option<String>,
+}
+
+/// An upstream request built from templates.
+#[derive(Debug)]
+pub struct Request {
+    pub method: crate::model::vocabulary::Method,
+    pub path: Text,
+    pub query: Vec<(String, Text)>,
+    pub headers: Vec<(String, Text)>,
+    pub body: Option<crate::model::mapping::Expr>,
+}
+
+/// The pull answer cache.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub ttl: Duration,
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    pub stale_if_error: Duration,
+    pub allow_no_cache: bool,
+}
+
+/// A push endpoint.
+#[derive(Debug)]
+pub struct Push {
+    pub path: String,
+    pub auth: PushAuth,
+    pub max_body: u64,
+    pub mode: PushMode,
+    pub records: Query,
+    pub idempotency_header: String,
+    pub dedup_window: Duration,
+    pub sink: SinkRef,
+    /// Write by conditional update on this identifier system (`write.identifierSystem`).
+    pub identifier_system: Option<String>,
+}
+
+/// Push caller authentication.
+#[derive(Debug, Clone)]
+pub enum PushAuth {
+    Hmac {
+        secret: Secret,
+        header: String,
+        timestamp_header: String,
+        tolerance: Duration,
+    },
+    Bearer(Secret),
+    ApiKey {
+        header: String,
+        value: Secret,
+    },
+}
+
+/// The sink of a connector: a named one, or the embedded NDJSON default.
+#[derive(Debug, Clone)]
+pub enum SinkRef {
+    Named(Arc<Sink>),
+    Default,
+}
+
+/// A cron connector.
+#[derive(Debug)]
+pub struct Cron {
+    pub schedule: Schedule,
+    pub read: CronRead,
+    pub sink: SinkRef,
+    pub identifier_system: Option<String>,
+    pub only_changed: bool,
+}
+
+/// A checked schedule: the expression with seconds, and its time zone.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub cron: String,
+    pub cron_with_seconds: String,
+    pub time_zone: chrono_tz::Tz,
+}
+
+/// What a cron run reads.
+#[allow(clippy::large_enum_variant)] // built once per load; boxing would only add indirection
+#[derive(Debug)]
+pub enum CronRead {
+    Fetch {
+        request: Request,
+        records: Query,
+        incremental: Option<(Query, String)>,
+        /// Values the request runs once for each (`params.item`); empty: once.
+        each: Vec<Value>,
+    },
+    Sync {
+        resource_types: Vec<String>,
+        incremental: bool,
+        page_size: u32,
+    },
+    Import(Import),
+}
+
+/// A checked implementation guide import.
+#[derive(Debug)]
+pub struct Import {
+    pub guide: GuideLocation,
+    /// The allow-list; empty lists allow all.
+    pub include_files: Vec<Glob>,
+    pub include_types: Vec<String>,
+    /// The deny-list.
+    pub exclude_files: Vec<Glob>,
+    pub exclude_types: Vec<String>,
+    pub max_bytes: u64,
+    pub timeout: Duration,
+}
+
+/// Where a guide is.
+#[derive(Debug, Clone)]
+pub enum GuideLocation {
+    /// A package to download.
+    Url(url::Url),
+    /// A directory of FHIR JSON, or a package file.
+    Path(PathBuf),
+}
+
+/// A definition test.
+#[derive(Debug)]
+pub struct Test {
+    pub name: String,
+    /// YAML path of the test, for diagnostics.
+    pub at: Vec<String>,
+    pub input: Value,
+    pub params: Value,
+    pub expect: Option<Value>,
+    pub match_mode: MatchMode,
+    pub expect_error: Option<String>,
+}
+
+impl Connector {
+    /// The records selector of the documents this connector maps.
+    pub fn records(&self) -> Option<&Query> {
+        match &self.strategy {
+            Strategy::Pull(p) => p
+                .resources
+                .iter()
+                .find_map(|r| r.search.as_ref().map(|s| &s.records)),
+            Strategy::Push(p) => Some(&p.records),
+            Strategy::Cron(c) => match &c.read {
+                CronRead::Fetch { records, .. } => Some(records),
+                CronRead::Sync { .. } | CronRead::Import(_) => None,
+            },
+        }
+    }
+
+    /// Maps a whole input document: records selected, Bundles split when asked, then each
+    /// record mapped (or taken as a resource when there is no mapping).
+    pub fn map_document(&self, document: &Value, params: &Value) -> Result<Vec<Value>, MapError> {
+        let selected: Vec<(String, &Value)> = match self.records() {
+            Some(q) => q
+                .locate(document, document)
+                .into_iter()
+                .zip(q.select(document, document))
+                .collect(),
+            None => vec![("$".to_owned(), document)],
+        };
+        self.map_records(selected, params)
+    }
+
+    /// Maps records already selected, each with its path in the input (for errors).
+    pub fn map_records<'a>(
+        &self,
+        selected: impl IntoIterator<Item = (String, &'a Value)>,
+        params: &Value,
+    ) -> Result<Vec<Value>, MapError> {
+        let mut out = Vec::new();
+        for (path, record) in selected {
+            let split;
+            let records: Vec<&Value> = if self.split_bundles
+                && record.get("resourceType") == Some(&Value::from("Bundle"))
+            {
+                split = crate::model::fhir::split_bundle(record).map_err(|m| MapError {
+                    rule: "spec.splitBundles".into(),
+                    input: Some(path.clone()),
+                    message: m,
+                })?;
+                split.iter().collect()
+            } else {
+                vec![record]
+            };
+            for r in records {
+                match &self.mapping {
+                    Some(m) => {
+                        let input = Input {
+                            record: r,
+                            vars: &self.vars,
+                            params,
+                        };
+                        out.extend(m.apply(input).map_err(|mut e| {
+                            e.input = Some(match e.input.take() {
+                                Some(inner) => format!("{path}{}", inner.trim_start_matches('$')),
+                                None => path.clone(),
+                            });
+                            e
+                        })?);
+                    }
+                    None if r.get("resourceType").is_some_and(Value::is_string) => {
+                        out.push(r.clone())
+                    }
+                    None => {
+                        return Err(MapError {
+                            rule: "spec".into(),
+                            input: Some(path.clone()),
+                            message:
+                                "the record is not a FHIR resource and the connector has no mapping"
+                                    .into(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}

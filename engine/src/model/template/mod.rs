@@ -1,0 +1,460 @@
+//! String templates: Handlebars syntax, one registry per connector, strict (a missing value is
+//! an error), no HTML escaping (a template's result is a string value placed in a JSON
+//! structure, so the serializer does the JSON escaping). Templates made only of text,
+//! variables and the engine's functions are rendered directly, without building a
+//! Handlebars context; the rest go through Handlebars.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+mod functions;
+
+use handlebars::template::{Parameter, Template, TemplateElement};
+use handlebars::{Context, Handlebars, Path, PathSeg, RenderError, RenderErrorReason};
+use serde_json::Value;
+
+use functions::AsHelper;
+pub use functions::Function;
+
+/// Helpers that come with Handlebars.
+pub const BUILTIN_HELPERS: [&str; 17] = [
+    "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte",
+    "and", "or", "not", "len",
+];
+
+/// A translation table as the `translate` helper and `$translate` see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub map: BTreeMap<String, Value>,
+    pub default: Option<Value>,
+}
+
+impl Table {
+    /// The value for `code`, or an error naming the table when it is unmapped.
+    pub fn translate(&self, name: &str, code: &str) -> Result<Value, String> {
+        match self.map.get(code).or(self.default.as_ref()) {
+            Some(v) => Ok(v.clone()),
+            None => Err(format!(
+                "code `{code}` is not in table `{name}` and the table has no default"
+            )),
+        }
+    }
+}
+
+/// A compiled template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Text {
+    /// No `{{`: the string itself.
+    Const(String),
+    /// Text, variables and function calls, rendered directly without Handlebars.
+    Direct(Vec<Piece>),
+    /// Anything else (blocks, built-in helpers, subexpressions): a registered Handlebars
+    /// template.
+    Template(String),
+}
+
+/// A part of a directly rendered template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Raw(String),
+    /// A variable, and its line and column in the template.
+    Var(Var, (usize, usize)),
+    /// A function call, and its line and column in the template.
+    Call(Function, Vec<Arg>, (usize, usize)),
+}
+
+/// An argument of a function call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Var(Var),
+    Literal(Value),
+}
+
+/// A variable path such as `record.brand_name.[0]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Var {
+    raw: String,
+    root: String,
+    rest: Vec<String>,
+}
+
+impl Var {
+    fn parse(raw: &str) -> Option<Var> {
+        let mut parts = raw.split('.');
+        let root = parts.next()?;
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                && !s.starts_with(|c: char| c.is_ascii_digit())
+        };
+        if !ident(root) || root == "this" {
+            return None;
+        }
+        let rest = parts
+            .map(|p| {
+                let p = p
+                    .strip_prefix('[')
+                    .and_then(|q| q.strip_suffix(']'))
+                    .unwrap_or(p);
+                (!p.is_empty() && !p.contains(['[', ']', '/', '@'])).then(|| p.to_owned())
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Var {
+            raw: raw.to_owned(),
+            root: root.to_owned(),
+            rest,
+        })
+    }
+
+    fn resolve<'a>(&self, scope: &'a dyn Scope) -> Option<&'a Value> {
+        self.rest
+            .iter()
+            .try_fold(scope.value(&self.root)?, |v, seg| match v {
+                Value::Object(o) => o.get(seg),
+                Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+                _ => None,
+            })
+    }
+}
+
+/// What templates read: named values, and (for Handlebars templates) a whole context.
+pub trait Scope {
+    /// The value of a top-level name (`record`, `item`, `vars`, ...).
+    fn value(&self, name: &str) -> Option<&Value>;
+    /// The Handlebars context of the scope.
+    fn context(&self) -> &Context;
+}
+
+/// The Handlebars registry of one connector, and the context names its templates read.
+pub struct Templates {
+    registry: Handlebars<'static>,
+    tables: Arc<BTreeMap<String, Table>>,
+    /// Top-level context names the Handlebars templates read; `None` when some template may
+    /// read the whole context (`this`, `..`, `@root`), so contexts must hold everything.
+    needs: Option<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates")
+            .field("handlebars", &self.registry.get_templates().len())
+            .finish()
+    }
+}
+
+/// A template that does not compile, with the position inside the template text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateError {
+    pub message: String,
+    /// 1-based line and column inside the template text, when known.
+    pub position: Option<(usize, usize)>,
+    pub hint: Option<String>,
+}
+
+impl Templates {
+    pub fn new(tables: Arc<BTreeMap<String, Table>>) -> Self {
+        let mut registry = Handlebars::new();
+        registry.set_strict_mode(true);
+        registry.register_escape_fn(handlebars::no_escape);
+        for (name, function) in Function::ALL {
+            registry.register_helper(
+                name,
+                Box::new(AsHelper {
+                    function,
+                    tables: tables.clone(),
+                }),
+            );
+        }
+        Templates {
+            registry,
+            tables,
+            needs: Some(BTreeSet::new()),
+        }
+    }
+
+    /// The connector's code tables.
+    pub fn tables(&self) -> &BTreeMap<String, Table> {
+        &self.tables
+    }
+
+    /// True when a Handlebars template may read the context name `name` (contexts leave out
+    /// the rest, which saves copying the record for templates that never read it).
+    pub fn needs(&self, name: &str) -> bool {
+        self.needs.as_ref().is_none_or(|n| n.contains(name))
+    }
+
+    /// Compiles `source` under `name`: a constant, a direct template, or Handlebars.
+    pub fn compile(&mut self, name: &str, source: &str) -> Result<Text, TemplateError> {
+        if !source.contains("{{") {
+            return Ok(Text::Const(source.to_owned()));
+        }
+        let template = Template::compile(source).map_err(|e| TemplateError {
+            message: "invalid Handlebars syntax: each `{{` needs a closing `}}` around a path or a helper call".into(),
+            position: e.pos(),
+            hint: Some("write `\\{{` for a literal `{{`".into()),
+        })?;
+        if let Some((helper, position)) = unknown_helper(&template) {
+            let mut known: Vec<&str> = Function::ALL.iter().map(|(n, _)| *n).collect();
+            known.extend(BUILTIN_HELPERS);
+            let hint = crate::model::hint::did_you_mean(&helper, known.iter().copied())
+                .or_else(|| Some(format!("helpers: {}", known.join(", "))));
+            return Err(TemplateError {
+                message: format!("unknown helper `{helper}`"),
+                position,
+                hint,
+            });
+        }
+        if let Some(pieces) = direct(&template) {
+            return Ok(Text::Direct(pieces));
+        }
+        if let Some(needs) = &mut self.needs
+            && !collect_names(&template, false, needs)
+        {
+            self.needs = None;
+        }
+        self.registry.register_template(name, template);
+        Ok(Text::Template(name.to_owned()))
+    }
+
+    /// Renders a compiled template in a scope; the error says what is missing or wrong.
+    pub fn render(&self, text: &Text, scope: &dyn Scope) -> Result<String, String> {
+        match text {
+            Text::Const(s) => Ok(s.clone()),
+            Text::Template(name) => self
+                .registry
+                .render_with_context(name, scope.context())
+                .map_err(|e| describe(&e)),
+            Text::Direct(pieces) => {
+                let mut out = String::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Raw(s) => out.push_str(s),
+                        Piece::Var(v, at) => {
+                            let value = v
+                                .resolve(scope)
+                                .ok_or_else(|| format!("{}{}", missing(&v.raw), place(*at)))?;
+                            push_text(&mut out, value, &v.raw)
+                                .map_err(|m| format!("{m}{}", place(*at)))?;
+                        }
+                        Piece::Call(f, args, at) => {
+                            let values: Vec<Option<&Value>> = args
+                                .iter()
+                                .map(|a| match a {
+                                    Arg::Var(v) => v.resolve(scope),
+                                    Arg::Literal(l) => Some(l),
+                                })
+                                .collect();
+                            let names: Vec<String> = args
+                                .iter()
+                                .map(|a| match a {
+                                    Arg::Var(v) => v.raw.clone(),
+                                    Arg::Literal(l) => l.to_string(),
+                                })
+                                .collect();
+                            let value = f
+                                .call(&values, &names, &self.tables)
+                                .map_err(|m| format!("{m}{}", place(*at)))?;
+                            push_text(&mut out, &value, "the result of a helper")
+                                .map_err(|m| format!("{m}{}", place(*at)))?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn place((line, column): (usize, usize)) -> String {
+    format!(" at line {line}, column {column} of the template")
+}
+
+fn missing(raw: &str) -> String {
+    format!("`{raw}` is missing from the input")
+}
+
+/// Appends a value as text; objects and arrays have no text form, so they are errors.
+fn push_text(out: &mut String, value: &Value, what: &str) -> Result<(), String> {
+    match value {
+        Value::String(s) => out.push_str(s),
+        Value::Object(_) | Value::Array(_) => {
+            return Err(format!(
+                "`{what}` is {}, not text: use `$path` to copy structure, or `{{{{json {what}}}}}`",
+                crate::model::fhir::kind(value)
+            ));
+        }
+        other => out.push_str(&functions::text(other)),
+    }
+    Ok(())
+}
+
+/// The pieces of a template made only of text, variables and engine functions over
+/// variables and literals; `None` when Handlebars is needed.
+fn direct(t: &Template) -> Option<Vec<Piece>> {
+    let var = |p: &Parameter| match p {
+        Parameter::Name(n) => Var::parse(n),
+        Parameter::Path(Path::Relative((segs, raw)))
+            if segs.iter().all(|s| matches!(s, PathSeg::Named(_))) =>
+        {
+            Var::parse(raw)
+        }
+        _ => None,
+    };
+    let mut pieces = Vec::new();
+    for (i, el) in t.elements.iter().enumerate() {
+        let at = t.mapping.get(i).map_or((1, 1), |m| (m.0, m.1));
+        match el {
+            TemplateElement::RawString(s) => pieces.push(Piece::Raw(s.clone())),
+            TemplateElement::Comment(_) => {}
+            TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h)
+                if !h.block && h.hash.is_empty() =>
+            {
+                if h.params.is_empty() {
+                    if let Parameter::Name(n) = &h.name
+                        && (Function::by_name(n).is_some() || BUILTIN_HELPERS.contains(&n.as_str()))
+                    {
+                        return None;
+                    }
+                    pieces.push(Piece::Var(var(&h.name)?, at));
+                } else {
+                    let Parameter::Name(n) = &h.name else {
+                        return None;
+                    };
+                    let f = Function::by_name(n)?;
+                    let args = h
+                        .params
+                        .iter()
+                        .map(|p| match p {
+                            Parameter::Literal(l) => Some(Arg::Literal(l.clone())),
+                            other => var(other).map(Arg::Var),
+                        })
+                        .collect::<Option<Vec<_>>>()?;
+                    pieces.push(Piece::Call(f, args, at));
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(pieces)
+}
+
+/// Says what went wrong in a Handlebars render, with the template's line and column.
+pub fn describe(e: &RenderError) -> String {
+    let place = match (e.line_no, e.column_no) {
+        (Some(l), Some(c)) => place((l, c)),
+        _ => String::new(),
+    };
+    let reason = match e.reason() {
+        RenderErrorReason::MissingVariable(Some(v)) => missing(v),
+        RenderErrorReason::MissingVariable(None) => "a variable is missing from the input".into(),
+        RenderErrorReason::Other(m) => m.clone(),
+        other => other.to_string(),
+    };
+    format!("{reason}{place}")
+}
+
+fn unknown_helper(t: &Template) -> Option<(String, Option<(usize, usize)>)> {
+    for (i, el) in t.elements.iter().enumerate() {
+        let pos = t.mapping.get(i).map(|m| (m.0, m.1));
+        if let Some(name) = element_unknown_helper(el) {
+            return Some((name, pos));
+        }
+    }
+    None
+}
+
+fn element_unknown_helper(el: &TemplateElement) -> Option<String> {
+    let h = match el {
+        TemplateElement::Expression(h)
+        | TemplateElement::HtmlExpression(h)
+        | TemplateElement::HelperBlock(h) => h,
+        _ => return None,
+    };
+    let is_call = h.block || !h.params.is_empty() || !h.hash.is_empty();
+    if let Parameter::Name(name) = &h.name
+        && is_call
+        && Function::by_name(name).is_none()
+        && !BUILTIN_HELPERS.contains(&name.as_str())
+    {
+        return Some(name.clone());
+    }
+    let nested = h
+        .params
+        .iter()
+        .chain(h.hash.values())
+        .find_map(|p| match p {
+            Parameter::Subexpression(s) => element_unknown_helper(&s.element),
+            _ => None,
+        });
+    nested.or_else(|| {
+        [&h.template, &h.inverse]
+            .into_iter()
+            .flatten()
+            .find_map(|t| unknown_helper(t).map(|(n, _)| n))
+    })
+}
+
+/// Adds the top-level names a template reads to `out`; false when it may read anything.
+/// Inside `each` and `with` blocks, plain paths are relative to the block's value.
+fn collect_names(t: &Template, in_block: bool, out: &mut BTreeSet<String>) -> bool {
+    t.elements.iter().all(|el| match el {
+        TemplateElement::Expression(h)
+        | TemplateElement::HtmlExpression(h)
+        | TemplateElement::HelperBlock(h) => {
+            let is_call = h.block || !h.params.is_empty() || !h.hash.is_empty();
+            let name_ok = match &h.name {
+                Parameter::Name(n) if !is_call => {
+                    param_names(&Parameter::Name(n.clone()), in_block, out)
+                }
+                Parameter::Name(_) => true,
+                other => param_names(other, in_block, out),
+            };
+            let inner_block = in_block
+                || matches!(&h.name, Parameter::Name(n) if h.block && (n == "each" || n == "with"));
+            name_ok
+                && h.params
+                    .iter()
+                    .chain(h.hash.values())
+                    .all(|p| param_names(p, in_block, out))
+                && [&h.template, &h.inverse]
+                    .into_iter()
+                    .flatten()
+                    .all(|t| collect_names(t, inner_block, out))
+        }
+        TemplateElement::RawString(_) | TemplateElement::Comment(_) => true,
+        _ => false,
+    })
+}
+
+fn param_names(p: &Parameter, in_block: bool, out: &mut BTreeSet<String>) -> bool {
+    match p {
+        Parameter::Literal(_) => true,
+        Parameter::Name(n) => {
+            if !in_block {
+                out.insert(n.clone());
+            }
+            true
+        }
+        Parameter::Path(Path::Relative((segs, raw))) => match segs.first() {
+            Some(PathSeg::Named(n)) => {
+                if !in_block {
+                    out.insert(n.clone());
+                }
+                true
+            }
+            // `this` inside a block is the block's value; `..` climbs out of it.
+            _ => in_block && !raw.starts_with(".."),
+        },
+        Parameter::Path(Path::Local((_, name, _))) => in_block && name != "root",
+        Parameter::Subexpression(s) => match s.element.as_ref() {
+            TemplateElement::Expression(h) => h
+                .params
+                .iter()
+                .chain(h.hash.values())
+                .all(|p| param_names(p, in_block, out)),
+            _ => false,
+        },
+        _ => false,
+    }
+}

@@ -1,0 +1,67 @@
+//! The closed sets of words a definition chooses from (source and parameter types, FHIR
+//! versions, HTTP methods, write modes): valid as soon as they parse, so the spec types and the
+//! checked model share these enums, and the runtime reads them through the model.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// The kind of a source.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceType {
+    #[default]
+    Json,
+    Fhir,
+}
+
+/// A FHIR version.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum FhirVersion {
+    R4,
+    R5,
+}
+
+/// HTTP methods of source requests.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum Method {
+    #[serde(rename = "GET")]
+    Get,
+    #[serde(rename = "POST")]
+    Post,
+}
+
+/// How a sink groups writes.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BundleMode {
+    Transaction,
+    Batch,
+}
+
+/// Types of search parameters.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    #[default]
+    String,
+    Integer,
+    Date,
+    Token,
+}
+
+/// Push answer modes.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PushMode {
+    Sync,
+    Queued,
+}
+
+/// How expected FHIR is compared.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchMode {
+    #[default]
+    Exact,
+    Subset,
+}

@@ -1,0 +1,163 @@
+//! FHIR packages (`package.tgz`): downloaded with a size cap, unpacked in memory (flate2 and
+//! tar) with caps on bytes and files; nothing is written to disk.
+
+use std::io::Read;
+use std::time::Duration;
+
+use super::{Files, MAX_FILES};
+
+/// Downloads a package, refusing answers larger than `max` bytes.
+pub(super) async fn download(
+    url: &url::Url,
+    max: u64,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("fosps-engine/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match fetch(&client, url, max).await {
+            Ok(bytes) => return Ok(bytes),
+            Err((transient, message)) if !transient || attempt > 2 => {
+                return Err(format!(
+                    "cannot download the guide package {url}: {message}"
+                ));
+            }
+            Err(_) => tokio::time::sleep(crate::runtime::upstream::backoff(attempt)).await,
+        }
+    }
+}
+
+/// One download attempt; the error says whether another attempt may succeed.
+async fn fetch(
+    client: &reqwest::Client,
+    url: &url::Url,
+    max: u64,
+) -> Result<Vec<u8>, (bool, String)> {
+    let mut resp = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| (true, crate::runtime::upstream::without_url(&e)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let transient = status.is_server_error() || status.as_u16() == 429;
+        return Err((transient, format!("the server answered {status}")));
+    }
+    let too_large = || {
+        (
+            false,
+            format!("the package is larger than {max} bytes (`import.maxSize`)"),
+        )
+    };
+    if resp.content_length().is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| (true, crate::runtime::upstream::without_url(&e)))?
+    {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The regular files of a gzipped tar (a FHIR package), by path below `package/`, refusing
+/// archives that unpack to more than `max` bytes. Nothing is written to disk.
+pub(super) fn unpack(bytes: &[u8], max: u64) -> Result<Files, String> {
+    let not_package = |e: std::io::Error| format!("not a gzipped tar package: {e}");
+    let too_large = || format!("the package unpacks to more than {max} bytes (`import.maxSize`)");
+    // The sizes the entries declare are checked before they are read; the cap on the
+    // decompressed stream also bounds what the headers themselves take.
+    let cap = max.saturating_add(1024 * (MAX_FILES as u64 + 1));
+    let gz = flate2::read::GzDecoder::new(bytes).take(cap);
+    let mut archive = tar::Archive::new(gz);
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for entry in archive.entries().map_err(not_package)? {
+        let mut entry = entry.map_err(not_package)?;
+        total = total.saturating_add(entry.size());
+        if total > max {
+            return Err(too_large());
+        }
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry
+            .path()
+            .map_err(not_package)?
+            .to_string_lossy()
+            .replace('\\', "/");
+        let rel = path.strip_prefix("package/").unwrap_or(&path).to_owned();
+        let mut content = Vec::new();
+        if rel.ends_with(".json") {
+            entry.read_to_end(&mut content).map_err(not_package)?;
+        }
+        files.push((rel, content));
+        if files.len() > MAX_FILES {
+            return Err(format!("the package holds more than {MAX_FILES} files"));
+        }
+    }
+    if archive.into_inner().limit() == 0 {
+        return Err(too_large());
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tgz(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (path, content) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            builder.append_data(&mut h, path, *content).expect("append");
+        }
+        builder
+            .into_inner()
+            .and_then(|gz| gz.finish())
+            .expect("tgz")
+    }
+
+    #[test]
+    fn packages_unpack_below_package_and_refuse_bombs() {
+        let bytes = tgz(&[
+            ("package/package.json", b"{}"),
+            (
+                "package/example/Patient-a.json",
+                br#"{"resourceType":"Patient","id":"a"}"#,
+            ),
+            ("package/other/readme.txt", b"text"),
+        ]);
+        let files = unpack(&bytes, 1 << 20).expect("unpacks");
+        let paths: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["example/Patient-a.json", "other/readme.txt", "package.json"]
+        );
+        let zeros = vec![0u8; 200_000];
+        let bomb = tgz(&[("package/big.json", &zeros)]);
+        assert!(bomb.len() < 10_000, "the bomb compresses");
+        let err = unpack(&bomb, 100_000).expect_err("too large");
+        assert!(err.contains("more than 100000 bytes"), "{err}");
+        let err = unpack(b"not gzip", 1 << 20).expect_err("not a package");
+        assert!(err.starts_with("not a gzipped tar package"), "{err}");
+    }
+}

@@ -1,0 +1,16 @@
+//! Building and running the model: outbound HTTP to sources, the answer cache, pull
+//! interactions, push endpoints and their queues, cron runs and schedules, guide imports,
+//! sinks, the state directory and metrics. It reads the checked model only, never a spec type,
+//! and knows nothing of the HTTP server that calls it.
+
+pub mod cache;
+pub mod guide;
+pub mod metrics;
+pub mod pull;
+pub mod push;
+pub mod request;
+pub mod run;
+pub mod schedule;
+pub mod sink;
+pub mod state;
+pub mod upstream;

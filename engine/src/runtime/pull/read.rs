@@ -1,0 +1,117 @@
+//! Read at run time: `Type/id` asked of every source in parallel, answered from the first
+//! source (in declared order) that has it, or 404.
+
+use axum::http::{Method, StatusCode};
+use futures_util::future::join_all;
+use serde_json::json;
+
+use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure, status_failure};
+use crate::http::outcome::Problem;
+use crate::model::PullResource;
+use crate::runtime::cache::Answer;
+use crate::runtime::upstream::{Call, SourceClient};
+
+impl PullRuntime {
+    /// The resource `Type/id` from the first source that has it.
+    pub async fn read(
+        &self,
+        res: &PullResource,
+        id: &str,
+        info: &RequestInfo,
+    ) -> Result<Answer, Problem> {
+        let Some(read) = &res.read else {
+            return Err(Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not-supported",
+                format!("`{}` has no read here", res.resource_type),
+            ));
+        };
+        let params = json!({});
+        let results = join_all(self.clients.iter().map(|client| {
+            let params = &params;
+            async move {
+                let call = match &read.request {
+                    Some(r) => crate::runtime::request::build(
+                        &self.connector,
+                        &client.source.url,
+                        r,
+                        params,
+                        Some(id),
+                    )
+                    .map_err(|m| SourceError::Problem(Problem::invalid(m)))?,
+                    None => fhir_read_call(client, &res.resource_type, id),
+                };
+                let reply = match client.send(&call, &info.request_id).await {
+                    Ok(r) if r.status == 404 || r.status == 410 => return Ok(None),
+                    Ok(r) if r.status >= 400 => {
+                        return Err(SourceError::Failed(status_failure(client, &r)));
+                    }
+                    Ok(r) => r,
+                    Err(f) => return Err(SourceError::Failed(f)),
+                };
+                let Some(record) = read
+                    .records
+                    .select(&reply.body, &reply.body)
+                    .into_iter()
+                    .next()
+                else {
+                    return Ok(None);
+                };
+                let mapped = self
+                    .connector
+                    .map_records([("$".to_owned(), record)], params)
+                    .map_err(|e| mapping_failure(client, &e))?;
+                let pick = mapped
+                    .iter()
+                    .position(|r| r["resourceType"] == res.resource_type.as_str() && r["id"] == id)
+                    .or_else(|| {
+                        mapped
+                            .iter()
+                            .position(|r| r["resourceType"] == res.resource_type.as_str())
+                    });
+                Ok(pick.map(|i| mapped[i].clone()))
+            }
+        }))
+        .await;
+        let mut failures = Vec::new();
+        for r in results {
+            match r {
+                Ok(Some(resource)) => {
+                    return Ok(Answer::new(
+                        200,
+                        serde_json::to_vec(&resource).unwrap_or_default(),
+                        true,
+                    ));
+                }
+                Ok(None) => {}
+                Err(SourceError::Problem(p)) => return Err(p),
+                Err(SourceError::Failed(f)) => failures.push(f),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(all_failed(&failures));
+        }
+        let p = Problem::not_found(format!("{}/{id} is not known", res.resource_type));
+        Ok(Answer::new(
+            404,
+            serde_json::to_vec(&p.outcome()).unwrap_or_default(),
+            true,
+        ))
+    }
+}
+
+fn fhir_read_call(client: &SourceClient, resource_type: &str, id: &str) -> Call {
+    let base = &client.source.url;
+    let mut url = base.clone();
+    url.set_path(&format!(
+        "{}/{resource_type}/{}",
+        base.path().trim_end_matches('/'),
+        crate::runtime::request::encode_segment(id)
+    ));
+    Call {
+        method: Method::GET,
+        url,
+        headers: Vec::new(),
+        body: None,
+    }
+}

@@ -1,0 +1,517 @@
+//! Push endpoints: callers authenticated (HMAC-SHA256 of `timestamp.body` within a tolerance,
+//! or a bearer token or API key, compared in constant time), bodies bounded, payloads mapped
+//! and written, and acknowledged only when durable: written to the sink (sync mode), or
+//! appended and flushed to a local queue drained in order with backoff, also after a restart
+//! (queued mode). Payloads that can never be written go to a dead-letter directory with the
+//! reason. Repeated deliveries (same idempotency key, or same body within the window) are
+//! acknowledged without writing twice.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{KeyInit, Mac};
+use serde_json::{Value, json};
+
+use crate::http::outcome::Problem;
+use crate::model::vocabulary::PushMode;
+use crate::model::{Connector, Push, PushAuth, Strategy};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::sink::{WriteOptions, Writer};
+
+/// Seconds a caller is asked to wait before sending again when the sink is down.
+const RETRY_AFTER: u64 = 30;
+
+/// What the endpoint answers, before it becomes HTTP.
+#[derive(Debug)]
+pub enum Reply {
+    Written(usize),
+    Queued,
+    Duplicate,
+}
+
+/// Called with the resource types a push wrote, to drop pull answers they make stale.
+pub type Invalidate = Arc<dyn Fn(&HashSet<String>) + Send + Sync>;
+
+/// A push connector at run time.
+pub struct PushEndpoint {
+    pub connector: Arc<Connector>,
+    writer: Writer,
+    dir: PathBuf,
+    seen: std::sync::Mutex<HashMap<String, i64>>,
+    /// Keys of deliveries being processed now (a concurrent repeat is refused with 409).
+    in_flight: std::sync::Mutex<HashSet<String>>,
+    wake: tokio::sync::Notify,
+    seq: AtomicU64,
+    metrics: Arc<Metrics>,
+    invalidate: Invalidate,
+}
+
+impl PushEndpoint {
+    /// Prepares the endpoint: its directories under `state/push/{name}` and the deliveries
+    /// remembered from earlier runs.
+    pub fn new(
+        connector: Arc<Connector>,
+        state_dir: &Path,
+        sink_dir: &Path,
+        metrics: Arc<Metrics>,
+        invalidate: Invalidate,
+    ) -> Result<PushEndpoint, String> {
+        let push = push_of(&connector)
+            .ok_or_else(|| format!("`{}` is not a push connector", connector.name))?;
+        let writer = Writer::new(&push.sink, sink_dir)?;
+        let dir = state_dir.join("push").join(&connector.name);
+        for sub in ["queue", "dead"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| format!("{}: {e}", dir.join(sub).display()))?;
+        }
+        let now = chrono::Utc::now().timestamp();
+        let window = push.dedup_window.as_secs() as i64;
+        let mut seen = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(dir.join("seen.jsonl")) {
+            for line in text.lines() {
+                if let Ok(v) = serde_json::from_str::<Value>(line)
+                    && let (Some(k), Some(t)) = (v["key"].as_str(), v["at"].as_i64())
+                    && now - t < window
+                {
+                    seen.insert(k.to_owned(), t);
+                }
+            }
+        }
+        let seq = next_seq(&dir.join("queue")).max(next_seq(&dir.join("dead")));
+        Ok(PushEndpoint {
+            connector,
+            writer,
+            dir,
+            seen: std::sync::Mutex::new(seen),
+            in_flight: std::sync::Mutex::new(HashSet::new()),
+            wake: tokio::sync::Notify::new(),
+            seq: AtomicU64::new(seq),
+            metrics,
+            invalidate,
+        })
+    }
+
+    fn push(&self) -> &Push {
+        push_of(&self.connector).expect("a push endpoint holds a push connector")
+    }
+
+    /// The route of the endpoint.
+    pub fn path(&self) -> &str {
+        &self.push().path
+    }
+
+    pub fn max_body(&self) -> usize {
+        self.push().max_body as usize
+    }
+
+    /// Checks who is calling; the error is a 401.
+    pub fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Problem> {
+        let deny = |why: &str| Problem::new(StatusCode::UNAUTHORIZED, "login", why);
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        match &self.push().auth {
+            PushAuth::Bearer(token) => {
+                let given = header("authorization")
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or_default();
+                if equal(given.as_bytes(), token.0.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(deny("missing or wrong bearer token"))
+                }
+            }
+            PushAuth::ApiKey {
+                header: name,
+                value,
+            } => {
+                let given = header(name).unwrap_or_default();
+                if equal(given.as_bytes(), value.0.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(deny("missing or wrong API key"))
+                }
+            }
+            PushAuth::Hmac {
+                secret,
+                header: sig_header,
+                timestamp_header,
+                tolerance,
+            } => {
+                let ts = header(timestamp_header).ok_or_else(|| deny("missing timestamp"))?;
+                let t: i64 = ts
+                    .trim()
+                    .parse()
+                    .map_err(|_| deny("the timestamp is not Unix seconds"))?;
+                let age = (chrono::Utc::now().timestamp() - t).abs();
+                if age as u64 > tolerance.as_secs() {
+                    return Err(deny("the timestamp is outside the tolerance window"));
+                }
+                let sig = header(sig_header).ok_or_else(|| deny("missing signature"))?;
+                let sig = sig.trim().strip_prefix("sha256=").unwrap_or(sig.trim());
+                let given = hex_decode(sig).ok_or_else(|| deny("the signature is not hex"))?;
+                let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.0.as_bytes())
+                    .map_err(|_| deny("bad key"))?;
+                mac.update(ts.trim().as_bytes());
+                mac.update(b".");
+                mac.update(body);
+                mac.verify_slice(&given)
+                    .map_err(|_| deny("the signature does not match"))
+            }
+        }
+    }
+
+    /// Handles an authenticated delivery.
+    pub async fn deliver(&self, headers: &HeaderMap, body: &[u8]) -> Result<Reply, Problem> {
+        let media = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !(media.starts_with("application/json") || media.starts_with("application/fhir+json")) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                "send application/json or application/fhir+json",
+            ));
+        }
+        let payload: Value = serde_json::from_slice(body)
+            .map_err(|e| Problem::invalid(format!("the body is not JSON: {e}")))?;
+        let key = headers
+            .get(self.push().idempotency_header.as_str())
+            .and_then(|v| v.to_str().ok())
+            .filter(|k| !k.is_empty() && k.len() <= 200)
+            .map_or_else(
+                || format!("sha256:{}", hex(&sha2::Sha256::digest_bytes(body))),
+                |k| format!("key:{k}"),
+            );
+        if self.is_seen(&key) {
+            self.count("duplicate");
+            return Ok(Reply::Duplicate);
+        }
+        let claimed = self
+            .in_flight
+            .lock()
+            .map(|mut f| f.insert(key.clone()))
+            .unwrap_or(false);
+        if !claimed {
+            self.count("concurrent-repeat");
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the same delivery is being processed now; send again later if it is not acknowledged",
+            ));
+        }
+        let reply = self.accept(&key, &payload).await;
+        if let Ok(mut f) = self.in_flight.lock() {
+            f.remove(&key);
+        }
+        reply
+    }
+
+    /// Writes (sync) or queues (queued) a claimed delivery; remembers it once durable.
+    async fn accept(&self, key: &str, payload: &Value) -> Result<Reply, Problem> {
+        let (key, payload) = (key.to_owned(), payload);
+        match self.push().mode {
+            PushMode::Queued => {
+                self.enqueue(&key, payload)?;
+                self.remember(&key);
+                self.count("queued");
+                self.wake.notify_one();
+                Ok(Reply::Queued)
+            }
+            PushMode::Sync => match self.process(payload).await {
+                Ok(n) => {
+                    self.remember(&key);
+                    self.count("written");
+                    Ok(Reply::Written(n))
+                }
+                Err(Outcome::Transient(why)) => {
+                    self.count("sink-unavailable");
+                    let mut p = Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "transient",
+                        format!("{why}; send again later"),
+                    );
+                    p.diagnostics = format!("{} (retry after {RETRY_AFTER} s)", p.diagnostics);
+                    Err(p)
+                }
+                Err(Outcome::Permanent(why, outcome)) => {
+                    self.dead_letter(payload, &why, outcome.as_ref());
+                    self.remember(&key);
+                    Err(Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "processing",
+                        why,
+                    ))
+                }
+            },
+        }
+    }
+
+    /// Maps and writes one payload.
+    async fn process(&self, payload: &Value) -> Result<usize, Outcome> {
+        let resources = self
+            .connector
+            .map_document(payload, &json!({}))
+            .map_err(|e| Outcome::Permanent(format!("mapping failed: {e}"), None))?;
+        let types = crate::runtime::sink::types_of(&resources);
+        let opts = WriteOptions {
+            identifier_system: self.push().identifier_system.clone(),
+        };
+        let report = self.writer.write(resources, &opts).await;
+        self.metrics.add(
+            "engine_push_sink_retries_total",
+            "Retried writes of push connectors.",
+            vec![("connector", self.connector.name.clone())],
+            report.retries as f64,
+        );
+        if let Some(f) = report.failures.iter().find(|f| f.transient) {
+            return Err(Outcome::Transient(format!(
+                "{}: {}",
+                self.writer.describe(),
+                f.message
+            )));
+        }
+        if let Some(f) = report.failures.first() {
+            return Err(Outcome::Permanent(
+                format!(
+                    "{} rejected {}: {}",
+                    self.writer.describe(),
+                    f.resource,
+                    f.message
+                ),
+                f.outcome.as_deref().cloned(),
+            ));
+        }
+        (self.invalidate)(&types);
+        Ok(report.written)
+    }
+
+    /// Writes queued payloads in order until `stop`: a transient failure waits (backing off)
+    /// and tries the same payload again; a permanent one moves it to the dead letters.
+    pub async fn drain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let next = queued(&self.dir.join("queue")).into_iter().next();
+            let Some(file) = next else {
+                tokio::select! {
+                    () = self.wake.notified() => continue,
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            };
+            let item: Option<Value> = std::fs::read(&file)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let Some(item) = item else {
+                let _ = std::fs::rename(
+                    &file,
+                    self.dir
+                        .join("dead")
+                        .join(file.file_name().unwrap_or_default()),
+                );
+                continue;
+            };
+            match self.process(&item["payload"]).await {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&file);
+                    let _ = crate::runtime::state::sync_dir(&self.dir.join("queue"));
+                    backoff = Duration::from_millis(500);
+                }
+                Err(Outcome::Permanent(why, outcome)) => {
+                    self.dead_letter(&item["payload"], &why, outcome.as_ref());
+                    let _ = std::fs::remove_file(&file);
+                    let _ = crate::runtime::state::sync_dir(&self.dir.join("queue"));
+                }
+                Err(Outcome::Transient(why)) => {
+                    tracing::warn!(connector = %self.connector.name, wait_ms = backoff.as_millis() as u64, "queued payload not written yet: {why}");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    fn enqueue(&self, key: &str, payload: &Value) -> Result<(), Problem> {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        let item =
+            json!({"key": key, "received": chrono::Utc::now().to_rfc3339(), "payload": payload});
+        let path = self.dir.join("queue").join(format!("{seq:020}.json"));
+        let bytes = serde_json::to_vec(&item).unwrap_or_default();
+        crate::runtime::state::write_atomic(&path, &bytes).map_err(|e| {
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                format!("the local queue cannot take the payload: {e}"),
+            )
+        })
+    }
+
+    fn dead_letter(&self, payload: &Value, reason: &str, outcome: Option<&Value>) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        let item = json!({"received": chrono::Utc::now().to_rfc3339(), "reason": reason, "outcome": outcome, "payload": payload});
+        let path = self.dir.join("dead").join(format!("{seq:020}.json"));
+        if let Err(e) = crate::runtime::state::write_atomic(
+            &path,
+            &serde_json::to_vec(&item).unwrap_or_default(),
+        ) {
+            tracing::error!(connector = %self.connector.name, "cannot keep a dead letter: {e}");
+        }
+        tracing::warn!(connector = %self.connector.name, "payload dead-lettered: {reason}");
+        self.count("dead-letter");
+    }
+
+    /// Dead letters: id, when received, and why.
+    pub fn dead_letters(&self) -> Vec<Value> {
+        queued(&self.dir.join("dead"))
+            .into_iter()
+            .filter_map(|p| {
+                let v: Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+                let id = p.file_stem()?.to_str()?.to_owned();
+                Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "outcome": v["outcome"]}))
+            })
+            .collect()
+    }
+
+    /// Payloads waiting in the queue, and dead letters.
+    pub fn depths(&self) -> (usize, usize) {
+        (
+            queued(&self.dir.join("queue")).len(),
+            queued(&self.dir.join("dead")).len(),
+        )
+    }
+
+    fn is_seen(&self, key: &str) -> bool {
+        let window = self.push().dedup_window.as_secs() as i64;
+        let now = chrono::Utc::now().timestamp();
+        self.seen
+            .lock()
+            .map(|s| s.get(key).is_some_and(|t| now - t < window))
+            .unwrap_or(false)
+    }
+
+    fn remember(&self, key: &str) {
+        let now = chrono::Utc::now().timestamp();
+        if let Ok(mut s) = self.seen.lock() {
+            s.insert(key.to_owned(), now);
+            let line = format!("{}\n", json!({"key": key, "at": now}));
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("seen.jsonl"))
+                .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_data()));
+            if let Err(e) = appended {
+                tracing::warn!(connector = %self.connector.name, "cannot record a delivery: {e}");
+            }
+        }
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics.add(
+            "engine_push_deliveries_total",
+            "Push deliveries, by outcome.",
+            vec![
+                ("connector", self.connector.name.clone()),
+                ("outcome", outcome.to_owned()),
+            ],
+            1.0,
+        );
+    }
+}
+
+/// Why a payload was not written.
+enum Outcome {
+    Transient(String),
+    Permanent(String, Option<Value>),
+}
+
+fn push_of(c: &Connector) -> Option<&Push> {
+    match &c.strategy {
+        Strategy::Push(p) => Some(p),
+        _ => None,
+    }
+}
+
+/// Files of a queue directory in order.
+fn queued(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn next_seq(dir: &Path) -> u64 {
+    queued(dir)
+        .last()
+        .and_then(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
+        .map_or(0, |n| n + 1)
+}
+
+/// Constant-time equality (the time does not depend on where the inputs differ).
+fn equal(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// SHA-256 of bytes.
+trait DigestBytes {
+    fn digest_bytes(data: &[u8]) -> Vec<u8>;
+}
+
+impl DigestBytes for sha2::Sha256 {
+    fn digest_bytes(data: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        sha2::Sha256::digest(data).to_vec()
+    }
+}
+
+/// The signature a caller sends for `body` at `timestamp` (for tests and clients).
+pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex(&mac.finalize().into_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_equality_and_hex() {
+        assert!(equal(b"abc", b"abc"));
+        assert!(!equal(b"abc", b"abd"));
+        assert!(!equal(b"abc", b"ab"));
+        assert_eq!(hex_decode("00ff10"), Some(vec![0, 255, 16]));
+        assert_eq!(hex_decode("0g"), None);
+        assert_eq!(hex(&[0, 255]), "00ff");
+    }
+}

@@ -1,0 +1,560 @@
+//! Cron runs: read the source (every page, incrementally from a watermark), map, write to the
+//! sink, and report. A run that cannot read fails; the watermark and the digests of written
+//! resources advance only when every write succeeded.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::model::jsonpath::Query;
+use crate::model::{Connector, CronRead, Import, Pagination, Strategy};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::sink::{WriteFailure, WriteOptions, Writer};
+use crate::runtime::state::{ConnectorState, StateDir};
+use crate::runtime::upstream::{Call, SourceClient, Upstreams};
+
+/// Most pages read per stream in one run.
+const MAX_PAGES: u32 = 10_000;
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub connector: String,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub records_read: usize,
+    pub resources_written: usize,
+    pub resources_unchanged: usize,
+    /// HTTP calls to the source and to the sink.
+    pub source_calls: usize,
+    pub sink_calls: usize,
+    pub sink_retries: usize,
+    pub failures: Vec<Failure>,
+    /// Files and resources read but deliberately not written, and why.
+    pub skipped: Vec<Skipped>,
+    pub dry_run: bool,
+}
+
+/// Something a run read and did not write: a file, a resource or a resource type.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Skipped {
+    pub subject: String,
+    pub reason: String,
+    pub count: usize,
+}
+
+impl Skipped {
+    pub fn one(subject: &str, reason: &str) -> Skipped {
+        Skipped {
+            subject: subject.to_owned(),
+            reason: reason.to_owned(),
+            count: 1,
+        }
+    }
+}
+
+/// One failure of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// `read`, `map` or `write`.
+    pub stage: &'static str,
+    /// The resource or stream concerned.
+    pub subject: String,
+    pub message: String,
+    /// The server's `OperationOutcome` for a rejected write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Value>,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Runs one cron connector.
+pub struct Runner {
+    pub connector: Arc<Connector>,
+    /// The client of the source; an import has none.
+    client: Option<Arc<SourceClient>>,
+    writer: Writer,
+    state: StateDir,
+    metrics: Arc<Metrics>,
+}
+
+impl Runner {
+    pub fn new(
+        connector: Arc<Connector>,
+        upstreams: &Upstreams,
+        state: StateDir,
+        sink_dir: &std::path::Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<Runner, String> {
+        let Strategy::Cron(cron) = &connector.strategy else {
+            return Err(format!("`{}` is not a cron connector", connector.name));
+        };
+        let client = match (&cron.read, connector.sources.first()) {
+            (CronRead::Import(_), _) => None,
+            (_, None) => return Err(format!("`{}` has no source", connector.name)),
+            (_, Some(source)) => Some(
+                upstreams
+                    .get(&source.name)
+                    .cloned()
+                    .ok_or_else(|| format!("no client for source `{}`", source.name))?,
+            ),
+        };
+        let writer = Writer::new(&cron.sink, sink_dir)?;
+        Ok(Runner {
+            connector,
+            client,
+            writer,
+            state,
+            metrics,
+        })
+    }
+
+    /// One run. With `dry_run`, nothing is written and the resources are returned instead.
+    pub async fn run(&self, dry_run: bool) -> (RunReport, Vec<Value>) {
+        let started = Utc::now();
+        let name = self.connector.name.clone();
+        let mut report = RunReport {
+            connector: name.clone(),
+            started,
+            finished: started,
+            records_read: 0,
+            resources_written: 0,
+            resources_unchanged: 0,
+            source_calls: 0,
+            sink_calls: 0,
+            sink_retries: 0,
+            failures: Vec::new(),
+            skipped: Vec::new(),
+            dry_run,
+        };
+        let Strategy::Cron(cron) = &self.connector.strategy else {
+            return (report, Vec::new());
+        };
+        let mut state = match self.state.load(&name) {
+            Ok(s) => s,
+            Err(e) => {
+                report.failures.push(Failure {
+                    stage: "read",
+                    subject: "state".into(),
+                    message: e,
+                    outcome: None,
+                });
+                return (self.finish(report), Vec::new());
+            }
+        };
+        let mut watermarks = state.watermarks.clone();
+        let mut resources = Vec::new();
+        match (&cron.read, &self.client) {
+            (CronRead::Import(import), _) => {
+                self.import(import, &mut report, &mut resources).await;
+            }
+            (_, None) => report.failures.push(Failure {
+                stage: "read",
+                subject: "source".into(),
+                message: "the connector has no source".into(),
+                outcome: None,
+            }),
+            (
+                CronRead::Fetch {
+                    request,
+                    records,
+                    incremental,
+                    each,
+                },
+                Some(client),
+            ) => {
+                let watermark = state.watermarks.get("records").cloned();
+                let items: Vec<Option<&Value>> = if each.is_empty() {
+                    vec![None]
+                } else {
+                    each.iter().map(Some).collect()
+                };
+                for item in items {
+                    let mut params = json!({"watermark": watermark.clone().unwrap_or_default()});
+                    if let Some(v) = item {
+                        params["item"] = v.clone();
+                    }
+                    let subject =
+                        item.map_or_else(|| "request".to_owned(), |v| format!("request for {v}"));
+                    match crate::runtime::request::build(
+                        &self.connector,
+                        &client.source.url,
+                        request,
+                        &params,
+                        None,
+                    ) {
+                        Err(m) => report.failures.push(Failure {
+                            stage: "read",
+                            subject,
+                            message: m,
+                            outcome: None,
+                        }),
+                        Ok(mut call) => {
+                            if let (Some((_, param)), Some(wm)) = (incremental, &watermark) {
+                                crate::runtime::upstream::set_query(
+                                    &mut call.url,
+                                    &[(param, wm.clone())],
+                                );
+                            }
+                            let cursor = incremental.as_ref().map(|(q, _)| q);
+                            self.read_stream(
+                                client,
+                                call,
+                                records,
+                                "records",
+                                &mut report,
+                                &mut resources,
+                                &mut watermarks,
+                                cursor,
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+            (
+                CronRead::Sync {
+                    resource_types,
+                    incremental,
+                    page_size,
+                },
+                Some(client),
+            ) => {
+                let entries = Query::parse("$.entry[*].resource").ok();
+                for t in resource_types {
+                    let base = &client.source.url;
+                    let mut url = base.clone();
+                    url.set_path(&format!("{}/{t}", base.path().trim_end_matches('/')));
+                    url.query_pairs_mut()
+                        .append_pair("_count", &page_size.to_string());
+                    if *incremental && let Some(wm) = state.watermarks.get(t) {
+                        url.query_pairs_mut()
+                            .append_pair("_lastUpdated", &format!("gt{wm}"));
+                    }
+                    let call = Call {
+                        method: axum::http::Method::GET,
+                        url,
+                        headers: Vec::new(),
+                        body: None,
+                    };
+                    let Some(q) = &entries else { continue };
+                    let cursor = Query::parse("@.meta.lastUpdated").ok();
+                    self.read_stream(
+                        client,
+                        call,
+                        q,
+                        t,
+                        &mut report,
+                        &mut resources,
+                        &mut watermarks,
+                        if *incremental { cursor.as_ref() } else { None },
+                    )
+                    .await;
+                }
+            }
+        }
+        if !report.failures.is_empty() {
+            // Nothing is written from a run that could not read everything.
+            return (self.finish(report), resources);
+        }
+        // Server-managed metadata of the source is not the sink's.
+        for r in &mut resources {
+            if let Some(meta) = r.get_mut("meta").and_then(Value::as_object_mut) {
+                meta.remove("versionId");
+                meta.remove("lastUpdated");
+                meta.remove("source");
+            }
+            if r.get("meta")
+                .and_then(Value::as_object)
+                .is_some_and(|m| m.is_empty())
+                && let Some(o) = r.as_object_mut()
+            {
+                o.remove("meta");
+            }
+        }
+        // One version of each `Type/id` is written: the last read.
+        let resources = crate::runtime::sink::last_versions(resources);
+        let digests: Vec<(String, String)> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (crate::runtime::sink::label(r, i), digest(r)))
+            .collect();
+        let mut to_write = Vec::new();
+        let mut written_digests = Vec::new();
+        for (r, (label, d)) in resources.iter().zip(digests) {
+            if cron.only_changed && state.written.get(&label) == Some(&d) {
+                report.resources_unchanged += 1;
+            } else {
+                to_write.push(r.clone());
+                written_digests.push((label, d));
+            }
+        }
+        if dry_run {
+            return (self.finish(report), to_write);
+        }
+        let opts = WriteOptions {
+            identifier_system: cron.identifier_system.clone(),
+        };
+        let w = self.writer.write(to_write, &opts).await;
+        report.resources_written = w.written;
+        report.sink_calls = w.calls;
+        report.sink_retries = w.retries;
+        let failed: std::collections::HashSet<String> =
+            w.failures.iter().map(|f| f.resource.clone()).collect();
+        report
+            .failures
+            .extend(w.failures.into_iter().map(write_failure));
+        for (label, d) in written_digests {
+            if !failed.contains(&label) && cron.only_changed {
+                state.written.insert(label, d);
+            }
+        }
+        if report.failures.is_empty() {
+            state.watermarks = watermarks;
+        }
+        if let Err(e) = self.state.save(
+            &name,
+            &ConnectorState {
+                watermarks: state.watermarks,
+                written: state.written,
+            },
+        ) {
+            report.failures.push(Failure {
+                stage: "write",
+                subject: "state".into(),
+                message: e,
+                outcome: None,
+            });
+        }
+        (self.finish(report), Vec::new())
+    }
+
+    /// Reads every page of one stream into `out`, advancing its watermark candidate.
+    #[allow(clippy::too_many_arguments)] // one stream's read: each argument is a distinct part of the run
+    async fn read_stream(
+        &self,
+        client: &SourceClient,
+        call: Call,
+        records: &Query,
+        stream: &str,
+        report: &mut RunReport,
+        out: &mut Vec<Value>,
+        watermarks: &mut std::collections::BTreeMap<String, String>,
+        cursor: Option<&Query>,
+    ) {
+        let max_pages = match &client.source.pagination {
+            Some(_) => MAX_PAGES,
+            None if stream != "records" => MAX_PAGES,
+            None => 1,
+        };
+        let before = client.source.pagination.is_none() && stream != "records";
+        let request_id = uuid::Uuid::new_v4().to_string();
+        // FHIR syncs follow the Bundle's `next` links whatever the source says.
+        let pagination = if before {
+            Some(Pagination::Fhir)
+        } else {
+            client.source.pagination.clone()
+        };
+        let result = client
+            .pages_with(
+                call,
+                records,
+                None,
+                max_pages,
+                pagination.as_ref(),
+                &request_id,
+                &mut report.source_calls,
+            )
+            .await;
+        match result {
+            Err(f) => report.failures.push(Failure {
+                stage: "read",
+                subject: stream.to_owned(),
+                message: f.to_string(),
+                outcome: None,
+            }),
+            Ok((found, _)) => {
+                report.records_read += found.len();
+                if let Some(c) = cursor {
+                    let best = found
+                        .iter()
+                        .filter_map(|r| c.select(r, r).into_iter().next().and_then(cursor_text))
+                        .max_by(|a, b| compare(a, b));
+                    if let Some(b) = best {
+                        let keep = watermarks
+                            .get(stream)
+                            .is_some_and(|old| compare(old, &b) != std::cmp::Ordering::Less);
+                        if !keep {
+                            watermarks.insert(stream.to_owned(), b);
+                        }
+                    }
+                }
+                let selected = found
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (format!("{stream}[{i}]"), r));
+                match self.connector.map_records(selected, &json!({})) {
+                    Ok(resources) => out.extend(resources),
+                    Err(e) => report.failures.push(Failure {
+                        stage: "map",
+                        subject: stream.to_owned(),
+                        message: e.to_string(),
+                        outcome: None,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Reads an implementation guide and maps it (see `guide::resources`).
+    async fn import(&self, import: &Import, report: &mut RunReport, out: &mut Vec<Value>) {
+        let guide = match crate::runtime::guide::read(import).await {
+            Ok(g) => g,
+            Err(message) => {
+                report.failures.push(Failure {
+                    stage: "read",
+                    subject: "guide".into(),
+                    message,
+                    outcome: None,
+                });
+                return;
+            }
+        };
+        report.records_read += guide.resources.len();
+        let imported = crate::runtime::guide::resources(&self.connector, import, guide);
+        for s in &imported.skipped {
+            tracing::info!(
+                connector = %self.connector.name,
+                subject = %s.subject,
+                reason = %s.reason,
+                count = s.count,
+                "import left this out"
+            );
+        }
+        report.skipped.extend(imported.skipped);
+        report.failures.extend(
+            imported
+                .unmapped
+                .into_iter()
+                .map(|(file, message)| Failure {
+                    stage: "map",
+                    subject: file,
+                    message,
+                    outcome: None,
+                }),
+        );
+        out.extend(imported.resources);
+    }
+
+    fn finish(&self, mut report: RunReport) -> RunReport {
+        report.finished = Utc::now();
+        let outcome = if report.ok() { "success" } else { "failure" };
+        let l = || vec![("connector", report.connector.clone())];
+        let mut with_outcome = l();
+        with_outcome.push(("outcome", outcome.to_owned()));
+        self.metrics.add(
+            "engine_runs_total",
+            "Cron runs, by outcome.",
+            with_outcome,
+            1.0,
+        );
+        self.metrics.add(
+            "engine_records_read_total",
+            "Records read by cron runs.",
+            l(),
+            report.records_read as f64,
+        );
+        self.metrics.add(
+            "engine_resources_written_total",
+            "Resources written to sinks.",
+            l(),
+            report.resources_written as f64,
+        );
+        self.metrics.add(
+            "engine_write_failures_total",
+            "Failures of cron runs.",
+            l(),
+            report.failures.len() as f64,
+        );
+        self.metrics.add(
+            "engine_sink_retries_total",
+            "Retried writes to sinks.",
+            l(),
+            report.sink_retries as f64,
+        );
+        report
+    }
+}
+
+fn write_failure(f: WriteFailure) -> Failure {
+    Failure {
+        stage: "write",
+        subject: f.resource,
+        message: f.message,
+        outcome: f.outcome.map(|o| *o),
+    }
+}
+
+/// A content digest of a resource without its server metadata.
+pub fn digest(r: &Value) -> String {
+    let mut copy = r.clone();
+    if let Some(o) = copy.as_object_mut() {
+        o.remove("meta");
+    }
+    crate::model::fhir::uuid5(&[copy.to_string()])
+}
+
+fn cursor_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Orders watermarks: numbers by value, instants by time, other text as text.
+fn compare(a: &str, b: &str) -> std::cmp::Ordering {
+    if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
+        return x.total_cmp(&y);
+    }
+    if let (Ok(x), Ok(y)) = (
+        DateTime::parse_from_rfc3339(a),
+        DateTime::parse_from_rfc3339(b),
+    ) {
+        return x.cmp(&y);
+    }
+    a.cmp(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermarks_compare_by_kind() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare("9", "10"), Less);
+        assert_eq!(
+            compare("2026-01-01T10:00:00+02:00", "2026-01-01T09:00:00Z"),
+            Less
+        );
+        assert_eq!(compare("b", "a"), Greater);
+    }
+
+    #[test]
+    fn digests_ignore_meta() {
+        let a = json!({"resourceType": "Patient", "id": "p", "meta": {"versionId": "1"}});
+        let b = json!({"resourceType": "Patient", "id": "p", "meta": {"versionId": "2"}});
+        assert_eq!(digest(&a), digest(&b));
+        assert_ne!(
+            digest(&a),
+            digest(&json!({"resourceType": "Patient", "id": "q"}))
+        );
+    }
+}

@@ -1,0 +1,560 @@
+//! Sinks: where cron and push connectors write. A FHIR server gets transaction or batch
+//! Bundles of many resources (`PUT Type/id`, or a conditional update on a declared
+//! identifier), in an order where references resolve, with transient failures retried and
+//! every per-entry failure reported with the server's `OperationOutcome`. The embedded default
+//! is an NDJSON directory (FHIR Bulk Data layout) written so that a crash never leaves a torn
+//! line.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::model::vocabulary::BundleMode;
+use crate::model::{Auth, FhirSink, Sink, SinkRef};
+
+/// One resource that could not be written, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteFailure {
+    /// `Type/id` (or the position when there is no id).
+    pub resource: String,
+    pub status: Option<u16>,
+    pub message: String,
+    /// The server's `OperationOutcome`, when it sent one.
+    pub outcome: Option<Box<Value>>,
+    /// True when trying again later may succeed (the sink was unreachable or overloaded).
+    pub transient: bool,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteReport {
+    pub written: usize,
+    pub failures: Vec<WriteFailure>,
+    /// HTTP calls made to the sink.
+    pub calls: usize,
+    pub retries: usize,
+}
+
+/// How resources are identified when written.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// Conditional update on this identifier system instead of `PUT Type/id`.
+    pub identifier_system: Option<String>,
+}
+
+/// A ready sink.
+pub enum Writer {
+    Fhir {
+        sink: FhirSink,
+        client: reqwest::Client,
+    },
+    Ndjson {
+        dir: PathBuf,
+    },
+}
+
+impl Writer {
+    /// The writer of a connector's sink; the default is NDJSON under `default_dir`.
+    pub fn new(sink: &SinkRef, default_dir: &Path) -> Result<Writer, String> {
+        match sink {
+            SinkRef::Default => Ok(Writer::Ndjson {
+                dir: default_dir.to_path_buf(),
+            }),
+            SinkRef::Named(s) => match s.as_ref() {
+                Sink::Ndjson { dir, .. } => Ok(Writer::Ndjson { dir: dir.clone() }),
+                Sink::Fhir(f) => {
+                    let client = reqwest::Client::builder()
+                        .user_agent(concat!("fosps-engine/", env!("CARGO_PKG_VERSION")))
+                        .build()
+                        .map_err(|e| format!("HTTP client: {e}"))?;
+                    Ok(Writer::Fhir {
+                        sink: clone_fhir(f),
+                        client,
+                    })
+                }
+            },
+        }
+    }
+
+    /// A short description for logs and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Writer::Fhir { sink, .. } => format!("FHIR sink `{}`", sink.name),
+            Writer::Ndjson { dir } => format!("NDJSON directory {}", dir.display()),
+        }
+    }
+
+    /// Writes resources; every failure is in the report.
+    pub async fn write(&self, resources: Vec<Value>, opts: &WriteOptions) -> WriteReport {
+        match self {
+            Writer::Ndjson { dir } => write_ndjson(dir, &resources),
+            Writer::Fhir { sink, client } => {
+                write_fhir(sink, client, reference_order(resources), opts).await
+            }
+        }
+    }
+}
+
+fn clone_fhir(f: &FhirSink) -> FhirSink {
+    FhirSink {
+        name: f.name.clone(),
+        url: f.url.clone(),
+        version: f.version,
+        auth: f.auth.clone(),
+        timeout: f.timeout,
+        batch_size: f.batch_size,
+        mode: f.mode,
+        retries: f.retries,
+        provenance: f.provenance,
+    }
+}
+
+/// `Type/id` of a resource, or a placeholder.
+pub fn label(r: &Value, i: usize) -> String {
+    crate::model::fhir::local_reference(r).unwrap_or_else(|| {
+        format!(
+            "resource {i} ({})",
+            r["resourceType"].as_str().unwrap_or("?")
+        )
+    })
+}
+
+/// Each `Type/id` once, as its last version (a transaction may not touch one resource
+/// twice), in the order of those last versions; resources without an id all kept.
+pub fn last_versions(resources: Vec<Value>) -> Vec<Value> {
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for (i, r) in resources.iter().enumerate() {
+        if let Some(l) = crate::model::fhir::local_reference(r) {
+            last.insert(l, i);
+        }
+    }
+    resources
+        .into_iter()
+        .enumerate()
+        .filter(|(i, r)| {
+            crate::model::fhir::local_reference(r).is_none_or(|l| last.get(&l) == Some(i))
+        })
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// Orders resources so that those referenced by others come first (cycles keep their order),
+/// each `Type/id` once, as its last version.
+pub fn reference_order(resources: Vec<Value>) -> Vec<Value> {
+    let resources = last_versions(resources);
+    let index: HashMap<String, usize> = resources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| crate::model::fhir::local_reference(r).map(|l| (l, i)))
+        .collect();
+    let deps: Vec<Vec<usize>> = resources
+        .iter()
+        .map(|r| {
+            let mut refs = Vec::new();
+            collect_refs(r, &mut refs);
+            refs.iter().filter_map(|l| index.get(l).copied()).collect()
+        })
+        .collect();
+    let mut done = vec![false; resources.len()];
+    let mut visiting = vec![false; resources.len()];
+    let mut order = Vec::with_capacity(resources.len());
+    fn visit(
+        i: usize,
+        deps: &[Vec<usize>],
+        done: &mut [bool],
+        visiting: &mut [bool],
+        order: &mut Vec<usize>,
+    ) {
+        if done[i] || visiting[i] {
+            return;
+        }
+        visiting[i] = true;
+        for &d in &deps[i] {
+            visit(d, deps, done, visiting, order);
+        }
+        visiting[i] = false;
+        done[i] = true;
+        order.push(i);
+    }
+    for i in 0..resources.len() {
+        visit(i, &deps, &mut done, &mut visiting, &mut order);
+    }
+    let mut slots: Vec<Option<Value>> = resources.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, c) in o {
+                match (k.as_str(), c) {
+                    ("reference", Value::String(s)) => out.push(s.clone()),
+                    _ => collect_refs(c, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|c| collect_refs(c, out)),
+        _ => {}
+    }
+}
+
+fn write_ndjson(dir: &Path, resources: &[Value]) -> WriteReport {
+    let mut report = WriteReport::default();
+    let mut by_type: BTreeMap<String, Vec<(usize, &Value)>> = BTreeMap::new();
+    for (i, r) in resources.iter().enumerate() {
+        match r["resourceType"]
+            .as_str()
+            .filter(|t| crate::model::mapping::is_resource_type(t))
+        {
+            Some(t) => by_type.entry(t.to_owned()).or_default().push((i, r)),
+            None => report.failures.push(WriteFailure {
+                resource: label(r, i),
+                status: None,
+                message: "not a FHIR resource (no valid resourceType)".into(),
+                outcome: None,
+                transient: false,
+            }),
+        }
+    }
+    for (t, items) in by_type {
+        let path = dir.join(format!("{t}.ndjson"));
+        match append_lines(&path, items.iter().map(|(_, r)| *r)) {
+            Ok(()) => report.written += items.len(),
+            Err(e) => report
+                .failures
+                .extend(items.iter().map(|(i, r)| WriteFailure {
+                    resource: label(r, *i),
+                    status: None,
+                    message: format!("{}: {e}", path.display()),
+                    outcome: None,
+                    transient: true,
+                })),
+        }
+    }
+    report
+}
+
+/// Appends one JSON line per value in one write, then flushes it to disk. A line torn by an
+/// earlier crash (a file not ending in a newline) is cut off first.
+pub fn append_lines<'a>(
+    path: &Path,
+    values: impl Iterator<Item = &'a Value>,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    if len > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::Start(len - 1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            let keep = last_newline(&mut f, len)?;
+            f.set_len(keep)?;
+        }
+    }
+    let mut buf = Vec::new();
+    for v in values {
+        serde_json::to_writer(&mut buf, v)?;
+        buf.push(b'\n');
+    }
+    f.write_all(&buf)?;
+    f.sync_data()
+}
+
+/// The length of the file up to and including its last newline.
+fn last_newline(f: &mut std::fs::File, len: u64) -> std::io::Result<u64> {
+    let mut pos = len;
+    let mut chunk = vec![0u8; 8192];
+    while pos > 0 {
+        let start = pos.saturating_sub(chunk.len() as u64);
+        let n = (pos - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        pos = start;
+    }
+    Ok(0)
+}
+
+async fn write_fhir(
+    sink: &FhirSink,
+    client: &reqwest::Client,
+    resources: Vec<Value>,
+    opts: &WriteOptions,
+) -> WriteReport {
+    let mut report = WriteReport::default();
+    let mut entries = Vec::new();
+    for (i, r) in resources.into_iter().enumerate() {
+        match entry(&r, i, opts) {
+            Ok(request) => entries.push((label(&r, i), json!({"resource": r, "request": request}))),
+            Err(f) => report.failures.push(f),
+        }
+    }
+    for chunk in entries.chunks(sink.batch_size.max(1) as usize) {
+        let labels: Vec<&String> = chunk.iter().map(|(l, _)| l).collect();
+        let bodies: Vec<Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        let mut result = send_bundle(sink, client, sink.mode, &bodies, &mut report).await;
+        if sink.mode == BundleMode::Transaction
+            && let Err((Some(status), _, _)) = &result
+            && (400..500).contains(status)
+        {
+            // A transaction is all or nothing: send the entries as a batch to learn (and
+            // keep) what each one does.
+            result = send_bundle(sink, client, BundleMode::Batch, &bodies, &mut report).await;
+        }
+        match result {
+            Ok(answers) => {
+                for (i, label) in labels.iter().enumerate() {
+                    let resp = answers.get(i).map(|a| &a["response"]);
+                    let status = resp
+                        .and_then(|r| r["status"].as_str())
+                        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+                    match status {
+                        Some(s) if (200..300).contains(&s) => report.written += 1,
+                        _ => report.failures.push(WriteFailure {
+                            resource: (*label).clone(),
+                            status,
+                            message: format!(
+                                "the server answered {}",
+                                status.map_or("nothing".into(), |s| s.to_string())
+                            ),
+                            outcome: resp
+                                .map(|r| r["outcome"].clone())
+                                .filter(|o| o.is_object())
+                                .map(Box::new),
+                            transient: status.is_some_and(|s| s >= 500 || s == 429),
+                        }),
+                    }
+                }
+            }
+            Err((status, message, outcome)) => {
+                let transient = status.is_none_or(|s| s >= 500 || s == 429);
+                report.failures.extend(labels.iter().map(|l| WriteFailure {
+                    resource: (*l).clone(),
+                    status,
+                    message: message.clone(),
+                    outcome: outcome.clone().map(Box::new),
+                    transient,
+                }));
+            }
+        }
+    }
+    report
+}
+
+/// The `request` of a Bundle entry for a resource.
+fn entry(r: &Value, i: usize, opts: &WriteOptions) -> Result<Value, WriteFailure> {
+    let fail = |message: String| WriteFailure {
+        resource: label(r, i),
+        status: None,
+        message,
+        outcome: None,
+        transient: false,
+    };
+    let t = r["resourceType"]
+        .as_str()
+        .filter(|t| crate::model::mapping::is_resource_type(t))
+        .ok_or_else(|| fail("not a FHIR resource (no valid resourceType)".into()))?;
+    if let Some(system) = &opts.identifier_system {
+        let value = r["identifier"]
+            .as_array()
+            .and_then(|ids| ids.iter().find(|id| id["system"] == system.as_str()))
+            .and_then(|id| id["value"].as_str())
+            .ok_or_else(|| {
+                fail(format!(
+                    "no identifier with system `{system}` for the conditional update"
+                ))
+            })?;
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("identifier", &format!("{system}|{value}"))
+            .finish();
+        return Ok(json!({"method": "PUT", "url": format!("{t}?{query}")}));
+    }
+    let id = r["id"].as_str().ok_or_else(|| {
+        fail(
+            "the resource has no id: give it a deterministic id (`$uuid`) or write by identifier"
+                .into(),
+        )
+    })?;
+    Ok(json!({"method": "PUT", "url": format!("{t}/{id}")}))
+}
+
+type SendError = (Option<u16>, String, Option<Value>);
+
+/// Posts one Bundle, retrying transient failures; gives the answer's entries.
+async fn send_bundle(
+    sink: &FhirSink,
+    client: &reqwest::Client,
+    mode: BundleMode,
+    entries: &[Value],
+    report: &mut WriteReport,
+) -> Result<Vec<Value>, SendError> {
+    let kind = match mode {
+        BundleMode::Transaction => "transaction",
+        BundleMode::Batch => "batch",
+    };
+    let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": entries});
+    let body = serde_json::to_vec(&bundle).unwrap_or_default();
+    let mut attempt = 0;
+    loop {
+        report.calls += 1;
+        let mut req = client
+            .post(sink.url.clone())
+            .timeout(sink.timeout)
+            .header("content-type", "application/fhir+json")
+            .header("accept", "application/fhir+json")
+            .body(body.clone());
+        req = match &sink.auth {
+            None => req,
+            Some(Auth::Bearer(t)) => req.bearer_auth(&t.0),
+            Some(Auth::ApiKey { header, value }) => req.header(header.as_str(), value.0.as_str()),
+            Some(Auth::Basic { username, password }) => {
+                req.basic_auth(&username.0, Some(&password.0))
+            }
+        };
+        let (err, wait): (SendError, Option<Duration>) = match req.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let text = resp.bytes().await.unwrap_or_default();
+                let json: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+                if status.is_success() {
+                    let answers = json["entry"].as_array().cloned().unwrap_or_default();
+                    if answers.len() != entries.len() {
+                        return Err((
+                            Some(status.as_u16()),
+                            format!(
+                                "the server answered {} entries for {}",
+                                answers.len(),
+                                entries.len()
+                            ),
+                            None,
+                        ));
+                    }
+                    return Ok(answers);
+                }
+                let outcome = (json["resourceType"] == "OperationOutcome").then(|| json.clone());
+                let detail = outcome
+                    .as_ref()
+                    .and_then(crate::http::outcome::issue_text)
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                let e = (
+                    Some(status.as_u16()),
+                    format!("the server answered {status}{detail}"),
+                    outcome,
+                );
+                if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+                    return Err(e);
+                }
+                (e, retry_after)
+            }
+            Err(e) if e.is_timeout() => (
+                (
+                    None,
+                    format!("no answer within {} s", sink.timeout.as_secs_f64()),
+                    None,
+                ),
+                None,
+            ),
+            Err(_) => ((None, "cannot reach the server".into(), None), None),
+        };
+        if attempt >= sink.retries {
+            return Err(err);
+        }
+        attempt += 1;
+        report.retries += 1;
+        let backoff = Duration::from_millis(200u64 << attempt.min(6)).min(Duration::from_secs(10));
+        let jitter = Duration::from_millis((uuid::Uuid::new_v4().as_u128() % 100) as u64);
+        tokio::time::sleep(
+            wait.unwrap_or(backoff + jitter)
+                .min(Duration::from_secs(30)),
+        )
+        .await;
+    }
+}
+
+/// Distinct `Type` names of resources, for cache invalidation.
+pub fn types_of(resources: &[Value]) -> HashSet<String> {
+    resources
+        .iter()
+        .filter_map(|r| r["resourceType"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn referenced_resources_come_first() {
+        let r = vec![
+            json!({"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/p"}}),
+            json!({"resourceType": "Composition", "id": "c", "entry": [{"reference": "Observation/o"}]}),
+            json!({"resourceType": "Patient", "id": "p"}),
+        ];
+        let order: Vec<String> = reference_order(r).iter().map(|r| label(r, 0)).collect();
+        assert_eq!(order, vec!["Patient/p", "Observation/o", "Composition/c"]);
+        let twice = vec![
+            json!({"resourceType": "Patient", "id": "p", "v": 1}),
+            json!({"resourceType": "Patient", "id": "p", "v": 2}),
+        ];
+        assert_eq!(
+            reference_order(twice),
+            vec![json!({"resourceType": "Patient", "id": "p", "v": 2})]
+        );
+    }
+
+    #[test]
+    fn ndjson_repairs_a_torn_tail_and_appends_whole_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("Patient.ndjson");
+        std::fs::write(
+            &path,
+            "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Pat",
+        )
+        .expect("write");
+        let report = write_ndjson(dir.path(), &[json!({"resourceType": "Patient", "id": "b"})]);
+        assert_eq!(report.written, 1);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text,
+            "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n"
+        );
+    }
+
+    #[test]
+    fn entries_put_by_id_or_by_identifier() {
+        let r = json!({"resourceType": "Library", "id": "x", "identifier": [{"system": "urn:s", "value": "v 1"}]});
+        assert_eq!(
+            entry(&r, 0, &WriteOptions::default()).expect("put"),
+            json!({"method": "PUT", "url": "Library/x"})
+        );
+        let by_id = WriteOptions {
+            identifier_system: Some("urn:s".into()),
+        };
+        assert_eq!(
+            entry(&r, 0, &by_id).expect("put"),
+            json!({"method": "PUT", "url": "Library?identifier=urn%3As%7Cv+1"})
+        );
+        let no_id = json!({"resourceType": "Library"});
+        assert!(entry(&no_id, 3, &WriteOptions::default()).is_err());
+    }
+}

@@ -1,0 +1,566 @@
+//! The upstream client: reqwest with rustls and pooled connections; per source a timeout,
+//! bounded retries with exponential backoff and jitter on idempotent requests (honouring
+//! `Retry-After`), a concurrency limit and authentication; and pagination across pages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use base64::Engine as _;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::model::{Auth, Pagination, Source};
+use crate::runtime::metrics::Metrics;
+
+/// Largest upstream answer read, so that a source cannot exhaust memory.
+pub const MAX_ANSWER: usize = 32 << 20;
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Why a call to a source failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub source: String,
+    pub reason: String,
+    /// True for a timeout (answered 504), false for other failures (502).
+    pub timeout: bool,
+    /// The upstream status, when it answered.
+    pub status: Option<u16>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "source `{}`: {}", self.source, self.reason)
+    }
+}
+
+/// An upstream answer: status, headers and JSON body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+/// A request to a source, already built and encoded.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: Method,
+    pub url: url::Url,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Option<Value>,
+}
+
+/// The client of one source.
+pub struct SourceClient {
+    pub source: Arc<Source>,
+    client: reqwest::Client,
+    limit: Semaphore,
+    fixed: HeaderMap,
+    metrics: Arc<Metrics>,
+}
+
+/// Clients of every source, sharing one connection pool.
+#[derive(Clone, Default)]
+pub struct Upstreams {
+    clients: HashMap<String, Arc<SourceClient>>,
+}
+
+impl Upstreams {
+    /// Builds clients (no IO yet) for the given sources, keyed by name.
+    pub fn new(
+        sources: impl IntoIterator<Item = Arc<Source>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstreams, String> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("fosps-engine/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let mut clients = HashMap::new();
+        for s in sources {
+            let fixed = fixed_headers(&s)?;
+            clients.insert(
+                s.name.clone(),
+                Arc::new(SourceClient {
+                    limit: Semaphore::new(s.concurrency as usize),
+                    source: s,
+                    client: client.clone(),
+                    fixed,
+                    metrics: metrics.clone(),
+                }),
+            );
+        }
+        Ok(Upstreams { clients })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<SourceClient>> {
+        self.clients.get(name)
+    }
+}
+
+fn fixed_headers(s: &Source) -> Result<HeaderMap, String> {
+    let mut h = HeaderMap::new();
+    let bad = |what: &str| format!("source `{}`: invalid {what}", s.name);
+    for (k, v) in &s.headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad("header name"))?;
+        let mut value = HeaderValue::from_str(&v.0).map_err(|_| bad("header value"))?;
+        value.set_sensitive(true);
+        h.insert(name, value);
+    }
+    let (name, value) = match &s.auth {
+        None => return Ok(h),
+        Some(Auth::Bearer(t)) => (axum::http::header::AUTHORIZATION, format!("Bearer {}", t.0)),
+        Some(Auth::ApiKey { header, value }) => (
+            HeaderName::from_bytes(header.as_bytes()).map_err(|_| bad("API key header"))?,
+            value.0.clone(),
+        ),
+        Some(Auth::Basic { username, password }) => {
+            let token = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", username.0, password.0));
+            (axum::http::header::AUTHORIZATION, format!("Basic {token}"))
+        }
+    };
+    let mut value = HeaderValue::from_str(&value).map_err(|_| bad("credential"))?;
+    value.set_sensitive(true);
+    h.insert(name, value);
+    Ok(h)
+}
+
+impl SourceClient {
+    /// Sends a call with the source's headers, limits, timeout and retries. A GET is retried
+    /// after connection errors, timeouts, 5xx and 429; other methods are sent once.
+    pub async fn send(&self, call: &Call, request_id: &str) -> Result<Reply, Failure> {
+        self.send_counted(call, request_id, &mut 0).await
+    }
+
+    /// As `send`, adding every HTTP attempt (retries included) to `calls`.
+    pub async fn send_counted(
+        &self,
+        call: &Call,
+        request_id: &str,
+        calls: &mut usize,
+    ) -> Result<Reply, Failure> {
+        let s = &self.source;
+        let fail = |reason: String, timeout: bool, status: Option<u16>| Failure {
+            source: s.name.clone(),
+            reason,
+            timeout,
+            status,
+        };
+        let _permit = self
+            .limit
+            .acquire()
+            .await
+            .map_err(|_| fail("closed".into(), false, None))?;
+        let retries = if call.method == Method::GET {
+            s.retries
+        } else {
+            0
+        };
+        let mut attempt = 0;
+        loop {
+            let mut req = self
+                .client
+                .request(call.method.clone(), call.url.clone())
+                .timeout(s.timeout)
+                .headers(self.fixed.clone())
+                .header("x-request-id", request_id)
+                .header(axum::http::header::ACCEPT, accept(s));
+            for (k, v) in &call.headers {
+                req = req.header(k, v);
+            }
+            if let Some(body) = &call.body {
+                req = req
+                    .header(axum::http::header::CONTENT_TYPE, content_type(s))
+                    .body(serde_json::to_vec(body).unwrap_or_default());
+            }
+            *calls += 1;
+            let started = tokio::time::Instant::now();
+            let sent = req.send().await;
+            let label = match &sent {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(e) if e.is_timeout() => "timeout".into(),
+                Err(_) => "error".into(),
+            };
+            self.metrics.add(
+                "engine_upstream_requests_total",
+                "Calls to sources, by answer status (or timeout, error).",
+                vec![("source", s.name.clone()), ("outcome", label)],
+                1.0,
+            );
+            self.metrics.observe(
+                "engine_upstream_duration_seconds",
+                "Time sources took to answer.",
+                vec![("source", s.name.clone())],
+                started.elapsed(),
+            );
+            let outcome: Result<std::convert::Infallible, (Failure, Option<Duration>)> = match sent
+            {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                        Err((
+                            fail(format!("answered {status}"), false, Some(status.as_u16())),
+                            retry_after(&headers),
+                        ))
+                    } else {
+                        match read_body(resp).await {
+                            Ok(body) => {
+                                return Ok(Reply {
+                                    status: status.as_u16(),
+                                    headers,
+                                    body,
+                                });
+                            }
+                            Err(e) => return Err(fail(e, false, Some(status.as_u16()))),
+                        }
+                    }
+                }
+                Err(e) if e.is_timeout() => Err((
+                    fail(
+                        format!("no answer within {}", humanize(s.timeout)),
+                        true,
+                        None,
+                    ),
+                    None,
+                )),
+                Err(e) if e.is_connect() => {
+                    Err((fail("connection failed".into(), false, None), None))
+                }
+                Err(e) => Err((
+                    fail(format!("request failed: {}", without_url(&e)), false, None),
+                    None,
+                )),
+            };
+            let Err((failure, after)) = outcome;
+            if attempt >= retries {
+                return Err(failure);
+            }
+            attempt += 1;
+            let wait = after.unwrap_or_else(|| backoff(attempt));
+            tracing::debug!(source = %s.name, attempt, wait_ms = wait.as_millis() as u64, "retrying: {}", failure.reason);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Sends the first call and follows the source's pagination, collecting the records
+    /// `records` selects from each page, until `want` records (when given), the last page or
+    /// the page limit. Gives the records and the first page's reply.
+    pub async fn pages(
+        &self,
+        first: Call,
+        records: &crate::model::jsonpath::Query,
+        want: Option<usize>,
+        max_pages: u32,
+        request_id: &str,
+    ) -> Result<(Vec<Value>, Reply, usize), Failure> {
+        let pagination = self.source.pagination.clone();
+        let mut calls = 0;
+        let (records, reply) = self
+            .pages_with(
+                first,
+                records,
+                want,
+                max_pages,
+                pagination.as_ref(),
+                request_id,
+                &mut calls,
+            )
+            .await?;
+        Ok((records, reply, calls))
+    }
+
+    /// As `pages`, with the given pagination instead of the source's, adding every HTTP
+    /// attempt (failed ones and retries included) to `calls`. An answer with an error status
+    /// is a failure (with its status). Gives the records and the first reply.
+    #[allow(clippy::too_many_arguments)] // a paged read: each argument is a distinct part of it
+    pub async fn pages_with(
+        &self,
+        first: Call,
+        records: &crate::model::jsonpath::Query,
+        want: Option<usize>,
+        max_pages: u32,
+        pagination: Option<&Pagination>,
+        request_id: &str,
+        calls: &mut usize,
+    ) -> Result<(Vec<Value>, Reply), Failure> {
+        let mut call = first;
+        let mut out = Vec::new();
+        let mut first_reply = None;
+        let mut offset = 0u64;
+        let mut page = 0u32;
+        loop {
+            let reply = self.send_counted(&call, request_id, calls).await?;
+            if reply.status >= 400 {
+                let detail = crate::http::outcome::issue_text(&reply.body)
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default();
+                return Err(Failure {
+                    source: self.source.name.clone(),
+                    reason: format!("answered {}{detail}", reply.status),
+                    timeout: false,
+                    status: Some(reply.status),
+                });
+            }
+            let found: Vec<Value> = records
+                .select(&reply.body, &reply.body)
+                .into_iter()
+                .cloned()
+                .collect();
+            let n = found.len();
+            out.extend(found);
+            page += 1;
+            let next =
+                pagination.and_then(|p| self.next_call(p, &call, &reply, n, &mut offset, page));
+            if first_reply.is_none() {
+                first_reply = Some(reply);
+            }
+            match next {
+                Some(c) if want.is_none_or(|w| out.len() < w) && page < max_pages && n > 0 => {
+                    call = c
+                }
+                _ => break,
+            }
+        }
+        let reply = first_reply.ok_or_else(|| Failure {
+            source: self.source.name.clone(),
+            reason: "no page".into(),
+            timeout: false,
+            status: None,
+        })?;
+        Ok((out, reply))
+    }
+
+    fn next_call(
+        &self,
+        pagination: &Pagination,
+        call: &Call,
+        reply: &Reply,
+        found: usize,
+        offset: &mut u64,
+        page: u32,
+    ) -> Option<Call> {
+        let with_url = |u: url::Url| {
+            // Only follow links to the source's own origin, so that an answer cannot send
+            // credentials elsewhere.
+            (u.origin() == self.source.url.origin()).then(|| Call {
+                url: u,
+                ..call.clone()
+            })
+        };
+        match pagination {
+            Pagination::NextUrl(q) => {
+                let next = q
+                    .select(&reply.body, &reply.body)
+                    .into_iter()
+                    .next()?
+                    .as_str()?;
+                with_url(call.url.join(next).ok()?)
+            }
+            Pagination::Fhir => {
+                let links = reply.body.get("link")?.as_array()?;
+                let next = links
+                    .iter()
+                    .find(|l| l.get("relation").and_then(Value::as_str) == Some("next"))?;
+                with_url(call.url.join(next.get("url")?.as_str()?).ok()?)
+            }
+            Pagination::LinkHeader => {
+                let header = reply
+                    .headers
+                    .get_all(axum::http::header::LINK)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                with_url(call.url.join(&link_next(&header)?).ok()?)
+            }
+            Pagination::Offset {
+                param,
+                limit_param,
+                limit,
+            } => {
+                if found < *limit as usize {
+                    return None;
+                }
+                *offset += u64::from(*limit);
+                let mut u = call.url.clone();
+                set_query(
+                    &mut u,
+                    &[
+                        (param, offset.to_string()),
+                        (limit_param, limit.to_string()),
+                    ],
+                );
+                Some(Call {
+                    url: u,
+                    ..call.clone()
+                })
+            }
+            Pagination::Page { param, start } => {
+                let mut u = call.url.clone();
+                set_query(&mut u, &[(param, (start + page).to_string())]);
+                Some(Call {
+                    url: u,
+                    ..call.clone()
+                })
+            }
+            Pagination::Cursor { path, param } => {
+                let cursor = path.select(&reply.body, &reply.body).into_iter().next()?;
+                let text = match cursor {
+                    Value::String(s) if !s.is_empty() => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return None,
+                };
+                let mut u = call.url.clone();
+                set_query(&mut u, &[(param, text)]);
+                Some(Call {
+                    url: u,
+                    ..call.clone()
+                })
+            }
+        }
+    }
+}
+
+/// Sets query parameters, replacing earlier values of the same names.
+pub fn set_query(u: &mut url::Url, pairs: &[(&String, String)]) {
+    let kept: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| !pairs.iter().any(|(p, _)| p.as_str() == k))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut q = u.query_pairs_mut();
+    q.clear();
+    for (k, v) in kept {
+        q.append_pair(&k, &v);
+    }
+    for (k, v) in pairs {
+        q.append_pair(k, v);
+    }
+}
+
+/// The `rel="next"` target of a `Link` header.
+fn link_next(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        is_next.then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
+    })
+}
+
+fn accept(s: &Source) -> &'static str {
+    match s.kind {
+        crate::model::vocabulary::SourceType::Fhir => {
+            "application/fhir+json, application/json;q=0.9"
+        }
+        crate::model::vocabulary::SourceType::Json => {
+            "application/json, application/fhir+json;q=0.9"
+        }
+    }
+}
+
+fn content_type(s: &Source) -> &'static str {
+    match s.kind {
+        crate::model::vocabulary::SourceType::Fhir => "application/fhir+json",
+        crate::model::vocabulary::SourceType::Json => "application/json",
+    }
+}
+
+async fn read_body(mut resp: reqwest::Response) -> Result<Value, String> {
+    if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+        return Err(format!("answer larger than {} MiB", MAX_ANSWER >> 20));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("answer cut: {}", without_url(&e)))?
+    {
+        if bytes.len() + chunk.len() > MAX_ANSWER {
+            return Err(format!("answer larger than {} MiB", MAX_ANSWER >> 20));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))
+}
+
+/// A reqwest error without its URL (which may carry caller values or credentials).
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
+    let mut e2 = format!("{e}");
+    if let Some(u) = e.url() {
+        e2 = e2.replace(u.as_str(), "<url>");
+    }
+    e2
+}
+
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(axum::http::header::RETRY_AFTER)?.to_str().ok()?;
+    let wait = match v.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or_default()
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// Exponential backoff with full jitter: up to 100 ms, 200 ms, 400 ms ... (at most 5 s).
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let cap = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)))
+        .min(Duration::from_secs(5));
+    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+    cap * jitter / 1000
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers_give_next() {
+        let h = r#"<https://x/p?page=1>; rel="prev", <https://x/p?page=3>; rel="next""#;
+        assert_eq!(link_next(h).as_deref(), Some("https://x/p?page=3"));
+        assert_eq!(link_next(r#"<https://x/p>; rel="last""#), None);
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        for attempt in 1..20 {
+            assert!(backoff(attempt) <= Duration::from_secs(5));
+        }
+    }
+
+    #[test]
+    fn query_values_are_replaced() {
+        let mut u = url::Url::parse("http://x/p?a=1&skip=0").expect("url");
+        set_query(&mut u, &[(&"skip".to_owned(), "20".into())]);
+        assert_eq!(u.as_str(), "http://x/p?a=1&skip=20");
+    }
+}
