@@ -292,6 +292,24 @@ fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
     }
 }
 
+/// The text of the first issue of an `OperationOutcome` (its `diagnostics`, else its
+/// `details.text`), at most 200 characters.
+pub fn issue_text(outcome: &Value) -> Option<String> {
+    let issue = &outcome["issue"][0];
+    let text = issue["diagnostics"]
+        .as_str()
+        .or_else(|| issue["details"]["text"].as_str())?;
+    Some(text.chars().take(200).collect())
+}
+
+/// An `OperationOutcome` with one issue.
+pub fn outcome(severity: &str, code: &str, diagnostics: &str) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

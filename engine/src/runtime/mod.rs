@@ -4,10 +4,13 @@
 //! and knows nothing of the HTTP server that calls it.
 
 pub mod cache;
+pub mod engine;
 pub mod guide;
 pub mod metrics;
+pub mod problem;
 pub mod pull;
 pub mod push;
+pub mod report;
 pub mod request;
 pub mod run;
 pub mod schedule;

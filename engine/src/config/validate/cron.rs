@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use super::connector::{Names, sink_ref};
 use super::context::Ctx;
+use super::names::{Names, sink_ref};
 use super::source::{exactly_one, query, request};
 use crate::config::spec::ConnectorSpec;
 use crate::model::hint::did_you_mean;

@@ -8,6 +8,7 @@ mod context;
 mod cron;
 mod deftests;
 mod guide;
+mod names;
 mod pull;
 mod push;
 mod source;
@@ -25,6 +26,7 @@ use crate::config::secrets::{Environment, Unresolved};
 use crate::config::spec::{ConnectorDoc, SinkDoc, SourceDoc};
 use crate::config::yaml::{self, Node, NodeValue, display_path};
 use crate::model::Model;
+use context::Doc;
 
 use context::Ctx;
 pub use context::{parse_duration, parse_size};
@@ -54,17 +56,6 @@ impl Outcome {
             .iter()
             .any(|d| d.severity == Severity::Error)
     }
-}
-
-/// One document after the schema check and secret resolution.
-struct Doc {
-    pub file: PathBuf,
-    pub node: Node,
-    pub json: Value,
-    /// JSON pointers of strings that held references (values never shown).
-    pub secret: HashSet<String>,
-    /// JSON pointers of strings whose references could not be resolved.
-    pub unresolved: HashSet<String>,
 }
 
 /// Validates the files; `read_errors` are diagnostics from reading them.
@@ -231,7 +222,7 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
             }
         }
     }
-    let names = connector::Names {
+    let names = names::Names {
         sources: &model.sources,
         sinks: &model.sinks,
         broken: &broken,

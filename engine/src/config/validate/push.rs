@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::connector::{Names, sink_ref};
 use super::context::Ctx;
+use super::names::{Names, sink_ref};
 use super::source::{exactly_one, query};
 use crate::config::spec::{ConnectorSpec, PushMode};
 use crate::model::{Push, PushAuth, Secret};

@@ -106,10 +106,10 @@ pub fn url(ctx: &mut Ctx<'_>, at: &[&str], text: &str) -> Option<url::Url> {
 }
 
 fn header(ctx: &mut Ctx<'_>, at: &[&str], name: &str, value: &str) {
-    if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
         ctx.error_key(at, format!("`{name}` is not a valid header name"), None);
     }
-    if !ctx.unresolved(at) && axum::http::HeaderValue::from_str(value).is_err() {
+    if !ctx.unresolved(at) && reqwest::header::HeaderValue::from_str(value).is_err() {
         ctx.error(
             at,
             format!(
@@ -293,7 +293,7 @@ pub fn request(
     }
     let mut headers = Vec::new();
     for (k, v) in &r.headers {
-        if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
             ctx.error_key(
                 &with(at, &["headers", k]),
                 format!("`{k}` is not a valid header name"),

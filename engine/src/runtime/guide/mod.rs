@@ -4,6 +4,8 @@
 
 mod package;
 
+use package::{Files, MAX_FILES};
+
 pub use crate::model::glob::Glob;
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,10 +14,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::model::{Connector, GuideLocation, Import};
-use crate::runtime::run::Skipped;
+use crate::runtime::report::Skipped;
 
-/// Most files a guide may hold.
-const MAX_FILES: usize = 100_000;
 /// Deepest folder nesting read in a guide directory.
 const MAX_DEPTH: usize = 32;
 /// Files of a FHIR package that describe the package, not FHIR resources.
@@ -52,9 +52,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| format!("the guide reader stopped: {e}"))?
 }
-
-/// Files of the guide by their path in it, in path order.
-type Files = Vec<(String, Vec<u8>)>;
 
 /// Filters by file pattern, then parses; a file that is not a FHIR resource is skipped and
 /// counted, one that is not JSON is an error.
@@ -121,12 +118,9 @@ fn read_path(path: &Path, max: u64) -> Result<Files, String> {
     package::unpack(&bytes, max).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The words of a read failure: the kind of the error, not the OS's text with its codes.
 fn cannot_read(path: &Path, e: &std::io::Error) -> String {
-    format!(
-        "cannot read {}: {}",
-        path.display(),
-        crate::config::load::io_reason(e)
-    )
+    format!("cannot read {}: {}", path.display(), e.kind())
 }
 
 /// Every file below `root` (symbolic links followed, Kubernetes' `..data` folders of a

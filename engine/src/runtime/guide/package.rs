@@ -4,7 +4,11 @@
 use std::io::Read;
 use std::time::Duration;
 
-use super::{Files, MAX_FILES};
+/// Most files a guide may hold.
+pub(super) const MAX_FILES: usize = 100_000;
+
+/// Files of the guide by their path in it, in path order.
+pub(super) type Files = Vec<(String, Vec<u8>)>;
 
 /// Downloads a package, refusing answers larger than `max` bytes.
 pub(super) async fn download(
