@@ -360,7 +360,7 @@ impl Connector {
                 split = crate::model::fhir::split_bundle(record).map_err(|m| MapError {
                     rule: "spec.splitBundles".into(),
                     input: Some(path.clone()),
-                    message: m,
+                    message: m.to_string(),
                 })?;
                 split.iter().collect()
             } else {

@@ -398,18 +398,14 @@ fn resolve_secrets(
                         column: node.column,
                         path: display_path(at),
                     };
+                    let message = unresolved.to_string();
                     let d = match unresolved {
-                        Unresolved::Malformed(message) => {
-                            Diagnostic::error(&doc.file, &loc, message)
-                        }
-                        Unresolved::Unavailable(message) if opts.allow_unresolved => {
-                            Diagnostic::warning(&doc.file, &loc, message)
-                        }
-                        Unresolved::Unavailable(message) => {
-                            let what = if message.starts_with("environment") {
-                                "set the variable"
-                            } else {
-                                "provide the file"
+                        u if !u.is_unavailable() => Diagnostic::error(&doc.file, &loc, message),
+                        _ if opts.allow_unresolved => Diagnostic::warning(&doc.file, &loc, message),
+                        u => {
+                            let what = match u {
+                                Unresolved::VariableNotSet(_) => "set the variable",
+                                _ => "provide the file",
                             };
                             Diagnostic::error(&doc.file, &loc, message).with_hint(Some(format!(
                                 "{what}, or run `engine validate --allow-unresolved` where secrets are absent"

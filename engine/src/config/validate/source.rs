@@ -246,7 +246,7 @@ pub fn query(ctx: &mut Ctx<'_>, at: &[&str], text: &str) -> Option<Query> {
         Err(e) => {
             ctx.error(
                 at,
-                e,
+                e.to_string(),
                 Some("JSONPath as in RFC 9535, e.g. `$.results[*]`".into()),
             );
             None

@@ -282,9 +282,9 @@ impl Evaluator<'_> {
                     } else {
                         fhir::date(&v)
                     };
-                    Some(Value::String(
-                        out.map_err(|m| self.with_input(e, value, scope, m))?,
-                    ))
+                    Some(Value::String(out.map_err(|m| {
+                        self.with_input(e, value, scope, m.to_string())
+                    })?))
                 }
             },
             Kind::Uuid(parts) => {
