@@ -10,7 +10,7 @@ use super::context::{Ctx, segs};
 use super::names::Names;
 use super::source::{exactly_one, source};
 use crate::config::mapping::Compiler;
-use crate::config::spec::{ConnectorDoc, ConnectorSpec, SourceType, Strategy as S};
+use crate::config::spec::{ConnectorDoc, ConnectorSpec, SourceSpec, SourceType, Strategy as S};
 use crate::model::hint::did_you_mean;
 use crate::model::mapping::Mapping;
 use crate::model::template::{Table, Templates};
@@ -192,28 +192,30 @@ fn sources(
         }
         return Vec::new();
     }
-    let Some(which) = exactly_one(
+    enum Given<'a> {
+        Inline(&'a SourceSpec),
+        Named(&'a [String]),
+    }
+    let given = exactly_one(
         ctx,
         &["spec"],
         "a pull or cron connector",
-        &[
-            ("source", spec.source.is_some()),
-            ("sources", spec.sources.is_some()),
+        vec![
+            ("source", spec.source.as_ref().map(Given::Inline)),
+            ("sources", spec.sources.as_deref().map(Given::Named)),
         ],
-    ) else {
-        return Vec::new();
+    );
+    let list = match given {
+        None => return Vec::new(),
+        Some(Given::Inline(s)) => {
+            return source(ctx, name, s, &["spec", "source"])
+                .map(Arc::new)
+                .into_iter()
+                .collect();
+        }
+        Some(Given::Named(list)) => list,
     };
-    if which == 0 {
-        return spec
-            .source
-            .as_ref()
-            .and_then(|s| source(ctx, name, s, &["spec", "source"]))
-            .map(Arc::new)
-            .into_iter()
-            .collect();
-    }
     let mut out = Vec::new();
-    let list = spec.sources.as_deref().unwrap_or_default();
     if list.is_empty() {
         ctx.error(&["spec", "sources"], "the list of sources is empty", None);
     }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use super::context::Ctx;
 use super::names::{Names, sink_ref};
 use super::source::{exactly_one, query, request};
-use crate::config::spec::ConnectorSpec;
+use crate::config::spec::{ConnectorSpec, FetchSpec, ImportSpec, SyncSpec};
 use crate::model::hint::did_you_mean;
 use crate::model::mapping::is_resource_type;
 use crate::model::template::{Table, Templates};
@@ -23,19 +23,23 @@ pub fn cron(
 ) -> Option<Cron> {
     let s = spec.schedule.as_ref()?;
     let schedule = schedule(ctx, &s.cron, s.time_zone.as_deref());
-    let which = exactly_one(
+    enum Read<'a> {
+        Fetch(&'a FetchSpec),
+        Sync(&'a SyncSpec),
+        Import(&'a ImportSpec),
+    }
+    let read = exactly_one(
         ctx,
         &["spec"],
         "a cron connector",
-        &[
-            ("fetch", spec.fetch.is_some()),
-            ("sync", spec.sync.is_some()),
-            ("import", spec.import.is_some()),
+        vec![
+            ("fetch", spec.fetch.as_ref().map(Read::Fetch)),
+            ("sync", spec.sync.as_ref().map(Read::Sync)),
+            ("import", spec.import.as_ref().map(Read::Import)),
         ],
     );
-    let read = match which? {
-        0 => {
-            let f = spec.fetch.as_ref()?;
+    let read = match read? {
+        Read::Fetch(f) => {
             let request = request(
                 ctx,
                 &["spec", "fetch", "request"],
@@ -58,9 +62,8 @@ pub fn cron(
                 each: f.each.clone(),
             }
         }
-        2 => CronRead::Import(super::guide::import(ctx, spec.import.as_ref()?)?),
-        _ => {
-            let y = spec.sync.as_ref()?;
+        Read::Import(i) => CronRead::Import(super::guide::import(ctx, i)?),
+        Read::Sync(y) => {
             if !fhir_source {
                 ctx.error(
                     &["spec", "sync"],
