@@ -30,7 +30,7 @@ pub(super) async fn guard(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let (connector, route) = route_of(req.uri().path());
+    let (connector, route) = route_of(req.uri().path(), &engine);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let header_bytes: usize = req
@@ -40,15 +40,14 @@ pub(super) async fn guard(
         .sum();
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut resp = if header_bytes > engine.limits.headers {
-        let mut p = Problem::new(
+        Problem::new(
             ProblemKind::HeadersTooLarge,
-            "the request headers are too large",
-        );
-        p.diagnostics = format!(
-            "{} (at most {} bytes)",
-            p.diagnostics, engine.limits.headers
-        );
-        p.into_response()
+            format!(
+                "the request headers are too large (at most {} bytes)",
+                engine.limits.headers
+            ),
+        )
+        .into_response()
     } else {
         match tokio::time::timeout(engine.limits.timeout, next.run(req)).await {
             Ok(r) => r,
@@ -85,20 +84,28 @@ pub(super) async fn guard(
     resp
 }
 
-/// The connector and route name of a path, for metrics labels (bounded: unknown paths are
-/// `other`).
-fn route_of(path: &str) -> (String, &'static str) {
+/// The connector and route name of a path, for metrics labels. Bounded: a connector label
+/// only for a configured connector, and paths of no known route are `other`, so callers
+/// cannot make new series.
+fn route_of(path: &str, engine: &Engine) -> (String, &'static str) {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let pull = |c: &str, route| {
+        if engine.pulls.contains_key(c) {
+            (c.to_owned(), route)
+        } else {
+            (String::new(), "other")
+        }
+    };
     match parts.as_slice() {
-        ["fhir", c] => ((*c).to_owned(), "batch"),
-        ["fhir", c, _] => ((*c).to_owned(), "search"),
-        ["fhir", c, _, _] => ((*c).to_owned(), "read"),
+        ["fhir", c] => pull(c, "batch"),
+        ["fhir", c, _] => pull(c, "search"),
+        ["fhir", c, _, _] => pull(c, "read"),
         ["healthz"] => (String::new(), "healthz"),
         ["readyz"] => (String::new(), "readyz"),
         ["metrics"] => (String::new(), "metrics"),
         ["reload"] => (String::new(), "admin"),
         ["connectors", ..] => (String::new(), "admin"),
-        ["push", c] => ((*c).to_owned(), "push"),
+        ["push", c] if engine.pushes.contains_key(*c) => ((*c).to_owned(), "push"),
         _ => (String::new(), "other"),
     }
 }
