@@ -252,11 +252,11 @@ pub struct Cron {
     pub only_changed: bool,
 }
 
-/// A checked schedule: the expression with seconds, and its time zone.
+/// A checked schedule: the expression as written, parsed (seconds first), and its time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub cron: String,
-    pub cron_with_seconds: String,
+    pub parsed: croner::Cron,
     pub time_zone: chrono_tz::Tz,
 }
 

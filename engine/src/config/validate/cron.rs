@@ -100,7 +100,7 @@ pub fn cron(
 
 /// Checks a cron expression (5 fields, or 6 with seconds) and its time zone, reporting both.
 pub fn schedule(ctx: &mut Ctx<'_>, cron: &str, tz: Option<&str>) -> Option<Schedule> {
-    let with_seconds = match cron_with_seconds(cron) {
+    let parsed = match parse_cron(cron) {
         Ok(c) => Some(c),
         Err(message) => {
             ctx.error(&["spec", "schedule", "cron"], message, None);
@@ -124,13 +124,13 @@ pub fn schedule(ctx: &mut Ctx<'_>, cron: &str, tz: Option<&str>) -> Option<Sched
     };
     Some(Schedule {
         cron: cron.trim().to_owned(),
-        cron_with_seconds: with_seconds?,
+        parsed: parsed?,
         time_zone: time_zone?,
     })
 }
 
-/// The 6-field form of a 5- or 6-field cron expression, or what is wrong with it.
-pub fn cron_with_seconds(cron: &str) -> Result<String, String> {
+/// A 5- or 6-field cron expression parsed (seconds first), or what is wrong with it.
+pub fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
     const FIELDS: [(&str, u32, u32); 6] = [
         ("second", 0, 59),
         ("minute", 0, 59),
@@ -176,6 +176,5 @@ pub fn cron_with_seconds(cron: &str) -> Result<String, String> {
         .year(croner::parser::Year::Disallowed)
         .build()
         .parse(&with_seconds)
-        .map_err(|e| format!("`{cron}` is not a valid cron expression: {e}"))?;
-    Ok(with_seconds)
+        .map_err(|e| format!("`{cron}` is not a valid cron expression: {e}"))
 }
