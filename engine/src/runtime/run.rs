@@ -360,11 +360,11 @@ impl Runner {
     async fn import(&self, import: &Import, report: &mut RunReport, out: &mut Vec<Value>) {
         let guide = match crate::runtime::guide::read(import).await {
             Ok(g) => g,
-            Err(message) => {
+            Err(e) => {
                 report.failures.push(Failure {
                     stage: "read",
                     subject: "guide".into(),
-                    message,
+                    message: e.to_string(),
                     outcome: None,
                 });
                 return;
