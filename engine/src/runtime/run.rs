@@ -136,7 +136,7 @@ impl Runner {
                         Err(m) => report.failures.push(Failure {
                             stage: "read",
                             subject,
-                            message: m,
+                            message: m.to_string(),
                             outcome: None,
                         }),
                         Ok(mut call) => {
