@@ -255,12 +255,8 @@ impl PushEndpoint {
             identifier_system: self.push().identifier_system.clone(),
         };
         let report = self.writer.write(resources, &opts).await;
-        self.metrics.add(
-            "engine_push_sink_retries_total",
-            "Retried writes of push connectors.",
-            vec![("connector", self.connector.name.clone())],
-            report.retries as f64,
-        );
+        self.metrics
+            .push_sink_retries(&self.connector.name, report.retries);
         if let Some(f) = report.failures.iter().find(|f| f.transient) {
             return Err(Outcome::Transient(format!(
                 "{}: {}",
@@ -405,16 +401,8 @@ impl PushEndpoint {
         }
     }
 
-    fn count(&self, outcome: &str) {
-        self.metrics.add(
-            "engine_push_deliveries_total",
-            "Push deliveries, by outcome.",
-            vec![
-                ("connector", self.connector.name.clone()),
-                ("outcome", outcome.to_owned()),
-            ],
-            1.0,
-        );
+    fn count(&self, outcome: &'static str) {
+        self.metrics.push_delivery(&self.connector.name, outcome);
     }
 }
 

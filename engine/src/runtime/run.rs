@@ -398,39 +398,13 @@ impl Runner {
 
     fn finish(&self, mut report: RunReport) -> RunReport {
         report.finished = Utc::now();
-        let outcome = if report.ok() { "success" } else { "failure" };
-        let l = || vec![("connector", report.connector.clone())];
-        let mut with_outcome = l();
-        with_outcome.push(("outcome", outcome.to_owned()));
-        self.metrics.add(
-            "engine_runs_total",
-            "Cron runs, by outcome.",
-            with_outcome,
-            1.0,
-        );
-        self.metrics.add(
-            "engine_records_read_total",
-            "Records read by cron runs.",
-            l(),
-            report.records_read as f64,
-        );
-        self.metrics.add(
-            "engine_resources_written_total",
-            "Resources written to sinks.",
-            l(),
-            report.resources_written as f64,
-        );
-        self.metrics.add(
-            "engine_write_failures_total",
-            "Failures of cron runs.",
-            l(),
-            report.failures.len() as f64,
-        );
-        self.metrics.add(
-            "engine_sink_retries_total",
-            "Retried writes to sinks.",
-            l(),
-            report.sink_retries as f64,
+        self.metrics.run(
+            &report.connector,
+            report.ok(),
+            report.records_read,
+            report.resources_written,
+            report.failures.len(),
+            report.sink_retries,
         );
         report
     }

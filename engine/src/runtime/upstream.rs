@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::model::{Auth, Pagination, Source};
-use crate::runtime::metrics::Metrics;
+use crate::runtime::metrics::{Answer, Metrics};
 
 /// Largest upstream answer read, so that a source cannot exhaust memory.
 pub const MAX_ANSWER: usize = 32 << 20;
@@ -181,23 +181,12 @@ impl SourceClient {
             *calls += 1;
             let started = tokio::time::Instant::now();
             let sent = req.send().await;
-            let label = match &sent {
-                Ok(r) => r.status().as_u16().to_string(),
-                Err(e) if e.is_timeout() => "timeout".into(),
-                Err(_) => "error".into(),
+            let answer = match &sent {
+                Ok(r) => Answer::Status(r.status().as_u16()),
+                Err(e) if e.is_timeout() => Answer::Timeout,
+                Err(_) => Answer::Error,
             };
-            self.metrics.add(
-                "engine_upstream_requests_total",
-                "Calls to sources, by answer status (or timeout, error).",
-                vec![("source", s.name.clone()), ("outcome", label)],
-                1.0,
-            );
-            self.metrics.observe(
-                "engine_upstream_duration_seconds",
-                "Time sources took to answer.",
-                vec![("source", s.name.clone())],
-                started.elapsed(),
-            );
+            self.metrics.upstream(&s.name, answer, started.elapsed());
             let outcome: Result<std::convert::Infallible, (Failure, Option<Duration>)> = match sent
             {
                 Ok(resp) => {
