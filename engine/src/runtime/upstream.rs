@@ -515,10 +515,8 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 
 /// Exponential backoff with full jitter: up to 100 ms, 200 ms, 400 ms ... (at most 5 s).
 pub(crate) fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)))
-        .min(Duration::from_secs(5));
-    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
-    cap * jitter / 1000
+    let cap_ms = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    Duration::from_millis(fastrand::u64(..=cap_ms))
 }
 
 fn humanize(d: Duration) -> String {
@@ -545,6 +543,11 @@ mod tests {
         for attempt in 1..20 {
             assert!(backoff(attempt) <= Duration::from_secs(5));
         }
+        let waits: std::collections::HashSet<Duration> = (0..50).map(|_| backoff(6)).collect();
+        assert!(
+            waits.len() > 1,
+            "50 waits drawn from 0..=5000 ms are not all equal"
+        );
     }
 
     #[test]
