@@ -18,6 +18,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use crate::model::digest::content_digest;
 use crate::model::vocabulary::PushMode;
 use crate::model::{Connector, Push, PushAuth, Strategy};
 use crate::runtime::metrics::Metrics;
@@ -184,7 +185,7 @@ impl PushEndpoint {
             .and_then(|v| v.to_str().ok())
             .filter(|k| !k.is_empty() && k.len() <= 200)
             .map_or_else(
-                || format!("sha256:{}", hex(&sha2::Sha256::digest_bytes(body))),
+                || format!("sha256:{}", content_digest(&[body])),
                 |k| format!("key:{k}"),
             );
         if self.is_seen(&key) {
@@ -452,18 +453,6 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-/// SHA-256 of bytes.
-trait DigestBytes {
-    fn digest_bytes(data: &[u8]) -> Vec<u8>;
-}
-
-impl DigestBytes for sha2::Sha256 {
-    fn digest_bytes(data: &[u8]) -> Vec<u8> {
-        use sha2::Digest;
-        sha2::Sha256::digest(data).to_vec()
-    }
 }
 
 /// The signature a caller sends for `body` at `timestamp` (for tests and clients).

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use crate::model::digest::content_digest;
 use crate::model::jsonpath::Query;
 use crate::model::{Connector, CronRead, Import, Pagination, Strategy};
 use crate::runtime::metrics::Metrics;
@@ -425,7 +426,7 @@ pub fn digest(r: &Value) -> String {
     if let Some(o) = copy.as_object_mut() {
         o.remove("meta");
     }
-    crate::model::fhir::uuid5(&[copy.to_string()])
+    content_digest(&[copy.to_string()])
 }
 
 fn cursor_text(v: &Value) -> Option<String> {
