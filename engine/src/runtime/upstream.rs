@@ -433,22 +433,67 @@ pub fn set_query(u: &mut url::Url, pairs: &[(&String, String)]) {
     }
 }
 
-/// The `rel="next"` target of a `Link` header.
+/// The target of the first `rel="next"` link of a `Link` header (RFC 8288 section 3). A
+/// target may hold commas and semicolons; a parameter value may be a token or a quoted string
+/// (with `\` escapes, commas and semicolons); `rel` may name several relation types; names and
+/// relation types are case-insensitive; only the first `rel` of a link counts. A header that
+/// breaks the grammar before the end of its `next` link gives none.
 fn link_next(header: &str) -> Option<String> {
-    header.split(',').find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        let is_next = params.split(';').any(|p| {
-            let p = p.trim().replace(' ', "");
-            p == "rel=\"next\"" || p == "rel=next"
+    const OWS: [char; 2] = [' ', '\t'];
+    // Empty list elements are allowed.
+    let mut rest = header.trim_start_matches([' ', '\t', ',']);
+    while !rest.is_empty() {
+        let (target, after) = rest.strip_prefix('<')?.split_once('>')?;
+        rest = after.trim_start_matches(OWS);
+        let mut rel = None;
+        while let Some(param) = rest.strip_prefix(';') {
+            let param = param.trim_start_matches(OWS);
+            let end = param
+                .find(['=', ';', ',', ' ', '\t'])
+                .unwrap_or(param.len());
+            let (name, after) = param.split_at(end);
+            rest = after.trim_start_matches(OWS);
+            let mut value = String::new();
+            if let Some(v) = rest.strip_prefix('=') {
+                (value, rest) = param_value(v.trim_start_matches(OWS))?;
+                rest = rest.trim_start_matches(OWS);
+            }
+            if rel.is_none() && name.eq_ignore_ascii_case("rel") {
+                rel = Some(value);
+            }
+        }
+        let next = rel.is_some_and(|r| {
+            r.split_ascii_whitespace()
+                .any(|t| t.eq_ignore_ascii_case("next"))
         });
-        is_next.then(|| {
-            target
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_owned()
-        })
-    })
+        if next {
+            return Some(target.to_owned());
+        }
+        // The link ends at a comma or at the end of the header.
+        if !rest.is_empty() {
+            rest = rest.strip_prefix(',')?.trim_start_matches([' ', '\t', ',']);
+        }
+    }
+    None
+}
+
+/// A parameter value at the start of `s` (a quoted string unescaped, or a token), and what
+/// follows it.
+fn param_value(s: &str) -> Option<(String, &str)> {
+    let Some(quoted) = s.strip_prefix('"') else {
+        let end = s.find([';', ',', ' ', '\t']).unwrap_or(s.len());
+        return Some((s[..end].to_owned(), &s[end..]));
+    };
+    let mut value = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((value, &quoted[i + 1..])),
+            '\\' => value.push(chars.next()?.1),
+            c => value.push(c),
+        }
+    }
+    None
 }
 
 fn accept(s: &Source) -> &'static str {
@@ -536,6 +581,58 @@ mod tests {
         let h = r#"<https://x/p?page=1>; rel="prev", <https://x/p?page=3>; rel="next""#;
         assert_eq!(link_next(h).as_deref(), Some("https://x/p?page=3"));
         assert_eq!(link_next(r#"<https://x/p>; rel="last""#), None);
+        assert_eq!(link_next(""), None);
+    }
+
+    #[test]
+    fn link_targets_may_hold_commas_and_semicolons() {
+        let h = r#"<https://x/p?ids=1,2;v=3&page=1>; rel=prev, <https://x/p?ids=1,2;v=3&page=3>; rel=next"#;
+        assert_eq!(
+            link_next(h).as_deref(),
+            Some("https://x/p?ids=1,2;v=3&page=3")
+        );
+    }
+
+    #[test]
+    fn link_parameters_may_be_quoted_with_commas_semicolons_and_escapes() {
+        let h = r#"<https://x/a>; title="a, b; \"c\", ü"; rel="prev", <https://x/b>; title = "x,y" ; rel = next"#;
+        assert_eq!(link_next(h).as_deref(), Some("https://x/b"));
+        let h = r#"<https://x/a>; rel="next"; title="never closed"#;
+        assert_eq!(link_next(h), None);
+        let h = r#"<https://x/a>; title="never closed, <https://x/b>; rel=next"#;
+        assert_eq!(link_next(h), None);
+    }
+
+    #[test]
+    fn link_relations_are_lists_case_insensitive_and_counted_once() {
+        let next = link_next;
+        assert_eq!(
+            next(r#"<https://x/a>; rel="last next""#).as_deref(),
+            Some("https://x/a")
+        );
+        assert_eq!(
+            next(r#"<https://x/a>; REL=NEXT"#).as_deref(),
+            Some("https://x/a")
+        );
+        assert_eq!(next(r#"<https://x/a>; rel="nextpage""#), None);
+        assert_eq!(next(r#"<https://x/a>; rel="prev"; rel="next""#), None);
+        assert_eq!(next(r##"<https://x/a>; anchor="#next""##), None);
+        assert_eq!(
+            next(r#", ,<https://x/a>; rel=prev,, <https://x/b>;rel=next,"#).as_deref(),
+            Some("https://x/b")
+        );
+    }
+
+    #[test]
+    fn broken_link_headers_give_no_next() {
+        for h in [
+            r#"https://x/a; rel=next"#,
+            r#"<https://x/a; rel=next"#,
+            r#"<https://x/a> rel=next"#,
+            r#"<https://x/a>; rel=prev <https://x/b>; rel=next"#,
+        ] {
+            assert_eq!(link_next(h), None, "{h}");
+        }
     }
 
     #[test]
