@@ -2,11 +2,12 @@
 //! a FHIR package (`package.tgz`) file, or a package downloaded by URL; filtered by the
 //! import's file patterns and type lists. Every file and resource left out is accounted for.
 
+mod error;
 mod package;
 
-use package::{Files, MAX_FILES};
-
-pub use crate::model::glob::Glob;
+pub use error::GuideError;
+use error::{MAX_DEPTH, MAX_FILES};
+use package::Files;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,41 +17,10 @@ use serde_json::{Value, json};
 use crate::model::{Connector, GuideLocation, Import};
 use crate::runtime::report::Skipped;
 
-/// Deepest folder nesting read in a guide directory.
-const MAX_DEPTH: usize = 32;
 /// Files of a FHIR package that describe the package, not FHIR resources.
 const PACKAGE_FILES: [&str; 2] = ["package.json", ".index.json"];
 
 /// The resources of a guide, each with its file, and what was left out.
-/// Why a guide could not be read; nothing of it is written then.
-#[derive(Debug, thiserror::Error)]
-pub enum GuideError {
-    /// A file or folder that cannot be read (the kind, not the OS's text with its codes).
-    #[error("cannot read {path}: {kind}")]
-    Read {
-        path: String,
-        kind: std::io::ErrorKind,
-    },
-    /// More bytes than `import.maxSize`: `what` says which bytes.
-    #[error("{what} (`import.maxSize`)")]
-    TooLarge { what: String },
-    #[error("{0} holds more than {MAX_FILES} files")]
-    TooManyFiles(String),
-    #[error("{0} is nested deeper than {MAX_DEPTH} folders")]
-    TooDeep(String),
-    #[error("`{file}` is not JSON: {message}")]
-    NotJson { file: String, message: String },
-    /// A package file (`where_` names it when it is a file) that is not a gzipped tar.
-    #[error("{where_}not a gzipped tar package: {message}")]
-    NotPackage { where_: String, message: String },
-    #[error("cannot download the guide package {url}: {message}")]
-    Download { url: String, message: String },
-    #[error("cannot build an HTTP client: {0}")]
-    Client(String),
-    #[error("the guide reader stopped: {0}")]
-    Stopped(String),
-}
-
 #[derive(Debug, Default)]
 pub struct Guide {
     pub resources: Vec<(String, Value)>,

@@ -4,10 +4,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use super::GuideError;
-
-/// Most files a guide may hold.
-pub(super) const MAX_FILES: usize = 100_000;
+use super::error::{GuideError, MAX_FILES};
 
 /// Files of the guide by their path in it, in path order.
 pub(super) type Files = Vec<(String, Vec<u8>)>;
