@@ -37,7 +37,7 @@ use engine_under_test::{
 };
 use fhir_resources::{instant, key_of, references, without_meta};
 use fhir_standin::{FhirSource, fhir_json, operation_outcome};
-use local_http::{Got, bind, client, dead_url, send, spawn_app};
+use local_http::{Got, bind, client, dead_url, free_port, send, spawn_app};
 use serde_json::{Value, json};
 
 /// Longest any single HTTP request of a test may take before the test fails.
@@ -1256,7 +1256,9 @@ spec:
     .expect("an engine");
     let job = engine.crons["every-second"].clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let scheduler = tokio::spawn(job.clone().schedule(stopped));
+    let scheduler = engine
+        .tasks
+        .spawn(job.clone().schedule(stopped, engine.tasks.clone()));
 
     let (j, s) = (job.clone(), source.clone());
     wait_until(
@@ -1291,6 +1293,74 @@ spec:
         std::fs::read_to_string(state.path().join("ndjson").join("Patient.ndjson"))
             .is_ok_and(|t| t.lines().count() >= 1),
         "the runs wrote to the default NDJSON sink"
+    );
+}
+
+/// A run started by `POST /connectors/{name}/run` is not cut by a shutdown: the sink answers
+/// slowly, the shutdown comes while the run writes, and `serve` returns only once the write
+/// reached the sink and the watermark is saved (well within the grace period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_run_on_demand_finish_its_write_and_save_its_watermark() {
+    let source = FhirSource::start().await;
+    source.put(patient(1, 1));
+    let sink = FhirSink::start().await;
+    sink.delay(Duration::from_secs(2));
+    let yaml = sink_doc("slow", &sink.url, "transaction", 0)
+        + &sync_doc("on-demand", &source.url, "slow", "Patient", 50);
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let built = Engine::new(
+        Arc::new(load(defs.path())),
+        Limits::default(),
+        &dirs_in(state.path()),
+    )
+    .expect("an engine");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{listen}");
+    let (shut_down, shutdown) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        engine::http::server::serve(
+            built,
+            &listen,
+            Duration::from_secs(60),
+            false,
+            None,
+            async {
+                let _ = shutdown.await;
+            },
+        )
+        .await
+    });
+    let c = client(CLIENT_TIMEOUT);
+    let up = tokio::time::Instant::now() + Duration::from_secs(10);
+    while send(c.get(format!("{base}/healthz"))).await.status != 200 {
+        assert!(tokio::time::Instant::now() < up, "the engine serves");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let got = send(c.post(format!("{base}/connectors/on-demand/run"))).await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    let s = sink.clone();
+    wait_until(Duration::from_secs(10), "the run writes", move || {
+        s.posts() >= 1
+    })
+    .await;
+    assert_eq!(sink.count(), 0, "the sink is still answering the write");
+    let _ = shut_down.send(());
+    tokio::time::timeout(Duration::from_secs(30), serving)
+        .await
+        .expect("serve returns within the grace period")
+        .expect("serve ends cleanly")
+        .expect("serve stops without error");
+
+    assert!(
+        sink.get("Patient/pat-0001").is_some(),
+        "the run's write reached the sink before serve returned"
+    );
+    assert_eq!(
+        watermarks(state.path(), "on-demand").get("Patient"),
+        Some(&instant(1)),
+        "the run saved its watermark before serve returned"
     );
 }
 

@@ -105,6 +105,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         limits.1,
         run_schedules,
         Some(reload),
+        crate::http::server::shutdown_signal(),
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => usage(&e),

@@ -167,6 +167,14 @@ pub(super) async fn run_now(
     let Some(job) = engine.crons.get(&name).cloned() else {
         return Problem::not_found(format!("no cron connector `{name}`")).into_response();
     };
+    if engine.tasks.is_closed() {
+        return Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "the engine is shutting down: no new runs start",
+        )
+        .into_response();
+    }
     if job.is_running() {
         return Problem::new(
             StatusCode::CONFLICT,
@@ -175,7 +183,8 @@ pub(super) async fn run_now(
         )
         .into_response();
     }
-    tokio::spawn(async move { job.run_now().await });
+    // Tracked: a shutdown lets the run finish within its grace period.
+    engine.tasks.spawn(async move { job.run_now().await });
     (
         StatusCode::ACCEPTED,
         axum::Json(json!({"connector": name, "status": "started"})),

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::{Value, json};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -90,6 +91,9 @@ pub struct Engine {
     pub ready: AtomicBool,
     /// Outcome of definition reloads, shared by every generation of the engine.
     pub reload: Arc<ReloadStatus>,
+    /// The runs, drains and watchers spawned while serving, shared by every generation of the
+    /// engine, so that a shutdown lets them finish.
+    pub tasks: TaskTracker,
 }
 
 /// What the last reload of the definitions did.
@@ -204,6 +208,7 @@ impl Engine {
         let reload =
             previous.map_or_else(|| Arc::new(ReloadStatus::default()), |p| p.reload.clone());
         reload.generation.fetch_add(1, Ordering::Relaxed);
+        let tasks = previous.map_or_else(TaskTracker::new, |p| p.tasks.clone());
         Ok(Arc::new(Engine {
             model,
             pulls,
@@ -213,6 +218,7 @@ impl Engine {
             limits,
             ready: AtomicBool::new(true),
             reload,
+            tasks,
         }))
     }
 

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
+use tokio_util::task::TaskTracker;
 
 use crate::model::Schedule;
 use crate::runtime::run::{RunReport, Runner};
@@ -87,9 +88,10 @@ impl CronJob {
         })
     }
 
-    /// Fires the schedule until `stop` turns true. Runs are spawned, so a long run does not
-    /// delay the next tick, which is then skipped.
-    pub async fn schedule(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Fires the schedule until `stop` turns true. Runs are spawned on `tasks`, so that a
+    /// shutdown lets them finish, and a long run does not delay the next tick, which is then
+    /// skipped.
+    pub async fn schedule(self: Arc<Self>, mut stop: watch::Receiver<bool>, tasks: TaskTracker) {
         loop {
             let now = Utc::now();
             let Some(next) = next_after(&self.schedule, now) else {
@@ -100,13 +102,17 @@ impl CronJob {
                 *n = Some(next);
             }
             let wait = (next - now).to_std().unwrap_or_default();
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {
-                    let job = self.clone();
-                    tokio::spawn(async move { job.run_now().await; });
-                }
-                _ = stop.wait_for(|s| *s) => return,
+            let ticked = tokio::select! {
+                () = tokio::time::sleep(wait) => true,
+                _ = stop.wait_for(|s| *s) => false,
+            };
+            if !ticked || *stop.borrow() {
+                return;
             }
+            let job = self.clone();
+            tasks.spawn(async move {
+                job.run_now().await;
+            });
         }
     }
 }
