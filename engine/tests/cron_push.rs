@@ -28,8 +28,9 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::Utc;
+use chrono::{TimeZone, Utc};
 use engine::http::{Engine, Limits};
+use engine::runtime::clock::Clock;
 use engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, definitions, dirs_in, engine_run_command,
     exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, serve_engine,
@@ -1229,7 +1230,9 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
 // 7. Cron schedule
 // ------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On paused tokio time, with the engine's clock following it: the schedule fires every
+/// second of that clock, and no test waits on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn schedule_skips_ticks_while_a_slow_run_goes_and_never_overlaps() {
     let source = FhirSource::start().await;
     source.put(patient(1, 1));
@@ -1248,10 +1251,15 @@ spec:
     );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let engine = Engine::new(
+    let start = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("time");
+    let engine = Engine::with_clock(
         Arc::new(load(defs.path())),
         Limits::default(),
         &dirs_in(state.path()),
+        Clock::following_tokio(start),
     )
     .expect("an engine");
     let job = engine.crons["every-second"].clone();

@@ -143,6 +143,7 @@ pub(super) fn run_once(
             crate::runtime::state::StateDir::new(&dirs.state),
             &dirs.sink,
             metrics,
+            crate::runtime::clock::Clock::system(),
         )
     });
     let runner = match runner {

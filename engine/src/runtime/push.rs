@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use crate::http::outcome::Problem;
 use crate::model::vocabulary::PushMode;
 use crate::model::{Connector, Push, PushAuth, Strategy};
+use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::sink::{WriteOptions, Writer};
 
@@ -49,6 +50,8 @@ pub struct PushEndpoint {
     seq: AtomicU64,
     metrics: Arc<Metrics>,
     invalidate: Invalidate,
+    /// Reads HMAC timestamps and deduplication windows, and dates queued payloads.
+    clock: Clock,
 }
 
 impl PushEndpoint {
@@ -60,6 +63,7 @@ impl PushEndpoint {
         sink_dir: &Path,
         metrics: Arc<Metrics>,
         invalidate: Invalidate,
+        clock: Clock,
     ) -> Result<PushEndpoint, String> {
         let push = push_of(&connector)
             .ok_or_else(|| format!("`{}` is not a push connector", connector.name))?;
@@ -69,7 +73,7 @@ impl PushEndpoint {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| format!("{}: {e}", dir.join(sub).display()))?;
         }
-        let now = chrono::Utc::now().timestamp();
+        let now = clock.now().timestamp();
         let window = push.dedup_window.as_secs() as i64;
         let mut seen = HashMap::new();
         if let Ok(text) = std::fs::read_to_string(dir.join("seen.jsonl")) {
@@ -93,6 +97,7 @@ impl PushEndpoint {
             seq: AtomicU64::new(seq),
             metrics,
             invalidate,
+            clock,
         })
     }
 
@@ -146,7 +151,7 @@ impl PushEndpoint {
                     .trim()
                     .parse()
                     .map_err(|_| deny("the timestamp is not Unix seconds"))?;
-                let age = (chrono::Utc::now().timestamp() - t).abs();
+                let age = (self.clock.now().timestamp() - t).abs();
                 if age as u64 > tolerance.as_secs() {
                     return Err(deny("the timestamp is outside the tolerance window"));
                 }
@@ -340,7 +345,7 @@ impl PushEndpoint {
     fn enqueue(&self, key: &str, payload: &Value) -> Result<(), Problem> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
         let item =
-            json!({"key": key, "received": chrono::Utc::now().to_rfc3339(), "payload": payload});
+            json!({"key": key, "received": self.clock.now().to_rfc3339(), "payload": payload});
         let path = self.dir.join("queue").join(format!("{seq:020}.json"));
         let bytes = serde_json::to_vec(&item).unwrap_or_default();
         crate::runtime::state::write_atomic(&path, &bytes).map_err(|e| {
@@ -354,7 +359,7 @@ impl PushEndpoint {
 
     fn dead_letter(&self, payload: &Value, reason: &str, outcome: Option<&Value>) {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        let item = json!({"received": chrono::Utc::now().to_rfc3339(), "reason": reason, "outcome": outcome, "payload": payload});
+        let item = json!({"received": self.clock.now().to_rfc3339(), "reason": reason, "outcome": outcome, "payload": payload});
         let path = self.dir.join("dead").join(format!("{seq:020}.json"));
         if let Err(e) = crate::runtime::state::write_atomic(
             &path,
@@ -388,7 +393,7 @@ impl PushEndpoint {
 
     fn is_seen(&self, key: &str) -> bool {
         let window = self.push().dedup_window.as_secs() as i64;
-        let now = chrono::Utc::now().timestamp();
+        let now = self.clock.now().timestamp();
         self.seen
             .lock()
             .map(|s| s.get(key).is_some_and(|t| now - t < window))
@@ -396,7 +401,7 @@ impl PushEndpoint {
     }
 
     fn remember(&self, key: &str) {
-        let now = chrono::Utc::now().timestamp();
+        let now = self.clock.now().timestamp();
         if let Ok(mut s) = self.seen.lock() {
             s.insert(key.to_owned(), now);
             let line = format!("{}\n", json!({"key": key, "at": now}));

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::model::jsonpath::Query;
 use crate::model::{Connector, CronRead, Import, Pagination, Strategy};
+use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::sink::{WriteFailure, WriteOptions, Writer};
 use crate::runtime::state::{ConnectorState, StateDir};
@@ -82,6 +83,8 @@ pub struct Runner {
     writer: Writer,
     state: StateDir,
     metrics: Arc<Metrics>,
+    /// Dates the reports.
+    clock: Clock,
 }
 
 impl Runner {
@@ -91,6 +94,7 @@ impl Runner {
         state: StateDir,
         sink_dir: &std::path::Path,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Result<Runner, String> {
         let Strategy::Cron(cron) = &connector.strategy else {
             return Err(format!("`{}` is not a cron connector", connector.name));
@@ -112,12 +116,13 @@ impl Runner {
             writer,
             state,
             metrics,
+            clock,
         })
     }
 
     /// One run. With `dry_run`, nothing is written and the resources are returned instead.
     pub async fn run(&self, dry_run: bool) -> (RunReport, Vec<Value>) {
-        let started = Utc::now();
+        let started = self.clock.now();
         let name = self.connector.name.clone();
         let mut report = RunReport {
             connector: name.clone(),
@@ -453,7 +458,7 @@ impl Runner {
     }
 
     fn finish(&self, mut report: RunReport) -> RunReport {
-        report.finished = Utc::now();
+        report.finished = self.clock.now();
         let outcome = if report.ok() { "success" } else { "failure" };
         let l = || vec![("connector", report.connector.clone())];
         let mut with_outcome = l();
