@@ -34,7 +34,7 @@ use engine::runtime::clock::Clock;
 use engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, definitions, dirs_in, engine_run_command,
     exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, serve_engine,
-    signed_push, wait_until, watermarks,
+    serve_engine_with_limits, signed_push, wait_until, watermarks,
 };
 use fhir_resources::{instant, key_of, references, without_meta};
 use fhir_standin::{FhirSource, fhir_json, operation_outcome};
@@ -1192,6 +1192,11 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
         move || s.refused() > 0,
     )
     .await;
+    assert_eq!(
+        served.engine.pushes["durable-feed"].depths(),
+        (10, 0),
+        "the queue depth counts the payloads as they are queued"
+    );
 
     // The engine stops: drainer, server, engine.
     drainer.stop().await;
@@ -1434,6 +1439,34 @@ async fn push_sync_concurrent_replays_are_written_once() {
         ((1, 1), (1, 1)),
         "one delivery written, the replay not; same body: {same_body_answers}; same key: {same_key_answers}"
     );
+    served.server.abort();
+}
+
+/// A delivery whose request is cut (answered 504 after the engine's request timeout while the
+/// sink is slow) is not left reserved: sent again, it is written, not refused as a concurrent
+/// repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_cut_by_the_request_timeout_can_be_sent_again() {
+    let sink = FhirSink::start().await;
+    sink.delay(Duration::from_secs(3));
+    let yaml = push_yaml("cut-sync", &sink.url, "sync", "");
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let served = serve_engine_with_limits(load(defs.path()), state.path(), limits).await;
+    let url = format!("{}/push/cut-sync", served.base);
+    let c = client(CLIENT_TIMEOUT);
+    let body = patient_payload("cut-1");
+
+    let got = push(&c, &url, SECRET, Utc::now().timestamp(), &body, None).await;
+    assert_eq!(got.status, 504, "{}", got.text);
+    sink.delay(Duration::ZERO);
+    let got = push(&c, &url, SECRET, Utc::now().timestamp(), &body, None).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.json()["status"], "written", "{}", got.text);
     served.server.abort();
 }
 

@@ -197,7 +197,7 @@ pub(super) async fn dead_letters(
     Path(name): Path<String>,
 ) -> Response {
     match engine.pushes.get(&name) {
-        Some(ep) => axum::Json(ep.dead_letters()).into_response(),
+        Some(ep) => axum::Json(ep.dead_letters().await).into_response(),
         None => Problem::not_found(format!("no push connector `{name}`")).into_response(),
     }
 }

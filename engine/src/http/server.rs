@@ -208,7 +208,16 @@ fn digest(paths: &[PathBuf]) -> String {
 
 type Current = Arc<RwLock<(Arc<Engine>, Router)>>;
 
-/// Reloads when the files change or SIGHUP arrives, until `stop`.
+/// The digest of the definition files, read on the blocking pool; `None` if that stopped.
+async fn digest_of(paths: &[PathBuf]) -> Option<String> {
+    let paths = paths.to_vec();
+    tokio::task::spawn_blocking(move || digest(&paths))
+        .await
+        .ok()
+}
+
+/// Reloads when the files change or SIGHUP arrives, until `stop`. Reading, validating and
+/// building the new set run on the blocking pool.
 async fn watch_definitions(
     r: Reload,
     current: Current,
@@ -217,7 +226,7 @@ async fn watch_definitions(
 ) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = digest(&r.paths);
+    let mut last = digest_of(&r.paths).await.unwrap_or_default();
     loop {
         #[cfg(unix)]
         let hup = async {
@@ -235,7 +244,9 @@ async fn watch_definitions(
             () = tokio::time::sleep(r.poll) => false,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let now = digest(&r.paths);
+        let Some(now) = digest_of(&r.paths).await else {
+            continue;
+        };
         if !forced && now == last {
             continue;
         }
@@ -244,9 +255,19 @@ async fn watch_definitions(
             Ok(g) => g.0.clone(),
             Err(_) => return,
         };
-        let result = (r.load)().and_then(|model| {
-            Engine::with_previous(Arc::new(model), old.limits.clone(), &r.dirs, Some(&old))
-        });
+        let (load, dirs, previous) = (r.load.clone(), r.dirs.clone(), old.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            load().and_then(|model| {
+                Engine::with_previous(
+                    Arc::new(model),
+                    previous.limits.clone(),
+                    &dirs,
+                    Some(&previous),
+                )
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the reload stopped: {e}")));
         if *stop.borrow() {
             return;
         }

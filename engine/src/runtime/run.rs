@@ -13,7 +13,7 @@ use crate::model::{Connector, CronRead, Import, Pagination, Strategy};
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::sink::{WriteFailure, WriteOptions, Writer};
-use crate::runtime::state::{ConnectorState, StateDir};
+use crate::runtime::state::{self, ConnectorState, StateDir};
 use crate::runtime::upstream::{Call, SourceClient, Upstreams};
 
 /// Most pages read per stream in one run.
@@ -141,7 +141,9 @@ impl Runner {
         let Strategy::Cron(cron) = &self.connector.strategy else {
             return (report, Vec::new());
         };
-        let mut state = match self.state.load(&name) {
+        let dir = self.state.clone();
+        let connector = name.clone();
+        let mut state = match state::blocking(move || dir.load(&connector)).await {
             Ok(s) => s,
             Err(e) => {
                 report.failures.push(Failure {
@@ -323,13 +325,12 @@ impl Runner {
         if report.failures.is_empty() {
             state.watermarks = watermarks;
         }
-        if let Err(e) = self.state.save(
-            &name,
-            &ConnectorState {
-                watermarks: state.watermarks,
-                written: state.written,
-            },
-        ) {
+        let dir = self.state.clone();
+        let kept = ConnectorState {
+            watermarks: state.watermarks,
+            written: state.written,
+        };
+        if let Err(e) = state::blocking(move || dir.save(&name, &kept)).await {
             report.failures.push(Failure {
                 stage: "write",
                 subject: "state".into(),
