@@ -9,8 +9,8 @@
 //! Every file operation (payload and dead-letter files, their fsyncs and the directory's, the
 //! deduplication memory `seen.jsonl`, directory listings) runs on tokio's blocking pool, and no
 //! lock is held across one. The queue depths shown by `/metrics` are counters kept by enqueue,
-//! drain and dead-letter (counted from the directories at start, and again by the drainer each
-//! time it lists the queue), so a scrape lists no directory.
+//! drain and dead-letter (counted from the directories once, at start), so a scrape lists no
+//! directory.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -355,7 +355,6 @@ impl PushEndpoint {
             let files = state::blocking(move || Ok(queued(&dir)))
                 .await
                 .unwrap_or_default();
-            self.queued.store(files.len(), Ordering::SeqCst);
             if files.is_empty() {
                 tokio::select! {
                     () = self.wake.notified() => continue,
@@ -385,10 +384,15 @@ impl PushEndpoint {
     /// Writes one queued payload and takes it off the queue, or moves it to the dead letters;
     /// the error is a transient failure, the payload staying queued.
     async fn drain_one(&self, file: &Path) -> Result<(), String> {
-        let item: Option<Value> = tokio::fs::read(file)
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let bytes = match tokio::fs::read(file).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Taken off the queue meanwhile (by the drainer of an earlier definition).
+                decrement(&self.queued);
+                return Ok(());
+            }
+            read => read.ok(),
+        };
+        let item: Option<Value> = bytes.and_then(|b| serde_json::from_slice(&b).ok());
         let Some(item) = item else {
             let (from, to) = (
                 file.to_path_buf(),
