@@ -253,11 +253,13 @@ async fn main() {
     .expect("write");
     let m = Arc::new(model(pdir.path()));
     let state = tempfile::tempdir().expect("state");
-    let dirs = engine::http::Dirs {
+    let dirs = engine::runtime::engine::Dirs {
         state: state.path().join("state"),
         sink: state.path().join("ndjson"),
     };
-    let eng = engine::http::Engine::new(m, engine::http::Limits::default(), &dirs).expect("engine");
+    let eng =
+        engine::runtime::engine::Engine::new(m, engine::runtime::engine::Limits::default(), &dirs)
+            .expect("engine");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -29,8 +29,8 @@ use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{TimeZone, Utc};
-use engine::http::{Engine, Limits};
 use engine::runtime::clock::Clock;
+use engine::runtime::engine::{Engine, Limits};
 use engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, definitions, dirs_in, engine_run_command,
     exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, serve_engine,

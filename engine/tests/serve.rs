@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use engine::http::Limits;
+use engine::runtime::engine::Limits;
 use engine_under_test::{Served, definitions, load, serve_engine_with_limits};
 use fhir_resources::entries_of;
 use local_http::{Got, bind, client, dead_url, free_port, send, spawn_app};

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::{BundleArg, load_and_validate, usage};
+use super::args::BundleArg;
+use super::definitions::{load_and_validate, usage};
 use crate::config::diagnostic::{self, Format, Severity};
 use crate::config::fhir_schema::FhirSchema;
 use crate::config::load;

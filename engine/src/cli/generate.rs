@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{SchemaFormat, load_and_validate, model_of, usage};
+use super::args::SchemaFormat;
+use super::definitions::{load_and_validate, model_of, usage};
 use crate::config::load;
 use crate::config::secrets::ProcessEnvironment;
 use crate::config::validate::{self, Options};

@@ -1,222 +1,23 @@
-//! The command line: `validate`, `schema` and `map`, their flags, output and exit codes
-//! (0 valid or done, 1 invalid or failed, 2 unusable invocation).
+//! The command line: every command (`serve`, `run`, `validate`, `map`, `schema`, `openapi`,
+//! `manifests`, `probe`), its output and its exit code (0 valid or done, 1 invalid or failed, 2
+//! unusable invocation). The only place that prints.
 //!
-//! `serve.rs` runs the engine (`serve`, `run`, `probe`); `check.rs` checks definitions
-//! offline (`validate`, `map`); `generate.rs` prints what is generated from them.
+//! `args.rs` holds the commands' flags; `definitions.rs` loads definitions for a command;
+//! `serve.rs` runs the engine (`serve`, `run`, `probe`); `check.rs` checks definitions offline
+//! (`validate`, `map`); `generate.rs` prints what is generated from them.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-use crate::config::diagnostic::Format;
-use crate::config::fhir_schema::FhirSchema;
-use crate::config::load;
-use crate::config::secrets::ProcessEnvironment;
-use crate::config::validate::{self, Options, Outcome};
-
+mod args;
 mod check;
+mod definitions;
 mod generate;
 mod serve;
 
+pub use args::{BundleArg, Cli, Command, DirArgs, LogFormat, SchemaFormat, ServeArgs};
 pub use check::read_input;
+pub use definitions::load_and_validate;
 pub use generate::schema_text;
-
-/// FOSPS connector engine: YAML connector definitions turned into FHIR routes, webhooks and
-/// schedules.
-#[derive(Debug, Parser)]
-#[command(name = "engine", version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// The main job: load the definitions and serve their routes, the admin API and
-    /// operations endpoints. Refuses to start on invalid definitions.
-    Serve(ServeArgs),
-    /// Run one cron connector once and exit: non-zero on any failure (for Kubernetes
-    /// CronJobs).
-    Run {
-        /// Name of the cron connector.
-        name: String,
-        /// Definitions to load.
-        #[arg(long = "definitions", short = 'd', default_value = "connectors.d")]
-        definitions: Vec<PathBuf>,
-        /// Read and map, and print the FHIR that would be written, writing nothing.
-        #[arg(long)]
-        dry_run: bool,
-        #[command(flatten)]
-        dirs: DirArgs,
-    },
-    /// Check definitions without network: schema, meaning, expressions, templates, cron,
-    /// references, routes, and the definitions' own tests. Exit 0 valid, 1 invalid, 2
-    /// unusable invocation.
-    Validate {
-        /// Files and directories of definitions.
-        #[arg(default_value = "connectors.d")]
-        paths: Vec<PathBuf>,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "human")]
-        format: Format,
-        /// Fail on warnings too.
-        #[arg(long)]
-        deny_warnings: bool,
-        /// Unresolvable `${env:...}` / `${file:...}` are warnings (CI runs without secrets).
-        #[arg(long)]
-        allow_unresolved: bool,
-        /// Skip the definitions' `tests:`.
-        #[arg(long)]
-        no_tests: bool,
-        /// Check the FHIR produced by tests against this FHIR R4 JSON Schema file.
-        #[arg(long, value_name = "FILE")]
-        fhir_schema: Option<PathBuf>,
-    },
-    /// Check that an engine answers: GET an `http://` URL, exit 0 on a 2xx answer (the
-    /// image's health check, which has no curl).
-    Probe {
-        /// URL to get.
-        #[arg(default_value = "http://127.0.0.1:8080/healthz")]
-        url: String,
-    },
-    /// Generate the per-connector Kubernetes and Istio manifests (ConfigMap of the
-    /// definitions, VirtualService routes, AuthorizationPolicy, CronJobs).
-    Manifests {
-        /// Files and directories of definitions.
-        #[arg(default_value = "connectors.d")]
-        paths: Vec<PathBuf>,
-        /// Directory the files are written to.
-        #[arg(long, default_value = "deploy/base")]
-        out: PathBuf,
-        /// Only compare with the files in `--out`; exit 1 when they differ.
-        #[arg(long)]
-        check: bool,
-        /// Public path prefix on the gateway.
-        #[arg(long, default_value = "/connector/api/")]
-        prefix: String,
-        /// Image of the CronJobs.
-        #[arg(long, default_value = "gravitatehealth/fosps-connector-engine:latest")]
-        image: String,
-    },
-    /// Print the OpenAPI document of the configured routes.
-    Openapi {
-        /// Files and directories of definitions.
-        #[arg(default_value = "connectors.d")]
-        paths: Vec<PathBuf>,
-        /// Public path prefix the routes are reached under (e.g. `/connector/api`).
-        #[arg(long, default_value = "")]
-        prefix: String,
-    },
-    /// Print the JSON Schema (2020-12) of the definition format, or its Markdown reference.
-    Schema {
-        /// `json` (the schema) or `markdown` (the format reference).
-        #[arg(long, value_enum, default_value = "json")]
-        format: SchemaFormat,
-    },
-    /// Apply one connector's mapping to a sample input and print the FHIR.
-    Map {
-        /// Name of the connector.
-        #[arg(long)]
-        connector: String,
-        /// Input JSON file (a source answer or a push payload); `-` reads standard input.
-        #[arg(long)]
-        input: PathBuf,
-        /// Definitions to load.
-        #[arg(long = "definitions", short = 'd', default_value = "connectors.d")]
-        definitions: Vec<PathBuf>,
-        /// Caller parameters of a pull search, as NAME=VALUE.
-        #[arg(long = "param", value_name = "NAME=VALUE")]
-        params: Vec<String>,
-        /// Print a Bundle of this type instead of a list of resources.
-        #[arg(long, value_enum)]
-        bundle: Option<BundleArg>,
-        /// Check the output against this FHIR R4 JSON Schema file.
-        #[arg(long, value_name = "FILE")]
-        fhir_schema: Option<PathBuf>,
-    },
-}
-
-/// Where local state and the embedded NDJSON sink live.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DirArgs {
-    /// Local state: watermarks, push queues and dead letters.
-    #[arg(long, env = "ENGINE_STATE_DIR", default_value = ".engine-state")]
-    pub state_dir: PathBuf,
-    /// Directory of the embedded NDJSON sink (default: `ndjson` in the state directory).
-    #[arg(long, env = "ENGINE_SINK_DIR")]
-    pub sink_dir: Option<PathBuf>,
-}
-
-impl DirArgs {
-    fn dirs(&self) -> crate::http::Dirs {
-        crate::http::Dirs {
-            state: self.state_dir.clone(),
-            sink: self
-                .sink_dir
-                .clone()
-                .unwrap_or_else(|| self.state_dir.join("ndjson")),
-        }
-    }
-}
-
-/// Log formats of `engine serve`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Output of `engine schema`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SchemaFormat {
-    Json,
-    Markdown,
-}
-
-/// Bundle types `engine map --bundle` assembles.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum BundleArg {
-    Collection,
-    Transaction,
-    Batch,
-    Searchset,
-}
-
-/// The flags of `engine serve`.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// Files and directories of definitions.
-    #[arg(default_value = "connectors.d")]
-    pub paths: Vec<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, env = "ENGINE_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: String,
-    /// Log format.
-    #[arg(long, env = "ENGINE_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    /// Log filter (`info`, `debug`, `engine=debug,warn`).
-    #[arg(long, env = "ENGINE_LOG", default_value = "info")]
-    pub log: String,
-    /// Public base URL used in links (e.g. `https://fosps.example/connector/api`); by
-    /// default the `Host` header.
-    #[arg(long, env = "ENGINE_PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// Longest time a request may take before it is answered 504.
-    #[arg(long, env = "ENGINE_REQUEST_TIMEOUT", default_value = "60s")]
-    pub request_timeout: String,
-    /// Largest request body.
-    #[arg(long, env = "ENGINE_MAX_BODY", default_value = "10MiB")]
-    pub max_body: String,
-    #[command(flatten)]
-    pub dirs: DirArgs,
-    /// Run the cron schedules in this process (off when Kubernetes CronJobs run them).
-    #[arg(long, env = "ENGINE_RUN_SCHEDULES", default_value_t = true, action = clap::ArgAction::Set)]
-    pub run_schedules: bool,
-    /// Time given to requests in flight when a shutdown signal arrives.
-    #[arg(long, env = "ENGINE_SHUTDOWN_GRACE", default_value = "10s")]
-    pub shutdown_grace: String,
-}
 
 /// Runs a command and gives its exit code.
 pub fn run(cli: Cli) -> ExitCode {
@@ -278,39 +79,4 @@ pub fn run(cli: Cli) -> ExitCode {
             fhir_schema,
         ),
     }
-}
-
-fn usage(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(2)
-}
-
-/// The model of valid definitions, or the exit of a command that needs one: an unusable path
-/// exits 2, invalid definitions print their diagnostics and exit 1.
-fn model_of(loaded: Result<Outcome, load::UnusablePath>) -> Result<crate::model::Model, ExitCode> {
-    let outcome = loaded.map_err(|e| usage(&e.to_string()))?;
-    outcome.model.ok_or_else(|| {
-        let text = crate::config::diagnostic::render(&outcome.diagnostics, Format::Human, &|p| {
-            outcome.texts.get(p).cloned()
-        });
-        eprint!("{text}");
-        ExitCode::from(1)
-    })
-}
-
-/// Reads and validates definitions with the process environment.
-pub fn load_and_validate(
-    paths: &[PathBuf],
-    allow_unresolved: bool,
-    run_tests: bool,
-    fhir_schema: Option<&FhirSchema>,
-) -> Result<Outcome, load::UnusablePath> {
-    let (files, read_errors) = load::read_all(paths)?;
-    let opts = Options {
-        allow_unresolved,
-        run_tests,
-        fhir_schema,
-        env: &ProcessEnvironment,
-    };
-    Ok(validate::validate(&files, read_errors, &opts))
 }

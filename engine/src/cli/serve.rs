@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::{DirArgs, LogFormat, ServeArgs, load_and_validate, model_of, usage};
+use super::args::{DirArgs, LogFormat, ServeArgs};
+use super::definitions::{load_and_validate, model_of, usage};
 use crate::config::diagnostic::{self, Format};
 
 /// `engine serve`: loads the definitions and serves them until a shutdown signal.
@@ -46,7 +47,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         parse("--shutdown-grace", &shutdown_grace),
     ) {
         (Ok(timeout), Some(body), Ok(grace)) => (
-            crate::http::Limits {
+            crate::runtime::engine::Limits {
                 timeout,
                 body: body as usize,
                 public_url,
@@ -72,8 +73,11 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     if !outcome.diagnostics.is_empty() {
         eprint!("{text}");
     }
-    let engine = match crate::http::Engine::new(std::sync::Arc::new(model), limits.0, &dirs.dirs())
-    {
+    let engine = match crate::runtime::engine::Engine::new(
+        std::sync::Arc::new(model),
+        limits.0,
+        &dirs.dirs(),
+    ) {
         Ok(e) => e,
         Err(e) => return usage(&e),
     };

@@ -187,7 +187,7 @@ impl Compiler<'_> {
                         return self.error(
                             &value_at,
                             value,
-                            e,
+                            e.to_string(),
                             Some("JSONPath as in RFC 9535, e.g. `$.results[*]` or `@.code`".into()),
                         );
                     }

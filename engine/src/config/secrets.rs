@@ -29,12 +29,37 @@ pub fn has_reference(s: &str) -> bool {
 }
 
 /// Why a reference could not be resolved; the message names the reference, never a value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unresolved {
-    /// Well formed, but the variable is not set or the file cannot be read here.
-    Unavailable(String),
-    /// Not a valid reference: a definition error wherever it is checked.
-    Malformed(String),
+    /// Well formed, but the variable is not set here.
+    #[error("environment variable `{0}` is not set")]
+    VariableNotSet(String),
+    /// Well formed, but the file cannot be read here.
+    #[error("secret file `{path}` cannot be read: {reason}")]
+    FileUnreadable { path: String, reason: String },
+    /// `${` without its `}`.
+    #[error("unclosed `${{` (write `$${{` for a literal `${{`)")]
+    Unclosed,
+    /// `${env:NAME}` whose name is not a variable name.
+    #[error("`${{{reference}}}`: `{name}` is not an environment variable name")]
+    BadVariableName { reference: String, name: String },
+    /// `${file:}`.
+    #[error("`${{file:}}` names no file")]
+    NoFile,
+    /// A reference of an unknown kind (`${vault:x}`).
+    #[error("unknown reference `${{{0}}}`: use `${{env:NAME}}` or `${{file:PATH}}`")]
+    UnknownKind(String),
+}
+
+impl Unresolved {
+    /// Well formed but not available here (a variable not set, a file not readable): the
+    /// definition may be right where it runs. The other kinds are definition errors anywhere.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Unresolved::VariableNotSet(_) | Unresolved::FileUnreadable { .. }
+        )
+    }
 }
 
 /// Resolves the references of `s`. Relative file paths are relative to `base`; a file's
@@ -49,9 +74,7 @@ pub fn resolve(s: &str, env: &dyn Environment, base: &Path) -> Result<String, Un
             out.push_str("${");
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
-            let end = after.find('}').ok_or_else(|| {
-                Unresolved::Malformed("unclosed `${` (write `$${` for a literal `${`)".into())
-            })?;
+            let end = after.find('}').ok_or(Unresolved::Unclosed)?;
             let reference = &after[..end];
             out.push_str(&lookup(reference, env, base)?);
             rest = &after[end + 1..];
@@ -74,18 +97,17 @@ fn lookup(reference: &str, env: &dyn Environment, base: &Path) -> Result<String,
             && !name.starts_with(|c: char| c.is_ascii_digit())
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(Unresolved::Malformed(format!(
-                "`${{{reference}}}`: `{name}` is not an environment variable name"
-            )));
+            return Err(Unresolved::BadVariableName {
+                reference: reference.to_owned(),
+                name: name.to_owned(),
+            });
         }
         env.var(name)
             .or_else(|| default.map(str::to_owned))
-            .ok_or_else(|| {
-                Unresolved::Unavailable(format!("environment variable `{name}` is not set"))
-            })
+            .ok_or_else(|| Unresolved::VariableNotSet(name.to_owned()))
     } else if let Some(path) = reference.strip_prefix("file:") {
         if path.is_empty() {
-            return Err(Unresolved::Malformed("`${file:}` names no file".into()));
+            return Err(Unresolved::NoFile);
         }
         let full = base.join(path);
         env.read(&full)
@@ -98,16 +120,12 @@ fn lookup(reference: &str, env: &dyn Environment, base: &Path) -> Result<String,
                 }
                 text
             })
-            .map_err(|e| {
-                Unresolved::Unavailable(format!(
-                    "secret file `{path}` cannot be read: {}",
-                    crate::config::load::io_reason(&e)
-                ))
+            .map_err(|e| Unresolved::FileUnreadable {
+                path: path.to_owned(),
+                reason: crate::config::load::io_reason(&e),
             })
     } else {
-        Err(Unresolved::Malformed(format!(
-            "unknown reference `${{{reference}}}`: use `${{env:NAME}}` or `${{file:PATH}}`"
-        )))
+        Err(Unresolved::UnknownKind(reference.to_owned()))
     }
 }
 
@@ -148,9 +166,7 @@ mod tests {
         );
         assert_eq!(
             resolve("${env:B}", &env, base),
-            Err(Unresolved::Unavailable(
-                "environment variable `B` is not set".into()
-            ))
+            Err(Unresolved::VariableNotSet("B".into()))
         );
         assert_eq!(
             resolve("${env:B:-http://b:1}/x", &env, base).as_deref(),
@@ -162,12 +178,22 @@ mod tests {
         );
         assert_eq!(
             resolve("${file:nope}", &env, base),
-            Err(Unresolved::Unavailable(
-                "secret file `nope` cannot be read: not found".into()
-            ))
+            Err(Unresolved::FileUnreadable {
+                path: "nope".into(),
+                reason: "not found".into()
+            })
         );
-        assert!(
-            matches!(resolve("${vault:x}", &env, base), Err(Unresolved::Malformed(m)) if m.starts_with("unknown reference"))
+        assert_eq!(
+            resolve("${vault:x}", &env, base),
+            Err(Unresolved::UnknownKind("vault:x".into()))
+        );
+        assert_eq!(
+            resolve("${env:B}", &env, base).map_err(|e| e.to_string()),
+            Err("environment variable `B` is not set".into())
+        );
+        assert_eq!(
+            resolve("a ${env:A", &env, base).map_err(|e| e.to_string()),
+            Err("unclosed `${` (write `$${` for a literal `${`)".into())
         );
         assert!(has_reference("a ${env:A}") && !has_reference("a $${env:A}"));
     }

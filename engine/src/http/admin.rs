@@ -9,9 +9,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::Engine;
-use super::outcome::Problem;
 use crate::model::Strategy;
+use crate::runtime::engine::Engine;
+use crate::runtime::problem::{Problem, ProblemKind};
 
 pub(super) async fn openapi(State(engine): State<Arc<Engine>>) -> Response {
     let prefix = engine
@@ -169,16 +169,14 @@ pub(super) async fn run_now(
     };
     if engine.tasks.is_closed() {
         return Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "transient",
+            ProblemKind::Unavailable { retry_after: 30 },
             "the engine is shutting down: no new runs start",
         )
         .into_response();
     }
     if job.is_running() {
         return Problem::new(
-            StatusCode::CONFLICT,
-            "conflict",
+            ProblemKind::Conflict,
             format!("`{name}` is running already"),
         )
         .into_response();

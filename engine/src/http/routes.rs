@@ -9,9 +9,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::outcome::{FHIR_JSON, Problem, fhir_response};
-use super::{Engine, RequestId};
+use super::guard::RequestId;
+use super::outcome::{FHIR_JSON, fhir_response};
 use crate::runtime::cache::{Answer, Source as CacheSource};
+use crate::runtime::engine::Engine;
+use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::pull::{PullRuntime, RequestInfo};
 use crate::runtime::push::{PushEndpoint, Reply};
 
@@ -19,8 +21,7 @@ pub(super) async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) 
     let limit = ep.max_body();
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-long",
+            ProblemKind::TooLarge,
             format!("the body is larger than {limit} bytes"),
         )
         .into_response();
@@ -41,12 +42,6 @@ pub(super) async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) 
             .into_response(),
         Ok(Reply::Duplicate) => {
             (StatusCode::OK, axum::Json(json!({"status": "duplicate"}))).into_response()
-        }
-        Err(p) if p.status == StatusCode::SERVICE_UNAVAILABLE => {
-            let mut r = p.into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-            r
         }
         Err(p) => p.into_response(),
     }
@@ -219,8 +214,7 @@ pub(super) async fn batch(
         .await
         .map_err(|_| {
             Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-long",
+                ProblemKind::TooLarge,
                 format!("the body is larger than {} bytes", engine.limits.body),
             )
         })?;

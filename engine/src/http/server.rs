@@ -23,8 +23,9 @@ use axum::response::IntoResponse;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::http::{Dirs, Engine, router};
+use crate::http::router;
 use crate::model::Model;
+use crate::runtime::engine::{Dirs, Engine};
 
 /// Loads and validates the definitions again: the model, or the diagnostics as text.
 pub type Loader = Arc<dyn Fn() -> Result<Model, String> + Send + Sync>;

@@ -41,7 +41,7 @@ pub fn uuid5(parts: &[String]) -> String {
 }
 
 /// Normalises a value to a FHIR `date` (`YYYY`, `YYYY-MM` or `YYYY-MM-DD`).
-pub fn date(v: &Value) -> Result<String, String> {
+pub fn date(v: &Value) -> Result<String, DateError> {
     match v {
         Value::String(s) => {
             let s = s.trim();
@@ -57,16 +57,19 @@ pub fn date(v: &Value) -> Result<String, String> {
                     Some(o) => dt.with_timezone(&o).format("%Y-%m-%d").to_string(),
                     None => dt.format("%Y-%m-%d").to_string(),
                 })
-                .ok_or_else(|| format!("`{s}` is not a date"))
+                .ok_or_else(|| DateError::NotADate(s.to_owned()))
         }
         Value::Number(_) => epoch(v).map(|dt| dt.format("%Y-%m-%d").to_string()),
-        other => Err(format!("expected a date, found {}", kind(other))),
+        other => Err(DateError::Expected {
+            what: "a date",
+            found: kind(other),
+        }),
     }
 }
 
 /// Normalises a value to a FHIR `dateTime`: a date alone stays a date; a time without a zone
 /// is taken as UTC.
-pub fn date_time(v: &Value) -> Result<String, String> {
+pub fn date_time(v: &Value) -> Result<String, DateError> {
     match v {
         Value::String(s) => {
             let s = s.trim();
@@ -83,10 +86,13 @@ pub fn date_time(v: &Value) -> Result<String, String> {
                         .to_rfc3339_opts(SecondsFormat::AutoSi, false),
                     None => dt.to_rfc3339_opts(SecondsFormat::AutoSi, true),
                 })
-                .ok_or_else(|| format!("`{s}` is not a date or dateTime"))
+                .ok_or_else(|| DateError::NotADateTime(s.to_owned()))
         }
         Value::Number(_) => epoch(v).map(|dt| dt.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
-        other => Err(format!("expected a dateTime, found {}", kind(other))),
+        other => Err(DateError::Expected {
+            what: "a dateTime",
+            found: kind(other),
+        }),
     }
 }
 
@@ -146,11 +152,41 @@ fn parse_date_time(s: &str) -> Option<(DateTime<Utc>, Option<chrono::FixedOffset
     .map(|n| (Utc.from_utc_datetime(&n), None))
 }
 
-fn epoch(v: &Value) -> Result<DateTime<Utc>, String> {
-    let n = v.as_f64().ok_or("not a number")?;
+fn epoch(v: &Value) -> Result<DateTime<Utc>, DateError> {
+    let n = v.as_f64().ok_or(DateError::Expected {
+        what: "a number",
+        found: kind(v),
+    })?;
     let seconds = if n.abs() > 1e11 { n / 1000.0 } else { n };
-    DateTime::from_timestamp_millis((seconds * 1000.0) as i64)
-        .ok_or_else(|| format!("{n} is not a time"))
+    DateTime::from_timestamp_millis((seconds * 1000.0) as i64).ok_or(DateError::NotATime(n))
+}
+
+/// Why a value is not a FHIR date or dateTime.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DateError {
+    #[error("`{0}` is not a date")]
+    NotADate(String),
+    #[error("`{0}` is not a date or dateTime")]
+    NotADateTime(String),
+    /// A number of seconds (or milliseconds) outside the calendar.
+    #[error("{0} is not a time")]
+    NotATime(f64),
+    #[error("expected {what}, found {found}")]
+    Expected {
+        what: &'static str,
+        found: &'static str,
+    },
+}
+
+/// Why a Bundle cannot be split into its resources.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("Bundle.entry is not an array")]
+    EntryNotArray,
+    #[error("Bundle.entry[{0}] has no resource")]
+    NoResource(usize),
+    #[error("Bundle.entry[{0}].resource has no resourceType")]
+    NoResourceType(usize),
 }
 
 /// Kinds of Bundle the engine assembles.
@@ -231,17 +267,17 @@ pub fn bundle(kind: BundleKind, resources: Vec<Value>, base: Option<&str>) -> Va
 
 /// The resources of a Bundle, each with an id (kept, taken from a `urn:uuid:` full URL, or
 /// derived from the full URL), and references between entries rewritten to `Type/id`.
-pub fn split_bundle(bundle: &Value) -> Result<Vec<Value>, String> {
+pub fn split_bundle(bundle: &Value) -> Result<Vec<Value>, BundleError> {
     let entries = match bundle.get("entry") {
         None => return Ok(Vec::new()),
         Some(Value::Array(e)) => e,
-        Some(_) => return Err("Bundle.entry is not an array".into()),
+        Some(_) => return Err(BundleError::EntryNotArray),
     };
     let mut out = Vec::with_capacity(entries.len());
     let mut rewrite: HashMap<String, String> = HashMap::new();
     for (i, entry) in entries.iter().enumerate() {
         let Some(resource) = entry.get("resource").filter(|r| r.is_object()) else {
-            return Err(format!("Bundle.entry[{i}] has no resource"));
+            return Err(BundleError::NoResource(i));
         };
         let mut resource = resource.clone();
         if resource
@@ -249,7 +285,7 @@ pub fn split_bundle(bundle: &Value) -> Result<Vec<Value>, String> {
             .and_then(Value::as_str)
             .is_none()
         {
-            return Err(format!("Bundle.entry[{i}].resource has no resourceType"));
+            return Err(BundleError::NoResourceType(i));
         }
         let full_url = entry.get("fullUrl").and_then(Value::as_str);
         if resource.get("id").and_then(Value::as_str).is_none() {
@@ -292,6 +328,24 @@ fn rewrite_references(v: &mut Value, map: &HashMap<String, String>) {
     }
 }
 
+/// The text of the first issue of an `OperationOutcome` (its `diagnostics`, else its
+/// `details.text`), at most 200 characters.
+pub fn issue_text(outcome: &Value) -> Option<String> {
+    let issue = &outcome["issue"][0];
+    let text = issue["diagnostics"]
+        .as_str()
+        .or_else(|| issue["details"]["text"].as_str())?;
+    Some(text.chars().take(200).collect())
+}
+
+/// An `OperationOutcome` with one issue.
+pub fn outcome(severity: &str, code: &str, diagnostics: &str) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,10 +380,10 @@ mod tests {
         );
         assert_eq!(
             date(&json!("05/01/2024")),
-            Err("`05/01/2024` is not a date".into())
+            Err(DateError::NotADate("05/01/2024".into()))
         );
         assert_eq!(
-            date(&json!({})),
+            date(&json!({})).map_err(|e| e.to_string()),
             Err("expected a date, found an object".into())
         );
     }

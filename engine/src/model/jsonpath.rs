@@ -18,24 +18,29 @@ impl PartialEq for Query {
     }
 }
 
+/// Why a query does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("a JSONPath query starts with `$` (the record) or `@` (the current element)")]
+    NoRoot,
+    /// The parser's message, and the (1-based) character where it stopped.
+    #[error("invalid JSONPath at character {character}: {message}")]
+    Invalid { character: usize, message: String },
+}
+
 impl Query {
     /// Compiles a query; the error says what is wrong and at which character (1-based).
-    pub fn parse(text: &str) -> Result<Query, String> {
+    pub fn parse(text: &str) -> Result<Query, QueryError> {
         let (source, relative) = match text.strip_prefix('@') {
             Some(rest) => (format!("${rest}"), true),
             None => (text.to_owned(), false),
         };
         if !source.starts_with('$') {
-            return Err(
-                "a JSONPath query starts with `$` (the record) or `@` (the current element)".into(),
-            );
+            return Err(QueryError::NoRoot);
         }
-        let path = JsonPath::parse(&source).map_err(|e| {
-            format!(
-                "invalid JSONPath at character {}: {}",
-                e.position() + 1,
-                e.message()
-            )
+        let path = JsonPath::parse(&source).map_err(|e| QueryError::Invalid {
+            character: e.position() + 1,
+            message: e.message().to_string(),
         })?;
         Ok(Query {
             text: text.to_owned(),
@@ -93,14 +98,15 @@ mod tests {
     #[test]
     fn errors_name_the_position() {
         assert_eq!(
-            Query::parse("a.b").expect_err("an error"),
+            Query::parse("a.b").expect_err("an error").to_string(),
             "a JSONPath query starts with `$` (the record) or `@` (the current element)"
         );
+        let e = Query::parse("$.a[").expect_err("an error");
         assert!(
-            Query::parse("$.a[")
-                .expect_err("an error")
-                .starts_with("invalid JSONPath at character")
+            matches!(e, QueryError::Invalid { character, .. } if (1..=5).contains(&character)),
+            "{e:?}"
         );
+        assert!(e.to_string().starts_with("invalid JSONPath at character"));
     }
 
     /// All 703 cases of the RFC 9535 compliance suite through this layer.

@@ -252,11 +252,11 @@ pub struct Cron {
     pub only_changed: bool,
 }
 
-/// A checked schedule: the expression with seconds, and its time zone.
+/// A checked schedule: the expression as written, parsed (seconds first), and its time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub cron: String,
-    pub cron_with_seconds: String,
+    pub parsed: croner::Cron,
     pub time_zone: chrono_tz::Tz,
 }
 
@@ -360,7 +360,7 @@ impl Connector {
                 split = crate::model::fhir::split_bundle(record).map_err(|m| MapError {
                     rule: "spec.splitBundles".into(),
                     input: Some(path.clone()),
-                    message: m,
+                    message: m.to_string(),
                 })?;
                 split.iter().collect()
             } else {

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::body::Bytes;
+use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
 
-use crate::http::outcome::Problem;
+use crate::runtime::problem::{Problem, ProblemKind};
 
 /// How long a failure is shared with requests for the same key, so that a failing upstream
 /// sees one call per key and second rather than one per request.
@@ -203,11 +203,7 @@ impl AnswerCache {
                 }
                 Err(guard) => {
                     let Some(load) = load.take() else {
-                        return Err(Problem::new(
-                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                            "exception",
-                            "cache load ran twice",
-                        ));
+                        return Err(Problem::new(ProblemKind::Internal, "cache load ran twice"));
                     };
                     self.misses.fetch_add(1, Ordering::Relaxed);
                     let now = Instant::now();
@@ -330,13 +326,7 @@ mod tests {
             .await
             .expect("loads");
         tokio::time::advance(Duration::from_secs(30)).await;
-        let down = || async {
-            Err(Problem::new(
-                axum::http::StatusCode::BAD_GATEWAY,
-                "transient",
-                "down",
-            ))
-        };
+        let down = || async { Err(Problem::new(ProblemKind::SourceFailed, "down")) };
         let (a, how) = cache.get_or_load("k", false, down).await.expect("stale");
         assert_eq!((how, a.body.as_ref()), (Source::Stale, b"old".as_ref()));
         tokio::time::advance(Duration::from_secs(45)).await;
@@ -355,11 +345,7 @@ mod tests {
             let r = cache
                 .get_or_load("k", false, || async {
                     calls.fetch_add(1, Ordering::SeqCst);
-                    Err(Problem::new(
-                        axum::http::StatusCode::BAD_GATEWAY,
-                        "transient",
-                        "down",
-                    ))
+                    Err(Problem::new(ProblemKind::SourceFailed, "down"))
                 })
                 .await;
             assert!(r.is_err());

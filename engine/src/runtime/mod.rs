@@ -5,10 +5,13 @@
 
 pub mod cache;
 pub mod clock;
+pub mod engine;
 pub mod guide;
 pub mod metrics;
+pub mod problem;
 pub mod pull;
 pub mod push;
+pub mod report;
 pub mod request;
 pub mod run;
 pub mod schedule;

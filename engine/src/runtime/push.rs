@@ -19,20 +19,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
 use hmac::{KeyInit, Mac};
+use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use crate::http::outcome::Problem;
 use crate::model::vocabulary::PushMode;
 use crate::model::{Connector, Push, PushAuth, Strategy};
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
+use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::sink::{WriteOptions, Writer};
 use crate::runtime::state;
 
 /// Seconds a caller is asked to wait before sending again when the sink is down.
-const RETRY_AFTER: u64 = 30;
+const RETRY_AFTER: u32 = 30;
 
 /// What the endpoint answers, before it becomes HTTP.
 #[derive(Debug)]
@@ -166,7 +166,7 @@ impl PushEndpoint {
 
     /// Checks who is calling; the error is a 401.
     pub fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Problem> {
-        let deny = |why: &str| Problem::new(StatusCode::UNAUTHORIZED, "login", why);
+        let deny = |why: &str| Problem::new(ProblemKind::Unauthorized, why);
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         match &self.push().auth {
             PushAuth::Bearer(token) => {
@@ -227,8 +227,7 @@ impl PushEndpoint {
             .unwrap_or("");
         if !(media.starts_with("application/json") || media.starts_with("application/fhir+json")) {
             return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "not-supported",
+                ProblemKind::UnsupportedMedia,
                 "send application/json or application/fhir+json",
             ));
         }
@@ -250,8 +249,7 @@ impl PushEndpoint {
             Reservation::Busy => {
                 self.count("concurrent-repeat");
                 return Err(Problem::new(
-                    StatusCode::CONFLICT,
-                    "conflict",
+                    ProblemKind::Conflict,
                     "the same delivery is being processed now; send again later if it is not acknowledged",
                 ));
             }
@@ -281,22 +279,17 @@ impl PushEndpoint {
                 }
                 Err(Outcome::Transient(why)) => {
                     self.count("sink-unavailable");
-                    let mut p = Problem::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "transient",
-                        format!("{why}; send again later"),
-                    );
-                    p.diagnostics = format!("{} (retry after {RETRY_AFTER} s)", p.diagnostics);
-                    Err(p)
+                    Err(Problem::new(
+                        ProblemKind::Unavailable {
+                            retry_after: RETRY_AFTER,
+                        },
+                        format!("{why}; send again later (retry after {RETRY_AFTER} s)"),
+                    ))
                 }
                 Err(Outcome::Permanent(why, outcome)) => {
                     self.dead_letter(payload, &why, outcome.as_ref()).await;
                     self.remember(&key).await;
-                    Err(Problem::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "processing",
-                        why,
-                    ))
+                    Err(Problem::new(ProblemKind::Unprocessable, why))
                 }
             },
         }
@@ -441,8 +434,9 @@ impl PushEndpoint {
             .await
             .map_err(|e| {
                 Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "transient",
+                    ProblemKind::Unavailable {
+                        retry_after: RETRY_AFTER,
+                    },
                     format!("the local queue cannot take the payload: {e}"),
                 )
             })?;

@@ -3,7 +3,8 @@
 //! query values by the URL, and refused in headers when they hold line breaks: they cannot
 //! change the upstream host, add path segments or add headers.
 
-use axum::http::{HeaderName, HeaderValue, Method};
+use reqwest::Method;
+use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use crate::model::mapping::{Evaluator, Input};

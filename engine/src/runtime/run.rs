@@ -4,76 +4,20 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::DateTime;
 use serde_json::{Value, json};
 
 use crate::model::jsonpath::Query;
 use crate::model::{Connector, CronRead, Import, Pagination, Strategy};
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
+pub use crate::runtime::report::{Failure, RunReport, Skipped};
 use crate::runtime::sink::{WriteFailure, WriteOptions, Writer};
 use crate::runtime::state::{self, ConnectorState, StateDir};
 use crate::runtime::upstream::{Call, SourceClient, Upstreams};
 
 /// Most pages read per stream in one run.
 const MAX_PAGES: u32 = 10_000;
-
-/// What a run did.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    pub connector: String,
-    pub started: DateTime<Utc>,
-    pub finished: DateTime<Utc>,
-    pub records_read: usize,
-    pub resources_written: usize,
-    pub resources_unchanged: usize,
-    /// HTTP calls to the source and to the sink.
-    pub source_calls: usize,
-    pub sink_calls: usize,
-    pub sink_retries: usize,
-    pub failures: Vec<Failure>,
-    /// Files and resources read but deliberately not written, and why.
-    pub skipped: Vec<Skipped>,
-    pub dry_run: bool,
-}
-
-/// Something a run read and did not write: a file, a resource or a resource type.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Skipped {
-    pub subject: String,
-    pub reason: String,
-    pub count: usize,
-}
-
-impl Skipped {
-    pub fn one(subject: &str, reason: &str) -> Skipped {
-        Skipped {
-            subject: subject.to_owned(),
-            reason: reason.to_owned(),
-            count: 1,
-        }
-    }
-}
-
-/// One failure of a run.
-#[derive(Debug, Clone, Serialize)]
-pub struct Failure {
-    /// `read`, `map` or `write`.
-    pub stage: &'static str,
-    /// The resource or stream concerned.
-    pub subject: String,
-    pub message: String,
-    /// The server's `OperationOutcome` for a rejected write.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<Value>,
-}
-
-impl RunReport {
-    pub fn ok(&self) -> bool {
-        self.failures.is_empty()
-    }
-}
 
 /// Runs one cron connector.
 pub struct Runner {
@@ -245,7 +189,7 @@ impl Runner {
                             .append_pair("_lastUpdated", &format!("gt{wm}"));
                     }
                     let call = Call {
-                        method: axum::http::Method::GET,
+                        method: reqwest::Method::GET,
                         url,
                         headers: Vec::new(),
                         body: None,
@@ -422,11 +366,11 @@ impl Runner {
     async fn import(&self, import: &Import, report: &mut RunReport, out: &mut Vec<Value>) {
         let guide = match crate::runtime::guide::read(import).await {
             Ok(g) => g,
-            Err(message) => {
+            Err(e) => {
                 report.failures.push(Failure {
                     stage: "read",
                     subject: "guide".into(),
-                    message,
+                    message: e.to_string(),
                     outcome: None,
                 });
                 return;

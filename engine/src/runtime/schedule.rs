@@ -18,14 +18,10 @@ use crate::runtime::run::{RunReport, Runner};
 
 /// The next time a schedule fires after `after`.
 pub fn next_after(schedule: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let cron = croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .year(croner::parser::Year::Disallowed)
-        .build()
-        .parse(&schedule.cron_with_seconds)
-        .ok()?;
     let local = after.with_timezone(&schedule.time_zone);
-    cron.find_next_occurrence(&local, false)
+    schedule
+        .parsed
+        .find_next_occurrence(&local, false)
         .ok()
         .map(|t| t.with_timezone(&Utc))
 }
@@ -149,10 +145,20 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
+    /// A schedule as validation makes it (seconds first; `seconds` prepended to 5 fields).
     fn schedule(cron: &str, tz: chrono_tz::Tz) -> Schedule {
+        let with_seconds = match cron.split_whitespace().count() {
+            5 => format!("0 {cron}"),
+            _ => cron.to_owned(),
+        };
         Schedule {
             cron: cron.into(),
-            cron_with_seconds: format!("0 {cron}"),
+            parsed: croner::parser::CronParser::builder()
+                .seconds(croner::parser::Seconds::Required)
+                .year(croner::parser::Year::Disallowed)
+                .build()
+                .parse(&with_seconds)
+                .expect("a valid cron"),
             time_zone: tz,
         }
     }
@@ -182,11 +188,7 @@ mod tests {
 
     #[test]
     fn seconds_fields_are_honoured() {
-        let s = Schedule {
-            cron: "*/15 * * * * *".into(),
-            cron_with_seconds: "*/15 * * * * *".into(),
-            time_zone: chrono_tz::UTC,
-        };
+        let s = schedule("*/15 * * * * *", chrono_tz::UTC);
         let t = Utc
             .with_ymd_and_hms(2026, 1, 1, 0, 0, 7)
             .single()
@@ -253,11 +255,7 @@ mod tests {
             .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
             .single()
             .expect("time");
-        let every_5s = Schedule {
-            cron: "*/5 * * * * *".into(),
-            cron_with_seconds: "*/5 * * * * *".into(),
-            time_zone: chrono_tz::UTC,
-        };
+        let every_5s = schedule("*/5 * * * * *", chrono_tz::UTC);
         let job = Arc::new(CronJob::new(
             Sleeper::taking(takes),
             every_5s,

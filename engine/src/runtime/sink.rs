@@ -10,7 +10,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::model::vocabulary::BundleMode;
@@ -469,7 +469,7 @@ async fn send_bundle(
                 let outcome = (json["resourceType"] == "OperationOutcome").then(|| json.clone());
                 let detail = outcome
                     .as_ref()
-                    .and_then(crate::http::outcome::issue_text)
+                    .and_then(crate::model::fhir::issue_text)
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default();
                 let e = (

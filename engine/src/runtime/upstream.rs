@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use base64::Engine as _;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
@@ -112,7 +113,7 @@ fn fixed_headers(s: &Source) -> Result<HeaderMap, String> {
     }
     let (name, value) = match &s.auth {
         None => return Ok(h),
-        Some(Auth::Bearer(t)) => (axum::http::header::AUTHORIZATION, format!("Bearer {}", t.0)),
+        Some(Auth::Bearer(t)) => (reqwest::header::AUTHORIZATION, format!("Bearer {}", t.0)),
         Some(Auth::ApiKey { header, value }) => (
             HeaderName::from_bytes(header.as_bytes()).map_err(|_| bad("API key header"))?,
             value.0.clone(),
@@ -120,7 +121,7 @@ fn fixed_headers(s: &Source) -> Result<HeaderMap, String> {
         Some(Auth::Basic { username, password }) => {
             let token = base64::engine::general_purpose::STANDARD
                 .encode(format!("{}:{}", username.0, password.0));
-            (axum::http::header::AUTHORIZATION, format!("Basic {token}"))
+            (reqwest::header::AUTHORIZATION, format!("Basic {token}"))
         }
     };
     let mut value = HeaderValue::from_str(&value).map_err(|_| bad("credential"))?;
@@ -168,13 +169,13 @@ impl SourceClient {
                 .timeout(s.timeout)
                 .headers(self.fixed.clone())
                 .header("x-request-id", request_id)
-                .header(axum::http::header::ACCEPT, accept(s));
+                .header(reqwest::header::ACCEPT, accept(s));
             for (k, v) in &call.headers {
                 req = req.header(k, v);
             }
             if let Some(body) = &call.body {
                 req = req
-                    .header(axum::http::header::CONTENT_TYPE, content_type(s))
+                    .header(reqwest::header::CONTENT_TYPE, content_type(s))
                     .body(serde_json::to_vec(body).unwrap_or_default());
             }
             *calls += 1;
@@ -296,7 +297,7 @@ impl SourceClient {
         loop {
             let reply = self.send_counted(&call, request_id, calls).await?;
             if reply.status >= 400 {
-                let detail = crate::http::outcome::issue_text(&reply.body)
+                let detail = crate::model::fhir::issue_text(&reply.body)
                     .map(|d| format!(": {d}"))
                     .unwrap_or_default();
                 return Err(Failure {
@@ -371,7 +372,7 @@ impl SourceClient {
             Pagination::LinkHeader => {
                 let header = reply
                     .headers
-                    .get_all(axum::http::header::LINK)
+                    .get_all(reqwest::header::LINK)
                     .iter()
                     .filter_map(|v| v.to_str().ok())
                     .collect::<Vec<_>>()
@@ -510,7 +511,7 @@ pub(crate) fn without_url(e: &reqwest::Error) -> String {
 }
 
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(axum::http::header::RETRY_AFTER)?.to_str().ok()?;
+    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     let wait = match v.trim().parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => {

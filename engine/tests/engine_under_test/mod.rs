@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use engine::config::secrets::ProcessEnvironment;
 use engine::config::validate::{Options, validate};
-use engine::http::{Dirs, Engine, Limits, router};
+use engine::http::router;
 use engine::model::Model;
+use engine::runtime::engine::{Dirs, Engine, Limits};
 use engine::runtime::push::PushEndpoint;
 use engine::runtime::run::{RunReport, Runner};
 use engine::runtime::state::StateDir;

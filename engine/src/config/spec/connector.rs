@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{RequestSpec, SourceSpec};
+use super::source::{RequestSpec, SourceSpec};
 use crate::model::vocabulary::{MatchMode, ParamType, PushMode};
 
 /// What a connector does and with what.
@@ -215,10 +215,10 @@ pub struct PushAuthSpec {
     pub hmac: Option<HmacSpec>,
     /// A bearer token.
     #[serde(default)]
-    pub bearer: Option<super::BearerSpec>,
+    pub bearer: Option<super::source::BearerSpec>,
     /// A key in a header.
     #[serde(default)]
-    pub api_key: Option<super::ApiKeySpec>,
+    pub api_key: Option<super::source::ApiKeySpec>,
 }
 
 /// HMAC signature settings.

@@ -7,23 +7,14 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::context::{Ctx, segs};
+use super::names::Names;
 use super::source::{exactly_one, source};
 use crate::config::mapping::Compiler;
-use crate::config::spec::{ConnectorDoc, ConnectorSpec, SourceType, Strategy as S};
+use crate::config::spec::{ConnectorDoc, ConnectorSpec, SourceSpec, SourceType, Strategy as S};
 use crate::model::hint::did_you_mean;
 use crate::model::mapping::Mapping;
 use crate::model::template::{Table, Templates};
-use crate::model::{Connector, Sink, SinkRef, Source, Strategy};
-
-/// The named documents a connector may refer to.
-pub struct Names<'a> {
-    pub sources: &'a BTreeMap<String, Arc<Source>>,
-    pub sinks: &'a BTreeMap<String, Arc<Sink>>,
-    /// Documents that exist but failed their schema check.
-    pub broken: &'a HashSet<(String, String)>,
-    /// Read and check the definitions' test files (not needed by `map`, `serve`, `run`).
-    pub tests: bool,
-}
+use crate::model::{Connector, Source, Strategy};
 
 /// Checks and compiles one connector.
 pub fn connector(
@@ -201,28 +192,30 @@ fn sources(
         }
         return Vec::new();
     }
-    let Some(which) = exactly_one(
+    enum Given<'a> {
+        Inline(&'a SourceSpec),
+        Named(&'a [String]),
+    }
+    let given = exactly_one(
         ctx,
         &["spec"],
         "a pull or cron connector",
-        &[
-            ("source", spec.source.is_some()),
-            ("sources", spec.sources.is_some()),
+        vec![
+            ("source", spec.source.as_ref().map(Given::Inline)),
+            ("sources", spec.sources.as_deref().map(Given::Named)),
         ],
-    ) else {
-        return Vec::new();
+    );
+    let list = match given {
+        None => return Vec::new(),
+        Some(Given::Inline(s)) => {
+            return source(ctx, name, s, &["spec", "source"])
+                .map(Arc::new)
+                .into_iter()
+                .collect();
+        }
+        Some(Given::Named(list)) => list,
     };
-    if which == 0 {
-        return spec
-            .source
-            .as_ref()
-            .and_then(|s| source(ctx, name, s, &["spec", "source"]))
-            .map(Arc::new)
-            .into_iter()
-            .collect();
-    }
     let mut out = Vec::new();
-    let list = spec.sources.as_deref().unwrap_or_default();
     if list.is_empty() {
         ctx.error(&["spec", "sources"], "the list of sources is empty", None);
     }
@@ -241,19 +234,4 @@ fn sources(
         }
     }
     out
-}
-
-pub fn sink_ref(ctx: &mut Ctx<'_>, spec: &ConnectorSpec, names: &Names<'_>) -> Option<SinkRef> {
-    match &spec.sink {
-        None => Some(SinkRef::Default),
-        Some(s) => match names.sinks.get(s) {
-            Some(sink) => Some(SinkRef::Named(sink.clone())),
-            None if names.broken.contains(&("Sink".into(), s.clone())) => None,
-            None => {
-                let hint = did_you_mean(s, names.sinks.keys().map(String::as_str));
-                ctx.error(&["spec", "sink"], format!("no Sink named `{s}`"), hint);
-                None
-            }
-        },
-    }
 }

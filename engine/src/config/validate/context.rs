@@ -1,12 +1,25 @@
 //! The checking context of one document: turns YAML paths into locations and collects
 //! diagnostics, and knows which values came from secrets (never shown) or are unresolved.
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::diagnostic::{Diagnostic, Location};
-use crate::config::yaml::display_path;
+use serde_json::Value;
 
-use super::Doc;
+use crate::config::diagnostic::{Diagnostic, Location};
+use crate::config::yaml::{Node, display_path};
+
+/// One document after the schema check and secret resolution.
+pub struct Doc {
+    pub file: PathBuf,
+    pub node: Node,
+    pub json: Value,
+    /// JSON pointers of strings that held references (values never shown).
+    pub secret: HashSet<String>,
+    /// JSON pointers of strings whose references could not be resolved.
+    pub unresolved: HashSet<String>,
+}
 
 /// Checks one document, pushing diagnostics.
 pub struct Ctx<'a> {

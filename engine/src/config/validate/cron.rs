@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use super::connector::{Names, sink_ref};
 use super::context::Ctx;
+use super::names::{Names, sink_ref};
 use super::source::{exactly_one, query, request};
-use crate::config::spec::ConnectorSpec;
+use crate::config::spec::{ConnectorSpec, FetchSpec, ImportSpec, SyncSpec};
 use crate::model::hint::did_you_mean;
 use crate::model::mapping::is_resource_type;
 use crate::model::template::{Table, Templates};
@@ -23,19 +23,23 @@ pub fn cron(
 ) -> Option<Cron> {
     let s = spec.schedule.as_ref()?;
     let schedule = schedule(ctx, &s.cron, s.time_zone.as_deref());
-    let which = exactly_one(
+    enum Read<'a> {
+        Fetch(&'a FetchSpec),
+        Sync(&'a SyncSpec),
+        Import(&'a ImportSpec),
+    }
+    let read = exactly_one(
         ctx,
         &["spec"],
         "a cron connector",
-        &[
-            ("fetch", spec.fetch.is_some()),
-            ("sync", spec.sync.is_some()),
-            ("import", spec.import.is_some()),
+        vec![
+            ("fetch", spec.fetch.as_ref().map(Read::Fetch)),
+            ("sync", spec.sync.as_ref().map(Read::Sync)),
+            ("import", spec.import.as_ref().map(Read::Import)),
         ],
     );
-    let read = match which? {
-        0 => {
-            let f = spec.fetch.as_ref()?;
+    let read = match read? {
+        Read::Fetch(f) => {
             let request = request(
                 ctx,
                 &["spec", "fetch", "request"],
@@ -58,9 +62,8 @@ pub fn cron(
                 each: f.each.clone(),
             }
         }
-        2 => CronRead::Import(super::guide::import(ctx, spec.import.as_ref()?)?),
-        _ => {
-            let y = spec.sync.as_ref()?;
+        Read::Import(i) => CronRead::Import(super::guide::import(ctx, i)?),
+        Read::Sync(y) => {
             if !fhir_source {
                 ctx.error(
                     &["spec", "sync"],
@@ -97,7 +100,7 @@ pub fn cron(
 
 /// Checks a cron expression (5 fields, or 6 with seconds) and its time zone, reporting both.
 pub fn schedule(ctx: &mut Ctx<'_>, cron: &str, tz: Option<&str>) -> Option<Schedule> {
-    let with_seconds = match cron_with_seconds(cron) {
+    let parsed = match parse_cron(cron) {
         Ok(c) => Some(c),
         Err(message) => {
             ctx.error(&["spec", "schedule", "cron"], message, None);
@@ -121,13 +124,13 @@ pub fn schedule(ctx: &mut Ctx<'_>, cron: &str, tz: Option<&str>) -> Option<Sched
     };
     Some(Schedule {
         cron: cron.trim().to_owned(),
-        cron_with_seconds: with_seconds?,
+        parsed: parsed?,
         time_zone: time_zone?,
     })
 }
 
-/// The 6-field form of a 5- or 6-field cron expression, or what is wrong with it.
-pub fn cron_with_seconds(cron: &str) -> Result<String, String> {
+/// A 5- or 6-field cron expression parsed (seconds first), or what is wrong with it.
+pub fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
     const FIELDS: [(&str, u32, u32); 6] = [
         ("second", 0, 59),
         ("minute", 0, 59),
@@ -173,6 +176,5 @@ pub fn cron_with_seconds(cron: &str) -> Result<String, String> {
         .year(croner::parser::Year::Disallowed)
         .build()
         .parse(&with_seconds)
-        .map_err(|e| format!("`{cron}` is not a valid cron expression: {e}"))?;
-    Ok(with_seconds)
+        .map_err(|e| format!("`{cron}` is not a valid cron expression: {e}"))
 }

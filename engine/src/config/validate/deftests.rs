@@ -133,6 +133,14 @@ pub fn diff(path: &str, expected: &Value, got: &Value, subset: bool, out: &mut V
     }
 }
 
+/// How a test gives its input or its expected output: inline, in a file, or (for the
+/// expectation) as an error message (kept on the test as it is).
+enum Given<'a> {
+    Inline(&'a Value),
+    File(&'a str),
+    Error,
+}
+
 /// Checks the `tests` of a connector and reads their files: the tests `run` runs.
 pub fn tests(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> Vec<Test> {
     let dir = ctx
@@ -157,38 +165,28 @@ pub fn tests(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> Vec<Test> {
             ctx,
             &at,
             "a test",
-            &[
-                ("input", t.input.is_some()),
-                ("inputFile", t.input_file.is_some()),
+            vec![
+                ("input", t.input.as_ref().map(Given::Inline)),
+                ("inputFile", t.input_file.as_deref().map(Given::File)),
             ],
         ) {
-            Some(0) => t.input.clone(),
-            Some(_) => json_file(
-                ctx,
-                &["spec", "tests", &idx, "inputFile"],
-                &dir,
-                t.input_file.as_deref().unwrap_or_default(),
-            ),
-            None => None,
+            Some(Given::Inline(v)) => Some(v.clone()),
+            Some(Given::File(f)) => json_file(ctx, &["spec", "tests", &idx, "inputFile"], &dir, f),
+            Some(Given::Error) | None => None,
         };
         let expect = match exactly_one(
             ctx,
             &at,
             "a test",
-            &[
-                ("expect", t.expect.is_some()),
-                ("expectFile", t.expect_file.is_some()),
-                ("expectError", t.expect_error.is_some()),
+            vec![
+                ("expect", t.expect.as_ref().map(Given::Inline)),
+                ("expectFile", t.expect_file.as_deref().map(Given::File)),
+                ("expectError", t.expect_error.as_ref().map(|_| Given::Error)),
             ],
         ) {
-            Some(0) => t.expect.clone(),
-            Some(1) => json_file(
-                ctx,
-                &["spec", "tests", &idx, "expectFile"],
-                &dir,
-                t.expect_file.as_deref().unwrap_or_default(),
-            ),
-            _ => None,
+            Some(Given::Inline(v)) => Some(v.clone()),
+            Some(Given::File(f)) => json_file(ctx, &["spec", "tests", &idx, "expectFile"], &dir, f),
+            Some(Given::Error) | None => None,
         };
         if let Some(input) = input {
             out.push(Test {

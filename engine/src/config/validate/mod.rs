@@ -8,6 +8,7 @@ mod context;
 mod cron;
 mod deftests;
 mod guide;
+mod names;
 mod pull;
 mod push;
 mod source;
@@ -25,6 +26,7 @@ use crate::config::secrets::{Environment, Unresolved};
 use crate::config::spec::{ConnectorDoc, SinkDoc, SourceDoc};
 use crate::config::yaml::{self, Node, NodeValue, display_path};
 use crate::model::Model;
+use context::Doc;
 
 use context::Ctx;
 pub use context::{parse_duration, parse_size};
@@ -56,237 +58,28 @@ impl Outcome {
     }
 }
 
-/// One document after the schema check and secret resolution.
-struct Doc {
-    pub file: PathBuf,
-    pub node: Node,
-    pub json: Value,
-    /// JSON pointers of strings that held references (values never shown).
-    pub secret: HashSet<String>,
-    /// JSON pointers of strings whose references could not be resolved.
-    pub unresolved: HashSet<String>,
-}
-
-/// Validates the files; `read_errors` are diagnostics from reading them.
+/// Validates the files; `read_errors` are diagnostics from reading them. The stages: each
+/// file parsed into documents, each document checked against the schema with its secrets
+/// resolved, names checked unique, sources and sinks checked, connectors checked and compiled,
+/// the checks across documents (unused sources, routes), and last the definitions' tests.
 pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Options<'_>) -> Outcome {
     let mut diags = read_errors;
     let mut texts = HashMap::new();
-    let mut connectors: Vec<(Doc, ConnectorDoc)> = Vec::new();
-    let mut sources: Vec<(Doc, SourceDoc)> = Vec::new();
-    let mut sinks: Vec<(Doc, SinkDoc)> = Vec::new();
-    // Names of documents that failed the schema check: references to them are not errors.
-    let mut broken: HashSet<(String, String)> = HashSet::new();
-
+    let mut docs = Documents::default();
     for file in files {
         texts.insert(file.path.clone(), file.text.clone());
-        let parsed = yaml::parse(&file.text);
-        for e in &parsed.errors {
-            let at = Location {
-                line: e.line,
-                column: e.column,
-                path: e.path.clone(),
-            };
-            diags.push(
-                Diagnostic::error(&file.path, &at, e.message.clone()).with_hint(e.hint.clone()),
-            );
-        }
-        let documents: Vec<Node> = parsed
-            .documents
-            .into_iter()
-            .filter(|d| d.value != NodeValue::Null)
-            .collect();
-        if documents.is_empty() && parsed.errors.is_empty() {
-            let at = Location {
-                line: 1,
-                column: 1,
-                path: String::new(),
-            };
-            diags.push(
-                Diagnostic::error(&file.path, &at, "the file has no documents").with_hint(Some(
-                    "a definition starts with `apiVersion: fosps.gravitate-health.eu/v1`".into(),
-                )),
-            );
-        }
-        for node in documents {
-            if !matches!(node.value, NodeValue::Map(_)) {
-                let at = Location {
-                    line: node.line,
-                    column: node.column,
-                    path: String::new(),
-                };
-                let found = crate::config::schema::yaml_kind(&node.to_json());
-                diags.push(Diagnostic::error(
-                    &file.path,
-                    &at,
-                    format!("a document must be a mapping with apiVersion, kind, metadata and spec, found {found}"),
-                ));
-                continue;
-            }
-            let mut json = node.to_json();
-            let findings = crate::config::schema::check(&json);
-            if !findings.is_empty() {
-                for f in findings {
-                    let (line, column) = node.locate(&f.at, f.key);
-                    let at = Location {
-                        line,
-                        column,
-                        path: display_path(&f.at),
-                    };
-                    diags.push(Diagnostic::error(&file.path, &at, f.message).with_hint(f.hint));
-                }
-                if let (Some(k), Some(n)) =
-                    (json["kind"].as_str(), json["metadata"]["name"].as_str())
-                {
-                    broken.insert((k.to_owned(), n.to_owned()));
-                }
-                continue;
-            }
-            let base = file.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-            let mut doc = Doc {
-                file: file.path.clone(),
-                node,
-                json: Value::Null,
-                secret: HashSet::new(),
-                unresolved: HashSet::new(),
-            };
-            resolve_secrets(
-                &mut json,
-                &mut Vec::new(),
-                &mut doc,
-                &mut diags,
-                opts,
-                &base,
-            );
-            doc.json = json;
-            let kind = doc.json["kind"].as_str().unwrap_or_default().to_owned();
-            let typed = match kind.as_str() {
-                "Connector" => {
-                    serde_json::from_value(doc.json.clone()).map(|t| connectors.push((doc, t)))
-                }
-                "Source" => {
-                    serde_json::from_value(doc.json.clone()).map(|t| sources.push((doc, t)))
-                }
-                _ => serde_json::from_value(doc.json.clone()).map(|t| sinks.push((doc, t))),
-            };
-            if let Err(e) = typed {
-                // The schema and the types agree, so this is a bug; say so rather than panic.
-                let at = Location {
-                    line: 1,
-                    column: 1,
-                    path: String::new(),
-                };
-                diags.push(Diagnostic::error(
-                    &file.path,
-                    &at,
-                    format!("internal: schema-valid document not accepted: {e}"),
-                ));
-            }
+        for node in documents_of(file, &mut diags) {
+            docs.add(file, node, opts, &mut diags);
         }
     }
-
+    docs.check_unique_names(&mut diags);
     let mut model = Model::default();
-    unique_names(
-        "Source",
-        sources.iter().map(|(d, t)| (d, t.metadata.name.as_str())),
-        &mut diags,
-    );
-    unique_names(
-        "Sink",
-        sinks.iter().map(|(d, t)| (d, t.metadata.name.as_str())),
-        &mut diags,
-    );
-    unique_names(
-        "Connector",
-        connectors
-            .iter()
-            .map(|(d, t)| (d, t.metadata.name.as_str())),
-        &mut diags,
-    );
-    for (doc, spec) in &sources {
-        let mut ctx = Ctx::new(doc, &mut diags);
-        match source::source(&mut ctx, &spec.metadata.name, &spec.spec, &["spec"]) {
-            Some(s) => {
-                model
-                    .sources
-                    .entry(spec.metadata.name.clone())
-                    .or_insert(Arc::new(s));
-            }
-            // It exists: references to it are not errors of their own.
-            None => {
-                broken.insert(("Source".into(), spec.metadata.name.clone()));
-            }
-        }
-    }
-    for (doc, spec) in &sinks {
-        let mut ctx = Ctx::new(doc, &mut diags);
-        match source::sink(&mut ctx, &spec.metadata.name, &spec.spec) {
-            Some(s) => {
-                model
-                    .sinks
-                    .entry(spec.metadata.name.clone())
-                    .or_insert(Arc::new(s));
-            }
-            None => {
-                broken.insert(("Sink".into(), spec.metadata.name.clone()));
-            }
-        }
-    }
-    let names = connector::Names {
-        sources: &model.sources,
-        sinks: &model.sinks,
-        broken: &broken,
-        tests: opts.run_tests,
-    };
-    let mut used_sources = HashSet::new();
-    for (doc, spec) in &connectors {
-        let mut ctx = Ctx::new(doc, &mut diags);
-        if let Some(mut c) = connector::connector(&mut ctx, spec, &names, &mut used_sources)
-            && model.connector(&c.name).is_none()
-        {
-            let mut parts = vec![doc.json.to_string()];
-            for name in spec.spec.sources.iter().flatten() {
-                parts.extend(
-                    sources
-                        .iter()
-                        .filter(|(_, s)| &s.metadata.name == name)
-                        .map(|(d, _)| d.json.to_string()),
-                );
-            }
-            if let Some(sink) = &spec.spec.sink {
-                parts.extend(
-                    sinks
-                        .iter()
-                        .filter(|(_, s)| &s.metadata.name == sink)
-                        .map(|(d, _)| d.json.to_string()),
-                );
-            }
-            c.fingerprint = crate::model::fhir::uuid5(&parts);
-            model.connectors.push(Arc::new(c));
-        }
-    }
-    for (doc, spec) in &sources {
-        if !used_sources.contains(&spec.metadata.name) {
-            let mut ctx = Ctx::new(doc, &mut diags);
-            ctx.warning(
-                &["metadata", "name"],
-                format!(
-                    "source `{}` is not used by any connector",
-                    spec.metadata.name
-                ),
-                None,
-            );
-        }
-    }
-    routes(&connectors, &mut diags);
-
+    docs.check_sources_and_sinks(&mut model, &mut diags);
+    let used = docs.check_connectors(&mut model, opts.run_tests, &mut diags);
+    docs.warn_unused_sources(&used, &mut diags);
+    routes(&docs.connectors, &mut diags);
     if opts.run_tests && !diags.iter().any(|d| d.severity == Severity::Error) {
-        for (doc, _) in &connectors {
-            let name = doc.json["metadata"]["name"].as_str().unwrap_or_default();
-            if let Some(c) = model.connector(name) {
-                let mut ctx = Ctx::new(doc, &mut diags);
-                deftests::run(&mut ctx, c, opts.fhir_schema);
-            }
-        }
+        docs.run_tests(&model, opts.fhir_schema, &mut diags);
     }
     crate::config::diagnostic::sort(&mut diags);
     let ok = !diags.iter().any(|d| d.severity == Severity::Error);
@@ -294,6 +87,259 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
         model: ok.then_some(model),
         diagnostics: diags,
         texts,
+    }
+}
+
+/// The YAML documents of a file (empty ones left out); parse errors and a file without any
+/// document become diagnostics.
+fn documents_of(file: &SourceFile, diags: &mut Vec<Diagnostic>) -> Vec<Node> {
+    let parsed = yaml::parse(&file.text);
+    for e in &parsed.errors {
+        let at = Location {
+            line: e.line,
+            column: e.column,
+            path: e.path.clone(),
+        };
+        diags.push(Diagnostic::error(&file.path, &at, e.message.clone()).with_hint(e.hint.clone()));
+    }
+    let documents: Vec<Node> = parsed
+        .documents
+        .into_iter()
+        .filter(|d| d.value != NodeValue::Null)
+        .collect();
+    if documents.is_empty() && parsed.errors.is_empty() {
+        let at = Location {
+            line: 1,
+            column: 1,
+            path: String::new(),
+        };
+        diags.push(
+            Diagnostic::error(&file.path, &at, "the file has no documents").with_hint(Some(
+                "a definition starts with `apiVersion: fosps.gravitate-health.eu/v1`".into(),
+            )),
+        );
+    }
+    documents
+}
+
+/// The documents that passed the schema check, by kind, with the names of those that did not
+/// (references to them are not errors of their own).
+#[derive(Default)]
+struct Documents {
+    connectors: Vec<(Doc, ConnectorDoc)>,
+    sources: Vec<(Doc, SourceDoc)>,
+    sinks: Vec<(Doc, SinkDoc)>,
+    broken: HashSet<(String, String)>,
+}
+
+impl Documents {
+    /// Checks one document against the schema, resolves its secrets and keeps it by kind.
+    fn add(
+        &mut self,
+        file: &SourceFile,
+        node: Node,
+        opts: &Options<'_>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        if !matches!(node.value, NodeValue::Map(_)) {
+            let at = Location {
+                line: node.line,
+                column: node.column,
+                path: String::new(),
+            };
+            let found = crate::config::schema::yaml_kind(&node.to_json());
+            diags.push(Diagnostic::error(
+                &file.path,
+                &at,
+                format!("a document must be a mapping with apiVersion, kind, metadata and spec, found {found}"),
+            ));
+            return;
+        }
+        let mut json = node.to_json();
+        let findings = crate::config::schema::check(&json);
+        if !findings.is_empty() {
+            for f in findings {
+                let (line, column) = node.locate(&f.at, f.key);
+                let at = Location {
+                    line,
+                    column,
+                    path: display_path(&f.at),
+                };
+                diags.push(Diagnostic::error(&file.path, &at, f.message).with_hint(f.hint));
+            }
+            if let (Some(k), Some(n)) = (json["kind"].as_str(), json["metadata"]["name"].as_str()) {
+                self.broken.insert((k.to_owned(), n.to_owned()));
+            }
+            return;
+        }
+        let base = file.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut doc = Doc {
+            file: file.path.clone(),
+            node,
+            json: Value::Null,
+            secret: HashSet::new(),
+            unresolved: HashSet::new(),
+        };
+        resolve_secrets(&mut json, &mut Vec::new(), &mut doc, diags, opts, &base);
+        doc.json = json;
+        let kind = doc.json["kind"].as_str().unwrap_or_default().to_owned();
+        let typed = match kind.as_str() {
+            "Connector" => {
+                serde_json::from_value(doc.json.clone()).map(|t| self.connectors.push((doc, t)))
+            }
+            "Source" => {
+                serde_json::from_value(doc.json.clone()).map(|t| self.sources.push((doc, t)))
+            }
+            _ => serde_json::from_value(doc.json.clone()).map(|t| self.sinks.push((doc, t))),
+        };
+        if let Err(e) = typed {
+            // The schema and the types agree, so this is a bug; say so rather than panic.
+            let at = Location {
+                line: 1,
+                column: 1,
+                path: String::new(),
+            };
+            diags.push(Diagnostic::error(
+                &file.path,
+                &at,
+                format!("internal: schema-valid document not accepted: {e}"),
+            ));
+        }
+    }
+
+    fn check_unique_names(&self, diags: &mut Vec<Diagnostic>) {
+        let sources = self
+            .sources
+            .iter()
+            .map(|(d, t)| (d, t.metadata.name.as_str()));
+        unique_names("Source", sources, diags);
+        let sinks = self
+            .sinks
+            .iter()
+            .map(|(d, t)| (d, t.metadata.name.as_str()));
+        unique_names("Sink", sinks, diags);
+        let connectors = self
+            .connectors
+            .iter()
+            .map(|(d, t)| (d, t.metadata.name.as_str()));
+        unique_names("Connector", connectors, diags);
+    }
+
+    /// Checks every Source and Sink document into the model; those that fail are remembered
+    /// as broken.
+    fn check_sources_and_sinks(&mut self, model: &mut Model, diags: &mut Vec<Diagnostic>) {
+        for (doc, spec) in &self.sources {
+            let mut ctx = Ctx::new(doc, diags);
+            match source::source(&mut ctx, &spec.metadata.name, &spec.spec, &["spec"]) {
+                Some(s) => {
+                    model
+                        .sources
+                        .entry(spec.metadata.name.clone())
+                        .or_insert(Arc::new(s));
+                }
+                None => {
+                    self.broken
+                        .insert(("Source".into(), spec.metadata.name.clone()));
+                }
+            }
+        }
+        for (doc, spec) in &self.sinks {
+            let mut ctx = Ctx::new(doc, diags);
+            match source::sink(&mut ctx, &spec.metadata.name, &spec.spec) {
+                Some(s) => {
+                    model
+                        .sinks
+                        .entry(spec.metadata.name.clone())
+                        .or_insert(Arc::new(s));
+                }
+                None => {
+                    self.broken
+                        .insert(("Sink".into(), spec.metadata.name.clone()));
+                }
+            }
+        }
+    }
+
+    /// Checks and compiles every connector into the model; the names of the sources they use.
+    fn check_connectors(
+        &self,
+        model: &mut Model,
+        run_tests: bool,
+        diags: &mut Vec<Diagnostic>,
+    ) -> HashSet<String> {
+        let mut used = HashSet::new();
+        let mut compiled = Vec::new();
+        {
+            let names = names::Names {
+                sources: &model.sources,
+                sinks: &model.sinks,
+                broken: &self.broken,
+                tests: run_tests,
+            };
+            for (doc, spec) in &self.connectors {
+                let mut ctx = Ctx::new(doc, diags);
+                if let Some(mut c) = connector::connector(&mut ctx, spec, &names, &mut used) {
+                    c.fingerprint = self.fingerprint(doc, spec);
+                    compiled.push(c);
+                }
+            }
+        }
+        for c in compiled {
+            if model.connector(&c.name).is_none() {
+                model.connectors.push(Arc::new(c));
+            }
+        }
+        used
+    }
+
+    /// A digest of a connector's resolved definition and of the sources and sink it names:
+    /// equal fingerprints mean a reload leaves the connector as it is.
+    fn fingerprint(&self, doc: &Doc, spec: &ConnectorDoc) -> String {
+        let mut parts = vec![doc.json.to_string()];
+        for name in spec.spec.sources.iter().flatten() {
+            parts.extend(
+                self.sources
+                    .iter()
+                    .filter(|(_, s)| &s.metadata.name == name)
+                    .map(|(d, _)| d.json.to_string()),
+            );
+        }
+        if let Some(sink) = &spec.spec.sink {
+            parts.extend(
+                self.sinks
+                    .iter()
+                    .filter(|(_, s)| &s.metadata.name == sink)
+                    .map(|(d, _)| d.json.to_string()),
+            );
+        }
+        crate::model::fhir::uuid5(&parts)
+    }
+
+    fn warn_unused_sources(&self, used: &HashSet<String>, diags: &mut Vec<Diagnostic>) {
+        for (doc, spec) in &self.sources {
+            if !used.contains(&spec.metadata.name) {
+                let mut ctx = Ctx::new(doc, diags);
+                ctx.warning(
+                    &["metadata", "name"],
+                    format!(
+                        "source `{}` is not used by any connector",
+                        spec.metadata.name
+                    ),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// Runs each valid connector's `tests:`.
+    fn run_tests(&self, model: &Model, schema: Option<&FhirSchema>, diags: &mut Vec<Diagnostic>) {
+        for (doc, _) in &self.connectors {
+            let name = doc.json["metadata"]["name"].as_str().unwrap_or_default();
+            if let Some(c) = model.connector(name) {
+                let mut ctx = Ctx::new(doc, diags);
+                deftests::run(&mut ctx, c, schema);
+            }
+        }
     }
 }
 
@@ -407,18 +453,14 @@ fn resolve_secrets(
                         column: node.column,
                         path: display_path(at),
                     };
+                    let message = unresolved.to_string();
                     let d = match unresolved {
-                        Unresolved::Malformed(message) => {
-                            Diagnostic::error(&doc.file, &loc, message)
-                        }
-                        Unresolved::Unavailable(message) if opts.allow_unresolved => {
-                            Diagnostic::warning(&doc.file, &loc, message)
-                        }
-                        Unresolved::Unavailable(message) => {
-                            let what = if message.starts_with("environment") {
-                                "set the variable"
-                            } else {
-                                "provide the file"
+                        u if !u.is_unavailable() => Diagnostic::error(&doc.file, &loc, message),
+                        _ if opts.allow_unresolved => Diagnostic::warning(&doc.file, &loc, message),
+                        u => {
+                            let what = match u {
+                                Unresolved::VariableNotSet(_) => "set the variable",
+                                _ => "provide the file",
                             };
                             Diagnostic::error(&doc.file, &loc, message).with_hint(Some(format!(
                                 "{what}, or run `engine validate --allow-unresolved` where secrets are absent"

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use super::connector::{Names, sink_ref};
 use super::context::Ctx;
+use super::names::{Names, sink_ref};
 use super::source::{exactly_one, query};
-use crate::config::spec::{ConnectorSpec, PushMode};
+use crate::config::spec::{ApiKeySpec, BearerSpec, ConnectorSpec, HmacSpec, PushMode};
 use crate::model::{Push, PushAuth, Secret};
 
 /// Checks the `push` section.
@@ -48,19 +48,23 @@ pub fn push(
 
 fn push_auth(ctx: &mut Ctx<'_>, a: &crate::config::spec::PushAuthSpec) -> Option<PushAuth> {
     let at = ["spec", "push", "auth"];
-    let which = exactly_one(
+    enum Kind<'a> {
+        Hmac(&'a HmacSpec),
+        Bearer(&'a BearerSpec),
+        ApiKey(&'a ApiKeySpec),
+    }
+    let kind = exactly_one(
         ctx,
         &at,
         "push auth",
-        &[
-            ("hmac", a.hmac.is_some()),
-            ("bearer", a.bearer.is_some()),
-            ("apiKey", a.api_key.is_some()),
+        vec![
+            ("hmac", a.hmac.as_ref().map(Kind::Hmac)),
+            ("bearer", a.bearer.as_ref().map(Kind::Bearer)),
+            ("apiKey", a.api_key.as_ref().map(Kind::ApiKey)),
         ],
     )?;
-    Some(match which {
-        0 => {
-            let h = a.hmac.as_ref()?;
+    Some(match kind {
+        Kind::Hmac(h) => {
             if !ctx.unresolved(&["spec", "push", "auth", "hmac", "secret"]) && h.secret.len() < 16 {
                 ctx.error(
                     &["spec", "push", "auth", "hmac", "secret"],
@@ -82,13 +86,10 @@ fn push_auth(ctx: &mut Ctx<'_>, a: &crate::config::spec::PushAuthSpec) -> Option
                 ),
             }
         }
-        1 => PushAuth::Bearer(Secret(a.bearer.as_ref()?.token.clone())),
-        _ => {
-            let k = a.api_key.as_ref()?;
-            PushAuth::ApiKey {
-                header: k.header.clone(),
-                value: Secret(k.value.clone()),
-            }
-        }
+        Kind::Bearer(b) => PushAuth::Bearer(Secret(b.token.clone())),
+        Kind::ApiKey(k) => PushAuth::ApiKey {
+            header: k.header.clone(),
+            value: Secret(k.value.clone()),
+        },
     })
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::context::{Ctx, segs};
 use crate::config::spec::{
-    AuthSpec, BundleMode, Method, PaginationSpec, RequestSpec, SinkSpec, SourceSpec,
+    ApiKeySpec, AuthSpec, BasicSpec, BearerSpec, BundleMode, CursorSpec, FhirSinkSpec, Method,
+    NdjsonSinkSpec, OffsetSpec, PageSpec, PaginationSpec, RequestSpec, SinkSpec, SourceSpec,
 };
 use crate::model::jsonpath::Query;
 use crate::model::template::Templates;
@@ -106,10 +107,10 @@ pub fn url(ctx: &mut Ctx<'_>, at: &[&str], text: &str) -> Option<url::Url> {
 }
 
 fn header(ctx: &mut Ctx<'_>, at: &[&str], name: &str, value: &str) {
-    if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
         ctx.error_key(at, format!("`{name}` is not a valid header name"), None);
     }
-    if !ctx.unresolved(at) && axum::http::HeaderValue::from_str(value).is_err() {
+    if !ctx.unresolved(at) && reqwest::header::HeaderValue::from_str(value).is_err() {
         ctx.error(
             at,
             format!(
@@ -121,121 +122,112 @@ fn header(ctx: &mut Ctx<'_>, at: &[&str], name: &str, value: &str) {
     }
 }
 
-/// Names the keys of an exactly-one-of object that are set, and reports zero or several.
-pub fn exactly_one(
+/// The one choice of an exactly-one-of object that is set, or a diagnostic for none or
+/// several. Each choice is a key and, when it is set, what the caller makes of it (typically a
+/// variant of a local enum, so that the caller's `match` is checked for every choice).
+pub fn exactly_one<T>(
     ctx: &mut Ctx<'_>,
     at: &[&str],
     what: &str,
-    set: &[(&str, bool)],
-) -> Option<usize> {
-    let chosen: Vec<usize> = set
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, on))| *on)
-        .map(|(i, _)| i)
+    choices: Vec<(&str, Option<T>)>,
+) -> Option<T> {
+    let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+    let mut given: Vec<(&str, T)> = choices
+        .into_iter()
+        .filter_map(|(n, c)| c.map(|c| (n, c)))
         .collect();
-    let names: Vec<&str> = set.iter().map(|(n, _)| *n).collect();
-    match chosen.as_slice() {
-        [one] => Some(*one),
-        [] => {
-            ctx.error(
-                at,
-                format!("{what} needs one of: {}", names.join(", ")),
-                None,
-            );
-            None
-        }
-        many => {
-            let given: Vec<&str> = many.iter().map(|i| names[*i]).collect();
-            ctx.error(
-                at,
-                format!(
-                    "{what} takes exactly one of {}, found {}",
-                    names.join(", "),
-                    given.join(" and ")
-                ),
-                None,
-            );
-            None
-        }
+    if let [_] = given.as_slice() {
+        return given.pop().map(|(_, c)| c);
     }
+    let message = if given.is_empty() {
+        format!("{what} needs one of: {}", names.join(", "))
+    } else {
+        let keys: Vec<&str> = given.iter().map(|(n, _)| *n).collect();
+        format!(
+            "{what} takes exactly one of {}, found {}",
+            names.join(", "),
+            keys.join(" and ")
+        )
+    };
+    ctx.error(at, message, None);
+    None
 }
 
 /// Checks outbound authentication.
 pub fn auth(ctx: &mut Ctx<'_>, at: &[&str], a: &AuthSpec) -> Option<Auth> {
-    let which = exactly_one(
+    enum Kind<'a> {
+        Bearer(&'a BearerSpec),
+        ApiKey(&'a ApiKeySpec),
+        Basic(&'a BasicSpec),
+    }
+    let kind = exactly_one(
         ctx,
         at,
         "auth",
-        &[
-            ("bearer", a.bearer.is_some()),
-            ("apiKey", a.api_key.is_some()),
-            ("basic", a.basic.is_some()),
+        vec![
+            ("bearer", a.bearer.as_ref().map(Kind::Bearer)),
+            ("apiKey", a.api_key.as_ref().map(Kind::ApiKey)),
+            ("basic", a.basic.as_ref().map(Kind::Basic)),
         ],
     )?;
-    match which {
-        0 => a
-            .bearer
-            .as_ref()
-            .map(|b| Auth::Bearer(Secret(b.token.clone()))),
-        1 => a.api_key.as_ref().map(|k| {
+    Some(match kind {
+        Kind::Bearer(b) => Auth::Bearer(Secret(b.token.clone())),
+        Kind::ApiKey(k) => {
             header(ctx, &with(at, &["apiKey", "value"]), &k.header, &k.value);
             Auth::ApiKey {
                 header: k.header.clone(),
                 value: Secret(k.value.clone()),
             }
-        }),
-        _ => a.basic.as_ref().map(|b| Auth::Basic {
+        }
+        Kind::Basic(b) => Auth::Basic {
             username: Secret(b.username.clone()),
             password: Secret(b.password.clone()),
-        }),
-    }
+        },
+    })
 }
 
 fn pagination(ctx: &mut Ctx<'_>, at: &[&str], p: &PaginationSpec) -> Option<Pagination> {
-    let which = exactly_one(
+    enum Kind<'a> {
+        NextUrl(&'a str),
+        LinkHeader,
+        Fhir,
+        Offset(&'a OffsetSpec),
+        Page(&'a PageSpec),
+        Cursor(&'a CursorSpec),
+    }
+    let kind = exactly_one(
         ctx,
         at,
         "pagination",
-        &[
-            ("nextUrl", p.next_url.is_some()),
-            ("linkHeader", p.link_header == Some(true)),
-            ("fhir", p.fhir == Some(true)),
-            ("offset", p.offset.is_some()),
-            ("page", p.page.is_some()),
-            ("cursor", p.cursor.is_some()),
+        vec![
+            ("nextUrl", p.next_url.as_deref().map(Kind::NextUrl)),
+            (
+                "linkHeader",
+                (p.link_header == Some(true)).then_some(Kind::LinkHeader),
+            ),
+            ("fhir", (p.fhir == Some(true)).then_some(Kind::Fhir)),
+            ("offset", p.offset.as_ref().map(Kind::Offset)),
+            ("page", p.page.as_ref().map(Kind::Page)),
+            ("cursor", p.cursor.as_ref().map(Kind::Cursor)),
         ],
     )?;
-    Some(match which {
-        0 => Pagination::NextUrl(query(
-            ctx,
-            &with(at, &["nextUrl"]),
-            p.next_url.as_deref().unwrap_or("$"),
-        )?),
-        1 => Pagination::LinkHeader,
-        2 => Pagination::Fhir,
-        3 => {
-            let o = p.offset.as_ref()?;
-            Pagination::Offset {
-                param: o.param.clone(),
-                limit_param: o.limit_param.clone(),
-                limit: o.limit,
-            }
-        }
-        4 => {
-            let pg = p.page.as_ref()?;
-            Pagination::Page {
-                param: pg.param.clone(),
-                start: pg.start.unwrap_or(1),
-            }
-        }
-        _ => {
-            let c = p.cursor.as_ref()?;
-            Pagination::Cursor {
-                path: query(ctx, &with(at, &["cursor", "path"]), &c.path)?,
-                param: c.param.clone(),
-            }
-        }
+    Some(match kind {
+        Kind::NextUrl(next) => Pagination::NextUrl(query(ctx, &with(at, &["nextUrl"]), next)?),
+        Kind::LinkHeader => Pagination::LinkHeader,
+        Kind::Fhir => Pagination::Fhir,
+        Kind::Offset(o) => Pagination::Offset {
+            param: o.param.clone(),
+            limit_param: o.limit_param.clone(),
+            limit: o.limit,
+        },
+        Kind::Page(pg) => Pagination::Page {
+            param: pg.param.clone(),
+            start: pg.start.unwrap_or(1),
+        },
+        Kind::Cursor(c) => Pagination::Cursor {
+            path: query(ctx, &with(at, &["cursor", "path"]), &c.path)?,
+            param: c.param.clone(),
+        },
     })
 }
 
@@ -246,7 +238,7 @@ pub fn query(ctx: &mut Ctx<'_>, at: &[&str], text: &str) -> Option<Query> {
         Err(e) => {
             ctx.error(
                 at,
-                e,
+                e.to_string(),
                 Some("JSONPath as in RFC 9535, e.g. `$.results[*]`".into()),
             );
             None
@@ -293,7 +285,7 @@ pub fn request(
     }
     let mut headers = Vec::new();
     for (k, v) in &r.headers {
-        if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
             ctx.error_key(
                 &with(at, &["headers", k]),
                 format!("`{k}` is not a valid header name"),
@@ -340,44 +332,52 @@ pub fn request(
 
 /// Checks a sink document.
 pub fn sink(ctx: &mut Ctx<'_>, name: &str, s: &SinkSpec) -> Option<Sink> {
-    let which = exactly_one(
+    enum Kind<'a> {
+        Fhir(&'a FhirSinkSpec),
+        Ndjson(&'a NdjsonSinkSpec),
+    }
+    let kind = exactly_one(
         ctx,
         &["spec"],
         "a sink",
-        &[("fhir", s.fhir.is_some()), ("ndjson", s.ndjson.is_some())],
+        vec![
+            ("fhir", s.fhir.as_ref().map(Kind::Fhir)),
+            ("ndjson", s.ndjson.as_ref().map(Kind::Ndjson)),
+        ],
     )?;
     let errors = ctx.diags.len();
-    let sink = if which == 0 {
-        let f = s.fhir.as_ref()?;
-        let url = url(ctx, &["spec", "fhir", "url"], &f.url);
-        let auth = f
-            .auth
-            .as_ref()
-            .and_then(|a| auth(ctx, &["spec", "fhir", "auth"], a));
-        let timeout = ctx.duration(
-            &["spec", "fhir", "timeout"],
-            f.timeout.as_deref(),
-            Duration::from_secs(60),
-        );
-        Sink::Fhir(FhirSink {
-            name: name.to_owned(),
-            url: url.unwrap_or_else(placeholder_url),
-            version: f.version,
-            auth,
-            timeout,
-            batch_size: f.batch_size.unwrap_or(100),
-            mode: f.mode.unwrap_or(BundleMode::Transaction),
-            retries: f.retries.unwrap_or(3),
-            provenance: f.provenance.unwrap_or(false),
-        })
-    } else {
-        let dir = &s.ndjson.as_ref()?.dir;
-        if dir.is_empty() {
-            ctx.error(&["spec", "ndjson", "dir"], "the directory is empty", None);
+    let sink = match kind {
+        Kind::Fhir(f) => {
+            let url = url(ctx, &["spec", "fhir", "url"], &f.url);
+            let auth = f
+                .auth
+                .as_ref()
+                .and_then(|a| auth(ctx, &["spec", "fhir", "auth"], a));
+            let timeout = ctx.duration(
+                &["spec", "fhir", "timeout"],
+                f.timeout.as_deref(),
+                Duration::from_secs(60),
+            );
+            Sink::Fhir(FhirSink {
+                name: name.to_owned(),
+                url: url.unwrap_or_else(placeholder_url),
+                version: f.version,
+                auth,
+                timeout,
+                batch_size: f.batch_size.unwrap_or(100),
+                mode: f.mode.unwrap_or(BundleMode::Transaction),
+                retries: f.retries.unwrap_or(3),
+                provenance: f.provenance.unwrap_or(false),
+            })
         }
-        Sink::Ndjson {
-            name: name.to_owned(),
-            dir: PathBuf::from(dir),
+        Kind::Ndjson(n) => {
+            if n.dir.is_empty() {
+                ctx.error(&["spec", "ndjson", "dir"], "the directory is empty", None);
+            }
+            Sink::Ndjson {
+                name: name.to_owned(),
+                dir: PathBuf::from(&n.dir),
+            }
         }
     };
     (ctx.diags.len() == errors).then_some(sink)

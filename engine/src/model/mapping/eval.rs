@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use handlebars::Context;
 use serde_json::{Map, Value};
 
-use super::{Conversion, Expr, Input, Kind, MapError};
+use super::tree::{Conversion, Expr, Input, Kind, MapError};
 use crate::model::fhir;
 use crate::model::jsonpath::Query;
 use crate::model::template::{Table, Templates};
@@ -282,9 +282,9 @@ impl Evaluator<'_> {
                     } else {
                         fhir::date(&v)
                     };
-                    Some(Value::String(
-                        out.map_err(|m| self.with_input(e, value, scope, m))?,
-                    ))
+                    Some(Value::String(out.map_err(|m| {
+                        self.with_input(e, value, scope, m.to_string())
+                    })?))
                 }
             },
             Kind::Uuid(parts) => {

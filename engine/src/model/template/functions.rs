@@ -10,8 +10,26 @@ use handlebars::{
 };
 use serde_json::Value;
 
-use super::Table;
 use crate::model::fhir;
+
+/// A translation table as the `translate` helper and `$translate` see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub map: BTreeMap<String, Value>,
+    pub default: Option<Value>,
+}
+
+impl Table {
+    /// The value for `code`, or an error naming the table when it is unmapped.
+    pub fn translate(&self, name: &str, code: &str) -> Result<Value, String> {
+        match self.map.get(code).or(self.default.as_ref()) {
+            Some(v) => Ok(v.clone()),
+            None => Err(format!(
+                "code `{code}` is not in table `{name}` and the table has no default"
+            )),
+        }
+    }
+}
 
 /// A function's arguments: `None` for an argument missing from the input.
 pub type Args<'a> = [Option<&'a Value>];

@@ -14,32 +14,13 @@ use handlebars::{Context, Handlebars, Path, PathSeg, RenderError, RenderErrorRea
 use serde_json::Value;
 
 use functions::AsHelper;
-pub use functions::Function;
+pub use functions::{Function, Table};
 
 /// Helpers that come with Handlebars.
 pub const BUILTIN_HELPERS: [&str; 17] = [
     "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte",
     "and", "or", "not", "len",
 ];
-
-/// A translation table as the `translate` helper and `$translate` see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Table {
-    pub map: BTreeMap<String, Value>,
-    pub default: Option<Value>,
-}
-
-impl Table {
-    /// The value for `code`, or an error naming the table when it is unmapped.
-    pub fn translate(&self, name: &str, code: &str) -> Result<Value, String> {
-        match self.map.get(code).or(self.default.as_ref()) {
-            Some(v) => Ok(v.clone()),
-            None => Err(format!(
-                "code `{code}` is not in table `{name}` and the table has no default"
-            )),
-        }
-    }
-}
 
 /// A compiled template.
 #[derive(Debug, Clone, PartialEq)]

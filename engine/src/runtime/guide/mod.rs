@@ -4,6 +4,8 @@
 
 mod package;
 
+use package::{Files, MAX_FILES};
+
 pub use crate::model::glob::Glob;
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,16 +14,43 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::model::{Connector, GuideLocation, Import};
-use crate::runtime::run::Skipped;
+use crate::runtime::report::Skipped;
 
-/// Most files a guide may hold.
-const MAX_FILES: usize = 100_000;
 /// Deepest folder nesting read in a guide directory.
 const MAX_DEPTH: usize = 32;
 /// Files of a FHIR package that describe the package, not FHIR resources.
 const PACKAGE_FILES: [&str; 2] = ["package.json", ".index.json"];
 
 /// The resources of a guide, each with its file, and what was left out.
+/// Why a guide could not be read; nothing of it is written then.
+#[derive(Debug, thiserror::Error)]
+pub enum GuideError {
+    /// A file or folder that cannot be read (the kind, not the OS's text with its codes).
+    #[error("cannot read {path}: {kind}")]
+    Read {
+        path: String,
+        kind: std::io::ErrorKind,
+    },
+    /// More bytes than `import.maxSize`: `what` says which bytes.
+    #[error("{what} (`import.maxSize`)")]
+    TooLarge { what: String },
+    #[error("{0} holds more than {MAX_FILES} files")]
+    TooManyFiles(String),
+    #[error("{0} is nested deeper than {MAX_DEPTH} folders")]
+    TooDeep(String),
+    #[error("`{file}` is not JSON: {message}")]
+    NotJson { file: String, message: String },
+    /// A package file (`where_` names it when it is a file) that is not a gzipped tar.
+    #[error("{where_}not a gzipped tar package: {message}")]
+    NotPackage { where_: String, message: String },
+    #[error("cannot download the guide package {url}: {message}")]
+    Download { url: String, message: String },
+    #[error("cannot build an HTTP client: {0}")]
+    Client(String),
+    #[error("the guide reader stopped: {0}")]
+    Stopped(String),
+}
+
 #[derive(Debug, Default)]
 pub struct Guide {
     pub resources: Vec<(String, Value)>,
@@ -30,7 +59,7 @@ pub struct Guide {
 
 /// Reads the guide of an import. A guide that cannot be read, or a `.json` file that is not
 /// JSON, fails the whole read: nothing of a guide read in part is written.
-pub async fn read(import: &Import) -> Result<Guide, String> {
+pub async fn read(import: &Import) -> Result<Guide, GuideError> {
     let max = import.max_bytes;
     let files = match &import.guide {
         GuideLocation::Url(url) => {
@@ -46,19 +75,16 @@ pub async fn read(import: &Import) -> Result<Guide, String> {
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> Result<T, GuideError> + Send + 'static,
+) -> Result<T, GuideError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| format!("the guide reader stopped: {e}"))?
+        .map_err(|e| GuideError::Stopped(e.to_string()))?
 }
-
-/// Files of the guide by their path in it, in path order.
-type Files = Vec<(String, Vec<u8>)>;
 
 /// Filters by file pattern, then parses; a file that is not a FHIR resource is skipped and
 /// counted, one that is not JSON is an error.
-fn select(import: &Import, files: Files) -> Result<Guide, String> {
+fn select(import: &Import, files: Files) -> Result<Guide, GuideError> {
     let mut guide = Guide::default();
     let mut not_json = 0;
     for (path, bytes) in files {
@@ -85,8 +111,10 @@ fn select(import: &Import, files: Files) -> Result<Guide, String> {
             guide.skipped.push(skip("package metadata"));
             continue;
         }
-        let value: Value =
-            serde_json::from_slice(&bytes).map_err(|e| format!("`{path}` is not JSON: {e}"))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| GuideError::NotJson {
+            file: path.clone(),
+            message: e.to_string(),
+        })?;
         if value.get("resourceType").is_some_and(Value::is_string) {
             guide.resources.push((path, value));
         } else {
@@ -106,32 +134,36 @@ fn select(import: &Import, files: Files) -> Result<Guide, String> {
 }
 
 /// Reads a guide directory, or a package file.
-fn read_path(path: &Path, max: u64) -> Result<Files, String> {
+fn read_path(path: &Path, max: u64) -> Result<Files, GuideError> {
     let meta = std::fs::metadata(path).map_err(|e| cannot_read(path, &e))?;
     if meta.is_dir() {
         return read_dir(path, max);
     }
     if meta.len() > max {
-        return Err(format!(
-            "the package {} is larger than {max} bytes (`import.maxSize`)",
-            path.display()
-        ));
+        return Err(GuideError::TooLarge {
+            what: format!("the package {} is larger than {max} bytes", path.display()),
+        });
     }
     let bytes = std::fs::read(path).map_err(|e| cannot_read(path, &e))?;
-    package::unpack(&bytes, max).map_err(|e| format!("{}: {e}", path.display()))
+    package::unpack(&bytes, max).map_err(|e| match e {
+        GuideError::NotPackage { message, .. } => GuideError::NotPackage {
+            where_: format!("{}: ", path.display()),
+            message,
+        },
+        other => other,
+    })
 }
 
-fn cannot_read(path: &Path, e: &std::io::Error) -> String {
-    format!(
-        "cannot read {}: {}",
-        path.display(),
-        crate::config::load::io_reason(e)
-    )
+fn cannot_read(path: &Path, e: &std::io::Error) -> GuideError {
+    GuideError::Read {
+        path: path.display().to_string(),
+        kind: e.kind(),
+    }
 }
 
 /// Every file below `root` (symbolic links followed, Kubernetes' `..data` folders of a
 /// mounted ConfigMap left out), by its path relative to `root`.
-fn read_dir(root: &Path, max: u64) -> Result<Files, String> {
+fn read_dir(root: &Path, max: u64) -> Result<Files, GuideError> {
     let mut files = Vec::new();
     let mut total = 0u64;
     let mut stack: Vec<(PathBuf, String, usize)> = vec![(root.to_path_buf(), String::new(), 0)];
@@ -148,10 +180,7 @@ fn read_dir(root: &Path, max: u64) -> Result<Files, String> {
             let meta = std::fs::metadata(&path).map_err(|e| cannot_read(&path, &e))?;
             if meta.is_dir() {
                 if depth + 1 > MAX_DEPTH {
-                    return Err(format!(
-                        "{} is nested deeper than {MAX_DEPTH} folders",
-                        path.display()
-                    ));
+                    return Err(GuideError::TooDeep(path.display().to_string()));
                 }
                 stack.push((path, format!("{rel}/"), depth + 1));
                 continue;
@@ -161,19 +190,21 @@ fn read_dir(root: &Path, max: u64) -> Result<Files, String> {
             } else {
                 total += meta.len();
                 if total > max {
-                    return Err(format!(
-                        "the guide {} holds more than {max} bytes of JSON (`import.maxSize`)",
-                        root.display()
-                    ));
+                    return Err(GuideError::TooLarge {
+                        what: format!(
+                            "the guide {} holds more than {max} bytes of JSON",
+                            root.display()
+                        ),
+                    });
                 }
                 let bytes = std::fs::read(&path).map_err(|e| cannot_read(&path, &e))?;
                 files.push((rel, bytes));
             }
             if files.len() > MAX_FILES {
-                return Err(format!(
-                    "the guide {} holds more than {MAX_FILES} files",
+                return Err(GuideError::TooManyFiles(format!(
+                    "the guide {}",
                     root.display()
-                ));
+                )));
             }
         }
     }

@@ -4,28 +4,35 @@
 use std::io::Read;
 use std::time::Duration;
 
-use super::{Files, MAX_FILES};
+use super::GuideError;
+
+/// Most files a guide may hold.
+pub(super) const MAX_FILES: usize = 100_000;
+
+/// Files of the guide by their path in it, in path order.
+pub(super) type Files = Vec<(String, Vec<u8>)>;
 
 /// Downloads a package, refusing answers larger than `max` bytes.
 pub(super) async fn download(
     url: &url::Url,
     max: u64,
     timeout: Duration,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, GuideError> {
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .user_agent(concat!("fosps-engine/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        .map_err(|e| GuideError::Client(e.to_string()))?;
     let mut attempt = 0;
     loop {
         attempt += 1;
         match fetch(&client, url, max).await {
             Ok(bytes) => return Ok(bytes),
             Err((transient, message)) if !transient || attempt > 2 => {
-                return Err(format!(
-                    "cannot download the guide package {url}: {message}"
-                ));
+                return Err(GuideError::Download {
+                    url: url.to_string(),
+                    message,
+                });
             }
             Err(_) => tokio::time::sleep(crate::runtime::upstream::backoff(attempt)).await,
         }
@@ -73,9 +80,14 @@ async fn fetch(
 
 /// The regular files of a gzipped tar (a FHIR package), by path below `package/`, refusing
 /// archives that unpack to more than `max` bytes. Nothing is written to disk.
-pub(super) fn unpack(bytes: &[u8], max: u64) -> Result<Files, String> {
-    let not_package = |e: std::io::Error| format!("not a gzipped tar package: {e}");
-    let too_large = || format!("the package unpacks to more than {max} bytes (`import.maxSize`)");
+pub(super) fn unpack(bytes: &[u8], max: u64) -> Result<Files, GuideError> {
+    let not_package = |e: std::io::Error| GuideError::NotPackage {
+        where_: String::new(),
+        message: e.to_string(),
+    };
+    let too_large = || GuideError::TooLarge {
+        what: format!("the package unpacks to more than {max} bytes"),
+    };
     // The sizes the entries declare are checked before they are read; the cap on the
     // decompressed stream also bounds what the headers themselves take.
     let cap = max.saturating_add(1024 * (MAX_FILES as u64 + 1));
@@ -104,7 +116,7 @@ pub(super) fn unpack(bytes: &[u8], max: u64) -> Result<Files, String> {
         }
         files.push((rel, content));
         if files.len() > MAX_FILES {
-            return Err(format!("the package holds more than {MAX_FILES} files"));
+            return Err(GuideError::TooManyFiles("the package".into()));
         }
     }
     if archive.into_inner().limit() == 0 {
@@ -156,8 +168,15 @@ mod tests {
         let bomb = tgz(&[("package/big.json", &zeros)]);
         assert!(bomb.len() < 10_000, "the bomb compresses");
         let err = unpack(&bomb, 100_000).expect_err("too large");
-        assert!(err.contains("more than 100000 bytes"), "{err}");
+        assert!(
+            matches!(&err, GuideError::TooLarge { what } if what.contains("more than 100000 bytes")),
+            "{err}"
+        );
         let err = unpack(b"not gzip", 1 << 20).expect_err("not a package");
-        assert!(err.starts_with("not a gzipped tar package"), "{err}");
+        assert!(matches!(err, GuideError::NotPackage { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with("not a gzipped tar package"),
+            "{err}"
+        );
     }
 }

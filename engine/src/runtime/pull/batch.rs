@@ -1,12 +1,13 @@
 //! Batch at run time: the caller's batch Bundle sent to every FHIR source, and the answers
 //! merged entry by entry into one batch-response (failed sources named in the outcomes).
 
-use axum::http::{Method, StatusCode};
 use futures_util::future::join_all;
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{PullRuntime, RequestInfo, all_failed, status_failure};
-use crate::http::outcome::{Problem, outcome};
+use crate::model::fhir::outcome;
+use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Call, Failure};
 
 impl PullRuntime {
@@ -14,8 +15,7 @@ impl PullRuntime {
     pub async fn batch(&self, bundle: &Value, info: &RequestInfo) -> Result<Value, Problem> {
         if !self.pull().is_some_and(|p| p.batch) {
             return Err(Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "not-supported",
+                ProblemKind::NotSupported,
                 format!("connector `{}` takes no batch", self.connector.name),
             ));
         }

@@ -9,18 +9,14 @@
 
 use std::sync::Arc;
 
-use axum::http::StatusCode;
-
-use crate::http::outcome::Problem;
 use crate::model::{Connector, Pull, PullResource, Strategy};
 use crate::runtime::cache::AnswerCache;
+use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Failure, SourceClient, Upstreams};
 
 mod batch;
 mod read;
 mod search;
-
-pub use search::SearchQuery;
 
 /// Where a request came from, for links in answers and for the upstream request id.
 #[derive(Debug, Clone)]
@@ -114,7 +110,7 @@ impl From<Failure> for SourceError {
 }
 
 fn status_failure(client: &SourceClient, reply: &crate::runtime::upstream::Reply) -> Failure {
-    let detail = crate::http::outcome::issue_text(&reply.body)
+    let detail = crate::model::fhir::issue_text(&reply.body)
         .map(|d| format!(": {d}"))
         .unwrap_or_default();
     Failure {
@@ -143,8 +139,8 @@ fn all_failed(failures: &[Failure]) -> Problem {
         .collect::<Vec<_>>()
         .join("; ");
     if timeout {
-        Problem::new(StatusCode::GATEWAY_TIMEOUT, "timeout", text)
+        Problem::new(ProblemKind::Timeout, text)
     } else {
-        Problem::new(StatusCode::BAD_GATEWAY, "transient", text)
+        Problem::new(ProblemKind::SourceFailed, text)
     }
 }

@@ -1,14 +1,14 @@
 //! Read at run time: `Type/id` asked of every source in parallel, answered from the first
 //! source (in declared order) that has it, or 404.
 
-use axum::http::{Method, StatusCode};
 use futures_util::future::join_all;
+use reqwest::Method;
 use serde_json::json;
 
 use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure, status_failure};
-use crate::http::outcome::Problem;
 use crate::model::PullResource;
 use crate::runtime::cache::Answer;
+use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Call, SourceClient};
 
 impl PullRuntime {
@@ -21,8 +21,7 @@ impl PullRuntime {
     ) -> Result<Answer, Problem> {
         let Some(read) = &res.read else {
             return Err(Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "not-supported",
+                ProblemKind::NotSupported,
                 format!("`{}` has no read here", res.resource_type),
             ));
         };

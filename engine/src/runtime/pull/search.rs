@@ -3,16 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use axum::http::{Method, StatusCode};
 use futures_util::future::join_all;
+use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure};
-use crate::http::outcome::{Problem, outcome};
 use crate::model::PullResource;
+use crate::model::fhir::outcome;
 use crate::model::jsonpath::Query;
 use crate::model::vocabulary::{ParamType, SourceType};
 use crate::runtime::cache::Answer;
+use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Call, SourceClient};
 
 /// Default `_count` of a search that declares none.
@@ -46,8 +47,7 @@ impl PullRuntime {
     ) -> Result<SearchQuery, Problem> {
         let search = res.search.as_ref().ok_or_else(|| {
             Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "not-supported",
+                ProblemKind::NotSupported,
                 format!("`{}` has no search here", res.resource_type),
             )
         })?;

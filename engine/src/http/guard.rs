@@ -1,0 +1,120 @@
+//! What every request goes through: an id (from `X-Request-Id`, or made here), a limit on the
+//! headers' size, a time limit answered 504, metrics by configured route, and one log line;
+//! and the answer to a path no route takes.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::time::Instant;
+
+use crate::runtime::engine::Engine;
+use crate::runtime::problem::{Problem, ProblemKind};
+
+/// The request id of a request (from `X-Request-Id`, or made here).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Every request: an id, a header size limit, a time limit answered 504, metrics and a log line.
+pub(super) async fn guard(
+    State(engine): State<Arc<Engine>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let (connector, route) = route_of(req.uri().path(), &engine);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = if header_bytes > engine.limits.headers {
+        Problem::new(
+            ProblemKind::HeadersTooLarge,
+            format!(
+                "the request headers are too large (at most {} bytes)",
+                engine.limits.headers
+            ),
+        )
+        .into_response()
+    } else {
+        match tokio::time::timeout(engine.limits.timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => Problem::new(
+                ProblemKind::Timeout,
+                format!("no answer within {} s", engine.limits.timeout.as_secs_f64()),
+            )
+            .into_response(),
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    let labels = vec![
+        ("connector", connector.clone()),
+        ("route", route.to_owned()),
+    ];
+    let mut with_status = labels.clone();
+    with_status.push(("status", status.to_string()));
+    engine.metrics.add(
+        "engine_requests_total",
+        "HTTP requests answered.",
+        with_status,
+        1.0,
+    );
+    engine.metrics.observe(
+        "engine_request_duration_seconds",
+        "Time to answer HTTP requests.",
+        labels,
+        start.elapsed(),
+    );
+    tracing::info!(request_id = %id, %method, %path, status, ms = start.elapsed().as_secs_f64() * 1000.0, "request");
+    resp
+}
+
+/// The connector and route name of a path, for metrics labels. Bounded: a connector label
+/// only for a configured connector, and paths of no known route are `other`, so callers
+/// cannot make new series.
+fn route_of(path: &str, engine: &Engine) -> (String, &'static str) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let pull = |c: &str, route| {
+        if engine.pulls.contains_key(c) {
+            (c.to_owned(), route)
+        } else {
+            (String::new(), "other")
+        }
+    };
+    match parts.as_slice() {
+        ["fhir", c] => pull(c, "batch"),
+        ["fhir", c, _] => pull(c, "search"),
+        ["fhir", c, _, _] => pull(c, "read"),
+        ["healthz"] => (String::new(), "healthz"),
+        ["readyz"] => (String::new(), "readyz"),
+        ["metrics"] => (String::new(), "metrics"),
+        ["reload"] => (String::new(), "admin"),
+        ["connectors", ..] => (String::new(), "admin"),
+        ["push", c] if engine.pushes.contains_key(*c) => ((*c).to_owned(), "push"),
+        _ => (String::new(), "other"),
+    }
+}
+
+pub(super) async fn not_found(req: Request) -> Response {
+    Problem::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .into_response()
+}

@@ -1,0 +1,240 @@
+//! The build phase: from a checked model, the engine's runtime state (source clients, pull
+//! runtimes and their caches, cron jobs, push endpoints), nothing spawned. Connectors whose
+//! fingerprint did not change keep the runtime of the previous engine, so a reload leaves their
+//! caches, queues and schedules as they are.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::task::TaskTracker;
+
+use crate::model::{Model, Strategy};
+use crate::runtime::clock::Clock;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::problem::Problem;
+use crate::runtime::pull::PullRuntime;
+use crate::runtime::push::PushEndpoint;
+use crate::runtime::run::Runner;
+use crate::runtime::schedule::CronJob;
+use crate::runtime::state::StateDir;
+use crate::runtime::upstream::Upstreams;
+
+/// Limits on requests, and how the engine is reached from outside.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body.
+    pub body: usize,
+    /// Largest total size of request headers.
+    pub headers: usize,
+    /// Longest a request may take before it is answered 504.
+    pub timeout: Duration,
+    /// Public base URL for links (`https://host/prefix`); without it, the `Host` header.
+    pub public_url: Option<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body: 10 << 20,
+            headers: 16 << 10,
+            timeout: Duration::from_secs(60),
+            public_url: None,
+        }
+    }
+}
+
+/// Where the engine keeps local state, and the embedded NDJSON sink.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    pub state: PathBuf,
+    pub sink: PathBuf,
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Dirs {
+            state: PathBuf::from(".engine-state"),
+            sink: PathBuf::from(".engine-state/ndjson"),
+        }
+    }
+}
+
+/// Everything the routes need, built once from a model (nothing spawned).
+pub struct Engine {
+    pub model: Arc<Model>,
+    pub pulls: HashMap<String, Arc<PullRuntime>>,
+    pub crons: HashMap<String, Arc<CronJob>>,
+    pub pushes: HashMap<String, Arc<PushEndpoint>>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub ready: AtomicBool,
+    /// Outcome of definition reloads, shared by every generation of the engine.
+    pub reload: Arc<ReloadStatus>,
+    /// The calendar's clock of every part, kept by every generation of the engine.
+    pub clock: Clock,
+    /// The runs, drains and watchers spawned while serving, shared by every generation of the
+    /// engine, so that a shutdown lets them finish.
+    pub tasks: TaskTracker,
+}
+
+/// What the last reload of the definitions did.
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    /// Definition sets served so far (1 for the first).
+    pub generation: std::sync::atomic::AtomicU64,
+    /// Diagnostics of the last refused set, until a valid set is loaded.
+    pub error: std::sync::Mutex<Option<String>>,
+}
+
+impl ReloadStatus {
+    pub fn json(&self) -> Value {
+        json!({
+            "generation": self.generation.load(Ordering::Relaxed),
+            "lastError": self.error.lock().ok().and_then(|e| e.clone()),
+        })
+    }
+}
+
+impl Engine {
+    pub fn new(model: Arc<Model>, limits: Limits, dirs: &Dirs) -> Result<Arc<Engine>, String> {
+        Self::with_clock(model, limits, dirs, Clock::system())
+    }
+
+    /// A new engine whose schedules, push windows and reports read `clock`.
+    pub fn with_clock(
+        model: Arc<Model>,
+        limits: Limits,
+        dirs: &Dirs,
+        clock: Clock,
+    ) -> Result<Arc<Engine>, String> {
+        Self::build(model, limits, dirs, None, clock)
+    }
+
+    /// A new engine for `model`, on the clock of `previous`; connectors unchanged since
+    /// `previous` (same fingerprint) keep their runtime, so their caches, queues and schedules
+    /// survive.
+    pub fn with_previous(
+        model: Arc<Model>,
+        limits: Limits,
+        dirs: &Dirs,
+        previous: Option<&Engine>,
+    ) -> Result<Arc<Engine>, String> {
+        let clock = previous.map_or_else(Clock::system, |p| p.clock);
+        Self::build(model, limits, dirs, previous, clock)
+    }
+
+    fn build(
+        model: Arc<Model>,
+        limits: Limits,
+        dirs: &Dirs,
+        previous: Option<&Engine>,
+        clock: Clock,
+    ) -> Result<Arc<Engine>, String> {
+        let metrics = previous.map_or_else(|| Arc::new(Metrics::default()), |p| p.metrics.clone());
+        let unchanged = |name: &str, fingerprint: &str| {
+            previous
+                .and_then(|p| p.model.connector(name))
+                .is_some_and(|c| c.fingerprint == fingerprint)
+        };
+        let sources = model
+            .connectors
+            .iter()
+            .flat_map(|c| c.sources.iter().cloned());
+        let upstreams = Upstreams::new(sources, metrics.clone())?;
+        let pulls: HashMap<String, Arc<PullRuntime>> = model
+            .connectors
+            .iter()
+            .filter_map(|c| match previous.and_then(|p| p.pulls.get(&c.name)) {
+                Some(kept) if unchanged(&c.name, &c.fingerprint) => {
+                    Some((c.name.clone(), kept.clone()))
+                }
+                _ => PullRuntime::new(c.clone(), &upstreams).map(|p| (c.name.clone(), Arc::new(p))),
+            })
+            .collect();
+        let mut crons = HashMap::new();
+        let mut pushes = HashMap::new();
+        let state = StateDir::new(&dirs.state);
+        for c in &model.connectors {
+            if unchanged(&c.name, &c.fingerprint)
+                && let Some(p) = previous
+            {
+                if let Some(job) = p.crons.get(&c.name) {
+                    crons.insert(c.name.clone(), job.clone());
+                    continue;
+                }
+                if let Some(ep) = p.pushes.get(&c.name) {
+                    pushes.insert(c.name.clone(), ep.clone());
+                    continue;
+                }
+            }
+            match &c.strategy {
+                Strategy::Cron(cron) => {
+                    let runner = Runner::new(
+                        c.clone(),
+                        &upstreams,
+                        state.clone(),
+                        &dirs.sink,
+                        metrics.clone(),
+                        clock,
+                    )?;
+                    crons.insert(
+                        c.name.clone(),
+                        Arc::new(CronJob::new(runner, cron.schedule.clone(), clock)),
+                    );
+                }
+                Strategy::Push(_) => {
+                    let caches: Vec<(HashSet<String>, Arc<PullRuntime>)> = pulls
+                        .values()
+                        .map(|p| (p.resource_types(), p.clone()))
+                        .collect();
+                    let invalidate: crate::runtime::push::Invalidate =
+                        Arc::new(move |types: &HashSet<String>| {
+                            for (served, p) in &caches {
+                                if served.iter().any(|t| types.contains(t))
+                                    && let Some(cache) = &p.cache
+                                {
+                                    cache.invalidate();
+                                }
+                            }
+                        });
+                    let ep = PushEndpoint::new(
+                        c.clone(),
+                        &dirs.state,
+                        &dirs.sink,
+                        metrics.clone(),
+                        invalidate,
+                        clock,
+                    )?;
+                    pushes.insert(c.name.clone(), Arc::new(ep));
+                }
+                Strategy::Pull(_) => {}
+            }
+        }
+        let reload =
+            previous.map_or_else(|| Arc::new(ReloadStatus::default()), |p| p.reload.clone());
+        reload.generation.fetch_add(1, Ordering::Relaxed);
+        let tasks = previous.map_or_else(TaskTracker::new, |p| p.tasks.clone());
+        Ok(Arc::new(Engine {
+            model,
+            pulls,
+            crons,
+            pushes,
+            metrics,
+            limits,
+            ready: AtomicBool::new(true),
+            reload,
+            clock,
+            tasks,
+        }))
+    }
+
+    pub fn pull(&self, name: &str) -> Result<&Arc<PullRuntime>, Problem> {
+        self.pulls
+            .get(name)
+            .ok_or_else(|| Problem::not_found(format!("no pull connector `{name}`")))
+    }
+}

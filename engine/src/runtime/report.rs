@@ -1,0 +1,63 @@
+//! The report of a cron run: what it read, wrote and left unchanged, what it left out and why,
+//! and every failure. Made by `run` and by guide imports; printed by `engine run`, logged by
+//! schedules, answered by the admin API.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub connector: String,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+    pub records_read: usize,
+    pub resources_written: usize,
+    pub resources_unchanged: usize,
+    /// HTTP calls to the source and to the sink.
+    pub source_calls: usize,
+    pub sink_calls: usize,
+    pub sink_retries: usize,
+    pub failures: Vec<Failure>,
+    /// Files and resources read but deliberately not written, and why.
+    pub skipped: Vec<Skipped>,
+    pub dry_run: bool,
+}
+
+/// Something a run read and did not write: a file, a resource or a resource type.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Skipped {
+    pub subject: String,
+    pub reason: String,
+    pub count: usize,
+}
+
+impl Skipped {
+    pub fn one(subject: &str, reason: &str) -> Skipped {
+        Skipped {
+            subject: subject.to_owned(),
+            reason: reason.to_owned(),
+            count: 1,
+        }
+    }
+}
+
+/// One failure of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// `read`, `map` or `write`.
+    pub stage: &'static str,
+    /// The resource or stream concerned.
+    pub subject: String,
+    pub message: String,
+    /// The server's `OperationOutcome` for a rejected write.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Value>,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
