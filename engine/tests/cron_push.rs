@@ -1570,6 +1570,83 @@ async fn push_writes_by_identifier_when_the_connector_asks() {
     served.server.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_bearer_tokens_and_api_keys_are_checked() {
+    let sink = FhirSink::start().await;
+    let connector = |name: &str, auth: &str| {
+        format!(
+            "apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: {name} }}
+spec:
+  strategy: push
+  sink: store
+  push:
+    auth: {auth}
+    mode: sync
+"
+        )
+    };
+    let yaml = sink_doc("store", &sink.url, "batch", 0)
+        + &connector("by-token", "{ bearer: { token: token-0123456789 } }")
+        + "---\n"
+        + &connector(
+            "by-key",
+            "{ apiKey: { header: X-Api-Key, value: key-0123456789 } }",
+        );
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let served = serve_engine(load(defs.path()), state.path()).await;
+    let c = client(CLIENT_TIMEOUT);
+    let body = |id: &str| json!({"resourceType": "Patient", "id": id}).to_string();
+    let post = |connector: &str, header: Option<(&str, &str)>, id: &str| {
+        let mut req = c
+            .post(format!("{}/push/{connector}", served.base))
+            .header("content-type", "application/json")
+            .body(body(id));
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        send(req)
+    };
+
+    let bearer = "authorization";
+    for (given, id) in [
+        (None, "t-none"),
+        (Some((bearer, "Bearer token-012345678")), "t-shorter"),
+        (Some((bearer, "Bearer token-0123456780")), "t-other"),
+        (Some((bearer, "token-0123456789")), "t-no-scheme"),
+        (Some(("x-api-key", "token-0123456789")), "t-wrong-header"),
+    ] {
+        assert_outcome(&post("by-token", given, id).await, 401);
+    }
+    for (given, id) in [
+        (None, "k-none"),
+        (Some(("x-api-key", "key-01234567890")), "k-longer"),
+        (Some(("x-api-key", "Key-0123456789")), "k-other"),
+        (Some((bearer, "Bearer key-0123456789")), "k-wrong-header"),
+    ] {
+        assert_outcome(&post("by-key", given, id).await, 401);
+    }
+    assert!(
+        sink.store().resources.is_empty(),
+        "refused pushes write nothing"
+    );
+
+    let got = post(
+        "by-token",
+        Some((bearer, "Bearer token-0123456789")),
+        "t-ok",
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let got = post("by-key", Some(("X-Api-Key", "key-0123456789")), "k-ok").await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let written: Vec<String> = sink.store().resources.keys().cloned().collect();
+    assert_eq!(written, ["Patient/k-ok", "Patient/t-ok"]);
+    served.server.abort();
+}
+
 // ------------------------------------------------------------------------------------------
 // Guide imports: the allow- and deny-lists
 // ------------------------------------------------------------------------------------------

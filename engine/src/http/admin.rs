@@ -48,75 +48,15 @@ pub(super) async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
 }
 
 pub(super) async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
-    let mut series = Vec::new();
-    for (name, p) in &engine.pulls {
-        if let Some(c) = &p.cache {
-            let s = c.stats();
-            let l = || vec![("connector", name.clone())];
-            series.push((
-                "engine_cache_entries",
-                "Answers in the cache.",
-                "gauge",
-                l(),
-                s.entries as f64,
-            ));
-            series.push((
-                "engine_cache_bytes",
-                "Weight of the cache in bytes.",
-                "gauge",
-                l(),
-                s.bytes as f64,
-            ));
-            series.push((
-                "engine_cache_hits_total",
-                "Answers served fresh from the cache.",
-                "counter",
-                l(),
-                s.hits as f64,
-            ));
-            series.push((
-                "engine_cache_misses_total",
-                "Answers loaded from the sources.",
-                "counter",
-                l(),
-                s.misses as f64,
-            ));
-            series.push((
-                "engine_cache_stale_total",
-                "Stale answers served because a source failed.",
-                "counter",
-                l(),
-                s.stale as f64,
-            ));
-            series.push((
-                "engine_cache_evictions_total",
-                "Answers evicted for capacity.",
-                "counter",
-                l(),
-                s.evictions as f64,
-            ));
-        }
-    }
-    for (name, ep) in &engine.pushes {
-        let (queued, dead) = ep.depths();
-        let l = || vec![("connector", name.clone())];
-        series.push((
-            "engine_push_queue_depth",
-            "Push payloads waiting in the local queue.",
-            "gauge",
-            l(),
-            queued as f64,
-        ));
-        series.push((
-            "engine_push_dead_letters",
-            "Push payloads that can never be written.",
-            "gauge",
-            l(),
-            dead as f64,
-        ));
-    }
-    series.sort_by(|a, b| a.0.cmp(b.0));
-    let text = engine.metrics.render(&series);
+    let caches = engine
+        .pulls
+        .iter()
+        .filter_map(|(name, p)| Some((name.as_str(), p.cache.as_ref()?.stats())));
+    let queues = engine
+        .pushes
+        .iter()
+        .map(|(name, ep)| (name.as_str(), ep.depths()));
+    let text = engine.metrics.render(caches, queues);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -62,24 +62,9 @@ pub(super) async fn guard(
         resp.headers_mut().insert("x-request-id", v);
     }
     let status = resp.status().as_u16();
-    let labels = vec![
-        ("connector", connector.clone()),
-        ("route", route.to_owned()),
-    ];
-    let mut with_status = labels.clone();
-    with_status.push(("status", status.to_string()));
-    engine.metrics.add(
-        "engine_requests_total",
-        "HTTP requests answered.",
-        with_status,
-        1.0,
-    );
-    engine.metrics.observe(
-        "engine_request_duration_seconds",
-        "Time to answer HTTP requests.",
-        labels,
-        start.elapsed(),
-    );
+    engine
+        .metrics
+        .request(&connector, route, status, start.elapsed());
     tracing::info!(request_id = %id, %method, %path, status, ms = start.elapsed().as_secs_f64() * 1000.0, "request");
     resp
 }

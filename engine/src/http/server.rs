@@ -25,6 +25,7 @@ use tower::ServiceExt;
 
 use crate::http::router;
 use crate::model::Model;
+use crate::model::digest::content_digest;
 use crate::runtime::engine::{Dirs, Engine};
 
 /// Loads and validates the definitions again: the model, or the diagnostics as text.
@@ -201,7 +202,7 @@ fn digest(paths: &[PathBuf]) -> String {
                     .iter()
                     .map(|d| format!("{}\u{1e}{}", d.file.display(), d.message)),
             );
-            crate::model::fhir::uuid5(&parts)
+            content_digest(&parts)
         }
         Err(e) => e.to_string(),
     }

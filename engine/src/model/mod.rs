@@ -2,6 +2,7 @@
 //! `Duration`s, queries and templates are compiled, cron is parsed, references are resolved;
 //! runtime code reads only these types.
 
+pub mod digest;
 pub mod fhir;
 pub mod glob;
 pub mod hint;

@@ -12,6 +12,7 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use tokio::time::Instant;
 
+use crate::model::digest::content_digest;
 use crate::runtime::problem::{Problem, ProblemKind};
 
 /// How long a failure is shared with requests for the same key, so that a failing upstream
@@ -30,10 +31,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn new(status: u16, body: Vec<u8>, complete: bool) -> Answer {
-        let etag = format!(
-            "W/\"{}\"",
-            &crate::model::fhir::uuid5(&[String::from_utf8_lossy(&body).into_owned()])[..18]
-        );
+        let etag = format!("W/\"{}\"", &content_digest(&[&body])[..32]);
         Answer {
             status,
             body: Bytes::from(body),

@@ -1,141 +1,346 @@
-//! Prometheus metrics: counters and latency histograms with labels, rendered in the text
-//! exposition format at `/metrics`. Small on purpose: a map of series behind a mutex.
+//! Prometheus metrics over `prometheus-client`: counters and latency histograms with typed
+//! label sets, and the sizes read at scrape time, rendered in the text exposition format at
+//! `/metrics`. Every metric's name, help and labels are declared here.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::time::Duration;
+
+use prometheus_client::encoding::prometheus_text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry};
+
+use crate::runtime::cache::Stats;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-type Labels = Vec<(&'static str, String)>;
-
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabel {
+    connector: String,
 }
 
-/// The engine's metrics.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    connector: String,
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    #[prometheus(flatten)]
+    route: RouteLabels,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    connector: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabels {
+    source: String,
+    outcome: Answer,
+}
+
+/// How a source answered a call: its status, or no answer in time, or none at all.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Answer {
+    Status(u16),
+    Timeout,
+    Error,
+}
+
+impl EncodeLabelValue for Answer {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        match self {
+            Answer::Status(s) => s.encode(encoder),
+            Answer::Timeout => "timeout".encode(encoder),
+            Answer::Error => "error".encode(encoder),
+        }
+    }
+}
+
+type Latency<S> = Family<S, Histogram, fn() -> Histogram>;
+
+fn latency<S: Clone + std::hash::Hash + Eq>() -> Latency<S> {
+    Family::new_with_constructor(|| Histogram::new(BUCKETS))
+}
+
+/// Registers `metric` (the registry appends a full stop to the help text, and `_total` to the
+/// names of counters) and gives it back.
+fn add<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
+}
+
+/// The engine's metrics (one per process, kept across reloads).
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, Labels), f64>>,
-    histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
-    help: Mutex<BTreeMap<&'static str, (&'static str, &'static str)>>,
+    registry: Registry,
+    requests: Family<StatusLabels, Counter>,
+    request_seconds: Latency<RouteLabels>,
+    upstream_requests: Family<AnswerLabels, Counter>,
+    upstream_seconds: Latency<SourceLabel>,
+    runs: Family<OutcomeLabels, Counter>,
+    records_read: Family<ConnectorLabel, Counter>,
+    resources_written: Family<ConnectorLabel, Counter>,
+    write_failures: Family<ConnectorLabel, Counter>,
+    sink_retries: Family<ConnectorLabel, Counter>,
+    push_sink_retries: Family<ConnectorLabel, Counter>,
+    push_deliveries: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut r = Registry::default();
+        Metrics {
+            requests: add(
+                &mut r,
+                "engine_requests",
+                "HTTP requests answered",
+                Family::default(),
+            ),
+            request_seconds: add(
+                &mut r,
+                "engine_request_duration_seconds",
+                "Time to answer HTTP requests",
+                latency(),
+            ),
+            upstream_requests: add(
+                &mut r,
+                "engine_upstream_requests",
+                "Calls to sources, by answer status (or timeout, error)",
+                Family::default(),
+            ),
+            upstream_seconds: add(
+                &mut r,
+                "engine_upstream_duration_seconds",
+                "Time sources took to answer",
+                latency(),
+            ),
+            runs: add(
+                &mut r,
+                "engine_runs",
+                "Cron runs, by outcome",
+                Family::default(),
+            ),
+            records_read: add(
+                &mut r,
+                "engine_records_read",
+                "Records read by cron runs",
+                Family::default(),
+            ),
+            resources_written: add(
+                &mut r,
+                "engine_resources_written",
+                "Resources written to sinks",
+                Family::default(),
+            ),
+            write_failures: add(
+                &mut r,
+                "engine_write_failures",
+                "Failures of cron runs",
+                Family::default(),
+            ),
+            sink_retries: add(
+                &mut r,
+                "engine_sink_retries",
+                "Retried writes to sinks",
+                Family::default(),
+            ),
+            push_sink_retries: add(
+                &mut r,
+                "engine_push_sink_retries",
+                "Retried writes of push connectors",
+                Family::default(),
+            ),
+            push_deliveries: add(
+                &mut r,
+                "engine_push_deliveries",
+                "Push deliveries, by outcome",
+                Family::default(),
+            ),
+            registry: r,
+        }
+    }
 }
 
 impl Metrics {
-    /// Adds `by` to a counter.
-    pub fn add(&self, name: &'static str, help: &'static str, labels: Labels, by: f64) {
-        self.describe(name, help, "counter");
-        if let Ok(mut c) = self.counters.lock() {
-            *c.entry((name, labels)).or_default() += by;
+    /// An HTTP request answered: `route` is the kind of route, `connector` empty for routes of
+    /// no connector.
+    pub fn request(&self, connector: &str, route: &'static str, status: u16, took: Duration) {
+        let route = RouteLabels {
+            connector: connector.to_owned(),
+            route,
+        };
+        self.request_seconds
+            .get_or_create(&route)
+            .observe(took.as_secs_f64());
+        self.requests
+            .get_or_create(&StatusLabels { route, status })
+            .inc();
+    }
+
+    /// A call to a source.
+    pub fn upstream(&self, source: &str, answer: Answer, took: Duration) {
+        let source = SourceLabel {
+            source: source.to_owned(),
+        };
+        self.upstream_seconds
+            .get_or_create(&source)
+            .observe(took.as_secs_f64());
+        let labels = AnswerLabels {
+            source: source.source,
+            outcome: answer,
+        };
+        self.upstream_requests.get_or_create(&labels).inc();
+    }
+
+    /// A finished cron run and its counts.
+    pub fn run(
+        &self,
+        connector: &str,
+        ok: bool,
+        read: usize,
+        written: usize,
+        failures: usize,
+        retries: usize,
+    ) {
+        let outcome = if ok { "success" } else { "failure" };
+        let labels = OutcomeLabels {
+            connector: connector.to_owned(),
+            outcome,
+        };
+        self.runs.get_or_create(&labels).inc();
+        let c = ConnectorLabel {
+            connector: labels.connector,
+        };
+        for (family, n) in [
+            (&self.records_read, read),
+            (&self.resources_written, written),
+            (&self.write_failures, failures),
+            (&self.sink_retries, retries),
+        ] {
+            family.get_or_create(&c).inc_by(n as u64);
         }
     }
 
-    /// Records a duration in a histogram.
-    pub fn observe(&self, name: &'static str, help: &'static str, labels: Labels, d: Duration) {
-        self.describe(name, help, "histogram");
-        let secs = d.as_secs_f64();
-        if let Ok(mut h) = self.histograms.lock() {
-            let h = h.entry((name, labels)).or_default();
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if secs <= *b {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
-        }
+    /// A push delivery and its outcome.
+    pub fn push_delivery(&self, connector: &str, outcome: &'static str) {
+        let labels = OutcomeLabels {
+            connector: connector.to_owned(),
+            outcome,
+        };
+        self.push_deliveries.get_or_create(&labels).inc();
     }
 
-    fn describe(&self, name: &'static str, help: &'static str, kind: &'static str) {
-        if let Ok(mut m) = self.help.lock() {
-            m.entry(name).or_insert((help, kind));
-        }
+    /// Retried writes of one push delivery.
+    pub fn push_sink_retries(&self, connector: &str, retries: usize) {
+        let c = ConnectorLabel {
+            connector: connector.to_owned(),
+        };
+        self.push_sink_retries
+            .get_or_create(&c)
+            .inc_by(retries as u64);
     }
 
-    /// The exposition text, with `extra` series (name, help, type, labels, value) read at
-    /// scrape time, sorted by name.
-    pub fn render(&self, extra: &[(&str, &str, &str, Labels, f64)]) -> String {
+    /// The exposition text, with the sizes read at scrape time: each cached connector's cache
+    /// and each push connector's queue and dead letters (waiting, dead).
+    pub fn render<'a>(
+        &self,
+        caches: impl IntoIterator<Item = (&'a str, Stats)>,
+        queues: impl IntoIterator<Item = (&'a str, (usize, usize))>,
+    ) -> String {
+        let mut r = Registry::default();
+        let gauges = Family::<ConnectorLabel, Gauge>::default;
+        let counters = Family::<ConnectorLabel, Counter>::default;
+        let entries = add(
+            &mut r,
+            "engine_cache_entries",
+            "Answers in the cache",
+            gauges(),
+        );
+        let bytes = add(
+            &mut r,
+            "engine_cache_bytes",
+            "Weight of the cache in bytes",
+            gauges(),
+        );
+        let hits = add(
+            &mut r,
+            "engine_cache_hits",
+            "Answers served fresh from the cache",
+            counters(),
+        );
+        let misses = add(
+            &mut r,
+            "engine_cache_misses",
+            "Answers loaded from the sources",
+            counters(),
+        );
+        let stale = add(
+            &mut r,
+            "engine_cache_stale",
+            "Stale answers served because a source failed",
+            counters(),
+        );
+        let evictions = add(
+            &mut r,
+            "engine_cache_evictions",
+            "Answers evicted for capacity",
+            counters(),
+        );
+        let waiting = add(
+            &mut r,
+            "engine_push_queue_depth",
+            "Push payloads waiting in the local queue",
+            gauges(),
+        );
+        let dead = add(
+            &mut r,
+            "engine_push_dead_letters",
+            "Push payloads that can never be written",
+            gauges(),
+        );
+        for (name, s) in caches {
+            let c = ConnectorLabel {
+                connector: name.to_owned(),
+            };
+            entries.get_or_create(&c).set(gauge(s.entries));
+            bytes.get_or_create(&c).set(gauge(s.bytes));
+            hits.get_or_create(&c).inc_by(s.hits);
+            misses.get_or_create(&c).inc_by(s.misses);
+            stale.get_or_create(&c).inc_by(s.stale);
+            evictions.get_or_create(&c).inc_by(s.evictions);
+        }
+        for (name, (queued, dead_letters)) in queues {
+            let c = ConnectorLabel {
+                connector: name.to_owned(),
+            };
+            waiting.get_or_create(&c).set(gauge(queued));
+            dead.get_or_create(&c).set(gauge(dead_letters));
+        }
         let mut out = String::new();
-        let help = self.help.lock().map(|h| h.clone()).unwrap_or_default();
-        let mut last = "";
-        if let Ok(counters) = self.counters.lock() {
-            for ((name, labels), v) in counters.iter() {
-                header(&mut out, &mut last, name, &help);
-                let _ = writeln!(out, "{name}{} {v}", fmt_labels(labels, None));
-            }
-        }
-        if let Ok(hs) = self.histograms.lock() {
-            for ((name, labels), h) in hs.iter() {
-                header(&mut out, &mut last, name, &help);
-                for (i, b) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{} {}",
-                        fmt_labels(labels, Some(&b.to_string())),
-                        h.counts[i]
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{} {}",
-                    fmt_labels(labels, Some("+Inf")),
-                    h.count
-                );
-                let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(labels, None), h.sum);
-                let _ = writeln!(out, "{name}_count{} {}", fmt_labels(labels, None), h.count);
-            }
-        }
-        for (name, text, kind, labels, v) in extra {
-            if *name != last {
-                let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{} {v}", fmt_labels(labels, None));
-        }
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        let _ = encode(&mut out, &r);
         out
     }
 }
 
-fn header<'a>(
-    out: &mut String,
-    last: &mut &'a str,
-    name: &'a str,
-    help: &BTreeMap<&str, (&str, &str)>,
-) {
-    if *last != name {
-        let (text, kind) = help.get(name).copied().unwrap_or(("", "untyped"));
-        let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
-        *last = name;
-    }
-}
-
-fn fmt_labels(labels: &Labels, le: Option<&str>) -> String {
-    let mut parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}=\"{}\"",
-                v.replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n")
-            )
-        })
-        .collect();
-    if let Some(le) = le {
-        parts.push(format!("le=\"{le}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
+fn gauge(n: impl TryInto<i64>) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -143,45 +348,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_histograms_and_gauges() {
+    fn renders_counters_histograms_and_scraped_series() {
         let m = Metrics::default();
-        m.add(
-            "engine_requests_total",
-            "Requests.",
-            vec![("route", "search".into())],
-            2.0,
-        );
-        m.observe(
-            "engine_request_seconds",
-            "Latency.",
-            vec![],
-            Duration::from_millis(3),
-        );
-        let text = m.render(&[(
-            "engine_cache_entries",
-            "Entries.",
-            "gauge",
-            vec![("connector", "a\"b".into())],
-            5.0,
-        )]);
-        assert!(
-            text.contains(
-                "# TYPE engine_requests_total counter\nengine_requests_total{route=\"search\"} 2\n"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("engine_request_seconds_bucket{le=\"0.0025\"} 0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("engine_request_seconds_bucket{le=\"0.005\"} 1\n"),
-            "{text}"
-        );
-        assert!(text.contains("engine_request_seconds_count 1\n"), "{text}");
-        assert!(
-            text.contains("engine_cache_entries{connector=\"a\\\"b\"} 5\n"),
-            "{text}"
-        );
+        m.request("a", "search", 200, Duration::from_millis(3));
+        m.request("a", "search", 200, Duration::from_millis(3));
+        m.upstream("s", Answer::Timeout, Duration::from_millis(3));
+        let stats = Stats {
+            entries: 5,
+            ..Stats::default()
+        };
+        let text = m.render([("a\"b", stats)], [("p", (2, 0))]);
+        for line in [
+            "# HELP engine_requests_total HTTP requests answered.\n",
+            "# TYPE engine_requests_total counter\n",
+            "engine_requests_total{connector=\"a\",route=\"search\",status=\"200\"} 2\n",
+            "engine_request_duration_seconds_bucket{connector=\"a\",route=\"search\",le=\"0.0025\"} 0\n",
+            "engine_request_duration_seconds_bucket{connector=\"a\",route=\"search\",le=\"0.005\"} 2\n",
+            "engine_request_duration_seconds_count{connector=\"a\",route=\"search\"} 2\n",
+            "engine_upstream_requests_total{source=\"s\",outcome=\"timeout\"} 1\n",
+            "# TYPE engine_cache_entries gauge\n",
+            "engine_cache_entries{connector=\"a\\\"b\"} 5\n",
+            "engine_push_queue_depth{connector=\"p\"} 2\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -22,7 +22,9 @@ use std::time::Duration;
 use hmac::{KeyInit, Mac};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 
+use crate::model::digest::content_digest;
 use crate::model::vocabulary::PushMode;
 use crate::model::{Connector, Push, PushAuth, Strategy};
 use crate::runtime::clock::Clock;
@@ -173,7 +175,7 @@ impl PushEndpoint {
                 let given = header("authorization")
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .unwrap_or_default();
-                if equal(given.as_bytes(), token.0.as_bytes()) {
+                if bool::from(given.as_bytes().ct_eq(token.0.as_bytes())) {
                     Ok(())
                 } else {
                     Err(deny("missing or wrong bearer token"))
@@ -184,7 +186,7 @@ impl PushEndpoint {
                 value,
             } => {
                 let given = header(name).unwrap_or_default();
-                if equal(given.as_bytes(), value.0.as_bytes()) {
+                if bool::from(given.as_bytes().ct_eq(value.0.as_bytes())) {
                     Ok(())
                 } else {
                     Err(deny("missing or wrong API key"))
@@ -238,7 +240,7 @@ impl PushEndpoint {
             .and_then(|v| v.to_str().ok())
             .filter(|k| !k.is_empty() && k.len() <= 200)
             .map_or_else(
-                || format!("sha256:{}", hex(&sha2::Sha256::digest_bytes(body))),
+                || format!("sha256:{}", content_digest(&[body])),
                 |k| format!("key:{k}"),
             );
         let claim = match self.reserve(key) {
@@ -306,12 +308,8 @@ impl PushEndpoint {
             identifier_system: self.push().identifier_system.clone(),
         };
         let report = self.writer.write(resources, &opts).await;
-        self.metrics.add(
-            "engine_push_sink_retries_total",
-            "Retried writes of push connectors.",
-            vec![("connector", self.connector.name.clone())],
-            report.retries as f64,
-        );
+        self.metrics
+            .push_sink_retries(&self.connector.name, report.retries);
         if let Some(f) = report.failures.iter().find(|f| f.transient) {
             return Err(Outcome::Transient(format!(
                 "{}: {}",
@@ -519,16 +517,8 @@ impl PushEndpoint {
         }
     }
 
-    fn count(&self, outcome: &str) {
-        self.metrics.add(
-            "engine_push_deliveries_total",
-            "Push deliveries, by outcome.",
-            vec![
-                ("connector", self.connector.name.clone()),
-                ("outcome", outcome.to_owned()),
-            ],
-            1.0,
-        );
+    fn count(&self, outcome: &'static str) {
+        self.metrics.push_delivery(&self.connector.name, outcome);
     }
 }
 
@@ -585,14 +575,6 @@ fn decrement(count: &AtomicUsize) {
     });
 }
 
-/// Constant-time equality (the time does not depend on where the inputs differ).
-fn equal(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -605,18 +587,6 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-/// SHA-256 of bytes.
-trait DigestBytes {
-    fn digest_bytes(data: &[u8]) -> Vec<u8>;
-}
-
-impl DigestBytes for sha2::Sha256 {
-    fn digest_bytes(data: &[u8]) -> Vec<u8> {
-        use sha2::Digest;
-        sha2::Sha256::digest(data).to_vec()
-    }
 }
 
 /// The signature a caller sends for `body` at `timestamp` (for tests and clients).
@@ -634,10 +604,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn constant_time_equality_and_hex() {
-        assert!(equal(b"abc", b"abc"));
-        assert!(!equal(b"abc", b"abd"));
-        assert!(!equal(b"abc", b"ab"));
+    fn hex_both_ways() {
         assert_eq!(hex_decode("00ff10"), Some(vec![0, 255, 16]));
         assert_eq!(hex_decode("0g"), None);
         assert_eq!(hex(&[0, 255]), "00ff");

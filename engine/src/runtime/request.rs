@@ -10,7 +10,31 @@ use serde_json::{Map, Value};
 use crate::model::mapping::{Evaluator, Input};
 use crate::model::template::Scope;
 use crate::model::{Connector, Request};
+use crate::runtime::problem::Problem;
 use crate::runtime::upstream::Call;
+
+/// Why an upstream call cannot be built from a request template and the caller's values.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestError {
+    #[error("cannot build the upstream request: {0}")]
+    Template(String),
+    /// A caller value made only of dots would move the request to another path.
+    #[error("a value in the upstream path cannot be `.` or `..`")]
+    DotSegment,
+    #[error("bad header name `{0}`")]
+    HeaderName(String),
+    #[error("a value for header `{0}` has characters a header cannot carry")]
+    HeaderValue(String),
+    #[error("cannot build the upstream request body: {0}")]
+    Body(crate::model::mapping::MapError),
+}
+
+/// The caller's values cannot make the call: the caller's request is wrong (400).
+impl From<RequestError> for Problem {
+    fn from(e: RequestError) -> Problem {
+        Problem::invalid(e.to_string())
+    }
+}
 
 /// The call of `r` against the source at `base`, for caller `params` (and `id` of a read).
 /// The error says what cannot be built.
@@ -20,7 +44,7 @@ pub fn build(
     r: &Request,
     params: &Value,
     id: Option<&str>,
-) -> Result<Call, String> {
+) -> Result<Call, RequestError> {
     let templates = &connector.templates;
     let vars = &connector.vars;
     let id_value = id.map(|i| Value::String(i.to_owned()));
@@ -28,11 +52,7 @@ pub fn build(
     let encoded_params = encode_values(params);
     let encoded_id = id.map(|i| Value::String(encode_segment(i)));
     let in_path = Values::new(&encoded_params, vars, encoded_id.as_ref());
-    let render = |t, scope: &Values<'_>| {
-        templates
-            .render(t, scope)
-            .map_err(|m| format!("cannot build the upstream request: {m}"))
-    };
+    let render = |t, scope: &Values<'_>| templates.render(t, scope).map_err(RequestError::Template);
     let path = render(&r.path, &in_path)?;
     let mut url = base.clone();
     let wanted = format!("{}{path}", base.path().trim_end_matches('/'));
@@ -40,7 +60,7 @@ pub fn build(
     if url.path() != wanted {
         // `.` and `..` segments (also percent-encoded) are removed by URL normalisation: a
         // caller value made only of dots would move the request to another path.
-        return Err("a value in the upstream path cannot be `.` or `..`".into());
+        return Err(RequestError::DotSegment);
     }
     for (k, t) in &r.query {
         let v = render(t, &raw)?;
@@ -54,11 +74,9 @@ pub fn build(
     let mut headers = Vec::new();
     for (k, t) in &r.headers {
         let v = render(t, &raw)?;
-        let name =
-            HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("bad header name `{k}`"))?;
-        let value = HeaderValue::from_str(&v).map_err(|_| {
-            format!("a value for header `{k}` has characters a header cannot carry")
-        })?;
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| RequestError::HeaderName(k.clone()))?;
+        let value = HeaderValue::from_str(&v).map_err(|_| RequestError::HeaderValue(k.clone()))?;
         headers.push((name, value));
     }
     let body = match &r.body {
@@ -75,7 +93,7 @@ pub fn build(
             };
             evaluator
                 .evaluate(expr, input)
-                .map_err(|e| format!("cannot build the upstream request body: {e}"))?
+                .map_err(RequestError::Body)?
         }
     };
     let method = match r.method {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::DateTime;
 use serde_json::{Value, json};
 
+use crate::model::digest::content_digest;
 use crate::model::jsonpath::Query;
 use crate::model::{Connector, CronRead, Import, Pagination, Strategy};
 use crate::runtime::clock::Clock;
@@ -143,7 +144,7 @@ impl Runner {
                         Err(m) => report.failures.push(Failure {
                             stage: "read",
                             subject,
-                            message: m,
+                            message: m.to_string(),
                             outcome: None,
                         }),
                         Ok(mut call) => {
@@ -404,39 +405,13 @@ impl Runner {
 
     fn finish(&self, mut report: RunReport) -> RunReport {
         report.finished = self.clock.now();
-        let outcome = if report.ok() { "success" } else { "failure" };
-        let l = || vec![("connector", report.connector.clone())];
-        let mut with_outcome = l();
-        with_outcome.push(("outcome", outcome.to_owned()));
-        self.metrics.add(
-            "engine_runs_total",
-            "Cron runs, by outcome.",
-            with_outcome,
-            1.0,
-        );
-        self.metrics.add(
-            "engine_records_read_total",
-            "Records read by cron runs.",
-            l(),
-            report.records_read as f64,
-        );
-        self.metrics.add(
-            "engine_resources_written_total",
-            "Resources written to sinks.",
-            l(),
-            report.resources_written as f64,
-        );
-        self.metrics.add(
-            "engine_write_failures_total",
-            "Failures of cron runs.",
-            l(),
-            report.failures.len() as f64,
-        );
-        self.metrics.add(
-            "engine_sink_retries_total",
-            "Retried writes to sinks.",
-            l(),
-            report.sink_retries as f64,
+        self.metrics.run(
+            &report.connector,
+            report.ok(),
+            report.records_read,
+            report.resources_written,
+            report.failures.len(),
+            report.sink_retries,
         );
         report
     }
@@ -457,7 +432,7 @@ pub fn digest(r: &Value) -> String {
     if let Some(o) = copy.as_object_mut() {
         o.remove("meta");
     }
-    crate::model::fhir::uuid5(&[copy.to_string()])
+    content_digest(&[copy.to_string()])
 }
 
 fn cursor_text(v: &Value) -> Option<String> {

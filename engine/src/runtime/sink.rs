@@ -498,7 +498,7 @@ async fn send_bundle(
         attempt += 1;
         report.retries += 1;
         let backoff = Duration::from_millis(200u64 << attempt.min(6)).min(Duration::from_secs(10));
-        let jitter = Duration::from_millis((uuid::Uuid::new_v4().as_u128() % 100) as u64);
+        let jitter = Duration::from_millis(fastrand::u64(..100));
         tokio::time::sleep(
             wait.unwrap_or(backoff + jitter)
                 .min(Duration::from_secs(30)),

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::model::{Auth, Pagination, Source};
-use crate::runtime::metrics::Metrics;
+use crate::runtime::metrics::{Answer, Metrics};
 
 /// Largest upstream answer read, so that a source cannot exhaust memory.
 pub const MAX_ANSWER: usize = 32 << 20;
@@ -181,23 +181,12 @@ impl SourceClient {
             *calls += 1;
             let started = tokio::time::Instant::now();
             let sent = req.send().await;
-            let label = match &sent {
-                Ok(r) => r.status().as_u16().to_string(),
-                Err(e) if e.is_timeout() => "timeout".into(),
-                Err(_) => "error".into(),
+            let answer = match &sent {
+                Ok(r) => Answer::Status(r.status().as_u16()),
+                Err(e) if e.is_timeout() => Answer::Timeout,
+                Err(_) => Answer::Error,
             };
-            self.metrics.add(
-                "engine_upstream_requests_total",
-                "Calls to sources, by answer status (or timeout, error).",
-                vec![("source", s.name.clone()), ("outcome", label)],
-                1.0,
-            );
-            self.metrics.observe(
-                "engine_upstream_duration_seconds",
-                "Time sources took to answer.",
-                vec![("source", s.name.clone())],
-                started.elapsed(),
-            );
+            self.metrics.upstream(&s.name, answer, started.elapsed());
             let outcome: Result<std::convert::Infallible, (Failure, Option<Duration>)> = match sent
             {
                 Ok(resp) => {
@@ -444,22 +433,67 @@ pub fn set_query(u: &mut url::Url, pairs: &[(&String, String)]) {
     }
 }
 
-/// The `rel="next"` target of a `Link` header.
+/// The target of the first `rel="next"` link of a `Link` header (RFC 8288 section 3). A
+/// target may hold commas and semicolons; a parameter value may be a token or a quoted string
+/// (with `\` escapes, commas and semicolons); `rel` may name several relation types; names and
+/// relation types are case-insensitive; only the first `rel` of a link counts. A header that
+/// breaks the grammar before the end of its `next` link gives none.
 fn link_next(header: &str) -> Option<String> {
-    header.split(',').find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        let is_next = params.split(';').any(|p| {
-            let p = p.trim().replace(' ', "");
-            p == "rel=\"next\"" || p == "rel=next"
+    const OWS: [char; 2] = [' ', '\t'];
+    // Empty list elements are allowed.
+    let mut rest = header.trim_start_matches([' ', '\t', ',']);
+    while !rest.is_empty() {
+        let (target, after) = rest.strip_prefix('<')?.split_once('>')?;
+        rest = after.trim_start_matches(OWS);
+        let mut rel = None;
+        while let Some(param) = rest.strip_prefix(';') {
+            let param = param.trim_start_matches(OWS);
+            let end = param
+                .find(['=', ';', ',', ' ', '\t'])
+                .unwrap_or(param.len());
+            let (name, after) = param.split_at(end);
+            rest = after.trim_start_matches(OWS);
+            let mut value = String::new();
+            if let Some(v) = rest.strip_prefix('=') {
+                (value, rest) = param_value(v.trim_start_matches(OWS))?;
+                rest = rest.trim_start_matches(OWS);
+            }
+            if rel.is_none() && name.eq_ignore_ascii_case("rel") {
+                rel = Some(value);
+            }
+        }
+        let next = rel.is_some_and(|r| {
+            r.split_ascii_whitespace()
+                .any(|t| t.eq_ignore_ascii_case("next"))
         });
-        is_next.then(|| {
-            target
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_owned()
-        })
-    })
+        if next {
+            return Some(target.to_owned());
+        }
+        // The link ends at a comma or at the end of the header.
+        if !rest.is_empty() {
+            rest = rest.strip_prefix(',')?.trim_start_matches([' ', '\t', ',']);
+        }
+    }
+    None
+}
+
+/// A parameter value at the start of `s` (a quoted string unescaped, or a token), and what
+/// follows it.
+fn param_value(s: &str) -> Option<(String, &str)> {
+    let Some(quoted) = s.strip_prefix('"') else {
+        let end = s.find([';', ',', ' ', '\t']).unwrap_or(s.len());
+        return Some((s[..end].to_owned(), &s[end..]));
+    };
+    let mut value = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((value, &quoted[i + 1..])),
+            '\\' => value.push(chars.next()?.1),
+            c => value.push(c),
+        }
+    }
+    None
 }
 
 fn accept(s: &Source) -> &'static str {
@@ -526,10 +560,8 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 
 /// Exponential backoff with full jitter: up to 100 ms, 200 ms, 400 ms ... (at most 5 s).
 pub(crate) fn backoff(attempt: u32) -> Duration {
-    let cap = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)))
-        .min(Duration::from_secs(5));
-    let jitter = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
-    cap * jitter / 1000
+    let cap_ms = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    Duration::from_millis(fastrand::u64(..=cap_ms))
 }
 
 fn humanize(d: Duration) -> String {
@@ -549,6 +581,58 @@ mod tests {
         let h = r#"<https://x/p?page=1>; rel="prev", <https://x/p?page=3>; rel="next""#;
         assert_eq!(link_next(h).as_deref(), Some("https://x/p?page=3"));
         assert_eq!(link_next(r#"<https://x/p>; rel="last""#), None);
+        assert_eq!(link_next(""), None);
+    }
+
+    #[test]
+    fn link_targets_may_hold_commas_and_semicolons() {
+        let h = r#"<https://x/p?ids=1,2;v=3&page=1>; rel=prev, <https://x/p?ids=1,2;v=3&page=3>; rel=next"#;
+        assert_eq!(
+            link_next(h).as_deref(),
+            Some("https://x/p?ids=1,2;v=3&page=3")
+        );
+    }
+
+    #[test]
+    fn link_parameters_may_be_quoted_with_commas_semicolons_and_escapes() {
+        let h = r#"<https://x/a>; title="a, b; \"c\", ü"; rel="prev", <https://x/b>; title = "x,y" ; rel = next"#;
+        assert_eq!(link_next(h).as_deref(), Some("https://x/b"));
+        let h = r#"<https://x/a>; rel="next"; title="never closed"#;
+        assert_eq!(link_next(h), None);
+        let h = r#"<https://x/a>; title="never closed, <https://x/b>; rel=next"#;
+        assert_eq!(link_next(h), None);
+    }
+
+    #[test]
+    fn link_relations_are_lists_case_insensitive_and_counted_once() {
+        let next = link_next;
+        assert_eq!(
+            next(r#"<https://x/a>; rel="last next""#).as_deref(),
+            Some("https://x/a")
+        );
+        assert_eq!(
+            next(r#"<https://x/a>; REL=NEXT"#).as_deref(),
+            Some("https://x/a")
+        );
+        assert_eq!(next(r#"<https://x/a>; rel="nextpage""#), None);
+        assert_eq!(next(r#"<https://x/a>; rel="prev"; rel="next""#), None);
+        assert_eq!(next(r##"<https://x/a>; anchor="#next""##), None);
+        assert_eq!(
+            next(r#", ,<https://x/a>; rel=prev,, <https://x/b>;rel=next,"#).as_deref(),
+            Some("https://x/b")
+        );
+    }
+
+    #[test]
+    fn broken_link_headers_give_no_next() {
+        for h in [
+            r#"https://x/a; rel=next"#,
+            r#"<https://x/a; rel=next"#,
+            r#"<https://x/a> rel=next"#,
+            r#"<https://x/a>; rel=prev <https://x/b>; rel=next"#,
+        ] {
+            assert_eq!(link_next(h), None, "{h}");
+        }
     }
 
     #[test]
@@ -556,6 +640,11 @@ mod tests {
         for attempt in 1..20 {
             assert!(backoff(attempt) <= Duration::from_secs(5));
         }
+        let waits: std::collections::HashSet<Duration> = (0..50).map(|_| backoff(6)).collect();
+        assert!(
+            waits.len() > 1,
+            "50 waits drawn from 0..=5000 ms are not all equal"
+        );
     }
 
     #[test]

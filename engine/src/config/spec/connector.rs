@@ -332,9 +332,10 @@ pub struct ImportSpec {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GuideFilterSpec {
-    /// File patterns: `*` and `?` within a name, `**` across folders. A pattern without `/`
-    /// matches the file name in any folder; one with `/` matches the path in the guide (in a
-    /// package, the path below `package/`).
+    /// File patterns: `*` and `?` within a name, `**` (a whole folder name) across folders,
+    /// `[abc]` one of a set, `{a,b}` either. A pattern without `/` matches the file name in
+    /// any folder; one with `/` matches the path in the guide (in a package, the path below
+    /// `package/`).
     #[serde(default)]
     #[schemars(extend("examples" = [["ImplementationGuide-*.json", "example/**"]]))]
     pub files: Vec<String>,

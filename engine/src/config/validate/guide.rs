@@ -69,13 +69,19 @@ fn list(ctx: &mut Ctx<'_>, f: Option<&GuideFilterSpec>, key: &str) -> (Vec<Glob>
     let Some(f) = f else {
         return (Vec::new(), Vec::new());
     };
+    let mut files = Vec::new();
     for (n, p) in f.files.iter().enumerate() {
+        let at = ["spec", "import", key, "files", &n.to_string()];
         if p.trim().is_empty() {
-            ctx.error(
-                &["spec", "import", key, "files", &n.to_string()],
-                "the pattern is empty",
-                None,
-            );
+            ctx.error(&at, "the pattern is empty", None);
+            continue;
+        }
+        match Glob::new(p) {
+            Ok(g) => files.push(g),
+            Err(e) => {
+                let message = format!("{} is not a valid pattern: {e}", ctx.show(&at, p));
+                ctx.error(&at, message, None);
+            }
         }
     }
     for (n, t) in f.types.iter().enumerate() {
@@ -87,8 +93,5 @@ fn list(ctx: &mut Ctx<'_>, f: Option<&GuideFilterSpec>, key: &str) -> (Vec<Glob>
             );
         }
     }
-    (
-        f.files.iter().map(|p| Glob::new(p)).collect(),
-        f.types.clone(),
-    )
+    (files, f.types.clone())
 }

@@ -26,6 +26,7 @@ use crate::config::secrets::{Environment, Unresolved};
 use crate::config::spec::{ConnectorDoc, SinkDoc, SourceDoc};
 use crate::config::yaml::{self, Node, NodeValue, display_path};
 use crate::model::Model;
+use crate::model::digest::content_digest;
 use context::Doc;
 
 use context::Ctx;
@@ -312,7 +313,7 @@ impl Documents {
                     .map(|(d, _)| d.json.to_string()),
             );
         }
-        crate::model::fhir::uuid5(&parts)
+        content_digest(&parts)
     }
 
     fn warn_unused_sources(&self, used: &HashSet<String>, diags: &mut Vec<Diagnostic>) {

@@ -37,7 +37,7 @@ impl PullRuntime {
                         params,
                         Some(id),
                     )
-                    .map_err(|m| SourceError::Problem(Problem::invalid(m)))?,
+                    .map_err(|e| SourceError::Problem(e.into()))?,
                     None => fhir_read_call(client, &res.resource_type, id),
                 };
                 let reply = match client.send(&call, &info.request_id).await {

@@ -143,7 +143,7 @@ impl PullRuntime {
                     &q.params,
                     None,
                 )
-                .map_err(|m| SourceError::Problem(Problem::invalid(m)))?,
+                .map_err(|e| SourceError::Problem(e.into()))?,
                 None => fhir_search_call(client, &res.resource_type, &q.params),
             };
             let pages = match client
