@@ -217,6 +217,7 @@ async fn main() {
         engine::runtime::state::StateDir::new(state.path()),
         state.path(),
         metrics,
+        engine::runtime::clock::Clock::system(),
     )
     .expect("runner");
     let started = Instant::now();

@@ -28,16 +28,17 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use chrono::Utc;
+use chrono::{TimeZone, Utc};
+use engine::runtime::clock::Clock;
 use engine::runtime::engine::{Engine, Limits};
 use engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, definitions, dirs_in, engine_run_command,
     exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, serve_engine,
-    signed_push, wait_until, watermarks,
+    serve_engine_with_limits, signed_push, wait_until, watermarks,
 };
 use fhir_resources::{instant, key_of, references, without_meta};
 use fhir_standin::{FhirSource, fhir_json, operation_outcome};
-use local_http::{Got, bind, client, dead_url, send, spawn_app};
+use local_http::{Got, bind, client, dead_url, free_port, send, spawn_app};
 use serde_json::{Value, json};
 
 /// Longest any single HTTP request of a test may take before the test fails.
@@ -1191,6 +1192,11 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
         move || s.refused() > 0,
     )
     .await;
+    assert_eq!(
+        served.engine.pushes["durable-feed"].depths(),
+        (10, 0),
+        "the queue depth counts the payloads as they are queued"
+    );
 
     // The engine stops: drainer, server, engine.
     drainer.stop().await;
@@ -1229,7 +1235,9 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
 // 7. Cron schedule
 // ------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On paused tokio time, with the engine's clock following it: the schedule fires every
+/// second of that clock, and no test waits on the wall clock.
+#[tokio::test(start_paused = true)]
 async fn schedule_skips_ticks_while_a_slow_run_goes_and_never_overlaps() {
     let source = FhirSource::start().await;
     source.put(patient(1, 1));
@@ -1248,15 +1256,22 @@ spec:
     );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let engine = Engine::new(
+    let start = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("time");
+    let engine = Engine::with_clock(
         Arc::new(load(defs.path())),
         Limits::default(),
         &dirs_in(state.path()),
+        Clock::following_tokio(start),
     )
     .expect("an engine");
     let job = engine.crons["every-second"].clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let scheduler = tokio::spawn(job.clone().schedule(stopped));
+    let scheduler = engine
+        .tasks
+        .spawn(job.clone().schedule(stopped, engine.tasks.clone()));
 
     let (j, s) = (job.clone(), source.clone());
     wait_until(
@@ -1291,6 +1306,74 @@ spec:
         std::fs::read_to_string(state.path().join("ndjson").join("Patient.ndjson"))
             .is_ok_and(|t| t.lines().count() >= 1),
         "the runs wrote to the default NDJSON sink"
+    );
+}
+
+/// A run started by `POST /connectors/{name}/run` is not cut by a shutdown: the sink answers
+/// slowly, the shutdown comes while the run writes, and `serve` returns only once the write
+/// reached the sink and the watermark is saved (well within the grace period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_run_on_demand_finish_its_write_and_save_its_watermark() {
+    let source = FhirSource::start().await;
+    source.put(patient(1, 1));
+    let sink = FhirSink::start().await;
+    sink.delay(Duration::from_secs(2));
+    let yaml = sink_doc("slow", &sink.url, "transaction", 0)
+        + &sync_doc("on-demand", &source.url, "slow", "Patient", 50);
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let built = Engine::new(
+        Arc::new(load(defs.path())),
+        Limits::default(),
+        &dirs_in(state.path()),
+    )
+    .expect("an engine");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{listen}");
+    let (shut_down, shutdown) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(async move {
+        engine::http::server::serve(
+            built,
+            &listen,
+            Duration::from_secs(60),
+            false,
+            None,
+            async {
+                let _ = shutdown.await;
+            },
+        )
+        .await
+    });
+    let c = client(CLIENT_TIMEOUT);
+    let up = tokio::time::Instant::now() + Duration::from_secs(10);
+    while send(c.get(format!("{base}/healthz"))).await.status != 200 {
+        assert!(tokio::time::Instant::now() < up, "the engine serves");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let got = send(c.post(format!("{base}/connectors/on-demand/run"))).await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    let s = sink.clone();
+    wait_until(Duration::from_secs(10), "the run writes", move || {
+        s.posts() >= 1
+    })
+    .await;
+    assert_eq!(sink.count(), 0, "the sink is still answering the write");
+    let _ = shut_down.send(());
+    tokio::time::timeout(Duration::from_secs(30), serving)
+        .await
+        .expect("serve returns within the grace period")
+        .expect("serve ends cleanly")
+        .expect("serve stops without error");
+
+    assert!(
+        sink.get("Patient/pat-0001").is_some(),
+        "the run's write reached the sink before serve returned"
+    );
+    assert_eq!(
+        watermarks(state.path(), "on-demand").get("Patient"),
+        Some(&instant(1)),
+        "the run saved its watermark before serve returned"
     );
 }
 
@@ -1356,6 +1439,34 @@ async fn push_sync_concurrent_replays_are_written_once() {
         ((1, 1), (1, 1)),
         "one delivery written, the replay not; same body: {same_body_answers}; same key: {same_key_answers}"
     );
+    served.server.abort();
+}
+
+/// A delivery whose request is cut (answered 504 after the engine's request timeout while the
+/// sink is slow) is not left reserved: sent again, it is written, not refused as a concurrent
+/// repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_cut_by_the_request_timeout_can_be_sent_again() {
+    let sink = FhirSink::start().await;
+    sink.delay(Duration::from_secs(3));
+    let yaml = push_yaml("cut-sync", &sink.url, "sync", "");
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let served = serve_engine_with_limits(load(defs.path()), state.path(), limits).await;
+    let url = format!("{}/push/cut-sync", served.base);
+    let c = client(CLIENT_TIMEOUT);
+    let body = patient_payload("cut-1");
+
+    let got = push(&c, &url, SECRET, Utc::now().timestamp(), &body, None).await;
+    assert_eq!(got.status, 504, "{}", got.text);
+    sink.delay(Duration::ZERO);
+    let got = push(&c, &url, SECRET, Utc::now().timestamp(), &body, None).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.json()["status"], "written", "{}", got.text);
     served.server.abort();
 }
 

@@ -755,7 +755,12 @@ spec:
     )
     .await;
     println!("queue drained {:?} after the last push", started.elapsed());
-    assert_eq!(ep.depths().1, 0, "no dead letters: {:?}", ep.dead_letters());
+    assert_eq!(
+        ep.depths().1,
+        0,
+        "no dead letters: {:?}",
+        ep.dead_letters().await
+    );
     let shown = send(c.get(format!("{}/connectors/feed", served.base))).await;
     assert_eq!(shown.json()["push"]["queued"], 0, "{}", shown.text);
     assert_eq!(shown.json()["push"]["deadLetters"], 0, "{}", shown.text);

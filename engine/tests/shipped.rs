@@ -1038,7 +1038,7 @@ async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_t
         move || !s.bundles().is_empty() && e.depths().0 == 0,
     )
     .await;
-    assert_eq!(ep.depths(), (0, 0), "{:?}", ep.dead_letters());
+    assert_eq!(ep.depths(), (0, 0), "{:?}", ep.dead_letters().await);
     let bundles = sink.bundles();
     assert_eq!(bundles.len(), 1, "{bundles:#?}");
     assert_eq!(bundles[0]["type"], "transaction", "{}", bundles[0]);

@@ -109,6 +109,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         limits.1,
         run_schedules,
         Some(reload),
+        crate::http::server::shutdown_signal(),
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => usage(&e),
@@ -146,6 +147,7 @@ pub(super) fn run_once(
             crate::runtime::state::StateDir::new(&dirs.state),
             &dirs.sink,
             metrics,
+            crate::runtime::clock::Clock::system(),
         )
     });
     let runner = match runner {

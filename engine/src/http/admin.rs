@@ -107,6 +107,13 @@ pub(super) async fn run_now(
     let Some(job) = engine.crons.get(&name).cloned() else {
         return Problem::not_found(format!("no cron connector `{name}`")).into_response();
     };
+    if engine.tasks.is_closed() {
+        return Problem::new(
+            ProblemKind::Unavailable { retry_after: 30 },
+            "the engine is shutting down: no new runs start",
+        )
+        .into_response();
+    }
     if job.is_running() {
         return Problem::new(
             ProblemKind::Conflict,
@@ -114,7 +121,8 @@ pub(super) async fn run_now(
         )
         .into_response();
     }
-    tokio::spawn(async move { job.run_now().await });
+    // Tracked: a shutdown lets the run finish within its grace period.
+    engine.tasks.spawn(async move { job.run_now().await });
     (
         StatusCode::ACCEPTED,
         axum::Json(json!({"connector": name, "status": "started"})),
@@ -127,7 +135,7 @@ pub(super) async fn dead_letters(
     Path(name): Path<String>,
 ) -> Response {
     match engine.pushes.get(&name) {
-        Some(ep) => axum::Json(ep.dead_letters()).into_response(),
+        Some(ep) => axum::Json(ep.dead_letters().await).into_response(),
         None => Problem::not_found(format!("no push connector `{name}`")).into_response(),
     }
 }

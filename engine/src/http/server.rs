@@ -1,7 +1,9 @@
 //! `engine serve`: binds the listener, serves the current engine's router, runs cron schedules
 //! and push queue drainers, reloads the definitions when their files change (a mounted
 //! ConfigMap's `..data` swap included) or on SIGHUP, and shuts down gracefully on SIGTERM or
-//! SIGINT (in-flight requests finish, for at most the grace period).
+//! SIGINT: no new run, drain or reload starts, and the requests, runs and queue drains in
+//! flight finish, for at most the grace period. Every task is spawned on the engine's task
+//! tracker, so the shutdown knows what it waits for.
 //!
 //! A reload validates the new set first: an invalid set is refused (its diagnostics are logged
 //! and shown by `/readyz` and `/reload`) and the old set keeps serving. A valid set replaces
@@ -9,6 +11,7 @@
 //! definitions did not change keep their caches, queues and schedules.
 
 use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -42,12 +45,17 @@ pub struct Reload {
 struct Tasks {
     run_schedules: bool,
     running: HashMap<String, (String, watch::Sender<bool>)>,
+    /// Set by the shutdown: no task starts any more.
+    stopped: bool,
 }
 
 impl Tasks {
     /// Starts the tasks of new or changed connectors and stops those of changed or removed
-    /// ones; unchanged ones go on.
+    /// ones; unchanged ones go on. The tasks are spawned on the engine's tracker.
     fn sync(&mut self, engine: &Engine) {
+        if self.stopped {
+            return;
+        }
         let mut wanted: HashMap<String, String> = HashMap::new();
         for c in &engine.model.connectors {
             let runs = (self.run_schedules && engine.crons.contains_key(&c.name))
@@ -69,28 +77,33 @@ impl Tasks {
             }
             let (stop, stopped) = watch::channel(false);
             if let Some(job) = engine.crons.get(&name) {
-                tokio::spawn(job.clone().schedule(stopped));
+                engine
+                    .tasks
+                    .spawn(job.clone().schedule(stopped, engine.tasks.clone()));
             } else if let Some(ep) = engine.pushes.get(&name) {
-                tokio::spawn(ep.clone().drain(stopped));
+                engine.tasks.spawn(ep.clone().drain(stopped));
             }
             self.running.insert(name, (fingerprint, stop));
         }
     }
 
     fn stop_all(&mut self) {
+        self.stopped = true;
         for (_, (_, stop)) in self.running.drain() {
             let _ = stop.send(true);
         }
     }
 }
 
-/// Serves until a shutdown signal; the error says why it could not start.
+/// Serves until `shutdown` (`shutdown_signal` in production) ends, then drains within
+/// `grace`; the error says why it could not start.
 pub async fn serve(
     engine: Arc<Engine>,
     listen: &str,
     grace: Duration,
     run_schedules: bool,
     reload: Option<Reload>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let addr: SocketAddr = listen
         .parse()
@@ -102,16 +115,18 @@ pub async fn serve(
     tracing::info!(address = %local, connectors = engine.model.connectors.len(), "serving");
 
     let current = Arc::new(RwLock::new((engine.clone(), router(engine.clone()))));
+    let tracker = engine.tasks.clone();
     let tasks = Arc::new(Mutex::new(Tasks {
         run_schedules,
         running: HashMap::new(),
+        stopped: false,
     }));
     if let Ok(mut t) = tasks.lock() {
         t.sync(&engine);
     }
     let (stop, stopped) = watch::channel(false);
     if let Some(r) = reload {
-        tokio::spawn(watch_definitions(
+        tracker.spawn(watch_definitions(
             r,
             current.clone(),
             tasks.clone(),
@@ -130,27 +145,45 @@ pub async fn serve(
         }
     }));
 
-    let (tx, rx) = watch::channel(false);
+    let (tx, mut signalled) = watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        shutdown.await;
         let _ = tx.send(true);
     });
-    let mut signalled = rx.clone();
-    let deadline = async move {
-        let _ = signalled.wait_for(|s| *s).await;
-        tracing::info!(
-            grace_seconds = grace.as_secs_f64(),
-            "shutting down: finishing requests in flight"
-        );
-        tokio::time::sleep(grace).await;
+    let mut server = std::pin::pin!(server.into_future());
+    // The server ends by itself only on an error, or once the signal came and no connection
+    // is left: either way it is not polled again.
+    let served = tokio::select! {
+        biased;
+        _ = signalled.wait_for(|s| *s) => None,
+        r = &mut server => Some(r),
     };
-    tokio::select! {
-        r = server => r.map_err(|e| format!("server: {e}"))?,
-        () = deadline => tracing::warn!("grace period over: requests still in flight are dropped"),
+    if let Some(Err(e)) = served {
+        return Err(format!("server: {e}"));
     }
+    tracing::info!(
+        grace_seconds = grace.as_secs_f64(),
+        "shutting down: no new runs; finishing requests, runs and queue drains in flight"
+    );
     let _ = stop.send(true);
     if let Ok(mut t) = tasks.lock() {
         t.stop_all();
+    }
+    tracker.close();
+    let drained = tokio::time::timeout(grace, async {
+        if served.is_none()
+            && let Err(e) = server.await
+        {
+            tracing::error!("server: {e}");
+        }
+        tracker.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            tasks = tracker.len(),
+            "grace period over: requests, runs and drains still going are dropped"
+        );
     }
     tracing::info!("stopped");
     Ok(())
@@ -177,7 +210,16 @@ fn digest(paths: &[PathBuf]) -> String {
 
 type Current = Arc<RwLock<(Arc<Engine>, Router)>>;
 
-/// Reloads when the files change or SIGHUP arrives, until `stop`.
+/// The digest of the definition files, read on the blocking pool; `None` if that stopped.
+async fn digest_of(paths: &[PathBuf]) -> Option<String> {
+    let paths = paths.to_vec();
+    tokio::task::spawn_blocking(move || digest(&paths))
+        .await
+        .ok()
+}
+
+/// Reloads when the files change or SIGHUP arrives, until `stop`. Reading, validating and
+/// building the new set run on the blocking pool.
 async fn watch_definitions(
     r: Reload,
     current: Current,
@@ -186,7 +228,7 @@ async fn watch_definitions(
 ) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = digest(&r.paths);
+    let mut last = digest_of(&r.paths).await.unwrap_or_default();
     loop {
         #[cfg(unix)]
         let hup = async {
@@ -204,7 +246,9 @@ async fn watch_definitions(
             () = tokio::time::sleep(r.poll) => false,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let now = digest(&r.paths);
+        let Some(now) = digest_of(&r.paths).await else {
+            continue;
+        };
         if !forced && now == last {
             continue;
         }
@@ -213,9 +257,22 @@ async fn watch_definitions(
             Ok(g) => g.0.clone(),
             Err(_) => return,
         };
-        let result = (r.load)().and_then(|model| {
-            Engine::with_previous(Arc::new(model), old.limits.clone(), &r.dirs, Some(&old))
-        });
+        let (load, dirs, previous) = (r.load.clone(), r.dirs.clone(), old.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            load().and_then(|model| {
+                Engine::with_previous(
+                    Arc::new(model),
+                    previous.limits.clone(),
+                    &dirs,
+                    Some(&previous),
+                )
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the reload stopped: {e}")));
+        if *stop.borrow() {
+            return;
+        }
         match result {
             Ok(new) => {
                 if let Ok(mut g) = current.write() {
@@ -242,7 +299,8 @@ async fn watch_definitions(
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -10,8 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tokio_util::task::TaskTracker;
 
 use crate::model::{Model, Strategy};
+use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::problem::Problem;
 use crate::runtime::pull::PullRuntime;
@@ -72,6 +74,11 @@ pub struct Engine {
     pub ready: AtomicBool,
     /// Outcome of definition reloads, shared by every generation of the engine.
     pub reload: Arc<ReloadStatus>,
+    /// The calendar's clock of every part, kept by every generation of the engine.
+    pub clock: Clock,
+    /// The runs, drains and watchers spawned while serving, shared by every generation of the
+    /// engine, so that a shutdown lets them finish.
+    pub tasks: TaskTracker,
 }
 
 /// What the last reload of the definitions did.
@@ -94,16 +101,38 @@ impl ReloadStatus {
 
 impl Engine {
     pub fn new(model: Arc<Model>, limits: Limits, dirs: &Dirs) -> Result<Arc<Engine>, String> {
-        Self::with_previous(model, limits, dirs, None)
+        Self::with_clock(model, limits, dirs, Clock::system())
     }
 
-    /// A new engine for `model`; connectors unchanged since `previous` (same fingerprint)
-    /// keep their runtime, so their caches, queues and schedules survive.
+    /// A new engine whose schedules, push windows and reports read `clock`.
+    pub fn with_clock(
+        model: Arc<Model>,
+        limits: Limits,
+        dirs: &Dirs,
+        clock: Clock,
+    ) -> Result<Arc<Engine>, String> {
+        Self::build(model, limits, dirs, None, clock)
+    }
+
+    /// A new engine for `model`, on the clock of `previous`; connectors unchanged since
+    /// `previous` (same fingerprint) keep their runtime, so their caches, queues and schedules
+    /// survive.
     pub fn with_previous(
         model: Arc<Model>,
         limits: Limits,
         dirs: &Dirs,
         previous: Option<&Engine>,
+    ) -> Result<Arc<Engine>, String> {
+        let clock = previous.map_or_else(Clock::system, |p| p.clock);
+        Self::build(model, limits, dirs, previous, clock)
+    }
+
+    fn build(
+        model: Arc<Model>,
+        limits: Limits,
+        dirs: &Dirs,
+        previous: Option<&Engine>,
+        clock: Clock,
     ) -> Result<Arc<Engine>, String> {
         let metrics = previous.map_or_else(|| Arc::new(Metrics::default()), |p| p.metrics.clone());
         let unchanged = |name: &str, fingerprint: &str| {
@@ -150,10 +179,11 @@ impl Engine {
                         state.clone(),
                         &dirs.sink,
                         metrics.clone(),
+                        clock,
                     )?;
                     crons.insert(
                         c.name.clone(),
-                        Arc::new(CronJob::new(runner, cron.schedule.clone())),
+                        Arc::new(CronJob::new(runner, cron.schedule.clone(), clock)),
                     );
                 }
                 Strategy::Push(_) => {
@@ -177,6 +207,7 @@ impl Engine {
                         &dirs.sink,
                         metrics.clone(),
                         invalidate,
+                        clock,
                     )?;
                     pushes.insert(c.name.clone(), Arc::new(ep));
                 }
@@ -186,6 +217,7 @@ impl Engine {
         let reload =
             previous.map_or_else(|| Arc::new(ReloadStatus::default()), |p| p.reload.clone());
         reload.generation.fetch_add(1, Ordering::Relaxed);
+        let tasks = previous.map_or_else(TaskTracker::new, |p| p.tasks.clone());
         Ok(Arc::new(Engine {
             model,
             pulls,
@@ -195,6 +227,8 @@ impl Engine {
             limits,
             ready: AtomicBool::new(true),
             reload,
+            clock,
+            tasks,
         }))
     }
 

@@ -4,6 +4,7 @@
 //! and knows nothing of the HTTP server that calls it.
 
 pub mod cache;
+pub mod clock;
 pub mod engine;
 pub mod guide;
 pub mod metrics;

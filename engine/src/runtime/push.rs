@@ -5,12 +5,18 @@
 //! (queued mode). Payloads that can never be written go to a dead-letter directory with the
 //! reason. Repeated deliveries (same idempotency key, or same body within the window) are
 //! acknowledged without writing twice.
+//!
+//! Every file operation (payload and dead-letter files, their fsyncs and the directory's, the
+//! deduplication memory `seen.jsonl`, directory listings) runs on tokio's blocking pool, and no
+//! lock is held across one. The queue depths shown by `/metrics` are counters kept by enqueue,
+//! drain and dead-letter (counted from the directories once, at start), so a scrape lists no
+//! directory.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
@@ -21,9 +27,11 @@ use subtle::ConstantTimeEq;
 use crate::model::digest::content_digest;
 use crate::model::vocabulary::PushMode;
 use crate::model::{Connector, Push, PushAuth, Strategy};
+use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::sink::{WriteOptions, Writer};
+use crate::runtime::state;
 
 /// Seconds a caller is asked to wait before sending again when the sink is down.
 const RETRY_AFTER: u32 = 30;
@@ -44,13 +52,53 @@ pub struct PushEndpoint {
     pub connector: Arc<Connector>,
     writer: Writer,
     dir: PathBuf,
-    seen: std::sync::Mutex<HashMap<String, i64>>,
-    /// Keys of deliveries being processed now (a concurrent repeat is refused with 409).
-    in_flight: std::sync::Mutex<HashSet<String>>,
+    dedup: std::sync::Mutex<Dedup>,
     wake: tokio::sync::Notify,
     seq: AtomicU64,
+    /// Payloads in the queue directory.
+    queued: AtomicUsize,
+    /// Payloads in the dead-letter directory.
+    dead: AtomicUsize,
     metrics: Arc<Metrics>,
     invalidate: Invalidate,
+    /// Reads HMAC timestamps and deduplication windows, and dates queued payloads.
+    clock: Clock,
+}
+
+/// What the endpoint knows of deliveries, under one lock so that the decision to process one
+/// is race-free: a delivery is reserved (`in_flight`) while it is written or queued, then
+/// remembered (`seen`) once durable, or released when it failed.
+#[derive(Default)]
+struct Dedup {
+    /// Keys of durable deliveries and when they came (Unix seconds).
+    seen: HashMap<String, i64>,
+    /// Keys of deliveries being processed now (a concurrent repeat is refused with 409).
+    in_flight: HashSet<String>,
+}
+
+/// What the deduplication memory says of a delivery.
+enum Reservation<'a> {
+    /// Seen within the window: acknowledged without writing again.
+    Seen,
+    /// Being processed now by another request.
+    Busy,
+    /// Reserved for this request until the claim is dropped.
+    Claimed(Claim<'a>),
+}
+
+/// A delivery reserved for one request; dropping it releases the reservation, also when the
+/// request is cancelled midway (a timeout, a closed connection).
+struct Claim<'a> {
+    endpoint: &'a PushEndpoint,
+    key: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.endpoint.dedup.lock() {
+            d.in_flight.remove(&self.key);
+        }
+    }
 }
 
 impl PushEndpoint {
@@ -62,6 +110,7 @@ impl PushEndpoint {
         sink_dir: &Path,
         metrics: Arc<Metrics>,
         invalidate: Invalidate,
+        clock: Clock,
     ) -> Result<PushEndpoint, String> {
         let push = push_of(&connector)
             .ok_or_else(|| format!("`{}` is not a push connector", connector.name))?;
@@ -71,7 +120,7 @@ impl PushEndpoint {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| format!("{}: {e}", dir.join(sub).display()))?;
         }
-        let now = chrono::Utc::now().timestamp();
+        let now = clock.now().timestamp();
         let window = push.dedup_window.as_secs() as i64;
         let mut seen = HashMap::new();
         if let Ok(text) = std::fs::read_to_string(dir.join("seen.jsonl")) {
@@ -84,17 +133,23 @@ impl PushEndpoint {
                 }
             }
         }
-        let seq = next_seq(&dir.join("queue")).max(next_seq(&dir.join("dead")));
+        let (queue, dead) = (queued(&dir.join("queue")), queued(&dir.join("dead")));
+        let seq = next_seq(&queue).max(next_seq(&dead));
         Ok(PushEndpoint {
             connector,
             writer,
             dir,
-            seen: std::sync::Mutex::new(seen),
-            in_flight: std::sync::Mutex::new(HashSet::new()),
+            dedup: std::sync::Mutex::new(Dedup {
+                seen,
+                in_flight: HashSet::new(),
+            }),
             wake: tokio::sync::Notify::new(),
             seq: AtomicU64::new(seq),
+            queued: AtomicUsize::new(queue.len()),
+            dead: AtomicUsize::new(dead.len()),
             metrics,
             invalidate,
+            clock,
         })
     }
 
@@ -148,7 +203,7 @@ impl PushEndpoint {
                     .trim()
                     .parse()
                     .map_err(|_| deny("the timestamp is not Unix seconds"))?;
-                let age = (chrono::Utc::now().timestamp() - t).abs();
+                let age = (self.clock.now().timestamp() - t).abs();
                 if age as u64 > tolerance.as_secs() {
                     return Err(deny("the timestamp is outside the tolerance window"));
                 }
@@ -188,27 +243,23 @@ impl PushEndpoint {
                 || format!("sha256:{}", content_digest(&[body])),
                 |k| format!("key:{k}"),
             );
-        if self.is_seen(&key) {
-            self.count("duplicate");
-            return Ok(Reply::Duplicate);
-        }
-        let claimed = self
-            .in_flight
-            .lock()
-            .map(|mut f| f.insert(key.clone()))
-            .unwrap_or(false);
-        if !claimed {
-            self.count("concurrent-repeat");
-            return Err(Problem::new(
-                ProblemKind::Conflict,
-                "the same delivery is being processed now; send again later if it is not acknowledged",
-            ));
-        }
-        let reply = self.accept(&key, &payload).await;
-        if let Ok(mut f) = self.in_flight.lock() {
-            f.remove(&key);
-        }
-        reply
+        let claim = match self.reserve(key) {
+            Reservation::Seen => {
+                self.count("duplicate");
+                return Ok(Reply::Duplicate);
+            }
+            Reservation::Busy => {
+                self.count("concurrent-repeat");
+                return Err(Problem::new(
+                    ProblemKind::Conflict,
+                    "the same delivery is being processed now; send again later if it is not acknowledged",
+                ));
+            }
+            Reservation::Claimed(claim) => claim,
+        };
+        // The claim is released when this returns (or is cancelled), after `accept` has
+        // remembered a durable delivery.
+        self.accept(&claim.key, &payload).await
     }
 
     /// Writes (sync) or queues (queued) a claimed delivery; remembers it once durable.
@@ -216,15 +267,15 @@ impl PushEndpoint {
         let (key, payload) = (key.to_owned(), payload);
         match self.push().mode {
             PushMode::Queued => {
-                self.enqueue(&key, payload)?;
-                self.remember(&key);
+                self.enqueue(&key, payload).await?;
+                self.remember(&key).await;
                 self.count("queued");
                 self.wake.notify_one();
                 Ok(Reply::Queued)
             }
             PushMode::Sync => match self.process(payload).await {
                 Ok(n) => {
-                    self.remember(&key);
+                    self.remember(&key).await;
                     self.count("written");
                     Ok(Reply::Written(n))
                 }
@@ -238,8 +289,8 @@ impl PushEndpoint {
                     ))
                 }
                 Err(Outcome::Permanent(why, outcome)) => {
-                    self.dead_letter(payload, &why, outcome.as_ref());
-                    self.remember(&key);
+                    self.dead_letter(payload, &why, outcome.as_ref()).await;
+                    self.remember(&key).await;
                     Err(Problem::new(ProblemKind::Unprocessable, why))
                 }
             },
@@ -282,41 +333,34 @@ impl PushEndpoint {
     }
 
     /// Writes queued payloads in order until `stop`: a transient failure waits (backing off)
-    /// and tries the same payload again; a permanent one moves it to the dead letters.
+    /// and tries the same payload again; a permanent one moves it to the dead letters. The
+    /// queue is listed once per batch; a stop lets the payload being written finish.
     pub async fn drain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let queue = self.dir.join("queue");
         let mut backoff = Duration::from_millis(500);
         loop {
-            let next = queued(&self.dir.join("queue")).into_iter().next();
-            let Some(file) = next else {
+            if *stop.borrow() {
+                return;
+            }
+            let dir = queue.clone();
+            let files = state::blocking(move || Ok(queued(&dir)))
+                .await
+                .unwrap_or_default();
+            if files.is_empty() {
                 tokio::select! {
                     () = self.wake.notified() => continue,
                     _ = stop.wait_for(|s| *s) => return,
                 }
-            };
-            let item: Option<Value> = std::fs::read(&file)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            let Some(item) = item else {
-                let _ = std::fs::rename(
-                    &file,
-                    self.dir
-                        .join("dead")
-                        .join(file.file_name().unwrap_or_default()),
-                );
-                continue;
-            };
-            match self.process(&item["payload"]).await {
-                Ok(_) => {
-                    let _ = std::fs::remove_file(&file);
-                    let _ = crate::runtime::state::sync_dir(&self.dir.join("queue"));
-                    backoff = Duration::from_millis(500);
-                }
-                Err(Outcome::Permanent(why, outcome)) => {
-                    self.dead_letter(&item["payload"], &why, outcome.as_ref());
-                    let _ = std::fs::remove_file(&file);
-                    let _ = crate::runtime::state::sync_dir(&self.dir.join("queue"));
-                }
-                Err(Outcome::Transient(why)) => {
+            }
+            for file in files {
+                loop {
+                    if *stop.borrow() {
+                        return;
+                    }
+                    let Err(why) = self.drain_one(&file).await else {
+                        backoff = Duration::from_millis(500);
+                        break;
+                    };
                     tracing::warn!(connector = %self.connector.name, wait_ms = backoff.as_millis() as u64, "queued payload not written yet: {why}");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
@@ -328,78 +372,148 @@ impl PushEndpoint {
         }
     }
 
-    fn enqueue(&self, key: &str, payload: &Value) -> Result<(), Problem> {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        let item =
-            json!({"key": key, "received": chrono::Utc::now().to_rfc3339(), "payload": payload});
-        let path = self.dir.join("queue").join(format!("{seq:020}.json"));
-        let bytes = serde_json::to_vec(&item).unwrap_or_default();
-        crate::runtime::state::write_atomic(&path, &bytes).map_err(|e| {
-            Problem::new(
-                ProblemKind::Unavailable {
-                    retry_after: RETRY_AFTER,
-                },
-                format!("the local queue cannot take the payload: {e}"),
-            )
+    /// Writes one queued payload and takes it off the queue, or moves it to the dead letters;
+    /// the error is a transient failure, the payload staying queued.
+    async fn drain_one(&self, file: &Path) -> Result<(), String> {
+        let bytes = match tokio::fs::read(file).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Taken off the queue meanwhile (by the drainer of an earlier definition).
+                decrement(&self.queued);
+                return Ok(());
+            }
+            read => read.ok(),
+        };
+        let item: Option<Value> = bytes.and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(item) = item else {
+            let (from, to) = (
+                file.to_path_buf(),
+                self.dir
+                    .join("dead")
+                    .join(file.file_name().unwrap_or_default()),
+            );
+            if state::blocking(move || std::fs::rename(&from, &to).map_err(|e| e.to_string()))
+                .await
+                .is_ok()
+            {
+                decrement(&self.queued);
+                self.dead.fetch_add(1, Ordering::SeqCst);
+            }
+            return Ok(());
+        };
+        match self.process(&item["payload"]).await {
+            Ok(_) => {}
+            Err(Outcome::Permanent(why, outcome)) => {
+                self.dead_letter(&item["payload"], &why, outcome.as_ref())
+                    .await;
+            }
+            Err(Outcome::Transient(why)) => return Err(why),
+        }
+        let (path, dir) = (file.to_path_buf(), self.dir.join("queue"));
+        let removed = state::blocking(move || {
+            std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            state::sync_dir(&dir)
         })
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(connector = %self.connector.name, "a written payload stays queued: {e}");
+        } else {
+            decrement(&self.queued);
+        }
+        Ok(())
     }
 
-    fn dead_letter(&self, payload: &Value, reason: &str, outcome: Option<&Value>) {
+    async fn enqueue(&self, key: &str, payload: &Value) -> Result<(), Problem> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        let item = json!({"received": chrono::Utc::now().to_rfc3339(), "reason": reason, "outcome": outcome, "payload": payload});
+        let item =
+            json!({"key": key, "received": self.clock.now().to_rfc3339(), "payload": payload});
+        let path = self.dir.join("queue").join(format!("{seq:020}.json"));
+        let bytes = serde_json::to_vec(&item).unwrap_or_default();
+        state::blocking(move || state::write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| {
+                Problem::new(
+                    ProblemKind::Unavailable {
+                        retry_after: RETRY_AFTER,
+                    },
+                    format!("the local queue cannot take the payload: {e}"),
+                )
+            })?;
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn dead_letter(&self, payload: &Value, reason: &str, outcome: Option<&Value>) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        let item = json!({"received": self.clock.now().to_rfc3339(), "reason": reason, "outcome": outcome, "payload": payload});
         let path = self.dir.join("dead").join(format!("{seq:020}.json"));
-        if let Err(e) = crate::runtime::state::write_atomic(
-            &path,
-            &serde_json::to_vec(&item).unwrap_or_default(),
-        ) {
-            tracing::error!(connector = %self.connector.name, "cannot keep a dead letter: {e}");
+        let bytes = serde_json::to_vec(&item).unwrap_or_default();
+        match state::blocking(move || state::write_atomic(&path, &bytes)).await {
+            Ok(()) => {
+                self.dead.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => {
+                tracing::error!(connector = %self.connector.name, "cannot keep a dead letter: {e}");
+            }
         }
         tracing::warn!(connector = %self.connector.name, "payload dead-lettered: {reason}");
         self.count("dead-letter");
     }
 
     /// Dead letters: id, when received, and why.
-    pub fn dead_letters(&self) -> Vec<Value> {
-        queued(&self.dir.join("dead"))
-            .into_iter()
-            .filter_map(|p| {
-                let v: Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
-                let id = p.file_stem()?.to_str()?.to_owned();
-                Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "outcome": v["outcome"]}))
-            })
-            .collect()
+    pub async fn dead_letters(&self) -> Vec<Value> {
+        let dir = self.dir.join("dead");
+        state::blocking(move || Ok(read_dead_letters(&dir)))
+            .await
+            .unwrap_or_default()
     }
 
-    /// Payloads waiting in the queue, and dead letters.
+    /// Payloads waiting in the queue, and dead letters (counted, not listed).
     pub fn depths(&self) -> (usize, usize) {
         (
-            queued(&self.dir.join("queue")).len(),
-            queued(&self.dir.join("dead")).len(),
+            self.queued.load(Ordering::SeqCst),
+            self.dead.load(Ordering::SeqCst),
         )
     }
 
-    fn is_seen(&self, key: &str) -> bool {
+    /// Decides, under the lock, whether this request processes the delivery `key`.
+    fn reserve(&self, key: String) -> Reservation<'_> {
         let window = self.push().dedup_window.as_secs() as i64;
-        let now = chrono::Utc::now().timestamp();
-        self.seen
-            .lock()
-            .map(|s| s.get(key).is_some_and(|t| now - t < window))
-            .unwrap_or(false)
+        let now = self.clock.now().timestamp();
+        let Ok(mut d) = self.dedup.lock() else {
+            return Reservation::Busy;
+        };
+        if d.seen.get(&key).is_some_and(|t| now - t < window) {
+            return Reservation::Seen;
+        }
+        if !d.in_flight.insert(key.clone()) {
+            return Reservation::Busy;
+        }
+        Reservation::Claimed(Claim {
+            endpoint: self,
+            key,
+        })
     }
 
-    fn remember(&self, key: &str) {
-        let now = chrono::Utc::now().timestamp();
-        if let Ok(mut s) = self.seen.lock() {
-            s.insert(key.to_owned(), now);
-            let line = format!("{}\n", json!({"key": key, "at": now}));
-            let appended = std::fs::OpenOptions::new()
+    /// Remembers a durable delivery: in memory under the lock, then appended and flushed to
+    /// `seen.jsonl` outside it.
+    async fn remember(&self, key: &str) {
+        let now = self.clock.now().timestamp();
+        if let Ok(mut d) = self.dedup.lock() {
+            d.seen.insert(key.to_owned(), now);
+        }
+        let line = format!("{}\n", json!({"key": key, "at": now}));
+        let path = self.dir.join("seen.jsonl");
+        let appended = state::blocking(move || {
+            std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(self.dir.join("seen.jsonl"))
-                .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_data()));
-            if let Err(e) = appended {
-                tracing::warn!(connector = %self.connector.name, "cannot record a delivery: {e}");
-            }
+                .open(&path)
+                .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_data()))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        })
+        .await;
+        if let Err(e) = appended {
+            tracing::warn!(connector = %self.connector.name, "cannot record a delivery: {e}");
         }
     }
 
@@ -434,11 +548,31 @@ fn queued(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn next_seq(dir: &Path) -> u64 {
-    queued(dir)
+/// The sequence number after the last of a queue directory's files.
+fn next_seq(files: &[PathBuf]) -> u64 {
+    files
         .last()
         .and_then(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
         .map_or(0, |n| n + 1)
+}
+
+/// Id, when received, and why, of each dead letter in a directory.
+fn read_dead_letters(dir: &Path) -> Vec<Value> {
+    queued(dir)
+        .into_iter()
+        .filter_map(|p| {
+            let v: Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
+            let id = p.file_stem()?.to_str()?.to_owned();
+            Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "outcome": v["outcome"]}))
+        })
+        .collect()
+}
+
+/// One file fewer (never below zero).
+fn decrement(count: &AtomicUsize) {
+    let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+        Some(n.saturating_sub(1))
+    });
 }
 
 fn hex(bytes: &[u8]) -> String {

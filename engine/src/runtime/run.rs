@@ -4,16 +4,17 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use serde_json::{Value, json};
 
 use crate::model::digest::content_digest;
 use crate::model::jsonpath::Query;
 use crate::model::{Connector, CronRead, Import, Pagination, Strategy};
+use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 pub use crate::runtime::report::{Failure, RunReport, Skipped};
 use crate::runtime::sink::{WriteFailure, WriteOptions, Writer};
-use crate::runtime::state::{ConnectorState, StateDir};
+use crate::runtime::state::{self, ConnectorState, StateDir};
 use crate::runtime::upstream::{Call, SourceClient, Upstreams};
 
 /// Most pages read per stream in one run.
@@ -27,6 +28,8 @@ pub struct Runner {
     writer: Writer,
     state: StateDir,
     metrics: Arc<Metrics>,
+    /// Dates the reports.
+    clock: Clock,
 }
 
 impl Runner {
@@ -36,6 +39,7 @@ impl Runner {
         state: StateDir,
         sink_dir: &std::path::Path,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Result<Runner, String> {
         let Strategy::Cron(cron) = &connector.strategy else {
             return Err(format!("`{}` is not a cron connector", connector.name));
@@ -57,12 +61,13 @@ impl Runner {
             writer,
             state,
             metrics,
+            clock,
         })
     }
 
     /// One run. With `dry_run`, nothing is written and the resources are returned instead.
     pub async fn run(&self, dry_run: bool) -> (RunReport, Vec<Value>) {
-        let started = Utc::now();
+        let started = self.clock.now();
         let name = self.connector.name.clone();
         let mut report = RunReport {
             connector: name.clone(),
@@ -81,7 +86,9 @@ impl Runner {
         let Strategy::Cron(cron) = &self.connector.strategy else {
             return (report, Vec::new());
         };
-        let mut state = match self.state.load(&name) {
+        let dir = self.state.clone();
+        let connector = name.clone();
+        let mut state = match state::blocking(move || dir.load(&connector)).await {
             Ok(s) => s,
             Err(e) => {
                 report.failures.push(Failure {
@@ -263,13 +270,12 @@ impl Runner {
         if report.failures.is_empty() {
             state.watermarks = watermarks;
         }
-        if let Err(e) = self.state.save(
-            &name,
-            &ConnectorState {
-                watermarks: state.watermarks,
-                written: state.written,
-            },
-        ) {
+        let dir = self.state.clone();
+        let kept = ConnectorState {
+            watermarks: state.watermarks,
+            written: state.written,
+        };
+        if let Err(e) = state::blocking(move || dir.save(&name, &kept)).await {
             report.failures.push(Failure {
                 stage: "write",
                 subject: "state".into(),
@@ -398,7 +404,7 @@ impl Runner {
     }
 
     fn finish(&self, mut report: RunReport) -> RunReport {
-        report.finished = Utc::now();
+        report.finished = self.clock.now();
         self.metrics.run(
             &report.connector,
             report.ok(),

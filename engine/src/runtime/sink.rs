@@ -91,7 +91,23 @@ impl Writer {
     /// Writes resources; every failure is in the report.
     pub async fn write(&self, resources: Vec<Value>, opts: &WriteOptions) -> WriteReport {
         match self {
-            Writer::Ndjson { dir } => write_ndjson(dir, &resources),
+            Writer::Ndjson { dir } => {
+                // Appends and fsyncs: on the blocking pool, off the async workers.
+                let dir = dir.clone();
+                let count = resources.len();
+                tokio::task::spawn_blocking(move || write_ndjson(&dir, &resources))
+                    .await
+                    .unwrap_or_else(|e| WriteReport {
+                        failures: vec![WriteFailure {
+                            resource: format!("{count} resources"),
+                            status: None,
+                            message: format!("the NDJSON writer stopped: {e}"),
+                            outcome: None,
+                            transient: true,
+                        }],
+                        ..WriteReport::default()
+                    })
+            }
             Writer::Fhir { sink, client } => {
                 write_fhir(sink, client, reference_order(resources), opts).await
             }

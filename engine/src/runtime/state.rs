@@ -1,6 +1,7 @@
 //! The local state directory: small JSON documents per connector (watermarks, digests of what
 //! was written), each written atomically (a temporary file, flushed, renamed, the directory
-//! flushed), so that a crash leaves the old or the new version, never a torn one.
+//! flushed), so that a crash leaves the old or the new version, never a torn one. The functions
+//! here block: async code calls them through `blocking`, on tokio's blocking pool.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -58,6 +59,16 @@ impl StateDir {
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
         write_atomic(&self.file(connector), &bytes)
     }
+}
+
+/// Runs file work (reads, writes, fsyncs, listings) on tokio's blocking pool, off the async
+/// workers; an error is the work's own, or says that the work stopped.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("the file work stopped: {e}"))?
 }
 
 /// Writes a file atomically and durably: temporary file, fsync, rename, fsync of the directory.

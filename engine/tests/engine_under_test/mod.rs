@@ -70,6 +70,7 @@ pub fn runner_with_sink_dir(model: &Model, name: &str, state: &Path, sink_dir: &
         StateDir::new(state),
         sink_dir,
         metrics,
+        engine::runtime::clock::Clock::system(),
     )
     .expect("a runner")
 }
