@@ -25,10 +25,22 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 pub struct Failure {
     pub source: String,
     pub reason: String,
-    /// True for a timeout (answered 504), false for other failures (502).
-    pub timeout: bool,
+    pub kind: FailureKind,
     /// The upstream status, when it answered.
     pub status: Option<u16>,
+}
+
+/// What kind of failure a source call met: a timeout is answered 504 to callers, the others 502.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No answer within the source's timeout.
+    Timeout,
+    /// The connection could not be made or the request could not be sent.
+    NoAnswer,
+    /// The source answered an error status, or an answer that does not fit the request.
+    Refused,
+    /// The answer could not be used: too large, not JSON, or not mappable to FHIR.
+    Unusable,
 }
 
 impl std::fmt::Display for Failure {
@@ -145,17 +157,17 @@ impl SourceClient {
         calls: &mut usize,
     ) -> Result<Reply, Failure> {
         let s = &self.source;
-        let fail = |reason: String, timeout: bool, status: Option<u16>| Failure {
+        let fail = |reason: String, kind: FailureKind, status: Option<u16>| Failure {
             source: s.name.clone(),
             reason,
-            timeout,
+            kind,
             status,
         };
         let _permit = self
             .limit
             .acquire()
             .await
-            .map_err(|_| fail("closed".into(), false, None))?;
+            .map_err(|_| fail("closed".into(), FailureKind::NoAnswer, None))?;
         let retries = if call.method == Method::GET {
             s.retries
         } else {
@@ -194,7 +206,11 @@ impl SourceClient {
                     let headers = resp.headers().clone();
                     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
                         Err((
-                            fail(format!("answered {status}"), false, Some(status.as_u16())),
+                            fail(
+                                format!("answered {status}"),
+                                FailureKind::Refused,
+                                Some(status.as_u16()),
+                            ),
                             retry_after(&headers),
                         ))
                     } else {
@@ -206,23 +222,30 @@ impl SourceClient {
                                     body,
                                 });
                             }
-                            Err(e) => return Err(fail(e, false, Some(status.as_u16()))),
+                            Err(e) => {
+                                return Err(fail(e, FailureKind::Unusable, Some(status.as_u16())));
+                            }
                         }
                     }
                 }
                 Err(e) if e.is_timeout() => Err((
                     fail(
                         format!("no answer within {}", humanize(s.timeout)),
-                        true,
+                        FailureKind::Timeout,
                         None,
                     ),
                     None,
                 )),
-                Err(e) if e.is_connect() => {
-                    Err((fail("connection failed".into(), false, None), None))
-                }
+                Err(e) if e.is_connect() => Err((
+                    fail("connection failed".into(), FailureKind::NoAnswer, None),
+                    None,
+                )),
                 Err(e) => Err((
-                    fail(format!("request failed: {}", without_url(&e)), false, None),
+                    fail(
+                        format!("request failed: {}", without_url(&e)),
+                        FailureKind::NoAnswer,
+                        None,
+                    ),
                     None,
                 )),
             };
@@ -292,7 +315,7 @@ impl SourceClient {
                 return Err(Failure {
                     source: self.source.name.clone(),
                     reason: format!("answered {}{detail}", reply.status),
-                    timeout: false,
+                    kind: FailureKind::Refused,
                     status: Some(reply.status),
                 });
             }
@@ -319,7 +342,7 @@ impl SourceClient {
         let reply = first_reply.ok_or_else(|| Failure {
             source: self.source.name.clone(),
             reason: "no page".into(),
-            timeout: false,
+            kind: FailureKind::Refused,
             status: None,
         })?;
         Ok((out, reply))
@@ -558,7 +581,8 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
-/// Exponential backoff with full jitter: up to 100 ms, 200 ms, 400 ms ... (at most 5 s).
+/// Exponential backoff with full jitter before retry `attempt` (1 for the first retry): a
+/// random wait up to 200 ms, then up to 400 ms, 800 ms ... (at most 5 s).
 pub(crate) fn backoff(attempt: u32) -> Duration {
     let cap_ms = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
     Duration::from_millis(fastrand::u64(..=cap_ms))

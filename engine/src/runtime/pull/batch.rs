@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{PullRuntime, RequestInfo, all_failed, status_failure};
 use crate::model::fhir::outcome;
 use crate::runtime::problem::{Problem, ProblemKind};
-use crate::runtime::upstream::{Call, Failure};
+use crate::runtime::upstream::{Call, Failure, FailureKind};
 
 impl PullRuntime {
     /// A batch Bundle sent to every FHIR source, the answers merged entry by entry.
@@ -51,7 +51,7 @@ impl PullRuntime {
                 return Err(Failure {
                     source: client.source.name.clone(),
                     reason: format!("answered {} entries for {requests} requests", entries.len()),
-                    timeout: false,
+                    kind: FailureKind::Refused,
                     status: Some(reply.status),
                 });
             }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::model::{Connector, Pull, PullResource, Strategy};
 use crate::runtime::cache::AnswerCache;
 use crate::runtime::problem::{Problem, ProblemKind};
-use crate::runtime::upstream::{Failure, SourceClient, Upstreams};
+use crate::runtime::upstream::{Failure, FailureKind, SourceClient, Upstreams};
 
 mod batch;
 mod read;
@@ -116,7 +116,7 @@ fn status_failure(client: &SourceClient, reply: &crate::runtime::upstream::Reply
     Failure {
         source: client.source.name.clone(),
         reason: format!("answered {}{detail}", reply.status),
-        timeout: false,
+        kind: FailureKind::Refused,
         status: Some(reply.status),
     }
 }
@@ -126,13 +126,13 @@ fn mapping_failure(client: &SourceClient, e: &crate::model::mapping::MapError) -
     SourceError::Failed(Failure {
         source: client.source.name.clone(),
         reason: format!("mapping failed: {e}"),
-        timeout: false,
+        kind: FailureKind::Unusable,
         status: None,
     })
 }
 
 fn all_failed(failures: &[Failure]) -> Problem {
-    let timeout = failures.iter().all(|f| f.timeout);
+    let timeout = failures.iter().all(|f| f.kind == FailureKind::Timeout);
     let text = failures
         .iter()
         .map(ToString::to_string)

@@ -14,7 +14,7 @@ use crate::model::jsonpath::Query;
 use crate::model::vocabulary::{ParamType, SourceType};
 use crate::runtime::cache::Answer;
 use crate::runtime::problem::{Problem, ProblemKind};
-use crate::runtime::upstream::{Call, SourceClient};
+use crate::runtime::upstream::{Call, FailureKind, SourceClient};
 
 /// Default `_count` of a search that declares none.
 const DEFAULT_COUNT: i64 = 20;
@@ -203,7 +203,12 @@ impl PullRuntime {
                 Err(SourceError::Failed(f)) => {
                     outcomes.push(outcome(
                         "warning",
-                        if f.timeout { "timeout" } else { "transient" },
+                        match f.kind {
+                            FailureKind::Timeout => "timeout",
+                            FailureKind::NoAnswer
+                            | FailureKind::Refused
+                            | FailureKind::Unusable => "transient",
+                        },
                         &f.to_string(),
                     ));
                     failures.push(f);
