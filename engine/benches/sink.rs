@@ -55,11 +55,8 @@ async fn helios() -> Helios {
         "search-parameters-r4.json",
         "compartment-definitions-r4.json",
     ] {
-        let from = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/hfs-data"
-        ))
-        .join(f);
+        let from =
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/hfs-data")).join(f);
         std::fs::copy(&from, work.path().join("data").join(f)).expect("Helios data files");
     }
     let port = free_port();

@@ -1463,11 +1463,11 @@ async fn push_writes_by_identifier_when_the_connector_asks() {
 // Guide imports: the allow- and deny-lists
 // ------------------------------------------------------------------------------------------
 
-/// The Gravitate-Health IPS guide's resources (shared test data).
+/// The Gravitate-Health IPS guide's resources (`tests/data/`).
 fn ips_guide() -> std::path::PathBuf {
     Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/fhir-r4/gravitate-ips"
+        "/tests/data/fhir-r4/gravitate-ips"
     ))
     .to_path_buf()
 }

@@ -472,7 +472,7 @@ spec:
 async fn ips_bundles_split_into_helios_resolve_every_reference() {
     let dir = testdata("fhir-r4/gravitate-ips");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (the shared test data is missing)", dir.display()))
+        .unwrap_or_else(|e| panic!("{}: {e} (missing from tests/data/)", dir.display()))
         .map(|e| {
             e.expect("a directory entry")
                 .file_name()

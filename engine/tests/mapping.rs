@@ -10,7 +10,10 @@ use engine::config::secrets::ProcessEnvironment;
 use engine::config::validate::{Options, validate};
 use serde_json::Value;
 
-const FHIR_SCHEMA: &str = "../../shared/testdata/fhir-r4/fhir.schema.json";
+const FHIR_SCHEMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/fhir-r4/fhir.schema.json"
+);
 
 fn fhir_schema() -> FhirSchema {
     FhirSchema::load(Path::new(FHIR_SCHEMA))

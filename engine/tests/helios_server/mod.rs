@@ -14,13 +14,9 @@ use tokio::time::Instant;
 /// Longest Helios may take to answer `GET /metadata` after it is started.
 pub const HELIOS_START: Duration = Duration::from_secs(30);
 
-/// A file of the shared test data (beside the project's checkout).
+/// A file of the test data from outside the project (`tests/data/`, see its README.md).
 pub fn testdata(rel: &str) -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata"
-    ))
-    .join(rel)
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data")).join(rel)
 }
 
 /// The Helios binary; fails the test when it is not installed.
@@ -88,9 +84,8 @@ impl Helios {
             "compartment-definitions-r4.json",
         ] {
             let from = testdata("hfs-data").join(f);
-            std::fs::copy(&from, data.join(f)).unwrap_or_else(|e| {
-                panic!("{}: {e} (the shared test data is missing)", from.display())
-            });
+            std::fs::copy(&from, data.join(f))
+                .unwrap_or_else(|e| panic!("{}: {e} (missing from tests/data/)", from.display()));
         }
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
