@@ -3,7 +3,7 @@
 //! serde_json parsing of the same files already in memory, in the same run. Prints both rates
 //! and their ratio. Run: `cargo bench -p engine --bench guide`.
 
-#[path = "../tests/fhir_package/mod.rs"]
+#[path = "../tests/suite/fhir_package.rs"]
 mod fhir_package;
 #[path = "timing/mod.rs"]
 mod timing;

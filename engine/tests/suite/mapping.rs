@@ -1,7 +1,8 @@
 //! Data-driven mapping fixtures in `tests/fixtures/mapping/<case>/`: `connector.yaml` (one
 //! connector), `input.json`, optional `params.json`, and either `expected.json` (the FHIR,
 //! which must also be valid against the FHIR R4 JSON Schema) or `expected-error.txt` (the
-//! exact error). `UPDATE_GOLDEN=1 cargo test --test mapping` rewrites the expectations.
+//! exact error). `UPDATE_GOLDEN=1 cargo test --test suite -- mapping::` rewrites the
+//! expectations.
 
 use std::path::{Path, PathBuf};
 

@@ -3,12 +3,11 @@
 //! `${env:NAME:-default}` references resolved through `engine::config::secrets::Environment`, so no
 //! process environment variable is set), pointing the definitions at servers on 127.0.0.1:
 //!
-//! - Helios FHIR Server (R4), started by the tests as a child process exactly as in
-//!   `tests/helios.rs` (at `$HFS_BIN`, else
-//!   `${FOSPS_TOOLS:-$HOME/.local/share/fosps-tools}/hfs/bin/hfs`; without it these tests
-//!   fail, they do not skip), as the ePI and IPS FHIR servers;
+//! - Helios FHIR Server (R4), started by the tests as a child process exactly as in `helios`
+//!   (at `$HFS_BIN`, else `${FOSPS_TOOLS:-$HOME/.local/share/fosps-tools}/hfs/bin/hfs`;
+//!   without it these tests fail, they do not skip), as the ePI and IPS FHIR servers;
 //! - stand-ins as small axum apps: the HL7 Europe sandbox (the FHIR source of
-//!   `tests/fhir_standin`), and, written here, the supporting-material REST API and, for the
+//!   `fhir_standin`), and, written here, the supporting-material REST API and, for the
 //!   label webhook only, a FHIR sink.
 //!
 //! Helios is R4: `MedicinalProductDefinition` is an R5-only type that it refuses (404). So the
@@ -17,14 +16,6 @@
 //! the label webhook (which maps to `MedicinalProductDefinition`) writes to a stand-in sink.
 //!
 //! Every wait is a poll with a deadline.
-
-mod engine_under_test;
-mod fhir_package;
-mod fhir_resources;
-mod fhir_standin;
-mod helios_client;
-mod helios_server;
-mod local_http;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,17 +33,18 @@ use engine::config::secrets::Environment;
 use engine::config::validate::{Options, validate};
 use engine::model::Model;
 use engine::runtime::run::RunReport;
-use engine_under_test::{
+use serde_json::{Value, json};
+
+use crate::engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, engine_run_command, exit_of, run_with_deadline,
     runner, serve_engine, signed_push, wait_until, watermarks,
 };
-use fhir_package::package_tgz;
-use fhir_resources::{entries_of, key_of, references, without_meta};
-use fhir_standin::{FhirSource, fhir_json, operation_outcome};
-use helios_client::{get_json, read_all, search_all, seed};
-use helios_server::{Db, Helios};
-use local_http::{bind, client, dead_url, send, spawn_app};
-use serde_json::{Value, json};
+use crate::fhir_package::package_tgz;
+use crate::fhir_resources::{entries_of, key_of, references, without_meta};
+use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
+use crate::helios_client::{get_json, read_all, search_all, seed};
+use crate::helios_server::{Db, Helios};
+use crate::local_http::{bind, client, dead_url, send, spawn_app};
 
 /// Longest any single HTTP request of a test may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -1203,7 +1195,7 @@ fn local_references(v: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ips_guide_import_writes_the_guide_as_resources_whose_references_resolve_and_reruns_write_nothing()
  {
-    let guide_dir = helios_server::testdata("fhir-r4/gravitate-ips");
+    let guide_dir = crate::helios_server::testdata("fhir-r4/gravitate-ips");
     let expected = guide_resources(&guide_dir);
     let types: BTreeSet<&str> = expected
         .values()

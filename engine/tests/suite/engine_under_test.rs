@@ -2,10 +2,7 @@
 //! and loaded into a model; a runner of a cron connector, a run with a deadline, and the
 //! watermarks it keeps; the `engine run` binary with a deadline (`Exit`); the engine's router
 //! served on 127.0.0.1 (`Served`); signed pushes and the drainer of queued ones; and polls with
-//! a deadline for its background work. Shared by `tests/cron_push.rs`, `tests/helios.rs`,
-//! `tests/shipped.rs` and `tests/serve.rs` (each includes `local_http` too, which this uses);
-//! each uses a part, hence the `dead_code` allowance below.
-#![allow(dead_code)]
+//! a deadline for its background work. Used by `cron_push`, `helios`, `shipped` and `serve`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,10 +1,8 @@
 //! FHIR resources as the end-to-end tests handle them, as `serde_json` values: a resource's
 //! `Type/id`, the resource without its server-managed `meta`, the `reference` strings inside
 //! a value, the entries of a search Bundle, and FHIR instants counted from a fixed time.
-//! Shared by `tests/cron_push.rs`, `tests/helios.rs`, `tests/shipped.rs` and `tests/serve.rs`
-//! (and by the modules `fhir_standin` and `helios_client`); each uses a part, hence the
-//! `dead_code` allowance below.
-#![allow(dead_code)]
+//! Used by `cron_push`, `helios`, `shipped` and `serve`, and by `fhir_standin` and
+//! `helios_client`.
 
 use chrono::{TimeZone, Utc};
 use serde_json::Value;

@@ -1,11 +1,8 @@
 //! Pieces of the stand-in FHIR servers that the end-to-end tests write as small axum apps: a
 //! FHIR JSON answer, an `OperationOutcome`, and a FHIR *source* answering searches of the
 //! resources it holds page by page as a FHIR server does (`_count`, `_offset`,
-//! `_lastUpdated=gtX`, absolute `self` and `next` links). Shared by `tests/cron_push.rs` (its
-//! FHIR source and sink) and `tests/shipped.rs` (the HL7 sandbox, the recording sink, the
-//! lenses), which include `fhir_resources` and `local_http` too, used here; each uses a part,
-//! hence the `dead_code` allowance below.
-#![allow(dead_code)]
+//! `_lastUpdated=gtX`, absolute `self` and `next` links). Used by `cron_push` (its FHIR source
+//! and sink) and `shipped` (the HL7 sandbox, the recording sink, the lenses).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

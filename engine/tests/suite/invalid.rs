@@ -1,6 +1,7 @@
 //! Golden tests of `engine validate` on the corpus of invalid definitions in `tests/invalid/`:
 //! each case (a file, or a directory of files) with its exact expected human output in
-//! `<case>.expected`. `UPDATE_GOLDEN=1 cargo test --test invalid` rewrites the goldens.
+//! `<case>.expected`. `UPDATE_GOLDEN=1 cargo test --test suite -- invalid::` rewrites the
+//! goldens.
 
 use std::path::{Path, PathBuf};
 

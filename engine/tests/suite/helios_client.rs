@@ -1,9 +1,6 @@
-//! The end-to-end tests' own requests to a Helios FHIR Server (`tests/helios_server`): a read
-//! as JSON, seeding with a transaction Bundle, and every resource of some types by following
-//! the searches' `next` links. Shared by `tests/helios.rs` and `tests/shipped.rs` (which include
-//! `fhir_resources` and `helios_server` too, used here); each uses a part, hence the
-//! `dead_code` allowance below.
-#![allow(dead_code)]
+//! The end-to-end tests' own requests to a Helios FHIR Server (`helios_server`): a read as
+//! JSON, seeding with a transaction Bundle, and every resource of some types by following the
+//! searches' `next` links. Used by `helios` and `shipped`.
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -1,8 +1,6 @@
 //! Helios FHIR Server, the real R4 FHIR server of the end-to-end tests: started on 127.0.0.1
 //! as a child process (in memory, or on a SQLite file that survives a restart), ready once
-//! `GET /metadata` answers, and killed when dropped. Shared by `tests/helios.rs` and
-//! `tests/shipped.rs`; each uses a part, hence the `dead_code` allowance below.
-#![allow(dead_code)]
+//! `GET /metadata` answers, and killed when dropped. Used by `helios` and `shipped`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

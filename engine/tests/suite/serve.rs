@@ -2,10 +2,6 @@
 //! the `engine` binary) in front of stand-in upstream servers, small axum apps that count their
 //! calls, record what they received, and can be made to fail, to be slow or to be down.
 
-mod engine_under_test;
-mod fhir_resources;
-mod local_http;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,11 +11,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use engine::http::Limits;
-use engine_under_test::{Served, definitions, load, serve_engine_with_limits};
-use fhir_resources::entries_of;
-use local_http::{Got, bind, client, dead_url, free_port, send, spawn_app};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::engine_under_test::{Served, definitions, load, serve_engine_with_limits};
+use crate::fhir_resources::entries_of;
+use crate::local_http::{Got, bind, client, dead_url, free_port, send, spawn_app};
 
 /// Longest any single request of a test may take before the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -14,12 +14,6 @@
 //!
 //! Every wait is a poll with a deadline.
 
-mod engine_under_test;
-mod fhir_resources;
-mod helios_client;
-mod helios_server;
-mod local_http;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,17 +24,18 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
-use engine_under_test::{
-    Drainer, assert_searched_from_watermarks, definitions, engine_run_command, exit_of, load,
-    patient_payload, run_with_deadline, runner, serve_engine, signed_push, wait_until, watermarks,
-};
-use fhir_resources::{key_of, references, without_meta};
-use helios_client::{get_json, read_all, search_all, seed};
-use helios_server::{Db, Helios, testdata};
-use local_http::{Got, bind, client, send, spawn_app};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+
+use crate::engine_under_test::{
+    Drainer, assert_searched_from_watermarks, definitions, engine_run_command, exit_of, load,
+    patient_payload, run_with_deadline, runner, serve_engine, signed_push, wait_until, watermarks,
+};
+use crate::fhir_resources::{key_of, references, without_meta};
+use crate::helios_client::{get_json, read_all, search_all, seed};
+use crate::helios_server::{Db, Helios, testdata};
+use crate::local_http::{Got, bind, client, send, spawn_app};
 
 /// Longest any single HTTP request of a test may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -1,14 +1,12 @@
 //! Hot reload of the real binary under load: a valid change serves within 2 s with no failed
 //! request; an invalid change is refused, reported, and the old definitions keep answering.
 
-mod local_http;
-
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use local_http::free_port;
+use crate::local_http::free_port;
 
 struct Server(Child);
 

@@ -13,11 +13,6 @@
 //!
 //! Every wait is a poll with a deadline; no sleep stands for an assertion of speed.
 
-mod engine_under_test;
-mod fhir_resources;
-mod fhir_standin;
-mod local_http;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,15 +25,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use engine::http::{Engine, Limits};
-use engine_under_test::{
+use serde_json::{Value, json};
+
+use crate::engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, definitions, dirs_in, engine_run_command,
     exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, serve_engine,
     signed_push, wait_until, watermarks,
 };
-use fhir_resources::{instant, key_of, references, without_meta};
-use fhir_standin::{FhirSource, fhir_json, operation_outcome};
-use local_http::{Got, bind, client, dead_url, send, spawn_app};
-use serde_json::{Value, json};
+use crate::fhir_resources::{instant, key_of, references, without_meta};
+use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
+use crate::local_http::{Got, bind, client, dead_url, send, spawn_app};
 
 /// Longest any single HTTP request of a test may take before the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,9 +1,7 @@
 //! Servers and clients on 127.0.0.1, as the end-to-end tests use them: a listener on a free
 //! port with its URL, a small axum app served in a task, a free port and a URL where nothing
 //! listens, and the tests' HTTP client with the answers it gets (`Got`, from `send`).
-//! Shared by `tests/serve.rs`, `tests/cron_push.rs`, `tests/helios.rs`, `tests/shipped.rs`
-//! and `tests/reload.rs`; each uses a part, hence the `dead_code` allowance below.
-#![allow(dead_code)]
+//! Used by `serve`, `cron_push`, `helios`, `shipped` and `reload`.
 
 use std::time::Duration;
 
