@@ -774,8 +774,9 @@ async fn run_that_cannot_read_fails_writes_nothing_and_keeps_its_watermark() {
     assert_eq!(watermarks(state.path(), name), marks, "the watermark stays");
 
     // The source down altogether (connection refused): the same, by library and binary.
+    let nowhere = dead_url();
     let down_yaml = sink_doc("store", &sink.url, "transaction", 0)
-        + &sync_doc(name, &dead_url(), "store", "Patient, Organization", 8);
+        + &sync_doc(name, &nowhere, "store", "Patient, Organization", 8);
     let down_defs = definitions(&down_yaml);
     let down = runner_with_sink_dir(&load(down_defs.path()), name, state.path(), ndjson.path());
     let report = run_with_deadline(&down, RUN_TIMEOUT).await;

@@ -1,16 +1,27 @@
 //! Helios FHIR Server, the real R4 FHIR server of the end-to-end tests: started on 127.0.0.1
 //! as a child process (in memory, or on a SQLite file that survives a restart), ready once
-//! `GET /metadata` answers, and killed when dropped. Used by `helios` and `shipped`.
+//! `GET /metadata` answers as this server, and killed when dropped. Used by `helios` and
+//! `shipped`, and by `benches/sink.rs` (which includes this file).
+//!
+//! Helios must be told its port, so the port is taken free and given back before Helios binds
+//! it, and another process of the machine (or another test of the run) may bind it in between.
+//! So a start that fails (Helios exits, as it does when the port is taken, or another server
+//! answers there, or nothing answers in time) is tried again on another port, a few times,
+//! and the last failure reports Helios's own output.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use serde_json::Value;
 use tokio::time::Instant;
 
 /// Longest Helios may take to answer `GET /metadata` after it is started.
 pub const HELIOS_START: Duration = Duration::from_secs(30);
+/// Starts tried, each on another port, before a test fails.
+const START_ATTEMPTS: usize = 4;
 
 /// A file of the test data from outside the project (`tests/data/`, see its README.md).
 pub fn testdata(rel: &str) -> PathBuf {
@@ -39,8 +50,8 @@ pub fn helios_binary() -> PathBuf {
     path
 }
 
-/// A port free now (taken and given back).
-pub fn free_port() -> u16 {
+/// A port free now (taken and given back: see the module's note).
+fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on 127.0.0.1");
     l.local_addr().expect("a local address").port()
 }
@@ -85,8 +96,6 @@ impl Helios {
             std::fs::copy(&from, data.join(f))
                 .unwrap_or_else(|e| panic!("{}: {e} (missing from tests/data/)", from.display()));
         }
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
         let database = match db {
             Db::Memory => ":memory:".to_owned(),
             Db::File => work.path().join("helios.sqlite").display().to_string(),
@@ -94,23 +103,42 @@ impl Helios {
         let mut h = Helios {
             bin,
             work,
-            port,
-            url: url.clone(),
-            public: public.unwrap_or(url),
+            port: 0,
+            url: String::new(),
+            public: String::new(),
             database,
             child: None,
         };
-        h.spawn().await;
-        h
+        let mut failures = Vec::new();
+        for attempt in 1..=START_ATTEMPTS {
+            h.port = free_port();
+            h.url = format!("http://127.0.0.1:{}", h.port);
+            h.public = public.clone().unwrap_or_else(|| h.url.clone());
+            match h.spawn().await {
+                Ok(()) => return h,
+                Err(why) => {
+                    h.kill();
+                    failures.push(format!("attempt {attempt}, port {}: {why}", h.port));
+                }
+            }
+        }
+        panic!(
+            "Helios did not start:\n{}\nits output:\n{}",
+            failures.join("\n"),
+            h.log()
+        );
     }
 
-    /// Starts the process and waits until `GET /metadata` answers 200.
-    async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
+    /// Starts the process on `self.port` and waits until `GET /metadata` answers 200 as this
+    /// server (its `implementation.url` is its public base URL); says why not, the process
+    /// left running for the caller to kill.
+    async fn spawn(&mut self) -> Result<(), String> {
+        let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.work.path().join("helios.log"))
             .expect("the Helios log file");
+        writeln!(log, "--- started on port {}", self.port).expect("the Helios log file");
         let mut cmd = Command::new(&self.bin);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("HFS_") {
@@ -146,10 +174,7 @@ impl Helios {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!(
-                    "Helios exited ({status}) before answering; its log:\n{}",
-                    self.log()
-                );
+                return Err(format!("Helios exited ({status}) before answering"));
             }
             if let Ok(r) = c
                 .get(format!("{}/metadata", self.url))
@@ -158,13 +183,21 @@ impl Helios {
                 .await
                 && r.status() == StatusCode::OK
             {
-                return;
+                let metadata: Value = r.json().await.unwrap_or_default();
+                let base = metadata["implementation"]["url"].as_str().unwrap_or("");
+                return if base.trim_end_matches('/') == self.public.trim_end_matches('/') {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "another server answers there (its implementation.url is {base:?})"
+                    ))
+                };
             }
-            assert!(
-                Instant::now() < end,
-                "Helios did not answer GET /metadata within {HELIOS_START:?}; its log:\n{}",
-                self.log()
-            );
+            if Instant::now() >= end {
+                return Err(format!(
+                    "no answer to GET /metadata within {HELIOS_START:?}"
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -177,10 +210,16 @@ impl Helios {
         }
     }
 
-    /// Starts it again on the same port and database.
+    /// Starts it again on the same port (the definitions under test name it) and database.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        if let Err(why) = self.spawn().await {
+            panic!(
+                "Helios did not start again on port {}: {why}; its output:\n{}",
+                self.port,
+                self.log()
+            );
+        }
     }
 
     pub fn log(&self) -> String {

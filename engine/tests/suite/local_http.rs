@@ -1,12 +1,16 @@
 //! Servers and clients on 127.0.0.1, as the end-to-end tests use them: a listener on a free
-//! port with its URL, a small axum app served in a task, a free port and a URL where nothing
-//! listens, and the tests' HTTP client with the answers it gets (`Got`, from `send`).
+//! port with its URL, a small axum app served in a task, a URL where nothing listens, and the
+//! tests' HTTP client with the answers it gets (`Got`, from `send`).
+//!
+//! No port is taken and given back for someone else to bind later (another test of the same
+//! run could take it meanwhile): a server binds port 0 and is asked its address, and the URL
+//! where nothing listens keeps its port bound.
 //! Used by `serve`, `cron_push`, `helios`, `shipped` and `reload`.
 
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 /// A listener on a free port of 127.0.0.1, and its URL.
@@ -25,15 +29,39 @@ pub fn spawn_app(listener: TcpListener, app: axum::Router) -> JoinHandle<()> {
     })
 }
 
-/// A port of 127.0.0.1 free now (taken and given back).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on 127.0.0.1");
-    l.local_addr().expect("a local address").port()
+/// A URL of 127.0.0.1 where nothing listens: connections are refused for as long as it is
+/// kept, since its port stays bound (without listening, and without `SO_REUSEADDR`, so no
+/// server can bind it meanwhile).
+pub struct DeadUrl {
+    url: String,
+    _port: TcpSocket,
 }
 
-/// A URL where nothing listens (connection refused): a port taken and given back.
-pub fn dead_url() -> String {
-    format!("http://127.0.0.1:{}", free_port())
+impl std::ops::Deref for DeadUrl {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::fmt::Display for DeadUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// A URL where nothing listens (connection refused), until it is dropped.
+pub fn dead_url() -> DeadUrl {
+    let socket = TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(([127, 0, 0, 1], 0).into())
+        .expect("bind on 127.0.0.1");
+    let addr = socket.local_addr().expect("a local address");
+    DeadUrl {
+        url: format!("http://{addr}"),
+        _port: socket,
+    }
 }
 
 /// An HTTP client whose every request fails after `timeout`.

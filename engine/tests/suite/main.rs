@@ -22,3 +22,4 @@ mod fhir_standin;
 mod helios_client;
 mod helios_server;
 mod local_http;
+mod serve_process;

@@ -16,7 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::engine_under_test::{Served, definitions, load, serve_engine_with_limits};
 use crate::fhir_resources::entries_of;
-use crate::local_http::{Got, bind, client, dead_url, free_port, send, spawn_app};
+use crate::local_http::{Got, bind, client, dead_url, send, spawn_app};
+use crate::serve_process::ServeProcess;
 
 /// Longest any single request of a test may take before the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1256,23 +1257,17 @@ async fn binary_finishes_in_flight_requests_on_sigterm_and_refuses_invalid_defin
     )
     .expect("write");
     let state = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"))
-        .arg("serve")
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    cmd.arg("serve")
         .arg(dir.path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--state-dir")
         .arg(state.path())
         .env_remove("ENGINE_PUBLIC_URL")
         .env_remove("ENGINE_REQUEST_TIMEOUT")
-        .env_remove("ENGINE_SHUTDOWN_GRACE")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the engine starts");
-    let pid = child.id().expect("a pid");
-    let base = format!("http://127.0.0.1:{port}");
+        .env_remove("ENGINE_SHUTDOWN_GRACE");
+    let mut server = ServeProcess::start(cmd, Duration::from_secs(10)).await;
+    let pid = server.child.id().expect("a pid");
+    let base = server.base.clone();
     let c = client(CLIENT_TIMEOUT);
 
     // Up: /healthz answers.
@@ -1283,7 +1278,7 @@ async fn binary_finishes_in_flight_requests_on_sigterm_and_refuses_invalid_defin
             {
                 return;
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("the engine exited early: {status}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1319,16 +1314,8 @@ async fn binary_finishes_in_flight_requests_on_sigterm_and_refuses_invalid_defin
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.json()["total"], 2);
 
-    let out = tokio::time::timeout(Duration::from_secs(5), child.wait_with_output())
-        .await
-        .expect("the engine exits after SIGTERM")
-        .expect("exit status");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, log) = server.exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "{log}");
 
     // Invalid definitions: exit 1 with the diagnostics on stderr.
     let bad = tempfile::tempdir().expect("tempdir");
@@ -1350,7 +1337,7 @@ spec:
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"))
         .arg("serve")
         .arg(bad.path())
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--listen", "127.0.0.1:0"])
         .arg("--state-dir")
         .arg(state.path())
         .stdout(std::process::Stdio::piped())

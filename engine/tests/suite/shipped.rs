@@ -44,7 +44,7 @@ use crate::fhir_resources::{entries_of, key_of, references, without_meta};
 use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
 use crate::helios_client::{get_json, read_all, search_all, seed};
 use crate::helios_server::{Db, Helios};
-use crate::local_http::{bind, client, dead_url, send, spawn_app};
+use crate::local_http::{DeadUrl, bind, client, dead_url, send, spawn_app};
 
 /// Longest any single HTTP request of a test may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -86,6 +86,8 @@ fn shipped_dir() -> PathBuf {
 struct TestEnv {
     vars: BTreeMap<&'static str, String>,
     asked: Mutex<BTreeSet<String>>,
+    /// The URLs where nothing listens, kept (so nothing listens there) as long as the test.
+    _nowhere: Vec<DeadUrl>,
 }
 
 impl TestEnv {
@@ -93,14 +95,18 @@ impl TestEnv {
     /// secrets; a test then points the ones it uses at its servers.
     fn new() -> TestEnv {
         let mut vars = BTreeMap::new();
+        let mut nowhere = Vec::new();
         for name in SHIPPED_VARIABLES {
-            vars.insert(name, dead_url());
+            let dead = dead_url();
+            vars.insert(name, dead.to_string());
+            nowhere.push(dead);
         }
         vars.insert("SUPPORTING_MATERIAL_API_KEY", API_KEY.to_owned());
         vars.insert("LABEL_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned());
         TestEnv {
             vars,
             asked: Mutex::new(BTreeSet::new()),
+            _nowhere: nowhere,
         }
     }
 
