@@ -1,6 +1,6 @@
-//! End-to-end tests of cron runs and push endpoints over real sockets on 127.0.0.1: the engine
-//! (its `Runner`, its router with push drainers and cron schedules, or the `engine` binary)
-//! between stand-in servers written here as small axum apps with in-memory state:
+//! End-to-end tests of cron runs and push endpoints: the engine (its `Runner`, its router called
+//! in-process with push drainers and cron schedules, or the `engine` binary) between stand-in
+//! servers on 127.0.0.1 written here as small axum apps with in-memory state:
 //!
 //! - a FHIR *source* (`fhir_standin::FhirSource`) answering
 //!   `GET /{Type}?_count=N[&_lastUpdated=gtX]` with `searchset` Bundles paged through absolute
@@ -27,14 +27,15 @@ use chrono::Utc;
 use engine::http::{Engine, Limits};
 use serde_json::{Value, json};
 
+use crate::engine_router::EngineRouter;
 use crate::engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, definitions, dirs_in, engine_run_command,
-    exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, serve_engine,
-    signed_push, wait_until, watermarks,
+    exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, signed_push,
+    wait_until, watermarks,
 };
 use crate::fhir_resources::{instant, key_of, references, without_meta};
 use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
-use crate::local_http::{Got, bind, client, dead_url, send, spawn_app};
+use crate::local_http::{Got, bind, dead_url, spawn_app};
 
 /// Longest any single HTTP request of a test may take before the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -400,18 +401,18 @@ async fn engine_run(defs: &Path, name: &str, state: &Path, sink: &Path, dry_run:
 
 /// Sends a push signed with `secret` at `ts`, with an optional idempotency key.
 async fn push(
-    c: &reqwest::Client,
+    to: &EngineRouter,
     url: &str,
     secret: &str,
     ts: i64,
     body: &[u8],
     key: Option<&str>,
 ) -> Got {
-    let mut req = signed_push(c, url, secret, ts, body);
+    let mut req = signed_push(to, url, secret, ts, body);
     if let Some(k) = key {
         req = req.header("Idempotency-Key", k);
     }
-    send(req).await
+    req.send().await
 }
 
 /// Checks that an answer is an `OperationOutcome` with this status.
@@ -947,14 +948,13 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load(defs.path()), state.path()).await;
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     let url = format!("{}/push/admissions", served.base);
-    let c = client(CLIENT_TIMEOUT);
     let now = Utc::now().timestamp();
 
     // Correctly signed: written.
     let body1 = br#"{"id":"adm-1","family":"Rossi","sex":"F"}"#;
-    let got = push(&c, &url, SECRET, now, body1, None).await;
+    let got = push(&served, &url, SECRET, now, body1, None).await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.json()["status"], "written");
     assert_eq!(
@@ -966,48 +966,48 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
 
     // Refused, writing nothing: a bad signature, a tampered body, an old timestamp, too big.
     let body2 = br#"{"id":"adm-2","family":"Bianchi","sex":"M"}"#;
-    let got = push(&c, &url, "another-secret-0123456789", now, body2, None).await;
+    let got = push(&served, &url, "another-secret-0123456789", now, body2, None).await;
     assert_outcome(&got, 401);
-    let tampered = send(
-        c.post(&url)
-            .header("content-type", "application/json")
-            .header("X-Timestamp", now.to_string())
-            .header(
-                "X-Signature",
-                engine::runtime::push::sign(SECRET, now, body1),
-            )
-            .body(body2.to_vec()),
-    )
-    .await;
+    let tampered = served
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("X-Timestamp", now.to_string())
+        .header(
+            "X-Signature",
+            engine::runtime::push::sign(SECRET, now, body1),
+        )
+        .body(body2.to_vec())
+        .send()
+        .await;
     assert_outcome(&tampered, 401);
-    let got = push(&c, &url, SECRET, now - 600, body2, None).await;
+    let got = push(&served, &url, SECRET, now - 600, body2, None).await;
     assert_outcome(&got, 401);
     let big = serde_json::to_vec(&json!({"id": "adm-big", "family": "x".repeat(2000), "sex": "F"}))
         .expect("JSON");
-    let got = push(&c, &url, SECRET, now, &big, None).await;
+    let got = push(&served, &url, SECRET, now, &big, None).await;
     assert_outcome(&got, 413);
     assert_eq!(sink.posts(), posts, "refused pushes write nothing");
     assert!(sink.get("Patient/adm-2").is_none() && sink.get("Patient/adm-big").is_none());
 
     // Replays: the same delivery, the same body signed later, the same idempotency key.
-    let got = push(&c, &url, SECRET, now, body1, None).await;
+    let got = push(&served, &url, SECRET, now, body1, None).await;
     assert_eq!(
         (got.status, got.json()["status"].clone()),
         (200, json!("duplicate"))
     );
-    let got = push(&c, &url, SECRET, now + 1, body1, None).await;
+    let got = push(&served, &url, SECRET, now + 1, body1, None).await;
     assert_eq!(
         (got.status, got.json()["status"].clone()),
         (200, json!("duplicate"))
     );
     let body3 = br#"{"id":"adm-3","family":"Verdi","sex":"M"}"#;
-    let got = push(&c, &url, SECRET, now, body3, Some("delivery-77")).await;
+    let got = push(&served, &url, SECRET, now, body3, Some("delivery-77")).await;
     assert_eq!(
         (got.status, got.json()["status"].clone()),
         (200, json!("written"))
     );
     let body4 = br#"{"id":"adm-4","family":"Neri","sex":"F"}"#;
-    let got = push(&c, &url, SECRET, now, body4, Some("delivery-77")).await;
+    let got = push(&served, &url, SECRET, now, body4, Some("delivery-77")).await;
     assert_eq!(
         (got.status, got.json()["status"].clone()),
         (200, json!("duplicate"))
@@ -1019,14 +1019,16 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     // A payload the mapping cannot map: 422, and a dead letter.
     let posts = sink.posts();
     let body5 = br#"{"id":"adm-5","family":"Gialli","sex":"Q"}"#;
-    let got = push(&c, &url, SECRET, now, body5, None).await;
+    let got = push(&served, &url, SECRET, now, body5, None).await;
     assert_outcome(&got, 422);
     assert_eq!(sink.posts(), posts);
-    let dead = send(c.get(format!(
-        "{}/connectors/admissions/dead-letters",
-        served.base
-    )))
-    .await;
+    let dead = served
+        .get(format!(
+            "{}/connectors/admissions/dead-letters",
+            served.base
+        ))
+        .send()
+        .await;
     assert_eq!(dead.status, 200, "{}", dead.text);
     let dead = dead.json();
     let dead = dead.as_array().expect("a list");
@@ -1037,18 +1039,21 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
             .is_some_and(|r| r.contains("mapping failed")),
         "{dead:?}"
     );
-    let shown = send(c.get(format!("{}/connectors/admissions", served.base))).await;
+    let shown = served
+        .get(format!("{}/connectors/admissions", served.base))
+        .send()
+        .await;
     assert_eq!(shown.json()["push"]["deadLetters"], 1, "{}", shown.text);
 
     // The sink down: 503 with Retry-After, nothing written; sent again later, written.
     sink.down(true);
     let body6 = br#"{"id":"adm-6","family":"Blu","sex":"M"}"#;
-    let got = push(&c, &url, SECRET, now, body6, None).await;
+    let got = push(&served, &url, SECRET, now, body6, None).await;
     assert_outcome(&got, 503);
     assert!(!got.header("retry-after").is_empty(), "{got:?}");
     assert!(sink.get("Patient/adm-6").is_none());
     sink.down(false);
-    let got = push(&c, &url, SECRET, Utc::now().timestamp(), body6, None).await;
+    let got = push(&served, &url, SECRET, Utc::now().timestamp(), body6, None).await;
     assert_eq!(
         (got.status, got.json()["status"].clone()),
         (200, json!("written")),
@@ -1056,7 +1061,6 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
         got.text
     );
     assert!(sink.get("Patient/adm-6").is_some());
-    served.server.abort();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1069,11 +1073,10 @@ async fn push_queued_acknowledges_500_and_delivers_each_exactly_once_across_a_si
     let yaml = push_yaml("queued-feed", &sink.url, "queued", "");
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load(defs.path()), state.path()).await;
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     let ep = served.engine.pushes["queued-feed"].clone();
     let drainer = Drainer::start(ep);
     let url = format!("{}/push/queued-feed", served.base);
-    let c = client(CLIENT_TIMEOUT);
 
     let ids: Vec<String> = (0..500).map(|i| format!("q-{i:04}")).collect();
     let mut acknowledged = Vec::new();
@@ -1095,9 +1098,9 @@ async fn push_queued_acknowledges_500_and_delivers_each_exactly_once_across_a_si
         }
         let answers = futures_util::future::join_all(chunk.iter().map(|id| {
             let body = patient_payload(id);
-            let c = c.clone();
+            let served = &served;
             let url = url.clone();
-            async move { push(&c, &url, SECRET, Utc::now().timestamp(), &body, None).await }
+            async move { push(served, &url, SECRET, Utc::now().timestamp(), &body, None).await }
         }))
         .await;
         for (id, got) in chunk.iter().zip(answers) {
@@ -1148,11 +1151,13 @@ async fn push_queued_acknowledges_500_and_delivers_each_exactly_once_across_a_si
             );
         }
     }
-    let shown = send(c.get(format!("{}/connectors/queued-feed", served.base))).await;
+    let shown = served
+        .get(format!("{}/connectors/queued-feed", served.base))
+        .send()
+        .await;
     assert_eq!(shown.json()["push"]["queued"], 0, "{}", shown.text);
     assert_eq!(shown.json()["push"]["deadLetters"], 0, "{}", shown.text);
     drainer.stop().await;
-    served.server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1164,14 +1169,13 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
 
     // With the sink down, ten payloads are acknowledged and the drainer cannot write them.
     sink.down(true);
-    let served = serve_engine(load(defs.path()), state.path()).await;
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     let drainer = Drainer::start(served.engine.pushes["durable-feed"].clone());
     let url = format!("{}/push/durable-feed", served.base);
-    let c = client(CLIENT_TIMEOUT);
     let ids: Vec<String> = (0..10).map(|i| format!("d-{i:02}")).collect();
     for id in &ids {
         let got = push(
-            &c,
+            &served,
             &url,
             SECRET,
             Utc::now().timestamp(),
@@ -1189,17 +1193,17 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
     )
     .await;
 
-    // The engine stops: drainer, server, engine.
+    // The engine stops: its drainer, then the engine.
     drainer.stop().await;
-    served.server.abort();
     drop(served);
-    drop(c);
     assert_eq!(sink.count(), 0);
 
     // A new engine on the same state directory finds the ten payloads queued.
-    let served = serve_engine(load(defs.path()), state.path()).await;
-    let c = client(CLIENT_TIMEOUT);
-    let shown = send(c.get(format!("{}/connectors/durable-feed", served.base))).await;
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let shown = served
+        .get(format!("{}/connectors/durable-feed", served.base))
+        .send()
+        .await;
     assert_eq!(shown.json()["push"]["queued"], 10, "{}", shown.text);
     sink.down(false);
     let drainer = Drainer::start(served.engine.pushes["durable-feed"].clone());
@@ -1219,7 +1223,6 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
     })
     .await;
     drainer.stop().await;
-    served.server.abort();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1304,16 +1307,15 @@ async fn push_sync_concurrent_replays_are_written_once() {
     let yaml = push_yaml("slow-sync", &sink.url, "sync", "");
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load(defs.path()), state.path()).await;
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     let url = format!("{}/push/slow-sync", served.base);
-    let c = client(CLIENT_TIMEOUT);
     let now = Utc::now().timestamp();
 
     // The same body twice at once.
     let body = patient_payload("twice-1");
     let (a, b) = tokio::join!(
-        push(&c, &url, SECRET, now, &body, None),
-        push(&c, &url, SECRET, now, &body, None)
+        push(&served, &url, SECRET, now, &body, None),
+        push(&served, &url, SECRET, now, &body, None)
     );
     let same_body = (
         [&a, &b]
@@ -1331,8 +1333,8 @@ async fn push_sync_concurrent_replays_are_written_once() {
     // Two bodies with the same idempotency key at once.
     let (body_a, body_b) = (patient_payload("key-a"), patient_payload("key-b"));
     let (a, b) = tokio::join!(
-        push(&c, &url, SECRET, now, &body_a, Some("same-key")),
-        push(&c, &url, SECRET, now, &body_b, Some("same-key"))
+        push(&served, &url, SECRET, now, &body_a, Some("same-key")),
+        push(&served, &url, SECRET, now, &body_b, Some("same-key"))
     );
     let same_key = (
         [&a, &b]
@@ -1353,7 +1355,6 @@ async fn push_sync_concurrent_replays_are_written_once() {
         ((1, 1), (1, 1)),
         "one delivery written, the replay not; same body: {same_body_answers}; same key: {same_key_answers}"
     );
-    served.server.abort();
 }
 
 /// `write.identifierSystem` of a cron connector: conditional updates, so a changed record
@@ -1433,9 +1434,8 @@ async fn push_writes_by_identifier_when_the_connector_asks() {
     );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load(defs.path()), state.path()).await;
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     let url = format!("{}/push/by-identifier-push", served.base);
-    let c = client(CLIENT_TIMEOUT);
     let now = Utc::now().timestamp();
     for family in ["First", "Second"] {
         let body = serde_json::to_vec(&json!({
@@ -1444,7 +1444,7 @@ async fn push_writes_by_identifier_when_the_connector_asks() {
             "name": [{"family": family}]
         }))
         .expect("JSON");
-        let got = push(&c, &url, SECRET, now, &body, None).await;
+        let got = push(&served, &url, SECRET, now, &body, None).await;
         assert_eq!(got.status, 200, "{}", got.text);
         assert_eq!(got.json()["status"], "written", "{}", got.text);
     }
@@ -1453,7 +1453,6 @@ async fn push_writes_by_identifier_when_the_connector_asks() {
     let only = store.resources.values().next().expect("one resource");
     assert_eq!(only["name"][0]["family"], "Second");
     drop(store);
-    served.server.abort();
 }
 
 // ------------------------------------------------------------------------------------------

@@ -1,18 +1,18 @@
 //! The engine as the end-to-end tests drive it: definitions written to a temporary directory
 //! and loaded into a model; a runner of a cron connector, a run with a deadline, and the
-//! watermarks it keeps; the `engine run` binary with a deadline (`Exit`); the engine's router
-//! served on 127.0.0.1 (`Served`); signed pushes and the drainer of queued ones; and polls with
-//! a deadline for its background work. Used by `cron_push`, `helios`, `shipped` and `serve`.
+//! watermarks it keeps; the `engine run` binary with a deadline (`Exit`); the engine's
+//! directories; signed pushes (to the router of `engine_router`) and the drainer of queued
+//! ones; and polls with a deadline for its background work. Used by `cron_push`, `helios`,
+//! `shipped` and `serve`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use engine::config::secrets::ProcessEnvironment;
 use engine::config::validate::{Options, validate};
-use engine::http::{Dirs, Engine, Limits, router};
+use engine::http::Dirs;
 use engine::model::Model;
 use engine::runtime::push::PushEndpoint;
 use engine::runtime::run::{RunReport, Runner};
@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::local_http::{bind, spawn_app};
+use crate::engine_router::{EngineRouter, RouterCall};
 
 /// Writes definitions to `definitions.yaml` of a new temporary directory.
 pub fn definitions(yaml: &str) -> tempfile::TempDir {
@@ -164,33 +164,6 @@ pub fn dirs_in(state: &Path) -> Dirs {
     }
 }
 
-/// The engine's router served on 127.0.0.1.
-pub struct Served {
-    pub base: String,
-    pub addr: SocketAddr,
-    pub engine: Arc<Engine>,
-    pub server: JoinHandle<()>,
-}
-
-/// Serves the engine of `model`, with the default limits and its directories in `state`.
-pub async fn serve_engine(model: Model, state: &Path) -> Served {
-    serve_engine_with_limits(model, state, Limits::default()).await
-}
-
-/// Serves the engine of `model`, with `limits` and its directories in `state`.
-pub async fn serve_engine_with_limits(model: Model, state: &Path, limits: Limits) -> Served {
-    let engine = Engine::new(Arc::new(model), limits, &dirs_in(state)).expect("an engine");
-    let (listener, base) = bind().await;
-    let addr = listener.local_addr().expect("a local address");
-    let server = spawn_app(listener, router(engine.clone()));
-    Served {
-        base,
-        addr,
-        engine,
-        server,
-    }
-}
-
 /// The drainer of a push endpoint in queued mode, running in a task until it is stopped.
 pub struct Drainer {
     stop: tokio::sync::watch::Sender<bool>,
@@ -216,15 +189,10 @@ impl Drainer {
     }
 }
 
-/// A push to `url` signed with `secret` at `ts` (`X-Timestamp`, `X-Signature`).
-pub fn signed_push(
-    c: &reqwest::Client,
-    url: &str,
-    secret: &str,
-    ts: i64,
-    body: &[u8],
-) -> reqwest::RequestBuilder {
-    c.post(url)
+/// A push to `url` of the engine signed with `secret` at `ts` (`X-Timestamp`,
+/// `X-Signature`).
+pub fn signed_push(to: &EngineRouter, url: &str, secret: &str, ts: i64, body: &[u8]) -> RouterCall {
+    to.post(url)
         .header("content-type", "application/json")
         .header("X-Timestamp", ts.to_string())
         .header("X-Signature", engine::runtime::push::sign(secret, ts, body))

@@ -28,14 +28,15 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use crate::engine_router::EngineRouter;
 use crate::engine_under_test::{
     Drainer, assert_searched_from_watermarks, definitions, engine_run_command, exit_of, load,
-    patient_payload, run_with_deadline, runner, serve_engine, signed_push, wait_until, watermarks,
+    patient_payload, run_with_deadline, runner, signed_push, wait_until, watermarks,
 };
 use crate::fhir_resources::{key_of, references, without_meta};
 use crate::helios_client::{get_json, read_all, search_all, seed};
 use crate::helios_server::{Db, Helios, testdata};
-use crate::local_http::{Got, bind, client, send, spawn_app};
+use crate::local_http::{Got, bind, client, spawn_app};
 
 /// Longest any single HTTP request of a test may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -244,14 +245,16 @@ spec:
     )
 }
 
-/// Sends a push signed now with the connectors' secret.
-async fn push(c: &reqwest::Client, url: &str, body: &[u8]) -> Got {
-    push_signed(c, url, SECRET, body).await
+/// Sends a push to the engine signed now with the connectors' secret.
+async fn push(to: &EngineRouter, url: &str, body: &[u8]) -> Got {
+    push_signed(to, url, SECRET, body).await
 }
 
-/// Sends a push signed now with `secret`.
-async fn push_signed(c: &reqwest::Client, url: &str, secret: &str, body: &[u8]) -> Got {
-    send(signed_push(c, url, secret, Utc::now().timestamp(), body)).await
+/// Sends a push to the engine signed now with `secret`.
+async fn push_signed(to: &EngineRouter, url: &str, secret: &str, body: &[u8]) -> Got {
+    signed_push(to, url, secret, Utc::now().timestamp(), body)
+        .send()
+        .await
 }
 
 // ------------------------------------------------------------------------------------------
@@ -669,14 +672,14 @@ spec:
         );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load(defs.path()), state.path()).await;
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     let c = client(CLIENT_TIMEOUT);
 
     // Sync: a signed payload is mapped, written, and read back from Helios; one signed with
     // another secret is refused and written nowhere.
     let admissions = format!("{}/push/admissions", served.base);
     let got = push_signed(
-        &c,
+        &served,
         &admissions,
         "not-the-secret-0123456789",
         br#"{"id":"adm-0","family":"Bianchi","sex":"M"}"#,
@@ -686,7 +689,7 @@ spec:
     let (status, _) = get_json(&c, &format!("{}/Patient/adm-0", helios.url)).await;
     assert_eq!(status, 404, "a refused push is not written");
     let got = push(
-        &c,
+        &served,
         &admissions,
         br#"{"id":"adm-1","family":"Rossi","sex":"F"}"#,
     )
@@ -729,9 +732,9 @@ spec:
         }
         let answers = futures_util::future::join_all(chunk.iter().map(|id| {
             let body = patient_payload(id);
-            let c = c.clone();
+            let served = &served;
             let url = url.clone();
-            async move { push(&c, &url, &body).await }
+            async move { push(served, &url, &body).await }
         }))
         .await;
         for (id, got) in chunk.iter().zip(answers) {
@@ -751,7 +754,10 @@ spec:
     .await;
     println!("queue drained {:?} after the last push", started.elapsed());
     assert_eq!(ep.depths().1, 0, "no dead letters: {:?}", ep.dead_letters());
-    let shown = send(c.get(format!("{}/connectors/feed", served.base))).await;
+    let shown = served
+        .get(format!("{}/connectors/feed", served.base))
+        .send()
+        .await;
     assert_eq!(shown.json()["push"]["queued"], 0, "{}", shown.text);
     assert_eq!(shown.json()["push"]["deadLetters"], 0, "{}", shown.text);
 
@@ -790,7 +796,6 @@ spec:
         );
     }
     drainer.stop().await;
-    served.server.abort();
 }
 
 // ------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ mod serve;
 mod shipped;
 
 // What they share.
+mod engine_router;
 mod engine_under_test;
 mod fhir_package;
 mod fhir_resources;

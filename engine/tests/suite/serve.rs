@@ -1,20 +1,20 @@
-//! End-to-end tests of `engine serve` over real sockets on 127.0.0.1: the engine's router (or
-//! the `engine` binary) in front of stand-in upstream servers, small axum apps that count their
-//! calls, record what they received, and can be made to fail, to be slow or to be down.
+//! End-to-end tests of `engine serve`: the engine's router, called in-process (no socket: see
+//! `engine_router`), or the `engine` binary, in front of stand-in upstream servers on
+//! 127.0.0.1, small axum apps that count their calls, record what they received, and can be
+//! made to fail, to be slow or to be down.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use engine::http::Limits;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::engine_under_test::{Served, definitions, load, serve_engine_with_limits};
+use crate::engine_router::EngineRouter;
+use crate::engine_under_test::{definitions, load};
 use crate::fhir_resources::entries_of;
 use crate::local_http::{Got, bind, client, dead_url, send, spawn_app};
 use crate::serve_process::ServeProcess;
@@ -154,56 +154,21 @@ async fn stub_handler(State(s): State<Arc<StubState>>, req: Request) -> Response
 // The engine under test
 // ------------------------------------------------------------------------------------------
 
-/// Serves the engine of `yaml` on 127.0.0.1 in a spawned task; the definitions, and the
-/// engine's state beside them, are in the directory given with it.
-async fn serve(yaml: &str, limits: Limits) -> (Served, tempfile::TempDir) {
+/// The engine of `yaml`, called in-process; the definitions, and the engine's state beside
+/// them, are in the directory given with it.
+fn engine_of(yaml: &str, limits: Limits) -> (EngineRouter, tempfile::TempDir) {
     let defs = definitions(yaml);
-    let served =
-        serve_engine_with_limits(load(defs.path()), &defs.path().join("state"), limits).await;
-    (served, defs)
+    let engine = EngineRouter::with_limits(
+        load(defs.path()),
+        &defs.path().join("state"),
+        limits,
+        CLIENT_TIMEOUT,
+    );
+    (engine, defs)
 }
 
-async fn get(c: &reqwest::Client, url: &str) -> Got {
-    send(c.get(url)).await
-}
-
-/// A GET written by hand on a socket, for request targets an HTTP client would normalise
-/// (`.`, `..`).
-async fn raw_get(addr: SocketAddr, target: &str) -> Got {
-    let work = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        buf
-    };
-    let buf = tokio::time::timeout(CLIENT_TIMEOUT, work)
-        .await
-        .expect("the engine answers in time");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {head:?}"));
-    let mut headers = reqwest::header::HeaderMap::new();
-    for line in head.lines().skip(1) {
-        if let Some((k, v)) = line.split_once(':')
-            && let (Ok(k), Ok(v)) = (
-                reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()),
-                reqwest::header::HeaderValue::from_str(v.trim()),
-            )
-        {
-            headers.append(k, v);
-        }
-    }
-    Got {
-        status,
-        headers,
-        text: body.to_owned(),
-    }
+async fn get(engine: &EngineRouter, url: &str) -> Got {
+    engine.get(url).send().await
 }
 
 /// `url` with these query parameters, form-encoded.
@@ -439,18 +404,16 @@ async fn fhir_server(ids: &'static [&'static str]) -> Stub {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_api_connector_answers_searchset_and_read() {
     let api = label_api().await;
-    let (engine, _defs) = serve(
+    let (engine, _defs) = engine_of(
         &drug_labels_yaml(&api.url, "cache: { ttl: 10m, staleIfError: 1h }"),
         Limits::default(),
-    )
-    .await;
-    let c = client(CLIENT_TIMEOUT);
+    );
     let route = format!(
         "{}/fhir/drug-labels/MedicinalProductDefinition",
         engine.base
     );
 
-    let got = get(&c, &format!("{route}?name=Painaway")).await;
+    let got = get(&engine, &format!("{route}?name=Painaway")).await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.header("content-type"), "application/fhir+json");
     let b = got.json();
@@ -495,7 +458,7 @@ async fn json_api_connector_answers_searchset_and_read() {
     );
 
     // Read.
-    let got = get(&c, &format!("{route}/{SET_ID_1}")).await;
+    let got = get(&engine, &format!("{route}/{SET_ID_1}")).await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.header("content-type"), "application/fhir+json");
     assert_eq!(got.json(), expected_product_1());
@@ -505,7 +468,7 @@ async fn json_api_connector_answers_searchset_and_read() {
     );
 
     // Read of an unknown id.
-    let got = get(&c, &format!("{route}/no-such-label")).await;
+    let got = get(&engine, &format!("{route}/no-such-label")).await;
     assert_outcome(&got, 404, &["no-such-label"]);
     assert_eq!(got.json()["issue"][0]["code"], "not-found");
 }
@@ -539,11 +502,13 @@ spec:
         read: {}
 "#
     .replace("@URL@", &fhir.url);
-    let (engine, _defs) = serve(&yaml, Limits::default()).await;
-    let c = client(CLIENT_TIMEOUT);
+    let (engine, _defs) = engine_of(&yaml, Limits::default());
     let route = format!("{}/fhir/patients/Patient", engine.base);
 
-    let got = send(c.get(with_query(&route, &[("identifier", "http://sys|123")]))).await;
+    let got = engine
+        .get(with_query(&route, &[("identifier", "http://sys|123")]))
+        .send()
+        .await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.header("content-type"), "application/fhir+json");
     let b = got.json();
@@ -563,13 +528,13 @@ spec:
     );
     assert_eq!(seen.param("family"), None);
 
-    let got = get(&c, &format!("{route}/p2")).await;
+    let got = get(&engine, &format!("{route}/p2")).await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.header("content-type"), "application/fhir+json");
     assert_eq!(got.json(), patient("p2"));
     assert_eq!(fhir.last().path, "/fhir/Patient/p2");
 
-    let got = get(&c, &format!("{route}/p9")).await;
+    let got = get(&engine, &format!("{route}/p9")).await;
     assert_outcome(&got, 404, &["p9"]);
     assert_eq!(fhir.last().path, "/fhir/Patient/p9");
 }
@@ -582,19 +547,17 @@ spec:
 async fn concurrent_identical_requests_make_one_upstream_call() {
     let api = label_api().await;
     api.delay(Duration::from_millis(200));
-    let (engine, _defs) = serve(
+    let (engine, _defs) = engine_of(
         &drug_labels_yaml(&api.url, "cache: { ttl: 10m, staleIfError: 1h }"),
         Limits::default(),
-    )
-    .await;
-    let c = client(CLIENT_TIMEOUT);
+    );
     let route = format!(
         "{}/fhir/drug-labels/MedicinalProductDefinition",
         engine.base
     );
     let url = format!("{route}?name=Painaway&route=oral");
 
-    let answers = futures_util::future::join_all((0..100).map(|_| send(c.get(&url)))).await;
+    let answers = futures_util::future::join_all((0..100).map(|_| engine.get(&url).send())).await;
     assert_eq!(api.calls(), 1, "upstream calls for 100 identical requests");
     let first = &answers[0];
     for a in &answers {
@@ -614,7 +577,7 @@ async fn concurrent_identical_requests_make_one_upstream_call() {
 
     // Another order, and defaults written out: the same cache entry.
     let got = get(
-        &c,
+        &engine,
         &format!("{route}?route=oral&_count=20&form=tablet&name=Painaway"),
     )
     .await;
@@ -623,7 +586,11 @@ async fn concurrent_identical_requests_make_one_upstream_call() {
     assert_eq!(api.calls(), 1);
 
     // A different search is a different entry.
-    let got = get(&c, &format!("{route}?name=Painaway&route=oral&_count=5")).await;
+    let got = get(
+        &engine,
+        &format!("{route}?name=Painaway&route=oral&_count=5"),
+    )
+    .await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.header("x-cache"), "miss");
     assert_eq!(api.calls(), 2);
@@ -636,25 +603,27 @@ async fn concurrent_identical_requests_make_one_upstream_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_answer_is_served_while_upstream_fails() {
     let api = label_api().await;
-    let (engine, _defs) = serve(
+    let (engine, _defs) = engine_of(
         &drug_labels_yaml(&api.url, "cache: { ttl: 10m, staleIfError: 1h }"),
         Limits::default(),
-    )
-    .await;
-    let c = client(CLIENT_TIMEOUT);
+    );
     let route = format!(
         "{}/fhir/drug-labels/MedicinalProductDefinition",
         engine.base
     );
     let url = format!("{route}?name=Painaway");
 
-    let fresh = get(&c, &url).await;
+    let fresh = get(&engine, &url).await;
     assert_eq!(fresh.status, 200, "{}", fresh.text);
     assert_eq!(fresh.header("x-cache"), "miss");
     assert_eq!(api.calls(), 1);
 
     api.fail(true);
-    let stale = send(c.get(&url).header("cache-control", "no-cache")).await;
+    let stale = engine
+        .get(&url)
+        .header("cache-control", "no-cache")
+        .send()
+        .await;
     assert_eq!(api.calls(), 2, "no-cache must force a reload");
     assert_eq!(stale.status, 200, "{}", stale.text);
     assert_eq!(stale.header("x-cache"), "stale");
@@ -662,7 +631,7 @@ async fn stale_answer_is_served_while_upstream_fails() {
     assert_eq!(stale.text, fresh.text);
 
     // Nothing cached for this search: the failure itself, naming the source.
-    let got = get(&c, &format!("{route}?name=Other")).await;
+    let got = get(&engine, &format!("{route}?name=Other")).await;
     assert_eq!(api.calls(), 3);
     assert_outcome(&got, 502, &["drug-labels", "503"]);
 }
@@ -714,11 +683,10 @@ spec:
         connector("with-slow", "epi, slow"),
     ]
     .concat();
-    let (engine, _defs) = serve(&yaml, Limits::default()).await;
-    let c = client(CLIENT_TIMEOUT);
+    let (engine, _defs) = engine_of(&yaml, Limits::default());
 
     // Both up: merged.
-    let got = get(&c, &format!("{}/fhir/both/Patient", engine.base)).await;
+    let got = get(&engine, &format!("{}/fhir/both/Patient", engine.base)).await;
     assert_eq!(got.status, 200, "{}", got.text);
     let b = got.json();
     let mut ids = ids_of(&b, "match");
@@ -729,7 +697,7 @@ spec:
     assert_eq!((epi.calls(), ips.calls()), (1, 1));
 
     // One refuses connections: the other's results and an outcome naming it.
-    let got = get(&c, &format!("{}/fhir/with-down/Patient", engine.base)).await;
+    let got = get(&engine, &format!("{}/fhir/with-down/Patient", engine.base)).await;
     assert_eq!(got.status, 200, "{}", got.text);
     let b = got.json();
     assert_eq!(ids_of(&b, "match"), ["e1", "e2"], "{b}");
@@ -743,7 +711,7 @@ spec:
     assert!(!text.contains("`epi`"), "{text}");
 
     // One too slow: the same, saying it did not answer in time.
-    let got = get(&c, &format!("{}/fhir/with-slow/Patient", engine.base)).await;
+    let got = get(&engine, &format!("{}/fhir/with-slow/Patient", engine.base)).await;
     assert_eq!(got.status, 200, "{}", got.text);
     let b = got.json();
     assert_eq!(ids_of(&b, "match"), ["e1", "e2"], "{b}");
@@ -767,12 +735,12 @@ spec:
         ]
     });
     let (epi_before, ips_before) = (epi.calls(), ips.calls());
-    let got = send(
-        c.post(format!("{}/fhir/both", engine.base))
-            .header("content-type", "application/fhir+json")
-            .body(batch.to_string()),
-    )
-    .await;
+    let got = engine
+        .post(format!("{}/fhir/both", engine.base))
+        .header("content-type", "application/fhir+json")
+        .body(batch.to_string())
+        .send()
+        .await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.header("content-type"), "application/fhir+json");
     let b = got.json();
@@ -803,12 +771,12 @@ spec:
     }
 
     // Batch with one source down: still 200, naming it.
-    let got = send(
-        c.post(format!("{}/fhir/with-down", engine.base))
-            .header("content-type", "application/fhir+json")
-            .body(batch.to_string()),
-    )
-    .await;
+    let got = engine
+        .post(format!("{}/fhir/with-down", engine.base))
+        .header("content-type", "application/fhir+json")
+        .body(batch.to_string())
+        .send()
+        .await;
     assert_eq!(got.status, 200, "{}", got.text);
     let b = got.json();
     assert_eq!(b["type"], "batch-response");
@@ -905,12 +873,10 @@ async fn caller_values_cannot_change_upstream_host_path_or_headers() {
         }
     })
     .await;
-    let (engine, _defs) = serve(
+    let (engine, _defs) = engine_of(
         &INJECTION_YAML.replace("@URL@", &api.url),
         Limits::default(),
-    )
-    .await;
-    let c = client(CLIENT_TIMEOUT);
+    );
     let route = format!("{}/fhir/labels/MedicinalProductDefinition", engine.base);
 
     let values = [
@@ -931,7 +897,7 @@ async fn caller_values_cannot_change_upstream_host_path_or_headers() {
     let mut problems = Vec::new();
     for v in values {
         let before = api.calls();
-        let got = send(c.get(with_query(&route, &[("name", v)]))).await;
+        let got = engine.get(with_query(&route, &[("name", v)])).send().await;
         if got.status == 400 && v.bytes().all(|b| b == b'.') {
             // Refusing a value that can only be a dot segment is safe too.
             assert_eq!(api.calls(), before, "value {v:?} refused but sent");
@@ -966,7 +932,7 @@ async fn caller_values_cannot_change_upstream_host_path_or_headers() {
     // A line break meant for a header: refused, nothing sent.
     for v in ["a\r\nX-Injected: 1", "a\nX-Injected: 1", "a\rb"] {
         let before = api.calls();
-        let got = send(c.get(with_query(&route, &[("name", v)]))).await;
+        let got = engine.get(with_query(&route, &[("name", v)])).send().await;
         assert_outcome(&got, 400, &["X-Name"]);
         assert_eq!(api.calls(), before, "value {v:?} reached the stand-in");
     }
@@ -980,7 +946,10 @@ async fn caller_values_cannot_change_upstream_host_path_or_headers() {
     ] {
         for id in ["abc-1.2", "x1", "..", "."] {
             let before = api.calls();
-            let got = raw_get(engine.addr, &format!("/fhir/{connector}/{id}")).await;
+            let got = engine
+                .raw(Method::GET, &format!("/fhir/{connector}/{id}"))
+                .send()
+                .await;
             if got.status == 400 && id.bytes().all(|b| b == b'.') {
                 assert_eq!(api.calls(), before, "id {id:?} refused but sent");
                 continue;
@@ -1008,13 +977,13 @@ async fn caller_values_cannot_change_upstream_host_path_or_headers() {
         long.as_str(),
     ] {
         let before = api.calls();
-        let got = get(&c, &format!("{route}/{id}")).await;
+        let got = get(&engine, &format!("{route}/{id}")).await;
         assert_outcome(&got, 400, &[]);
         assert_eq!(got.json()["issue"][0]["code"], "invalid");
         assert_eq!(api.calls(), before, "id {id:?} reached the stand-in");
     }
     let ok = "a".repeat(64);
-    let got = get(&c, &format!("{route}/{ok}")).await;
+    let got = get(&engine, &format!("{route}/{ok}")).await;
     assert_eq!(got.status, 200, "a 64-character id is valid: {}", got.text);
 
     assert!(
@@ -1058,8 +1027,7 @@ spec:
 "#
         .replace("@URL@", &fhir.url)
     );
-    let (engine, _defs) = serve(&yaml, Limits::default()).await;
-    let c = client(CLIENT_TIMEOUT);
+    let (engine, _defs) = engine_of(&yaml, Limits::default());
     let route = format!(
         "{}/fhir/drug-labels/MedicinalProductDefinition",
         engine.base
@@ -1067,15 +1035,19 @@ spec:
     let url = format!("{route}?name=Painaway");
 
     // ETag and If-None-Match.
-    let got = get(&c, &url).await;
+    let got = get(&engine, &url).await;
     assert_eq!(got.status, 200, "{}", got.text);
     let etag = got.header("etag").to_owned();
     assert!(!etag.is_empty(), "an ETag: {:?}", got.headers);
-    let again = send(c.get(&url).header("if-none-match", &etag)).await;
+    let again = engine.get(&url).header("if-none-match", &etag).send().await;
     assert_eq!(again.status, 304, "{}", again.text);
     assert_eq!(again.text, "");
     assert_eq!(again.header("etag"), etag);
-    let other = send(c.get(&url).header("if-none-match", "W/\"something-else\"")).await;
+    let other = engine
+        .get(&url)
+        .header("if-none-match", "W/\"something-else\"")
+        .send()
+        .await;
     assert_eq!(other.status, 200);
     assert_eq!(other.text, got.text);
     assert_eq!(api.calls(), 1);
@@ -1087,13 +1059,13 @@ spec:
         "/fhir/drug-labels/Observation",
         "/fhir/drug-labels/Observation/x",
     ] {
-        let got = get(&c, &format!("{}{path}", engine.base)).await;
+        let got = get(&engine, &format!("{}{path}", engine.base)).await;
         assert_outcome(&got, 404, &[]);
         assert_eq!(got.json()["issue"][0]["code"], "not-found", "{path}");
     }
 
     // Unknown search parameter: 400 naming the accepted ones.
-    let got = get(&c, &format!("{route}?name=Painaway&colour=red")).await;
+    let got = get(&engine, &format!("{route}?name=Painaway&colour=red")).await;
     assert_outcome(
         &got,
         400,
@@ -1102,11 +1074,11 @@ spec:
     assert_eq!(api.calls(), 1);
 
     // Operations.
-    let got = get(&c, &format!("{}/healthz", engine.base)).await;
+    let got = get(&engine, &format!("{}/healthz", engine.base)).await;
     assert_eq!(got.status, 200, "{}", got.text);
-    let got = get(&c, &format!("{}/readyz", engine.base)).await;
+    let got = get(&engine, &format!("{}/readyz", engine.base)).await;
     assert_eq!(got.status, 200, "{}", got.text);
-    let got = get(&c, &format!("{}/metrics", engine.base)).await;
+    let got = get(&engine, &format!("{}/metrics", engine.base)).await;
     assert_eq!(got.status, 200);
     for name in [
         "engine_requests_total",
@@ -1125,7 +1097,7 @@ spec:
 
     // Admin.
     for path in ["/connectors", "/connectors/list"] {
-        let got = get(&c, &format!("{}{path}", engine.base)).await;
+        let got = get(&engine, &format!("{}{path}", engine.base)).await;
         assert_eq!(got.status, 200, "{path}: {}", got.text);
         let mut names: Vec<String> = got
             .json()
@@ -1137,20 +1109,26 @@ spec:
         names.sort();
         assert_eq!(names, ["drug-labels", "patients"], "{path}");
     }
-    let got = get(&c, &format!("{}/connectors/drug-labels", engine.base)).await;
+    let got = get(&engine, &format!("{}/connectors/drug-labels", engine.base)).await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.json()["name"], "drug-labels");
     assert_eq!(got.json()["cache"]["entries"], 1, "{}", got.text);
 
     // Invalidation: the next request is a miss.
-    let got = send(c.delete(format!("{}/connectors/drug-labels/cache", engine.base))).await;
+    let got = engine
+        .delete(format!("{}/connectors/drug-labels/cache", engine.base))
+        .send()
+        .await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.json()["invalidated"], 1, "{}", got.text);
-    let got = get(&c, &url).await;
+    let got = get(&engine, &url).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.header("x-cache"), "miss");
     assert_eq!(api.calls(), 2);
-    let got = send(c.delete(format!("{}/connectors/patients/cache", engine.base))).await;
+    let got = engine
+        .delete(format!("{}/connectors/patients/cache", engine.base))
+        .send()
+        .await;
     assert_outcome(&got, 404, &["patients"]);
 }
 
@@ -1187,12 +1165,11 @@ spec:
         headers: 2048,
         ..Limits::default()
     };
-    let (engine, _defs) = serve(&yaml, limits).await;
-    let c = client(CLIENT_TIMEOUT);
+    let (engine, _defs) = engine_of(&yaml, limits);
 
     // Time.
     let got = get(
-        &c,
+        &engine,
         &format!(
             "{}/fhir/drug-labels/MedicinalProductDefinition?name=Painaway",
             engine.base
@@ -1209,12 +1186,12 @@ spec:
         "type": "batch",
         "entry": [{"request": {"method": "GET", "url": format!("Patient?identifier={}", "x".repeat(4096))}}]
     });
-    let got = send(
-        c.post(format!("{}/fhir/proxy", engine.base))
-            .header("content-type", "application/fhir+json")
-            .body(big.to_string()),
-    )
-    .await;
+    let got = engine
+        .post(format!("{}/fhir/proxy", engine.base))
+        .header("content-type", "application/fhir+json")
+        .body(big.to_string())
+        .send()
+        .await;
     assert_outcome(&got, 413, &[]);
     assert_eq!(fhir.calls(), 0);
     // A small batch still goes through.
@@ -1223,20 +1200,20 @@ spec:
         "type": "batch",
         "entry": [{"request": {"method": "GET", "url": "Patient"}}]
     });
-    let got = send(
-        c.post(format!("{}/fhir/proxy", engine.base))
-            .body(small.to_string()),
-    )
-    .await;
+    let got = engine
+        .post(format!("{}/fhir/proxy", engine.base))
+        .body(small.to_string())
+        .send()
+        .await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(fhir.calls(), 1);
 
     // Headers.
-    let got = send(
-        c.get(format!("{}/fhir/proxy/Patient", engine.base))
-            .header("x-filler", "f".repeat(4096)),
-    )
-    .await;
+    let got = engine
+        .get(format!("{}/fhir/proxy/Patient", engine.base))
+        .header("x-filler", "f".repeat(4096))
+        .send()
+        .await;
     assert_eq!(got.status, 431, "{}", got.text);
     assert_eq!(got.json()["resourceType"], "OperationOutcome");
     assert_eq!(fhir.calls(), 1);

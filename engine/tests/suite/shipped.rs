@@ -35,9 +35,10 @@ use engine::model::Model;
 use engine::runtime::run::RunReport;
 use serde_json::{Value, json};
 
+use crate::engine_router::EngineRouter;
 use crate::engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, engine_run_command, exit_of, run_with_deadline,
-    runner, serve_engine, signed_push, wait_until, watermarks,
+    runner, signed_push, wait_until, watermarks,
 };
 use crate::fhir_package::package_tgz;
 use crate::fhir_resources::{entries_of, key_of, references, without_meta};
@@ -510,11 +511,11 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
         .with("IPS_FHIR_URL", &ips.url)
         .with("HL7_SANDBOX_FHIR_URL", &sandbox.url);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load_shipped(&env), state.path()).await;
+    let served = EngineRouter::new(load_shipped(&env), state.path(), CLIENT_TIMEOUT);
 
     // Both servers up: one searchset with the Patients of both.
     let search = format!("{}/fhir/proxy/Patient", served.base);
-    let got = send(c.get(&search)).await;
+    let got = served.get(&search).send().await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(got.header("content-type"), "application/fhir+json");
     let b = got.json();
@@ -538,13 +539,19 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
 
     // A read finds the resource on whichever server holds it.
     for (id, family) in [("e2", "Epi Two"), ("i1", "Ips One")] {
-        let got = send(c.get(format!("{}/fhir/proxy/Patient/{id}", served.base))).await;
+        let got = served
+            .get(format!("{}/fhir/proxy/Patient/{id}", served.base))
+            .send()
+            .await;
         assert_eq!(got.status, 200, "{}", got.text);
         assert_eq!(without_meta(&got.json()), patient(id, family));
     }
 
     // The shipped connectors, listed.
-    let got = send(c.get(format!("{}/connectors/list", served.base))).await;
+    let got = served
+        .get(format!("{}/connectors/list", served.base))
+        .send()
+        .await;
     assert_eq!(got.status, 200, "{}", got.text);
     let listed: BTreeMap<String, Value> = got
         .json()
@@ -587,9 +594,12 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
     // The IPS server killed; the cached answer dropped (it would be served fresh for 5
     // minutes): a 200 with the ePI results and an OperationOutcome naming `ips`.
     ips.kill();
-    let got = send(c.delete(format!("{}/connectors/proxy/cache", served.base))).await;
+    let got = served
+        .delete(format!("{}/connectors/proxy/cache", served.base))
+        .send()
+        .await;
     assert_eq!(got.status, 200, "{}", got.text);
-    let got = send(c.get(&search)).await;
+    let got = served.get(&search).send().await;
     assert_eq!(got.status, 200, "{}", got.text);
     let b = got.json();
     assert_eq!(ids_of(&entries_of(&b, "match")), ["e1", "e2", "e3"], "{b}");
@@ -605,7 +615,10 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
     );
 
     // The FOSPS runner API: a run of `hl7-fhir-sync` on demand, started in the background.
-    let got = send(c.post(format!("{}/connectors/hl7-fhir-sync/run", served.base))).await;
+    let got = served
+        .post(format!("{}/connectors/hl7-fhir-sync/run", served.base))
+        .send()
+        .await;
     assert_eq!(got.status, 202, "{}", got.text);
     assert_eq!(
         got.json(),
@@ -618,7 +631,10 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
         move || !job.status()["lastRun"].is_null() && !job.is_running(),
     )
     .await;
-    let got = send(c.get(format!("{}/connectors/hl7-fhir-sync", served.base))).await;
+    let got = served
+        .get(format!("{}/connectors/hl7-fhir-sync", served.base))
+        .send()
+        .await;
     let last = &got.json()["run"]["lastRun"];
     assert_eq!(last["failures"], json!([]), "{last}");
     assert_eq!(
@@ -629,7 +645,6 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
     let (status, org) = get_json(&c, &format!("{}/Organization/org-from-sandbox", epi.url)).await;
     assert_eq!(status, 200, "the run wrote into the ePI server: {org}");
     assert_eq!(org["name"], "Copied by a run on demand");
-    served.server.abort();
 }
 
 // ------------------------------------------------------------------------------------------
@@ -978,10 +993,9 @@ async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_t
     let sink = RecordingSink::start().await;
     let env = TestEnv::new().with("EPI_FHIR_URL", &sink.url);
     let state = tempfile::tempdir().expect("state");
-    let served = serve_engine(load_shipped(&env), state.path()).await;
+    let served = EngineRouter::new(load_shipped(&env), state.path(), CLIENT_TIMEOUT);
     let ep = served.engine.pushes["label-webhook"].clone();
     let drainer = Drainer::start(ep.clone());
-    let c = client(CLIENT_TIMEOUT);
     let url = format!("{}/push/label-changed", served.base);
     let body = serde_json::to_vec(&json!({
         "event": "label.updated",
@@ -997,12 +1011,12 @@ async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_t
     .expect("JSON");
 
     // Unsigned, and signed with another secret: 401, nothing queued.
-    let got = send(
-        c.post(&url)
-            .header("content-type", "application/json")
-            .body(body.clone()),
-    )
-    .await;
+    let got = served
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await;
     assert_eq!(got.status, 401, "{}", got.text);
     assert_eq!(
         got.json()["resourceType"],
@@ -1011,20 +1025,17 @@ async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_t
         got.text
     );
     let ts = Utc::now().timestamp();
-    let got = send(signed_push(
-        &c,
-        &url,
-        "not-the-secret-0123456789",
-        ts,
-        &body,
-    ))
-    .await;
+    let got = signed_push(&served, &url, "not-the-secret-0123456789", ts, &body)
+        .send()
+        .await;
     assert_eq!(got.status, 401, "{}", got.text);
     assert_eq!(ep.depths(), (0, 0));
 
     // Signed with the secret given: accepted and queued.
     let ts = Utc::now().timestamp();
-    let got = send(signed_push(&c, &url, WEBHOOK_SECRET, ts, &body)).await;
+    let got = signed_push(&served, &url, WEBHOOK_SECRET, ts, &body)
+        .send()
+        .await;
     assert_eq!(got.status, 202, "{}", got.text);
     assert_eq!(got.json()["status"], "queued", "{}", got.text);
 
@@ -1065,7 +1076,6 @@ async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_t
     );
 
     drainer.stop().await;
-    served.server.abort();
 }
 
 // ------------------------------------------------------------------------------------------
