@@ -58,14 +58,18 @@ fn committed_schema_and_reference_are_current() {
         std::fs::read_to_string(root.join("schemas/connector.schema.json")).unwrap_or_default();
     assert!(
         schema == schema_text(SchemaFormat::Json),
-        "schemas/connector.schema.json is stale: run `engine schema > schemas/connector.schema.json`"
+        "schemas/connector.schema.json is stale: run scripts/regenerate.sh"
     );
     let reference = std::fs::read_to_string(root.join("docs/reference.md")).unwrap_or_default();
     assert!(
         reference == schema_text(SchemaFormat::Markdown),
-        "docs/reference.md is stale: run `engine schema --format markdown > docs/reference.md`"
+        "docs/reference.md is stale: run scripts/regenerate.sh"
     );
-    assert_eq!(stdout(&engine(&["schema"])), schema);
+    assert_eq!(
+        stdout(&engine(&["schema"])),
+        schema,
+        "`engine schema` prints the committed schema"
+    );
 }
 
 #[test]
@@ -176,7 +180,12 @@ fn committed_deploy_matches_the_generator() {
         "deploy/base",
         "--check",
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "deploy/base is stale: run scripts/regenerate.sh\n{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! Golden tests of `engine validate` on the corpus of invalid definitions in `tests/invalid/`:
 //! each case (a file, or a directory of files) with its exact expected human output in
-//! `<case>.expected`. `UPDATE_GOLDEN=1 cargo test --test suite -- invalid::` rewrites the
-//! goldens.
+//! `<case>.expected`. `scripts/regenerate.sh` rewrites the goldens (with `UPDATE_GOLDEN=1`).
 
 use std::path::{Path, PathBuf};
 
@@ -69,7 +68,7 @@ fn invalid_definitions_give_their_exact_diagnostics() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} goldens differ:\n{}",
+        "{} of {} goldens differ (if the new output is right, run scripts/regenerate.sh):\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")

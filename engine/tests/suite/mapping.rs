@@ -1,8 +1,7 @@
 //! Data-driven mapping fixtures in `tests/fixtures/mapping/<case>/`: `connector.yaml` (one
 //! connector), `input.json`, optional `params.json`, and either `expected.json` (the FHIR,
 //! which must also be valid against the FHIR R4 JSON Schema) or `expected-error.txt` (the
-//! exact error). `UPDATE_GOLDEN=1 cargo test --test suite -- mapping::` rewrites the
-//! expectations.
+//! exact error). `scripts/regenerate.sh` rewrites the expectations (with `UPDATE_GOLDEN=1`).
 
 use std::path::{Path, PathBuf};
 
@@ -108,7 +107,11 @@ fn mapping_fixtures_produce_their_expected_fhir() {
             (Err(e), false) => failures.push(format!("{name}: failed: {e}")),
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{}\n(if the new output is right, run scripts/regenerate.sh)",
+        failures.join("\n")
+    );
     let ok = cases
         .iter()
         .filter(|d| d.join("expected.json").exists())
