@@ -34,11 +34,12 @@ echo "== Dockerfile with hadolint"
 "$VENV/bin/hadolint" Dockerfile
 
 echo "== deploy/ against Kubernetes and Istio schemas"
-cargo run --locked --quiet -p engine -- manifests connectors.d --out deploy/base --check
+cargo run --locked --quiet -p engine -- manifests connectors.d --out deploy/base --check ||
+  { echo "deploy/base is stale: run scripts/regenerate.sh" >&2; exit 1; }
 core=()
 for kind in deployment service pdb hpa pvc configmap cronjobs; do core+=("deploy/base/$kind.yaml"); done
 "$VENV/bin/kubernetes-validate" --strict --quiet "${core[@]}"
-istio="../shared/testdata/istio-crd-schemas"
+istio="engine/tests/data/istio-crd-schemas"
 for pair in virtualservice:virtualservice_v1 authorizationpolicy:authorizationpolicy_v1 requestauthentication:requestauthentication_v1; do
   "$VENV/bin/check-jsonschema" --schemafile "$istio/${pair#*:}.json" "deploy/base/${pair%%:*}.yaml"
 done

@@ -3,7 +3,7 @@
 //! serde_json parsing of the same files already in memory, in the same run. Prints both rates
 //! and their ratio. Run: `cargo bench -p engine --bench guide`.
 
-#[path = "../tests/fhir_package/mod.rs"]
+#[path = "../tests/suite/fhir_package.rs"]
 mod fhir_package;
 #[path = "timing/mod.rs"]
 mod timing;
@@ -21,15 +21,15 @@ use timing::best;
 const COPIES: usize = 40;
 const ROUNDS: usize = 5;
 
-/// The Gravitate-Health IPS guide's files (shared test data), each `COPIES` times under
+/// The Gravitate-Health IPS guide's files (`tests/data/`), each `COPIES` times under
 /// another folder.
 fn guide_files() -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/testdata/fhir-r4/gravitate-ips"
+        "/tests/data/fhir-r4/gravitate-ips"
     ));
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("the shared test data")
+        .expect("the test data of tests/data/")
         .map(|e| e.expect("an entry").path())
         .collect();
     names.sort();

@@ -5,103 +5,23 @@
 //! (each payload flushed to the local queue before its 202).
 //! Run: `cargo bench -p engine --bench sink` (needs Helios: `source scripts/tools.sh`).
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[allow(
+    dead_code,
+    reason = "the tests' Helios launcher, the one place that knows how to run Helios; the bench starts in-memory servers only"
+)]
+#[path = "../tests/suite/helios_server.rs"]
+mod helios_server;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::routing::get;
+use helios_server::{Db, Helios};
 use serde_json::{Value, json};
 
 const RESOURCES: usize = 2000;
 const PUSHES: usize = 2000;
-
-/// A running Helios: the process, its URL, and its working directory (kept until dropped).
-struct Helios {
-    child: Child,
-    url: String,
-    _work: tempfile::TempDir,
-}
-
-impl Drop for Helios {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-async fn helios() -> Helios {
-    let tools = std::env::var("FOSPS_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".local/share/fosps-tools")
-        });
-    let bin = std::env::var("HFS_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| tools.join("hfs/bin/hfs"));
-    let work = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(work.path().join("data")).expect("data dir");
-    for f in [
-        "search-parameters-r4.json",
-        "compartment-definitions-r4.json",
-    ] {
-        let from = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/hfs-data"
-        ))
-        .join(f);
-        std::fs::copy(&from, work.path().join("data").join(f)).expect("Helios data files");
-    }
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let child = Command::new(&bin)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--database-url",
-            ":memory:",
-            "--log-level",
-            "warn",
-        ])
-        .current_dir(work.path())
-        .env("HFS_BASE_URL", &url)
-        .env("HFS_SEED_CONFORMANCE", "false")
-        .env("HFS_UI_ENABLED", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (scripts/tools.sh installs Helios)", bin.display()));
-    let h = Helios {
-        child,
-        url,
-        _work: work,
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client
-            .get(format!("{}/metadata", h.url))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return h;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("Helios did not start");
-}
 
 fn resources() -> Vec<Value> {
     (0..RESOURCES)
@@ -168,7 +88,7 @@ async fn main() {
     let src = source(all.clone()).await;
 
     // Baseline: a plain loop of single PUTs into a fresh Helios.
-    let plain = helios().await;
+    let plain = Helios::start(Db::Memory).await;
     let client = reqwest::Client::new();
     let started = Instant::now();
     for r in all.iter() {
@@ -190,7 +110,7 @@ async fn main() {
     drop(plain);
 
     // The engine: one cron sync run into another fresh Helios.
-    let sink = helios().await;
+    let sink = Helios::start(Db::Memory).await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("sync.yaml"),

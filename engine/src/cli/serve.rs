@@ -103,14 +103,19 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return usage(&format!("runtime: {e}")),
     };
-    match runtime.block_on(crate::http::server::serve(
-        engine,
-        &listen,
-        limits.1,
-        run_schedules,
-        Some(reload),
-        crate::http::server::shutdown_signal(),
-    )) {
+    let served = runtime.block_on(async {
+        let listener = crate::http::server::bind(&listen).await?;
+        crate::http::server::serve(
+            engine,
+            listener,
+            limits.1,
+            run_schedules,
+            Some(reload),
+            crate::http::server::shutdown_signal(),
+        )
+        .await
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => usage(&e),
     }

@@ -95,22 +95,26 @@ impl Tasks {
     }
 }
 
-/// Serves until `shutdown` (`shutdown_signal` in production) ends, then drains within
+/// The listener of `listen` (`0.0.0.0:8080`); the error says why it cannot be had.
+pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, String> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("`{listen}` is not an address such as 0.0.0.0:8080"))?;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// Serves on `listener` until `shutdown` (`shutdown_signal` in production) ends, then drains within
 /// `grace`; the error says why it could not start.
 pub async fn serve(
     engine: Arc<Engine>,
-    listen: &str,
+    listener: tokio::net::TcpListener,
     grace: Duration,
     run_schedules: bool,
     reload: Option<Reload>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|_| format!("`{listen}` is not an address such as 0.0.0.0:8080"))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(address = %local, connectors = engine.model.connectors.len(), "serving");
 

@@ -114,7 +114,7 @@ mod tests {
     fn rfc9535_compliance_suite() {
         let file = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/testdata/jsonpath-cts/cts.json"
+            "/tests/data/jsonpath-cts/cts.json"
         );
         let text = std::fs::read_to_string(file)
             .unwrap_or_else(|e| panic!("{file}: {e} (the compliance suite is needed)"));

@@ -1,0 +1,26 @@
+//! The integration tests, one binary (the dependency graph is linked once, not once per test
+//! file): each module below is one subject, and the modules after them are the pieces those
+//! share. A test's full name is `module::test`, so `cargo test --test suite -- serve::` runs
+//! one subject and `--skip helios::` leaves one out.
+
+// The subjects.
+mod architecture;
+mod cli;
+mod cron_push;
+mod helios;
+mod invalid;
+mod mapping;
+mod reload;
+mod serve;
+mod shipped;
+
+// What they share.
+mod engine_router;
+mod engine_under_test;
+mod fhir_package;
+mod fhir_resources;
+mod fhir_standin;
+mod helios_client;
+mod helios_server;
+mod local_http;
+mod serve_process;
