@@ -43,11 +43,32 @@ impl Skipped {
     }
 }
 
+/// The stage of a run where a failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Reading the source, the guide or the run's state.
+    Read,
+    /// Mapping what was read to FHIR.
+    Map,
+    /// Writing to the sink, or saving the run's state.
+    Write,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Read => "read",
+            Stage::Map => "map",
+            Stage::Write => "write",
+        })
+    }
+}
+
 /// One failure of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Failure {
-    /// `read`, `map` or `write`.
-    pub stage: &'static str,
+    pub stage: Stage,
     /// The resource or stream concerned.
     pub subject: String,
     pub message: String,
@@ -57,6 +78,24 @@ pub struct Failure {
 }
 
 impl RunReport {
+    /// The report of a run of `connector` started at `started`, with nothing done yet.
+    pub fn new(connector: &str, started: DateTime<Utc>, dry_run: bool) -> RunReport {
+        RunReport {
+            connector: connector.to_owned(),
+            started,
+            finished: started,
+            records_read: 0,
+            resources_written: 0,
+            resources_unchanged: 0,
+            source_calls: 0,
+            sink_calls: 0,
+            sink_retries: 0,
+            failures: Vec::new(),
+            skipped: Vec::new(),
+            dry_run,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.failures.is_empty()
     }

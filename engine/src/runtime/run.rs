@@ -2,6 +2,7 @@
 //! sink, and report. A run that cannot read fails; the watermark and the digests of written
 //! resources advance only when every write succeeded.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::DateTime;
@@ -9,16 +10,76 @@ use serde_json::{Value, json};
 
 use crate::model::digest::content_digest;
 use crate::model::jsonpath::Query;
-use crate::model::{Connector, CronRead, Import, Pagination, Strategy};
+use crate::model::{Connector, Cron, CronRead, Import, Pagination, Request, Strategy};
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
-pub use crate::runtime::report::{Failure, RunReport, Skipped};
+pub use crate::runtime::report::{Failure, RunReport, Skipped, Stage};
 use crate::runtime::sink::{WriteFailure, WriteOptions, Writer};
 use crate::runtime::state::{self, ConnectorState, StateDir};
 use crate::runtime::upstream::{Call, SourceClient, Upstreams};
 
 /// Most pages read per stream in one run.
 const MAX_PAGES: u32 = 10_000;
+
+/// What a fetch reads: its request template, where the records are, its incremental cursor
+/// and parameter, and the items of `each`.
+struct Fetch<'a> {
+    request: &'a Request,
+    records: &'a Query,
+    incremental: Option<&'a (Query, String)>,
+    each: &'a [Value],
+}
+
+/// One stream of a run: where its records are in each page, its name (the key of its
+/// watermark: `records` for a fetch, the resource type for a sync), and its cursor.
+struct Stream<'a> {
+    records: &'a Query,
+    name: &'a str,
+    cursor: Option<&'a Query>,
+}
+
+/// Resources without the source server's own metadata (`versionId`, `lastUpdated`, `source`):
+/// the sink keeps its own.
+fn without_server_meta(mut resources: Vec<Value>) -> Vec<Value> {
+    for r in &mut resources {
+        if let Some(meta) = r.get_mut("meta").and_then(Value::as_object_mut) {
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
+            meta.remove("source");
+        }
+        if r.get("meta")
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.is_empty())
+            && let Some(o) = r.as_object_mut()
+        {
+            o.remove("meta");
+        }
+    }
+    resources
+}
+
+/// The resources to write, with their labels and digests: all of them, or with `onlyChanged`
+/// those whose digest differs from the one written last (the others are counted unchanged).
+fn changed(
+    resources: Vec<Value>,
+    cron: &Cron,
+    state: &ConnectorState,
+    report: &mut RunReport,
+) -> (Vec<Value>, Vec<(String, String)>) {
+    let mut to_write = Vec::new();
+    let mut digests = Vec::new();
+    for (i, r) in resources.into_iter().enumerate() {
+        let label = crate::runtime::sink::label(&r, i);
+        let d = digest(&r);
+        if cron.only_changed && state.written.get(&label) == Some(&d) {
+            report.resources_unchanged += 1;
+        } else {
+            to_write.push(r);
+            digests.push((label, d));
+        }
+    }
+    (to_write, digests)
+}
 
 /// Runs one cron connector.
 pub struct Runner {
@@ -67,47 +128,81 @@ impl Runner {
 
     /// One run. With `dry_run`, nothing is written and the resources are returned instead.
     pub async fn run(&self, dry_run: bool) -> (RunReport, Vec<Value>) {
-        let started = self.clock.now();
-        let name = self.connector.name.clone();
-        let mut report = RunReport {
-            connector: name.clone(),
-            started,
-            finished: started,
-            records_read: 0,
-            resources_written: 0,
-            resources_unchanged: 0,
-            source_calls: 0,
-            sink_calls: 0,
-            sink_retries: 0,
-            failures: Vec::new(),
-            skipped: Vec::new(),
-            dry_run,
-        };
+        let mut report = RunReport::new(&self.connector.name, self.clock.now(), dry_run);
         let Strategy::Cron(cron) = &self.connector.strategy else {
             return (report, Vec::new());
         };
+        let Some(mut state) = self.load_state(&mut report).await else {
+            return (self.finish(report), Vec::new());
+        };
+        let mut watermarks = state.watermarks.clone();
+        let resources = self.read(cron, &state, &mut report, &mut watermarks).await;
+        if !report.failures.is_empty() {
+            // Nothing is written from a run that could not read everything.
+            return (self.finish(report), resources);
+        }
+        // One version of each `Type/id` is written: the last read.
+        let resources = crate::runtime::sink::last_versions(without_server_meta(resources));
+        let (to_write, digests) = changed(resources, cron, &state, &mut report);
+        if dry_run {
+            return (self.finish(report), to_write);
+        }
+        self.write(cron, to_write, digests, &mut state, &mut report)
+            .await;
+        if report.failures.is_empty() {
+            state.watermarks = watermarks;
+        }
+        self.save_state(state, &mut report).await;
+        (self.finish(report), Vec::new())
+    }
+
+    /// The connector's state (watermarks, digests of written resources), or a failure.
+    async fn load_state(&self, report: &mut RunReport) -> Option<ConnectorState> {
         let dir = self.state.clone();
-        let connector = name.clone();
-        let mut state = match state::blocking(move || dir.load(&connector)).await {
-            Ok(s) => s,
+        let connector = self.connector.name.clone();
+        match state::blocking(move || dir.load(&connector)).await {
+            Ok(s) => Some(s),
             Err(e) => {
                 report.failures.push(Failure {
-                    stage: "read",
+                    stage: Stage::Read,
                     subject: "state".into(),
                     message: e,
                     outcome: None,
                 });
-                return (self.finish(report), Vec::new());
+                None
             }
-        };
-        let mut watermarks = state.watermarks.clone();
+        }
+    }
+
+    /// Saves the connector's state; a failure to save is a failure of the run.
+    async fn save_state(&self, state: ConnectorState, report: &mut RunReport) {
+        let dir = self.state.clone();
+        let name = self.connector.name.clone();
+        if let Err(e) = state::blocking(move || dir.save(&name, &state)).await {
+            report.failures.push(Failure {
+                stage: Stage::Write,
+                subject: "state".into(),
+                message: e,
+                outcome: None,
+            });
+        }
+    }
+
+    /// Everything the run reads, mapped to FHIR: an import, a fetch or a sync.
+    async fn read(
+        &self,
+        cron: &Cron,
+        state: &ConnectorState,
+        report: &mut RunReport,
+        watermarks: &mut BTreeMap<String, String>,
+    ) -> Vec<Value> {
         let mut resources = Vec::new();
         match (&cron.read, &self.client) {
             (CronRead::Import(import), _) => {
-                self.import(import, &mut report, &mut resources).await;
+                self.import(import, report, &mut resources).await;
             }
             (_, None) => report.failures.push(Failure {
-                stage: "read",
+                stage: Stage::Read,
                 subject: "source".into(),
                 message: "the connector has no source".into(),
                 outcome: None,
@@ -121,54 +216,14 @@ impl Runner {
                 },
                 Some(client),
             ) => {
-                let watermark = state.watermarks.get("records").cloned();
-                let items: Vec<Option<&Value>> = if each.is_empty() {
-                    vec![None]
-                } else {
-                    each.iter().map(Some).collect()
+                let fetch = Fetch {
+                    request,
+                    records,
+                    incremental: incremental.as_ref(),
+                    each,
                 };
-                for item in items {
-                    let mut params = json!({"watermark": watermark.clone().unwrap_or_default()});
-                    if let Some(v) = item {
-                        params["item"] = v.clone();
-                    }
-                    let subject =
-                        item.map_or_else(|| "request".to_owned(), |v| format!("request for {v}"));
-                    match crate::runtime::request::build(
-                        &self.connector,
-                        &client.source.url,
-                        request,
-                        &params,
-                        None,
-                    ) {
-                        Err(m) => report.failures.push(Failure {
-                            stage: "read",
-                            subject,
-                            message: m.to_string(),
-                            outcome: None,
-                        }),
-                        Ok(mut call) => {
-                            if let (Some((_, param)), Some(wm)) = (incremental, &watermark) {
-                                crate::runtime::upstream::set_query(
-                                    &mut call.url,
-                                    &[(param, wm.clone())],
-                                );
-                            }
-                            let cursor = incremental.as_ref().map(|(q, _)| q);
-                            self.read_stream(
-                                client,
-                                call,
-                                records,
-                                "records",
-                                &mut report,
-                                &mut resources,
-                                &mut watermarks,
-                                cursor,
-                            )
-                            .await;
-                        }
-                    }
-                }
+                self.fetch(client, fetch, state, report, &mut resources, watermarks)
+                    .await;
             }
             (
                 CronRead::Sync {
@@ -178,78 +233,117 @@ impl Runner {
                 },
                 Some(client),
             ) => {
-                let entries = Query::parse("$.entry[*].resource").ok();
-                for t in resource_types {
-                    let base = &client.source.url;
-                    let mut url = base.clone();
-                    url.set_path(&format!("{}/{t}", base.path().trim_end_matches('/')));
-                    url.query_pairs_mut()
-                        .append_pair("_count", &page_size.to_string());
-                    if *incremental && let Some(wm) = state.watermarks.get(t) {
-                        url.query_pairs_mut()
-                            .append_pair("_lastUpdated", &format!("gt{wm}"));
-                    }
-                    let call = Call {
-                        method: reqwest::Method::GET,
-                        url,
-                        headers: Vec::new(),
-                        body: None,
-                    };
-                    let Some(q) = &entries else { continue };
-                    let cursor = Query::parse("@.meta.lastUpdated").ok();
-                    self.read_stream(
-                        client,
-                        call,
-                        q,
-                        t,
-                        &mut report,
-                        &mut resources,
-                        &mut watermarks,
-                        if *incremental { cursor.as_ref() } else { None },
-                    )
+                let sync = (resource_types.as_slice(), *incremental, *page_size);
+                self.sync(client, sync, state, report, &mut resources, watermarks)
                     .await;
+            }
+        }
+        resources
+    }
+
+    /// A fetch: one request (or one per `each` item) built from the template, paged.
+    async fn fetch(
+        &self,
+        client: &SourceClient,
+        fetch: Fetch<'_>,
+        state: &ConnectorState,
+        report: &mut RunReport,
+        resources: &mut Vec<Value>,
+        watermarks: &mut BTreeMap<String, String>,
+    ) {
+        let watermark = state.watermarks.get("records").cloned();
+        let items: Vec<Option<&Value>> = if fetch.each.is_empty() {
+            vec![None]
+        } else {
+            fetch.each.iter().map(Some).collect()
+        };
+        for item in items {
+            let mut params = json!({"watermark": watermark.clone().unwrap_or_default()});
+            if let Some(v) = item {
+                params["item"] = v.clone();
+            }
+            let subject = item.map_or_else(|| "request".to_owned(), |v| format!("request for {v}"));
+            match crate::runtime::request::build(
+                &self.connector,
+                &client.source.url,
+                fetch.request,
+                &params,
+                None,
+            ) {
+                Err(m) => report.failures.push(Failure {
+                    stage: Stage::Read,
+                    subject,
+                    message: m.to_string(),
+                    outcome: None,
+                }),
+                Ok(mut call) => {
+                    if let (Some((_, param)), Some(wm)) = (fetch.incremental, &watermark) {
+                        crate::runtime::upstream::set_query(&mut call.url, &[(param, wm.clone())]);
+                    }
+                    let cursor = fetch.incremental.map(|(q, _)| q);
+                    let stream = Stream {
+                        records: fetch.records,
+                        name: "records",
+                        cursor,
+                    };
+                    self.read_stream(client, call, stream, report, resources, watermarks)
+                        .await;
                 }
             }
         }
-        if !report.failures.is_empty() {
-            // Nothing is written from a run that could not read everything.
-            return (self.finish(report), resources);
-        }
-        // Server-managed metadata of the source is not the sink's.
-        for r in &mut resources {
-            if let Some(meta) = r.get_mut("meta").and_then(Value::as_object_mut) {
-                meta.remove("versionId");
-                meta.remove("lastUpdated");
-                meta.remove("source");
+    }
+
+    /// A sync: a FHIR search per resource type, from each type's watermark when incremental.
+    async fn sync(
+        &self,
+        client: &SourceClient,
+        (resource_types, incremental, page_size): (&[String], bool, u32),
+        state: &ConnectorState,
+        report: &mut RunReport,
+        resources: &mut Vec<Value>,
+        watermarks: &mut BTreeMap<String, String>,
+    ) {
+        let (Ok(entries), Ok(last_updated)) = (
+            Query::parse("$.entry[*].resource"),
+            Query::parse("@.meta.lastUpdated"),
+        ) else {
+            return;
+        };
+        for t in resource_types {
+            let base = &client.source.url;
+            let mut url = base.clone();
+            url.set_path(&format!("{}/{t}", base.path().trim_end_matches('/')));
+            url.query_pairs_mut()
+                .append_pair("_count", &page_size.to_string());
+            if incremental && let Some(wm) = state.watermarks.get(t) {
+                url.query_pairs_mut()
+                    .append_pair("_lastUpdated", &format!("gt{wm}"));
             }
-            if r.get("meta")
-                .and_then(Value::as_object)
-                .is_some_and(|m| m.is_empty())
-                && let Some(o) = r.as_object_mut()
-            {
-                o.remove("meta");
-            }
+            let call = Call {
+                method: reqwest::Method::GET,
+                url,
+                headers: Vec::new(),
+                body: None,
+            };
+            let stream = Stream {
+                records: &entries,
+                name: t,
+                cursor: incremental.then_some(&last_updated),
+            };
+            self.read_stream(client, call, stream, report, resources, watermarks)
+                .await;
         }
-        // One version of each `Type/id` is written: the last read.
-        let resources = crate::runtime::sink::last_versions(resources);
-        let digests: Vec<(String, String)> = resources
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (crate::runtime::sink::label(r, i), digest(r)))
-            .collect();
-        let mut to_write = Vec::new();
-        let mut written_digests = Vec::new();
-        for (r, (label, d)) in resources.iter().zip(digests) {
-            if cron.only_changed && state.written.get(&label) == Some(&d) {
-                report.resources_unchanged += 1;
-            } else {
-                to_write.push(r.clone());
-                written_digests.push((label, d));
-            }
-        }
-        if dry_run {
-            return (self.finish(report), to_write);
-        }
+    }
+
+    /// Writes what changed; the digests of what was written are kept for `onlyChanged`.
+    async fn write(
+        &self,
+        cron: &Cron,
+        to_write: Vec<Value>,
+        digests: Vec<(String, String)>,
+        state: &mut ConnectorState,
+        report: &mut RunReport,
+    ) {
         let opts = WriteOptions {
             identifier_system: cron.identifier_system.clone(),
         };
@@ -262,42 +356,26 @@ impl Runner {
         report
             .failures
             .extend(w.failures.into_iter().map(write_failure));
-        for (label, d) in written_digests {
+        for (label, d) in digests {
             if !failed.contains(&label) && cron.only_changed {
                 state.written.insert(label, d);
             }
         }
-        if report.failures.is_empty() {
-            state.watermarks = watermarks;
-        }
-        let dir = self.state.clone();
-        let kept = ConnectorState {
-            watermarks: state.watermarks,
-            written: state.written,
-        };
-        if let Err(e) = state::blocking(move || dir.save(&name, &kept)).await {
-            report.failures.push(Failure {
-                stage: "write",
-                subject: "state".into(),
-                message: e,
-                outcome: None,
-            });
-        }
-        (self.finish(report), Vec::new())
     }
 
     /// Reads every page of one stream into `out`, advancing its watermark candidate.
-    #[allow(clippy::too_many_arguments)] // one stream's read: each argument is a distinct part of the run
     async fn read_stream(
         &self,
         client: &SourceClient,
         call: Call,
-        records: &Query,
-        stream: &str,
+        Stream {
+            records,
+            name: stream,
+            cursor,
+        }: Stream<'_>,
         report: &mut RunReport,
         out: &mut Vec<Value>,
-        watermarks: &mut std::collections::BTreeMap<String, String>,
-        cursor: Option<&Query>,
+        watermarks: &mut BTreeMap<String, String>,
     ) {
         let max_pages = match &client.source.pagination {
             Some(_) => MAX_PAGES,
@@ -325,7 +403,7 @@ impl Runner {
             .await;
         match result {
             Err(f) => report.failures.push(Failure {
-                stage: "read",
+                stage: Stage::Read,
                 subject: stream.to_owned(),
                 message: f.to_string(),
                 outcome: None,
@@ -353,7 +431,7 @@ impl Runner {
                 match self.connector.map_records(selected, &json!({})) {
                     Ok(resources) => out.extend(resources),
                     Err(e) => report.failures.push(Failure {
-                        stage: "map",
+                        stage: Stage::Map,
                         subject: stream.to_owned(),
                         message: e.to_string(),
                         outcome: None,
@@ -369,7 +447,7 @@ impl Runner {
             Ok(g) => g,
             Err(e) => {
                 report.failures.push(Failure {
-                    stage: "read",
+                    stage: Stage::Read,
                     subject: "guide".into(),
                     message: e.to_string(),
                     outcome: None,
@@ -394,7 +472,7 @@ impl Runner {
                 .unmapped
                 .into_iter()
                 .map(|(file, message)| Failure {
-                    stage: "map",
+                    stage: Stage::Map,
                     subject: file,
                     message,
                     outcome: None,
@@ -419,7 +497,7 @@ impl Runner {
 
 fn write_failure(f: WriteFailure) -> Failure {
     Failure {
-        stage: "write",
+        stage: Stage::Write,
         subject: f.resource,
         message: f.message,
         outcome: f.outcome.map(|o| *o),

@@ -82,7 +82,7 @@ impl<J: Job> CronJob<J> {
             tracing::info!(connector = %report.connector, read = report.records_read, written = report.resources_written, "run finished");
         } else {
             for f in &report.failures {
-                tracing::error!(connector = %report.connector, stage = f.stage, subject = %f.subject, "run failure: {}", f.message);
+                tracing::error!(connector = %report.connector, stage = %f.stage, subject = %f.subject, "run failure: {}", f.message);
             }
         }
         if let Ok(mut last) = self.last.lock() {

@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use chrono::{TimeZone, Utc};
 use engine::runtime::clock::Clock;
 use engine::runtime::engine::{Engine, Limits};
+use engine::runtime::run::Stage;
 use serde_json::{Value, json};
 
 use crate::engine_router::EngineRouter;
@@ -756,7 +757,7 @@ async fn run_that_cannot_read_fails_writes_nothing_and_keeps_its_watermark() {
         report
             .failures
             .iter()
-            .any(|f| f.stage == "read" && f.subject == "Organization"),
+            .any(|f| f.stage == Stage::Read && f.subject == "Organization"),
         "{:#?}",
         report.failures
     );
@@ -784,7 +785,7 @@ async fn run_that_cannot_read_fails_writes_nothing_and_keeps_its_watermark() {
     let report = run_with_deadline(&down, RUN_TIMEOUT).await;
     assert!(!report.ok());
     assert!(
-        report.failures.iter().all(|f| f.stage == "read"),
+        report.failures.iter().all(|f| f.stage == Stage::Read),
         "{:#?}",
         report.failures
     );

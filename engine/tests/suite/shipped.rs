@@ -32,7 +32,7 @@ use chrono::Utc;
 use engine::config::secrets::Environment;
 use engine::config::validate::{Options, validate};
 use engine::model::Model;
-use engine::runtime::run::RunReport;
+use engine::runtime::run::{RunReport, Stage};
 use serde_json::{Value, json};
 
 use crate::engine_router::EngineRouter;
@@ -430,10 +430,9 @@ async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and
     let report = run_with_deadline(&r3, RUN_TIMEOUT).await;
     assert!(!report.ok(), "a run that cannot read fails: {report:#?}");
     assert!(
-        report
-            .failures
-            .iter()
-            .any(|f| f.stage == "read" && f.subject == "Observation" && f.message.contains("500")),
+        report.failures.iter().any(|f| f.stage == Stage::Read
+            && f.subject == "Observation"
+            && f.message.contains("500")),
         "{:#?}",
         report.failures
     );
@@ -825,7 +824,7 @@ async fn supporting_material_pages_with_the_api_key_translates_categories_and_wr
         report
             .failures
             .iter()
-            .any(|f| f.stage == "read" && f.message.contains("401")),
+            .any(|f| f.stage == Stage::Read && f.message.contains("401")),
         "{:#?}",
         report.failures
     );
@@ -1389,7 +1388,7 @@ async fn epi_guide_import_reads_a_package_by_url_keeps_documents_whole_and_names
     let f = &report.failures[0];
     assert_eq!(
         (f.stage, f.subject.as_str()),
-        ("write", "MedicinalProductDefinition/mpd-1")
+        (Stage::Write, "MedicinalProductDefinition/mpd-1")
     );
     assert_eq!(
         f.outcome.as_ref().map(|o| o["resourceType"].clone()),
@@ -1458,7 +1457,7 @@ async fn epi_guide_import_reads_a_package_by_url_keeps_documents_whole_and_names
     assert_eq!(missing.failures.len(), 1, "{missing:#?}");
     assert_eq!(
         (missing.failures[0].stage, missing.resources_written),
-        ("read", 0)
+        (Stage::Read, 0)
     );
     assert!(
         missing.failures[0].message.contains("404"),
