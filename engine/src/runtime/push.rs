@@ -31,7 +31,7 @@ use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::sink::{WriteOptions, Writer};
-use crate::runtime::state;
+use crate::runtime::state::{self, StateError};
 
 /// Seconds a caller is asked to wait before sending again when the sink is down.
 const RETRY_AFTER: u32 = 30;
@@ -391,9 +391,11 @@ impl PushEndpoint {
                     .join("dead")
                     .join(file.file_name().unwrap_or_default()),
             );
-            if state::blocking(move || std::fs::rename(&from, &to).map_err(|e| e.to_string()))
-                .await
-                .is_ok()
+            if state::blocking(move || {
+                std::fs::rename(&from, &to).map_err(|e| StateError::io(&from, e))
+            })
+            .await
+            .is_ok()
             {
                 decrement(&self.queued);
                 self.dead.fetch_add(1, Ordering::SeqCst);
@@ -410,7 +412,7 @@ impl PushEndpoint {
         }
         let (path, dir) = (file.to_path_buf(), self.dir.join("queue"));
         let removed = state::blocking(move || {
-            std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::remove_file(&path).map_err(|e| StateError::io(&path, e))?;
             state::sync_dir(&dir)
         })
         .await;
@@ -509,7 +511,7 @@ impl PushEndpoint {
                 .append(true)
                 .open(&path)
                 .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_data()))
-                .map_err(|e| format!("{}: {e}", path.display()))
+                .map_err(|e| StateError::io(&path, e))
         })
         .await;
         if let Err(e) = appended {

@@ -166,7 +166,7 @@ impl Runner {
                 report.failures.push(Failure {
                     stage: Stage::Read,
                     subject: "state".into(),
-                    message: e,
+                    message: e.to_string(),
                     outcome: None,
                 });
                 None
@@ -182,7 +182,7 @@ impl Runner {
             report.failures.push(Failure {
                 stage: Stage::Write,
                 subject: "state".into(),
-                message: e,
+                message: e.to_string(),
                 outcome: None,
             });
         }

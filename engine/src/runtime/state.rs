@@ -43,57 +43,89 @@ impl StateDir {
     }
 
     /// The state of a connector (empty when there is none yet).
-    pub fn load(&self, connector: &str) -> Result<ConnectorState, String> {
+    pub fn load(&self, connector: &str) -> Result<ConnectorState, StateError> {
         let path = self.file(connector);
         match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
-            }
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConnectorState::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(e) => Err(StateError::io(&path, e)),
         }
     }
 
     /// Saves the state of a connector atomically.
-    pub fn save(&self, connector: &str, state: &ConnectorState) -> Result<(), String> {
-        let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-        write_atomic(&self.file(connector), &bytes)
+    pub fn save(&self, connector: &str, state: &ConnectorState) -> Result<(), StateError> {
+        let path = self.file(connector);
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&path, &bytes)
+    }
+}
+
+/// Why state on disk could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file or folder that cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A state document that is not the JSON the engine writes.
+    #[error("{path}: {message}")]
+    Corrupt { path: String, message: String },
+    /// The file work stopped before it finished (its task panicked or was cancelled).
+    #[error("the file work stopped: {0}")]
+    Stopped(String),
+}
+
+impl StateError {
+    pub fn io(path: &Path, source: std::io::Error) -> StateError {
+        StateError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }
 
 /// Runs file work (reads, writes, fsyncs, listings) on tokio's blocking pool, off the async
 /// workers; an error is the work's own, or says that the work stopped.
 pub async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    work: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| format!("the file work stopped: {e}"))?
+        .map_err(|e| StateError::Stopped(e.to_string()))?
 }
 
 /// Writes a file atomically and durably: temporary file, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let dir = path
         .parent()
-        .ok_or_else(|| format!("{}: no directory", path.display()))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        .ok_or_else(|| StateError::io(path, std::io::Error::other("no directory")))?;
+    std::fs::create_dir_all(dir).map_err(|e| StateError::io(dir, e))?;
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
     ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut f = std::fs::File::create(&tmp).map_err(|e| StateError::io(&tmp, e))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| StateError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| StateError::io(path, e))?;
     sync_dir(dir)
 }
 
 /// Flushes a directory's entries (new and renamed files) to disk.
-pub fn sync_dir(dir: &Path) -> Result<(), String> {
+pub fn sync_dir(dir: &Path) -> Result<(), StateError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("{}: {e}", dir.display()))
+        .map_err(|e| StateError::io(dir, e))
 }
 
 #[cfg(test)]
