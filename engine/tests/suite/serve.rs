@@ -1095,6 +1095,31 @@ spec:
         got.text
     );
 
+    // Metrics labels name configured connectors only: paths made up by callers add no series.
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("engine_requests_total{"))
+            .count()
+    };
+    let before = series(&got.text);
+    for i in 0..20 {
+        for path in [
+            format!("/fhir/made-up-{i}/Patient"),
+            format!("/fhir/made-up-{i}/Patient/1"),
+            format!("/push/made-up-{i}"),
+        ] {
+            let got = get(&engine, &format!("{}{path}", engine.base)).await;
+            assert_eq!(got.status, 404, "{path}: {}", got.text);
+        }
+    }
+    let got = get(&engine, &format!("{}/metrics", engine.base)).await;
+    assert!(!got.text.contains("made-up"), "{}", got.text);
+    assert!(
+        series(&got.text) <= before + 2,
+        "60 requests to made-up paths added at most the `other` route's series:\n{}",
+        got.text
+    );
+
     // Admin.
     for path in ["/connectors", "/connectors/list"] {
         let got = get(&engine, &format!("{}{path}", engine.base)).await;
