@@ -230,20 +230,7 @@ mod tests {
             tokio::time::sleep(self.takes).await;
             self.going.fetch_sub(1, Ordering::SeqCst);
             let t = Utc.timestamp_opt(0, 0).single().expect("time");
-            RunReport {
-                connector: "sleeper".into(),
-                started: t,
-                finished: t,
-                records_read: 0,
-                resources_written: 0,
-                resources_unchanged: 0,
-                source_calls: 0,
-                sink_calls: 0,
-                sink_retries: 0,
-                failures: Vec::new(),
-                skipped: Vec::new(),
-                dry_run: false,
-            }
+            RunReport::new("sleeper", t, false)
         }
     }
 
