@@ -79,7 +79,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         &dirs.dirs(),
     ) {
         Ok(e) => e,
-        Err(e) => return usage(&e),
+        Err(e) => return usage(&e.to_string()),
     };
     let loader_paths = paths.clone();
     let load: crate::http::server::Loader = std::sync::Arc::new(move || {
@@ -157,7 +157,7 @@ pub(super) fn run_once(
     });
     let runner = match runner {
         Ok(r) => r,
-        Err(e) => return usage(&e),
+        Err(e) => return usage(&e.to_string()),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -270,6 +270,7 @@ async fn watch_definitions(
                     &dirs,
                     Some(&previous),
                 )
+                .map_err(|e| e.to_string())
             })
         })
         .await

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 
 use crate::model::{Model, Strategy};
+use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::problem::Problem;
@@ -100,7 +101,7 @@ impl ReloadStatus {
 }
 
 impl Engine {
-    pub fn new(model: Arc<Model>, limits: Limits, dirs: &Dirs) -> Result<Arc<Engine>, String> {
+    pub fn new(model: Arc<Model>, limits: Limits, dirs: &Dirs) -> Result<Arc<Engine>, BuildError> {
         Self::with_clock(model, limits, dirs, Clock::system())
     }
 
@@ -110,7 +111,7 @@ impl Engine {
         limits: Limits,
         dirs: &Dirs,
         clock: Clock,
-    ) -> Result<Arc<Engine>, String> {
+    ) -> Result<Arc<Engine>, BuildError> {
         Self::build(model, limits, dirs, None, clock)
     }
 
@@ -122,7 +123,7 @@ impl Engine {
         limits: Limits,
         dirs: &Dirs,
         previous: Option<&Engine>,
-    ) -> Result<Arc<Engine>, String> {
+    ) -> Result<Arc<Engine>, BuildError> {
         let clock = previous.map_or_else(Clock::system, |p| p.clock);
         Self::build(model, limits, dirs, previous, clock)
     }
@@ -133,7 +134,7 @@ impl Engine {
         dirs: &Dirs,
         previous: Option<&Engine>,
         clock: Clock,
-    ) -> Result<Arc<Engine>, String> {
+    ) -> Result<Arc<Engine>, BuildError> {
         let metrics = previous.map_or_else(|| Arc::new(Metrics::default()), |p| p.metrics.clone());
         let unchanged = |name: &str, fingerprint: &str| {
             previous

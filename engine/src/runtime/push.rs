@@ -27,6 +27,7 @@ use subtle::ConstantTimeEq;
 use crate::model::digest::content_digest;
 use crate::model::vocabulary::PushMode;
 use crate::model::{Connector, Push, PushAuth, Strategy};
+use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::problem::{Problem, ProblemKind};
@@ -111,14 +112,16 @@ impl PushEndpoint {
         metrics: Arc<Metrics>,
         invalidate: Invalidate,
         clock: Clock,
-    ) -> Result<PushEndpoint, String> {
-        let push = push_of(&connector)
-            .ok_or_else(|| format!("`{}` is not a push connector", connector.name))?;
+    ) -> Result<PushEndpoint, BuildError> {
+        let push = push_of(&connector).ok_or_else(|| BuildError::Strategy {
+            connector: connector.name.clone(),
+            strategy: "push",
+        })?;
         let writer = Writer::new(&push.sink, sink_dir)?;
         let dir = state_dir.join("push").join(&connector.name);
         for sub in ["queue", "dead"] {
             std::fs::create_dir_all(dir.join(sub))
-                .map_err(|e| format!("{}: {e}", dir.join(sub).display()))?;
+                .map_err(|e| StateError::io(&dir.join(sub), e))?;
         }
         let now = clock.now().timestamp();
         let window = push.dedup_window.as_secs() as i64;

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::model::digest::content_digest;
 use crate::model::jsonpath::Query;
 use crate::model::{Connector, Cron, CronRead, Import, Pagination, Request, Strategy};
+use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 pub use crate::runtime::report::{Failure, RunReport, Skipped, Stage};
@@ -101,18 +102,21 @@ impl Runner {
         sink_dir: &std::path::Path,
         metrics: Arc<Metrics>,
         clock: Clock,
-    ) -> Result<Runner, String> {
+    ) -> Result<Runner, BuildError> {
         let Strategy::Cron(cron) = &connector.strategy else {
-            return Err(format!("`{}` is not a cron connector", connector.name));
+            return Err(BuildError::Strategy {
+                connector: connector.name.clone(),
+                strategy: "cron",
+            });
         };
         let client = match (&cron.read, connector.sources.first()) {
             (CronRead::Import(_), _) => None,
-            (_, None) => return Err(format!("`{}` has no source", connector.name)),
+            (_, None) => return Err(BuildError::NoSource(connector.name.clone())),
             (_, Some(source)) => Some(
                 upstreams
                     .get(&source.name)
                     .cloned()
-                    .ok_or_else(|| format!("no client for source `{}`", source.name))?,
+                    .ok_or_else(|| BuildError::NoClient(source.name.clone()))?,
             ),
         };
         let writer = Writer::new(&cron.sink, sink_dir)?;

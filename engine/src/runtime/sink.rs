@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::model::vocabulary::BundleMode;
 use crate::model::{Auth, FhirSink, Sink, SinkRef};
+use crate::runtime::build_error::BuildError;
 
 /// One resource that could not be written, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +60,7 @@ pub enum Writer {
 
 impl Writer {
     /// The writer of a connector's sink; the default is NDJSON under `default_dir`.
-    pub fn new(sink: &SinkRef, default_dir: &Path) -> Result<Writer, String> {
+    pub fn new(sink: &SinkRef, default_dir: &Path) -> Result<Writer, BuildError> {
         match sink {
             SinkRef::Default => Ok(Writer::Ndjson {
                 dir: default_dir.to_path_buf(),
@@ -70,7 +71,7 @@ impl Writer {
                     let client = reqwest::Client::builder()
                         .user_agent(concat!("fosps-engine/", env!("CARGO_PKG_VERSION")))
                         .build()
-                        .map_err(|e| format!("HTTP client: {e}"))?;
+                        .map_err(|e| BuildError::Client(e.to_string()))?;
                     Ok(Writer::Fhir {
                         sink: clone_fhir(f),
                         client,

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::model::{Auth, Pagination, Source};
+use crate::runtime::build_error::BuildError;
 use crate::runtime::metrics::{Answer, Metrics};
 
 /// Largest upstream answer read, so that a source cannot exhaust memory.
@@ -86,12 +87,12 @@ impl Upstreams {
     pub fn new(
         sources: impl IntoIterator<Item = Arc<Source>>,
         metrics: Arc<Metrics>,
-    ) -> Result<Upstreams, String> {
+    ) -> Result<Upstreams, BuildError> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("fosps-engine/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(|e| BuildError::Client(e.to_string()))?;
         let mut clients = HashMap::new();
         for s in sources {
             let fixed = fixed_headers(&s)?;
@@ -114,9 +115,12 @@ impl Upstreams {
     }
 }
 
-fn fixed_headers(s: &Source) -> Result<HeaderMap, String> {
+fn fixed_headers(s: &Source) -> Result<HeaderMap, BuildError> {
     let mut h = HeaderMap::new();
-    let bad = |what: &str| format!("source `{}`: invalid {what}", s.name);
+    let bad = |what: &'static str| BuildError::Header {
+        source_name: s.name.clone(),
+        what,
+    };
     for (k, v) in &s.headers {
         let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| bad("header name"))?;
         let mut value = HeaderValue::from_str(&v.0).map_err(|_| bad("header value"))?;
