@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::model::Strategy;
 use crate::runtime::engine::Engine;
-use crate::runtime::problem::{Problem, ProblemKind};
+use crate::runtime::problem::{Problem, ProblemKind, RETRY_AFTER};
 
 pub(super) async fn openapi(State(engine): State<Arc<Engine>>) -> Response {
     let prefix = engine
@@ -109,7 +109,9 @@ pub(super) async fn run_now(
     };
     if engine.tasks.is_closed() {
         return Problem::new(
-            ProblemKind::Unavailable { retry_after: 30 },
+            ProblemKind::Unavailable {
+                retry_after: RETRY_AFTER,
+            },
             "the engine is shutting down: no new runs start",
         )
         .into_response();

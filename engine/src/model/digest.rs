@@ -14,9 +14,14 @@ pub fn content_digest<P: AsRef<[u8]>>(parts: &[P]) -> String {
         }
         hasher.update(part.as_ref());
     }
+    hex(&hasher.finalize())
+}
+
+/// Bytes in lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in hasher.finalize() {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
         out.push(char::from(HEX[usize::from(b >> 4)]));
         out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
@@ -35,5 +40,6 @@ mod tests {
         );
         assert_eq!(content_digest(&["a\u{1f}b"]), content_digest(&["a", "b"]));
         assert_ne!(content_digest(&["ab"]), content_digest(&["a", "b"]));
+        assert_eq!(hex(&[0, 255, 16]), "00ff10");
     }
 }

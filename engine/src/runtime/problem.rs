@@ -4,6 +4,10 @@
 
 use crate::model::fhir;
 
+/// Seconds a caller is asked to wait before sending again when the engine cannot take a
+/// request now (`Retry-After` of `ProblemKind::Unavailable`).
+pub const RETRY_AFTER: u32 = 30;
+
 /// What kind of failure a request met; each kind has one HTTP status and FHIR issue code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemKind {

@@ -24,18 +24,15 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::model::digest::content_digest;
+use crate::model::digest::{content_digest, hex};
 use crate::model::vocabulary::PushMode;
 use crate::model::{Connector, Push, PushAuth, Strategy};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
-use crate::runtime::problem::{Problem, ProblemKind};
+use crate::runtime::problem::{Problem, ProblemKind, RETRY_AFTER};
 use crate::runtime::sink::{WriteOptions, Writer};
 use crate::runtime::state::{self, StateError};
-
-/// Seconds a caller is asked to wait before sending again when the sink is down.
-const RETRY_AFTER: u32 = 30;
 
 /// What the endpoint answers, before it becomes HTTP.
 #[derive(Debug)]
@@ -580,10 +577,6 @@ fn decrement(count: &AtomicUsize) {
     });
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -612,6 +605,6 @@ mod tests {
     fn hex_both_ways() {
         assert_eq!(hex_decode("00ff10"), Some(vec![0, 255, 16]));
         assert_eq!(hex_decode("0g"), None);
-        assert_eq!(hex(&[0, 255]), "00ff");
+        assert_eq!(hex_decode(&hex(&[0, 255])), Some(vec![0, 255]));
     }
 }
