@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use crate::model::{Auth, Pagination, Source};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::metrics::{Answer, Metrics};
+use crate::runtime::problem::ProblemKind;
 
 /// Largest upstream answer read, so that a source cannot exhaust memory.
 pub const MAX_ANSWER: usize = 32 << 20;
@@ -42,6 +43,34 @@ pub enum FailureKind {
     Refused,
     /// The answer could not be used: too large, not JSON, or not mappable to FHIR.
     Unusable,
+}
+
+impl Failure {
+    /// A source that answered an error status: the status, and the text of its
+    /// `OperationOutcome` when it sent one.
+    pub fn answered(source: &str, reply: &Reply) -> Failure {
+        let detail = crate::model::fhir::issue_text(&reply.body)
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        Failure {
+            source: source.to_owned(),
+            reason: format!("answered {}{detail}", reply.status),
+            kind: FailureKind::Refused,
+            status: Some(reply.status),
+        }
+    }
+}
+
+impl FailureKind {
+    /// What a caller is answered for a source that failed so: a timeout 504, the others 502.
+    pub fn problem(self) -> ProblemKind {
+        match self {
+            FailureKind::Timeout => ProblemKind::Timeout,
+            FailureKind::NoAnswer | FailureKind::Refused | FailureKind::Unusable => {
+                ProblemKind::SourceFailed
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for Failure {
@@ -313,15 +342,7 @@ impl SourceClient {
         loop {
             let reply = self.send_counted(&call, request_id, calls).await?;
             if reply.status >= 400 {
-                let detail = crate::model::fhir::issue_text(&reply.body)
-                    .map(|d| format!(": {d}"))
-                    .unwrap_or_default();
-                return Err(Failure {
-                    source: self.source.name.clone(),
-                    reason: format!("answered {}{detail}", reply.status),
-                    kind: FailureKind::Refused,
-                    status: Some(reply.status),
-                });
+                return Err(Failure::answered(&self.source.name, &reply));
             }
             let found: Vec<Value> = records
                 .select(&reply.body, &reply.body)

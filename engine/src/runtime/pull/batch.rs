@@ -5,7 +5,7 @@ use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{PullRuntime, RequestInfo, all_failed, status_failure};
+use super::{PullRuntime, RequestInfo, all_failed};
 use crate::model::fhir::outcome;
 use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Call, Failure, FailureKind};
@@ -39,7 +39,7 @@ impl PullRuntime {
             };
             let reply = client.send(&call, &info.request_id).await?;
             if reply.status >= 400 {
-                return Err(status_failure(client, &reply));
+                return Err(Failure::answered(&client.source.name, &reply));
             }
             let entries = reply
                 .body

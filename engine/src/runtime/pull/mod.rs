@@ -109,18 +109,6 @@ impl From<Failure> for SourceError {
     }
 }
 
-fn status_failure(client: &SourceClient, reply: &crate::runtime::upstream::Reply) -> Failure {
-    let detail = crate::model::fhir::issue_text(&reply.body)
-        .map(|d| format!(": {d}"))
-        .unwrap_or_default();
-    Failure {
-        source: client.source.name.clone(),
-        reason: format!("answered {}{detail}", reply.status),
-        kind: FailureKind::Refused,
-        status: Some(reply.status),
-    }
-}
-
 /// A source whose answer the mapping could not turn into FHIR.
 fn mapping_failure(client: &SourceClient, e: &crate::model::mapping::MapError) -> SourceError {
     SourceError::Failed(Failure {

@@ -5,11 +5,11 @@ use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::json;
 
-use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure, status_failure};
+use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure};
 use crate::model::PullResource;
 use crate::runtime::cache::Answer;
 use crate::runtime::problem::{Problem, ProblemKind};
-use crate::runtime::upstream::{Call, SourceClient};
+use crate::runtime::upstream::{Call, Failure, SourceClient};
 
 impl PullRuntime {
     /// The resource `Type/id` from the first source that has it.
@@ -43,7 +43,10 @@ impl PullRuntime {
                 let reply = match client.send(&call, &info.request_id).await {
                     Ok(r) if r.status == 404 || r.status == 410 => return Ok(None),
                     Ok(r) if r.status >= 400 => {
-                        return Err(SourceError::Failed(status_failure(client, &r)));
+                        return Err(SourceError::Failed(Failure::answered(
+                            &client.source.name,
+                            &r,
+                        )));
                     }
                     Ok(r) => r,
                     Err(f) => return Err(SourceError::Failed(f)),

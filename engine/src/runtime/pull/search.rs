@@ -14,7 +14,7 @@ use crate::model::jsonpath::Query;
 use crate::model::vocabulary::{ParamType, SourceType};
 use crate::runtime::cache::Answer;
 use crate::runtime::problem::{Problem, ProblemKind};
-use crate::runtime::upstream::{Call, FailureKind, SourceClient};
+use crate::runtime::upstream::{Call, SourceClient};
 
 /// Default `_count` of a search that declares none.
 const DEFAULT_COUNT: i64 = 20;
@@ -201,16 +201,7 @@ impl PullRuntime {
                 }
                 Err(SourceError::Problem(p)) => return Err(p),
                 Err(SourceError::Failed(f)) => {
-                    outcomes.push(outcome(
-                        "warning",
-                        match f.kind {
-                            FailureKind::Timeout => "timeout",
-                            FailureKind::NoAnswer
-                            | FailureKind::Refused
-                            | FailureKind::Unusable => "transient",
-                        },
-                        &f.to_string(),
-                    ));
+                    outcomes.push(outcome("warning", f.kind.problem().code(), &f.to_string()));
                     failures.push(f);
                 }
             }
