@@ -261,6 +261,18 @@ pub struct Schedule {
     pub time_zone: chrono_tz::Tz,
 }
 
+impl Schedule {
+    /// A cron expression of six fields, seconds first, parsed as the engine reads every
+    /// schedule (no year field).
+    pub fn parse_cron(six_fields: &str) -> Result<croner::Cron, croner::errors::CronError> {
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(six_fields)
+    }
+}
+
 /// What a cron run reads.
 #[allow(clippy::large_enum_variant)] // built once per load; boxing would only add indirection
 #[derive(Debug)]

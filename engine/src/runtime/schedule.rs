@@ -153,12 +153,7 @@ mod tests {
         };
         Schedule {
             cron: cron.into(),
-            parsed: croner::parser::CronParser::builder()
-                .seconds(croner::parser::Seconds::Required)
-                .year(croner::parser::Year::Disallowed)
-                .build()
-                .parse(&with_seconds)
-                .expect("a valid cron"),
+            parsed: Schedule::parse_cron(&with_seconds).expect("a valid cron"),
             time_zone: tz,
         }
     }

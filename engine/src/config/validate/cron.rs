@@ -171,10 +171,6 @@ pub fn parse_cron(cron: &str) -> Result<croner::Cron, String> {
         }
     }
     let with_seconds = full.join(" ");
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Required)
-        .year(croner::parser::Year::Disallowed)
-        .build()
-        .parse(&with_seconds)
+    Schedule::parse_cron(&with_seconds)
         .map_err(|e| format!("`{cron}` is not a valid cron expression: {e}"))
 }
