@@ -105,8 +105,8 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
-/// Serves on `listener` until `shutdown` (`shutdown_signal` in production) ends, then drains within
-/// `grace`; the error says why it could not start.
+/// Serves on `listener` until `shutdown` (`shutdown_signal` in production) ends, then drains
+/// within `grace`; the error says why it could not start.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: tokio::net::TcpListener,
