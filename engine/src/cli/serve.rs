@@ -191,6 +191,9 @@ pub(super) fn run_once(
         };
         eprintln!("left out: {}{times}: {}", s.subject, s.reason);
     }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     for f in &report.failures {
         eprintln!("error: {} {}: {}", f.stage, f.subject, f.message);
         if let Some(o) = &f.outcome {

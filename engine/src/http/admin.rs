@@ -136,9 +136,12 @@ pub(super) async fn dead_letters(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
 ) -> Response {
-    match engine.pushes.get(&name) {
-        Some(ep) => axum::Json(ep.dead_letters().await).into_response(),
-        None => Problem::not_found(format!("no push connector `{name}`")).into_response(),
+    if let Some(ep) = engine.pushes.get(&name) {
+        return axum::Json(ep.dead_letters().await).into_response();
+    }
+    match engine.crons.get(&name) {
+        Some(job) => axum::Json(job.runner.dead_letters().await).into_response(),
+        None => Problem::not_found(format!("no push or cron connector `{name}`")).into_response(),
     }
 }
 

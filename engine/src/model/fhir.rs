@@ -346,6 +346,68 @@ pub fn outcome(severity: &str, code: &str, diagnostics: &str) -> Value {
     })
 }
 
+/// Why a resource cannot be written to a sink: its id breaks FHIR's id rule (so that it
+/// cannot become a path like `Patient/../Patient/victim` or carry a query like
+/// `x?_cascade=delete`), or its type is not one the connector declares.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unwritable {
+    #[error("the resource has no `resourceType` naming a FHIR type")]
+    NoType,
+    #[error("id {0} breaks FHIR's id rule (1 to 64 of A-Z, a-z, 0-9, `-`, `.`)")]
+    Id(String),
+    #[error("`{found}` is not a type this connector writes (it declares {declared})")]
+    Type { found: String, declared: String },
+}
+
+/// True for a FHIR id: 1 to 64 characters of `A-Z`, `a-z`, `0-9`, `-` and `.`.
+pub fn is_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Checks a resource before it is written: its `resourceType` names a type, one of
+/// `declared` when given; its `id`, when it has one, is a FHIR id.
+pub fn writable(
+    resource: &Value,
+    declared: Option<&std::collections::BTreeSet<String>>,
+) -> Result<(), Unwritable> {
+    let t = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .filter(|t| crate::model::mapping::is_resource_type(t))
+        .ok_or(Unwritable::NoType)?;
+    if let Some(types) = declared
+        && !types.contains(t)
+    {
+        return Err(Unwritable::Type {
+            found: t.to_owned(),
+            declared: types
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    match resource.get("id") {
+        None => Ok(()),
+        Some(Value::String(id)) if is_id(id) => Ok(()),
+        Some(other) => {
+            // Shown as JSON, cut: the id came from outside and may be long or hold anything.
+            let mut shown = other.to_string();
+            if shown.len() > 80 {
+                let cut = (0..=80)
+                    .rev()
+                    .find(|&i| shown.is_char_boundary(i))
+                    .unwrap_or(0);
+                shown.truncate(cut);
+                shown.push_str("...");
+            }
+            Err(Unwritable::Id(shown))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +491,38 @@ mod tests {
             b["entry"][0]["fullUrl"]
                 .as_str()
                 .is_some_and(|u| u.starts_with("urn:uuid:"))
+        );
+    }
+
+    #[test]
+    fn ids_follow_the_fhir_rule() {
+        for good in ["a", "A-1.b", &"x".repeat(64)] {
+            assert!(is_id(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../x",
+            "x?_cascade=delete",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(!is_id(bad), "{bad}");
+        }
+        let p = json!({"resourceType": "Patient", "id": "../Patient/victim"});
+        assert!(matches!(writable(&p, None), Err(Unwritable::Id(_))));
+        let types = std::collections::BTreeSet::from(["Observation".to_owned()]);
+        assert!(matches!(
+            writable(&json!({"resourceType": "Patient", "id": "p"}), Some(&types)),
+            Err(Unwritable::Type { .. })
+        ));
+        assert_eq!(
+            writable(
+                &json!({"resourceType": "Observation", "id": "o"}),
+                Some(&types)
+            ),
+            Ok(())
         );
     }
 }

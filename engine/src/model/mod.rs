@@ -23,7 +23,7 @@ use crate::model::jsonpath::Query;
 use crate::model::mapping::{Input, MapError, Mapping};
 use crate::model::template::{Templates, Text};
 use crate::model::vocabulary::{
-    BundleMode, FhirVersion, MatchMode, ParamType, PushMode, SourceType,
+    BundleMode, FhirVersion, MatchMode, ParamType, PushMode, RecordErrorPolicy, SourceType,
 };
 
 /// A string whose value may come from a secret: never shown by `Debug`.
@@ -91,6 +91,10 @@ pub struct Source {
     pub retries: u32,
     pub concurrency: u32,
     pub pagination: Option<Pagination>,
+    /// Most pages read for one answer or one stream of a run (`pagination.maxPages`).
+    pub max_pages: u32,
+    /// Most JSON values in one answer, counted before it is parsed (`maxValues`).
+    pub max_values: usize,
 }
 
 /// Outbound authentication.
@@ -213,6 +217,10 @@ pub struct Push {
     pub max_body: u64,
     pub mode: PushMode,
     pub records: Query,
+    /// Most records one payload may hold (`push.maxRecords`).
+    pub max_records: usize,
+    /// Most JSON values one payload may hold, counted before it is parsed (`push.maxValues`).
+    pub max_values: usize,
     pub idempotency_header: String,
     pub dedup_window: Duration,
     pub sink: SinkRef,
@@ -251,6 +259,14 @@ pub struct Cron {
     pub sink: SinkRef,
     pub identifier_system: Option<String>,
     pub only_changed: bool,
+    /// What a run does with a record it cannot map or write (`run.onRecordError`).
+    pub on_record_error: RecordErrorPolicy,
+    /// Most records one run reads (`run.maxRecords`).
+    pub max_records: usize,
+    /// Subtracted from a date watermark when the source is asked (`run.lookback`).
+    pub lookback: Duration,
+    /// How far past now a date watermark may go (`run.maxClockSkew`).
+    pub max_clock_skew: Duration,
 }
 
 /// A checked schedule: the expression as written, parsed (seconds first), and its time zone.
@@ -341,6 +357,31 @@ impl Connector {
                 CronRead::Fetch { records, .. } => Some(records),
                 CronRead::Sync { .. } | CronRead::Import(_) => None,
             },
+        }
+    }
+
+    /// The resource types this connector writes, when it declares them: a sync's
+    /// `resourceTypes` (the mapping's, when it has one), or the literal `resourceType`s of
+    /// the mapping. `None` (any type) for an import, whose guide decides, and for a mapping
+    /// that computes its `resourceType`.
+    pub fn declared_types(&self) -> Option<std::collections::BTreeSet<String>> {
+        if let Strategy::Cron(Cron {
+            read: CronRead::Import(_),
+            ..
+        }) = &self.strategy
+        {
+            return None;
+        }
+        match (&self.mapping, &self.strategy) {
+            (Some(m), _) => m.output_types(),
+            (
+                None,
+                Strategy::Cron(Cron {
+                    read: CronRead::Sync { resource_types, .. },
+                    ..
+                }),
+            ) if !self.split_bundles => Some(resource_types.iter().cloned().collect()),
+            (None, _) => None,
         }
     }
 

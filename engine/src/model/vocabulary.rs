@@ -57,6 +57,19 @@ pub enum PushMode {
     Queued,
 }
 
+/// What a cron run does with a record its mapping cannot handle, or whose resource has an id
+/// or type that cannot be written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordErrorPolicy {
+    /// The run fails: nothing is written and the watermark stays (the default).
+    #[default]
+    Fail,
+    /// The record goes to the connector's dead letters with the reason, is counted in the
+    /// run report and in metrics, and the run goes on without it.
+    Skip,
+}
+
 /// How expected FHIR is compared.
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

@@ -97,6 +97,7 @@ pub struct Metrics {
     resources_written: Family<ConnectorLabel, Counter>,
     write_failures: Family<ConnectorLabel, Counter>,
     sink_retries: Family<ConnectorLabel, Counter>,
+    records_dead_lettered: Family<ConnectorLabel, Counter>,
     push_sink_retries: Family<ConnectorLabel, Counter>,
     push_deliveries: Family<OutcomeLabels, Counter>,
 }
@@ -157,6 +158,12 @@ impl Default for Metrics {
                 &mut r,
                 "engine_sink_retries",
                 "Retried writes to sinks",
+                Family::default(),
+            ),
+            records_dead_lettered: add(
+                &mut r,
+                "engine_records_dead_lettered",
+                "Records cron runs skipped to the dead letters (`run.onRecordError: skip`)",
                 Family::default(),
             ),
             push_sink_retries: add(
@@ -234,6 +241,15 @@ impl Metrics {
         ] {
             family.get_or_create(&c).inc_by(n as u64);
         }
+    }
+
+    /// Records a cron run skipped to its dead letters.
+    pub fn dead_lettered(&self, connector: &str, n: usize) {
+        self.records_dead_lettered
+            .get_or_create(&ConnectorLabel {
+                connector: connector.to_owned(),
+            })
+            .inc_by(n as u64);
     }
 
     /// A push delivery and its outcome.

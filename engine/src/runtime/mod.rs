@@ -8,6 +8,7 @@ pub mod cache;
 pub mod clock;
 pub mod engine;
 pub mod guide;
+pub mod json_count;
 pub mod metrics;
 pub mod problem;
 pub mod pull;

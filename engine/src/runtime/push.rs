@@ -233,8 +233,25 @@ impl PushEndpoint {
                 "send application/json or application/fhir+json",
             ));
         }
+        let push = self.push();
+        crate::runtime::json_count::count_values(body, push.max_values).map_err(|e| {
+            Problem::new(
+                ProblemKind::TooLarge,
+                format!("the payload is refused: {e} (this endpoint's `push.maxValues`)"),
+            )
+        })?;
         let payload: Value = serde_json::from_slice(body)
             .map_err(|e| Problem::invalid(format!("the body is not JSON: {e}")))?;
+        let records = push.records.select(&payload, &payload).len();
+        if records > push.max_records {
+            return Err(Problem::new(
+                ProblemKind::TooLarge,
+                format!(
+                    "the payload holds {records} records; this endpoint takes at most {} (`push.maxRecords`)",
+                    push.max_records
+                ),
+            ));
+        }
         let key = headers
             .get(self.push().idempotency_header.as_str())
             .and_then(|v| v.to_str().ok())
@@ -306,6 +323,7 @@ impl PushEndpoint {
         let types = crate::runtime::sink::types_of(&resources);
         let opts = WriteOptions {
             identifier_system: self.push().identifier_system.clone(),
+            declared_types: self.connector.declared_types(),
         };
         let report = self.writer.write(resources, &opts).await;
         self.metrics
@@ -538,7 +556,7 @@ fn push_of(c: &Connector) -> Option<&Push> {
 }
 
 /// Files of a queue directory in order.
-fn queued(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn queued(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|r| {
             r.filter_map(|e| e.ok().map(|e| e.path()))
@@ -551,7 +569,7 @@ fn queued(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The sequence number after the last of a queue directory's files.
-fn next_seq(files: &[PathBuf]) -> u64 {
+pub(crate) fn next_seq(files: &[PathBuf]) -> u64 {
     files
         .last()
         .and_then(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
@@ -559,7 +577,7 @@ fn next_seq(files: &[PathBuf]) -> u64 {
 }
 
 /// Id, when received, and why, of each dead letter in a directory.
-fn read_dead_letters(dir: &Path) -> Vec<Value> {
+pub(crate) fn read_dead_letters(dir: &Path) -> Vec<Value> {
     queued(dir)
         .into_iter()
         .filter_map(|p| {

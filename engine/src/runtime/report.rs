@@ -22,6 +22,10 @@ pub struct RunReport {
     pub failures: Vec<Failure>,
     /// Files and resources read but deliberately not written, and why.
     pub skipped: Vec<Skipped>,
+    /// Records put in the connector's dead letters (`run.onRecordError: skip`).
+    pub records_dead_lettered: usize,
+    /// What the run did not fail on but an operator should know (a watermark held back).
+    pub warnings: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -92,6 +96,8 @@ impl RunReport {
             sink_retries: 0,
             failures: Vec::new(),
             skipped: Vec::new(),
+            records_dead_lettered: 0,
+            warnings: Vec::new(),
             dry_run,
         }
     }

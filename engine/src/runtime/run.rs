@@ -1,15 +1,21 @@
 //! Cron runs: read the source (every page, incrementally from a watermark), map, write to the
 //! sink, and report. A run that cannot read fails; the watermark and the digests of written
-//! resources advance only when every write succeeded.
+//! resources advance only when every write succeeded. A record that cannot be mapped or
+//! written fails the run, or with `run.onRecordError: skip` goes to the connector's dead
+//! letters; a run stops at its page and record limits and says so; a date watermark never
+//! moves past now plus the allowed clock skew, and is asked from less the lookback.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::DateTime;
 use serde_json::{Value, json};
 
 use crate::model::digest::content_digest;
 use crate::model::jsonpath::Query;
+use crate::model::vocabulary::RecordErrorPolicy;
 use crate::model::{Connector, Cron, CronRead, Import, Pagination, Request, Strategy};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
@@ -19,8 +25,8 @@ use crate::runtime::sink::{WriteFailure, WriteOptions, Writer};
 use crate::runtime::state::{self, ConnectorState, StateDir};
 use crate::runtime::upstream::{Call, SourceClient, Upstreams};
 
-/// Most pages read per stream in one run.
-const MAX_PAGES: u32 = 10_000;
+/// Most record failures listed one by one in a run report; the rest are counted in one.
+const LISTED_FAILURES: usize = 100;
 
 /// What a fetch reads: its request template, where the records are, its incremental cursor
 /// and parameter, and the items of `each`.
@@ -37,6 +43,72 @@ struct Stream<'a> {
     records: &'a Query,
     name: &'a str,
     cursor: Option<&'a Query>,
+    /// The resource type a sync searched for: the only type its records may have.
+    resource_type: Option<&'a str>,
+}
+
+/// A record that could not be mapped or written, and why.
+struct Rejected {
+    subject: String,
+    reason: String,
+    record: Value,
+}
+
+/// What the records of one stream gave: resources, and the records rejected.
+struct Mapped {
+    resources: Vec<Value>,
+    rejected: Vec<Rejected>,
+}
+
+/// Maps each record of a stream (on the blocking pool: a run's records are many), checking
+/// every resource it gives against FHIR's id rule and the declared types. A record whose
+/// mapping fails, or which gives a resource that cannot be written, is rejected whole.
+fn map_stream(
+    connector: &Connector,
+    stream: &str,
+    found: Vec<Value>,
+    declared: Option<&BTreeSet<String>>,
+) -> Mapped {
+    let mut mapped = Mapped {
+        resources: Vec::new(),
+        rejected: Vec::new(),
+    };
+    for (i, record) in found.into_iter().enumerate() {
+        let subject = format!("{stream}[{i}]");
+        let result = connector
+            .map_records([(subject.clone(), &record)], &json!({}))
+            .map_err(|e| e.to_string())
+            .and_then(|resources| {
+                for (j, r) in resources.iter().enumerate() {
+                    crate::model::fhir::writable(r, declared)
+                        .map_err(|e| format!("{}: {e}", crate::runtime::sink::safe_label(r, j)))?;
+                }
+                Ok(resources)
+            });
+        match result {
+            Ok(resources) => mapped.resources.extend(resources),
+            Err(reason) => mapped.rejected.push(Rejected {
+                subject,
+                reason,
+                record,
+            }),
+        }
+    }
+    mapped
+}
+
+/// The watermark a run asks the source from: a date watermark less the lookback, others as
+/// they are.
+fn asked_from(watermark: &str, lookback: Duration) -> String {
+    match (
+        DateTime::parse_from_rfc3339(watermark),
+        chrono::Duration::from_std(lookback),
+    ) {
+        (Ok(at), Ok(back)) if !lookback.is_zero() => {
+            (at - back).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        }
+        _ => watermark.to_owned(),
+    }
 }
 
 /// Resources without the source server's own metadata (`versionId`, `lastUpdated`, `source`):
@@ -226,8 +298,8 @@ impl Runner {
                     incremental: incremental.as_ref(),
                     each,
                 };
-                self.fetch(client, fetch, state, report, &mut resources, watermarks)
-                    .await;
+                let out = (&mut resources, watermarks);
+                self.fetch(cron, client, fetch, state, report, out).await;
             }
             (
                 CronRead::Sync {
@@ -238,8 +310,8 @@ impl Runner {
                 Some(client),
             ) => {
                 let sync = (resource_types.as_slice(), *incremental, *page_size);
-                self.sync(client, sync, state, report, &mut resources, watermarks)
-                    .await;
+                let out = (&mut resources, watermarks);
+                self.sync(cron, client, sync, state, report, out).await;
             }
         }
         resources
@@ -248,14 +320,17 @@ impl Runner {
     /// A fetch: one request (or one per `each` item) built from the template, paged.
     async fn fetch(
         &self,
+        cron: &Cron,
         client: &SourceClient,
         fetch: Fetch<'_>,
         state: &ConnectorState,
         report: &mut RunReport,
-        resources: &mut Vec<Value>,
-        watermarks: &mut BTreeMap<String, String>,
+        (resources, watermarks): (&mut Vec<Value>, &mut BTreeMap<String, String>),
     ) {
-        let watermark = state.watermarks.get("records").cloned();
+        let watermark = state
+            .watermarks
+            .get("records")
+            .map(|w| asked_from(w, cron.lookback));
         let items: Vec<Option<&Value>> = if fetch.each.is_empty() {
             vec![None]
         } else {
@@ -289,8 +364,10 @@ impl Runner {
                         records: fetch.records,
                         name: "records",
                         cursor,
+                        resource_type: None,
                     };
-                    self.read_stream(client, call, stream, report, resources, watermarks)
+                    let out = (&mut *resources, &mut *watermarks);
+                    self.read_stream(cron, client, call, stream, report, out)
                         .await;
                 }
             }
@@ -300,12 +377,12 @@ impl Runner {
     /// A sync: a FHIR search per resource type, from each type's watermark when incremental.
     async fn sync(
         &self,
+        cron: &Cron,
         client: &SourceClient,
         (resource_types, incremental, page_size): (&[String], bool, u32),
         state: &ConnectorState,
         report: &mut RunReport,
-        resources: &mut Vec<Value>,
-        watermarks: &mut BTreeMap<String, String>,
+        (resources, watermarks): (&mut Vec<Value>, &mut BTreeMap<String, String>),
     ) {
         let (Ok(entries), Ok(last_updated)) = (
             Query::parse("$.entry[*].resource"),
@@ -320,8 +397,10 @@ impl Runner {
             url.query_pairs_mut()
                 .append_pair("_count", &page_size.to_string());
             if incremental && let Some(wm) = state.watermarks.get(t) {
-                url.query_pairs_mut()
-                    .append_pair("_lastUpdated", &format!("gt{wm}"));
+                url.query_pairs_mut().append_pair(
+                    "_lastUpdated",
+                    &format!("gt{}", asked_from(wm, cron.lookback)),
+                );
             }
             let call = Call {
                 method: reqwest::Method::GET,
@@ -333,8 +412,10 @@ impl Runner {
                 records: &entries,
                 name: t,
                 cursor: incremental.then_some(&last_updated),
+                resource_type: Some(t),
             };
-            self.read_stream(client, call, stream, report, resources, watermarks)
+            let out = (&mut *resources, &mut *watermarks);
+            self.read_stream(cron, client, call, stream, report, out)
                 .await;
         }
     }
@@ -350,6 +431,7 @@ impl Runner {
     ) {
         let opts = WriteOptions {
             identifier_system: cron.identifier_system.clone(),
+            declared_types: self.connector.declared_types(),
         };
         let w = self.writer.write(to_write, &opts).await;
         report.resources_written = w.written;
@@ -367,23 +449,26 @@ impl Runner {
         }
     }
 
-    /// Reads every page of one stream into `out`, advancing its watermark candidate.
+    /// Reads every page of one stream within the run's page and record limits, advances its
+    /// watermark candidate, and maps its records (on the blocking pool) into `out`; records
+    /// that cannot be mapped or written follow `run.onRecordError`.
     async fn read_stream(
         &self,
+        cron: &Cron,
         client: &SourceClient,
         call: Call,
         Stream {
             records,
             name: stream,
             cursor,
+            resource_type,
         }: Stream<'_>,
         report: &mut RunReport,
-        out: &mut Vec<Value>,
-        watermarks: &mut BTreeMap<String, String>,
+        (out, watermarks): (&mut Vec<Value>, &mut BTreeMap<String, String>),
     ) {
         let max_pages = match &client.source.pagination {
-            Some(_) => MAX_PAGES,
-            None if stream != "records" => MAX_PAGES,
+            Some(_) => client.source.max_pages,
+            None if stream != "records" => client.source.max_pages,
             None => 1,
         };
         let before = client.source.pagination.is_none() && stream != "records";
@@ -394,55 +479,214 @@ impl Runner {
         } else {
             client.source.pagination.clone()
         };
+        // One record more than the run may still read, to know that it has too many.
+        let room = cron.max_records.saturating_sub(report.records_read);
         let result = client
             .pages_with(
                 call,
                 records,
-                None,
+                Some(room.saturating_add(1)),
                 max_pages,
                 pagination.as_ref(),
                 &request_id,
                 &mut report.source_calls,
             )
             .await;
-        match result {
-            Err(f) => report.failures.push(Failure {
-                stage: Stage::Read,
+        let read_failure = |message: String| Failure {
+            stage: Stage::Read,
+            subject: stream.to_owned(),
+            message,
+            outcome: None,
+        };
+        let paged = match result {
+            Err(f) => {
+                report.failures.push(read_failure(f.to_string()));
+                return;
+            }
+            Ok(p) => p,
+        };
+        // A run that hit a limit has not read everything: like a run that could not read,
+        // it fails and writes nothing, so that no watermark passes what it did not read.
+        if paged.pages_left {
+            report.failures.push(read_failure(format!(
+                "stopped after {max_pages} pages with more to read (the source's `pagination.maxPages`); nothing is written"
+            )));
+            return;
+        }
+        if paged.records.len() > room {
+            report.failures.push(read_failure(format!(
+                "more than {} records in one run (`run.maxRecords`); nothing is written",
+                cron.max_records
+            )));
+            return;
+        }
+        let found = paged.records;
+        report.records_read += found.len();
+        if let Some(c) = cursor {
+            self.advance(cron, c, &found, stream, report, watermarks);
+        }
+        let connector = self.connector.clone();
+        let declared = match resource_type {
+            Some(t) if connector.mapping.is_none() && !connector.split_bundles => {
+                Some(BTreeSet::from([t.to_owned()]))
+            }
+            _ => connector.declared_types(),
+        };
+        let name = stream.to_owned();
+        let mapped = tokio::task::spawn_blocking(move || {
+            map_stream(&connector, &name, found, declared.as_ref())
+        })
+        .await;
+        match mapped {
+            Ok(m) => {
+                out.extend(m.resources);
+                self.rejected(cron, m.rejected, report).await;
+            }
+            Err(e) => report.failures.push(Failure {
+                stage: Stage::Map,
                 subject: stream.to_owned(),
-                message: f.to_string(),
+                message: format!("the mapping stopped: {e}"),
                 outcome: None,
             }),
-            Ok((found, _)) => {
-                report.records_read += found.len();
-                if let Some(c) = cursor {
-                    let best = found
-                        .iter()
-                        .filter_map(|r| c.select(r, r).into_iter().next().and_then(cursor_text))
-                        .max_by(|a, b| compare(a, b));
-                    if let Some(b) = best {
-                        let keep = watermarks
-                            .get(stream)
-                            .is_some_and(|old| compare(old, &b) != std::cmp::Ordering::Less);
-                        if !keep {
-                            watermarks.insert(stream.to_owned(), b);
-                        }
-                    }
+        }
+    }
+
+    /// Moves a stream's watermark candidate to the largest cursor read, except cursors dated
+    /// later than now plus the allowed clock skew: those are reported, and left behind.
+    fn advance(
+        &self,
+        cron: &Cron,
+        cursor: &Query,
+        found: &[Value],
+        stream: &str,
+        report: &mut RunReport,
+        watermarks: &mut BTreeMap<String, String>,
+    ) {
+        let skew = chrono::Duration::from_std(cron.max_clock_skew).unwrap_or_default();
+        let limit = self.clock.now() + skew;
+        let mut future: Vec<String> = Vec::new();
+        let best = found
+            .iter()
+            .filter_map(|r| cursor.select(r, r).into_iter().next().and_then(cursor_text))
+            .filter(|v| match DateTime::parse_from_rfc3339(v) {
+                Ok(at) if at > limit => {
+                    future.push(v.clone());
+                    false
                 }
-                let selected = found
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (format!("{stream}[{i}]"), r));
-                match self.connector.map_records(selected, &json!({})) {
-                    Ok(resources) => out.extend(resources),
-                    Err(e) => report.failures.push(Failure {
-                        stage: Stage::Map,
-                        subject: stream.to_owned(),
-                        message: e.to_string(),
-                        outcome: None,
-                    }),
-                }
+                _ => true,
+            })
+            .max_by(|a, b| compare(a, b));
+        if let Some(latest) = future.iter().max_by(|a, b| compare(a, b)) {
+            let message = format!(
+                "{} records dated later than now + {}s (the latest `{latest}`): the watermark does not move past now + {}s (`run.maxClockSkew`)",
+                future.len(),
+                cron.max_clock_skew.as_secs(),
+                cron.max_clock_skew.as_secs()
+            );
+            tracing::warn!(connector = %self.connector.name, stream, "{message}");
+            report.warnings.push(format!("{stream}: {message}"));
+        }
+        if let Some(b) = best {
+            let keep = watermarks
+                .get(stream)
+                .is_some_and(|old| compare(old, &b) != std::cmp::Ordering::Less);
+            if !keep {
+                watermarks.insert(stream.to_owned(), b);
             }
         }
+    }
+
+    /// Records that could not be mapped or written: failures of the run, or with
+    /// `run.onRecordError: skip`, dead letters (kept unless a dry run) counted in the report.
+    async fn rejected(&self, cron: &Cron, rejected: Vec<Rejected>, report: &mut RunReport) {
+        if rejected.is_empty() {
+            return;
+        }
+        let n = rejected.len();
+        if cron.on_record_error == RecordErrorPolicy::Fail {
+            for r in rejected.into_iter().take(LISTED_FAILURES) {
+                report.failures.push(Failure {
+                    stage: Stage::Map,
+                    subject: r.subject,
+                    message: r.reason,
+                    outcome: None,
+                });
+            }
+            if n > LISTED_FAILURES {
+                report.failures.push(Failure {
+                    stage: Stage::Map,
+                    subject: "records".into(),
+                    message: format!("{} more records failed", n - LISTED_FAILURES),
+                    outcome: None,
+                });
+            }
+            return;
+        }
+        for r in rejected.iter().take(LISTED_FAILURES) {
+            report.skipped.push(Skipped::one(
+                &r.subject,
+                &format!("dead-lettered: {}", r.reason),
+            ));
+        }
+        if n > LISTED_FAILURES {
+            report.skipped.push(Skipped {
+                subject: "records".into(),
+                reason: "dead-lettered".into(),
+                count: n - LISTED_FAILURES,
+            });
+        }
+        report.records_dead_lettered += n;
+        if report.dry_run {
+            return;
+        }
+        let dir = self.dead_letter_dir();
+        let received = self.clock.now().to_rfc3339();
+        let kept = state::blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| state::StateError::io(&dir, e))?;
+            let mut seq = crate::runtime::push::next_seq(&crate::runtime::push::queued(&dir));
+            for r in rejected {
+                let item = json!({
+                    "received": received,
+                    "reason": format!("{}: {}", r.subject, r.reason),
+                    "record": r.record,
+                });
+                let path = dir.join(format!("{seq:020}.json"));
+                state::write_atomic(&path, &serde_json::to_vec(&item).unwrap_or_default())?;
+                seq += 1;
+            }
+            Ok(())
+        })
+        .await;
+        match kept {
+            Ok(()) => {
+                tracing::warn!(connector = %self.connector.name, records = n, "records dead-lettered");
+                self.metrics.dead_lettered(&self.connector.name, n);
+            }
+            // A record that cannot be kept is not dropped: the run fails instead.
+            Err(e) => report.failures.push(Failure {
+                stage: Stage::Write,
+                subject: "dead letters".into(),
+                message: e.to_string(),
+                outcome: None,
+            }),
+        }
+    }
+
+    /// Where the records this connector's runs skipped are kept.
+    fn dead_letter_dir(&self) -> PathBuf {
+        self.state
+            .path()
+            .join("cron")
+            .join(&self.connector.name)
+            .join("dead")
+    }
+
+    /// The dead letters of this connector's runs: id, when, and why.
+    pub async fn dead_letters(&self) -> Vec<Value> {
+        let dir = self.dead_letter_dir();
+        state::blocking(move || Ok(crate::runtime::push::read_dead_letters(&dir)))
+            .await
+            .unwrap_or_default()
     }
 
     /// Reads an implementation guide and maps it (see `guide::resources`).
@@ -508,13 +752,12 @@ fn write_failure(f: WriteFailure) -> Failure {
     }
 }
 
-/// A content digest of a resource without its server metadata.
+/// A content digest of a resource without its server metadata (`meta.versionId`,
+/// `meta.lastUpdated`, `meta.source`): a change in `meta.profile`, `meta.tag` or
+/// `meta.security` is a change of content.
 pub fn digest(r: &Value) -> String {
-    let mut copy = r.clone();
-    if let Some(o) = copy.as_object_mut() {
-        o.remove("meta");
-    }
-    content_digest(&[copy.to_string()])
+    let copy = without_server_meta(vec![r.clone()]);
+    content_digest(&[copy.first().unwrap_or(&Value::Null).to_string()])
 }
 
 fn cursor_text(v: &Value) -> Option<String> {
@@ -555,10 +798,13 @@ mod tests {
     }
 
     #[test]
-    fn digests_ignore_meta() {
+    fn digests_ignore_server_meta_only() {
         let a = json!({"resourceType": "Patient", "id": "p", "meta": {"versionId": "1"}});
-        let b = json!({"resourceType": "Patient", "id": "p", "meta": {"versionId": "2"}});
+        let b = json!({"resourceType": "Patient", "id": "p", "meta": {"versionId": "2", "lastUpdated": "2026-01-01T00:00:00Z", "source": "x"}});
         assert_eq!(digest(&a), digest(&b));
+        let profiled =
+            json!({"resourceType": "Patient", "id": "p", "meta": {"profile": ["urn:p"]}});
+        assert_ne!(digest(&a), digest(&profiled));
         assert_ne!(
             digest(&a),
             digest(&json!({"resourceType": "Patient", "id": "q"}))

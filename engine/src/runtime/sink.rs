@@ -45,6 +45,8 @@ pub struct WriteReport {
 pub struct WriteOptions {
     /// Conditional update on this identifier system instead of `PUT Type/id`.
     pub identifier_system: Option<String>,
+    /// The resource types the connector declares (`None`: any type); others are refused.
+    pub declared_types: Option<std::collections::BTreeSet<String>>,
 }
 
 /// A ready sink.
@@ -91,6 +93,36 @@ impl Writer {
 
     /// Writes resources; every failure is in the report.
     pub async fn write(&self, resources: Vec<Value>, opts: &WriteOptions) -> WriteReport {
+        // Checked before anything reaches the sink: an id that breaks FHIR's id rule would
+        // become part of the sink's URL, and a type the connector does not declare is not its
+        // to write. What fails is a permanent failure with the reason.
+        let mut refused = Vec::new();
+        let resources: Vec<Value> = resources
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                match crate::model::fhir::writable(&r, opts.declared_types.as_ref()) {
+                    Ok(()) => Some(r),
+                    Err(e) => {
+                        refused.push(WriteFailure {
+                            resource: safe_label(&r, i),
+                            status: None,
+                            message: format!("not written: {e}"),
+                            outcome: None,
+                            transient: false,
+                        });
+                        None
+                    }
+                }
+            })
+            .collect();
+        let mut report = self.write_checked(resources, opts).await;
+        refused.append(&mut report.failures);
+        report.failures = refused;
+        report
+    }
+
+    async fn write_checked(&self, resources: Vec<Value>, opts: &WriteOptions) -> WriteReport {
         match self {
             Writer::Ndjson { dir } => {
                 // Appends and fsyncs: on the blocking pool, off the async workers.
@@ -127,6 +159,19 @@ fn clone_fhir(f: &FhirSink) -> FhirSink {
         mode: f.mode,
         retries: f.retries,
         provenance: f.provenance,
+    }
+}
+
+/// `Type/id` of a resource whose id is a FHIR id, or `Type` and its position.
+pub fn safe_label(r: &Value, i: usize) -> String {
+    let t = r
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .filter(|t| crate::model::mapping::is_resource_type(t))
+        .unwrap_or("resource");
+    match r.get("id").and_then(Value::as_str) {
+        Some(id) if crate::model::fhir::is_id(id) => format!("{t}/{id}"),
+        _ => format!("{t} #{}", i + 1),
     }
 }
 
@@ -566,6 +611,7 @@ mod tests {
         );
         let by_id = WriteOptions {
             identifier_system: Some("urn:s".into()),
+            declared_types: None,
         };
         assert_eq!(
             entry(&r, 0, &by_id).expect("put"),

@@ -96,6 +96,17 @@ pub struct Call {
     pub body: Option<Value>,
 }
 
+/// What a paged read gives.
+#[derive(Debug)]
+pub struct Paged {
+    /// The records kept: the first `want`, or all.
+    pub records: Vec<Value>,
+    /// The first page's reply.
+    pub first: Reply,
+    /// Reading stopped at the page limit while the source had a next page.
+    pub pages_left: bool,
+}
+
 /// The client of one source.
 pub struct SourceClient {
     pub source: Arc<Source>,
@@ -247,7 +258,7 @@ impl SourceClient {
                             retry_after(&headers),
                         ))
                     } else {
-                        match read_body(resp).await {
+                        match read_body(resp, s.max_values).await {
                             Ok(body) => {
                                 return Ok(Reply {
                                     status: status.as_u16(),
@@ -306,7 +317,7 @@ impl SourceClient {
     ) -> Result<(Vec<Value>, Reply, usize), Failure> {
         let pagination = self.source.pagination.clone();
         let mut calls = 0;
-        let (records, reply) = self
+        let Paged { records, first, .. } = self
             .pages_with(
                 first,
                 records,
@@ -317,12 +328,13 @@ impl SourceClient {
                 &mut calls,
             )
             .await?;
-        Ok((records, reply, calls))
+        Ok((records, first, calls))
     }
 
     /// As `pages`, with the given pagination instead of the source's, adding every HTTP
     /// attempt (failed ones and retries included) to `calls`. An answer with an error status
-    /// is a failure (with its status). Gives the records and the first reply.
+    /// is a failure (with its status). Only the records kept are cloned out of a page (the
+    /// first `want`, or all), and each page is dropped once read.
     #[allow(clippy::too_many_arguments)] // a paged read: each argument is a distinct part of it
     pub async fn pages_with(
         &self,
@@ -333,24 +345,23 @@ impl SourceClient {
         pagination: Option<&Pagination>,
         request_id: &str,
         calls: &mut usize,
-    ) -> Result<(Vec<Value>, Reply), Failure> {
+    ) -> Result<Paged, Failure> {
         let mut call = first;
         let mut out = Vec::new();
         let mut first_reply = None;
         let mut offset = 0u64;
         let mut page = 0u32;
+        let mut pages_left = false;
         loop {
             let reply = self.send_counted(&call, request_id, calls).await?;
             if reply.status >= 400 {
                 return Err(Failure::answered(&self.source.name, &reply));
             }
-            let found: Vec<Value> = records
-                .select(&reply.body, &reply.body)
-                .into_iter()
-                .cloned()
-                .collect();
+            // References first: only the records still wanted are cloned.
+            let found = records.select(&reply.body, &reply.body);
             let n = found.len();
-            out.extend(found);
+            let room = want.map_or(n, |w| w.saturating_sub(out.len()));
+            out.extend(found.into_iter().take(room).cloned());
             page += 1;
             let next =
                 pagination.and_then(|p| self.next_call(p, &call, &reply, n, &mut offset, page));
@@ -361,16 +372,24 @@ impl SourceClient {
                 Some(c) if want.is_none_or(|w| out.len() < w) && page < max_pages && n > 0 => {
                     call = c
                 }
+                Some(_) if page >= max_pages && n > 0 && want.is_none_or(|w| out.len() < w) => {
+                    pages_left = true;
+                    break;
+                }
                 _ => break,
             }
         }
-        let reply = first_reply.ok_or_else(|| Failure {
+        let first = first_reply.ok_or_else(|| Failure {
             source: self.source.name.clone(),
             reason: "no page".into(),
             kind: FailureKind::Refused,
             status: None,
         })?;
-        Ok((out, reply))
+        Ok(Paged {
+            records: out,
+            first,
+            pages_left,
+        })
     }
 
     fn next_call(
@@ -562,7 +581,7 @@ fn content_type(s: &Source) -> &'static str {
     }
 }
 
-async fn read_body(mut resp: reqwest::Response) -> Result<Value, String> {
+async fn read_body(mut resp: reqwest::Response, max_values: usize) -> Result<Value, String> {
     if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
         return Err(format!("answer larger than {} MiB", MAX_ANSWER >> 20));
     }
@@ -580,6 +599,9 @@ async fn read_body(mut resp: reqwest::Response) -> Result<Value, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
+    // Counted before parsing: a parsed value costs far more memory than its text.
+    crate::runtime::json_count::count_values(&bytes, max_values)
+        .map_err(|e| format!("answer refused: {e} (the source's `maxValues`)"))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))
 }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::source::{RequestSpec, SourceSpec};
-use crate::model::vocabulary::{MatchMode, ParamType, PushMode};
+use crate::model::vocabulary::{MatchMode, ParamType, PushMode, RecordErrorPolicy};
 
 /// What a connector does and with what.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -49,6 +49,9 @@ pub struct ConnectorSpec {
     /// When a cron connector runs (strategy `cron`).
     #[serde(default)]
     pub schedule: Option<ScheduleSpec>,
+    /// How a cron connector's runs treat bad records, limits and watermarks.
+    #[serde(default)]
+    pub run: Option<RunSpec>,
     /// What a cron connector reads from a JSON source.
     #[serde(default)]
     pub fetch: Option<FetchSpec>,
@@ -196,6 +199,17 @@ pub struct PushSpec {
     /// JSONPath to the records in a payload (default `$`).
     #[serde(default)]
     pub records: Option<String>,
+    /// Most records one payload may hold (default 1000): a payload with more is refused
+    /// with 413 and an `OperationOutcome` before anything is mapped or queued.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_records: Option<u64>,
+    /// Most JSON values (objects, arrays, strings and object keys, numbers, literals) one
+    /// payload may hold (default 500000), counted on the body before it is parsed: a payload
+    /// with more is refused with 413 before it takes memory.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_values: Option<u64>,
     /// Header with the caller's idempotency key (default `Idempotency-Key`).
     #[serde(default)]
     pub idempotency_header: Option<String>,
@@ -250,6 +264,37 @@ pub struct ScheduleSpec {
     #[serde(default)]
     #[schemars(extend("examples" = ["Europe/Madrid"]))]
     pub time_zone: Option<String>,
+}
+
+/// How a cron connector's runs treat bad records, limits and watermarks.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RunSpec {
+    /// A record the mapping cannot handle, or whose resource has an id that breaks FHIR's id
+    /// rule or a type the connector does not declare: `fail` fails the run (nothing is
+    /// written, the watermark stays; the default), `skip` puts it in the connector's dead
+    /// letters with the reason (`GET /connectors/{name}/dead-letters`), counts it in the run
+    /// report and in metrics, and goes on, so the watermark can pass it.
+    #[serde(default)]
+    pub on_record_error: Option<RecordErrorPolicy>,
+    /// Most records one run reads (default 100000); a run that would read more fails, naming
+    /// the limit, and writes nothing.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_records: Option<u64>,
+    /// Subtracted from the watermark when a run asks the source for what changed since it
+    /// (default `0s`): for sources whose `since` is exclusive of late writes or inclusive of
+    /// a clock's coarse steps. Records read again are written again, or counted unchanged
+    /// with `write.onlyChanged`.
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub lookback: Option<String>,
+    /// How far past the engine's clock a date watermark may go (default `5m`): a record dated
+    /// later (a `lastUpdated` in 2099, say) does not move the watermark, and the run reports
+    /// it as skipped, so one bad date cannot stop the sync.
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub max_clock_skew: Option<String>,
 }
 
 /// A cron read from a JSON source.

@@ -42,6 +42,14 @@ pub struct SourceSpec {
     #[serde(default)]
     #[schemars(range(min = 1, max = 1024))]
     pub concurrency: Option<u32>,
+    /// Most JSON values (objects, arrays, strings and object keys, numbers, literals) one
+    /// answer of this source may hold (default 500000). They are counted on the answer's bytes
+    /// before it is parsed, since a parsed value takes tens to hundreds of bytes of memory
+    /// whatever its size in the text: an answer over the cap fails (502 to a caller, naming the
+    /// source and the cap) before it takes memory. This also caps the records of a page.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_values: Option<u64>,
     /// How the source splits long answers into pages.
     #[serde(default)]
     pub pagination: Option<PaginationSpec>,

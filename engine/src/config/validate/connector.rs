@@ -118,6 +118,7 @@ fn sections(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) {
         ("cache", spec.cache.is_some(), &[S::Pull][..]),
         ("push", spec.push.is_some(), &[S::Push][..]),
         ("schedule", spec.schedule.is_some(), &[S::Cron][..]),
+        ("run", spec.run.is_some(), &[S::Cron][..]),
         ("fetch", spec.fetch.is_some(), &[S::Cron][..]),
         ("sync", spec.sync.is_some(), &[S::Cron][..]),
         ("import", spec.import.is_some(), &[S::Cron][..]),

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::time::Duration;
 
 use super::context::Ctx;
 use super::names::{Names, sink_ref};
@@ -87,6 +88,26 @@ pub fn cron(
             }
         }
     };
+    let run = spec.run.as_ref();
+    let lookback = ctx.duration(
+        &["spec", "run", "lookback"],
+        run.and_then(|r| r.lookback.as_deref()),
+        Duration::ZERO,
+    );
+    let max_clock_skew = ctx.duration(
+        &["spec", "run", "maxClockSkew"],
+        run.and_then(|r| r.max_clock_skew.as_deref()),
+        Duration::from_secs(300),
+    );
+    if let CronRead::Import(_) = read
+        && run.is_some_and(|r| r.lookback.is_some())
+    {
+        ctx.error(
+            &["spec", "run", "lookback"],
+            "an import has no watermark to look back from",
+            None,
+        );
+    }
     let sink = sink_ref(ctx, spec, names)?;
     let write = spec.write.as_ref();
     Some(Cron {
@@ -95,6 +116,12 @@ pub fn cron(
         sink,
         identifier_system: write.and_then(|w| w.identifier_system.clone()),
         only_changed: write.is_some_and(|w| w.only_changed),
+        on_record_error: run.and_then(|r| r.on_record_error).unwrap_or_default(),
+        max_records: run
+            .and_then(|r| r.max_records)
+            .map_or(100_000, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        lookback,
+        max_clock_skew,
     })
 }
 

@@ -29,6 +29,12 @@ pub fn push(
         max_body: ctx.size(&["spec", "push", "maxBody"], p.max_body.as_deref(), 1 << 20),
         mode: p.mode.unwrap_or(PushMode::Queued),
         records,
+        max_records: p
+            .max_records
+            .map_or(1000, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        max_values: p
+            .max_values
+            .map_or(500_000, |n| usize::try_from(n).unwrap_or(usize::MAX)),
         idempotency_header: p
             .idempotency_header
             .clone()

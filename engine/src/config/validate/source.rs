@@ -58,8 +58,22 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         retries: s.retries.unwrap_or(2),
         concurrency: s.concurrency.unwrap_or(16),
         pagination,
+        max_pages: s
+            .pagination
+            .as_ref()
+            .and_then(|p| p.max_pages)
+            .unwrap_or(DEFAULT_MAX_PAGES),
+        max_values: s.max_values.map_or(DEFAULT_MAX_VALUES, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        }),
     })
 }
+
+/// Most pages read for one answer or run when `pagination.maxPages` is not given.
+const DEFAULT_MAX_PAGES: u32 = 1000;
+/// Most JSON values in one answer when `maxValues` is not given: some 130 MB parsed at worst
+/// (one-key objects), and room for a page of 1,000 FHIR resources of 500 values each.
+const DEFAULT_MAX_VALUES: usize = 500_000;
 
 /// The URL used for a value whose secret is unresolved (validation only, never served).
 fn placeholder_url() -> url::Url {

@@ -5,7 +5,7 @@
 //! `tree.rs` defines the expression tree (which `config::mapping` compiles from YAML nodes);
 //! `eval.rs` evaluates it per record.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -28,6 +28,37 @@ pub struct Mapping {
 }
 
 impl Mapping {
+    /// The resource types this mapping can produce, when every resource it makes has a
+    /// literal `resourceType` (through sequences, `$each` and `$if`); `None` when one is
+    /// computed from the record.
+    pub fn output_types(&self) -> Option<BTreeSet<String>> {
+        fn types(e: &Expr, out: &mut BTreeSet<String>) -> bool {
+            match &e.kind {
+                Kind::Object(fields) => match fields.iter().find(|(k, _)| k == "resourceType") {
+                    Some((
+                        _,
+                        Expr {
+                            kind: Kind::Literal(Value::String(t)),
+                            ..
+                        },
+                    )) => {
+                        out.insert(t.clone());
+                        true
+                    }
+                    _ => false,
+                },
+                Kind::Array(items) => items.iter().all(|i| types(i, out)),
+                Kind::Each { body, .. } => types(body, out),
+                Kind::If {
+                    then, otherwise, ..
+                } => types(then, out) && otherwise.as_ref().is_none_or(|o| types(o, out)),
+                _ => false,
+            }
+        }
+        let mut out = BTreeSet::new();
+        types(&self.root, &mut out).then_some(out)
+    }
+
     /// The FHIR resources made from one record.
     pub fn apply(&self, input: Input<'_>) -> Result<Vec<Value>, MapError> {
         let evaluator = Evaluator {

@@ -151,7 +151,7 @@ impl PullRuntime {
                     call,
                     &search.records,
                     Some(want),
-                    MAX_PAGES,
+                    MAX_PAGES.min(client.source.max_pages),
                     &info.request_id,
                 )
                 .await
@@ -175,16 +175,19 @@ impl PullRuntime {
             if total.is_none() && records.len() < want && q.offset == 0 {
                 total = Some(records.len() as u64);
             }
-            let mapped = self
-                .connector
-                .map_records(
-                    records
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| (format!("$[{i}]"), r)),
-                    &q.params,
-                )
-                .map_err(|e| mapping_failure(client, &e))?;
+            // Mapped lazily: only the records the answer needs (one more than `_count`, to
+            // know whether there is a next page), never every record a source sent.
+            let mut mapped = Vec::new();
+            for (i, r) in records.iter().enumerate() {
+                if mapped.len() >= want {
+                    break;
+                }
+                let resources = self
+                    .connector
+                    .map_records([(format!("$[{i}]"), r)], &q.params)
+                    .map_err(|e| mapping_failure(client, &e))?;
+                mapped.extend(resources);
+            }
             Ok::<_, SourceError>((mapped, total))
         }))
         .await;
