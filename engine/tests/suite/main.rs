@@ -5,6 +5,7 @@
 
 // The subjects.
 mod architecture;
+mod bounded;
 mod cli;
 mod cron_push;
 mod helios;
