@@ -643,8 +643,8 @@ impl Runner {
         let received = self.clock.now().to_rfc3339();
         let kept = state::blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| state::StateError::io(&dir, e))?;
-            let mut seq = crate::runtime::push::next_seq(&crate::runtime::push::queued(&dir));
-            for r in rejected {
+            let first = crate::runtime::push::next_seq(&crate::runtime::push::queued(&dir));
+            for (seq, r) in (first..).zip(rejected) {
                 let item = json!({
                     "received": received,
                     "reason": format!("{}: {}", r.subject, r.reason),
@@ -652,7 +652,6 @@ impl Runner {
                 });
                 let path = dir.join(format!("{seq:020}.json"));
                 state::write_atomic(&path, &serde_json::to_vec(&item).unwrap_or_default())?;
-                seq += 1;
             }
             Ok(())
         })

@@ -282,10 +282,10 @@ pub struct RunSpec {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_records: Option<u64>,
-    /// Subtracted from the watermark when a run asks the source for what changed since it
-    /// (default `0s`): for sources whose `since` is exclusive of late writes or inclusive of
-    /// a clock's coarse steps. Records read again are written again, or counted unchanged
-    /// with `write.onlyChanged`.
+    /// Subtracted from a date watermark when a run asks the source for what changed since it
+    /// (default none), e.g. `10m`: for sources that date a change before it can be read (a
+    /// late commit, a replica behind) or whose `since` is coarser than their dates. Records
+    /// read again are written again, or counted unchanged with `write.onlyChanged`.
     #[serde(default)]
     #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
     pub lookback: Option<String>,
