@@ -797,6 +797,24 @@ mod tests {
     }
 
     #[test]
+    fn lookback_moves_date_watermarks_only() {
+        let ten = Duration::from_secs(600);
+        assert_eq!(
+            asked_from("2026-01-01T01:00:00Z", ten),
+            "2026-01-01T00:50:00Z"
+        );
+        assert_eq!(
+            asked_from("2026-01-01T01:00:00.123+02:00", ten),
+            "2026-01-01T00:50:00.123+02:00"
+        );
+        assert_eq!(asked_from("42", ten), "42");
+        assert_eq!(
+            asked_from("2026-01-01T01:00:00Z", Duration::ZERO),
+            "2026-01-01T01:00:00Z"
+        );
+    }
+
+    #[test]
     fn digests_ignore_server_meta_only() {
         let a = json!({"resourceType": "Patient", "id": "p", "meta": {"versionId": "1"}});
         let b = json!({"resourceType": "Patient", "id": "p", "meta": {"versionId": "2", "lastUpdated": "2026-01-01T00:00:00Z", "source": "x"}});
