@@ -359,6 +359,14 @@ pub enum Unwritable {
     Type { found: String, declared: String },
 }
 
+/// True for a FHIR resource type name.
+pub fn is_resource_type(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_uppercase())
+        && chars.all(|c| c.is_ascii_alphabetic())
+        && s.len() >= 2
+}
+
 /// True for a FHIR id: 1 to 64 characters of `A-Z`, `a-z`, `0-9`, `-` and `.`.
 pub fn is_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -375,7 +383,7 @@ pub fn writable(
     let t = resource
         .get("resourceType")
         .and_then(Value::as_str)
-        .filter(|t| crate::model::mapping::is_resource_type(t))
+        .filter(|t| is_resource_type(t))
         .ok_or(Unwritable::NoType)?;
     if let Some(types) = declared
         && !types.contains(t)

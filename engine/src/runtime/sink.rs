@@ -167,7 +167,7 @@ pub fn safe_label(r: &Value, i: usize) -> String {
     let t = r
         .get("resourceType")
         .and_then(Value::as_str)
-        .filter(|t| crate::model::mapping::is_resource_type(t))
+        .filter(|t| crate::model::fhir::is_resource_type(t))
         .unwrap_or("resource");
     match r.get("id").and_then(Value::as_str) {
         Some(id) if crate::model::fhir::is_id(id) => format!("{t}/{id}"),
@@ -270,7 +270,7 @@ fn write_ndjson(dir: &Path, resources: &[Value]) -> WriteReport {
     for (i, r) in resources.iter().enumerate() {
         match r["resourceType"]
             .as_str()
-            .filter(|t| crate::model::mapping::is_resource_type(t))
+            .filter(|t| crate::model::fhir::is_resource_type(t))
         {
             Some(t) => by_type.entry(t.to_owned()).or_default().push((i, r)),
             None => report.failures.push(WriteFailure {
@@ -427,7 +427,7 @@ fn entry(r: &Value, i: usize, opts: &WriteOptions) -> Result<Value, WriteFailure
     };
     let t = r["resourceType"]
         .as_str()
-        .filter(|t| crate::model::mapping::is_resource_type(t))
+        .filter(|t| crate::model::fhir::is_resource_type(t))
         .ok_or_else(|| fail("not a FHIR resource (no valid resourceType)".into()))?;
     if let Some(system) = &opts.identifier_system {
         let value = r["identifier"]

@@ -97,13 +97,7 @@ impl fmt::Display for MapError {
 
 impl std::error::Error for MapError {}
 
-/// True for a FHIR resource type name.
-pub fn is_resource_type(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_uppercase())
-        && chars.all(|c| c.is_ascii_alphabetic())
-        && s.len() >= 2
-}
+pub use crate::model::fhir::is_resource_type;
 
 /// What a mapping reads: the record, connector values and caller parameters.
 #[derive(Debug, Clone, Copy)]
