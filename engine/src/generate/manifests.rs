@@ -137,7 +137,11 @@ fn authorization(model: &Model, opts: &Options) -> Value {
     let mut open_posts = vec!["/fhir/*".to_owned()];
     for c in &model.connectors {
         match &c.strategy {
-            Strategy::Cron(_) => protected.push(json!({"operation": {"methods": ["POST"], "paths": [format!("/connectors/{}/run", c.name)]}})),
+            Strategy::Cron(_) => {
+                protected.push(json!({"operation": {"methods": ["POST"], "paths": [format!("/connectors/{}/run", c.name)]}}));
+                // The records its runs skipped (`run.onRecordError: skip`).
+                protected.push(json!({"operation": {"methods": ["GET"], "paths": [format!("/connectors/{}/dead-letters", c.name)]}}));
+            }
             Strategy::Pull(p) if p.cache.is_some() => {
                 protected.push(json!({"operation": {"methods": ["DELETE"], "paths": [format!("/connectors/{}/cache", c.name)]}}))
             }

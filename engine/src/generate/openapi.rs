@@ -193,7 +193,7 @@ pub fn document(model: &Model, prefix: &str) -> Value {
     run.insert("202".into(), json_ok("the run started"));
     paths.insert("/connectors/{name}/run".into(), json!({"post": {"tags": admin, "summary": "Run a cron connector now", "operationId": "run-connector", "parameters": name_param, "responses": run}}));
     paths.insert("/connectors/{name}/cache".into(), json!({"delete": {"tags": admin, "summary": "Empty a pull connector's cache", "operationId": "invalidate-cache", "parameters": name_param, "responses": with(("200", json_ok("how many answers were dropped")), &not_found)}}));
-    paths.insert("/connectors/{name}/dead-letters".into(), json!({"get": {"tags": admin, "summary": "Push payloads that could not be written, with the reason", "operationId": "dead-letters", "parameters": name_param, "responses": with(("200", list("the dead letters")), &not_found)}}));
+    paths.insert("/connectors/{name}/dead-letters".into(), json!({"get": {"tags": admin, "summary": "Push payloads, or records of cron runs, that could not be written, with the reason", "operationId": "dead-letters", "parameters": name_param, "responses": with(("200", list("the dead letters")), &not_found)}}));
     paths.insert("/reload".into(), json!({"get": {"tags": admin, "summary": "Reloads of the definitions: generation, and the diagnostics of a refused set", "operationId": "reload-status", "responses": {"200": json_ok("the reload status")}}}));
     let ops = ["operations"];
     paths.insert("/healthz".into(), json!({"get": {"tags": ops, "summary": "Liveness", "operationId": "healthz", "responses": {"200": json_ok("alive")}}}));
