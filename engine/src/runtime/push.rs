@@ -316,10 +316,13 @@ impl PushEndpoint {
 
     /// Maps and writes one payload.
     async fn process(&self, payload: &Value) -> Result<usize, Outcome> {
-        let resources = self
-            .connector
-            .map_document(payload, &json!({}))
-            .map_err(|e| Outcome::Permanent(format!("mapping failed: {e}"), None))?;
+        // Up to `maxRecords` records: mapped on the blocking pool, off the async workers.
+        let (connector, document) = (self.connector.clone(), payload.clone());
+        let resources =
+            tokio::task::spawn_blocking(move || connector.map_document(&document, &json!({})))
+                .await
+                .map_err(|e| Outcome::Permanent(format!("the mapping stopped: {e}"), None))?
+                .map_err(|e| Outcome::Permanent(format!("mapping failed: {e}"), None))?;
         let types = crate::runtime::sink::types_of(&resources);
         let opts = WriteOptions {
             identifier_system: self.push().identifier_system.clone(),
