@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod problem;
 pub mod pull;
 pub mod push;
+pub mod readiness;
 pub mod report;
 pub mod request;
 pub mod run;

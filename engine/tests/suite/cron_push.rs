@@ -1338,7 +1338,10 @@ async fn shutdown_lets_a_run_on_demand_finish_its_write_and_save_its_watermark()
         engine::http::server::serve(
             built,
             listener,
-            Duration::from_secs(60),
+            engine::http::server::Stop {
+                grace: Duration::from_secs(60),
+                delay: Duration::ZERO,
+            },
             false,
             None,
             async {

@@ -7,6 +7,7 @@
 mod architecture;
 mod cli;
 mod cron_push;
+mod edge;
 mod helios;
 mod invalid;
 mod mapping;
