@@ -241,7 +241,10 @@ fn main() {
             "http://127.0.0.1:{}/fhir/labels/MedicinalProductDefinition?name=Painaway",
             baseline.1
         );
-        assert!(get_ok(&old_url), "the baseline's warm-up search answers 200");
+        assert!(
+            get_ok(&old_url),
+            "the baseline's warm-up search answers 200"
+        );
         let (mut new, mut old) = (Vec::new(), Vec::new());
         for _ in 0..3 {
             new.push(wrk(&hit_url, WRK_CONNECTIONS, None));

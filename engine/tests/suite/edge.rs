@@ -14,7 +14,7 @@ use tokio::process::Command;
 use crate::engine_router::EngineRouter;
 use crate::engine_under_test::{definitions, load};
 use crate::fhir_standin::FhirSource;
-use crate::local_http::{Got, client, send};
+use crate::local_http::{Got, assert_outcome, client, send};
 use crate::serve_process::ServeProcess;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -44,21 +44,6 @@ spec:
             name: {{}}
 "#
     )
-}
-
-fn assert_outcome(got: &Got, status: u16, words: &[&str]) {
-    assert_eq!(got.status, status, "{}", got.text);
-    assert_eq!(
-        got.header("content-type"),
-        "application/fhir+json",
-        "{got:?}"
-    );
-    let body = got.json();
-    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
-    let text = body["issue"][0]["diagnostics"].as_str().unwrap_or_default();
-    for w in words {
-        assert!(text.contains(w), "`{w}` not in {body}");
-    }
 }
 
 /// Every link and full URL of a searchset.
