@@ -73,6 +73,7 @@ pub struct StatusesSpec {
     /// 504]`); each from 400 to 599.
     #[serde(default)]
     #[schemars(length(max = 200))]
+    #[schemars(extend("examples" = [[429, 503]]))]
     pub retry: Option<Vec<u16>>,
     /// JSONPath over a 2xx answer: when it matches a value other than `null`, `false` or an
     /// empty string, the answer is a failure (502) whose message is the matched text, e.g.
