@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::engine_router::EngineRouter;
-use crate::engine_under_test::{definitions, load};
+use crate::engine_under_test::{definitions, load, run_with_deadline, runner};
 use crate::hostile_source::HostileSource;
 use crate::local_http::Got;
 
@@ -411,4 +411,36 @@ async fn the_sink_client_keeps_the_same_redirect_policy_and_body_cap() {
     assert_eq!(report.written, 0, "{report:?}");
     let message = &report.failures[0].message;
     assert!(message.contains("larger than 32 MiB"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guide_download_keeps_the_same_redirect_policy() {
+    let hostile = HostileSource::start().await;
+    let elsewhere = HostileSource::start().await;
+    hostile.redirect_to(&elsewhere.url);
+    let defs = definitions(&format!(
+        "apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: guide }}
+spec:
+  strategy: cron
+  schedule: {{ cron: \"0 3 * * *\" }}
+  import: {{ guide: \"{}/redirect/elsewhere\", timeout: 5s }}
+",
+        hostile.url
+    ));
+    let state = tempfile::tempdir().expect("state");
+    let runner = runner(&load(defs.path()), "guide", state.path());
+    let report = run_with_deadline(&runner, CLIENT_TIMEOUT).await;
+    assert_eq!(report.resources_written, 0, "{report:#?}");
+    let messages: Vec<&str> = report.failures.iter().map(|f| f.message.as_str()).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("another origin")),
+        "{messages:?}"
+    );
+    assert!(
+        elsewhere.seen().is_empty(),
+        "the download reached another origin: {:?}",
+        elsewhere.seen()
+    );
 }
