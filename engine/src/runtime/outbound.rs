@@ -40,6 +40,9 @@ pub enum OutboundError {
     /// No answer within the time allowed (the per-request timeout or the caller's deadline).
     #[error("no answer within {}", humanize(*.0))]
     Timeout(Duration),
+    /// The caller's deadline came before an answer, or before a free concurrency slot.
+    #[error("no answer before the request's deadline")]
+    Deadline,
     /// The connection could not be made.
     #[error("connection failed")]
     Connect,
@@ -84,6 +87,25 @@ impl OutboundError {
             OutboundError::Status { status, .. } => Some(*status),
             OutboundError::PastDeadline { last, .. } => last.status(),
             _ => None,
+        }
+    }
+
+    /// True when sending the same request later may succeed: the server was unreachable,
+    /// slow, overloaded or broke off; false for what it will answer again (a client error, a
+    /// refused redirect, an answer too large or not JSON).
+    pub fn transient(&self) -> bool {
+        match self {
+            OutboundError::Timeout(_)
+            | OutboundError::Deadline
+            | OutboundError::Connect
+            | OutboundError::Send(_)
+            | OutboundError::Cut(_) => true,
+            OutboundError::Status { status, .. } => *status >= 500 || *status == 429,
+            OutboundError::Redirect(_)
+            | OutboundError::TooLarge(_)
+            | OutboundError::NotJson(_)
+            | OutboundError::InBody(_) => false,
+            OutboundError::PastDeadline { last, .. } => last.transient(),
         }
     }
 
@@ -470,6 +492,27 @@ mod tests {
             Some(MAX_MESSAGE)
         );
         assert_eq!(message_of(b"").0, None);
+    }
+
+    #[test]
+    fn refused_redirects_and_unusable_answers_are_not_transient() {
+        let status = |s| OutboundError::Status {
+            status: s,
+            message: None,
+            retry_after: None,
+            outcome: None,
+        };
+        assert!(status(503).transient() && status(429).transient());
+        assert!(!status(400).transient());
+        assert!(!OutboundError::Redirect(RedirectRefused::OtherOrigin).transient());
+        assert!(!OutboundError::TooLarge(1).transient());
+        assert!(OutboundError::Connect.transient());
+        let late = OutboundError::PastDeadline {
+            last: Box::new(status(429)),
+            wait: Duration::from_secs(30),
+        };
+        assert!(late.transient());
+        assert_eq!(late.status(), Some(429));
     }
 
     #[test]

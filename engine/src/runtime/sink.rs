@@ -321,7 +321,7 @@ async fn write_fhir(
         let bodies: Vec<Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
         let mut result = send_bundle(sink, client, sink.mode, &bodies, &mut report).await;
         if sink.mode == BundleMode::Transaction
-            && let Err((Some(status), _, _)) = &result
+            && let Err((Some(status), ..)) = &result
             && (400..500).contains(status)
         {
             // A transaction is all or nothing: send the entries as a batch to learn (and
@@ -353,8 +353,7 @@ async fn write_fhir(
                     }
                 }
             }
-            Err((status, message, outcome)) => {
-                let transient = status.is_none_or(|s| s >= 500 || s == 429);
+            Err((status, message, outcome, transient)) => {
                 report.failures.extend(labels.iter().map(|l| WriteFailure {
                     resource: (*l).clone(),
                     status,
@@ -405,7 +404,9 @@ fn entry(r: &Value, i: usize, opts: &WriteOptions) -> Result<Value, WriteFailure
     Ok(json!({"method": "PUT", "url": format!("{t}/{id}")}))
 }
 
-type SendError = (Option<u16>, String, Option<Value>);
+/// Why a Bundle was not written: the status, the message, the server's `OperationOutcome`,
+/// and whether sending it later may succeed.
+type SendError = (Option<u16>, String, Option<Value>, bool);
 
 /// Posts one Bundle over the outbound layer (its redirect policy, body cap and retry policy),
 /// retrying transient failures; gives the answer's entries.
@@ -455,11 +456,17 @@ async fn send_bundle(
             OutboundError::Status { outcome, .. } => outcome.as_deref().cloned(),
             _ => None,
         };
-        (e.status(), format!("the server {}", sink_text(&e)), outcome)
+        let transient = e.transient();
+        (
+            e.status(),
+            format!("the server {}", sink_text(&e)),
+            outcome,
+            transient,
+        )
     })?;
     let status = Some(got.status);
-    let json =
-        outbound::json(&got.body).map_err(|e| (status, format!("the server's {e}"), None))?;
+    let json = outbound::json(&got.body)
+        .map_err(|e| (status, format!("the server's {e}"), None, false))?;
     let answers = json["entry"].as_array().cloned().unwrap_or_default();
     if answers.len() != entries.len() {
         return Err((
@@ -470,6 +477,7 @@ async fn send_bundle(
                 entries.len()
             ),
             None,
+            false,
         ));
     }
     Ok(answers)
@@ -478,7 +486,10 @@ async fn send_bundle(
 /// What went wrong, as the continuation of "the server ...".
 fn sink_text(e: &OutboundError) -> String {
     match e {
-        OutboundError::Timeout(_) | OutboundError::Connect | OutboundError::Send(_) => {
+        OutboundError::Timeout(_)
+        | OutboundError::Deadline
+        | OutboundError::Connect
+        | OutboundError::Send(_) => {
             format!("could not be reached: {e}")
         }
         OutboundError::Status { .. } | OutboundError::InBody(_) => e.to_string(),

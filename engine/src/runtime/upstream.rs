@@ -46,7 +46,7 @@ impl Failure {
     /// The failure of an exchange with source `source`.
     pub fn of(source: &str, e: OutboundError) -> Failure {
         let kind = match e.last() {
-            OutboundError::Timeout(_) => FailureKind::Timeout,
+            OutboundError::Timeout(_) | OutboundError::Deadline => FailureKind::Timeout,
             OutboundError::Connect | OutboundError::Send(_) => FailureKind::NoAnswer,
             OutboundError::Status { .. } | OutboundError::Redirect(_) => FailureKind::Refused,
             OutboundError::TooLarge(_)
@@ -222,15 +222,14 @@ impl SourceClient {
         deadline: Option<Instant>,
     ) -> Result<Reply, OutboundError> {
         let s = &self.source;
-        let started = Instant::now();
         let permit = match deadline {
             Some(d) => tokio::time::timeout_at(d, self.limit.acquire())
                 .await
-                .map_err(|_| OutboundError::Timeout(started.elapsed()))?,
+                .map_err(|_| OutboundError::Deadline)?,
             None => self.limit.acquire().await,
         };
         let _permit = permit.map_err(|_| OutboundError::Send("the client is closed".into()))?;
-        let timeout = time_left(s.timeout, deadline).ok_or(OutboundError::Timeout(s.timeout))?;
+        let timeout = time_left(s.timeout, deadline).ok_or(OutboundError::Deadline)?;
         let mut req = self
             .client
             .request(call.method.clone(), call.url.clone())
@@ -247,12 +246,18 @@ impl SourceClient {
                 .body(serde_json::to_vec(body).unwrap_or_default());
         }
         let started = Instant::now();
-        let result = outbound::exchange(req, s.max_answer, timeout).await;
+        let result = match outbound::exchange(req, s.max_answer, timeout).await {
+            // Cut short by the caller's deadline rather than by the source's timeout.
+            Err(OutboundError::Timeout(_)) if timeout < s.timeout => Err(OutboundError::Deadline),
+            other => other,
+        };
         let answer = match &result {
             Ok(r) => Answer::Status(r.status),
             Err(e) => match e.status() {
                 Some(status) => Answer::Status(status),
-                None if matches!(e, OutboundError::Timeout(_)) => Answer::Timeout,
+                None if matches!(e, OutboundError::Timeout(_) | OutboundError::Deadline) => {
+                    Answer::Timeout
+                }
                 None => Answer::Error,
             },
         };

@@ -307,6 +307,7 @@ async fn broken_answers_are_clear_outcomes_in_time_while_healthz_answers() {
         source("broken", &hostile.url, ""),
         source("small", &hostile.url, "  maxAnswer: 1MiB"),
         connector("lying", "broken", "/lying-length"),
+        connector("overlong", "broken", "/overlong"),
         connector("cut", "broken", "/cut"),
         connector("drip", "broken", "/drip"),
         connector("malformed", "broken", "/malformed"),
@@ -315,8 +316,9 @@ async fn broken_answers_are_clear_outcomes_in_time_while_healthz_answers() {
     ]
     .concat();
     let (engine, _defs) = engine_of(&yaml);
-    let cases: [(&str, u16, &[&str]); 6] = [
+    let cases: [(&str, u16, &[&str]); 7] = [
         ("lying", 502, &["`broken`", "cut short"]),
+        ("overlong", 502, &["`broken`", "not JSON"]),
         ("cut", 502, &["`broken`", "cut short"]),
         ("drip", 504, &["`broken`", "no answer within 1s"]),
         ("malformed", 502, &["`broken`", "not JSON"]),
@@ -397,6 +399,10 @@ async fn the_sink_client_keeps_the_same_redirect_policy_and_body_cap() {
     assert_eq!(report.written, 0, "{report:?}");
     let message = &report.failures[0].message;
     assert!(message.contains("another origin"), "{message}");
+    assert!(
+        !report.failures[0].transient,
+        "a refused redirect is refused again: {report:?}"
+    );
     assert!(
         !message.contains(API_KEY) && !message.contains("127.0.0.1"),
         "{message}"

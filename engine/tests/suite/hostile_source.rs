@@ -1,6 +1,7 @@
 //! A hostile source (and sink) on 127.0.0.1: an axum app whose paths each misbehave in one way
 //! (redirects to another origin, to `file:`, within its origin; a 404 with its own message; an
-//! error inside a 200; a 429 storm with `Retry-After: 30`; a `Content-Length` that lies; a body
+//! error inside a 200; a 429 storm with `Retry-After: 30`; a `Content-Length` that lies (short
+//! or long); a body
 //! cut mid-way; a body dripped a byte at a time; malformed JSON; a huge answer), and records
 //! every request it receives with its headers, so that a test can see what reached it. A
 //! second instance stands for "another origin". Used by `hostile`.
@@ -57,6 +58,7 @@ impl HostileSource {
             .route("/error-in-200", any(error_in_200))
             .route("/storm", any(storm))
             .route("/lying-length", any(lying_length))
+            .route("/overlong", any(overlong))
             .route("/cut", any(cut))
             .route("/drip", any(drip))
             .route("/malformed", any(malformed))
@@ -205,6 +207,21 @@ async fn lying_length() -> Response {
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::CONTENT_LENGTH, "5000"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Announces 10 bytes and sends a whole answer (the client reads what was announced).
+async fn overlong() -> Response {
+    let whole = Bytes::from(json!({"results": [{"id": "r1"}]}).to_string());
+    let body = then_end(whole, None);
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_LENGTH, "10"),
         ],
         body,
     )
