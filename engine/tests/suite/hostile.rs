@@ -139,6 +139,7 @@ async fn redirects_stay_within_the_sources_origin_and_carry_nothing_away() {
         connector("away", "hostile", "/redirect/elsewhere"),
         connector("file", "hostile", "/redirect/file"),
         connector("same", "hostile", "/redirect/same"),
+        connector("loop", "hostile", "/redirect/loop"),
     ]
     .concat();
     let (engine, _defs) = engine_of(&yaml);
@@ -168,6 +169,16 @@ async fn redirects_stay_within_the_sources_origin_and_carry_nothing_away() {
         assert_outcome(&got, 502, &["`hostile`", "redirect"]);
         assert_ne!(got.header("x-cache"), "hit");
     }
+
+    // In a loop: a few hops, then an error.
+    let got = search(&engine, "loop").await;
+    assert_outcome(&got, 502, &["`hostile`", "more than 5 times"]);
+    let hops = hostile
+        .seen()
+        .iter()
+        .filter(|s| s.target.starts_with("/redirect/loop"))
+        .count();
+    assert!(hops <= 6, "{hops} requests for one search");
 
     // Within the origin: followed, with the answer of the page redirected to.
     let got = search(&engine, "same").await;
@@ -234,7 +245,11 @@ async fn declared_readings_make_404_empty_and_errors_in_200_failures() {
             &hostile.url,
             "  statuses: { errorWhen: \"$.error\" }",
         ),
+        source("strict", &hostile.url, "  statuses: { notFound: error }"),
+        source("plain", &hostile.url, "  statuses: { notFound: notFound }"),
         connector("none-here", "lenient", "/nothing"),
+        connector("strict", "strict", "/nothing"),
+        connector("plain", "plain", "/nothing"),
         connector("quota", "checked", "/error-in-200"),
         connector("fine", "checked", "/records"),
     ]
@@ -247,6 +262,13 @@ async fn declared_readings_make_404_empty_and_errors_in_200_failures() {
     assert_eq!(bundle["type"], "searchset", "{bundle}");
     assert_eq!(bundle["total"], 0, "{bundle}");
     assert!(bundle.get("entry").is_none(), "{bundle}");
+
+    // A read of a source that declares 404 an error is a 502; a search of one that declares
+    // it "not found" is a 404; both with the source's message.
+    let got = engine.get("/fhir/strict/Basic/r1").send().await;
+    assert_outcome(&got, 502, &["`strict`", "no endpoint /nothing"]);
+    let got = search(&engine, "plain").await;
+    assert_outcome(&got, 404, &["`plain`", "no endpoint /nothing"]);
 
     let got = search(&engine, "quota").await;
     assert_outcome(&got, 502, &["`checked`", "daily quota exceeded"]);

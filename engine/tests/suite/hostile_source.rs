@@ -1,5 +1,5 @@
 //! A hostile source (and sink) on 127.0.0.1: an axum app whose paths each misbehave in one way
-//! (redirects to another origin, to `file:`, within its origin; a 404 with its own message; an
+//! (redirects to another origin, to `file:`, within its origin, in a loop; a 404 with its own message; an
 //! error inside a 200; a 429 storm with `Retry-After: 30`; a `Content-Length` that lies (short
 //! or long); a body
 //! cut mid-way; a body dripped a byte at a time; malformed JSON; a huge answer), and records
@@ -53,6 +53,7 @@ impl HostileSource {
             .route("/redirect/elsewhere", any(redirect_elsewhere))
             .route("/redirect/same", any(redirect_same))
             .route("/redirect/file", any(redirect_file))
+            .route("/redirect/loop", any(redirect_loop))
             .route("/sink/elsewhere", any(sink_elsewhere))
             .route("/sink", any(sink_answer))
             .route("/error-in-200", any(error_in_200))
@@ -133,6 +134,10 @@ async fn redirect_same() -> Response {
 
 async fn redirect_file() -> Response {
     redirect(StatusCode::FOUND, "file:///etc/passwd")
+}
+
+async fn redirect_loop() -> Response {
+    redirect(StatusCode::FOUND, "/redirect/loop")
 }
 
 async fn sink_elsewhere(State(s): State<Arc<Hostile>>) -> Response {
