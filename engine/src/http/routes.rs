@@ -61,6 +61,7 @@ fn request_info(
         request_id: id.to_owned(),
         self_url: format!("{base}{path_and_query}"),
         base,
+        deadline: Some(tokio::time::Instant::now() + engine.limits.timeout),
     }
 }
 

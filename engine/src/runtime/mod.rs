@@ -9,6 +9,7 @@ pub mod clock;
 pub mod engine;
 pub mod guide;
 pub mod metrics;
+pub mod outbound;
 pub mod problem;
 pub mod pull;
 pub mod push;
