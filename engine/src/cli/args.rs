@@ -200,4 +200,15 @@ pub struct ServeArgs {
     /// Time given to requests in flight when a shutdown signal arrives.
     #[arg(long, env = "ENGINE_SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,
+    /// Time the engine goes on serving after a shutdown signal, with `/readyz` answering 503,
+    /// before it stops accepting (so that a load balancer sends traffic elsewhere first).
+    #[arg(long, env = "ENGINE_SHUTDOWN_DELAY", default_value = "0s")]
+    pub shutdown_delay: String,
+    /// Longest wait for a request's headers, also on an idle kept-alive connection; then the
+    /// connection is closed.
+    #[arg(long, env = "ENGINE_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: String,
+    /// Most connections served at once; more wait to be accepted.
+    #[arg(long, env = "ENGINE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
 }

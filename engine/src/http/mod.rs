@@ -4,6 +4,7 @@
 
 mod admin;
 mod guard;
+mod listener;
 pub mod outcome;
 mod routes;
 pub mod server;

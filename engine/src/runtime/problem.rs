@@ -23,6 +23,8 @@ pub enum ProblemKind {
     Conflict,
     /// The body is larger than allowed (413, `too-long`).
     TooLarge,
+    /// The request target is longer than allowed (414, `too-long`).
+    UriTooLong,
     /// The body's media type is not one the endpoint reads (415, `not-supported`).
     UnsupportedMedia,
     /// The body was read but cannot be processed, and sending it again will not help (422,
@@ -59,6 +61,7 @@ impl ProblemKind {
             ProblemKind::NotSupported => 405,
             ProblemKind::Conflict => 409,
             ProblemKind::TooLarge => 413,
+            ProblemKind::UriTooLong => 414,
             ProblemKind::UnsupportedMedia => 415,
             ProblemKind::Unprocessable => 422,
             ProblemKind::HeadersTooLarge => 431,
@@ -77,11 +80,38 @@ impl ProblemKind {
             ProblemKind::NotFound => "not-found",
             ProblemKind::NotSupported | ProblemKind::UnsupportedMedia => "not-supported",
             ProblemKind::Conflict => "conflict",
-            ProblemKind::TooLarge | ProblemKind::HeadersTooLarge => "too-long",
+            ProblemKind::TooLarge | ProblemKind::UriTooLong | ProblemKind::HeadersTooLarge => {
+                "too-long"
+            }
             ProblemKind::Unprocessable => "processing",
             ProblemKind::Internal => "exception",
             ProblemKind::SourceFailed | ProblemKind::Unavailable { .. } => "transient",
             ProblemKind::Timeout => "timeout",
+        }
+    }
+}
+
+impl ProblemKind {
+    /// The kind of an error status another layer answered (axum's rejections, its 405): the
+    /// kind of that status, or for a status no kind has, the nearest one by class.
+    pub fn of_status(status: u16) -> ProblemKind {
+        match status {
+            401 => ProblemKind::Unauthorized,
+            404 => ProblemKind::NotFound,
+            405 => ProblemKind::NotSupported,
+            409 => ProblemKind::Conflict,
+            413 => ProblemKind::TooLarge,
+            414 => ProblemKind::UriTooLong,
+            415 => ProblemKind::UnsupportedMedia,
+            422 => ProblemKind::Unprocessable,
+            431 => ProblemKind::HeadersTooLarge,
+            502 => ProblemKind::SourceFailed,
+            503 => ProblemKind::Unavailable {
+                retry_after: RETRY_AFTER,
+            },
+            504 => ProblemKind::Timeout,
+            400..=499 => ProblemKind::Invalid,
+            _ => ProblemKind::Internal,
         }
     }
 }

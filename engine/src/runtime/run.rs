@@ -489,6 +489,7 @@ impl Runner {
                 max_pages,
                 pagination.as_ref(),
                 &request_id,
+                None,
                 &mut report.source_calls,
             )
             .await;

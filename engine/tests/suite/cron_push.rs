@@ -37,7 +37,7 @@ use crate::engine_under_test::{
 };
 use crate::fhir_resources::{instant, key_of, references, without_meta};
 use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
-use crate::local_http::{Got, bind, client, dead_url, send, spawn_app};
+use crate::local_http::{Got, assert_outcome, bind, client, dead_url, send, spawn_app};
 
 /// Longest any single HTTP request of a test may take before the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -415,19 +415,6 @@ async fn push(
         req = req.header("Idempotency-Key", k);
     }
     req.send().await
-}
-
-/// Checks that an answer is an `OperationOutcome` with this status.
-fn assert_outcome(got: &Got, status: u16) {
-    assert_eq!(got.status, status, "{}", got.text);
-    assert_eq!(
-        got.header("content-type"),
-        "application/fhir+json",
-        "{got:?}"
-    );
-    let body = got.json();
-    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
-    assert!(body["issue"][0]["diagnostics"].is_string(), "{body}");
 }
 
 fn sink_doc(name: &str, url: &str, mode: &str, retries: u32) -> String {
@@ -969,7 +956,7 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     // Refused, writing nothing: a bad signature, a tampered body, an old timestamp, too big.
     let body2 = br#"{"id":"adm-2","family":"Bianchi","sex":"M"}"#;
     let got = push(&served, &url, "another-secret-0123456789", now, body2, None).await;
-    assert_outcome(&got, 401);
+    assert_outcome(&got, 401, &[]);
     let tampered = served
         .post(&url)
         .header("content-type", "application/json")
@@ -981,13 +968,13 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
         .body(body2.to_vec())
         .send()
         .await;
-    assert_outcome(&tampered, 401);
+    assert_outcome(&tampered, 401, &[]);
     let got = push(&served, &url, SECRET, now - 600, body2, None).await;
-    assert_outcome(&got, 401);
+    assert_outcome(&got, 401, &[]);
     let big = serde_json::to_vec(&json!({"id": "adm-big", "family": "x".repeat(2000), "sex": "F"}))
         .expect("JSON");
     let got = push(&served, &url, SECRET, now, &big, None).await;
-    assert_outcome(&got, 413);
+    assert_outcome(&got, 413, &[]);
     assert_eq!(sink.posts(), posts, "refused pushes write nothing");
     assert!(sink.get("Patient/adm-2").is_none() && sink.get("Patient/adm-big").is_none());
 
@@ -1022,7 +1009,7 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     let posts = sink.posts();
     let body5 = br#"{"id":"adm-5","family":"Gialli","sex":"Q"}"#;
     let got = push(&served, &url, SECRET, now, body5, None).await;
-    assert_outcome(&got, 422);
+    assert_outcome(&got, 422, &[]);
     assert_eq!(sink.posts(), posts);
     let dead = served
         .get(format!(
@@ -1051,7 +1038,7 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     sink.down(true);
     let body6 = br#"{"id":"adm-6","family":"Blu","sex":"M"}"#;
     let got = push(&served, &url, SECRET, now, body6, None).await;
-    assert_outcome(&got, 503);
+    assert_outcome(&got, 503, &[]);
     assert!(!got.header("retry-after").is_empty(), "{got:?}");
     assert!(sink.get("Patient/adm-6").is_none());
     sink.down(false);
@@ -1338,7 +1325,10 @@ async fn shutdown_lets_a_run_on_demand_finish_its_write_and_save_its_watermark()
         engine::http::server::serve(
             built,
             listener,
-            Duration::from_secs(60),
+            engine::http::server::Stop {
+                grace: Duration::from_secs(60),
+                delay: Duration::ZERO,
+            },
             false,
             None,
             async {
@@ -1614,7 +1604,7 @@ spec:
         (Some((bearer, "token-0123456789")), "t-no-scheme"),
         (Some(("x-api-key", "token-0123456789")), "t-wrong-header"),
     ] {
-        assert_outcome(&post("by-token", given, id).await, 401);
+        assert_outcome(&post("by-token", given, id).await, 401, &[]);
     }
     for (given, id) in [
         (None, "k-none"),
@@ -1622,7 +1612,7 @@ spec:
         (Some(("x-api-key", "Key-0123456789")), "k-other"),
         (Some((bearer, "Bearer key-0123456789")), "k-wrong-header"),
     ] {
-        assert_outcome(&post("by-key", given, id).await, 401);
+        assert_outcome(&post("by-key", given, id).await, 401, &[]);
     }
     assert!(
         sink.store().resources.is_empty(),
