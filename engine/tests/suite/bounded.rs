@@ -35,13 +35,20 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A JSON API answering every `GET /records` with the same body.
 async fn records_api(body: Bytes) -> String {
+    slow_records_api(body, Duration::ZERO).await
+}
+
+/// A JSON API answering every `GET /records` with the same body, after `delay` (a slow
+/// source: the search is in flight at least that long).
+async fn slow_records_api(body: Bytes, delay: Duration) -> String {
     let (listener, url) = bind().await;
     let app = axum::Router::new()
         .route(
             "/records",
-            get(
-                |State(b): State<Bytes>| async move { ([("content-type", "application/json")], b) },
-            ),
+            get(move |State(b): State<Bytes>| async move {
+                tokio::time::sleep(delay).await;
+                ([("content-type", "application/json")], b)
+            }),
         )
         .with_state(body);
     spawn_app(listener, app);
@@ -73,7 +80,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_of_8_mib_of_tiny_records_keeps_serve_under_300_mb_and_healthz_answering() {
-    let api = records_api(tiny_records(8)).await;
+    // Slow to answer, so that `/healthz` is asked while the search is in flight.
+    let api = slow_records_api(tiny_records(8), Duration::from_millis(500)).await;
     let defs = definitions(&format!(
         r#"apiVersion: fosps.gravitate-health.eu/v1
 kind: Connector
@@ -112,22 +120,28 @@ spec:
         async move {
             let quick = client(Duration::from_secs(2));
             let mut answered = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            loop {
                 let got = quick.get(format!("{base}/healthz")).send().await;
                 assert!(
                     got.as_ref().is_ok_and(|r| r.status() == 200),
                     "/healthz answers within 2 s during the search: {got:?}"
                 );
                 answered += 1;
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    return answered;
+                }
+                // The pace of the probe, not a wait for a condition.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            answered
         }
     });
     let got = send(http.get(format!("{}/fhir/tiny/Patient", server.base))).await;
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let answered = probe.await.expect("the probe");
-    assert!(answered >= 1, "/healthz was asked during the search");
+    assert!(
+        answered >= 2,
+        "/healthz was asked during the search ({answered} times)"
+    );
     let body = got.json();
     match got.status {
         200 => assert_eq!(body["resourceType"], "Bundle", "{}", got.text),
