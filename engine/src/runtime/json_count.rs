@@ -73,6 +73,15 @@ mod tests {
     }
 
     #[test]
+    fn text_that_is_not_json_is_counted_without_failing() {
+        let count = |t: &[u8]| count_values(t, usize::MAX).expect("within");
+        assert_eq!(count(br#"["never closed"#), 2);
+        assert_eq!(count(br#"[1,2"#), 3);
+        assert_eq!(count(b"\xff\xfe garbage"), 1);
+        assert_eq!(count(br#""\"#), 1);
+    }
+
+    #[test]
     fn counting_stops_past_the_cap() {
         let text = "[0,0,0,0,0]";
         assert_eq!(count_values(text.as_bytes(), 6), Ok(6));
