@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::args::{DirArgs, LogFormat, ServeArgs};
+use super::args::{AdminArgs, DirArgs, LogFormat, ServeArgs};
 use super::definitions::{load_and_validate, model_of, usage};
 use crate::config::diagnostic::{self, Format};
 
@@ -23,6 +23,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         dirs,
         run_schedules,
         shutdown_grace,
+        admin,
     } = args;
     let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
         Ok(f) => f,
@@ -41,6 +42,10 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         crate::config::validate::parse_duration(v)
             .ok_or_else(|| format!("{flag} `{v}` is not a duration"))
     };
+    let admin = match admin_access(admin) {
+        Ok(a) => a,
+        Err(e) => return usage(&e),
+    };
     let limits = match (
         parse("--request-timeout", &request_timeout),
         crate::config::validate::parse_size(&max_body),
@@ -51,6 +56,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
                 timeout,
                 body: body as usize,
                 public_url,
+                admin,
                 ..Default::default()
             },
             grace,
@@ -119,6 +125,41 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => usage(&e),
     }
+}
+
+/// The admin API's access from the flags; says at start whether it is closed or open.
+fn admin_access(args: AdminArgs) -> Result<crate::runtime::admin_access::AdminAccess, String> {
+    use crate::runtime::admin_access::{AdminAccess, OidcSettings, Roles, read_token_file};
+    if args.admin_open {
+        tracing::warn!(
+            "the admin API is open to every caller (--admin-open): use it only on a machine of your own"
+        );
+        return Ok(AdminAccess::open());
+    }
+    let token = args
+        .admin_token_file
+        .as_deref()
+        .map(read_token_file)
+        .transpose()
+        .map_err(|e| format!("--admin-token-file: {e}"))?;
+    let oidc = match (args.oidc_issuer, args.oidc_audience) {
+        (Some(issuer), Some(audience)) => Some(OidcSettings {
+            jwks_url: args.oidc_jwks_url,
+            ..OidcSettings::new(issuer, audience)
+        }),
+        _ => None,
+    };
+    let roles = Roles {
+        operator: args.admin_role,
+        reader: args.admin_read_role,
+    };
+    let access = AdminAccess::new(token, oidc, roles).map_err(|e| e.to_string())?;
+    if access.is_closed() {
+        tracing::info!(
+            "the admin API is closed: give --admin-token-file or --oidc-issuer to open it to its callers"
+        );
+    }
+    Ok(access)
 }
 
 /// `engine run`: one run of a cron connector; non-zero on any failure.

@@ -35,6 +35,8 @@ pub struct Limits {
     pub timeout: Duration,
     /// Public base URL for links (`https://host/prefix`); without it, the `Host` header.
     pub public_url: Option<String>,
+    /// Who may call the admin API (closed by default).
+    pub admin: crate::runtime::admin_access::AdminAccess,
 }
 
 impl Default for Limits {
@@ -44,6 +46,7 @@ impl Default for Limits {
             headers: 16 << 10,
             timeout: Duration::from_secs(60),
             public_url: None,
+            admin: Default::default(),
         }
     }
 }
