@@ -167,12 +167,6 @@ pub enum BundleArg {
     Searchset,
 }
 
-/// The role (realm role, client role of the audience, or scope) that allows every admin
-/// request; `engine manifests` requires it at the mesh too.
-pub const ADMIN_ROLE: &str = "connector-admin";
-/// The role that allows the admin API's reading requests.
-pub const ADMIN_READ_ROLE: &str = "connector-reader";
-
 /// Who may call the admin API of `engine serve` (`/connectors...`, `/reload`). With none of
 /// these flags the admin API is closed: every request to it is answered 403.
 #[derive(Debug, Clone, clap::Args)]
@@ -206,10 +200,10 @@ pub struct AdminArgs {
     pub oidc_jwks_url: Option<String>,
     /// Role (Keycloak realm role, client role of the audience, or scope) that allows every
     /// admin request: reading, starting runs, emptying caches.
-    #[arg(long, env = "ENGINE_ADMIN_ROLE", default_value = ADMIN_ROLE)]
+    #[arg(long, env = "ENGINE_ADMIN_ROLE", default_value = crate::generate::manifests::ADMIN_ROLE)]
     pub admin_role: String,
     /// Role that allows the reading admin requests only: listings, `/reload`, dead letters.
-    #[arg(long, env = "ENGINE_ADMIN_READ_ROLE", default_value = ADMIN_READ_ROLE)]
+    #[arg(long, env = "ENGINE_ADMIN_READ_ROLE", default_value = crate::generate::manifests::ADMIN_READ_ROLE)]
     pub admin_read_role: String,
     /// Open the admin API to every caller, without authentication: for local use only
     /// (logged as a warning).

@@ -718,3 +718,104 @@ async fn the_binary_takes_its_admin_flags_and_never_logs_a_token() {
         assert_eq!(out.status.code(), Some(2), "{flags:?}: {out:?}");
     }
 }
+
+/// A file of `deploy/base/` as JSON (its one YAML document, the generated header skipped).
+fn deployed(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/base")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let parsed = engine::config::yaml::parse(&text);
+    assert!(parsed.errors.is_empty(), "{name}: {:?}", parsed.errors);
+    parsed.documents[0].to_json()
+}
+
+#[test]
+fn the_mesh_requires_the_roles_and_only_the_gateway_and_clients_reach_the_pods() {
+    // `cli::committed_deploy_matches_the_generator` holds these files to the generator.
+    let policy = deployed("authorizationpolicy.yaml");
+    let rules = policy["spec"]["rules"].as_array().expect("rules");
+    let roles_claim = "request.auth.claims[realm_access][roles]";
+    let is_admin = |p: &str| p == "/reload" || p.starts_with("/connectors");
+    let mut acting = 0;
+    let mut reading = 0;
+    for rule in rules {
+        for to in rule["to"].as_array().expect("to") {
+            let methods: Vec<&str> = to["operation"]["methods"]
+                .as_array()
+                .expect("methods")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let paths: Vec<&str> = to["operation"]["paths"]
+                .as_array()
+                .expect("paths")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            if !paths.iter().any(|p| is_admin(p)) || methods == ["OPTIONS"] {
+                continue;
+            }
+            // An admin path: only for a JWT of the realm carrying the role.
+            assert_eq!(
+                rule["from"][0]["source"]["requestPrincipals"],
+                json!(["*"]),
+                "{rule}"
+            );
+            assert_eq!(rule["when"][0]["key"], roles_claim, "{rule}");
+            let allowed = &rule["when"][0]["values"];
+            if methods.iter().any(|m| *m == "POST" || *m == "DELETE") {
+                assert_eq!(
+                    allowed,
+                    &json!([OPERATOR]),
+                    "acting needs the operator: {rule}"
+                );
+                acting += paths.len();
+            } else {
+                assert_eq!(methods, ["GET"], "{rule}");
+                assert_eq!(allowed, &json!([READER, OPERATOR]), "{rule}");
+                reading += paths.len();
+            }
+        }
+    }
+    assert!(acting >= 5, "runs and cache deletes are in the policy");
+    assert!(
+        reading >= 4,
+        "listings, /reload and dead letters are in the policy"
+    );
+
+    let net = deployed("networkpolicy.yaml");
+    assert_eq!(net["kind"], "NetworkPolicy");
+    assert_eq!(net["spec"]["policyTypes"], json!(["Ingress"]));
+    let ingress = net["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 1, "{net}");
+    assert_eq!(
+        ingress[0]["from"],
+        json!([
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}},
+                "podSelector": {"matchLabels": {"app": "istio-ingressgateway"}}
+            },
+            {"podSelector": {"matchLabels": {"eu.gravitate-health.fosps.connector-client": "true"}}}
+        ])
+    );
+    assert_eq!(
+        ingress[0]["ports"],
+        json!([{"protocol": "TCP", "port": 8080}])
+    );
+
+    // Kustomize applies it, and the engine is told its issuer and audience.
+    let kustomization = deployed("kustomization.yaml");
+    assert!(
+        kustomization["resources"]
+            .as_array()
+            .expect("resources")
+            .contains(&json!("networkpolicy.yaml")),
+        "{kustomization}"
+    );
+    let deployment = deployed("deployment.yaml");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    for var in ["ENGINE_OIDC_ISSUER", "ENGINE_OIDC_AUDIENCE"] {
+        assert!(env.contains(var), "{var} in {env}");
+    }
+}
