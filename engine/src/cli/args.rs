@@ -19,7 +19,7 @@ pub struct Cli {
 pub enum Command {
     /// The main job: load the definitions and serve their routes, the admin API and
     /// operations endpoints. Refuses to start on invalid definitions.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run one cron connector once and exit: non-zero on any failure (for Kubernetes
     /// CronJobs).
     Run {

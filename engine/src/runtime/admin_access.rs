@@ -174,7 +174,7 @@ enum Mode {
     Checked {
         /// SHA-256 of the static token: compared in constant time, whatever the lengths.
         token: Option<[u8; 32]>,
-        oidc: Option<Oidc>,
+        oidc: Option<Box<Oidc>>,
         roles: Roles,
     },
 }
@@ -230,7 +230,7 @@ impl AdminAccess {
             Some(t) => Some(digest(t.0.as_bytes())),
             None => None,
         };
-        let oidc = oidc.map(Oidc::new).transpose()?;
+        let oidc = oidc.map(Oidc::new).transpose()?.map(Box::new);
         Ok(AdminAccess(Arc::new(Mode::Checked { token, oidc, roles })))
     }
 

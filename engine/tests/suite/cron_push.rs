@@ -1216,7 +1216,12 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
     assert_eq!(sink.count(), 0);
 
     // A new engine on the same state directory finds the ten payloads queued.
-    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
     let shown = served
         .get(format!("{}/connectors/durable-feed", served.base))
         .send()
