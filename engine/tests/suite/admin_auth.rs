@@ -95,6 +95,8 @@ enum Keys {
     Endless,
     /// Redirects to another path that serves the same keys.
     Redirect,
+    /// Starts the JWKS, then drops the connection.
+    DieMidway,
 }
 
 struct KeycloakState {
@@ -193,6 +195,19 @@ async fn certs(State(s): State<Arc<KeycloakState>>) -> Response {
             let body = Body::from_stream(futures_util::stream::repeat_with(move || {
                 Ok::<_, Infallible>(chunk.clone())
             }));
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+        Keys::DieMidway => {
+            let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(Bytes::from_static(br#"{"keys": [{"kty": "RSA", "#)),
+                Err(std::io::Error::other("the issuer died midway")),
+            ];
+            let body = Body::from_stream(futures_util::stream::iter(parts));
             (
                 StatusCode::OK,
                 [(header::CONTENT_TYPE, "application/json")],
@@ -477,7 +492,7 @@ async fn a_rotated_key_is_fetched_once_and_made_up_kids_do_not_reach_the_issuer(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_issuer_that_stalls_redirects_answers_without_end_or_lies_is_not_trusted() {
+async fn an_issuer_that_stalls_redirects_dies_answers_without_end_or_lies_is_not_trusted() {
     let kc = Keycloak::start(&["rsa-1"]).await;
     let token = signed("rsa-1", &claims(&kc.issuer, &[OPERATOR]));
 
@@ -487,6 +502,7 @@ async fn an_issuer_that_stalls_redirects_answers_without_end_or_lies_is_not_trus
         (Keys::Stall, "stalls"),
         (Keys::Endless, "answers without end"),
         (Keys::Redirect, "redirects"),
+        (Keys::DieMidway, "dies midway"),
     ];
     for (behaviour, what) in cases {
         kc.behave(behaviour);
