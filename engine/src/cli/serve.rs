@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::args::{DirArgs, LogFormat, ServeArgs};
+use super::args::{AdminArgs, DirArgs, LogFormat, ServeArgs};
 use super::definitions::{load_and_validate, model_of, usage};
 use crate::config::diagnostic::{self, Format};
 
@@ -26,6 +26,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         shutdown_delay,
         header_read_timeout,
         max_connections,
+        admin,
     } = args;
     let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
         Ok(f) => f,
@@ -55,6 +56,10 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         [Ok(a), Ok(b), Ok(c), Ok(d)] => [a, b, c, d],
         [Err(e), ..] | [_, Err(e), ..] | [_, _, Err(e), _] | [.., Err(e)] => return usage(&e),
     };
+    let admin = match admin_access(admin) {
+        Ok(a) => a,
+        Err(e) => return usage(&e),
+    };
     let Some(body) = crate::config::validate::parse_size(&max_body) else {
         return usage(&format!("--max-body `{max_body}` is not a size"));
     };
@@ -67,6 +72,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         public_url,
         header_read_timeout: header_read,
         connections: max_connections,
+        admin,
         ..Default::default()
     };
     let stop = crate::http::server::Stop { grace, delay };
@@ -138,6 +144,41 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => usage(&e.to_string()),
     }
+}
+
+/// The admin API's access from the flags; says at start whether it is closed or open.
+fn admin_access(args: AdminArgs) -> Result<crate::runtime::admin_access::AdminAccess, String> {
+    use crate::runtime::admin_access::{AdminAccess, OidcSettings, Roles, read_token_file};
+    if args.admin_open {
+        tracing::warn!(
+            "the admin API is open to every caller (--admin-open): use it only on a machine of your own"
+        );
+        return Ok(AdminAccess::open());
+    }
+    let token = args
+        .admin_token_file
+        .as_deref()
+        .map(read_token_file)
+        .transpose()
+        .map_err(|e| format!("--admin-token-file: {e}"))?;
+    let oidc = match (args.oidc_issuer, args.oidc_audience) {
+        (Some(issuer), Some(audience)) => Some(OidcSettings {
+            jwks_url: args.oidc_jwks_url,
+            ..OidcSettings::new(issuer, audience)
+        }),
+        _ => None,
+    };
+    let roles = Roles {
+        operator: args.admin_role,
+        reader: args.admin_read_role,
+    };
+    let access = AdminAccess::new(token, oidc, roles).map_err(|e| e.to_string())?;
+    if access.is_closed() {
+        tracing::info!(
+            "the admin API is closed: give --admin-token-file or --oidc-issuer to open it to its callers"
+        );
+    }
+    Ok(access)
 }
 
 /// `engine run`: one run of a cron connector; non-zero on any failure.

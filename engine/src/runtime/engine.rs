@@ -44,6 +44,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Most connections served at once; more wait to be accepted.
     pub connections: usize,
+    /// Who may call the admin API (closed by default).
+    pub admin: crate::runtime::admin_access::AdminAccess,
 }
 
 impl Default for Limits {
@@ -56,6 +58,7 @@ impl Default for Limits {
             uri: 8 << 10,
             header_read_timeout: Duration::from_secs(10),
             connections: 1024,
+            admin: Default::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! sinks, the state directory and metrics. It reads the checked model only, never a spec type,
 //! and knows nothing of the HTTP server that calls it.
 
+pub mod admin_access;
 pub mod build_error;
 pub mod cache;
 pub mod clock;

@@ -15,6 +15,8 @@ pub enum ProblemKind {
     Invalid,
     /// The caller did not authenticate (401, `login`).
     Unauthorized,
+    /// The caller authenticated but may not do this (403, `forbidden`).
+    Forbidden,
     /// What was asked for is not there (404, `not-found`).
     NotFound,
     /// The connector does not offer this interaction (405, `not-supported`).
@@ -57,6 +59,7 @@ impl ProblemKind {
         match self {
             ProblemKind::Invalid => 400,
             ProblemKind::Unauthorized => 401,
+            ProblemKind::Forbidden => 403,
             ProblemKind::NotFound => 404,
             ProblemKind::NotSupported => 405,
             ProblemKind::Conflict => 409,
@@ -77,6 +80,7 @@ impl ProblemKind {
         match self {
             ProblemKind::Invalid => "invalid",
             ProblemKind::Unauthorized => "login",
+            ProblemKind::Forbidden => "forbidden",
             ProblemKind::NotFound => "not-found",
             ProblemKind::NotSupported | ProblemKind::UnsupportedMedia => "not-supported",
             ProblemKind::Conflict => "conflict",

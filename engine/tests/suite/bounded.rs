@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use chrono::DateTime;
 use serde_json::{Value, json};
 
-use crate::engine_router::EngineRouter;
+use crate::engine_router::{EngineRouter, open_admin};
 use crate::engine_under_test::{
     definitions, load, run_with_deadline, runner_with_sink_dir, watermarks,
 };
@@ -254,7 +254,12 @@ async fn a_bad_record_is_dead_lettered_with_skip_and_the_watermark_passes_it_and
     let defs =
         definitions(&(fetch_doc("skipping", &api, "skip") + &fetch_doc("failing", &api, "fail")));
     let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
 
     let job = served.engine.crons.get("skipping").expect("the cron job");
     let report = tokio::time::timeout(RUN_TIMEOUT, job.runner.run(false))
@@ -554,7 +559,12 @@ spec:
     );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
     let job = served.engine.crons.get("copy").expect("the cron job");
     let report = tokio::time::timeout(RUN_TIMEOUT, job.runner.run(false))
         .await

@@ -29,7 +29,7 @@ use engine::runtime::engine::{Engine, Limits};
 use engine::runtime::run::Stage;
 use serde_json::{Value, json};
 
-use crate::engine_router::EngineRouter;
+use crate::engine_router::{EngineRouter, open_admin};
 use crate::engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, definitions, dirs_in, engine_run_command,
     exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, signed_push,
@@ -937,7 +937,12 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
     let url = format!("{}/push/admissions", served.base);
     let now = Utc::now().timestamp();
 
@@ -1062,7 +1067,12 @@ async fn push_queued_acknowledges_500_and_delivers_each_exactly_once_across_a_si
     let yaml = push_yaml("queued-feed", &sink.url, "queued", "");
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
     let ep = served.engine.pushes["queued-feed"].clone();
     let drainer = Drainer::start(ep);
     let url = format!("{}/push/queued-feed", served.base);
@@ -1193,7 +1203,12 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
     assert_eq!(sink.count(), 0);
 
     // A new engine on the same state directory finds the ten payloads queued.
-    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
     let shown = served
         .get(format!("{}/connectors/durable-feed", served.base))
         .send()
@@ -1312,7 +1327,7 @@ async fn shutdown_lets_a_run_on_demand_finish_its_write_and_save_its_watermark()
     let state = tempfile::tempdir().expect("state");
     let built = Engine::new(
         Arc::new(load(defs.path())),
-        Limits::default(),
+        open_admin(),
         &dirs_in(state.path()),
     )
     .expect("an engine");

@@ -132,7 +132,7 @@ async fn the_http_layers_own_errors_are_operation_outcomes() {
     assert_outcome(&got, 405, &["POST", "/healthz"]);
 
     let got = engine
-        .get(format!("{}/connectors/%FF%FE", engine.base))
+        .get(format!("{}/fhir/%FF%FE/Patient", engine.base))
         .send()
         .await;
     assert_outcome(&got, 400, &[]);

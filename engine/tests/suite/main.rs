@@ -4,6 +4,7 @@
 //! one subject and `--skip helios::` leaves one out.
 
 // The subjects.
+mod admin_auth;
 mod architecture;
 mod bounded;
 mod cli;

@@ -47,6 +47,7 @@ async fn reload_under_load() {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
     cmd.arg("serve")
         .arg(&defs)
+        .arg("--admin-open")
         .arg("--state-dir")
         .arg(dir.path().join("state"));
     let server = ServeProcess::start(cmd, WAIT).await;

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use engine::runtime::engine::Limits;
 use serde_json::{Value, json};
 
-use crate::engine_router::EngineRouter;
+use crate::engine_router::{EngineRouter, open_admin};
 use crate::engine_under_test::{definitions, load};
 use crate::fhir_resources::entries_of;
 use crate::local_http::{Got, assert_outcome, bind, client, dead_url, send, spawn_app};
@@ -1007,7 +1007,7 @@ spec:
 "#
         .replace("@URL@", &fhir.url)
     );
-    let (engine, _defs) = engine_of(&yaml, Limits::default());
+    let (engine, _defs) = engine_of(&yaml, open_admin());
     let route = format!(
         "{}/fhir/drug-labels/MedicinalProductDefinition",
         engine.base
