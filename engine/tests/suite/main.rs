@@ -7,6 +7,7 @@
 mod architecture;
 mod cli;
 mod cron_push;
+mod durability;
 mod helios;
 mod invalid;
 mod mapping;
