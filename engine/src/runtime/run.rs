@@ -15,7 +15,7 @@ use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 pub use crate::runtime::report::{Failure, RunReport, Skipped, Stage};
-use crate::runtime::sink::{WriteFailure, WriteOptions, Writer};
+use crate::runtime::sink::{ProvenanceOf, WriteFailure, WriteOptions, Writer};
 use crate::runtime::state::{self, ConnectorState, StateDir};
 use crate::runtime::upstream::{Call, SourceClient, Upstreams};
 
@@ -348,8 +348,26 @@ impl Runner {
         state: &mut ConnectorState,
         report: &mut RunReport,
     ) {
+        let sources: Vec<&str> = self
+            .connector
+            .sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
         let opts = WriteOptions {
             identifier_system: cron.identifier_system.clone(),
+            // One Provenance per Bundle of the run, when the sink asks for it.
+            provenance: Some(ProvenanceOf {
+                connector: self.connector.name.clone(),
+                occasion: format!("run {}", report.started.to_rfc3339()),
+                source: if sources.is_empty() {
+                    "an implementation guide import".to_owned()
+                } else {
+                    format!("source {}", sources.join(", "))
+                },
+                recorded: self.clock.now().to_rfc3339(),
+                check_written: false,
+            }),
         };
         let w = self.writer.write(to_write, &opts).await;
         report.resources_written = w.written;

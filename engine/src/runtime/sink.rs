@@ -45,6 +45,66 @@ pub struct WriteReport {
 pub struct WriteOptions {
     /// Conditional update on this identifier system instead of `PUT Type/id`.
     pub identifier_system: Option<String>,
+    /// The Provenance of each Bundle, written when the FHIR sink asks for it (`provenance`).
+    pub provenance: Option<ProvenanceOf>,
+}
+
+/// What the Provenance written in each Bundle says, and what makes its id: a UUID v5 of the
+/// connector, the occasion and the Bundle's position, so that the same write has the same id
+/// when it is tried again.
+#[derive(Debug, Clone, Default)]
+pub struct ProvenanceOf {
+    /// The connector that wrote (the `agent`, with the engine).
+    pub connector: String,
+    /// What happened: a push delivery's key and arrival, a cron run's start.
+    pub occasion: String,
+    /// Where the data came from (the `entity`): a source's name, or the push endpoint.
+    pub source: String,
+    /// When (`recorded`), from the engine's clock.
+    pub recorded: String,
+    /// Looks each Bundle's Provenance up before sending the Bundle (transaction mode), and
+    /// counts the Bundle as written when it is there: set when a write may have reached the
+    /// sink before a crash.
+    pub check_written: bool,
+}
+
+impl ProvenanceOf {
+    /// The id of the Provenance of the `n`th Bundle.
+    pub fn id(&self, n: usize) -> String {
+        crate::model::fhir::uuid5(&[self.connector.clone(), self.occasion.clone(), n.to_string()])
+    }
+
+    /// The Bundle entry of the Provenance of the `n`th Bundle, about `targets` (`Type/id`, or
+    /// the conditional reference of a conditional update).
+    fn entry(&self, n: usize, targets: Vec<String>) -> Value {
+        let id = self.id(n);
+        let target: Vec<Value> = targets.into_iter().map(|t| json!({"reference": t})).collect();
+        json!({
+            "resource": {
+                "resourceType": "Provenance",
+                "id": id,
+                "target": target,
+                "recorded": self.recorded,
+                "activity": {"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "UPDATE"
+                }]},
+                "agent": [{
+                    "type": {"coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                        "code": "assembler"
+                    }]},
+                    "who": {"display": format!(
+                        "fosps-engine {} connector {}",
+                        env!("CARGO_PKG_VERSION"),
+                        self.connector
+                    )}
+                }],
+                "entity": [{"role": "source", "what": {"display": self.source}}]
+            },
+            "request": {"method": "PUT", "url": format!("Provenance/{id}")}
+        })
+    }
 }
 
 /// A ready sink.
@@ -85,7 +145,7 @@ impl Writer {
     pub fn describe(&self) -> String {
         match self {
             Writer::Fhir { sink, .. } => format!("FHIR sink `{}`", sink.name),
-            Writer::Ndjson { dir } => format!("NDJSON directory {}", dir.display()),
+            Writer::Ndjson { .. } => "the NDJSON sink".to_owned(),
         }
     }
 
@@ -96,7 +156,11 @@ impl Writer {
                 // Appends and fsyncs: on the blocking pool, off the async workers.
                 let dir = dir.clone();
                 let count = resources.len();
-                tokio::task::spawn_blocking(move || write_ndjson(&dir, &resources))
+                tokio::task::spawn_blocking(move || {
+                    let lock = ndjson_lock(&dir);
+                    let _alone = lock.lock();
+                    write_ndjson(&dir, &resources)
+                })
                     .await
                     .unwrap_or_else(|e| WriteReport {
                         failures: vec![WriteFailure {
@@ -114,6 +178,146 @@ impl Writer {
             }
         }
     }
+}
+
+impl Writer {
+    /// Writes as `write` does, after `record` has durably recorded the write as in flight
+    /// (given the lengths of the NDJSON files it appends to; none for a FHIR sink). `cut`
+    /// holds the lengths recorded by an earlier try of the same write, cut short: each file
+    /// is cut back to its length first when what follows it is (a part of) this write, or
+    /// left as it is, and not written again, when this write is whole there. For NDJSON, the
+    /// record, the cut and the write happen under the directory's lock, so no other write
+    /// of the process comes between them.
+    pub async fn write_recorded(
+        &self,
+        resources: Vec<Value>,
+        opts: &WriteOptions,
+        cut: Option<BTreeMap<String, u64>>,
+        record: impl FnOnce(&BTreeMap<String, u64>) -> Result<(), String> + Send + 'static,
+    ) -> WriteReport {
+        let unrecorded = |why: String, count: usize| WriteReport {
+            failures: vec![WriteFailure {
+                resource: format!("{count} resources"),
+                status: None,
+                message: format!("cannot record the write in flight: {why}"),
+                outcome: None,
+                transient: true,
+            }],
+            ..WriteReport::default()
+        };
+        match self {
+            Writer::Fhir { .. } => {
+                let count = resources.len();
+                match tokio::task::spawn_blocking(move || record(&BTreeMap::new())).await {
+                    Ok(Ok(())) => self.write(resources, opts).await,
+                    Ok(Err(why)) => unrecorded(why, count),
+                    Err(e) => unrecorded(e.to_string(), count),
+                }
+            }
+            Writer::Ndjson { dir } => {
+                let dir = dir.clone();
+                let count = resources.len();
+                tokio::task::spawn_blocking(move || {
+                    let lock = ndjson_lock(&dir);
+                    let _alone = lock.lock();
+                    let mut resources = resources;
+                    if let Some(cut) = cut {
+                        match cut_back(&dir, &cut, &resources) {
+                            Ok(whole) => resources.retain(|r| {
+                                r["resourceType"].as_str().is_none_or(|t| !whole.contains(t))
+                            }),
+                            Err(e) => return unrecorded(format!("cutting back: {e}"), count),
+                        }
+                    }
+                    let lengths = ndjson_lengths(&dir, &resources);
+                    if let Err(why) = record(&lengths) {
+                        return unrecorded(why, count);
+                    }
+                    let mut report = write_ndjson(&dir, &resources);
+                    report.written = report.written.max(count.saturating_sub(report.failures.len()));
+                    report
+                })
+                .await
+                .unwrap_or_else(|e| unrecorded(e.to_string(), count))
+            }
+        }
+    }
+}
+
+/// The lock of an NDJSON directory: writes to one directory are serialised in the process.
+fn ndjson_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    let locks = LOCKS.get_or_init(Default::default);
+    let mut map = locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.entry(dir.to_path_buf()).or_default().clone()
+}
+
+/// The bytes `write_ndjson` appends to each file for these resources.
+fn ndjson_bytes(resources: &[Value]) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for r in resources {
+        if let Some(t) = r["resourceType"]
+            .as_str()
+            .filter(|t| crate::model::mapping::is_resource_type(t))
+        {
+            let buf = out.entry(format!("{t}.ndjson")).or_default();
+            if serde_json::to_writer(&mut *buf, r).is_ok() {
+                buf.push(b'\n');
+            }
+        }
+    }
+    out
+}
+
+/// The lengths of the files these resources go to (0 for a file not there yet).
+fn ndjson_lengths(dir: &Path, resources: &[Value]) -> BTreeMap<String, u64> {
+    ndjson_bytes(resources)
+        .into_keys()
+        .map(|f| {
+            let len = std::fs::metadata(dir.join(&f)).map_or(0, |m| m.len());
+            (f, len)
+        })
+        .collect()
+}
+
+/// Cuts each file back to its recorded length when what follows is a part of what these
+/// resources append to it; gives the types whose lines are there whole already.
+fn cut_back(
+    dir: &Path,
+    lengths: &BTreeMap<String, u64>,
+    resources: &[Value],
+) -> std::io::Result<HashSet<String>> {
+    let mut whole = HashSet::new();
+    for (file, ours) in ndjson_bytes(resources) {
+        let Some(&len) = lengths.get(&file) else {
+            continue;
+        };
+        let path = dir.join(&file);
+        let mut tail = Vec::new();
+        match std::fs::File::open(&path) {
+            Ok(mut f) => {
+                f.seek(SeekFrom::Start(len))?;
+                f.read_to_end(&mut tail)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+        if tail.is_empty() {
+            continue;
+        }
+        if ours.starts_with(&tail) && tail.len() < ours.len() {
+            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            f.set_len(len)?;
+            f.sync_all()?;
+        } else if tail.starts_with(&ours) {
+            whole.insert(file.trim_end_matches(".ndjson").to_owned());
+        }
+        // Otherwise another write came after a part of this one that a torn-tail repair
+        // removed: this one is written again.
+    }
+    Ok(whole)
 }
 
 fn clone_fhir(f: &FhirSink) -> FhirSink {
@@ -246,7 +450,7 @@ fn write_ndjson(dir: &Path, resources: &[Value]) -> WriteReport {
                 .extend(items.iter().map(|(i, r)| WriteFailure {
                     resource: label(r, *i),
                     status: None,
-                    message: format!("{}: {e}", path.display()),
+                    message: format!("{t}.ndjson: {e}"),
                     outcome: None,
                     transient: true,
                 })),
@@ -319,9 +523,36 @@ async fn write_fhir(
             Err(f) => report.failures.push(f),
         }
     }
-    for chunk in entries.chunks(sink.batch_size.max(1) as usize) {
+    let provenance = opts.provenance.as_ref().filter(|_| sink.provenance);
+    for (n, chunk) in entries.chunks(sink.batch_size.max(1) as usize).enumerate() {
         let labels: Vec<&String> = chunk.iter().map(|(l, _)| l).collect();
-        let bodies: Vec<Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        let mut bodies: Vec<Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        if let Some(p) = provenance {
+            if p.check_written && sink.mode == BundleMode::Transaction {
+                match written_before(sink, client, &p.id(n), &mut report).await {
+                    Ok(true) => {
+                        report.written += chunk.len();
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(message) => {
+                        report.failures.extend(labels.iter().map(|l| WriteFailure {
+                            resource: (*l).clone(),
+                            status: None,
+                            message: message.clone(),
+                            outcome: None,
+                            transient: true,
+                        }));
+                        continue;
+                    }
+                }
+            }
+            let targets = bodies
+                .iter()
+                .filter_map(|e| e["request"]["url"].as_str().map(str::to_owned))
+                .collect();
+            bodies.push(p.entry(n, targets));
+        }
         let mut result = send_bundle(sink, client, sink.mode, &bodies, &mut report).await;
         if sink.mode == BundleMode::Transaction
             && let Err((Some(status), _, _)) = &result
@@ -369,6 +600,48 @@ async fn write_fhir(
         }
     }
     report
+}
+
+/// Whether the Provenance `id` is on the sink (a transaction that carried it was applied);
+/// the error says why that cannot be known now.
+async fn written_before(
+    sink: &FhirSink,
+    client: &reqwest::Client,
+    id: &str,
+    report: &mut WriteReport,
+) -> Result<bool, String> {
+    let mut url = sink.url.clone();
+    url.path_segments_mut()
+        .map_err(|()| "the sink URL cannot take a path".to_owned())?
+        .pop_if_empty()
+        .extend(["Provenance", id]);
+    report.calls += 1;
+    let req = authorized(
+        client
+            .get(url)
+            .timeout(sink.timeout)
+            .header("accept", "application/fhir+json"),
+        sink,
+    );
+    match req.send().await {
+        Ok(resp) if resp.status().is_success() => Ok(true),
+        Ok(resp) if matches!(resp.status().as_u16(), 404 | 410) => Ok(false),
+        Ok(resp) => Err(format!(
+            "the server answered {} to the look-up of an earlier write",
+            resp.status()
+        )),
+        Err(_) => Err("cannot reach the server to look up an earlier write".into()),
+    }
+}
+
+/// A request with the sink's credentials.
+fn authorized(req: reqwest::RequestBuilder, sink: &FhirSink) -> reqwest::RequestBuilder {
+    match &sink.auth {
+        None => req,
+        Some(Auth::Bearer(t)) => req.bearer_auth(&t.0),
+        Some(Auth::ApiKey { header, value }) => req.header(header.as_str(), value.0.as_str()),
+        Some(Auth::Basic { username, password }) => req.basic_auth(&username.0, Some(&password.0)),
+    }
 }
 
 /// The `request` of a Bundle entry for a resource.
