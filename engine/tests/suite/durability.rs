@@ -22,12 +22,13 @@ use axum::extract::{Path as UrlPath, State};
 use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::Utc;
+use engine::runtime::engine::{Engine, Limits};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::engine_router::EngineRouter;
 use crate::engine_under_test::{
-    definitions, load, patient_payload, run_with_deadline, runner_with_sink_dir, signed_push,
+    Drainer, definitions, dirs_in, load, patient_payload, run_with_deadline, runner_with_sink_dir, signed_push,
     wait_until,
 };
 use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
@@ -64,6 +65,8 @@ struct SinkInner {
     hold: AtomicBool,
     /// Told when a transaction was applied and its answer is held.
     held: Notify,
+    /// Lets the held answer go.
+    release: Notify,
     /// Transactions being answered now.
     in_flight: AtomicUsize,
 }
@@ -82,6 +85,7 @@ impl Sink {
             delay_ms: delay.as_millis() as u64,
             hold: AtomicBool::new(false),
             held: Notify::new(),
+            release: Notify::new(),
             in_flight: AtomicUsize::new(0),
         });
         let app = axum::Router::new()
@@ -114,13 +118,25 @@ impl Sink {
             .count()
     }
 
+    /// Lets a held answer go.
+    fn release(&self) {
+        self.inner.release.notify_one();
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
     /// Applies the next transaction, then holds its answer; returns once it is held.
-    async fn hold_next(&self) {
-        let held = self.inner.held.notified();
+    /// (The hold is set at once; the future waits for the transaction.)
+    fn hold_next(&self) -> impl Future<Output = ()> + use<> {
         self.inner.hold.store(true, Ordering::SeqCst);
-        tokio::time::timeout(WAIT, held)
-            .await
-            .expect("a transaction reaches the sink");
+        let inner = self.inner.clone();
+        async move {
+            tokio::time::timeout(WAIT, inner.held.notified())
+                .await
+                .expect("a transaction reaches the sink");
+        }
     }
 }
 
@@ -183,9 +199,10 @@ async fn sink_post(State(s): State<Arc<SinkInner>>, body: Bytes) -> Response {
             .collect()
     };
     if kind == "transaction" && s.hold.swap(false, Ordering::SeqCst) {
-        // Written, and the answer never comes: the engine is killed meanwhile.
+        // Written, and the answer comes only when released (or never: the engine is killed
+        // meanwhile).
         s.held.notify_one();
-        std::future::pending::<()>().await;
+        s.release.notified().await;
     }
     fhir_json(
         200,
@@ -432,6 +449,81 @@ async fn queued_pushes_are_written_once_across_three_kill_9_and_a_reload() {
     );
     drop(store);
     kill_9(engine).await;
+}
+
+/// In-process, the reload as the server does it: a new engine built on the previous one, the
+/// new drainer started and the old one told to stop while its payload is in flight. The new
+/// drainer must not write until the old one has finished that payload and stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_while_draining_hands_the_queue_to_one_drainer() {
+    let sink = Sink::start(Duration::ZERO).await;
+    let doc = |marker: &str| {
+        sink_doc(&sink.url, "transaction", true) + &feed_doc(&bearer_auth(), "queued", marker, "")
+    };
+    let (v1, v2) = (definitions(&doc("v1")), definitions(&doc("v2")));
+    let state = tempfile::tempdir().expect("state");
+    let served = EngineRouter::new(load(v1.path()), state.path(), CLIENT_TIMEOUT);
+    for i in 0..60 {
+        let got = served
+            .post(format!("{}/push/feed", served.base))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(patient_payload(&format!("h-{i:02}")))
+            .send()
+            .await;
+        assert_eq!(got.status, 202, "{}", got.text);
+    }
+    let held = sink.hold_next();
+    let old = Drainer::start(served.engine.pushes["feed"].clone());
+    held.await;
+    let next = Engine::with_previous(
+        Arc::new(load(v2.path())),
+        Limits::default(),
+        &dirs_in(state.path()),
+        Some(&served.engine),
+    )
+    .expect("the reloaded engine");
+    let new = Drainer::start(next.pushes["feed"].clone());
+    let stopping = tokio::spawn(old.stop());
+    // While the old drainer's payload is in flight, no other write reaches the sink: the
+    // window is bounded, and a second drainer on the queue shows within it.
+    let s = sink.clone();
+    let second = tokio::time::timeout(Duration::from_millis(500), async move {
+        while s.in_flight() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    sink.release();
+    stopping.await.expect("the old drainer stops");
+    let s = sink.clone();
+    wait_until(WAIT, "the new drainer writes the rest", move || {
+        s.patient_writes() >= 60
+    })
+    .await;
+    let e = next.pushes["feed"].clone();
+    wait_until(WAIT, "the queue empties", move || e.depths().0 == 0).await;
+    new.stop().await;
+    assert!(second.is_err(), "two drainers wrote at once");
+    let store = sink.store();
+    let twice: Vec<(&String, &usize)> = store
+        .writes
+        .iter()
+        .filter(|(k, n)| k.starts_with("Patient/") && **n != 1)
+        .collect();
+    assert!(twice.is_empty(), "written more than once: {twice:?}");
+    let markers: Vec<&Value> = store
+        .applied
+        .iter()
+        .filter(|(k, _)| k.starts_with("Patient/"))
+        .map(|(_, r)| &r["name"][0]["given"][0])
+        .collect();
+    assert_eq!(markers.len(), 60);
+    assert_eq!(markers[0], "v1", "the payload in flight, with the old definition");
+    assert!(
+        markers[1..].iter().all(|m| *m == "v2"),
+        "after the hand-over, the new definition"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
