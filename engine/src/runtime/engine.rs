@@ -212,7 +212,9 @@ impl Engine {
                         invalidate,
                         clock,
                         // A changed definition takes over the queue of the one it replaces.
-                        previous.and_then(|p| p.pushes.get(&c.name)).map(Arc::as_ref),
+                        previous
+                            .and_then(|p| p.pushes.get(&c.name))
+                            .map(Arc::as_ref),
                     )?;
                     pushes.insert(c.name.clone(), Arc::new(ep));
                 }

@@ -78,7 +78,10 @@ impl ProvenanceOf {
     /// the conditional reference of a conditional update).
     fn entry(&self, n: usize, targets: Vec<String>) -> Value {
         let id = self.id(n);
-        let target: Vec<Value> = targets.into_iter().map(|t| json!({"reference": t})).collect();
+        let target: Vec<Value> = targets
+            .into_iter()
+            .map(|t| json!({"reference": t}))
+            .collect();
         json!({
             "resource": {
                 "resourceType": "Provenance",
@@ -161,17 +164,17 @@ impl Writer {
                     let _alone = lock.lock();
                     write_ndjson(&dir, &resources)
                 })
-                    .await
-                    .unwrap_or_else(|e| WriteReport {
-                        failures: vec![WriteFailure {
-                            resource: format!("{count} resources"),
-                            status: None,
-                            message: format!("the NDJSON writer stopped: {e}"),
-                            outcome: None,
-                            transient: true,
-                        }],
-                        ..WriteReport::default()
-                    })
+                .await
+                .unwrap_or_else(|e| WriteReport {
+                    failures: vec![WriteFailure {
+                        resource: format!("{count} resources"),
+                        status: None,
+                        message: format!("the NDJSON writer stopped: {e}"),
+                        outcome: None,
+                        transient: true,
+                    }],
+                    ..WriteReport::default()
+                })
             }
             Writer::Fhir { sink, client } => {
                 write_fhir(sink, client, reference_order(resources), opts).await
@@ -224,7 +227,9 @@ impl Writer {
                     if let Some(cut) = cut {
                         match cut_back(&dir, &cut, &resources) {
                             Ok(whole) => resources.retain(|r| {
-                                r["resourceType"].as_str().is_none_or(|t| !whole.contains(t))
+                                r["resourceType"]
+                                    .as_str()
+                                    .is_none_or(|t| !whole.contains(t))
                             }),
                             Err(e) => return unrecorded(format!("cutting back: {e}"), count),
                         }
@@ -234,7 +239,9 @@ impl Writer {
                         return unrecorded(why, count);
                     }
                     let mut report = write_ndjson(&dir, &resources);
-                    report.written = report.written.max(count.saturating_sub(report.failures.len()));
+                    report.written = report
+                        .written
+                        .max(count.saturating_sub(report.failures.len()));
                     report
                 })
                 .await
@@ -250,7 +257,9 @@ fn ndjson_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
         std::sync::Mutex<HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<()>>>>,
     > = std::sync::OnceLock::new();
     let locks = LOCKS.get_or_init(Default::default);
-    let mut map = locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut map = locks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     map.entry(dir.to_path_buf()).or_default().clone()
 }
 
@@ -839,6 +848,7 @@ mod tests {
         );
         let by_id = WriteOptions {
             identifier_system: Some("urn:s".into()),
+            ..WriteOptions::default()
         };
         assert_eq!(
             entry(&r, 0, &by_id).expect("put"),
@@ -846,5 +856,72 @@ mod tests {
         );
         let no_id = json!({"resourceType": "Library"});
         assert!(entry(&no_id, 3, &WriteOptions::default()).is_err());
+    }
+
+    /// A write of two Patients cut short by a crash (one line and a torn one after the
+    /// recorded length), tried again: the file is cut back and holds each line once; a write
+    /// that was whole is not written again; one followed by another write is left alone.
+    #[tokio::test]
+    async fn ndjson_write_cut_short_is_cut_back_before_it_is_written_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("Patient.ndjson");
+        let before = "{\"resourceType\":\"Patient\",\"id\":\"old\"}\n";
+        let ours = vec![
+            json!({"resourceType": "Patient", "id": "a"}),
+            json!({"resourceType": "Patient", "id": "b"}),
+        ];
+        let writer = Writer::Ndjson {
+            dir: dir.path().to_path_buf(),
+        };
+        let lines = || {
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let recorded = BTreeMap::from([("Patient.ndjson".to_owned(), before.len() as u64)]);
+        let opts = WriteOptions::default();
+        let want = vec![
+            before.trim_end().to_owned(),
+            "{\"resourceType\":\"Patient\",\"id\":\"a\"}".to_owned(),
+            "{\"resourceType\":\"Patient\",\"id\":\"b\"}".to_owned(),
+        ];
+
+        // Cut mid-write: one whole line of ours and a torn one.
+        std::fs::write(
+            &path,
+            format!("{before}{{\"resourceType\":\"Patient\",\"id\":\"a\"}}\n{{\"resourceTy"),
+        )
+        .expect("write");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let s = seen.clone();
+        let report = writer
+            .write_recorded(ours.clone(), &opts, Some(recorded.clone()), move |l| {
+                *s.lock().expect("seen") = Some(l.clone());
+                Ok(())
+            })
+            .await;
+        assert!(report.failures.is_empty(), "{report:?}");
+        assert_eq!(lines(), want);
+        assert_eq!(
+            seen.lock().expect("seen").clone(),
+            Some(recorded.clone()),
+            "the lengths before the write are recorded"
+        );
+
+        // Cut after the write was whole: not written again.
+        let report = writer
+            .write_recorded(ours.clone(), &opts, Some(recorded.clone()), |_| Ok(()))
+            .await;
+        assert_eq!(report.written, 2, "{report:?}");
+        assert_eq!(lines(), want);
+
+        // The record cannot be kept: nothing is written.
+        let report = writer
+            .write_recorded(ours, &opts, None, |_| Err("disk full".into()))
+            .await;
+        assert!(report.failures.iter().all(|f| f.transient), "{report:?}");
+        assert_eq!(lines(), want);
     }
 }

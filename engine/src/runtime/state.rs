@@ -96,9 +96,10 @@ impl StateError {
     /// absolute local path is logged.
     pub fn within(&self, base: &Path) -> String {
         let relative = |path: &str| {
-            Path::new(path)
-                .strip_prefix(base)
-                .map_or_else(|_| "(a file outside the state directory)".to_owned(), |p| p.display().to_string())
+            Path::new(path).strip_prefix(base).map_or_else(
+                |_| "(a file outside the state directory)".to_owned(),
+                |p| p.display().to_string(),
+            )
         };
         match self {
             StateError::Io { path, source } => format!("{}: {source}", relative(path)),

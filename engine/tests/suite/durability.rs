@@ -28,8 +28,8 @@ use tokio::sync::Notify;
 
 use crate::engine_router::EngineRouter;
 use crate::engine_under_test::{
-    Drainer, definitions, dirs_in, load, patient_payload, run_with_deadline, runner_with_sink_dir, signed_push,
-    wait_until,
+    Drainer, definitions, dirs_in, load, patient_payload, run_with_deadline, runner_with_sink_dir,
+    signed_push, wait_until,
 };
 use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
 use crate::local_http::{bind, client, spawn_app};
@@ -366,7 +366,10 @@ async fn queued_pushes_are_written_once_across_three_kill_9_and_a_reload() {
 
     // Kill 2, while draining: a transaction applied by the sink, its answer not received.
     let a = acked.clone();
-    wait_until(WAIT, "all acknowledged", move || a.load(Ordering::SeqCst) >= N).await;
+    wait_until(WAIT, "all acknowledged", move || {
+        a.load(Ordering::SeqCst) >= N
+    })
+    .await;
     for c in callers {
         c.await.expect("caller");
     }
@@ -385,12 +388,16 @@ async fn queued_pushes_are_written_once_across_three_kill_9_and_a_reload() {
     let v2 = sink_doc(&sink.url, "transaction", true) + &feed_doc(&hmac_auth(), "queued", "v2", "");
     std::fs::write(&file, &v2).expect("write");
     let s = sink.clone();
-    wait_until(WAIT, "a payload written with the new definition", move || {
-        s.store()
-            .applied
-            .iter()
-            .any(|(_, r)| r["name"][0]["given"][0] == "v2")
-    })
+    wait_until(
+        WAIT,
+        "a payload written with the new definition",
+        move || {
+            s.store()
+                .applied
+                .iter()
+                .any(|(_, r)| r["name"][0]["given"][0] == "v2")
+        },
+    )
     .await;
 
     // Kill 3, while draining after the reload.
@@ -409,45 +416,43 @@ async fn queued_pushes_are_written_once_across_three_kill_9_and_a_reload() {
     .await
     .expect("the queue empties");
 
-    let store = sink.store();
-    println!(
-        "{N} payloads: {} acknowledged at the first kill, {} sent again by callers, {} Patient writes, {} Bundles",
-        accepted_at_kill,
-        resent.load(Ordering::SeqCst),
-        store
+    {
+        let store = sink.store();
+        println!(
+            "{N} payloads: {} acknowledged at the first kill, {} sent again by callers, {} Patient writes, {} Bundles",
+            accepted_at_kill,
+            resent.load(Ordering::SeqCst),
+            store
+                .applied
+                .iter()
+                .filter(|(k, _)| k.starts_with("Patient/"))
+                .count(),
+            store.bundles.len()
+        );
+        let missing: Vec<String> = (0..N)
+            .map(|i| format!("Patient/p-{i:04}"))
+            .filter(|k| !store.resources.contains_key(k))
+            .collect();
+        assert!(missing.is_empty(), "lost: {missing:?}");
+        let twice: Vec<(&String, &usize)> = store
+            .writes
+            .iter()
+            .filter(|(k, n)| k.starts_with("Patient/") && **n != 1)
+            .collect();
+        assert!(twice.is_empty(), "written more than once: {twice:?}");
+        // After the first payload written with the new definition, none with the old one.
+        let markers: Vec<&Value> = store
             .applied
             .iter()
             .filter(|(k, _)| k.starts_with("Patient/"))
-            .count(),
-        store.bundles.len()
-    );
-    let missing: Vec<String> = (0..N)
-        .map(|i| format!("Patient/p-{i:04}"))
-        .filter(|k| !store.resources.contains_key(k))
-        .collect();
-    assert!(missing.is_empty(), "lost: {missing:?}");
-    let twice: Vec<(&String, &usize)> = store
-        .writes
-        .iter()
-        .filter(|(k, n)| k.starts_with("Patient/") && **n != 1)
-        .collect();
-    assert!(twice.is_empty(), "written more than once: {twice:?}");
-    // After the first payload written with the new definition, none with the old one.
-    let markers: Vec<&Value> = store
-        .applied
-        .iter()
-        .filter(|(k, _)| k.starts_with("Patient/"))
-        .map(|(_, r)| &r["name"][0]["given"][0])
-        .collect();
-    let first_v2 = markers
-        .iter()
-        .position(|m| *m == "v2")
-        .expect("a v2 write");
-    assert!(
-        markers[first_v2..].iter().all(|m| *m == "v2"),
-        "written with the old definition after the hand-over"
-    );
-    drop(store);
+            .map(|(_, r)| &r["name"][0]["given"][0])
+            .collect();
+        let first_v2 = markers.iter().position(|m| *m == "v2").expect("a v2 write");
+        assert!(
+            markers[first_v2..].iter().all(|m| *m == "v2"),
+            "written with the old definition after the hand-over"
+        );
+    }
     kill_9(engine).await;
 }
 
@@ -519,7 +524,10 @@ async fn a_reload_while_draining_hands_the_queue_to_one_drainer() {
         .map(|(_, r)| &r["name"][0]["given"][0])
         .collect();
     assert_eq!(markers.len(), 60);
-    assert_eq!(markers[0], "v1", "the payload in flight, with the old definition");
+    assert_eq!(
+        markers[0], "v1",
+        "the payload in flight, with the old definition"
+    );
     assert!(
         markers[1..].iter().all(|m| *m == "v2"),
         "after the hand-over, the new definition"
@@ -538,8 +546,7 @@ async fn status_of(got: &crate::local_http::Got) -> (u16, Value) {
 async fn a_signed_delivery_replayed_with_a_new_idempotency_key_is_a_duplicate() {
     let sink = Sink::start(Duration::ZERO).await;
     let defs = definitions(
-        &(sink_doc(&sink.url, "transaction", false)
-            + &feed_doc(&hmac_auth(), "sync", "v1", "")),
+        &(sink_doc(&sink.url, "transaction", false) + &feed_doc(&hmac_auth(), "sync", "v1", "")),
     );
     let state = tempfile::tempdir().expect("state");
     let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
@@ -569,8 +576,7 @@ async fn a_signed_delivery_replayed_with_a_new_idempotency_key_is_a_duplicate() 
 async fn a_body_sent_again_with_other_whitespace_or_key_order_is_a_duplicate() {
     let sink = Sink::start(Duration::ZERO).await;
     let defs = definitions(
-        &(sink_doc(&sink.url, "transaction", false)
-            + &feed_doc(&bearer_auth(), "sync", "v1", "")),
+        &(sink_doc(&sink.url, "transaction", false) + &feed_doc(&bearer_auth(), "sync", "v1", "")),
     );
     let state = tempfile::tempdir().expect("state");
     let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
@@ -631,10 +637,16 @@ async fn remembered_deliveries_are_bounded_and_seen_jsonl_is_compacted() {
     let now = Utc::now().timestamp();
     let mut text = String::new();
     for i in 0..5000 {
-        text.push_str(&format!("{}\n", json!({"key": format!("key:old-{i}"), "at": now - 86_400})));
+        text.push_str(&format!(
+            "{}\n",
+            json!({"key": format!("key:old-{i}"), "at": now - 86_400})
+        ));
     }
     for i in 0..10 {
-        text.push_str(&format!("{}\n", json!({"key": format!("key:recent-{i}"), "at": now - 60})));
+        text.push_str(&format!(
+            "{}\n",
+            json!({"key": format!("key:recent-{i}"), "at": now - 60})
+        ));
     }
     std::fs::write(&seen, text).expect("write");
 
@@ -769,7 +781,10 @@ async fn provenance_is_written_in_the_same_transaction() {
     assert_eq!(provenance.len(), 1, "{entries:?}");
     let p = &provenance[0];
     assert_eq!(targets(p), vec!["Patient/pv-1"]);
-    assert!(p["recorded"].is_string() && p["agent"][0]["who"].is_object(), "{p}");
+    assert!(
+        p["recorded"].is_string() && p["agent"][0]["who"].is_object(),
+        "{p}"
+    );
     assert!(p["entity"][0]["role"] == "source", "{p}");
     let id = p["id"].as_str().expect("an id");
     let http = client(CLIENT_TIMEOUT);

@@ -238,7 +238,10 @@ impl PushEndpoint {
             && let (Some(ts), Some(sig)) = (header(timestamp_header), header(sig))
         {
             let sig = sig.trim();
-            keys.push(dedup::signed_key(ts, sig.strip_prefix("sha256=").unwrap_or(sig)));
+            keys.push(dedup::signed_key(
+                ts,
+                sig.strip_prefix("sha256=").unwrap_or(sig),
+            ));
         }
         match header(self.push().idempotency_header.as_str())
             .filter(|k| !k.is_empty() && k.len() <= 200)
@@ -281,7 +284,8 @@ impl PushEndpoint {
                         ))
                     }
                     Err(Outcome::Permanent(why, outcome)) => {
-                        self.dead_letter(keys, payload, &why, outcome.as_ref()).await;
+                        self.dead_letter(keys, payload, &why, outcome.as_ref())
+                            .await;
                         self.remember(keys).await;
                         Err(Problem::new(ProblemKind::Unprocessable, why))
                     }
@@ -294,10 +298,7 @@ impl PushEndpoint {
     fn provenance(&self, keys: &[String], received: &str, check_written: bool) -> ProvenanceOf {
         ProvenanceOf {
             connector: self.connector.name.clone(),
-            occasion: format!(
-                "{} {received}",
-                keys.first().map_or("", String::as_str)
-            ),
+            occasion: format!("{} {received}", keys.first().map_or("", String::as_str)),
             source: format!("push endpoint {}", self.push().path),
             recorded: self.clock.now().to_rfc3339(),
             check_written,
@@ -418,7 +419,10 @@ impl PushEndpoint {
             .to_owned();
         let (queue, path) = (self.queue.clone(), file.to_path_buf());
         let read = state::blocking(move || {
-            Ok((Queue::read(&path), queue.inflight().filter(|r| r.file == name)))
+            Ok((
+                Queue::read(&path),
+                queue.inflight().filter(|r| r.file == name),
+            ))
         })
         .await
         .map_err(|e| self.queue.why(&e))?;

@@ -95,7 +95,11 @@ impl Queue {
             std::fs::create_dir_all(&d).map_err(|e| StateError::io(&d, e))?;
             let removed = state::remove_leftovers(&d)?;
             if removed > 0 {
-                tracing::info!(connector, removed, "removed the temporary files of writes cut short in push/{connector}/{sub}");
+                tracing::info!(
+                    connector,
+                    removed,
+                    "removed the temporary files of writes cut short in push/{connector}/{sub}"
+                );
             }
         }
         state::remove_leftovers(&dir)?;
@@ -189,7 +193,8 @@ impl Queue {
         file: &str,
         ndjson: &BTreeMap<String, u64>,
     ) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(&json!({"file": file, "ndjson": ndjson})).unwrap_or_default();
+        let bytes =
+            serde_json::to_vec(&json!({"file": file, "ndjson": ndjson})).unwrap_or_default();
         state::write_atomic(&self.inflight_path(), &bytes)
     }
 
