@@ -69,6 +69,8 @@ struct SinkInner {
     release: Notify,
     /// Transactions being answered now.
     in_flight: AtomicUsize,
+    /// `GET /Provenance/{id}` answered.
+    lookups: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -87,6 +89,7 @@ impl Sink {
             held: Notify::new(),
             release: Notify::new(),
             in_flight: AtomicUsize::new(0),
+            lookups: AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .route("/", post(sink_post))
@@ -144,6 +147,7 @@ async fn sink_provenance(
     State(s): State<Arc<SinkInner>>,
     UrlPath(id): UrlPath<String>,
 ) -> Response {
+    s.lookups.fetch_add(1, Ordering::SeqCst);
     let found = s
         .store
         .lock()
@@ -417,9 +421,10 @@ async fn queued_pushes_are_written_once_across_three_kill_9_and_a_reload() {
     .expect("the queue empties");
 
     {
+        let lookups = sink.inner.lookups.load(Ordering::SeqCst);
         let store = sink.store();
         println!(
-            "{N} payloads: {} acknowledged at the first kill, {} sent again by callers, {} Patient writes, {} Bundles",
+            "{N} payloads: {} acknowledged at the first kill, {} sent again by callers, {lookups} Provenance look-ups, {} Patient writes, {} Bundles",
             accepted_at_kill,
             resent.load(Ordering::SeqCst),
             store
@@ -440,6 +445,10 @@ async fn queued_pushes_are_written_once_across_three_kill_9_and_a_reload() {
             .filter(|(k, n)| k.starts_with("Patient/") && **n != 1)
             .collect();
         assert!(twice.is_empty(), "written more than once: {twice:?}");
+        assert!(
+            lookups >= 2,
+            "the payloads in flight at the kills while draining were looked up ({lookups})"
+        );
         // After the first payload written with the new definition, none with the old one.
         let markers: Vec<&Value> = store
             .applied
