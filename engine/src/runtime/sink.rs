@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::model::vocabulary::BundleMode;
 use crate::model::{Auth, FhirSink, Sink, SinkRef};
 use crate::runtime::build_error::BuildError;
+use crate::runtime::state::StateError;
 
 /// One resource that could not be written, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,8 +197,9 @@ impl Writer {
         resources: Vec<Value>,
         opts: &WriteOptions,
         cut: Option<BTreeMap<String, u64>>,
-        record: impl FnOnce(&BTreeMap<String, u64>) -> Result<(), String> + Send + 'static,
+        record: impl FnOnce(&BTreeMap<String, u64>) -> Result<(), StateError> + Send + 'static,
     ) -> WriteReport {
+        // The reason only: the report's texts reach logs and callers, which see no path.
         let unrecorded = |why: String, count: usize| WriteReport {
             failures: vec![WriteFailure {
                 resource: format!("{count} resources"),
@@ -213,7 +215,7 @@ impl Writer {
                 let count = resources.len();
                 match tokio::task::spawn_blocking(move || record(&BTreeMap::new())).await {
                     Ok(Ok(())) => self.write(resources, opts).await,
-                    Ok(Err(why)) => unrecorded(why, count),
+                    Ok(Err(e)) => unrecorded(e.reason(), count),
                     Err(e) => unrecorded(e.to_string(), count),
                 }
             }
@@ -235,8 +237,8 @@ impl Writer {
                         }
                     }
                     let lengths = ndjson_lengths(&dir, &resources);
-                    if let Err(why) = record(&lengths) {
-                        return unrecorded(why, count);
+                    if let Err(e) = record(&lengths) {
+                        return unrecorded(e.reason(), count);
                     }
                     let mut report = write_ndjson(&dir, &resources);
                     report.written = report
@@ -544,11 +546,11 @@ async fn write_fhir(
                         continue;
                     }
                     Ok(false) => {}
-                    Err(message) => {
+                    Err(e) => {
                         report.failures.extend(labels.iter().map(|l| WriteFailure {
                             resource: (*l).clone(),
-                            status: None,
-                            message: message.clone(),
+                            status: e.status(),
+                            message: e.to_string(),
                             outcome: None,
                             transient: true,
                         }));
@@ -611,17 +613,36 @@ async fn write_fhir(
     report
 }
 
-/// Whether the Provenance `id` is on the sink (a transaction that carried it was applied);
-/// the error says why that cannot be known now.
+/// Why the look-up of an earlier write (its Provenance) could not tell whether it was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("the server answered {0} to the look-up of an earlier write")]
+    Answered(StatusCode),
+    #[error("cannot reach the server to look up an earlier write")]
+    Unreachable,
+    #[error("the sink URL cannot take a path")]
+    Url,
+}
+
+impl LookupError {
+    fn status(&self) -> Option<u16> {
+        match self {
+            LookupError::Answered(s) => Some(s.as_u16()),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the Provenance `id` is on the sink (a transaction that carried it was applied).
 async fn written_before(
     sink: &FhirSink,
     client: &reqwest::Client,
     id: &str,
     report: &mut WriteReport,
-) -> Result<bool, String> {
+) -> Result<bool, LookupError> {
     let mut url = sink.url.clone();
     url.path_segments_mut()
-        .map_err(|()| "the sink URL cannot take a path".to_owned())?
+        .map_err(|()| LookupError::Url)?
         .pop_if_empty()
         .extend(["Provenance", id]);
     report.calls += 1;
@@ -635,11 +656,8 @@ async fn written_before(
     match req.send().await {
         Ok(resp) if resp.status().is_success() => Ok(true),
         Ok(resp) if matches!(resp.status().as_u16(), 404 | 410) => Ok(false),
-        Ok(resp) => Err(format!(
-            "the server answered {} to the look-up of an earlier write",
-            resp.status()
-        )),
-        Err(_) => Err("cannot reach the server to look up an earlier write".into()),
+        Ok(resp) => Err(LookupError::Answered(resp.status())),
+        Err(_) => Err(LookupError::Unreachable),
     }
 }
 
@@ -919,7 +937,9 @@ mod tests {
 
         // The record cannot be kept: nothing is written.
         let report = writer
-            .write_recorded(ours, &opts, None, |_| Err("disk full".into()))
+            .write_recorded(ours, &opts, None, |_| {
+                Err(StateError::Stopped("disk full".into()))
+            })
             .await;
         assert!(report.failures.iter().all(|f| f.transient), "{report:?}");
         assert_eq!(lines(), want);

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use self::dedup::Verdict;
-use self::queue::{Queue, decrement};
+use self::queue::{Queue, Read, decrement};
 use crate::model::digest::hex;
 use crate::model::vocabulary::PushMode;
 use crate::model::{Connector, Push, PushAuth, Strategy};
@@ -327,11 +327,8 @@ impl PushEndpoint {
             None => self.writer.write(resources, &opts).await,
             Some((file, cut)) => {
                 let queue = self.queue.clone();
-                let record = move |ndjson: &BTreeMap<String, u64>| {
-                    queue
-                        .record_inflight(&file, ndjson)
-                        .map_err(|e| queue.why(&e))
-                };
+                let record =
+                    move |ndjson: &BTreeMap<String, u64>| queue.record_inflight(&file, ndjson);
                 self.writer
                     .write_recorded(resources, &opts, cut, record)
                     .await
@@ -417,24 +414,24 @@ impl PushEndpoint {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
-        let (queue, path) = (self.queue.clone(), file.to_path_buf());
+        let (queue, path, named) = (self.queue.clone(), file.to_path_buf(), name.clone());
         let read = state::blocking(move || {
             Ok((
                 Queue::read(&path),
-                queue.inflight().filter(|r| r.file == name),
+                queue.inflight().filter(|r| r.file == named),
             ))
         })
         .await
         .map_err(|e| self.queue.why(&e))?;
         let (item, earlier) = read;
         let item = match item {
-            Ok(Some(item)) => item,
-            Ok(None) => {
+            Read::Item(item) => item,
+            Read::Gone => {
                 // Taken off the queue meanwhile.
                 decrement(&self.queue.queued);
                 return Ok(());
             }
-            Err(()) => {
+            Read::Unreadable => {
                 let (queue, path) = (self.queue.clone(), file.to_path_buf());
                 match state::blocking(move || queue.bury(&path)).await {
                     Ok(()) => {
@@ -451,11 +448,6 @@ impl PushEndpoint {
         if recovering {
             tracing::info!(connector = %self.connector.name, "a payload whose write was cut short is looked up at the sink before it is written again");
         }
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
         let provenance = self.provenance(&item.keys, &item.received, recovering);
         let cut = earlier.map(|r| r.ndjson);
         match self

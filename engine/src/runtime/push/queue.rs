@@ -71,6 +71,15 @@ fn keys_of(v: &Value) -> Vec<String> {
     }
 }
 
+/// What a queue file gave.
+pub(super) enum Read {
+    Item(Item),
+    /// Taken off the queue meanwhile.
+    Gone,
+    /// Not what the engine writes (or not readable).
+    Unreadable,
+}
+
 /// What `inflight.json` says: the queue file being written and, for an NDJSON sink, the
 /// lengths its files had before.
 pub(super) struct InFlight {
@@ -146,13 +155,12 @@ impl Queue {
         files(&self.dir.join("queue"))
     }
 
-    /// A queue file's payload; `Ok(None)` when it is gone, `Err` when it is not what the
-    /// engine writes.
-    pub(super) fn read(file: &Path) -> Result<Option<Item>, ()> {
+    /// A queue file's payload.
+    pub(super) fn read(file: &Path) -> Read {
         match std::fs::read(file) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(_) => Err(()),
-            Ok(bytes) => Item::parse(&bytes).map(Some).ok_or(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Read::Gone,
+            Err(_) => Read::Unreadable,
+            Ok(bytes) => Item::parse(&bytes).map_or(Read::Unreadable, Read::Item),
         }
     }
 
