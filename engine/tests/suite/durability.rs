@@ -23,6 +23,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use chrono::Utc;
 use engine::runtime::engine::{Engine, Limits};
+use engine::runtime::push::Reply;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -467,7 +468,8 @@ async fn queued_pushes_are_written_once_across_three_kill_9_and_a_reload() {
 
 /// In-process, the reload as the server does it: a new engine built on the previous one, the
 /// new drainer started and the old one told to stop while its payload is in flight. The new
-/// drainer must not write until the old one has finished that payload and stopped.
+/// drainer must not write until the old one has finished that payload and stopped, and a
+/// delivery that a request still on the old router queued is a duplicate for the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_while_draining_hands_the_queue_to_one_drainer() {
     let sink = Sink::start(Duration::ZERO).await;
@@ -497,6 +499,25 @@ async fn a_reload_while_draining_hands_the_queue_to_one_drainer() {
         Some(&served.engine),
     )
     .expect("the reloaded engine");
+    // A delivery taken by the old router during the reload is known to the new endpoint.
+    let got = served
+        .post(format!("{}/push/feed", served.base))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(patient_payload("h-60"))
+        .send()
+        .await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "content-type",
+        reqwest::header::HeaderValue::from_static("application/json"),
+    );
+    let again = next.pushes["feed"]
+        .deliver(&headers, &patient_payload("h-60"))
+        .await
+        .expect("an answer");
+    assert!(matches!(again, Reply::Duplicate), "{again:?}");
     let new = Drainer::start(next.pushes["feed"].clone());
     let stopping = tokio::spawn(old.stop());
     // While the old drainer's payload is in flight, no other write reaches the sink: the
@@ -512,7 +533,7 @@ async fn a_reload_while_draining_hands_the_queue_to_one_drainer() {
     stopping.await.expect("the old drainer stops");
     let s = sink.clone();
     wait_until(WAIT, "the new drainer writes the rest", move || {
-        s.patient_writes() >= 60
+        s.patient_writes() >= 61
     })
     .await;
     let e = next.pushes["feed"].clone();
@@ -532,7 +553,7 @@ async fn a_reload_while_draining_hands_the_queue_to_one_drainer() {
         .filter(|(k, _)| k.starts_with("Patient/"))
         .map(|(_, r)| &r["name"][0]["given"][0])
         .collect();
-    assert_eq!(markers.len(), 60);
+    assert_eq!(markers.len(), 61);
     assert_eq!(
         markers[0], "v1",
         "the payload in flight, with the old definition"
