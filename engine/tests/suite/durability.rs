@@ -9,7 +9,8 @@
 //! `transaction` Bundles all or nothing, counts the writes of each `Type/id`, answers
 //! `GET /Provenance/{id}`, and can hold the answer of its next transaction after applying it,
 //! so that a `kill -9` lands while the engine waits for that answer (the worst moment: written,
-//! not known to be written). Every wait is a condition polled with a deadline.
+//! not known to be written). Helios FHIR Server checks that a real server takes the
+//! Provenance. Every wait is a condition polled with a deadline.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -33,6 +34,8 @@ use crate::engine_under_test::{
     signed_push, wait_until,
 };
 use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
+use crate::helios_client::get_json;
+use crate::helios_server::{Db, Helios};
 use crate::local_http::{bind, client, spawn_app};
 use crate::serve_process::ServeProcess;
 
@@ -871,4 +874,43 @@ spec:
     }
     assert_ne!(ids[0], ids[1]);
     assert_eq!(report.resources_written, 150, "Provenances are not counted");
+}
+
+/// Helios FHIR Server, a real R4 server, takes the Provenance in the delivery's transaction,
+/// and answers the engine's look-up of it (`GET Provenance/{id}`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helios_takes_the_provenance_of_a_delivery() {
+    let helios = Helios::start(Db::Memory).await;
+    let defs = definitions(
+        &(sink_doc(&helios.url, "transaction", true) + &feed_doc(&bearer_auth(), "sync", "v1", "")),
+    );
+    let state = tempfile::tempdir().expect("state");
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let got = served
+        .post(format!("{}/push/feed", served.base))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(patient_payload("hx-1"))
+        .send()
+        .await;
+    assert_eq!(got.status, 200, "{}\n{}", got.text, helios.log());
+    let http = client(CLIENT_TIMEOUT);
+    let (status, found) = get_json(&http, &format!("{}/Provenance", helios.url)).await;
+    assert_eq!(status, 200, "{found}");
+    let entries = found["entry"].as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 1, "{found}");
+    let p = &entries[0]["resource"];
+    assert_eq!(targets(p), vec!["Patient/hx-1"], "{p}");
+    let id = p["id"].as_str().expect("an id");
+    let (status, read) = get_json(&http, &format!("{}/Provenance/{id}", helios.url)).await;
+    assert_eq!((status, &read["id"]), (200, &json!(id)), "{read}");
+    let (status, _) = get_json(
+        &http,
+        &format!(
+            "{}/Provenance/{}",
+            helios.url, "0c1e5b1e-0000-5000-8000-000000000000"
+        ),
+    )
+    .await;
+    assert_eq!(status, 404, "an unknown Provenance is not found");
 }
