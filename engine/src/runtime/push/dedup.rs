@@ -184,7 +184,10 @@ impl Memory {
                 let n = k.next;
                 k.seen.insert(key.clone(), (at, n));
             }
-            if k.seen.len() > limit + limit / 16 {
+            // Past the limit (with some slack, so the pruning is not done at every delivery),
+            // or every 256 deliveries, the expired and the oldest are forgotten: `live` counts
+            // deliveries within the window.
+            if k.seen.len() > limit + limit / 16 || k.next % 256 < keys.len() as u64 {
                 prune(&mut k.seen, now, window, limit);
             }
             k.seen.len()
