@@ -641,6 +641,40 @@ async fn a_body_sent_again_with_other_whitespace_or_key_order_is_a_duplicate() {
     assert_eq!(sink.store().writes.get("Patient/w-1"), Some(&1));
 }
 
+/// A crash after a payload's queue file was flushed and before its delivery was remembered
+/// (`seen.jsonl` without it): the caller, who got no answer, sends it again to the restarted
+/// engine, which knows it from the queue file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_a_crash_before_the_delivery_was_remembered_is_a_duplicate() {
+    let sink = Sink::start(Duration::ZERO).await;
+    let defs = definitions(
+        &(sink_doc(&sink.url, "transaction", false) + &feed_doc(&hmac_auth(), "queued", "v1", "")),
+    );
+    let state = tempfile::tempdir().expect("state");
+    let ts = Utc::now().timestamp();
+    let body = patient_payload("c-1");
+    let send = |served: &EngineRouter| {
+        signed_push(
+            served,
+            &format!("{}/push/feed", served.base),
+            SECRET,
+            ts,
+            &body,
+        )
+        .send()
+    };
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    assert_eq!(send(&served).await.status, 202);
+    drop(served);
+    // The crash came before the delivery was remembered.
+    std::fs::remove_file(state.path().join("push/feed/seen.jsonl")).expect("seen.jsonl");
+
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let got = send(&served).await;
+    assert_eq!(status_of(&got).await, (200, json!("duplicate")));
+    assert_eq!(served.engine.pushes["feed"].depths(), (1, 0), "queued once");
+}
+
 // ------------------------------------------------------------------------------------------
 // 3. The remembered deliveries: bounded and compacted
 // ------------------------------------------------------------------------------------------
