@@ -685,22 +685,10 @@ fn lines(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remembered_deliveries_are_bounded_and_seen_jsonl_is_compacted() {
-    let sink = Sink::start(Duration::ZERO).await;
-    let defs = definitions(
-        &(sink_doc(&sink.url, "transaction", false)
-            + &feed_doc(
-                &bearer_auth(),
-                "sync",
-                "v1",
-                "    dedupWindow: 1h\n    dedupLimit: 50\n",
-            )),
-    );
-    let state = tempfile::tempdir().expect("state");
-    let seen = state.path().join("push/feed/seen.jsonl");
+/// `seen.jsonl` of `state` with 5,000 deliveries remembered a day ago and 10 a minute ago.
+fn stale_memory(state: &Path) -> std::path::PathBuf {
+    let seen = state.join("push/feed/seen.jsonl");
     std::fs::create_dir_all(seen.parent().expect("dir")).expect("mkdir");
-    // 5,000 deliveries remembered long ago, outside the window, and 10 recent ones.
     let now = Utc::now().timestamp();
     let mut text = String::new();
     for i in 0..5000 {
@@ -716,6 +704,46 @@ async fn remembered_deliveries_are_bounded_and_seen_jsonl_is_compacted() {
         ));
     }
     std::fs::write(&seen, text).expect("write");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seen_jsonl_is_compacted_at_start_to_the_deliveries_within_the_window() {
+    let sink = Sink::start(Duration::ZERO).await;
+    let defs = definitions(
+        &(sink_doc(&sink.url, "transaction", false)
+            + &feed_doc(&bearer_auth(), "sync", "v1", "    dedupWindow: 1h\n")),
+    );
+    let state = tempfile::tempdir().expect("state");
+    let seen = stale_memory(state.path());
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    assert_eq!(lines(&seen), 10, "compacted at start to the live entries");
+    let got = served
+        .post(format!("{}/push/feed", served.base))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("Idempotency-Key", "recent-3")
+        .body(patient_payload("x"))
+        .send()
+        .await;
+    assert_eq!(status_of(&got).await, (200, json!("duplicate")));
+    assert!(sink.store().writes.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_deliveries_are_bounded_and_seen_jsonl_is_compacted() {
+    let sink = Sink::start(Duration::ZERO).await;
+    let defs = definitions(
+        &(sink_doc(&sink.url, "transaction", false)
+            + &feed_doc(
+                &bearer_auth(),
+                "sync",
+                "v1",
+                "    dedupWindow: 1h\n    dedupLimit: 50\n",
+            )),
+    );
+    let state = tempfile::tempdir().expect("state");
+    let seen = stale_memory(state.path());
 
     let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     assert_eq!(lines(&seen), 10, "compacted at start to the live entries");
