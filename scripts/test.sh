@@ -37,7 +37,7 @@ echo "== deploy/ against Kubernetes and Istio schemas"
 cargo run --locked --quiet -p engine -- manifests connectors.d --out deploy/base --check ||
   { echo "deploy/base is stale: run scripts/regenerate.sh" >&2; exit 1; }
 core=()
-for kind in deployment service pdb hpa pvc configmap cronjobs; do core+=("deploy/base/$kind.yaml"); done
+for kind in deployment service pdb hpa pvc configmap cronjobs networkpolicy; do core+=("deploy/base/$kind.yaml"); done
 "$VENV/bin/kubernetes-validate" --strict --quiet "${core[@]}"
 istio="engine/tests/data/istio-crd-schemas"
 for pair in virtualservice:virtualservice_v1 authorizationpolicy:authorizationpolicy_v1 requestauthentication:requestauthentication_v1; do

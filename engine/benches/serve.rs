@@ -3,7 +3,9 @@
 //! with the same wrk settings; (b) latency of cache misses against calling the stand-in
 //! upstream directly, p50 and p99; (c) resident memory idle with 100 connectors loaded, and
 //! with 10,000 cached answers. The stand-in upstream runs in this process on 127.0.0.1.
-//! Run: `cargo bench -p engine --bench serve` (needs `wrk`: `apt-get install wrk`).
+//! Run: `cargo bench -p engine --bench serve` (needs `wrk`: `apt-get install wrk`). With
+//! `ENGINE_BASELINE_BIN=/path/to/an/earlier/engine`, (a) also measures that binary's cache hits
+//! in the same run, alternating, and prints this one's throughput and latency as ratios to it.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -99,8 +101,12 @@ impl Drop for Engine {
 }
 
 fn start_engine(dir: &Path) -> Engine {
+    start_binary(Path::new(env!("CARGO_BIN_EXE_engine")), dir)
+}
+
+fn start_binary(bin: &Path, dir: &Path) -> Engine {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_engine"))
+    let child = Command::new(bin)
         .args([
             "serve",
             dir.to_str().expect("path"),
@@ -226,6 +232,44 @@ fn main() {
         "    ratio cache-hit / healthz: {:.2} (target >= 0.7)",
         hits / health
     );
+
+    // (a, against an earlier build) Cache hits of this binary and of the baseline, alternating
+    // three times each, in the same run; the medians compared.
+    if let Some(bin) = std::env::var_os("ENGINE_BASELINE_BIN") {
+        let baseline = start_binary(Path::new(&bin), dir.path());
+        let old_url = format!(
+            "http://127.0.0.1:{}/fhir/labels/MedicinalProductDefinition?name=Painaway",
+            baseline.1
+        );
+        assert!(
+            get_ok(&old_url),
+            "the baseline's warm-up search answers 200"
+        );
+        let (mut new, mut old) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            new.push(wrk(&hit_url, WRK_CONNECTIONS, None));
+            old.push(wrk(&old_url, WRK_CONNECTIONS, None));
+        }
+        let median = |v: &mut Vec<(f64, f64, f64)>, f: fn(&(f64, f64, f64)) -> f64| {
+            let mut xs: Vec<f64> = v.iter().map(f).collect();
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2]
+        };
+        let (n_rate, o_rate) = (median(&mut new, |r| r.0), median(&mut old, |r| r.0));
+        let (n50, o50) = (median(&mut new, |r| r.1), median(&mut old, |r| r.1));
+        let (n99, o99) = (median(&mut new, |r| r.2), median(&mut old, |r| r.2));
+        println!(
+            "(a) baseline {}: cache hits {o_rate:.0} req/s (p50 {o50:.3} ms, p99 {o99:.3} ms); this build {n_rate:.0} req/s (p50 {n50:.3} ms, p99 {n99:.3} ms)",
+            bin.to_string_lossy()
+        );
+        println!(
+            "    ratio this / baseline: throughput {:.2}, p50 {:.2}, p99 {:.2}",
+            n_rate / o_rate,
+            n50 / o50,
+            n99 / o99
+        );
+        drop(baseline);
+    }
 
     // (b) Cache misses (a new name each request) against the stand-in called directly.
     let script = dir.path().join("unique.lua");

@@ -19,7 +19,7 @@ pub struct Cli {
 pub enum Command {
     /// The main job: load the definitions and serve their routes, the admin API and
     /// operations endpoints. Refuses to start on invalid definitions.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run one cron connector once and exit: non-zero on any failure (for Kubernetes
     /// CronJobs).
     Run {
@@ -167,6 +167,54 @@ pub enum BundleArg {
     Searchset,
 }
 
+/// Who may call the admin API of `engine serve` (`/connectors...`, `/reload`). With none of
+/// these flags the admin API is closed: every request to it is answered 403.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// File holding a static bearer token (at least 16 characters) that allows every admin
+    /// request; for local use and scripts. A file, not a flag value, so that the token does not
+    /// show in `ps`.
+    #[arg(long, env = "ENGINE_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// OIDC issuer whose access tokens (JWT, RS256 or ES256) are accepted, e.g.
+    /// `https://HOST/auth/realms/GravitateHealth`.
+    #[arg(
+        long,
+        env = "ENGINE_OIDC_ISSUER",
+        value_name = "URL",
+        requires = "oidc_audience"
+    )]
+    pub oidc_issuer: Option<String>,
+    /// The audience (`aud`) an access token must name (the Keycloak client of the engine);
+    /// that client's roles count as roles too.
+    #[arg(long, env = "ENGINE_OIDC_AUDIENCE", requires = "oidc_issuer")]
+    pub oidc_audience: Option<String>,
+    /// The issuer's JWKS (default: the `jwks_uri` of its
+    /// `/.well-known/openid-configuration`), e.g. Keycloak's address inside the cluster.
+    #[arg(
+        long,
+        env = "ENGINE_OIDC_JWKS_URL",
+        value_name = "URL",
+        requires = "oidc_issuer"
+    )]
+    pub oidc_jwks_url: Option<String>,
+    /// Role (Keycloak realm role, client role of the audience, or scope) that allows every
+    /// admin request: reading, starting runs, emptying caches.
+    #[arg(long, env = "ENGINE_ADMIN_ROLE", default_value = crate::generate::manifests::ADMIN_ROLE)]
+    pub admin_role: String,
+    /// Role that allows the reading admin requests only: listings, `/reload`, dead letters.
+    #[arg(long, env = "ENGINE_ADMIN_READ_ROLE", default_value = crate::generate::manifests::ADMIN_READ_ROLE)]
+    pub admin_read_role: String,
+    /// Open the admin API to every caller, without authentication: for local use only
+    /// (logged as a warning).
+    #[arg(
+        long,
+        env = "ENGINE_ADMIN_OPEN",
+        conflicts_with_all = ["admin_token_file", "oidc_issuer"]
+    )]
+    pub admin_open: bool,
+}
+
 /// The flags of `engine serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -200,4 +248,17 @@ pub struct ServeArgs {
     /// Time given to requests in flight when a shutdown signal arrives.
     #[arg(long, env = "ENGINE_SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: String,
+    /// Time the engine goes on serving after a shutdown signal, with `/readyz` answering 503,
+    /// before it stops accepting (so that a load balancer sends traffic elsewhere first).
+    #[arg(long, env = "ENGINE_SHUTDOWN_DELAY", default_value = "0s")]
+    pub shutdown_delay: String,
+    /// Longest wait for a request's headers, also on an idle kept-alive connection; then the
+    /// connection is closed.
+    #[arg(long, env = "ENGINE_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: String,
+    /// Most connections served at once; more wait to be accepted.
+    #[arg(long, env = "ENGINE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }

@@ -22,7 +22,7 @@ pub use generate::schema_text;
 /// Runs a command and gives its exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve(args) => serve::serve(args),
+        Command::Serve(args) => serve::serve(*args),
         Command::Run {
             name,
             definitions,

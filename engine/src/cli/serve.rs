@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::args::{DirArgs, LogFormat, ServeArgs};
+use super::args::{AdminArgs, DirArgs, LogFormat, ServeArgs};
 use super::definitions::{load_and_validate, model_of, usage};
 use crate::config::diagnostic::{self, Format};
 
@@ -23,6 +23,10 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         dirs,
         run_schedules,
         shutdown_grace,
+        shutdown_delay,
+        header_read_timeout,
+        max_connections,
+        admin,
     } = args;
     let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
         Ok(f) => f,
@@ -41,23 +45,46 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         crate::config::validate::parse_duration(v)
             .ok_or_else(|| format!("{flag} `{v}` is not a duration"))
     };
-    let limits = match (
-        parse("--request-timeout", &request_timeout),
-        crate::config::validate::parse_size(&max_body),
-        parse("--shutdown-grace", &shutdown_grace),
-    ) {
-        (Ok(timeout), Some(body), Ok(grace)) => (
-            crate::runtime::engine::Limits {
-                timeout,
-                body: body as usize,
-                public_url,
-                ..Default::default()
-            },
-            grace,
-        ),
-        (Err(e), _, _) | (_, _, Err(e)) => return usage(&e),
-        (_, None, _) => return usage(&format!("--max-body `{max_body}` is not a size")),
+    let durations = [
+        ("--request-timeout", &request_timeout),
+        ("--shutdown-grace", &shutdown_grace),
+        ("--shutdown-delay", &shutdown_delay),
+        ("--header-read-timeout", &header_read_timeout),
+    ]
+    .map(|(flag, v)| parse(flag, v));
+    let [timeout, grace, delay, header_read] = match durations {
+        [Ok(a), Ok(b), Ok(c), Ok(d)] => [a, b, c, d],
+        [Err(e), ..] | [_, Err(e), ..] | [_, _, Err(e), _] | [.., Err(e)] => return usage(&e),
     };
+    let admin = match admin_access(admin) {
+        Ok(a) => a,
+        Err(e) => return usage(&e),
+    };
+    let Some(body) = crate::config::validate::parse_size(&max_body) else {
+        return usage(&format!("--max-body `{max_body}` is not a size"));
+    };
+    if max_connections == 0 {
+        return usage("--max-connections must be at least 1");
+    }
+    let limits = crate::runtime::engine::Limits {
+        timeout,
+        body: body as usize,
+        public_url,
+        header_read_timeout: header_read,
+        connections: max_connections,
+        admin,
+        ..Default::default()
+    };
+    let stop = crate::http::server::Stop { grace, delay };
+    let dirs = dirs.dirs();
+    if let Err(e) = crate::runtime::readiness::probe_writable(&dirs.state) {
+        return usage(&format!(
+            "the state directory {} cannot be used: {e}",
+            dirs.state.display()
+        ));
+    }
+    // Taken before the files are read: a change made while they are read is reloaded.
+    let served = crate::http::server::definitions_digest(&paths);
     let outcome = match load_and_validate(&paths, false, false, None) {
         Ok(o) => o,
         Err(e) => return usage(&e.to_string()),
@@ -73,14 +100,11 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     if !outcome.diagnostics.is_empty() {
         eprint!("{text}");
     }
-    let engine = match crate::runtime::engine::Engine::new(
-        std::sync::Arc::new(model),
-        limits.0,
-        &dirs.dirs(),
-    ) {
-        Ok(e) => e,
-        Err(e) => return usage(&e.to_string()),
-    };
+    let engine =
+        match crate::runtime::engine::Engine::new(std::sync::Arc::new(model), limits, &dirs) {
+            Ok(e) => e,
+            Err(e) => return usage(&e.to_string()),
+        };
     let loader_paths = paths.clone();
     let load: crate::http::server::Loader = std::sync::Arc::new(move || {
         let outcome =
@@ -93,8 +117,9 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     let reload = crate::http::server::Reload {
         paths,
         load,
-        dirs: dirs.dirs(),
+        dirs,
         poll: std::time::Duration::from_millis(500),
+        served,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -108,7 +133,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         crate::http::server::serve(
             engine,
             listener,
-            limits.1,
+            stop,
             run_schedules,
             Some(reload),
             crate::http::server::shutdown_signal(),
@@ -117,8 +142,43 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => usage(&e),
+        Err(e) => usage(&e.to_string()),
     }
+}
+
+/// The admin API's access from the flags; says at start whether it is closed or open.
+fn admin_access(args: AdminArgs) -> Result<crate::runtime::admin_access::AdminAccess, String> {
+    use crate::runtime::admin_access::{AdminAccess, OidcSettings, Roles, read_token_file};
+    if args.admin_open {
+        tracing::warn!(
+            "the admin API is open to every caller (--admin-open): use it only on a machine of your own"
+        );
+        return Ok(AdminAccess::open());
+    }
+    let token = args
+        .admin_token_file
+        .as_deref()
+        .map(read_token_file)
+        .transpose()
+        .map_err(|e| format!("--admin-token-file: {e}"))?;
+    let oidc = match (args.oidc_issuer, args.oidc_audience) {
+        (Some(issuer), Some(audience)) => Some(OidcSettings {
+            jwks_url: args.oidc_jwks_url,
+            ..OidcSettings::new(issuer, audience)
+        }),
+        _ => None,
+    };
+    let roles = Roles {
+        operator: args.admin_role,
+        reader: args.admin_read_role,
+    };
+    let access = AdminAccess::new(token, oidc, roles).map_err(|e| e.to_string())?;
+    if access.is_closed() {
+        tracing::info!(
+            "the admin API is closed: give --admin-token-file or --oidc-issuer to open it to its callers"
+        );
+    }
+    Ok(access)
 }
 
 /// `engine run`: one run of a cron connector; non-zero on any failure.

@@ -1,7 +1,8 @@
 //! `engine manifests`: the per-connector parts of the Kubernetes and Istio deployment,
 //! generated from the definitions: the ConfigMap of the definition files, the VirtualService
 //! routes on `gh-gateway` (public prefix rewritten), the AuthorizationPolicy (which operations
-//! need a Keycloak JWT), and one CronJob per cron connector. Output is YAML text.
+//! need a Keycloak JWT with which realm role), the NetworkPolicy (who may reach the pods), and
+//! one CronJob per cron connector. Output is YAML text.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +11,16 @@ use serde_json::{Value, json};
 
 use crate::config::load::SourceFile;
 use crate::model::{Model, Strategy};
+
+/// The realm role that allows every admin request, at the mesh and in the engine
+/// (`engine serve --admin-role`).
+pub const ADMIN_ROLE: &str = "connector-admin";
+/// The realm role that allows the admin API's reading requests
+/// (`engine serve --admin-read-role`).
+pub const ADMIN_READ_ROLE: &str = "connector-reader";
+/// The label of the pods of the engine's namespace that may call it directly (not through
+/// the gateway).
+pub const CLIENT_LABEL: &str = "eu.gravitate-health.fosps.connector-client";
 
 /// Names and conventions of the deployment.
 #[derive(Debug, Clone)]
@@ -23,6 +34,10 @@ pub struct Options {
     pub prefix: String,
     /// Mount path of the definitions ConfigMap.
     pub definitions_dir: String,
+    /// Realm role of the admin API's operators (every admin request).
+    pub admin_role: String,
+    /// Realm role of the admin API's readers (its GET requests).
+    pub read_role: String,
 }
 
 impl Default for Options {
@@ -33,6 +48,8 @@ impl Default for Options {
             image: "gravitatehealth/fosps-connector-engine:latest".into(),
             prefix: "/connector/api/".into(),
             definitions_dir: "/etc/engine/connectors.d".into(),
+            admin_role: ADMIN_ROLE.into(),
+            read_role: ADMIN_READ_ROLE.into(),
         }
     }
 }
@@ -52,6 +69,10 @@ pub fn generate(model: &Model, files: &[SourceFile], opts: &Options) -> BTreeMap
     out.insert(
         "authorizationpolicy.yaml".into(),
         format!("{header}{}", yaml(&authorization(model, opts))),
+    );
+    out.insert(
+        "networkpolicy.yaml".into(),
+        format!("{header}{}", yaml(&network_policy(opts))),
     );
     let jobs: Vec<String> = cron_jobs(model, opts).iter().map(yaml).collect();
     let jobs = if jobs.is_empty() {
@@ -130,33 +151,46 @@ fn virtual_service(model: &Model, opts: &Options) -> Value {
     })
 }
 
-/// Admin operations need a JWT; FHIR reads, push endpoints (which authenticate callers
-/// themselves), listings and operations endpoints do not.
+/// The admin API needs a JWT of the realm carrying a role (the engine checks it again):
+/// acting (starting runs, emptying caches) the operator role, reading (listings, `/reload`,
+/// dead letters) the reader or operator role. FHIR routes, push endpoints (which authenticate
+/// callers themselves), operations endpoints and CORS preflights need none.
 fn authorization(model: &Model, opts: &Options) -> Value {
-    let mut protected = Vec::new();
+    let mut acting = Vec::new();
+    let mut reading: Vec<String> = vec!["/connectors".into(), "/connectors/list".into()];
     let mut open_posts = vec!["/fhir/*".to_owned()];
     for c in &model.connectors {
+        reading.push(format!("/connectors/{}", c.name));
         match &c.strategy {
-            Strategy::Cron(_) => protected.push(json!({"operation": {"methods": ["POST"], "paths": [format!("/connectors/{}/run", c.name)]}})),
+            Strategy::Cron(_) => acting.push(json!({"operation": {"methods": ["POST"], "paths": [format!("/connectors/{}/run", c.name)]}})),
             Strategy::Pull(p) if p.cache.is_some() => {
-                protected.push(json!({"operation": {"methods": ["DELETE"], "paths": [format!("/connectors/{}/cache", c.name)]}}))
+                acting.push(json!({"operation": {"methods": ["DELETE"], "paths": [format!("/connectors/{}/cache", c.name)]}}))
             }
             Strategy::Push(p) => {
-                protected.push(json!({"operation": {"methods": ["GET"], "paths": [format!("/connectors/{}/dead-letters", c.name)]}}));
+                reading.push(format!("/connectors/{}/dead-letters", c.name));
                 open_posts.push(p.path.clone());
             }
             Strategy::Pull(_) => {}
         }
     }
-    protected.push(json!({"operation": {"methods": ["GET"], "paths": ["/reload"]}}));
+    reading.push("/reload".into());
+    let roles_claim = "request.auth.claims[realm_access][roles]";
+    let anyone_with_a_jwt = json!([{"source": {"requestPrincipals": ["*"]}}]);
     let mut rules = Vec::new();
-    if !protected.is_empty() {
-        rules.push(json!({"from": [{"source": {"requestPrincipals": ["*"]}}], "to": protected}));
+    if !acting.is_empty() {
+        rules.push(json!({
+            "from": anyone_with_a_jwt,
+            "to": acting,
+            "when": [{"key": roles_claim, "values": [opts.admin_role]}]
+        }));
     }
-    let mut open_gets: Vec<String> = [
+    rules.push(json!({
+        "from": anyone_with_a_jwt,
+        "to": [{"operation": {"methods": ["GET"], "paths": reading}}],
+        "when": [{"key": roles_claim, "values": [opts.read_role, opts.admin_role]}]
+    }));
+    let open_gets: Vec<String> = [
         "/fhir/*",
-        "/connectors",
-        "/connectors/list",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -164,21 +198,40 @@ fn authorization(model: &Model, opts: &Options) -> Value {
     ]
     .map(String::from)
     .to_vec();
-    open_gets.extend(
-        model
-            .connectors
-            .iter()
-            .map(|c| format!("/connectors/{}", c.name)),
-    );
     rules.push(json!({"to": [
         {"operation": {"methods": ["GET", "OPTIONS"], "paths": open_gets}},
-        {"operation": {"methods": ["POST", "OPTIONS"], "paths": open_posts}}
+        {"operation": {"methods": ["POST", "OPTIONS"], "paths": open_posts}},
+        {"operation": {"methods": ["OPTIONS"], "paths": ["/connectors", "/connectors/*", "/reload"]}}
     ]}));
     json!({
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",
         "metadata": {"name": opts.app, "namespace": opts.namespace, "labels": labels(opts)},
         "spec": {"selector": {"matchLabels": {"app": opts.app}}, "action": "ALLOW", "rules": rules}
+    })
+}
+
+/// Only the Istio ingress gateway, and the pods of the namespace labelled as the engine's
+/// clients, reach the engine's port; the CronJobs reach no pod of it and need no rule.
+fn network_policy(opts: &Options) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": opts.app, "namespace": opts.namespace, "labels": labels(opts)},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": opts.app}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [
+                    {
+                        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}},
+                        "podSelector": {"matchLabels": {"app": "istio-ingressgateway"}}
+                    },
+                    {"podSelector": {"matchLabels": {CLIENT_LABEL: "true"}}}
+                ],
+                "ports": [{"protocol": "TCP", "port": 8080}]
+            }]
+        }
     })
 }
 

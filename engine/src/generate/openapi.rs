@@ -195,6 +195,33 @@ pub fn document(model: &Model, prefix: &str) -> Value {
     paths.insert("/connectors/{name}/cache".into(), json!({"delete": {"tags": admin, "summary": "Empty a pull connector's cache", "operationId": "invalidate-cache", "parameters": name_param, "responses": with(("200", json_ok("how many answers were dropped")), &not_found)}}));
     paths.insert("/connectors/{name}/dead-letters".into(), json!({"get": {"tags": admin, "summary": "Push payloads that could not be written, with the reason", "operationId": "dead-letters", "parameters": name_param, "responses": with(("200", list("the dead letters")), &not_found)}}));
     paths.insert("/reload".into(), json!({"get": {"tags": admin, "summary": "Reloads of the definitions: generation, and the diagnostics of a refused set", "operationId": "reload-status", "responses": {"200": json_ok("the reload status")}}}));
+    // The admin API checks its callers itself (`http::auth`): a bearer token, static or a JWT
+    // of the configured issuer with the reader or operator role.
+    security_schemes.insert(
+        "admin".into(),
+        json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "A JWT of the configured OIDC issuer with the reader role (reading) or the operator role (runs, cache deletes), or the static admin token"}),
+    );
+    let refusals = outcome_responses(&[
+        ("401", "no valid admin token (missing, expired or not valid)"),
+        ("403", "the token lacks the role, or the admin API is closed"),
+        (
+            "503",
+            "the issuer's keys cannot be had: send again after Retry-After",
+        ),
+    ]);
+    for (path, item) in paths.iter_mut() {
+        if !(path.starts_with("/connectors") || path == "/reload") {
+            continue;
+        }
+        for op in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+            op["security"] = json!([{"admin": []}]);
+            if let Some(responses) = op["responses"].as_object_mut() {
+                for (code, r) in &refusals {
+                    responses.entry(code.clone()).or_insert_with(|| r.clone());
+                }
+            }
+        }
+    }
     let ops = ["operations"];
     paths.insert("/healthz".into(), json!({"get": {"tags": ops, "summary": "Liveness", "operationId": "healthz", "responses": {"200": json_ok("alive")}}}));
     paths.insert("/readyz".into(), json!({"get": {"tags": ops, "summary": "Readiness", "operationId": "readyz", "responses": {"200": json_ok("ready"), "503": json_ok("not ready")}}}));

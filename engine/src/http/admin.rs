@@ -2,7 +2,6 @@
 //! `/reload`, and the `/connectors` API (list, detail, cache delete, run, dead letters).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -33,13 +32,16 @@ pub(super) async fn healthz() -> Response {
 }
 
 pub(super) async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
-    let ready = engine.ready.load(Ordering::Relaxed);
-    let body = json!({
-        "status": if ready { "ready" } else { "not ready" },
+    let found = engine.readiness.check().await;
+    let mut body = json!({
+        "status": if found.is_ok() { "ready" } else { "not ready" },
         "connectors": engine.model.connectors.len(),
-        "reload": engine.reload.json(),
+        "reload": engine.reload.summary(),
     });
-    let status = if ready {
+    if let Err(why) = &found {
+        body["reason"] = json!(why.to_string());
+    }
+    let status = if found.is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

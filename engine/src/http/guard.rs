@@ -1,15 +1,17 @@
-//! What every request goes through: an id (from `X-Request-Id`, or made here), a limit on the
-//! headers' size, a time limit answered 504, metrics by configured route, and one log line;
-//! and the answer to a path no route takes.
+//! What every request goes through: an id (from `X-Request-Id`, or made here), limits on the
+//! target's length and the headers' size, a time limit answered 504, every error answer made
+//! an `OperationOutcome` (also those of axum's own rejections and its 405), metrics by
+//! configured route, and one log line; and the answer to a path no route takes.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
+use super::outcome::{FHIR_JSON, fhir_response};
 use crate::runtime::engine::Engine;
 use crate::runtime::problem::{Problem, ProblemKind};
 
@@ -39,7 +41,17 @@ pub(super) async fn guard(
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let mut resp = if header_bytes > engine.limits.headers {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let mut resp = if target > engine.limits.uri {
+        Problem::new(
+            ProblemKind::UriTooLong,
+            format!(
+                "the request target is too long (at most {} bytes)",
+                engine.limits.uri
+            ),
+        )
+        .into_response()
+    } else if header_bytes > engine.limits.headers {
         Problem::new(
             ProblemKind::HeadersTooLarge,
             format!(
@@ -50,6 +62,9 @@ pub(super) async fn guard(
         .into_response()
     } else {
         match tokio::time::timeout(engine.limits.timeout, next.run(req)).await {
+            Ok(r) if r.status().as_u16() >= 400 && !is_json(&r) => {
+                as_outcome(r, &method, &path).await
+            }
             Ok(r) => r,
             Err(_) => Problem::new(
                 ProblemKind::Timeout,
@@ -67,6 +82,53 @@ pub(super) async fn guard(
         .request(&connector, route, status, start.elapsed());
     tracing::info!(request_id = %id, %method, %path, status, ms = start.elapsed().as_secs_f64() * 1000.0, "request");
     resp
+}
+
+/// True when an answer is JSON: an `OperationOutcome`, or an operations endpoint's own
+/// document (`/readyz` not ready). Other error answers (empty, or axum's plain text) are not.
+fn is_json(r: &Response) -> bool {
+    r.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(FHIR_JSON.as_bytes()) || v.starts_with(b"application/json")
+    })
+}
+
+/// An error answer of another layer (axum's rejections, its 405) as an `OperationOutcome`
+/// with the same status and headers, its text kept as the diagnostics.
+async fn as_outcome(r: Response, method: &Method, path: &str) -> Response {
+    let (mut parts, body) = r.into_parts();
+    let status = parts.status;
+    let text = axum::body::to_bytes(body, 2048)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(300)
+        .collect();
+    let text = text.trim();
+    let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let diagnostics = match (status, parts.headers.get(header::ALLOW)) {
+        (StatusCode::METHOD_NOT_ALLOWED, Some(allow)) => format!(
+            "{method} is not allowed on {path}; allowed: {}",
+            allow.to_str().unwrap_or("?")
+        ),
+        (StatusCode::METHOD_NOT_ALLOWED, None) => format!("{method} is not allowed on {path}"),
+        _ if text.is_empty() => reason,
+        _ => format!("{reason}: {text}"),
+    };
+    let kind = ProblemKind::of_status(status.as_u16());
+    let mut answer = fhir_response(
+        status,
+        &crate::model::fhir::outcome("error", kind.code(), &diagnostics),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    for (k, v) in &parts.headers {
+        answer.headers_mut().append(k, v.clone());
+    }
+    answer
 }
 
 /// The connector and route name of a path, for metrics labels. Bounded: a connector label

@@ -1,9 +1,11 @@
 //! The HTTP surface of `engine serve`: pull routes under `/fhir/{connector}`, the admin API
-//! under `/connectors`, and operations (`/healthz`, `/readyz`, `/metrics`). `router` is a
-//! function of the engine's state, so tests drive it without a socket.
+//! under `/connectors` (behind `auth`), and operations (`/healthz`, `/readyz`, `/metrics`).
+//! `router` is a function of the engine's state, so tests drive it without a socket.
 
 mod admin;
+mod auth;
 mod guard;
+mod listener;
 pub mod outcome;
 mod routes;
 pub mod server;
@@ -34,17 +36,21 @@ pub fn router(engine: Arc<Engine>) -> Router {
             post(move |headers: HeaderMap, body: Body| push(ep, headers, body)),
         );
     }
-    app.route("/connectors/{name}/run", post(run_now))
+    // The admin API: its callers are checked (`auth`) before any handler runs.
+    let admin = Router::new()
+        .route("/connectors/{name}/run", post(run_now))
         .route("/connectors/{name}/dead-letters", get(dead_letters))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
         .route("/reload", get(reload_status))
         .route("/connectors", get(list))
         .route("/connectors/list", get(list))
         .route("/connectors/{name}", get(show))
         .route("/connectors/{name}/cache", delete(invalidate))
+        .route_layer(middleware::from_fn_with_state(engine.clone(), auth::admin));
+    app.merge(admin)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .route("/fhir/{connector}", post(batch))
         .route("/fhir/{connector}/{resource_type}", get(search))
         .route("/fhir/{connector}/{resource_type}/{id}", get(read))

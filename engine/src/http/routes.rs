@@ -55,28 +55,57 @@ fn request_info(
 ) -> RequestInfo {
     let base = match &engine.limits.public_url {
         Some(u) => u.trim_end_matches('/').to_owned(),
-        None => {
-            let proto = headers
-                .get("x-forwarded-proto")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("http");
-            let host = headers
-                .get("x-forwarded-host")
-                .or_else(|| headers.get(header::HOST))
-                .and_then(|v| v.to_str().ok())
-                .filter(|h| {
-                    h.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b))
-                })
-                .unwrap_or("localhost");
-            format!("{proto}://{host}")
-        }
+        None => forwarded_base(headers),
     };
     RequestInfo {
         request_id: id.to_owned(),
         self_url: format!("{base}{path_and_query}"),
         base,
+        deadline: Some(tokio::time::Instant::now() + engine.limits.timeout),
     }
+}
+
+/// The base URL callers reach the engine at, without `--public-url`: a proxy's
+/// `X-Forwarded-Proto` (`http` or `https`, nothing else) and `X-Forwarded-Host` (its first
+/// value), else the `Host` header, each used only when it is a plain host with an optional
+/// port (no user, path, query or other scheme); else `http://localhost`.
+fn forwarded_base(headers: &HeaderMap) -> String {
+    let first = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let scheme = match first(header::HeaderName::from_static("x-forwarded-proto")) {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    [
+        first(header::HeaderName::from_static("x-forwarded-host")),
+        first(header::HOST),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|host| plain_host(scheme, host))
+    .unwrap_or_else(|| format!("{scheme}://localhost"))
+}
+
+/// `scheme://host[:port]` when `host` is a host with an optional port and nothing else.
+fn plain_host(scheme: &str, host: &str) -> Option<String> {
+    if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    {
+        return None;
+    }
+    let u = url::Url::parse(&format!("{scheme}://{host}")).ok()?;
+    let name = u.host_str()?;
+    (u.username().is_empty() && u.path() == "/" && u.query().is_none()).then(|| match u.port() {
+        Some(p) => format!("{scheme}://{name}:{p}"),
+        None => format!("{scheme}://{name}"),
+    })
 }
 
 fn answer(a: &Answer, how: CacheSource, req_headers: &HeaderMap) -> Response {
@@ -141,13 +170,13 @@ pub(super) async fn search(
         _ => format!("/fhir/{connector}/{resource_type}"),
     };
     let info = request_info(&engine, &headers, &path_and_query, &id);
-    cached(&rt, &q.key(&resource_type), &headers, || {
-        rt.search(res, &q, &info)
-    })
-    .await
+    let key = format!("{} {}", info.base, q.key(&resource_type));
+    cached(&rt, &key, &headers, || rt.search(res, &q, &info)).await
 }
 
-/// The answer to a pull request: through the connector's cache when it has one.
+/// The answer to a pull request: through the connector's cache when it has one. The key
+/// starts with the base URL the caller reached, since the links in a cached body are made
+/// from it: one caller's `Host` never shapes another caller's links.
 async fn cached<F, Fut>(
     rt: &PullRuntime,
     key: &str,
@@ -195,7 +224,7 @@ pub(super) async fn read(
     );
     cached(
         &rt,
-        &format!("read|{resource_type}|{rid}"),
+        &format!("{} read|{resource_type}|{rid}", info.base),
         &headers,
         || rt.read(res, &rid, &info),
     )

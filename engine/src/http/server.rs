@@ -11,7 +11,7 @@
 //! definitions did not change keep their caches, queues and schedules.
 
 use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -38,6 +38,9 @@ pub struct Reload {
     pub dirs: Dirs,
     /// How often the files are compared with the served set.
     pub poll: Duration,
+    /// The digest (`definitions_digest`) of the files taken before the served set was read
+    /// from them, so that a change made meanwhile is not missed.
+    pub served: String,
 }
 
 /// The background tasks of cron and push connectors, by connector, with the fingerprint of
@@ -99,26 +102,36 @@ impl Tasks {
 }
 
 /// The listener of `listen` (`0.0.0.0:8080`); the error says why it cannot be had.
-pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, String> {
+pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener, ServeError> {
     let addr: SocketAddr = listen
         .parse()
-        .map_err(|_| format!("`{listen}` is not an address such as 0.0.0.0:8080"))?;
+        .map_err(|_| ServeError::Address(listen.to_owned()))?;
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        .map_err(ServeError::Listener)
+}
+
+/// How the engine stops on a shutdown signal.
+#[derive(Debug, Clone, Copy)]
+pub struct Stop {
+    /// Time given to requests, runs and drains in flight once the engine stops accepting.
+    pub grace: Duration,
+    /// Time the engine goes on serving after the signal while `/readyz` says not ready, so
+    /// that a load balancer sends new traffic elsewhere first.
+    pub delay: Duration,
 }
 
 /// Serves on `listener` until `shutdown` (`shutdown_signal` in production) ends, then drains
-/// within `grace`; the error says why it could not start.
+/// within `stop.grace`; the error says why it could not start.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: tokio::net::TcpListener,
-    grace: Duration,
+    stop_how: Stop,
     run_schedules: bool,
     reload: Option<Reload>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+) -> Result<(), ServeError> {
+    let local = listener.local_addr().map_err(ServeError::Listener)?;
     tracing::info!(address = %local, connectors = engine.model.connectors.len(), "serving");
 
     let current = Arc::new(RwLock::new((engine.clone(), router(engine.clone()))));
@@ -142,7 +155,7 @@ pub async fn serve(
     }
 
     let serving = current.clone();
-    let app = Router::new().fallback_service(tower::service_fn(move |req: Request| {
+    let app = tower::service_fn(move |req: Request| {
         let router = serving.read().ok().map(|g| g.1.clone());
         async move {
             match router {
@@ -150,26 +163,24 @@ pub async fn serve(
                 None => Ok(axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()),
             }
         }
-    }));
-
-    let (tx, mut signalled) = watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = tx.send(true);
     });
-    let mut server = std::pin::pin!(server.into_future());
-    // The server ends by itself only on an error, or once the signal came and no connection
-    // is left: either way it is not polled again.
-    let served = tokio::select! {
-        biased;
-        _ = signalled.wait_for(|s| *s) => None,
-        r = &mut server => Some(r),
+
+    let readiness = engine.readiness.clone();
+    let delay = stop_how.delay;
+    let signal = async move {
+        shutdown.await;
+        readiness.shut_down();
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_seconds = delay.as_secs_f64(),
+                "shutdown signal: not ready; serving on before stopping"
+            );
+            tokio::time::sleep(delay).await;
+        }
     };
-    if let Some(Err(e)) = served {
-        return Err(format!("server: {e}"));
-    }
+    let connections = crate::http::listener::accept(listener, app, &engine.limits, signal).await;
     tracing::info!(
-        grace_seconds = grace.as_secs_f64(),
+        grace_seconds = stop_how.grace.as_secs_f64(),
         "shutting down: no new runs; finishing requests, runs and queue drains in flight"
     );
     let _ = stop.send(true);
@@ -177,12 +188,8 @@ pub async fn serve(
         t.stop_all();
     }
     tracker.close();
-    let drained = tokio::time::timeout(grace, async {
-        if served.is_none()
-            && let Err(e) = server.await
-        {
-            tracing::error!("server: {e}");
-        }
+    let drained = tokio::time::timeout(stop_how.grace, async {
+        connections.shutdown().await;
         tracker.wait().await;
     })
     .await;
@@ -196,8 +203,19 @@ pub async fn serve(
     Ok(())
 }
 
+/// Why `engine serve` could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address is not an address.
+    #[error("`{0}` is not an address such as 0.0.0.0:8080")]
+    Address(String),
+    /// The address could not be bound, or the listener could not be read.
+    #[error("cannot listen: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
 /// A digest of the definition files as they are now.
-fn digest(paths: &[PathBuf]) -> String {
+pub fn definitions_digest(paths: &[PathBuf]) -> String {
     match crate::config::load::read_all(paths) {
         Ok((files, errors)) => {
             let mut parts: Vec<String> = files
@@ -220,7 +238,7 @@ type Current = Arc<RwLock<(Arc<Engine>, Router)>>;
 /// The digest of the definition files, read on the blocking pool; `None` if that stopped.
 async fn digest_of(paths: &[PathBuf]) -> Option<String> {
     let paths = paths.to_vec();
-    tokio::task::spawn_blocking(move || digest(&paths))
+    tokio::task::spawn_blocking(move || definitions_digest(&paths))
         .await
         .ok()
 }
@@ -235,7 +253,7 @@ async fn watch_definitions(
 ) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = digest_of(&r.paths).await.unwrap_or_default();
+    let mut last = r.served.clone();
     loop {
         #[cfg(unix)]
         let hup = async {

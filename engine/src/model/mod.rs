@@ -23,7 +23,7 @@ use crate::model::jsonpath::Query;
 use crate::model::mapping::{Input, MapError, Mapping};
 use crate::model::template::{Templates, Text};
 use crate::model::vocabulary::{
-    BundleMode, FhirVersion, MatchMode, ParamType, PushMode, SourceType,
+    BundleMode, FhirVersion, MatchMode, NotFoundReading, ParamType, PushMode, SourceType,
 };
 
 /// A string whose value may come from a secret: never shown by `Debug`.
@@ -91,6 +91,28 @@ pub struct Source {
     pub retries: u32,
     pub concurrency: u32,
     pub pagination: Option<Pagination>,
+    /// Largest answer read, in bytes.
+    pub max_answer: u64,
+    /// How the source's statuses and bodies read.
+    pub statuses: Statuses,
+}
+
+/// Largest answer read from a source or a sink unless a definition says otherwise.
+pub const DEFAULT_MAX_ANSWER: u64 = 32 << 20;
+/// Statuses after which an idempotent request is sent again unless a source says otherwise.
+pub const DEFAULT_RETRY_STATUSES: [u16; 4] = [429, 502, 503, 504];
+
+/// How a source's answers read: what a 404 means, which statuses are retried, and which
+/// 2xx bodies are errors.
+#[derive(Debug, Clone)]
+pub struct Statuses {
+    /// What a 404 means; `None` is the interaction's default (a search: an error; a read:
+    /// not found).
+    pub not_found: Option<NotFoundReading>,
+    /// Statuses after which an idempotent request is sent again.
+    pub retry: Vec<u16>,
+    /// A query whose match on a 2xx body makes the answer a failure.
+    pub error_when: Option<Query>,
 }
 
 /// Outbound authentication.

@@ -30,6 +30,19 @@ pub enum Method {
     Post,
 }
 
+/// How a source's 404 reads.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum NotFoundReading {
+    /// No data: a search answers an empty searchset (which may be cached), a read 404.
+    Empty,
+    /// What was asked for is not there: the caller gets 404 with the source's message.
+    NotFound,
+    /// The source failed (a wrong path or base URL): 502 with the source's message, never
+    /// cached.
+    Error,
+}
+
 /// How a sink groups writes.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

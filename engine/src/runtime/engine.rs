@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -21,6 +21,7 @@ use crate::runtime::metrics::Metrics;
 use crate::runtime::problem::Problem;
 use crate::runtime::pull::PullRuntime;
 use crate::runtime::push::PushEndpoint;
+use crate::runtime::readiness::Readiness;
 use crate::runtime::run::Runner;
 use crate::runtime::schedule::CronJob;
 use crate::runtime::state::StateDir;
@@ -35,8 +36,18 @@ pub struct Limits {
     pub headers: usize,
     /// Longest a request may take before it is answered 504.
     pub timeout: Duration,
-    /// Public base URL for links (`https://host/prefix`); without it, the `Host` header.
+    /// Public base URL for links (`https://host/prefix`); without it, the `Host` header
+    /// (or a proxy's `X-Forwarded-Host` and `X-Forwarded-Proto`, when they are well formed).
     pub public_url: Option<String>,
+    /// Longest request target (path and query), in bytes; longer is answered 414.
+    pub uri: usize,
+    /// Longest wait for a request's headers, also between requests on a kept-alive
+    /// connection; then the connection is closed (slow or idle clients hold no slot).
+    pub header_read_timeout: Duration,
+    /// Most connections served at once; more wait to be accepted.
+    pub connections: usize,
+    /// Who may call the admin API (closed by default).
+    pub admin: crate::runtime::admin_access::AdminAccess,
 }
 
 impl Default for Limits {
@@ -46,6 +57,10 @@ impl Default for Limits {
             headers: 16 << 10,
             timeout: Duration::from_secs(60),
             public_url: None,
+            uri: 8 << 10,
+            header_read_timeout: Duration::from_secs(10),
+            connections: 1024,
+            admin: Default::default(),
         }
     }
 }
@@ -74,7 +89,9 @@ pub struct Engine {
     pub pushes: HashMap<String, Arc<PushEndpoint>>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
-    pub ready: AtomicBool,
+    /// Whether traffic should come (shutdown, writable state directory), shared by every
+    /// generation of the engine.
+    pub readiness: Arc<Readiness>,
     /// Outcome of definition reloads, shared by every generation of the engine.
     pub reload: Arc<ReloadStatus>,
     /// The calendar's clock of every part, kept by every generation of the engine.
@@ -94,6 +111,16 @@ pub struct ReloadStatus {
 }
 
 impl ReloadStatus {
+    /// The generation, and whether the last reload was refused, without its diagnostics:
+    /// what anyone who can reach `/readyz` may see (a diagnostic quotes definition lines).
+    pub fn summary(&self) -> Value {
+        json!({
+            "generation": self.generation.load(Ordering::Relaxed),
+            "lastReloadRefused": self.error.lock().ok().is_some_and(|e| e.is_some()),
+        })
+    }
+
+    /// The generation and the diagnostics of the last refused set.
     pub fn json(&self) -> Value {
         json!({
             "generation": self.generation.load(Ordering::Relaxed),
@@ -225,6 +252,10 @@ impl Engine {
             previous.map_or_else(|| Arc::new(ReloadStatus::default()), |p| p.reload.clone());
         reload.generation.fetch_add(1, Ordering::Relaxed);
         let tasks = previous.map_or_else(TaskTracker::new, |p| p.tasks.clone());
+        let readiness = previous.map_or_else(
+            || Arc::new(Readiness::new(&dirs.state)),
+            |p| p.readiness.clone(),
+        );
         Ok(Arc::new(Engine {
             model,
             pulls,
@@ -232,7 +263,7 @@ impl Engine {
             pushes,
             metrics,
             limits,
-            ready: AtomicBool::new(true),
+            readiness,
             reload,
             clock,
             tasks,

@@ -3,15 +3,18 @@
 //! sinks, the state directory and metrics. It reads the checked model only, never a spec type,
 //! and knows nothing of the HTTP server that calls it.
 
+pub mod admin_access;
 pub mod build_error;
 pub mod cache;
 pub mod clock;
 pub mod engine;
 pub mod guide;
 pub mod metrics;
+pub mod outbound;
 pub mod problem;
 pub mod pull;
 pub mod push;
+pub mod readiness;
 pub mod report;
 pub mod request;
 pub mod run;

@@ -15,6 +15,8 @@ pub enum ProblemKind {
     Invalid,
     /// The caller did not authenticate (401, `login`).
     Unauthorized,
+    /// The caller authenticated but may not do this (403, `forbidden`).
+    Forbidden,
     /// What was asked for is not there (404, `not-found`).
     NotFound,
     /// The connector does not offer this interaction (405, `not-supported`).
@@ -23,6 +25,8 @@ pub enum ProblemKind {
     Conflict,
     /// The body is larger than allowed (413, `too-long`).
     TooLarge,
+    /// The request target is longer than allowed (414, `too-long`).
+    UriTooLong,
     /// The body's media type is not one the endpoint reads (415, `not-supported`).
     UnsupportedMedia,
     /// The body was read but cannot be processed, and sending it again will not help (422,
@@ -55,10 +59,12 @@ impl ProblemKind {
         match self {
             ProblemKind::Invalid => 400,
             ProblemKind::Unauthorized => 401,
+            ProblemKind::Forbidden => 403,
             ProblemKind::NotFound => 404,
             ProblemKind::NotSupported => 405,
             ProblemKind::Conflict => 409,
             ProblemKind::TooLarge => 413,
+            ProblemKind::UriTooLong => 414,
             ProblemKind::UnsupportedMedia => 415,
             ProblemKind::Unprocessable => 422,
             ProblemKind::HeadersTooLarge => 431,
@@ -74,14 +80,42 @@ impl ProblemKind {
         match self {
             ProblemKind::Invalid => "invalid",
             ProblemKind::Unauthorized => "login",
+            ProblemKind::Forbidden => "forbidden",
             ProblemKind::NotFound => "not-found",
             ProblemKind::NotSupported | ProblemKind::UnsupportedMedia => "not-supported",
             ProblemKind::Conflict => "conflict",
-            ProblemKind::TooLarge | ProblemKind::HeadersTooLarge => "too-long",
+            ProblemKind::TooLarge | ProblemKind::UriTooLong | ProblemKind::HeadersTooLarge => {
+                "too-long"
+            }
             ProblemKind::Unprocessable => "processing",
             ProblemKind::Internal => "exception",
             ProblemKind::SourceFailed | ProblemKind::Unavailable { .. } => "transient",
             ProblemKind::Timeout => "timeout",
+        }
+    }
+}
+
+impl ProblemKind {
+    /// The kind of an error status another layer answered (axum's rejections, its 405): the
+    /// kind of that status, or for a status no kind has, the nearest one by class.
+    pub fn of_status(status: u16) -> ProblemKind {
+        match status {
+            401 => ProblemKind::Unauthorized,
+            404 => ProblemKind::NotFound,
+            405 => ProblemKind::NotSupported,
+            409 => ProblemKind::Conflict,
+            413 => ProblemKind::TooLarge,
+            414 => ProblemKind::UriTooLong,
+            415 => ProblemKind::UnsupportedMedia,
+            422 => ProblemKind::Unprocessable,
+            431 => ProblemKind::HeadersTooLarge,
+            502 => ProblemKind::SourceFailed,
+            503 => ProblemKind::Unavailable {
+                retry_after: RETRY_AFTER,
+            },
+            504 => ProblemKind::Timeout,
+            400..=499 => ProblemKind::Invalid,
+            _ => ProblemKind::Internal,
         }
     }
 }

@@ -420,6 +420,7 @@ impl Runner {
                 max_pages,
                 pagination.as_ref(),
                 &request_id,
+                None,
                 &mut report.source_calls,
             )
             .await;

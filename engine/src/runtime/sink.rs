@@ -8,14 +8,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::model::vocabulary::BundleMode;
 use crate::model::{Auth, FhirSink, Sink, SinkRef};
 use crate::runtime::build_error::BuildError;
+use crate::runtime::outbound::{self, OutboundError, RetryPolicy};
 use crate::runtime::state::StateError;
 
 /// One resource that could not be written, and why.
@@ -132,10 +131,8 @@ impl Writer {
             SinkRef::Named(s) => match s.as_ref() {
                 Sink::Ndjson { dir, .. } => Ok(Writer::Ndjson { dir: dir.clone() }),
                 Sink::Fhir(f) => {
-                    let client = reqwest::Client::builder()
-                        .user_agent(concat!("fosps-engine/", env!("CARGO_PKG_VERSION")))
-                        .build()
-                        .map_err(|e| BuildError::Client(e.to_string()))?;
+                    let client =
+                        outbound::client().map_err(|e| BuildError::Client(e.to_string()))?;
                     Ok(Writer::Fhir {
                         sink: clone_fhir(f),
                         client,
@@ -566,7 +563,7 @@ async fn write_fhir(
         }
         let mut result = send_bundle(sink, client, sink.mode, &bodies, &mut report).await;
         if sink.mode == BundleMode::Transaction
-            && let Err((Some(status), _, _)) = &result
+            && let Err((Some(status), ..)) = &result
             && (400..500).contains(status)
         {
             // A transaction is all or nothing: send the entries as a batch to learn (and
@@ -598,8 +595,7 @@ async fn write_fhir(
                     }
                 }
             }
-            Err((status, message, outcome)) => {
-                let transient = status.is_none_or(|s| s >= 500 || s == 429);
+            Err((status, message, outcome, transient)) => {
                 report.failures.extend(labels.iter().map(|l| WriteFailure {
                     resource: (*l).clone(),
                     status,
@@ -617,7 +613,7 @@ async fn write_fhir(
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
     #[error("the server answered {0} to the look-up of an earlier write")]
-    Answered(StatusCode),
+    Answered(reqwest::StatusCode),
     #[error("cannot reach the server to look up an earlier write")]
     Unreachable,
     #[error("the sink URL cannot take a path")]
@@ -708,9 +704,12 @@ fn entry(r: &Value, i: usize, opts: &WriteOptions) -> Result<Value, WriteFailure
     Ok(json!({"method": "PUT", "url": format!("{t}/{id}")}))
 }
 
-type SendError = (Option<u16>, String, Option<Value>);
+/// Why a Bundle was not written: the status, the message, the server's `OperationOutcome`,
+/// and whether sending it later may succeed.
+type SendError = (Option<u16>, String, Option<Value>, bool);
 
-/// Posts one Bundle, retrying transient failures; gives the answer's entries.
+/// Posts one Bundle over the outbound layer (its redirect policy, body cap and retry policy),
+/// retrying transient failures; gives the answer's entries.
 async fn send_bundle(
     sink: &FhirSink,
     client: &reqwest::Client,
@@ -723,88 +722,72 @@ async fn send_bundle(
         BundleMode::Batch => "batch",
     };
     let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": entries});
-    let body = serde_json::to_vec(&bundle).unwrap_or_default();
-    let mut attempt = 0;
-    loop {
-        report.calls += 1;
-        let mut req = client
-            .post(sink.url.clone())
-            .timeout(sink.timeout)
-            .header("content-type", "application/fhir+json")
-            .header("accept", "application/fhir+json")
-            .body(body.clone());
-        req = match &sink.auth {
-            None => req,
-            Some(Auth::Bearer(t)) => req.bearer_auth(&t.0),
-            Some(Auth::ApiKey { header, value }) => req.header(header.as_str(), value.0.as_str()),
-            Some(Auth::Basic { username, password }) => {
-                req.basic_auth(&username.0, Some(&password.0))
-            }
-        };
-        let (err, wait): (SendError, Option<Duration>) = match req.send().await {
-            Ok(resp) => {
-                let status = resp.status();
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let text = resp.bytes().await.unwrap_or_default();
-                let json: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
-                if status.is_success() {
-                    let answers = json["entry"].as_array().cloned().unwrap_or_default();
-                    if answers.len() != entries.len() {
-                        return Err((
-                            Some(status.as_u16()),
-                            format!(
-                                "the server answered {} entries for {}",
-                                answers.len(),
-                                entries.len()
-                            ),
-                            None,
-                        ));
-                    }
-                    return Ok(answers);
-                }
-                let outcome = (json["resourceType"] == "OperationOutcome").then(|| json.clone());
-                let detail = outcome
-                    .as_ref()
-                    .and_then(crate::model::fhir::issue_text)
-                    .map(|d| format!(": {d}"))
-                    .unwrap_or_default();
-                let e = (
-                    Some(status.as_u16()),
-                    format!("the server answered {status}{detail}"),
-                    outcome,
-                );
-                if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
-                    return Err(e);
-                }
-                (e, retry_after)
-            }
-            Err(e) if e.is_timeout() => (
-                (
-                    None,
-                    format!("no answer within {} s", sink.timeout.as_secs_f64()),
-                    None,
-                ),
-                None,
-            ),
-            Err(_) => ((None, "cannot reach the server".into(), None), None),
-        };
-        if attempt >= sink.retries {
-            return Err(err);
-        }
-        attempt += 1;
-        report.retries += 1;
-        let backoff = Duration::from_millis(200u64 << attempt.min(6)).min(Duration::from_secs(10));
-        let jitter = Duration::from_millis(fastrand::u64(..100));
-        tokio::time::sleep(
-            wait.unwrap_or(backoff + jitter)
-                .min(Duration::from_secs(30)),
-        )
+    let body = bytes::Bytes::from(serde_json::to_vec(&bundle).unwrap_or_default());
+    let policy = RetryPolicy {
+        retries: sink.retries,
+        statuses: &crate::model::DEFAULT_RETRY_STATUSES,
+    };
+    let mut calls = 0;
+    let result = policy
+        .run(None, &mut calls, |_| {
+            let req = authorized(
+                client
+                    .post(sink.url.clone())
+                    .timeout(sink.timeout)
+                    .header("content-type", "application/fhir+json")
+                    .header("accept", "application/fhir+json")
+                    .body(body.clone()),
+                sink,
+            );
+            outbound::exchange(req, crate::model::DEFAULT_MAX_ANSWER, sink.timeout)
+        })
         .await;
+    report.calls += calls;
+    report.retries += calls.saturating_sub(1);
+    let got = result.map_err(|e| {
+        let outcome = match e.last() {
+            OutboundError::Status { outcome, .. } => outcome.as_deref().cloned(),
+            _ => None,
+        };
+        let transient = e.transient();
+        (
+            e.status(),
+            format!("the server {}", sink_text(&e)),
+            outcome,
+            transient,
+        )
+    })?;
+    let status = Some(got.status);
+    let json = outbound::json(&got.body)
+        .map_err(|e| (status, format!("the server's {e}"), None, false))?;
+    let answers = json["entry"].as_array().cloned().unwrap_or_default();
+    if answers.len() != entries.len() {
+        return Err((
+            status,
+            format!(
+                "the server answered {} entries for {}",
+                answers.len(),
+                entries.len()
+            ),
+            None,
+            false,
+        ));
+    }
+    Ok(answers)
+}
+
+/// What went wrong, as the continuation of "the server ...".
+fn sink_text(e: &OutboundError) -> String {
+    match e {
+        OutboundError::Timeout(_)
+        | OutboundError::Deadline
+        | OutboundError::Connect
+        | OutboundError::Send(_) => {
+            format!("could not be reached: {e}")
+        }
+        OutboundError::Status { .. } | OutboundError::InBody(_) => e.to_string(),
+        OutboundError::PastDeadline { last, .. } => sink_text(last),
+        _ => format!("gave an unusable answer: {e}"),
     }
 }
 

@@ -1,26 +1,23 @@
-//! The upstream client: reqwest with rustls and pooled connections; per source a timeout,
-//! bounded retries with exponential backoff and jitter on idempotent requests (honouring
-//! `Retry-After`), a concurrency limit and authentication; and pagination across pages.
+//! The clients of sources, over the one outbound layer (`runtime::outbound`: client,
+//! redirects, retries, body cap): per source a timeout, a concurrency limit (a permit per HTTP
+//! attempt, never held while waiting to retry), authentication, how its statuses read; and
+//! pagination across pages.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
+use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::model::{Auth, Pagination, Source};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::metrics::{Answer, Metrics};
+use crate::runtime::outbound::{self, OutboundError, RetryPolicy, time_left};
 use crate::runtime::problem::ProblemKind;
-
-/// Largest upstream answer read, so that a source cannot exhaust memory.
-pub const MAX_ANSWER: usize = 32 << 20;
-/// Longest `Retry-After` honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// Why a call to a source failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,17 +43,23 @@ pub enum FailureKind {
 }
 
 impl Failure {
-    /// A source that answered an error status: the status, and the text of its
-    /// `OperationOutcome` when it sent one.
-    pub fn answered(source: &str, reply: &Reply) -> Failure {
-        let detail = crate::model::fhir::issue_text(&reply.body)
-            .map(|d| format!(": {d}"))
-            .unwrap_or_default();
+    /// The failure of an exchange with source `source`.
+    pub fn of(source: &str, e: OutboundError) -> Failure {
+        let kind = match e.last() {
+            OutboundError::Timeout(_) | OutboundError::Deadline => FailureKind::Timeout,
+            OutboundError::Connect | OutboundError::Send(_) => FailureKind::NoAnswer,
+            OutboundError::Status { .. } | OutboundError::Redirect(_) => FailureKind::Refused,
+            OutboundError::TooLarge(_)
+            | OutboundError::Cut(_)
+            | OutboundError::NotJson(_)
+            | OutboundError::InBody(_)
+            | OutboundError::PastDeadline { .. } => FailureKind::Unusable,
+        };
         Failure {
             source: source.to_owned(),
-            reason: format!("answered {}{detail}", reply.status),
-            kind: FailureKind::Refused,
-            status: Some(reply.status),
+            status: e.status(),
+            reason: e.to_string(),
+            kind,
         }
     }
 }
@@ -117,11 +120,7 @@ impl Upstreams {
         sources: impl IntoIterator<Item = Arc<Source>>,
         metrics: Arc<Metrics>,
     ) -> Result<Upstreams, BuildError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("fosps-engine/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| BuildError::Client(e.to_string()))?;
+        let client = outbound::client().map_err(|e| BuildError::Client(e.to_string()))?;
         let mut clients = HashMap::new();
         for s in sources {
             let fixed = fixed_headers(&s)?;
@@ -176,10 +175,18 @@ fn fixed_headers(s: &Source) -> Result<HeaderMap, BuildError> {
 }
 
 impl SourceClient {
-    /// Sends a call with the source's headers, limits, timeout and retries. A GET is retried
-    /// after connection errors, timeouts, 5xx and 429; other methods are sent once.
-    pub async fn send(&self, call: &Call, request_id: &str) -> Result<Reply, Failure> {
-        self.send_counted(call, request_id, &mut 0).await
+    /// Sends a call with the source's headers, limits, timeout and retries, and reads the
+    /// answer (JSON, at most `maxAnswer` bytes). A GET is retried after connection errors,
+    /// timeouts and the statuses of `statuses.retry`; other methods are sent once. Any status
+    /// but 2xx is a failure with the source's own message; so is a 2xx body that
+    /// `statuses.errorWhen` matches. Nothing waits past `deadline`.
+    pub async fn send(
+        &self,
+        call: &Call,
+        request_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, Failure> {
+        self.send_counted(call, request_id, deadline, &mut 0).await
     }
 
     /// As `send`, adding every HTTP attempt (retries included) to `calls`.
@@ -187,110 +194,86 @@ impl SourceClient {
         &self,
         call: &Call,
         request_id: &str,
+        deadline: Option<Instant>,
         calls: &mut usize,
     ) -> Result<Reply, Failure> {
         let s = &self.source;
-        let fail = |reason: String, kind: FailureKind, status: Option<u16>| Failure {
-            source: s.name.clone(),
-            reason,
-            kind,
-            status,
+        let policy = RetryPolicy {
+            retries: if call.method == Method::GET {
+                s.retries
+            } else {
+                0
+            },
+            statuses: &s.statuses.retry,
         };
-        let _permit = self
-            .limit
-            .acquire()
+        policy
+            .run(deadline, calls, |_| {
+                self.attempt(call, request_id, deadline)
+            })
             .await
-            .map_err(|_| fail("closed".into(), FailureKind::NoAnswer, None))?;
-        let retries = if call.method == Method::GET {
-            s.retries
-        } else {
-            0
+            .map_err(|e| Failure::of(&s.name, e))
+    }
+
+    /// One HTTP exchange, holding one of the source's concurrency permits while it lasts.
+    async fn attempt(
+        &self,
+        call: &Call,
+        request_id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, OutboundError> {
+        let s = &self.source;
+        let permit = match deadline {
+            Some(d) => tokio::time::timeout_at(d, self.limit.acquire())
+                .await
+                .map_err(|_| OutboundError::Deadline)?,
+            None => self.limit.acquire().await,
         };
-        let mut attempt = 0;
-        loop {
-            let mut req = self
-                .client
-                .request(call.method.clone(), call.url.clone())
-                .timeout(s.timeout)
-                .headers(self.fixed.clone())
-                .header("x-request-id", request_id)
-                .header(reqwest::header::ACCEPT, accept(s));
-            for (k, v) in &call.headers {
-                req = req.header(k, v);
-            }
-            if let Some(body) = &call.body {
-                req = req
-                    .header(reqwest::header::CONTENT_TYPE, content_type(s))
-                    .body(serde_json::to_vec(body).unwrap_or_default());
-            }
-            *calls += 1;
-            let started = tokio::time::Instant::now();
-            let sent = req.send().await;
-            let answer = match &sent {
-                Ok(r) => Answer::Status(r.status().as_u16()),
-                Err(e) if e.is_timeout() => Answer::Timeout,
-                Err(_) => Answer::Error,
-            };
-            self.metrics.upstream(&s.name, answer, started.elapsed());
-            let outcome: Result<std::convert::Infallible, (Failure, Option<Duration>)> = match sent
-            {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let headers = resp.headers().clone();
-                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                        Err((
-                            fail(
-                                format!("answered {status}"),
-                                FailureKind::Refused,
-                                Some(status.as_u16()),
-                            ),
-                            retry_after(&headers),
-                        ))
-                    } else {
-                        match read_body(resp).await {
-                            Ok(body) => {
-                                return Ok(Reply {
-                                    status: status.as_u16(),
-                                    headers,
-                                    body,
-                                });
-                            }
-                            Err(e) => {
-                                return Err(fail(e, FailureKind::Unusable, Some(status.as_u16())));
-                            }
-                        }
-                    }
-                }
-                Err(e) if e.is_timeout() => Err((
-                    fail(
-                        format!("no answer within {}", humanize(s.timeout)),
-                        FailureKind::Timeout,
-                        None,
-                    ),
-                    None,
-                )),
-                Err(e) if e.is_connect() => Err((
-                    fail("connection failed".into(), FailureKind::NoAnswer, None),
-                    None,
-                )),
-                Err(e) => Err((
-                    fail(
-                        format!("request failed: {}", without_url(&e)),
-                        FailureKind::NoAnswer,
-                        None,
-                    ),
-                    None,
-                )),
-            };
-            let Err((failure, after)) = outcome;
-            if attempt >= retries {
-                return Err(failure);
-            }
-            attempt += 1;
-            let wait = after.unwrap_or_else(|| backoff(attempt));
-            tracing::debug!(source = %s.name, attempt, wait_ms = wait.as_millis() as u64, "retrying: {}", failure.reason);
-            tokio::time::sleep(wait).await;
+        let _permit = permit.map_err(|_| OutboundError::Send("the client is closed".into()))?;
+        let timeout = time_left(s.timeout, deadline).ok_or(OutboundError::Deadline)?;
+        let mut req = self
+            .client
+            .request(call.method.clone(), call.url.clone())
+            .timeout(timeout)
+            .headers(self.fixed.clone())
+            .header("x-request-id", request_id)
+            .header(reqwest::header::ACCEPT, accept(s));
+        for (k, v) in &call.headers {
+            req = req.header(k, v);
         }
+        if let Some(body) = &call.body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type(s))
+                .body(serde_json::to_vec(body).unwrap_or_default());
+        }
+        let started = Instant::now();
+        let result = match outbound::exchange(req, s.max_answer, timeout).await {
+            // Cut short by the caller's deadline rather than by the source's timeout.
+            Err(OutboundError::Timeout(_)) if timeout < s.timeout => Err(OutboundError::Deadline),
+            other => other,
+        };
+        let answer = match &result {
+            Ok(r) => Answer::Status(r.status),
+            Err(e) => match e.status() {
+                Some(status) => Answer::Status(status),
+                None if matches!(e, OutboundError::Timeout(_) | OutboundError::Deadline) => {
+                    Answer::Timeout
+                }
+                None => Answer::Error,
+            },
+        };
+        self.metrics.upstream(&s.name, answer, started.elapsed());
+        let got = result?;
+        let body = outbound::json(&got.body)?;
+        if let Some(q) = &s.statuses.error_when
+            && let Some(text) = error_text(q, &body)
+        {
+            return Err(OutboundError::InBody(text));
+        }
+        Ok(Reply {
+            status: got.status,
+            headers: got.headers,
+            body,
+        })
     }
 
     /// Sends the first call and follows the source's pagination, collecting the records
@@ -303,6 +286,7 @@ impl SourceClient {
         want: Option<usize>,
         max_pages: u32,
         request_id: &str,
+        deadline: Option<Instant>,
     ) -> Result<(Vec<Value>, Reply, usize), Failure> {
         let pagination = self.source.pagination.clone();
         let mut calls = 0;
@@ -314,6 +298,7 @@ impl SourceClient {
                 max_pages,
                 pagination.as_ref(),
                 request_id,
+                deadline,
                 &mut calls,
             )
             .await?;
@@ -322,7 +307,8 @@ impl SourceClient {
 
     /// As `pages`, with the given pagination instead of the source's, adding every HTTP
     /// attempt (failed ones and retries included) to `calls`. An answer with an error status
-    /// is a failure (with its status). Gives the records and the first reply.
+    /// is a failure (with its status), as `send` reads it. Gives the records and the first
+    /// reply.
     #[allow(clippy::too_many_arguments)] // a paged read: each argument is a distinct part of it
     pub async fn pages_with(
         &self,
@@ -332,6 +318,7 @@ impl SourceClient {
         max_pages: u32,
         pagination: Option<&Pagination>,
         request_id: &str,
+        deadline: Option<Instant>,
         calls: &mut usize,
     ) -> Result<(Vec<Value>, Reply), Failure> {
         let mut call = first;
@@ -340,10 +327,9 @@ impl SourceClient {
         let mut offset = 0u64;
         let mut page = 0u32;
         loop {
-            let reply = self.send_counted(&call, request_id, calls).await?;
-            if reply.status >= 400 {
-                return Err(Failure::answered(&self.source.name, &reply));
-            }
+            let reply = self
+                .send_counted(&call, request_id, deadline, calls)
+                .await?;
             let found: Vec<Value> = records
                 .select(&reply.body, &reply.body)
                 .into_iter()
@@ -562,63 +548,20 @@ fn content_type(s: &Source) -> &'static str {
     }
 }
 
-async fn read_body(mut resp: reqwest::Response) -> Result<Value, String> {
-    if resp.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
-        return Err(format!("answer larger than {} MiB", MAX_ANSWER >> 20));
-    }
-    let mut bytes = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("answer cut: {}", without_url(&e)))?
-    {
-        if bytes.len() + chunk.len() > MAX_ANSWER {
-            return Err(format!("answer larger than {} MiB", MAX_ANSWER >> 20));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))
-}
-
-/// A reqwest error without its URL (which may carry caller values or credentials).
-pub(crate) fn without_url(e: &reqwest::Error) -> String {
-    let mut e2 = format!("{e}");
-    if let Some(u) = e.url() {
-        e2 = e2.replace(u.as_str(), "<url>");
-    }
-    e2
-}
-
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    let wait = match v.trim().parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => {
-            let at = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
-            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-                .to_std()
-                .unwrap_or_default()
-        }
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
-}
-
-/// Exponential backoff with full jitter before retry `attempt` (1 for the first retry): a
-/// random wait up to 200 ms, then up to 400 ms, 800 ms ... (at most 5 s).
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let cap_ms = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
-    Duration::from_millis(fastrand::u64(..=cap_ms))
-}
-
-fn humanize(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
+/// The text of the first value `q` matches in a 2xx body, unless it is `null`, `false` or
+/// an empty string: the message of a failure that `statuses.errorWhen` finds.
+fn error_text(q: &crate::model::jsonpath::Query, body: &Value) -> Option<String> {
+    let found = q.select(body, body).into_iter().find(|v| match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::String(s) => !s.trim().is_empty(),
+        _ => true,
+    })?;
+    Some(match found {
+        Value::String(s) => outbound::clean(s),
+        other => outbound::message_of(other.to_string().as_bytes())
+            .0
+            .unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
@@ -682,18 +625,6 @@ mod tests {
         ] {
             assert_eq!(link_next(h), None, "{h}");
         }
-    }
-
-    #[test]
-    fn backoff_is_bounded_and_jittered() {
-        for attempt in 1..20 {
-            assert!(backoff(attempt) <= Duration::from_secs(5));
-        }
-        let waits: std::collections::HashSet<Duration> = (0..50).map(|_| backoff(6)).collect();
-        assert!(
-            waits.len() > 1,
-            "50 waits drawn from 0..=5000 ms are not all equal"
-        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use engine::runtime::engine::{Engine, Limits};
 use engine::runtime::run::Stage;
 use serde_json::{Value, json};
 
-use crate::engine_router::EngineRouter;
+use crate::engine_router::{EngineRouter, open_admin};
 use crate::engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, definitions, dirs_in, engine_run_command,
     exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, signed_push,
@@ -37,7 +37,7 @@ use crate::engine_under_test::{
 };
 use crate::fhir_resources::{instant, key_of, references, without_meta};
 use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
-use crate::local_http::{Got, bind, client, dead_url, send, spawn_app};
+use crate::local_http::{Got, assert_outcome, bind, client, dead_url, send, spawn_app};
 
 /// Longest any single HTTP request of a test may take before the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -415,19 +415,6 @@ async fn push(
         req = req.header("Idempotency-Key", k);
     }
     req.send().await
-}
-
-/// Checks that an answer is an `OperationOutcome` with this status.
-fn assert_outcome(got: &Got, status: u16) {
-    assert_eq!(got.status, status, "{}", got.text);
-    assert_eq!(
-        got.header("content-type"),
-        "application/fhir+json",
-        "{got:?}"
-    );
-    let body = got.json();
-    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
-    assert!(body["issue"][0]["diagnostics"].is_string(), "{body}");
 }
 
 fn sink_doc(name: &str, url: &str, mode: &str, retries: u32) -> String {
@@ -950,7 +937,12 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
     let url = format!("{}/push/admissions", served.base);
     let now = Utc::now().timestamp();
 
@@ -969,7 +961,7 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     // Refused, writing nothing: a bad signature, a tampered body, an old timestamp, too big.
     let body2 = br#"{"id":"adm-2","family":"Bianchi","sex":"M"}"#;
     let got = push(&served, &url, "another-secret-0123456789", now, body2, None).await;
-    assert_outcome(&got, 401);
+    assert_outcome(&got, 401, &[]);
     let tampered = served
         .post(&url)
         .header("content-type", "application/json")
@@ -981,13 +973,13 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
         .body(body2.to_vec())
         .send()
         .await;
-    assert_outcome(&tampered, 401);
+    assert_outcome(&tampered, 401, &[]);
     let got = push(&served, &url, SECRET, now - 600, body2, None).await;
-    assert_outcome(&got, 401);
+    assert_outcome(&got, 401, &[]);
     let big = serde_json::to_vec(&json!({"id": "adm-big", "family": "x".repeat(2000), "sex": "F"}))
         .expect("JSON");
     let got = push(&served, &url, SECRET, now, &big, None).await;
-    assert_outcome(&got, 413);
+    assert_outcome(&got, 413, &[]);
     assert_eq!(sink.posts(), posts, "refused pushes write nothing");
     assert!(sink.get("Patient/adm-2").is_none() && sink.get("Patient/adm-big").is_none());
 
@@ -1022,7 +1014,7 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     let posts = sink.posts();
     let body5 = br#"{"id":"adm-5","family":"Gialli","sex":"Q"}"#;
     let got = push(&served, &url, SECRET, now, body5, None).await;
-    assert_outcome(&got, 422);
+    assert_outcome(&got, 422, &[]);
     assert_eq!(sink.posts(), posts);
     let dead = served
         .get(format!(
@@ -1051,7 +1043,7 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     sink.down(true);
     let body6 = br#"{"id":"adm-6","family":"Blu","sex":"M"}"#;
     let got = push(&served, &url, SECRET, now, body6, None).await;
-    assert_outcome(&got, 503);
+    assert_outcome(&got, 503, &[]);
     assert!(!got.header("retry-after").is_empty(), "{got:?}");
     assert!(sink.get("Patient/adm-6").is_none());
     sink.down(false);
@@ -1075,7 +1067,12 @@ async fn push_queued_acknowledges_500_and_delivers_each_exactly_once_across_a_si
     let yaml = push_yaml("queued-feed", &sink.url, "queued", "");
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
     let ep = served.engine.pushes["queued-feed"].clone();
     let drainer = Drainer::start(ep);
     let url = format!("{}/push/queued-feed", served.base);
@@ -1206,7 +1203,12 @@ async fn push_queue_survives_a_restart_and_drains_in_order() {
     assert_eq!(sink.count(), 0);
 
     // A new engine on the same state directory finds the ten payloads queued.
-    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
     let shown = served
         .get(format!("{}/connectors/durable-feed", served.base))
         .send()
@@ -1325,7 +1327,7 @@ async fn shutdown_lets_a_run_on_demand_finish_its_write_and_save_its_watermark()
     let state = tempfile::tempdir().expect("state");
     let built = Engine::new(
         Arc::new(load(defs.path())),
-        Limits::default(),
+        open_admin(),
         &dirs_in(state.path()),
     )
     .expect("an engine");
@@ -1338,7 +1340,10 @@ async fn shutdown_lets_a_run_on_demand_finish_its_write_and_save_its_watermark()
         engine::http::server::serve(
             built,
             listener,
-            Duration::from_secs(60),
+            engine::http::server::Stop {
+                grace: Duration::from_secs(60),
+                delay: Duration::ZERO,
+            },
             false,
             None,
             async {
@@ -1614,7 +1619,7 @@ spec:
         (Some((bearer, "token-0123456789")), "t-no-scheme"),
         (Some(("x-api-key", "token-0123456789")), "t-wrong-header"),
     ] {
-        assert_outcome(&post("by-token", given, id).await, 401);
+        assert_outcome(&post("by-token", given, id).await, 401, &[]);
     }
     for (given, id) in [
         (None, "k-none"),
@@ -1622,7 +1627,7 @@ spec:
         (Some(("x-api-key", "Key-0123456789")), "k-other"),
         (Some((bearer, "Bearer key-0123456789")), "k-wrong-header"),
     ] {
-        assert_outcome(&post("by-key", given, id).await, 401);
+        assert_outcome(&post("by-key", given, id).await, 401, &[]);
     }
     assert!(
         sink.store().resources.is_empty(),

@@ -281,10 +281,12 @@ async fn queued_of(http: &reqwest::Client, base: &str) -> Option<u64> {
 
 fn serve(defs: &Path, state: &Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    // The admin API open: the test reads the queue's depth from `/connectors/feed`.
     cmd.arg("serve")
         .arg(defs)
         .arg("--state-dir")
         .arg(state)
+        .arg("--admin-open")
         .env_remove("ENGINE_STATE_DIR")
         .env_remove("ENGINE_SINK_DIR");
     cmd

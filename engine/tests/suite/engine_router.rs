@@ -21,6 +21,15 @@ use tower::ServiceExt;
 use crate::engine_under_test::dirs_in;
 use crate::local_http::Got;
 
+/// The default limits, but with the admin API open to every caller (`--admin-open`): for the
+/// tests of what the admin routes do, not of who may call them (that is `admin_auth`).
+pub fn open_admin() -> Limits {
+    Limits {
+        admin: engine::runtime::admin_access::AdminAccess::open(),
+        ..Limits::default()
+    }
+}
+
 /// The engine of a model and its router.
 pub struct EngineRouter {
     /// The base of the URLs the tests write: `http://engine.test` (its host reaches the

@@ -109,3 +109,25 @@ pub async fn send(req: reqwest::RequestBuilder) -> Got {
         text,
     }
 }
+
+/// Checks that an answer is an `OperationOutcome` with this status whose diagnostics hold
+/// every one of `words`.
+pub fn assert_outcome(got: &Got, status: u16, words: &[&str]) {
+    assert_eq!(got.status, status, "{}", got.text);
+    assert_eq!(
+        got.header("content-type"),
+        "application/fhir+json",
+        "{got:?}"
+    );
+    let body = got.json();
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    let diagnostics = body["issue"][0]["diagnostics"].as_str();
+    assert!(diagnostics.is_some(), "{body}");
+    let diagnostics = diagnostics.unwrap_or_default();
+    for w in words {
+        assert!(
+            diagnostics.contains(w),
+            "diagnostics {diagnostics:?} should mention {w:?}"
+        );
+    }
+}

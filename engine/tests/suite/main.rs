@@ -4,11 +4,14 @@
 //! one subject and `--skip helios::` leaves one out.
 
 // The subjects.
+mod admin_auth;
 mod architecture;
 mod cli;
 mod cron_push;
 mod durability;
+mod edge;
 mod helios;
+mod hostile;
 mod invalid;
 mod mapping;
 mod reload;
@@ -23,5 +26,6 @@ mod fhir_resources;
 mod fhir_standin;
 mod helios_client;
 mod helios_server;
+mod hostile_source;
 mod local_http;
 mod serve_process;

@@ -47,6 +47,7 @@ async fn reload_under_load() {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
     cmd.arg("serve")
         .arg(&defs)
+        .arg("--admin-open")
         .arg("--state-dir")
         .arg(dir.path().join("state"));
     let server = ServeProcess::start(cmd, WAIT).await;
@@ -117,11 +118,25 @@ async fn reload_under_load() {
             .json()
             .await
             .expect("json");
-        if readyz["reload"]["lastError"]
-            .as_str()
-            .is_some_and(|e| e.contains("error: YAML syntax"))
-        {
+        if readyz["reload"]["lastReloadRefused"] == true {
+            // `/readyz` says only that: the diagnostics quote the definitions, and are on
+            // `/reload`, an admin route.
             assert_eq!(readyz["status"], "ready");
+            assert!(readyz["reload"].get("lastError").is_none(), "{readyz}");
+            let reload: serde_json::Value = client
+                .get(format!("{base}/reload"))
+                .send()
+                .await
+                .expect("reload")
+                .json()
+                .await
+                .expect("json");
+            assert!(
+                reload["lastError"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("error: YAML syntax")),
+                "{reload}"
+            );
             break;
         }
         assert!(

@@ -13,10 +13,10 @@ use axum::response::{IntoResponse, Response};
 use engine::runtime::engine::Limits;
 use serde_json::{Value, json};
 
-use crate::engine_router::EngineRouter;
+use crate::engine_router::{EngineRouter, open_admin};
 use crate::engine_under_test::{definitions, load};
 use crate::fhir_resources::entries_of;
-use crate::local_http::{Got, bind, client, dead_url, send, spawn_app};
+use crate::local_http::{Got, assert_outcome, bind, client, dead_url, send, spawn_app};
 use crate::serve_process::ServeProcess;
 
 /// Longest any single request of a test may take before the test fails.
@@ -176,26 +176,6 @@ fn with_query(url: &str, pairs: &[(&str, &str)]) -> String {
     let mut u = url::Url::parse(url).expect("a URL");
     u.query_pairs_mut().extend_pairs(pairs);
     u.to_string()
-}
-
-/// Checks that an answer is an `OperationOutcome` with this status whose diagnostics hold
-/// every one of `words`.
-fn assert_outcome(got: &Got, status: u16, words: &[&str]) {
-    assert_eq!(got.status, status, "{}", got.text);
-    assert_eq!(
-        got.header("content-type"),
-        "application/fhir+json",
-        "{got:?}"
-    );
-    let body = got.json();
-    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
-    let diagnostics = body["issue"][0]["diagnostics"].as_str().unwrap_or("");
-    for w in words {
-        assert!(
-            diagnostics.contains(w),
-            "diagnostics {diagnostics:?} should mention {w:?}"
-        );
-    }
 }
 
 /// Decodes `%XX` escapes (and nothing else).
@@ -1027,7 +1007,7 @@ spec:
 "#
         .replace("@URL@", &fhir.url)
     );
-    let (engine, _defs) = engine_of(&yaml, Limits::default());
+    let (engine, _defs) = engine_of(&yaml, open_admin());
     let route = format!(
         "{}/fhir/drug-labels/MedicinalProductDefinition",
         engine.base

@@ -35,7 +35,7 @@ use engine::model::Model;
 use engine::runtime::run::{RunReport, Stage};
 use serde_json::{Value, json};
 
-use crate::engine_router::EngineRouter;
+use crate::engine_router::{EngineRouter, open_admin};
 use crate::engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, engine_run_command, exit_of, run_with_deadline,
     runner, signed_push, wait_until, watermarks,
@@ -510,7 +510,12 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
         .with("IPS_FHIR_URL", &ips.url)
         .with("HL7_SANDBOX_FHIR_URL", &sandbox.url);
     let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::new(load_shipped(&env), state.path(), CLIENT_TIMEOUT);
+    let served = EngineRouter::with_limits(
+        load_shipped(&env),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
 
     // Both servers up: one searchset with the Patients of both.
     let search = format!("{}/fhir/proxy/Patient", served.base);

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::vocabulary::{BundleMode, FhirVersion, Method, SourceType};
+use crate::model::vocabulary::{BundleMode, FhirVersion, Method, NotFoundReading, SourceType};
 
 /// Where data comes from: a JSON HTTP API or a FHIR server.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -33,8 +33,10 @@ pub struct SourceSpec {
     #[serde(default)]
     #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
     pub timeout: Option<String>,
-    /// Retries of an idempotent request after a connection error, 5xx or 429 (default 2),
-    /// with exponential backoff and jitter, honouring `Retry-After`.
+    /// Retries of an idempotent request after a connection error, a timeout or a status of
+    /// `statuses.retry` (default 2), with exponential backoff and jitter, honouring
+    /// `Retry-After` (seconds or an HTTP date, at most 30 s). A wait that would pass the
+    /// caller's deadline is not waited: the request fails at once with the source's status.
     #[serde(default)]
     #[schemars(range(max = 10))]
     pub retries: Option<u32>,
@@ -45,6 +47,40 @@ pub struct SourceSpec {
     /// How the source splits long answers into pages.
     #[serde(default)]
     pub pagination: Option<PaginationSpec>,
+    /// Largest answer read from the source, e.g. `8MiB` (default `32MiB`). A larger answer,
+    /// or one whose length differs from its `Content-Length`, is a failure (502).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^[0-9]+(B|KB|MB|GB|KiB|MiB|GiB)?$"))]
+    pub max_answer: Option<String>,
+    /// How the source's statuses and bodies read. Without it, a 404 on a search is an error
+    /// (502 with the source's message, so that a wrong path is seen), a 404 on a read is
+    /// "not found" (404), and 429, 502, 503 and 504 are retried.
+    #[serde(default)]
+    pub statuses: Option<StatusesSpec>,
+}
+
+/// How a source's answers read.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StatusesSpec {
+    /// What a 404 means: `empty` (no data: an empty searchset, which may be cached; a read
+    /// answers 404), `notFound` (404 to the caller with the source's message) or `error` (502
+    /// with the source's message, never cached). Default: `error` for a search, `notFound`
+    /// for a read.
+    #[serde(default)]
+    pub not_found: Option<NotFoundReading>,
+    /// Statuses after which an idempotent request is sent again (default `[429, 502, 503,
+    /// 504]`); each from 400 to 599.
+    #[serde(default)]
+    #[schemars(length(max = 200))]
+    #[schemars(extend("examples" = [[429, 503]]))]
+    pub retry: Option<Vec<u16>>,
+    /// JSONPath over a 2xx answer: when it matches a value other than `null`, `false` or an
+    /// empty string, the answer is a failure (502) whose message is the matched text, e.g.
+    /// `$.error` or `$.status[?@ == 'error']`.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["$.error"]))]
+    pub error_when: Option<String>,
 }
 
 /// Authentication of outbound requests: exactly one of `bearer`, `apiKey`, `basic`.

@@ -7,10 +7,11 @@ use super::context::{Ctx, segs};
 use crate::config::spec::{
     ApiKeySpec, AuthSpec, BasicSpec, BearerSpec, BundleMode, CursorSpec, FhirSinkSpec, Method,
     NdjsonSinkSpec, OffsetSpec, PageSpec, PaginationSpec, RequestSpec, SinkSpec, SourceSpec,
+    StatusesSpec,
 };
 use crate::model::jsonpath::Query;
 use crate::model::template::Templates;
-use crate::model::{Auth, FhirSink, Pagination, Request, Secret, Sink, Source};
+use crate::model::{Auth, FhirSink, Pagination, Request, Secret, Sink, Source, Statuses};
 
 fn with<'p>(base: &[&'p str], more: &[&'p str]) -> Vec<&'p str> {
     base.iter().chain(more.iter()).copied().collect()
@@ -40,6 +41,12 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         .pagination
         .as_ref()
         .and_then(|p| pagination(ctx, &with(at, &["pagination"]), p));
+    let max_answer = ctx.size(
+        &with(at, &["maxAnswer"]),
+        s.max_answer.as_deref(),
+        crate::model::DEFAULT_MAX_ANSWER,
+    );
+    let statuses = statuses(ctx, &with(at, &["statuses"]), s.statuses.as_ref());
     if s.fhir_version.is_some() && s.kind != crate::config::spec::SourceType::Fhir {
         ctx.error(
             &with(at, &["fhirVersion"]),
@@ -58,7 +65,38 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         retries: s.retries.unwrap_or(2),
         concurrency: s.concurrency.unwrap_or(16),
         pagination,
+        max_answer,
+        statuses,
     })
+}
+
+/// Checks how a source's answers read: retried statuses are error statuses, and `errorWhen`
+/// is a JSONPath query.
+fn statuses(ctx: &mut Ctx<'_>, at: &[&str], s: Option<&StatusesSpec>) -> Statuses {
+    let retry = match s.and_then(|s| s.retry.as_ref()) {
+        None => crate::model::DEFAULT_RETRY_STATUSES.to_vec(),
+        Some(list) => {
+            for (i, code) in list.iter().enumerate() {
+                if !(400..=599).contains(code) {
+                    let index = i.to_string();
+                    ctx.error(
+                        &with(at, &["retry", &index]),
+                        format!("{code} is not an error status: only 400 to 599 are retried"),
+                        Some("e.g. `retry: [429, 503]`".into()),
+                    );
+                }
+            }
+            list.clone()
+        }
+    };
+    let error_when = s
+        .and_then(|s| s.error_when.as_deref())
+        .and_then(|q| query(ctx, &with(at, &["errorWhen"]), q));
+    Statuses {
+        not_found: s.and_then(|s| s.not_found),
+        retry,
+        error_when,
+    }
 }
 
 /// The URL used for a value whose secret is unresolved (validation only, never served).

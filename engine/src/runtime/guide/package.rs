@@ -5,74 +5,38 @@ use std::io::Read;
 use std::time::Duration;
 
 use super::error::{GuideError, MAX_FILES};
+use crate::runtime::outbound::{self, OutboundError, RetryPolicy};
 
 /// Files of the guide by their path in it, in path order.
 pub(super) type Files = Vec<(String, Vec<u8>)>;
 
-/// Downloads a package, refusing answers larger than `max` bytes.
+/// Downloads a package over the outbound layer (its redirect policy, body reader and retry
+/// policy), refusing answers larger than `max` bytes.
 pub(super) async fn download(
     url: &url::Url,
     max: u64,
     timeout: Duration,
 ) -> Result<Vec<u8>, GuideError> {
-    let client = reqwest::Client::builder()
-        .timeout(timeout)
-        .user_agent(concat!("fosps-engine/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| GuideError::Client(e.to_string()))?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match fetch(&client, url, max).await {
-            Ok(bytes) => return Ok(bytes),
-            Err((transient, message)) if !transient || attempt > 2 => {
-                return Err(GuideError::Download {
-                    url: url.to_string(),
-                    message,
-                });
-            }
-            Err(_) => tokio::time::sleep(crate::runtime::upstream::backoff(attempt)).await,
-        }
-    }
-}
-
-/// One download attempt; the error says whether another attempt may succeed.
-async fn fetch(
-    client: &reqwest::Client,
-    url: &url::Url,
-    max: u64,
-) -> Result<Vec<u8>, (bool, String)> {
-    let mut resp = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| (true, crate::runtime::upstream::without_url(&e)))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let transient = status.is_server_error() || status.as_u16() == 429;
-        return Err((transient, format!("the server answered {status}")));
-    }
-    let too_large = || {
-        (
-            false,
-            format!("the package is larger than {max} bytes (`import.maxSize`)"),
-        )
+    let client = outbound::client().map_err(|e| GuideError::Client(e.to_string()))?;
+    let policy = RetryPolicy {
+        retries: 2,
+        statuses: &crate::model::DEFAULT_RETRY_STATUSES,
     };
-    if resp.content_length().is_some_and(|n| n > max) {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
+    policy
+        .run(None, &mut 0, |_| {
+            outbound::exchange(client.get(url.clone()).timeout(timeout), max, timeout)
+        })
         .await
-        .map_err(|e| (true, crate::runtime::upstream::without_url(&e)))?
-    {
-        if (body.len() + chunk.len()) as u64 > max {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        .map(|got| got.body.to_vec())
+        .map_err(|e| match e.last() {
+            OutboundError::TooLarge(_) => GuideError::TooLarge {
+                what: format!("the package is larger than {max} bytes"),
+            },
+            _ => GuideError::Download {
+                url: url.to_string(),
+                message: e.to_string(),
+            },
+        })
 }
 
 /// The regular files of a gzipped tar (a FHIR package), by path below `package/`, refusing

@@ -37,10 +37,7 @@ impl PullRuntime {
                 headers: Vec::new(),
                 body: Some(bundle.clone()),
             };
-            let reply = client.send(&call, &info.request_id).await?;
-            if reply.status >= 400 {
-                return Err(Failure::answered(&client.source.name, &reply));
-            }
+            let reply = client.send(&call, &info.request_id, info.deadline).await?;
             let entries = reply
                 .body
                 .get("entry")

@@ -26,6 +26,9 @@ pub struct RequestInfo {
     pub base: String,
     /// The URL of this request as the caller sent it.
     pub self_url: String,
+    /// When the caller's answer is due (the engine's request timeout): no source call, retry
+    /// or wait for a source's concurrency slot goes past it.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// A pull connector ready to answer.

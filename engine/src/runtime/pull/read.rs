@@ -7,9 +7,10 @@ use serde_json::json;
 
 use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure};
 use crate::model::PullResource;
+use crate::model::vocabulary::NotFoundReading;
 use crate::runtime::cache::Answer;
 use crate::runtime::problem::{Problem, ProblemKind};
-use crate::runtime::upstream::{Call, Failure, SourceClient};
+use crate::runtime::upstream::{Call, SourceClient};
 
 impl PullRuntime {
     /// The resource `Type/id` from the first source that has it.
@@ -40,15 +41,16 @@ impl PullRuntime {
                     .map_err(|e| SourceError::Problem(e.into()))?,
                     None => fhir_read_call(client, &res.resource_type, id),
                 };
-                let reply = match client.send(&call, &info.request_id).await {
-                    Ok(r) if r.status == 404 || r.status == 410 => return Ok(None),
-                    Ok(r) if r.status >= 400 => {
-                        return Err(SourceError::Failed(Failure::answered(
-                            &client.source.name,
-                            &r,
-                        )));
-                    }
+                let reply = match client.send(&call, &info.request_id, info.deadline).await {
                     Ok(r) => r,
+                    // A read's 404 (and 410) is "not found" unless the source says it is an
+                    // error.
+                    Err(f) if matches!(f.status, Some(404 | 410)) => {
+                        return match client.source.statuses.not_found {
+                            Some(NotFoundReading::Error) => Err(SourceError::Failed(f)),
+                            _ => Ok(None),
+                        };
+                    }
                     Err(f) => return Err(SourceError::Failed(f)),
                 };
                 let Some(record) = read

@@ -11,7 +11,7 @@ use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure};
 use crate::model::PullResource;
 use crate::model::fhir::outcome;
 use crate::model::jsonpath::Query;
-use crate::model::vocabulary::{ParamType, SourceType};
+use crate::model::vocabulary::{NotFoundReading, ParamType, SourceType};
 use crate::runtime::cache::Answer;
 use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Call, SourceClient};
@@ -153,12 +153,19 @@ impl PullRuntime {
                     Some(want),
                     MAX_PAGES,
                     &info.request_id,
+                    info.deadline,
                 )
                 .await
             {
-                Err(f) if f.status == Some(404) && client.source.kind == SourceType::Json => {
-                    return Ok((Vec::new(), Some(0)));
-                }
+                // A search's 404 is an error (a wrong path or base URL must show) unless the
+                // source declares it "no data" or "not found".
+                Err(f) if f.status == Some(404) => match client.source.statuses.not_found {
+                    Some(NotFoundReading::Empty) => return Ok((Vec::new(), Some(0))),
+                    Some(NotFoundReading::NotFound) => {
+                        return Err(SourceError::Problem(Problem::not_found(f.to_string())));
+                    }
+                    Some(NotFoundReading::Error) | None => return Err(SourceError::Failed(f)),
+                },
                 other => other.map_err(SourceError::Failed)?,
             };
             let (records, reply, _) = pages;
