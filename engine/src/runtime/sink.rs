@@ -612,10 +612,14 @@ async fn write_fhir(
 /// Why the look-up of an earlier write (its Provenance) could not tell whether it was applied.
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    #[error("the server answered {0} to the look-up of an earlier write")]
-    Answered(reqwest::StatusCode),
-    #[error("cannot reach the server to look up an earlier write")]
-    Unreachable,
+    /// No answer, an error status other than 404 and 410, or an answer too large.
+    #[error("the look-up of an earlier write failed: the server {}", sink_text(.0))]
+    Failed(OutboundError),
+    /// A 2xx that is not the Provenance asked for: the write is not taken as done.
+    #[error(
+        "the server answered the look-up of an earlier write with something else than its Provenance"
+    )]
+    NotIt,
     #[error("the sink URL cannot take a path")]
     Url,
 }
@@ -623,7 +627,7 @@ pub enum LookupError {
 impl LookupError {
     fn status(&self) -> Option<u16> {
         match self {
-            LookupError::Answered(s) => Some(s.as_u16()),
+            LookupError::Failed(e) => e.status(),
             _ => None,
         }
     }
@@ -649,11 +653,20 @@ async fn written_before(
             .header("accept", "application/fhir+json"),
         sink,
     );
-    match req.send().await {
-        Ok(resp) if resp.status().is_success() => Ok(true),
-        Ok(resp) if matches!(resp.status().as_u16(), 404 | 410) => Ok(false),
-        Ok(resp) => Err(LookupError::Answered(resp.status())),
-        Err(_) => Err(LookupError::Unreachable),
+    match outbound::exchange(req, crate::model::DEFAULT_MAX_ANSWER, sink.timeout).await {
+        Ok(got) => {
+            // Only the Provenance asked for says the write was applied: a server (or a proxy
+            // in front of it) answering 200 to anything must not make a payload be dropped.
+            let found = outbound::json(&got.body)
+                .is_ok_and(|p| p["resourceType"] == "Provenance" && p["id"].as_str() == Some(id));
+            if found {
+                Ok(true)
+            } else {
+                Err(LookupError::NotIt)
+            }
+        }
+        Err(e) if matches!(e.status(), Some(404 | 410)) => Ok(false),
+        Err(e) => Err(LookupError::Failed(e)),
     }
 }
 

@@ -75,6 +75,8 @@ struct SinkInner {
     in_flight: AtomicUsize,
     /// `GET /Provenance/{id}` answered.
     lookups: AtomicUsize,
+    /// Answer 200 with another resource to every look-up.
+    lying: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -94,6 +96,7 @@ impl Sink {
             release: Notify::new(),
             in_flight: AtomicUsize::new(0),
             lookups: AtomicUsize::new(0),
+            lying: AtomicBool::new(false),
         });
         let app = axum::Router::new()
             .route("/", post(sink_post))
@@ -152,6 +155,9 @@ async fn sink_provenance(
     UrlPath(id): UrlPath<String>,
 ) -> Response {
     s.lookups.fetch_add(1, Ordering::SeqCst);
+    if s.lying.load(Ordering::SeqCst) {
+        return fhir_json(200, &json!({"resourceType": "Patient", "id": id}));
+    }
     let found = s
         .store
         .lock()
@@ -567,6 +573,56 @@ async fn a_reload_while_draining_hands_the_queue_to_one_drainer() {
         markers[1..].iter().all(|m| *m == "v2"),
         "after the hand-over, the new definition"
     );
+}
+
+/// After a crash mid-write (the in-flight record names the first queued payload), a sink
+/// that answers 200 with something else than the Provenance to the look-up does not make the
+/// payload be taken as written: it stays queued, and is written once the look-up says 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_look_up_answered_with_something_else_does_not_drop_the_payload() {
+    let sink = Sink::start(Duration::ZERO).await;
+    let defs = definitions(
+        &(sink_doc(&sink.url, "transaction", true) + &feed_doc(&bearer_auth(), "queued", "v1", "")),
+    );
+    let state = tempfile::tempdir().expect("state");
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let got = served
+        .post(format!("{}/push/feed", served.base))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(patient_payload("l-1"))
+        .send()
+        .await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    // As a crash leaves it: the payload recorded in flight, its write not known to be done.
+    std::fs::write(
+        state.path().join("push/feed/inflight.json"),
+        json!({"file": "00000000000000000000.json", "ndjson": {}}).to_string(),
+    )
+    .expect("write");
+    sink.inner.lying.store(true, Ordering::SeqCst);
+    let drainer = Drainer::start(served.engine.pushes["feed"].clone());
+    let s = sink.clone();
+    wait_until(WAIT, "the payload is looked up", move || {
+        s.inner.lookups.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert_eq!(
+        served.engine.pushes["feed"].depths(),
+        (1, 0),
+        "still queued"
+    );
+    assert_eq!(sink.patient_writes(), 0);
+    sink.inner.lying.store(false, Ordering::SeqCst);
+    let s = sink.clone();
+    wait_until(WAIT, "written once the look-up says 404", move || {
+        s.patient_writes() >= 1
+    })
+    .await;
+    let e = served.engine.pushes["feed"].clone();
+    wait_until(WAIT, "the queue empties", move || e.depths().0 == 0).await;
+    drainer.stop().await;
+    assert_eq!(sink.store().writes.get("Patient/l-1"), Some(&1));
 }
 
 // ------------------------------------------------------------------------------------------
