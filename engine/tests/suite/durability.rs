@@ -838,7 +838,7 @@ async fn remembered_deliveries_are_bounded_and_seen_jsonl_is_compacted() {
 // ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tmp_leftovers_are_removed_and_answers_name_no_state_path() {
+async fn tmp_leftovers_of_the_queue_are_removed_at_start() {
     let sink = Sink::start(Duration::ZERO).await;
     let defs = definitions(
         &(sink_doc(&sink.url, "transaction", false)
@@ -854,7 +854,8 @@ async fn tmp_leftovers_are_removed_and_answers_name_no_state_path() {
         )
         .expect("write");
     }
-    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    // Building the engine opens the queue.
+    let _served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     for sub in ["queue", "dead"] {
         let left: Vec<String> = std::fs::read_dir(feed.join(sub))
             .expect("dir")
@@ -862,7 +863,18 @@ async fn tmp_leftovers_are_removed_and_answers_name_no_state_path() {
             .collect();
         assert!(left.is_empty(), "{sub}: {left:?}");
     }
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_cannot_take_a_payload_answers_503_naming_no_state_path() {
+    let sink = Sink::start(Duration::ZERO).await;
+    let defs = definitions(
+        &(sink_doc(&sink.url, "transaction", false)
+            + &feed_doc(&bearer_auth(), "queued", "v1", "")),
+    );
+    let state = tempfile::tempdir().expect("state");
+    let feed = state.path().join("push/feed");
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     // The queue cannot take a payload: a 503 whose text names no path of the state directory.
     std::fs::remove_dir(feed.join("queue")).expect("rmdir");
     std::fs::write(feed.join("queue"), b"not a directory").expect("write");
