@@ -44,7 +44,10 @@ pub struct Reload {
 }
 
 /// The background tasks of cron and push connectors, by connector, with the fingerprint of
-/// the definition they run.
+/// the definition they run. When a push connector's definition changes, its old drainer is
+/// told to stop and the new one is started at once: the new one waits for the queue's drain
+/// lock (shared through `Engine::with_previous`), so it starts writing only once the old one
+/// has finished its payload in flight.
 struct Tasks {
     run_schedules: bool,
     running: HashMap<String, (String, watch::Sender<bool>)>,

@@ -246,6 +246,8 @@ pub struct Push {
     pub max_values: usize,
     pub idempotency_header: String,
     pub dedup_window: Duration,
+    /// The most deliveries remembered at once (`dedupLimit`).
+    pub dedup_limit: usize,
     pub sink: SinkRef,
     /// Write by conditional update on this identifier system (`write.identifierSystem`).
     pub identifier_system: Option<String>,

@@ -1,7 +1,9 @@
 //! The build phase: from a checked model, the engine's runtime state (source clients, pull
 //! runtimes and their caches, cron jobs, push endpoints), nothing spawned. Connectors whose
 //! fingerprint did not change keep the runtime of the previous engine, so a reload leaves their
-//! caches, queues and schedules as they are.
+//! caches, queues and schedules as they are; a push connector whose definition changed gets a
+//! new endpoint over the same queue (its drain lock, sequence and deduplication memory), so
+//! that its new drainer takes over from the old one.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -236,6 +238,10 @@ impl Engine {
                         metrics.clone(),
                         invalidate,
                         clock,
+                        // A changed definition takes over the queue of the one it replaces.
+                        previous
+                            .and_then(|p| p.pushes.get(&c.name))
+                            .map(Arc::as_ref),
                     )?;
                     pushes.insert(c.name.clone(), Arc::new(ep));
                 }

@@ -21,7 +21,7 @@ use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 pub use crate::runtime::report::{Failure, RunReport, Skipped, Stage};
-use crate::runtime::sink::{WriteFailure, WriteOptions, Writer};
+use crate::runtime::sink::{ProvenanceOf, WriteFailure, WriteOptions, Writer};
 use crate::runtime::state::{self, ConnectorState, StateDir};
 use crate::runtime::upstream::{Call, SourceClient, Upstreams};
 
@@ -429,9 +429,27 @@ impl Runner {
         state: &mut ConnectorState,
         report: &mut RunReport,
     ) {
+        let sources: Vec<&str> = self
+            .connector
+            .sources
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
         let opts = WriteOptions {
             identifier_system: cron.identifier_system.clone(),
             declared_types: self.connector.declared_types(),
+            // One Provenance per Bundle of the run, when the sink asks for it.
+            provenance: Some(ProvenanceOf {
+                connector: self.connector.name.clone(),
+                occasion: format!("run {}", report.started.to_rfc3339()),
+                source: if sources.is_empty() {
+                    "an implementation guide import".to_owned()
+                } else {
+                    format!("source {}", sources.join(", "))
+                },
+                recorded: self.clock.now().to_rfc3339(),
+                check_written: false,
+            }),
         };
         let w = self.writer.write(to_write, &opts).await;
         report.resources_written = w.written;
@@ -644,7 +662,8 @@ impl Runner {
         let received = self.clock.now().to_rfc3339();
         let kept = state::blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| state::StateError::io(&dir, e))?;
-            let first = crate::runtime::push::next_seq(&crate::runtime::push::queued(&dir));
+            let first =
+                crate::runtime::push::queue::next_seq(&crate::runtime::push::queue::files(&dir));
             for (seq, r) in (first..).zip(rejected) {
                 let item = json!({
                     "received": received,

@@ -15,6 +15,7 @@ use crate::model::vocabulary::BundleMode;
 use crate::model::{Auth, FhirSink, Sink, SinkRef};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::outbound::{self, OutboundError, RetryPolicy};
+use crate::runtime::state::StateError;
 
 /// One resource that could not be written, and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +47,69 @@ pub struct WriteOptions {
     pub identifier_system: Option<String>,
     /// The resource types the connector declares (`None`: any type); others are refused.
     pub declared_types: Option<std::collections::BTreeSet<String>>,
+    /// The Provenance of each Bundle, written when the FHIR sink asks for it (`provenance`).
+    pub provenance: Option<ProvenanceOf>,
+}
+
+/// What the Provenance written in each Bundle says, and what makes its id: a UUID v5 of the
+/// connector, the occasion and the Bundle's position, so that the same write has the same id
+/// when it is tried again.
+#[derive(Debug, Clone, Default)]
+pub struct ProvenanceOf {
+    /// The connector that wrote (the `agent`, with the engine).
+    pub connector: String,
+    /// What happened: a push delivery's key and arrival, a cron run's start.
+    pub occasion: String,
+    /// Where the data came from (the `entity`): a source's name, or the push endpoint.
+    pub source: String,
+    /// When (`recorded`), from the engine's clock.
+    pub recorded: String,
+    /// Looks each Bundle's Provenance up before sending the Bundle (transaction mode), and
+    /// counts the Bundle as written when it is there: set when a write may have reached the
+    /// sink before a crash.
+    pub check_written: bool,
+}
+
+impl ProvenanceOf {
+    /// The id of the Provenance of the `n`th Bundle.
+    pub fn id(&self, n: usize) -> String {
+        crate::model::fhir::uuid5(&[self.connector.clone(), self.occasion.clone(), n.to_string()])
+    }
+
+    /// The Bundle entry of the Provenance of the `n`th Bundle, about `targets` (`Type/id`, or
+    /// the conditional reference of a conditional update).
+    fn entry(&self, n: usize, targets: Vec<String>) -> Value {
+        let id = self.id(n);
+        let target: Vec<Value> = targets
+            .into_iter()
+            .map(|t| json!({"reference": t}))
+            .collect();
+        json!({
+            "resource": {
+                "resourceType": "Provenance",
+                "id": id,
+                "target": target,
+                "recorded": self.recorded,
+                "activity": {"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "UPDATE"
+                }]},
+                "agent": [{
+                    "type": {"coding": [{
+                        "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                        "code": "assembler"
+                    }]},
+                    "who": {"display": format!(
+                        "fosps-engine {} connector {}",
+                        env!("CARGO_PKG_VERSION"),
+                        self.connector
+                    )}
+                }],
+                "entity": [{"role": "source", "what": {"display": self.source}}]
+            },
+            "request": {"method": "PUT", "url": format!("Provenance/{id}")}
+        })
+    }
 }
 
 /// A ready sink.
@@ -84,39 +148,15 @@ impl Writer {
     pub fn describe(&self) -> String {
         match self {
             Writer::Fhir { sink, .. } => format!("FHIR sink `{}`", sink.name),
-            Writer::Ndjson { dir } => format!("NDJSON directory {}", dir.display()),
+            Writer::Ndjson { .. } => "the NDJSON sink".to_owned(),
         }
     }
 
     /// Writes resources; every failure is in the report.
     pub async fn write(&self, resources: Vec<Value>, opts: &WriteOptions) -> WriteReport {
-        // Checked before anything reaches the sink: an id that breaks FHIR's id rule would
-        // become part of the sink's URL, and a type the connector does not declare is not its
-        // to write. What fails is a permanent failure with the reason.
-        let mut refused = Vec::new();
-        let resources: Vec<Value> = resources
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                match crate::model::fhir::writable(&r, opts.declared_types.as_ref()) {
-                    Ok(()) => Some(r),
-                    Err(e) => {
-                        refused.push(WriteFailure {
-                            resource: safe_label(&r, i),
-                            status: None,
-                            message: format!("not written: {e}"),
-                            outcome: None,
-                            transient: false,
-                        });
-                        None
-                    }
-                }
-            })
-            .collect();
-        let mut report = self.write_checked(resources, opts).await;
-        refused.append(&mut report.failures);
-        report.failures = refused;
-        report
+        let (resources, refused) = admit(resources, opts);
+        let report = self.write_checked(resources, opts).await;
+        with_refused(refused, report)
     }
 
     async fn write_checked(&self, resources: Vec<Value>, opts: &WriteOptions) -> WriteReport {
@@ -125,24 +165,212 @@ impl Writer {
                 // Appends and fsyncs: on the blocking pool, off the async workers.
                 let dir = dir.clone();
                 let count = resources.len();
-                tokio::task::spawn_blocking(move || write_ndjson(&dir, &resources))
-                    .await
-                    .unwrap_or_else(|e| WriteReport {
-                        failures: vec![WriteFailure {
-                            resource: format!("{count} resources"),
-                            status: None,
-                            message: format!("the NDJSON writer stopped: {e}"),
-                            outcome: None,
-                            transient: true,
-                        }],
-                        ..WriteReport::default()
-                    })
+                tokio::task::spawn_blocking(move || {
+                    let lock = ndjson_lock(&dir);
+                    let _alone = lock.lock();
+                    write_ndjson(&dir, &resources)
+                })
+                .await
+                .unwrap_or_else(|e| WriteReport {
+                    failures: vec![WriteFailure {
+                        resource: format!("{count} resources"),
+                        status: None,
+                        message: format!("the NDJSON writer stopped: {e}"),
+                        outcome: None,
+                        transient: true,
+                    }],
+                    ..WriteReport::default()
+                })
             }
             Writer::Fhir { sink, client } => {
                 write_fhir(sink, client, reference_order(resources), opts).await
             }
         }
     }
+}
+
+impl Writer {
+    /// Writes as `write` does, after `record` has durably recorded the write as in flight
+    /// (given the lengths of the NDJSON files it appends to; none for a FHIR sink). `cut`
+    /// holds the lengths recorded by an earlier try of the same write, cut short: each file
+    /// is cut back to its length first when what follows it is (a part of) this write, or
+    /// left as it is, and not written again, when this write is whole there. For NDJSON, the
+    /// record, the cut and the write happen under the directory's lock, so no other write
+    /// of the process comes between them.
+    pub async fn write_recorded(
+        &self,
+        resources: Vec<Value>,
+        opts: &WriteOptions,
+        cut: Option<BTreeMap<String, u64>>,
+        record: impl FnOnce(&BTreeMap<String, u64>) -> Result<(), StateError> + Send + 'static,
+    ) -> WriteReport {
+        // The reason only: the report's texts reach logs and callers, which see no path.
+        let unrecorded = |why: String, count: usize| WriteReport {
+            failures: vec![WriteFailure {
+                resource: format!("{count} resources"),
+                status: None,
+                message: format!("cannot record the write in flight: {why}"),
+                outcome: None,
+                transient: true,
+            }],
+            ..WriteReport::default()
+        };
+        let (resources, refused) = admit(resources, opts);
+        let report = match self {
+            Writer::Fhir { .. } => {
+                let count = resources.len();
+                match tokio::task::spawn_blocking(move || record(&BTreeMap::new())).await {
+                    Ok(Ok(())) => self.write_checked(resources, opts).await,
+                    Ok(Err(e)) => unrecorded(e.reason(), count),
+                    Err(e) => unrecorded(e.to_string(), count),
+                }
+            }
+            Writer::Ndjson { dir } => {
+                let dir = dir.clone();
+                let count = resources.len();
+                tokio::task::spawn_blocking(move || {
+                    let lock = ndjson_lock(&dir);
+                    let _alone = lock.lock();
+                    let mut resources = resources;
+                    if let Some(cut) = cut {
+                        match cut_back(&dir, &cut, &resources) {
+                            Ok(whole) => resources.retain(|r| {
+                                r["resourceType"]
+                                    .as_str()
+                                    .is_none_or(|t| !whole.contains(t))
+                            }),
+                            Err(e) => return unrecorded(format!("cutting back: {e}"), count),
+                        }
+                    }
+                    let lengths = ndjson_lengths(&dir, &resources);
+                    if let Err(e) = record(&lengths) {
+                        return unrecorded(e.reason(), count);
+                    }
+                    let mut report = write_ndjson(&dir, &resources);
+                    report.written = report
+                        .written
+                        .max(count.saturating_sub(report.failures.len()));
+                    report
+                })
+                .await
+                .unwrap_or_else(|e| unrecorded(e.to_string(), count))
+            }
+        };
+        with_refused(refused, report)
+    }
+}
+
+/// The resources that may be written, and a failure for each of the others. Checked before
+/// anything reaches the sink: an id that breaks FHIR's id rule would become part of the sink's
+/// URL, and a type the connector does not declare is not its to write. A refusal is permanent,
+/// with the reason.
+fn admit(resources: Vec<Value>, opts: &WriteOptions) -> (Vec<Value>, Vec<WriteFailure>) {
+    let mut refused = Vec::new();
+    let admitted = resources
+        .into_iter()
+        .enumerate()
+        .filter_map(
+            |(i, r)| match crate::model::fhir::writable(&r, opts.declared_types.as_ref()) {
+                Ok(()) => Some(r),
+                Err(e) => {
+                    refused.push(WriteFailure {
+                        resource: safe_label(&r, i),
+                        status: None,
+                        message: format!("not written: {e}"),
+                        outcome: None,
+                        transient: false,
+                    });
+                    None
+                }
+            },
+        )
+        .collect();
+    (admitted, refused)
+}
+
+/// A write's report with the refused resources' failures first.
+fn with_refused(mut refused: Vec<WriteFailure>, mut report: WriteReport) -> WriteReport {
+    refused.append(&mut report.failures);
+    report.failures = refused;
+    report
+}
+
+/// The lock of an NDJSON directory: writes to one directory are serialised in the process.
+fn ndjson_lock(dir: &Path) -> std::sync::Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<PathBuf, std::sync::Arc<std::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    let locks = LOCKS.get_or_init(Default::default);
+    let mut map = locks
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.entry(dir.to_path_buf()).or_default().clone()
+}
+
+/// The bytes `write_ndjson` appends to each file for these resources.
+fn ndjson_bytes(resources: &[Value]) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for r in resources {
+        if let Some(t) = r["resourceType"]
+            .as_str()
+            .filter(|t| crate::model::mapping::is_resource_type(t))
+        {
+            let buf = out.entry(format!("{t}.ndjson")).or_default();
+            if serde_json::to_writer(&mut *buf, r).is_ok() {
+                buf.push(b'\n');
+            }
+        }
+    }
+    out
+}
+
+/// The lengths of the files these resources go to (0 for a file not there yet).
+fn ndjson_lengths(dir: &Path, resources: &[Value]) -> BTreeMap<String, u64> {
+    ndjson_bytes(resources)
+        .into_keys()
+        .map(|f| {
+            let len = std::fs::metadata(dir.join(&f)).map_or(0, |m| m.len());
+            (f, len)
+        })
+        .collect()
+}
+
+/// Cuts each file back to its recorded length when what follows is a part of what these
+/// resources append to it; gives the types whose lines are there whole already.
+fn cut_back(
+    dir: &Path,
+    lengths: &BTreeMap<String, u64>,
+    resources: &[Value],
+) -> std::io::Result<HashSet<String>> {
+    let mut whole = HashSet::new();
+    for (file, ours) in ndjson_bytes(resources) {
+        let Some(&len) = lengths.get(&file) else {
+            continue;
+        };
+        let path = dir.join(&file);
+        let mut tail = Vec::new();
+        match std::fs::File::open(&path) {
+            Ok(mut f) => {
+                f.seek(SeekFrom::Start(len))?;
+                f.read_to_end(&mut tail)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+        if tail.is_empty() {
+            continue;
+        }
+        if ours.starts_with(&tail) && tail.len() < ours.len() {
+            let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+            f.set_len(len)?;
+            f.sync_all()?;
+        } else if tail.starts_with(&ours) {
+            whole.insert(file.trim_end_matches(".ndjson").to_owned());
+        }
+        // Otherwise another write came after a part of this one that a torn-tail repair
+        // removed: this one is written again.
+    }
+    Ok(whole)
 }
 
 fn clone_fhir(f: &FhirSink) -> FhirSink {
@@ -288,7 +516,7 @@ fn write_ndjson(dir: &Path, resources: &[Value]) -> WriteReport {
                 .extend(items.iter().map(|(i, r)| WriteFailure {
                     resource: label(r, *i),
                     status: None,
-                    message: format!("{}: {e}", path.display()),
+                    message: format!("{t}.ndjson: {e}"),
                     outcome: None,
                     transient: true,
                 })),
@@ -361,9 +589,36 @@ async fn write_fhir(
             Err(f) => report.failures.push(f),
         }
     }
-    for chunk in entries.chunks(sink.batch_size.max(1) as usize) {
+    let provenance = opts.provenance.as_ref().filter(|_| sink.provenance);
+    for (n, chunk) in entries.chunks(sink.batch_size.max(1) as usize).enumerate() {
         let labels: Vec<&String> = chunk.iter().map(|(l, _)| l).collect();
-        let bodies: Vec<Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        let mut bodies: Vec<Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
+        if let Some(p) = provenance {
+            if p.check_written && sink.mode == BundleMode::Transaction {
+                match written_before(sink, client, &p.id(n), &mut report).await {
+                    Ok(true) => {
+                        report.written += chunk.len();
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        report.failures.extend(labels.iter().map(|l| WriteFailure {
+                            resource: (*l).clone(),
+                            status: e.status(),
+                            message: e.to_string(),
+                            outcome: None,
+                            transient: true,
+                        }));
+                        continue;
+                    }
+                }
+            }
+            let targets = bodies
+                .iter()
+                .filter_map(|e| e["request"]["url"].as_str().map(str::to_owned))
+                .collect();
+            bodies.push(p.entry(n, targets));
+        }
         let mut result = send_bundle(sink, client, sink.mode, &bodies, &mut report).await;
         if sink.mode == BundleMode::Transaction
             && let Err((Some(status), ..)) = &result
@@ -410,6 +665,77 @@ async fn write_fhir(
         }
     }
     report
+}
+
+/// Why the look-up of an earlier write (its Provenance) could not tell whether it was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// No answer, an error status other than 404 and 410, or an answer too large.
+    #[error("the look-up of an earlier write failed: the server {}", sink_text(.0))]
+    Failed(OutboundError),
+    /// A 2xx that is not the Provenance asked for: the write is not taken as done.
+    #[error(
+        "the server answered the look-up of an earlier write with something else than its Provenance"
+    )]
+    NotIt,
+    #[error("the sink URL cannot take a path")]
+    Url,
+}
+
+impl LookupError {
+    fn status(&self) -> Option<u16> {
+        match self {
+            LookupError::Failed(e) => e.status(),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the Provenance `id` is on the sink (a transaction that carried it was applied).
+async fn written_before(
+    sink: &FhirSink,
+    client: &reqwest::Client,
+    id: &str,
+    report: &mut WriteReport,
+) -> Result<bool, LookupError> {
+    let mut url = sink.url.clone();
+    url.path_segments_mut()
+        .map_err(|()| LookupError::Url)?
+        .pop_if_empty()
+        .extend(["Provenance", id]);
+    report.calls += 1;
+    let req = authorized(
+        client
+            .get(url)
+            .timeout(sink.timeout)
+            .header("accept", "application/fhir+json"),
+        sink,
+    );
+    match outbound::exchange(req, crate::model::DEFAULT_MAX_ANSWER, sink.timeout).await {
+        Ok(got) => {
+            // Only the Provenance asked for says the write was applied: a server (or a proxy
+            // in front of it) answering 200 to anything must not make a payload be dropped.
+            let found = outbound::json(&got.body)
+                .is_ok_and(|p| p["resourceType"] == "Provenance" && p["id"].as_str() == Some(id));
+            if found {
+                Ok(true)
+            } else {
+                Err(LookupError::NotIt)
+            }
+        }
+        Err(e) if matches!(e.status(), Some(404 | 410)) => Ok(false),
+        Err(e) => Err(LookupError::Failed(e)),
+    }
+}
+
+/// A request with the sink's credentials.
+fn authorized(req: reqwest::RequestBuilder, sink: &FhirSink) -> reqwest::RequestBuilder {
+    match &sink.auth {
+        None => req,
+        Some(Auth::Bearer(t)) => req.bearer_auth(&t.0),
+        Some(Auth::ApiKey { header, value }) => req.header(header.as_str(), value.0.as_str()),
+        Some(Auth::Basic { username, password }) => req.basic_auth(&username.0, Some(&password.0)),
+    }
 }
 
 /// The `request` of a Bundle entry for a resource.
@@ -475,22 +801,15 @@ async fn send_bundle(
     let mut calls = 0;
     let result = policy
         .run(None, &mut calls, |_| {
-            let mut req = client
-                .post(sink.url.clone())
-                .timeout(sink.timeout)
-                .header("content-type", "application/fhir+json")
-                .header("accept", "application/fhir+json")
-                .body(body.clone());
-            req = match &sink.auth {
-                None => req,
-                Some(Auth::Bearer(t)) => req.bearer_auth(&t.0),
-                Some(Auth::ApiKey { header, value }) => {
-                    req.header(header.as_str(), value.0.as_str())
-                }
-                Some(Auth::Basic { username, password }) => {
-                    req.basic_auth(&username.0, Some(&password.0))
-                }
-            };
+            let req = authorized(
+                client
+                    .post(sink.url.clone())
+                    .timeout(sink.timeout)
+                    .header("content-type", "application/fhir+json")
+                    .header("accept", "application/fhir+json")
+                    .body(body.clone()),
+                sink,
+            );
             outbound::exchange(req, crate::model::DEFAULT_MAX_ANSWER, sink.timeout)
         })
         .await;
@@ -601,7 +920,7 @@ mod tests {
         );
         let by_id = WriteOptions {
             identifier_system: Some("urn:s".into()),
-            declared_types: None,
+            ..WriteOptions::default()
         };
         assert_eq!(
             entry(&r, 0, &by_id).expect("put"),
@@ -609,5 +928,74 @@ mod tests {
         );
         let no_id = json!({"resourceType": "Library"});
         assert!(entry(&no_id, 3, &WriteOptions::default()).is_err());
+    }
+
+    /// A write of two Patients cut short by a crash (one line and a torn one after the
+    /// recorded length), tried again: the file is cut back and holds each line once; a write
+    /// that was whole is not written again; one followed by another write is left alone.
+    #[tokio::test]
+    async fn ndjson_write_cut_short_is_cut_back_before_it_is_written_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("Patient.ndjson");
+        let before = "{\"resourceType\":\"Patient\",\"id\":\"old\"}\n";
+        let ours = vec![
+            json!({"resourceType": "Patient", "id": "a"}),
+            json!({"resourceType": "Patient", "id": "b"}),
+        ];
+        let writer = Writer::Ndjson {
+            dir: dir.path().to_path_buf(),
+        };
+        let lines = || {
+            std::fs::read_to_string(&path)
+                .expect("read")
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let recorded = BTreeMap::from([("Patient.ndjson".to_owned(), before.len() as u64)]);
+        let opts = WriteOptions::default();
+        let want = vec![
+            before.trim_end().to_owned(),
+            "{\"resourceType\":\"Patient\",\"id\":\"a\"}".to_owned(),
+            "{\"resourceType\":\"Patient\",\"id\":\"b\"}".to_owned(),
+        ];
+
+        // Cut mid-write: one whole line of ours and a torn one.
+        std::fs::write(
+            &path,
+            format!("{before}{{\"resourceType\":\"Patient\",\"id\":\"a\"}}\n{{\"resourceTy"),
+        )
+        .expect("write");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let s = seen.clone();
+        let report = writer
+            .write_recorded(ours.clone(), &opts, Some(recorded.clone()), move |l| {
+                *s.lock().expect("seen") = Some(l.clone());
+                Ok(())
+            })
+            .await;
+        assert!(report.failures.is_empty(), "{report:?}");
+        assert_eq!(lines(), want);
+        assert_eq!(
+            seen.lock().expect("seen").clone(),
+            Some(recorded.clone()),
+            "the lengths before the write are recorded"
+        );
+
+        // Cut after the write was whole: not written again.
+        let report = writer
+            .write_recorded(ours.clone(), &opts, Some(recorded.clone()), |_| Ok(()))
+            .await;
+        assert_eq!(report.written, 2, "{report:?}");
+        assert_eq!(lines(), want);
+
+        // The record cannot be kept: nothing is written.
+        let report = writer
+            .write_recorded(ours, &opts, None, |_| {
+                Err(StateError::Stopped("disk full".into()))
+            })
+            .await;
+        assert!(report.failures.iter().all(|f| f.transient), "{report:?}");
+        assert_eq!(lines(), want);
     }
 }

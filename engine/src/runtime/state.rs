@@ -91,6 +91,53 @@ impl StateError {
             source,
         }
     }
+
+    /// The error with its path relative to `base` (the state directory), for log lines: no
+    /// absolute local path is logged.
+    pub fn within(&self, base: &Path) -> String {
+        let relative = |path: &str| {
+            Path::new(path).strip_prefix(base).map_or_else(
+                |_| "(a file outside the state directory)".to_owned(),
+                |p| p.display().to_string(),
+            )
+        };
+        match self {
+            StateError::Io { path, source } => format!("{}: {source}", relative(path)),
+            StateError::Corrupt { path, message } => format!("{}: {message}", relative(path)),
+            StateError::Stopped(why) => format!("the file work stopped: {why}"),
+        }
+    }
+
+    /// Why, without any path: for a caller's answer.
+    pub fn reason(&self) -> String {
+        match self {
+            StateError::Io { source, .. } => source.to_string(),
+            StateError::Corrupt { message, .. } => message.clone(),
+            StateError::Stopped(why) => format!("the file work stopped: {why}"),
+        }
+    }
+}
+
+/// Removes the temporary files (`*.tmp`) that `write_atomic` left in `dir` when a crash cut
+/// it short; gives how many there were. Call it before anything writes to `dir`.
+pub fn remove_leftovers(dir: &Path) -> Result<usize, StateError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StateError::io(dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry.map_err(|e| StateError::io(dir, e))?.path();
+        if path.extension().is_some_and(|x| x == "tmp") && path.is_file() {
+            std::fs::remove_file(&path).map_err(|e| StateError::io(&path, e))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 /// Runs file work (reads, writes, fsyncs, listings) on tokio's blocking pool, off the async

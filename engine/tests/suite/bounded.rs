@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::engine_router::{EngineRouter, open_admin};
 use crate::engine_under_test::{
-    definitions, load, run_with_deadline, runner_with_sink_dir, watermarks,
+    Drainer, definitions, load, run_with_deadline, runner_with_sink_dir, wait_until, watermarks,
 };
 use crate::fhir_resources::instant;
 use crate::fhir_standin::{FhirSource, fhir_json};
@@ -649,4 +649,71 @@ async fn only_changed_writes_a_change_of_meta_profile_alone() {
     source.put(json!({"resourceType": "Patient", "id": "p1", "meta": {"versionId": "9", "lastUpdated": instant(3), "profile": ["http://example.org/StructureDefinition/p"]}}));
     let third = run().await;
     assert_eq!((third.resources_written, third.resources_unchanged), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_push_with_a_bad_id_is_dead_lettered_and_never_reaches_the_ndjson_sink() {
+    let defs = definitions(
+        r#"
+apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: { name: inbox }
+spec:
+  strategy: push
+  push:
+    auth: { bearer: { token: token-0123456789 } }
+    mode: queued
+  mapping:
+    resourceType: Observation
+    id: { $path: $.id }
+    status: final
+"#,
+    );
+    let state = tempfile::tempdir().expect("state");
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
+    let endpoint = served
+        .engine
+        .pushes
+        .get("inbox")
+        .expect("the endpoint")
+        .clone();
+    for id in ["../Patient/victim", "x?_cascade=delete", "good-1"] {
+        let got = served
+            .post("/push/inbox")
+            .header("authorization", "Bearer token-0123456789")
+            .header("content-type", "application/json")
+            .body(json!({"id": id}).to_string())
+            .send()
+            .await;
+        assert_eq!(got.status, 202, "{}", got.text);
+    }
+    let drainer = Drainer::start(endpoint.clone());
+    let ep = endpoint.clone();
+    wait_until(Duration::from_secs(10), "the queue drains", move || {
+        ep.depths() == (0, 2)
+    })
+    .await;
+    drainer.stop().await;
+    let written = std::fs::read_to_string(state.path().join("ndjson/Observation.ndjson"))
+        .expect("the good Observation is written");
+    assert_eq!(written.lines().count(), 1, "{written}");
+    assert!(written.contains("good-1"), "{written}");
+    let letters = served
+        .get("/connectors/inbox/dead-letters")
+        .send()
+        .await
+        .json();
+    let reasons: Vec<&str> = letters
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|l| l["reason"].as_str())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{letters}");
+    assert!(reasons.iter().all(|r| r.contains("id rule")), "{reasons:?}");
 }

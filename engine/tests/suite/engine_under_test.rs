@@ -3,7 +3,7 @@
 //! watermarks it keeps; the `engine run` binary with a deadline (`Exit`); the engine's
 //! directories; signed pushes (to the router of `engine_router`) and the drainer of queued
 //! ones; and polls with a deadline for its background work. Used by `cron_push`, `helios`,
-//! `shipped` and `serve`.
+//! `shipped`, `serve` and `durability`.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,7 +2,8 @@
 //! FHIR JSON answer, an `OperationOutcome`, and a FHIR *source* answering searches of the
 //! resources it holds page by page as a FHIR server does (`_count`, `_offset`,
 //! `_lastUpdated=gtX`, absolute `self` and `next` links). Used by `cron_push` (its FHIR source
-//! and sink) and `shipped` (the HL7 sandbox, the recording sink, the lenses).
+//! and sink), `shipped` (the HL7 sandbox, the recording sink, the lenses) and `durability`
+//! (the FHIR source of a cron run, the `fhir_json` answers of its own sink).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

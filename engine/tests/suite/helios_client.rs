@@ -1,6 +1,6 @@
 //! The end-to-end tests' own requests to a Helios FHIR Server (`helios_server`): a read as
 //! JSON, seeding with a transaction Bundle, and every resource of some types by following the
-//! searches' `next` links. Used by `helios` and `shipped`.
+//! searches' `next` links. Used by `helios`, `shipped` and `durability`.
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -1,7 +1,7 @@
 //! Helios FHIR Server, the real R4 FHIR server of the end-to-end tests: started on 127.0.0.1
 //! as a child process (in memory, or on a SQLite file that survives a restart), ready once
-//! `GET /metadata` answers as this server, and killed when dropped. Used by `helios` and
-//! `shipped`, and by `benches/sink.rs` (which includes this file).
+//! `GET /metadata` answers as this server, and killed when dropped. Used by `helios`,
+//! `shipped` and `durability`, and by `benches/sink.rs` (which includes this file).
 //!
 //! Helios must be told its port, so the port is taken free and given back before Helios binds
 //! it, and another process of the machine (or another test of the run) may bind it in between.

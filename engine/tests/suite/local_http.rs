@@ -5,7 +5,8 @@
 //! No port is taken and given back for someone else to bind later (another test of the same
 //! run could take it meanwhile): a server binds port 0 and is asked its address, and the URL
 //! where nothing listens keeps its port bound.
-//! Used by `serve`, `cron_push`, `helios`, `shipped` and `reload`.
+//! Used by `serve`, `cron_push`, `helios`, `shipped`, `reload` and
+//! `durability`.
 
 use std::time::Duration;
 

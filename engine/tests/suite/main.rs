@@ -9,6 +9,7 @@ mod architecture;
 mod bounded;
 mod cli;
 mod cron_push;
+mod durability;
 mod edge;
 mod helios;
 mod hostile;

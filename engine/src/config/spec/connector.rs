@@ -218,6 +218,11 @@ pub struct PushSpec {
     #[serde(default)]
     #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
     pub dedup_window: Option<String>,
+    /// The most deliveries remembered at once (default `100000`): past it, the oldest are
+    /// forgotten before their window ends, so the memory and `seen.jsonl` stay bounded.
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub dedup_limit: Option<u64>,
 }
 
 /// Authentication of push callers: exactly one of `hmac`, `bearer`, `apiKey`.

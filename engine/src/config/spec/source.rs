@@ -257,7 +257,11 @@ pub struct FhirSinkSpec {
     #[serde(default)]
     #[schemars(range(max = 10))]
     pub retries: Option<u32>,
-    /// Write a Provenance resource per run.
+    /// Write a Provenance resource in each Bundle (default `false`): one per push delivery,
+    /// one per cron run's Bundle, targeting the resources written with it (`agent`: the
+    /// engine and connector, `entity`: the source). Its id is deterministic, so a queued push
+    /// whose write was cut by a crash is looked up (`GET Provenance/{id}`) before it is written
+    /// again: with `mode: transaction` this makes queued pushes exactly once.
     #[serde(default)]
     pub provenance: Option<bool>,
 }

@@ -44,6 +44,7 @@ pub fn push(
             p.dedup_window.as_deref(),
             Duration::from_secs(86_400),
         ),
+        dedup_limit: p.dedup_limit.unwrap_or(100_000).max(1) as usize,
         sink: sink_ref(ctx, spec, names)?,
         identifier_system: spec
             .write

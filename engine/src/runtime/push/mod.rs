@@ -1,22 +1,29 @@
 //! Push endpoints: callers authenticated (HMAC-SHA256 of `timestamp.body` within a tolerance,
 //! or a bearer token or API key, compared in constant time), bodies bounded, payloads mapped
 //! and written, and acknowledged only when durable: written to the sink (sync mode), or
-//! appended and flushed to a local queue drained in order with backoff, also after a restart
+//! written and flushed to a local queue drained in order with backoff, also after a restart
 //! (queued mode). Payloads that can never be written go to a dead-letter directory with the
-//! reason. Repeated deliveries (same idempotency key, or same body within the window) are
-//! acknowledged without writing twice.
+//! reason. Repeated deliveries (see `dedup`) are acknowledged without writing twice.
+//!
+//! Queued payloads are written exactly once under the conditions README's push section
+//! states: one drainer per queue across reloads (`queue`), the payload in flight recorded
+//! before it is written and looked up at the sink (its Provenance) or cut back (NDJSON) after
+//! a crash, and the keys of queued payloads remembered from their files after a crash.
 //!
 //! Every file operation (payload and dead-letter files, their fsyncs and the directory's, the
-//! deduplication memory `seen.jsonl`, directory listings) runs on tokio's blocking pool, and no
-//! lock is held across one. The queue depths shown by `/metrics` are counters kept by enqueue,
+//! deduplication memory `seen.jsonl`, the in-flight record, directory listings) runs on
+//! tokio's blocking pool. The queue depths shown by `/metrics` are counters kept by enqueue,
 //! drain and dead-letter (counted from the directories once, at start), so a scrape lists no
 //! directory.
 
-use std::collections::{HashMap, HashSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod dedup;
+/// The queue directory's layout, also the layout of cron dead letters (`run.rs`).
+pub(crate) mod queue;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
@@ -24,15 +31,17 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::model::digest::{content_digest, hex};
+use self::dedup::Verdict;
+use self::queue::{Queue, Read, decrement};
+use crate::model::digest::hex;
 use crate::model::vocabulary::PushMode;
 use crate::model::{Connector, Push, PushAuth, Strategy};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::problem::{Problem, ProblemKind, RETRY_AFTER};
-use crate::runtime::sink::{WriteOptions, Writer};
-use crate::runtime::state::{self, StateError};
+use crate::runtime::sink::{ProvenanceOf, WriteOptions, Writer};
+use crate::runtime::state;
 
 /// What the endpoint answers, before it becomes HTTP.
 #[derive(Debug)]
@@ -45,63 +54,36 @@ pub enum Reply {
 /// Called with the resource types a push wrote, to drop pull answers they make stale.
 pub type Invalidate = Arc<dyn Fn(&HashSet<String>) + Send + Sync>;
 
-/// A push connector at run time.
+/// A push connector at run time: one definition generation over its connector's queue.
 pub struct PushEndpoint {
     pub connector: Arc<Connector>,
     writer: Writer,
-    dir: PathBuf,
-    dedup: std::sync::Mutex<Dedup>,
-    wake: tokio::sync::Notify,
-    seq: AtomicU64,
-    /// Payloads in the queue directory.
-    queued: AtomicUsize,
-    /// Payloads in the dead-letter directory.
-    dead: AtomicUsize,
+    /// The queue directory's state, handed from one generation to the next.
+    queue: Arc<Queue>,
     metrics: Arc<Metrics>,
     invalidate: Invalidate,
     /// Reads HMAC timestamps and deduplication windows, and dates queued payloads.
     clock: Clock,
 }
 
-/// What the endpoint knows of deliveries, under one lock so that the decision to process one
-/// is race-free: a delivery is reserved (`in_flight`) while it is written or queued, then
-/// remembered (`seen`) once durable, or released when it failed.
-#[derive(Default)]
-struct Dedup {
-    /// Keys of durable deliveries and when they came (Unix seconds).
-    seen: HashMap<String, i64>,
-    /// Keys of deliveries being processed now (a concurrent repeat is refused with 409).
-    in_flight: HashSet<String>,
-}
-
-/// What the deduplication memory says of a delivery.
-enum Reservation<'a> {
-    /// Seen within the window: acknowledged without writing again.
-    Seen,
-    /// Being processed now by another request.
-    Busy,
-    /// Reserved for this request until the claim is dropped.
-    Claimed(Claim<'a>),
-}
-
 /// A delivery reserved for one request; dropping it releases the reservation, also when the
 /// request is cancelled midway (a timeout, a closed connection).
 struct Claim<'a> {
     endpoint: &'a PushEndpoint,
-    key: String,
+    keys: Vec<String>,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if let Ok(mut d) = self.endpoint.dedup.lock() {
-            d.in_flight.remove(&self.key);
-        }
+        self.endpoint.queue.memory.release(&self.keys);
     }
 }
 
 impl PushEndpoint {
     /// Prepares the endpoint: its directories under `state/push/{name}` and the deliveries
-    /// remembered from earlier runs.
+    /// remembered from earlier runs, or, on a reload, the queue of `previous` (the endpoint of
+    /// the same connector in the previous generation), so that both share one drain lock, one
+    /// sequence and one memory.
     pub fn new(
         connector: Arc<Connector>,
         state_dir: &Path,
@@ -109,44 +91,27 @@ impl PushEndpoint {
         metrics: Arc<Metrics>,
         invalidate: Invalidate,
         clock: Clock,
+        previous: Option<&PushEndpoint>,
     ) -> Result<PushEndpoint, BuildError> {
         let push = push_of(&connector).ok_or_else(|| BuildError::Strategy {
             connector: connector.name.clone(),
             strategy: "push",
         })?;
         let writer = Writer::new(&push.sink, sink_dir)?;
-        let dir = state_dir.join("push").join(&connector.name);
-        for sub in ["queue", "dead"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .map_err(|e| StateError::io(&dir.join(sub), e))?;
-        }
-        let now = clock.now().timestamp();
-        let window = push.dedup_window.as_secs() as i64;
-        let mut seen = HashMap::new();
-        if let Ok(text) = std::fs::read_to_string(dir.join("seen.jsonl")) {
-            for line in text.lines() {
-                if let Ok(v) = serde_json::from_str::<Value>(line)
-                    && let (Some(k), Some(t)) = (v["key"].as_str(), v["at"].as_i64())
-                    && now - t < window
-                {
-                    seen.insert(k.to_owned(), t);
-                }
-            }
-        }
-        let (queue, dead) = (queued(&dir.join("queue")), queued(&dir.join("dead")));
-        let seq = next_seq(&queue).max(next_seq(&dead));
+        let queue = match previous {
+            Some(p) => p.queue.clone(),
+            None => Arc::new(Queue::open(
+                state_dir,
+                &connector.name,
+                clock.now().timestamp(),
+                push.dedup_window.as_secs() as i64,
+                push.dedup_limit,
+            )?),
+        };
         Ok(PushEndpoint {
             connector,
             writer,
-            dir,
-            dedup: std::sync::Mutex::new(Dedup {
-                seen,
-                in_flight: HashSet::new(),
-            }),
-            wake: tokio::sync::Notify::new(),
-            seq: AtomicU64::new(seq),
-            queued: AtomicUsize::new(queue.len()),
-            dead: AtomicUsize::new(dead.len()),
+            queue,
             metrics,
             invalidate,
             clock,
@@ -252,70 +217,121 @@ impl PushEndpoint {
                 ),
             ));
         }
-        let key = headers
-            .get(self.push().idempotency_header.as_str())
-            .and_then(|v| v.to_str().ok())
-            .filter(|k| !k.is_empty() && k.len() <= 200)
-            .map_or_else(
-                || format!("sha256:{}", content_digest(&[body])),
-                |k| format!("key:{k}"),
-            );
-        let claim = match self.reserve(key) {
-            Reservation::Seen => {
+        let keys = self.keys(headers, &payload);
+        let (now, window) = (self.clock.now().timestamp(), self.window());
+        match self.queue.memory.reserve(&keys, now, window) {
+            Verdict::Seen => {
                 self.count("duplicate");
-                return Ok(Reply::Duplicate);
+                Ok(Reply::Duplicate)
             }
-            Reservation::Busy => {
+            Verdict::Busy => {
                 self.count("concurrent-repeat");
-                return Err(Problem::new(
+                Err(Problem::new(
                     ProblemKind::Conflict,
                     "the same delivery is being processed now; send again later if it is not acknowledged",
-                ));
+                ))
             }
-            Reservation::Claimed(claim) => claim,
-        };
-        // The claim is released when this returns (or is cancelled), after `accept` has
-        // remembered a durable delivery.
-        self.accept(&claim.key, &payload).await
-    }
-
-    /// Writes (sync) or queues (queued) a claimed delivery; remembers it once durable.
-    async fn accept(&self, key: &str, payload: &Value) -> Result<Reply, Problem> {
-        let (key, payload) = (key.to_owned(), payload);
-        match self.push().mode {
-            PushMode::Queued => {
-                self.enqueue(&key, payload).await?;
-                self.remember(&key).await;
-                self.count("queued");
-                self.wake.notify_one();
-                Ok(Reply::Queued)
+            Verdict::Reserved => {
+                // Released when this returns (or is cancelled), after `accept` has remembered
+                // a durable delivery.
+                let claim = Claim {
+                    endpoint: self,
+                    keys,
+                };
+                self.accept(&claim.keys, &payload).await
             }
-            PushMode::Sync => match self.process(payload).await {
-                Ok(n) => {
-                    self.remember(&key).await;
-                    self.count("written");
-                    Ok(Reply::Written(n))
-                }
-                Err(Outcome::Transient(why)) => {
-                    self.count("sink-unavailable");
-                    Err(Problem::new(
-                        ProblemKind::Unavailable {
-                            retry_after: RETRY_AFTER,
-                        },
-                        format!("{why}; send again later (retry after {RETRY_AFTER} s)"),
-                    ))
-                }
-                Err(Outcome::Permanent(why, outcome)) => {
-                    self.dead_letter(payload, &why, outcome.as_ref()).await;
-                    self.remember(&key).await;
-                    Err(Problem::new(ProblemKind::Unprocessable, why))
-                }
-            },
         }
     }
 
-    /// Maps and writes one payload.
-    async fn process(&self, payload: &Value) -> Result<usize, Outcome> {
+    /// The keys of a delivery: what an HMAC signature covers, and the caller's idempotency
+    /// key or else the digest of the canonical JSON.
+    fn keys(&self, headers: &HeaderMap, payload: &Value) -> Vec<String> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let mut keys = Vec::new();
+        if let PushAuth::Hmac {
+            header: sig,
+            timestamp_header,
+            ..
+        } = &self.push().auth
+            && let (Some(ts), Some(sig)) = (header(timestamp_header), header(sig))
+        {
+            let sig = sig.trim();
+            keys.push(dedup::signed_key(
+                ts,
+                sig.strip_prefix("sha256=").unwrap_or(sig),
+            ));
+        }
+        match header(self.push().idempotency_header.as_str())
+            .filter(|k| !k.is_empty() && k.len() <= 200)
+        {
+            Some(k) => keys.push(format!("key:{k}")),
+            None => keys.push(dedup::content_key(payload)),
+        }
+        keys
+    }
+
+    fn window(&self) -> i64 {
+        self.push().dedup_window.as_secs() as i64
+    }
+
+    /// Writes (sync) or queues (queued) a claimed delivery; remembers it once durable.
+    async fn accept(&self, keys: &[String], payload: &Value) -> Result<Reply, Problem> {
+        match self.push().mode {
+            PushMode::Queued => {
+                self.enqueue(keys, payload).await?;
+                self.remember(keys).await;
+                self.count("queued");
+                self.queue.wake.notify_one();
+                Ok(Reply::Queued)
+            }
+            PushMode::Sync => {
+                let provenance = self.provenance(keys, &self.clock.now().to_rfc3339(), false);
+                match self.process(payload, provenance, None).await {
+                    Ok(n) => {
+                        self.remember(keys).await;
+                        self.count("written");
+                        Ok(Reply::Written(n))
+                    }
+                    Err(Outcome::Transient(why)) => {
+                        self.count("sink-unavailable");
+                        Err(Problem::new(
+                            ProblemKind::Unavailable {
+                                retry_after: RETRY_AFTER,
+                            },
+                            format!("{why}; send again later (retry after {RETRY_AFTER} s)"),
+                        ))
+                    }
+                    Err(Outcome::Permanent(why, outcome)) => {
+                        self.dead_letter(keys, payload, &why, outcome.as_ref())
+                            .await;
+                        self.remember(keys).await;
+                        Err(Problem::new(ProblemKind::Unprocessable, why))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The Provenance of a delivery: its id made of the delivery's first key and arrival.
+    fn provenance(&self, keys: &[String], received: &str, check_written: bool) -> ProvenanceOf {
+        ProvenanceOf {
+            connector: self.connector.name.clone(),
+            occasion: format!("{} {received}", keys.first().map_or("", String::as_str)),
+            source: format!("push endpoint {}", self.push().path),
+            recorded: self.clock.now().to_rfc3339(),
+            check_written,
+        }
+    }
+
+    /// Maps and writes one payload; with `inflight` (a queued payload: its file name, and
+    /// the NDJSON lengths recorded by an earlier try cut short), the write is recorded in
+    /// flight first.
+    async fn process(
+        &self,
+        payload: &Value,
+        provenance: ProvenanceOf,
+        inflight: Option<(String, Option<BTreeMap<String, u64>>)>,
+    ) -> Result<usize, Outcome> {
         // Up to `maxRecords` records: mapped on the blocking pool, off the async workers.
         let (connector, document) = (self.connector.clone(), payload.clone());
         let resources =
@@ -327,8 +343,19 @@ impl PushEndpoint {
         let opts = WriteOptions {
             identifier_system: self.push().identifier_system.clone(),
             declared_types: self.connector.declared_types(),
+            provenance: Some(provenance),
         };
-        let report = self.writer.write(resources, &opts).await;
+        let report = match inflight {
+            None => self.writer.write(resources, &opts).await,
+            Some((file, cut)) => {
+                let queue = self.queue.clone();
+                let record =
+                    move |ndjson: &BTreeMap<String, u64>| queue.record_inflight(&file, ndjson);
+                self.writer
+                    .write_recorded(resources, &opts, cut, record)
+                    .await
+            }
+        };
         self.metrics
             .push_sink_retries(&self.connector.name, report.retries);
         if let Some(f) = report.failures.iter().find(|f| f.transient) {
@@ -355,21 +382,27 @@ impl PushEndpoint {
 
     /// Writes queued payloads in order until `stop`: a transient failure waits (backing off)
     /// and tries the same payload again; a permanent one moves it to the dead letters. The
-    /// queue is listed once per batch; a stop lets the payload being written finish.
+    /// queue is listed once per batch; a stop lets the payload being written finish. Only
+    /// one drainer of a queue runs at a time: a drainer of a newer generation waits here
+    /// until the one before has stopped.
     pub async fn drain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let queue = self.dir.join("queue");
+        let lock = self.queue.drain.clone();
+        let _turn = tokio::select! {
+            turn = lock.lock_owned() => turn,
+            _ = stop.wait_for(|s| *s) => return,
+        };
         let mut backoff = Duration::from_millis(500);
         loop {
             if *stop.borrow() {
                 return;
             }
-            let dir = queue.clone();
-            let files = state::blocking(move || Ok(queued(&dir)))
+            let queue = self.queue.clone();
+            let files = state::blocking(move || Ok(queue.listing()))
                 .await
                 .unwrap_or_default();
             if files.is_empty() {
                 tokio::select! {
-                    () = self.wake.notified() => continue,
+                    () = self.queue.wake.notified() => continue,
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }
@@ -394,88 +427,109 @@ impl PushEndpoint {
     }
 
     /// Writes one queued payload and takes it off the queue, or moves it to the dead letters;
-    /// the error is a transient failure, the payload staying queued.
+    /// the error is a transient failure, the payload staying queued. A payload that the
+    /// in-flight record names may have reached the sink already: it is looked up there (its
+    /// Provenance) or its NDJSON files are cut back before it is written again.
     async fn drain_one(&self, file: &Path) -> Result<(), String> {
-        let bytes = match tokio::fs::read(file).await {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Taken off the queue meanwhile (by the drainer of an earlier definition).
-                decrement(&self.queued);
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let (queue, path, named) = (self.queue.clone(), file.to_path_buf(), name.clone());
+        let read = state::blocking(move || {
+            Ok((
+                Queue::read(&path),
+                queue.inflight().filter(|r| r.file == named),
+            ))
+        })
+        .await
+        .map_err(|e| self.queue.why(&e))?;
+        let (item, earlier) = read;
+        let item = match item {
+            Read::Item(item) => item,
+            Read::Gone => {
+                // Taken off the queue meanwhile.
+                decrement(&self.queue.queued);
                 return Ok(());
             }
-            read => read.ok(),
-        };
-        let item: Option<Value> = bytes.and_then(|b| serde_json::from_slice(&b).ok());
-        let Some(item) = item else {
-            let (from, to) = (
-                file.to_path_buf(),
-                self.dir
-                    .join("dead")
-                    .join(file.file_name().unwrap_or_default()),
-            );
-            if state::blocking(move || {
-                std::fs::rename(&from, &to).map_err(|e| StateError::io(&from, e))
-            })
-            .await
-            .is_ok()
-            {
-                decrement(&self.queued);
-                self.dead.fetch_add(1, Ordering::SeqCst);
+            Read::Unreadable => {
+                let (queue, path) = (self.queue.clone(), file.to_path_buf());
+                match state::blocking(move || queue.bury(&path)).await {
+                    Ok(()) => {
+                        decrement(&self.queue.queued);
+                        self.queue.dead.fetch_add(1, Ordering::SeqCst);
+                        tracing::warn!(connector = %self.connector.name, "an unreadable queued payload was moved to the dead letters");
+                    }
+                    Err(e) => return Err(self.queue.why(&e)),
+                }
+                return Ok(());
             }
-            return Ok(());
         };
-        match self.process(&item["payload"]).await {
+        let recovering = earlier.is_some();
+        if recovering {
+            tracing::info!(connector = %self.connector.name, "a payload whose write was cut short is looked up at the sink before it is written again");
+        }
+        let provenance = self.provenance(&item.keys, &item.received, recovering);
+        let cut = earlier.map(|r| r.ndjson);
+        match self
+            .process(&item.payload, provenance, Some((name, cut)))
+            .await
+        {
             Ok(_) => {}
             Err(Outcome::Permanent(why, outcome)) => {
-                self.dead_letter(&item["payload"], &why, outcome.as_ref())
+                self.dead_letter(&item.keys, &item.payload, &why, outcome.as_ref())
                     .await;
             }
             Err(Outcome::Transient(why)) => return Err(why),
         }
-        let (path, dir) = (file.to_path_buf(), self.dir.join("queue"));
-        let removed = state::blocking(move || {
-            std::fs::remove_file(&path).map_err(|e| StateError::io(&path, e))?;
-            state::sync_dir(&dir)
-        })
-        .await;
-        if let Err(e) = removed {
-            tracing::warn!(connector = %self.connector.name, "a written payload stays queued: {e}");
-        } else {
-            decrement(&self.queued);
+        // A payload queued by a request that has not remembered it yet: remembered now,
+        // before its file (from which a restart would learn its keys) is removed.
+        if !self.queue.memory.remembers(&item.keys) {
+            self.remember(&item.keys).await;
+        }
+        let (queue, path) = (self.queue.clone(), file.to_path_buf());
+        match state::blocking(move || queue.remove(&path)).await {
+            Ok(()) => decrement(&self.queue.queued),
+            Err(e) => {
+                tracing::warn!(connector = %self.connector.name, "a written payload stays queued: {}", self.queue.why(&e));
+            }
         }
         Ok(())
     }
 
-    async fn enqueue(&self, key: &str, payload: &Value) -> Result<(), Problem> {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        let item =
-            json!({"key": key, "received": self.clock.now().to_rfc3339(), "payload": payload});
-        let path = self.dir.join("queue").join(format!("{seq:020}.json"));
-        let bytes = serde_json::to_vec(&item).unwrap_or_default();
-        state::blocking(move || state::write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| {
-                Problem::new(
-                    ProblemKind::Unavailable {
-                        retry_after: RETRY_AFTER,
-                    },
-                    format!("the local queue cannot take the payload: {e}"),
-                )
-            })?;
-        self.queued.fetch_add(1, Ordering::SeqCst);
+    async fn enqueue(&self, keys: &[String], payload: &Value) -> Result<(), Problem> {
+        let path = self.queue.next_file("queue");
+        let bytes = Queue::item_bytes(keys, &self.clock.now().to_rfc3339(), payload);
+        if let Err(e) = state::blocking(move || state::write_atomic(&path, &bytes)).await {
+            tracing::error!(connector = %self.connector.name, "the queue cannot take a payload: {}", self.queue.why(&e));
+            return Err(Problem::new(
+                ProblemKind::Unavailable {
+                    retry_after: RETRY_AFTER,
+                },
+                format!("the local queue cannot take the payload: {}", e.reason()),
+            ));
+        }
+        self.queue.queued.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
-    async fn dead_letter(&self, payload: &Value, reason: &str, outcome: Option<&Value>) {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        let item = json!({"received": self.clock.now().to_rfc3339(), "reason": reason, "outcome": outcome, "payload": payload});
-        let path = self.dir.join("dead").join(format!("{seq:020}.json"));
+    async fn dead_letter(
+        &self,
+        keys: &[String],
+        payload: &Value,
+        reason: &str,
+        outcome: Option<&Value>,
+    ) {
+        let path = self.queue.next_file("dead");
+        let item = json!({"keys": keys, "received": self.clock.now().to_rfc3339(), "reason": reason, "outcome": outcome, "payload": payload});
         let bytes = serde_json::to_vec(&item).unwrap_or_default();
         match state::blocking(move || state::write_atomic(&path, &bytes)).await {
             Ok(()) => {
-                self.dead.fetch_add(1, Ordering::SeqCst);
+                self.queue.dead.fetch_add(1, Ordering::SeqCst);
             }
             Err(e) => {
-                tracing::error!(connector = %self.connector.name, "cannot keep a dead letter: {e}");
+                tracing::error!(connector = %self.connector.name, "cannot keep a dead letter: {}", self.queue.why(&e));
             }
         }
         tracing::warn!(connector = %self.connector.name, "payload dead-lettered: {reason}");
@@ -484,7 +538,7 @@ impl PushEndpoint {
 
     /// Dead letters: id, when received, and why.
     pub async fn dead_letters(&self) -> Vec<Value> {
-        let dir = self.dir.join("dead");
+        let dir = self.queue.dir.join("dead");
         state::blocking(move || Ok(read_dead_letters(&dir)))
             .await
             .unwrap_or_default()
@@ -493,50 +547,20 @@ impl PushEndpoint {
     /// Payloads waiting in the queue, and dead letters (counted, not listed).
     pub fn depths(&self) -> (usize, usize) {
         (
-            self.queued.load(Ordering::SeqCst),
-            self.dead.load(Ordering::SeqCst),
+            self.queue.queued.load(Ordering::SeqCst),
+            self.queue.dead.load(Ordering::SeqCst),
         )
     }
 
-    /// Decides, under the lock, whether this request processes the delivery `key`.
-    fn reserve(&self, key: String) -> Reservation<'_> {
-        let window = self.push().dedup_window.as_secs() as i64;
+    /// Remembers a durable delivery: appended and flushed to `seen.jsonl`, then in memory.
+    async fn remember(&self, keys: &[String]) {
         let now = self.clock.now().timestamp();
-        let Ok(mut d) = self.dedup.lock() else {
-            return Reservation::Busy;
-        };
-        if d.seen.get(&key).is_some_and(|t| now - t < window) {
-            return Reservation::Seen;
-        }
-        if !d.in_flight.insert(key.clone()) {
-            return Reservation::Busy;
-        }
-        Reservation::Claimed(Claim {
-            endpoint: self,
-            key,
-        })
-    }
-
-    /// Remembers a durable delivery: in memory under the lock, then appended and flushed to
-    /// `seen.jsonl` outside it.
-    async fn remember(&self, key: &str) {
-        let now = self.clock.now().timestamp();
-        if let Ok(mut d) = self.dedup.lock() {
-            d.seen.insert(key.to_owned(), now);
-        }
-        let line = format!("{}\n", json!({"key": key, "at": now}));
-        let path = self.dir.join("seen.jsonl");
-        let appended = state::blocking(move || {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_data()))
-                .map_err(|e| StateError::io(&path, e))
-        })
-        .await;
-        if let Err(e) = appended {
-            tracing::warn!(connector = %self.connector.name, "cannot record a delivery: {e}");
+        let (window, limit) = (self.window(), self.push().dedup_limit);
+        let (queue, keys) = (self.queue.clone(), keys.to_vec());
+        let remembered =
+            state::blocking(move || queue.memory.remember(&keys, now, now, window, limit)).await;
+        if let Err(e) = remembered {
+            tracing::warn!(connector = %self.connector.name, "cannot record a delivery: {}", self.queue.why(&e));
         }
     }
 
@@ -558,30 +582,9 @@ fn push_of(c: &Connector) -> Option<&Push> {
     }
 }
 
-/// Files of a queue directory in order.
-pub(crate) fn queued(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|r| {
-            r.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .collect()
-        })
-        .unwrap_or_default();
-    files.sort();
-    files
-}
-
-/// The sequence number after the last of a queue directory's files.
-pub(crate) fn next_seq(files: &[PathBuf]) -> u64 {
-    files
-        .last()
-        .and_then(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
-        .map_or(0, |n| n + 1)
-}
-
 /// Id, when received, and why, of each dead letter in a directory.
 pub(crate) fn read_dead_letters(dir: &Path) -> Vec<Value> {
-    queued(dir)
+    queue::files(dir)
         .into_iter()
         .filter_map(|p| {
             let v: Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
@@ -589,13 +592,6 @@ pub(crate) fn read_dead_letters(dir: &Path) -> Vec<Value> {
             Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "outcome": v["outcome"]}))
         })
         .collect()
-}
-
-/// One file fewer (never below zero).
-fn decrement(count: &AtomicUsize) {
-    let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-        Some(n.saturating_sub(1))
-    });
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {

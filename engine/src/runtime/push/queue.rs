@@ -1,0 +1,263 @@
+//! The durable queue of a push connector (`state/push/{connector}`): payload files in
+//! `queue/` drained in order, dead letters in `dead/`, the deduplication memory, and the
+//! record of the payload being written (`inflight.json`). All of it belongs to the directory,
+//! not to one definition generation: a reload hands the same `Queue` to the new endpoint, so
+//! there is one drain lock (one drainer at a time: a new one waits until the old one has
+//! finished its payload in flight and stopped), one sequence counter and one memory.
+//!
+//! The in-flight record is flushed before a payload is written to the sink and removed after
+//! its queue file is: a payload that it names when a drainer starts may or may not have
+//! reached the sink, and is looked up there (FHIR, by its Provenance) or cut back (NDJSON, to
+//! the recorded file lengths) before it is written again. Leftover `.tmp` files of an atomic
+//! write cut by a crash are removed when the queue is opened. The functions here block: the
+//! endpoint calls them on the blocking pool.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+
+use super::dedup::Memory;
+use crate::runtime::state::{self, StateError};
+
+/// One queue directory, shared by the endpoints of every generation of its connector.
+pub(super) struct Queue {
+    /// `state/push/{connector}`.
+    pub(super) dir: PathBuf,
+    /// The state directory, for log lines that name files relative to it.
+    pub(super) root: PathBuf,
+    pub(super) memory: Memory,
+    /// Held by the one drainer of the queue.
+    pub(super) drain: Arc<tokio::sync::Mutex<()>>,
+    /// Told when a payload is queued.
+    pub(super) wake: tokio::sync::Notify,
+    seq: AtomicU64,
+    /// Payloads in the queue directory.
+    pub(super) queued: AtomicUsize,
+    /// Payloads in the dead-letter directory.
+    pub(super) dead: AtomicUsize,
+}
+
+/// A queued payload as its file holds it.
+pub(super) struct Item {
+    /// The delivery's keys, the first one naming it.
+    pub(super) keys: Vec<String>,
+    /// When it was received (RFC 3339).
+    pub(super) received: String,
+    pub(super) payload: Value,
+}
+
+impl Item {
+    fn parse(bytes: &[u8]) -> Option<Item> {
+        let mut v: Value = serde_json::from_slice(bytes).ok()?;
+        Some(Item {
+            keys: keys_of(&v),
+            received: v["received"].as_str().unwrap_or("").to_owned(),
+            payload: v.get_mut("payload")?.take(),
+        })
+    }
+}
+
+/// The keys of a queue or dead-letter file (`keys`, or the `key` of earlier versions).
+fn keys_of(v: &Value) -> Vec<String> {
+    match v["keys"].as_array() {
+        Some(keys) => keys
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect(),
+        None => v["key"].as_str().map(str::to_owned).into_iter().collect(),
+    }
+}
+
+/// What a queue file gave.
+pub(super) enum Read {
+    Item(Item),
+    /// Taken off the queue meanwhile.
+    Gone,
+    /// Not what the engine writes (or not readable).
+    Unreadable,
+}
+
+/// What `inflight.json` says: the queue file being written and, for an NDJSON sink, the
+/// lengths its files had before.
+pub(super) struct InFlight {
+    pub(super) file: String,
+    pub(super) ndjson: BTreeMap<String, u64>,
+}
+
+impl Queue {
+    /// Opens (creating) the queue of `connector` under `state_dir`: leftovers removed, the
+    /// memory read back (with the keys of the payloads queued or dead-lettered), the counters
+    /// counted.
+    pub(super) fn open(
+        state_dir: &Path,
+        connector: &str,
+        now: i64,
+        window: i64,
+        limit: usize,
+    ) -> Result<Queue, StateError> {
+        let dir = state_dir.join("push").join(connector);
+        for sub in ["queue", "dead"] {
+            let d = dir.join(sub);
+            std::fs::create_dir_all(&d).map_err(|e| StateError::io(&d, e))?;
+            let removed = state::remove_leftovers(&d)?;
+            if removed > 0 {
+                tracing::info!(
+                    connector,
+                    removed,
+                    "removed the temporary files of writes cut short in push/{connector}/{sub}"
+                );
+            }
+        }
+        state::remove_leftovers(&dir)?;
+        let (queue, dead) = (files(&dir.join("queue")), files(&dir.join("dead")));
+        let mut also = Vec::new();
+        for f in queue.iter().chain(&dead) {
+            if let Ok(bytes) = std::fs::read(f)
+                && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
+            {
+                let at = v["received"]
+                    .as_str()
+                    .and_then(|r| chrono::DateTime::parse_from_rfc3339(r).ok())
+                    .map_or(now, |t| t.timestamp());
+                also.extend(keys_of(&v).into_iter().map(|k| (k, at)));
+            }
+        }
+        let memory = Memory::open(&dir, also, now, window, limit)?;
+        let seq = next_seq(&queue).max(next_seq(&dead));
+        Ok(Queue {
+            root: state_dir.to_path_buf(),
+            memory,
+            drain: Arc::new(tokio::sync::Mutex::new(())),
+            wake: tokio::sync::Notify::new(),
+            seq: AtomicU64::new(seq),
+            queued: AtomicUsize::new(queue.len()),
+            dead: AtomicUsize::new(dead.len()),
+            dir,
+        })
+    }
+
+    /// An error's text for a log line: paths relative to the state directory.
+    pub(super) fn why(&self, e: &StateError) -> String {
+        e.within(&self.root)
+    }
+
+    /// The path of the next file of `sub` (`queue` or `dead`).
+    pub(super) fn next_file(&self, sub: &str) -> PathBuf {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        self.dir.join(sub).join(format!("{seq:020}.json"))
+    }
+
+    /// The queue's files in order.
+    pub(super) fn listing(&self) -> Vec<PathBuf> {
+        files(&self.dir.join("queue"))
+    }
+
+    /// A queue file's payload.
+    pub(super) fn read(file: &Path) -> Read {
+        match std::fs::read(file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Read::Gone,
+            Err(_) => Read::Unreadable,
+            Ok(bytes) => Item::parse(&bytes).map_or(Read::Unreadable, Read::Item),
+        }
+    }
+
+    /// A queue file's content.
+    pub(super) fn item_bytes(keys: &[String], received: &str, payload: &Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "key": keys.first(),
+            "keys": keys,
+            "received": received,
+            "payload": payload
+        }))
+        .unwrap_or_default()
+    }
+
+    fn inflight_path(&self) -> PathBuf {
+        self.dir.join("inflight.json")
+    }
+
+    /// The in-flight record, if there is one.
+    pub(super) fn inflight(&self) -> Option<InFlight> {
+        let v: Value = serde_json::from_slice(&std::fs::read(self.inflight_path()).ok()?).ok()?;
+        Some(InFlight {
+            file: v["file"].as_str()?.to_owned(),
+            ndjson: v["ndjson"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, n)| Some((k.clone(), n.as_u64()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Records, durably, that `file` is being written (with the NDJSON files' lengths).
+    pub(super) fn record_inflight(
+        &self,
+        file: &str,
+        ndjson: &BTreeMap<String, u64>,
+    ) -> Result<(), StateError> {
+        let bytes =
+            serde_json::to_vec(&json!({"file": file, "ndjson": ndjson})).unwrap_or_default();
+        state::write_atomic(&self.inflight_path(), &bytes)
+    }
+
+    /// Takes a written payload off the queue, then clears the in-flight record.
+    pub(super) fn remove(&self, file: &Path) -> Result<(), StateError> {
+        match std::fs::remove_file(file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StateError::io(file, e));
+            }
+            _ => {}
+        }
+        state::sync_dir(&self.dir.join("queue"))?;
+        let record = self.inflight_path();
+        match std::fs::remove_file(&record) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::io(&record, e)),
+            _ => state::sync_dir(&self.dir),
+        }
+    }
+
+    /// Moves an unreadable queue file to the dead letters.
+    pub(super) fn bury(&self, file: &Path) -> Result<(), StateError> {
+        let to = self
+            .dir
+            .join("dead")
+            .join(file.file_name().unwrap_or_default());
+        std::fs::rename(file, &to).map_err(|e| StateError::io(file, e))?;
+        state::sync_dir(&self.dir.join("dead"))?;
+        state::sync_dir(&self.dir.join("queue"))
+    }
+}
+
+/// Files of a queue directory in order.
+pub(crate) fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The sequence number after the last of a queue directory's files.
+pub(crate) fn next_seq(files: &[PathBuf]) -> u64 {
+    files
+        .last()
+        .and_then(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
+        .map_or(0, |n| n + 1)
+}
+
+/// One file fewer (never below zero).
+pub(super) fn decrement(count: &AtomicUsize) {
+    let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+        Some(n.saturating_sub(1))
+    });
+}
