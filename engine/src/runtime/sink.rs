@@ -40,6 +40,22 @@ pub struct WriteReport {
     pub retries: usize,
 }
 
+impl WriteReport {
+    /// Nothing of `count` resources written, for a reason that may pass (a transient failure).
+    fn none_written(count: usize, message: String) -> WriteReport {
+        WriteReport {
+            failures: vec![WriteFailure {
+                resource: format!("{count} resources"),
+                status: None,
+                message,
+                outcome: None,
+                transient: true,
+            }],
+            ..WriteReport::default()
+        }
+    }
+}
+
 /// How resources are identified when written.
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
@@ -171,15 +187,8 @@ impl Writer {
                     write_ndjson(&dir, &resources)
                 })
                 .await
-                .unwrap_or_else(|e| WriteReport {
-                    failures: vec![WriteFailure {
-                        resource: format!("{count} resources"),
-                        status: None,
-                        message: format!("the NDJSON writer stopped: {e}"),
-                        outcome: None,
-                        transient: true,
-                    }],
-                    ..WriteReport::default()
+                .unwrap_or_else(|e| {
+                    WriteReport::none_written(count, format!("the NDJSON writer stopped: {e}"))
                 })
             }
             Writer::Fhir { sink, client } => {
@@ -205,15 +214,8 @@ impl Writer {
         record: impl FnOnce(&BTreeMap<String, u64>) -> Result<(), StateError> + Send + 'static,
     ) -> WriteReport {
         // The reason only: the report's texts reach logs and callers, which see no path.
-        let unrecorded = |why: String, count: usize| WriteReport {
-            failures: vec![WriteFailure {
-                resource: format!("{count} resources"),
-                status: None,
-                message: format!("cannot record the write in flight: {why}"),
-                outcome: None,
-                transient: true,
-            }],
-            ..WriteReport::default()
+        let unrecorded = |why: String, count: usize| {
+            WriteReport::none_written(count, format!("cannot record the write in flight: {why}"))
         };
         let (resources, refused) = admit(resources, opts);
         let report = match self {
