@@ -27,4 +27,15 @@ if [ ! -x "$TOOLS/hfs/bin/hfs" ] || [ "$(cat "$TOOLS/hfs/.version" 2>/dev/null)"
   echo "$HFS_VERSION" > "$TOOLS/hfs/.version"
 fi
 HFS_BIN="$TOOLS/hfs/bin/hfs"
-export TOOLS VENV HFS_BIN
+# helios-fhir-validator's validator-cli, the outside FHIR validator (R4 and R5) of the FHIR the
+# repository commits and its connectors make. A test-only tool whose speed matters little: a
+# debug build, which takes minutes where a release build takes many more.
+VALIDATOR_VERSION=0.2.7
+if [ ! -x "$TOOLS/validator/bin/validator-cli" ] || [ "$(cat "$TOOLS/validator/.version" 2>/dev/null)" != "$VALIDATOR_VERSION" ]; then
+  echo "tools: installing validator-cli $VALIDATOR_VERSION into $TOOLS/validator (once per machine)"
+  cargo install helios-fhir-validator --version "$VALIDATOR_VERSION" --locked --debug \
+    --features cli,R4,R5 --root "$TOOLS/validator"
+  echo "$VALIDATOR_VERSION" > "$TOOLS/validator/.version"
+fi
+VALIDATOR_CLI="$TOOLS/validator/bin/validator-cli"
+export TOOLS VENV HFS_BIN VALIDATOR_CLI

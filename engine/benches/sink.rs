@@ -11,6 +11,8 @@
 )]
 #[path = "../tests/suite/helios_server.rs"]
 mod helios_server;
+#[path = "../tests/suite/outside_tools.rs"]
+mod outside_tools;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

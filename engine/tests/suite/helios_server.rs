@@ -30,24 +30,7 @@ pub fn testdata(rel: &str) -> PathBuf {
 
 /// The Helios binary; fails the test when it is not installed.
 pub fn helios_binary() -> PathBuf {
-    let path = match std::env::var_os("HFS_BIN").filter(|p| !p.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("FOSPS_TOOLS")
-            .filter(|t| !t.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                    .join(".local/share/fosps-tools")
-            })
-            .join("hfs/bin/hfs"),
-    };
-    assert!(
-        path.is_file(),
-        "Helios FHIR Server is not installed at {}: run scripts/tools.sh, which installs it \
-         (or set HFS_BIN to an `hfs` binary)",
-        path.display()
-    );
-    path
+    crate::outside_tools::installed_tool("HFS_BIN", "hfs/bin/hfs", "Helios FHIR Server")
 }
 
 /// A port free now (taken and given back: see the module's note).

@@ -29,4 +29,5 @@ mod helios_client;
 mod helios_server;
 mod hostile_source;
 mod local_http;
+mod outside_tools;
 mod serve_process;
