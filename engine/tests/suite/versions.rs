@@ -250,3 +250,101 @@ async fn r4_and_r5_sources_are_never_mixed_unannounced() {
     assert_eq!(matches(&batch["entry"][0]["resource"]).len(), 2, "{batch}");
     assert!(!batch.to_string().contains("From R4"), "{batch}");
 }
+
+/// A pull connector over one FHIR source whose Observations carry local times (no offset),
+/// mapped with `$dateTime` and `$instant`, in the zone `zone` (none when empty).
+fn local_times_yaml(source: &FhirSource, zone: &str) -> String {
+    let zone = if zone.is_empty() {
+        String::new()
+    } else {
+        format!("  timeZone: {zone}\n")
+    };
+    format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: readings }}
+spec:
+  strategy: pull
+{zone}  source: {{ type: fhir, url: "{}", retries: 0, timeout: 5s }}
+  pull:
+    resources:
+      - type: Observation
+        search: {{ params: {{}} }}
+  mapping:
+    resourceType: Observation
+    id: {{ $path: $.id }}
+    status: final
+    code: {{ text: glucose }}
+    effectiveDateTime: {{ $dateTime: {{ $path: $.effectiveDateTime }} }}
+    issued: {{ $instant: {{ $path: $.issued }} }}
+"#,
+        source.url
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_times_are_read_in_the_declared_zone_and_instants_have_seconds_and_a_zone() {
+    let source = FhirSource::start().await;
+    // A legacy server that keeps Vienna wall-clock times without an offset.
+    for (id, taken, issued) in [
+        ("winter", "2026-01-15T08:30", "2026-01-15 08:31"),
+        ("summer", "2026-07-15T08:30:00", "2026-07-15T08:31:02.5"),
+        (
+            "offset",
+            "2026-07-15T08:30:00-04:00",
+            "2026-07-15T08:31:00Z",
+        ),
+    ] {
+        source.put(json!({
+            "resourceType": "Observation", "id": id,
+            "effectiveDateTime": taken, "issued": issued
+        }));
+    }
+    let (engine, _defs) = engine_of(&local_times_yaml(&source, "Europe/Vienna"));
+    let got = engine.get("/fhir/readings/Observation").send().await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let bundle = got.json();
+    // The stand-in answers in id order: offset, summer, winter.
+    let times: Vec<(Value, Value)> = entries_of(&bundle, "match")
+        .iter()
+        .map(|r| (r["effectiveDateTime"].clone(), r["issued"].clone()))
+        .collect();
+    assert_eq!(
+        times,
+        [
+            (
+                json!("2026-07-15T08:30:00-04:00"),
+                json!("2026-07-15T08:31:00+00:00")
+            ),
+            (
+                json!("2026-07-15T08:30:00+02:00"),
+                json!("2026-07-15T08:31:02.500+02:00")
+            ),
+            (
+                json!("2026-01-15T08:30:00+01:00"),
+                json!("2026-01-15T08:31:00+01:00")
+            ),
+        ],
+        "{bundle}"
+    );
+
+    // A local time the zone's clocks skip fails that source's answer, naming the time and
+    // the zone; an instant from a date alone is refused, never made up as midnight.
+    source.put(json!({
+        "resourceType": "Observation", "id": "skipped",
+        "effectiveDateTime": "2026-03-29T02:30", "issued": "2026-03-29T04:00:00Z"
+    }));
+    let got = engine
+        .get("/fhir/readings/Observation")
+        .header("cache-control", "no-cache")
+        .send()
+        .await;
+    assert_outcome(&got, 502, &["2026-03-29T02:30", "Europe/Vienna"]);
+    let (engine, _defs) = engine_of(&local_times_yaml(&source, ""));
+    source.put(json!({
+        "resourceType": "Observation", "id": "skipped",
+        "effectiveDateTime": "2026-03-29T02:30", "issued": "2026-03-29"
+    }));
+    let got = engine.get("/fhir/readings/Observation").send().await;
+    assert_outcome(&got, 502, &["2026-03-29", "not an instant"]);
+}
