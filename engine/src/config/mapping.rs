@@ -12,7 +12,7 @@ use crate::model::mapping::{CompileError, Conversion, Expr, Kind, is_resource_ty
 use crate::model::template::{Table, Templates, Text};
 
 /// The operators of structural templates; the first is the head, the rest its options.
-const OPERATORS: [(&str, &[&str], &[&str]); 14] = [
+const OPERATORS: [(&str, &[&str], &[&str]); 15] = [
     ("$path", &["$default"], &[]),
     ("$paths", &[], &[]),
     ("$each", &["$as"], &["$do"]),
@@ -20,6 +20,7 @@ const OPERATORS: [(&str, &[&str], &[&str]); 14] = [
     ("$translate", &[], &["$table"]),
     ("$date", &[], &[]),
     ("$dateTime", &[], &[]),
+    ("$instant", &[], &[]),
     ("$uuid", &[], &[]),
     ("$reference", &[], &["$id"]),
     ("$literal", &[], &[]),
@@ -258,6 +259,9 @@ impl Compiler<'_> {
             "$date" | "$dateTime" => Kind::Date {
                 value: Box::new(self.compile(value, &value_at)),
                 time: *head == "$dateTime",
+            },
+            "$instant" => Kind::Instant {
+                value: Box::new(self.compile(value, &value_at)),
             },
             "$uuid" => match &value.value {
                 NodeValue::Seq(items) => Kind::Uuid(

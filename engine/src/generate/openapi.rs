@@ -1,6 +1,9 @@
 //! The OpenAPI 3.0 document of the configured routes: pull interactions with their search
 //! parameters, push endpoints with their bodies and authentication, the admin API and the
-//! operations endpoints. It never holds a secret.
+//! operations endpoints. It never holds a secret. A pull connector's paths are under its FHIR
+//! bases: `/fhir/{connector}` when its sources share one FHIR version, else one base per
+//! version (`/fhir/{connector}/R4`, `/R5`); one with several sources also has the
+//! source-qualified read its entries' `fullUrl`s name.
 
 use serde_json::{Map, Value, json};
 
@@ -36,87 +39,131 @@ pub fn document(model: &Model, prefix: &str) -> Value {
         match &c.strategy {
             Strategy::Pull(p) => {
                 let tag = c.name.clone();
+                let mut versions: Vec<String> = Vec::new();
+                for s in &c.sources {
+                    let v = crate::runtime::pull::version_of(s);
+                    if !versions.contains(&v) {
+                        versions.push(v);
+                    }
+                }
+                // (path prefix after the connector, operationId suffix, summary suffix)
+                let bases: Vec<(String, String, String)> = if versions.len() > 1 {
+                    versions
+                        .iter()
+                        .map(|v| (format!("/{v}"), format!("-{v}"), format!(" (FHIR {v})")))
+                        .collect()
+                } else {
+                    vec![(String::new(), String::new(), String::new())]
+                };
+                let sources: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
                 for r in &p.resources {
                     let t = &r.resource_type;
-                    if let Some(s) = &r.search {
-                        let mut params: Vec<Value> = s
-                            .params
-                            .iter()
-                            .filter(|(n, _)| n.as_str() != "_count")
-                            .map(|(n, spec)| {
-                                let schema = match spec.kind {
-                                    ParamType::Integer => {
-                                        let mut s = json!({"type": "integer"});
-                                        if let Some(m) = spec.max {
-                                            s["maximum"] = json!(m);
-                                        }
-                                        s
-                                    }
-                                    ParamType::Date => json!({"type": "string", "description": "a FHIR date, optionally with a prefix (ge, le, ...)"}),
-                                    _ => json!({"type": "string"}),
-                                };
-                                let mut p = json!({"name": n, "in": "query", "required": spec.required, "schema": schema});
-                                if let Some(d) = &spec.description {
-                                    p["description"] = json!(d);
-                                }
-                                p
-                            })
-                            .collect();
-                        let max = s.params.get("_count").and_then(|p| p.max).unwrap_or(1000);
-                        params.push(json!({"name": "_count", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": max}}));
-                        params.push(json!({"name": "_offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}));
-                        let mut responses = outcome_responses(&[
-                            ("400", "invalid parameters"),
-                            ("502", "every source failed"),
-                            ("504", "no answer in time"),
-                        ]);
-                        responses.insert("200".into(), fhir_ok("a searchset Bundle (with an OperationOutcome entry per failed source)", "Bundle"));
-                        responses.insert(
-                            "304".into(),
-                            json!({"description": "not modified (If-None-Match)"}),
-                        );
-                        paths.insert(
-                            format!("/fhir/{}/{t}", c.name),
-                            json!({"get": {"tags": [tag], "summary": format!("Search {t}"), "operationId": format!("search-{}-{t}", c.name), "parameters": params, "responses": responses}}),
-                        );
-                    }
-                    if r.read.is_some() {
+                    if r.read.is_some() && sources.len() > 1 {
                         let mut responses = outcome_responses(&[
                             ("400", "invalid id"),
-                            ("404", "not found"),
-                            ("502", "every source failed"),
+                            ("404", "not found, or no such source"),
+                            ("502", "the source failed"),
                             ("504", "no answer in time"),
                         ]);
                         responses.insert("200".into(), fhir_ok(&format!("the {t}"), "Resource"));
-                        responses.insert(
-                            "304".into(),
-                            json!({"description": "not modified (If-None-Match)"}),
-                        );
                         paths.insert(
-                            format!("/fhir/{}/{t}/{{id}}", c.name),
+                            format!("/fhir/{}/{{source}}/{t}/{{id}}", c.name),
                             json!({"get": {
-                                "tags": [tag], "summary": format!("Read {t}"), "operationId": format!("read-{}-{t}", c.name),
-                                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9\\-\\.]{1,64}$"}}],
+                                "tags": [tag], "summary": format!("Read {t} from one source (the fullUrl of a search entry)"),
+                                "operationId": format!("read-{}-source-{t}", c.name),
+                                "parameters": [
+                                    {"name": "source", "in": "path", "required": true, "schema": {"type": "string", "enum": sources}},
+                                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9\\-\\.]{1,64}$"}}
+                                ],
                                 "responses": responses
                             }}),
                         );
                     }
+                    for (prefix, op, summary) in &bases {
+                        if let Some(s) = &r.search {
+                            let mut params: Vec<Value> = s
+                                .params
+                                .iter()
+                                .filter(|(n, _)| n.as_str() != "_count")
+                                .map(|(n, spec)| {
+                                    let schema = match spec.kind {
+                                        ParamType::Integer => {
+                                            let mut s = json!({"type": "integer"});
+                                            if let Some(m) = spec.max {
+                                                s["maximum"] = json!(m);
+                                            }
+                                            s
+                                        }
+                                        ParamType::Date => json!({"type": "string", "description": "a FHIR date, optionally with a prefix (ge, le, ...)"}),
+                                        _ => json!({"type": "string"}),
+                                    };
+                                    let mut p = json!({"name": n, "in": "query", "required": spec.required, "schema": schema});
+                                    if let Some(d) = &spec.description {
+                                        p["description"] = json!(d);
+                                    }
+                                    p
+                                })
+                                .collect();
+                            let max = s.params.get("_count").and_then(|p| p.max).unwrap_or(1000);
+                            params.push(json!({"name": "_count", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": max}}));
+                            params.push(json!({"name": "_offset", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}));
+                            let mut responses = outcome_responses(&[
+                                ("400", "invalid parameters"),
+                                ("502", "every source failed"),
+                                ("504", "no answer in time"),
+                            ]);
+                            responses.insert("200".into(), fhir_ok("a searchset Bundle (with an OperationOutcome entry per failed source)", "Bundle"));
+                            responses.insert(
+                                "304".into(),
+                                json!({"description": "not modified (If-None-Match)"}),
+                            );
+                            paths.insert(
+                                format!("/fhir/{}{prefix}/{t}", c.name),
+                                json!({"get": {"tags": [tag], "summary": format!("Search {t}{summary}"), "operationId": format!("search-{}{op}-{t}", c.name), "parameters": params, "responses": responses}}),
+                            );
+                        }
+                        if r.read.is_some() {
+                            let mut responses = outcome_responses(&[
+                                ("400", "invalid id"),
+                                ("404", "not found"),
+                                ("502", "every source failed"),
+                                ("504", "no answer in time"),
+                            ]);
+                            responses
+                                .insert("200".into(), fhir_ok(&format!("the {t}"), "Resource"));
+                            responses.insert(
+                                "304".into(),
+                                json!({"description": "not modified (If-None-Match)"}),
+                            );
+                            paths.insert(
+                                format!("/fhir/{}{prefix}/{t}/{{id}}", c.name),
+                                json!({"get": {
+                                    "tags": [tag], "summary": format!("Read {t}{summary}"), "operationId": format!("read-{}{op}-{t}", c.name),
+                                    "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9\\-\\.]{1,64}$"}}],
+                                    "responses": responses
+                                }}),
+                            );
+                        }
+                    }
                 }
                 if p.batch {
-                    let mut responses = outcome_responses(&[
-                        ("400", "not a batch Bundle"),
-                        ("413", "body too large"),
-                        ("502", "every source failed"),
-                    ]);
-                    responses.insert("200".into(), fhir_ok("a batch-response Bundle", "Bundle"));
-                    paths.insert(
-                        format!("/fhir/{}", c.name),
+                    for (prefix, op, summary) in &bases {
+                        let mut responses = outcome_responses(&[
+                            ("400", "not a batch Bundle"),
+                            ("413", "body too large"),
+                            ("502", "every source failed"),
+                        ]);
+                        responses
+                            .insert("200".into(), fhir_ok("a batch-response Bundle", "Bundle"));
+                        paths.insert(
+                        format!("/fhir/{}{prefix}", c.name),
                         json!({"post": {
-                            "tags": [tag], "summary": "Batch over every FHIR source", "operationId": format!("batch-{}", c.name),
+                            "tags": [tag], "summary": format!("Batch over every FHIR source{summary}"), "operationId": format!("batch-{}{op}", c.name),
                             "requestBody": {"required": true, "content": {"application/fhir+json": {"schema": {"$ref": "#/components/schemas/Bundle"}}, "application/json": {"schema": {"$ref": "#/components/schemas/Bundle"}}}},
                             "responses": responses
                         }}),
                     );
+                    }
                 }
             }
             Strategy::Push(p) => {

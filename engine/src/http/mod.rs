@@ -23,7 +23,7 @@ use admin::{
     dead_letters, healthz, invalidate, list, metrics, openapi, readyz, reload_status, run_now, show,
 };
 use guard::{guard, not_found};
-use routes::{batch, push, read, search};
+use routes::{batch, push, scoped_read, search, search_or_read, version_batch};
 
 /// The application.
 pub fn router(engine: Arc<Engine>) -> Router {
@@ -52,8 +52,18 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/fhir/{connector}", post(batch))
-        .route("/fhir/{connector}/{resource_type}", get(search))
-        .route("/fhir/{connector}/{resource_type}/{id}", get(read))
+        .route(
+            "/fhir/{connector}/{resource_type}",
+            get(search).post(version_batch),
+        )
+        .route(
+            "/fhir/{connector}/{resource_type}/{id}",
+            get(search_or_read),
+        )
+        .route(
+            "/fhir/{connector}/{scope}/{resource_type}/{id}",
+            get(scoped_read),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(engine.clone(), guard))
         .with_state(engine)

@@ -1,5 +1,11 @@
 //! The connectors' own routes: pull routes under `/fhir/{connector}` (search, read, batch;
 //! cache lookup, ETag/304) and the webhooks of push connectors.
+//!
+//! A pull connector's FHIR bases: `/fhir/{connector}` (every source, when they share one FHIR
+//! version), `/fhir/{connector}/{version}` (`R4`, `R4B`, `R5`: the sources of that version),
+//! and, for reads, `/fhir/{connector}/{source}` (one source: the `fullUrl`s of a connector
+//! with several sources). Version names are upper case and definition names lower case, so a
+//! segment is never both.
 
 use std::sync::Arc;
 
@@ -14,7 +20,7 @@ use super::outcome::{FHIR_JSON, fhir_response};
 use crate::runtime::cache::{Answer, Source as CacheSource};
 use crate::runtime::engine::Engine;
 use crate::runtime::problem::{Problem, ProblemKind};
-use crate::runtime::pull::{PullRuntime, RequestInfo};
+use crate::runtime::pull::{PullRuntime, RequestInfo, Scope, is_version_name};
 use crate::runtime::push::{PushEndpoint, Reply};
 
 pub(super) async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) -> Response {
@@ -151,6 +157,7 @@ fn no_cache(headers: &HeaderMap) -> bool {
         })
 }
 
+/// `GET /fhir/{connector}/{Type}`: a search of every source.
 pub(super) async fn search(
     State(engine): State<Arc<Engine>>,
     Path((connector, resource_type)): Path<(String, String)>,
@@ -158,20 +165,89 @@ pub(super) async fn search(
     axum::Extension(RequestId(id)): axum::Extension<RequestId>,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
+    let call = Call {
+        engine,
+        connector,
+        id,
+        headers,
+    };
+    search_in(call, &Scope::All, &resource_type, query).await
+}
+
+/// `GET /fhir/{connector}/{a}/{b}`: a search of one version's sources when `a` names a FHIR
+/// version (`/fhir/proxy/R5/Bundle`), else a read of every source (`/fhir/proxy/Patient/1`).
+pub(super) async fn search_or_read(
+    State(engine): State<Arc<Engine>>,
+    Path((connector, a, b)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let call = Call {
+        engine,
+        connector,
+        id,
+        headers,
+    };
+    if is_version_name(&a) {
+        search_in(call, &Scope::Version(a), &b, query).await
+    } else {
+        read_in(call, &Scope::All, &a, &b).await
+    }
+}
+
+/// `GET /fhir/{connector}/{scope}/{Type}/{id}`: a read of one version's sources, or of the
+/// one source a `fullUrl` names.
+pub(super) async fn scoped_read(
+    State(engine): State<Arc<Engine>>,
+    Path((connector, scope, resource_type, rid)): Path<(String, String, String, String)>,
+    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let call = Call {
+        engine,
+        connector,
+        id,
+        headers,
+    };
+    read_in(call, &Scope::of_segment(&scope), &resource_type, &rid).await
+}
+
+/// What every pull request carries to its interaction.
+struct Call {
+    engine: Arc<Engine>,
+    connector: String,
+    id: String,
+    headers: HeaderMap,
+}
+
+async fn search_in(
+    call: Call,
+    scope: &Scope,
+    resource_type: &str,
+    query: Option<String>,
+) -> Result<Response, Problem> {
+    let Call {
+        engine,
+        connector,
+        id,
+        headers,
+    } = call;
     let rt = engine.pull(&connector)?.clone();
-    let res = rt.resource(&resource_type)?;
+    let res = rt.resource(resource_type)?;
     let pairs: Vec<(String, String)> =
         url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
     let q = rt.parse_search(res, &pairs)?;
+    let path = format!("/fhir/{connector}/{}{resource_type}", scope.prefix());
     let path_and_query = match &query {
-        Some(q) if !q.is_empty() => format!("/fhir/{connector}/{resource_type}?{q}"),
-        _ => format!("/fhir/{connector}/{resource_type}"),
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path,
     };
     let info = request_info(&engine, &headers, &path_and_query, &id);
-    let key = format!("{} {}", info.base, q.key(&resource_type));
-    cached(&rt, &key, &headers, || rt.search(res, &q, &info)).await
+    let key = format!("{} {}{}", info.base, scope.prefix(), q.key(resource_type));
+    cached(&rt, &key, &headers, || rt.search(res, &q, &info, scope)).await
 }
 
 /// The answer to a pull request: through the connector's cache when it has one. The key
@@ -198,14 +274,20 @@ where
     Ok(answer(&a, how, headers))
 }
 
-pub(super) async fn read(
-    State(engine): State<Arc<Engine>>,
-    Path((connector, resource_type, rid)): Path<(String, String, String)>,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
-    headers: HeaderMap,
+async fn read_in(
+    call: Call,
+    scope: &Scope,
+    resource_type: &str,
+    rid: &str,
 ) -> Result<Response, Problem> {
+    let Call {
+        engine,
+        connector,
+        id,
+        headers,
+    } = call;
     let rt = engine.pull(&connector)?.clone();
-    let res = rt.resource(&resource_type)?;
+    let res = rt.resource(resource_type)?;
     if rid == "."
         || rid == ".."
         || rid.is_empty()
@@ -219,18 +301,19 @@ pub(super) async fn read(
     let info = request_info(
         &engine,
         &headers,
-        &format!("/fhir/{connector}/{resource_type}/{rid}"),
+        &format!("/fhir/{connector}/{}{resource_type}/{rid}", scope.prefix()),
         &id,
     );
     cached(
         &rt,
-        &format!("{} read|{resource_type}|{rid}", info.base),
+        &format!("{} {}read|{resource_type}|{rid}", info.base, scope.prefix()),
         &headers,
-        || rt.read(res, &rid, &info),
+        || rt.read(res, rid, &info, scope),
     )
     .await
 }
 
+/// `POST /fhir/{connector}`: a batch to every source.
 pub(super) async fn batch(
     State(engine): State<Arc<Engine>>,
     Path(connector): Path<String>,
@@ -238,6 +321,45 @@ pub(super) async fn batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
+    let call = Call {
+        engine,
+        connector,
+        id,
+        headers,
+    };
+    batch_in(call, &Scope::All, body).await
+}
+
+/// `POST /fhir/{connector}/{version}`: a batch to the sources of one FHIR version.
+pub(super) async fn version_batch(
+    State(engine): State<Arc<Engine>>,
+    Path((connector, version)): Path<(String, String)>,
+    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    if !is_version_name(&version) {
+        return Err(Problem::new(
+            ProblemKind::NotSupported,
+            format!("`POST /fhir/{connector}/{version}` is not a FHIR interaction here"),
+        ));
+    }
+    let call = Call {
+        engine,
+        connector,
+        id,
+        headers,
+    };
+    batch_in(call, &Scope::Version(version), body).await
+}
+
+async fn batch_in(call: Call, scope: &Scope, body: Body) -> Result<Response, Problem> {
+    let Call {
+        engine,
+        connector,
+        id,
+        headers,
+    } = call;
     let rt = engine.pull(&connector)?.clone();
     let bytes = axum::body::to_bytes(body, engine.limits.body)
         .await
@@ -249,7 +371,8 @@ pub(super) async fn batch(
         })?;
     let bundle: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Problem::invalid(format!("the body is not JSON: {e}")))?;
-    let info = request_info(&engine, &headers, &format!("/fhir/{connector}"), &id);
-    let out = rt.batch(&bundle, &info).await?;
+    let path = format!("/fhir/{connector}/{}", scope.prefix());
+    let info = request_info(&engine, &headers, path.trim_end_matches('/'), &id);
+    let out = rt.batch(&bundle, &info, scope).await?;
     Ok(fhir_response(StatusCode::OK, &out))
 }

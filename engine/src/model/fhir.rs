@@ -1,9 +1,10 @@
-//! FHIR rules the mapping relies on: empty values, deterministic ids, date and dateTime
-//! normalisation, Bundle assembly and splitting a Bundle into entries with references rewritten.
+//! FHIR rules the mapping relies on: empty values, deterministic ids, date, dateTime and instant
+//! normalisation (local times read in a declared zone), Bundle assembly and splitting a Bundle into entries with references rewritten.
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono_tz::Tz;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -70,6 +71,13 @@ pub fn date(v: &Value) -> Result<String, DateError> {
 /// Normalises a value to a FHIR `dateTime`: a date alone stays a date; a time without a zone
 /// is taken as UTC.
 pub fn date_time(v: &Value) -> Result<String, DateError> {
+    date_time_in(v, None)
+}
+
+/// Normalises a value to a FHIR `dateTime`: a date alone stays a date; a time with an offset
+/// keeps it; a local time (no offset) is read in `zone` and written with that zone's offset at
+/// that time (UTC, written `Z`, when `zone` is `None`).
+pub fn date_time_in(v: &Value, zone: Option<Tz>) -> Result<String, DateError> {
     match v {
         Value::String(s) => {
             let s = s.trim();
@@ -79,20 +87,62 @@ pub fn date_time(v: &Value) -> Result<String, DateError> {
             if let Some(d) = parse_date(s) {
                 return Ok(d.format("%Y-%m-%d").to_string());
             }
-            parse_date_time(s)
-                .map(|(dt, offset)| match offset {
-                    Some(o) => dt
-                        .with_timezone(&o)
-                        .to_rfc3339_opts(SecondsFormat::AutoSi, false),
-                    None => dt.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-                })
-                .ok_or_else(|| DateError::NotADateTime(s.to_owned()))
+            stamp(s, zone, || DateError::NotADateTime(s.to_owned()))
         }
         Value::Number(_) => epoch(v).map(|dt| dt.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
         other => Err(DateError::Expected {
             what: "a dateTime",
             found: kind(other),
         }),
+    }
+}
+
+/// Normalises a value to a FHIR `instant`: a date with a time to the second (or finer) and a
+/// zone. A time with an offset keeps it; a local time is read in `zone` (UTC when `None`); a
+/// number is seconds (or milliseconds) since 1970 in UTC. A date without a time is refused: an
+/// instant made from it would claim a time nobody recorded.
+pub fn instant(v: &Value, zone: Option<Tz>) -> Result<String, DateError> {
+    match v {
+        Value::String(s) => {
+            let s = s.trim();
+            if partial_date(s).is_some() || parse_date(s).is_some() {
+                return Err(DateError::NoTime(s.to_owned()));
+            }
+            stamp(s, zone, || DateError::NotAnInstant(s.to_owned()))
+        }
+        Value::Number(_) => epoch(v).map(|dt| dt.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        other => Err(DateError::Expected {
+            what: "an instant",
+            found: kind(other),
+        }),
+    }
+}
+
+/// A date and time written with seconds and a zone: its own offset when it has one, else read
+/// in `zone` (UTC, written `Z`, when `None`).
+fn stamp(s: &str, zone: Option<Tz>, bad: impl Fn() -> DateError) -> Result<String, DateError> {
+    if let Some(dt) = with_offset(s) {
+        return Ok(dt.to_rfc3339_opts(SecondsFormat::AutoSi, false));
+    }
+    let local = local_date_time(s).ok_or_else(bad)?;
+    match zone {
+        None => Ok(Utc
+            .from_utc_datetime(&local)
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        Some(z) => match z.from_local_datetime(&local) {
+            LocalResult::Single(t) => Ok(t
+                .fixed_offset()
+                .to_rfc3339_opts(SecondsFormat::AutoSi, false)),
+            // The hour a clock goes back happens twice: the first of the two (as java.time
+            // and most calendars read it).
+            LocalResult::Ambiguous(first, _) => Ok(first
+                .fixed_offset()
+                .to_rfc3339_opts(SecondsFormat::AutoSi, false)),
+            LocalResult::None => Err(DateError::NoSuchLocalTime {
+                time: s.to_owned(),
+                zone: z.name().to_owned(),
+            }),
+        },
     }
 }
 
@@ -134,12 +184,21 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
 }
 
 fn parse_date_time(s: &str) -> Option<(DateTime<Utc>, Option<chrono::FixedOffset>)> {
-    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+    if let Some(dt) = with_offset(s) {
         return Some((dt.with_timezone(&Utc), Some(*dt.offset())));
     }
-    if let Ok(dt) = DateTime::parse_from_rfc2822(s) {
-        return Some((dt.with_timezone(&Utc), Some(*dt.offset())));
-    }
+    local_date_time(s).map(|n| (Utc.from_utc_datetime(&n), None))
+}
+
+/// A date and time written with its offset (RFC 3339 or RFC 2822).
+fn with_offset(s: &str) -> Option<DateTime<chrono::FixedOffset>> {
+    DateTime::parse_from_rfc3339(s)
+        .or_else(|_| DateTime::parse_from_rfc2822(s))
+        .ok()
+}
+
+/// A date and time written without an offset (a local time).
+fn local_date_time(s: &str) -> Option<NaiveDateTime> {
     [
         "%Y-%m-%dT%H:%M:%S%.f",
         "%Y-%m-%d %H:%M:%S%.f",
@@ -149,7 +208,6 @@ fn parse_date_time(s: &str) -> Option<(DateTime<Utc>, Option<chrono::FixedOffset
     ]
     .iter()
     .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
-    .map(|n| (Utc.from_utc_datetime(&n), None))
 }
 
 fn epoch(v: &Value) -> Result<DateTime<Utc>, DateError> {
@@ -168,6 +226,14 @@ pub enum DateError {
     NotADate(String),
     #[error("`{0}` is not a date or dateTime")]
     NotADateTime(String),
+    #[error("`{0}` is not an instant (a date and time)")]
+    NotAnInstant(String),
+    /// A date without a time where an instant is needed.
+    #[error("`{0}` is a date without a time, not an instant")]
+    NoTime(String),
+    /// A local time that the zone's clocks skip (the hour they go forward).
+    #[error("`{time}` does not exist in {zone} (the clocks skip it)")]
+    NoSuchLocalTime { time: String, zone: String },
     /// A number of seconds (or milliseconds) outside the calendar.
     #[error("{0} is not a time")]
     NotATime(f64),

@@ -65,6 +65,8 @@ pub struct Connector {
     pub sources: Vec<Arc<Source>>,
     pub vars: Value,
     pub split_bundles: bool,
+    /// The zone of local times in the records (`timeZone`); UTC when `None`.
+    pub time_zone: Option<chrono_tz::Tz>,
     pub mapping: Option<Mapping>,
     pub templates: Arc<Templates>,
     pub tests: Vec<Test>,

@@ -210,9 +210,20 @@ fn openapi_describes_routes_and_holds_no_secret() {
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert_eq!(names, vec!["name", "_count", "_offset"]);
-    assert!(
-        doc["paths"]["/fhir/proxy"]["post"].is_object(),
-        "the proxy takes batches"
+    // The proxy's sources are R5 (ePI) and R4 (IPS): a base per version, no versionless
+    // one, and the source-qualified read its entries' fullUrls name.
+    for base in ["/fhir/proxy/R4", "/fhir/proxy/R5"] {
+        assert!(
+            doc["paths"][base]["post"].is_object(),
+            "the proxy takes batches at {base}"
+        );
+        assert!(doc["paths"][format!("{base}/Bundle")]["get"].is_object());
+    }
+    assert!(doc["paths"]["/fhir/proxy"].is_null());
+    assert!(doc["paths"]["/fhir/proxy/Bundle"].is_null());
+    assert_eq!(
+        doc["paths"]["/fhir/proxy/{source}/Bundle/{id}"]["get"]["parameters"][0]["schema"]["enum"],
+        serde_json::json!(["epi", "ips"])
     );
     assert!(
         !text.contains("example-labels-api-key"),

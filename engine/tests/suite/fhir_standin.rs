@@ -3,7 +3,9 @@
 //! resources it holds page by page as a FHIR server does (`_count`, `_offset`,
 //! `_lastUpdated=gtX`, absolute `self` and `next` links). Used by `cron_push` (its FHIR source
 //! and sink), `shipped` (the HL7 sandbox, the recording sink, the lenses) and `durability`
-//! (the FHIR source of a cron run, the `fhir_json` answers of its own sink).
+//! (the FHIR source of a cron run, the `fhir_json` answers of its own sink). The source also
+//! answers reads (`GET /{Type}/{id}`) and batches of searches and reads (`POST /`), for
+//! `versions`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -197,7 +199,9 @@ impl FhirSource {
             requests: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
+            .route("/", axum::routing::post(source_batch))
             .route("/{rtype}", get(source_search))
+            .route("/{rtype}/{id}", get(source_read))
             .with_state(inner.clone());
         spawn_app(listener, app);
         FhirSource { url, inner }
@@ -325,4 +329,79 @@ async fn source_search(
         .cloned()
         .unwrap_or_default();
     search_page(&s.base, &rtype, &query, resources, s.largest_page)
+}
+
+/// `GET /{Type}/{id}`: the resource, or 404 with an `OperationOutcome`.
+async fn source_read(
+    State(s): State<Arc<SourceInner>>,
+    UrlPath((rtype, id)): UrlPath<(String, String)>,
+) -> Response {
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    s.requests
+        .lock()
+        .expect("source log")
+        .push(format!("{rtype}/{id}"));
+    match read_one(&s, &rtype, &id) {
+        Some(r) => fhir_json(200, &r),
+        None => fhir_json(404, &operation_outcome("not-found", "no such resource")),
+    }
+}
+
+fn read_one(s: &SourceInner, rtype: &str, id: &str) -> Option<Value> {
+    s.resources
+        .lock()
+        .expect("source store")
+        .get(rtype)?
+        .iter()
+        .find(|r| r["id"] == id)
+        .cloned()
+}
+
+/// `POST /` with a batch Bundle of `GET Type` (all of that type) and `GET Type/id` requests:
+/// a batch-response, each entry with the source's own `fullUrl`s.
+async fn source_batch(State(s): State<Arc<SourceInner>>, body: axum::body::Bytes) -> Response {
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    let Ok(bundle) = serde_json::from_slice::<Value>(&body) else {
+        return fhir_json(400, &operation_outcome("invalid", "not JSON"));
+    };
+    let entries: Vec<Value> = bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let url = e["request"]["url"].as_str().unwrap_or("");
+            let path = url.split('?').next().unwrap_or("");
+            match path.split_once('/') {
+                Some((rtype, id)) => match read_one(&s, rtype, id) {
+                    Some(r) => json!({
+                        "fullUrl": format!("{}/{}", s.base, key_of(&r)),
+                        "resource": r,
+                        "response": {"status": "200 OK"}
+                    }),
+                    None => json!({"response": {"status": "404 Not Found"}}),
+                },
+                None => {
+                    let all = s
+                        .resources
+                        .lock()
+                        .expect("source store")
+                        .get(path)
+                        .cloned()
+                        .unwrap_or_default();
+                    let entry: Vec<Value> = all
+                        .iter()
+                        .map(|r| json!({"fullUrl": format!("{}/{}", s.base, key_of(r)), "resource": r, "search": {"mode": "match"}}))
+                        .collect();
+                    json!({
+                        "resource": {"resourceType": "Bundle", "type": "searchset", "total": all.len(), "entry": entry},
+                        "response": {"status": "200 OK"}
+                    })
+                }
+            }
+        })
+        .collect();
+    fhir_json(
+        200,
+        &json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries}),
+    )
 }

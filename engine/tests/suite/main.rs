@@ -18,6 +18,7 @@ mod mapping;
 mod reload;
 mod serve;
 mod shipped;
+mod versions;
 
 // What they share.
 mod engine_router;

@@ -45,7 +45,7 @@ use crate::fhir_resources::{entries_of, key_of, references, without_meta};
 use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
 use crate::helios_client::{get_json, read_all, search_all, seed};
 use crate::helios_server::{Db, Helios};
-use crate::local_http::{DeadUrl, bind, client, dead_url, send, spawn_app};
+use crate::local_http::{DeadUrl, assert_outcome, bind, client, dead_url, send, spawn_app};
 
 /// Longest any single HTTP request of a test may take.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -485,7 +485,7 @@ fn ids_of(resources: &[Value]) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_api() {
+async fn proxy_keeps_r4_and_r5_servers_apart_names_a_dead_one_and_serves_the_runner_api() {
     let sandbox_org = [json!({
         "resourceType": "Organization",
         "id": "org-from-sandbox",
@@ -517,34 +517,43 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
         CLIENT_TIMEOUT,
     );
 
-    // Both servers up: one searchset with the Patients of both.
-    let search = format!("{}/fhir/proxy/Patient", served.base);
-    let got = served.get(&search).send().await;
-    assert_eq!(got.status, 200, "{}", got.text);
-    assert_eq!(got.header("content-type"), "application/fhir+json");
-    let b = got.json();
-    assert_eq!(
-        (&b["resourceType"], &b["type"]),
-        (&json!("Bundle"), &json!("searchset")),
-        "{b}"
-    );
-    let matches = entries_of(&b, "match");
-    assert_eq!(ids_of(&matches), ["e1", "e2", "e3", "i1", "i2"], "{b}");
+    // Both servers up. The ePI server is R5 and the IPS server R4: the versionless base
+    // mixes nothing and names each version's base; each base answers with its own server's.
+    let got = served
+        .get(format!("{}/fhir/proxy/Patient", served.base))
+        .send()
+        .await;
+    assert_outcome(&got, 404, &["/fhir/proxy/R4", "/fhir/proxy/R5"]);
     let seeded: BTreeMap<String, Value> = epi_patients
         .iter()
         .chain(&ips_patients)
         .map(|p| (key_of(p), p.clone()))
         .collect();
-    for m in &matches {
-        assert_eq!(without_meta(m), seeded[&key_of(m)], "{m}");
+    let mut search = String::new();
+    for (version, ids) in [("R5", &["e1", "e2", "e3"][..]), ("R4", &["i1", "i2"][..])] {
+        search = format!("{}/fhir/proxy/{version}/Patient", served.base);
+        let got = served.get(&search).send().await;
+        assert_eq!(got.status, 200, "{}", got.text);
+        assert_eq!(got.header("content-type"), "application/fhir+json");
+        let b = got.json();
+        assert_eq!(
+            (&b["resourceType"], &b["type"]),
+            (&json!("Bundle"), &json!("searchset")),
+            "{b}"
+        );
+        let matches = entries_of(&b, "match");
+        assert_eq!(ids_of(&matches), ids, "{b}");
+        for m in &matches {
+            assert_eq!(without_meta(m), seeded[&key_of(m)], "{m}");
+        }
+        assert!(entries_of(&b, "outcome").is_empty(), "{b}");
+        assert_eq!(b["total"], ids.len(), "{b}");
     }
-    assert!(entries_of(&b, "outcome").is_empty(), "{b}");
-    assert_eq!(b["total"], 5, "{b}");
 
-    // A read finds the resource on whichever server holds it.
-    for (id, family) in [("e2", "Epi Two"), ("i1", "Ips One")] {
+    // A read finds the resource on the server of its version.
+    for (path, id, family) in [("R5", "e2", "Epi Two"), ("R4", "i1", "Ips One")] {
         let got = served
-            .get(format!("{}/fhir/proxy/Patient/{id}", served.base))
+            .get(format!("{}/fhir/proxy/{path}/Patient/{id}", served.base))
             .send()
             .await;
         assert_eq!(got.status, 200, "{}", got.text);
@@ -595,8 +604,8 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
         "/push/label-changed"
     );
 
-    // The IPS server killed; the cached answer dropped (it would be served fresh for 5
-    // minutes): a 200 with the ePI results and an OperationOutcome naming `ips`.
+    // The IPS server killed; the cached answers dropped (they would be served fresh for 5
+    // minutes): the R4 base fails with an OperationOutcome naming `ips`; the R5 base answers.
     ips.kill();
     let got = served
         .delete(format!("{}/connectors/proxy/cache", served.base))
@@ -604,19 +613,28 @@ async fn proxy_merges_two_helios_servers_names_a_dead_one_and_serves_the_runner_
         .await;
     assert_eq!(got.status, 200, "{}", got.text);
     let got = served.get(&search).send().await;
+    assert_eq!(
+        got.json()["resourceType"],
+        "OperationOutcome",
+        "{}",
+        got.text
+    );
+    let text = got.json()["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        got.status >= 500 && text.contains("`ips`") && !text.contains("`epi`"),
+        "the outcome names the failed source only: {} {text}",
+        got.status
+    );
+    let got = served
+        .get(format!("{}/fhir/proxy/R5/Patient", served.base))
+        .send()
+        .await;
     assert_eq!(got.status, 200, "{}", got.text);
     let b = got.json();
     assert_eq!(ids_of(&entries_of(&b, "match")), ["e1", "e2", "e3"], "{b}");
-    let outcomes = entries_of(&b, "outcome");
-    assert_eq!(outcomes.len(), 1, "{b}");
-    assert_eq!(outcomes[0]["resourceType"], "OperationOutcome", "{b}");
-    let text = outcomes[0]["issue"][0]["diagnostics"]
-        .as_str()
-        .unwrap_or("");
-    assert!(
-        text.contains("`ips`") && !text.contains("`epi`"),
-        "the outcome names the failed source only: {text}"
-    );
 
     // The FOSPS runner API: a run of `hl7-fhir-sync` on demand, started in the background.
     let got = served

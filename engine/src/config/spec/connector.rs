@@ -35,6 +35,15 @@ pub struct ConnectorSpec {
     /// references between entries (`urn:uuid:` full URLs) to `Type/id`.
     #[serde(default)]
     pub split_bundles: bool,
+    /// The IANA time zone of the local times in this connector's records (a time written
+    /// without an offset, such as `2026-03-29 10:30`): `$dateTime`, `$instant` and the
+    /// `dateTime` and `instant` template functions read such a time in this zone and write it
+    /// with the zone's offset at that time (`2026-03-29T10:30:00+02:00`). The hour the clocks
+    /// skip is an error; the hour they repeat reads as its first occurrence. Times written
+    /// with an offset keep theirs. Without `timeZone`, a local time is read as UTC.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["Europe/Vienna"]))]
+    pub time_zone: Option<String>,
     /// The structural template of the FHIR produced from one record (see "Mapping"). A
     /// sequence at the top produces several resources per record. Without a mapping, records
     /// are expected to be FHIR resources already.
@@ -98,7 +107,11 @@ pub struct TableSpec {
     pub default: Option<Value>,
 }
 
-/// FHIR interactions served under `/fhir/{connector}`.
+/// FHIR interactions served under `/fhir/{connector}`. One answer never mixes FHIR versions:
+/// when the sources' `fhirVersion`s differ (R4 when a source declares none), the interactions
+/// are served per version only, under `/fhir/{connector}/R4`, `/fhir/{connector}/R5`. With
+/// several sources, each entry's `fullUrl` is `/fhir/{connector}/{source}/{type}/{id}`, which
+/// reads that source's resource.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PullSpec {

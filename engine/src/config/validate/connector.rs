@@ -42,7 +42,8 @@ pub fn connector(
             })
             .collect(),
     );
-    let mut templates = Templates::new(tables.clone());
+    let time_zone = time_zone(ctx, spec.time_zone.as_deref());
+    let mut templates = Templates::new(tables.clone(), time_zone);
 
     let sources = sources(ctx, spec, name, names, used);
     let mapping_root = spec.mapping.as_ref().map(|_| {
@@ -101,6 +102,7 @@ pub fn connector(
         sources,
         vars,
         split_bundles: spec.split_bundles,
+        time_zone,
         mapping: mapping_root.map(|root| Mapping {
             root,
             templates: templates.clone(),
@@ -109,6 +111,24 @@ pub fn connector(
         templates,
         tests,
     })
+}
+
+/// The zone of `timeZone`: an IANA name (`Europe/Vienna`), else an error with the closest
+/// names.
+fn time_zone(ctx: &mut Ctx<'_>, name: Option<&str>) -> Option<chrono_tz::Tz> {
+    let name = name?;
+    match name.parse::<chrono_tz::Tz>() {
+        Ok(z) => Some(z),
+        Err(_) => {
+            let hint = did_you_mean(name, chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()));
+            ctx.error(
+                &["spec", "timeZone"],
+                format!("`{name}` is not an IANA time zone (such as `Europe/Vienna` or `UTC`)"),
+                hint,
+            );
+            None
+        }
+    }
 }
 
 /// Sections that belong to another strategy are errors; required ones must be there.

@@ -278,7 +278,7 @@ impl Evaluator<'_> {
                 None => None,
                 Some(v) => {
                     let out = if *time {
-                        fhir::date_time(&v)
+                        fhir::date_time_in(&v, self.templates.zone())
                     } else {
                         fhir::date(&v)
                     };
@@ -286,6 +286,13 @@ impl Evaluator<'_> {
                         self.with_input(e, value, scope, m.to_string())
                     })?))
                 }
+            },
+            Kind::Instant { value } => match self.eval(value, scope)? {
+                None => None,
+                Some(v) => Some(Value::String(
+                    fhir::instant(&v, self.templates.zone())
+                        .map_err(|m| self.with_input(e, value, scope, m.to_string()))?,
+                )),
             },
             Kind::Uuid(parts) => {
                 let mut texts = Vec::with_capacity(parts.len());

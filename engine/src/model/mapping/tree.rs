@@ -47,6 +47,10 @@ pub enum Kind {
         value: Box<Expr>,
         time: bool,
     },
+    /// `$instant`: a FHIR `instant` (date, time with seconds, and zone).
+    Instant {
+        value: Box<Expr>,
+    },
     Uuid(Vec<Expr>),
     Reference {
         resource_type: String,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chrono_tz::Tz;
 use handlebars::{
     Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason,
     ScopedJson,
@@ -45,6 +46,7 @@ pub enum Function {
     Default,
     Date,
     DateTime,
+    Instant,
     Uuid5,
     Translate,
     Json,
@@ -52,7 +54,7 @@ pub enum Function {
 
 impl Function {
     /// All functions with their names in templates.
-    pub const ALL: [(&'static str, Function); 11] = [
+    pub const ALL: [(&'static str, Function); 12] = [
         ("upper", Function::Upper),
         ("lower", Function::Lower),
         ("trim", Function::Trim),
@@ -61,6 +63,7 @@ impl Function {
         ("default", Function::Default),
         ("date", Function::Date),
         ("dateTime", Function::DateTime),
+        ("instant", Function::Instant),
         ("uuid5", Function::Uuid5),
         ("translate", Function::Translate),
         ("json", Function::Json),
@@ -77,12 +80,14 @@ impl Function {
             .map_or("?", |(n, _)| n)
     }
 
-    /// Applies the function; `names` says how each argument was written, for messages.
+    /// Applies the function; `names` says how each argument was written, for messages;
+    /// `zone` is the zone of local times (`dateTime`, `instant`), UTC when `None`.
     pub fn call(
         self,
         args: &Args<'_>,
         names: &[String],
         tables: &BTreeMap<String, Table>,
+        zone: Option<Tz>,
     ) -> Result<Value, String> {
         let name = self.name();
         if self != Function::Default
@@ -122,8 +127,11 @@ impl Function {
                 &given.iter().map(|v| text(v)).collect::<Vec<_>>(),
             )),
             Function::Date => Value::String(fhir::date(one()?).map_err(|e| format!("date: {e}"))?),
-            Function::DateTime => {
-                Value::String(fhir::date_time(one()?).map_err(|e| format!("dateTime: {e}"))?)
+            Function::DateTime => Value::String(
+                fhir::date_time_in(one()?, zone).map_err(|e| format!("dateTime: {e}"))?,
+            ),
+            Function::Instant => {
+                Value::String(fhir::instant(one()?, zone).map_err(|e| format!("instant: {e}"))?)
             }
             Function::Default => args
                 .iter()
@@ -158,6 +166,7 @@ pub fn text(v: &Value) -> String {
 pub struct AsHelper {
     pub function: Function,
     pub tables: Arc<BTreeMap<String, Table>>,
+    pub zone: Option<Tz>,
 }
 
 impl HelperDef for AsHelper {
@@ -183,7 +192,7 @@ impl HelperDef for AsHelper {
             })
             .collect();
         self.function
-            .call(&args, &names, &self.tables)
+            .call(&args, &names, &self.tables, self.zone)
             .map(ScopedJson::Derived)
             .map_err(|e| RenderErrorReason::Other(e).into())
     }

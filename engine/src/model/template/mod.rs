@@ -111,6 +111,8 @@ pub trait Scope {
 pub struct Templates {
     registry: Handlebars<'static>,
     tables: Arc<BTreeMap<String, Table>>,
+    /// The zone of local times in the records (`timeZone`); UTC when `None`.
+    zone: Option<chrono_tz::Tz>,
     /// Top-level context names the Handlebars templates read; `None` when some template may
     /// read the whole context (`this`, `..`, `@root`), so contexts must hold everything.
     needs: Option<BTreeSet<String>>,
@@ -134,7 +136,9 @@ pub struct TemplateError {
 }
 
 impl Templates {
-    pub fn new(tables: Arc<BTreeMap<String, Table>>) -> Self {
+    /// The templates of a connector with these tables, reading local times in `zone` (UTC
+    /// when `None`).
+    pub fn new(tables: Arc<BTreeMap<String, Table>>, zone: Option<chrono_tz::Tz>) -> Self {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);
         registry.register_escape_fn(handlebars::no_escape);
@@ -144,14 +148,21 @@ impl Templates {
                 Box::new(AsHelper {
                     function,
                     tables: tables.clone(),
+                    zone,
                 }),
             );
         }
         Templates {
             registry,
             tables,
+            zone,
             needs: Some(BTreeSet::new()),
         }
+    }
+
+    /// The zone of local times in the records; UTC when `None`.
+    pub fn zone(&self) -> Option<chrono_tz::Tz> {
+        self.zone
     }
 
     /// The connector's code tables.
@@ -234,7 +245,7 @@ impl Templates {
                                 })
                                 .collect();
                             let value = f
-                                .call(&values, &names, &self.tables)
+                                .call(&values, &names, &self.tables, self.zone)
                                 .map_err(|m| format!("{m}{}", place(*at)))?;
                             push_text(&mut out, &value, "the result of a helper")
                                 .map_err(|m| format!("{m}{}", place(*at)))?;

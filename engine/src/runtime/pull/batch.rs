@@ -1,18 +1,26 @@
-//! Batch at run time: the caller's batch Bundle sent to every FHIR source, and the answers
-//! merged entry by entry into one batch-response (failed sources named in the outcomes).
+//! Batch at run time: the caller's batch Bundle sent to every FHIR source of a scope (one FHIR
+//! version's: a batch never mixes versions), and the answers merged entry by entry into one
+//! batch-response (failed sources named in the outcomes). Each resource in the answer gets the
+//! engine's `fullUrl` for it, naming its source when the connector has more than one, as a
+//! search's entries do: two servers' `Patient/1` never share one.
 
 use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{PullRuntime, RequestInfo, all_failed};
+use super::{PullRuntime, RequestInfo, Scope, all_failed};
 use crate::model::fhir::outcome;
 use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Call, Failure, FailureKind};
 
 impl PullRuntime {
-    /// A batch Bundle sent to every FHIR source, the answers merged entry by entry.
-    pub async fn batch(&self, bundle: &Value, info: &RequestInfo) -> Result<Value, Problem> {
+    /// A batch Bundle sent to every FHIR source of `scope`, the answers merged entry by entry.
+    pub async fn batch(
+        &self,
+        bundle: &Value,
+        info: &RequestInfo,
+        scope: &Scope,
+    ) -> Result<Value, Problem> {
         if !self.pull().is_some_and(|p| p.batch) {
             return Err(Problem::new(
                 ProblemKind::NotSupported,
@@ -30,7 +38,8 @@ impl PullRuntime {
             .get("entry")
             .and_then(Value::as_array)
             .map_or(0, Vec::len);
-        let results = join_all(self.clients.iter().map(|client| async move {
+        let clients = self.clients_in(scope)?;
+        let results = join_all(clients.iter().map(|client| async move {
             let call = Call {
                 method: Method::POST,
                 url: client.source.url.clone(),
@@ -38,7 +47,7 @@ impl PullRuntime {
                 body: Some(bundle.clone()),
             };
             let reply = client.send(&call, &info.request_id, info.deadline).await?;
-            let entries = reply
+            let mut entries = reply
                 .body
                 .get("entry")
                 .and_then(Value::as_array)
@@ -51,6 +60,9 @@ impl PullRuntime {
                     kind: FailureKind::Refused,
                     status: Some(reply.status),
                 });
+            }
+            for e in &mut entries {
+                self.own_full_urls(e, &client.source.name, info);
             }
             Ok(entries)
         }))
@@ -69,8 +81,37 @@ impl PullRuntime {
         let entries: Vec<Value> = (0..requests)
             .map(|i| merge_entry(answers.iter().map(|a| &a[i]).collect(), &failures))
             .collect();
-        let _ = info;
         Ok(json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries}))
+    }
+}
+
+impl PullRuntime {
+    /// Gives the resources of one source's batch-response entry the engine's `fullUrl`s
+    /// (the entry's own, and those of a searchset's entries): the source's are its own
+    /// addresses, which neither read back through the engine nor stay apart across sources.
+    fn own_full_urls(&self, entry: &mut Value, source: &str, info: &RequestInfo) {
+        fn set(rt: &PullRuntime, e: &mut Value, source: &str, info: &RequestInfo) {
+            let Some(o) = e.as_object_mut() else { return };
+            match o.get("resource").and_then(|r| rt.full_url(info, source, r)) {
+                Some(u) => {
+                    o.insert("fullUrl".into(), Value::String(u));
+                }
+                None => {
+                    o.remove("fullUrl");
+                }
+            }
+        }
+        if entry["resource"]["resourceType"] == "Bundle"
+            && entry["resource"]["type"] == "searchset"
+            && let Some(inner) = entry["resource"]["entry"].as_array_mut()
+        {
+            for e in inner {
+                set(self, e, source, info);
+            }
+        }
+        if entry.get("fullUrl").is_some() {
+            set(self, entry, source, info);
+        }
     }
 }
 

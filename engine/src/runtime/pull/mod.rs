@@ -6,10 +6,19 @@
 //!
 //! Each interaction lives with its upstream calls and its answer: `search.rs` (parameters,
 //! searchset Bundles), `read.rs` and `batch.rs` (batch-response merged entry by entry).
+//!
+//! FHIR versions are kept apart: an interaction asks the sources of a [`Scope`]. A connector
+//! whose sources are all of one FHIR version answers at `/fhir/{connector}`; one whose sources
+//! differ answers per version only (`/fhir/{connector}/R4`, `/fhir/{connector}/R5`), never one
+//! Bundle of both. When a connector has more than one source, each entry's `fullUrl` names its
+//! source (`/fhir/{connector}/{source}/{Type}/{id}`), a URL that reads back that very resource.
 
 use std::sync::Arc;
 
-use crate::model::{Connector, Pull, PullResource, Strategy};
+use serde_json::Value;
+
+use crate::model::vocabulary::FhirVersion;
+use crate::model::{Connector, Pull, PullResource, Source, Strategy};
 use crate::runtime::cache::AnswerCache;
 use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Failure, FailureKind, SourceClient, Upstreams};
@@ -29,6 +38,49 @@ pub struct RequestInfo {
     /// When the caller's answer is due (the engine's request timeout): no source call, retry
     /// or wait for a source's concurrency slot goes past it.
     pub deadline: Option<tokio::time::Instant>,
+}
+
+/// Which of a connector's sources an interaction asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every source (`/fhir/{connector}`): refused when they are of different FHIR versions.
+    All,
+    /// The sources of one FHIR version, by its name (`R4`, `R4B`, `R5`):
+    /// `/fhir/{connector}/{version}`.
+    Version(String),
+    /// One source by its name: `/fhir/{connector}/{source}/{Type}/{id}`.
+    Source(String),
+}
+
+impl Scope {
+    /// The scope a route segment names: a FHIR version (`R4`, `R4B`, `R5`: upper case, so
+    /// never a definition's name, which is a lower case DNS label), else a source.
+    pub fn of_segment(segment: &str) -> Scope {
+        if is_version_name(segment) {
+            Scope::Version(segment.to_owned())
+        } else {
+            Scope::Source(segment.to_owned())
+        }
+    }
+
+    /// Part of a cache key and of the routes: `` (all), `R4/`, `src/`.
+    pub fn prefix(&self) -> String {
+        match self {
+            Scope::All => String::new(),
+            Scope::Version(v) | Scope::Source(v) => format!("{v}/"),
+        }
+    }
+}
+
+/// True for the names of FHIR versions a route may carry.
+pub fn is_version_name(segment: &str) -> bool {
+    matches!(segment, "R4" | "R4B" | "R5")
+}
+
+/// The FHIR version of a source's resources, by name: its declared `fhirVersion`, else R4
+/// (the version a connector has when nothing says).
+pub fn version_of(source: &Source) -> String {
+    format!("{:?}", source.fhir_version.unwrap_or(FhirVersion::R4))
 }
 
 /// A pull connector ready to answer.
@@ -80,6 +132,83 @@ impl PullRuntime {
             Strategy::Pull(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// The FHIR versions of this connector's sources, each once, in declared order.
+    pub fn versions(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for s in &self.connector.sources {
+            let v = version_of(s);
+            if !out.contains(&v) {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    /// True when entries must name their source in their `fullUrl`: more than one source.
+    fn qualified(&self) -> bool {
+        self.connector.sources.len() > 1
+    }
+
+    /// The sources an interaction in `scope` asks, in declared order; a problem when the
+    /// scope is unknown or would mix FHIR versions.
+    fn clients_in(&self, scope: &Scope) -> Result<Vec<&Arc<SourceClient>>, Problem> {
+        let name = &self.connector.name;
+        let chosen: Vec<&Arc<SourceClient>> = match scope {
+            Scope::All => {
+                let versions = self.versions();
+                if versions.len() > 1 {
+                    let bases = versions
+                        .iter()
+                        .map(|v| format!("/fhir/{name}/{v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(Problem::not_found(format!(
+                        "connector `{name}` has sources of FHIR {}: one answer never mixes \
+                         versions; ask one version's base: {bases}",
+                        versions.join(" and ")
+                    )));
+                }
+                self.clients.iter().collect()
+            }
+            Scope::Version(v) => self
+                .clients
+                .iter()
+                .filter(|c| version_of(&c.source) == *v)
+                .collect(),
+            Scope::Source(s) => self
+                .clients
+                .iter()
+                .filter(|c| c.source.name == *s)
+                .collect(),
+        };
+        if chosen.is_empty() {
+            return Err(Problem::not_found(match scope {
+                Scope::Version(v) => format!(
+                    "connector `{name}` has no FHIR {v} source; its versions: {}",
+                    self.versions().join(", ")
+                ),
+                Scope::Source(s) => format!("connector `{name}` has no source `{s}`"),
+                Scope::All => format!("connector `{name}` has no source"),
+            }));
+        }
+        Ok(chosen)
+    }
+
+    /// The `fullUrl` of a resource that `source` answered: a URL that reads it back.
+    fn full_url(&self, info: &RequestInfo, source: &str, resource: &Value) -> Option<String> {
+        let local = crate::model::fhir::local_reference(resource)?;
+        let base = format!(
+            "{}/fhir/{}",
+            info.base.trim_end_matches('/'),
+            self.connector.name
+        );
+        Some(if self.qualified() {
+            format!("{base}/{source}/{local}")
+        } else {
+            format!("{base}/{local}")
+        })
     }
 
     /// The declared resource type.

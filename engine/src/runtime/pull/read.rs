@@ -1,11 +1,12 @@
-//! Read at run time: `Type/id` asked of every source in parallel, answered from the first
-//! source (in declared order) that has it, or 404.
+//! Read at run time: `Type/id` asked of the sources of a scope in parallel (every source, one
+//! FHIR version's, or the one source a source-qualified `fullUrl` names), answered from the
+//! first source (in declared order) that has it, or 404.
 
 use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::json;
 
-use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure};
+use super::{PullRuntime, RequestInfo, Scope, SourceError, all_failed, mapping_failure};
 use crate::model::PullResource;
 use crate::model::vocabulary::NotFoundReading;
 use crate::runtime::cache::Answer;
@@ -13,12 +14,13 @@ use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Call, SourceClient};
 
 impl PullRuntime {
-    /// The resource `Type/id` from the first source that has it.
+    /// The resource `Type/id` from the first source of `scope` that has it.
     pub async fn read(
         &self,
         res: &PullResource,
         id: &str,
         info: &RequestInfo,
+        scope: &Scope,
     ) -> Result<Answer, Problem> {
         let Some(read) = &res.read else {
             return Err(Problem::new(
@@ -26,8 +28,9 @@ impl PullRuntime {
                 format!("`{}` has no read here", res.resource_type),
             ));
         };
+        let clients = self.clients_in(scope)?;
         let params = json!({});
-        let results = join_all(self.clients.iter().map(|client| {
+        let results = join_all(clients.iter().map(|client| {
             let params = &params;
             async move {
                 let call = match &read.request {

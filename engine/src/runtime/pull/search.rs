@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{PullRuntime, RequestInfo, SourceError, all_failed, mapping_failure};
+use super::{PullRuntime, RequestInfo, Scope, SourceError, all_failed, mapping_failure};
 use crate::model::PullResource;
 use crate::model::fhir::outcome;
 use crate::model::jsonpath::Query;
@@ -123,18 +123,20 @@ impl PullRuntime {
         })
     }
 
-    /// A searchset Bundle from every source.
+    /// A searchset Bundle from the sources of `scope`.
     pub async fn search(
         &self,
         res: &PullResource,
         q: &SearchQuery,
         info: &RequestInfo,
+        scope: &Scope,
     ) -> Result<Answer, Problem> {
         let Some(search) = &res.search else {
             return Err(Problem::not_found("no search"));
         };
+        let clients = self.clients_in(scope)?;
         let want = q.count + 1;
-        let results = join_all(self.clients.iter().map(|client| async move {
+        let results = join_all(clients.iter().map(|client| async move {
             let call = match &search.request {
                 Some(r) => crate::runtime::request::build(
                     &self.connector,
@@ -193,7 +195,11 @@ impl PullRuntime {
                     .connector
                     .map_records([(format!("$[{i}]"), r)], &q.params)
                     .map_err(|e| mapping_failure(client, &e))?;
-                mapped.extend(resources);
+                mapped.extend(
+                    resources
+                        .into_iter()
+                        .map(|r| (client.source.name.as_str(), r)),
+                );
             }
             Ok::<_, SourceError>((mapped, total))
         }))
@@ -216,22 +222,18 @@ impl PullRuntime {
                 }
             }
         }
-        if !failures.is_empty() && failures.len() == self.clients.len() {
+        if !failures.is_empty() && failures.len() == clients.len() {
             return Err(all_failed(&failures));
         }
         let more =
             matches.len() > q.count || total.is_some_and(|t| t > (q.offset + q.count) as u64);
         matches.truncate(q.count);
         let total = if failures.is_empty() { total } else { None };
-        let bundle = searchset(
-            &self.connector.name,
-            info,
-            q,
-            matches,
-            outcomes,
-            total,
-            more,
-        );
+        let matches = matches
+            .into_iter()
+            .map(|(source, r)| (self.full_url(info, source, &r), r))
+            .collect();
+        let bundle = searchset(info, q, matches, outcomes, total, more);
         Ok(Answer::new(
             200,
             serde_json::to_vec(&bundle).unwrap_or_default(),
@@ -300,11 +302,11 @@ fn fhir_search_call(client: &SourceClient, resource_type: &str, params: &Value) 
     }
 }
 
+/// A searchset Bundle of `matches`, each with its `fullUrl` when it has one.
 fn searchset(
-    connector: &str,
     info: &RequestInfo,
     q: &SearchQuery,
-    matches: Vec<Value>,
+    matches: Vec<(Option<String>, Value)>,
     outcomes: Vec<Value>,
     total: Option<u64>,
     more: bool,
@@ -317,13 +319,12 @@ fn searchset(
         );
         links.push(json!({"relation": "next", "url": next.as_str()}));
     }
-    let base = format!("{}/fhir/{connector}", info.base.trim_end_matches('/'));
     let mut entries: Vec<Value> = matches
         .into_iter()
-        .map(|r| {
+        .map(|(full_url, r)| {
             let mut e = Map::new();
-            if let Some(local) = crate::model::fhir::local_reference(&r) {
-                e.insert("fullUrl".into(), Value::String(format!("{base}/{local}")));
+            if let Some(u) = full_url {
+                e.insert("fullUrl".into(), Value::String(u));
             }
             e.insert("resource".into(), r);
             e.insert("search".into(), json!({"mode": "match"}));
