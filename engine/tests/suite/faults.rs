@@ -208,7 +208,10 @@ async fn an_open_breaker_answers_at_once_without_the_source_and_a_probe_closes_i
     ]
     .concat();
     let (engine, _defs) = engine_of(&yaml);
-    assert_eq!(breaker_detail(&engine, "alone", "sick").await["state"], "closed");
+    assert_eq!(
+        breaker_detail(&engine, "alone", "sick").await["state"],
+        "closed"
+    );
 
     // Two failed calls open it.
     for n in 1..=2 {
@@ -244,7 +247,11 @@ async fn an_open_breaker_answers_at_once_without_the_source_and_a_probe_closes_i
         "{text}"
     );
     let b = breaker_detail(&engine, "both", "sick").await;
-    assert_eq!((&b["state"], &b["opens"]), (&json!("open"), &json!(1)), "{b}");
+    assert_eq!(
+        (&b["state"], &b["opens"]),
+        (&json!("open"), &json!(1)),
+        "{b}"
+    );
 
     // After the cool-down, one probe: still failing, it re-opens.
     await_breaker(&engine, "alone", "sick", "halfOpen").await;
@@ -257,7 +264,11 @@ async fn an_open_breaker_answers_at_once_without_the_source_and_a_probe_closes_i
     crate::local_http::assert_outcome(&got, 502, &["`sick`", "503"]);
     assert_eq!(sick.calls(), 3);
     let b = breaker_detail(&engine, "alone", "sick").await;
-    assert_eq!((&b["state"], &b["opens"]), (&json!("open"), &json!(2)), "{b}");
+    assert_eq!(
+        (&b["state"], &b["opens"]),
+        (&json!("open"), &json!(2)),
+        "{b}"
+    );
 
     // Healed: the next probe closes it, and calls go again.
     sick.heal();
@@ -266,7 +277,10 @@ async fn an_open_breaker_answers_at_once_without_the_source_and_a_probe_closes_i
     assert_eq!(got.status, 200, "{}", got.text);
     assert!(entries(&got.json(), "outcome").is_empty(), "{}", got.text);
     assert_eq!(sick.calls(), 4);
-    assert_eq!(breaker_detail(&engine, "alone", "sick").await["state"], "closed");
+    assert_eq!(
+        breaker_detail(&engine, "alone", "sick").await["state"],
+        "closed"
+    );
     let (got, _) = search(&engine, "alone").await;
     assert_eq!(got.status, 200, "{}", got.text);
     assert_eq!(sick.calls(), 5);
@@ -294,7 +308,14 @@ async fn a_caller_error_does_not_open_the_breaker() {
     for n in 1..=3 {
         let (got, _) = search(&engine, "alone").await;
         assert_ne!(got.status, 200, "{}", got.text);
-        assert_eq!(picky.calls(), n, "a 400 is the caller's: the source is still called");
+        assert_eq!(
+            picky.calls(),
+            n,
+            "a 400 is the caller's: the source is still called"
+        );
     }
-    assert_eq!(breaker_detail(&engine, "alone", "picky").await["state"], "closed");
+    assert_eq!(
+        breaker_detail(&engine, "alone", "picky").await["state"],
+        "closed"
+    );
 }

@@ -12,8 +12,8 @@ use crate::config::spec::{
 use crate::model::jsonpath::Query;
 use crate::model::template::Templates;
 use crate::model::{
-    Auth, BreakerSettings, DEFAULT_BREAKER_COOL_DOWN, DEFAULT_BREAKER_FAILURES, FhirSink, Pagination,
-    Request, Secret, Sink, Source, Statuses,
+    Auth, BreakerSettings, DEFAULT_BREAKER_COOL_DOWN, DEFAULT_BREAKER_FAILURES, FhirSink,
+    Pagination, Request, Secret, Sink, Source, Statuses,
 };
 
 fn with<'p>(base: &[&'p str], more: &[&'p str]) -> Vec<&'p str> {
@@ -89,17 +89,10 @@ fn breaker(
     at: &[&str],
     b: Option<&crate::config::spec::BreakerSpec>,
 ) -> BreakerSettings {
-    let failures = b.and_then(|b| b.failures);
-    if failures == Some(0) {
-        ctx.error(
-            &with(at, &["failures"]),
-            "`breaker.failures` must be at least 1",
-            None,
-        );
-    }
     BreakerSettings {
-        failures: failures
-            .filter(|n| *n > 0)
+        // The schema holds it to at least 1.
+        failures: b
+            .and_then(|b| b.failures)
             .unwrap_or(DEFAULT_BREAKER_FAILURES),
         cool_down: ctx.duration(
             &with(at, &["coolDown"]),
