@@ -319,3 +319,36 @@ async fn a_caller_error_does_not_open_the_breaker() {
         "closed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_run_whose_breaker_is_open_fails_at_once_and_says_so() {
+    let sick = holding("s1").await;
+    sick.fail(None, 503);
+    let yaml = format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: nightly }}
+spec:
+  strategy: cron
+  schedule: {{ cron: "0 2 * * *" }}
+  source: {{ type: fhir, url: "{}", retries: 0, timeout: 5s, breaker: {{ failures: 1, coolDown: 10m }} }}
+  sync: {{ resourceTypes: [Patient], pageSize: 10 }}
+---
+"#,
+        sick.url
+    );
+    let defs = definitions(&yaml);
+    let r = crate::engine_under_test::runner(&load(defs.path()), "nightly", defs.path());
+    let report = crate::engine_under_test::run_with_deadline(&r, CLIENT_TIMEOUT).await;
+    assert!(!report.ok(), "{report:?}");
+    assert_eq!(sick.calls(), 1);
+
+    let started = Instant::now();
+    let report = crate::engine_under_test::run_with_deadline(&r, CLIENT_TIMEOUT).await;
+    let took = started.elapsed();
+    assert!(!report.ok(), "{report:?}");
+    let text = format!("{:?}", report.failures);
+    assert!(text.contains("circuit breaker is open"), "{text}");
+    assert_eq!(sick.calls(), 1, "an open breaker calls nobody");
+    assert!(took < Duration::from_millis(50), "took {took:?}");
+}
