@@ -75,8 +75,9 @@ pub enum OutboundError {
     /// A 2xx body that `statuses.errorWhen` reads as an error: the matched text.
     #[error("answered an error: {0}")]
     InBody(String),
-    /// A retry the source asked for (or backoff) that would pass the caller's deadline.
-    #[error("{last}; not retried: waiting {} would leave too little of the time allowed", humanize(*wait))]
+    /// A retry the source asked for (or backoff) that would pass the call's deadline (the
+    /// source's `timeout` or the caller's deadline), or leave too little of it.
+    #[error("{last}; not retried: waiting {} would pass the call's deadline", humanize(*wait))]
     PastDeadline {
         last: Box<OutboundError>,
         wait: Duration,
