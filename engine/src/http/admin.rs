@@ -89,6 +89,19 @@ fn summary(engine: &Engine, c: &crate::model::Connector) -> Value {
             .collect();
         v["routes"] = json!(format!("/fhir/{}", c.name));
     }
+    v["breakers"] = c
+        .sources
+        .iter()
+        .filter_map(|s| {
+            let b = engine.metrics.breaker_view(&s.name)?;
+            Some(json!({
+                "source": s.name,
+                "state": b.state.name(),
+                "failuresInARow": b.failures,
+                "opens": b.opens,
+            }))
+        })
+        .collect();
     if let Some(cache) = engine.pulls.get(&c.name).and_then(|p| p.cache.as_ref()) {
         v["cache"] = serde_json::to_value(cache.stats()).unwrap_or(Value::Null);
     }

@@ -102,7 +102,23 @@ pub struct Source {
     pub max_answer: u64,
     /// How the source's statuses and bodies read.
     pub statuses: Statuses,
+    /// When calls to the source stop being sent after repeated failures.
+    pub breaker: BreakerSettings,
 }
+
+/// A source's circuit breaker: `failures` failed calls in a row open it; while open, calls
+/// fail at once; after `cool_down` one probe call is let through, which closes it again or
+/// re-opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    pub failures: u32,
+    pub cool_down: Duration,
+}
+
+/// Failed calls in a row that open a source's breaker unless a definition says otherwise.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+/// How long a source's breaker stays open before a probe unless a definition says otherwise.
+pub const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(30);
 
 /// Largest answer read from a source or a sink unless a definition says otherwise.
 pub const DEFAULT_MAX_ANSWER: u64 = 32 << 20;

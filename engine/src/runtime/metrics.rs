@@ -1,7 +1,10 @@
 //! Prometheus metrics over `prometheus-client`: counters and latency histograms with typed
 //! label sets, and the sizes read at scrape time, rendered in the text exposition format at
-//! `/metrics`. Every metric's name, help and labels are declared here.
+//! `/metrics`. Every metric's name, help and labels are declared here. The sources' circuit
+//! breakers are kept here too, by source name, since metrics outlive reloads.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::prometheus_text::encode;
@@ -12,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
+use crate::model::BreakerSettings;
+use crate::runtime::breaker::{Breaker, BreakerView};
 use crate::runtime::cache::Stats;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
@@ -100,6 +105,7 @@ pub struct Metrics {
     records_dead_lettered: Family<ConnectorLabel, Counter>,
     push_sink_retries: Family<ConnectorLabel, Counter>,
     push_deliveries: Family<OutcomeLabels, Counter>,
+    breakers: Mutex<BTreeMap<String, Arc<Breaker>>>,
 }
 
 impl Default for Metrics {
@@ -178,6 +184,7 @@ impl Default for Metrics {
                 "Push deliveries, by outcome",
                 Family::default(),
             ),
+            breakers: Mutex::default(),
             registry: r,
         }
     }
@@ -271,6 +278,29 @@ impl Metrics {
             .inc_by(retries as u64);
     }
 
+    /// The circuit breaker of source `source`, made with `settings` the first time, kept (with
+    /// the new settings) across reloads.
+    pub fn breaker(&self, source: &str, settings: BreakerSettings) -> Arc<Breaker> {
+        let mut all = self
+            .breakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let b = all
+            .entry(source.to_owned())
+            .or_insert_with(|| Arc::new(Breaker::new(settings)));
+        b.set(settings);
+        b.clone()
+    }
+
+    /// What the breaker of source `source` shows, if it has one.
+    pub fn breaker_view(&self, source: &str) -> Option<BreakerView> {
+        let all = self
+            .breakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.get(source).map(|b| b.view())
+    }
+
     /// The exposition text, with the sizes read at scrape time: each cached connector's cache
     /// and each push connector's queue and dead letters (waiting, dead).
     pub fn render<'a>(
@@ -329,6 +359,31 @@ impl Metrics {
             "Push payloads that can never be written",
             gauges(),
         );
+        let sources = Family::<SourceLabel, Gauge>::default;
+        let breaker_state = add(
+            &mut r,
+            "engine_source_breaker_state",
+            "Circuit breaker of each source: 0 closed, 1 open, 2 half-open",
+            sources(),
+        );
+        let breaker_opens = add(
+            &mut r,
+            "engine_source_breaker_opens",
+            "Times each source's circuit breaker opened",
+            Family::<SourceLabel, Counter>::default(),
+        );
+        let views: Vec<(String, BreakerView)> = self
+            .breakers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, b)| (name.clone(), b.view()))
+            .collect();
+        for (source, v) in views {
+            let l = SourceLabel { source };
+            breaker_state.get_or_create(&l).set(v.state.code());
+            breaker_opens.get_or_create(&l).inc_by(v.opens);
+        }
         for (name, s) in caches {
             let c = ConnectorLabel {
                 connector: name.to_owned(),

@@ -4,6 +4,7 @@
 //! and knows nothing of the HTTP server that calls it.
 
 pub mod admin_access;
+pub mod breaker;
 pub mod build_error;
 pub mod cache;
 pub mod clock;

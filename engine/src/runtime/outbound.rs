@@ -75,8 +75,9 @@ pub enum OutboundError {
     /// A 2xx body that `statuses.errorWhen` reads as an error: the matched text.
     #[error("answered an error: {0}")]
     InBody(String),
-    /// A retry the source asked for (or backoff) that would pass the caller's deadline.
-    #[error("{last}; not retried: waiting {} would pass the request's deadline", humanize(*wait))]
+    /// A retry the source asked for (or backoff) that would pass the call's deadline (the
+    /// source's `timeout` or the caller's deadline), or leave too little of it.
+    #[error("{last}; not retried: waiting {} would pass the call's deadline", humanize(*wait))]
     PastDeadline {
         last: Box<OutboundError>,
         wait: Duration,
@@ -365,16 +366,46 @@ pub struct RetryPolicy<'a> {
     pub statuses: &'a [u16],
 }
 
+/// What a refused (or otherwise failed) connection is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectRetry {
+    /// As any transient failure: with backoff, up to `retries` times.
+    #[default]
+    Backoff,
+    /// Once, at once: a refused connect costs well under a millisecond, and one immediate
+    /// retry covers a listener that is restarting; more would only add waits.
+    OnceAtOnce,
+    /// Not at all (the source is known to be failing already).
+    Never,
+}
+
+/// How retries fit a call: what a connection failure gets, and how much of the time allowed
+/// must be left after a wait for a retry to be worth sending.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryFit {
+    pub connect: ConnectRetry,
+    /// A retry goes only when at least this much is left before the deadline after its wait.
+    pub min_left: Duration,
+}
+
 impl RetryPolicy<'_> {
     /// The wait before retry `attempt` (1 for the first) after `e`, or `None` for no retry.
     pub fn wait(&self, e: &OutboundError, attempt: u32) -> Option<Duration> {
+        self.wait_fit(e, attempt, RetryFit::default())
+    }
+
+    /// As `wait`, with `fit`'s rule for connection failures.
+    pub fn wait_fit(&self, e: &OutboundError, attempt: u32, fit: RetryFit) -> Option<Duration> {
         if attempt > self.retries {
             return None;
         }
         match e {
-            OutboundError::Timeout(_) | OutboundError::Connect | OutboundError::Cut(_) => {
-                Some(backoff(attempt))
-            }
+            OutboundError::Connect => match fit.connect {
+                ConnectRetry::Backoff => Some(backoff(attempt)),
+                ConnectRetry::OnceAtOnce => (attempt == 1).then_some(Duration::ZERO),
+                ConnectRetry::Never => None,
+            },
+            OutboundError::Timeout(_) | OutboundError::Cut(_) => Some(backoff(attempt)),
             OutboundError::Status {
                 status,
                 retry_after,
@@ -394,6 +425,23 @@ impl RetryPolicy<'_> {
         &self,
         deadline: Option<Instant>,
         calls: &mut usize,
+        attempt: F,
+    ) -> Result<T, OutboundError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, OutboundError>>,
+    {
+        self.run_fit(RetryFit::default(), deadline, calls, attempt)
+            .await
+    }
+
+    /// As `run`, retrying as `fit` says: a retry goes only when `fit.min_left` is left before
+    /// `deadline` after its wait.
+    pub async fn run_fit<T, F, Fut>(
+        &self,
+        fit: RetryFit,
+        deadline: Option<Instant>,
+        calls: &mut usize,
         mut attempt: F,
     ) -> Result<T, OutboundError>
     where
@@ -408,10 +456,10 @@ impl RetryPolicy<'_> {
                 Err(e) => e,
             };
             n += 1;
-            let Some(wait) = self.wait(&e, n) else {
+            let Some(wait) = self.wait_fit(&e, n, fit) else {
                 return Err(e);
             };
-            if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+            if deadline.is_some_and(|d| Instant::now() + wait + fit.min_left >= d) {
                 return Err(OutboundError::PastDeadline {
                     last: Box::new(e),
                     wait,
@@ -536,5 +584,19 @@ mod tests {
         assert_eq!(p.wait(&status(503), 1), None);
         assert_eq!(p.wait(&OutboundError::NotJson("x".into()), 1), None);
         assert!(p.wait(&OutboundError::Connect, 2).is_some());
+        let once = RetryFit {
+            connect: ConnectRetry::OnceAtOnce,
+            min_left: Duration::ZERO,
+        };
+        assert_eq!(
+            p.wait_fit(&OutboundError::Connect, 1, once),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(p.wait_fit(&OutboundError::Connect, 2, once), None);
+        let never = RetryFit {
+            connect: ConnectRetry::Never,
+            ..once
+        };
+        assert_eq!(p.wait_fit(&OutboundError::Connect, 1, never), None);
     }
 }

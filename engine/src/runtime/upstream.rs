@@ -1,7 +1,8 @@
 //! The clients of sources, over the one outbound layer (`runtime::outbound`: client,
-//! redirects, retries, body cap): per source a timeout, a concurrency limit (a permit per HTTP
-//! attempt, never held while waiting to retry), authentication, how its statuses read; and
-//! pagination across pages.
+//! redirects, retries, body cap): per source a timeout that bounds a whole call (retries
+//! included), a circuit breaker, a concurrency limit (a permit per HTTP attempt, never held
+//! while waiting to retry), authentication, how its statuses read; and pagination across
+//! pages.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,9 +15,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::model::{Auth, Pagination, Source};
+use crate::runtime::breaker::{Breaker, Refused};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::metrics::{Answer, Metrics};
-use crate::runtime::outbound::{self, OutboundError, RetryPolicy, time_left};
+use crate::runtime::outbound::{self, ConnectRetry, OutboundError, RetryFit, RetryPolicy};
 use crate::runtime::problem::ProblemKind;
 
 /// Why a call to a source failed.
@@ -40,6 +42,8 @@ pub enum FailureKind {
     Refused,
     /// The answer could not be used: too large, not JSON, or not mappable to FHIR.
     Unusable,
+    /// Not called: the source's circuit breaker is open.
+    Open,
 }
 
 impl Failure {
@@ -70,9 +74,10 @@ impl FailureKind {
     pub fn problem(self) -> ProblemKind {
         match self {
             FailureKind::Timeout => ProblemKind::Timeout,
-            FailureKind::NoAnswer | FailureKind::Refused | FailureKind::Unusable => {
-                ProblemKind::SourceFailed
-            }
+            FailureKind::NoAnswer
+            | FailureKind::Refused
+            | FailureKind::Unusable
+            | FailureKind::Open => ProblemKind::SourceFailed,
         }
     }
 }
@@ -118,6 +123,7 @@ pub struct SourceClient {
     limit: Semaphore,
     fixed: HeaderMap,
     metrics: Arc<Metrics>,
+    breaker: Arc<Breaker>,
 }
 
 /// Clients of every source, sharing one connection pool.
@@ -136,6 +142,7 @@ impl Upstreams {
         let mut clients = HashMap::new();
         for s in sources {
             let fixed = fixed_headers(&s)?;
+            let breaker = metrics.breaker(&s.name, s.breaker);
             clients.insert(
                 s.name.clone(),
                 Arc::new(SourceClient {
@@ -143,6 +150,7 @@ impl Upstreams {
                     source: s,
                     client: client.clone(),
                     fixed,
+                    breaker,
                     metrics: metrics.clone(),
                 }),
             );
@@ -201,7 +209,11 @@ impl SourceClient {
         self.send_counted(call, request_id, deadline, &mut 0).await
     }
 
-    /// As `send`, adding every HTTP attempt (retries included) to `calls`.
+    /// As `send`, adding every HTTP attempt (retries included) to `calls`. The source's
+    /// `timeout` is the budget of the whole call: each attempt has what is left of it (or of
+    /// the caller's deadline, when earlier), and a retry goes only while a quarter of it is
+    /// left after its wait. The source's breaker may refuse the call at once, and hears how
+    /// it ended.
     pub async fn send_counted(
         &self,
         call: &Call,
@@ -210,6 +222,7 @@ impl SourceClient {
         calls: &mut usize,
     ) -> Result<Reply, Failure> {
         let s = &self.source;
+        let ticket = self.breaker.admit().map_err(|e| self.refused(&e))?;
         let policy = RetryPolicy {
             retries: if call.method == Method::GET {
                 s.retries
@@ -218,30 +231,65 @@ impl SourceClient {
             },
             statuses: &s.statuses.retry,
         };
-        policy
-            .run(deadline, calls, |_| {
-                self.attempt(call, request_id, deadline)
+        let fit = RetryFit {
+            connect: if ticket.failing {
+                ConnectRetry::Never
+            } else {
+                ConnectRetry::OnceAtOnce
+            },
+            min_left: s.timeout / 4,
+        };
+        let budget = Instant::now() + s.timeout;
+        let result = policy
+            .run_fit(fit, Some(budget), calls, |_| {
+                self.attempt(call, request_id, budget, deadline)
             })
-            .await
-            .map_err(|e| Failure::of(&s.name, e))
+            .await;
+        match &result {
+            Err(e) if matches!(e.last(), OutboundError::Deadline) => drop(ticket),
+            Err(e) if e.last().transient() => ticket.failed(),
+            _ => ticket.succeeded(),
+        }
+        result.map_err(|e| Failure::of(&s.name, e))
     }
 
-    /// One HTTP exchange, holding one of the source's concurrency permits while it lasts.
+    /// The failure of a call the breaker refused.
+    fn refused(&self, e: &Refused) -> Failure {
+        Failure {
+            source: self.source.name.clone(),
+            reason: e.to_string(),
+            kind: FailureKind::Open,
+            status: None,
+        }
+    }
+
+    /// One HTTP exchange, holding one of the source's concurrency permits while it lasts, and
+    /// ending by `budget` (the call's) or the caller's `deadline`, whichever comes first.
     async fn attempt(
         &self,
         call: &Call,
         request_id: &str,
+        budget: Instant,
         deadline: Option<Instant>,
     ) -> Result<Reply, OutboundError> {
         let s = &self.source;
-        let permit = match deadline {
-            Some(d) => tokio::time::timeout_at(d, self.limit.acquire())
-                .await
-                .map_err(|_| OutboundError::Deadline)?,
-            None => self.limit.acquire().await,
+        let by_caller = deadline.is_some_and(|d| d < budget);
+        let end = deadline.map_or(budget, |d| d.min(budget));
+        let out_of_time = || {
+            if by_caller {
+                OutboundError::Deadline
+            } else {
+                OutboundError::Timeout(s.timeout)
+            }
         };
+        let permit = tokio::time::timeout_at(end, self.limit.acquire())
+            .await
+            .map_err(|_| out_of_time())?;
         let _permit = permit.map_err(|_| OutboundError::Send("the client is closed".into()))?;
-        let timeout = time_left(s.timeout, deadline).ok_or(OutboundError::Deadline)?;
+        let timeout = end.saturating_duration_since(Instant::now());
+        if timeout.is_zero() {
+            return Err(out_of_time());
+        }
         let mut req = self
             .client
             .request(call.method.clone(), call.url.clone())
@@ -259,8 +307,8 @@ impl SourceClient {
         }
         let started = Instant::now();
         let result = match outbound::exchange(req, s.max_answer, timeout).await {
-            // Cut short by the caller's deadline rather than by the source's timeout.
-            Err(OutboundError::Timeout(_)) if timeout < s.timeout => Err(OutboundError::Deadline),
+            // Cut short by the caller's deadline, or the end of the call's time.
+            Err(OutboundError::Timeout(_)) => Err(out_of_time()),
             other => other,
         };
         let answer = match &result {

@@ -11,6 +11,7 @@ mod cli;
 mod cron_push;
 mod durability;
 mod edge;
+mod faults;
 mod helios;
 mod hostile;
 mod invalid;

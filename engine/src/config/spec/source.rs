@@ -29,14 +29,21 @@ pub struct SourceSpec {
     /// Authentication sent with every request.
     #[serde(default)]
     pub auth: Option<AuthSpec>,
-    /// Time allowed for one request, e.g. `10s` (default `30s`).
+    /// Time allowed for one call to the source, e.g. `10s` (default `30s`): the first attempt
+    /// and all its retries (backoff waits included) fit inside it, so a hung source fails
+    /// after `timeout`, not `timeout` times `1 + retries`. Each attempt has what is left; the
+    /// caller's own deadline, when earlier, cuts it shorter. Each page of a paged read is
+    /// one call.
     #[serde(default)]
     #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
     pub timeout: Option<String>,
     /// Retries of an idempotent request after a connection error, a timeout or a status of
     /// `statuses.retry` (default 2), with exponential backoff and jitter, honouring
-    /// `Retry-After` (seconds or an HTTP date, at most 30 s). A wait that would pass the
-    /// caller's deadline is not waited: the request fails at once with the source's status.
+    /// `Retry-After` (seconds or an HTTP date, at most 30 s), all within `timeout`. A retry
+    /// is sent only while at least a quarter of `timeout` is left after its wait; a wait that
+    /// would pass the caller's deadline is not waited: the request fails at once with the
+    /// source's status. A refused connection is retried once, at once, and not at all while
+    /// the source's `breaker` has counted failures already.
     #[serde(default)]
     #[schemars(range(max = 10))]
     pub retries: Option<u32>,
@@ -65,6 +72,28 @@ pub struct SourceSpec {
     /// "not found" (404), and 429, 502, 503 and 504 are retried.
     #[serde(default)]
     pub statuses: Option<StatusesSpec>,
+    /// The source's circuit breaker (on by default: 5 failures, 30 s cool-down).
+    #[serde(default)]
+    pub breaker: Option<BreakerSpec>,
+}
+
+/// A circuit breaker: after `failures` failed calls in a row the source is not called for
+/// `coolDown`; calls fail at once meanwhile (a search answers without the source, naming it
+/// in its `OperationOutcome`; a cron run fails at once). Then one probe call is let through:
+/// its success closes the breaker, its failure opens it for another `coolDown`. A failure is
+/// a timeout, a connection failure, a broken answer, or a status of 500 and above or 429; a
+/// 4xx the caller caused, or an answer that cannot be used, is not.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BreakerSpec {
+    /// Failed calls in a row that open the breaker (default 5).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failures: Option<u32>,
+    /// How long the breaker stays open before a probe call, e.g. `10s` (default `30s`).
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub cool_down: Option<String>,
 }
 
 /// How a source's answers read.

@@ -11,7 +11,10 @@ use crate::config::spec::{
 };
 use crate::model::jsonpath::Query;
 use crate::model::template::Templates;
-use crate::model::{Auth, FhirSink, Pagination, Request, Secret, Sink, Source, Statuses};
+use crate::model::{
+    Auth, BreakerSettings, DEFAULT_BREAKER_COOL_DOWN, DEFAULT_BREAKER_FAILURES, FhirSink,
+    Pagination, Request, Secret, Sink, Source, Statuses,
+};
 
 fn with<'p>(base: &[&'p str], more: &[&'p str]) -> Vec<&'p str> {
     base.iter().chain(more.iter()).copied().collect()
@@ -47,6 +50,7 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         crate::model::DEFAULT_MAX_ANSWER,
     );
     let statuses = statuses(ctx, &with(at, &["statuses"]), s.statuses.as_ref());
+    let breaker = breaker(ctx, &with(at, &["breaker"]), s.breaker.as_ref());
     if s.fhir_version.is_some() && s.kind != crate::config::spec::SourceType::Fhir {
         ctx.error(
             &with(at, &["fhirVersion"]),
@@ -75,7 +79,27 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         }),
         max_answer,
         statuses,
+        breaker,
     })
+}
+
+/// A source's circuit breaker settings, defaults where unset.
+fn breaker(
+    ctx: &mut Ctx<'_>,
+    at: &[&str],
+    b: Option<&crate::config::spec::BreakerSpec>,
+) -> BreakerSettings {
+    BreakerSettings {
+        // The schema holds it to at least 1.
+        failures: b
+            .and_then(|b| b.failures)
+            .unwrap_or(DEFAULT_BREAKER_FAILURES),
+        cool_down: ctx.duration(
+            &with(at, &["coolDown"]),
+            b.and_then(|b| b.cool_down.as_deref()),
+            DEFAULT_BREAKER_COOL_DOWN,
+        ),
+    }
 }
 
 /// Most pages read for one answer or run when `pagination.maxPages` is not given.
