@@ -4,6 +4,7 @@
 
 pub mod digest;
 pub mod fhir;
+pub mod fhir_structure;
 pub mod glob;
 pub mod hint;
 pub mod jsonpath;
