@@ -66,6 +66,9 @@ pub struct Connector {
     pub sources: Vec<Arc<Source>>,
     pub vars: Value,
     pub split_bundles: bool,
+    /// The FHIR version the connector reads and writes: from its FHIR sink, its FHIR sources
+    /// or its own `fhirVersion`, which all agree; R4 when none says.
+    pub fhir_version: FhirVersion,
     pub mapping: Option<Mapping>,
     pub templates: Arc<Templates>,
     pub tests: Vec<Test>,

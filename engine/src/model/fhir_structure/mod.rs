@@ -363,7 +363,11 @@ mod tests {
         assert!(!subject.array);
         assert!(subject.refers.contains(&"Patient".to_owned()));
         assert!(!subject.refers.contains(&"Medication".to_owned()));
-        assert!(obs.elements["value"].choices.contains(&"valueQuantity".to_owned()));
+        assert!(
+            obs.elements["value"]
+                .choices
+                .contains(&"valueQuantity".to_owned())
+        );
         let status = obs.elements["status"].binding.as_ref().expect("binding");
         assert!(status.required);
         let codes = s.codes(&status.value_set).expect("codes");

@@ -40,18 +40,20 @@ pub fn check_literal(element: &str, type_name: &str, value: &Value) -> Result<()
         wants,
     };
     match type_name {
-        "boolean" => value.is_boolean().then_some(()).ok_or(wrong_type("`true` or `false`")),
+        "boolean" => value
+            .is_boolean()
+            .then_some(())
+            .ok_or(wrong_type("`true` or `false`")),
         "integer" | "positiveInt" | "unsignedInt" => {
             let wants = match type_name {
                 "integer" => "a whole number",
                 "positiveInt" => "a whole number above 0",
                 _ => "a whole number from 0",
             };
-            let Some(n) = value.as_i64().or_else(|| {
-                value
-                    .as_u64()
-                    .map(|u| i64::try_from(u).unwrap_or(i64::MAX))
-            }) else {
+            let Some(n) = value
+                .as_i64()
+                .or_else(|| value.as_u64().map(|u| i64::try_from(u).unwrap_or(i64::MAX)))
+            else {
                 return Err(if value.is_number() {
                     wrong_form(wants, value.to_string())
                 } else {
@@ -65,10 +67,16 @@ pub fn check_literal(element: &str, type_name: &str, value: &Value) -> Result<()
             };
             fits.then_some(()).ok_or(wrong_form(wants, n.to_string()))
         }
-        "decimal" => value.is_number().then_some(()).ok_or(wrong_type("a number")),
+        "decimal" => value
+            .is_number()
+            .then_some(())
+            .ok_or(wrong_type("a number")),
         "integer64" => match value.as_str() {
             Some(s) if s.parse::<i64>().is_ok() => Ok(()),
-            Some(s) => Err(wrong_form("a whole number written as a string", s.to_owned())),
+            Some(s) => Err(wrong_form(
+                "a whole number written as a string",
+                s.to_owned(),
+            )),
             None => Err(wrong_type("a whole number written as a string")),
         },
         "date" | "dateTime" | "instant" | "time" => {
@@ -76,7 +84,10 @@ pub fn check_literal(element: &str, type_name: &str, value: &Value) -> Result<()
                 return Err(wrong_type("a string"));
             };
             let (ok, wants) = match type_name {
-                "date" => (is_date(s), "YYYY, YYYY-MM or YYYY-MM-DD, a date that exists"),
+                "date" => (
+                    is_date(s),
+                    "YYYY, YYYY-MM or YYYY-MM-DD, a date that exists",
+                ),
                 "dateTime" => (
                     is_date(s) || is_date_time(s),
                     "a date, or a date and time with its zone, e.g. 2024-05-01T10:00:00Z",
