@@ -276,14 +276,14 @@ fn version(
         Some(Strategy::Push(p)) => Some(&p.sink),
         Some(Strategy::Pull(_)) | None => None,
     };
-    if let Some(SinkRef::Named(sink)) = sink {
-        if let Sink::Fhir(f) = &**sink {
-            said.push((
-                f.version,
-                segs(&["spec", "sink"]),
-                format!("the sink `{}`", f.name),
-            ));
-        }
+    if let Some(SinkRef::Named(sink)) = sink
+        && let Sink::Fhir(f) = &**sink
+    {
+        said.push((
+            f.version,
+            segs(&["spec", "sink"]),
+            format!("the sink `{}`", f.name),
+        ));
     }
     for (i, src) in sources.iter().enumerate() {
         if let Some(v) = src.fhir_version {
@@ -303,18 +303,18 @@ fn version(
     let Some((first, _, first_who)) = said.get(anchor.unwrap_or(0)).cloned() else {
         return FhirVersion::R4;
     };
-    if anchor.is_some() {
-        if let Some((other, at, who)) = said.iter().find(|(v, _, _)| *v != first) {
-            ctx.error_owned(
-                at,
-                format!(
-                    "{who} is FHIR {} but {first_who} is FHIR {}: the engine converts no FHIR version to another",
-                    other.name(),
-                    first.name()
-                ),
-                Some("read and write one FHIR version in a connector".into()),
-            );
-        }
+    if anchor.is_some()
+        && let Some((other, at, who)) = said.iter().find(|(v, _, _)| *v != first)
+    {
+        ctx.error_owned(
+            at,
+            format!(
+                "{who} is FHIR {} but {first_who} is FHIR {}: the engine converts no FHIR version to another",
+                other.name(),
+                first.name()
+            ),
+            Some("read and write one FHIR version in a connector".into()),
+        );
     }
     first
 }

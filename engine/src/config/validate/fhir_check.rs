@@ -30,7 +30,13 @@ pub fn check(ctx: &mut Ctx<'_>, root: &Expr, at: &[String], version: FhirVersion
             return;
         }
     };
-    Checker { ctx, s, routes }.resources(Val::Expr(root), at.to_vec());
+    Checker {
+        ctx,
+        s,
+        routes,
+        nested: 0,
+    }
+    .resources(Val::Expr(root), at.to_vec());
 }
 
 /// A value of the mapping: a compiled node, or a part of a literal.
@@ -44,6 +50,8 @@ struct Checker<'c, 'd> {
     ctx: &'c mut Ctx<'d>,
     s: &'static Structure,
     routes: &'c [&'c str],
+    /// How deep inside another resource (`contained`, `Bundle.entry.resource`) the walk is.
+    nested: usize,
 }
 
 fn push(at: &[String], s: &str) -> Vec<String> {
@@ -180,7 +188,7 @@ impl Checker<'_, '_> {
             }
             return;
         };
-        if !self.routes.is_empty() && !self.routes.contains(&name.as_str()) {
+        if self.nested == 0 && !self.routes.is_empty() && !self.routes.contains(&name.as_str()) {
             let hint = did_you_mean(&name, self.routes.iter().copied())
                 .or_else(|| Some(format!("the routes serve `{}`", self.routes.join("`, `"))));
             self.error(
@@ -371,7 +379,10 @@ impl Checker<'_, '_> {
         let type_name = e.type_name.as_deref().unwrap_or("BackboneElement");
         if type_name == "Resource" {
             // `contained`, `Bundle.entry.resource`: a resource of any type.
-            return self.resources(v, at);
+            self.nested += 1;
+            self.resources(v, at);
+            self.nested -= 1;
+            return;
         }
         let primitive = self.s.is_primitive(type_name);
         let x = match v {
@@ -398,6 +409,18 @@ impl Checker<'_, '_> {
                         format!("an object where `{label}` is a FHIR `{type_name}`"),
                         None,
                     );
+                }
+                if type_name == "Reference" {
+                    let literal = fields.iter().find_map(|(k, f)| match &f.kind {
+                        Kind::Literal(Value::String(r)) if k == "reference" => Some(r),
+                        _ => None,
+                    });
+                    if let Some((t, _)) = literal
+                        .and_then(|r| r.split_once('/'))
+                        .filter(|(t, _)| !t.contains(':'))
+                    {
+                        self.target(t, e, push(&at, "reference"), label);
+                    }
                 }
                 let Some((elements, required)) = self.s.children(e) else {
                     return;
@@ -553,12 +576,11 @@ impl Checker<'_, '_> {
                 None,
             );
         };
-        if type_name == "Reference" {
-            if let Some(Value::String(r)) = map.get("reference") {
-                if let Some((t, _)) = r.split_once('/').filter(|(t, _)| !t.contains(':')) {
-                    self.target(t, e, push(&at, "reference"), label);
-                }
-            }
+        if type_name == "Reference"
+            && let Some(Value::String(r)) = map.get("reference")
+            && let Some((t, _)) = r.split_once('/').filter(|(t, _)| !t.contains(':'))
+        {
+            self.target(t, e, push(&at, "reference"), label);
         }
         let Some((elements, required)) = self.s.children(e) else {
             return;
@@ -572,12 +594,23 @@ impl Checker<'_, '_> {
 
     /// A reference's target type against the element's allowed targets.
     fn target(&mut self, t: &str, e: &Element, at: Vec<String>, label: &str) {
+        if self.s.resource(t).is_none() {
+            let hint = did_you_mean(t, self.s.resource_names());
+            return self.error(
+                &at,
+                format!(
+                    "`{t}` is not a resource type of FHIR {}",
+                    self.s.version.name()
+                ),
+                hint,
+            );
+        }
         if e.refers.is_empty() || e.refers.iter().any(|r| r == t || r == "Resource") {
             return;
         }
         let hint = did_you_mean(t, e.refers.iter().map(String::as_str))
             .or_else(|| Some(format!("it may refer to `{}`", e.refers.join("`, `"))));
-        self.error(&at, format!("`{label}` cannot refer to a `{t}`"), hint);
+        self.error(&at, format!("`{label}` cannot refer to `{t}`"), hint);
     }
 }
 
