@@ -68,6 +68,7 @@ kind: Connector
 metadata: {{ name: {name} }}
 spec:
   strategy: pull
+  fhirVersion: R5
   source: {{ url: "http://127.0.0.1:{upstream}", timeout: 10s, concurrency: 256 }}
   pull:
     resources:

@@ -4,6 +4,7 @@
 
 pub mod digest;
 pub mod fhir;
+pub mod fhir_structure;
 pub mod glob;
 pub mod hint;
 pub mod jsonpath;
@@ -67,6 +68,9 @@ pub struct Connector {
     pub split_bundles: bool,
     /// The zone of local times in the records (`timeZone`); UTC when `None`.
     pub time_zone: Option<chrono_tz::Tz>,
+    /// The FHIR version the connector reads and writes: from its FHIR sink, its FHIR sources
+    /// or its own `fhirVersion`, which all agree; R4 when none says.
+    pub fhir_version: FhirVersion,
     pub mapping: Option<Mapping>,
     pub templates: Arc<Templates>,
     pub tests: Vec<Test>,

@@ -14,10 +14,11 @@ pub enum SourceType {
     Fhir,
 }
 
-/// A FHIR version.
+/// A FHIR version: `R4` (4.0.1), `R4B` (4.3.0) or `R5` (5.0.0).
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 pub enum FhirVersion {
     R4,
+    R4B,
     R5,
 }
 

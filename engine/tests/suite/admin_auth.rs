@@ -237,6 +237,7 @@ metadata:
   name: labels
 spec:
   strategy: pull
+  fhirVersion: R5
   source:
     url: http://127.0.0.1:9
     timeout: 1s

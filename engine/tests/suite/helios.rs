@@ -832,10 +832,12 @@ async fn engine_run_fails_and_prints_the_outcome_when_helios_refuses_a_resource(
     }
 
     // A JSON API whose record a mapping turns into a RegulatedAuthorization, and an R5 FHIR
-    // server (a stand-in) holding a Patient and an InventoryItem, copied as they are.
+    // server (a stand-in) holding a Patient and an InventoryItem, copied as they are. Neither
+    // says its version, so `engine validate` (which refuses an R5 type or source for an R4
+    // sink it knows of) lets them through to Helios.
     let api = json_api(vec![(
         "/authorizations",
-        json!({"items": [{"id": "ra-1", "subject": "MedicinalProductDefinition/mp-1"}]}),
+        json!({"items": [{"id": "ra-1", "type": "RegulatedAuthorization", "subject": "MedicinalProductDefinition/mp-1"}]}),
     )])
     .await;
     let r5 = fhir_r5_standin(vec![
@@ -857,7 +859,8 @@ spec:
     records: $.items[*]
   sink: helios
   mapping:
-    resourceType: RegulatedAuthorization
+    # The type comes from the record, so `engine validate` cannot refuse it: Helios does.
+    resourceType: {{ $path: $.type }}
     id: {{ $path: $.id }}
     subject: [ {{ reference: {{ $path: $.subject }} }} ]
 ---
@@ -867,7 +870,7 @@ metadata: {{ name: from-r5-server }}
 spec:
   strategy: cron
   schedule: {{ cron: \"0 4 * * *\" }}
-  source: {{ type: fhir, fhirVersion: R5, url: \"{r5}\", retries: 0, timeout: 10s }}
+  source: {{ type: fhir, url: \"{r5}\", retries: 0, timeout: 10s }}
   sync: {{ resourceTypes: [Patient, InventoryItem] }}
   sink: helios
 "

@@ -278,6 +278,7 @@ metadata:
   description: Drug labels from a regulator's REST API as MedicinalProductDefinition
 spec:
   strategy: pull
+  fhirVersion: R5
   source:
     url: "@URL@"
     auth:
@@ -783,6 +784,7 @@ kind: Connector
 metadata: { name: labels }
 spec:
   strategy: pull
+  fhirVersion: R5
   source:
     url: "@URL@/api"
     timeout: 5s

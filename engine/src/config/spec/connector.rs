@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::source::{RequestSpec, SourceSpec};
-use crate::model::vocabulary::{MatchMode, ParamType, PushMode, RecordErrorPolicy};
+use crate::model::vocabulary::{FhirVersion, MatchMode, ParamType, PushMode, RecordErrorPolicy};
 
 /// What a connector does and with what.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -49,6 +49,12 @@ pub struct ConnectorSpec {
     /// are expected to be FHIR resources already.
     #[serde(default)]
     pub mapping: Option<Value>,
+    /// The FHIR version of what the connector makes (`R4`, `R4B` or `R5`), against which its
+    /// mapping is checked. Its FHIR sink and FHIR sources give it already; write it when
+    /// nothing else does (a pull connector over a JSON API, the embedded NDJSON sink), or
+    /// to say it where it must agree with them. Without any of these: `R4`.
+    #[serde(default)]
+    pub fhir_version: Option<FhirVersion>,
     /// Pull routes (strategy `pull`).
     #[serde(default)]
     pub pull: Option<PullSpec>,

@@ -14,7 +14,8 @@ use crate::config::spec::{ConnectorDoc, ConnectorSpec, SourceSpec, SourceType, S
 use crate::model::hint::did_you_mean;
 use crate::model::mapping::Mapping;
 use crate::model::template::{Table, Templates};
-use crate::model::{Connector, Source, Strategy};
+use crate::model::vocabulary::FhirVersion;
+use crate::model::{Connector, Sink, SinkRef, Source, Strategy};
 
 /// Checks and compiles one connector.
 pub fn connector(
@@ -23,7 +24,7 @@ pub fn connector(
     names: &Names<'_>,
     used: &mut HashSet<String>,
 ) -> Option<Connector> {
-    let errors = ctx.diags.len();
+    let errors = error_count(ctx);
     let spec = &doc.spec;
     let name = doc.metadata.name.as_str();
     sections(ctx, spec);
@@ -46,6 +47,7 @@ pub fn connector(
     let mut templates = Templates::new(tables.clone(), time_zone);
 
     let sources = sources(ctx, spec, name, names, used);
+    let mut mapping_compiled = false;
     let mapping_root = spec.mapping.as_ref().map(|_| {
         let at = segs(&["spec", "mapping"]);
         let node = ctx.doc.node.descend(&at).clone();
@@ -55,6 +57,7 @@ pub fn connector(
             errors: Vec::new(),
         };
         let expr = compiler.compile(&node, &at);
+        mapping_compiled = compiler.errors.is_empty();
         for e in compiler.errors {
             let loc = crate::config::diagnostic::Location {
                 line: e.line,
@@ -79,6 +82,22 @@ pub fn connector(
             .map(Strategy::Cron),
     };
 
+    let fhir_version = version(ctx, spec, &sources, strategy.as_ref());
+    if let (Some(root), true) = (&mapping_root, mapping_compiled) {
+        let routes: Vec<&str> = spec
+            .pull
+            .iter()
+            .flat_map(|p| p.resources.iter().map(|r| r.resource_type.as_str()))
+            .collect();
+        super::fhir_check::check(
+            ctx,
+            root,
+            &segs(&["spec", "mapping"]),
+            fhir_version,
+            &routes,
+        );
+    }
+
     let tests = if names.tests {
         super::deftests::tests(ctx, spec)
     } else {
@@ -92,7 +111,8 @@ pub fn connector(
     );
     let strategy = strategy?;
     let templates = Arc::new(templates);
-    (ctx.diags.len() == errors).then(|| Connector {
+    // Warnings (of the FHIR checks) leave the connector usable.
+    (error_count(ctx) == errors).then(|| Connector {
         name: name.to_owned(),
         fingerprint: String::new(),
         description: doc.metadata.description.clone(),
@@ -103,6 +123,7 @@ pub fn connector(
         vars,
         split_bundles: spec.split_bundles,
         time_zone,
+        fhir_version,
         mapping: mapping_root.map(|root| Mapping {
             root,
             templates: templates.clone(),
@@ -255,4 +276,72 @@ fn sources(
         }
     }
     out
+}
+
+/// The connector's FHIR version: what its own `fhirVersion`, its FHIR sink and its FHIR
+/// sources say, which must agree with the first two (the engine converts no version to
+/// another); R4 when none says.
+fn version(
+    ctx: &mut Ctx<'_>,
+    spec: &ConnectorSpec,
+    sources: &[Arc<Source>],
+    strategy: Option<&Strategy>,
+) -> FhirVersion {
+    let mut said: Vec<(FhirVersion, Vec<String>, String)> = Vec::new();
+    if let Some(v) = spec.fhir_version {
+        said.push((v, segs(&["spec", "fhirVersion"]), "`fhirVersion`".into()));
+    }
+    let sink = match strategy {
+        Some(Strategy::Cron(c)) => Some(&c.sink),
+        Some(Strategy::Push(p)) => Some(&p.sink),
+        Some(Strategy::Pull(_)) | None => None,
+    };
+    if let Some(SinkRef::Named(sink)) = sink
+        && let Sink::Fhir(f) = &**sink
+    {
+        said.push((
+            f.version,
+            segs(&["spec", "sink"]),
+            format!("the sink `{}`", f.name),
+        ));
+    }
+    for (i, src) in sources.iter().enumerate() {
+        if let Some(v) = src.fhir_version {
+            let at = if spec.source.is_some() {
+                segs(&["spec", "source", "fhirVersion"])
+            } else {
+                segs(&["spec", "sources", &i.to_string()])
+            };
+            said.push((v, at, format!("the source `{}`", src.name)));
+        }
+    }
+    // The connector's own word and its sink anchor the version; sources of several versions
+    // with neither (a pull fan-out) are served by version by the proxy.
+    let anchor = said
+        .iter()
+        .position(|(_, at, _)| at[1] != "sources" && at[1] != "source");
+    let Some((first, _, first_who)) = said.get(anchor.unwrap_or(0)).cloned() else {
+        return FhirVersion::R4;
+    };
+    if anchor.is_some()
+        && let Some((other, at, who)) = said.iter().find(|(v, _, _)| *v != first)
+    {
+        ctx.error_owned(
+            at,
+            format!(
+                "{who} is FHIR {} but {first_who} is FHIR {}: the engine converts no FHIR version to another",
+                other.name(),
+                first.name()
+            ),
+            Some("read and write one FHIR version in a connector".into()),
+        );
+    }
+    first
+}
+
+fn error_count(ctx: &Ctx<'_>) -> usize {
+    ctx.diags
+        .iter()
+        .filter(|d| d.severity == crate::config::diagnostic::Severity::Error)
+        .count()
 }

@@ -7,6 +7,7 @@ mod connector;
 mod context;
 mod cron;
 mod deftests;
+mod fhir_check;
 mod guide;
 mod names;
 mod pull;
