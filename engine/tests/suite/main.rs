@@ -12,6 +12,7 @@ mod cron_push;
 mod durability;
 mod edge;
 mod faults;
+mod fhir_validity;
 mod helios;
 mod hostile;
 mod invalid;

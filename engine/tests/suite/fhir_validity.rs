@@ -1,0 +1,188 @@
+//! The FHIR the repository commits and its connectors make, checked by an outside validator
+//! against each connector's own FHIR version: `validator-cli` of helios-fhir-validator (R4 and
+//! R5; installed by `scripts/tools.sh`). What is checked: the expected outputs of the mapping
+//! fixtures (`tests/fixtures/mapping/*/expected.json`), and what every connector of
+//! `connectors.d/` and `examples/` makes of the inputs of its own `tests:`. All resources of
+//! one version go to the validator in one collection Bundle, so it starts once per version.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use engine::config::secrets::ProcessEnvironment;
+use engine::config::validate::{Options, validate};
+use engine::model::Model;
+use engine::model::vocabulary::FhirVersion;
+use serde_json::{Value, json};
+
+use crate::outside_tools::installed_tool;
+
+/// The models of definition files or directories, with unresolved secrets allowed (the
+/// definitions' own tests need none).
+fn model_of(paths: &[PathBuf]) -> Model {
+    let (files, read_errors) = engine::config::load::read_all(paths).expect("readable");
+    let opts = Options {
+        allow_unresolved: true,
+        run_tests: false,
+        fhir_schema: None,
+        env: &ProcessEnvironment,
+    };
+    let outcome = validate(&files, read_errors, &opts);
+    outcome
+        .model
+        .unwrap_or_else(|| panic!("invalid definitions {paths:?}: {:#?}", outcome.diagnostics))
+}
+
+fn root(rel: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(rel)
+}
+
+/// Resources to check, by version: where each came from, and the resource.
+type Corpus = BTreeMap<&'static str, Vec<(String, Value)>>;
+
+fn version_name(v: FhirVersion) -> &'static str {
+    match v {
+        FhirVersion::R4 => "R4",
+        FhirVersion::R4B => "R4B",
+        FhirVersion::R5 => "R5",
+    }
+}
+
+/// The expected outputs of the mapping fixtures, at their connector's version.
+fn fixtures(corpus: &mut Corpus) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mapping");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join("expected.json").is_file())
+        .collect();
+    cases.sort();
+    for case in cases {
+        let model = model_of(&[case.join("connector.yaml")]);
+        let connector = model.connectors.first().expect("a connector");
+        let want: Value = serde_json::from_str(
+            &std::fs::read_to_string(case.join("expected.json")).expect("expected.json"),
+        )
+        .expect("JSON");
+        let name = case
+            .file_name()
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
+        for (i, r) in want.as_array().into_iter().flatten().enumerate() {
+            corpus
+                .entry(version_name(connector.fhir_version))
+                .or_default()
+                .push((format!("fixture {name} [{i}]"), r.clone()));
+        }
+    }
+}
+
+/// What each shipped and example connector makes of the inputs of its own tests.
+fn shipped(corpus: &mut Corpus) {
+    for dir in ["connectors.d", "examples"] {
+        let model = model_of(&[root(dir)]);
+        for c in &model.connectors {
+            for t in c.tests.iter().filter(|t| t.expect_error.is_none()) {
+                let Ok(resources) = c.map_document(&t.input, &t.params) else {
+                    continue;
+                };
+                for (i, r) in resources.into_iter().enumerate() {
+                    corpus
+                        .entry(version_name(c.fhir_version))
+                        .or_default()
+                        .push((format!("{dir}: {} test `{}` [{i}]", c.name, t.name), r));
+                }
+            }
+        }
+    }
+}
+
+/// The validator's errors on a collection Bundle of `resources`, each named by where its
+/// resource came from.
+fn errors(validator: &Path, version: &str, resources: &[(String, Value)]) -> Vec<String> {
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": resources.iter().map(|(_, r)| json!({"resource": r})).collect::<Vec<_>>(),
+    });
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(file.path(), bundle.to_string()).expect("write");
+    let out = std::process::Command::new(validator)
+        .args(["--fhir-version", version, "--output", "json"])
+        .arg(file.path())
+        .output()
+        .expect("validator-cli runs");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "validator-cli gave no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    report["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let path = e["path"].as_str().unwrap_or_default();
+            let at = path
+                .strip_prefix("Bundle.entry.")
+                .and_then(|p| p.split('.').next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| resources.get(n))
+                .map_or("the Bundle", |(from, _)| from.as_str());
+            format!(
+                "{version} {at}: {path}: {}",
+                e["message"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn committed_and_made_fhir_is_valid_for_its_version() {
+    let validator = installed_tool(
+        "VALIDATOR_CLI",
+        "validator/bin/validator-cli",
+        "validator-cli",
+    );
+    let mut corpus = Corpus::new();
+    fixtures(&mut corpus);
+    shipped(&mut corpus);
+    let checked: usize = corpus.values().map(Vec::len).sum();
+    assert!(checked > 100, "only {checked} resources found to check");
+    let mut found = Vec::new();
+    for (version, resources) in &corpus {
+        // The validator knows R4 and R5; R4B is checked by the engine's own structure.
+        if *version == "R4B" {
+            continue;
+        }
+        found.extend(errors(&validator, version, resources));
+    }
+    assert!(
+        found.is_empty(),
+        "{} of the {checked} resources' checks failed:\n{}",
+        found.len(),
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_validator_refuses_invalid_fhir_of_either_version() {
+    let validator = installed_tool(
+        "VALIDATOR_CLI",
+        "validator/bin/validator-cli",
+        "validator-cli",
+    );
+    let bad = vec![(
+        "a Patient whose `active` is a string".to_owned(),
+        json!({"resourceType": "Patient", "id": "p", "active": "yes"}),
+    )];
+    for version in ["R4", "R5"] {
+        let found = errors(&validator, version, &bad);
+        assert!(
+            found.iter().any(|e| e.contains("a Patient whose `active`")),
+            "{version}: {found:?}"
+        );
+    }
+}
