@@ -118,6 +118,10 @@ pub enum Command {
         /// Check the output against this FHIR R4 JSON Schema file.
         #[arg(long, value_name = "FILE")]
         fhir_schema: Option<PathBuf>,
+        /// Check the output against the structure of the connector's FHIR version; exit 1
+        /// with the problems when a resource is invalid.
+        #[arg(long)]
+        check: bool,
     },
 }
 

@@ -13,6 +13,7 @@ use crate::config::diagnostic::{self, Format, Severity};
 use crate::config::fhir_schema::FhirSchema;
 use crate::config::load;
 use crate::model::fhir::{BundleKind, bundle};
+use crate::model::fhir_structure;
 
 /// Largest input `engine map` reads.
 const MAX_INPUT: u64 = 256 << 20;
@@ -75,6 +76,7 @@ pub(super) fn map(
     params: Vec<String>,
     as_bundle: Option<BundleArg>,
     fhir_schema: Option<PathBuf>,
+    check: bool,
 ) -> ExitCode {
     let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
         Ok(s) => s,
@@ -114,6 +116,26 @@ pub(super) fn map(
     match c.map_document(&document, &Value::Object(param_values)) {
         Ok(resources) => {
             let mut invalid = false;
+            if check {
+                let version = c.fhir_version;
+                match fhir_structure::structure(version) {
+                    Ok(structure) => {
+                        for (i, r) in resources.iter().enumerate() {
+                            for problem in structure.check_instance(r) {
+                                eprintln!(
+                                    "error: resource {i} is not valid FHIR {}: {problem}",
+                                    version.name()
+                                );
+                                invalid = true;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        invalid = true;
+                    }
+                }
+            }
             if let Some(schema) = &schema {
                 for (i, r) in resources.iter().enumerate() {
                     for problem in schema.check(r) {

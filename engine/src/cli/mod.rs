@@ -70,6 +70,7 @@ pub fn run(cli: Cli) -> ExitCode {
             params,
             bundle: as_bundle,
             fhir_schema,
+            check,
         } => check::map(
             connector,
             input,
@@ -77,6 +78,7 @@ pub fn run(cli: Cli) -> ExitCode {
             params,
             as_bundle,
             fhir_schema,
+            check,
         ),
     }
 }

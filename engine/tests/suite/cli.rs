@@ -172,6 +172,44 @@ fn map_prints_fhir_and_fails_clearly() {
 }
 
 #[test]
+fn map_check_refuses_output_invalid_for_the_connectors_version() {
+    let definition = "engine/tests/invalid/fhir-53-test-output-invalid.yaml";
+    let run = |input: &str, check: bool| {
+        let (_dir, file) = file_in_tempdir("input.json", input);
+        let mut args = vec![
+            "map",
+            "-d",
+            definition,
+            "--connector",
+            "documents",
+            "--input",
+            file.to_str().expect("path"),
+        ];
+        if check {
+            args.push("--check");
+        }
+        engine(&args)
+    };
+    let invalid = r#"{"results": [{"id": "d1", "published": "2024-05-01", "url": "u"}]}"#;
+    let o = run(invalid, true);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "error: resource 0 is not valid FHIR R5: `2024-05-01` is not a FHIR `instant` (a date and time to the second with its zone, e.g. 2024-05-01T10:00:00Z), as `DocumentReference.date` needs\n\
+         error: resource 0 is not valid FHIR R5: DocumentReference.type.coding[0]: a Coding without its `code` (half made, e.g. by a null)\n"
+    );
+    // The FHIR is still printed, for the author to see.
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(out[0]["date"], "2024-05-01");
+    // Without `--check` the output is printed as before; valid output passes the check.
+    assert_eq!(run(invalid, false).status.code(), Some(0));
+    let valid = r#"{"results": [{"id": "d1", "published": "2024-05-01T10:00:00Z",
+        "url": "https://x.example/d1", "loinc": "34133-9"}]}"#;
+    let o = run(valid, true);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
 fn committed_deploy_matches_the_generator() {
     let o = engine(&[
         "manifests",

@@ -11,7 +11,7 @@ use super::source::exactly_one;
 use crate::config::diagnostic::Diagnostic;
 use crate::config::fhir_schema::FhirSchema;
 use crate::config::spec::{ConnectorSpec, MatchMode};
-use crate::model::{Connector, Test};
+use crate::model::{Connector, Test, fhir_structure};
 
 /// Most difference lines shown for one test.
 const MAX_LINES: usize = 20;
@@ -47,6 +47,7 @@ pub fn run(ctx: &mut Ctx<'_>, c: &Connector, schema: Option<&FhirSchema>) {
             }
             (Ok(got), None) => got,
         };
+        check_output(c, &got, &t.name, &mut fail);
         if let Some(schema) = schema {
             for (i, r) in got.iter().enumerate() {
                 for problem in schema.check(r).into_iter().take(5) {
@@ -80,6 +81,21 @@ pub fn run(ctx: &mut Ctx<'_>, c: &Connector, schema: Option<&FhirSchema>) {
                 "test `{}`: the output differs from the expected FHIR:\n    {}",
                 t.name,
                 lines.join("\n    ")
+            ));
+        }
+    }
+}
+
+/// The FHIR a test made, checked against the connector's version (no schema file needed).
+fn check_output(c: &Connector, got: &[Value], test: &str, fail: &mut impl FnMut(String)) {
+    let Ok(structure) = fhir_structure::structure(c.fhir_version) else {
+        return;
+    };
+    for (i, r) in got.iter().enumerate() {
+        for problem in structure.check_instance(r).into_iter().take(5) {
+            fail(format!(
+                "test `{test}`: resource {i} is not valid FHIR {}: {problem}",
+                c.fhir_version.name()
             ));
         }
     }

@@ -2,6 +2,7 @@
 //! elements (types, cardinality, choice types, reference targets, bindings) and the codes of
 //! the value sets they bind, decoded once per version from the packs in `engine/data/fhir/`.
 
+mod instance;
 mod primitive;
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,6 +11,7 @@ use std::sync::LazyLock;
 
 use serde::Deserialize;
 
+pub use self::instance::{InstanceProblem, MAX_PROBLEMS};
 pub use self::primitive::{LiteralProblem, check_literal};
 use crate::model::vocabulary::FhirVersion;
 
