@@ -71,6 +71,8 @@ pub struct Connector {
     /// The FHIR version the connector reads and writes: from its FHIR sink, its FHIR sources
     /// or its own `fhirVersion`, which all agree; R4 when none says.
     pub fhir_version: FhirVersion,
+    /// What push and cron runs do with a resource invalid for `fhir_version`.
+    pub validation: crate::model::vocabulary::Validation,
     pub mapping: Option<Mapping>,
     pub templates: Arc<Templates>,
     pub tests: Vec<Test>,

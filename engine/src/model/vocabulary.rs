@@ -84,6 +84,22 @@ pub enum RecordErrorPolicy {
     Skip,
 }
 
+/// What the engine does at run time with a resource that is not valid for the connector's
+/// FHIR version (its elements, cardinality, primitive forms, required codes, references, and
+/// elements a null left half made, such as a Coding without a code): `strict` never writes it
+/// (a push payload goes to the dead letters with an `OperationOutcome` naming the element; a
+/// cron record follows `run.onRecordError`, `skip` putting it in the dead letters); `warn`
+/// (the default) writes it, with a warning in the log and the run report, counted in
+/// `engine_fhir_invalid_resources_total`; `off` does not check.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Validation {
+    Strict,
+    #[default]
+    Warn,
+    Off,
+}
+
 /// How expected FHIR is compared.
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

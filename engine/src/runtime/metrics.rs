@@ -105,6 +105,7 @@ pub struct Metrics {
     records_dead_lettered: Family<ConnectorLabel, Counter>,
     push_sink_retries: Family<ConnectorLabel, Counter>,
     push_deliveries: Family<OutcomeLabels, Counter>,
+    fhir_invalid: Family<OutcomeLabels, Counter>,
     breakers: Mutex<BTreeMap<String, Arc<Breaker>>>,
 }
 
@@ -184,6 +185,12 @@ impl Default for Metrics {
                 "Push deliveries, by outcome",
                 Family::default(),
             ),
+            fhir_invalid: add(
+                &mut r,
+                "engine_fhir_invalid_resources",
+                "Resources invalid for their connector's FHIR version, by what became of them (`written` under `validation: warn`, `refused` under `strict`)",
+                Family::default(),
+            ),
             breakers: Mutex::default(),
             registry: r,
         }
@@ -257,6 +264,18 @@ impl Metrics {
                 connector: connector.to_owned(),
             })
             .inc_by(n as u64);
+    }
+
+    /// Resources invalid for their FHIR version: `written` (warn) or `refused` (strict).
+    pub fn fhir_invalid(&self, connector: &str, outcome: &'static str, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let labels = OutcomeLabels {
+            connector: connector.to_owned(),
+            outcome,
+        };
+        self.fhir_invalid.get_or_create(&labels).inc_by(n as u64);
     }
 
     /// A push delivery and its outcome.

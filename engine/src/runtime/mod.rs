@@ -9,6 +9,7 @@ pub mod build_error;
 pub mod cache;
 pub mod clock;
 pub mod engine;
+pub mod fhir_validation;
 pub mod guide;
 pub mod json_count;
 pub mod metrics;

@@ -52,12 +52,17 @@ struct Rejected {
     subject: String,
     reason: String,
     record: Value,
+    /// Why, as an `OperationOutcome` naming the elements (a resource invalid for its FHIR
+    /// version under `validation: strict`).
+    outcome: Option<Value>,
 }
 
 /// What the records of one stream gave: resources, and the records rejected.
 struct Mapped {
     resources: Vec<Value>,
     rejected: Vec<Rejected>,
+    /// Resources invalid for the connector's FHIR version, written anyway (`validation: warn`).
+    warned: Vec<String>,
 }
 
 /// Maps each record of a stream (on the blocking pool: a run's records are many), checking
@@ -72,25 +77,43 @@ fn map_stream(
     let mut mapped = Mapped {
         resources: Vec::new(),
         rejected: Vec::new(),
+        warned: Vec::new(),
     };
     for (i, record) in found.into_iter().enumerate() {
         let subject = format!("{stream}[{i}]");
         let result = connector
             .map_records([(subject.clone(), &record)], &json!({}))
-            .map_err(|e| e.to_string())
+            .map_err(|e| (e.to_string(), None))
             .and_then(|resources| {
                 for (j, r) in resources.iter().enumerate() {
-                    crate::model::fhir::writable(r, declared)
-                        .map_err(|e| format!("{}: {e}", crate::runtime::sink::safe_label(r, j)))?;
+                    crate::model::fhir::writable(r, declared).map_err(|e| {
+                        (
+                            format!("{}: {e}", crate::runtime::sink::safe_label(r, j)),
+                            None,
+                        )
+                    })?;
                 }
-                Ok(resources)
+                // Checked against the connector's FHIR version (`validation`): under
+                // `strict`, one invalid resource rejects its record whole.
+                let screened = crate::runtime::fhir_validation::screen(connector, resources);
+                if let Some(bad) = screened.refused.first() {
+                    return Err((bad.reason(), Some(bad.outcome())));
+                }
+                mapped.warned.extend(
+                    screened
+                        .warned
+                        .iter()
+                        .map(|w| format!("{subject}: {}", w.reason())),
+                );
+                Ok(screened.admitted)
             });
         match result {
             Ok(resources) => mapped.resources.extend(resources),
-            Err(reason) => mapped.rejected.push(Rejected {
+            Err((reason, outcome)) => mapped.rejected.push(Rejected {
                 subject,
                 reason,
                 record,
+                outcome,
             }),
         }
     }
@@ -559,6 +582,11 @@ impl Runner {
         match mapped {
             Ok(m) => {
                 out.extend(m.resources);
+                let name = &self.connector.name;
+                self.metrics.fhir_invalid(name, "written", m.warned.len());
+                let refused = m.rejected.iter().filter(|r| r.outcome.is_some()).count();
+                self.metrics.fhir_invalid(name, "refused", refused);
+                report.warnings.extend(m.warned);
                 self.rejected(cron, m.rejected, report).await;
             }
             Err(e) => report.failures.push(Failure {
@@ -665,11 +693,14 @@ impl Runner {
             let first =
                 crate::runtime::push::queue::next_seq(&crate::runtime::push::queue::files(&dir));
             for (seq, r) in (first..).zip(rejected) {
-                let item = json!({
+                let mut item = json!({
                     "received": received,
                     "reason": format!("{}: {}", r.subject, r.reason),
                     "record": r.record,
                 });
+                if let Some(outcome) = r.outcome {
+                    item["outcome"] = outcome;
+                }
                 let path = dir.join(format!("{seq:020}.json"));
                 state::write_atomic(&path, &serde_json::to_vec(&item).unwrap_or_default())?;
             }

@@ -1827,3 +1827,224 @@ spec:
         "written before what they refer to"
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// 7. Outputs checked against the connector's FHIR version (`validation`)
+// ------------------------------------------------------------------------------------------
+
+/// A push connector whose mapping's `$path` values are only judged when they arrive: a
+/// Patient with a `birthDate` and an Observation about it.
+fn validating_push_yaml(sink_url: &str, validation: &str) -> String {
+    push_yaml(
+        "births",
+        sink_url,
+        "sync",
+        &format!(
+            "  {validation}
+  mapping:
+    - resourceType: Patient
+      id: {{ $path: $.id }}
+      birthDate: {{ $path: $.born }}
+    - resourceType: Observation
+      id: \"obs-{{{{record.id}}}}\"
+      status: final
+      code: {{ text: birth weight }}
+      subject: {{ $reference: Patient, $id: {{ $path: $.id }} }}
+"
+        ),
+    )
+}
+
+async fn dead_letters(served: &EngineRouter, connector: &str) -> Vec<Value> {
+    let dead = served
+        .get(format!(
+            "{}/connectors/{connector}/dead-letters",
+            served.base
+        ))
+        .send()
+        .await;
+    assert_eq!(dead.status, 200, "{}", dead.text);
+    dead.json().as_array().cloned().expect("a list")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_push_dead_letters_an_invalid_resource_and_writes_the_valid_one() {
+    let sink = FhirSink::start().await;
+    let defs = definitions(&validating_push_yaml(&sink.url, "validation: strict"));
+    let state = tempfile::tempdir().expect("state");
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
+    let url = format!("{}/push/births", served.base);
+    let now = Utc::now().timestamp();
+
+    let got = push(
+        &served,
+        &url,
+        SECRET,
+        now,
+        br#"{"id":"b1","born":"2024-02-29"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert!(sink.get("Patient/b1").is_some() && sink.get("Observation/obs-b1").is_some());
+
+    // 30 February does not exist: the Patient is refused, the Observation written.
+    let got = push(
+        &served,
+        &url,
+        SECRET,
+        now,
+        br#"{"id":"b2","born":"2024-02-30"}"#,
+        None,
+    )
+    .await;
+    assert_outcome(&got, 422, &["Patient/b2", "Patient.birthDate"]);
+    assert!(
+        sink.get("Patient/b2").is_none(),
+        "an invalid resource is never written"
+    );
+    assert!(sink.get("Observation/obs-b2").is_some(), "the valid one is");
+    let dead = dead_letters(&served, "births").await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let reason = dead[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("Patient.birthDate"), "{dead:?}");
+    let outcome = got.json();
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{}", got.text);
+    assert!(got.text.contains("Patient.birthDate"), "{}", got.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warn_push_writes_an_invalid_resource_and_counts_it() {
+    let sink = FhirSink::start().await;
+    // No `validation`: the default, warn.
+    let defs = definitions(&validating_push_yaml(&sink.url, ""));
+    let state = tempfile::tempdir().expect("state");
+    let served = EngineRouter::with_limits(
+        load(defs.path()),
+        state.path(),
+        open_admin(),
+        CLIENT_TIMEOUT,
+    );
+    let url = format!("{}/push/births", served.base);
+    let now = Utc::now().timestamp();
+    for (i, born) in ["2024-02-30", "1990-13-01"].iter().enumerate() {
+        let body = format!(r#"{{"id":"w{i}","born":"{born}"}}"#);
+        let got = push(&served, &url, SECRET, now, body.as_bytes(), None).await;
+        assert_eq!(got.status, 200, "{}", got.text);
+        assert_eq!(
+            sink.get(&format!("Patient/w{i}")).expect("written")["birthDate"],
+            *born
+        );
+    }
+    assert!(dead_letters(&served, "births").await.is_empty());
+    let metrics = served.get(format!("{}/metrics", served.base)).send().await;
+    assert!(
+        metrics.text.contains(
+            "engine_fhir_invalid_resources_total{connector=\"births\",outcome=\"written\"} 2\n"
+        ),
+        "{}",
+        metrics.text
+    );
+}
+
+/// A cron connector over a JSON API whose Observation's `valueQuantity` loses its value
+/// when a record has no weight (a null leaves it half made).
+fn validating_cron_yaml(url: &str, validation: &str) -> String {
+    format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: weights }}
+spec:
+  strategy: cron
+  {validation}
+  schedule: {{ cron: "0 2 * * *" }}
+  source: {{ url: "{url}", retries: 0, timeout: 5s }}
+  run: {{ onRecordError: skip }}
+  fetch:
+    request: {{ path: /items }}
+    records: $.items[*]
+  mapping:
+    - resourceType: Patient
+      id: {{ $path: $.id }}
+    - resourceType: Observation
+      id: "obs-{{{{record.id}}}}"
+      status: final
+      code: {{ text: body weight }}
+      subject: {{ $reference: Patient, $id: {{ $path: $.id }} }}
+      valueQuantity: {{ value: {{ $number: {{ $path: $.weight }} }}, unit: kg }}
+"#
+    )
+}
+
+fn weights() -> Vec<Value> {
+    vec![
+        json!({"id": "a1", "weight": "71.5", "updated": 1}),
+        json!({"id": "a2", "updated": 2}),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_cron_dead_letters_the_record_of_an_invalid_resource() {
+    let api = JsonApi::start(weights()).await;
+    let defs = definitions(&validating_cron_yaml(&api.url, "validation: strict"));
+    let state = tempfile::tempdir().expect("state");
+    let out_dir = tempfile::tempdir().expect("ndjson");
+    let r = runner_with_sink_dir(&load(defs.path()), "weights", state.path(), out_dir.path());
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(
+        (
+            report.records_read,
+            report.resources_written,
+            report.records_dead_lettered
+        ),
+        (2, 2, 1)
+    );
+    let observations = std::fs::read_to_string(out_dir.path().join("Observation.ndjson"))
+        .expect("Observation.ndjson");
+    assert_eq!(observations.lines().count(), 1);
+    assert!(observations.contains("\"obs-a1\"") && !observations.contains("obs-a2"));
+    let dead_dir = state.path().join("cron/weights/dead");
+    let dead: Vec<Value> = std::fs::read_dir(&dead_dir)
+        .expect("dead letters")
+        .map(|e| {
+            serde_json::from_slice(&std::fs::read(e.expect("entry").path()).expect("read"))
+                .expect("JSON")
+        })
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["record"]["id"], "a2");
+    assert_eq!(dead[0]["outcome"]["resourceType"], "OperationOutcome");
+    assert_eq!(
+        dead[0]["outcome"]["issue"][0]["expression"],
+        json!(["Observation.valueQuantity"]),
+        "{dead:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warn_cron_writes_the_half_made_resource_with_a_warning() {
+    let api = JsonApi::start(weights()).await;
+    let defs = definitions(&validating_cron_yaml(&api.url, "validation: warn"));
+    let state = tempfile::tempdir().expect("state");
+    let out_dir = tempfile::tempdir().expect("ndjson");
+    let r = runner_with_sink_dir(&load(defs.path()), "weights", state.path(), out_dir.path());
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(
+        (report.resources_written, report.records_dead_lettered),
+        (4, 0)
+    );
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].contains("Observation/obs-a2")
+            && report.warnings[0].contains("Observation.valueQuantity"),
+        "{:?}",
+        report.warnings
+    );
+}

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::source::{RequestSpec, SourceSpec};
-use crate::model::vocabulary::{FhirVersion, MatchMode, ParamType, PushMode, RecordErrorPolicy};
+use crate::model::vocabulary::{
+    FhirVersion, MatchMode, ParamType, PushMode, RecordErrorPolicy, Validation,
+};
 
 /// What a connector does and with what.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -55,6 +57,14 @@ pub struct ConnectorSpec {
     /// to say it where it must agree with them. Without any of these: `R4`.
     #[serde(default)]
     pub fhir_version: Option<FhirVersion>,
+    /// What push and cron connectors do with a resource their mapping made that is not valid
+    /// for their FHIR version: `strict` never writes it (a push payload goes to the dead
+    /// letters with an `OperationOutcome` naming the element; a cron record follows
+    /// `run.onRecordError`), `warn` writes it with a warning and counts it, `off` does not
+    /// check. Default: `warn`.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["strict"]))]
+    pub validation: Option<Validation>,
     /// Pull routes (strategy `pull`).
     #[serde(default)]
     pub pull: Option<PullSpec>,

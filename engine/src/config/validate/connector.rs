@@ -124,6 +124,7 @@ pub fn connector(
         split_bundles: spec.split_bundles,
         time_zone,
         fhir_version,
+        validation: spec.validation.unwrap_or_default(),
         mapping: mapping_root.map(|root| Mapping {
             root,
             templates: templates.clone(),
@@ -165,6 +166,12 @@ fn sections(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) {
         ("import", spec.import.is_some(), &[S::Cron][..]),
         ("sink", spec.sink.is_some(), &[S::Cron, S::Push][..]),
         ("write", spec.write.is_some(), &[S::Cron, S::Push][..]),
+        // Pull routes answer callers with what the source has; only writes are screened.
+        (
+            "validation",
+            spec.validation.is_some(),
+            &[S::Cron, S::Push][..],
+        ),
     ];
     let strategy = match spec.strategy {
         S::Pull => "pull",

@@ -339,6 +339,14 @@ impl PushEndpoint {
                 .await
                 .map_err(|e| Outcome::Permanent(format!("the mapping stopped: {e}"), None))?
                 .map_err(|e| Outcome::Permanent(format!("mapping failed: {e}"), None))?;
+        // Checked against the connector's FHIR version (`validation`) before the sink.
+        let screened = crate::runtime::fhir_validation::screen(&self.connector, resources);
+        let name = &self.connector.name;
+        self.metrics
+            .fhir_invalid(name, "written", screened.warned.len());
+        self.metrics
+            .fhir_invalid(name, "refused", screened.refused.len());
+        let (resources, refused) = (screened.admitted, screened.refused);
         let types = crate::runtime::sink::types_of(&resources);
         let opts = WriteOptions {
             identifier_system: self.push().identifier_system.clone(),
@@ -377,6 +385,17 @@ impl PushEndpoint {
             ));
         }
         (self.invalidate)(&types);
+        if let Some(bad) = refused.first() {
+            // The valid resources are written; the payload goes to the dead letters.
+            return Err(Outcome::Permanent(
+                format!(
+                    "{} of the payload's resources not written (`validation: strict`): {}",
+                    refused.len(),
+                    bad.reason()
+                ),
+                Some(bad.outcome()),
+            ));
+        }
         Ok(report.written)
     }
 
