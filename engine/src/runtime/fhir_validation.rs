@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::model::Connector;
-use crate::model::fhir_structure::{self, InstanceProblem};
+use crate::model::fhir_structure::{self, instance::InstanceProblem};
 use crate::model::vocabulary::Validation;
 
 /// Most problems named in one refusal (its text and its `OperationOutcome`).

@@ -2,7 +2,7 @@
 //! elements (types, cardinality, choice types, reference targets, bindings) and the codes of
 //! the value sets they bind, decoded once per version from the packs in `engine/data/fhir/`.
 
-mod instance;
+pub mod instance;
 mod primitive;
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +11,6 @@ use std::sync::LazyLock;
 
 use serde::Deserialize;
 
-pub use self::instance::{InstanceProblem, MAX_PROBLEMS};
 pub use self::primitive::{LiteralProblem, check_literal};
 use crate::model::vocabulary::FhirVersion;
 
