@@ -85,14 +85,13 @@ pub fn judge(connector: &Connector, resource: &Value, position: usize) -> Option
     })
 }
 
-/// Checks each resource, logging every invalid one.
+/// Checks each resource (the caller logs: one line per batch, not per resource).
 pub fn screen(connector: &Connector, resources: Vec<Value>) -> Screened {
     let mut out = Screened::default();
     for (i, r) in resources.into_iter().enumerate() {
         match judge(connector, &r, i) {
             None => out.admitted.push(r),
             Some(bad) => {
-                log(connector, &bad);
                 if connector.validation == Validation::Strict {
                     out.refused.push(bad);
                 } else {
@@ -105,9 +104,12 @@ pub fn screen(connector: &Connector, resources: Vec<Value>) -> Screened {
     out
 }
 
-/// The warning one invalid resource gives in the log (paths and reasons, no values beyond
-/// the ones the problem names, no local path).
-pub fn log(connector: &Connector, bad: &Invalid) {
+/// One warning in the log for `n` invalid resources of a batch, with the first one's reason
+/// (paths and the values at fault, no local path): a run of many bad records logs one line.
+pub fn log(connector: &Connector, n: usize, first: Option<&str>) {
+    let Some(first) = first.filter(|_| n > 0) else {
+        return;
+    };
     let action = if connector.validation == Validation::Strict {
         "refused"
     } else {
@@ -116,7 +118,7 @@ pub fn log(connector: &Connector, bad: &Invalid) {
     tracing::warn!(
         connector = %connector.name,
         fhir_version = connector.fhir_version.name(),
-        "{} ({action})",
-        bad.reason()
+        invalid = n,
+        "{n} resources not valid FHIR ({action}); the first: {first}"
     );
 }

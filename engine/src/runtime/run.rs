@@ -584,9 +584,28 @@ impl Runner {
                 out.extend(m.resources);
                 let name = &self.connector.name;
                 self.metrics.fhir_invalid(name, "written", m.warned.len());
-                let refused = m.rejected.iter().filter(|r| r.outcome.is_some()).count();
-                self.metrics.fhir_invalid(name, "refused", refused);
-                report.warnings.extend(m.warned);
+                let refused: Vec<&Rejected> =
+                    m.rejected.iter().filter(|r| r.outcome.is_some()).collect();
+                self.metrics.fhir_invalid(name, "refused", refused.len());
+                let first = refused
+                    .first()
+                    .map(|r| format!("{}: {}", r.subject, r.reason))
+                    .or_else(|| m.warned.first().cloned());
+                crate::runtime::fhir_validation::log(
+                    &self.connector,
+                    refused.len() + m.warned.len(),
+                    first.as_deref(),
+                );
+                // The run report lists a few; the metric counts them all.
+                let more = m.warned.len().saturating_sub(LISTED_FAILURES);
+                report
+                    .warnings
+                    .extend(m.warned.into_iter().take(LISTED_FAILURES));
+                if more > 0 {
+                    report.warnings.push(format!(
+                        "{stream}: {more} more resources not valid FHIR written (`validation: warn`)"
+                    ));
+                }
                 self.rejected(cron, m.rejected, report).await;
             }
             Err(e) => report.failures.push(Failure {

@@ -2048,3 +2048,23 @@ async fn warn_cron_writes_the_half_made_resource_with_a_warning() {
         report.warnings
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warn_cron_lists_a_bounded_number_of_invalid_resources() {
+    let records = (0..150)
+        .map(|i| json!({"id": format!("r{i}"), "updated": i}))
+        .collect();
+    let api = JsonApi::start(records).await;
+    let defs = definitions(&validating_cron_yaml(&api.url, ""));
+    let state = tempfile::tempdir().expect("state");
+    let out_dir = tempfile::tempdir().expect("ndjson");
+    let r = runner_with_sink_dir(&load(defs.path()), "weights", state.path(), out_dir.path());
+    let report = run_with_deadline(&r, RUN_TIMEOUT).await;
+    assert!(report.ok(), "{:#?}", report.failures);
+    assert_eq!(report.resources_written, 300);
+    assert_eq!(report.warnings.len(), 101, "{:?}", report.warnings.last());
+    assert_eq!(
+        report.warnings.last().map(String::as_str),
+        Some("records: 50 more resources not valid FHIR written (`validation: warn`)")
+    );
+}

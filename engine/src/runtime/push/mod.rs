@@ -346,6 +346,12 @@ impl PushEndpoint {
             .fhir_invalid(name, "written", screened.warned.len());
         self.metrics
             .fhir_invalid(name, "refused", screened.refused.len());
+        let first = screened.refused.first().or(screened.warned.first());
+        crate::runtime::fhir_validation::log(
+            &self.connector,
+            screened.refused.len() + screened.warned.len(),
+            first.map(|b| b.reason()).as_deref(),
+        );
         let (resources, refused) = (screened.admitted, screened.refused);
         let types = crate::runtime::sink::types_of(&resources);
         let opts = WriteOptions {
