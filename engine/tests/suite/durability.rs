@@ -28,7 +28,7 @@ use engine::runtime::push::Reply;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::engine_router::EngineRouter;
+use crate::engine_router::{EngineRouter, RouterCall};
 use crate::engine_under_test::{
     Drainer, definitions, dirs_in, load, patient_payload, run_with_deadline, runner_with_sink_dir,
     signed_push, wait_until,
@@ -491,10 +491,7 @@ async fn a_reload_while_draining_hands_the_queue_to_one_drainer() {
     let state = tempfile::tempdir().expect("state");
     let served = EngineRouter::new(load(v1.path()), state.path(), CLIENT_TIMEOUT);
     for i in 0..60 {
-        let got = served
-            .post(format!("{}/push/feed", served.base))
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {TOKEN}"))
+        let got = bearer_push(&served)
             .body(patient_payload(&format!("h-{i:02}")))
             .send()
             .await;
@@ -511,10 +508,7 @@ async fn a_reload_while_draining_hands_the_queue_to_one_drainer() {
     )
     .expect("the reloaded engine");
     // A delivery taken by the old router during the reload is known to the new endpoint.
-    let got = served
-        .post(format!("{}/push/feed", served.base))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {TOKEN}"))
+    let got = bearer_push(&served)
         .body(patient_payload("h-60"))
         .send()
         .await;
@@ -586,10 +580,7 @@ async fn a_look_up_answered_with_something_else_does_not_drop_the_payload() {
     );
     let state = tempfile::tempdir().expect("state");
     let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
-    let got = served
-        .post(format!("{}/push/feed", served.base))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {TOKEN}"))
+    let got = bearer_push(&served)
         .body(patient_payload("l-1"))
         .send()
         .await;
@@ -671,7 +662,6 @@ async fn a_body_sent_again_with_other_whitespace_or_key_order_is_a_duplicate() {
     );
     let state = tempfile::tempdir().expect("state");
     let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
-    let url = format!("{}/push/feed", served.base);
     let variants: [&[u8]; 3] = [
         br#"{"resourceType":"Patient","id":"w-1","name":[{"family":"Rossi"}]}"#,
         b"{ \"resourceType\": \"Patient\",\n  \"id\": \"w-1\",\n  \"name\": [ { \"family\": \"Rossi\" } ] }\n",
@@ -679,13 +669,7 @@ async fn a_body_sent_again_with_other_whitespace_or_key_order_is_a_duplicate() {
     ];
     let mut answers = Vec::new();
     for body in variants {
-        let got = served
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(body.to_vec())
-            .send()
-            .await;
+        let got = bearer_push(&served).body(body.to_vec()).send().await;
         answers.push(status_of(&got).await);
     }
     assert_eq!(
@@ -776,10 +760,7 @@ async fn seen_jsonl_is_compacted_at_start_to_the_deliveries_within_the_window() 
     let seen = stale_memory(state.path());
     let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     assert_eq!(lines(&seen), 10, "compacted at start to the live entries");
-    let got = served
-        .post(format!("{}/push/feed", served.base))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {TOKEN}"))
+    let got = bearer_push(&served)
         .header("Idempotency-Key", "recent-3")
         .body(patient_payload("x"))
         .send()
@@ -805,12 +786,8 @@ async fn remembered_deliveries_are_bounded_and_seen_jsonl_is_compacted() {
 
     let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
     assert_eq!(lines(&seen), 10, "compacted at start to the live entries");
-    let url = format!("{}/push/feed", served.base);
     let push = |key: String, id: String| {
-        served
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {TOKEN}"))
+        bearer_push(&served)
             .header("Idempotency-Key", key)
             .body(patient_payload(&id))
             .send()
@@ -878,10 +855,7 @@ async fn a_queue_that_cannot_take_a_payload_answers_503_naming_no_state_path() {
     // The queue cannot take a payload: a 503 whose text names no path of the state directory.
     std::fs::remove_dir(feed.join("queue")).expect("rmdir");
     std::fs::write(feed.join("queue"), b"not a directory").expect("write");
-    let got = served
-        .post(format!("{}/push/feed", served.base))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {TOKEN}"))
+    let got = bearer_push(&served)
         .body(patient_payload("t-1"))
         .send()
         .await;
@@ -929,10 +903,7 @@ async fn provenance_is_written_in_the_same_transaction() {
     );
     let state = tempfile::tempdir().expect("state");
     let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
-    let got = served
-        .post(format!("{}/push/feed", served.base))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {TOKEN}"))
+    let got = bearer_push(&served)
         .body(patient_payload("pv-1"))
         .send()
         .await;
@@ -1018,10 +989,7 @@ async fn helios_takes_the_provenance_of_a_delivery() {
     );
     let state = tempfile::tempdir().expect("state");
     let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
-    let got = served
-        .post(format!("{}/push/feed", served.base))
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {TOKEN}"))
+    let got = bearer_push(&served)
         .body(patient_payload("hx-1"))
         .send()
         .await;
@@ -1045,4 +1013,12 @@ async fn helios_takes_the_provenance_of_a_delivery() {
     )
     .await;
     assert_eq!(status, 404, "an unknown Provenance is not found");
+}
+
+/// A JSON push to the `feed` connector of `served` with the bearer token.
+fn bearer_push(served: &EngineRouter) -> RouterCall {
+    served
+        .post(format!("{}/push/feed", served.base))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
 }
