@@ -10,7 +10,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -159,81 +160,83 @@ fn no_cache(headers: &HeaderMap) -> bool {
 
 /// `GET /fhir/{connector}/{Type}`: a search of every source.
 pub(super) async fn search(
-    State(engine): State<Arc<Engine>>,
+    call: Call,
     Path((connector, resource_type)): Path<(String, String)>,
     RawQuery(query): RawQuery,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let call = Call {
-        engine,
-        connector,
-        id,
-        headers,
-    };
-    search_in(call, &Scope::All, &resource_type, query).await
+    search_in(call, &connector, &Scope::All, &resource_type, query).await
 }
 
 /// `GET /fhir/{connector}/{a}/{b}`: a search of one version's sources when `a` names a FHIR
 /// version (`/fhir/proxy/R5/Bundle`), else a read of every source (`/fhir/proxy/Patient/1`).
 pub(super) async fn search_or_read(
-    State(engine): State<Arc<Engine>>,
+    call: Call,
     Path((connector, a, b)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let call = Call {
-        engine,
-        connector,
-        id,
-        headers,
-    };
     if is_version_name(&a) {
-        search_in(call, &Scope::Version(a), &b, query).await
+        search_in(call, &connector, &Scope::Version(a), &b, query).await
     } else {
-        read_in(call, &Scope::All, &a, &b).await
+        read_in(call, &connector, &Scope::All, &a, &b).await
     }
 }
 
 /// `GET /fhir/{connector}/{scope}/{Type}/{id}`: a read of one version's sources, or of the
 /// one source a `fullUrl` names.
 pub(super) async fn scoped_read(
-    State(engine): State<Arc<Engine>>,
+    call: Call,
     Path((connector, scope, resource_type, rid)): Path<(String, String, String, String)>,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
-    headers: HeaderMap,
 ) -> Result<Response, Problem> {
-    let call = Call {
-        engine,
-        connector,
-        id,
-        headers,
-    };
-    read_in(call, &Scope::of_segment(&scope), &resource_type, &rid).await
+    read_in(
+        call,
+        &connector,
+        &Scope::of_segment(&scope),
+        &resource_type,
+        &rid,
+    )
+    .await
 }
 
-/// What every pull request carries to its interaction.
-struct Call {
+/// What every pull request carries to its interaction: the engine, the request id the guard
+/// gave it, and the caller's headers.
+pub(super) struct Call {
     engine: Arc<Engine>,
-    connector: String,
     id: String,
     headers: HeaderMap,
 }
 
+impl FromRequestParts<Arc<Engine>> for Call {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        engine: &Arc<Engine>,
+    ) -> Result<Self, Self::Rejection> {
+        let id = parts
+            .extensions
+            .get::<RequestId>()
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |r| r.0.clone());
+        Ok(Call {
+            engine: engine.clone(),
+            id,
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
 async fn search_in(
     call: Call,
+    connector: &str,
     scope: &Scope,
     resource_type: &str,
     query: Option<String>,
 ) -> Result<Response, Problem> {
     let Call {
         engine,
-        connector,
         id,
         headers,
     } = call;
-    let rt = engine.pull(&connector)?.clone();
+    let rt = engine.pull(connector)?.clone();
     let res = rt.resource(resource_type)?;
     let pairs: Vec<(String, String)> =
         url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
@@ -276,26 +279,19 @@ where
 
 async fn read_in(
     call: Call,
+    connector: &str,
     scope: &Scope,
     resource_type: &str,
     rid: &str,
 ) -> Result<Response, Problem> {
     let Call {
         engine,
-        connector,
         id,
         headers,
     } = call;
-    let rt = engine.pull(&connector)?.clone();
+    let rt = engine.pull(connector)?.clone();
     let res = rt.resource(resource_type)?;
-    if rid == "."
-        || rid == ".."
-        || rid.is_empty()
-        || rid.len() > 64
-        || !rid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
+    if !crate::model::fhir::is_id(rid) {
         return Err(Problem::invalid(format!("`{rid}` is not a FHIR id")));
     }
     let info = request_info(
@@ -315,27 +311,17 @@ async fn read_in(
 
 /// `POST /fhir/{connector}`: a batch to every source.
 pub(super) async fn batch(
-    State(engine): State<Arc<Engine>>,
+    call: Call,
     Path(connector): Path<String>,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let call = Call {
-        engine,
-        connector,
-        id,
-        headers,
-    };
-    batch_in(call, &Scope::All, body).await
+    batch_in(call, &connector, &Scope::All, body).await
 }
 
 /// `POST /fhir/{connector}/{version}`: a batch to the sources of one FHIR version.
 pub(super) async fn version_batch(
-    State(engine): State<Arc<Engine>>,
+    call: Call,
     Path((connector, version)): Path<(String, String)>,
-    axum::Extension(RequestId(id)): axum::Extension<RequestId>,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
     if !is_version_name(&version) {
@@ -344,23 +330,21 @@ pub(super) async fn version_batch(
             format!("`POST /fhir/{connector}/{version}` is not a FHIR interaction here"),
         ));
     }
-    let call = Call {
-        engine,
-        connector,
-        id,
-        headers,
-    };
-    batch_in(call, &Scope::Version(version), body).await
+    batch_in(call, &connector, &Scope::Version(version), body).await
 }
 
-async fn batch_in(call: Call, scope: &Scope, body: Body) -> Result<Response, Problem> {
+async fn batch_in(
+    call: Call,
+    connector: &str,
+    scope: &Scope,
+    body: Body,
+) -> Result<Response, Problem> {
     let Call {
         engine,
-        connector,
         id,
         headers,
     } = call;
-    let rt = engine.pull(&connector)?.clone();
+    let rt = engine.pull(connector)?.clone();
     let bytes = axum::body::to_bytes(body, engine.limits.body)
         .await
         .map_err(|_| {

@@ -433,9 +433,13 @@ pub fn is_resource_type(s: &str) -> bool {
         && s.len() >= 2
 }
 
-/// True for a FHIR id: 1 to 64 characters of `A-Z`, `a-z`, `0-9`, `-` and `.`.
+/// True for a FHIR id: 1 to 64 characters of `A-Z`, `a-z`, `0-9`, `-` and `.`, and not `.`
+/// or `..` (which the rule's pattern allows, but which a URL resolves away: `Patient/..` would
+/// name the server's base).
 pub fn is_id(s: &str) -> bool {
     (1..=64).contains(&s.len())
+        && s != "."
+        && s != ".."
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
@@ -575,6 +579,8 @@ mod tests {
         }
         for bad in [
             "",
+            ".",
+            "..",
             "../x",
             "x?_cascade=delete",
             "a/b",
@@ -585,6 +591,8 @@ mod tests {
             assert!(!is_id(bad), "{bad}");
         }
         let p = json!({"resourceType": "Patient", "id": "../Patient/victim"});
+        assert!(matches!(writable(&p, None), Err(Unwritable::Id(_))));
+        let p = json!({"resourceType": "Patient", "id": ".."});
         assert!(matches!(writable(&p, None), Err(Unwritable::Id(_))));
         let types = std::collections::BTreeSet::from(["Observation".to_owned()]);
         assert!(matches!(
