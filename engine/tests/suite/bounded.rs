@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use chrono::DateTime;
 use serde_json::{Value, json};
 
-use crate::engine_router::{EngineRouter, open_admin};
+use crate::engine_router::{EngineRouter, open_admin, open_engine};
 use crate::engine_under_test::{
     Drainer, definitions, load, run_with_deadline, runner_with_sink_dir, wait_until, watermarks,
 };
@@ -557,14 +557,7 @@ spec:
     status: final
 "#
     );
-    let defs = definitions(&yaml);
-    let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::with_limits(
-        load(defs.path()),
-        state.path(),
-        open_admin(),
-        CLIENT_TIMEOUT,
-    );
+    let (served, _defs, _state) = open_engine(&yaml, CLIENT_TIMEOUT);
     let job = served.engine.crons.get("copy").expect("the cron job");
     let report = tokio::time::timeout(RUN_TIMEOUT, job.runner.run(false))
         .await
@@ -653,7 +646,7 @@ async fn only_changed_writes_a_change_of_meta_profile_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_push_with_a_bad_id_is_dead_lettered_and_never_reaches_the_ndjson_sink() {
-    let defs = definitions(
+    let (served, _defs, state) = open_engine(
         r#"
 apiVersion: fosps.gravitate-health.eu/v1
 kind: Connector
@@ -668,12 +661,6 @@ spec:
     id: { $path: $.id }
     status: final
 "#,
-    );
-    let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::with_limits(
-        load(defs.path()),
-        state.path(),
-        open_admin(),
         CLIENT_TIMEOUT,
     );
     let endpoint = served

@@ -29,7 +29,7 @@ use engine::runtime::engine::{Engine, Limits};
 use engine::runtime::run::Stage;
 use serde_json::{Value, json};
 
-use crate::engine_router::{EngineRouter, open_admin};
+use crate::engine_router::{EngineRouter, open_admin, open_engine};
 use crate::engine_under_test::{
     Drainer, Exit, assert_searched_from_watermarks, definitions, dirs_in, engine_run_command,
     exit_of, load, patient_payload, run_with_deadline, runner_with_sink_dir, signed_push,
@@ -935,14 +935,7 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
     gender: { $translate: { $path: $.sex }, $table: sex }
 ",
     );
-    let defs = definitions(&yaml);
-    let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::with_limits(
-        load(defs.path()),
-        state.path(),
-        open_admin(),
-        CLIENT_TIMEOUT,
-    );
+    let (served, _defs, _state) = open_engine(&yaml, CLIENT_TIMEOUT);
     let url = format!("{}/push/admissions", served.base);
     let now = Utc::now().timestamp();
 
@@ -1065,14 +1058,7 @@ async fn push_sync_authenticates_bounds_deduplicates_dead_letters_and_reports_si
 async fn push_queued_acknowledges_500_and_delivers_each_exactly_once_across_a_sink_outage() {
     let sink = FhirSink::start().await;
     let yaml = push_yaml("queued-feed", &sink.url, "queued", "");
-    let defs = definitions(&yaml);
-    let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::with_limits(
-        load(defs.path()),
-        state.path(),
-        open_admin(),
-        CLIENT_TIMEOUT,
-    );
+    let (served, _defs, _state) = open_engine(&yaml, CLIENT_TIMEOUT);
     let ep = served.engine.pushes["queued-feed"].clone();
     let drainer = Drainer::start(ep);
     let url = format!("{}/push/queued-feed", served.base);
@@ -1870,12 +1856,8 @@ async fn dead_letters(served: &EngineRouter, connector: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_push_dead_letters_an_invalid_resource_and_writes_the_valid_one() {
     let sink = FhirSink::start().await;
-    let defs = definitions(&validating_push_yaml(&sink.url, "validation: strict"));
-    let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::with_limits(
-        load(defs.path()),
-        state.path(),
-        open_admin(),
+    let (served, _defs, _state) = open_engine(
+        &validating_push_yaml(&sink.url, "validation: strict"),
         CLIENT_TIMEOUT,
     );
     let url = format!("{}/push/births", served.base);
@@ -1922,14 +1904,7 @@ async fn strict_push_dead_letters_an_invalid_resource_and_writes_the_valid_one()
 async fn warn_push_writes_an_invalid_resource_and_counts_it() {
     let sink = FhirSink::start().await;
     // No `validation`: the default, warn.
-    let defs = definitions(&validating_push_yaml(&sink.url, ""));
-    let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::with_limits(
-        load(defs.path()),
-        state.path(),
-        open_admin(),
-        CLIENT_TIMEOUT,
-    );
+    let (served, _defs, _state) = open_engine(&validating_push_yaml(&sink.url, ""), CLIENT_TIMEOUT);
     let url = format!("{}/push/births", served.base);
     let now = Utc::now().timestamp();
     for (i, born) in ["2024-02-30", "1990-13-01"].iter().enumerate() {

@@ -30,6 +30,24 @@ pub fn open_admin() -> Limits {
     }
 }
 
+/// The engine of the definitions `yaml` with its admin API open, its router, and its two
+/// directories (the definitions', and the state), kept for as long as the test holds them; a
+/// request fails the test when it takes longer than `timeout`.
+pub fn open_engine(
+    yaml: &str,
+    timeout: Duration,
+) -> (EngineRouter, tempfile::TempDir, tempfile::TempDir) {
+    let defs = crate::engine_under_test::definitions(yaml);
+    let state = tempfile::tempdir().expect("a state directory");
+    let served = EngineRouter::with_limits(
+        crate::engine_under_test::load(defs.path()),
+        state.path(),
+        open_admin(),
+        timeout,
+    );
+    (served, defs, state)
+}
+
 /// The engine of a model and its router.
 pub struct EngineRouter {
     /// The base of the URLs the tests write: `http://engine.test` (its host reaches the

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::engine_router::{EngineRouter, open_admin};
+use crate::engine_router::{EngineRouter, open_engine};
 use crate::engine_under_test::{
     Drainer, assert_searched_from_watermarks, definitions, engine_run_command, exit_of, load,
     patient_payload, run_with_deadline, runner, signed_push, wait_until, watermarks,
@@ -670,14 +670,7 @@ spec:
     mode: queued
 "
         );
-    let defs = definitions(&yaml);
-    let state = tempfile::tempdir().expect("state");
-    let served = EngineRouter::with_limits(
-        load(defs.path()),
-        state.path(),
-        open_admin(),
-        CLIENT_TIMEOUT,
-    );
+    let (served, _defs, _state) = open_engine(&yaml, CLIENT_TIMEOUT);
     let c = client(CLIENT_TIMEOUT);
 
     // Sync: a signed payload is mapped, written, and read back from Helios; one signed with
