@@ -302,8 +302,51 @@ impl Walk<'_> {
                 field,
             });
         }
+        if let Some(b) = e.binding.as_ref().filter(|b| b.required) {
+            self.coded(obj, type_name, &b.value_set, path);
+        }
         if let Some((elements, required)) = self.s.children(e) {
             self.object(obj, elements, required, path, depth);
+        }
+    }
+
+    /// A `Coding` or `CodeableConcept` bound `required` to a value set the packs hold: the
+    /// Coding's code (of its system, when it gives one) must be in it; a CodeableConcept with
+    /// codings needs one of them in it (the others may translate it).
+    fn coded(&mut self, obj: &Map<String, Value>, type_name: &str, value_set: &str, path: &str) {
+        let s = self.s;
+        let in_set = |c: &'_ Map<String, Value>| -> Option<(String, bool)> {
+            let code = c.get("code").and_then(Value::as_str)?;
+            let system = c.get("system").and_then(Value::as_str);
+            Some((code.to_owned(), s.has_code(value_set, system, code)?))
+        };
+        let outside = match type_name {
+            "Coding" => in_set(obj)
+                .filter(|(_, ok)| !ok)
+                .map(|(code, _)| (format!("{path}.code"), code)),
+            "CodeableConcept" => {
+                let codings: Vec<(String, bool)> = obj
+                    .get("coding")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| in_set(c.as_object()?))
+                    .collect();
+                match codings.first() {
+                    Some((code, _)) if codings.iter().all(|(_, ok)| !ok) => {
+                        Some((format!("{path}.coding[0].code"), code.clone()))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some((path, code)) = outside {
+            self.push(InstanceProblem::CodeOutsideBinding {
+                path,
+                code,
+                value_set: value_set.to_owned(),
+            });
         }
     }
 
@@ -419,6 +462,53 @@ mod tests {
         assert!(problems.iter().any(|p| matches!(p,
             InstanceProblem::HalfMade { path, .. } if path == "Observation.subject.identifier")));
         assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn codings_are_checked_against_required_bindings_not_extensible_ones() {
+        let clinical = "http://terminology.hl7.org/CodeSystem/condition-clinical";
+        let condition = |coding: Value| {
+            json!({"resourceType": "Condition", "subject": {"reference": "Patient/p"},
+                "clinicalStatus": {"coding": coding},
+                // `Condition.code` is bound `example`; `severity` `preferred`.
+                "code": {"coding": [{"system": "urn:x", "code": "anything"}]},
+                "severity": {"coding": [{"system": "urn:x", "code": "huge"}]}})
+        };
+        // R4: `Condition.clinicalStatus` is a CodeableConcept bound `required`.
+        let ok = condition(json!([{"system": clinical, "code": "active"}]));
+        assert_eq!(check(FhirVersion::R4, ok), Vec::<String>::new());
+        // A local coding beside one from the value set is a translation, not a fault.
+        let translated = condition(json!([{"system": "urn:local", "code": "A"},
+            {"system": clinical, "code": "resolved"}]));
+        assert_eq!(check(FhirVersion::R4, translated), Vec::<String>::new());
+        let outside = condition(json!([{"system": clinical, "code": "cured"}]));
+        assert_eq!(
+            check(FhirVersion::R4, outside),
+            vec!["Condition.clinicalStatus.coding[0].code"]
+        );
+        // The right code in the wrong system is outside too.
+        let wrong_system =
+            condition(json!([{"system": "http://snomed.info/sct", "code": "active"}]));
+        assert_eq!(
+            check(FhirVersion::R4, wrong_system),
+            vec!["Condition.clinicalStatus.coding[0].code"]
+        );
+        // R5: a Coding bound `required`, deep inside backbone elements.
+        let appointment = |day: &str| {
+            json!({"resourceType": "Appointment", "status": "proposed",
+                "participant": [{"status": "accepted", "actor": {"reference": "Patient/p"}}],
+                "recurrenceTemplate": [{"recurrenceType": {"text": "monthly"},
+                    "monthlyTemplate": {"monthInterval": 1,
+                        "dayOfWeek": {"system": "http://hl7.org/fhir/days-of-week", "code": day}}}]})
+        };
+        assert_eq!(
+            check(FhirVersion::R5, appointment("mon")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            check(FhirVersion::R5, appointment("monday")),
+            vec!["Appointment.recurrenceTemplate[0].monthlyTemplate.dayOfWeek.code"]
+        );
     }
 
     #[test]

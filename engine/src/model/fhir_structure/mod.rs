@@ -89,7 +89,15 @@ pub struct Binding {
 pub struct Structure {
     pub version: FhirVersion,
     types: HashMap<String, TypeDef>,
-    value_sets: HashMap<String, Vec<String>>,
+    value_sets: HashMap<String, ValueSet>,
+}
+
+/// The codes of one value set, with the system of each.
+#[derive(Debug)]
+struct ValueSet {
+    codes: Vec<String>,
+    /// `(system, code)`, as the terminology pack lists them.
+    coded: Vec<(String, String)>,
 }
 
 const R4: (&[u8], &[u8]) = (
@@ -182,7 +190,29 @@ impl Structure {
 
     /// The codes of a value set (any system), when the packs hold it.
     pub fn codes(&self, value_set: &str) -> Option<&[String]> {
-        self.value_sets.get(value_set).map(Vec::as_slice)
+        self.value_sets.get(value_set).map(|v| v.codes.as_slice())
+    }
+
+    /// Whether `code` of `system` (any system when `None`) is in a value set; `None` when the
+    /// packs do not hold the value set.
+    pub fn has_code(&self, value_set: &str, system: Option<&str>, code: &str) -> Option<bool> {
+        let vs = self.value_sets.get(value_set)?;
+        Some(
+            vs.coded
+                .iter()
+                .any(|(s, c)| c == code && system.is_none_or(|want| want == s)),
+        )
+    }
+
+    /// The systems a value set gives `code` in (empty when the code is not in it).
+    pub fn systems_of<'a>(&'a self, value_set: &str, code: &'a str) -> Vec<&'a str> {
+        self.value_sets.get(value_set).map_or_else(Vec::new, |vs| {
+            vs.coded
+                .iter()
+                .filter(|(_, c)| c == code)
+                .map(|(s, _)| s.as_str())
+                .collect()
+        })
     }
 }
 
@@ -291,7 +321,10 @@ fn decode(version: FhirVersion, (schemas, terminology): (&[u8], &[u8])) -> Loade
         serde_json::from_slice(&gunzip(name, terminology)?).map_err(json)?;
     let value_sets = sets
         .into_iter()
-        .map(|(url, codes)| (url, codes.into_iter().map(|(_, code)| code).collect()))
+        .map(|(url, coded)| {
+            let codes = coded.iter().map(|(_, code)| code.clone()).collect();
+            (url, ValueSet { codes, coded })
+        })
         .collect();
     Ok(Structure {
         version,
