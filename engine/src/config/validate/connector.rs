@@ -95,6 +95,7 @@ pub fn connector(
             &segs(&["spec", "mapping"]),
             fhir_version,
             &routes,
+            &tables,
         );
     }
 

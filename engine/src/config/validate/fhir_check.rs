@@ -1,23 +1,37 @@
 //! The static checks of a compiled mapping against the FHIR structure of the connector's
 //! version: resource types, elements at any depth, cardinality, primitive literals, choice
-//! names, required bindings, reference targets, operator results, required elements; each
-//! located at the mapping rule that is wrong.
+//! names, required bindings (of codes, Codings and CodeableConcepts, literal or made by a
+//! `$translate` table), reference targets, operator results, required elements; each located
+//! at the mapping rule (or table value) that is wrong.
+
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
 use super::context::Ctx;
 use crate::config::diagnostic::{Diagnostic, Location};
 use crate::config::yaml::{NodeValue, display_path};
-use crate::model::fhir_structure::{Element, Elements, Structure, check_literal, structure};
+use crate::model::fhir_structure::{
+    Binding, Element, Elements, Structure, check_literal, structure,
+};
 use crate::model::hint::did_you_mean;
 use crate::model::mapping::{Conversion, Expr, Kind};
+use crate::model::template::Table;
 use crate::model::vocabulary::FhirVersion;
 
 const VERSIONS: [FhirVersion; 3] = [FhirVersion::R4, FhirVersion::R4B, FhirVersion::R5];
 
 /// Checks a compiled mapping (at YAML path `at`) against FHIR `version`; `routes` are the
-/// resource types a pull connector serves (empty for other strategies).
-pub fn check(ctx: &mut Ctx<'_>, root: &Expr, at: &[String], version: FhirVersion, routes: &[&str]) {
+/// resource types a pull connector serves (empty for other strategies); `tables` are the
+/// connector's `$translate` tables, whose values are checked where they are written.
+pub fn check(
+    ctx: &mut Ctx<'_>,
+    root: &Expr,
+    at: &[String],
+    version: FhirVersion,
+    routes: &[&str],
+    tables: &BTreeMap<String, Table>,
+) {
     let s = match structure(version) {
         Ok(s) => s,
         Err(e) => {
@@ -34,7 +48,9 @@ pub fn check(ctx: &mut Ctx<'_>, root: &Expr, at: &[String], version: FhirVersion
         ctx,
         s,
         routes,
+        tables,
         nested: 0,
+        told: HashSet::new(),
     }
     .resources(Val::Expr(root), at.to_vec());
 }
@@ -50,8 +66,20 @@ struct Checker<'c, 'd> {
     ctx: &'c mut Ctx<'d>,
     s: &'static Structure,
     routes: &'c [&'c str],
+    tables: &'c BTreeMap<String, Table>,
     /// How deep inside another resource (`contained`, `Bundle.entry.resource`) the walk is.
     nested: usize,
+    /// Table values already reported against a value set (a table used twice is told once).
+    told: HashSet<(Vec<String>, String)>,
+}
+
+/// A code a rule makes (with its Coding's system), where it is written, and the `$translate`
+/// table it comes from.
+struct Made {
+    system: Option<String>,
+    code: String,
+    at: Vec<String>,
+    table: Option<String>,
 }
 
 fn push(at: &[String], s: &str) -> Vec<String> {
@@ -60,7 +88,7 @@ fn push(at: &[String], s: &str) -> Vec<String> {
     v
 }
 
-impl Checker<'_, '_> {
+impl<'c> Checker<'c, '_> {
     fn report(
         &mut self,
         at: &[String],
@@ -422,6 +450,7 @@ impl Checker<'_, '_> {
                         self.target(t, e, push(&at, "reference"), label);
                     }
                 }
+                self.coded(v, e, type_name, &at, label);
                 let Some((elements, required)) = self.s.children(e) else {
                     return;
                 };
@@ -530,8 +559,253 @@ impl Checker<'_, '_> {
             Kind::Array(_) => {
                 self.error(&at, format!("a list inside the list `{label}`"), None);
             }
-            Kind::Each { .. } | Kind::Paths(_) | Kind::Path { .. } | Kind::Translate { .. } => {}
+            Kind::Translate { table, .. } => self.translated(table, e, type_name, label),
+            Kind::Each { .. } | Kind::Paths(_) | Kind::Path { .. } => {}
         }
+    }
+
+    /// The required binding of an element, when the packs hold its value set.
+    fn required_set(&self, e: &'static Element) -> Option<&'static Binding> {
+        e.binding
+            .as_ref()
+            .filter(|b| b.required && self.s.codes(&b.value_set).is_some())
+    }
+
+    /// Each value a `$translate` table can give an element bound `required`: a code, or a
+    /// Coding or CodeableConcept object, checked where the table writes it.
+    fn translated(&mut self, table: &str, e: &'static Element, type_name: &str, label: &str) {
+        let Some(b) = self.required_set(e) else {
+            return;
+        };
+        for (v, at) in self.table_values(table) {
+            match v {
+                Value::String(code) if self.s.is_primitive(type_name) => {
+                    let made = Made {
+                        system: None,
+                        code: code.clone(),
+                        at,
+                        table: Some(table.to_owned()),
+                    };
+                    self.outside(b, &made, label);
+                }
+                Value::Object(_) => self.coded(Val::Json(v), e, type_name, &at, label),
+                _ => {}
+            }
+        }
+    }
+
+    /// The values of a table (each `map` value, then its `default`), with their YAML paths.
+    fn table_values(&self, table: &str) -> Vec<(&'c Value, Vec<String>)> {
+        let tables: &'c BTreeMap<String, Table> = self.tables;
+        let Some(t) = tables.get(table) else {
+            return Vec::new();
+        };
+        let base = ["spec", "tables", table].map(str::to_owned).to_vec();
+        let mut out: Vec<_> = t
+            .map
+            .iter()
+            .map(|(k, v)| (v, push(&push(&base, "map"), k)))
+            .collect();
+        if let Some(d) = &t.default {
+            out.push((d, push(&base, "default")));
+        }
+        out
+    }
+
+    /// A Coding or CodeableConcept object against its element's required binding.
+    fn coded(
+        &mut self,
+        v: Val<'_>,
+        e: &'static Element,
+        type_name: &str,
+        at: &[String],
+        label: &str,
+    ) {
+        let Some(b) = self.required_set(e) else {
+            return;
+        };
+        match type_name {
+            "Coding" => {
+                for m in self.coding_made(v, at).unwrap_or_default() {
+                    self.outside(b, &m, label);
+                }
+            }
+            "CodeableConcept" => self.concept(v, at, b, label),
+            _ => {}
+        }
+    }
+
+    /// A CodeableConcept bound `required`: one of its codings must always be in the value set
+    /// (the others may translate it). When none is, the codes of the codings of the value
+    /// set's systems (or without a system) are reported. Codings from the record are not
+    /// judged here (they are at run time).
+    fn concept(&mut self, v: Val<'_>, at: &[String], b: &'static Binding, label: &str) {
+        let Some((coding, coding_at)) = field(v, at, "coding") else {
+            return;
+        };
+        let items: Vec<(Val<'_>, Vec<String>)> = match coding {
+            Val::Expr(Expr {
+                kind: Kind::Array(xs),
+                ..
+            }) => xs
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (Val::Expr(x), push(&coding_at, &i.to_string())))
+                .collect(),
+            Val::Expr(Expr {
+                kind: Kind::Literal(Value::Array(xs)),
+                ..
+            }) => {
+                let list_at = self.literal_at(&coding_at);
+                xs.iter()
+                    .enumerate()
+                    .map(|(i, x)| (Val::Json(x), push(&list_at, &i.to_string())))
+                    .collect()
+            }
+            Val::Json(Value::Array(xs)) => xs
+                .iter()
+                .enumerate()
+                .map(|(i, x)| (Val::Json(x), push(&coding_at, &i.to_string())))
+                .collect(),
+            _ => return,
+        };
+        // Each coding: the codes it can have (several when a table makes it).
+        let mut codings: Vec<Vec<Made>> = Vec::new();
+        for (x, x_at) in items {
+            let made = match x {
+                Val::Expr(Expr {
+                    kind: Kind::Translate { table, .. },
+                    ..
+                }) => {
+                    let mut all = Vec::new();
+                    for (v, at) in self.table_values(table) {
+                        all.extend(self.coding_made(Val::Json(v), &at).unwrap_or_default());
+                    }
+                    Some(all)
+                }
+                _ => self.coding_made(x, &x_at),
+            };
+            let Some(made) = made else {
+                return;
+            };
+            codings.push(made);
+        }
+        let vs = b.value_set.as_str();
+        let always_in = codings.iter().any(|codes| {
+            !codes.is_empty()
+                && codes
+                    .iter()
+                    .all(|m| self.s.has_code(vs, m.system.as_deref(), &m.code) != Some(false))
+        });
+        if always_in {
+            return;
+        }
+        let of_set = |m: &Made| m.system.as_deref().is_none_or(|s| self.s.has_system(vs, s));
+        let judged: Vec<&Made> = if codings.iter().flatten().any(of_set) {
+            codings.iter().flatten().filter(|m| of_set(m)).collect()
+        } else {
+            codings.first().into_iter().flatten().collect()
+        };
+        for m in judged {
+            self.outside(b, m, label);
+        }
+    }
+
+    /// The codes a Coding object makes, each with the Coding's system (absent: `None`); `None`
+    /// when either comes from the record or the value is not an object.
+    fn coding_made(&self, v: Val<'_>, at: &[String]) -> Option<Vec<Made>> {
+        if !matches!(
+            v,
+            Val::Expr(Expr {
+                kind: Kind::Object(_),
+                ..
+            }) | Val::Json(Value::Object(_))
+        ) {
+            return None;
+        }
+        let system = match field(v, at, "system") {
+            None => None,
+            Some((
+                Val::Expr(Expr {
+                    kind: Kind::Literal(j),
+                    ..
+                })
+                | Val::Json(j),
+                _,
+            )) => match j {
+                Value::String(s) => Some(s.clone()),
+                Value::Null => None,
+                _ => return None,
+            },
+            Some(_) => return None,
+        };
+        let codes = match field(v, at, "code") {
+            None => Vec::new(),
+            Some((Val::Expr(x), code_at)) => match &x.kind {
+                Kind::Literal(Value::String(c)) => vec![Made {
+                    system: system.clone(),
+                    code: c.clone(),
+                    at: self.literal_at(&code_at),
+                    table: None,
+                }],
+                Kind::Literal(Value::Null) => Vec::new(),
+                Kind::Translate { table, .. } => self
+                    .table_values(table)
+                    .into_iter()
+                    .filter_map(|(v, at)| {
+                        Some(Made {
+                            system: system.clone(),
+                            code: v.as_str()?.to_owned(),
+                            at,
+                            table: Some(table.clone()),
+                        })
+                    })
+                    .collect(),
+                _ => return None,
+            },
+            Some((Val::Json(Value::String(c)), code_at)) => vec![Made {
+                system: system.clone(),
+                code: c.clone(),
+                at: code_at,
+                table: None,
+            }],
+            Some((Val::Json(Value::Null), _)) => Vec::new(),
+            Some((Val::Json(_), _)) => return None,
+        };
+        Some(codes)
+    }
+
+    /// Reports a code (of `system`, when the Coding gives one) outside a required binding.
+    fn outside(&mut self, b: &Binding, m: &Made, label: &str) {
+        let vs = b.value_set.as_str();
+        let system = m.system.as_deref();
+        if self.s.has_code(vs, system, &m.code) != Some(false) {
+            return;
+        }
+        if m.table.is_some() && !self.told.insert((m.at.clone(), vs.to_owned())) {
+            return;
+        }
+        let code = &m.code;
+        let mut what = match system {
+            Some(sys) => format!("`{code}` of `{sys}`"),
+            None => format!("`{code}`"),
+        };
+        if let Some(t) = &m.table {
+            what = format!("{what}, a value of table `{t}`,");
+        }
+        let codes = self.s.codes(vs).unwrap_or_default();
+        let elsewhere = self.s.systems_of(vs, code);
+        let hint = match elsewhere.first() {
+            Some(other) if system.is_some() => Some(format!("`{code}` is a code of `{other}`")),
+            _ => did_you_mean(code, codes.iter().map(String::as_str)).or_else(|| {
+                (codes.len() <= 12).then(|| format!("one of `{}`", codes.join("`, `")))
+            }),
+        };
+        self.error(
+            &m.at,
+            format!("{what} is not a code of `{vs}`, which `{label}` requires"),
+            hint,
+        );
     }
 
     /// A literal item: JSON type and form of a primitive, its code, or an object's fields.
@@ -555,26 +829,14 @@ impl Checker<'_, '_> {
                     .flatten();
                 return self.error(&at, p.to_string(), hint);
             }
-            if let (Some(b), Value::String(code)) = (&e.binding, j) {
-                if !b.required {
-                    return;
-                }
-                let Some(codes) = self.s.codes(&b.value_set) else {
-                    return;
+            if let (Some(b), Value::String(code)) = (self.required_set(e), j) {
+                let made = Made {
+                    system: None,
+                    code: code.clone(),
+                    at,
+                    table: None,
                 };
-                if !codes.iter().any(|c| c == code) {
-                    let hint = did_you_mean(code, codes.iter().map(String::as_str)).or_else(|| {
-                        (codes.len() <= 12).then(|| format!("one of `{}`", codes.join("`, `")))
-                    });
-                    self.error(
-                        &at,
-                        format!(
-                            "`{code}` is not a code of `{}`, which `{label}` requires",
-                            b.value_set
-                        ),
-                        hint,
-                    );
-                }
+                self.outside(b, &made, label);
             }
             return;
         }
@@ -594,6 +856,7 @@ impl Checker<'_, '_> {
         {
             self.target(t, e, push(&at, "reference"), label);
         }
+        self.coded(Val::Json(j), e, type_name, &at, label);
         let Some((elements, required)) = self.s.children(e) else {
             return;
         };
@@ -623,6 +886,21 @@ impl Checker<'_, '_> {
         let hint = did_you_mean(t, e.refers.iter().map(String::as_str))
             .or_else(|| Some(format!("it may refer to `{}`", e.refers.join("`, `"))));
         self.error(&at, format!("`{label}` cannot refer to `{t}`"), hint);
+    }
+}
+
+/// A field of an object the mapping makes (compiled or literal), with its YAML path.
+fn field<'v>(v: Val<'v>, at: &[String], name: &str) -> Option<(Val<'v>, Vec<String>)> {
+    match v {
+        Val::Expr(Expr {
+            kind: Kind::Object(fields),
+            ..
+        }) => fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(k, x)| (Val::Expr(x), push(at, k))),
+        Val::Json(Value::Object(m)) => m.get(name).map(|x| (Val::Json(x), push(at, name))),
+        _ => None,
     }
 }
 

@@ -204,6 +204,13 @@ impl Structure {
         )
     }
 
+    /// Whether a value set holds any code of `system`.
+    pub fn has_system(&self, value_set: &str, system: &str) -> bool {
+        self.value_sets
+            .get(value_set)
+            .is_some_and(|vs| vs.coded.iter().any(|(s, _)| s == system))
+    }
+
     /// The systems a value set gives `code` in (empty when the code is not in it).
     pub fn systems_of<'a>(&'a self, value_set: &str, code: &'a str) -> Vec<&'a str> {
         self.value_sets.get(value_set).map_or_else(Vec::new, |vs| {
