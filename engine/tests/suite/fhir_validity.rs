@@ -1,30 +1,37 @@
 //! The FHIR the repository commits and its connectors make, checked by an outside validator
 //! against each connector's own FHIR version: `validator-cli` of helios-fhir-validator (R4 and
 //! R5; installed by `scripts/tools.sh`). What is checked: the expected outputs of the mapping
-//! fixtures (`tests/fixtures/mapping/*/expected.json`), and what every connector of
-//! `connectors.d/` and `examples/` makes of the inputs of its own `tests:`. All resources of
-//! one version go to the validator in one collection Bundle, so it starts once per version.
+//! fixtures (`tests/fixtures/mapping/*/expected.json`), what every connector of
+//! `connectors.d/` and `examples/` makes of the inputs of its own `tests:`, and what every
+//! guide import of `connectors.d/` would write from the guides the tests hold (the IPS guide
+//! directory `tests/data/fhir-r4/gravitate-ips`, the ePI guide package of the shipped tests).
+//! All resources of one version go to the validator in one collection Bundle, so it starts
+//! once per version.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use engine::config::secrets::ProcessEnvironment;
+use engine::config::secrets::{Environment, ProcessEnvironment};
 use engine::config::validate::{Options, validate};
-use engine::model::Model;
 use engine::model::vocabulary::FhirVersion;
+use engine::model::{CronRead, Model, Strategy};
 use serde_json::{Value, json};
 
 use crate::outside_tools::installed_tool;
 
 /// The models of definition files or directories, with unresolved secrets allowed (the
-/// definitions' own tests need none).
+/// definitions' own tests need none), and with their `tests:` (read only when they run).
 fn model_of(paths: &[PathBuf]) -> Model {
+    model_in(paths, &ProcessEnvironment)
+}
+
+fn model_in(paths: &[PathBuf], env: &dyn Environment) -> Model {
     let (files, read_errors) = engine::config::load::read_all(paths).expect("readable");
     let opts = Options {
         allow_unresolved: true,
-        run_tests: false,
+        run_tests: true,
         fhir_schema: None,
-        env: &ProcessEnvironment,
+        env,
     };
     let outcome = validate(&files, read_errors, &opts);
     outcome
@@ -77,15 +84,19 @@ fn fixtures(corpus: &mut Corpus) {
     }
 }
 
-/// What each shipped and example connector makes of the inputs of its own tests.
+/// What each shipped and example connector makes of the inputs of its own tests (each test
+/// must make something: a test that cannot map is a failure, not a skip).
 fn shipped(corpus: &mut Corpus) {
+    let mut tested = 0;
     for dir in ["connectors.d", "examples"] {
         let model = model_of(&[root(dir)]);
         for c in &model.connectors {
             for t in c.tests.iter().filter(|t| t.expect_error.is_none()) {
-                let Ok(resources) = c.map_document(&t.input, &t.params) else {
-                    continue;
-                };
+                let resources = c
+                    .map_document(&t.input, &t.params)
+                    .unwrap_or_else(|e| panic!("{}: test `{}` does not map: {e}", c.name, t.name));
+                assert!(!resources.is_empty(), "{}: test `{}`", c.name, t.name);
+                tested += 1;
                 for (i, r) in resources.into_iter().enumerate() {
                     corpus
                         .entry(version_name(c.fhir_version))
@@ -95,6 +106,86 @@ fn shipped(corpus: &mut Corpus) {
             }
         }
     }
+    // label-webhook, supporting-material and drug-labels have tests today.
+    assert!(tested >= 3, "only {tested} definition tests made resources");
+}
+
+/// The process environment, with some variables set for the definitions read.
+struct WithVars(BTreeMap<&'static str, String>);
+
+impl Environment for WithVars {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0
+            .get(name)
+            .cloned()
+            .or_else(|| ProcessEnvironment.var(name))
+    }
+
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        ProcessEnvironment.read(path)
+    }
+}
+
+/// What each guide import of `connectors.d/` writes from the guide the tests hold for it, as
+/// its run writes it (files filtered, Bundles split when it asks, types left out). Every
+/// guide import must have one.
+fn guide_imports(corpus: &mut Corpus) {
+    let work = tempfile::tempdir().expect("a temporary directory");
+    let epi = work.path().join("package.tgz");
+    std::fs::write(&epi, crate::shipped::epi_package()).expect("write the ePI package");
+    let ips = crate::helios_server::testdata("fhir-r4/gravitate-ips");
+    let guides = BTreeMap::from([
+        ("ips-guide-import", ("IPS_GUIDE", ips)),
+        ("epi-guide-import", ("EPI_GUIDE", epi)),
+    ]);
+    let env = WithVars(
+        guides
+            .values()
+            .map(|(var, path)| (*var, path.to_str().expect("a UTF-8 path").to_owned()))
+            .collect(),
+    );
+    let model = model_in(&[root("connectors.d")], &env);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut imported = 0;
+    for c in &model.connectors {
+        let Strategy::Cron(cron) = &c.strategy else {
+            continue;
+        };
+        let CronRead::Import(import) = &cron.read else {
+            continue;
+        };
+        assert!(
+            guides.contains_key(c.name.as_str()),
+            "no guide in the tests for the import `{}`",
+            c.name
+        );
+        let guide = runtime
+            .block_on(engine::runtime::guide::read(import))
+            .unwrap_or_else(|e| panic!("{}: the guide cannot be read: {e}", c.name));
+        let out = engine::runtime::guide::resources(c, import, guide);
+        assert!(out.unmapped.is_empty(), "{}: {:?}", c.name, out.unmapped);
+        assert!(!out.resources.is_empty(), "{} writes nothing", c.name);
+        for r in out.resources {
+            let from = format!("connectors.d: {} writes {}", c.name, key_of(&r));
+            corpus
+                .entry(version_name(c.fhir_version))
+                .or_default()
+                .push((from, r));
+        }
+        imported += 1;
+    }
+    assert_eq!(imported, guides.len(), "guide imports found");
+}
+
+fn key_of(r: &Value) -> String {
+    format!(
+        "{}/{}",
+        r["resourceType"].as_str().unwrap_or("?"),
+        r["id"].as_str().unwrap_or("?")
+    )
 }
 
 /// The validator's errors on a collection Bundle of `resources`, each named by where its
@@ -149,6 +240,7 @@ fn committed_and_made_fhir_is_valid_for_its_version() {
     let mut corpus = Corpus::new();
     fixtures(&mut corpus);
     shipped(&mut corpus);
+    guide_imports(&mut corpus);
     let checked: usize = corpus.values().map(Vec::len).sum();
     assert!(checked > 100, "only {checked} resources found to check");
     let mut found = Vec::new();
@@ -157,7 +249,13 @@ fn committed_and_made_fhir_is_valid_for_its_version() {
         if *version == "R4B" {
             continue;
         }
-        found.extend(errors(&validator, version, resources));
+        let errors = errors(&validator, version, resources);
+        eprintln!(
+            "{version}: {} resources validated, {} invalid findings",
+            resources.len(),
+            errors.len()
+        );
+        found.extend(errors);
     }
     assert!(
         found.is_empty(),

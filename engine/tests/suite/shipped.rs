@@ -1331,7 +1331,7 @@ async fn ips_guide_import_writes_the_guide_as_resources_whose_references_resolve
 /// An ePI guide package: an ePI document Bundle and its List, the guide's ImplementationGuide,
 /// an R5-only MedicinalProductDefinition, the package's own files, and files that are not
 /// FHIR resources.
-fn epi_package() -> Vec<u8> {
+pub(crate) fn epi_package() -> Vec<u8> {
     let json = |v: Value| serde_json::to_vec(&v).expect("JSON");
     let bundle = json!({
         "resourceType": "Bundle", "id": "epi-1", "type": "document",
