@@ -1,6 +1,9 @@
-//! Helios FHIR Server, the real R4 FHIR server of the end-to-end tests: started on 127.0.0.1
-//! as a child process (in memory, or on a SQLite file that survives a restart), ready once
-//! `GET /metadata` answers as this server, and killed when dropped. Used by `helios`,
+//! Helios FHIR Server, the real R4 and R5 FHIR server of the end-to-end tests: started on
+//! 127.0.0.1 as a child process (in memory, or on a SQLite file that survives a restart),
+//! serving R4 or R5 by default, ready once `GET /metadata` answers as this server in that
+//! version, and killed when dropped. One binary, built with both versions by
+//! `scripts/tools.sh`, serves both: each request in the version its `fhirVersion` MIME
+//! parameter names, and without one (as the engine writes) in `HFS_DEFAULT_FHIR_VERSION`. Used by `helios`,
 //! `shipped` and `durability`, and by `benches/sink.rs` (which includes this file).
 //!
 //! Helios must be told its port, so the port is taken free and given back before Helios binds
@@ -39,6 +42,31 @@ fn free_port() -> u16 {
     l.local_addr().expect("a local address").port()
 }
 
+/// The FHIR version a Helios server serves requests that name none in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fhir {
+    R4,
+    R5,
+}
+
+impl Fhir {
+    /// Its name for `HFS_DEFAULT_FHIR_VERSION`.
+    fn name(self) -> &'static str {
+        match self {
+            Fhir::R4 => "R4",
+            Fhir::R5 => "R5",
+        }
+    }
+
+    /// The `fhirVersion` of the server's CapabilityStatement.
+    fn release(self) -> &'static str {
+        match self {
+            Fhir::R4 => "4.0.1",
+            Fhir::R5 => "5.0.0",
+        }
+    }
+}
+
 /// Where a Helios server keeps its data.
 #[derive(Clone, Copy)]
 pub enum Db {
@@ -57,6 +85,7 @@ pub struct Helios {
     /// Its public base URL (`HFS_BASE_URL`): the base of the links it writes.
     pub public: String,
     database: String,
+    fhir: Fhir,
     child: Option<Child>,
 }
 
@@ -65,8 +94,18 @@ impl Helios {
         Helios::start_behind(db, None).await
     }
 
-    /// Starts a server whose public base URL is `public` (a proxy in front of it).
+    /// Starts an R5 server (the ePI servers), with the search parameters of the R5 core.
+    pub async fn start_r5(db: Db) -> Helios {
+        Helios::start_as(db, None, Fhir::R5).await
+    }
+
+    /// Starts an R4 server whose public base URL is `public` (a proxy in front of it).
     pub async fn start_behind(db: Db, public: Option<String>) -> Helios {
+        Helios::start_as(db, public, Fhir::R4).await
+    }
+
+    /// Starts a server of version `fhir` whose public base URL is `public`, or its own.
+    pub async fn start_as(db: Db, public: Option<String>, fhir: Fhir) -> Helios {
         let bin = helios_binary();
         let work = tempfile::tempdir().expect("a working directory for Helios");
         let data = work.path().join("data");
@@ -74,6 +113,8 @@ impl Helios {
         for f in [
             "search-parameters-r4.json",
             "compartment-definitions-r4.json",
+            "search-parameters-r5.json",
+            "compartment-definitions-r5.json",
         ] {
             let from = testdata("hfs-data").join(f);
             std::fs::copy(&from, data.join(f))
@@ -90,6 +131,7 @@ impl Helios {
             url: String::new(),
             public: String::new(),
             database,
+            fhir,
             child: None,
         };
         let mut failures = Vec::new();
@@ -113,8 +155,8 @@ impl Helios {
     }
 
     /// Starts the process on `self.port` and waits until `GET /metadata` answers 200 as this
-    /// server (its `implementation.url` is its public base URL); says why not, the process
-    /// left running for the caller to kill.
+    /// server (its `implementation.url` is its public base URL) in its version; says why not,
+    /// the process left running for the caller to kill.
     async fn spawn(&mut self) -> Result<(), String> {
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -138,6 +180,7 @@ impl Helios {
             .arg("warn")
             .current_dir(self.work.path())
             .env("HFS_BASE_URL", &self.public)
+            .env("HFS_DEFAULT_FHIR_VERSION", self.fhir.name())
             // Startup in well under a second: no conformance resources copied into storage
             // (searches use the SearchParameters of `data/` all the same), no web UI.
             .env("HFS_SEED_CONFORMANCE", "false")
@@ -168,12 +211,20 @@ impl Helios {
             {
                 let metadata: Value = r.json().await.unwrap_or_default();
                 let base = metadata["implementation"]["url"].as_str().unwrap_or("");
-                return if base.trim_end_matches('/') == self.public.trim_end_matches('/') {
-                    Ok(())
-                } else {
+                let release = metadata["fhirVersion"].as_str().unwrap_or("");
+                return if base.trim_end_matches('/') != self.public.trim_end_matches('/') {
                     Err(format!(
                         "another server answers there (its implementation.url is {base:?})"
                     ))
+                } else if release != self.fhir.release() {
+                    Err(format!(
+                        "it serves FHIR {release:?}, not {} ({}): install the Helios that \
+                         scripts/tools.sh builds with R4 and R5",
+                        self.fhir.release(),
+                        self.fhir.name()
+                    ))
+                } else {
+                    Ok(())
                 };
             }
             if Instant::now() >= end {

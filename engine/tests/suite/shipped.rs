@@ -44,7 +44,7 @@ use crate::fhir_package::package_tgz;
 use crate::fhir_resources::{entries_of, key_of, references, without_meta};
 use crate::fhir_standin::{FhirSource, fhir_json, operation_outcome};
 use crate::helios_client::{get_json, read_all, search_all, seed};
-use crate::helios_server::{Db, Helios};
+use crate::helios_server::{Db, Fhir, Helios};
 use crate::local_http::{DeadUrl, assert_outcome, bind, client, dead_url, send, spawn_app};
 
 /// Longest any single HTTP request of a test may take.
@@ -308,7 +308,8 @@ fn sandbox_resources() -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hl7_fhir_sync_copies_the_sandbox_into_helios_then_only_what_changed_and_fails_whole() {
     let resources = sandbox_resources();
-    let (helios, sandbox) = tokio::join!(Helios::start(Db::Memory), start_sandbox(&resources));
+    // The ePI server is R5, as the `epi` sink says.
+    let (helios, sandbox) = tokio::join!(Helios::start_r5(Db::Memory), start_sandbox(&resources));
     let env = TestEnv::new()
         .with("EPI_FHIR_URL", &helios.url)
         .with("HL7_SANDBOX_FHIR_URL", &sandbox.url);
@@ -492,7 +493,7 @@ async fn proxy_keeps_r4_and_r5_servers_apart_names_a_dead_one_and_serves_the_run
         "name": "Copied by a run on demand"
     })];
     let (epi, mut ips, sandbox) = tokio::join!(
-        Helios::start(Db::Memory),
+        Helios::start_r5(Db::Memory),
         Helios::start(Db::Memory),
         start_sandbox(&sandbox_org)
     );
@@ -827,7 +828,10 @@ async fn supporting_material_pages_with_the_api_key_translates_categories_and_wr
     rows.push(json!({"id": 105, "title": "Safety alert", "category": "safety-alert", "productId": "mpd-ibuprofen-200", "updatedAt": "2026-10-05", "url": "https://materials.example/105"}));
     rows.push(json!({"id": 106, "title": "Additional monitoring", "category": "MDM", "productId": "mpd-salbutamol-100", "updatedAt": "2026-10-06", "url": "https://materials.example/106", "language": "de"}));
     let ids: Vec<String> = rows.iter().map(|r| r["id"].to_string()).collect();
-    let (helios, api) = tokio::join!(Helios::start(Db::Memory), MaterialsApi::start(rows.clone()));
+    let (helios, api) = tokio::join!(
+        Helios::start_r5(Db::Memory),
+        MaterialsApi::start(rows.clone())
+    );
     let c = client(CLIENT_TIMEOUT);
     let name = "supporting-material";
 
@@ -1145,7 +1149,8 @@ async fn lenses_are_upserted_by_identifier_and_never_duplicated() {
         ),
     );
     let _api = spawn_app(listener, app);
-    let helios = Helios::start(Db::Memory).await;
+    // The R5 ePI server: the upsert by identifier searches with the R5 core's parameters.
+    let helios = Helios::start_r5(Db::Memory).await;
     let env = TestEnv::new()
         .with("EPI_FHIR_URL", &helios.url)
         .with("LENSES_BASE_URL", &format!("{base}/lenses"));
@@ -1396,16 +1401,41 @@ async fn epi_guide_import_reads_a_package_by_url_keeps_documents_whole_and_names
         }),
     );
     let _ig = spawn_app(listener, app);
-    let helios = Helios::start(Db::Memory).await;
+    // The ePI server is R5, as the `epi` sink says; an R4 server given as the same sink by
+    // mistake refuses what only R5 has.
+    let (helios, r4) = tokio::join!(
+        Helios::start_as(Db::Memory, None, Fhir::R5),
+        Helios::start(Db::Memory)
+    );
+    let guide = format!("{base}/ig/package.tgz");
     let env = TestEnv::new()
         .with("EPI_FHIR_URL", &helios.url)
-        .with("EPI_GUIDE", &format!("{base}/ig/package.tgz"));
+        .with("EPI_GUIDE", &guide);
     let state = tempfile::tempdir().expect("state");
     let c = client(CLIENT_TIMEOUT);
 
+    // Into R5: every resource of the guide, the R5-only one too, written and read back.
     let report = run_once(&env, "epi-guide-import", state.path()).await;
-    // Helios is R4 and refuses the R5-only type: the run fails and says which resource,
+    assert!(report.ok(), "{report:#?}");
+    assert_eq!(report.resources_written, 3, "{report:#?}");
+    let (status, product) = get_json(
+        &c,
+        &format!("{}/MedicinalProductDefinition/mpd-1", helios.url),
+    )
+    .await;
+    assert_eq!(
+        (status, product["name"][0]["productName"].clone()),
+        (200, json!("Product")),
+        "{product}"
+    );
+
+    // Into an R4 server: it refuses the R5-only type: the run fails and says which resource,
     // with the server's OperationOutcome, instead of skipping it.
+    let r4_env = TestEnv::new()
+        .with("EPI_FHIR_URL", &r4.url)
+        .with("EPI_GUIDE", &guide);
+    let r4_state = tempfile::tempdir().expect("state");
+    let report = run_once(&r4_env, "epi-guide-import", r4_state.path()).await;
     assert!(!report.ok(), "{report:#?}");
     assert_eq!(report.failures.len(), 1, "{report:#?}");
     let f = &report.failures[0];
@@ -1461,7 +1491,7 @@ async fn epi_guide_import_reads_a_package_by_url_keeps_documents_whole_and_names
     );
 
     // `engine run`, as a CronJob runs it, exits 1 and prints what it left out and what failed.
-    let exit = engine_run(&env, "epi-guide-import", state.path()).await;
+    let exit = engine_run(&r4_env, "epi-guide-import", r4_state.path()).await;
     assert_eq!(exit.code, Some(1), "{exit:#?}");
     assert!(
         exit.stderr
