@@ -4,7 +4,9 @@
 //! fixtures (`tests/fixtures/mapping/*/expected.json`), what every connector of
 //! `connectors.d/` and `examples/` makes of the inputs of its own `tests:`, and what every
 //! guide import of `connectors.d/` would write from the guides the tests hold (the IPS guide
-//! directory `tests/data/fhir-r4/gravitate-ips`, the ePI guide package of the shipped tests).
+//! directory `tests/data/fhir-r4/gravitate-ips`, the ePI guide package of the shipped tests),
+//! and the engine's own `OperationOutcome`s (of every problem kind, and of a resource the
+//! run-time check refuses), in both versions.
 //! All resources of one version go to the validator in one collection Bundle, so it starts
 //! once per version.
 
@@ -180,6 +182,52 @@ fn guide_imports(corpus: &mut Corpus) {
     assert_eq!(imported, guides.len(), "guide imports found");
 }
 
+/// The `OperationOutcome`s the engine answers with (one per kind of problem) and puts in the
+/// dead letters (a resource the run-time check refuses, one issue per element at fault), in
+/// each version: the engine gives the same to R4 and R5 callers.
+fn engine_outcomes(corpus: &mut Corpus) {
+    use engine::runtime::fhir_validation::Invalid;
+    use engine::runtime::problem::{Problem, ProblemKind as K};
+    let kinds = [
+        K::Invalid,
+        K::Unauthorized,
+        K::Forbidden,
+        K::NotFound,
+        K::NotSupported,
+        K::Conflict,
+        K::TooLarge,
+        K::UriTooLong,
+        K::UnsupportedMedia,
+        K::Unprocessable,
+        K::HeadersTooLarge,
+        K::Internal,
+        K::SourceFailed,
+        K::Unavailable { retry_after: 30 },
+        K::Timeout,
+    ];
+    for version in [FhirVersion::R4, FhirVersion::R5] {
+        let bad = json!({"resourceType": "Composition", "status": "done",
+            "subject": [{"reference": "Patient/p"}], "date": "2024-02-30"});
+        let problems = engine::model::fhir_structure::structure(version)
+            .expect("the structure")
+            .check_instance(&bad);
+        assert!(!problems.is_empty());
+        let refused = Invalid {
+            label: "Composition/c".into(),
+            problems,
+        };
+        let list = corpus.entry(version_name(version)).or_default();
+        list.push((
+            "the engine: a refused resource's outcome".into(),
+            refused.outcome(),
+        ));
+        for k in kinds {
+            let outcome = Problem::new(k, "what went wrong").outcome();
+            list.push((format!("the engine: outcome of {k:?}"), outcome));
+        }
+    }
+}
+
 fn key_of(r: &Value) -> String {
     format!(
         "{}/{}",
@@ -241,6 +289,7 @@ fn committed_and_made_fhir_is_valid_for_its_version() {
     fixtures(&mut corpus);
     shipped(&mut corpus);
     guide_imports(&mut corpus);
+    engine_outcomes(&mut corpus);
     let checked: usize = corpus.values().map(Vec::len).sum();
     assert!(checked > 100, "only {checked} resources found to check");
     let mut found = Vec::new();
