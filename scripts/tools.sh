@@ -16,17 +16,23 @@ if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PY_PINS" ]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check $PY_PINS
   echo "$PY_PINS" > "$VENV/.pins"
 fi
-# Helios FHIR Server, the real FHIR server of the end-to-end tests, built once per machine.
-# A test-only tool whose speed matters little: optimised at level 1 rather than 3, to
-# shorten its long build (its generated FHIR types dominate it); BENCHMARKS.md has the time.
+# Helios FHIR Server, the real FHIR server (R4 and R5) of the end-to-end tests, built once per
+# machine. One binary serves both versions: each request in the version its `fhirVersion` MIME
+# parameter names, and a request without one (as the engine writes) in HFS_DEFAULT_FHIR_VERSION,
+# which the tests set per server (R5 for the ePI servers). Its R5 feature brings R4B along.
+# A test-only tool whose speed matters little: not optimised (opt-level 0), to keep its long
+# build (its generated FHIR types of three versions dominate it) within a new machine's budget;
+# BENCHMARKS.md has the time. It has its own folder (hfs-r4-r5; the R4-only build was in hfs),
+# and its .version key names the features and opt level, so that another build is replaced.
 HFS_VERSION=0.2.7
-if [ ! -x "$TOOLS/hfs/bin/hfs" ] || [ "$(cat "$TOOLS/hfs/.version" 2>/dev/null)" != "$HFS_VERSION" ]; then
-  echo "tools: installing Helios FHIR Server $HFS_VERSION into $TOOLS/hfs (once per machine)"
-  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install helios-hfs --version "$HFS_VERSION" --locked \
-    --no-default-features --features R4,sqlite --root "$TOOLS/hfs"
-  echo "$HFS_VERSION" > "$TOOLS/hfs/.version"
+HFS_BUILD="$HFS_VERSION features=R4,R5,sqlite opt-level=0"
+if [ ! -x "$TOOLS/hfs-r4-r5/bin/hfs" ] || [ "$(cat "$TOOLS/hfs-r4-r5/.version" 2>/dev/null)" != "$HFS_BUILD" ]; then
+  echo "tools: installing Helios FHIR Server $HFS_VERSION (R4 and R5) into $TOOLS/hfs-r4-r5 (once per machine)"
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=0 cargo install helios-hfs --version "$HFS_VERSION" --locked \
+    --no-default-features --features R4,R5,sqlite --root "$TOOLS/hfs-r4-r5"
+  echo "$HFS_BUILD" > "$TOOLS/hfs-r4-r5/.version"
 fi
-HFS_BIN="$TOOLS/hfs/bin/hfs"
+HFS_BIN="$TOOLS/hfs-r4-r5/bin/hfs"
 # helios-fhir-validator's validator-cli, the outside FHIR validator (R4 and R5) of the FHIR the
 # repository commits and its connectors make. A test-only tool whose speed matters little: a
 # debug build, which takes minutes where a release build takes many more.

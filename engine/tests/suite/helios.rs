@@ -3,7 +3,7 @@
 //! data across a restart) and killed when the test ends.
 //!
 //! Helios is installed by `scripts/tools.sh` (at `$HFS_BIN`, else
-//! `${FOSPS_TOOLS:-$HOME/.local/share/fosps-tools}/hfs/bin/hfs`); without it these tests fail,
+//! `${FOSPS_TOOLS:-$HOME/.local/share/fosps-tools}/hfs-r4-r5/bin/hfs`); without it these tests fail,
 //! they do not skip. They assert only what the FHIR specification requires of a server
 //! (reads, searches paged by `next` links, `_lastUpdated`, transaction and batch Bundles, an
 //! `OperationOutcome` for a refused write), not what one server happens to do.

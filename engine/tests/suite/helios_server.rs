@@ -33,7 +33,7 @@ pub fn testdata(rel: &str) -> PathBuf {
 
 /// The Helios binary; fails the test when it is not installed.
 pub fn helios_binary() -> PathBuf {
-    crate::outside_tools::installed_tool("HFS_BIN", "hfs/bin/hfs", "Helios FHIR Server")
+    crate::outside_tools::installed_tool("HFS_BIN", "hfs-r4-r5/bin/hfs", "Helios FHIR Server")
 }
 
 /// A port free now (taken and given back: see the module's note).

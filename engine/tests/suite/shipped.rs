@@ -3,8 +3,9 @@
 //! `${env:NAME:-default}` references resolved through `engine::config::secrets::Environment`, so no
 //! process environment variable is set), pointing the definitions at servers on 127.0.0.1:
 //!
-//! - Helios FHIR Server (R4), started by the tests as a child process exactly as in `helios`
-//!   (at `$HFS_BIN`, else `${FOSPS_TOOLS:-$HOME/.local/share/fosps-tools}/hfs/bin/hfs`;
+//! - Helios FHIR Server (R5 for the ePI server, R4 for the IPS server), started by the tests
+//!   as a child process exactly as in `helios`
+//!   (at `$HFS_BIN`, else `${FOSPS_TOOLS:-$HOME/.local/share/fosps-tools}/hfs-r4-r5/bin/hfs`;
 //!   without it these tests fail, they do not skip), as the ePI and IPS FHIR servers;
 //! - stand-ins as small axum apps: the HL7 Europe sandbox (the FHIR source of
 //!   `fhir_standin`), and, written here, the supporting-material REST API and, for the
