@@ -13,6 +13,7 @@ mod durability;
 mod edge;
 mod faults;
 mod fhir_validity;
+mod fhir_versions_helios;
 mod helios;
 mod hostile;
 mod invalid;

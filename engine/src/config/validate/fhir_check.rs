@@ -184,36 +184,26 @@ impl<'c> Checker<'c, '_> {
                 ..
             })
             | Val::Json(Value::String(t)) => t.clone(),
+            // A type a table gives: each of its values must be a type of the version.
+            Val::Expr(Expr {
+                kind: Kind::Translate { table, .. },
+                ..
+            }) => {
+                for (v, at) in self.table_values(table) {
+                    if let Value::String(t) = v
+                        && self.s.resource(t).is_none()
+                    {
+                        self.unknown_type(t, &at);
+                    }
+                }
+                return;
+            }
             // A type chosen at run time is checked when the resource is made.
             _ => return,
         };
         let type_at = type_at.clone();
-        let version = self.s.version.name();
         let Some(def) = self.s.resource(&name) else {
-            let elsewhere: Vec<&str> = VERSIONS
-                .iter()
-                .filter(|v| structure(**v).is_ok_and(|s| s.resource(&name).is_some()))
-                .map(|v| v.name())
-                .collect();
-            if elsewhere.is_empty() {
-                let hint = did_you_mean(&name, self.s.resource_names());
-                self.error(
-                    &type_at,
-                    format!("`{name}` is not a FHIR resource type"),
-                    hint,
-                );
-            } else {
-                self.error(
-                    &type_at,
-                    format!(
-                        "`{name}` is not a resource type of FHIR {version} (only of {})",
-                        elsewhere.join(" and ")
-                    ),
-                    Some(format!(
-                        "the connector writes FHIR {version} (from its sink, its FHIR sources or its `fhirVersion`)"
-                    )),
-                );
-            }
+            self.unknown_type(&name, &type_at);
             return;
         };
         if self.nested == 0 && !self.routes.is_empty() && !self.routes.contains(&name.as_str()) {
@@ -231,6 +221,35 @@ impl<'c> Checker<'c, '_> {
             .filter(|(k, _, _)| *k != "resourceType")
             .collect();
         self.fields(fields, &def.elements, &def.required, &owner, at);
+    }
+
+    /// A resource type that is not one of the version: of another version, or none.
+    fn unknown_type(&mut self, name: &str, type_at: &[String]) {
+        let version = self.s.version.name();
+        let elsewhere: Vec<&str> = VERSIONS
+            .iter()
+            .filter(|v| structure(**v).is_ok_and(|s| s.resource(name).is_some()))
+            .map(|v| v.name())
+            .collect();
+        if elsewhere.is_empty() {
+            let hint = did_you_mean(name, self.s.resource_names());
+            self.error(
+                type_at,
+                format!("`{name}` is not a FHIR resource type"),
+                hint,
+            );
+        } else {
+            self.error(
+                type_at,
+                format!(
+                    "`{name}` is not a resource type of FHIR {version} (only of {})",
+                    elsewhere.join(" and ")
+                ),
+                Some(format!(
+                    "the connector writes FHIR {version} (from its sink, its FHIR sources or its `fhirVersion`)"
+                )),
+            );
+        }
     }
 
     /// The fields of an object against the elements of its type.
