@@ -105,10 +105,9 @@ async fn an_r5_only_type_is_refused_for_an_r4_helios_before_the_run_and_written_
         "{exit:#?}"
     );
     assert_eq!(hits.load(Ordering::SeqCst), 0, "the source was read");
-    for t in ["Substance", "Ingredient"] {
-        let found: Vec<Value> = search_all(&c, &r4, t, PAGES).await;
-        assert!(found.is_empty(), "{t}: {found:?}");
-    }
+    // (R4 Helios has no Ingredient to search.)
+    let found: Vec<Value> = search_all(&c, &r4, "Substance", PAGES).await;
+    assert!(found.is_empty(), "{found:?}");
 
     // The same connector for an R5 server runs: both resources written, and read back.
     let defs = definitions(&connector(&base, &r5.url, "R5"));
