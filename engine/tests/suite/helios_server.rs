@@ -23,6 +23,8 @@ use tokio::time::Instant;
 
 /// Longest Helios may take to answer `GET /metadata` after it is started.
 pub const HELIOS_START: Duration = Duration::from_secs(30);
+/// The stack of each of Helios's threads, in bytes.
+const HELIOS_STACK: usize = 32 << 20;
 /// Starts tried, each on another port, before a test fails.
 const START_ATTEMPTS: usize = 4;
 
@@ -181,6 +183,9 @@ impl Helios {
             .current_dir(self.work.path())
             .env("HFS_BASE_URL", &self.public)
             .env("HFS_DEFAULT_FHIR_VERSION", self.fhir.name())
+            // Built unoptimised (`scripts/tools.sh`), its request threads need more than the
+            // default 2 MiB stack for an R5 transaction (a Library in one overflowed it).
+            .env("RUST_MIN_STACK", HELIOS_STACK.to_string())
             // Startup in well under a second: no conformance resources copied into storage
             // (searches use the SearchParameters of `data/` all the same), no web UI.
             .env("HFS_SEED_CONFORMANCE", "false")
