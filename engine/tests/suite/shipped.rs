@@ -1101,7 +1101,38 @@ async fn label_webhook_accepts_a_signed_notification_and_writes_the_product_to_t
             "attachedDocument": [{"reference": "DocumentReference/leaflet-4"}]
         })
     );
+    drainer.stop().await;
 
+    // Into a real R5 server, as the `epi` sink is: the product (an R5-only type) read back.
+    let helios = Helios::start_r5(Db::Memory).await;
+    let env = TestEnv::new().with("EPI_FHIR_URL", &helios.url);
+    let state = tempfile::tempdir().expect("state");
+    let served = EngineRouter::new(load_shipped(&env), state.path(), CLIENT_TIMEOUT);
+    let ep = served.engine.pushes["label-webhook"].clone();
+    let drainer = Drainer::start(ep.clone());
+    let url = format!("{}/push/label-changed", served.base);
+    let ts = Utc::now().timestamp();
+    let got = signed_push(&served, &url, WEBHOOK_SECRET, ts, &body)
+        .send()
+        .await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    let e = ep.clone();
+    wait_until(
+        Duration::from_secs(15),
+        "the drainer writes the notification into Helios",
+        move || e.depths() == (0, 0),
+    )
+    .await;
+    assert!(ep.dead_letters().await.is_empty());
+    let c = client(CLIENT_TIMEOUT);
+    let (status, product) = get_json(
+        &c,
+        &format!("{}/MedicinalProductDefinition/{id}", helios.url),
+    )
+    .await;
+    assert_eq!(status, 200, "{product}");
+    assert_eq!(product["name"][0]["productName"], "Painaway 200 mg tablets");
+    assert_eq!(product["status"]["coding"][0]["code"], "active");
     drainer.stop().await;
 }
 
