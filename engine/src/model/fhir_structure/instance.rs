@@ -512,6 +512,20 @@ mod tests {
     }
 
     #[test]
+    fn a_concept_of_many_codings_is_judged_once() {
+        // 100,000 codings, none in the value set: one problem, not one per coding.
+        let codings: Vec<Value> = (0..100_000)
+            .map(|i| json!({"system": "urn:x", "code": format!("c{i}")}))
+            .collect();
+        let r = json!({"resourceType": "Condition", "subject": {"reference": "Patient/p"},
+            "clinicalStatus": {"coding": codings}});
+        assert_eq!(
+            check(FhirVersion::R4, r),
+            vec!["Condition.clinicalStatus.coding[0].code"]
+        );
+    }
+
+    #[test]
     fn hostile_instances_are_bounded() {
         let many: serde_json::Map<String, Value> =
             (0..10_000).map(|i| (format!("x{i}"), json!(1))).collect();

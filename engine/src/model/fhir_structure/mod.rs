@@ -92,12 +92,13 @@ pub struct Structure {
     value_sets: HashMap<String, ValueSet>,
 }
 
-/// The codes of one value set, with the system of each.
+/// The codes of one value set, with the systems of each.
 #[derive(Debug)]
 struct ValueSet {
     codes: Vec<String>,
-    /// `(system, code)`, as the terminology pack lists them.
-    coded: Vec<(String, String)>,
+    /// Each code's systems (a code may be in the set in several), for lookups in constant
+    /// time whatever the size of the set or of the instance.
+    systems: HashMap<String, Vec<String>>,
 }
 
 const R4: (&[u8], &[u8]) = (
@@ -198,9 +199,9 @@ impl Structure {
     pub fn has_code(&self, value_set: &str, system: Option<&str>, code: &str) -> Option<bool> {
         let vs = self.value_sets.get(value_set)?;
         Some(
-            vs.coded
-                .iter()
-                .any(|(s, c)| c == code && system.is_none_or(|want| want == s)),
+            vs.systems
+                .get(code)
+                .is_some_and(|systems| system.is_none_or(|want| systems.iter().any(|s| s == want))),
         )
     }
 
@@ -208,18 +209,15 @@ impl Structure {
     pub fn has_system(&self, value_set: &str, system: &str) -> bool {
         self.value_sets
             .get(value_set)
-            .is_some_and(|vs| vs.coded.iter().any(|(s, _)| s == system))
+            .is_some_and(|vs| vs.systems.values().flatten().any(|s| s == system))
     }
 
     /// The systems a value set gives `code` in (empty when the code is not in it).
     pub fn systems_of<'a>(&'a self, value_set: &str, code: &'a str) -> Vec<&'a str> {
-        self.value_sets.get(value_set).map_or_else(Vec::new, |vs| {
-            vs.coded
-                .iter()
-                .filter(|(_, c)| c == code)
-                .map(|(s, _)| s.as_str())
-                .collect()
-        })
+        self.value_sets
+            .get(value_set)
+            .and_then(|vs| vs.systems.get(code))
+            .map_or_else(Vec::new, |s| s.iter().map(String::as_str).collect())
     }
 }
 
@@ -330,7 +328,11 @@ fn decode(version: FhirVersion, (schemas, terminology): (&[u8], &[u8])) -> Loade
         .into_iter()
         .map(|(url, coded)| {
             let codes = coded.iter().map(|(_, code)| code.clone()).collect();
-            (url, ValueSet { codes, coded })
+            let mut systems: HashMap<String, Vec<String>> = HashMap::new();
+            for (system, code) in coded {
+                systems.entry(code).or_default().push(system);
+            }
+            (url, ValueSet { codes, systems })
         })
         .collect();
     Ok(Structure {
