@@ -569,6 +569,22 @@ impl PushEndpoint {
             .unwrap_or_default()
     }
 
+    /// When the oldest payload waiting in the queue was received (RFC 3339), if one waits.
+    pub async fn oldest_queued(&self) -> Option<String> {
+        let dir = self.queue.dir.join("queue");
+        state::blocking(move || {
+            let oldest = queue::files(&dir)
+                .first()
+                .and_then(|p| std::fs::read(p).ok())
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| v["received"].as_str().map(str::to_owned));
+            Ok(oldest)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Payloads waiting in the queue, and dead letters (counted, not listed).
     pub fn depths(&self) -> (usize, usize) {
         (
@@ -614,7 +630,9 @@ pub(crate) fn read_dead_letters(dir: &Path) -> Vec<Value> {
         .filter_map(|p| {
             let v: Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
             let id = p.file_stem()?.to_str()?.to_owned();
-            Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "outcome": v["outcome"]}))
+            // A push keeps its `payload`, a cron run the `record` it could not write.
+            let payload = v.get("payload").or_else(|| v.get("record")).cloned();
+            Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "outcome": v["outcome"], "payload": payload}))
         })
         .collect()
 }
