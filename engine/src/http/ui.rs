@@ -91,15 +91,19 @@ async fn page(State(engine): State<Arc<Engine>>, Query(shown): Query<Shown>) -> 
             engine.pushes.get(&c.name),
             engine.crons.get(&c.name),
         ) {
-            (Strategy::Push(_), Some(ep), _) => Some(ep.dead_letters().await),
-            (Strategy::Cron(_), _, Some(job)) => Some(job.runner.dead_letters().await),
+            (Strategy::Push(_), Some(ep), _) => {
+                Some(ep.dead_letters_shown(LISTED_DEAD_LETTERS).await)
+            }
+            (Strategy::Cron(_), _, Some(job)) => {
+                Some(job.runner.dead_letters_shown(LISTED_DEAD_LETTERS).await)
+            }
             _ => None,
         };
         let oldest = match engine.pushes.get(&c.name) {
             Some(ep) => ep.oldest_queued().await,
             None => None,
         };
-        sections.push_str(&connector_section(&summary, letters.as_deref(), oldest));
+        sections.push_str(&connector_section(&summary, letters.as_ref(), oldest));
     }
     let _ = write!(
         body,
@@ -281,7 +285,11 @@ fn overview_row(s: &Value) -> String {
     )
 }
 
-fn connector_section(s: &Value, letters: Option<&[Value]>, oldest: Option<String>) -> String {
+fn connector_section(
+    s: &Value,
+    letters: Option<&(usize, Vec<Value>)>,
+    oldest: Option<String>,
+) -> String {
     let name = text_of(&s["name"]);
     let mut out = format!(
         "<section class=\"connector\" id=\"c-{}\"><h2>{} <small>({})</small></h2>",
@@ -366,8 +374,8 @@ fn connector_section(s: &Value, letters: Option<&[Value]>, oldest: Option<String
             esc(&text_of(&p["deadLetters"]))
         );
     }
-    if let Some(letters) = letters {
-        out.push_str(&dead_letters_part(letters));
+    if let Some((count, letters)) = letters {
+        out.push_str(&dead_letters_part(*count, letters));
     }
     out.push_str("</section>");
     out
@@ -470,30 +478,35 @@ fn run_part(name: &str, run: &Value) -> String {
     out
 }
 
-fn dead_letters_part(letters: &[Value]) -> String {
+fn dead_letters_part(count: usize, letters: &[Value]) -> String {
     let mut out = format!(
-        "<h3>Dead letters ({})</h3><p class=\"note\">Shown read-only: the admin API has no replay or delete action yet.</p>",
-        letters.len()
+        "<h3>Dead letters ({count})</h3><p class=\"note\">Shown read-only: the admin API has no replay or delete action yet.</p>"
     );
     if letters.is_empty() {
         return out;
     }
     out.push_str("<table class=\"dead-letters\"><tr><th>id</th><th>received</th><th>reason</th><th>payload</th></tr>");
-    for l in letters.iter().take(LISTED_DEAD_LETTERS) {
+    for l in letters {
+        let payload = match &l["payload"] {
+            Value::Null => format!(
+                "<span class=\"note\">{} bytes: too large to show here</span>",
+                esc(&text_of(&l["payloadBytes"]))
+            ),
+            p => format!("<pre>{}</pre>", esc(&shown_json(p))),
+        };
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{payload}</td></tr>",
             esc(&text_of(&l["id"])),
             esc(&text_of(&l["received"])),
-            esc(&text_of(&l["reason"])),
-            esc(&shown_json(&l["payload"]))
+            esc(&text_of(&l["reason"]))
         );
     }
     out.push_str("</table>");
-    if letters.len() > LISTED_DEAD_LETTERS {
+    if count > letters.len() {
         let _ = write!(
             out,
-            "<p class=\"note\">The first {LISTED_DEAD_LETTERS} of {} are listed.</p>",
+            "<p class=\"note\">The first {} of {count} are listed.</p>",
             letters.len()
         );
     }
@@ -557,7 +570,9 @@ fn mask_line(line: &str) -> String {
         let value_len = after.find([',', '}']).unwrap_or(after.len());
         let value = &after[..value_len];
         if secret && !value.trim().is_empty() && !value.trim().starts_with("${") {
+            // The spaces after the value stay, so that the line keeps its shape.
             out.push_str(" ****");
+            out.push_str(&value[value.trim_end().len()..]);
             rest = &after[value_len..];
         } else {
             rest = after;

@@ -765,6 +765,15 @@ impl Runner {
             .unwrap_or_default()
     }
 
+    /// How many dead letters this connector's runs left, and the first `limit` with the
+    /// records (see `push::dead_letters_shown`).
+    pub async fn dead_letters_shown(&self, limit: usize) -> (usize, Vec<Value>) {
+        let dir = self.dead_letter_dir();
+        state::blocking(move || Ok(crate::runtime::push::dead_letters_shown(&dir, limit)))
+            .await
+            .unwrap_or_default()
+    }
+
     /// Reads an implementation guide and maps it (see `guide::resources`).
     async fn import(&self, import: &Import, report: &mut RunReport, out: &mut Vec<Value>) {
         let guide = match crate::runtime::guide::read(import).await {

@@ -354,3 +354,63 @@ async fn a_refused_reload_is_shown_with_its_secrets_masked() {
     assert!(!page.text.contains(secret), "{}", page.text);
     assert!(page.text.contains("token: ****"), "{}", page.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_and_huge_dead_letters_keep_the_page_small() {
+    let source = source().await;
+    let defs = definitions(&definitions_yaml(&source.url));
+    let state = tempfile::tempdir().expect("state");
+    let server = serve(defs.path(), state.path()).await;
+    let base = server.base.clone();
+    let c = client(CLIENT_TIMEOUT);
+    // 25 queued pushes whose ids break FHIR's id rule: the drainer dead-letters each. The
+    // first one carries 512 KiB of text (pushes take 1 MiB at most).
+    let huge = "x".repeat(512 << 10);
+    for i in 0..25 {
+        let body = if i == 0 {
+            json!({"id": "bad id 0", "note": huge})
+        } else {
+            json!({"id": format!("bad id {i}")})
+        };
+        let got = send(
+            c.post(format!("{base}/push/inbox"))
+                .bearer_auth("push-token-0123456789")
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await;
+        assert_eq!(got.status, 202, "{}", got.text);
+    }
+    let mut dead = 0;
+    for _ in 0..500 {
+        let got = send(c.get(format!("{base}/connectors/inbox")).bearer_auth(TOKEN)).await;
+        dead = got.json()["push"]["deadLetters"].as_u64().unwrap_or(0);
+        if dead == 25 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dead, 25, "every push is dead-lettered within 10 s");
+    let page = send(c.get(format!("{base}/ui/")).bearer_auth(TOKEN)).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text.contains("Dead letters (25)"), "{}", page.text);
+    assert!(
+        page.text.contains("The first 20 of 25 are listed."),
+        "{}",
+        page.text
+    );
+    assert!(
+        page.text.contains("bytes: too large to show here"),
+        "the huge payload is named by its size: {}",
+        page.text
+    );
+    assert!(
+        !page.text.contains("bad id 24") && page.text.contains("bad id 19"),
+        "the first 20 are listed"
+    );
+    assert!(
+        page.text.len() < 200_000,
+        "the page stays small: {} bytes",
+        page.text.len()
+    );
+}

@@ -569,6 +569,15 @@ impl PushEndpoint {
             .unwrap_or_default()
     }
 
+    /// How many dead letters there are, and the first `limit` with their payloads (see
+    /// `dead_letters_shown`).
+    pub async fn dead_letters_shown(&self, limit: usize) -> (usize, Vec<Value>) {
+        let dir = self.queue.dir.join("dead");
+        state::blocking(move || Ok(dead_letters_shown(&dir, limit)))
+            .await
+            .unwrap_or_default()
+    }
+
     /// When the oldest payload waiting in the queue was received (RFC 3339), if one waits.
     pub async fn oldest_queued(&self) -> Option<String> {
         let dir = self.queue.dir.join("queue");
@@ -630,11 +639,36 @@ pub(crate) fn read_dead_letters(dir: &Path) -> Vec<Value> {
         .filter_map(|p| {
             let v: Value = serde_json::from_slice(&std::fs::read(&p).ok()?).ok()?;
             let id = p.file_stem()?.to_str()?.to_owned();
-            // A push keeps its `payload`, a cron run the `record` it could not write.
-            let payload = v.get("payload").or_else(|| v.get("record")).cloned();
-            Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "outcome": v["outcome"], "payload": payload}))
+            Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "outcome": v["outcome"]}))
         })
         .collect()
+}
+
+/// Largest dead-letter file whose payload the status page is given.
+const SHOWN_DEAD_LETTER_BYTES: u64 = 64 * 1024;
+
+/// How many dead letters `dir` holds, and the first `limit` of them with their payload (a
+/// push's `payload`, a cron run's `record`), for the status page: a payload whose file is
+/// larger than 64 KiB is left out and its size given (`payloadBytes`), so that a page holds
+/// at most `limit` small payloads, and files are read one at a time.
+pub(crate) fn dead_letters_shown(dir: &Path, limit: usize) -> (usize, Vec<Value>) {
+    let files = queue::files(dir);
+    let shown = files
+        .iter()
+        .take(limit)
+        .filter_map(|p| {
+            let bytes = std::fs::read(p).ok()?;
+            let v: Value = serde_json::from_slice(&bytes).ok()?;
+            let id = p.file_stem()?.to_str()?.to_owned();
+            let payload = if bytes.len() as u64 > SHOWN_DEAD_LETTER_BYTES {
+                Value::Null
+            } else {
+                v.get("payload").or_else(|| v.get("record")).cloned()?
+            };
+            Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "payload": payload, "payloadBytes": bytes.len()}))
+        })
+        .collect();
+    (files.len(), shown)
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
