@@ -547,7 +547,23 @@ fn query_value(s: &str) -> String {
 /// may quote a definition line that holds a secret written in clear. References
 /// (`${env:...}`) stay: they name where a secret is, not what it is.
 fn mask_secrets(text: &str) -> String {
-    text.lines().map(mask_line).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| mask_line(&without_directories(l)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A diagnostic's location line (`--> /etc/engine/defs/a.yaml:3:5 ...`) with the file's name
+/// only: the page does not tell where the engine's files are.
+fn without_directories(line: &str) -> String {
+    let Some(at) = line.find("--> ") else {
+        return line.to_owned();
+    };
+    let (head, path) = line.split_at(at + 4);
+    let end = path.find(' ').unwrap_or(path.len());
+    let (file, tail) = path.split_at(end);
+    let name = file.rsplit('/').next().unwrap_or(file);
+    format!("{head}{name}{tail}")
 }
 
 fn mask_line(line: &str) -> String {
@@ -603,6 +619,10 @@ mod tests {
         assert!(masked.contains("token: **** } }"), "{masked}");
         assert!(masked.contains("${env:DB_PASSWORD}"), "{masked}");
         assert!(masked.contains("url: http://x:1/"), "{masked}");
+        assert_eq!(
+            mask_secrets("  --> /srv/engine/defs/a.yaml:3:5 at spec.auth"),
+            "  --> a.yaml:3:5 at spec.auth"
+        );
     }
 
     #[test]

@@ -164,3 +164,48 @@ async fn output_json_prints_the_run_report_for_scripts() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_progress_is_drawn_live_and_cleared() {
+    let source = FhirSource::start().await;
+    for i in 0..5 {
+        source.put(patient(i));
+    }
+    // Slow pages, so that the live line is drawn while the run reads.
+    source.delay(Duration::from_millis(300));
+    let defs = definitions(&sync_yaml(&source.url));
+    let state = tempfile::tempdir().expect("state");
+    // `script` (util-linux, in every Debian) runs the command on a pseudo-terminal and copies
+    // what it shows to its own stdout.
+    let command = format!(
+        "{} run nightly -d {} --state-dir {}",
+        env!("CARGO_BIN_EXE_engine"),
+        defs.path().display(),
+        state.path().display()
+    );
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env_remove("ENGINE_STATE_DIR")
+        .env_remove("ENGINE_SINK_DIR")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = exit_of(cmd, BINARY_TIMEOUT).await;
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    let shown = out.stdout;
+    assert!(
+        shown.contains("nightly") && shown.contains("reading: "),
+        "the live line names the connector and its phase: {shown:?}"
+    );
+    assert!(
+        shown.contains('\u{1b}'),
+        "drawn with terminal control sequences: {shown:?}"
+    );
+    assert!(
+        progress_lines(&shown).is_empty(),
+        "no plain progress lines on a terminal: {shown:?}"
+    );
+    assert!(
+        shown.contains("nightly: read 5 records, wrote 5 resources"),
+        "the report follows: {shown:?}"
+    );
+}

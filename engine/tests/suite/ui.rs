@@ -352,6 +352,12 @@ async fn a_refused_reload_is_shown_with_its_secrets_masked() {
         page.text
     );
     assert!(!page.text.contains(secret), "{}", page.text);
+    let defs_dir = defs.path().to_string_lossy().into_owned();
+    assert!(
+        refused.contains(&defs_dir) && !page.text.contains(&defs_dir),
+        "the page names the file without its directory: {}",
+        page.text
+    );
     assert!(page.text.contains("token: ****"), "{}", page.text);
 }
 
