@@ -488,7 +488,7 @@ fn dead_letters_part(count: usize, letters: &[Value]) -> String {
     out.push_str("<table class=\"dead-letters\"><tr><th>id</th><th>received</th><th>reason</th><th>payload</th></tr>");
     for l in letters {
         let payload = match &l["payload"] {
-            Value::Null => format!(
+            _ if l["tooLarge"] == true => format!(
                 "<span class=\"note\">{} bytes: too large to show here</span>",
                 esc(&text_of(&l["payloadBytes"]))
             ),

@@ -649,8 +649,8 @@ const SHOWN_DEAD_LETTER_BYTES: u64 = 64 * 1024;
 
 /// How many dead letters `dir` holds, and the first `limit` of them with their payload (a
 /// push's `payload`, a cron run's `record`), for the status page: a payload whose file is
-/// larger than 64 KiB is left out and its size given (`payloadBytes`), so that a page holds
-/// at most `limit` small payloads, and files are read one at a time.
+/// larger than 64 KiB is left out (`tooLarge`) and its size given (`payloadBytes`), so that a
+/// page holds at most `limit` small payloads, and files are read one at a time.
 pub(crate) fn dead_letters_shown(dir: &Path, limit: usize) -> (usize, Vec<Value>) {
     let files = queue::files(dir);
     let shown = files
@@ -660,12 +660,16 @@ pub(crate) fn dead_letters_shown(dir: &Path, limit: usize) -> (usize, Vec<Value>
             let bytes = std::fs::read(p).ok()?;
             let v: Value = serde_json::from_slice(&bytes).ok()?;
             let id = p.file_stem()?.to_str()?.to_owned();
-            let payload = if bytes.len() as u64 > SHOWN_DEAD_LETTER_BYTES {
-                Value::Null
-            } else {
-                v.get("payload").or_else(|| v.get("record")).cloned()?
+            let too_large = bytes.len() as u64 > SHOWN_DEAD_LETTER_BYTES;
+            let payload = match too_large {
+                true => Value::Null,
+                false => v
+                    .get("payload")
+                    .or_else(|| v.get("record"))
+                    .cloned()
+                    .unwrap_or_default(),
             };
-            Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "payload": payload, "payloadBytes": bytes.len()}))
+            Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "payload": payload, "payloadBytes": bytes.len(), "tooLarge": too_large}))
         })
         .collect();
     (files.len(), shown)
