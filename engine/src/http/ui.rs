@@ -367,7 +367,7 @@ fn connector_section(
     if let Some(p) = s["push"].as_object() {
         let _ = write!(
             out,
-            "<h3>Push queue</h3><table><tr><th>webhook</th><th>depth</th><th>oldest waiting since</th><th>dead letters</th></tr><tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+            "<h3>Push queue</h3><table><tr><th>webhook</th><th>depth</th><th>oldest waiting since</th><th>dead letters</th></tr><tr><td><code>{}</code></td><td class=\"depth\">{}</td><td class=\"oldest\">{}</td><td>{}</td></tr></table>",
             esc(&text_of(&p["path"])),
             esc(&text_of(&p["queued"])),
             esc(oldest.as_deref().unwrap_or("nothing waits")),

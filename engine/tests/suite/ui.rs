@@ -420,3 +420,78 @@ async fn many_and_huge_dead_letters_keep_the_page_small() {
         page.text.len()
     );
 }
+
+/// The text of the first `<td class="CLASS">` after `after` in `page`.
+fn cell<'a>(page: &'a str, after: &str, class: &str) -> &'a str {
+    let from = page.find(after).expect("the section");
+    let open = format!("<td class=\"{class}\">");
+    let start = from + page[from..].find(&open).expect("the cell") + open.len();
+    let end = start + page[start..].find('<').expect("the cell's end");
+    &page[start..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_queue_whose_sink_is_down_shows_its_depth_and_oldest_payload() {
+    let source = source().await;
+    let down = crate::local_http::dead_url();
+    let yaml = definitions_yaml(&source.url)
+        + &format!(
+            r#"---
+apiVersion: fosps.gravitate-health.eu/v1
+kind: Sink
+metadata: {{ name: down }}
+spec:
+  fhir: {{ url: "{}", version: R4, batchSize: 10, mode: batch, retries: 0, timeout: 1s }}
+---
+apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: stuck }}
+spec:
+  strategy: push
+  push:
+    auth: {{ bearer: {{ token: push-token-0123456789 }} }}
+    mode: queued
+  sink: down
+  mapping:
+    resourceType: Observation
+    id: {{ $path: $.id }}
+    status: final
+    code: {{ text: reading }}
+"#,
+            down
+        );
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let server = serve(defs.path(), state.path()).await;
+    let base = server.base.clone();
+    let c = client(CLIENT_TIMEOUT);
+    let before = chrono::Utc::now();
+    for i in 0..3 {
+        let got = send(
+            c.post(format!("{base}/push/stuck"))
+                .bearer_auth("push-token-0123456789")
+                .header("content-type", "application/json")
+                .body(json!({"id": format!("o-{i}")}).to_string()),
+        )
+        .await;
+        assert_eq!(got.status, 202, "{}", got.text);
+    }
+    let page = send(c.get(format!("{base}/ui/")).bearer_auth(TOKEN)).await;
+    assert_eq!(page.status, 200);
+    // The drainer holds at most one payload in flight; the others wait in the queue.
+    let depth: u64 = cell(&page.text, "id=\"c-stuck\"", "depth")
+        .parse()
+        .expect("a depth");
+    assert!((2..=3).contains(&depth), "{depth}: {}", page.text);
+    let oldest = cell(&page.text, "id=\"c-stuck\"", "oldest");
+    let oldest = chrono::DateTime::parse_from_rfc3339(oldest)
+        .unwrap_or_else(|e| panic!("{oldest:?} is a time ({e})"));
+    assert!(
+        oldest >= before - chrono::TimeDelta::seconds(1) && oldest <= chrono::Utc::now(),
+        "{oldest} is when the first push came"
+    );
+    assert_eq!(
+        cell(&page.text, "id=\"c-inbox\"", "oldest"),
+        "nothing waits"
+    );
+}
