@@ -44,4 +44,24 @@ if [ ! -x "$TOOLS/validator/bin/validator-cli" ] || [ "$(cat "$TOOLS/validator/.
   echo "$VALIDATOR_VERSION" > "$TOOLS/validator/.version"
 fi
 VALIDATOR_CLI="$TOOLS/validator/bin/validator-cli"
+# From Debian: promtool (package `prometheus`), which checks deploy/monitoring's alerting rules,
+# and Chromium, the browser the status page's tests drive headless. Installed only when the
+# command is missing; prometheus pinned to bookworm's version, Chromium to whatever security
+# release bookworm carries (older ones leave the archive).
+PROMETHEUS_DEB=2.42.0+ds-5+b6
+apt_install() {
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+  fi
+}
+if ! command -v promtool > /dev/null; then
+  echo "tools: installing promtool (Debian prometheus $PROMETHEUS_DEB)"
+  apt_install "prometheus=$PROMETHEUS_DEB"
+fi
+if ! command -v chromium > /dev/null; then
+  echo "tools: installing chromium (Debian)"
+  apt_install chromium
+fi
 export TOOLS VENV HFS_BIN VALIDATOR_CLI

@@ -31,6 +31,12 @@ pub enum Command {
         /// Read and map, and print the FHIR that would be written, writing nothing.
         #[arg(long)]
         dry_run: bool,
+        /// What goes to standard output: `text` (the FHIR of a dry run; the report as lines on
+        /// standard error) or `json` (the run report as one JSON object, with the FHIR of a dry
+        /// run in its `resources`, for scripts). The progress goes to standard error either
+        /// way: drawn live on a terminal, as plain `progress:` lines otherwise.
+        #[arg(long, value_enum, default_value = "text")]
+        output: RunOutput,
         #[command(flatten)]
         dirs: DirArgs,
     },
@@ -146,6 +152,13 @@ impl DirArgs {
                 .unwrap_or_else(|| self.state_dir.join("ndjson")),
         }
     }
+}
+
+/// Output of `engine run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunOutput {
+    Text,
+    Json,
 }
 
 /// Log formats of `engine serve`.

@@ -3,8 +3,9 @@
 //! unusable invocation). The only place that prints.
 //!
 //! `args.rs` holds the commands' flags; `definitions.rs` loads definitions for a command;
-//! `serve.rs` runs the engine (`serve`, `run`, `probe`); `check.rs` checks definitions offline
-//! (`validate`, `map`); `generate.rs` prints what is generated from them.
+//! `serve.rs` runs the engine (`serve`, `run`, `probe`); `progress.rs` shows a run's progress;
+//! `check.rs` checks definitions offline (`validate`, `map`); `generate.rs` prints what is
+//! generated from them.
 
 use std::process::ExitCode;
 
@@ -12,9 +13,10 @@ mod args;
 mod check;
 mod definitions;
 mod generate;
+mod progress;
 mod serve;
 
-pub use args::{BundleArg, Cli, Command, DirArgs, LogFormat, SchemaFormat, ServeArgs};
+pub use args::{BundleArg, Cli, Command, DirArgs, LogFormat, RunOutput, SchemaFormat, ServeArgs};
 pub use check::read_input;
 pub use definitions::load_and_validate;
 pub use generate::schema_text;
@@ -27,8 +29,9 @@ pub fn run(cli: Cli) -> ExitCode {
             name,
             definitions,
             dry_run,
+            output,
             dirs,
-        } => serve::run_once(name, definitions, dry_run, dirs),
+        } => serve::run_once(name, definitions, dry_run, output, dirs),
         Command::Validate {
             paths,
             format,

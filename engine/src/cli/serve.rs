@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::args::{AdminArgs, DirArgs, LogFormat, ServeArgs};
+use super::args::{AdminArgs, DirArgs, LogFormat, RunOutput, ServeArgs};
 use super::definitions::{load_and_validate, model_of, usage};
 use crate::config::diagnostic::{self, Format};
 
@@ -181,11 +181,13 @@ fn admin_access(args: AdminArgs) -> Result<crate::runtime::admin_access::AdminAc
     Ok(access)
 }
 
-/// `engine run`: one run of a cron connector; non-zero on any failure.
+/// `engine run`: one run of a cron connector, its progress shown on standard error; non-zero
+/// on any failure.
 pub(super) fn run_once(
     name: String,
     definitions: Vec<PathBuf>,
     dry_run: bool,
+    output: RunOutput,
     dirs: DirArgs,
 ) -> ExitCode {
     let _ = tracing_subscriber::fmt()
@@ -226,12 +228,26 @@ pub(super) fn run_once(
         Ok(r) => r,
         Err(e) => return usage(&format!("runtime: {e}")),
     };
-    let (report, resources) = runtime.block_on(runner.run(dry_run));
-    if dry_run {
-        println!(
+    let shown = super::progress::Shown::new(&name);
+    let (report, resources) = runtime.block_on(async {
+        let watched = runner.progress.watch();
+        let (ran, ()) = tokio::join!(runner.run(dry_run), shown.follow(watched));
+        ran
+    });
+    shown.finish();
+    match output {
+        RunOutput::Json => {
+            let mut v = serde_json::to_value(&report).unwrap_or(Value::Null);
+            if dry_run {
+                v["resources"] = Value::Array(resources);
+            }
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        RunOutput::Text if dry_run => println!(
             "{}",
             serde_json::to_string_pretty(&Value::Array(resources)).unwrap_or_default()
-        );
+        ),
+        RunOutput::Text => {}
     }
     eprintln!(
         "{}: read {} records, wrote {} resources ({} unchanged), {} source calls, {} sink calls, {} failures",

@@ -62,7 +62,7 @@ pub(super) async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-fn summary(engine: &Engine, c: &crate::model::Connector) -> Value {
+pub(super) fn summary(engine: &Engine, c: &crate::model::Connector) -> Value {
     let strategy = match &c.strategy {
         Strategy::Pull(_) => "pull",
         Strategy::Push(_) => "push",

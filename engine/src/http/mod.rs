@@ -1,5 +1,6 @@
 //! The HTTP surface of `engine serve`: pull routes under `/fhir/{connector}`, the admin API
-//! under `/connectors` (behind `auth`), and operations (`/healthz`, `/readyz`, `/metrics`).
+//! under `/connectors` and the status page under `/ui/` (both behind `auth`), and operations
+//! (`/healthz`, `/readyz`, `/metrics`).
 //! `router` is a function of the engine's state, so tests drive it without a socket.
 
 mod admin;
@@ -9,6 +10,7 @@ mod listener;
 pub mod outcome;
 mod routes;
 pub mod server;
+mod ui;
 
 use std::sync::Arc;
 
@@ -45,6 +47,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/connectors/list", get(list))
         .route("/connectors/{name}", get(show))
         .route("/connectors/{name}/cache", delete(invalidate))
+        .merge(ui::routes())
         .route_layer(middleware::from_fn_with_state(engine.clone(), auth::admin));
     app.merge(admin)
         .route("/healthz", get(healthz))

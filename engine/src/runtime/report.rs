@@ -1,10 +1,12 @@
 //! The report of a cron run: what it read, wrote and left unchanged, what it left out and why,
 //! and every failure. Made by `run` and by guide imports; printed by `engine run`, logged by
-//! schedules, answered by the admin API.
+//! schedules, answered by the admin API. `Progress` carries a run's counters while it goes,
+//! for whoever shows them (`engine run` on a terminal).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::watch;
 
 /// What a run did.
 #[derive(Debug, Clone, Serialize)]
@@ -104,5 +106,121 @@ impl RunReport {
 
     pub fn ok(&self) -> bool {
         self.failures.is_empty()
+    }
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Not started yet.
+    #[default]
+    Starting,
+    /// Reading the source or the guide, and mapping.
+    Reading,
+    /// Writing to the sink.
+    Writing,
+    /// Over; the report is final.
+    Done,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Starting => "starting",
+            Phase::Reading => "reading",
+            Phase::Writing => "writing",
+            Phase::Done => "done",
+        })
+    }
+}
+
+/// A run's counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct Counts {
+    pub phase: Phase,
+    /// Pages read: HTTP calls to the source.
+    pub pages: usize,
+    pub records: usize,
+    pub written: usize,
+    pub failures: usize,
+}
+
+/// A run's counters while it goes: the runner sends them at each step (each stream read, the
+/// write, the end), and whoever shows the progress watches them. Sending costs nothing when
+/// nobody watches.
+#[derive(Debug)]
+pub struct Progress {
+    counts: watch::Sender<Counts>,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            counts: watch::Sender::new(Counts::default()),
+        }
+    }
+}
+
+impl Progress {
+    /// Takes the counters of `report`, now in `phase`.
+    pub fn observe(&self, phase: Phase, report: &RunReport) {
+        let now = Counts {
+            phase,
+            pages: report.source_calls,
+            records: report.records_read,
+            written: report.resources_written,
+            failures: report.failures.len(),
+        };
+        self.counts.send_if_modified(|c| {
+            let changed = *c != now;
+            *c = now;
+            changed
+        });
+    }
+
+    /// The counters as they are.
+    pub fn counts(&self) -> Counts {
+        *self.counts.borrow()
+    }
+
+    /// A receiver told of every change.
+    pub fn watch(&self) -> watch::Receiver<Counts> {
+        self.counts.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_follows_the_report_and_tells_its_watchers() {
+        let progress = Progress::default();
+        let mut seen = progress.watch();
+        let mut report = RunReport::new("c", Utc::now(), false);
+        report.source_calls = 3;
+        report.records_read = 250;
+        progress.observe(Phase::Reading, &report);
+        assert!(seen.has_changed().unwrap_or(false));
+        let c = *seen.borrow_and_update();
+        assert_eq!(
+            (c.phase, c.pages, c.records, c.written),
+            (Phase::Reading, 3, 250, 0)
+        );
+        // The same counters again: nobody is woken.
+        progress.observe(Phase::Reading, &report);
+        assert!(!seen.has_changed().unwrap_or(true));
+        report.resources_written = 240;
+        report.failures.push(Failure {
+            stage: Stage::Write,
+            subject: "Patient/x".into(),
+            message: "refused".into(),
+            outcome: None,
+        });
+        progress.observe(Phase::Done, &report);
+        assert_eq!(progress.counts().written, 240);
+        assert_eq!(progress.counts().failures, 1);
+        assert_eq!(progress.counts().phase, Phase::Done);
     }
 }

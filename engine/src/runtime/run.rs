@@ -20,7 +20,7 @@ use crate::model::{Connector, Cron, CronRead, Import, Pagination, Request, Strat
 use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
 use crate::runtime::metrics::Metrics;
-pub use crate::runtime::report::{Failure, RunReport, Skipped, Stage};
+pub use crate::runtime::report::{Failure, Phase, Progress, RunReport, Skipped, Stage};
 use crate::runtime::sink::{ProvenanceOf, WriteFailure, WriteOptions, Writer};
 use crate::runtime::state::{self, ConnectorState, StateDir};
 use crate::runtime::upstream::{Call, SourceClient, Upstreams};
@@ -187,6 +187,8 @@ pub struct Runner {
     metrics: Arc<Metrics>,
     /// Dates the reports.
     clock: Clock,
+    /// The counters of the run going on, for whoever shows its progress.
+    pub progress: Arc<Progress>,
 }
 
 impl Runner {
@@ -222,12 +224,14 @@ impl Runner {
             state,
             metrics,
             clock,
+            progress: Arc::default(),
         })
     }
 
     /// One run. With `dry_run`, nothing is written and the resources are returned instead.
     pub async fn run(&self, dry_run: bool) -> (RunReport, Vec<Value>) {
         let mut report = RunReport::new(&self.connector.name, self.clock.now(), dry_run);
+        self.progress.observe(Phase::Reading, &report);
         let Strategy::Cron(cron) = &self.connector.strategy else {
             return (report, Vec::new());
         };
@@ -246,6 +250,7 @@ impl Runner {
         if dry_run {
             return (self.finish(report), to_write);
         }
+        self.progress.observe(Phase::Writing, &report);
         self.write(cron, to_write, digests, &mut state, &mut report)
             .await;
         if report.failures.is_empty() {
@@ -478,6 +483,7 @@ impl Runner {
         report.resources_written = w.written;
         report.sink_calls = w.calls;
         report.sink_retries = w.retries;
+        self.progress.observe(Phase::Writing, report);
         let failed: std::collections::HashSet<String> =
             w.failures.iter().map(|f| f.resource.clone()).collect();
         report
@@ -564,6 +570,7 @@ impl Runner {
         }
         let found = paged.records;
         report.records_read += found.len();
+        self.progress.observe(Phase::Reading, report);
         if let Some(c) = cursor {
             self.advance(cron, c, &found, stream, report, watermarks);
         }
@@ -758,6 +765,15 @@ impl Runner {
             .unwrap_or_default()
     }
 
+    /// How many dead letters this connector's runs left, and the first `limit` with the
+    /// records (see `push::dead_letters_shown`).
+    pub async fn dead_letters_shown(&self, limit: usize) -> (usize, Vec<Value>) {
+        let dir = self.dead_letter_dir();
+        state::blocking(move || Ok(crate::runtime::push::dead_letters_shown(&dir, limit)))
+            .await
+            .unwrap_or_default()
+    }
+
     /// Reads an implementation guide and maps it (see `guide::resources`).
     async fn import(&self, import: &Import, report: &mut RunReport, out: &mut Vec<Value>) {
         let guide = match crate::runtime::guide::read(import).await {
@@ -773,6 +789,7 @@ impl Runner {
             }
         };
         report.records_read += guide.resources.len();
+        self.progress.observe(Phase::Reading, report);
         let imported = crate::runtime::guide::resources(&self.connector, import, guide);
         for s in &imported.skipped {
             tracing::info!(
@@ -800,6 +817,7 @@ impl Runner {
 
     fn finish(&self, mut report: RunReport) -> RunReport {
         report.finished = self.clock.now();
+        self.progress.observe(Phase::Done, &report);
         self.metrics.run(
             &report.connector,
             report.ok(),

@@ -456,6 +456,60 @@ async fn jwts_are_checked_against_the_issuers_keys_and_roles() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_needs_the_reader_role_and_its_run_button_the_operator_role() {
+    let kc = Keycloak::start(&["rsa-1"]).await;
+    let access = AdminAccess::new(None, Some(kc.settings()), roles()).expect("admin access");
+    let (engine, _defs) = engine_with(access);
+    let iss = kc.issuer.clone();
+    let page = |token: String| {
+        engine
+            .get("/ui/")
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+    };
+    let reader = signed("rsa-1", &claims(&iss, &[READER]));
+    let operator = signed("rsa-1", &claims(&iss, &[OPERATOR]));
+    let nobody = signed("rsa-1", &claims(&iss, &["offline_access"]));
+    let got = engine.get("/ui/").send().await;
+    assert_refused(
+        &got,
+        401,
+        "needs a bearer token",
+        "the page without a token",
+    );
+    let got = page(nobody.clone()).await;
+    assert_refused(
+        &got,
+        403,
+        "reader or operator role",
+        "the page without a role",
+    );
+    for token in [&reader, &operator] {
+        let got = page(token.clone()).await;
+        assert_eq!(got.status, 200, "{}", got.text);
+        assert!(got.text.contains("id=\"c-labels\""), "{}", got.text);
+    }
+    // The button, from the page's own origin: the reader is refused before anything runs;
+    // the operator reaches the run (and `labels`, a pull connector, has none to start).
+    let press = |token: String| {
+        engine
+            .post("/ui/connectors/labels/run")
+            .header("authorization", format!("Bearer {token}"))
+            .header("sec-fetch-site", "same-origin")
+            .send()
+    };
+    let got = press(reader).await;
+    assert_refused(&got, 403, "operator role", "the reader presses the button");
+    let got = press(operator).await;
+    assert_refused(
+        &got,
+        404,
+        "no cron connector",
+        "the operator presses the button",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_is_fetched_once_and_made_up_kids_do_not_reach_the_issuer() {
     let kc = Keycloak::start(&["rsa-1"]).await;
     let access = AdminAccess::new(None, Some(kc.settings()), roles()).expect("admin access");

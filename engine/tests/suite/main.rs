@@ -5,6 +5,7 @@
 
 // The subjects.
 mod admin_auth;
+mod alerts;
 mod architecture;
 mod bounded;
 mod cli;
@@ -19,8 +20,10 @@ mod hostile;
 mod invalid;
 mod mapping;
 mod reload;
+mod run_progress;
 mod serve;
 mod shipped;
+mod ui;
 mod versions;
 
 // What they share.
@@ -29,6 +32,7 @@ mod engine_under_test;
 mod fhir_package;
 mod fhir_resources;
 mod fhir_standin;
+mod headless_chromium;
 mod helios_client;
 mod helios_server;
 mod hostile_source;

@@ -569,6 +569,31 @@ impl PushEndpoint {
             .unwrap_or_default()
     }
 
+    /// How many dead letters there are, and the first `limit` with their payloads (see
+    /// `dead_letters_shown`).
+    pub async fn dead_letters_shown(&self, limit: usize) -> (usize, Vec<Value>) {
+        let dir = self.queue.dir.join("dead");
+        state::blocking(move || Ok(dead_letters_shown(&dir, limit)))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// When the oldest payload waiting in the queue was received (RFC 3339), if one waits.
+    pub async fn oldest_queued(&self) -> Option<String> {
+        let dir = self.queue.dir.join("queue");
+        state::blocking(move || {
+            let oldest = queue::files(&dir)
+                .first()
+                .and_then(|p| std::fs::read(p).ok())
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|v| v["received"].as_str().map(str::to_owned));
+            Ok(oldest)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// Payloads waiting in the queue, and dead letters (counted, not listed).
     pub fn depths(&self) -> (usize, usize) {
         (
@@ -617,6 +642,37 @@ pub(crate) fn read_dead_letters(dir: &Path) -> Vec<Value> {
             Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "outcome": v["outcome"]}))
         })
         .collect()
+}
+
+/// Largest dead-letter file whose payload the status page is given.
+const SHOWN_DEAD_LETTER_BYTES: u64 = 64 * 1024;
+
+/// How many dead letters `dir` holds, and the first `limit` of them with their payload (a
+/// push's `payload`, a cron run's `record`), for the status page: a payload whose file is
+/// larger than 64 KiB is left out (`tooLarge`) and its size given (`payloadBytes`), so that a
+/// page holds at most `limit` small payloads, and files are read one at a time.
+pub(crate) fn dead_letters_shown(dir: &Path, limit: usize) -> (usize, Vec<Value>) {
+    let files = queue::files(dir);
+    let shown = files
+        .iter()
+        .take(limit)
+        .filter_map(|p| {
+            let bytes = std::fs::read(p).ok()?;
+            let v: Value = serde_json::from_slice(&bytes).ok()?;
+            let id = p.file_stem()?.to_str()?.to_owned();
+            let too_large = bytes.len() as u64 > SHOWN_DEAD_LETTER_BYTES;
+            let payload = match too_large {
+                true => Value::Null,
+                false => v
+                    .get("payload")
+                    .or_else(|| v.get("record"))
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            Some(json!({"id": id, "received": v["received"], "reason": v["reason"], "payload": payload, "payloadBytes": bytes.len(), "tooLarge": too_large}))
+        })
+        .collect();
+    (files.len(), shown)
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
