@@ -7,6 +7,7 @@
 mod admin_auth;
 mod architecture;
 mod bounded;
+mod cache_hits;
 mod cli;
 mod cron_push;
 mod durability;
