@@ -231,10 +231,7 @@ spec:
             format!("http://127.0.0.1:{refused}"),
             "  timeout: 10s\n  retries: 2\n",
         );
-        text += &connector(
-            &format!("refused-{i}"),
-            &format!("fast-r{i}, refused-{i}"),
-        );
+        text += &connector(&format!("refused-{i}"), &format!("fast-r{i}, refused-{i}"));
     }
     text
 }
@@ -256,7 +253,8 @@ impl Proc {
         // Fields after the command name (which is in parentheses): utime is the 12th, stime 13th.
         let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        let ticks: u64 =
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
         Duration::from_secs_f64(ticks as f64 / clock_ticks())
     }
 }
@@ -377,7 +375,10 @@ fn wrk(url: &str, connections: u32, seconds: u64, script: Option<&Path>) -> Run 
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
     }
-    let out = cmd.arg(url).output().expect("wrk runs (apt-get install wrk)");
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("wrk runs (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!text.contains("Non-2xx"), "wrk saw errors on {url}: {text}");
     if let Some(l) = text.lines().find(|l| l.contains("Socket errors")) {
@@ -535,7 +536,13 @@ fn main() {
     throughput(
         "/healthz c=32",
         "nginx return 200",
-        pair(&opts, &format!("{e}/healthz"), &format!("{n}/healthz"), 32, None),
+        pair(
+            &opts,
+            &format!("{e}/healthz"),
+            &format!("{n}/healthz"),
+            32,
+            None,
+        ),
     );
 
     // Misses that fill the cache: a new query each request, on both.
@@ -566,11 +573,7 @@ fn main() {
         nr.push(r.rate);
         ncpu.push((nginx.cpu() - c0).as_secs_f64() * 1e6 / r.requests);
     }
-    throughput(
-        "cache-filling miss c=1",
-        "nginx proxy_cache MISS",
-        (er, nr),
-    );
+    throughput("cache-filling miss c=1", "nginx proxy_cache MISS", (er, nr));
     let ratios: Vec<f64> = ecpu.iter().zip(&ncpu).map(|(e, a)| e / a).collect();
     ratio(
         "CPU per miss (lower is better)",

@@ -239,11 +239,16 @@ impl FromRequestParts<Arc<Engine>> for Call {
         parts: &mut Parts,
         engine: &Arc<Engine>,
     ) -> Result<Self, Self::Rejection> {
-        let id = parts.extensions.get::<RequestId>().cloned().unwrap_or_else(|| {
-            RequestId(HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or_else(
-                |_| HeaderValue::from_static("-"),
-            ))
-        });
+        let id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(|| {
+                RequestId(
+                    HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                        .unwrap_or_else(|_| HeaderValue::from_static("-")),
+                )
+            });
         Ok(Call {
             engine: engine.clone(),
             id,

@@ -38,7 +38,8 @@ impl Answer {
             status,
             body: Bytes::from(body),
             // A weak tag of hexadecimal digits: always a valid header value.
-            etag: HeaderValue::from_str(&etag).unwrap_or_else(|_| HeaderValue::from_static("W/\"\"")),
+            etag: HeaderValue::from_str(&etag)
+                .unwrap_or_else(|_| HeaderValue::from_static("W/\"\"")),
             complete,
         }
     }
