@@ -51,7 +51,7 @@ echo "bench: $(date -u +%FT%TZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/lo
 
 # Cached search, /healthz, misses, fan-out, faults and push (benches/serve.rs).
 BENCH_REPS="$reps" BENCH_SECONDS="$seconds" BENCH_SUT_CPU="$sut_cpu" \
-  taskset -c "$client_cpu" cargo bench --locked -q -p engine --bench serve 2>&1 | tee "$out" |
+  taskset -c "$client_cpu" cargo bench --locked -q -p engine --bench serve 2>&1 |
   grep -E '^(ratio:|reps|note:|thread .* panicked)' || true
 
 # Mapping against serde, sink against Helios direct: their own benches' `ratio:` lines.
