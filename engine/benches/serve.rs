@@ -1,23 +1,73 @@
-//! Benchmark of `engine serve` (the release binary) with `wrk`, against baselines measured in
-//! the same run: (a) cache-hit throughput of a pull search against the engine's own `/healthz`
-//! with the same wrk settings; (b) latency of cache misses against calling the stand-in
-//! upstream directly, p50 and p99; (c) resident memory idle with 100 connectors loaded, and
-//! with 10,000 cached answers. The stand-in upstream runs in this process on 127.0.0.1.
-//! Run: `cargo bench -p engine --bench serve` (needs `wrk`: `apt-get install wrk`). With
-//! `ENGINE_BASELINE_BIN=/path/to/an/earlier/engine`, (a) also measures that binary's cache hits
-//! in the same run, alternating, and prints this one's throughput and latency as ratios to it.
+//! Benchmark of `engine serve` (the release binary) against the systems a user would otherwise
+//! reach for (issue 16), each pair run interleaved and repeated: cached search against nginx
+//! `proxy_cache` HIT (c=1, c=32), `/healthz` against nginx `return 200`, a miss that fills the
+//! cache against nginx `proxy_cache` MISS on the same source (and the CPU time of each per
+//! miss), fan-out over two 20 ms sources against the ideal, a hung and a refusing source against
+//! their timeout and a failed connect, and queued push acceptance against the figure of
+//! 2026-11-27. Each result is one `ratio:` line (`scripts/bench.sh` collects them).
+//!
+//! Run: `scripts/bench.sh` (installs nginx and wrk, pins the engine and nginx to core 0 and
+//! this process, its stand-in sources and wrk to core 1). Directly: `cargo bench -p engine
+//! --bench serve`, with `BENCH_REPS` (default 3), `BENCH_SECONDS` (per wrk run, default 5)
+//! and `BENCH_SUT_CPU` (the core for the engine and nginx; unset: not pinned).
 
+use std::io::Write as _;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::RawQuery;
 use axum::routing::get;
 use serde_json::json;
 
-const WRK_SECONDS: &str = "8s";
-const WRK_CONNECTIONS: &str = "32";
+/// The token of the push connector.
+const PUSH_TOKEN: &str = "bench-token-0123456789";
+/// Queued push acceptance measured for issue 16 (2026-11-27), the anchor of that line.
+const PUSH_BEFORE: f64 = 1444.0;
+/// The delay of the slow sources of the fan-out, and the ideal time of a request over them.
+const SLOW: Duration = Duration::from_millis(20);
+const IDEAL_FANOUT: Duration = Duration::from_millis(21);
+/// The hung source's timeout (the issue's 10 s scaled down to keep the run short).
+const HUNG_TIMEOUT: Duration = Duration::from_secs(2);
+/// The anchor of a refusing source: a failed connect and a partial answer, under 5 ms.
+const REFUSED_ANCHOR: Duration = Duration::from_millis(5);
+
+struct Opts {
+    reps: usize,
+    seconds: u64,
+    sut_cpu: Option<String>,
+}
+
+impl Opts {
+    fn from_env() -> Opts {
+        let num = |k: &str, d: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        Opts {
+            reps: num("BENCH_REPS", 3).max(1) as usize,
+            seconds: num("BENCH_SECONDS", 5).max(1),
+            sut_cpu: std::env::var("BENCH_SUT_CPU")
+                .ok()
+                .filter(|v| !v.is_empty()),
+        }
+    }
+
+    /// A command for the system under test, pinned to its core when one is given.
+    fn sut(&self, program: &Path) -> Command {
+        match &self.sut_cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpu]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -26,11 +76,27 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The stand-in regulator API: one label per query, about 1 KB of JSON.
-fn standin() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    listener.set_nonblocking(true).expect("nonblocking");
+/// A FHIR searchset of one Patient.
+fn searchset(q: &str) -> serde_json::Value {
+    json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": 1,
+        "entry": [{"resource": {"resourceType": "Patient", "id": format!("p{}", q.len()), "active": true}}]
+    })
+}
+
+/// The stand-in sources, on one runtime of this process: the regulator API (about 1 KB of
+/// JSON per query), FHIR servers answering at once (`/fast`) and after 20 ms (`/slow`), and a
+/// source that accepts connections and never answers. Gives (labels port, FHIR port, hung port).
+fn standins() -> (u16, u16, u16) {
+    let labels = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let fhir = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hung = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let ports = [&labels, &fhir, &hung].map(|l| l.local_addr().expect("addr").port());
+    for l in [&labels, &fhir, &hung] {
+        l.set_nonblocking(true).expect("nonblocking");
+    }
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -54,22 +120,57 @@ fn standin() -> u16 {
                     }))
                 }),
             );
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            axum::serve(listener, app).await.expect("stand-in");
+            let fhir_app = axum::Router::new()
+                .route(
+                    "/fast/Patient",
+                    get(|RawQuery(q): RawQuery| async move {
+                        axum::Json(searchset(&q.unwrap_or_default()))
+                    }),
+                )
+                .route(
+                    "/slow/Patient",
+                    get(|RawQuery(q): RawQuery| async move {
+                        tokio::time::sleep(SLOW).await;
+                        axum::Json(searchset(&q.unwrap_or_default()))
+                    }),
+                );
+            let labels = tokio::net::TcpListener::from_std(labels).expect("listener");
+            let fhir = tokio::net::TcpListener::from_std(fhir).expect("listener");
+            let hung = tokio::net::TcpListener::from_std(hung).expect("listener");
+            tokio::spawn(async move { axum::serve(labels, app).await.expect("stand-in") });
+            tokio::spawn(async move { axum::serve(fhir, fhir_app).await.expect("stand-in") });
+            // Hung: every connection accepted, read and never answered.
+            loop {
+                let Ok((mut s, _)) = hung.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                });
+            }
         });
     });
-    port
+    (ports[0], ports[1], ports[2])
 }
 
-fn connector(name: &str, upstream: u16) -> String {
-    format!(
+/// The definitions the engine serves: `labels` (a cached search over the regulator API),
+/// `fanout` (two 20 ms FHIR sources, no cache), `hung-N` and `refused-N` (a quick source and a
+/// failing one, one connector per repetition so that no breaker carries over), `hook` (queued
+/// push, NDJSON sink).
+fn definitions(labels: u16, fhir: u16, hung: u16, refused: u16, reps: usize) -> String {
+    let mut text = format!(
         r#"apiVersion: fosps.gravitate-health.eu/v1
 kind: Connector
-metadata: {{ name: {name} }}
+metadata: {{ name: labels }}
 spec:
   strategy: pull
   fhirVersion: R5
-  source: {{ url: "http://127.0.0.1:{upstream}", timeout: 10s, concurrency: 256 }}
+  source: {{ url: "http://127.0.0.1:{labels}", timeout: 10s, concurrency: 256 }}
   pull:
     resources:
       - type: MedicinalProductDefinition
@@ -78,7 +179,7 @@ spec:
           request: {{ path: /drug/label.json, query: {{ search: "brand:{{{{params.name}}}}" }} }}
           records: $.results[*]
           total: $.meta.results.total
-  cache: {{ ttl: 1h, maxEntries: 20000, maxBytes: 256MiB }}
+  cache: {{ ttl: 1h, maxEntries: 100000, maxBytes: 512MiB }}
   mapping:
     resourceType: MedicinalProductDefinition
     id: {{ $path: $.set_id }}
@@ -88,254 +189,461 @@ spec:
     description: {{ $path: "$.indications_and_usage[0]" }}
     statusDate: {{ $dateTime: {{ $path: $.effective_time }} }}
 ---
+apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: hook }}
+spec:
+  strategy: push
+  push:
+    auth: {{ bearer: {{ token: {PUSH_TOKEN} }} }}
+    mode: queued
+  mapping: {{ resourceType: Patient, id: {{ $path: $.id }} }}
+---
 "#
-    )
+    );
+    let source = |name: &str, url: String, extra: &str| {
+        format!(
+            "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {{ name: {name} }}\nspec:\n  type: fhir\n  url: \"{url}\"\n{extra}---\n"
+        )
+    };
+    let connector = |name: &str, sources: &str| {
+        format!(
+            "apiVersion: fosps.gravitate-health.eu/v1\nkind: Connector\nmetadata: {{ name: {name} }}\nspec:\n  strategy: pull\n  sources: [{sources}]\n  pull:\n    resources:\n      - type: Patient\n        search:\n          params:\n            _count: {{ type: integer, default: 20, max: 100 }}\n---\n"
+        )
+    };
+    let slow = format!("http://127.0.0.1:{fhir}/slow");
+    let fast = format!("http://127.0.0.1:{fhir}/fast");
+    text += &source("slow-a", slow.clone(), "");
+    text += &source("slow-b", slow, "");
+    text += &connector("fanout", "slow-a, slow-b");
+    let t = HUNG_TIMEOUT.as_secs();
+    for i in 0..reps {
+        text += &source(&format!("fast-h{i}"), fast.clone(), "");
+        text += &source(
+            &format!("hung-{i}"),
+            format!("http://127.0.0.1:{hung}"),
+            &format!("  timeout: {t}s\n  retries: 2\n"),
+        );
+        text += &connector(&format!("hung-{i}"), &format!("fast-h{i}, hung-{i}"));
+        text += &source(&format!("fast-r{i}"), fast.clone(), "");
+        text += &source(
+            &format!("refused-{i}"),
+            format!("http://127.0.0.1:{refused}"),
+            "  timeout: 10s\n  retries: 2\n",
+        );
+        text += &connector(&format!("refused-{i}"), &format!("fast-r{i}, refused-{i}"));
+    }
+    text
 }
 
-struct Engine(Child, u16);
+/// A child process killed and waited for when dropped.
+struct Proc(Child);
 
-impl Drop for Engine {
+impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-fn start_engine(dir: &Path) -> Engine {
-    start_binary(Path::new(env!("CARGO_BIN_EXE_engine")), dir)
+impl Proc {
+    /// User plus system CPU time so far (`/proc/PID/stat`).
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).expect("stat");
+        // Fields after the command name (which is in parentheses): utime is the 12th, stime 13th.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        Duration::from_secs_f64(ticks as f64 / clock_ticks())
+    }
 }
 
-fn start_binary(bin: &Path, dir: &Path) -> Engine {
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn wait_ok(url: &str, what: &str) {
+    for _ in 0..200 {
+        if get_status(url).is_some_and(|c| (200..300).contains(&c)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not start");
+}
+
+fn start_engine(opts: &Opts, dir: &Path) -> (Proc, u16) {
     let port = free_port();
-    let child = Command::new(bin)
-        .args([
-            "serve",
-            dir.to_str().expect("path"),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log",
-            "warn",
-        ])
+    let child = opts
+        .sut(Path::new(env!("CARGO_BIN_EXE_engine")))
+        .args(["serve"])
+        .arg(dir.join("defs"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--log", "warn"])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("engine starts");
-    // Owned at once, so that the process is killed and waited for on every path.
-    let engine = Engine(child, port);
-    for _ in 0..100 {
-        if get_ok(&format!("http://127.0.0.1:{port}/healthz")) {
-            return engine;
+    let p = Proc(child);
+    wait_ok(&format!("http://127.0.0.1:{port}/healthz"), "the engine");
+    (p, port)
+}
+
+/// nginx as a caching proxy in front of the regulator stand-in, with `return 200` at
+/// `/healthz`, in a temporary directory, as the current user, one worker process, no
+/// access log (the engine runs with `--log warn`, so neither writes a line per request).
+fn start_nginx(opts: &Opts, dir: &Path, upstream: u16) -> (Proc, u16) {
+    let port = free_port();
+    let d = dir.display();
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    proxy_cache_path {d}/cache levels=1:2 keys_zone=answers:32m max_size=2g inactive=1h use_temp_path=off;
+    upstream source {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location = /healthz {{ default_type application/json; return 200 '{{"status":"ok"}}'; }}
+        location / {{
+            proxy_pass http://source;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache answers;
+            proxy_cache_valid 200 1h;
+            add_header X-Cache $upstream_cache_status;
+        }}
+    }}
+}}
+"#
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+    let child = opts
+        .sut(Path::new(&which("nginx")))
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nginx starts");
+    let p = Proc(child);
+    wait_ok(&format!("http://127.0.0.1:{port}/healthz"), "nginx");
+    (p, port)
+}
+
+fn which(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("the engine did not start");
+    PathBuf::from(name)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("VmRSS")
+/// One wrk run: requests per second and the number of requests.
+struct Run {
+    rate: f64,
+    requests: f64,
 }
 
-/// Runs wrk; gives requests per second and the p50 and p99 latencies (ms).
-fn wrk(url: &str, connections: &str, script: Option<&Path>) -> (f64, f64, f64) {
+fn wrk(url: &str, connections: u32, seconds: u64, script: Option<&Path>) -> Run {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", "-c", connections, "-d", WRK_SECONDS, "--latency"]);
+    cmd.args(["-t1", "-c", &connections.to_string(), "-d"])
+        .arg(format!("{seconds}s"));
     if let Some(s) = script {
-        cmd.args(["-s", s.to_str().expect("path")]);
+        cmd.arg("-s").arg(s);
     }
     let out = cmd
         .arg(url)
         .output()
         .expect("wrk runs (apt-get install wrk)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains("Non-2xx"), "wrk saw errors on {url}: {text}");
+    if let Some(l) = text.lines().find(|l| l.contains("Socket errors")) {
+        eprintln!("note: {url}: {}", l.trim());
+    }
     let rate = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("wrk output: {text}"));
-    let pct = |p: &str| {
-        text.lines()
-            .find(|l| l.trim_start().starts_with(p))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .map(ms)
-            .unwrap_or(f64::NAN)
-    };
-    if text.contains("Non-2xx") {
-        panic!("wrk saw errors: {text}");
-    }
-    (rate, pct("50%"), pct("99%"))
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk output: {text}"));
+    Run { rate, requests }
 }
 
-fn ms(v: &str) -> f64 {
-    let (n, unit) = v.split_at(v.find(|c: char| c.is_alphabetic()).unwrap_or(v.len()));
-    let n: f64 = n.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        _ => f64::NAN,
-    }
-}
-
-/// A plain blocking GET over std (the probes need no async client): true on a 2xx answer.
-fn get_ok(url: &str) -> bool {
-    use std::io::{Read, Write};
+/// A plain blocking GET over std: the status, if any answer came.
+fn get_status(url: &str) -> Option<u16> {
+    use std::io::Read;
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let Ok(mut s) = std::net::TcpStream::connect(host) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    if write!(
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
-    .is_err()
-    {
-        return false;
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.split_whitespace()
+    .ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
         .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .is_some_and(|c| (200..300).contains(&c))
+        .and_then(|c| c.parse().ok())
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Prints one result: the ratios of each repetition, and the engine's and anchor's medians.
+fn ratio(measure: &str, ratios: &[f64], engine: (f64, &str), anchor: (&str, f64, &str)) {
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), r| {
+            (a.min(*r), b.max(*r))
+        });
+    println!(
+        "ratio: {measure} = {:.2}x (spread {lo:.2}-{hi:.2}; engine {} {}, anchor {} {} {})",
+        median(ratios),
+        fmt(engine.0),
+        engine.1,
+        anchor.0,
+        fmt(anchor.1),
+        anchor.2
+    );
+    let _ = std::io::stdout().flush();
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Engine and anchor throughput, interleaved, `reps` times each: (engine rates, anchor rates).
+fn pair(
+    opts: &Opts,
+    engine: &str,
+    anchor: &str,
+    connections: u32,
+    script: Option<&Path>,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut e, mut a) = (Vec::new(), Vec::new());
+    for _ in 0..opts.reps {
+        e.push(wrk(engine, connections, opts.seconds, script).rate);
+        a.push(wrk(anchor, connections, opts.seconds, script).rate);
+    }
+    (e, a)
+}
+
+fn throughput(measure: &str, anchor_name: &str, (e, a): (Vec<f64>, Vec<f64>)) {
+    let ratios: Vec<f64> = e.iter().zip(&a).map(|(e, a)| e / a).collect();
+    ratio(
+        measure,
+        &ratios,
+        (median(&e), "req/s"),
+        (anchor_name, median(&a), "req/s"),
+    );
+}
+
+/// The wall time of one request.
+fn timed(url: &str) -> Duration {
+    let started = Instant::now();
+    let status = get_status(url);
+    let took = started.elapsed();
+    assert!(
+        status.is_some_and(|s| s < 500 || s == 504),
+        "{url}: {status:?}"
+    );
+    took
 }
 
 fn main() {
-    if Command::new("wrk").arg("--version").output().is_err() {
-        eprintln!("wrk is needed: apt-get install wrk");
-        std::process::exit(2);
+    for (tool, package) in [("wrk", "wrk"), ("nginx", "nginx")] {
+        if !which(tool).exists() && Command::new(tool).arg("-v").output().is_err() {
+            eprintln!("{tool} is needed: apt-get install {package} (scripts/bench.sh does it)");
+            std::process::exit(2);
+        }
     }
-    let upstream = standin();
+    let opts = Opts::from_env();
+    let refused = free_port();
+    let (labels, fhir, hung) = standins();
     let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("defs")).expect("defs");
     std::fs::write(
-        dir.path().join("labels.yaml"),
-        connector("labels", upstream),
+        dir.path().join("defs/bench.yaml"),
+        definitions(labels, fhir, hung, refused, opts.reps),
     )
     .expect("write");
-    let engine = start_engine(dir.path());
-    let base = format!("http://127.0.0.1:{}", engine.1);
-
-    // (a) Cache hits against /healthz, same wrk settings.
-    let hit_url = format!("{base}/fhir/labels/MedicinalProductDefinition?name=Painaway");
-    assert!(get_ok(&hit_url), "the warm-up search answers 200");
-    let (health, _, _) = wrk(&format!("{base}/healthz"), WRK_CONNECTIONS, None);
-    let (hits, hit50, hit99) = wrk(&hit_url, WRK_CONNECTIONS, None);
+    let ngx_dir = dir.path().join("nginx");
+    std::fs::create_dir_all(&ngx_dir).expect("nginx dir");
+    let (engine, eport) = start_engine(&opts, dir.path());
+    let (nginx, nport) = start_nginx(&opts, &ngx_dir, labels);
+    let e = format!("http://127.0.0.1:{eport}");
+    let n = format!("http://127.0.0.1:{nport}");
     println!(
-        "(a) /healthz: {health:.0} req/s; cache-hit search: {hits:.0} req/s (p50 {hit50:.3} ms, p99 {hit99:.3} ms)"
-    );
-    println!(
-        "    ratio cache-hit / healthz: {:.2} (target >= 0.7)",
-        hits / health
+        "reps {}, {} s per wrk run, system under test on core {}; engine {e}, nginx {n}",
+        opts.reps,
+        opts.seconds,
+        opts.sut_cpu.as_deref().unwrap_or("(not pinned)")
     );
 
-    // (a, against an earlier build) Cache hits of this binary and of the baseline, alternating
-    // three times each, in the same run; the medians compared.
-    if let Some(bin) = std::env::var_os("ENGINE_BASELINE_BIN") {
-        let baseline = start_binary(Path::new(&bin), dir.path());
-        let old_url = format!(
-            "http://127.0.0.1:{}/fhir/labels/MedicinalProductDefinition?name=Painaway",
-            baseline.1
-        );
-        assert!(
-            get_ok(&old_url),
-            "the baseline's warm-up search answers 200"
-        );
-        let (mut new, mut old) = (Vec::new(), Vec::new());
-        for _ in 0..3 {
-            new.push(wrk(&hit_url, WRK_CONNECTIONS, None));
-            old.push(wrk(&old_url, WRK_CONNECTIONS, None));
-        }
-        let median = |v: &mut Vec<(f64, f64, f64)>, f: fn(&(f64, f64, f64)) -> f64| {
-            let mut xs: Vec<f64> = v.iter().map(f).collect();
-            xs.sort_by(f64::total_cmp);
-            xs[xs.len() / 2]
-        };
-        let (n_rate, o_rate) = (median(&mut new, |r| r.0), median(&mut old, |r| r.0));
-        let (n50, o50) = (median(&mut new, |r| r.1), median(&mut old, |r| r.1));
-        let (n99, o99) = (median(&mut new, |r| r.2), median(&mut old, |r| r.2));
-        println!(
-            "(a) baseline {}: cache hits {o_rate:.0} req/s (p50 {o50:.3} ms, p99 {o99:.3} ms); this build {n_rate:.0} req/s (p50 {n50:.3} ms, p99 {n99:.3} ms)",
-            bin.to_string_lossy()
-        );
-        println!(
-            "    ratio this / baseline: throughput {:.2}, p50 {:.2}, p99 {:.2}",
-            n_rate / o_rate,
-            n50 / o50,
-            n99 / o99
-        );
-        drop(baseline);
-    }
+    // Cache hits: one search, warmed, against nginx's cached answer of the same source.
+    let hit = format!("{e}/fhir/labels/MedicinalProductDefinition?name=Painaway");
+    let nhit = format!("{n}/drug/label.json?search=brand:Painaway");
+    wait_ok(&hit, "the warm-up search");
+    wait_ok(&nhit, "nginx's warm-up");
+    throughput(
+        "cached search c=1",
+        "nginx proxy_cache HIT",
+        pair(&opts, &hit, &nhit, 1, None),
+    );
+    throughput(
+        "cached search c=32",
+        "nginx proxy_cache HIT",
+        pair(&opts, &hit, &nhit, 32, None),
+    );
+    throughput(
+        "/healthz c=32",
+        "nginx return 200",
+        pair(
+            &opts,
+            &format!("{e}/healthz"),
+            &format!("{n}/healthz"),
+            32,
+            None,
+        ),
+    );
 
-    // (b) Cache misses (a new name each request) against the stand-in called directly.
+    // Misses that fill the cache: a new query each request, on both.
     let script = dir.path().join("unique.lua");
     std::fs::write(
         &script,
         "counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format(nil, wrk.path .. counter .. '-' .. math.random(1, 1000000000))\nend\n",
     )
     .expect("script");
-    let (_, direct50, direct99) = wrk(
-        &format!("http://127.0.0.1:{upstream}/drug/label.json?search=brand:x"),
-        "1",
-        Some(&script),
+    let (mut er, mut nr, mut ecpu, mut ncpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.reps {
+        let c0 = engine.cpu();
+        let r = wrk(
+            &format!("{e}/fhir/labels/MedicinalProductDefinition?name=m"),
+            1,
+            opts.seconds,
+            Some(&script),
+        );
+        er.push(r.rate);
+        ecpu.push((engine.cpu() - c0).as_secs_f64() * 1e6 / r.requests);
+        let c0 = nginx.cpu();
+        let r = wrk(
+            &format!("{n}/drug/label.json?search=brand:m"),
+            1,
+            opts.seconds,
+            Some(&script),
+        );
+        nr.push(r.rate);
+        ncpu.push((nginx.cpu() - c0).as_secs_f64() * 1e6 / r.requests);
+    }
+    throughput("cache-filling miss c=1", "nginx proxy_cache MISS", (er, nr));
+    let ratios: Vec<f64> = ecpu.iter().zip(&ncpu).map(|(e, a)| e / a).collect();
+    ratio(
+        "CPU per miss (lower is better)",
+        &ratios,
+        (median(&ecpu), "us"),
+        ("nginx proxy_cache MISS", median(&ncpu), "us"),
     );
-    let (_, miss50, miss99) = wrk(
-        &format!("{base}/fhir/labels/MedicinalProductDefinition?name=x"),
-        "1",
-        Some(&script),
+
+    // Fan-out over two 20 ms sources, no cache, 32 connections.
+    let fan = format!("{e}/fhir/fanout/Patient?_count=10");
+    wait_ok(&fan, "the fan-out search");
+    let ideal = 32.0 / IDEAL_FANOUT.as_secs_f64();
+    let rates: Vec<f64> = (0..opts.reps)
+        .map(|_| wrk(&fan, 32, opts.seconds, None).rate)
+        .collect();
+    ratio(
+        "fan-out over 2 sources of 20 ms c=32",
+        &rates.iter().map(|r| r / ideal).collect::<Vec<_>>(),
+        (median(&rates), "req/s"),
+        ("ideal (32 / 21 ms)", ideal, "req/s"),
     );
-    println!(
-        "(b) stand-in direct: p50 {direct50:.3} ms, p99 {direct99:.3} ms; through the engine (cache misses): p50 {miss50:.3} ms, p99 {miss99:.3} ms"
+
+    // Faults: one request each, on a connector of its own per repetition.
+    let hung_times: Vec<f64> = (0..opts.reps)
+        .map(|i| timed(&format!("{e}/fhir/hung-{i}/Patient")).as_secs_f64())
+        .collect();
+    ratio(
+        &format!(
+            "search with one source hung (timeout {}s, retries 2), lower is better",
+            HUNG_TIMEOUT.as_secs()
+        ),
+        &hung_times
+            .iter()
+            .map(|t| t / HUNG_TIMEOUT.as_secs_f64())
+            .collect::<Vec<_>>(),
+        (median(&hung_times), "s"),
+        ("the source's timeout", HUNG_TIMEOUT.as_secs_f64(), "s"),
     );
-    println!(
-        "    added by the engine: p50 {:.3} ms (target <= 1 ms), p99 {:.3} ms",
-        miss50 - direct50,
-        miss99 - direct99
+    let refused_times: Vec<f64> = (0..opts.reps)
+        .map(|i| timed(&format!("{e}/fhir/refused-{i}/Patient")).as_secs_f64() * 1000.0)
+        .collect();
+    let anchor_ms = REFUSED_ANCHOR.as_secs_f64() * 1000.0;
+    ratio(
+        "search with one source refusing connections, lower is better",
+        &refused_times
+            .iter()
+            .map(|t| t / anchor_ms)
+            .collect::<Vec<_>>(),
+        (median(&refused_times), "ms"),
+        ("a failed connect", anchor_ms, "ms"),
+    );
+
+    // Queued push acceptance: a new payload each request, each flushed before its 202.
+    let push = dir.path().join("push.lua");
+    std::fs::write(
+        &push,
+        format!(
+            "counter = 0\nrequest = function()\n  counter = counter + 1\n  local body = '{{\"id\":\"p' .. counter .. '-' .. math.random(1, 1000000000) .. '\"}}'\n  return wrk.format('POST', nil, {{['Content-Type'] = 'application/json', ['Authorization'] = 'Bearer {PUSH_TOKEN}'}}, body)\nend\n"
+        ),
+    )
+    .expect("script");
+    let rates: Vec<f64> = (0..opts.reps)
+        .map(|_| wrk(&format!("{e}/push/hook"), 16, opts.seconds, Some(&push)).rate)
+        .collect();
+    ratio(
+        "queued push acceptance c=16",
+        &rates.iter().map(|r| r / PUSH_BEFORE).collect::<Vec<_>>(),
+        (median(&rates), "req/s"),
+        ("2026-11-27 figure", PUSH_BEFORE, "req/s"),
     );
     drop(engine);
-
-    // (c) Memory: 100 connectors idle, then 10,000 cached answers.
-    let many = tempfile::tempdir().expect("tempdir");
-    let text: String = (0..100)
-        .map(|i| connector(&format!("labels-{i}"), upstream))
-        .collect();
-    std::fs::write(many.path().join("many.yaml"), text).expect("write");
-    let engine = start_engine(many.path());
-    std::thread::sleep(Duration::from_millis(500));
-    let idle = rss_kib(engine.0.id());
-    let base = format!("http://127.0.0.1:{}", engine.1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = reqwest::Client::new();
-        let mut set = tokio::task::JoinSet::new();
-        for worker in 0..16 {
-            let client = client.clone();
-            let base = base.clone();
-            set.spawn(async move {
-                for i in (worker..10_000).step_by(16) {
-                    let url = format!("{base}/fhir/labels-0/MedicinalProductDefinition?name=n{i}");
-                    let r = client.get(url).send().await.expect("request");
-                    assert!(r.status().is_success());
-                }
-            });
-        }
-        while let Some(r) = set.join_next().await {
-            r.expect("worker");
-        }
-    });
-    let full = rss_kib(engine.0.id());
-    println!(
-        "(c) RSS with 100 connectors idle: {:.1} MiB; with 10,000 cached answers: {:.1} MiB",
-        idle as f64 / 1024.0,
-        full as f64 / 1024.0
-    );
+    drop(nginx);
 }

@@ -3,45 +3,136 @@
 //! an `OperationOutcome` (also those of axum's own rejections and its 405), metrics by
 //! configured route, and one log line; and the answer to a path no route takes.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
 use super::outcome::{FHIR_JSON, fhir_response};
 use crate::runtime::engine::Engine;
+use crate::runtime::metrics::RouteMetrics;
 use crate::runtime::problem::{Problem, ProblemKind};
 
-/// The request id of a request (from `X-Request-Id`, or made here).
+fn x_request_id() -> HeaderName {
+    HeaderName::from_static("x-request-id")
+}
+
+/// The request id of a request (from `X-Request-Id`, or made here), kept as the header value
+/// it is sent back as.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub HeaderValue);
+
+impl RequestId {
+    /// The id as text (always ASCII: a caller's id is taken only when it is printable ASCII).
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+/// A caller's `X-Request-Id` when it is usable (1 to 128 printable ASCII characters), else a
+/// new id: a random UUID drawn once per process whose last 48 bits count the requests, so
+/// that making one costs an atomic increment and a hexadecimal encoding rather than a call to
+/// the system's random source and a formatted string.
+fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = given.filter(|v| {
+        !v.is_empty() && v.len() <= 128 && v.as_bytes().iter().all(u8::is_ascii_graphic)
+    }) {
+        return v.clone();
+    }
+    static BASE: OnceLock<u128> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOW: u128 = (1 << 48) - 1;
+    let base = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u128());
+    let n = u128::from(NEXT.fetch_add(1, Ordering::Relaxed)) & LOW;
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::from_u128((base & !LOW) | n)
+        .hyphenated()
+        .encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The per-router state of the guard: the engine, and the metrics of every route it can
+/// count, resolved when the router is made.
+pub(super) struct Guard {
+    engine: Arc<Engine>,
+    pulls: HashMap<String, [RouteMetrics; 3]>,
+    pushes: HashMap<String, RouteMetrics>,
+    healthz: RouteMetrics,
+    readyz: RouteMetrics,
+    metrics: RouteMetrics,
+    admin: RouteMetrics,
+    other: RouteMetrics,
+}
+
+impl Guard {
+    pub(super) fn new(engine: Arc<Engine>) -> Guard {
+        let m = &engine.metrics;
+        let pulls = engine
+            .pulls
+            .keys()
+            .map(|c| {
+                let routes = ["batch", "search", "read"].map(|r| m.route(c, r));
+                (c.clone(), routes)
+            })
+            .collect();
+        let pushes = engine
+            .pushes
+            .keys()
+            .map(|c| (c.clone(), m.route(c, "push")))
+            .collect();
+        Guard {
+            pulls,
+            pushes,
+            healthz: m.route("", "healthz"),
+            readyz: m.route("", "readyz"),
+            metrics: m.route("", "metrics"),
+            admin: m.route("", "admin"),
+            other: m.route("", "other"),
+            engine,
+        }
+    }
+
+    /// The metrics of a path's route. Bounded: a connector's series only for a configured
+    /// connector, and paths of no known route are `other`, so callers cannot make new series.
+    fn route_of(&self, path: &str) -> &RouteMetrics {
+        let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+        let p = [(); 5].map(|()| parts.next());
+        let pull = |c: &str, i: usize| self.pulls.get(c).map_or(&self.other, |r| &r[i]);
+        match p {
+            [Some("fhir"), Some(c), None, ..] => pull(c, 0),
+            [Some("fhir"), Some(c), Some(_), None, _] => pull(c, 1),
+            [Some("fhir"), Some(c), Some(_), Some(_), None] => pull(c, 2),
+            [Some("healthz"), None, ..] => &self.healthz,
+            [Some("readyz"), None, ..] => &self.readyz,
+            [Some("metrics"), None, ..] => &self.metrics,
+            [Some("reload"), None, ..] | [Some("connectors"), ..] => &self.admin,
+            [Some("push"), Some(c), None, ..] => self.pushes.get(c).unwrap_or(&self.other),
+            _ => &self.other,
+        }
+    }
+}
 
 /// Every request: an id, a header size limit, a time limit answered 504, metrics and a log line.
-pub(super) async fn guard(
-    State(engine): State<Arc<Engine>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let (connector, route) = route_of(req.uri().path(), &engine);
+    let engine = &g.engine;
+    let id = request_id(req.headers().get(x_request_id()));
+    let route = g.route_of(req.uri().path());
+    // Both cheap: a standard method is an enum, and a URI shares its bytes.
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     let header_bytes: usize = req
         .headers()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
     let mut resp = if target > engine.limits.uri {
         Problem::new(
             ProblemKind::UriTooLong,
@@ -63,7 +154,7 @@ pub(super) async fn guard(
     } else {
         match tokio::time::timeout(engine.limits.timeout, next.run(req)).await {
             Ok(r) if r.status().as_u16() >= 400 && !is_json(&r) => {
-                as_outcome(r, &method, &path).await
+                as_outcome(r, &method, uri.path()).await
             }
             Ok(r) => r,
             Err(_) => Problem::new(
@@ -73,14 +164,11 @@ pub(super) async fn guard(
             .into_response(),
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
     let status = resp.status().as_u16();
-    engine
-        .metrics
-        .request(&connector, route, status, start.elapsed());
-    tracing::info!(request_id = %id, %method, %path, status, ms = start.elapsed().as_secs_f64() * 1000.0, "request");
+    let took = start.elapsed();
+    route.request(status, took);
+    tracing::info!(request_id = id.to_str().unwrap_or_default(), %method, path = uri.path(), status, ms = took.as_secs_f64() * 1000.0, "request");
+    resp.headers_mut().insert(x_request_id(), id);
     resp
 }
 
@@ -129,32 +217,6 @@ async fn as_outcome(r: Response, method: &Method, path: &str) -> Response {
         answer.headers_mut().append(k, v.clone());
     }
     answer
-}
-
-/// The connector and route name of a path, for metrics labels. Bounded: a connector label
-/// only for a configured connector, and paths of no known route are `other`, so callers
-/// cannot make new series.
-fn route_of(path: &str, engine: &Engine) -> (String, &'static str) {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let pull = |c: &str, route| {
-        if engine.pulls.contains_key(c) {
-            (c.to_owned(), route)
-        } else {
-            (String::new(), "other")
-        }
-    };
-    match parts.as_slice() {
-        ["fhir", c] => pull(c, "batch"),
-        ["fhir", c, _] => pull(c, "search"),
-        ["fhir", c, _, _] => pull(c, "read"),
-        ["healthz"] => (String::new(), "healthz"),
-        ["readyz"] => (String::new(), "readyz"),
-        ["metrics"] => (String::new(), "metrics"),
-        ["reload"] => (String::new(), "admin"),
-        ["connectors", ..] => (String::new(), "admin"),
-        ["push", c] if engine.pushes.contains_key(*c) => ((*c).to_owned(), "push"),
-        _ => (String::new(), "other"),
-    }
 }
 
 pub(super) async fn not_found(req: Request) -> Response {

@@ -24,7 +24,7 @@ use crate::runtime::engine::Engine;
 use admin::{
     dead_letters, healthz, invalidate, list, metrics, openapi, readyz, reload_status, run_now, show,
 };
-use guard::{guard, not_found};
+use guard::{Guard, guard, not_found};
 use routes::{batch, push, scoped_read, search, search_or_read, version_batch};
 
 /// The application.
@@ -68,6 +68,9 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(scoped_read),
         )
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(engine.clone(), guard))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(Guard::new(engine.clone())),
+            guard,
+        ))
         .with_state(engine)
 }

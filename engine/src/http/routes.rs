@@ -54,20 +54,20 @@ pub(super) async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) 
     }
 }
 
-fn request_info(
-    engine: &Engine,
-    headers: &HeaderMap,
-    path_and_query: &str,
-    id: &str,
-) -> RequestInfo {
-    let base = match &engine.limits.public_url {
+/// The base URL of links in answers: `--public-url`, else the one the caller reached.
+fn base_of(engine: &Engine, headers: &HeaderMap) -> String {
+    match &engine.limits.public_url {
         Some(u) => u.trim_end_matches('/').to_owned(),
         None => forwarded_base(headers),
-    };
+    }
+}
+
+/// What an interaction that calls sources needs of its request; made only on a miss.
+fn request_info(engine: &Engine, base: &str, path_and_query: &str, id: &RequestId) -> RequestInfo {
     RequestInfo {
-        request_id: id.to_owned(),
+        request_id: id.as_str().to_owned(),
         self_url: format!("{base}{path_and_query}"),
-        base,
+        base: base.to_owned(),
         deadline: Some(tokio::time::Instant::now() + engine.limits.timeout),
     }
 }
@@ -100,7 +100,27 @@ fn forwarded_base(headers: &HeaderMap) -> String {
 }
 
 /// `scheme://host[:port]` when `host` is a host with an optional port and nothing else.
-fn plain_host(scheme: &str, host: &str) -> Option<String> {
+/// The last host seen is remembered per thread, since callers mostly send the same one: its
+/// base is then found without parsing a URL.
+fn plain_host(scheme: &'static str, host: &str) -> Option<String> {
+    type Seen = Option<(&'static str, String, Option<String>)>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Seen> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((s, h, base)) = last.as_ref()
+            && *s == scheme
+            && h == host
+        {
+            return base.clone();
+        }
+        let base = parse_plain_host(scheme, host);
+        *last = Some((scheme, host.to_owned(), base.clone()));
+        base
+    })
+}
+
+fn parse_plain_host(scheme: &str, host: &str) -> Option<String> {
     if !host
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
@@ -115,35 +135,41 @@ fn plain_host(scheme: &str, host: &str) -> Option<String> {
     })
 }
 
+/// A pull answer as sent: the stored bytes (shared, not copied) and the prepared entity tag,
+/// or 304 when the caller holds that tag. `HEAD` gets the same headers (hyper drops the body).
 fn answer(a: &Answer, how: CacheSource, req_headers: &HeaderMap) -> Response {
-    let etag = HeaderValue::from_str(&a.etag).ok();
+    let tag = a.etag.as_bytes();
     let matches = req_headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == a.etag || t.trim() == "*"));
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| {
+            let t = t.trim_ascii();
+            t == tag || t == b"*"
+        });
     let mut resp = if matches && a.status == 200 {
-        StatusCode::NOT_MODIFIED.into_response()
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
     } else {
-        let mut r = (
-            StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
-            Body::from(a.body.clone()),
-        )
-            .into_response();
+        let mut r = Response::new(Body::from(a.body.clone()));
+        *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK);
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         r
     };
-    if let Some(e) = etag {
-        resp.headers_mut().insert(header::ETAG, e);
-    }
     let cache = match how {
         CacheSource::Hit => "hit",
         CacheSource::Miss => "miss",
         CacheSource::Stale => "stale",
         CacheSource::Uncached => "none",
     };
-    resp.headers_mut()
-        .insert("x-cache", HeaderValue::from_static(cache));
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, a.etag.clone());
+    h.insert(
+        header::HeaderName::from_static("x-cache"),
+        HeaderValue::from_static(cache),
+    );
     resp
 }
 
@@ -198,10 +224,11 @@ pub(super) async fn scoped_read(
 }
 
 /// What every pull request carries to its interaction: the engine, the request id the guard
-/// gave it, and the caller's headers.
+/// gave it, and the caller's headers (taken from the request, not copied: no extractor after
+/// this one reads them).
 pub(super) struct Call {
     engine: Arc<Engine>,
-    id: String,
+    id: RequestId,
     headers: HeaderMap,
 }
 
@@ -215,11 +242,17 @@ impl FromRequestParts<Arc<Engine>> for Call {
         let id = parts
             .extensions
             .get::<RequestId>()
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), |r| r.0.clone());
+            .cloned()
+            .unwrap_or_else(|| {
+                RequestId(
+                    HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                        .unwrap_or_else(|_| HeaderValue::from_static("-")),
+                )
+            });
         Ok(Call {
             engine: engine.clone(),
             id,
-            headers: parts.headers.clone(),
+            headers: std::mem::take(&mut parts.headers),
         })
     }
 }
@@ -243,14 +276,19 @@ async fn search_in(
             .into_owned()
             .collect();
     let q = rt.parse_search(res, &pairs)?;
-    let path = format!("/fhir/{connector}/{}{resource_type}", scope.prefix());
-    let path_and_query = match &query {
-        Some(q) if !q.is_empty() => format!("{path}?{q}"),
-        _ => path,
+    let base = base_of(&engine, &headers);
+    let key = format!("{base} {}{}", scope.prefix(), q.key(resource_type));
+    let (engine, rt_ref, q, id, base) = (&engine, &rt, &q, &id, &base);
+    let load = move || async move {
+        let path = format!("/fhir/{connector}/{}{resource_type}", scope.prefix());
+        let path_and_query = match &query {
+            Some(q) if !q.is_empty() => format!("{path}?{q}"),
+            _ => path,
+        };
+        let info = request_info(engine, base, &path_and_query, id);
+        rt_ref.search(res, q, &info, scope).await
     };
-    let info = request_info(&engine, &headers, &path_and_query, &id);
-    let key = format!("{} {}{}", info.base, scope.prefix(), q.key(resource_type));
-    cached(&rt, &key, &headers, || rt.search(res, &q, &info, scope)).await
+    cached(&rt, &key, &headers, load).await
 }
 
 /// The answer to a pull request: through the connector's cache when it has one. The key
@@ -294,19 +332,15 @@ async fn read_in(
     if !crate::model::fhir::is_id(rid) {
         return Err(Problem::invalid(format!("`{rid}` is not a FHIR id")));
     }
-    let info = request_info(
-        &engine,
-        &headers,
-        &format!("/fhir/{connector}/{}{resource_type}/{rid}", scope.prefix()),
-        &id,
-    );
-    cached(
-        &rt,
-        &format!("{} {}read|{resource_type}|{rid}", info.base, scope.prefix()),
-        &headers,
-        || rt.read(res, rid, &info, scope),
-    )
-    .await
+    let base = base_of(&engine, &headers);
+    let key = format!("{base} {}read|{resource_type}|{rid}", scope.prefix());
+    let (engine, rt_ref, id, base) = (&engine, &rt, &id, &base);
+    let load = move || async move {
+        let path = format!("/fhir/{connector}/{}{resource_type}/{rid}", scope.prefix());
+        let info = request_info(engine, base, &path, id);
+        rt_ref.read(res, rid, &info, scope).await
+    };
+    cached(&rt, &key, &headers, load).await
 }
 
 /// `POST /fhir/{connector}`: a batch to every source.
@@ -356,7 +390,12 @@ async fn batch_in(
     let bundle: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Problem::invalid(format!("the body is not JSON: {e}")))?;
     let path = format!("/fhir/{connector}/{}", scope.prefix());
-    let info = request_info(&engine, &headers, path.trim_end_matches('/'), &id);
+    let info = request_info(
+        &engine,
+        &base_of(&engine, &headers),
+        path.trim_end_matches('/'),
+        &id,
+    );
     let out = rt.batch(&bundle, &info, scope).await?;
     Ok(fhir_response(StatusCode::OK, &out))
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
+use reqwest::header::HeaderValue;
 use tokio::time::Instant;
 
 use crate::model::digest::content_digest;
@@ -19,12 +20,13 @@ use crate::runtime::problem::{Problem, ProblemKind};
 /// sees one call per key and second rather than one per request.
 const FAILURE_SHARED_FOR: Duration = Duration::from_secs(1);
 
-/// A finished answer: status, FHIR JSON body and its entity tag.
+/// A finished answer, kept as it is sent: status, FHIR JSON body (the bytes written to every
+/// caller, shared, never serialised again) and its entity tag, made once as the header value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     pub status: u16,
     pub body: Bytes,
-    pub etag: String,
+    pub etag: HeaderValue,
     /// False when a source failed: such an answer is served but never cached.
     pub complete: bool,
 }
@@ -35,7 +37,9 @@ impl Answer {
         Answer {
             status,
             body: Bytes::from(body),
-            etag,
+            // A weak tag of hexadecimal digits: always a valid header value.
+            etag: HeaderValue::from_str(&etag)
+                .unwrap_or_else(|_| HeaderValue::from_static("W/\"\"")),
             complete,
         }
     }

@@ -4,7 +4,7 @@
 //! breakers are kept here too, by source name, since metrics outlive reloads.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::prometheus_text::encode;
@@ -78,6 +78,42 @@ impl EncodeLabelValue for Answer {
 }
 
 type Latency<S> = Family<S, Histogram, fn() -> Histogram>;
+
+/// The statuses whose request counters a `RouteMetrics` keeps resolved; a request answered
+/// with another status looks its counter up by labels.
+const STATUSES: [u16; 17] = [
+    200, 202, 204, 304, 400, 401, 403, 404, 405, 413, 414, 429, 431, 500, 502, 503, 504,
+];
+
+/// The request metrics of one route of one connector, resolved once (per router) so that
+/// counting a request takes no label hashing, lookup, allocation or formatting: each series is
+/// still made on its first request, so `/metrics` shows only the series that were used.
+pub struct RouteMetrics {
+    labels: RouteLabels,
+    requests: Family<StatusLabels, Counter>,
+    seconds: Latency<RouteLabels>,
+    histogram: OnceLock<Histogram>,
+    by_status: [OnceLock<Counter>; STATUSES.len()],
+}
+
+impl RouteMetrics {
+    /// An HTTP request of this route answered with `status` after `took`.
+    pub fn request(&self, status: u16, took: Duration) {
+        self.histogram
+            .get_or_init(|| self.seconds.get_or_create(&self.labels).clone())
+            .observe(took.as_secs_f64());
+        let labels = || StatusLabels {
+            route: self.labels.clone(),
+            status,
+        };
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.by_status[i]
+                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
+    }
+}
 
 fn latency<S: Clone + std::hash::Hash + Eq>() -> Latency<S> {
     Family::new_with_constructor(|| Histogram::new(BUCKETS))
@@ -198,19 +234,24 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// An HTTP request answered: `route` is the kind of route, `connector` empty for routes of
-    /// no connector.
+    /// The request metrics of a route (`route` the kind of route, `connector` empty for
+    /// routes of no connector), to be resolved once and counted into per request.
+    pub fn route(&self, connector: &str, route: &'static str) -> RouteMetrics {
+        RouteMetrics {
+            labels: RouteLabels {
+                connector: connector.to_owned(),
+                route,
+            },
+            requests: self.requests.clone(),
+            seconds: self.request_seconds.clone(),
+            histogram: OnceLock::new(),
+            by_status: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    /// An HTTP request answered (looked up by labels: `route` gives the resolved handle).
     pub fn request(&self, connector: &str, route: &'static str, status: u16, took: Duration) {
-        let route = RouteLabels {
-            connector: connector.to_owned(),
-            route,
-        };
-        self.request_seconds
-            .get_or_create(&route)
-            .observe(took.as_secs_f64());
-        self.requests
-            .get_or_create(&StatusLabels { route, status })
-            .inc();
+        self.route(connector, route).request(status, took);
     }
 
     /// A call to a source.
@@ -442,6 +483,11 @@ mod tests {
         let m = Metrics::default();
         m.request("a", "search", 200, Duration::from_millis(3));
         m.request("a", "search", 200, Duration::from_millis(3));
+        // A resolved handle counts into the same series, also for a status it does not keep.
+        let handle = m.route("a", "search");
+        handle.request(200, Duration::from_millis(3));
+        handle.request(418, Duration::from_millis(3));
+        handle.request(418, Duration::from_millis(3));
         m.upstream("s", Answer::Timeout, Duration::from_millis(3));
         let stats = Stats {
             entries: 5,
@@ -451,10 +497,11 @@ mod tests {
         for line in [
             "# HELP engine_requests_total HTTP requests answered.\n",
             "# TYPE engine_requests_total counter\n",
-            "engine_requests_total{connector=\"a\",route=\"search\",status=\"200\"} 2\n",
+            "engine_requests_total{connector=\"a\",route=\"search\",status=\"200\"} 3\n",
+            "engine_requests_total{connector=\"a\",route=\"search\",status=\"418\"} 2\n",
             "engine_request_duration_seconds_bucket{connector=\"a\",route=\"search\",le=\"0.0025\"} 0\n",
-            "engine_request_duration_seconds_bucket{connector=\"a\",route=\"search\",le=\"0.005\"} 2\n",
-            "engine_request_duration_seconds_count{connector=\"a\",route=\"search\"} 2\n",
+            "engine_request_duration_seconds_bucket{connector=\"a\",route=\"search\",le=\"0.005\"} 5\n",
+            "engine_request_duration_seconds_count{connector=\"a\",route=\"search\"} 5\n",
             "engine_upstream_requests_total{source=\"s\",outcome=\"timeout\"} 1\n",
             "# TYPE engine_cache_entries gauge\n",
             "engine_cache_entries{connector=\"a\\\"b\"} 5\n",

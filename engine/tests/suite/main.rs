@@ -8,6 +8,7 @@ mod admin_auth;
 mod alerts;
 mod architecture;
 mod bounded;
+mod cache_hits;
 mod cli;
 mod cron_push;
 mod durability;
