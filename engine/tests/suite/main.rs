@@ -11,6 +11,7 @@ mod cli;
 mod cron_push;
 mod durability;
 mod edge;
+mod fanout;
 mod faults;
 mod fhir_validity;
 mod helios;
