@@ -13,13 +13,13 @@
 //! endpoint calls them on the blocking pool.
 //!
 //! Payloads are queued by group commit (`commit`): the payloads that arrive while a commit is
-//! being flushed wait for the next one, which writes their files, flushes them all at once
-//! (one fsync each, issued together so that the file system joins them), renames them in
-//! sequence order and flushes the directory once. Each waiter hears only after that: a payload
-//! is acknowledged only once its file and name are on disk. A crash (even `kill -9`) between
-//! the write and the flush leaves `.tmp` files (removed at open: not acknowledged, so the
-//! caller sends again) or named files (queued, and their keys remembered from them at open,
-//! so a resend is a duplicate).
+//! being flushed wait for the next one, which writes their files whole, renames them in
+//! sequence order, and flushes them all at once (each file's fsync and the directory's, issued
+//! together so that the file system commits them as one). Each waiter hears only after that:
+//! a payload is acknowledged only once its file and name are on disk. A crash (even `kill -9`)
+//! between the write and the flush leaves `.tmp` files (removed at open: not acknowledged, so
+//! the caller sends again) or named files (queued, their keys learnt from them at open, so a
+//! resend is a duplicate).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -249,63 +249,61 @@ impl Queue {
         }
     }
 
-    /// One group commit: every file written to its temporary name, the files flushed
-    /// together, renamed in order, and the directory flushed once. Blocks.
+    /// One group commit: every file written whole under its temporary name and renamed, in
+    /// sequence order; then one flush of them all: each file's fsync and the directory's,
+    /// issued together so that the file system commits them at once. Blocks.
+    ///
+    /// A payload is answered only after that flush. A file is renamed only once it is
+    /// written whole, so a drainer (or a restart after `kill -9`) never reads half of one;
+    /// after a power loss within the flush, a named file of a payload not yet answered may
+    /// be empty, and is moved to the dead letters when drained.
     fn commit_group(&self, group: &[Waiting]) -> Vec<Result<(), StateError>> {
-        let tmp_of = |p: &Path| {
-            p.with_file_name(format!(
-                ".{}.tmp",
-                p.file_name().and_then(|n| n.to_str()).unwrap_or("queued")
-            ))
-        };
         let mut written: Vec<Result<std::fs::File, StateError>> = group
             .iter()
             .map(|w| {
-                let tmp = tmp_of(&w.path);
-                std::fs::File::create(&tmp)
+                let tmp = w.path.with_file_name(format!(
+                    ".{}.tmp",
+                    w.path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("queued")
+                ));
+                let file = std::fs::File::create(&tmp)
                     .and_then(|mut f| f.write_all(&w.bytes).map(|()| f))
-                    .map_err(|e| StateError::io(&tmp, e))
+                    .and_then(|f| std::fs::rename(&tmp, &w.path).map(|()| f))
+                    .map_err(|e| StateError::io(&tmp, e));
+                if file.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                file
             })
             .collect();
-        // One fsync per file, issued together: the file system commits them as one.
+        let dir = self.dir.join("queue");
         let per = written.len().div_ceil(FLUSHERS).max(1);
-        std::thread::scope(|s| {
+        let dir_flushed = std::thread::scope(|s| {
             for (chunk, waiting) in written.chunks_mut(per).zip(group.chunks(per)) {
                 s.spawn(move || {
                     for (f, w) in chunk.iter_mut().zip(waiting) {
                         if let Ok(file) = f
                             && let Err(e) = file.sync_all()
                         {
-                            *f = Err(StateError::io(&tmp_of(&w.path), e));
+                            *f = Err(StateError::io(&w.path, e));
                         }
                     }
                 });
             }
+            state::sync_dir(&dir)
         });
-        let mut results: Vec<Result<(), StateError>> = written
+        written
             .into_iter()
-            .zip(group)
-            .map(|(f, w)| {
-                let tmp = tmp_of(&w.path);
-                match f {
-                    Ok(_) => std::fs::rename(&tmp, &w.path).map_err(|e| StateError::io(&w.path, e)),
-                    Err(e) => Err(e),
-                }
-                .inspect_err(|_| {
-                    let _ = std::fs::remove_file(&tmp);
-                })
+            .map(|f| match (f, &dir_flushed) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Ok(())) => Ok(()),
+                // The names may not be on disk: no payload of the group is answered 202 (the
+                // files stay queued, and are written).
+                (Ok(_), Err(e)) => Err(StateError::io(&dir, std::io::Error::other(e.to_string()))),
             })
-            .collect();
-        let dir = self.dir.join("queue");
-        if let Err(e) = state::sync_dir(&dir) {
-            // The names may not be on disk: no payload of the group is acknowledged (each
-            // stays queued, and a resend is a duplicate).
-            let why = e.to_string();
-            for r in results.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(StateError::io(&dir, std::io::Error::other(why.clone())));
-            }
-        }
-        results
+            .collect()
     }
 
     /// The queue's files in order.
