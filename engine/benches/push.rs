@@ -90,7 +90,7 @@ impl Drop for Engine {
 
 fn start(bin: &Path, defs: &Path, state: &Path) -> Engine {
     let port = free_port();
-    let child = Command::new(bin)
+    let mut child = Command::new(bin)
         .arg("serve")
         .arg(defs)
         .arg("--state-dir")
@@ -106,6 +106,8 @@ fn start(bin: &Path, defs: &Path, state: &Path) -> Engine {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the engine did not listen");
 }
 
