@@ -87,6 +87,12 @@ pub enum Strategy {
     Cron(Cron),
 }
 
+/// A source's default `concurrency`: above the worker pools FHIR servers serve with by
+/// default (Tomcat's 200 threads behind HAPI FHIR), so that a server's own limit (its queue,
+/// or a 429 or 503 that the retries honour) throttles before the engine does, while a burst
+/// still cannot open an unbounded number of connections to one source.
+pub const DEFAULT_SOURCE_CONCURRENCY: u32 = 256;
+
 /// A checked source.
 #[derive(Debug)]
 pub struct Source {
@@ -98,6 +104,8 @@ pub struct Source {
     pub auth: Option<Auth>,
     pub timeout: Duration,
     pub retries: u32,
+    /// Most calls in flight to the source at once (`concurrency`, default
+    /// `DEFAULT_SOURCE_CONCURRENCY`).
     pub concurrency: u32,
     pub pagination: Option<Pagination>,
     /// Most pages read for one answer or one stream of a run (`pagination.maxPages`).

@@ -141,6 +141,8 @@ pub struct Metrics {
     records_dead_lettered: Family<ConnectorLabel, Counter>,
     push_sink_retries: Family<ConnectorLabel, Counter>,
     push_deliveries: Family<OutcomeLabels, Counter>,
+    push_queue_commits: Family<ConnectorLabel, Counter>,
+    push_queue_committed: Family<ConnectorLabel, Counter>,
     fhir_invalid: Family<OutcomeLabels, Counter>,
     breakers: Mutex<BTreeMap<String, Arc<Breaker>>>,
 }
@@ -219,6 +221,18 @@ impl Default for Metrics {
                 &mut r,
                 "engine_push_deliveries",
                 "Push deliveries, by outcome",
+                Family::default(),
+            ),
+            push_queue_commits: add(
+                &mut r,
+                "engine_push_queue_commits",
+                "Group commits of push queues: one flush of the queue directory for the payloads that arrived together",
+                Family::default(),
+            ),
+            push_queue_committed: add(
+                &mut r,
+                "engine_push_queue_committed",
+                "Payloads queued by the group commits of push queues",
                 Family::default(),
             ),
             fhir_invalid: add(
@@ -326,6 +340,17 @@ impl Metrics {
             outcome,
         };
         self.push_deliveries.get_or_create(&labels).inc();
+    }
+
+    /// A group commit of a push queue, of `payloads` payloads.
+    pub fn push_queue_commit(&self, connector: &str, payloads: usize) {
+        let c = ConnectorLabel {
+            connector: connector.to_owned(),
+        };
+        self.push_queue_commits.get_or_create(&c).inc();
+        self.push_queue_committed
+            .get_or_create(&c)
+            .inc_by(payloads as u64);
     }
 
     /// Retried writes of one push delivery.

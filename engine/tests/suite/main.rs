@@ -13,6 +13,7 @@ mod cli;
 mod cron_push;
 mod durability;
 mod edge;
+mod fanout;
 mod faults;
 mod fhir_validity;
 mod fhir_versions_helios;

@@ -47,7 +47,9 @@ pub struct SourceSpec {
     #[serde(default)]
     #[schemars(range(max = 10))]
     pub retries: Option<u32>,
-    /// Most requests in flight to this source at once (default 16).
+    /// Most requests in flight to this source at once (default 256: above the worker pools
+    /// FHIR servers serve with by default, so that the server throttles before the engine
+    /// does; set it lower for a source that cannot take that many).
     #[serde(default)]
     #[schemars(range(min = 1, max = 1024))]
     pub concurrency: Option<u32>,

@@ -67,7 +67,9 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         auth,
         timeout,
         retries: s.retries.unwrap_or(2),
-        concurrency: s.concurrency.unwrap_or(16),
+        concurrency: s
+            .concurrency
+            .unwrap_or(crate::model::DEFAULT_SOURCE_CONCURRENCY),
         pagination,
         max_pages: s
             .pagination

@@ -1,6 +1,8 @@
 //! The deduplication memory of a push queue: the keys of the deliveries acknowledged within
 //! the window, in memory and in `seen.jsonl` (one line per remembered delivery, appended and
-//! flushed before the delivery is known as remembered), and the keys being processed now.
+//! flushed before the delivery is known as remembered; a queued payload's keys are learnt in
+//! memory when it is queued, held by its queue file meanwhile, and get their line when the
+//! drainer takes it off the queue), and the keys being processed now.
 //! It belongs to the queue directory, not to one definition generation, so requests in flight
 //! on an older router see the same memory. It is bounded by the window and by a count
 //! (`dedupLimit`, the oldest forgotten first), and `seen.jsonl` is rewritten with the live
@@ -136,14 +138,6 @@ impl Memory {
         }
     }
 
-    /// Whether every key is remembered (the memory learns a key after its line is flushed,
-    /// or failed to be).
-    pub(super) fn remembers(&self, keys: &[String]) -> bool {
-        self.keys
-            .lock()
-            .is_ok_and(|k| keys.iter().all(|key| k.seen.contains_key(key)))
-    }
-
     /// Remembers a delivery: its lines appended to `seen.jsonl` and flushed, then the keys
     /// learnt (under the file's shared lock, so a compaction sees them); past the limit the
     /// oldest are forgotten, and the file is compacted when it has grown past twice the live
@@ -175,28 +169,41 @@ impl Memory {
                 .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_data()))
                 .map_err(|e| StateError::io(&self.path, e));
             self.lines.fetch_add(keys.len(), Ordering::SeqCst);
-            let mut k = self
-                .keys
-                .lock()
-                .map_err(|e| StateError::Stopped(e.to_string()))?;
-            for key in keys {
-                k.next += 1;
-                let n = k.next;
-                k.seen.insert(key.clone(), (at, n));
-            }
-            // Past the limit (with some slack, so the pruning is not done at every delivery),
-            // or every 256 deliveries, the expired and the oldest are forgotten: `live` counts
-            // deliveries within the window.
-            if k.seen.len() > limit + limit / 16 || k.next % 256 < keys.len() as u64 {
-                prune(&mut k.seen, now, window, limit);
-            }
-            k.seen.len()
+            self.learn(keys, at, now, window, limit)?
         };
         appended?;
         if self.lines.load(Ordering::SeqCst) > 2 * live + 16 {
             self.compact(now, window, limit)?;
         }
         Ok(())
+    }
+
+    /// Learns a delivery's keys in memory only, and returns the live entries: for a queued
+    /// payload, whose file holds its keys until the drainer remembers it in `seen.jsonl`
+    /// (a restart learns them from the file). Past the limit (with some slack, so the pruning
+    /// is not done at every delivery), or every 256 deliveries, the expired and the oldest
+    /// are forgotten.
+    pub(super) fn learn(
+        &self,
+        keys: &[String],
+        at: i64,
+        now: i64,
+        window: i64,
+        limit: usize,
+    ) -> Result<usize, StateError> {
+        let mut k = self
+            .keys
+            .lock()
+            .map_err(|e| StateError::Stopped(e.to_string()))?;
+        for key in keys {
+            k.next += 1;
+            let n = k.next;
+            k.seen.insert(key.clone(), (at, n));
+        }
+        if k.seen.len() > limit + limit / 16 || k.next % 256 < keys.len() as u64 {
+            prune(&mut k.seen, now, window, limit);
+        }
+        Ok(k.seen.len())
     }
 
     /// Rewrites `seen.jsonl` with the live entries.

@@ -106,6 +106,7 @@ impl PushEndpoint {
                 clock.now().timestamp(),
                 push.dedup_window.as_secs() as i64,
                 push.dedup_limit,
+                metrics.clone(),
             )?),
         };
         Ok(PushEndpoint {
@@ -279,7 +280,13 @@ impl PushEndpoint {
         match self.push().mode {
             PushMode::Queued => {
                 self.enqueue(keys, payload).await?;
-                self.remember(keys).await;
+                // Learnt in memory: the queue file holds the keys (a restart learns them
+                // from it) until the drainer remembers them in `seen.jsonl`.
+                let now = self.clock.now().timestamp();
+                let (window, limit) = (self.window(), self.push().dedup_limit);
+                if let Err(e) = self.queue.memory.learn(keys, now, now, window, limit) {
+                    tracing::warn!(connector = %self.connector.name, "cannot record a delivery: {}", self.queue.why(&e));
+                }
                 self.count("queued");
                 self.queue.wake.notify_one();
                 Ok(Reply::Queued)
@@ -508,11 +515,11 @@ impl PushEndpoint {
             }
             Err(Outcome::Transient(why)) => return Err(why),
         }
-        // A payload queued by a request that has not remembered it yet: remembered now,
-        // before its file (from which a restart would learn its keys) is removed.
-        if !self.queue.memory.remembers(&item.keys) {
-            self.remember(&item.keys).await;
-        }
+        // Remembered in `seen.jsonl` (dated when it was received) before its file, from
+        // which a restart would learn its keys, is removed.
+        let received = chrono::DateTime::parse_from_rfc3339(&item.received)
+            .map_or_else(|_| self.clock.now().timestamp(), |t| t.timestamp());
+        self.remember_at(&item.keys, received).await;
         let (queue, path) = (self.queue.clone(), file.to_path_buf());
         match state::blocking(move || queue.remove(&path)).await {
             Ok(()) => decrement(&self.queue.queued),
@@ -523,10 +530,10 @@ impl PushEndpoint {
         Ok(())
     }
 
+    /// Queues a payload by group commit (see `queue`): answered once it is flushed.
     async fn enqueue(&self, keys: &[String], payload: &Value) -> Result<(), Problem> {
-        let path = self.queue.next_file("queue");
         let bytes = Queue::item_bytes(keys, &self.clock.now().to_rfc3339(), payload);
-        if let Err(e) = state::blocking(move || state::write_atomic(&path, &bytes)).await {
+        if let Err(e) = self.queue.commit(bytes).await {
             tracing::error!(connector = %self.connector.name, "the queue cannot take a payload: {}", self.queue.why(&e));
             return Err(Problem::new(
                 ProblemKind::Unavailable {
@@ -604,11 +611,16 @@ impl PushEndpoint {
 
     /// Remembers a durable delivery: appended and flushed to `seen.jsonl`, then in memory.
     async fn remember(&self, keys: &[String]) {
+        self.remember_at(keys, self.clock.now().timestamp()).await;
+    }
+
+    /// Remembers a durable delivery received at `at` (Unix seconds).
+    async fn remember_at(&self, keys: &[String], at: i64) {
         let now = self.clock.now().timestamp();
         let (window, limit) = (self.window(), self.push().dedup_limit);
         let (queue, keys) = (self.queue.clone(), keys.to_vec());
         let remembered =
-            state::blocking(move || queue.memory.remember(&keys, now, now, window, limit)).await;
+            state::blocking(move || queue.memory.remember(&keys, at, now, window, limit)).await;
         if let Err(e) = remembered {
             tracing::warn!(connector = %self.connector.name, "cannot record a delivery: {}", self.queue.why(&e));
         }

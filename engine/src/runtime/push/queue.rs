@@ -11,15 +11,26 @@
 //! the recorded file lengths) before it is written again. Leftover `.tmp` files of an atomic
 //! write cut by a crash are removed when the queue is opened. The functions here block: the
 //! endpoint calls them on the blocking pool.
+//!
+//! Payloads are queued by group commit (`commit`): the payloads that arrive while a commit is
+//! being flushed wait for the next one, which writes their files whole, renames them in
+//! sequence order, and flushes them all at once (each file's fsync and the directory's, issued
+//! together so that the file system commits them as one). Each waiter hears only after that:
+//! a payload is acknowledged only once its file and name are on disk. A crash (even `kill -9`)
+//! between the write and the flush leaves `.tmp` files (removed at open: not acknowledged, so
+//! the caller sends again) or named files (queued, their keys learnt from them at open, so a
+//! resend is a duplicate).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
 use super::dedup::Memory;
+use crate::runtime::metrics::Metrics;
 use crate::runtime::state::{self, StateError};
 
 /// One queue directory, shared by the endpoints of every generation of its connector.
@@ -38,6 +49,43 @@ pub(super) struct Queue {
     pub(super) queued: AtomicUsize,
     /// Payloads in the dead-letter directory.
     pub(super) dead: AtomicUsize,
+    /// Payloads waiting for the next group commit.
+    group: Mutex<Group>,
+    /// Counts group commits (`engine_push_queue_commits`).
+    metrics: Arc<Metrics>,
+    connector: String,
+}
+
+/// Most payloads one group commit takes (the rest wait for the next).
+const MAX_GROUP: usize = 512;
+/// Most threads that flush one group's files together.
+const FLUSHERS: usize = 32;
+
+/// The payloads waiting for a commit, and whether a committer is at work.
+#[derive(Default)]
+struct Group {
+    waiting: Vec<Waiting>,
+    committing: bool,
+}
+
+/// A payload waiting for its group commit: its queue file, content, and who hears the end.
+struct Waiting {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<Result<(), StateError>>,
+}
+
+/// Held by the committer: if it stops midway (a panic), the next payload starts another,
+/// and the waiters of the lost group hear that it stopped (their senders are dropped).
+struct Committing<'a>(&'a Queue);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut g = self.0.group.lock().unwrap_or_else(|e| e.into_inner());
+            g.committing = false;
+        }
+    }
 }
 
 /// A queued payload as its file holds it.
@@ -97,6 +145,7 @@ impl Queue {
         now: i64,
         window: i64,
         limit: usize,
+        metrics: Arc<Metrics>,
     ) -> Result<Queue, StateError> {
         let dir = state_dir.join("push").join(connector);
         for sub in ["queue", "dead"] {
@@ -135,6 +184,9 @@ impl Queue {
             seq: AtomicU64::new(seq),
             queued: AtomicUsize::new(queue.len()),
             dead: AtomicUsize::new(dead.len()),
+            group: Mutex::default(),
+            metrics,
+            connector: connector.to_owned(),
             dir,
         })
     }
@@ -148,6 +200,110 @@ impl Queue {
     pub(super) fn next_file(&self, sub: &str) -> PathBuf {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
         self.dir.join(sub).join(format!("{seq:020}.json"))
+    }
+
+    /// Queues a payload's file content by group commit: returns once the file and its name
+    /// are flushed, together with those of the payloads that arrived meanwhile. Its file
+    /// takes the next sequence number now, so payloads keep their order of arrival.
+    pub(super) async fn commit(self: &Arc<Self>, bytes: Vec<u8>) -> Result<(), StateError> {
+        let (done, heard) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut g = self
+                .group
+                .lock()
+                .map_err(|e| StateError::Stopped(e.to_string()))?;
+            g.waiting.push(Waiting {
+                path: self.next_file("queue"),
+                bytes,
+                done,
+            });
+            !std::mem::replace(&mut g.committing, true)
+        };
+        if lead {
+            let queue = self.clone();
+            tokio::task::spawn_blocking(move || queue.commit_groups());
+        }
+        heard
+            .await
+            .map_err(|_| StateError::Stopped("the queue's commit stopped".into()))?
+    }
+
+    /// Commits groups until none is waiting. Blocks.
+    fn commit_groups(&self) {
+        let _guard = Committing(self);
+        loop {
+            let group = {
+                let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+                if g.waiting.is_empty() {
+                    g.committing = false;
+                    return;
+                }
+                let n = g.waiting.len().min(MAX_GROUP);
+                g.waiting.drain(..n).collect::<Vec<_>>()
+            };
+            let results = self.commit_group(&group);
+            self.metrics.push_queue_commit(&self.connector, group.len());
+            for (w, r) in group.into_iter().zip(results) {
+                let _ = w.done.send(r);
+            }
+        }
+    }
+
+    /// One group commit: every file written whole under its temporary name and renamed, in
+    /// sequence order; then one flush of them all: each file's fsync and the directory's,
+    /// issued together so that the file system commits them at once. Blocks.
+    ///
+    /// A payload is answered only after that flush. A file is renamed only once it is
+    /// written whole, so a drainer (or a restart after `kill -9`) never reads half of one;
+    /// after a power loss within the flush, a named file of a payload not yet answered may
+    /// be empty, and is moved to the dead letters when drained.
+    fn commit_group(&self, group: &[Waiting]) -> Vec<Result<(), StateError>> {
+        let mut written: Vec<Result<std::fs::File, StateError>> = group
+            .iter()
+            .map(|w| {
+                let tmp = w.path.with_file_name(format!(
+                    ".{}.tmp",
+                    w.path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("queued")
+                ));
+                let file = std::fs::File::create(&tmp)
+                    .and_then(|mut f| f.write_all(&w.bytes).map(|()| f))
+                    .and_then(|f| std::fs::rename(&tmp, &w.path).map(|()| f))
+                    .map_err(|e| StateError::io(&tmp, e));
+                if file.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                file
+            })
+            .collect();
+        let dir = self.dir.join("queue");
+        let per = written.len().div_ceil(FLUSHERS).max(1);
+        let dir_flushed = std::thread::scope(|s| {
+            for (chunk, waiting) in written.chunks_mut(per).zip(group.chunks(per)) {
+                s.spawn(move || {
+                    for (f, w) in chunk.iter_mut().zip(waiting) {
+                        if let Ok(file) = f
+                            && let Err(e) = file.sync_all()
+                        {
+                            *f = Err(StateError::io(&w.path, e));
+                        }
+                    }
+                });
+            }
+            state::sync_dir(&dir)
+        });
+        written
+            .into_iter()
+            .map(|f| match (f, &dir_flushed) {
+                (Err(e), _) => Err(e),
+                (Ok(_), Ok(())) => Ok(()),
+                // The names may not be on disk: no payload of the group is answered 202 (the
+                // files stay queued, and are written).
+                (Ok(_), Err(e)) => Err(StateError::io(&dir, std::io::Error::other(e.to_string()))),
+            })
+            .collect()
     }
 
     /// The queue's files in order.
