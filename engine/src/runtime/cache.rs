@@ -1,6 +1,8 @@
 //! The answer cache of a pull connector (quick_cache): a TTL kept with each entry, capacity in
 //! entries and bytes, one upstream call for concurrent misses of a key (the guarded entry API),
 //! a stale window served when the upstream fails, and hit, miss, stale and eviction counters.
+//! With the shared tier set, a miss is filled through it (`runtime::shared_cache`) and an
+//! invalidation reaches every replica.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::model::digest::content_digest;
 use crate::runtime::problem::{Problem, ProblemKind};
+use crate::runtime::shared_cache::SharedLevel;
 
 /// How long a failure is shared with requests for the same key, so that a failing upstream
 /// sees one call per key and second rather than one per request.
@@ -115,6 +118,8 @@ pub struct AnswerCache {
     misses: AtomicU64,
     stale: AtomicU64,
     evictions: Arc<AtomicU64>,
+    /// The second level, shared by replicas, when the engine has one.
+    shared: Option<SharedLevel>,
 }
 
 impl AnswerCache {
@@ -139,7 +144,14 @@ impl AnswerCache {
             misses: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             evictions: evictions.0,
+            shared: None,
         }
+    }
+
+    /// This cache with `level` behind it.
+    pub fn with_shared(mut self, level: SharedLevel) -> AnswerCache {
+        self.shared = Some(level);
+        self
     }
 
     /// The answer for `key`: fresh from the cache, or loaded by exactly one of the
@@ -159,6 +171,12 @@ impl AnswerCache {
         // The answer kept as a stale fallback, and the end of its stale window.
         let mut previous: Option<(Arc<Answer>, Instant)> = None;
         let mut bypass = bypass;
+        let skip_fresh = bypass;
+        if let Some(shared) = &self.shared
+            && shared.invalidated()
+        {
+            self.cache.clear();
+        }
         loop {
             let now = Instant::now();
             match self.cache.get_value_or_guard_async(key).await {
@@ -205,11 +223,25 @@ impl AnswerCache {
                     };
                     self.misses.fetch_add(1, Ordering::Relaxed);
                     let now = Instant::now();
-                    return match load().await {
+                    let (loaded, fresh_for) = match &self.shared {
+                        None => (load().await, None),
+                        Some(shared) => {
+                            let filled = shared
+                                .fill(key, skip_fresh, self.ttl, self.stale_if_error, load)
+                                .await;
+                            if previous.is_none()
+                                && let Some((a, left)) = filled.stale
+                            {
+                                previous = Some((Arc::new(a), now + left));
+                            }
+                            (filled.result, filled.fresh_for)
+                        }
+                    };
+                    return match loaded {
                         Ok(answer) => {
                             let answer = Arc::new(answer);
                             if answer.complete {
-                                let until = now + self.ttl;
+                                let until = now + fresh_for.unwrap_or(self.ttl).min(self.ttl);
                                 let entry = Entry {
                                     answer: Some(answer.clone()),
                                     state: State::Fresh {
@@ -253,6 +285,9 @@ impl AnswerCache {
     pub fn invalidate(&self) -> usize {
         let n = self.cache.len();
         self.cache.clear();
+        if let Some(shared) = &self.shared {
+            shared.invalidate_everywhere();
+        }
         n
     }
 

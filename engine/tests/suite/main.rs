@@ -19,6 +19,7 @@ mod invalid;
 mod mapping;
 mod reload;
 mod serve;
+mod shared_cache;
 mod shipped;
 mod versions;
 
