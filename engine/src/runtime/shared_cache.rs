@@ -408,7 +408,9 @@ impl SharedLevel {
         let digest = &content_digest(&[key.as_bytes()])[..32];
         let answer_key = format!("{}{digest}", self.prefix);
         let lock_key = format!("fosps:v1:fill:{}:{digest}", self.connector);
-        let deadline = Instant::now() + self.lock_for;
+        // Waiters give up on a holder that never lands its answer (a replica that died
+        // mid-fill) halfway through the lock's life, and call the source themselves.
+        let deadline = Instant::now() + self.lock_for / 2;
         let mut stale = None;
         let mut pause = POLL_FIRST;
         let mut waited = false;

@@ -358,7 +358,7 @@ async fn every_request_is_answered_when_redis_is_killed_mid_run() {
         w.await.expect("worker");
     }
     assert_eq!(answered.load(Ordering::SeqCst), 12 * PER_WORKER);
-    let failures = failures.lock().expect("failures");
+    let failures = failures.lock().expect("failures").clone();
     assert!(
         failures.is_empty(),
         "{} not answered, the first: {:?}",
@@ -368,22 +368,7 @@ async fn every_request_is_answered_when_redis_is_killed_mid_run() {
     // The engines said so, in a metric, and answered new keys from the source meanwhile.
     let mut away = 0;
     for b in &bases {
-        let text = http
-            .get(format!("{b}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        away += text
-            .lines()
-            .filter(|l| {
-                l.starts_with("engine_shared_cache_operations_total")
-                    && l.contains("outcome=\"unavailable\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as usize;
+        away += unavailable(&http, b).await;
     }
     assert!(
         away > 0,
@@ -399,6 +384,69 @@ async fn every_request_is_answered_when_redis_is_killed_mid_run() {
         )
     );
     drop(engines);
+}
+
+/// The `unavailable` count of `engine_shared_cache_operations_total` in an engine's metrics.
+async fn unavailable(http: &reqwest::Client, base: &str) -> usize {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("engine_shared_cache_operations_total")
+                && l.contains("outcome=\"unavailable\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_accepts_and_never_answers_costs_requests_only_a_short_wait() {
+    // A hung "Redis": connections accepted, held open, never answered.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = hung.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            open.push(socket);
+        }
+    });
+    let source = FhirSource::start().await;
+    source.put(json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Ng"}]}));
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("e0");
+    definitions(
+        &dir.join("defs"),
+        &pull_and_push(&source.url, &root.path().join("out")),
+    );
+    // With a password, which no log line may show.
+    let e = engine(&dir, &format!("redis://:s3cret-pass@127.0.0.1:{port}")).await;
+    // Each answered within a bound far below the 60 s request timeout, from the source or
+    // from memory.
+    let http = client(Duration::from_secs(5));
+    for i in 0..20 {
+        let (status, body) = search(&http, &e.base, &format!("?name=n{}", i % 4)).await;
+        assert_eq!((status, families(&body)), (200, vec!["Ng".to_owned()]));
+    }
+    assert_eq!(source.calls(), 4, "one call per key, then memory");
+    assert!(
+        unavailable(&http, &e.base).await > 0,
+        "counted as unavailable"
+    );
+    held.abort();
+    let mut e = e;
+    e.child.start_kill().expect("SIGKILL");
+    let (_, log) = e.exit(WAIT).await;
+    assert!(log.contains("shared cache tier unreachable"), "{log}");
+    assert!(log.contains(&format!("127.0.0.1:{port}")), "{log}");
+    assert!(!log.contains("s3cret-pass"), "{log}");
 }
 
 /// A source that records when it is called.
