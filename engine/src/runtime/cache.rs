@@ -1,8 +1,8 @@
 //! The answer cache of a pull connector (quick_cache): a TTL kept with each entry, capacity in
 //! entries and bytes, one upstream call for concurrent misses of a key (the guarded entry API),
 //! a stale window served when the upstream fails, and hit, miss, stale and eviction counters.
-//! With the shared tier set, a miss is filled through it (`runtime::shared_cache`) and an
-//! invalidation reaches every replica.
+//! A second level (`SecondLevel`, the shared tier of `runtime::shared_cache`) may fill its
+//! misses and carry its invalidations to every replica.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::model::digest::content_digest;
 use crate::runtime::problem::{Problem, ProblemKind};
-use crate::runtime::shared_cache::SharedLevel;
+use futures_util::future::BoxFuture;
 
 /// How long a failure is shared with requests for the same key, so that a failing upstream
 /// sees one call per key and second rather than one per request.
@@ -98,6 +98,35 @@ impl Lifecycle<String, Arc<Entry>> for Evictions {
     }
 }
 
+/// What a second level gave for a key the in-memory cache missed.
+pub struct Filled {
+    /// The answer (from the second level or the source), or the source's failure.
+    pub result: Result<Answer, Problem>,
+    /// For an answer read from the second level: how long it stays fresh.
+    pub fresh_for: Option<Duration>,
+    /// A stale answer found in the second level and the rest of its stale window, for when
+    /// the source fails.
+    pub stale: Option<(Answer, Duration)>,
+}
+
+/// A level behind the in-memory cache, shared with other replicas.
+pub trait SecondLevel: Send + Sync {
+    /// True once after this cache's entries were invalidated elsewhere: they must go.
+    fn invalidated(&self) -> bool;
+    /// Carries an invalidation of this cache to the second level and the other replicas.
+    fn invalidate_everywhere(&self);
+    /// The answer for `key`, missed in memory: from the second level (a fresh one, unless
+    /// `skip_fresh`), or by awaiting `load`.
+    fn fill<'a>(
+        &'a self,
+        key: &'a str,
+        skip_fresh: bool,
+        ttl: Duration,
+        stale_window: Duration,
+        load: BoxFuture<'a, Result<Answer, Problem>>,
+    ) -> BoxFuture<'a, Filled>;
+}
+
 /// Counters and size of a cache, for the admin API and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
@@ -119,7 +148,7 @@ pub struct AnswerCache {
     stale: AtomicU64,
     evictions: Arc<AtomicU64>,
     /// The second level, shared by replicas, when the engine has one.
-    shared: Option<SharedLevel>,
+    shared: Option<Box<dyn SecondLevel>>,
 }
 
 impl AnswerCache {
@@ -149,8 +178,8 @@ impl AnswerCache {
     }
 
     /// This cache with `level` behind it.
-    pub fn with_shared(mut self, level: SharedLevel) -> AnswerCache {
-        self.shared = Some(level);
+    pub fn with_shared(mut self, level: impl SecondLevel + 'static) -> AnswerCache {
+        self.shared = Some(Box::new(level));
         self
     }
 
@@ -165,7 +194,7 @@ impl AnswerCache {
     ) -> Result<(Arc<Answer>, Source), Problem>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Answer, Problem>>,
+        Fut: Future<Output = Result<Answer, Problem>> + Send,
     {
         let mut load = Some(load);
         // The answer kept as a stale fallback, and the end of its stale window.
@@ -227,7 +256,13 @@ impl AnswerCache {
                         None => (load().await, None),
                         Some(shared) => {
                             let filled = shared
-                                .fill(key, skip_fresh, self.ttl, self.stale_if_error, load)
+                                .fill(
+                                    key,
+                                    skip_fresh,
+                                    self.ttl,
+                                    self.stale_if_error,
+                                    Box::pin(load()),
+                                )
                                 .await;
                             if previous.is_none()
                                 && let Some((a, left)) = filled.stale

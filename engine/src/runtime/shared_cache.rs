@@ -15,13 +15,14 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::model::digest::content_digest;
-use crate::runtime::cache::Answer;
+use crate::runtime::cache::{Answer, Filled, SecondLevel};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::problem::Problem;
 
@@ -340,17 +341,6 @@ fn bump_all(inner: &Inner) {
     }
 }
 
-/// What the shared level gave for a key the in-memory cache missed.
-pub struct Filled {
-    /// The answer (from the shared tier or the source), or the source's failure.
-    pub result: Result<Answer, Problem>,
-    /// For an answer read from the shared tier: how long it stays fresh.
-    pub fresh_for: Option<Duration>,
-    /// A stale answer found in the shared tier and the rest of its stale window, for when the
-    /// source fails.
-    pub stale: Option<(Answer, Duration)>,
-}
-
 /// A stored answer read back.
 enum Stored {
     Fresh(Answer, Duration),
@@ -368,17 +358,17 @@ pub struct SharedLevel {
     lock_for: Duration,
 }
 
-impl SharedLevel {
+impl SecondLevel for SharedLevel {
     /// True once after another replica invalidated this connector (or the tier reconnected):
     /// the in-memory entries must go.
-    pub fn invalidated(&self) -> bool {
+    fn invalidated(&self) -> bool {
         let now = self.epoch.load(Ordering::Acquire);
         self.seen.load(Ordering::Acquire) != now && self.seen.swap(now, Ordering::AcqRel) != now
     }
 
     /// Drops this connector's shared answers and tells the other replicas to drop theirs
     /// (sent in the background; never waited for).
-    pub fn invalidate_everywhere(&self) {
+    fn invalidate_everywhere(&self) {
         if let Some(tx) = self.tier.inner.outbox.get()
             && tx.try_send(self.connector.clone()).is_err()
         {
@@ -386,25 +376,34 @@ impl SharedLevel {
         }
     }
 
+    fn fill<'a>(
+        &'a self,
+        key: &'a str,
+        skip_fresh: bool,
+        ttl: Duration,
+        stale_window: Duration,
+        load: BoxFuture<'a, Result<Answer, Problem>>,
+    ) -> BoxFuture<'a, Filled> {
+        Box::pin(self.fill_from(key, skip_fresh, ttl, stale_window, load))
+    }
+}
+
+impl SharedLevel {
     fn count(&self, outcome: &'static str) {
         self.metrics.shared_cache(&self.connector, outcome);
     }
 
     /// The answer for `key` after the in-memory cache missed: a fresh one from the shared tier
     /// (unless `skip_fresh`), or loaded by `load` in the one replica that holds the key's fill
-    /// lock while the others wait for it to land. Without Redis, `load` is called at once.
-    pub async fn fill<F, Fut>(
+    /// lock while the others wait for it to land. Without Redis, `load` is awaited at once.
+    async fn fill_from(
         &self,
         key: &str,
         skip_fresh: bool,
         ttl: Duration,
         stale_window: Duration,
-        load: F,
-    ) -> Filled
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Answer, Problem>>,
-    {
+        load: BoxFuture<'_, Result<Answer, Problem>>,
+    ) -> Filled {
         let digest = &content_digest(&[key.as_bytes()])[..32];
         let answer_key = format!("{}{digest}", self.prefix);
         let lock_key = format!("fosps:v1:fill:{}:{digest}", self.connector);
@@ -448,7 +447,7 @@ impl SharedLevel {
                 None => break,
                 Some(Some(_)) => {
                     self.count("filled");
-                    let result = load().await;
+                    let result = load.await;
                     if let Ok(answer) = &result
                         && answer.complete
                     {
@@ -474,7 +473,7 @@ impl SharedLevel {
         // Redis is away, or the holder of the lock never landed an answer: the source.
         self.count("unavailable");
         Filled {
-            result: load().await,
+            result: load.await,
             fresh_for: None,
             stale,
         }
