@@ -318,9 +318,15 @@ async fn hear_invalidations(inner: Weak<Inner>) {
                 let Some(strong) = inner.upgrade() else {
                     return;
                 };
-                if let Ok(connector) = msg.get_payload::<String>() {
-                    let tier = SharedTier { inner: strong };
-                    tier.epoch(&connector).fetch_add(1, Ordering::AcqRel);
+                // Only connectors this process has (a message cannot grow the map).
+                if let Ok(connector) = msg.get_payload::<String>()
+                    && let Some(epoch) = strong
+                        .epochs
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get(&connector)
+                {
+                    epoch.fetch_add(1, Ordering::AcqRel);
                 }
             }
             if let Some(strong) = inner.upgrade() {
