@@ -276,6 +276,12 @@ pub struct ServeArgs {
     /// Most connections served at once; more wait to be accepted.
     #[arg(long, env = "ENGINE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// A cache tier shared by replicas, `redis://[user:password@]HOST:PORT[/DB]`: behind each
+    /// in-memory pull cache (one source call per key across replicas, invalidations reaching
+    /// every replica), and claiming each schedule tick so that it runs in one replica. When
+    /// Redis is away, the engine serves from memory and the sources. The URL is never shown.
+    #[arg(long, env = "ENGINE_SHARED_CACHE", hide_env_values = true)]
+    pub shared_cache: Option<String>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

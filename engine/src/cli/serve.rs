@@ -26,6 +26,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         shutdown_delay,
         header_read_timeout,
         max_connections,
+        shared_cache,
         admin,
     } = args;
     let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
@@ -66,6 +67,14 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     if max_connections == 0 {
         return usage("--max-connections must be at least 1");
     }
+    let shared = match shared_cache
+        .as_deref()
+        .map(crate::runtime::shared_cache::SharedTier::new)
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => return usage(&format!("--shared-cache: {e}")),
+    };
     let limits = crate::runtime::engine::Limits {
         timeout,
         body: body as usize,
@@ -73,6 +82,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         header_read_timeout: header_read,
         connections: max_connections,
         admin,
+        shared: shared.clone(),
         ..Default::default()
     };
     let stop = crate::http::server::Stop { grace, delay };
@@ -129,6 +139,9 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return usage(&format!("runtime: {e}")),
     };
     let served = runtime.block_on(async {
+        if let Some(tier) = &shared {
+            tier.start();
+        }
         let listener = crate::http::server::bind(&listen).await?;
         crate::http::server::serve(
             engine,

@@ -302,7 +302,7 @@ async fn cached<F, Fut>(
 ) -> Result<Response, Problem>
 where
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<Answer, Problem>>,
+    Fut: std::future::Future<Output = Result<Answer, Problem>> + Send,
 {
     let (a, how) = match &rt.cache {
         Some(cache) => {

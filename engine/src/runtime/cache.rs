@@ -1,6 +1,8 @@
 //! The answer cache of a pull connector (quick_cache): a TTL kept with each entry, capacity in
 //! entries and bytes, one upstream call for concurrent misses of a key (the guarded entry API),
 //! a stale window served when the upstream fails, and hit, miss, stale and eviction counters.
+//! A second level (`SecondLevel`, the shared tier of `runtime::shared_cache`) may fill its
+//! misses and carry its invalidations to every replica.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::model::digest::content_digest;
 use crate::runtime::problem::{Problem, ProblemKind};
+use futures_util::future::BoxFuture;
 
 /// How long a failure is shared with requests for the same key, so that a failing upstream
 /// sees one call per key and second rather than one per request.
@@ -99,6 +102,35 @@ impl Lifecycle<String, Arc<Entry>> for Evictions {
     }
 }
 
+/// What a second level gave for a key the in-memory cache missed.
+pub struct Filled {
+    /// The answer (from the second level or the source), or the source's failure.
+    pub result: Result<Answer, Problem>,
+    /// For an answer read from the second level: how long it stays fresh.
+    pub fresh_for: Option<Duration>,
+    /// A stale answer found in the second level and the rest of its stale window, for when
+    /// the source fails.
+    pub stale: Option<(Answer, Duration)>,
+}
+
+/// A level behind the in-memory cache, shared with other replicas.
+pub trait SecondLevel: Send + Sync {
+    /// True once after this cache's entries were invalidated elsewhere: they must go.
+    fn invalidated(&self) -> bool;
+    /// Carries an invalidation of this cache to the second level and the other replicas.
+    fn invalidate_everywhere(&self);
+    /// The answer for `key`, missed in memory: from the second level (a fresh one, unless
+    /// `skip_fresh`), or by awaiting `load`.
+    fn fill<'a>(
+        &'a self,
+        key: &'a str,
+        skip_fresh: bool,
+        ttl: Duration,
+        stale_window: Duration,
+        load: BoxFuture<'a, Result<Answer, Problem>>,
+    ) -> BoxFuture<'a, Filled>;
+}
+
 /// Counters and size of a cache, for the admin API and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
@@ -119,6 +151,8 @@ pub struct AnswerCache {
     misses: AtomicU64,
     stale: AtomicU64,
     evictions: Arc<AtomicU64>,
+    /// The second level, shared by replicas, when the engine has one.
+    shared: Option<Box<dyn SecondLevel>>,
 }
 
 impl AnswerCache {
@@ -143,7 +177,14 @@ impl AnswerCache {
             misses: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             evictions: evictions.0,
+            shared: None,
         }
+    }
+
+    /// This cache with `level` behind it.
+    pub fn with_shared(mut self, level: impl SecondLevel + 'static) -> AnswerCache {
+        self.shared = Some(Box::new(level));
+        self
     }
 
     /// The answer for `key`: fresh from the cache, or loaded by exactly one of the
@@ -157,12 +198,18 @@ impl AnswerCache {
     ) -> Result<(Arc<Answer>, Source), Problem>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Answer, Problem>>,
+        Fut: Future<Output = Result<Answer, Problem>> + Send,
     {
         let mut load = Some(load);
         // The answer kept as a stale fallback, and the end of its stale window.
         let mut previous: Option<(Arc<Answer>, Instant)> = None;
         let mut bypass = bypass;
+        let skip_fresh = bypass;
+        if let Some(shared) = &self.shared
+            && shared.invalidated()
+        {
+            self.cache.clear();
+        }
         loop {
             let now = Instant::now();
             match self.cache.get_value_or_guard_async(key).await {
@@ -209,11 +256,31 @@ impl AnswerCache {
                     };
                     self.misses.fetch_add(1, Ordering::Relaxed);
                     let now = Instant::now();
-                    return match load().await {
+                    let (loaded, fresh_for) = match &self.shared {
+                        None => (load().await, None),
+                        Some(shared) => {
+                            let filled = shared
+                                .fill(
+                                    key,
+                                    skip_fresh,
+                                    self.ttl,
+                                    self.stale_if_error,
+                                    Box::pin(load()),
+                                )
+                                .await;
+                            if previous.is_none()
+                                && let Some((a, left)) = filled.stale
+                            {
+                                previous = Some((Arc::new(a), now + left));
+                            }
+                            (filled.result, filled.fresh_for)
+                        }
+                    };
+                    return match loaded {
                         Ok(answer) => {
                             let answer = Arc::new(answer);
                             if answer.complete {
-                                let until = now + self.ttl;
+                                let until = now + fresh_for.unwrap_or(self.ttl).min(self.ttl);
                                 let entry = Entry {
                                     answer: Some(answer.clone()),
                                     state: State::Fresh {
@@ -257,6 +324,9 @@ impl AnswerCache {
     pub fn invalidate(&self) -> usize {
         let n = self.cache.len();
         self.cache.clear();
+        if let Some(shared) = &self.shared {
+            shared.invalidate_everywhere();
+        }
         n
     }
 

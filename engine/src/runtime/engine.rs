@@ -24,6 +24,7 @@ use crate::runtime::push::PushEndpoint;
 use crate::runtime::readiness::Readiness;
 use crate::runtime::run::Runner;
 use crate::runtime::schedule::CronJob;
+use crate::runtime::shared_lock::TickClaim;
 use crate::runtime::state::StateDir;
 use crate::runtime::upstream::Upstreams;
 
@@ -48,6 +49,9 @@ pub struct Limits {
     pub connections: usize,
     /// Who may call the admin API (closed by default).
     pub admin: crate::runtime::admin_access::AdminAccess,
+    /// The cache tier shared by replicas (Redis), behind each pull cache, also claiming
+    /// schedule ticks; none by default.
+    pub shared: Option<crate::runtime::shared_cache::SharedTier>,
 }
 
 impl Default for Limits {
@@ -61,6 +65,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             connections: 1024,
             admin: Default::default(),
+            shared: None,
         }
     }
 }
@@ -182,7 +187,19 @@ impl Engine {
                 Some(kept) if unchanged(&c.name, &c.fingerprint) => {
                     Some((c.name.clone(), kept.clone()))
                 }
-                _ => PullRuntime::new(c.clone(), &upstreams).map(|p| (c.name.clone(), Arc::new(p))),
+                _ => PullRuntime::new(c.clone(), &upstreams).map(|mut p| {
+                    if let Some(tier) = &limits.shared {
+                        p.cache = p.cache.take().map(|cache| {
+                            cache.with_shared(tier.level(
+                                &c.name,
+                                &c.fingerprint,
+                                metrics.clone(),
+                                limits.timeout,
+                            ))
+                        });
+                    }
+                    (c.name.clone(), Arc::new(p))
+                }),
             })
             .collect();
         let mut crons = HashMap::new();
@@ -211,10 +228,12 @@ impl Engine {
                         metrics.clone(),
                         clock,
                     )?;
-                    crons.insert(
-                        c.name.clone(),
-                        Arc::new(CronJob::new(runner, cron.schedule.clone(), clock)),
-                    );
+                    let mut job = CronJob::new(runner, cron.schedule.clone(), clock);
+                    if let Some(tier) = &limits.shared {
+                        job =
+                            job.once_across_replicas(TickClaim::new(tier.clone(), metrics.clone()));
+                    }
+                    crons.insert(c.name.clone(), Arc::new(job));
                 }
                 Strategy::Push(_) => {
                     let caches: Vec<(HashSet<String>, Arc<PullRuntime>)> = pulls

@@ -144,6 +144,7 @@ pub struct Metrics {
     push_queue_commits: Family<ConnectorLabel, Counter>,
     push_queue_committed: Family<ConnectorLabel, Counter>,
     fhir_invalid: Family<OutcomeLabels, Counter>,
+    shared_cache: Family<OutcomeLabels, Counter>,
     breakers: Mutex<BTreeMap<String, Arc<Breaker>>>,
 }
 
@@ -241,6 +242,12 @@ impl Default for Metrics {
                 "Resources invalid for their connector's FHIR version, by what became of them (`written` under `validation: warn`, `refused` under `strict`)",
                 Family::default(),
             ),
+            shared_cache: add(
+                &mut r,
+                "engine_shared_cache_operations",
+                "Work of the shared cache tier (Redis), by outcome: `hit`, `waited` (another replica's fill read), `filled` (this replica called the source), `unavailable` (Redis away or no answer landed: the source called without it), `unreadable`, and schedule ticks `tick_claimed`, `tick_taken` (run by another replica), `tick_unclaimed` (run here with Redis away)",
+                Family::default(),
+            ),
             breakers: Mutex::default(),
             registry: r,
         }
@@ -281,6 +288,16 @@ impl Metrics {
             outcome: answer,
         };
         self.upstream_requests.get_or_create(&labels).inc();
+    }
+
+    /// Work of the shared cache tier for `connector`.
+    pub fn shared_cache(&self, connector: &str, outcome: &'static str) {
+        self.shared_cache
+            .get_or_create(&OutcomeLabels {
+                connector: connector.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// A finished cron run and its counts.

@@ -22,6 +22,8 @@ pub mod report;
 pub mod request;
 pub mod run;
 pub mod schedule;
+pub mod shared_cache;
+pub mod shared_lock;
 pub mod sink;
 pub mod state;
 pub mod upstream;

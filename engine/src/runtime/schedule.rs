@@ -1,7 +1,7 @@
 //! Cron schedules: each connector's next run computed with croner in its own time zone (so
 //! daylight-saving changes move the wall-clock time, not the schedule), runs that never
 //! overlap (a tick that finds the last run still going is skipped and counted), and runs on
-//! demand.
+//! demand. With the shared tier set, each tick is claimed first, so it runs in one replica.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::model::Schedule;
 use crate::runtime::clock::Clock;
 use crate::runtime::run::{RunReport, Runner};
+use crate::runtime::shared_lock::TickClaim;
 
 /// The next time a schedule fires after `after`.
 pub fn next_after(schedule: &Schedule, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -53,6 +54,8 @@ pub struct CronJob<J = Runner> {
     last: std::sync::Mutex<Option<RunReport>>,
     next: std::sync::Mutex<Option<DateTime<Utc>>>,
     skipped: AtomicU64,
+    /// With replicas sharing a tier: the claim that makes each tick run in one of them.
+    once: Option<TickClaim>,
 }
 
 impl<J: Job> CronJob<J> {
@@ -66,7 +69,15 @@ impl<J: Job> CronJob<J> {
             last: std::sync::Mutex::new(None),
             next: std::sync::Mutex::new(None),
             skipped: AtomicU64::new(0),
+            once: None,
         }
+    }
+
+    /// This job with its ticks claimed in the shared tier, so that each runs once across the
+    /// replicas (runs on demand are not claimed).
+    pub fn once_across_replicas(mut self, claim: TickClaim) -> CronJob<J> {
+        self.once = Some(claim);
+        self
     }
 
     /// Runs now unless a run is going; `None` (and a skip counted) when one is.
@@ -133,7 +144,16 @@ impl<J: Job> CronJob<J> {
             }
             fired = Some(next);
             let job = self.clone();
+            // The claim lasts until the tick after this one.
+            let hold = next_after(&self.schedule, next)
+                .and_then(|after| (after - next).to_std().ok())
+                .unwrap_or_default();
             tasks.spawn(async move {
+                if let Some(once) = &job.once
+                    && !once.claim(job.runner.name(), next, hold).await
+                {
+                    return;
+                }
                 job.run_now().await;
             });
         }

@@ -24,6 +24,7 @@ mod mapping;
 mod reload;
 mod run_progress;
 mod serve;
+mod shared_cache;
 mod shipped;
 mod ui;
 mod versions;
