@@ -18,6 +18,7 @@ mod helios;
 mod hostile;
 mod invalid;
 mod mapping;
+mod outbound_auth;
 mod reload;
 mod serve;
 mod shipped;
