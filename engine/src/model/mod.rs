@@ -159,9 +159,9 @@ pub enum Auth {
         password: Secret,
     },
     /// A token from an OAuth2 token endpoint (client credentials grant).
-    OAuth2(OAuth2),
+    OAuth2(Box<OAuth2>),
     /// A token from a SMART Backend Services token endpoint (private key JWT assertion).
-    SmartBackend(SmartBackend),
+    SmartBackend(Box<SmartBackend>),
 }
 
 /// OAuth2 client credentials.

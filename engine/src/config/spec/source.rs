@@ -219,8 +219,9 @@ pub struct TlsSpec {
     #[serde(default)]
     #[schemars(extend("examples" = ["${file:/run/secrets/client.key}"]))]
     pub client_key: Option<String>,
-    /// A CA certificate (PEM) trusted for this source besides the system's roots.
+    /// CA certificates (PEM, one or more) trusted for this source besides the system's roots.
     #[serde(default)]
+    #[schemars(extend("examples" = ["${file:/etc/ssl/labs-ca.pem}"]))]
     pub ca: Option<String>,
 }
 

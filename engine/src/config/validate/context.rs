@@ -97,7 +97,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// True when the value at `path` came from a `${env:}`/`${file:}` reference.
-    pub fn from_reference(&self, path: &[&str]) -> bool {
+    pub fn is_referenced(&self, path: &[&str]) -> bool {
         self.doc.secret.contains(&Self::pointer(path))
     }
 

@@ -106,7 +106,7 @@ pub fn tls(ctx: &mut Ctx<'_>, at: &[&str], t: &TlsSpec) -> Option<Tls> {
     let ca_at = with(at, &["ca"]);
     if let Some(ca) = &t.ca
         && !ctx.unresolved(&ca_at)
-        && reqwest::Certificate::from_pem(ca.as_bytes()).is_err()
+        && reqwest::Certificate::from_pem_bundle(ca.as_bytes()).map_or(true, |c| c.is_empty())
     {
         ctx.error(
             &ca_at,
@@ -137,7 +137,7 @@ pub fn sink_auth(ctx: &mut Ctx<'_>, at: &[&str], auth: Option<&Auth>) {
 /// True when the value at `at` came from a reference; otherwise a diagnostic: a secret is
 /// never written in a definition.
 fn referenced(ctx: &mut Ctx<'_>, at: &[&str], field: &str) -> bool {
-    if ctx.from_reference(at) {
+    if ctx.is_referenced(at) {
         return true;
     }
     ctx.error(

@@ -269,12 +269,16 @@ pub fn auth(ctx: &mut Ctx<'_>, at: &[&str], a: &AuthSpec) -> Option<Auth> {
             username: Secret(b.username.clone()),
             password: Secret(b.password.clone()),
         },
-        Kind::OAuth2(o) => Auth::OAuth2(credentials::oauth2(ctx, &with(at, &["oauth2"]), o)?),
-        Kind::Smart(s) => Auth::SmartBackend(credentials::smart_backend(
+        Kind::OAuth2(o) => Auth::OAuth2(Box::new(credentials::oauth2(
+            ctx,
+            &with(at, &["oauth2"]),
+            o,
+        )?)),
+        Kind::Smart(s) => Auth::SmartBackend(Box::new(credentials::smart_backend(
             ctx,
             &with(at, &["smartBackend"]),
             s,
-        )?),
+        )?)),
     })
 }
 

@@ -22,8 +22,8 @@ pub fn client(source: &str, tls: &Tls) -> Result<reqwest::Client, BuildError> {
         builder = builder.identity(identity);
     }
     if let Some(ca) = &tls.ca {
-        let ca = reqwest::Certificate::from_pem(ca.0.as_bytes()).map_err(|_| bad("CA"))?;
-        builder = builder.tls_certs_merge([ca]);
+        let ca = reqwest::Certificate::from_pem_bundle(ca.0.as_bytes()).map_err(|_| bad("CA"))?;
+        builder = builder.tls_certs_merge(ca);
     }
     builder.build().map_err(|_| bad("client settings"))
 }
