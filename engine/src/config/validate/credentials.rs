@@ -10,14 +10,18 @@ use crate::config::spec::{OAuth2Spec, SmartBackendSpec, TlsSpec};
 use crate::model::vocabulary::SigningAlg;
 use crate::model::{Auth, OAuth2, Secret, SmartBackend, Tls};
 
+/// The check of an absolute `http(s)` URL (`source::url`, handed in by the caller so that
+/// this file does not import the one that imports it).
+pub type UrlCheck = fn(&mut Ctx<'_>, &[&str], &str) -> Option<url::Url>;
+
 fn with<'p>(base: &[&'p str], more: &[&'p str]) -> Vec<&'p str> {
     base.iter().chain(more.iter()).copied().collect()
 }
 
 /// Checks OAuth2 client credentials.
-pub fn oauth2(ctx: &mut Ctx<'_>, at: &[&str], o: &OAuth2Spec) -> Option<OAuth2> {
+pub fn oauth2(ctx: &mut Ctx<'_>, at: &[&str], o: &OAuth2Spec, url: UrlCheck) -> Option<OAuth2> {
     let errors = ctx.diags.len();
-    let token_url = secure_url(ctx, &with(at, &["tokenUrl"]), &o.token_url);
+    let token_url = secure_url(ctx, &with(at, &["tokenUrl"]), &o.token_url, url);
     referenced(ctx, &with(at, &["clientSecret"]), "clientSecret");
     (ctx.diags.len() == errors).then(|| OAuth2 {
         token_url: token_url.unwrap_or_else(placeholder_url),
@@ -29,13 +33,18 @@ pub fn oauth2(ctx: &mut Ctx<'_>, at: &[&str], o: &OAuth2Spec) -> Option<OAuth2> 
 }
 
 /// Checks SMART Backend Services credentials: the key must sign with the declared algorithm.
-pub fn smart_backend(ctx: &mut Ctx<'_>, at: &[&str], s: &SmartBackendSpec) -> Option<SmartBackend> {
+pub fn smart_backend(
+    ctx: &mut Ctx<'_>,
+    at: &[&str],
+    s: &SmartBackendSpec,
+    url: UrlCheck,
+) -> Option<SmartBackend> {
     let errors = ctx.diags.len();
-    let token_url = secure_url(ctx, &with(at, &["tokenUrl"]), &s.token_url);
+    let token_url = secure_url(ctx, &with(at, &["tokenUrl"]), &s.token_url, url);
     let jku = s
         .jku
         .as_deref()
-        .and_then(|j| secure_url(ctx, &with(at, &["jku"]), j));
+        .and_then(|j| secure_url(ctx, &with(at, &["jku"]), j, url));
     let key_at = with(at, &["privateKey"]);
     if referenced(ctx, &key_at, "privateKey")
         && !ctx.unresolved(&key_at)
@@ -157,8 +166,8 @@ fn file_hint(field: &str) -> &'static str {
 }
 
 /// An `https` URL, or an `http` one to this machine (`127.0.0.1`, `localhost`, `[::1]`).
-fn secure_url(ctx: &mut Ctx<'_>, at: &[&str], text: &str) -> Option<url::Url> {
-    let u = super::source::url(ctx, at, text)?;
+fn secure_url(ctx: &mut Ctx<'_>, at: &[&str], text: &str, url: UrlCheck) -> Option<url::Url> {
+    let u = url(ctx, at, text)?;
     let local = matches!(
         u.host(),
         Some(url::Host::Domain("localhost"))

@@ -273,11 +273,13 @@ pub fn auth(ctx: &mut Ctx<'_>, at: &[&str], a: &AuthSpec) -> Option<Auth> {
             ctx,
             &with(at, &["oauth2"]),
             o,
+            url,
         )?)),
         Kind::Smart(s) => Auth::SmartBackend(Box::new(credentials::smart_backend(
             ctx,
             &with(at, &["smartBackend"]),
             s,
+            url,
         )?)),
     })
 }
