@@ -25,7 +25,7 @@ use crate::model::mapping::{Input, MapError, Mapping};
 use crate::model::template::{Templates, Text};
 use crate::model::vocabulary::{
     BundleMode, FhirVersion, MatchMode, NotFoundReading, ParamType, PushMode, RecordErrorPolicy,
-    SourceType,
+    SigningAlg, SourceType,
 };
 
 /// A string whose value may come from a secret: never shown by `Debug`.
@@ -102,6 +102,8 @@ pub struct Source {
     pub fhir_version: Option<FhirVersion>,
     pub headers: Vec<(String, Secret)>,
     pub auth: Option<Auth>,
+    /// Mutual TLS with the source.
+    pub tls: Option<Tls>,
     pub timeout: Duration,
     pub retries: u32,
     /// Most calls in flight to the source at once (`concurrency`, default
@@ -156,8 +158,50 @@ pub struct Statuses {
 #[derive(Debug, Clone)]
 pub enum Auth {
     Bearer(Secret),
-    ApiKey { header: String, value: Secret },
-    Basic { username: Secret, password: Secret },
+    ApiKey {
+        header: String,
+        value: Secret,
+    },
+    Basic {
+        username: Secret,
+        password: Secret,
+    },
+    /// A token from an OAuth2 token endpoint (client credentials grant).
+    OAuth2(Box<OAuth2>),
+    /// A token from a SMART Backend Services token endpoint (private key JWT assertion).
+    SmartBackend(Box<SmartBackend>),
+}
+
+/// OAuth2 client credentials.
+#[derive(Debug, Clone)]
+pub struct OAuth2 {
+    pub token_url: url::Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+}
+
+/// SMART Backend Services credentials: the private key is PEM text (checked to be a key of
+/// `alg`).
+#[derive(Debug, Clone)]
+pub struct SmartBackend {
+    pub token_url: url::Url,
+    pub client_id: String,
+    pub private_key: Secret,
+    pub alg: SigningAlg,
+    pub kid: String,
+    pub jku: Option<url::Url>,
+    pub scopes: Vec<String>,
+}
+
+/// TLS with a source: the client certificate (chain) and its key (mutual TLS), and an extra
+/// CA, all PEM text (checked to parse).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The client certificate and its key.
+    pub identity: Option<(Secret, Secret)>,
+    pub ca: Option<Secret>,
 }
 
 /// How a source pages.

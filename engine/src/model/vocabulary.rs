@@ -22,6 +22,15 @@ pub enum FhirVersion {
     R5,
 }
 
+/// The signing algorithm of a SMART Backend Services client assertion.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum SigningAlg {
+    /// RSASSA-PKCS1-v1_5 with SHA-384 (an RSA key).
+    RS384,
+    /// ECDSA on P-384 with SHA-384 (an EC P-384 key).
+    ES384,
+}
+
 /// HTTP methods of source requests.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 pub enum Method {

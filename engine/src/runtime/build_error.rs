@@ -16,6 +16,12 @@ pub enum BuildError {
         source_name: String,
         what: &'static str,
     },
+    /// A source's mutual TLS settings that the TLS layer refuses (a checked model has none).
+    #[error("source `{source_name}`: invalid TLS {what}")]
+    Tls {
+        source_name: String,
+        what: &'static str,
+    },
     /// A connector handed to the builder of another strategy.
     #[error("`{connector}` is not a {strategy} connector")]
     Strategy {

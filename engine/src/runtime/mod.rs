@@ -14,6 +14,7 @@ pub mod guide;
 pub mod json_count;
 pub mod metrics;
 pub mod outbound;
+pub mod outbound_auth;
 pub mod problem;
 pub mod pull;
 pub mod push;

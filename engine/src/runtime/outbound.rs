@@ -189,6 +189,11 @@ pub fn without_url(e: &reqwest::Error) -> String {
 /// of the request's first URL, at most `MAX_REDIRECTS` of them. Credentials and configured
 /// headers therefore never reach another origin.
 pub fn client() -> reqwest::Result<reqwest::Client> {
+    builder().build()
+}
+
+/// The settings of `client()`, for a client that adds its own (a source's mutual TLS).
+pub fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .user_agent(concat!("fosps-engine/", env!("CARGO_PKG_VERSION")))
         .pool_idle_timeout(Duration::from_secs(90))
@@ -209,7 +214,6 @@ pub fn client() -> reqwest::Result<reqwest::Client> {
                 None => attempt.follow(),
             }
         }))
-        .build()
 }
 
 /// An answer read whole: its status, headers and body.

@@ -737,6 +737,8 @@ fn authorized(req: reqwest::RequestBuilder, sink: &FhirSink) -> reqwest::Request
         Some(Auth::Bearer(t)) => req.bearer_auth(&t.0),
         Some(Auth::ApiKey { header, value }) => req.header(header.as_str(), value.0.as_str()),
         Some(Auth::Basic { username, password }) => req.basic_auth(&username.0, Some(&password.0)),
+        // Token auth is for sources: validation refuses it on a sink.
+        Some(Auth::OAuth2(_) | Auth::SmartBackend(_)) => req,
     }
 }
 

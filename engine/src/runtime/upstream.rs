@@ -19,6 +19,7 @@ use crate::runtime::breaker::{Breaker, Refused};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::metrics::{Answer, Metrics};
 use crate::runtime::outbound::{self, ConnectRetry, OutboundError, RetryFit, RetryPolicy};
+use crate::runtime::outbound_auth::{self, TokenError, Tokens};
 use crate::runtime::problem::ProblemKind;
 
 /// Why a call to a source failed.
@@ -65,6 +66,22 @@ impl Failure {
             status: e.status(),
             reason: e.to_string(),
             kind,
+        }
+    }
+}
+
+impl Failure {
+    /// The failure of a call whose source's token endpoint gave no token.
+    pub fn of_token(source: &str, e: &TokenError) -> Failure {
+        Failure {
+            source: source.to_owned(),
+            reason: e.to_string(),
+            kind: if e.timed_out() {
+                FailureKind::Timeout
+            } else {
+                FailureKind::Refused
+            },
+            status: None,
         }
     }
 }
@@ -124,6 +141,8 @@ pub struct SourceClient {
     fixed: HeaderMap,
     metrics: Arc<Metrics>,
     breaker: Arc<Breaker>,
+    /// Access tokens, for `oauth2` and `smartBackend` auth (`runtime::outbound_auth`).
+    tokens: Option<Tokens>,
 }
 
 /// Clients of every source, sharing one connection pool.
@@ -143,13 +162,20 @@ impl Upstreams {
         for s in sources {
             let fixed = fixed_headers(&s)?;
             let breaker = metrics.breaker(&s.name, s.breaker);
+            // Outbound auth hook: a source with mutual TLS has a client of its own.
+            let client = match &s.tls {
+                Some(tls) => outbound_auth::tls::client(&s.name, tls)?,
+                None => client.clone(),
+            };
+            let tokens = Tokens::of(&s, &client)?;
             clients.insert(
                 s.name.clone(),
                 Arc::new(SourceClient {
                     limit: Semaphore::new(s.concurrency as usize),
                     source: s,
-                    client: client.clone(),
+                    client,
                     fixed,
+                    tokens,
                     breaker,
                     metrics: metrics.clone(),
                 }),
@@ -176,7 +202,8 @@ fn fixed_headers(s: &Source) -> Result<HeaderMap, BuildError> {
         h.insert(name, value);
     }
     let (name, value) = match &s.auth {
-        None => return Ok(h),
+        // Tokens are asked for per call (`outbound_auth::Tokens`).
+        None | Some(Auth::OAuth2(_) | Auth::SmartBackend(_)) => return Ok(h),
         Some(Auth::Bearer(t)) => (reqwest::header::AUTHORIZATION, format!("Bearer {}", t.0)),
         Some(Auth::ApiKey { header, value }) => (
             HeaderName::from_bytes(header.as_bytes()).map_err(|_| bad("API key header"))?,
@@ -221,6 +248,37 @@ impl SourceClient {
         deadline: Option<Instant>,
         calls: &mut usize,
     ) -> Result<Reply, Failure> {
+        // Outbound auth hook: a token per call, renewed once after a 401 (then the 401 stands).
+        let Some(tokens) = &self.tokens else {
+            return self.send_as(call, request_id, deadline, calls, None).await;
+        };
+        let token_failed = |e: TokenError| Failure::of_token(&self.source.name, &e);
+        let bearer = tokens.bearer(deadline).await.map_err(token_failed)?;
+        match self
+            .send_as(call, request_id, deadline, calls, Some(&bearer))
+            .await
+        {
+            Err(f) if f.status == Some(401) => {
+                let renewed = tokens
+                    .renew(&bearer, deadline)
+                    .await
+                    .map_err(token_failed)?;
+                self.send_as(call, request_id, deadline, calls, Some(&renewed))
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// As `send_counted`, with `bearer` as the `Authorization` of every attempt.
+    async fn send_as(
+        &self,
+        call: &Call,
+        request_id: &str,
+        deadline: Option<Instant>,
+        calls: &mut usize,
+        bearer: Option<&HeaderValue>,
+    ) -> Result<Reply, Failure> {
         let s = &self.source;
         let ticket = self.breaker.admit().map_err(|e| self.refused(&e))?;
         let policy = RetryPolicy {
@@ -242,7 +300,7 @@ impl SourceClient {
         let budget = Instant::now() + s.timeout;
         let result = policy
             .run_fit(fit, Some(budget), calls, |_| {
-                self.attempt(call, request_id, budget, deadline)
+                self.attempt(call, request_id, budget, deadline, bearer)
             })
             .await;
         match &result {
@@ -271,6 +329,7 @@ impl SourceClient {
         request_id: &str,
         budget: Instant,
         deadline: Option<Instant>,
+        bearer: Option<&HeaderValue>,
     ) -> Result<Reply, OutboundError> {
         let s = &self.source;
         let by_caller = deadline.is_some_and(|d| d < budget);
@@ -299,6 +358,9 @@ impl SourceClient {
             .header(reqwest::header::ACCEPT, accept(s));
         for (k, v) in &call.headers {
             req = req.header(k, v);
+        }
+        if let Some(bearer) = bearer {
+            req = req.header(reqwest::header::AUTHORIZATION, bearer.clone());
         }
         if let Some(body) = &call.body {
             req = req

@@ -21,6 +21,7 @@ mod helios;
 mod hostile;
 mod invalid;
 mod mapping;
+mod outbound_auth;
 mod reload;
 mod run_progress;
 mod serve;

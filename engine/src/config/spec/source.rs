@@ -7,7 +7,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::model::vocabulary::{BundleMode, FhirVersion, Method, NotFoundReading, SourceType};
+use crate::model::vocabulary::{
+    BundleMode, FhirVersion, Method, NotFoundReading, SigningAlg, SourceType,
+};
 
 /// Where data comes from: a JSON HTTP API or a FHIR server.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -29,6 +31,10 @@ pub struct SourceSpec {
     /// Authentication sent with every request.
     #[serde(default)]
     pub auth: Option<AuthSpec>,
+    /// Mutual TLS: the client certificate and key presented to the source, and an extra CA
+    /// to trust for it.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
     /// Time allowed for one call to the source, e.g. `10s` (default `30s`): the first attempt
     /// and all its retries (backoff waits included) fit inside it, so a hung source fails
     /// after `timeout`, not `timeout` times `1 + retries`. Each attempt has what is left; the
@@ -122,7 +128,8 @@ pub struct StatusesSpec {
     pub error_when: Option<String>,
 }
 
-/// Authentication of outbound requests: exactly one of `bearer`, `apiKey`, `basic`.
+/// Authentication of outbound requests: exactly one of `bearer`, `apiKey`, `basic`,
+/// `oauth2`, `smartBackend`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthSpec {
@@ -135,6 +142,89 @@ pub struct AuthSpec {
     /// HTTP basic authentication.
     #[serde(default)]
     pub basic: Option<BasicSpec>,
+    /// OAuth2 client credentials grant (sources only).
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Spec>,
+    /// SMART Backend Services: a client assertion signed with a private key (sources only).
+    #[serde(default)]
+    pub smart_backend: Option<SmartBackendSpec>,
+}
+
+/// OAuth2 client credentials (RFC 6749, section 4.4): the engine asks `tokenUrl` for an access
+/// token, authenticating with HTTP basic (`clientId`:`clientSecret`), and sends it as
+/// `Authorization: Bearer`. The token is kept until shortly before it expires (`expires_in`
+/// less a tenth of it, at most 30 s; 60 s when the endpoint gives no `expires_in`); one token
+/// request at a time per source, concurrent calls wait for it. A 401 from the source renews
+/// the token once and sends the call again; a second 401 stands. The token endpoint's answer
+/// is bounded (64 KiB, the source's `timeout`); its refusal fails the call with the endpoint's
+/// `error` and `error_description`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OAuth2Spec {
+    /// The token endpoint: `https`, or `http` only to `127.0.0.1` or `localhost`.
+    #[schemars(extend("examples" = ["https://auth.example.org/oauth2/token"]))]
+    pub token_url: String,
+    /// The client id.
+    pub client_id: String,
+    /// The client secret: only as `${env:NAME}` or `${file:PATH}`, never written literally.
+    #[schemars(extend("examples" = ["${env:LABS_CLIENT_SECRET}"]))]
+    pub client_secret: String,
+    /// Scopes asked for (sent space-separated as `scope`).
+    #[serde(default)]
+    #[schemars(length(max = 100))]
+    pub scopes: Vec<String>,
+    /// The `audience` parameter some servers require (Auth0 and others).
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// SMART Backend Services (HL7 SMART App Launch, client credentials with a private key JWT):
+/// for each token the engine signs a client assertion (`iss` and `sub` the client id, `aud`
+/// the token URL, `exp` 4 minutes ahead, a unique `jti`, header `kid` and `jku` when set) and
+/// posts it with `grant_type=client_credentials` and `scope`. Tokens are kept, shared and
+/// renewed as for `oauth2`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SmartBackendSpec {
+    /// The token endpoint: `https`, or `http` only to `127.0.0.1` or `localhost`.
+    pub token_url: String,
+    /// The client id registered with the server.
+    pub client_id: String,
+    /// The private key, PKCS#8 PEM (RSA for `RS384`, P-384 for `ES384`): only as
+    /// `${file:PATH}` or `${env:NAME}`, never written literally.
+    #[schemars(extend("examples" = ["${file:/run/secrets/smart-key.pem}"]))]
+    pub private_key: String,
+    /// The signing algorithm of the assertion.
+    pub alg: SigningAlg,
+    /// The key id of the public key the server has registered (JWT header `kid`).
+    pub kid: String,
+    /// The URL of the client's JWK Set (JWT header `jku`), when the server needs it.
+    #[serde(default)]
+    pub jku: Option<String>,
+    /// Scopes asked for, e.g. `system/Patient.rs` (sent space-separated as `scope`).
+    #[serde(default)]
+    #[schemars(length(max = 100))]
+    pub scopes: Vec<String>,
+}
+
+/// TLS with a source: a client certificate (mutual TLS) and an extra CA to trust, PEM text,
+/// normally `${file:PATH}`. A source with `tls` has a connection pool of its own.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// The client certificate (chain), PEM; with `clientKey`.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["${file:/run/secrets/client.crt}"]))]
+    pub client_cert: Option<String>,
+    /// The client certificate's private key, PEM: only as `${file:PATH}` or `${env:NAME}`;
+    /// with `clientCert`.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["${file:/run/secrets/client.key}"]))]
+    pub client_key: Option<String>,
+    /// CA certificates (PEM, one or more) trusted for this source besides the system's roots.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["${file:/etc/ssl/labs-ca.pem}"]))]
+    pub ca: Option<String>,
 }
 
 /// A bearer token.

@@ -96,6 +96,11 @@ impl<'a> Ctx<'a> {
         self.doc.unresolved.contains(&Self::pointer(path))
     }
 
+    /// True when the value at `path` came from a `${env:}`/`${file:}` reference.
+    pub fn is_referenced(&self, path: &[&str]) -> bool {
+        self.doc.secret.contains(&Self::pointer(path))
+    }
+
     /// How to show the value at `path` in a message: quoted, or hidden when it is a secret.
     pub fn show(&self, path: &[&str], value: &str) -> String {
         if self.doc.secret.contains(&Self::pointer(path)) {

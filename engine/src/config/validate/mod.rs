@@ -5,6 +5,7 @@
 
 mod connector;
 mod context;
+mod credentials;
 mod cron;
 mod deftests;
 mod fhir_check;

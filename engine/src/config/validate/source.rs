@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::context::{Ctx, segs};
+use super::credentials;
 use crate::config::spec::{
     ApiKeySpec, AuthSpec, BasicSpec, BearerSpec, BundleMode, CursorSpec, FhirSinkSpec, Method,
     NdjsonSinkSpec, OffsetSpec, PageSpec, PaginationSpec, RequestSpec, SinkSpec, SourceSpec,
@@ -35,6 +36,10 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         .auth
         .as_ref()
         .and_then(|a| auth(ctx, &with(at, &["auth"]), a));
+    let tls = s
+        .tls
+        .as_ref()
+        .and_then(|t| credentials::tls(ctx, &with(at, &["tls"]), t));
     let timeout = ctx.duration(
         &with(at, &["timeout"]),
         s.timeout.as_deref(),
@@ -65,6 +70,7 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         fhir_version: s.fhir_version,
         headers,
         auth,
+        tls,
         timeout,
         retries: s.retries.unwrap_or(2),
         concurrency: s
@@ -237,6 +243,8 @@ pub fn auth(ctx: &mut Ctx<'_>, at: &[&str], a: &AuthSpec) -> Option<Auth> {
         Bearer(&'a BearerSpec),
         ApiKey(&'a ApiKeySpec),
         Basic(&'a BasicSpec),
+        OAuth2(&'a crate::config::spec::OAuth2Spec),
+        Smart(&'a crate::config::spec::SmartBackendSpec),
     }
     let kind = exactly_one(
         ctx,
@@ -246,6 +254,8 @@ pub fn auth(ctx: &mut Ctx<'_>, at: &[&str], a: &AuthSpec) -> Option<Auth> {
             ("bearer", a.bearer.as_ref().map(Kind::Bearer)),
             ("apiKey", a.api_key.as_ref().map(Kind::ApiKey)),
             ("basic", a.basic.as_ref().map(Kind::Basic)),
+            ("oauth2", a.oauth2.as_ref().map(Kind::OAuth2)),
+            ("smartBackend", a.smart_backend.as_ref().map(Kind::Smart)),
         ],
     )?;
     Some(match kind {
@@ -261,6 +271,18 @@ pub fn auth(ctx: &mut Ctx<'_>, at: &[&str], a: &AuthSpec) -> Option<Auth> {
             username: Secret(b.username.clone()),
             password: Secret(b.password.clone()),
         },
+        Kind::OAuth2(o) => Auth::OAuth2(Box::new(credentials::oauth2(
+            ctx,
+            &with(at, &["oauth2"]),
+            o,
+            url,
+        )?)),
+        Kind::Smart(s) => Auth::SmartBackend(Box::new(credentials::smart_backend(
+            ctx,
+            &with(at, &["smartBackend"]),
+            s,
+            url,
+        )?)),
     })
 }
 
@@ -431,6 +453,7 @@ pub fn sink(ctx: &mut Ctx<'_>, name: &str, s: &SinkSpec) -> Option<Sink> {
                 .auth
                 .as_ref()
                 .and_then(|a| auth(ctx, &["spec", "fhir", "auth"], a));
+            credentials::sink_auth(ctx, &["spec", "fhir", "auth"], auth.as_ref());
             let timeout = ctx.duration(
                 &["spec", "fhir", "timeout"],
                 f.timeout.as_deref(),

@@ -1,0 +1,10 @@
+//! Outbound authentication beyond a fixed header: access tokens from an OAuth2 token endpoint
+//! (client credentials, `token`) with a SMART Backend Services client assertion when the
+//! source says so (`assertion`), and mutual TLS (`tls`). A source's client asks `Tokens` for
+//! a bearer before each call and renews it once after a 401.
+
+mod assertion;
+pub mod tls;
+mod token;
+
+pub use token::{TokenError, Tokens};
