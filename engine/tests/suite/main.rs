@@ -20,6 +20,7 @@ mod mapping;
 mod reload;
 mod serve;
 mod shipped;
+mod sink_concurrency;
 mod versions;
 
 // What they share.
