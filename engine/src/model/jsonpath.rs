@@ -1,5 +1,8 @@
 //! JSONPath (RFC 9535) queries, compiled once: `$`-rooted queries read the record, `@`-rooted
-//! ones the current element of an iteration.
+//! ones the current element of an iteration. Queries made only of member names, indexes and
+//! wildcards (`$.a.b`, `@.c[0]`, `$.d[*].e`), the common case of mappings, are also compiled
+//! to a list of steps walked directly over the value, without the general evaluator's
+//! intermediate node lists; every other query goes through `serde_json_path`.
 
 use serde_json::Value;
 use serde_json_path::JsonPath;
@@ -10,6 +13,106 @@ pub struct Query {
     text: String,
     path: JsonPath,
     relative: bool,
+    /// The steps of a query made only of names, indexes and wildcards; `None` for the rest.
+    steps: Option<Vec<Step>>,
+}
+
+/// One step of a simple query.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    /// `.name`: the member of an object.
+    Name(String),
+    /// `[n]`: the element of an array, from the end when negative.
+    Index(i64),
+    /// `[*]` or `.*`: every element of an array, every member value of an object.
+    Wildcard,
+}
+
+/// What a query expected to select one value selected.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Single<'a> {
+    Nothing,
+    One(&'a Value),
+    /// More than one: how many.
+    Many(usize),
+}
+
+/// The steps of `text` (after its root) when it is made only of dot names (ASCII letters,
+/// digits, `_`, not starting with a digit), `[n]` indexes and wildcards; `None` otherwise.
+fn simple_steps(rest: &str) -> Option<Vec<Step>> {
+    let mut steps = Vec::new();
+    let b = rest.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'.' if b.get(i + 1) == Some(&b'*') => {
+                steps.push(Step::Wildcard);
+                i += 2;
+            }
+            b'.' => {
+                let start = i + 1;
+                let mut end = start;
+                while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                    end += 1;
+                }
+                if end == start || b[start].is_ascii_digit() {
+                    return None;
+                }
+                steps.push(Step::Name(rest[start..end].to_owned()));
+                i = end;
+            }
+            b'[' => {
+                let close = i + rest[i..].find(']')?;
+                let inner = &rest[i + 1..close];
+                if inner == "*" {
+                    steps.push(Step::Wildcard);
+                } else {
+                    let digits = inner.strip_prefix('-').unwrap_or(inner);
+                    let canonical = !digits.is_empty()
+                        && digits.bytes().all(|c| c.is_ascii_digit())
+                        && (digits == "0" || !digits.starts_with('0'))
+                        && inner != "-0";
+                    if !canonical {
+                        return None;
+                    }
+                    steps.push(Step::Index(inner.parse().ok()?));
+                }
+                i = close + 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(steps)
+}
+
+/// Walks `steps` from `v`, calling `out` with each selected node in document order.
+fn walk<'a>(v: &'a Value, steps: &[Step], out: &mut impl FnMut(&'a Value)) {
+    let Some((step, rest)) = steps.split_first() else {
+        out(v);
+        return;
+    };
+    match (step, v) {
+        (Step::Name(n), Value::Object(o)) => {
+            if let Some(c) = o.get(n) {
+                walk(c, rest, out);
+            }
+        }
+        (Step::Index(i), Value::Array(a)) => {
+            let at = if *i < 0 {
+                usize::try_from(i.unsigned_abs())
+                    .ok()
+                    .and_then(|k| a.len().checked_sub(k))
+            } else {
+                usize::try_from(*i).ok()
+            };
+            if let Some(c) = at.and_then(|k| a.get(k)) {
+                walk(c, rest, out);
+            }
+        }
+        (Step::Wildcard, Value::Array(a)) => a.iter().for_each(|c| walk(c, rest, out)),
+        (Step::Wildcard, Value::Object(o)) => o.values().for_each(|c| walk(c, rest, out)),
+        _ => {}
+    }
 }
 
 impl PartialEq for Query {
@@ -46,6 +149,7 @@ impl Query {
             text: text.to_owned(),
             path,
             relative,
+            steps: simple_steps(&source[1..]),
         })
     }
 
@@ -61,9 +165,39 @@ impl Query {
 
     /// The selected nodes, in document order.
     pub fn select<'a>(&self, record: &'a Value, current: &'a Value) -> Vec<&'a Value> {
-        self.path
-            .query(if self.relative { current } else { record })
-            .all()
+        let root = if self.relative { current } else { record };
+        match &self.steps {
+            Some(steps) => {
+                let mut out = Vec::new();
+                walk(root, steps, &mut |v| out.push(v));
+                out
+            }
+            None => self.path.query(root).all(),
+        }
+    }
+
+    /// The node selected where one is expected: nothing, one, or how many.
+    pub fn single<'a>(&self, record: &'a Value, current: &'a Value) -> Single<'a> {
+        let root = if self.relative { current } else { record };
+        match &self.steps {
+            Some(steps) => {
+                let (mut first, mut count) = (None, 0);
+                walk(root, steps, &mut |v| {
+                    first.get_or_insert(v);
+                    count += 1;
+                });
+                match (first, count) {
+                    (None, _) => Single::Nothing,
+                    (Some(v), 1) => Single::One(v),
+                    (_, n) => Single::Many(n),
+                }
+            }
+            None => match self.path.query(root).all().as_slice() {
+                [] => Single::Nothing,
+                [one] => Single::One(one),
+                many => Single::Many(many.len()),
+            },
+        }
     }
 
     /// The normalized paths of the selected nodes (for error messages).
@@ -109,6 +243,64 @@ mod tests {
         assert!(e.to_string().starts_with("invalid JSONPath at character"));
     }
 
+    /// The direct walk takes the queries mappings mostly use, gives what the general
+    /// evaluator gives, and leaves the rest to it.
+    #[test]
+    fn simple_queries_are_walked_directly_with_the_same_result() {
+        let doc = json!({"a": {"b": [1, {"c": "x"}, [2, 3]], "d": null}, "e": [], "f_1": {"g": 4}});
+        for q in [
+            "$",
+            "$.a",
+            "$.a.b",
+            "$.a.b[1].c",
+            "$.a.b[-1][0]",
+            "$.a.b[-4]",
+            "$.a.b[9]",
+            "$.a.*",
+            "$.a.b[*]",
+            "$[*]",
+            "$.*.b",
+            "$.e[0]",
+            "$.f_1.g",
+            "$.a.d",
+            "$.nothing.deeper",
+        ] {
+            let query = Query::parse(q).expect(q);
+            assert!(query.steps.is_some(), "{q} is walked directly");
+            assert_eq!(
+                query.select(&doc, &doc),
+                query.path.query(&doc).all(),
+                "{q}"
+            );
+        }
+        for q in [
+            "$..c",
+            "$['a']",
+            "$.a.b[0:2]",
+            "$.a.b[?@ == 1]",
+            "$.a.b[ 0 ]",
+            "$.a.b[01]",
+            "$.a.b[-0]",
+            "$.a.b[0,1]",
+            "$.é",
+        ] {
+            if let Ok(query) = Query::parse(q) {
+                assert!(
+                    query.steps.is_none(),
+                    "{q} is left to the general evaluator"
+                );
+            }
+        }
+        let one = Query::parse("$.a.b[1].c").expect("valid");
+        assert_eq!(one.single(&doc, &doc), Single::One(&json!("x")));
+        let many = Query::parse("$.a.b[*]").expect("valid");
+        assert_eq!(many.single(&doc, &doc), Single::Many(3));
+        let none = Query::parse("$.a.x").expect("valid");
+        assert_eq!(none.single(&doc, &doc), Single::Nothing);
+        let general = Query::parse("$..c").expect("valid");
+        assert_eq!(general.single(&doc, &doc), Single::One(&json!("x")));
+    }
+
     /// All 703 cases of the RFC 9535 compliance suite through this layer.
     #[test]
     fn rfc9535_compliance_suite() {
@@ -136,6 +328,9 @@ mod tests {
                 continue;
             };
             let doc = &case["document"];
+            if q.steps.is_some() && q.select(doc, doc) != q.path.query(doc).all() {
+                failures.push(format!("{name}: {selector} walked directly differs"));
+            }
             let got: Vec<Value> = q.select(doc, doc).into_iter().cloned().collect();
             let got = Value::Array(got);
             let ok = match (case.get("result"), case.get("results")) {

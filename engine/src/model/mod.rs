@@ -241,6 +241,8 @@ pub struct FhirSink {
     pub auth: Option<Auth>,
     pub timeout: Duration,
     pub batch_size: u32,
+    /// Bundles of one write in flight at once (1 or more).
+    pub concurrency: u32,
     pub mode: BundleMode,
     pub retries: u32,
     pub provenance: bool,

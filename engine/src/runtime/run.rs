@@ -154,8 +154,9 @@ fn without_server_meta(mut resources: Vec<Value>) -> Vec<Value> {
     resources
 }
 
-/// The resources to write, with their labels and digests: all of them, or with `onlyChanged`
-/// those whose digest differs from the one written last (the others are counted unchanged).
+/// The resources to write: all of them, or with `onlyChanged` those whose digest differs from
+/// the one written last (the others are counted unchanged), with their labels and digests
+/// (worked out with `onlyChanged` only).
 fn changed(
     resources: Vec<Value>,
     cron: &Cron,
@@ -164,10 +165,14 @@ fn changed(
 ) -> (Vec<Value>, Vec<(String, String)>) {
     let mut to_write = Vec::new();
     let mut digests = Vec::new();
+    if !cron.only_changed {
+        // Digests are kept for `onlyChanged` only: without it, none is worked out.
+        return (resources, Vec::new());
+    }
     for (i, r) in resources.into_iter().enumerate() {
         let label = crate::runtime::sink::label(&r, i);
         let d = digest(&r);
-        if cron.only_changed && state.written.get(&label) == Some(&d) {
+        if state.written.get(&label) == Some(&d) {
             report.resources_unchanged += 1;
         } else {
             to_write.push(r);

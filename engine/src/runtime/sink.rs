@@ -383,6 +383,7 @@ fn clone_fhir(f: &FhirSink) -> FhirSink {
         auth: f.auth.clone(),
         timeout: f.timeout,
         batch_size: f.batch_size,
+        concurrency: f.concurrency,
         mode: f.mode,
         retries: f.retries,
         provenance: f.provenance,
@@ -584,7 +585,7 @@ async fn write_fhir(
     opts: &WriteOptions,
 ) -> WriteReport {
     let mut report = WriteReport::default();
-    let mut entries = Vec::new();
+    let mut entries = Vec::with_capacity(resources.len());
     for (i, r) in resources.into_iter().enumerate() {
         match entry(&r, i, opts) {
             Ok(request) => entries.push((label(&r, i), json!({"resource": r, "request": request}))),
@@ -592,78 +593,149 @@ async fn write_fhir(
         }
     }
     let provenance = opts.provenance.as_ref().filter(|_| sink.provenance);
-    for (n, chunk) in entries.chunks(sink.batch_size.max(1) as usize).enumerate() {
-        let labels: Vec<&String> = chunk.iter().map(|(l, _)| l).collect();
-        let mut bodies: Vec<Value> = chunk.iter().map(|(_, e)| e.clone()).collect();
-        if let Some(p) = provenance {
-            if p.check_written && sink.mode == BundleMode::Transaction {
-                match written_before(sink, client, &p.id(n), &mut report).await {
-                    Ok(true) => {
-                        report.written += chunk.len();
-                        continue;
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        report.failures.extend(labels.iter().map(|l| WriteFailure {
-                            resource: (*l).clone(),
-                            status: e.status(),
-                            message: e.to_string(),
-                            outcome: None,
-                            transient: true,
-                        }));
-                        continue;
-                    }
-                }
+    let chunks: Vec<&[(String, Value)]> = entries.chunks(sink.batch_size.max(1) as usize).collect();
+    let in_flight = (sink.concurrency.max(1) as usize).min(chunks.len().max(1));
+    let after = if in_flight > 1 {
+        bundles_referenced(&chunks)
+    } else {
+        Vec::new()
+    };
+    // Bundles in flight, at most `in_flight`; a Bundle that references resources of an
+    // earlier one waits until that one is answered. The reports are merged in Bundle order.
+    let mut reports: Vec<Option<WriteReport>> = vec![None; chunks.len()];
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    for (n, chunk) in chunks.iter().enumerate() {
+        let waits = after.get(n).map_or(&[][..], Vec::as_slice);
+        while running.len() >= in_flight || waits.iter().any(|&d| reports[d].is_none()) {
+            let Some((done, r)) = futures_util::StreamExt::next(&mut running).await else {
+                break;
+            };
+            reports[done] = Some(r);
+        }
+        running.push(async move { (n, write_bundle(sink, client, n, chunk, provenance).await) });
+    }
+    while let Some((done, r)) = futures_util::StreamExt::next(&mut running).await {
+        reports[done] = Some(r);
+    }
+    for r in reports.into_iter().flatten() {
+        report.written += r.written;
+        report.calls += r.calls;
+        report.retries += r.retries;
+        report.failures.extend(r.failures);
+    }
+    report
+}
+
+/// For each Bundle, the earlier Bundles holding resources it references (which must be
+/// answered before it is posted, so that references resolve as with one Bundle at a time).
+fn bundles_referenced(chunks: &[&[(String, Value)]]) -> Vec<Vec<usize>> {
+    let mut home: HashMap<&str, usize> = HashMap::new();
+    for (n, chunk) in chunks.iter().enumerate() {
+        for (l, _) in chunk.iter() {
+            home.insert(l.as_str(), n);
+        }
+    }
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(n, chunk)| {
+            let mut refs = Vec::new();
+            for (_, e) in chunk.iter() {
+                collect_refs(&e["resource"], &mut refs);
             }
-            let targets = bodies
+            let mut earlier: Vec<usize> = refs
                 .iter()
-                .filter_map(|e| e["request"]["url"].as_str().map(str::to_owned))
+                .filter_map(|r| home.get(r.as_str()).copied())
+                .filter(|&d| d < n)
                 .collect();
-            bodies.push(p.entry(n, targets));
-        }
-        let mut result = send_bundle(sink, client, sink.mode, &bodies, &mut report).await;
-        if sink.mode == BundleMode::Transaction
-            && let Err((Some(status), ..)) = &result
-            && (400..500).contains(status)
-        {
-            // A transaction is all or nothing: send the entries as a batch to learn (and
-            // keep) what each one does.
-            result = send_bundle(sink, client, BundleMode::Batch, &bodies, &mut report).await;
-        }
-        match result {
-            Ok(answers) => {
-                for (i, label) in labels.iter().enumerate() {
-                    let resp = answers.get(i).map(|a| &a["response"]);
-                    let status = resp
-                        .and_then(|r| r["status"].as_str())
-                        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
-                    match status {
-                        Some(s) if (200..300).contains(&s) => report.written += 1,
-                        _ => report.failures.push(WriteFailure {
-                            resource: (*label).clone(),
-                            status,
-                            message: format!(
-                                "the server answered {}",
-                                status.map_or("nothing".into(), |s| s.to_string())
-                            ),
-                            outcome: resp
-                                .map(|r| r["outcome"].clone())
-                                .filter(|o| o.is_object())
-                                .map(Box::new),
-                            transient: status.is_some_and(|s| s >= 500 || s == 429),
-                        }),
-                    }
+            earlier.sort_unstable();
+            earlier.dedup();
+            earlier
+        })
+        .collect()
+}
+
+/// Writes the `n`th Bundle of a write (with its Provenance when asked): its own report.
+async fn write_bundle(
+    sink: &FhirSink,
+    client: &reqwest::Client,
+    n: usize,
+    chunk: &[(String, Value)],
+    provenance: Option<&ProvenanceOf>,
+) -> WriteReport {
+    let mut report = WriteReport::default();
+    let labels: Vec<&String> = chunk.iter().map(|(l, _)| l).collect();
+    let mut bodies: Vec<&Value> = chunk.iter().map(|(_, e)| e).collect();
+    let provenance_entry;
+    if let Some(p) = provenance {
+        if p.check_written && sink.mode == BundleMode::Transaction {
+            match written_before(sink, client, &p.id(n), &mut report).await {
+                Ok(true) => {
+                    report.written += chunk.len();
+                    return report;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    report.failures.extend(labels.iter().map(|l| WriteFailure {
+                        resource: (*l).clone(),
+                        status: e.status(),
+                        message: e.to_string(),
+                        outcome: None,
+                        transient: true,
+                    }));
+                    return report;
                 }
             }
-            Err((status, message, outcome, transient)) => {
-                report.failures.extend(labels.iter().map(|l| WriteFailure {
-                    resource: (*l).clone(),
-                    status,
-                    message: message.clone(),
-                    outcome: outcome.clone().map(Box::new),
-                    transient,
-                }));
+        }
+        let targets = bodies
+            .iter()
+            .filter_map(|e| e["request"]["url"].as_str().map(str::to_owned))
+            .collect();
+        provenance_entry = p.entry(n, targets);
+        bodies.push(&provenance_entry);
+    }
+    let mut result = send_bundle(sink, client, sink.mode, &bodies, &mut report).await;
+    if sink.mode == BundleMode::Transaction
+        && let Err((Some(status), ..)) = &result
+        && (400..500).contains(status)
+    {
+        // A transaction is all or nothing: send the entries as a batch to learn (and
+        // keep) what each one does.
+        result = send_bundle(sink, client, BundleMode::Batch, &bodies, &mut report).await;
+    }
+    match result {
+        Ok(answers) => {
+            for (i, label) in labels.iter().enumerate() {
+                let resp = answers.get(i).map(|a| &a["response"]);
+                let status = resp
+                    .and_then(|r| r["status"].as_str())
+                    .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+                match status {
+                    Some(s) if (200..300).contains(&s) => report.written += 1,
+                    _ => report.failures.push(WriteFailure {
+                        resource: (*label).clone(),
+                        status,
+                        message: format!(
+                            "the server answered {}",
+                            status.map_or("nothing".into(), |s| s.to_string())
+                        ),
+                        outcome: resp
+                            .map(|r| r["outcome"].clone())
+                            .filter(|o| o.is_object())
+                            .map(Box::new),
+                        transient: status.is_some_and(|s| s >= 500 || s == 429),
+                    }),
+                }
             }
+        }
+        Err((status, message, outcome, transient)) => {
+            report.failures.extend(labels.iter().map(|l| WriteFailure {
+                resource: (*l).clone(),
+                status,
+                message: message.clone(),
+                outcome: outcome.clone().map(Box::new),
+                transient,
+            }));
         }
     }
     report
@@ -789,15 +861,10 @@ async fn send_bundle(
     sink: &FhirSink,
     client: &reqwest::Client,
     mode: BundleMode,
-    entries: &[Value],
+    entries: &[&Value],
     report: &mut WriteReport,
 ) -> Result<Vec<Value>, SendError> {
-    let kind = match mode {
-        BundleMode::Transaction => "transaction",
-        BundleMode::Batch => "batch",
-    };
-    let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": entries});
-    let body = bytes::Bytes::from(serde_json::to_vec(&bundle).unwrap_or_default());
+    let body = bundle_bytes(mode, entries);
     let policy = RetryPolicy {
         retries: sink.retries,
         statuses: &crate::model::DEFAULT_RETRY_STATUSES,
@@ -811,6 +878,9 @@ async fn send_bundle(
                     .timeout(sink.timeout)
                     .header("content-type", "application/fhir+json")
                     .header("accept", "application/fhir+json")
+                    // Only each entry's status and outcome are read: no copies of the
+                    // resources back.
+                    .header("prefer", "return=minimal")
                     .body(body.clone()),
                 sink,
             );
@@ -833,9 +903,12 @@ async fn send_bundle(
         )
     })?;
     let status = Some(got.status);
-    let json = outbound::json(&got.body)
+    let mut json = outbound::json(&got.body)
         .map_err(|e| (status, format!("the server's {e}"), None, false))?;
-    let answers = json["entry"].as_array().cloned().unwrap_or_default();
+    let answers = match json.get_mut("entry").map(Value::take) {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
     if answers.len() != entries.len() {
         return Err((
             status,
@@ -849,6 +922,28 @@ async fn send_bundle(
         ));
     }
     Ok(answers)
+}
+
+/// The JSON text of a Bundle of `mode` holding `entries`, written straight from the entries
+/// (no Bundle value copied from them first).
+fn bundle_bytes(mode: BundleMode, entries: &[&Value]) -> bytes::Bytes {
+    let kind = match mode {
+        BundleMode::Transaction => "transaction",
+        BundleMode::Batch => "batch",
+    };
+    let mut out = Vec::with_capacity(256 * entries.len() + 64);
+    out.extend_from_slice(b"{\"resourceType\":\"Bundle\",\"type\":\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\",\"entry\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing a `Value` into memory cannot fail.
+        let _ = serde_json::to_writer(&mut out, e);
+    }
+    out.extend_from_slice(b"]}");
+    bytes::Bytes::from(out)
 }
 
 /// What went wrong, as the continuation of "the server ...".

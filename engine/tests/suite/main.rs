@@ -27,6 +27,7 @@ mod run_progress;
 mod serve;
 mod shared_cache;
 mod shipped;
+mod sink_concurrency;
 mod ui;
 mod versions;
 

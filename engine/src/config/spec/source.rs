@@ -371,6 +371,15 @@ pub struct FhirSinkSpec {
     #[serde(default)]
     #[schemars(range(min = 1, max = 10000))]
     pub batch_size: Option<u32>,
+    /// Bundles of one write posted at once (default 1: one after the other). Raise it only
+    /// for a server that applies transactions in parallel: one that serialises them (Helios
+    /// on SQLite answers 503 to a transaction that arrives while another runs) gains nothing
+    /// and retries. Order still holds where it matters: a Bundle whose resources reference
+    /// resources of an earlier Bundle is posted only once that Bundle is answered; each
+    /// Bundle is retried and reported on its own, as with 1.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 32))]
+    pub concurrency: Option<u32>,
     /// `transaction` (default: all or nothing per Bundle) or `batch`.
     #[serde(default)]
     pub mode: Option<BundleMode>,

@@ -466,6 +466,7 @@ pub fn sink(ctx: &mut Ctx<'_>, name: &str, s: &SinkSpec) -> Option<Sink> {
                 auth,
                 timeout,
                 batch_size: f.batch_size.unwrap_or(100),
+                concurrency: f.concurrency.unwrap_or(1),
                 mode: f.mode.unwrap_or(BundleMode::Transaction),
                 retries: f.retries.unwrap_or(3),
                 provenance: f.provenance.unwrap_or(false),

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::tree::{Conversion, Expr, Input, Kind, MapError};
 use crate::model::fhir;
-use crate::model::jsonpath::Query;
+use crate::model::jsonpath::{Query, Single};
 use crate::model::template::{Table, Templates};
 
 /// Where a mapping is evaluating: the record, the current element and the names bound by
@@ -178,24 +178,23 @@ impl Evaluator<'_> {
                 Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
             }
             Kind::Path { query, default } => {
-                let nodes = query.select(scope.input.record, scope.current);
-                match nodes.as_slice() {
-                    [] => match default {
+                match query.single(scope.input.record, scope.current) {
+                    Single::Nothing => match default {
                         Some(d) => self.eval(d, scope)?,
                         None => None,
                     },
-                    [one] => match (prune((*one).clone()), default) {
+                    Single::One(one) => match (pruned(one), default) {
                         (None, Some(d)) => self.eval(d, scope)?,
                         (value, _) => value,
                     },
-                    many => {
+                    Single::Many(many) => {
                         return Err(MapError {
                             rule: e.rule.to_string(),
                             input: scope.input_path(query, 0),
                             message: format!(
                                 "`{}` selects {} values where one is expected; use `$paths` or `$each` for many",
                                 query.as_str(),
-                                many.len()
+                                many
                             ),
                         });
                     }
@@ -205,7 +204,7 @@ impl Evaluator<'_> {
                 let items: Vec<Value> = query
                     .select(scope.input.record, scope.current)
                     .into_iter()
-                    .filter_map(|v| prune(v.clone()))
+                    .filter_map(pruned)
                     .collect();
                 Some(Value::Array(items)).filter(|v| !fhir::is_empty(v))
             }
@@ -351,16 +350,23 @@ impl Evaluator<'_> {
     }
 }
 
-/// Removes empty values inside a selected value, as FHIR allows none.
-fn prune(v: Value) -> Option<Value> {
+/// A copy of a selected value without its empty values, as FHIR allows none (`None` when
+/// nothing is left); only what is kept is copied.
+fn pruned(v: &Value) -> Option<Value> {
     let v = match v {
-        Value::Object(o) => Value::Object(
-            o.into_iter()
-                .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.into_iter().filter_map(prune).collect()),
-        other => other,
+        Value::Object(o) => {
+            let mut m = Map::with_capacity(o.len());
+            for (k, c) in o {
+                if let Some(c) = pruned(c) {
+                    m.insert(k.clone(), c);
+                }
+            }
+            Value::Object(m)
+        }
+        Value::Array(a) => Value::Array(a.iter().filter_map(pruned).collect()),
+        Value::Null => return None,
+        Value::String(s) if s.is_empty() => return None,
+        other => other.clone(),
     };
     Some(v).filter(|v| !fhir::is_empty(v))
 }

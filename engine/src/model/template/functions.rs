@@ -80,12 +80,13 @@ impl Function {
             .map_or("?", |(n, _)| n)
     }
 
-    /// Applies the function; `names` says how each argument was written, for messages;
-    /// `zone` is the zone of local times (`dateTime`, `instant`), UTC when `None`.
+    /// Applies the function; `names` says how each argument was written, for messages (asked
+    /// only when there is one to write); `zone` is the zone of local times (`dateTime`,
+    /// `instant`), UTC when `None`.
     pub fn call(
         self,
         args: &Args<'_>,
-        names: &[String],
+        names: &dyn Fn(usize) -> Option<String>,
         tables: &BTreeMap<String, Table>,
         zone: Option<Tz>,
     ) -> Result<Value, String> {
@@ -93,9 +94,7 @@ impl Function {
         if self != Function::Default
             && let Some(i) = args.iter().position(Option::is_none)
         {
-            let what = names
-                .get(i)
-                .map_or("an argument".to_owned(), |n| format!("`{n}`"));
+            let what = names(i).map_or("an argument".to_owned(), |n| format!("`{n}`"));
             return Err(format!(
                 "{what} is missing from the input (argument {} of `{name}`)",
                 i + 1
@@ -109,8 +108,8 @@ impl Function {
                 .ok_or_else(|| format!("`{name}` takes one argument"))
         };
         Ok(match self {
-            Function::Upper => Value::String(text(one()?).to_uppercase()),
-            Function::Lower => Value::String(text(one()?).to_lowercase()),
+            Function::Upper => Value::String(as_text(one()?).to_uppercase()),
+            Function::Lower => Value::String(as_text(one()?).to_lowercase()),
             Function::Trim => Value::String(text(one()?).trim().to_owned()),
             Function::Json => Value::String(one()?.to_string()),
             Function::Join => {
@@ -149,6 +148,14 @@ impl Function {
                 t.translate(&table, &text(code))?
             }
         })
+    }
+}
+
+/// A value as template text, borrowed when it is a string.
+fn as_text(v: &Value) -> std::borrow::Cow<'_, str> {
+    match v {
+        Value::String(s) => std::borrow::Cow::Borrowed(s),
+        other => std::borrow::Cow::Owned(text(other)),
     }
 }
 
@@ -192,7 +199,7 @@ impl HelperDef for AsHelper {
             })
             .collect();
         self.function
-            .call(&args, &names, &self.tables, self.zone)
+            .call(&args, &|i| names.get(i).cloned(), &self.tables, self.zone)
             .map(ScopedJson::Derived)
             .map_err(|e| RenderErrorReason::Other(e).into())
     }

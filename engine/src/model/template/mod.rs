@@ -218,6 +218,18 @@ impl Templates {
                 .render_with_context(name, scope.context())
                 .map_err(|e| describe(&e)),
             Text::Direct(pieces) => {
+                if let [Piece::Call(f, args, at)] = pieces.as_slice() {
+                    // A template that is one call: its text is the result, not a copy of it.
+                    return match self.call(*f, args, *at, scope)? {
+                        Value::String(s) => Ok(s),
+                        value => {
+                            let mut out = String::new();
+                            push_text(&mut out, &value, "the result of a helper")
+                                .map_err(|m| format!("{m}{}", place(*at)))?;
+                            Ok(out)
+                        }
+                    };
+                }
                 let mut out = String::new();
                 for piece in pieces {
                     match piece {
@@ -230,23 +242,7 @@ impl Templates {
                                 .map_err(|m| format!("{m}{}", place(*at)))?;
                         }
                         Piece::Call(f, args, at) => {
-                            let values: Vec<Option<&Value>> = args
-                                .iter()
-                                .map(|a| match a {
-                                    Arg::Var(v) => v.resolve(scope),
-                                    Arg::Literal(l) => Some(l),
-                                })
-                                .collect();
-                            let names: Vec<String> = args
-                                .iter()
-                                .map(|a| match a {
-                                    Arg::Var(v) => v.raw.clone(),
-                                    Arg::Literal(l) => l.to_string(),
-                                })
-                                .collect();
-                            let value = f
-                                .call(&values, &names, &self.tables, self.zone)
-                                .map_err(|m| format!("{m}{}", place(*at)))?;
+                            let value = self.call(*f, args, *at, scope)?;
                             push_text(&mut out, &value, "the result of a helper")
                                 .map_err(|m| format!("{m}{}", place(*at)))?;
                         }
@@ -255,6 +251,31 @@ impl Templates {
                 Ok(out)
             }
         }
+    }
+
+    /// A function call of a directly rendered template.
+    fn call(
+        &self,
+        f: Function,
+        args: &[Arg],
+        at: (usize, usize),
+        scope: &dyn Scope,
+    ) -> Result<Value, String> {
+        let values: Vec<Option<&Value>> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Var(v) => v.resolve(scope),
+                Arg::Literal(l) => Some(l),
+            })
+            .collect();
+        let names = |i: usize| {
+            args.get(i).map(|a| match a {
+                Arg::Var(v) => v.raw.clone(),
+                Arg::Literal(l) => l.to_string(),
+            })
+        };
+        f.call(&values, &names, &self.tables, self.zone)
+            .map_err(|m| format!("{m}{}", place(at)))
     }
 }
 
