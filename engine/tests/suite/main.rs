@@ -12,6 +12,7 @@ mod cli;
 mod cron_push;
 mod durability;
 mod edge;
+mod env_references;
 mod faults;
 mod fhir_validity;
 mod fhir_versions_helios;
