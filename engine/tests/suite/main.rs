@@ -9,6 +9,7 @@ mod alerts;
 mod architecture;
 mod bounded;
 mod cli;
+mod connectivity;
 mod cron_push;
 mod durability;
 mod edge;

@@ -132,7 +132,7 @@ pub(super) fn check_typed(json: &mut Value, doc: &Doc) -> Typed {
                     !f.missing.as_ref().is_some_and(|k| {
                         removed.contains(&format!(
                             "/{}",
-                            [&f.at[..], &[k.clone()]].concat().join("/")
+                            [&f.at[..], std::slice::from_ref(k)].concat().join("/")
                         ))
                     })
                 })
