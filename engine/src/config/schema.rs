@@ -428,9 +428,18 @@ mod tests {
         assert_eq!(s["$schema"], "https://json-schema.org/draft/2020-12/schema");
         let text = s.to_string();
         assert!(!text.contains("\"null\""), "explicit nulls are not values");
+        let timeout = &s["$defs"]["SourceSpec"]["properties"]["timeout"];
+        assert_eq!(timeout["anyOf"][0]["type"], "string");
+        assert_eq!(timeout["anyOf"][0]["pattern"], spec::DURATION_PATTERN);
+        assert_eq!(timeout["anyOf"][1]["$ref"], "#/$defs/Reference");
+        assert!(
+            timeout["description"].is_string(),
+            "the description stays outside"
+        );
+        let strict = generate_strict();
         assert_eq!(
-            s["$defs"]["SourceSpec"]["properties"]["timeout"]["type"],
-            "string"
+            strict["$defs"]["SourceSpec"]["properties"]["timeout"]["type"], "string",
+            "documents are checked once resolved, against the plain types"
         );
     }
 

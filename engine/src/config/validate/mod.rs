@@ -168,7 +168,12 @@ impl Documents {
             unresolved: HashSet::new(),
         };
         // References are resolved before anything is typed, so that any scalar may use one.
-        references::resolve(&mut json, &mut Vec::new(), &mut doc, diags, opts, &base);
+        let lookup = references::Lookup {
+            env: opts.env,
+            allow_unresolved: opts.allow_unresolved,
+            base: &base,
+        };
+        references::resolve(&mut json, &mut Vec::new(), &mut doc, diags, &lookup);
         let typed = references::check_typed(&mut json, &doc);
         if !typed.findings.is_empty() || typed.incomplete {
             for f in typed.findings {

@@ -13,8 +13,14 @@ use crate::config::schema::{self, Finding};
 use crate::config::secrets::{self, Unresolved};
 use crate::config::yaml::{self, display_path};
 
-use super::Options;
 use super::context::Doc;
+
+/// Where references are looked up, and whether one that cannot be is only a warning.
+pub(super) struct Lookup<'a> {
+    pub env: &'a dyn secrets::Environment,
+    pub allow_unresolved: bool,
+    pub base: &'a Path,
+}
 
 /// Longest resolved value shown in a diagnostic; longer ones are cut.
 const SHOWN_CHARS: usize = 40;
@@ -26,8 +32,7 @@ pub(super) fn resolve(
     at: &mut Vec<String>,
     doc: &mut Doc,
     diags: &mut Vec<Diagnostic>,
-    opts: &Options<'_>,
-    base: &Path,
+    lookup: &Lookup<'_>,
 ) {
     if at.len() == 2 && at[0] == "spec" && (at[1] == "mapping" || at[1] == "tests") {
         return;
@@ -35,7 +40,7 @@ pub(super) fn resolve(
     match v {
         Value::String(s) if secrets::has_reference(s) || s.contains("$${") => {
             let pointer = format!("/{}", at.join("/"));
-            match secrets::resolve(s, opts.env, base) {
+            match secrets::resolve(s, lookup.env, lookup.base) {
                 Ok(resolved) => {
                     if secrets::has_reference(s) {
                         doc.secret.insert(pointer);
@@ -52,7 +57,9 @@ pub(super) fn resolve(
                     let message = unresolved.to_string();
                     let d = match unresolved {
                         u if !u.is_unavailable() => Diagnostic::error(&doc.file, &loc, message),
-                        _ if opts.allow_unresolved => Diagnostic::warning(&doc.file, &loc, message),
+                        _ if lookup.allow_unresolved => {
+                            Diagnostic::warning(&doc.file, &loc, message)
+                        }
                         u => {
                             let what = match u {
                                 Unresolved::VariableNotSet(_) => "set the variable",
@@ -72,14 +79,14 @@ pub(super) fn resolve(
         Value::Object(o) => {
             for (k, child) in o.iter_mut() {
                 at.push(k.clone());
-                resolve(child, at, doc, diags, opts, base);
+                resolve(child, at, doc, diags, lookup);
                 at.pop();
             }
         }
         Value::Array(a) => {
             for (i, child) in a.iter_mut().enumerate() {
                 at.push(i.to_string());
-                resolve(child, at, doc, diags, opts, base);
+                resolve(child, at, doc, diags, lookup);
                 at.pop();
             }
         }
