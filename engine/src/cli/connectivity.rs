@@ -19,7 +19,8 @@ pub(super) fn check(
     params: Vec<String>,
     output: RunOutput,
 ) -> ExitCode {
-    let model = match model_of(load_and_validate(&definitions, false, false, None)) {
+    // Validated as `engine validate` does, tests included: their parameters make the request.
+    let model = match model_of(load_and_validate(&definitions, false, true, None)) {
         Ok(m) => m,
         Err(code) => return code,
     };

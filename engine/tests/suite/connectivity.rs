@@ -238,3 +238,67 @@ async fn a_hanging_source_is_bounded_by_its_timeout() {
     held.abort();
     b.abort();
 }
+
+/// A pull connector whose search asks `/labels?name=...`, with a test that gives `name`.
+fn pull_definitions(source_url: &str) -> tempfile::TempDir {
+    let yaml = format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: feed }}
+spec:
+  strategy: pull
+  source: {{ url: "{source_url}", retries: 0, timeout: 5s, auth: {{ bearer: {{ token: "${{env:CHECK_TOKEN}}" }} }} }}
+  pull:
+    resources:
+      - type: Patient
+        search:
+          params: {{ name: {{}} }}
+          request: {{ path: /items, query: {{ name: "{{{{params.name}}}}" }} }}
+          records: $.items[*]
+  mapping:
+    resourceType: Patient
+    id: {{ $path: $.id }}
+  tests:
+    - name: one item
+      params: {{ name: from-the-test }}
+      input: {{ items: [{{ id: a }}] }}
+      expect: [{{ resourceType: Patient, id: a }}]
+"#
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("feed.yaml"), yaml).expect("write definitions");
+    dir
+}
+
+#[tokio::test]
+async fn a_pull_source_is_asked_with_the_tests_params_or_the_given_ones() {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let app = axum::Router::new().route(
+        "/items",
+        axum::routing::get(move |q: axum::extract::RawQuery| {
+            seen.lock().expect("lock").push(q.0.unwrap_or_default());
+            async { axum::Json(json!({"items": [{"id": "a"}]})) }
+        }),
+    );
+    let (listener, url) = local_http::bind().await;
+    let server = local_http::spawn_app(listener, app);
+    let dir = pull_definitions(&url);
+    let from_test = check(&dir, false).await;
+    assert_eq!(from_test.code, Some(0), "{}", from_test.stdout);
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    cmd.args(["check", "feed", "--param", "name=given", "-d"])
+        .arg(dir.path())
+        .env("CHECK_TOKEN", TOKEN)
+        .kill_on_drop(true);
+    let given = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("ends within 60s")
+        .expect("runs");
+    assert_eq!(given.status.code(), Some(0));
+    assert_eq!(
+        asked.lock().expect("lock").clone(),
+        vec!["name=from-the-test".to_owned(), "name=given".to_owned()]
+    );
+    server.abort();
+}
