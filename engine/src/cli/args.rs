@@ -63,6 +63,25 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         fhir_schema: Option<PathBuf>,
     },
+    /// Check that one connector's outside parts answer: each source is called once (the first
+    /// page of the connector's own request, parameters from `--param` or its first test that
+    /// has some) and a FHIR sink is asked for its `metadata` (its FHIR version against the
+    /// connector's), with the real credentials. One line per part: status, latency, content
+    /// type, FHIR version, or what failed (dns, refused, tls, unauthorized, forbidden,
+    /// timeout). Exit 0 when all answered, 1 otherwise, 2 unusable invocation.
+    Check {
+        /// Name of the connector.
+        name: String,
+        /// Definitions to load.
+        #[arg(long = "definitions", short = 'd', default_value = "connectors.d")]
+        definitions: Vec<PathBuf>,
+        /// Caller parameters of a pull search request, as NAME=VALUE.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// `text` (one line per part) or `json` (one object, for scripts).
+        #[arg(long, value_enum, default_value = "text")]
+        output: RunOutput,
+    },
     /// Check that an engine answers: GET an `http://` URL, exit 0 on a 2xx answer (the
     /// image's health check, which has no curl).
     Probe {

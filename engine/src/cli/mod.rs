@@ -1,16 +1,18 @@
-//! The command line: every command (`serve`, `run`, `validate`, `map`, `schema`, `openapi`,
-//! `manifests`, `probe`), its output and its exit code (0 valid or done, 1 invalid or failed, 2
+//! The command line: every command (`serve`, `run`, `validate`, `check`, `map`, `schema`,
+//! `openapi`, `manifests`, `probe`), its output and its exit code (0 valid or done, 1 invalid or failed, 2
 //! unusable invocation). The only place that prints.
 //!
 //! `args.rs` holds the commands' flags; `definitions.rs` loads definitions for a command;
 //! `serve.rs` runs the engine (`serve`, `run`, `probe`); `progress.rs` shows a run's progress;
-//! `check.rs` checks definitions offline (`validate`, `map`); `generate.rs` prints what is
-//! generated from them.
+//! `check.rs` checks definitions offline (`validate`, `map`); `connectivity.rs` calls one
+//! connector's source and sink once (`check`); `generate.rs` prints what is generated from
+//! them.
 
 use std::process::ExitCode;
 
 mod args;
 mod check;
+mod connectivity;
 mod definitions;
 mod generate;
 mod progress;
@@ -47,6 +49,12 @@ pub fn run(cli: Cli) -> ExitCode {
             no_tests,
             fhir_schema,
         ),
+        Command::Check {
+            name,
+            definitions,
+            params,
+            output,
+        } => connectivity::check(name, definitions, params, output),
         Command::Manifests {
             paths,
             out,

@@ -10,8 +10,116 @@ use serde_json::{Map, Value, json};
 use crate::config::spec::{self, ConnectorDoc, SinkDoc, SourceDoc};
 use crate::config::yaml::pointer_segments;
 
-/// The published schema: one document of any kind, dispatched on `kind`.
+/// The published schema: one document of any kind, dispatched on `kind`, where every typed
+/// scalar (integers, numbers, booleans, enums, durations, sizes) also accepts a string with a
+/// `${env:...}`/`${file:...}` reference, resolved and typed when the definition is loaded.
 pub fn generate() -> Value {
+    let mut root = generate_strict();
+    let mut reference = json!({
+        "type": "string",
+        "pattern": REFERENCE_PATTERN,
+        "description": "A string with an `${env:NAME}`, `${env:NAME:-default}` or `${file:PATH}` reference, resolved when the definition is loaded and then read as the field's type.",
+    });
+    if let Some(defs) = root.get_mut("$defs").and_then(Value::as_object_mut) {
+        let enums: Vec<String> = defs
+            .iter()
+            .filter(|(n, d)| is_enum(d) && !UNREFERENCEABLE.contains(&n.as_str()))
+            .map(|(n, _)| format!("#/$defs/{n}"))
+            .collect();
+        for (name, def) in defs.iter_mut() {
+            if !UNREFERENCEABLE.contains(&name.as_str()) {
+                accept_references(def, &enums);
+            }
+        }
+        defs.insert("Reference".into(), reference.take());
+    }
+    root
+}
+
+/// A string that holds a reference somewhere (the published schema's alternative of typed
+/// scalars).
+pub const REFERENCE_PATTERN: &str = "\\$\\{(env:[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?|file:[^}]+)\\}";
+
+/// Definitions whose fields are never resolved (the document's identity, the tests).
+const UNREFERENCEABLE: [&str; 6] = [
+    "ApiVersion",
+    "ConnectorKind",
+    "SourceKind",
+    "SinkKind",
+    "Metadata",
+    "TestSpec",
+];
+
+fn is_enum(def: &Value) -> bool {
+    def.get("enum").is_some()
+        || def.get("const").is_some()
+        || def.get("oneOf").and_then(Value::as_array).is_some_and(|o| {
+            o.iter()
+                .all(|v| v.get("const").is_some() || v.get("enum").is_some())
+        })
+}
+
+/// True for the schema of a typed scalar: not a plain string, not a collection.
+fn is_typed_scalar(p: &Value, enums: &[String]) -> bool {
+    let scalar_type = |t: &Value| matches!(t.as_str(), Some("integer" | "number" | "boolean"));
+    let typed = match p.get("type") {
+        Some(Value::Array(ts)) => ts.iter().any(scalar_type),
+        Some(t) => scalar_type(t) || (t == "string" && p.get("pattern").is_some()),
+        None => false,
+    };
+    let enum_ref = p
+        .get("$ref")
+        .and_then(Value::as_str)
+        .is_some_and(|r| enums.iter().any(|e| e == r));
+    typed || enum_ref || is_enum(p)
+}
+
+/// Wraps every typed scalar among the fields of `def` (at any depth) as `anyOf: [the type,
+/// a reference]`, keeping its description, default and examples outside.
+fn accept_references(def: &mut Value, enums: &[String]) {
+    let Value::Object(o) = def else { return };
+    if let Some(Value::Object(props)) = o.get_mut("properties") {
+        for p in props.values_mut() {
+            wrap_or_descend(p, enums);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(p) = o.get_mut(key).filter(|p| p.is_object()) {
+            wrap_or_descend(p, enums);
+        }
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(Value::Array(items)) = o.get_mut(key) {
+            items.iter_mut().for_each(|i| accept_references(i, enums));
+        }
+    }
+}
+
+fn wrap_or_descend(p: &mut Value, enums: &[String]) {
+    if !is_typed_scalar(p, enums) {
+        accept_references(p, enums);
+        return;
+    }
+    let Value::Object(inner) = p.take() else {
+        return;
+    };
+    let mut outer = Map::new();
+    let mut inner = inner;
+    for k in ["description", "default", "examples", "title"] {
+        if let Some(v) = inner.remove(k) {
+            outer.insert(k.into(), v);
+        }
+    }
+    outer.insert(
+        "anyOf".into(),
+        json!([Value::Object(inner), {"$ref": "#/$defs/Reference"}]),
+    );
+    *p = Value::Object(outer);
+}
+
+/// The schema documents are checked against once their references are resolved: typed
+/// scalars take only their type.
+fn generate_strict() -> Value {
     let mut generator = SchemaGenerator::new(SchemaSettings::draft2020_12());
     let connector = generator.subschema_for::<ConnectorDoc>();
     let source = generator.subschema_for::<SourceDoc>();
@@ -72,7 +180,7 @@ fn drop_null(v: &mut Value) {
 
 fn schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
-    SCHEMA.get_or_init(generate)
+    SCHEMA.get_or_init(generate_strict)
 }
 
 fn validator() -> &'static jsonschema::Validator {
@@ -89,6 +197,11 @@ pub struct Finding {
     pub key: bool,
     pub message: String,
     pub hint: Option<String>,
+    /// What the value should have been, for a value of the wrong type or form (`an integer`,
+    /// `a duration`, `one of: a, b`), so that a value read from a reference can be explained.
+    pub expected: Option<String>,
+    /// The key a `missing required key` finding is about.
+    pub missing: Option<String>,
 }
 
 /// Checks one document; findings are in document order of their paths.
@@ -114,6 +227,8 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                         key: true,
                         message: format!("unknown key `{k}`"),
                         hint,
+                        expected: None,
+                        missing: None,
                     });
                 }
             }
@@ -124,6 +239,8 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                     key: false,
                     message: format!("missing required key `{name}`"),
                     hint: None,
+                    expected: None,
+                    missing: Some(name.to_owned()),
                 });
             }
             ValidationErrorKind::Type { kind } => {
@@ -137,6 +254,8 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                     key: false,
                     message: format!("expected {}, found {what}", article(&expected)),
                     hint: None,
+                    expected: Some(article(&expected)),
+                    missing: None,
                 });
             }
             ValidationErrorKind::Enum { options }
@@ -155,6 +274,8 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                     key: false,
                     message: format!("`{shown}` is not one of: {}", options.join(", ")),
                     hint,
+                    expected: Some(format!("one of: {}", options.join(", "))),
+                    missing: None,
                 });
             }
             ValidationErrorKind::Pattern { pattern } => {
@@ -167,6 +288,13 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                         format!("`{shown}` is not a FHIR resource type name")
                     }
                     _ => format!("`{shown}` does not match `{pattern}`"),
+                };
+                let expected = match pattern.as_str() {
+                    spec::DURATION_PATTERN => "a duration".to_owned(),
+                    spec::SIZE_PATTERN => "a size".to_owned(),
+                    spec::NAME_PATTERN => "a DNS label".to_owned(),
+                    spec::RESOURCE_TYPE_PATTERN => "a FHIR resource type name".to_owned(),
+                    _ => format!("text matching `{pattern}`"),
                 };
                 let hint = match pattern.as_str() {
                     spec::DURATION_PATTERN => Some("write a number and a unit: `500ms`, `30s`, `10m`, `1h`, `1d`".into()),
@@ -181,6 +309,8 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                     key: false,
                     message,
                     hint,
+                    expected: Some(expected),
+                    missing: None,
                 });
             }
             _ => out.push(Finding {
@@ -188,6 +318,8 @@ pub fn check(doc: &Value) -> Vec<Finding> {
                 key: false,
                 message: e.to_string(),
                 hint: None,
+                expected: None,
+                missing: None,
             }),
         }
     }
@@ -230,7 +362,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn value_at<'a>(doc: &'a Value, at: &[String]) -> Option<&'a Value> {
+pub fn value_at<'a>(doc: &'a Value, at: &[String]) -> Option<&'a Value> {
     at.iter().try_fold(doc, |v, s| match v {
         Value::Object(o) => o.get(s),
         Value::Array(a) => s.parse::<usize>().ok().and_then(|i| a.get(i)),
@@ -296,9 +428,18 @@ mod tests {
         assert_eq!(s["$schema"], "https://json-schema.org/draft/2020-12/schema");
         let text = s.to_string();
         assert!(!text.contains("\"null\""), "explicit nulls are not values");
+        let timeout = &s["$defs"]["SourceSpec"]["properties"]["timeout"];
+        assert_eq!(timeout["anyOf"][0]["type"], "string");
+        assert_eq!(timeout["anyOf"][0]["pattern"], spec::DURATION_PATTERN);
+        assert_eq!(timeout["anyOf"][1]["$ref"], "#/$defs/Reference");
+        assert!(
+            timeout["description"].is_string(),
+            "the description stays outside"
+        );
+        let strict = generate_strict();
         assert_eq!(
-            s["$defs"]["SourceSpec"]["properties"]["timeout"]["type"],
-            "string"
+            strict["$defs"]["SourceSpec"]["properties"]["timeout"]["type"], "string",
+            "documents are checked once resolved, against the plain types"
         );
     }
 

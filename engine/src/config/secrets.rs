@@ -28,6 +28,27 @@ pub fn has_reference(s: &str) -> bool {
     s.replace("$${", "").contains("${")
 }
 
+/// True for a field that holds a credential (under `auth`, a header, or a key named like a
+/// token, a password, a secret or a key), given its path: a value read into it from a
+/// reference is never shown, even when it is wrong.
+pub fn is_secret_field(path: &[String]) -> bool {
+    path.iter().any(|segment| {
+        let k = segment.to_ascii_lowercase();
+        [
+            "auth",
+            "headers",
+            "token",
+            "password",
+            "secret",
+            "key",
+            "credential",
+            "assertion",
+        ]
+        .iter()
+        .any(|w| k.contains(w))
+    })
+}
+
 /// Why a reference could not be resolved; the message names the reference, never a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unresolved {
@@ -43,6 +64,9 @@ pub enum Unresolved {
     /// `${env:NAME}` whose name is not a variable name.
     #[error("`${{{reference}}}`: `{name}` is not an environment variable name")]
     BadVariableName { reference: String, name: String },
+    /// `${env:}` (or `${env::-default}`).
+    #[error("`${{{0}}}` names no environment variable")]
+    NoVariable(String),
     /// `${file:}`.
     #[error("`${{file:}}` names no file")]
     NoFile,
@@ -93,6 +117,9 @@ fn lookup(reference: &str, env: &dyn Environment, base: &Path) -> Result<String,
             Some((n, d)) => (n, Some(d)),
             None => (spec, None),
         };
+        if name.is_empty() {
+            return Err(Unresolved::NoVariable(reference.to_owned()));
+        }
         let valid = !name.is_empty()
             && !name.starts_with(|c: char| c.is_ascii_digit())
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -194,6 +221,10 @@ mod tests {
         assert_eq!(
             resolve("a ${env:A", &env, base).map_err(|e| e.to_string()),
             Err("unclosed `${` (write `$${` for a literal `${`)".into())
+        );
+        assert_eq!(
+            resolve("${env:}", &env, base).map_err(|e| e.to_string()),
+            Err("`${env:}` names no environment variable".into())
         );
         assert!(has_reference("a ${env:A}") && !has_reference("a $${env:A}"));
     }

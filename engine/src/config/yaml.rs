@@ -286,6 +286,21 @@ fn syntax_error(text: &str, line: usize, column: usize, info: &str) -> YamlError
     }
 }
 
+/// A resolved reference's text read as YAML reads the same text written plainly (`5` an
+/// integer, `true` a boolean, `1.5` a number), as JSON; anything else stays text.
+pub fn plain_json(s: &str) -> Value {
+    match resolve_plain(s) {
+        NodeValue::Float(f) if !f.is_finite() => Value::String(s.to_owned()),
+        NodeValue::Null => Value::String(s.to_owned()),
+        value => Node {
+            value,
+            line: 0,
+            column: 0,
+        }
+        .to_json(),
+    }
+}
+
 /// YAML 1.2 core schema resolution of a plain scalar.
 fn resolve_plain(s: &str) -> NodeValue {
     match s {

@@ -16,7 +16,9 @@ pub fn markdown(schema: &Value) -> String {
          `schemas/connector.schema.json`; a test fails when this file is stale. Each file holds\n\
          one or more YAML documents of kind `Connector`, `Source` or `Sink`. Strings outside\n\
          `spec.mapping` and `spec.tests` may use `${env:NAME}`, `${env:NAME:-default}` and\n\
-         `${file:PATH}`. The mapping language is described in [mapping.md](mapping.md).\n",
+         `${file:PATH}`; so may the typed fields marked \"or a reference\" (integers, booleans,\n\
+         enums, durations, sizes), whose resolved text is then read as that type. The mapping\n\
+         language is described in [mapping.md](mapping.md).\n",
     );
     let mut queue: VecDeque<String> = ["ConnectorDoc", "SourceDoc", "SinkDoc"]
         .map(String::from)
@@ -49,7 +51,8 @@ pub fn markdown(schema: &Value) -> String {
             "| field | type | required | description | example |\n|---|---|---|---|---|\n",
         );
         for (field, p) in props {
-            for r in refs(p) {
+            let (inner, _) = typed(p);
+            for r in refs(&inner) {
                 if seen.insert(r.clone()) {
                     queue.push_back(r);
                 }
@@ -70,12 +73,40 @@ pub fn markdown(schema: &Value) -> String {
                 } else {
                     "no"
                 },
-                constraints(p),
-                example(field, p, defs).replace('|', "\\|"),
+                constraints(&inner),
+                example(field, &inner, defs).replace('|', "\\|"),
             );
         }
     }
     out
+}
+
+/// A field that also accepts a reference (`anyOf: [its type, Reference]`), as its type with
+/// the description kept, and whether it does.
+fn typed(p: &Value) -> (Value, bool) {
+    let Some(Value::Array(any)) = p.get("anyOf") else {
+        return (p.clone(), false);
+    };
+    let reference = any
+        .iter()
+        .any(|a| a.get("$ref").and_then(Value::as_str) == Some("#/$defs/Reference"));
+    let inner = any
+        .iter()
+        .find(|a| a.get("$ref").and_then(Value::as_str) != Some("#/$defs/Reference"));
+    match (reference, inner) {
+        (true, Some(Value::Object(inner))) => {
+            let mut merged = inner.clone();
+            if let Value::Object(outer) = p {
+                for (k, v) in outer {
+                    if k != "anyOf" {
+                        merged.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            (Value::Object(merged), true)
+        }
+        _ => (p.clone(), false),
+    }
 }
 
 fn title(def: &str) -> String {
@@ -117,7 +148,7 @@ fn refs(p: &Value) -> Vec<String> {
         .into_iter()
         .flatten()
     {
-        if let Some(r) = ref_name(candidate) {
+        if let Some(r) = ref_name(&typed(candidate).0) {
             out.push(r);
         }
     }
@@ -125,6 +156,9 @@ fn refs(p: &Value) -> Vec<String> {
 }
 
 fn type_of(p: &Value, defs: &Value) -> String {
+    if let (inner, true) = typed(p) {
+        return format!("{} or a reference", type_of(&inner, defs));
+    }
     if let Some(r) = ref_name(p) {
         let def = &defs[&r];
         if let Some(options) = def

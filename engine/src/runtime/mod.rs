@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod build_error;
 pub mod cache;
 pub mod clock;
+pub mod connectivity;
 pub mod engine;
 pub mod fhir_validation;
 pub mod guide;

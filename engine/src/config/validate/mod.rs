@@ -13,6 +13,7 @@ mod guide;
 mod names;
 mod pull;
 mod push;
+mod references;
 mod source;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,7 +25,7 @@ use serde_json::Value;
 use crate::config::diagnostic::{Diagnostic, Location, Severity};
 use crate::config::fhir_schema::FhirSchema;
 use crate::config::load::SourceFile;
-use crate::config::secrets::{Environment, Unresolved};
+use crate::config::secrets::Environment;
 use crate::config::spec::{ConnectorDoc, SinkDoc, SourceDoc};
 use crate::config::yaml::{self, Node, NodeValue, display_path};
 use crate::model::Model;
@@ -158,11 +159,26 @@ impl Documents {
             ));
             return;
         }
+        let base = file.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut json = node.to_json();
-        let findings = crate::config::schema::check(&json);
-        if !findings.is_empty() {
-            for f in findings {
-                let (line, column) = node.locate(&f.at, f.key);
+        let mut doc = Doc {
+            file: file.path.clone(),
+            node,
+            json: Value::Null,
+            secret: HashSet::new(),
+            unresolved: HashSet::new(),
+        };
+        // References are resolved before anything is typed, so that any scalar may use one.
+        let lookup = references::Lookup {
+            env: opts.env,
+            allow_unresolved: opts.allow_unresolved,
+            base: &base,
+        };
+        references::resolve(&mut json, &mut Vec::new(), &mut doc, diags, &lookup);
+        let typed = references::check_typed(&mut json, &doc);
+        if !typed.findings.is_empty() || typed.incomplete {
+            for f in typed.findings {
+                let (line, column) = doc.node.locate(&f.at, f.key);
                 let at = Location {
                     line,
                     column,
@@ -175,15 +191,6 @@ impl Documents {
             }
             return;
         }
-        let base = file.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let mut doc = Doc {
-            file: file.path.clone(),
-            node,
-            json: Value::Null,
-            secret: HashSet::new(),
-            unresolved: HashSet::new(),
-        };
-        resolve_secrets(&mut json, &mut Vec::new(), &mut doc, diags, opts, &base);
         doc.json = json;
         let kind = doc.json["kind"].as_str().unwrap_or_default().to_owned();
         let typed = match kind.as_str() {
@@ -423,73 +430,5 @@ fn routes(connectors: &[(Doc, ConnectorDoc)], diags: &mut Vec<Diagnostic>) {
                 seen.insert(normal, (c.metadata.name.clone(), doc.file.clone(), at.line));
             }
         }
-    }
-}
-
-/// Resolves `${env:...}` / `${file:...}` in string values outside `spec.mapping` and
-/// `spec.tests` (templates and samples, where `${` has no meaning).
-fn resolve_secrets(
-    v: &mut Value,
-    at: &mut Vec<String>,
-    doc: &mut Doc,
-    diags: &mut Vec<Diagnostic>,
-    opts: &Options<'_>,
-    base: &Path,
-) {
-    if at.len() == 2 && at[0] == "spec" && (at[1] == "mapping" || at[1] == "tests") {
-        return;
-    }
-    match v {
-        Value::String(s) if crate::config::secrets::has_reference(s) || s.contains("$${") => {
-            let pointer = format!("/{}", at.join("/"));
-            match crate::config::secrets::resolve(s, opts.env, base) {
-                Ok(resolved) => {
-                    if crate::config::secrets::has_reference(s) {
-                        doc.secret.insert(pointer);
-                    }
-                    *s = resolved;
-                }
-                Err(unresolved) => {
-                    let node = doc.node.descend(at);
-                    let loc = Location {
-                        line: node.line,
-                        column: node.column,
-                        path: display_path(at),
-                    };
-                    let message = unresolved.to_string();
-                    let d = match unresolved {
-                        u if !u.is_unavailable() => Diagnostic::error(&doc.file, &loc, message),
-                        _ if opts.allow_unresolved => Diagnostic::warning(&doc.file, &loc, message),
-                        u => {
-                            let what = match u {
-                                Unresolved::VariableNotSet(_) => "set the variable",
-                                _ => "provide the file",
-                            };
-                            Diagnostic::error(&doc.file, &loc, message).with_hint(Some(format!(
-                                "{what}, or run `engine validate --allow-unresolved` where secrets are absent"
-                            )))
-                        }
-                    };
-                    diags.push(d);
-                    doc.secret.insert(pointer.clone());
-                    doc.unresolved.insert(pointer);
-                }
-            }
-        }
-        Value::Object(o) => {
-            for (k, child) in o.iter_mut() {
-                at.push(k.clone());
-                resolve_secrets(child, at, doc, diags, opts, base);
-                at.pop();
-            }
-        }
-        Value::Array(a) => {
-            for (i, child) in a.iter_mut().enumerate() {
-                at.push(i.to_string());
-                resolve_secrets(child, at, doc, diags, opts, base);
-                at.pop();
-            }
-        }
-        _ => {}
     }
 }
