@@ -16,16 +16,6 @@ if [ "$(cat "$VENV/.pins" 2>/dev/null)" != "$PY_PINS" ]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check $PY_PINS
   echo "$PY_PINS" > "$VENV/.pins"
 fi
-# Redis, Debian's, the shared cache tier of the `shared_cache` tests (started by the tests on
-# 127.0.0.1). Pinned to bookworm's version; a newer security update of the same release is
-# taken when the pinned one is no longer in the archive.
-REDIS_DEB=5:7.0.15-1~deb12u7
-if ! command -v redis-server >/dev/null; then
-  echo "tools: installing redis-server $REDIS_DEB (Debian)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "redis-server=$REDIS_DEB" \
-    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server
-fi
 # Helios FHIR Server, the real FHIR server (R4 and R5) of the end-to-end tests, built once per
 # machine. One binary serves both versions: each request in the version its `fhirVersion` MIME
 # parameter names, and a request without one (as the engine writes) in HFS_DEFAULT_FHIR_VERSION,
@@ -54,8 +44,8 @@ if [ ! -x "$TOOLS/validator/bin/validator-cli" ] || [ "$(cat "$TOOLS/validator/.
   echo "$VALIDATOR_VERSION" > "$TOOLS/validator/.version"
 fi
 VALIDATOR_CLI="$TOOLS/validator/bin/validator-cli"
-# From Debian: promtool (package `prometheus`), which checks deploy/monitoring's alerting rules,
-# and Chromium, the browser the status page's tests drive headless. Installed only when the
+# From Debian: Redis, promtool (package `prometheus`), which checks deploy/monitoring's alerting
+# rules, and Chromium, the browser the status page's tests drive headless. Installed only when the
 # command is missing; prometheus pinned to bookworm's version, Chromium to whatever security
 # release bookworm carries (older ones leave the archive).
 PROMETHEUS_DEB=2.42.0+ds-5+b6
@@ -66,6 +56,14 @@ apt_install() {
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
   fi
 }
+# Redis, Debian's, the shared cache tier of the `shared_cache` tests (started by the tests on
+# 127.0.0.1). Pinned to bookworm's version; a newer security update of the same release is
+# taken when the pinned one is no longer in the archive.
+REDIS_DEB=5:7.0.15-1~deb12u7
+if ! command -v redis-server > /dev/null; then
+  echo "tools: installing redis-server $REDIS_DEB (Debian)"
+  apt_install "redis-server=$REDIS_DEB" || apt_install redis-server
+fi
 if ! command -v promtool > /dev/null; then
   echo "tools: installing promtool (Debian prometheus $PROMETHEUS_DEB)"
   apt_install "prometheus=$PROMETHEUS_DEB"
