@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::model::vocabulary::ParamType;
+use crate::model::vocabulary::{HmacEncoding, HmacSigned, ParamType};
 use crate::model::{Model, PushAuth, Strategy};
 
 fn outcome_responses(codes: &[(&str, &str)]) -> Map<String, Value> {
@@ -179,13 +179,30 @@ pub fn document(model: &Model, prefix: &str) -> Value {
                         "an API key",
                     ),
                     PushAuth::Hmac {
+                        signed,
+                        encoding,
                         header,
+                        prefix,
                         timestamp_header,
                         ..
                     } => {
-                        parameters.push(json!({"name": timestamp_header, "in": "header", "required": true, "schema": {"type": "integer"}, "description": "Unix time in seconds of the signature"}));
+                        let covered = match signed {
+                            HmacSigned::Body => "<body>".to_owned(),
+                            HmacSigned::TimestampBody => {
+                                parameters.push(json!({"name": timestamp_header, "in": "header", "required": true, "schema": {"type": "integer"}, "description": "Unix time in seconds of the signature"}));
+                                format!("<{timestamp_header}>.<body>")
+                            }
+                        };
+                        let encoding = match encoding {
+                            HmacEncoding::Hex => "hex",
+                            HmacEncoding::Base64 => "base64",
+                        };
+                        let prefix = match prefix {
+                            Some(p) => format!("prefixed `{p}`"),
+                            None => "optionally `sha256=`-prefixed".to_owned(),
+                        };
                         (
-                            json!({"type": "apiKey", "in": "header", "name": header, "description": format!("hex HMAC-SHA256 (optionally `sha256=`-prefixed) of `<{timestamp_header}>.<body>`")}),
+                            json!({"type": "apiKey", "in": "header", "name": header, "description": format!("{encoding} HMAC-SHA256 ({prefix}) of `{covered}`")}),
                             "an HMAC-SHA256 signature",
                         )
                     }

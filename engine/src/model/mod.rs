@@ -24,8 +24,8 @@ use crate::model::jsonpath::Query;
 use crate::model::mapping::{Input, MapError, Mapping};
 use crate::model::template::{Templates, Text};
 use crate::model::vocabulary::{
-    BundleMode, FhirVersion, MatchMode, NotFoundReading, ParamType, PushMode, RecordErrorPolicy,
-    SigningAlg, SourceType,
+    BundleMode, FhirVersion, HmacEncoding, HmacSigned, MatchMode, NotFoundReading, ParamType,
+    PushMode, RecordErrorPolicy, SigningAlg, SourceType,
 };
 
 /// A string whose value may come from a secret: never shown by `Debug`.
@@ -336,7 +336,14 @@ pub struct Push {
 pub enum PushAuth {
     Hmac {
         secret: Secret,
+        /// What the signature covers.
+        signed: HmacSigned,
+        /// How the digest is written.
+        encoding: HmacEncoding,
         header: String,
+        /// Text that must precede the digest; `None`: an optional `sha256=`.
+        prefix: Option<String>,
+        /// Used only when `signed` is `timestamp.body`.
         timestamp_header: String,
         tolerance: Duration,
     },

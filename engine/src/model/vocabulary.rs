@@ -80,6 +80,30 @@ pub enum PushMode {
     Queued,
 }
 
+/// What an HMAC signature covers: `body` (the body alone, as GitHub's
+/// `X-Hub-Signature-256`) or `timestamp.body` (the timestamp header's value, a dot, then the
+/// body; the default).
+// No doc comments on the variants: the schema stays a plain `enum`, so an unknown value is
+// diagnosed as "not one of" with a did-you-mean hint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum HmacSigned {
+    #[serde(rename = "body")]
+    Body,
+    #[default]
+    #[serde(rename = "timestamp.body")]
+    TimestampBody,
+}
+
+/// How an HMAC digest is written: `hex` (either case; the default) or `base64` (standard
+/// alphabet, padded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacEncoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
 /// What a cron run does with a record its mapping cannot handle, or whose resource has an id
 /// or type that cannot be written.
 #[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]

@@ -24,6 +24,7 @@ mod hostile;
 mod invalid;
 mod mapping;
 mod outbound_auth;
+mod push_signatures;
 mod reload;
 mod run_progress;
 mod serve;

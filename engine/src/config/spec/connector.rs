@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::source::{RequestSpec, SourceSpec};
 use crate::model::vocabulary::{
-    FhirVersion, MatchMode, ParamType, PushMode, RecordErrorPolicy, Validation,
+    FhirVersion, HmacEncoding, HmacSigned, MatchMode, ParamType, PushMode, RecordErrorPolicy,
+    Validation,
 };
 
 /// What a connector does and with what.
@@ -258,7 +259,7 @@ pub struct PushSpec {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PushAuthSpec {
-    /// HMAC-SHA256 signature of `timestamp.body`.
+    /// HMAC-SHA256 signature of `timestamp.body` (the default) or of the body alone.
     #[serde(default)]
     pub hmac: Option<HmacSpec>,
     /// A bearer token.
@@ -269,19 +270,40 @@ pub struct PushAuthSpec {
     pub api_key: Option<super::source::ApiKeySpec>,
 }
 
-/// HMAC signature settings.
+/// HMAC-SHA256 signature settings. The defaults verify a hex digest of `<timestamp>.<body>`
+/// in `X-Signature` (optionally prefixed `sha256=`) with the timestamp in `X-Timestamp`.
+/// GitHub's scheme (`X-Hub-Signature-256: sha256=<hex of the body>`) is
+/// `{ secret: ..., signed: body, header: X-Hub-Signature-256, prefix: "sha256=" }`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HmacSpec {
     /// The shared secret, normally `${env:NAME}` or `${file:PATH}`.
     pub secret: String,
-    /// Header with the hex signature, optionally prefixed `sha256=` (default `X-Signature`).
+    /// What the sender signs: `timestamp.body` (the default: the timestamp header's value, a
+    /// dot, then the body, within `tolerance`) or `body` (the body alone, as GitHub does;
+    /// there is then no timestamp, so a captured delivery can be replayed: deduplication
+    /// answers a replay of the same body as a duplicate).
     #[serde(default)]
+    pub signed: Option<HmacSigned>,
+    /// How the digest is written in the header: `hex` (the default, either case) or
+    /// `base64` (standard alphabet, padded).
+    #[serde(default)]
+    pub encoding: Option<HmacEncoding>,
+    /// Header with the signature (default `X-Signature`).
+    #[serde(default)]
+    #[schemars(extend("examples" = ["X-Hub-Signature-256"]))]
     pub header: Option<String>,
-    /// Header with the Unix timestamp that was signed (default `X-Timestamp`).
+    /// Text that must precede the digest in the header, e.g. `sha256=` or `v1=`; a header
+    /// without it is refused. Without `prefix`, a leading `sha256=` is optional.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["sha256="]))]
+    pub prefix: Option<String>,
+    /// Header with the Unix timestamp that was signed (default `X-Timestamp`); only with
+    /// `signed: timestamp.body`.
     #[serde(default)]
     pub timestamp_header: Option<String>,
-    /// Largest accepted age of the timestamp (default `5m`).
+    /// Largest accepted age of the timestamp (default `5m`); only with
+    /// `signed: timestamp.body`.
     #[serde(default)]
     #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
     pub tolerance: Option<String>,

@@ -7,6 +7,7 @@ use super::context::Ctx;
 use super::names::{Names, sink_ref};
 use super::source::{exactly_one, query};
 use crate::config::spec::{ApiKeySpec, BearerSpec, ConnectorSpec, HmacSpec, PushMode};
+use crate::model::vocabulary::HmacSigned;
 use crate::model::{Push, PushAuth, Secret};
 
 /// Checks the `push` section.
@@ -79,8 +80,26 @@ fn push_auth(ctx: &mut Ctx<'_>, a: &crate::config::spec::PushAuthSpec) -> Option
                     None,
                 );
             }
+            let signed = h.signed.unwrap_or_default();
+            if signed == HmacSigned::Body {
+                for (field, set) in [
+                    ("timestampHeader", h.timestamp_header.is_some()),
+                    ("tolerance", h.tolerance.is_some()),
+                ] {
+                    if set {
+                        ctx.error_key(
+                            &["spec", "push", "auth", "hmac", field],
+                            format!("`{field}` applies only to `signed: timestamp.body`; with `signed: body` no timestamp is signed"),
+                            Some("remove it, or sign `timestamp.body`".into()),
+                        );
+                    }
+                }
+            }
             PushAuth::Hmac {
                 secret: Secret(h.secret.clone()),
+                signed,
+                encoding: h.encoding.unwrap_or_default(),
+                prefix: h.prefix.clone(),
                 header: h.header.clone().unwrap_or_else(|| "X-Signature".into()),
                 timestamp_header: h
                     .timestamp_header

@@ -1,4 +1,5 @@
-//! Push endpoints: callers authenticated (HMAC-SHA256 of `timestamp.body` within a tolerance,
+//! Push endpoints: callers authenticated (HMAC-SHA256 of `timestamp.body` within a tolerance
+//! or of the body alone, hex or base64,
 //! or a bearer token or API key, compared in constant time), bodies bounded, payloads mapped
 //! and written, and acknowledged only when durable: written to the sink (sync mode), or
 //! written and flushed to a local queue drained in order with backoff, also after a restart
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -34,7 +36,7 @@ use subtle::ConstantTimeEq;
 use self::dedup::Verdict;
 use self::queue::{Queue, Read, decrement};
 use crate::model::digest::hex;
-use crate::model::vocabulary::PushMode;
+use crate::model::vocabulary::{HmacEncoding, HmacSigned, PushMode};
 use crate::model::{Connector, Push, PushAuth, Strategy};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
@@ -160,27 +162,48 @@ impl PushEndpoint {
             }
             PushAuth::Hmac {
                 secret,
+                signed,
+                encoding,
                 header: sig_header,
+                prefix,
                 timestamp_header,
                 tolerance,
             } => {
-                let ts = header(timestamp_header).ok_or_else(|| deny("missing timestamp"))?;
-                let t: i64 = ts
-                    .trim()
-                    .parse()
-                    .map_err(|_| deny("the timestamp is not Unix seconds"))?;
-                let age = (self.clock.now().timestamp() - t).abs();
-                if age as u64 > tolerance.as_secs() {
-                    return Err(deny("the timestamp is outside the tolerance window"));
-                }
+                let ts = match signed {
+                    HmacSigned::Body => None,
+                    HmacSigned::TimestampBody => {
+                        let ts =
+                            header(timestamp_header).ok_or_else(|| deny("missing timestamp"))?;
+                        let t: i64 = ts
+                            .trim()
+                            .parse()
+                            .map_err(|_| deny("the timestamp is not Unix seconds"))?;
+                        let age = (self.clock.now().timestamp() - t).abs();
+                        if age as u64 > tolerance.as_secs() {
+                            return Err(deny("the timestamp is outside the tolerance window"));
+                        }
+                        Some(ts.trim())
+                    }
+                };
                 let sig = header(sig_header).ok_or_else(|| deny("missing signature"))?;
-                let sig = sig.trim().strip_prefix("sha256=").unwrap_or(sig.trim());
-                let given = hex_decode(sig).ok_or_else(|| deny("the signature is not hex"))?;
+                let digest = signature_digest(sig, prefix.as_deref())
+                    .ok_or_else(|| deny("the signature lacks its prefix"))?;
+                let given = match encoding {
+                    HmacEncoding::Hex => {
+                        hex_decode(digest).ok_or_else(|| deny("the signature is not hex"))?
+                    }
+                    HmacEncoding::Base64 => base64::engine::general_purpose::STANDARD
+                        .decode(digest)
+                        .map_err(|_| deny("the signature is not base64"))?,
+                };
                 let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.0.as_bytes())
                     .map_err(|_| deny("bad key"))?;
-                mac.update(ts.trim().as_bytes());
-                mac.update(b".");
+                if let Some(ts) = ts {
+                    mac.update(ts.as_bytes());
+                    mac.update(b".");
+                }
                 mac.update(body);
+                // `verify_slice` compares in constant time.
                 mac.verify_slice(&given)
                     .map_err(|_| deny("the signature does not match"))
             }
@@ -250,17 +273,16 @@ impl PushEndpoint {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let mut keys = Vec::new();
         if let PushAuth::Hmac {
+            signed: HmacSigned::TimestampBody,
             header: sig,
+            prefix,
             timestamp_header,
             ..
         } = &self.push().auth
             && let (Some(ts), Some(sig)) = (header(timestamp_header), header(sig))
+            && let Some(digest) = signature_digest(sig, prefix.as_deref())
         {
-            let sig = sig.trim();
-            keys.push(dedup::signed_key(
-                ts,
-                sig.strip_prefix("sha256=").unwrap_or(sig),
-            ));
+            keys.push(dedup::signed_key(ts, digest));
         }
         match header(self.push().idempotency_header.as_str())
             .filter(|k| !k.is_empty() && k.len() <= 200)
@@ -685,6 +707,16 @@ pub(crate) fn dead_letters_shown(dir: &Path, limit: usize) -> (usize, Vec<Value>
         })
         .collect();
     (files.len(), shown)
+}
+
+/// The digest in a signature header's value: after the required `prefix`, or after an
+/// optional `sha256=` when there is none; `None` when a required prefix is missing.
+fn signature_digest<'a>(value: &'a str, prefix: Option<&str>) -> Option<&'a str> {
+    let value = value.trim();
+    match prefix {
+        Some(p) => value.strip_prefix(p),
+        None => Some(value.strip_prefix("sha256=").unwrap_or(value)),
+    }
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
