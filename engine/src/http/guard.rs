@@ -1,4 +1,5 @@
-//! What every request goes through: an id (from `X-Request-Id`, or made here), limits on the
+//! What every request goes through: an id (from `X-Request-Id`, or made here), a W3C trace
+//! (from `traceparent`, or started here), limits on the
 //! target's length and the headers' size, a time limit answered 504, every error answer made
 //! an `OperationOutcome` (also those of axum's own rejections and its 405), metrics by
 //! configured route, and one log line; and the answer to a path no route takes.
@@ -17,6 +18,7 @@ use super::outcome::{FHIR_JSON, fhir_response};
 use crate::runtime::engine::Engine;
 use crate::runtime::metrics::RouteMetrics;
 use crate::runtime::problem::{Problem, ProblemKind};
+use crate::runtime::trace_context::Trace;
 
 fn x_request_id() -> HeaderName {
     HeaderName::from_static("x-request-id")
@@ -131,7 +133,14 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
+    let h = req.headers();
+    let trace = Trace::from_caller(
+        h.get("traceparent").map(HeaderValue::as_bytes),
+        h.get("tracestate"),
+    );
+    let trace_id = trace.id();
     req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(trace);
     let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
     let mut resp = if target > engine.limits.uri {
         Problem::new(
@@ -167,7 +176,7 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
     let status = resp.status().as_u16();
     let took = start.elapsed();
     route.request(status, took);
-    tracing::info!(request_id = id.to_str().unwrap_or_default(), %method, path = uri.path(), status, ms = took.as_secs_f64() * 1000.0, "request");
+    tracing::info!(request_id = id.to_str().unwrap_or_default(), trace_id = %trace_id, %method, path = uri.path(), status, ms = took.as_secs_f64() * 1000.0, "request");
     resp.headers_mut().insert(x_request_id(), id);
     resp
 }

@@ -23,6 +23,7 @@ use crate::runtime::engine::Engine;
 use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::pull::{PullRuntime, RequestInfo, Scope, is_version_name};
 use crate::runtime::push::{PushEndpoint, Reply};
+use crate::runtime::trace_context::{Trace, TraceContext};
 
 pub(super) async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) -> Response {
     let limit = ep.max_body();
@@ -63,9 +64,18 @@ fn base_of(engine: &Engine, headers: &HeaderMap) -> String {
 }
 
 /// What an interaction that calls sources needs of its request; made only on a miss.
-fn request_info(engine: &Engine, base: &str, path_and_query: &str, id: &RequestId) -> RequestInfo {
+fn request_info(
+    engine: &Engine,
+    base: &str,
+    path_and_query: &str,
+    id: &RequestId,
+    trace: &Trace,
+) -> RequestInfo {
     RequestInfo {
-        request_id: id.as_str().to_owned(),
+        trace: TraceContext {
+            request_id: id.as_str().to_owned(),
+            trace: trace.clone(),
+        },
         self_url: format!("{base}{path_and_query}"),
         base: base.to_owned(),
         deadline: Some(tokio::time::Instant::now() + engine.limits.timeout),
@@ -229,6 +239,7 @@ pub(super) async fn scoped_read(
 pub(super) struct Call {
     engine: Arc<Engine>,
     id: RequestId,
+    trace: Trace,
     headers: HeaderMap,
 }
 
@@ -249,9 +260,15 @@ impl FromRequestParts<Arc<Engine>> for Call {
                         .unwrap_or_else(|_| HeaderValue::from_static("-")),
                 )
             });
+        let trace = parts
+            .extensions
+            .get::<Trace>()
+            .cloned()
+            .unwrap_or_else(Trace::fresh);
         Ok(Call {
             engine: engine.clone(),
             id,
+            trace,
             headers: std::mem::take(&mut parts.headers),
         })
     }
@@ -267,6 +284,7 @@ async fn search_in(
     let Call {
         engine,
         id,
+        trace,
         headers,
     } = call;
     let rt = engine.pull(connector)?.clone();
@@ -278,14 +296,14 @@ async fn search_in(
     let q = rt.parse_search(res, &pairs)?;
     let base = base_of(&engine, &headers);
     let key = format!("{base} {}{}", scope.prefix(), q.key(resource_type));
-    let (engine, rt_ref, q, id, base) = (&engine, &rt, &q, &id, &base);
+    let (engine, rt_ref, q, id, trace, base) = (&engine, &rt, &q, &id, &trace, &base);
     let load = move || async move {
         let path = format!("/fhir/{connector}/{}{resource_type}", scope.prefix());
         let path_and_query = match &query {
             Some(q) if !q.is_empty() => format!("{path}?{q}"),
             _ => path,
         };
-        let info = request_info(engine, base, &path_and_query, id);
+        let info = request_info(engine, base, &path_and_query, id, trace);
         rt_ref.search(res, q, &info, scope).await
     };
     cached(&rt, &key, &headers, load).await
@@ -325,6 +343,7 @@ async fn read_in(
     let Call {
         engine,
         id,
+        trace,
         headers,
     } = call;
     let rt = engine.pull(connector)?.clone();
@@ -334,10 +353,10 @@ async fn read_in(
     }
     let base = base_of(&engine, &headers);
     let key = format!("{base} {}read|{resource_type}|{rid}", scope.prefix());
-    let (engine, rt_ref, id, base) = (&engine, &rt, &id, &base);
+    let (engine, rt_ref, id, trace, base) = (&engine, &rt, &id, &trace, &base);
     let load = move || async move {
         let path = format!("/fhir/{connector}/{}{resource_type}/{rid}", scope.prefix());
-        let info = request_info(engine, base, &path, id);
+        let info = request_info(engine, base, &path, id, trace);
         rt_ref.read(res, rid, &info, scope).await
     };
     cached(&rt, &key, &headers, load).await
@@ -376,6 +395,7 @@ async fn batch_in(
     let Call {
         engine,
         id,
+        trace,
         headers,
     } = call;
     let rt = engine.pull(connector)?.clone();
@@ -395,6 +415,7 @@ async fn batch_in(
         &base_of(&engine, &headers),
         path.trim_end_matches('/'),
         &id,
+        &trace,
     );
     let out = rt.batch(&bundle, &info, scope).await?;
     Ok(fhir_response(StatusCode::OK, &out))

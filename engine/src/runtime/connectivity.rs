@@ -17,6 +17,7 @@ use crate::model::{
     BreakerSettings, Connector, CronRead, FhirSink, Sink, SinkRef, Source, Statuses, Strategy,
 };
 use crate::runtime::metrics::Metrics;
+use crate::runtime::trace_context::TraceContext;
 use crate::runtime::upstream::{Call, Failure, FailureKind, Upstreams};
 
 /// What one part (a source or the sink) answered.
@@ -72,7 +73,9 @@ pub async fn check(
         };
         let fhir = source.kind == SourceType::Fhir && call.url.path().ends_with("/metadata");
         let started = Instant::now();
-        let answer = client.send(&call, "connectivity-check", None).await;
+        let answer = client
+            .send(&call, &TraceContext::fresh("connectivity-check"), None)
+            .await;
         let elapsed = started.elapsed();
         out.push(
             report(
@@ -195,7 +198,11 @@ async fn check_sink(
     };
     let started = Instant::now();
     let answer = client
-        .send(&metadata_call(&sink.url), "connectivity-check", None)
+        .send(
+            &metadata_call(&sink.url),
+            &TraceContext::fresh("connectivity-check"),
+            None,
+        )
         .await;
     Ok(report(&part, &sink.url, answer, started.elapsed(), Some(want)).await)
 }

@@ -28,4 +28,5 @@ pub mod shared_cache;
 pub mod shared_lock;
 pub mod sink;
 pub mod state;
+pub mod trace_context;
 pub mod upstream;

@@ -23,6 +23,7 @@ use crate::runtime::metrics::Metrics;
 pub use crate::runtime::report::{Failure, Phase, Progress, RunReport, Skipped, Stage};
 use crate::runtime::sink::{ProvenanceOf, WriteFailure, WriteOptions, Writer};
 use crate::runtime::state::{self, ConnectorState, StateDir};
+use crate::runtime::trace_context::TraceContext;
 use crate::runtime::upstream::{Call, SourceClient, Upstreams};
 
 /// Most record failures listed one by one in a run report; the rest are counted in one.
@@ -306,6 +307,8 @@ impl Runner {
         watermarks: &mut BTreeMap<String, String>,
     ) -> Vec<Value> {
         let mut resources = Vec::new();
+        // One trace (and request id) for all the source calls of the run.
+        let trace = TraceContext::fresh(uuid::Uuid::new_v4().to_string());
         match (&cron.read, &self.client) {
             (CronRead::Import(import), _) => {
                 self.import(import, report, &mut resources).await;
@@ -332,7 +335,8 @@ impl Runner {
                     each,
                 };
                 let out = (&mut resources, watermarks);
-                self.fetch(cron, client, fetch, state, report, out).await;
+                self.fetch(cron, (client, &trace), fetch, state, report, out)
+                    .await;
             }
             (
                 CronRead::Sync {
@@ -344,7 +348,8 @@ impl Runner {
             ) => {
                 let sync = (resource_types.as_slice(), *incremental, *page_size);
                 let out = (&mut resources, watermarks);
-                self.sync(cron, client, sync, state, report, out).await;
+                self.sync(cron, (client, &trace), sync, state, report, out)
+                    .await;
             }
         }
         resources
@@ -354,7 +359,7 @@ impl Runner {
     async fn fetch(
         &self,
         cron: &Cron,
-        client: &SourceClient,
+        (client, trace): (&SourceClient, &TraceContext),
         fetch: Fetch<'_>,
         state: &ConnectorState,
         report: &mut RunReport,
@@ -400,7 +405,7 @@ impl Runner {
                         resource_type: None,
                     };
                     let out = (&mut *resources, &mut *watermarks);
-                    self.read_stream(cron, client, call, stream, report, out)
+                    self.read_stream(cron, (client, trace), call, stream, report, out)
                         .await;
                 }
             }
@@ -411,7 +416,7 @@ impl Runner {
     async fn sync(
         &self,
         cron: &Cron,
-        client: &SourceClient,
+        (client, trace): (&SourceClient, &TraceContext),
         (resource_types, incremental, page_size): (&[String], bool, u32),
         state: &ConnectorState,
         report: &mut RunReport,
@@ -448,7 +453,7 @@ impl Runner {
                 resource_type: Some(t),
             };
             let out = (&mut *resources, &mut *watermarks);
-            self.read_stream(cron, client, call, stream, report, out)
+            self.read_stream(cron, (client, trace), call, stream, report, out)
                 .await;
         }
     }
@@ -507,7 +512,7 @@ impl Runner {
     async fn read_stream(
         &self,
         cron: &Cron,
-        client: &SourceClient,
+        (client, trace): (&SourceClient, &TraceContext),
         call: Call,
         Stream {
             records,
@@ -524,7 +529,6 @@ impl Runner {
             None => 1,
         };
         let before = client.source.pagination.is_none() && stream != "records";
-        let request_id = uuid::Uuid::new_v4().to_string();
         // FHIR syncs follow the Bundle's `next` links whatever the source says.
         let pagination = if before {
             Some(Pagination::Fhir)
@@ -540,7 +544,7 @@ impl Runner {
                 Some(room.saturating_add(1)),
                 max_pages,
                 pagination.as_ref(),
-                &request_id,
+                trace,
                 None,
                 &mut report.source_calls,
             )

@@ -21,6 +21,7 @@ use crate::runtime::metrics::{Answer, Metrics};
 use crate::runtime::outbound::{self, ConnectRetry, OutboundError, RetryFit, RetryPolicy};
 use crate::runtime::outbound_auth::{self, TokenError, Tokens};
 use crate::runtime::problem::ProblemKind;
+use crate::runtime::trace_context::TraceContext;
 
 /// Why a call to a source failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,10 +231,10 @@ impl SourceClient {
     pub async fn send(
         &self,
         call: &Call,
-        request_id: &str,
+        trace: &TraceContext,
         deadline: Option<Instant>,
     ) -> Result<Reply, Failure> {
-        self.send_counted(call, request_id, deadline, &mut 0).await
+        self.send_counted(call, trace, deadline, &mut 0).await
     }
 
     /// As `send`, adding every HTTP attempt (retries included) to `calls`. The source's
@@ -244,18 +245,18 @@ impl SourceClient {
     pub async fn send_counted(
         &self,
         call: &Call,
-        request_id: &str,
+        trace: &TraceContext,
         deadline: Option<Instant>,
         calls: &mut usize,
     ) -> Result<Reply, Failure> {
         // Outbound auth hook: a token per call, renewed once after a 401 (then the 401 stands).
         let Some(tokens) = &self.tokens else {
-            return self.send_as(call, request_id, deadline, calls, None).await;
+            return self.send_as(call, trace, deadline, calls, None).await;
         };
         let token_failed = |e: TokenError| Failure::of_token(&self.source.name, &e);
         let bearer = tokens.bearer(deadline).await.map_err(token_failed)?;
         match self
-            .send_as(call, request_id, deadline, calls, Some(&bearer))
+            .send_as(call, trace, deadline, calls, Some(&bearer))
             .await
         {
             Err(f) if f.status == Some(401) => {
@@ -263,7 +264,7 @@ impl SourceClient {
                     .renew(&bearer, deadline)
                     .await
                     .map_err(token_failed)?;
-                self.send_as(call, request_id, deadline, calls, Some(&renewed))
+                self.send_as(call, trace, deadline, calls, Some(&renewed))
                     .await
             }
             other => other,
@@ -274,7 +275,7 @@ impl SourceClient {
     async fn send_as(
         &self,
         call: &Call,
-        request_id: &str,
+        trace: &TraceContext,
         deadline: Option<Instant>,
         calls: &mut usize,
         bearer: Option<&HeaderValue>,
@@ -300,7 +301,7 @@ impl SourceClient {
         let budget = Instant::now() + s.timeout;
         let result = policy
             .run_fit(fit, Some(budget), calls, |_| {
-                self.attempt(call, request_id, budget, deadline, bearer)
+                self.attempt(call, trace, budget, deadline, bearer)
             })
             .await;
         match &result {
@@ -326,7 +327,7 @@ impl SourceClient {
     async fn attempt(
         &self,
         call: &Call,
-        request_id: &str,
+        trace: &TraceContext,
         budget: Instant,
         deadline: Option<Instant>,
         bearer: Option<&HeaderValue>,
@@ -354,10 +355,14 @@ impl SourceClient {
             .request(call.method.clone(), call.url.clone())
             .timeout(timeout)
             .headers(self.fixed.clone())
-            .header("x-request-id", request_id)
+            .header("x-request-id", trace.request_id.as_str())
+            .header("traceparent", trace.trace.outbound())
             .header(reqwest::header::ACCEPT, accept(s));
         for (k, v) in &call.headers {
             req = req.header(k, v);
+        }
+        if let Some(state) = &trace.trace.state {
+            req = req.header("tracestate", state.clone());
         }
         if let Some(bearer) = bearer {
             req = req.header(reqwest::header::AUTHORIZATION, bearer.clone());
@@ -410,7 +415,7 @@ impl SourceClient {
         records: &crate::model::jsonpath::Query,
         want: Option<usize>,
         max_pages: u32,
-        request_id: &str,
+        trace: &TraceContext,
         deadline: Option<Instant>,
     ) -> Result<(Vec<Value>, Reply, usize), Failure> {
         let pagination = self.source.pagination.clone();
@@ -422,7 +427,7 @@ impl SourceClient {
                 want,
                 max_pages,
                 pagination.as_ref(),
-                request_id,
+                trace,
                 deadline,
                 &mut calls,
             )
@@ -442,7 +447,7 @@ impl SourceClient {
         want: Option<usize>,
         max_pages: u32,
         pagination: Option<&Pagination>,
-        request_id: &str,
+        trace: &TraceContext,
         deadline: Option<Instant>,
         calls: &mut usize,
     ) -> Result<Paged, Failure> {
@@ -453,9 +458,7 @@ impl SourceClient {
         let mut page = 0u32;
         let mut pages_left = false;
         loop {
-            let reply = self
-                .send_counted(&call, request_id, deadline, calls)
-                .await?;
+            let reply = self.send_counted(&call, trace, deadline, calls).await?;
             // References first: only the records still wanted are cloned.
             let found = records.select(&reply.body, &reply.body);
             let n = found.len();

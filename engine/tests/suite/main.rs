@@ -31,6 +31,7 @@ mod serve;
 mod shared_cache;
 mod shipped;
 mod sink_concurrency;
+mod tracing_context;
 mod ui;
 mod versions;
 

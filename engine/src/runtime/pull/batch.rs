@@ -46,7 +46,7 @@ impl PullRuntime {
                 headers: Vec::new(),
                 body: Some(bundle.clone()),
             };
-            let reply = client.send(&call, &info.request_id, info.deadline).await?;
+            let reply = client.send(&call, &info.trace, info.deadline).await?;
             let mut entries = reply
                 .body
                 .get("entry")

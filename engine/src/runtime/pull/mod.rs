@@ -30,7 +30,8 @@ mod search;
 /// Where a request came from, for links in answers and for the upstream request id.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
-    pub request_id: String,
+    /// The request id and trace that the request's source calls carry.
+    pub trace: crate::runtime::trace_context::TraceContext,
     /// Public base URL of the engine (`http://host`, or as forwarded by a proxy).
     pub base: String,
     /// The URL of this request as the caller sent it.

@@ -44,7 +44,7 @@ impl PullRuntime {
                     .map_err(|e| SourceError::Problem(e.into()))?,
                     None => fhir_read_call(client, &res.resource_type, id),
                 };
-                let reply = match client.send(&call, &info.request_id, info.deadline).await {
+                let reply = match client.send(&call, &info.trace, info.deadline).await {
                     Ok(r) => r,
                     // A read's 404 (and 410) is "not found" unless the source says it is an
                     // error.

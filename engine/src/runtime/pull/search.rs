@@ -154,7 +154,7 @@ impl PullRuntime {
                     &search.records,
                     Some(want),
                     MAX_PAGES.min(client.source.max_pages),
-                    &info.request_id,
+                    &info.trace,
                     info.deadline,
                 )
                 .await
