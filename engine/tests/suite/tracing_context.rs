@@ -1,13 +1,13 @@
 //! W3C trace context through the engine (issue 15, part 6): a caller's valid `traceparent`
 //! reaches the sources as the same trace with a new span id per call (and `tracestate`
 //! passed through); a missing, malformed or huge one starts a fresh trace and the request is
-//! answered normally. Real stand-in FHIR sources on 127.0.0.1 record the headers of every
+//! answered normally; each cron run has its own trace. Real stand-in FHIR sources on 127.0.0.1 record the headers of every
 //! call; the engine's router in-process (`engine_router`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use serde_json::json;
 
@@ -30,12 +30,13 @@ impl Recorder {
     async fn start(patient: &'static str) -> Recorder {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let kept = seen.clone();
-        let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+        let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
             let kept = kept.clone();
             async move {
                 kept.lock().expect("the recorder lock").push(headers);
+                let t = uri.path().rsplit('/').next().unwrap_or_default().to_owned();
                 let bundle = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
-                    {"resource": {"resourceType": "Patient", "id": patient}}]});
+                    {"resource": {"resourceType": t, "id": patient}}]});
                 let r: Response = fhir_json(200, &bundle);
                 r
             }
@@ -43,6 +44,10 @@ impl Recorder {
         let (listener, url) = bind().await;
         spawn_app(listener, app);
         Recorder { url, seen }
+    }
+
+    fn calls(&self) -> usize {
+        self.seen.lock().expect("the recorder lock").len()
     }
 
     /// The `traceparent` and `tracestate` of every call so far, taking them.
@@ -236,4 +241,64 @@ async fn a_missing_or_malformed_traceparent_starts_a_fresh_trace() {
         traces.len(),
         "a fresh trace each time: {traces:?}"
     );
+}
+
+/// A cron connector syncing two resource types from source `a`: two source calls per run.
+const CRON: &str = r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: { name: nightly }
+spec:
+  strategy: cron
+  schedule: { cron: "0 2 * * *" }
+  sources: [a]
+  sync: { resourceTypes: [Patient, Organization] }
+  run: { onRecordError: skip }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cron_run_has_its_own_trace() {
+    let a = Recorder::start("r1").await;
+    let defs = definitions(&(source("a", &a.url) + CRON));
+    let engine = EngineRouter::with_limits(
+        load(defs.path()),
+        &defs.path().join("state"),
+        open_admin(),
+        TIMEOUT,
+    );
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let got = engine
+            .post("/connectors/nightly/run")
+            .header("traceparent", CALLER)
+            .send()
+            .await;
+        assert_eq!(got.status, 202, "{}", got.text);
+        let until = tokio::time::Instant::now() + TIMEOUT;
+        while a.calls() < 2 {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "the run made no two calls"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen = a.take();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let (t0, s0, _) = parts(&seen[0].0);
+        let (t1, s1, _) = parts(&seen[1].0);
+        assert_eq!(t0, t1, "one trace for the calls of a run");
+        assert_ne!(s0, s1);
+        assert_ne!(t0, CALLER_TRACE, "a run starts its own trace");
+        runs.push(t0);
+        // The run is over before the next one is asked for.
+        let until = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let got = engine.get("/connectors/nightly").send().await;
+            if got.json()["run"]["lastRun"].is_object() && got.json()["run"]["running"] != true {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < until, "the run did not end");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_ne!(runs[0], runs[1], "each run its own trace");
 }
