@@ -1,8 +1,9 @@
 //! W3C trace context through the engine (issue 15, part 6): a caller's valid `traceparent`
 //! reaches the sources as the same trace with a new span id per call (and `tracestate`
 //! passed through); a missing, malformed or huge one starts a fresh trace and the request is
-//! answered normally; each cron run has its own trace. Real stand-in FHIR sources on 127.0.0.1 record the headers of every
-//! call; the engine's router in-process (`engine_router`).
+//! answered normally; each cron run has its own trace. Real stand-in FHIR sources on
+//! 127.0.0.1 record the headers of every call; the engine's router in-process
+//! (`engine_router`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
