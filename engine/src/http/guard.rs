@@ -25,9 +25,10 @@ fn x_request_id() -> HeaderName {
 }
 
 /// The request id of a request (from `X-Request-Id`, or made here), kept as the header value
-/// it is sent back as.
+/// it is sent back as, and its W3C trace (from `traceparent`, or started here): one request
+/// extension, so that the trace costs the hit path no allocation of its own.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
+pub struct RequestId(pub HeaderValue, pub Trace);
 
 impl RequestId {
     /// The id as text (always ASCII: a caller's id is taken only when it is printable ASCII).
@@ -139,8 +140,7 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
         h.get("tracestate"),
     );
     let trace_id = trace.id();
-    req.extensions_mut().insert(RequestId(id.clone()));
-    req.extensions_mut().insert(trace);
+    req.extensions_mut().insert(RequestId(id.clone(), trace));
     let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
     let mut resp = if target > engine.limits.uri {
         Problem::new(

@@ -258,17 +258,13 @@ impl FromRequestParts<Arc<Engine>> for Call {
                 RequestId(
                     HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
                         .unwrap_or_else(|_| HeaderValue::from_static("-")),
+                    Trace::fresh(),
                 )
             });
-        let trace = parts
-            .extensions
-            .get::<Trace>()
-            .cloned()
-            .unwrap_or_else(Trace::fresh);
         Ok(Call {
             engine: engine.clone(),
+            trace: id.1.clone(),
             id,
-            trace,
             headers: std::mem::take(&mut parts.headers),
         })
     }
