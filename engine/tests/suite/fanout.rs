@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::engine_router::{EngineRouter, open_admin};
 use crate::engine_under_test::{definitions, load};
-use crate::fhir_standin::FhirSource;
+use crate::fhir_standin::{FhirSource, SEARCH_OVER_A_AND_B as CONNECTOR, fhir_source as source};
 
 /// Longest any request may take before the test fails.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -22,28 +22,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 const LATENCY: Duration = Duration::from_millis(200);
 /// Concurrent searches.
 const CALLERS: usize = 32;
-
-/// A FHIR source with the default `concurrency` (none set).
-fn source(name: &str, url: &str) -> String {
-    format!(
-        "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {{ name: {name} }}\nspec:\n  type: fhir\n  url: \"{url}\"\n  timeout: 10s\n---\n"
-    )
-}
-
-/// A pull connector searching `Patient` over sources `a` and `b`, without a cache.
-const CONNECTOR: &str = r#"apiVersion: fosps.gravitate-health.eu/v1
-kind: Connector
-metadata: { name: both }
-spec:
-  strategy: pull
-  sources: [a, b]
-  pull:
-    resources:
-      - type: Patient
-        search:
-          params:
-            _count: { type: integer, default: 20, max: 100 }
-"#;
 
 async fn slow_source(id: &str) -> FhirSource {
     let s = FhirSource::start().await;

@@ -405,3 +405,27 @@ async fn source_batch(State(s): State<Arc<SourceInner>>, body: axum::body::Bytes
         &json!({"resourceType": "Bundle", "type": "batch-response", "entry": entries}),
     )
 }
+
+/// The definition of a FHIR source `name` at `url` (default `concurrency`, `timeout: 10s`),
+/// ending in a document separator.
+pub fn fhir_source(name: &str, url: &str) -> String {
+    format!(
+        "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {{ name: {name} }}\nspec:\n  type: fhir\n  url: \"{url}\"\n  timeout: 10s\n---\n"
+    )
+}
+
+/// A pull connector `both` searching `Patient` over sources `a` and `b`, without a cache:
+/// every request calls both.
+pub const SEARCH_OVER_A_AND_B: &str = r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: { name: both }
+spec:
+  strategy: pull
+  sources: [a, b]
+  pull:
+    resources:
+      - type: Patient
+        search:
+          params:
+            _count: { type: integer, default: 20, max: 100 }
+"#;

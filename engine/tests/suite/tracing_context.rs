@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::engine_router::{EngineRouter, open_admin};
 use crate::engine_under_test::{definitions, load};
-use crate::fhir_standin::fhir_json;
+use crate::fhir_standin::{SEARCH_OVER_A_AND_B as CONNECTOR, fhir_json, fhir_source as source};
 use crate::local_http::{bind, spawn_app};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -68,28 +68,6 @@ impl Recorder {
             .collect()
     }
 }
-
-fn source(name: &str, url: &str) -> String {
-    format!(
-        "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {{ name: {name} }}\nspec:\n  type: fhir\n  url: \"{url}\"\n  timeout: 10s\n---\n"
-    )
-}
-
-/// A pull connector searching `Patient` over sources `a` and `b`, without a cache: every
-/// request calls both.
-const CONNECTOR: &str = r#"apiVersion: fosps.gravitate-health.eu/v1
-kind: Connector
-metadata: { name: both }
-spec:
-  strategy: pull
-  sources: [a, b]
-  pull:
-    resources:
-      - type: Patient
-        search:
-          params:
-            _count: { type: integer, default: 20, max: 100 }
-"#;
 
 /// `(trace id, parent id, flags)` of a valid version-00 `traceparent`; fails the test else.
 fn parts(tp: &str) -> (String, String, String) {
