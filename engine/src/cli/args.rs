@@ -134,9 +134,9 @@ pub enum Command {
         /// Definitions to load.
         #[arg(long = "definitions", short = 'd', default_value = "connectors.d")]
         definitions: Vec<PathBuf>,
-        /// Caller parameters of a pull search, as NAME=VALUE.
-        #[arg(long = "param", value_name = "NAME=VALUE")]
-        params: Vec<String>,
+        /// What of a pull connector is mapped: which type, search or read, with what.
+        #[command(flatten)]
+        target: MapTarget,
         /// Print a Bundle of this type instead of a list of resources.
         #[arg(long, value_enum)]
         bundle: Option<BundleArg>,
@@ -148,6 +148,24 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+}
+
+/// What `engine map` runs of a pull connector: a search of a resource type (its parameters
+/// read as the route reads a caller's query) or a read of one id.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MapTarget {
+    /// Caller parameters of a pull search, as NAME=VALUE, as a caller writes them in the
+    /// query (`code=http://sys|123`, `name:exact=Foo`), checked as the route checks them.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// The pull resource type whose search or read is mapped (default: the first that has
+    /// the interaction).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub resource_type: Option<String>,
+    /// Map the input as the answer of a read of this id (with the read's mapping), printing
+    /// the one resource the read answers.
+    #[arg(long, value_name = "ID", conflicts_with = "params")]
+    pub read: Option<String>,
 }
 
 /// Where local state and the embedded NDJSON sink live.

@@ -1,5 +1,6 @@
 //! The offline checks: `validate` (definitions checked, their tests run) and `map` (one
-//! connector's mapping applied to a sample input, the FHIR printed).
+//! connector's mapping applied to a sample input as its route would apply it, a pull
+//! connector's search or read of a resource type, the FHIR printed).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,13 +8,15 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::args::BundleArg;
+use super::args::{BundleArg, MapTarget};
 use super::definitions::{load_and_validate, usage};
 use crate::config::diagnostic::{self, Format, Severity};
 use crate::config::fhir_schema::FhirSchema;
 use crate::config::load;
 use crate::model::fhir::{BundleKind, bundle};
 use crate::model::fhir_structure;
+use crate::model::vocabulary::{Interaction, MatchMode};
+use crate::model::{Strategy, Test, TestRunError};
 
 /// Largest input `engine map` reads.
 const MAX_INPUT: u64 = 256 << 20;
@@ -73,7 +76,7 @@ pub(super) fn map(
     connector: String,
     input: PathBuf,
     definitions: Vec<PathBuf>,
-    params: Vec<String>,
+    target: MapTarget,
     as_bundle: Option<BundleArg>,
     fhir_schema: Option<PathBuf>,
     check: bool,
@@ -107,13 +110,50 @@ pub(super) fn map(
         }
     };
     let mut param_values = serde_json::Map::new();
-    for p in &params {
+    for p in &target.params {
         let Some((k, v)) = p.split_once('=') else {
             return usage(&format!("`{p}` is not NAME=VALUE"));
         };
         param_values.insert(k.to_owned(), Value::String(v.to_owned()));
     }
-    match c.map_document(&document, &Value::Object(param_values)) {
+    let interaction = match target.read {
+        Some(_) => Interaction::Read,
+        None => Interaction::Search,
+    };
+    let pull = matches!(c.strategy, Strategy::Pull(_));
+    if !pull && (target.resource_type.is_some() || target.read.is_some()) {
+        return usage("`--type` and `--read` are for pull connectors");
+    }
+    if let Some(t) = &target.resource_type
+        && c.pull_resource(Some(t), interaction).is_none()
+    {
+        return usage(&format!("connector `{connector}` serves no `{t}`"));
+    }
+    if pull && c.pull_resource(target.resource_type.as_deref(), interaction).is_some_and(|r| {
+        (interaction == Interaction::Read && r.read.is_none())
+            || (interaction == Interaction::Search && r.search.is_none())
+    }) {
+        let what = if target.read.is_some() { "read" } else { "search" };
+        return usage(&format!("that resource type has no {what}"));
+    }
+    if let Some(id) = &target.read
+        && !crate::model::fhir::is_id(id)
+    {
+        return usage(&format!("`{id}` is not a FHIR id"));
+    }
+    let run = Test {
+        name: "engine map".into(),
+        at: Vec::new(),
+        input: document,
+        params: Value::Object(param_values),
+        resource_type: target.resource_type,
+        interaction,
+        id: target.read,
+        expect: None,
+        match_mode: MatchMode::Exact,
+        expect_error: None,
+    };
+    match c.run_test(&run) {
         Ok(resources) => {
             let mut invalid = false;
             if check {
@@ -165,7 +205,10 @@ pub(super) fn map(
             }
         }
         Err(e) => {
-            eprintln!("error: mapping failed: {e}");
+            match e {
+                TestRunError::Map(e) => eprintln!("error: mapping failed: {e}"),
+                refused => eprintln!("error: {refused}"),
+            }
             ExitCode::from(1)
         }
     }

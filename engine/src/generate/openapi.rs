@@ -95,14 +95,23 @@ pub fn document(model: &Model, prefix: &str) -> Value {
                                             s
                                         }
                                         ParamType::Date => json!({"type": "string", "description": "a FHIR date, optionally with a prefix (ge, le, ...)"}),
-                                        _ => json!({"type": "string"}),
+                                        ParamType::Token => json!({"type": "string", "description": token_description(&spec.systems)}),
+                                        ParamType::String => json!({"type": "string"}),
                                     };
                                     let mut p = json!({"name": n, "in": "query", "required": spec.required, "schema": schema});
                                     if let Some(d) = &spec.description {
                                         p["description"] = json!(d);
                                     }
-                                    p
+                                    // A modifier is a parameter of its own name in the query.
+                                    let with_modifiers = spec.modifiers.iter().map(|m| {
+                                        let mut q = p.clone();
+                                        q["name"] = json!(format!("{n}:{}", m.name()));
+                                        q["required"] = json!(false);
+                                        q
+                                    });
+                                    std::iter::once(p.clone()).chain(with_modifiers).collect::<Vec<_>>()
                                 })
+                                .flatten()
                                 .collect();
                             let max = s.params.get("_count").and_then(|p| p.max).unwrap_or(1000);
                             params.push(json!({"name": "_count", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": max}}));
@@ -324,4 +333,14 @@ pub fn document(model: &Model, prefix: &str) -> Value {
             }
         }
     })
+}
+
+/// What the OpenAPI document says of a token parameter's values.
+fn token_description(systems: &[String]) -> String {
+    let forms = "a FHIR token: `system|code`, `|code` (no system) or `code` (any system)";
+    if systems.is_empty() {
+        forms.to_owned()
+    } else {
+        format!("{forms}; systems searched: {}", systems.join(", "))
+    }
 }

@@ -9,6 +9,7 @@ pub mod glob;
 pub mod hint;
 pub mod jsonpath;
 pub mod mapping;
+pub mod search_params;
 pub mod template;
 pub mod vocabulary;
 
@@ -24,8 +25,8 @@ use crate::model::jsonpath::Query;
 use crate::model::mapping::{Input, MapError, Mapping};
 use crate::model::template::{Templates, Text};
 use crate::model::vocabulary::{
-    BundleMode, FhirVersion, HmacEncoding, HmacSigned, MatchMode, NotFoundReading, ParamType,
-    PushMode, RecordErrorPolicy, SigningAlg, SourceType,
+    BundleMode, FhirVersion, HmacEncoding, HmacSigned, Interaction, MatchMode, NotFoundReading,
+    OtherSystem, ParamType, PushMode, RecordErrorPolicy, SigningAlg, SourceType, StringModifier,
 };
 
 /// A string whose value may come from a secret: never shown by `Debug`.
@@ -73,6 +74,8 @@ pub struct Connector {
     pub fhir_version: FhirVersion,
     /// What push and cron runs do with a resource invalid for `fhir_version`.
     pub validation: crate::model::vocabulary::Validation,
+    /// The connector's mapping (`spec.mapping`): every record's, or, in a pull connector, that
+    /// of the resource types and reads without their own.
     pub mapping: Option<Mapping>,
     pub templates: Arc<Templates>,
     pub tests: Vec<Test>,
@@ -262,6 +265,8 @@ pub struct PullResource {
     pub resource_type: String,
     pub search: Option<Search>,
     pub read: Option<Read>,
+    /// This type's own mapping (`pull.resources[].mapping`), else the connector's.
+    pub mapping: Option<Mapping>,
 }
 
 /// A search interaction.
@@ -278,6 +283,8 @@ pub struct Search {
 pub struct Read {
     pub request: Option<Request>,
     pub records: Query,
+    /// The read's own mapping (`read.mapping`), else its resource type's.
+    pub mapping: Option<Mapping>,
 }
 
 /// A search parameter.
@@ -288,6 +295,12 @@ pub struct Param {
     pub default: Option<Value>,
     pub max: Option<i64>,
     pub description: Option<String>,
+    /// The systems a `token` parameter searches (empty: any system).
+    pub systems: Vec<String>,
+    /// What a `token` of another system gets.
+    pub other_system: OtherSystem,
+    /// The modifiers a `string` parameter accepts.
+    pub modifiers: Vec<StringModifier>,
 }
 
 /// An upstream request built from templates.
@@ -449,6 +462,13 @@ pub struct Test {
     pub at: Vec<String>,
     pub input: Value,
     pub params: Value,
+    /// In a pull connector: the resource type whose search or read the test runs (`None`:
+    /// the first that has the interaction).
+    pub resource_type: Option<String>,
+    /// `search` (the default) or `read` (of `id`).
+    pub interaction: Interaction,
+    /// The id a read test asks for.
+    pub id: Option<String>,
     pub expect: Option<Value>,
     pub match_mode: MatchMode,
     pub expect_error: Option<String>,
@@ -496,22 +516,141 @@ impl Connector {
     }
 
     /// Maps a whole input document: records selected, Bundles split when asked, then each
-    /// record mapped (or taken as a resource when there is no mapping).
+    /// record mapped (or taken as a resource when there is no mapping). In a pull connector,
+    /// the records and mapping are those of the first resource type's search.
     pub fn map_document(&self, document: &Value, params: &Value) -> Result<Vec<Value>, MapError> {
-        let selected: Vec<(String, &Value)> = match self.records() {
-            Some(q) => q
-                .locate(document, document)
-                .into_iter()
-                .zip(q.select(document, document))
-                .collect(),
-            None => vec![("$".to_owned(), document)],
-        };
+        let selected = select(self.records(), document);
         self.map_records(selected, params)
     }
 
-    /// Maps records already selected, each with its path in the input (for errors).
+    /// The pull resource type `resource_type`, or (`None`) the first one that has the
+    /// interaction.
+    pub fn pull_resource(
+        &self,
+        resource_type: Option<&str>,
+        interaction: Interaction,
+    ) -> Option<&PullResource> {
+        let Strategy::Pull(p) = &self.strategy else {
+            return None;
+        };
+        p.resources.iter().find(|r| match resource_type {
+            Some(t) => r.resource_type == t,
+            None => match interaction {
+                Interaction::Search => r.search.is_some(),
+                Interaction::Read => r.read.is_some(),
+            },
+        })
+    }
+
+    /// The mapping an interaction of a pull resource type applies: the read's own, else the
+    /// type's own, else the connector's.
+    pub fn mapping_for<'a>(
+        &'a self,
+        res: &'a PullResource,
+        interaction: Interaction,
+    ) -> Option<&'a Mapping> {
+        let read = match interaction {
+            Interaction::Read => res.read.as_ref().and_then(|r| r.mapping.as_ref()),
+            Interaction::Search => None,
+        };
+        read.or(res.mapping.as_ref()).or(self.mapping.as_ref())
+    }
+
+    /// What a search of `res` makes of one source answer: its records selected by the
+    /// search's `records`, each mapped with the type's mapping.
+    pub fn map_search(
+        &self,
+        res: &PullResource,
+        document: &Value,
+        params: &Value,
+    ) -> Result<Vec<Value>, MapError> {
+        let selected = select(res.search.as_ref().map(|s| &s.records), document);
+        self.map_records_with(
+            self.mapping_for(res, Interaction::Search),
+            selected,
+            params,
+        )
+    }
+
+    /// What a read of `res` `id` makes of one source answer: the first record `read.records`
+    /// selects, mapped with the read's mapping, and of what that makes, the resource of the
+    /// type with that id, else the first of the type; `None` when there is none (a 404).
+    pub fn map_read(
+        &self,
+        res: &PullResource,
+        id: &str,
+        document: &Value,
+    ) -> Result<Option<Value>, MapError> {
+        let Some(read) = &res.read else {
+            return Ok(None);
+        };
+        let Some(record) = read.records.select(document, document).into_iter().next() else {
+            return Ok(None);
+        };
+        let mut mapped = self.map_records_with(
+            self.mapping_for(res, Interaction::Read),
+            [("$".to_owned(), record)],
+            &Value::Object(serde_json::Map::new()),
+        )?;
+        let of_type = |r: &Value| r["resourceType"] == res.resource_type.as_str();
+        let pick = mapped
+            .iter()
+            .position(|r| of_type(r) && r["id"] == id)
+            .or_else(|| mapped.iter().position(of_type));
+        Ok(pick.map(|i| mapped.swap_remove(i)))
+    }
+
+    /// What a definition test makes of its input: in a pull connector, the search (its
+    /// `params` read as a caller's query, refused as a caller would be) or the read of its
+    /// resource type; elsewhere, the connector's mapping of the document.
+    pub fn run_test(&self, t: &Test) -> Result<Vec<Value>, TestRunError> {
+        let Some(res) = self.pull_resource(t.resource_type.as_deref(), t.interaction) else {
+            return Ok(self.map_document(&t.input, &t.params)?);
+        };
+        match (t.interaction, &res.search) {
+            (Interaction::Read, _) => {
+                let id = t.id.as_deref().unwrap_or_default();
+                Ok(self.map_read(res, id, &t.input)?.into_iter().collect())
+            }
+            (Interaction::Search, Some(search)) => {
+                let raw: Vec<(String, String)> = match &t.params {
+                    Value::Object(o) => o
+                        .iter()
+                        .map(|(k, v)| {
+                            let text = match v {
+                                Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            };
+                            (k.clone(), text)
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let q = search_params::parse(search, &raw)?;
+                if q.matches_nothing {
+                    return Ok(Vec::new());
+                }
+                Ok(self.map_search(res, &t.input, &q.params)?)
+            }
+            (Interaction::Search, None) => Ok(self.map_document(&t.input, &t.params)?),
+        }
+    }
+
+    /// Maps records already selected, each with its path in the input (for errors), with the
+    /// connector's mapping.
     pub fn map_records<'a>(
         &self,
+        selected: impl IntoIterator<Item = (String, &'a Value)>,
+        params: &Value,
+    ) -> Result<Vec<Value>, MapError> {
+        self.map_records_with(self.mapping.as_ref(), selected, params)
+    }
+
+    /// Maps records already selected, each with its path in the input (for errors), with
+    /// `mapping` (`None`: records are taken as FHIR resources).
+    pub fn map_records_with<'a>(
+        &self,
+        mapping: Option<&Mapping>,
         selected: impl IntoIterator<Item = (String, &'a Value)>,
         params: &Value,
     ) -> Result<Vec<Value>, MapError> {
@@ -531,7 +670,7 @@ impl Connector {
                 vec![record]
             };
             for r in records {
-                match &self.mapping {
+                match mapping {
                     Some(m) => {
                         let input = Input {
                             record: r,
@@ -563,4 +702,27 @@ impl Connector {
         }
         Ok(out)
     }
+}
+
+/// The records `records` selects in `document`, each with its path; the document itself
+/// when there is no selector.
+fn select<'a>(records: Option<&Query>, document: &'a Value) -> Vec<(String, &'a Value)> {
+    match records {
+        Some(q) => q
+            .locate(document, document)
+            .into_iter()
+            .zip(q.select(document, document))
+            .collect(),
+        None => vec![("$".to_owned(), document)],
+    }
+}
+
+/// Why a definition test made no FHIR: its search parameters are refused (as a caller's
+/// would be, with 400), or the mapping failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TestRunError {
+    #[error("the search is refused: {0}")]
+    Refused(#[from] search_params::SearchParamError),
+    #[error(transparent)]
+    Map(#[from] MapError),
 }

@@ -141,3 +141,44 @@ pub enum MatchMode {
     Exact,
     Subset,
 }
+
+/// What a `token` search parameter with a declared `systems` list does when a caller names
+/// another system (`other|123`, or `|123`, no system): `refuse` answers 400 with an
+/// `OperationOutcome` naming the accepted systems (the default: a caller learns their search
+/// cannot match); `empty` answers an empty searchset without calling the source (FHIR's
+/// reading: no resource of this source has a code in that system).
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OtherSystem {
+    #[default]
+    Refuse,
+    Empty,
+}
+
+/// A FHIR modifier a `string` search parameter may accept (`name:exact=...`,
+/// `name:contains=...`), when the source can search that way.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum StringModifier {
+    Exact,
+    Contains,
+}
+
+impl StringModifier {
+    /// The modifier as FHIR writes it after the `:`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StringModifier::Exact => "exact",
+            StringModifier::Contains => "contains",
+        }
+    }
+}
+
+/// The FHIR interaction a definition test runs: `search` (the default) or `read`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Interaction {
+    #[default]
+    Search,
+    Read,
+}

@@ -95,7 +95,7 @@ fn shipped(corpus: &mut Corpus) {
         for c in &model.connectors {
             for t in c.tests.iter().filter(|t| t.expect_error.is_none()) {
                 let resources = c
-                    .map_document(&t.input, &t.params)
+                    .run_test(t)
                     .unwrap_or_else(|e| panic!("{}: test `{}` does not map: {e}", c.name, t.name));
                 assert!(!resources.is_empty(), "{}: test `{}`", c.name, t.name);
                 tested += 1;

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::source::{RequestSpec, SourceSpec};
 use crate::model::vocabulary::{
-    FhirVersion, HmacEncoding, HmacSigned, MatchMode, ParamType, PushMode, RecordErrorPolicy,
-    Validation,
+    FhirVersion, HmacEncoding, HmacSigned, Interaction, MatchMode, OtherSystem, ParamType,
+    PushMode, RecordErrorPolicy, StringModifier, Validation,
 };
 
 /// What a connector does and with what.
@@ -48,8 +48,11 @@ pub struct ConnectorSpec {
     #[schemars(extend("examples" = ["Europe/Vienna"]))]
     pub time_zone: Option<String>,
     /// The structural template of the FHIR produced from one record (see "Mapping"). A
-    /// sequence at the top produces several resources per record. Without a mapping, records
-    /// are expected to be FHIR resources already.
+    /// sequence at the top produces several resources per record (a push payload or a cron
+    /// record that yields two resource types is one mapping making both). Without a mapping,
+    /// records are expected to be FHIR resources already. In a pull connector it maps the
+    /// resource types (and reads) that have no `mapping` of their own: one source serving
+    /// `Medication` and `MedicationKnowledge` gives each `pull.resources` entry its own.
     #[serde(default)]
     pub mapping: Option<Value>,
     /// The FHIR version of what the connector makes (`R4`, `R4B` or `R5`), against which its
@@ -154,6 +157,11 @@ pub struct PullResourceSpec {
     /// Read: `GET /fhir/{connector}/{type}/{id}`.
     #[serde(default)]
     pub read: Option<ReadSpec>,
+    /// This type's own mapping (a structural template, as `spec.mapping`), used by its search
+    /// and read instead of the connector's: it must make resources of this `type`. Several
+    /// types over one source each get theirs here, beside the request and records they map.
+    #[serde(default)]
+    pub mapping: Option<Value>,
 }
 
 /// A search interaction.
@@ -185,6 +193,10 @@ pub struct ReadSpec {
     /// JSONPath to the record in the answer (default `$`); no record gives 404.
     #[serde(default)]
     pub records: Option<String>,
+    /// The read's own mapping, where the read's answer differs from the search's records
+    /// (e.g. a detail endpoint): used instead of the type's (or connector's) mapping.
+    #[serde(default)]
+    pub mapping: Option<Value>,
 }
 
 /// A search parameter.
@@ -206,6 +218,27 @@ pub struct ParamSpec {
     /// Shown in the OpenAPI document.
     #[serde(default)]
     pub description: Option<String>,
+    /// For a `token` parameter: the code systems the source searches. A caller's value is
+    /// read as FHIR writes it: `system|code`, `|code` (a code without a system) or `code`
+    /// (any system); templates read `params.NAME.system` (when the caller wrote a `|`, `""`
+    /// for none), `params.NAME.code` and `params.NAME.text` (the value as written). Without
+    /// `systems` any system is passed on; with it, another system (or none) gets what
+    /// `otherSystems` says.
+    #[serde(default)]
+    #[schemars(extend("examples" = [["http://www.nlm.nih.gov/research/umls/rxnorm"]]))]
+    pub systems: Vec<String>,
+    /// What a `token` of a system not in `systems` gets: `refuse` (400 with an
+    /// `OperationOutcome` naming the accepted systems; the default) or `empty` (an empty
+    /// searchset, the source not called).
+    #[serde(default)]
+    pub other_systems: Option<OtherSystem>,
+    /// For a `string` parameter: the FHIR modifiers the source can do, `exact` and
+    /// `contains` (`name:exact=...`). Templates read the one given in
+    /// `params._modifiers.NAME` (`""` when none). Any other modifier, and any modifier on a
+    /// parameter that declares none, is refused with 400 naming the parameter.
+    #[serde(default)]
+    #[schemars(extend("examples" = [["exact", "contains"]]))]
+    pub modifiers: Vec<StringModifier>,
 }
 
 /// A push endpoint.
@@ -495,9 +528,24 @@ pub struct TestSpec {
     /// The input, as a JSON file relative to the definition.
     #[serde(default)]
     pub input_file: Option<String>,
-    /// Caller parameters of a pull search (available as `params.NAME`).
+    /// Caller parameters of a pull search, as a caller writes them in the query (`code:
+    /// "http://sys|123"`, `"name:exact": Foo`), read and checked as the route reads them, so
+    /// a refused search is this test's error (`expectError`); available as `params.NAME`.
     #[serde(default)]
     pub params: BTreeMap<String, Value>,
+    /// In a pull connector: the resource type whose search or read is tested (default: the
+    /// first that has the interaction). Needed when the connector's types map differently.
+    #[serde(default, rename = "type")]
+    #[schemars(extend("pattern" = "^[A-Z][A-Za-z]{1,63}$"))]
+    pub resource_type: Option<String>,
+    /// In a pull connector: `search` (the default: the input is a search answer) or `read`
+    /// (the input is a read answer; the expected FHIR is the one resource the read answers,
+    /// or nothing for a 404).
+    #[serde(default)]
+    pub interaction: Option<Interaction>,
+    /// The id a `read` test asks for.
+    #[serde(default)]
+    pub id: Option<String>,
     /// The expected FHIR, inline: a list of resources.
     #[serde(default)]
     pub expect: Option<Value>,

@@ -12,7 +12,7 @@ use super::source::{exactly_one, source};
 use crate::config::mapping::Compiler;
 use crate::config::spec::{ConnectorDoc, ConnectorSpec, SourceSpec, SourceType, Strategy as S};
 use crate::model::hint::did_you_mean;
-use crate::model::mapping::Mapping;
+use crate::model::mapping::{Expr, Mapping};
 use crate::model::template::{Table, Templates};
 use crate::model::vocabulary::FhirVersion;
 use crate::model::{Connector, Sink, SinkRef, Source, Strategy};
@@ -47,48 +47,55 @@ pub fn connector(
     let mut templates = Templates::new(tables.clone(), time_zone);
 
     let sources = sources(ctx, spec, name, names, used);
-    let mut mapping_compiled = false;
-    let mapping_root = spec.mapping.as_ref().map(|_| {
-        let at = segs(&["spec", "mapping"]);
-        let node = ctx.doc.node.descend(&at).clone();
-        let mut compiler = Compiler {
-            templates: &mut templates,
-            tables: &tables,
-            errors: Vec::new(),
-        };
-        let expr = compiler.compile(&node, &at);
-        mapping_compiled = compiler.errors.is_empty();
-        for e in compiler.errors {
-            let loc = crate::config::diagnostic::Location {
-                line: e.line,
-                column: e.column,
-                path: crate::config::yaml::display_path(&e.at),
-            };
-            ctx.diags.push(
-                crate::config::diagnostic::Diagnostic::error(&ctx.doc.file, &loc, e.message)
-                    .with_hint(e.hint),
-            );
-        }
-        expr
-    });
+    let mapping_root = spec
+        .mapping
+        .as_ref()
+        .and_then(|_| compile_mapping(ctx, &segs(&["spec", "mapping"]), &mut templates, &tables));
 
     let fhir_source = !sources.is_empty() && sources.iter().all(|s| s.kind == SourceType::Fhir);
+    // A pull connector's version comes from its sources and its own word (it has no sink), and
+    // its resource types' own mappings are checked against it as they are compiled.
+    let pull_version = (spec.strategy == S::Pull).then(|| version(ctx, spec, &sources, None));
+    let mut own_mappings = Vec::new();
     let strategy = match spec.strategy {
-        S::Pull => {
-            super::pull::pull(ctx, spec, fhir_source, &mut templates, &tables).map(Strategy::Pull)
-        }
+        S::Pull => super::pull::pull(
+            ctx,
+            spec,
+            fhir_source,
+            &mut templates,
+            &tables,
+            pull_version.unwrap_or(FhirVersion::R4),
+            &mut own_mappings,
+        )
+        .map(Strategy::Pull),
         S::Push => super::push::push(ctx, spec, name, names).map(Strategy::Push),
         S::Cron => super::cron::cron(ctx, spec, names, fhir_source, &mut templates, &tables)
             .map(Strategy::Cron),
     };
 
-    let fhir_version = version(ctx, spec, &sources, strategy.as_ref());
-    if let (Some(root), true) = (&mapping_root, mapping_compiled) {
+    let fhir_version = match pull_version {
+        Some(v) => v,
+        None => version(ctx, spec, &sources, strategy.as_ref()),
+    };
+    if let Some(root) = &mapping_root {
+        // In a pull connector, the connector's mapping serves the routes without their own.
         let routes: Vec<&str> = spec
             .pull
             .iter()
-            .flat_map(|p| p.resources.iter().map(|r| r.resource_type.as_str()))
+            .flat_map(|p| p.resources.iter())
+            .filter(|r| {
+                r.mapping.is_none()
+                    && (r.search.is_some() || r.read.as_ref().is_some_and(|rd| rd.mapping.is_none()))
+            })
+            .map(|r| r.resource_type.as_str())
             .collect();
+        if spec.strategy == S::Pull && routes.is_empty() && spec.pull.is_some() {
+            ctx.error(
+                &["spec", "mapping"],
+                "no route uses this mapping: every resource type of `pull.resources` has its own",
+                Some("remove `spec.mapping`, or a type's own `mapping` that repeats it".into()),
+            );
+        }
         super::fhir_check::check(
             ctx,
             root,
@@ -110,8 +117,30 @@ pub fn connector(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     );
-    let strategy = strategy?;
+    let mut strategy = strategy?;
     let templates = Arc::new(templates);
+    let (shared_templates, shared_tables) = (templates.clone(), tables.clone());
+    let mapping = move |root| Mapping {
+        root,
+        templates: shared_templates.clone(),
+        tables: shared_tables.clone(),
+    };
+    if let Strategy::Pull(p) = &mut strategy {
+        for own in own_mappings {
+            let Some(r) = p
+                .resources
+                .iter_mut()
+                .find(|r| r.resource_type == own.resource_type)
+            else {
+                continue;
+            };
+            match (own.read, &mut r.read) {
+                (true, Some(read)) => read.mapping = Some(mapping(own.root)),
+                (true, None) => {}
+                (false, _) => r.mapping = Some(mapping(own.root)),
+            }
+        }
+    }
     // Warnings (of the FHIR checks) leave the connector usable.
     (error_count(ctx) == errors).then(|| Connector {
         name: name.to_owned(),
@@ -126,14 +155,48 @@ pub fn connector(
         time_zone,
         fhir_version,
         validation: spec.validation.unwrap_or_default(),
-        mapping: mapping_root.map(|root| Mapping {
-            root,
-            templates: templates.clone(),
-            tables: tables.clone(),
-        }),
+        mapping: mapping_root.map(mapping),
         templates,
         tests,
     })
+}
+
+/// A mapping of a pull resource type (`read`: of its read) compiled in `pull`, made a
+/// [`Mapping`] once the connector's templates are complete.
+pub(super) struct OwnMapping {
+    pub resource_type: String,
+    pub read: bool,
+    pub root: Expr,
+}
+
+/// Compiles the structural template at `at` (its errors reported where they are); `None` when
+/// it has errors.
+pub(super) fn compile_mapping(
+    ctx: &mut Ctx<'_>,
+    at: &[String],
+    templates: &mut Templates,
+    tables: &BTreeMap<String, Table>,
+) -> Option<Expr> {
+    let node = ctx.doc.node.descend(at).clone();
+    let mut compiler = Compiler {
+        templates,
+        tables,
+        errors: Vec::new(),
+    };
+    let expr = compiler.compile(&node, at);
+    let ok = compiler.errors.is_empty();
+    for e in compiler.errors {
+        let loc = crate::config::diagnostic::Location {
+            line: e.line,
+            column: e.column,
+            path: crate::config::yaml::display_path(&e.at),
+        };
+        ctx.diags.push(
+            crate::config::diagnostic::Diagnostic::error(&ctx.doc.file, &loc, e.message)
+                .with_hint(e.hint),
+        );
+    }
+    ok.then_some(expr)
 }
 
 /// The zone of `timeZone`: an IANA name (`Europe/Vienna`), else an error with the closest

@@ -1,6 +1,7 @@
-//! The definitions' own tests: checked (names, inputs and expectations, inline or from files),
-//! then each input mapped and compared with the expected FHIR, exactly or as a subset, with a
-//! readable diff on failure.
+//! The definitions' own tests: checked (names, inputs and expectations, inline or from files,
+//! and in a pull connector the resource type and interaction, search or read, they run), then
+//! each input mapped as its route would map it and compared with the expected FHIR, exactly or
+//! as a subset, with a readable diff on failure.
 
 use std::collections::HashSet;
 
@@ -10,7 +11,8 @@ use super::context::{Ctx, segs};
 use super::source::exactly_one;
 use crate::config::diagnostic::Diagnostic;
 use crate::config::fhir_schema::FhirSchema;
-use crate::config::spec::{ConnectorSpec, MatchMode};
+use crate::config::spec::{ConnectorSpec, Interaction, MatchMode, Strategy, TestSpec};
+use crate::model::hint::did_you_mean;
 use crate::model::{Connector, Test, fhir_structure};
 
 /// Most difference lines shown for one test.
@@ -24,7 +26,7 @@ pub fn run(ctx: &mut Ctx<'_>, c: &Connector, schema: Option<&FhirSchema>) {
             ctx.diags
                 .push(Diagnostic::error(&ctx.doc.file, &at, message))
         };
-        let result = c.map_document(&t.input, &t.params);
+        let result = c.run_test(t);
         let got = match (result, &t.expect_error) {
             (Err(e), Some(want)) if e.to_string().contains(want.as_str()) => continue,
             (Err(e), Some(want)) => {
@@ -204,8 +206,12 @@ pub fn tests(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> Vec<Test> {
             Some(Given::File(f)) => json_file(ctx, &["spec", "tests", &idx, "expectFile"], &dir, f),
             Some(Given::Error) | None => None,
         };
+        let interaction = target(ctx, spec, t, &idx);
         if let Some(input) = input {
             out.push(Test {
+                resource_type: t.resource_type.clone(),
+                interaction,
+                id: t.id.clone(),
                 name: t.name.clone(),
                 at: segs(&at),
                 input,
@@ -222,6 +228,100 @@ pub fn tests(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> Vec<Test> {
         }
     }
     out
+}
+
+/// Checks what a test runs: in a pull connector, a served resource type with the interaction
+/// (a read with its `id`, a search with its `params`); elsewhere none of these.
+fn target(ctx: &mut Ctx<'_>, spec: &ConnectorSpec, t: &TestSpec, idx: &str) -> Interaction {
+    let at = |k: &'static str| ["spec", "tests", idx, k];
+    let interaction = t.interaction.unwrap_or_default();
+    let pull = match (&spec.pull, spec.strategy) {
+        (Some(p), Strategy::Pull) => p,
+        _ => {
+            for (key, on) in [
+                ("type", t.resource_type.is_some()),
+                ("interaction", t.interaction.is_some()),
+                ("id", t.id.is_some()),
+            ] {
+                if on {
+                    ctx.error(
+                        &at(key),
+                        format!("`{key}` is for the tests of pull connectors"),
+                        None,
+                    );
+                }
+            }
+            return interaction;
+        }
+    };
+    let own = pull
+        .resources
+        .iter()
+        .any(|r| r.mapping.is_some() || r.read.as_ref().is_some_and(|rd| rd.mapping.is_some()));
+    let types = || pull.resources.iter().map(|r| r.resource_type.as_str());
+    let res = match &t.resource_type {
+        Some(name) => {
+            let found = pull.resources.iter().find(|r| &r.resource_type == name);
+            if found.is_none() {
+                let hint = did_you_mean(name, types())
+                    .or_else(|| Some(format!("the routes serve `{}`", types().collect::<Vec<_>>().join("`, `"))));
+                ctx.error(&at("type"), format!("no route serves `{name}`"), hint);
+            }
+            found
+        }
+        None if own && pull.resources.len() > 1 => {
+            ctx.error(
+                &["spec", "tests", idx],
+                "this connector maps its resource types differently: say which one the test runs with `type`",
+                Some(format!("one of `{}`", types().collect::<Vec<_>>().join("`, `"))),
+            );
+            None
+        }
+        None => pull.resources.iter().find(|r| match interaction {
+            Interaction::Search => r.search.is_some(),
+            Interaction::Read => r.read.is_some(),
+        }),
+    };
+    match interaction {
+        Interaction::Read => {
+            match &t.id {
+                Some(id) if crate::model::fhir::is_id(id) => {}
+                Some(id) => ctx.error(&at("id"), format!("`{id}` is not a FHIR id"), None),
+                None => ctx.error(
+                    &["spec", "tests", idx],
+                    "a read test needs the `id` it asks for",
+                    None,
+                ),
+            }
+            if !t.params.is_empty() {
+                ctx.error(&at("params"), "a read takes no search parameters", None);
+            }
+            if let Some(r) = res
+                && r.read.is_none()
+            {
+                ctx.error(
+                    &at("interaction"),
+                    format!("`{}` has no read", r.resource_type),
+                    None,
+                );
+            }
+        }
+        Interaction::Search => {
+            if t.id.is_some() {
+                ctx.error(&at("id"), "`id` is for `interaction: read`", None);
+            }
+            if let Some(r) = res
+                && r.search.is_none()
+            {
+                ctx.error(
+                    &at("type"),
+                    format!("`{}` has no search: write `interaction: read`", r.resource_type),
+                    None,
+                );
+            }
+        }
+    }
+    interaction
 }
 
 fn json_file(ctx: &mut Ctx<'_>, at: &[&str], dir: &std::path::Path, name: &str) -> Option<Value> {

@@ -1,14 +1,18 @@
 //! Checks of a pull connector: its resource types, their search and read interactions and
-//! parameters, batch fan-out and the answer cache.
+//! parameters (token systems, string modifiers), their own mappings, batch fan-out and the
+//! answer cache.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use super::context::Ctx;
+use super::connector::{OwnMapping, compile_mapping};
+use super::context::{Ctx, segs};
 use super::source::{query, request};
-use crate::config::spec::{ConnectorSpec, ParamType};
+use crate::config::spec::{ConnectorSpec, ParamSpec, ParamType, RequestSpec};
 use crate::model::mapping::is_resource_type;
+use crate::model::search_params::{MODIFIERS, token};
 use crate::model::template::{Table, Templates};
+use crate::model::vocabulary::FhirVersion;
 use crate::model::{Cache, Param, Pull, PullResource, Read, Search};
 
 /// Checks the `pull` section.
@@ -18,13 +22,19 @@ pub fn pull(
     fhir_source: bool,
     templates: &mut Templates,
     tables: &BTreeMap<String, Table>,
+    version: FhirVersion,
+    own: &mut Vec<OwnMapping>,
 ) -> Option<Pull> {
     let p = spec.pull.as_ref()?;
     let resources = p
         .resources
         .iter()
         .enumerate()
-        .map(|(i, r)| pull_resource(ctx, i, r, fhir_source, templates, tables))
+        .map(|(i, r)| {
+            let out = pull_resource(ctx, i, r, fhir_source, templates, tables);
+            own_mappings(ctx, i, r, templates, tables, version, own);
+            out
+        })
         .collect::<Vec<_>>();
     let mut seen = HashSet::new();
     for (i, r) in p.resources.iter().enumerate() {
@@ -129,28 +139,7 @@ fn pull_resource(
                 .into_iter()
                 .chain([name.as_str()])
                 .collect();
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-:.".contains(c));
-            if !valid {
-                ctx.error(
-                    &p_at,
-                    format!("`{name}` is not a search parameter name"),
-                    None,
-                );
-            }
-            if p.max.is_some() && p.kind != ParamType::Integer {
-                ctx.error(&p_at, "`max` is for parameters of `type: integer`", None);
-            }
-            if p.kind == ParamType::Integer && p.default.as_ref().is_some_and(|d| !d.is_i64()) {
-                let d_at: Vec<&str> = p_at.iter().copied().chain(["default"]).collect();
-                ctx.error(
-                    &d_at,
-                    "the default of an integer parameter must be an integer",
-                    None,
-                );
-            }
+            param(ctx, &p_at, name, p);
             params.insert(
                 name.clone(),
                 Param {
@@ -159,8 +148,14 @@ fn pull_resource(
                     default: p.default.clone(),
                     max: p.max,
                     description: p.description.clone(),
+                    systems: p.systems.clone(),
+                    other_system: p.other_systems.unwrap_or_default(),
+                    modifiers: p.modifiers.clone(),
                 },
             );
+        }
+        if let Some(req) = &s.request {
+            token_templates(ctx, &at(&["search", "request"]), req, &s.params);
         }
         (records, total, params, request)
     });
@@ -188,6 +183,7 @@ fn pull_resource(
     });
     Some(PullResource {
         resource_type: r.resource_type.clone(),
+        mapping: None,
         search: match search {
             Some((Some(records), total, params, request)) => Some(Search {
                 params,
@@ -199,9 +195,176 @@ fn pull_resource(
             None => None,
         },
         read: match read {
-            Some((Some(records), request)) => Some(Read { request, records }),
+            Some((Some(records), request)) => Some(Read {
+                request,
+                records,
+                mapping: None,
+            }),
             Some(_) => return None,
             None => None,
         },
     })
+}
+
+/// Checks one declared search parameter at `p_at`.
+fn param(ctx: &mut Ctx<'_>, p_at: &[&str], name: &str, p: &ParamSpec) {
+    let sub = |k: &'static str| -> Vec<&str> { p_at.iter().copied().chain([k]).collect() };
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-:.".contains(c));
+    if !valid {
+        ctx.error(
+            p_at,
+            format!("`{name}` is not a search parameter name"),
+            None,
+        );
+    }
+    if name == MODIFIERS {
+        ctx.error(
+            p_at,
+            format!("`{MODIFIERS}` is where templates read the modifiers given: not a parameter"),
+            None,
+        );
+    }
+    if p.max.is_some() && p.kind != ParamType::Integer {
+        ctx.error(p_at, "`max` is for parameters of `type: integer`", None);
+    }
+    if p.kind == ParamType::Integer && p.default.as_ref().is_some_and(|d| !d.is_i64()) {
+        ctx.error(
+            &sub("default"),
+            "the default of an integer parameter must be an integer",
+            None,
+        );
+    }
+    if p.kind != ParamType::Token && !p.systems.is_empty() {
+        ctx.error(&sub("systems"), "`systems` is for parameters of `type: token`", None);
+    }
+    if p.other_systems.is_some() && p.systems.is_empty() {
+        ctx.error(
+            &sub("otherSystems"),
+            "`otherSystems` says what a system outside `systems` gets: declare `systems`",
+            None,
+        );
+    }
+    for (i, system) in p.systems.iter().enumerate() {
+        if system.is_empty() || system.contains(['|', ',', '\\']) || system.contains(char::is_whitespace) {
+            let idx = i.to_string();
+            let at: Vec<&str> = p_at.iter().copied().chain(["systems", idx.as_str()]).collect();
+            ctx.error(
+                &at,
+                format!("`{system}` is not a code system URI"),
+                Some("a system is a URI such as `http://snomed.info/sct`".into()),
+            );
+        }
+    }
+    if !p.modifiers.is_empty() && p.kind != ParamType::String {
+        ctx.error(
+            &sub("modifiers"),
+            "`modifiers` (`exact`, `contains`) are for parameters of `type: string`",
+            None,
+        );
+    }
+    if p.kind == ParamType::Token
+        && let Some(d) = &p.default
+    {
+        let ok = d.as_str().is_some_and(|t| token(t).is_ok());
+        if !ok {
+            ctx.error(
+                &sub("default"),
+                "the default of a token parameter is a token: `system|code`, `|code` or `code`",
+                None,
+            );
+        }
+    }
+}
+
+/// A token parameter is an object in templates: `{{params.NAME}}` alone would fail at every
+/// request, so it is an error here.
+fn token_templates(
+    ctx: &mut Ctx<'_>,
+    at: &[&str],
+    req: &RequestSpec,
+    params: &BTreeMap<String, ParamSpec>,
+) {
+    let tokens: Vec<&str> = params
+        .iter()
+        .filter(|(_, p)| p.kind == ParamType::Token)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if tokens.is_empty() {
+        return;
+    }
+    let mut texts: Vec<(Vec<String>, &str)> = vec![(segs(&[at, &["path"]].concat()), &req.path)];
+    for (k, v) in &req.query {
+        texts.push((segs(&[at, &["query", k.as_str()]].concat()), v));
+    }
+    for (k, v) in &req.headers {
+        texts.push((segs(&[at, &["headers", k.as_str()]].concat()), v));
+    }
+    for (where_, text) in texts {
+        for name in &tokens {
+            let bare = format!("params.{name}");
+            let found = text.split("{{").skip(1).any(|inside| {
+                inside
+                    .split("}}")
+                    .next()
+                    .is_some_and(|expr| expr.trim() == bare)
+            });
+            if found {
+                ctx.error_owned(
+                    &where_,
+                    format!(
+                        "`{bare}` is a token parameter: an object with `system`, `code` and `text`"
+                    ),
+                    Some(format!(
+                        "write `{{{{{bare}.code}}}}` (and `{{{{{bare}.system}}}}`), or `{{{{{bare}.text}}}}` for the value as the caller wrote it"
+                    )),
+                );
+            }
+        }
+    }
+}
+
+/// Compiles a resource type's own mapping and its read's, each checked against the FHIR
+/// version and this one type.
+fn own_mappings(
+    ctx: &mut Ctx<'_>,
+    i: usize,
+    r: &crate::config::spec::PullResourceSpec,
+    templates: &mut Templates,
+    tables: &BTreeMap<String, Table>,
+    version: FhirVersion,
+    own: &mut Vec<OwnMapping>,
+) {
+    let idx = i.to_string();
+    let given = [
+        (false, r.mapping.is_some(), segs(&["spec", "pull", "resources", &idx, "mapping"])),
+        (
+            true,
+            r.read.as_ref().is_some_and(|rd| rd.mapping.is_some()),
+            segs(&["spec", "pull", "resources", &idx, "read", "mapping"]),
+        ),
+    ];
+    for (read, on, at) in given {
+        if !on {
+            continue;
+        }
+        let Some(root) = compile_mapping(ctx, &at, templates, tables) else {
+            continue;
+        };
+        super::fhir_check::check(
+            ctx,
+            &root,
+            &at,
+            version,
+            &[r.resource_type.as_str()],
+            tables,
+        );
+        own.push(OwnMapping {
+            resource_type: r.resource_type.clone(),
+            read,
+            root,
+        });
+    }
 }

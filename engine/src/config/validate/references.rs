@@ -25,8 +25,9 @@ pub(super) struct Lookup<'a> {
 /// Longest resolved value shown in a diagnostic; longer ones are cut.
 const SHOWN_CHARS: usize = 40;
 
-/// Resolves `${env:...}` / `${file:...}` in string values outside `spec.mapping` and
-/// `spec.tests` (templates and samples, where `${` has no meaning).
+/// Resolves `${env:...}` / `${file:...}` in string values outside the mappings
+/// (`spec.mapping`, a pull resource type's or read's `mapping`) and `spec.tests` (templates
+/// and samples, where `${` has no meaning).
 pub(super) fn resolve(
     v: &mut Value,
     at: &mut Vec<String>,
@@ -35,6 +36,14 @@ pub(super) fn resolve(
     lookup: &Lookup<'_>,
 ) {
     if at.len() == 2 && at[0] == "spec" && (at[1] == "mapping" || at[1] == "tests") {
+        return;
+    }
+    let own_mapping = match at.as_slice() {
+        [s, p, r, _, m] => [s, p, r, m] == ["spec", "pull", "resources", "mapping"],
+        [s, p, r, _, rd, m] => [s, p, r, rd, m] == ["spec", "pull", "resources", "read", "mapping"],
+        _ => false,
+    };
+    if own_mapping {
         return;
     }
     match v {

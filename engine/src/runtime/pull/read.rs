@@ -1,6 +1,7 @@
 //! Read at run time: `Type/id` asked of the sources of a scope in parallel (every source, one
 //! FHIR version's, or the one source a source-qualified `fullUrl` names), answered from the
-//! first source (in declared order) that has it, or 404.
+//! first source (in declared order) that has it, or 404. The answer is mapped with the read's
+//! own mapping, else its resource type's, else the connector's.
 
 use futures_util::future::join_all;
 use reqwest::Method;
@@ -56,27 +57,9 @@ impl PullRuntime {
                     }
                     Err(f) => return Err(SourceError::Failed(f)),
                 };
-                let Some(record) = read
-                    .records
-                    .select(&reply.body, &reply.body)
-                    .into_iter()
-                    .next()
-                else {
-                    return Ok(None);
-                };
-                let mapped = self
-                    .connector
-                    .map_records([("$".to_owned(), record)], params)
-                    .map_err(|e| mapping_failure(client, &e))?;
-                let pick = mapped
-                    .iter()
-                    .position(|r| r["resourceType"] == res.resource_type.as_str() && r["id"] == id)
-                    .or_else(|| {
-                        mapped
-                            .iter()
-                            .position(|r| r["resourceType"] == res.resource_type.as_str())
-                    });
-                Ok(pick.map(|i| mapped[i].clone()))
+                self.connector
+                    .map_read(res, id, &reply.body)
+                    .map_err(|e| mapping_failure(client, &e))
             }
         }))
         .await;

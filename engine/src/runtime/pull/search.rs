@@ -1,7 +1,7 @@
 //! Search at run time: the caller's parameters checked against the declared ones and
-//! normalised, the search fanned out to every source, and the searchset Bundle assembled.
-
-use std::collections::BTreeMap;
+//! normalised (FHIR's search semantics, `model::search_params`), the search fanned out to
+//! every source (none when it can match nothing), each answer mapped with the resource type's
+//! mapping, and the searchset Bundle assembled.
 
 use futures_util::future::join_all;
 use reqwest::Method;
@@ -11,35 +11,27 @@ use super::{PullRuntime, RequestInfo, Scope, SourceError, all_failed, mapping_fa
 use crate::model::PullResource;
 use crate::model::fhir::outcome;
 use crate::model::jsonpath::Query;
-use crate::model::vocabulary::{NotFoundReading, ParamType, SourceType};
+use crate::model::search_params::{self, SearchParamError};
+use crate::model::vocabulary::{Interaction, NotFoundReading, SourceType};
 use crate::runtime::cache::Answer;
 use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Call, SourceClient};
 
-/// Default `_count` of a search that declares none.
-const DEFAULT_COUNT: i64 = 20;
-/// Largest `_count` of a search that declares no `max`.
-const MAX_COUNT: i64 = 1000;
 /// Most upstream pages read for one answer.
 const MAX_PAGES: u32 = 50;
 
-/// A checked search: parameters with defaults applied (a JSON object), `_count`, `_offset`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SearchQuery {
-    pub params: Value,
-    pub count: usize,
-    pub offset: usize,
-}
+pub use crate::model::search_params::SearchQuery;
 
-impl SearchQuery {
-    /// The cache key: parameter order and defaults do not split entries.
-    pub fn key(&self, resource_type: &str) -> String {
-        format!("search|{resource_type}|{}", self.params)
+/// A caller's parameters that cannot be read are the caller's error (400).
+impl From<SearchParamError> for Problem {
+    fn from(e: SearchParamError) -> Problem {
+        Problem::invalid(e.to_string())
     }
 }
 
 impl PullRuntime {
-    /// Checks a caller's search parameters against the declared ones.
+    /// Checks a caller's search parameters against the declared ones, with FHIR's search
+    /// semantics (`model::search_params`).
     pub fn parse_search(
         &self,
         res: &PullResource,
@@ -51,76 +43,7 @@ impl PullRuntime {
                 format!("`{}` has no search here", res.resource_type),
             )
         })?;
-        let mut given: BTreeMap<&str, &str> = BTreeMap::new();
-        for (k, v) in raw {
-            if k == "_format" {
-                continue;
-            }
-            if given.insert(k, v).is_some() {
-                return Err(Problem::invalid(format!(
-                    "search parameter `{k}` is given twice"
-                )));
-            }
-        }
-        let mut params = Map::new();
-        for (name, spec) in &search.params {
-            let value = match given.remove(name.as_str()) {
-                Some(text) => Some(typed(name, spec.kind, spec.max, text)?),
-                None => spec.default.clone(),
-            };
-            match value {
-                Some(v) => {
-                    params.insert(name.clone(), v);
-                }
-                None if spec.required => {
-                    return Err(Problem::invalid(format!(
-                        "search parameter `{name}` is required"
-                    )));
-                }
-                None => {}
-            }
-        }
-        let count_spec = search.params.get("_count");
-        let max = count_spec.and_then(|p| p.max).unwrap_or(MAX_COUNT);
-        let count = match given.remove("_count") {
-            Some(text) => typed("_count", ParamType::Integer, None, text)?
-                .as_i64()
-                .unwrap_or(DEFAULT_COUNT)
-                .min(max),
-            None => params
-                .get("_count")
-                .and_then(Value::as_i64)
-                .unwrap_or(DEFAULT_COUNT)
-                .min(max),
-        };
-        let offset = match given.remove("_offset") {
-            Some(text) => typed("_offset", ParamType::Integer, None, text)?
-                .as_i64()
-                .unwrap_or(0),
-            None => 0,
-        };
-        if let Some(unknown) = given.keys().next() {
-            let mut accepted: Vec<&str> = search.params.keys().map(String::as_str).collect();
-            accepted.extend(["_count", "_offset"]);
-            accepted.sort_unstable();
-            accepted.dedup();
-            return Err(Problem::invalid(format!(
-                "unknown search parameter `{unknown}`; accepted: {}",
-                accepted.join(", ")
-            )));
-        }
-        if count < 0 || offset < 0 {
-            return Err(Problem::invalid(
-                "`_count` and `_offset` cannot be negative",
-            ));
-        }
-        params.insert("_count".into(), Value::from(count));
-        params.insert("_offset".into(), Value::from(offset));
-        Ok(SearchQuery {
-            params: Value::Object(params),
-            count: count as usize,
-            offset: offset as usize,
-        })
+        Ok(search_params::parse(search, raw)?)
     }
 
     /// A searchset Bundle from the sources of `scope`.
@@ -135,7 +58,17 @@ impl PullRuntime {
             return Err(Problem::not_found("no search"));
         };
         let clients = self.clients_in(scope)?;
+        if q.matches_nothing {
+            // A token of a system this parameter answers empty for: no source can match.
+            let bundle = searchset(info, q, Vec::new(), Vec::new(), Some(0), false);
+            return Ok(Answer::new(
+                200,
+                serde_json::to_vec(&bundle).unwrap_or_default(),
+                true,
+            ));
+        }
         let want = q.count + 1;
+        let mapping = self.connector.mapping_for(res, Interaction::Search);
         let results = join_all(clients.iter().map(|client| async move {
             let call = match &search.request {
                 Some(r) => crate::runtime::request::build(
@@ -193,7 +126,7 @@ impl PullRuntime {
                 }
                 let resources = self
                     .connector
-                    .map_records([(format!("$[{i}]"), r)], &q.params)
+                    .map_records_with(mapping, [(format!("$[{i}]"), r)], &q.params)
                     .map_err(|e| mapping_failure(client, &e))?;
                 mapped.extend(
                     resources
@@ -242,38 +175,6 @@ impl PullRuntime {
     }
 }
 
-fn typed(name: &str, kind: ParamType, max: Option<i64>, text: &str) -> Result<Value, Problem> {
-    match kind {
-        ParamType::Integer => {
-            let n: i64 = text.trim().parse().map_err(|_| {
-                Problem::invalid(format!("search parameter `{name}` must be an integer"))
-            })?;
-            if let Some(m) = max
-                && n > m
-                && name != "_count"
-            {
-                return Err(Problem::invalid(format!(
-                    "search parameter `{name}` must be at most {m}"
-                )));
-            }
-            Ok(Value::from(n))
-        }
-        ParamType::Date => {
-            let bare = text.get(2..).filter(|_| {
-                ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"]
-                    .iter()
-                    .any(|p| text.starts_with(p))
-            });
-            crate::model::fhir::date_time(&Value::String(bare.unwrap_or(text).to_owned()))
-                .map_err(|_| {
-                    Problem::invalid(format!("search parameter `{name}` must be a date"))
-                })?;
-            Ok(Value::String(text.to_owned()))
-        }
-        ParamType::String | ParamType::Token => Ok(Value::String(text.to_owned())),
-    }
-}
-
 fn fhir_search_call(client: &SourceClient, resource_type: &str, params: &Value) -> Call {
     let base = &client.source.url;
     let mut url = base.clone();
@@ -281,17 +182,11 @@ fn fhir_search_call(client: &SourceClient, resource_type: &str, params: &Value) 
         "{}/{resource_type}",
         base.path().trim_end_matches('/')
     ));
-    if let Value::Object(o) = params {
+    let pairs = search_params::fhir_query(params);
+    if !pairs.is_empty() {
         let mut q = url.query_pairs_mut();
-        for (k, v) in o {
-            if k == "_offset" && v.as_i64() == Some(0) {
-                continue;
-            }
-            let text = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            q.append_pair(k, &text);
+        for (k, v) in &pairs {
+            q.append_pair(k, v);
         }
     }
     Call {
