@@ -129,11 +129,18 @@ pub(super) fn map(
     {
         return usage(&format!("connector `{connector}` serves no `{t}`"));
     }
-    if pull && c.pull_resource(target.resource_type.as_deref(), interaction).is_some_and(|r| {
-        (interaction == Interaction::Read && r.read.is_none())
-            || (interaction == Interaction::Search && r.search.is_none())
-    }) {
-        let what = if target.read.is_some() { "read" } else { "search" };
+    if pull
+        && c.pull_resource(target.resource_type.as_deref(), interaction)
+            .is_some_and(|r| {
+                (interaction == Interaction::Read && r.read.is_none())
+                    || (interaction == Interaction::Search && r.search.is_none())
+            })
+    {
+        let what = if target.read.is_some() {
+            "read"
+        } else {
+            "search"
+        };
         return usage(&format!("that resource type has no {what}"));
     }
     if let Some(id) = &target.read

@@ -565,11 +565,7 @@ impl Connector {
         params: &Value,
     ) -> Result<Vec<Value>, MapError> {
         let selected = select(res.search.as_ref().map(|s| &s.records), document);
-        self.map_records_with(
-            self.mapping_for(res, Interaction::Search),
-            selected,
-            params,
-        )
+        self.map_records_with(self.mapping_for(res, Interaction::Search), selected, params)
     }
 
     /// What a read of `res` `id` makes of one source answer: the first record `read.records`

@@ -27,6 +27,7 @@ mod outbound_auth;
 mod push_signatures;
 mod reload;
 mod run_progress;
+mod search_semantics;
 mod serve;
 mod shared_cache;
 mod shipped;

@@ -263,8 +263,12 @@ fn target(ctx: &mut Ctx<'_>, spec: &ConnectorSpec, t: &TestSpec, idx: &str) -> I
         Some(name) => {
             let found = pull.resources.iter().find(|r| &r.resource_type == name);
             if found.is_none() {
-                let hint = did_you_mean(name, types())
-                    .or_else(|| Some(format!("the routes serve `{}`", types().collect::<Vec<_>>().join("`, `"))));
+                let hint = did_you_mean(name, types()).or_else(|| {
+                    Some(format!(
+                        "the routes serve `{}`",
+                        types().collect::<Vec<_>>().join("`, `")
+                    ))
+                });
                 ctx.error(&at("type"), format!("no route serves `{name}`"), hint);
             }
             found
@@ -315,7 +319,10 @@ fn target(ctx: &mut Ctx<'_>, spec: &ConnectorSpec, t: &TestSpec, idx: &str) -> I
             {
                 ctx.error(
                     &at("type"),
-                    format!("`{}` has no search: write `interaction: read`", r.resource_type),
+                    format!(
+                        "`{}` has no search: write `interaction: read`",
+                        r.resource_type
+                    ),
                     None,
                 );
             }

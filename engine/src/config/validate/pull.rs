@@ -238,7 +238,11 @@ fn param(ctx: &mut Ctx<'_>, p_at: &[&str], name: &str, p: &ParamSpec) {
         );
     }
     if p.kind != ParamType::Token && !p.systems.is_empty() {
-        ctx.error(&sub("systems"), "`systems` is for parameters of `type: token`", None);
+        ctx.error(
+            &sub("systems"),
+            "`systems` is for parameters of `type: token`",
+            None,
+        );
     }
     if p.other_systems.is_some() && p.systems.is_empty() {
         ctx.error(
@@ -248,9 +252,16 @@ fn param(ctx: &mut Ctx<'_>, p_at: &[&str], name: &str, p: &ParamSpec) {
         );
     }
     for (i, system) in p.systems.iter().enumerate() {
-        if system.is_empty() || system.contains(['|', ',', '\\']) || system.contains(char::is_whitespace) {
+        if system.is_empty()
+            || system.contains(['|', ',', '\\'])
+            || system.contains(char::is_whitespace)
+        {
             let idx = i.to_string();
-            let at: Vec<&str> = p_at.iter().copied().chain(["systems", idx.as_str()]).collect();
+            let at: Vec<&str> = p_at
+                .iter()
+                .copied()
+                .chain(["systems", idx.as_str()])
+                .collect();
             ctx.error(
                 &at,
                 format!("`{system}` is not a code system URI"),
@@ -339,7 +350,11 @@ fn own_mappings(
 ) {
     let idx = i.to_string();
     let given = [
-        (false, r.mapping.is_some(), segs(&["spec", "pull", "resources", &idx, "mapping"])),
+        (
+            false,
+            r.mapping.is_some(),
+            segs(&["spec", "pull", "resources", &idx, "mapping"]),
+        ),
         (
             true,
             r.read.as_ref().is_some_and(|rd| rd.mapping.is_some()),
