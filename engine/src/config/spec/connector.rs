@@ -545,6 +545,7 @@ pub struct TestSpec {
     pub interaction: Option<Interaction>,
     /// The id a `read` test asks for.
     #[serde(default)]
+    #[schemars(extend("examples" = ["1049221"]))]
     pub id: Option<String>,
     /// The expected FHIR, inline: a list of resources.
     #[serde(default)]

@@ -85,8 +85,7 @@ pub fn connector(
             .flat_map(|p| p.resources.iter())
             .filter(|r| {
                 r.mapping.is_none()
-                    && (r.search.is_some()
-                        || r.read.as_ref().is_some_and(|rd| rd.mapping.is_none()))
+                    && (r.search.is_some() || r.read.as_ref().is_none_or(|rd| rd.mapping.is_none()))
             })
             .map(|r| r.resource_type.as_str())
             .collect();
