@@ -85,7 +85,7 @@ pub fn document(model: &Model, prefix: &str) -> Value {
                                 .params
                                 .iter()
                                 .filter(|(n, _)| n.as_str() != "_count")
-                                .map(|(n, spec)| {
+                                .flat_map(|(n, spec)| {
                                     let schema = match spec.kind {
                                         ParamType::Integer => {
                                             let mut s = json!({"type": "integer"});
@@ -111,7 +111,6 @@ pub fn document(model: &Model, prefix: &str) -> Value {
                                     });
                                     std::iter::once(p.clone()).chain(with_modifiers).collect::<Vec<_>>()
                                 })
-                                .flatten()
                                 .collect();
                             let max = s.params.get("_count").and_then(|p| p.max).unwrap_or(1000);
                             params.push(json!({"name": "_count", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0, "maximum": max}}));
