@@ -23,10 +23,11 @@ use serde_json::Value;
 use crate::model::glob::Glob;
 use crate::model::jsonpath::Query;
 use crate::model::mapping::{Input, MapError, Mapping};
+pub use crate::model::search_params::Param;
 use crate::model::template::{Templates, Text};
 use crate::model::vocabulary::{
     BundleMode, FhirVersion, HmacEncoding, HmacSigned, Interaction, MatchMode, NotFoundReading,
-    OtherSystem, ParamType, PushMode, RecordErrorPolicy, SigningAlg, SourceType, StringModifier,
+    PushMode, RecordErrorPolicy, SigningAlg, SourceType,
 };
 
 /// A string whose value may come from a secret: never shown by `Debug`.
@@ -285,22 +286,6 @@ pub struct Read {
     pub records: Query,
     /// The read's own mapping (`read.mapping`), else its resource type's.
     pub mapping: Option<Mapping>,
-}
-
-/// A search parameter.
-#[derive(Debug, Clone)]
-pub struct Param {
-    pub kind: ParamType,
-    pub required: bool,
-    pub default: Option<Value>,
-    pub max: Option<i64>,
-    pub description: Option<String>,
-    /// The systems a `token` parameter searches (empty: any system).
-    pub systems: Vec<String>,
-    /// What a `token` of another system gets.
-    pub other_system: OtherSystem,
-    /// The modifiers a `string` parameter accepts.
-    pub modifiers: Vec<StringModifier>,
 }
 
 /// An upstream request built from templates.
@@ -622,7 +607,7 @@ impl Connector {
                         .collect(),
                     _ => Vec::new(),
                 };
-                let q = search_params::parse(search, &raw)?;
+                let q = search_params::parse(&search.params, &raw)?;
                 if q.matches_nothing {
                     return Ok(Vec::new());
                 }

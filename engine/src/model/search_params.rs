@@ -12,7 +12,22 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::model::vocabulary::{OtherSystem, ParamType, StringModifier};
-use crate::model::{Param, Search};
+
+/// A declared search parameter.
+#[derive(Debug, Clone)]
+pub struct Param {
+    pub kind: ParamType,
+    pub required: bool,
+    pub default: Option<Value>,
+    pub max: Option<i64>,
+    pub description: Option<String>,
+    /// The systems a `token` parameter searches (empty: any system).
+    pub systems: Vec<String>,
+    /// What a `token` of another system gets.
+    pub other_system: OtherSystem,
+    /// The modifiers a `string` parameter accepts.
+    pub modifiers: Vec<StringModifier>,
+}
 
 /// `_count` of a search when neither the caller nor the definition gives one.
 pub const DEFAULT_COUNT: i64 = 20;
@@ -164,15 +179,18 @@ fn shown(s: &str) -> String {
 }
 
 /// Checks a caller's search parameters (`raw`, percent-decoded, in the order given) against
-/// the declared ones of `search`.
-pub fn parse(search: &Search, raw: &[(String, String)]) -> Result<SearchQuery, SearchParamError> {
+/// the declared ones of a search (`declared`, by name).
+pub fn parse(
+    declared: &BTreeMap<String, Param>,
+    raw: &[(String, String)],
+) -> Result<SearchQuery, SearchParamError> {
     // Each parameter by its declared name, with the modifier it was given with.
     let mut given: BTreeMap<&str, (Option<&str>, &str)> = BTreeMap::new();
     for (k, v) in raw {
         if k == "_format" {
             continue;
         }
-        let (name, modifier) = if search.params.contains_key(k.as_str()) {
+        let (name, modifier) = if declared.contains_key(k.as_str()) {
             (k.as_str(), None)
         } else {
             match k.split_once(':') {
@@ -187,7 +205,7 @@ pub fn parse(search: &Search, raw: &[(String, String)]) -> Result<SearchQuery, S
     let mut params = Map::new();
     let mut modifiers = Map::new();
     let mut matches_nothing = false;
-    for (name, spec) in &search.params {
+    for (name, spec) in declared {
         if !spec.modifiers.is_empty() {
             modifiers.insert(name.clone(), Value::String(String::new()));
         }
@@ -214,7 +232,7 @@ pub fn parse(search: &Search, raw: &[(String, String)]) -> Result<SearchQuery, S
             None => {}
         }
     }
-    let count_spec = search.params.get("_count");
+    let count_spec = declared.get("_count");
     let max = count_spec.and_then(|p| p.max).unwrap_or(MAX_COUNT);
     let count = match given.remove("_count") {
         Some((m, text)) => {
@@ -235,7 +253,7 @@ pub fn parse(search: &Search, raw: &[(String, String)]) -> Result<SearchQuery, S
         None => 0,
     };
     if let Some(unknown) = given.keys().next() {
-        let mut accepted: Vec<&str> = search.params.keys().map(String::as_str).collect();
+        let mut accepted: Vec<&str> = declared.keys().map(String::as_str).collect();
         accepted.extend(["_count", "_offset"]);
         accepted.sort_unstable();
         accepted.dedup();
@@ -398,7 +416,6 @@ pub fn fhir_query(params: &Value) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::jsonpath::Query;
     use serde_json::json;
 
     fn param(kind: ParamType) -> Param {
@@ -414,13 +431,8 @@ mod tests {
         }
     }
 
-    fn search(params: Vec<(&str, Param)>) -> Search {
-        Search {
-            params: params.into_iter().map(|(k, p)| (k.to_owned(), p)).collect(),
-            request: None,
-            records: Query::parse("$").expect("a query"),
-            total: None,
-        }
+    fn search(params: Vec<(&str, Param)>) -> BTreeMap<String, Param> {
+        params.into_iter().map(|(k, p)| (k.to_owned(), p)).collect()
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -605,3 +605,41 @@ fn engine_map_runs_a_types_search_or_its_read() {
     ]);
     assert_eq!(unknown.status.code(), Some(2), "{unknown:?}");
 }
+
+#[test]
+fn openapi_lists_token_forms_and_each_declared_modifier() {
+    let o = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["openapi", "examples/medications"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env_remove("DRUGS_API_URL")
+        .output()
+        .expect("engine runs");
+    assert!(o.status.success(), "{o:?}");
+    let doc: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let params = |path: &str| -> Vec<Value> {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("{path} has parameters"))
+    };
+    let mk = params("/fhir/medications/MedicationKnowledge");
+    let names: Vec<&str> = mk.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "code",
+            "name",
+            "name:exact",
+            "name:contains",
+            "_count",
+            "_offset"
+        ]
+    );
+    let code = mk.iter().find(|p| p["name"] == "code").expect("code");
+    let text = code["schema"]["description"].as_str().unwrap_or_default();
+    assert!(text.contains("`system|code`"), "{text}");
+    assert!(text.contains(RXNORM), "{text}");
+    // Medication has no read: its path is not offered.
+    assert!(doc["paths"]["/fhir/medications/Medication/{id}"].is_null());
+    assert!(doc["paths"]["/fhir/medications/MedicationKnowledge/{id}"]["get"].is_object());
+}

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::context::{Ctx, segs};
+use super::mappings::compile_mapping;
 use super::names::Names;
 use super::source::{exactly_one, source};
-use crate::config::mapping::Compiler;
 use crate::config::spec::{ConnectorDoc, ConnectorSpec, SourceSpec, SourceType, Strategy as S};
 use crate::model::hint::did_you_mean;
-use crate::model::mapping::{Expr, Mapping};
+use crate::model::mapping::Mapping;
 use crate::model::template::{Table, Templates};
 use crate::model::vocabulary::FhirVersion;
 use crate::model::{Connector, Sink, SinkRef, Source, Strategy};
@@ -159,44 +159,6 @@ pub fn connector(
         templates,
         tests,
     })
-}
-
-/// A mapping of a pull resource type (`read`: of its read) compiled in `pull`, made a
-/// [`Mapping`] once the connector's templates are complete.
-pub(super) struct OwnMapping {
-    pub resource_type: String,
-    pub read: bool,
-    pub root: Expr,
-}
-
-/// Compiles the structural template at `at` (its errors reported where they are); `None` when
-/// it has errors.
-pub(super) fn compile_mapping(
-    ctx: &mut Ctx<'_>,
-    at: &[String],
-    templates: &mut Templates,
-    tables: &BTreeMap<String, Table>,
-) -> Option<Expr> {
-    let node = ctx.doc.node.descend(at).clone();
-    let mut compiler = Compiler {
-        templates,
-        tables,
-        errors: Vec::new(),
-    };
-    let expr = compiler.compile(&node, at);
-    let ok = compiler.errors.is_empty();
-    for e in compiler.errors {
-        let loc = crate::config::diagnostic::Location {
-            line: e.line,
-            column: e.column,
-            path: crate::config::yaml::display_path(&e.at),
-        };
-        ctx.diags.push(
-            crate::config::diagnostic::Diagnostic::error(&ctx.doc.file, &loc, e.message)
-                .with_hint(e.hint),
-        );
-    }
-    ok.then_some(expr)
 }
 
 /// The zone of `timeZone`: an IANA name (`Europe/Vienna`), else an error with the closest

@@ -10,6 +10,7 @@ mod cron;
 mod deftests;
 mod fhir_check;
 mod guide;
+mod mappings;
 mod names;
 mod pull;
 mod push;

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use super::connector::{OwnMapping, compile_mapping};
 use super::context::{Ctx, segs};
+use super::mappings::{OwnMapping, compile_mapping};
 use super::source::{query, request};
 use crate::config::spec::{ConnectorSpec, ParamSpec, ParamType, RequestSpec};
 use crate::model::mapping::is_resource_type;

@@ -43,7 +43,7 @@ impl PullRuntime {
                 format!("`{}` has no search here", res.resource_type),
             )
         })?;
-        Ok(search_params::parse(search, raw)?)
+        Ok(search_params::parse(&search.params, raw)?)
     }
 
     /// A searchset Bundle from the sources of `scope`.
