@@ -643,3 +643,50 @@ fn openapi_lists_token_forms_and_each_declared_modifier() {
     assert!(doc["paths"]["/fhir/medications/Medication/{id}"].is_null());
     assert!(doc["paths"]["/fhir/medications/MedicationKnowledge/{id}"]["get"].is_object());
 }
+
+#[test]
+fn references_are_left_as_written_in_a_types_and_a_reads_own_mapping() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let text = r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: { name: drugs }
+spec:
+  strategy: pull
+  source: { url: "https://api.example.org" }
+  pull:
+    resources:
+      - type: Medication
+        search: { request: { path: /drugs }, records: "$.drugs[*]" }
+        read:
+          request: { path: "/drugs/{{id}}" }
+          mapping:
+            resourceType: Medication
+            id: { $path: $.id }
+            code: { text: "read ${env:MM_UNSET_VARIABLE}" }
+        mapping:
+          resourceType: Medication
+          id: { $path: $.id }
+          code: { text: "search ${env:MM_UNSET_VARIABLE}" }
+  tests:
+    - name: a read's mapping keeps the text as written
+      type: Medication
+      interaction: read
+      id: "1"
+      input: { id: "1" }
+      expect: [{ resourceType: Medication, id: "1", code: { text: "read ${env:MM_UNSET_VARIABLE}" } }]
+    - name: the type's mapping keeps it too
+      type: Medication
+      input: { drugs: [{ id: "2" }] }
+      expect: [{ resourceType: Medication, id: "2", code: { text: "search ${env:MM_UNSET_VARIABLE}" } }]
+"#;
+    std::fs::write(dir.path().join("drugs.yaml"), text).expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_engine"))
+        .arg("validate")
+        .arg(dir.path())
+        .env_remove("MM_UNSET_VARIABLE")
+        .output()
+        .expect("engine runs");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("2 definition tests passed"), "{out}");
+}
