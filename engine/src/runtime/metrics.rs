@@ -140,6 +140,8 @@ pub struct Metrics {
     sink_retries: Family<ConnectorLabel, Counter>,
     records_dead_lettered: Family<ConnectorLabel, Counter>,
     push_sink_retries: Family<ConnectorLabel, Counter>,
+    dead_letter_replays: Family<OutcomeLabels, Counter>,
+    dead_letter_deletions: Family<ConnectorLabel, Counter>,
     push_deliveries: Family<OutcomeLabels, Counter>,
     push_queue_commits: Family<ConnectorLabel, Counter>,
     push_queue_committed: Family<ConnectorLabel, Counter>,
@@ -216,6 +218,18 @@ impl Default for Metrics {
                 &mut r,
                 "engine_push_sink_retries",
                 "Retried writes of push connectors",
+                Family::default(),
+            ),
+            dead_letter_replays: add(
+                &mut r,
+                "engine_dead_letter_replays",
+                "Dead letters replayed by an operator, by outcome: `written` (and removed), `kept` (not written: kept with the new reason)",
+                Family::default(),
+            ),
+            dead_letter_deletions: add(
+                &mut r,
+                "engine_dead_letter_deletions",
+                "Dead letters deleted by an operator",
                 Family::default(),
             ),
             push_deliveries: add(
@@ -348,6 +362,23 @@ impl Metrics {
             outcome,
         };
         self.fhir_invalid.get_or_create(&labels).inc_by(n as u64);
+    }
+
+    /// A dead letter replayed: `written` or `kept`.
+    pub fn dead_letter_replay(&self, connector: &str, outcome: &'static str) {
+        let labels = OutcomeLabels {
+            connector: connector.to_owned(),
+            outcome,
+        };
+        self.dead_letter_replays.get_or_create(&labels).inc();
+    }
+
+    /// A dead letter deleted.
+    pub fn dead_letter_deletion(&self, connector: &str) {
+        let c = ConnectorLabel {
+            connector: connector.to_owned(),
+        };
+        self.dead_letter_deletions.get_or_create(&c).inc();
     }
 
     /// A push delivery and its outcome.

@@ -9,6 +9,7 @@ pub mod build_error;
 pub mod cache;
 pub mod clock;
 pub mod connectivity;
+pub mod dead_letters;
 pub mod engine;
 pub mod fhir_validation;
 pub mod guide;
