@@ -212,10 +212,8 @@ pub(super) async fn dead_letters(
             },
             other => {
                 let other: String = other.chars().filter(|c| !c.is_control()).take(64).collect();
-                return Problem::invalid(format!(
-                    "unknown parameter `{other}` (`limit`, `after`)"
-                ))
-                .into_response();
+                return Problem::invalid(format!("unknown parameter `{other}` (`limit`, `after`)"))
+                    .into_response();
             }
         }
     }

@@ -251,12 +251,16 @@ static TAKEN: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Mutex::default);
 
 /// Takes `key`; false when it is taken already.
 fn claim(key: &Path) -> bool {
-    let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     taken.insert(key.to_path_buf())
 }
 
 fn release(key: &Path) {
-    let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     taken.remove(key);
 }
 
@@ -487,7 +491,16 @@ mod tests {
         assert!(LetterId::parse("1700000000000-0").is_ok());
         let long = "9".repeat(65);
         for bad in [
-            "", "../x", "..", "/etc/passwd", "a/b", "a\0b", ".hidden", "a.json", "a b", &long,
+            "",
+            "../x",
+            "..",
+            "/etc/passwd",
+            "a/b",
+            "a\0b",
+            ".hidden",
+            "a.json",
+            "a b",
+            &long,
         ] {
             assert!(
                 matches!(LetterId::parse(bad), Err(DeadLetterError::InvalidId(_))),

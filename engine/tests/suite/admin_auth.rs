@@ -510,6 +510,46 @@ async fn the_status_page_needs_the_reader_role_and_its_run_button_the_operator_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_read_by_a_reader_and_replayed_or_deleted_by_an_operator_only() {
+    let kc = Keycloak::start(&["rsa-1"]).await;
+    let access = AdminAccess::new(None, Some(kc.settings()), roles()).expect("admin access");
+    let (engine, _defs) = engine_with(access);
+    let reader = signed("rsa-1", &claims(&kc.issuer, &[READER]));
+    let operator = signed("rsa-1", &claims(&kc.issuer, &[OPERATOR]));
+    let letter = "/connectors/labels/dead-letters/00000000000000000001";
+    // `labels` is a pull connector: a caller let through hears that it has no dead letters.
+    for token in [&reader, &operator] {
+        let got = engine
+            .get(letter)
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await;
+        assert_refused(&got, 404, "no push or cron connector", "a letter read");
+    }
+    for (method, path) in [
+        ("POST", format!("{letter}/replay")),
+        ("DELETE", letter.to_owned()),
+    ] {
+        let call = |token: Option<&str>| {
+            let call = match method {
+                "POST" => engine.post(&path),
+                _ => engine.delete(&path),
+            };
+            match token {
+                Some(t) => call.header("authorization", format!("Bearer {t}")),
+                None => call,
+            }
+        };
+        let got = call(None).send().await;
+        assert_refused(&got, 401, "needs a bearer token", &path);
+        let got = call(Some(&reader)).send().await;
+        assert_refused(&got, 403, "operator role", &path);
+        let got = call(Some(&operator)).send().await;
+        assert_refused(&got, 404, "no push or cron connector", &path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_is_fetched_once_and_made_up_kids_do_not_reach_the_issuer() {
     let kc = Keycloak::start(&["rsa-1"]).await;
     let access = AdminAccess::new(None, Some(kc.settings()), roles()).expect("admin access");

@@ -12,6 +12,7 @@ mod cache_hits;
 mod cli;
 mod connectivity;
 mod cron_push;
+mod dead_letters;
 mod durability;
 mod edge;
 mod env_references;
