@@ -850,6 +850,8 @@ fn the_mesh_requires_the_roles_and_only_the_gateway_and_clients_reach_the_pods()
     let is_admin = |p: &str| p == "/reload" || p.starts_with("/connectors");
     let mut acting = 0;
     let mut reading = 0;
+    let mut acting_paths = Vec::new();
+    let mut reading_paths = Vec::new();
     for rule in rules {
         for to in rule["to"].as_array().expect("to") {
             let methods: Vec<&str> = to["operation"]["methods"]
@@ -882,10 +884,12 @@ fn the_mesh_requires_the_roles_and_only_the_gateway_and_clients_reach_the_pods()
                     "acting needs the operator: {rule}"
                 );
                 acting += paths.len();
+                acting_paths.extend(paths.iter().map(|p| (p.to_string(), methods.clone())));
             } else {
                 assert_eq!(methods, ["GET"], "{rule}");
                 assert_eq!(allowed, &json!([READER, OPERATOR]), "{rule}");
                 reading += paths.len();
+                reading_paths.extend(paths.iter().map(|p| p.to_string()));
             }
         }
     }
@@ -893,6 +897,18 @@ fn the_mesh_requires_the_roles_and_only_the_gateway_and_clients_reach_the_pods()
     assert!(
         reading >= 4,
         "listings, /reload and dead letters are in the policy"
+    );
+    // A dead letter is read by a reader, replayed (POST) or deleted (DELETE) by an operator.
+    let letters = "/connectors/label-webhook/dead-letters/*";
+    assert!(
+        reading_paths.iter().any(|p| p == letters),
+        "{reading_paths:?}"
+    );
+    assert!(
+        acting_paths
+            .iter()
+            .any(|(p, m)| p == letters && m.contains(&"POST") && m.contains(&"DELETE")),
+        "{acting_paths:?}"
     );
 
     let net = deployed("networkpolicy.yaml");
