@@ -345,6 +345,16 @@ pub struct ServeArgs {
     /// Redis is away, the engine serves from memory and the sources. The URL is never shown.
     #[arg(long, env = "ENGINE_SHARED_CACHE", hide_env_values = true)]
     pub shared_cache: Option<String>,
+    /// An OTLP/HTTP collector (`http://HOST:4318`; `/v1/traces` is added) that gets a span
+    /// per inbound request and per source call attempt, with the W3C trace ids the engine
+    /// carries, as OTLP JSON in background batches. A collector that is down or slow costs
+    /// requests nothing: spans that do not fit the bounded queue are dropped and counted
+    /// (`engine_otlp_spans_total{outcome="dropped"}`).
+    #[arg(long, env = "ENGINE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Most spans waiting for the OTLP collector; more are dropped and counted.
+    #[arg(long, env = "ENGINE_OTLP_QUEUE", default_value_t = crate::runtime::otlp::DEFAULT_QUEUE, value_parser = clap::value_parser!(usize))]
+    pub otlp_queue: usize,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

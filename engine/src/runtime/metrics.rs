@@ -43,6 +43,11 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpanLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     connector: String,
     outcome: &'static str,
@@ -97,6 +102,11 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// The connector (empty for routes of none) and the kind of route.
+    pub fn names(&self) -> (&str, &'static str) {
+        (&self.labels.connector, self.labels.route)
+    }
+
     /// An HTTP request of this route answered with `status` after `took`.
     pub fn request(&self, status: u16, took: Duration) {
         self.histogram
@@ -535,6 +545,25 @@ impl Metrics {
             waiting.get_or_create(&c).set(gauge(queued));
             dead.get_or_create(&c).set(gauge(dead_letters));
         }
+        let otlp = crate::runtime::otlp::counts();
+        let span_counters = Family::<SpanLabels, Counter>::default();
+        r.register(
+            "engine_otlp_spans",
+            "Spans for the OTLP collector (`--otlp-endpoint`), by outcome: `exported`, `dropped` (the queue was full: a collector down or slow)",
+            span_counters.clone(),
+        );
+        for (outcome, n) in [("exported", otlp.exported), ("dropped", otlp.dropped)] {
+            span_counters
+                .get_or_create(&SpanLabels { outcome })
+                .inc_by(n);
+        }
+        let failed_exports = add(
+            &mut r,
+            "engine_otlp_export_failures",
+            "Exports of spans the OTLP collector did not take (down, refusing, no answer in 5 s)",
+            Counter::<u64>::default(),
+        );
+        failed_exports.inc_by(otlp.failed_exports);
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -15,6 +15,7 @@ pub mod fhir_validation;
 pub mod guide;
 pub mod json_count;
 pub mod metrics;
+pub mod otlp;
 pub mod outbound;
 pub mod outbound_auth;
 pub mod problem;
