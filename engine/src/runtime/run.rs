@@ -253,7 +253,11 @@ impl Runner {
             return (self.finish(report), Vec::new());
         };
         let mut watermarks = state.watermarks.clone();
-        let resources = self.read(cron, &state, &mut report, &mut watermarks).await;
+        // One trace (and request id) for all the source calls and sink posts of the run.
+        let trace = TraceContext::fresh(uuid::Uuid::new_v4().to_string());
+        let resources = self
+            .read(cron, &trace, &state, &mut report, &mut watermarks)
+            .await;
         if !report.failures.is_empty() {
             // Nothing is written from a run that could not read everything.
             return (self.finish(report), resources);
@@ -265,7 +269,7 @@ impl Runner {
             return (self.finish(report), to_write);
         }
         self.progress.observe(Phase::Writing, &report);
-        self.write(cron, to_write, digests, &mut state, &mut report)
+        self.write(cron, (to_write, &trace), digests, &mut state, &mut report)
             .await;
         if report.failures.is_empty() {
             state.watermarks = watermarks;
@@ -310,13 +314,12 @@ impl Runner {
     async fn read(
         &self,
         cron: &Cron,
+        trace: &TraceContext,
         state: &ConnectorState,
         report: &mut RunReport,
         watermarks: &mut BTreeMap<String, String>,
     ) -> Vec<Value> {
         let mut resources = Vec::new();
-        // One trace (and request id) for all the source calls of the run.
-        let trace = TraceContext::fresh(uuid::Uuid::new_v4().to_string());
         match (&cron.read, &self.client) {
             (CronRead::Import(import), _) => {
                 self.import(import, report, &mut resources).await;
@@ -343,7 +346,7 @@ impl Runner {
                     each,
                 };
                 let out = (&mut resources, watermarks);
-                self.fetch(cron, (client, &trace), fetch, state, report, out)
+                self.fetch(cron, (client, trace), fetch, state, report, out)
                     .await;
             }
             (
@@ -356,7 +359,7 @@ impl Runner {
             ) => {
                 let sync = (resource_types.as_slice(), *incremental, *page_size);
                 let out = (&mut resources, watermarks);
-                self.sync(cron, (client, &trace), sync, state, report, out)
+                self.sync(cron, (client, trace), sync, state, report, out)
                     .await;
             }
         }
@@ -470,7 +473,7 @@ impl Runner {
     async fn write(
         &self,
         cron: &Cron,
-        to_write: Vec<Value>,
+        (to_write, trace): (Vec<Value>, &TraceContext),
         digests: Vec<(String, String)>,
         state: &mut ConnectorState,
         report: &mut RunReport,
@@ -496,6 +499,7 @@ impl Runner {
                 recorded: self.clock.now().to_rfc3339(),
                 check_written: false,
             }),
+            trace: Some(trace.trace.clone()),
         };
         let w = self.writer.write(to_write, &opts).await;
         report.resources_written = w.written;
@@ -897,6 +901,7 @@ impl DeadLetters for Runner {
                     recorded: self.clock.now().to_rfc3339(),
                     check_written: false,
                 }),
+                trace: Some(crate::runtime::trace_context::Trace::fresh()),
             };
             let w = self.writer.write(resources, &opts).await;
             if let Some(f) = w.failures.iter().find(|f| f.transient) {

@@ -322,3 +322,108 @@ async fn a_collector_that_hangs_or_is_down_costs_the_requests_nothing() {
     }
     held.abort();
 }
+
+/// A FHIR sink stand-in taking transactions, keeping each post's `traceparent`.
+async fn sink(seen: Arc<Mutex<Vec<String>>>) -> String {
+    let app = axum::Router::new().fallback(move |headers: HeaderMap, body: String| {
+        let seen = seen.clone();
+        async move {
+            if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+                seen.lock().expect("seen").push(tp.to_owned());
+            }
+            let bundle: Value = serde_json::from_str(&body).unwrap_or_default();
+            let answers: Vec<Value> = bundle["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|_| json!({"response": {"status": "201 Created"}}))
+                .collect();
+            fhir_json(
+                200,
+                &json!({"resourceType": "Bundle", "type": "transaction-response", "entry": answers}),
+            )
+        }
+    });
+    let (listener, url) = bind().await;
+    spawn_app(listener, app);
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_run_s_source_calls_and_sink_posts_share_its_trace() {
+    let (collector, collector_url) = Collector::start().await;
+    let from_source = Arc::new(Mutex::new(Vec::new()));
+    let at_sink = Arc::new(Mutex::new(Vec::new()));
+    let a = source("from-a", from_source.clone()).await;
+    let store = sink(at_sink.clone()).await;
+    let yaml = format!(
+        r#"{}apiVersion: fosps.gravitate-health.eu/v1
+kind: Sink
+metadata: {{ name: store }}
+spec:
+  fhir: {{ url: "{store}", version: R4, mode: transaction, retries: 0, timeout: 5s }}
+---
+apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: copy }}
+spec:
+  strategy: cron
+  schedule: {{ cron: "0 2 * * *" }}
+  sources: [a]
+  sync: {{ resourceTypes: [Patient] }}
+  sink: store
+"#,
+        fhir_source("a", &a)
+    );
+    let defs = definitions(&yaml);
+    let state = tempfile::tempdir().expect("state");
+    let server = serve(
+        defs.path(),
+        state.path(),
+        &["--otlp-endpoint", &collector_url, "--admin-open"],
+    )
+    .await;
+    let c = client(CLIENT_TIMEOUT);
+    let got = send(c.post(format!("{}/connectors/copy/run", server.base))).await;
+    assert_eq!(got.status, 202, "{}", got.text);
+
+    // The sink's post carries the run's trace, as the source's call does.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let posted = loop {
+        if let Some(tp) = at_sink.lock().expect("seen").first().cloned() {
+            break tp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run posts to the sink within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let called = from_source.lock().expect("seen")[0].clone();
+    let trace = &posted[3..35];
+    assert_eq!(&called[3..35], trace, "{called} / {posted}");
+    // Both exported, children of the run's span.
+    let spans = loop {
+        let spans = collector.of_trace(trace);
+        if spans.len() >= 2 {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two spans within 15 s: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let post = spans
+        .iter()
+        .find(|s| s["name"] == "POST sink")
+        .unwrap_or_else(|| panic!("the sink's span: {spans:#?}"));
+    let call = spans
+        .iter()
+        .find(|s| attr(s, "fosps.source")["stringValue"] == "a")
+        .unwrap_or_else(|| panic!("the source's span: {spans:#?}"));
+    assert_eq!(post["parentSpanId"], call["parentSpanId"], "{spans:#?}");
+    assert_eq!(&posted[36..52], post["spanId"], "{posted}: {post}");
+    assert_eq!(attr(post, "server.origin")["stringValue"], store.as_str());
+    assert_eq!(attr(post, "http.response.status_code")["intValue"], "200");
+}

@@ -392,6 +392,8 @@ impl PushEndpoint {
             identifier_system: self.push().identifier_system.clone(),
             declared_types: self.connector.declared_types(),
             provenance: Some(provenance),
+            // Its own trace: the sink's posts carry it.
+            trace: Some(crate::runtime::trace_context::Trace::fresh()),
         };
         let report = match inflight {
             None => self.writer.write(resources, &opts).await,
