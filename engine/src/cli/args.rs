@@ -82,6 +82,30 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: RunOutput,
     },
+    /// Work with one push or cron connector's dead letters on a running engine, through its
+    /// admin API: `list` (a page: id, received, size, reason), `show ID` (payload, reason and
+    /// the OperationOutcome kept with it), `replay ID` (sent again through the current
+    /// definition; removed once written, kept with the new reason when not), `delete ID`. The
+    /// bearer token is read from `ENGINE_ADMIN_TOKEN`. Exit 0 done, 1 the engine could not (no
+    /// such letter, busy, not written), 2 unusable invocation (bad URL, no answer, token
+    /// refused).
+    DeadLetters {
+        /// Name of the push or cron connector.
+        name: String,
+        #[command(subcommand)]
+        action: DeadLetterAction,
+        /// Base URL of the engine's admin API.
+        #[arg(
+            long,
+            env = "ENGINE_URL",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        url: String,
+        /// `text` (lines for people) or `json` (the engine's answers, for scripts).
+        #[arg(long, value_enum, default_value = "text", global = true)]
+        output: RunOutput,
+    },
     /// Check that an engine answers: GET an `http://` URL, exit 0 on a 2xx answer (the
     /// image's health check, which has no curl).
     Probe {
@@ -166,6 +190,26 @@ pub struct MapTarget {
     /// the one resource the read answers.
     #[arg(long, value_name = "ID", conflicts_with = "params")]
     pub read: Option<String>,
+}
+
+/// What `engine dead-letters` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLetterAction {
+    /// A page of the dead letters, oldest first.
+    List {
+        /// Most letters listed (1 to 1000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// List the letters after this id (the next page).
+        #[arg(long, value_name = "ID")]
+        after: Option<String>,
+    },
+    /// One letter: its payload, reason and OperationOutcome.
+    Show { id: String },
+    /// Send a letter again through the connector's current definition.
+    Replay { id: String },
+    /// Remove a letter.
+    Delete { id: String },
 }
 
 /// Where local state and the embedded NDJSON sink live.
@@ -319,6 +363,16 @@ pub struct ServeArgs {
     /// Redis is away, the engine serves from memory and the sources. The URL is never shown.
     #[arg(long, env = "ENGINE_SHARED_CACHE", hide_env_values = true)]
     pub shared_cache: Option<String>,
+    /// An OTLP/HTTP collector (`http://HOST:4318`; `/v1/traces` is added) that gets a span
+    /// per inbound request and per source call attempt, with the W3C trace ids the engine
+    /// carries, as OTLP JSON in background batches. A collector that is down or slow costs
+    /// requests nothing: spans that do not fit the bounded queue are dropped and counted
+    /// (`engine_otlp_spans_total{outcome="dropped"}`).
+    #[arg(long, env = "ENGINE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Most spans waiting for the OTLP collector; more are dropped and counted.
+    #[arg(long, env = "ENGINE_OTLP_QUEUE", default_value_t = crate::runtime::otlp::DEFAULT_QUEUE, value_parser = clap::value_parser!(usize))]
+    pub otlp_queue: usize,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

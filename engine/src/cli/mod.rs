@@ -1,11 +1,12 @@
 //! The command line: every command (`serve`, `run`, `validate`, `check`, `map`, `schema`,
-//! `openapi`, `manifests`, `probe`), its output and its exit code (0 valid or done, 1 invalid or failed, 2
+//! `openapi`, `manifests`, `probe`, `dead-letters`), its output and its exit code (0 valid or done, 1 invalid or failed, 2
 //! unusable invocation). The only place that prints.
 //!
 //! `args.rs` holds the commands' flags; `definitions.rs` loads definitions for a command;
 //! `serve.rs` runs the engine (`serve`, `run`, `probe`); `progress.rs` shows a run's progress;
 //! `check.rs` checks definitions offline (`validate`, `map`); `connectivity.rs` calls one
-//! connector's source and sink once (`check`); `generate.rs` prints what is generated from
+//! connector's source and sink once (`check`); `dead_letters.rs` works with a running
+//! engine's dead letters through its admin API; `generate.rs` prints what is generated from
 //! them.
 
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 mod args;
 mod check;
 mod connectivity;
+mod dead_letters;
 mod definitions;
 mod generate;
 mod progress;
@@ -62,6 +64,12 @@ pub fn run(cli: Cli) -> ExitCode {
             prefix,
             image,
         } => generate::manifests(paths, out, check, prefix, image),
+        Command::DeadLetters {
+            name,
+            action,
+            url,
+            output,
+        } => dead_letters::dead_letters(name, action, url, output),
         Command::Probe { url } => match serve::probe(&url) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -27,6 +27,8 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         header_read_timeout,
         max_connections,
         shared_cache,
+        otlp_endpoint,
+        otlp_queue,
         admin,
     } = args;
     let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
@@ -66,6 +68,13 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     };
     if max_connections == 0 {
         return usage("--max-connections must be at least 1");
+    }
+    if let Some(e) = otlp_endpoint
+        .as_deref()
+        .map(crate::runtime::otlp::traces_url)
+        .and_then(Result::err)
+    {
+        return usage(&format!("--otlp-endpoint: {e}"));
     }
     let shared = match shared_cache
         .as_deref()
@@ -141,6 +150,11 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     let served = runtime.block_on(async {
         if let Some(tier) = &shared {
             tier.start();
+        }
+        if let Some(endpoint) = &otlp_endpoint
+            && let Err(e) = crate::runtime::otlp::start(endpoint, otlp_queue)
+        {
+            tracing::error!("--otlp-endpoint: {e}; no spans are exported");
         }
         let listener = crate::http::server::bind(&listen).await?;
         crate::http::server::serve(

@@ -152,8 +152,8 @@ fn virtual_service(model: &Model, opts: &Options) -> Value {
 }
 
 /// The admin API needs a JWT of the realm carrying a role (the engine checks it again):
-/// acting (starting runs, emptying caches) the operator role, reading (listings, `/reload`,
-/// dead letters) the reader or operator role. FHIR routes, push endpoints (which authenticate
+/// acting (starting runs, emptying caches, replaying and deleting dead letters) the operator
+/// role, reading (listings, `/reload`, dead letters) the reader or operator role. FHIR routes, push endpoints (which authenticate
 /// callers themselves), operations endpoints and CORS preflights need none.
 fn authorization(model: &Model, opts: &Options) -> Value {
     let mut acting = Vec::new();
@@ -165,13 +165,13 @@ fn authorization(model: &Model, opts: &Options) -> Value {
             Strategy::Cron(_) => {
                 acting.push(json!({"operation": {"methods": ["POST"], "paths": [format!("/connectors/{}/run", c.name)]}}));
                 // The records its runs skipped (`run.onRecordError: skip`).
-                reading.push(format!("/connectors/{}/dead-letters", c.name));
+                dead_letters(&c.name, &mut reading, &mut acting);
             }
             Strategy::Pull(p) if p.cache.is_some() => {
                 acting.push(json!({"operation": {"methods": ["DELETE"], "paths": [format!("/connectors/{}/cache", c.name)]}}))
             }
             Strategy::Push(p) => {
-                reading.push(format!("/connectors/{}/dead-letters", c.name));
+                dead_letters(&c.name, &mut reading, &mut acting);
                 open_posts.push(p.path.clone());
             }
             Strategy::Pull(_) => {}
@@ -213,6 +213,14 @@ fn authorization(model: &Model, opts: &Options) -> Value {
         "metadata": {"name": opts.app, "namespace": opts.namespace, "labels": labels(opts)},
         "spec": {"selector": {"matchLabels": {"app": opts.app}}, "action": "ALLOW", "rules": rules}
     })
+}
+
+/// The dead-letter paths of connector `name`: the listing and each letter read; each letter
+/// replayed (POST) or deleted (DELETE).
+fn dead_letters(name: &str, reading: &mut Vec<String>, acting: &mut Vec<Value>) {
+    reading.push(format!("/connectors/{name}/dead-letters"));
+    reading.push(format!("/connectors/{name}/dead-letters/*"));
+    acting.push(json!({"operation": {"methods": ["POST", "DELETE"], "paths": [format!("/connectors/{name}/dead-letters/*")]}}));
 }
 
 /// Only the Istio ingress gateway, and the pods of the namespace labelled as the engine's

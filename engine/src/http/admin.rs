@@ -1,14 +1,16 @@
 //! The operations and admin handlers: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`,
-//! `/reload`, and the `/connectors` API (list, detail, cache delete, run, dead letters).
+//! `/reload`, and the `/connectors` API (list, detail, cache delete, run, dead letters: listed a page at a
+//! time, read, replayed, deleted).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::model::Strategy;
+use crate::runtime::dead_letters::{self, DeadLetterError, DeadLetters, LetterId, Replayed};
 use crate::runtime::engine::Engine;
 use crate::runtime::problem::{Problem, ProblemKind, RETRY_AFTER};
 
@@ -152,16 +154,162 @@ pub(super) async fn run_now(
         .into_response()
 }
 
+/// The owner of connector `name`'s dead letters: its push endpoint or cron runner.
+fn letters_of<'a>(engine: &'a Engine, name: &str) -> Result<&'a dyn DeadLetters, Problem> {
+    if let Some(ep) = engine.pushes.get(name) {
+        return Ok(ep.as_ref());
+    }
+    match engine.crons.get(name) {
+        Some(job) => Ok(&job.runner),
+        None => Err(Problem::not_found(format!(
+            "no push or cron connector `{name}`"
+        ))),
+    }
+}
+
+/// A dead-letter error as the caller's answer.
+fn letter_problem(e: DeadLetterError) -> Problem {
+    let text = e.to_string();
+    match e {
+        DeadLetterError::InvalidId(_) => Problem::invalid(text),
+        DeadLetterError::NotFound(_) => Problem::not_found(text),
+        DeadLetterError::Busy(_) => Problem::new(ProblemKind::Conflict, text),
+        DeadLetterError::Storage(_) => Problem::new(ProblemKind::Internal, text),
+    }
+}
+
+/// Letters listed when the caller does not say how many.
+const DEFAULT_PAGE: usize = 100;
+
+/// `GET /connectors/{name}/dead-letters[?limit=N&after=ID]`: a page of the connector's dead
+/// letters, light (id, received, reason, bytes; no payload), as a JSON array; the count of all
+/// in `X-Total-Count`, the next page in `Link: <...>; rel="next"`.
 pub(super) async fn dead_letters(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Response {
-    if let Some(ep) = engine.pushes.get(&name) {
-        return axum::Json(ep.dead_letters().await).into_response();
+    let owner = match letters_of(&engine, &name) {
+        Ok(o) => o,
+        Err(p) => return p.into_response(),
+    };
+    let (mut limit, mut after) = (DEFAULT_PAGE, None);
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=dead_letters::MAX_PAGE).contains(&n) => limit = n,
+                _ => {
+                    return Problem::invalid(format!(
+                        "`limit` is a number from 1 to {}",
+                        dead_letters::MAX_PAGE
+                    ))
+                    .into_response();
+                }
+            },
+            "after" => match LetterId::parse(&v) {
+                Ok(id) => after = Some(id),
+                Err(e) => return letter_problem(e).into_response(),
+            },
+            other => {
+                let other: String = other.chars().filter(|c| !c.is_control()).take(64).collect();
+                return Problem::invalid(format!("unknown parameter `{other}` (`limit`, `after`)"))
+                    .into_response();
+            }
+        }
     }
-    match engine.crons.get(&name) {
-        Some(job) => axum::Json(job.runner.dead_letters().await).into_response(),
-        None => Problem::not_found(format!("no push or cron connector `{name}`")).into_response(),
+    let page = match owner.store().page(after, limit).await {
+        Ok(p) => p,
+        Err(e) => return letter_problem(e).into_response(),
+    };
+    let mut answer = axum::Json(&page.letters).into_response();
+    let headers = answer.headers_mut();
+    headers.insert("x-total-count", HeaderValue::from(page.total));
+    if let Some(next) = &page.next
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "<dead-letters?after={next}&limit={limit}>; rel=\"next\""
+        ))
+    {
+        headers.insert(header::LINK, v);
+    }
+    answer
+}
+
+/// `GET /connectors/{name}/dead-letters/{id}`: the letter whole: payload, reason, and the
+/// `OperationOutcome` kept with it.
+pub(super) async fn dead_letter(
+    State(engine): State<Arc<Engine>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    let found = async {
+        let owner = letters_of(&engine, &name)?;
+        let id = LetterId::parse(&id).map_err(letter_problem)?;
+        owner.store().get(id).await.map_err(letter_problem)
+    };
+    match found.await {
+        Ok(letter) => axum::Json(letter).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// `POST /connectors/{name}/dead-letters/{id}/replay`: the letter sent again through the
+/// current definition. Written: 200 and `{"status": "written"}`, the letter removed. Not
+/// written: an `OperationOutcome` (422, or 503 when the sink may take it later), the letter
+/// kept with the new reason. 409 while another replay or deletion of it goes on.
+pub(super) async fn replay_dead_letter(
+    State(engine): State<Arc<Engine>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    match replay(&engine, &name, &id).await {
+        Ok(Replayed::Written { resources }) => axum::Json(json!({
+            "connector": name,
+            "id": id,
+            "status": "written",
+            "resources": resources,
+        }))
+        .into_response(),
+        Ok(Replayed::Kept {
+            transient, reason, ..
+        }) => {
+            let text = format!("replayed, not written; the dead letter stays: {reason}");
+            let kind = if transient {
+                ProblemKind::Unavailable {
+                    retry_after: RETRY_AFTER,
+                }
+            } else {
+                ProblemKind::Unprocessable
+            };
+            Problem::new(kind, text).into_response()
+        }
+        Err(p) => p.into_response(),
+    }
+}
+
+/// A replay of letter `id` of connector `name` (shared by the API and the status page).
+pub(super) async fn replay(engine: &Engine, name: &str, id: &str) -> Result<Replayed, Problem> {
+    let owner = letters_of(engine, name)?;
+    let id = LetterId::parse(id).map_err(letter_problem)?;
+    dead_letters::replay(owner, &engine.metrics, id)
+        .await
+        .map_err(letter_problem)
+}
+
+/// A deletion of letter `id` of connector `name` (shared by the API and the status page).
+pub(super) async fn delete(engine: &Engine, name: &str, id: &str) -> Result<(), Problem> {
+    let owner = letters_of(engine, name)?;
+    let id = LetterId::parse(id).map_err(letter_problem)?;
+    dead_letters::delete(owner, &engine.metrics, id)
+        .await
+        .map_err(letter_problem)
+}
+
+/// `DELETE /connectors/{name}/dead-letters/{id}`: 204, the letter removed.
+pub(super) async fn delete_dead_letter(
+    State(engine): State<Arc<Engine>>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    match delete(&engine, &name, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(p) => p.into_response(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The admin routes' layer: every request to the admin API (`/connectors...`, `/reload`) is
 //! checked by the engine's `AdminAccess` before its handler runs. Reading (GET) needs the
-//! reader or operator role, acting (POST run, DELETE cache) the operator role. Refusals are
+//! reader or operator role, acting (POST run, DELETE cache, a dead letter's replay or delete)
+//! the operator role. Refusals are
 //! `OperationOutcome`s: 401 with `WWW-Authenticate: Bearer` when the token is missing, expired
 //! or not valid (the caller learns which of the three, nothing more), 403 when a valid token
 //! lacks the role or the API is closed, 503 when the issuer's keys cannot be had. The token

@@ -140,6 +140,8 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
         h.get("tracestate"),
     );
     let trace_id = trace.id();
+    let (span_id, parent_span) = (trace.span_id, trace.parent_span);
+    let began = crate::runtime::otlp::enabled().then(std::time::SystemTime::now);
     req.extensions_mut().insert(RequestId(id.clone(), trace));
     let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
     let mut resp = if target > engine.limits.uri {
@@ -161,7 +163,10 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
         )
         .into_response()
     } else {
-        match tokio::time::timeout(engine.limits.timeout, next.run(req)).await {
+        // Every log line of the request carries its trace id (the `request` span's field).
+        let span = tracing::info_span!("request", trace_id = %trace_id);
+        let answered = tokio::time::timeout(engine.limits.timeout, next.run(req));
+        match tracing::Instrument::instrument(answered, span).await {
             Ok(r) if r.status().as_u16() >= 400 && !is_json(&r) => {
                 as_outcome(r, &method, uri.path()).await
             }
@@ -176,9 +181,48 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
     let status = resp.status().as_u16();
     let took = start.elapsed();
     route.request(status, took);
+    if let Some(began) = began {
+        let (connector, kind) = route.names();
+        server_span(
+            (trace_id.0, span_id, parent_span),
+            (&method, kind, connector),
+            status,
+            (began, began + took),
+        );
+    }
     tracing::info!(request_id = id.to_str().unwrap_or_default(), trace_id = %trace_id, %method, path = uri.path(), status, ms = took.as_secs_f64() * 1000.0, "request");
     resp.headers_mut().insert(x_request_id(), id);
     resp
+}
+
+/// The exported span of an inbound request: its route (the kind, and the connector), method
+/// and status; an error when answered 5xx.
+fn server_span(
+    (trace_id, span_id, parent): (u128, u64, Option<u64>),
+    (method, route, connector): (&Method, &'static str, &str),
+    status: u16,
+    (start, end): (std::time::SystemTime, std::time::SystemTime),
+) {
+    use crate::runtime::otlp::{Attr, Kind, Span, record};
+    let mut attributes = vec![
+        ("http.request.method", Attr::Str(method.as_str().to_owned())),
+        ("http.route", Attr::Str(route.to_owned())),
+        ("http.response.status_code", Attr::Int(i64::from(status))),
+    ];
+    if !connector.is_empty() {
+        attributes.push(("fosps.connector", Attr::Str(connector.to_owned())));
+    }
+    record(Span {
+        trace_id,
+        span_id,
+        parent,
+        name: format!("{method} {route}"),
+        kind: Kind::Server,
+        start,
+        end,
+        attributes,
+        error: status >= 500,
+    });
 }
 
 /// True when an answer is JSON: an `OperationOutcome`, or an operations endpoint's own

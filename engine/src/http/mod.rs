@@ -22,7 +22,8 @@ use axum::routing::{delete, get, post};
 
 use crate::runtime::engine::Engine;
 use admin::{
-    dead_letters, healthz, invalidate, list, metrics, openapi, readyz, reload_status, run_now, show,
+    dead_letter, dead_letters, delete_dead_letter, healthz, invalidate, list, metrics, openapi,
+    readyz, reload_status, replay_dead_letter, run_now, show,
 };
 use guard::{Guard, guard, not_found};
 use routes::{batch, push, scoped_read, search, search_or_read, version_batch};
@@ -42,6 +43,14 @@ pub fn router(engine: Arc<Engine>) -> Router {
     let admin = Router::new()
         .route("/connectors/{name}/run", post(run_now))
         .route("/connectors/{name}/dead-letters", get(dead_letters))
+        .route(
+            "/connectors/{name}/dead-letters/{id}",
+            get(dead_letter).delete(delete_dead_letter),
+        )
+        .route(
+            "/connectors/{name}/dead-letters/{id}/replay",
+            post(replay_dead_letter),
+        )
         .route("/reload", get(reload_status))
         .route("/connectors", get(list))
         .route("/connectors/list", get(list))

@@ -1,10 +1,11 @@
 //! The status page at `/ui/`: server-rendered HTML (no script, no build step) of the same data
 //! the admin API gives (`admin::summary` of every connector, dead letters, `/reload`), every
 //! value escaped. It sits behind the admin layer (`auth`): reading it needs the reader role,
-//! its one action (a cron run, a form POST) the operator role. Since a browser that holds a
-//! token (a gateway that adds it, say) sends it on any site's form too, the action also needs
-//! the request to come from the page's own origin (`Sec-Fetch-Site`, else `Origin`): a
-//! cross-site form is refused. The answers forbid scripts, framing and caching.
+//! its actions (form POSTs: a cron run; a dead letter's replay and delete) the operator role.
+//! Since a browser that holds a token (a gateway that adds it, say) sends it on any site's
+//! form too, an action also needs the request to come from the page's own origin
+//! (`Sec-Fetch-Site`, else `Origin`): a cross-site form is refused. The answers forbid
+//! scripts, framing and caching.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -50,6 +51,14 @@ pub(super) fn routes() -> Router<Arc<Engine>> {
         .route("/ui/", get(page))
         .route("/ui/style.css", get(style))
         .route("/ui/connectors/{name}/run", post(run))
+        .route(
+            "/ui/connectors/{name}/dead-letters/{id}/replay",
+            post(replay_letter),
+        )
+        .route(
+            "/ui/connectors/{name}/dead-letters/{id}/delete",
+            post(delete_letter),
+        )
 }
 
 /// `/ui` to `/ui/`, so that the page's relative links resolve below it.
@@ -64,13 +73,44 @@ async fn style() -> Response {
 }
 
 /// `?started=NAME`, after the run button: the page says so and looks again shortly.
+/// `?connector=NAME&letter=ID&done=replayed|kept|deleted`, after a dead letter's button: the
+/// page says what became of it.
 #[derive(serde::Deserialize)]
 struct Shown {
     started: Option<String>,
+    connector: Option<String>,
+    letter: Option<String>,
+    done: Option<String>,
+}
+
+/// What a dead letter's button did, said on the page.
+fn letter_notice(engine: &Engine, shown: &Shown) -> Option<String> {
+    let (Some(name), Some(letter), Some(done)) = (&shown.connector, &shown.letter, &shown.done)
+    else {
+        return None;
+    };
+    if !(engine.pushes.contains_key(name) || engine.crons.contains_key(name)) {
+        return None;
+    }
+    let letter = crate::runtime::dead_letters::LetterId::parse(letter).ok()?;
+    let what = match done.as_str() {
+        "replayed" => "was replayed: written, and removed from the dead letters",
+        "kept" => "was replayed but not written: it stays, with the new reason",
+        "deleted" => "was deleted",
+        _ => return None,
+    };
+    Some(format!(
+        "<p class=\"notice\" id=\"letter-done\">Dead letter <strong>{}</strong> of <strong>{}</strong> {what}.</p>",
+        esc(letter.as_str()),
+        esc(name)
+    ))
 }
 
 async fn page(State(engine): State<Arc<Engine>>, Query(shown): Query<Shown>) -> Response {
-    let started = shown.started.filter(|name| engine.crons.contains_key(name));
+    let started = shown
+        .started
+        .clone()
+        .filter(|name| engine.crons.contains_key(name));
     let running = engine.crons.values().any(|j| j.is_running());
     let mut body = String::new();
     if let Some(name) = &started {
@@ -79,6 +119,9 @@ async fn page(State(engine): State<Arc<Engine>>, Query(shown): Query<Shown>) -> 
             "<p class=\"notice\" id=\"started\">A run of <strong>{}</strong> was started; this page reloads until it is over.</p>",
             esc(name)
         );
+    }
+    if let Some(notice) = letter_notice(&engine, &shown) {
+        body.push_str(&notice);
     }
     body.push_str(&reload_section(&engine));
     let mut sections = String::new();
@@ -148,6 +191,71 @@ async fn run(
     match HeaderValue::from_str(&to) {
         Ok(v) => (StatusCode::SEE_OTHER, [(header::LOCATION, v)]).into_response(),
         Err(_) => answer,
+    }
+}
+
+/// A dead letter's replay button: the same as `POST /connectors/{name}/dead-letters/{id}/replay`,
+/// from the page's own origin only; then back to the page, which says what became of it.
+async fn replay_letter(
+    State(engine): State<Arc<Engine>>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = cross_site(&engine, &headers, "replay") {
+        return refused;
+    }
+    match super::admin::replay(&engine, &name, &id).await {
+        Ok(crate::runtime::dead_letters::Replayed::Written { .. }) => {
+            back_to_page(&name, &id, "replayed")
+        }
+        Ok(crate::runtime::dead_letters::Replayed::Kept { .. }) => back_to_page(&name, &id, "kept"),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// A dead letter's delete button: the same as `DELETE /connectors/{name}/dead-letters/{id}`
+/// (a form can only POST), from the page's own origin only; then back to the page.
+async fn delete_letter(
+    State(engine): State<Arc<Engine>>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = cross_site(&engine, &headers, "delete") {
+        return refused;
+    }
+    match super::admin::delete(&engine, &name, &id).await {
+        Ok(()) => back_to_page(&name, &id, "deleted"),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// The refusal of a dead-letter form that does not come from the page's own origin.
+fn cross_site(engine: &Engine, headers: &HeaderMap, action: &str) -> Option<Response> {
+    if same_origin(headers, engine.limits.public_url.as_deref()) {
+        return None;
+    }
+    tracing::info!(action, "cross-site dead-letter form refused");
+    Some(
+        Problem::new(
+            ProblemKind::Forbidden,
+            "this form is taken only from the status page itself (its own origin); scripts use the /connectors/{name}/dead-letters API",
+        )
+        .into_response(),
+    )
+}
+
+/// From `/ui/connectors/NAME/dead-letters/ID/ACTION` back to `/ui/`, relative, saying what
+/// became of the letter.
+fn back_to_page(name: &str, id: &str, done: &str) -> Response {
+    let to = format!(
+        "../../../../?connector={}&letter={}&done={done}#c-{}",
+        query_value(name),
+        query_value(id),
+        query_value(name)
+    );
+    match HeaderValue::from_str(&to) {
+        Ok(v) => (StatusCode::SEE_OTHER, [(header::LOCATION, v)]).into_response(),
+        Err(_) => StatusCode::SEE_OTHER.into_response(),
     }
 }
 
@@ -375,7 +483,7 @@ fn connector_section(
         );
     }
     if let Some((count, letters)) = letters {
-        out.push_str(&dead_letters_part(*count, letters));
+        out.push_str(&dead_letters_part(&name, *count, letters));
     }
     out.push_str("</section>");
     out
@@ -478,14 +586,14 @@ fn run_part(name: &str, run: &Value) -> String {
     out
 }
 
-fn dead_letters_part(count: usize, letters: &[Value]) -> String {
+fn dead_letters_part(name: &str, count: usize, letters: &[Value]) -> String {
     let mut out = format!(
-        "<h3>Dead letters ({count})</h3><p class=\"note\">Shown read-only: the admin API has no replay or delete action yet.</p>"
+        "<h3>Dead letters ({count})</h3><p class=\"note\">Replay sends a letter again through the connector's current definition: written, it is removed; not written, it stays with the new reason.</p>"
     );
     if letters.is_empty() {
         return out;
     }
-    out.push_str("<table class=\"dead-letters\"><tr><th>id</th><th>received</th><th>reason</th><th>payload</th></tr>");
+    out.push_str("<table class=\"dead-letters\"><tr><th>id</th><th>received</th><th>reason</th><th>payload</th><th>actions</th></tr>");
     for l in letters {
         let payload = match &l["payload"] {
             _ if l["tooLarge"] == true => format!(
@@ -494,12 +602,21 @@ fn dead_letters_part(count: usize, letters: &[Value]) -> String {
             ),
             p => format!("<pre>{}</pre>", esc(&shown_json(p))),
         };
+        let id = text_of(&l["id"]);
+        // Relative to `/ui/`: the page may sit behind a gateway's prefix.
+        let action = format!(
+            "connectors/{}/dead-letters/{}",
+            query_value(name),
+            query_value(&id)
+        );
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{payload}</td></tr>",
-            esc(&text_of(&l["id"])),
+            "<tr id=\"letter-{key}\"><td>{}</td><td>{}</td><td>{}</td><td>{payload}</td><td class=\"actions\"><form method=\"post\" action=\"{action}/replay\"><button type=\"submit\" id=\"replay-{key}\">Replay</button></form><form method=\"post\" action=\"{action}/delete\"><button type=\"submit\" id=\"delete-{key}\">Delete</button></form></td></tr>",
+            esc(&id),
             esc(&text_of(&l["received"])),
-            esc(&text_of(&l["reason"]))
+            esc(&text_of(&l["reason"])),
+            key = esc(&format!("{name}-{id}")),
+            action = esc(&action),
         );
     }
     out.push_str("</table>");

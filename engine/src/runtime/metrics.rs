@@ -43,6 +43,11 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpanLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     connector: String,
     outcome: &'static str,
@@ -97,6 +102,11 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// The connector (empty for routes of none) and the kind of route.
+    pub fn names(&self) -> (&str, &'static str) {
+        (&self.labels.connector, self.labels.route)
+    }
+
     /// An HTTP request of this route answered with `status` after `took`.
     pub fn request(&self, status: u16, took: Duration) {
         self.histogram
@@ -140,6 +150,8 @@ pub struct Metrics {
     sink_retries: Family<ConnectorLabel, Counter>,
     records_dead_lettered: Family<ConnectorLabel, Counter>,
     push_sink_retries: Family<ConnectorLabel, Counter>,
+    dead_letter_replays: Family<OutcomeLabels, Counter>,
+    dead_letter_deletions: Family<ConnectorLabel, Counter>,
     push_deliveries: Family<OutcomeLabels, Counter>,
     push_queue_commits: Family<ConnectorLabel, Counter>,
     push_queue_committed: Family<ConnectorLabel, Counter>,
@@ -216,6 +228,18 @@ impl Default for Metrics {
                 &mut r,
                 "engine_push_sink_retries",
                 "Retried writes of push connectors",
+                Family::default(),
+            ),
+            dead_letter_replays: add(
+                &mut r,
+                "engine_dead_letter_replays",
+                "Dead letters replayed by an operator, by outcome: `written` (and removed), `kept` (not written: kept with the new reason)",
+                Family::default(),
+            ),
+            dead_letter_deletions: add(
+                &mut r,
+                "engine_dead_letter_deletions",
+                "Dead letters deleted by an operator",
                 Family::default(),
             ),
             push_deliveries: add(
@@ -348,6 +372,23 @@ impl Metrics {
             outcome,
         };
         self.fhir_invalid.get_or_create(&labels).inc_by(n as u64);
+    }
+
+    /// A dead letter replayed: `written` or `kept`.
+    pub fn dead_letter_replay(&self, connector: &str, outcome: &'static str) {
+        let labels = OutcomeLabels {
+            connector: connector.to_owned(),
+            outcome,
+        };
+        self.dead_letter_replays.get_or_create(&labels).inc();
+    }
+
+    /// A dead letter deleted.
+    pub fn dead_letter_deletion(&self, connector: &str) {
+        let c = ConnectorLabel {
+            connector: connector.to_owned(),
+        };
+        self.dead_letter_deletions.get_or_create(&c).inc();
     }
 
     /// A push delivery and its outcome.
@@ -504,6 +545,25 @@ impl Metrics {
             waiting.get_or_create(&c).set(gauge(queued));
             dead.get_or_create(&c).set(gauge(dead_letters));
         }
+        let otlp = crate::runtime::otlp::counts();
+        let span_counters = Family::<SpanLabels, Counter>::default();
+        r.register(
+            "engine_otlp_spans",
+            "Spans for the OTLP collector (`--otlp-endpoint`), by outcome: `exported`, `dropped` (the queue was full: a collector down or slow)",
+            span_counters.clone(),
+        );
+        for (outcome, n) in [("exported", otlp.exported), ("dropped", otlp.dropped)] {
+            span_counters
+                .get_or_create(&SpanLabels { outcome })
+                .inc_by(n);
+        }
+        let failed_exports = add(
+            &mut r,
+            "engine_otlp_export_failures",
+            "Exports of spans the OTLP collector did not take (down, refusing, no answer in 5 s)",
+            Counter::<u64>::default(),
+        );
+        failed_exports.inc_by(otlp.failed_exports);
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -19,6 +19,7 @@ use crate::model::vocabulary::RecordErrorPolicy;
 use crate::model::{Connector, Cron, CronRead, Import, Pagination, Request, Strategy};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
+use crate::runtime::dead_letters::{DeadLetterStore, DeadLetters, DirStore, Letter, Resend};
 use crate::runtime::metrics::Metrics;
 pub use crate::runtime::report::{Failure, Phase, Progress, RunReport, Skipped, Stage};
 use crate::runtime::sink::{ProvenanceOf, WriteFailure, WriteOptions, Writer};
@@ -195,6 +196,8 @@ pub struct Runner {
     clock: Clock,
     /// The counters of the run going on, for whoever shows its progress.
     pub progress: Arc<Progress>,
+    /// The records its runs dead-lettered, for operators.
+    letters: DirStore,
 }
 
 impl Runner {
@@ -223,7 +226,12 @@ impl Runner {
             ),
         };
         let writer = Writer::new(&cron.sink, sink_dir)?;
+        let letters = DirStore::new(
+            dead_letter_dir(&state, &connector.name),
+            state.path().to_path_buf(),
+        );
         Ok(Runner {
+            letters,
             connector,
             client,
             writer,
@@ -245,7 +253,11 @@ impl Runner {
             return (self.finish(report), Vec::new());
         };
         let mut watermarks = state.watermarks.clone();
-        let resources = self.read(cron, &state, &mut report, &mut watermarks).await;
+        // One trace (and request id) for all the source calls and sink posts of the run.
+        let trace = TraceContext::fresh(uuid::Uuid::new_v4().to_string());
+        let resources = self
+            .read(cron, &trace, &state, &mut report, &mut watermarks)
+            .await;
         if !report.failures.is_empty() {
             // Nothing is written from a run that could not read everything.
             return (self.finish(report), resources);
@@ -257,7 +269,7 @@ impl Runner {
             return (self.finish(report), to_write);
         }
         self.progress.observe(Phase::Writing, &report);
-        self.write(cron, to_write, digests, &mut state, &mut report)
+        self.write(cron, (to_write, &trace), digests, &mut state, &mut report)
             .await;
         if report.failures.is_empty() {
             state.watermarks = watermarks;
@@ -302,13 +314,12 @@ impl Runner {
     async fn read(
         &self,
         cron: &Cron,
+        trace: &TraceContext,
         state: &ConnectorState,
         report: &mut RunReport,
         watermarks: &mut BTreeMap<String, String>,
     ) -> Vec<Value> {
         let mut resources = Vec::new();
-        // One trace (and request id) for all the source calls of the run.
-        let trace = TraceContext::fresh(uuid::Uuid::new_v4().to_string());
         match (&cron.read, &self.client) {
             (CronRead::Import(import), _) => {
                 self.import(import, report, &mut resources).await;
@@ -335,7 +346,7 @@ impl Runner {
                     each,
                 };
                 let out = (&mut resources, watermarks);
-                self.fetch(cron, (client, &trace), fetch, state, report, out)
+                self.fetch(cron, (client, trace), fetch, state, report, out)
                     .await;
             }
             (
@@ -348,7 +359,7 @@ impl Runner {
             ) => {
                 let sync = (resource_types.as_slice(), *incremental, *page_size);
                 let out = (&mut resources, watermarks);
-                self.sync(cron, (client, &trace), sync, state, report, out)
+                self.sync(cron, (client, trace), sync, state, report, out)
                     .await;
             }
         }
@@ -462,7 +473,7 @@ impl Runner {
     async fn write(
         &self,
         cron: &Cron,
-        to_write: Vec<Value>,
+        (to_write, trace): (Vec<Value>, &TraceContext),
         digests: Vec<(String, String)>,
         state: &mut ConnectorState,
         report: &mut RunReport,
@@ -488,6 +499,7 @@ impl Runner {
                 recorded: self.clock.now().to_rfc3339(),
                 check_written: false,
             }),
+            trace: Some(trace.trace.clone()),
         };
         let w = self.writer.write(to_write, &opts).await;
         report.resources_written = w.written;
@@ -759,11 +771,7 @@ impl Runner {
 
     /// Where the records this connector's runs skipped are kept.
     fn dead_letter_dir(&self) -> PathBuf {
-        self.state
-            .path()
-            .join("cron")
-            .join(&self.connector.name)
-            .join("dead")
+        dead_letter_dir(&self.state, &self.connector.name)
     }
 
     /// The dead letters of this connector's runs: id, when, and why.
@@ -836,6 +844,92 @@ impl Runner {
             report.sink_retries,
         );
         report
+    }
+}
+
+/// Where the records the runs of connector `name` skipped are kept.
+fn dead_letter_dir(state: &StateDir, name: &str) -> PathBuf {
+    state.path().join("cron").join(name).join("dead")
+}
+
+/// An operator's replays and deletions of the records the runs dead-lettered: a replay maps
+/// the record with this (current) definition, checks what it gives as a run would, and writes
+/// it to the sink.
+impl DeadLetters for Runner {
+    fn connector_name(&self) -> &str {
+        &self.connector.name
+    }
+
+    fn store(&self) -> &dyn DeadLetterStore {
+        &self.letters
+    }
+
+    fn resend<'a>(
+        &'a self,
+        letter: &'a Letter,
+    ) -> futures_util::future::BoxFuture<'a, Result<usize, Resend>> {
+        Box::pin(async move {
+            let Strategy::Cron(cron) = &self.connector.strategy else {
+                return Err(Resend::Permanent("not a cron connector".into(), None));
+            };
+            let (connector, record) = (self.connector.clone(), letter.payload.clone());
+            let subject = format!("dead letter {}", letter.id);
+            let mapped = tokio::task::spawn_blocking(move || {
+                let declared = connector.declared_types();
+                map_stream(&connector, &subject, vec![record], declared.as_ref())
+            })
+            .await
+            .map_err(|e| Resend::Permanent(format!("the mapping stopped: {e}"), None))?;
+            if let Some(r) = mapped.rejected.into_iter().next() {
+                return Err(Resend::Permanent(r.reason, r.outcome));
+            }
+            let resources =
+                crate::runtime::sink::last_versions(without_server_meta(mapped.resources));
+            let sources: Vec<&str> = self
+                .connector
+                .sources
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect();
+            let opts = WriteOptions {
+                identifier_system: cron.identifier_system.clone(),
+                declared_types: self.connector.declared_types(),
+                provenance: Some(ProvenanceOf {
+                    connector: self.connector.name.clone(),
+                    occasion: format!("replay of dead letter {}", letter.id),
+                    source: format!("source {}", sources.join(", ")),
+                    recorded: self.clock.now().to_rfc3339(),
+                    check_written: false,
+                }),
+                trace: Some(crate::runtime::trace_context::Trace::fresh()),
+            };
+            let w = self.writer.write(resources, &opts).await;
+            if let Some(f) = w.failures.iter().find(|f| f.transient) {
+                return Err(Resend::Transient(format!(
+                    "{}: {}",
+                    self.writer.describe(),
+                    f.message
+                )));
+            }
+            if let Some(f) = w.failures.into_iter().next() {
+                return Err(Resend::Permanent(
+                    format!(
+                        "{} rejected {}: {}",
+                        self.writer.describe(),
+                        f.resource,
+                        f.message
+                    ),
+                    f.outcome.map(|o| *o),
+                ));
+            }
+            Ok(w.written)
+        })
+    }
+
+    fn gone(&self) {}
+
+    fn now(&self) -> String {
+        self.clock.now().to_rfc3339()
     }
 }
 

@@ -65,6 +65,10 @@ pub struct WriteOptions {
     pub declared_types: Option<std::collections::BTreeSet<String>>,
     /// The Provenance of each Bundle, written when the FHIR sink asks for it (`provenance`).
     pub provenance: Option<ProvenanceOf>,
+    /// The trace the write belongs to: each Bundle posted to a FHIR sink carries it
+    /// (`traceparent` with the post's own span id, `tracestate`), and its span is exported
+    /// with `--otlp-endpoint`.
+    pub trace: Option<crate::runtime::trace_context::Trace>,
 }
 
 /// What the Provenance written in each Bundle says, and what makes its id: a UUID v5 of the
@@ -612,7 +616,13 @@ async fn write_fhir(
             };
             reports[done] = Some(r);
         }
-        running.push(async move { (n, write_bundle(sink, client, n, chunk, provenance).await) });
+        let trace = opts.trace.as_ref();
+        running.push(async move {
+            (
+                n,
+                write_bundle(sink, client, n, chunk, provenance, trace).await,
+            )
+        });
     }
     while let Some((done, r)) = futures_util::StreamExt::next(&mut running).await {
         reports[done] = Some(r);
@@ -662,6 +672,7 @@ async fn write_bundle(
     n: usize,
     chunk: &[(String, Value)],
     provenance: Option<&ProvenanceOf>,
+    trace: Option<&crate::runtime::trace_context::Trace>,
 ) -> WriteReport {
     let mut report = WriteReport::default();
     let labels: Vec<&String> = chunk.iter().map(|(l, _)| l).collect();
@@ -694,14 +705,14 @@ async fn write_bundle(
         provenance_entry = p.entry(n, targets);
         bodies.push(&provenance_entry);
     }
-    let mut result = send_bundle(sink, client, sink.mode, &bodies, &mut report).await;
+    let mut result = send_bundle(sink, client, sink.mode, &bodies, &mut report, trace).await;
     if sink.mode == BundleMode::Transaction
         && let Err((Some(status), ..)) = &result
         && (400..500).contains(status)
     {
         // A transaction is all or nothing: send the entries as a batch to learn (and
         // keep) what each one does.
-        result = send_bundle(sink, client, BundleMode::Batch, &bodies, &mut report).await;
+        result = send_bundle(sink, client, BundleMode::Batch, &bodies, &mut report, trace).await;
     }
     match result {
         Ok(answers) => {
@@ -863,6 +874,7 @@ async fn send_bundle(
     mode: BundleMode,
     entries: &[&Value],
     report: &mut WriteReport,
+    trace: Option<&crate::runtime::trace_context::Trace>,
 ) -> Result<Vec<Value>, SendError> {
     let body = bundle_bytes(mode, entries);
     let policy = RetryPolicy {
@@ -871,20 +883,35 @@ async fn send_bundle(
     };
     let mut calls = 0;
     let result = policy
-        .run(None, &mut calls, |_| {
-            let req = authorized(
-                client
-                    .post(sink.url.clone())
-                    .timeout(sink.timeout)
-                    .header("content-type", "application/fhir+json")
-                    .header("accept", "application/fhir+json")
-                    // Only each entry's status and outcome are read: no copies of the
-                    // resources back.
-                    .header("prefer", "return=minimal")
-                    .body(body.clone()),
-                sink,
-            );
-            outbound::exchange(req, crate::model::DEFAULT_MAX_ANSWER, sink.timeout)
+        .run(None, &mut calls, |attempt| {
+            // Each post its own span, a child of the write's trace.
+            let span_id = crate::runtime::trace_context::new_span_id();
+            let mut req = client
+                .post(sink.url.clone())
+                .timeout(sink.timeout)
+                .header("content-type", "application/fhir+json")
+                .header("accept", "application/fhir+json")
+                // Only each entry's status and outcome are read: no copies of the
+                // resources back.
+                .header("prefer", "return=minimal")
+                .body(body.clone());
+            if let Some(t) = trace {
+                req = req.header("traceparent", t.outbound_as(span_id));
+                if let Some(state) = &t.state {
+                    req = req.header("tracestate", state.clone());
+                }
+            }
+            let req = authorized(req, sink);
+            let began = (trace.is_some() && crate::runtime::otlp::enabled())
+                .then(std::time::SystemTime::now);
+            async move {
+                let got =
+                    outbound::exchange(req, crate::model::DEFAULT_MAX_ANSWER, sink.timeout).await;
+                if let (Some(began), Some(t)) = (began, trace) {
+                    post_span(sink, t, span_id, (attempt, began), &got);
+                }
+                got
+            }
         })
         .await;
     report.calls += calls;
@@ -922,6 +949,47 @@ async fn send_bundle(
         ));
     }
     Ok(answers)
+}
+
+/// The exported span of one post of a Bundle: the sink's origin only, the answer's status (or
+/// timeout, error), the attempt (0 the first).
+fn post_span(
+    sink: &FhirSink,
+    trace: &crate::runtime::trace_context::Trace,
+    span_id: u64,
+    (attempt, began): (u32, std::time::SystemTime),
+    got: &Result<outbound::Exchanged, OutboundError>,
+) {
+    use crate::runtime::otlp::{Attr, Kind, Span, record};
+    let (status, error) = match got {
+        Ok(g) => (Attr::Int(i64::from(g.status)), g.status >= 400),
+        Err(e) => match e.status() {
+            Some(code) => (Attr::Int(i64::from(code)), true),
+            None if matches!(e, OutboundError::Timeout(_) | OutboundError::Deadline) => {
+                (Attr::Str("timeout".into()), true)
+            }
+            None => (Attr::Str("error".into()), true),
+        },
+    };
+    record(Span {
+        trace_id: trace.trace_id,
+        span_id,
+        parent: Some(trace.span_id),
+        name: "POST sink".into(),
+        kind: Kind::Client,
+        start: began,
+        end: std::time::SystemTime::now(),
+        attributes: vec![
+            (
+                "server.origin",
+                Attr::Str(sink.url.origin().ascii_serialization()),
+            ),
+            ("http.request.method", Attr::Str("POST".into())),
+            ("http.response.status_code", status),
+            ("fosps.attempt", Attr::Int(i64::from(attempt))),
+        ],
+        error,
+    });
 }
 
 /// The JSON text of a Bundle of `mode` holding `entries`, written straight from the entries

@@ -10,12 +10,17 @@ use reqwest::header::HeaderValue;
 /// The largest `tracestate` passed on to sources; a longer one is dropped.
 pub const MAX_TRACESTATE: usize = 512;
 
-/// A request's trace: its id, its flags, and the caller's `tracestate` (when usable).
+/// A request's trace: its id, its flags, and the caller's `tracestate` (when usable); the span
+/// of this request (or run) and the caller's span it continues, for exported spans.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trace {
     pub trace_id: u128,
     pub flags: u8,
     pub state: Option<HeaderValue>,
+    /// The span of the request (or run) in this engine: the parent of its outbound calls.
+    pub span_id: u64,
+    /// The caller's span (the parent id of its `traceparent`).
+    pub parent_span: Option<u64>,
 }
 
 /// What an outbound call carries of the request that made it: the request id
@@ -43,6 +48,8 @@ impl Trace {
             trace_id: new_id128(),
             flags: 0,
             state: None,
+            span_id: new_id64(),
+            parent_span: None,
         }
     }
 
@@ -50,10 +57,12 @@ impl Trace {
     /// trace; never an error. `tracestate` is kept only with a valid `traceparent` and when
     /// at most [`MAX_TRACESTATE`] bytes.
     pub fn from_caller(parent: Option<&[u8]>, state: Option<&HeaderValue>) -> Trace {
-        match parent.and_then(parse_traceparent) {
-            Some((trace_id, flags)) => Trace {
+        match parent.and_then(parse_parts) {
+            Some((trace_id, parent, flags)) => Trace {
                 trace_id,
                 flags,
+                span_id: new_id64(),
+                parent_span: Some(parent),
                 state: state
                     .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE)
                     .cloned(),
@@ -69,11 +78,16 @@ impl Trace {
 
     /// The `traceparent` of one outbound call: this trace, a new span id.
     pub fn outbound(&self) -> HeaderValue {
+        self.outbound_as(new_id64())
+    }
+
+    /// The `traceparent` of one outbound call whose span is `span` (see `new_span_id`).
+    pub fn outbound_as(&self, span: u64) -> HeaderValue {
         let mut buf = [0u8; 55];
         buf[..3].copy_from_slice(b"00-");
         hex_into(&mut buf[3..35], self.trace_id);
         buf[35] = b'-';
-        hex_into(&mut buf[36..52], u128::from(new_id64()));
+        hex_into(&mut buf[36..52], u128::from(span));
         buf[52] = b'-';
         hex_into(&mut buf[53..55], u128::from(self.flags));
         HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
@@ -93,6 +107,16 @@ impl std::fmt::Display for TraceId {
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>` (lowercase, neither id all
 /// zeros): the trace id and flags.
 pub fn parse_traceparent(v: &[u8]) -> Option<(u128, u8)> {
+    parse_parts(v).map(|(trace_id, _, flags)| (trace_id, flags))
+}
+
+/// A new span id: never zero, unique within the process.
+pub fn new_span_id() -> u64 {
+    new_id64()
+}
+
+/// The trace id, parent id and flags of a `traceparent` (see `parse_traceparent`).
+fn parse_parts(v: &[u8]) -> Option<(u128, u64, u8)> {
     if v.len() != 55 || &v[..3] != b"00-" || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
@@ -102,7 +126,11 @@ pub fn parse_traceparent(v: &[u8]) -> Option<(u128, u8)> {
     if trace_id == 0 || parent == 0 {
         return None;
     }
-    Some((trace_id, u8::try_from(flags).ok()?))
+    Some((
+        trace_id,
+        u64::try_from(parent).ok()?,
+        u8::try_from(flags).ok()?,
+    ))
 }
 
 /// Lowercase hexadecimal digits (at most 32) as a number.

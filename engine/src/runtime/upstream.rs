@@ -300,8 +300,8 @@ impl SourceClient {
         };
         let budget = Instant::now() + s.timeout;
         let result = policy
-            .run_fit(fit, Some(budget), calls, |_| {
-                self.attempt(call, trace, budget, deadline, bearer)
+            .run_fit(fit, Some(budget), calls, |n| {
+                self.attempt(call, trace, budget, deadline, (bearer, n))
             })
             .await;
         match &result {
@@ -330,9 +330,11 @@ impl SourceClient {
         trace: &TraceContext,
         budget: Instant,
         deadline: Option<Instant>,
-        bearer: Option<&HeaderValue>,
+        (bearer, attempt): (Option<&HeaderValue>, u32),
     ) -> Result<Reply, OutboundError> {
         let s = &self.source;
+        // The call's own span (exported with `--otlp-endpoint`), a child of the request's.
+        let span_id = crate::runtime::trace_context::new_span_id();
         let by_caller = deadline.is_some_and(|d| d < budget);
         let end = deadline.map_or(budget, |d| d.min(budget));
         let out_of_time = || {
@@ -356,7 +358,7 @@ impl SourceClient {
             .timeout(timeout)
             .headers(self.fixed.clone())
             .header("x-request-id", trace.request_id.as_str())
-            .header("traceparent", trace.trace.outbound())
+            .header("traceparent", trace.trace.outbound_as(span_id))
             .header(reqwest::header::ACCEPT, accept(s));
         for (k, v) in &call.headers {
             req = req.header(k, v);
@@ -373,6 +375,7 @@ impl SourceClient {
                 .body(serde_json::to_vec(body).unwrap_or_default());
         }
         let started = Instant::now();
+        let began = crate::runtime::otlp::enabled().then(std::time::SystemTime::now);
         let result = match outbound::exchange(req, s.max_answer, timeout).await {
             // Cut short by the caller's deadline, or the end of the call's time.
             Err(OutboundError::Timeout(_)) => Err(out_of_time()),
@@ -389,6 +392,9 @@ impl SourceClient {
             },
         };
         self.metrics.upstream(&s.name, answer, started.elapsed());
+        if let Some(began) = began {
+            self.call_span(trace, span_id, call, (attempt, answer), began);
+        }
         let got = result?;
         // Counted before parsing: a parsed value costs far more memory than its text.
         crate::runtime::json_count::count_values(&got.body, s.max_values)
@@ -404,6 +410,45 @@ impl SourceClient {
             headers: got.headers,
             body,
         })
+    }
+
+    /// The exported span of one attempt of a source call: the source, its origin only (a URL
+    /// may hold caller values or credentials), the answer's status (or timeout, error), the
+    /// attempt (0 the first).
+    fn call_span(
+        &self,
+        trace: &TraceContext,
+        span_id: u64,
+        call: &Call,
+        (attempt, answer): (u32, Answer),
+        began: std::time::SystemTime,
+    ) {
+        use crate::runtime::otlp::{Attr, Kind, Span, record};
+        let (status, error) = match answer {
+            Answer::Status(code) => (Attr::Int(i64::from(code)), code >= 400),
+            Answer::Timeout => (Attr::Str("timeout".into()), true),
+            Answer::Error => (Attr::Str("error".into()), true),
+        };
+        record(Span {
+            trace_id: trace.trace.trace_id,
+            span_id,
+            parent: Some(trace.trace.span_id),
+            name: format!("{} source {}", call.method, self.source.name),
+            kind: Kind::Client,
+            start: began,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("fosps.source", Attr::Str(self.source.name.clone())),
+                (
+                    "server.origin",
+                    Attr::Str(call.url.origin().ascii_serialization()),
+                ),
+                ("http.request.method", Attr::Str(call.method.to_string())),
+                ("http.response.status_code", status),
+                ("fosps.attempt", Attr::Int(i64::from(attempt))),
+            ],
+            error,
+        });
     }
 
     /// Sends the first call and follows the source's pagination, collecting the records

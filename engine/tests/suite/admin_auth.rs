@@ -510,6 +510,46 @@ async fn the_status_page_needs_the_reader_role_and_its_run_button_the_operator_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_read_by_a_reader_and_replayed_or_deleted_by_an_operator_only() {
+    let kc = Keycloak::start(&["rsa-1"]).await;
+    let access = AdminAccess::new(None, Some(kc.settings()), roles()).expect("admin access");
+    let (engine, _defs) = engine_with(access);
+    let reader = signed("rsa-1", &claims(&kc.issuer, &[READER]));
+    let operator = signed("rsa-1", &claims(&kc.issuer, &[OPERATOR]));
+    let letter = "/connectors/labels/dead-letters/00000000000000000001";
+    // `labels` is a pull connector: a caller let through hears that it has no dead letters.
+    for token in [&reader, &operator] {
+        let got = engine
+            .get(letter)
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await;
+        assert_refused(&got, 404, "no push or cron connector", "a letter read");
+    }
+    for (method, path) in [
+        ("POST", format!("{letter}/replay")),
+        ("DELETE", letter.to_owned()),
+    ] {
+        let call = |token: Option<&str>| {
+            let call = match method {
+                "POST" => engine.post(&path),
+                _ => engine.delete(&path),
+            };
+            match token {
+                Some(t) => call.header("authorization", format!("Bearer {t}")),
+                None => call,
+            }
+        };
+        let got = call(None).send().await;
+        assert_refused(&got, 401, "needs a bearer token", &path);
+        let got = call(Some(&reader)).send().await;
+        assert_refused(&got, 403, "operator role", &path);
+        let got = call(Some(&operator)).send().await;
+        assert_refused(&got, 404, "no push or cron connector", &path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_is_fetched_once_and_made_up_kids_do_not_reach_the_issuer() {
     let kc = Keycloak::start(&["rsa-1"]).await;
     let access = AdminAccess::new(None, Some(kc.settings()), roles()).expect("admin access");
@@ -810,6 +850,8 @@ fn the_mesh_requires_the_roles_and_only_the_gateway_and_clients_reach_the_pods()
     let is_admin = |p: &str| p == "/reload" || p.starts_with("/connectors");
     let mut acting = 0;
     let mut reading = 0;
+    let mut acting_paths = Vec::new();
+    let mut reading_paths = Vec::new();
     for rule in rules {
         for to in rule["to"].as_array().expect("to") {
             let methods: Vec<&str> = to["operation"]["methods"]
@@ -842,10 +884,12 @@ fn the_mesh_requires_the_roles_and_only_the_gateway_and_clients_reach_the_pods()
                     "acting needs the operator: {rule}"
                 );
                 acting += paths.len();
+                acting_paths.extend(paths.iter().map(|p| (p.to_string(), methods.clone())));
             } else {
                 assert_eq!(methods, ["GET"], "{rule}");
                 assert_eq!(allowed, &json!([READER, OPERATOR]), "{rule}");
                 reading += paths.len();
+                reading_paths.extend(paths.iter().map(|p| p.to_string()));
             }
         }
     }
@@ -853,6 +897,18 @@ fn the_mesh_requires_the_roles_and_only_the_gateway_and_clients_reach_the_pods()
     assert!(
         reading >= 4,
         "listings, /reload and dead letters are in the policy"
+    );
+    // A dead letter is read by a reader, replayed (POST) or deleted (DELETE) by an operator.
+    let letters = "/connectors/label-webhook/dead-letters/*";
+    assert!(
+        reading_paths.iter().any(|p| p == letters),
+        "{reading_paths:?}"
+    );
+    assert!(
+        acting_paths
+            .iter()
+            .any(|(p, m)| p == letters && m.contains(&"POST") && m.contains(&"DELETE")),
+        "{acting_paths:?}"
     );
 
     let net = deployed("networkpolicy.yaml");

@@ -86,6 +86,11 @@ impl ServeProcess {
         }
     }
 
+    /// Its log so far (JSON lines).
+    pub fn log(&self) -> String {
+        self.log.lock().expect("the engine's log").clone()
+    }
+
     /// Waits for the process to exit (after a signal, say): its status and its whole log;
     /// fails the test when it has not exited within `deadline`.
     pub async fn exit(mut self, deadline: Duration) -> (ExitStatus, String) {

@@ -1,8 +1,9 @@
 //! The status page (`/ui/`) of a real `engine serve` (`serve_process`) behind a static admin
 //! token: in a real headless Chromium (`headless_chromium`), the page lists the connectors, its
 //! run button starts a run and the page then shows the run's report, with a connector
-//! description and a dead letter holding markup shown as text, never run; a screenshot is kept
-//! under the target directory. Over plain HTTP: reading needs a token, the run form is taken
+//! description and a dead letter holding markup shown as text, never run; once the definition
+//! is fixed, the dead letter's replay button writes it and its row disappears; screenshots are
+//! kept under the target directory. Over plain HTTP: reading needs a token, the run form is taken
 //! only from the page's own origin, and a refused reload's diagnostics are shown with the
 //! secret they quote masked.
 
@@ -209,6 +210,80 @@ async fn in_chromium_the_page_lists_the_connectors_runs_one_and_shows_its_report
     let shot = artefact("status-page.png");
     browser.screenshot(&shot).await;
     println!("screenshot of the status page: {}", shot.display());
+
+    // The definition now gives the record an id of its own; the dead letter's replay button
+    // sends it through that definition: written, it disappears from the page.
+    let c = client(CLIENT_TIMEOUT);
+    let listed = send(
+        c.get(format!("{}/connectors/nightly/dead-letters", server.base))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    let id = listed.json()[0]["id"]
+        .as_str()
+        .expect("the dead letter's id")
+        .to_owned();
+    std::fs::write(
+        defs.path().join("definitions.yaml"),
+        definitions_yaml(&source.url).replace(
+            "  run: { onRecordError: skip }\n",
+            "  run: { onRecordError: skip }\n  mapping:\n    resourceType: Patient\n    id: repaired-1\n",
+        ),
+    )
+    .expect("the new definitions");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reload = send(c.get(format!("{}/reload", server.base)).bearer_auth(TOKEN)).await;
+        if reload.json()["generation"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new definitions are served within 20 s: {}",
+            reload.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser.navigate(&format!("{}/ui/", server.base)).await;
+    let row = format!("#letter-nightly-{id}");
+    browser
+        .wait_for(
+            &format!("document.querySelector('{row}') !== null"),
+            Duration::from_secs(10),
+            "the dead letter's row",
+        )
+        .await;
+    browser.click(&format!("#replay-nightly-{id}")).await;
+    browser
+        .wait_for(
+            &format!(
+                "document.querySelector('#letter-done') !== null && document.querySelector('{row}') === null"
+            ),
+            Duration::from_secs(20),
+            "the replayed letter gone from the page",
+        )
+        .await;
+    let notice = browser
+        .eval("document.querySelector('#letter-done').innerText")
+        .await
+        .expect("the notice");
+    assert!(
+        notice.as_str().is_some_and(|t| t.contains("written")),
+        "{notice}"
+    );
+    let written = std::fs::read_to_string(state.path().join("ndjson/Patient.ndjson"))
+        .expect("the NDJSON sink");
+    assert_eq!(
+        written
+            .lines()
+            .filter(|l| l.contains("\"repaired-1\""))
+            .count(),
+        1,
+        "{written}"
+    );
+    let shot = artefact("status-page-replayed.png");
+    browser.screenshot(&shot).await;
+    println!("screenshot after the replay: {}", shot.display());
 }
 
 /// A POST to the run form with the token and `headers`; its answer, redirects not followed.

@@ -40,6 +40,7 @@ use crate::model::vocabulary::{HmacEncoding, HmacSigned, PushMode};
 use crate::model::{Connector, Push, PushAuth, Strategy};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
+use crate::runtime::dead_letters::{DeadLetterStore, DeadLetters, DirStore, Letter, Resend};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::problem::{Problem, ProblemKind, RETRY_AFTER};
 use crate::runtime::sink::{ProvenanceOf, WriteOptions, Writer};
@@ -66,6 +67,8 @@ pub struct PushEndpoint {
     invalidate: Invalidate,
     /// Reads HMAC timestamps and deduplication windows, and dates queued payloads.
     clock: Clock,
+    /// The dead letters of the queue directory, for operators (`dead_letters`).
+    letters: DirStore,
 }
 
 /// A delivery reserved for one request; dropping it releases the reservation, also when the
@@ -111,9 +114,11 @@ impl PushEndpoint {
                 metrics.clone(),
             )?),
         };
+        let letters = DirStore::new(queue.dir.join("dead"), queue.root.clone());
         Ok(PushEndpoint {
             connector,
             writer,
+            letters,
             queue,
             metrics,
             invalidate,
@@ -387,6 +392,8 @@ impl PushEndpoint {
             identifier_system: self.push().identifier_system.clone(),
             declared_types: self.connector.declared_types(),
             provenance: Some(provenance),
+            // Its own trace: the sink's posts carry it.
+            trace: Some(crate::runtime::trace_context::Trace::fresh()),
         };
         let report = match inflight {
             None => self.writer.write(resources, &opts).await,
@@ -650,6 +657,45 @@ impl PushEndpoint {
 
     fn count(&self, outcome: &'static str) {
         self.metrics.push_delivery(&self.connector.name, outcome);
+    }
+}
+
+/// An operator's replays and deletions of the endpoint's dead letters: a replay goes through
+/// this (current) definition's mapping and sink, as a sync delivery would, under the
+/// delivery's own Provenance.
+impl DeadLetters for PushEndpoint {
+    fn connector_name(&self) -> &str {
+        &self.connector.name
+    }
+
+    fn store(&self) -> &dyn DeadLetterStore {
+        &self.letters
+    }
+
+    fn resend<'a>(
+        &'a self,
+        letter: &'a Letter,
+    ) -> futures_util::future::BoxFuture<'a, Result<usize, Resend>> {
+        Box::pin(async move {
+            let received = letter
+                .received
+                .clone()
+                .unwrap_or_else(|| self.clock.now().to_rfc3339());
+            let provenance = self.provenance(&letter.keys, &received, false);
+            match self.process(&letter.payload, provenance, None).await {
+                Ok(n) => Ok(n),
+                Err(Outcome::Transient(why)) => Err(Resend::Transient(why)),
+                Err(Outcome::Permanent(why, outcome)) => Err(Resend::Permanent(why, outcome)),
+            }
+        })
+    }
+
+    fn gone(&self) {
+        decrement(&self.queue.dead);
+    }
+
+    fn now(&self) -> String {
+        self.clock.now().to_rfc3339()
     }
 }
 
