@@ -186,7 +186,10 @@ impl Evaluator<'_> {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
                     match (self.eval(item, scope)?, &item.kind) {
-                        (Some(Value::Array(a)), Kind::Each { .. } | Kind::Paths(_)) => {
+                        (
+                            Some(Value::Array(a)),
+                            Kind::Each { .. } | Kind::EachOf { .. } | Kind::Paths(_),
+                        ) => {
                             out.extend(a)
                         }
                         (Some(v), _) => out.push(v),

@@ -117,7 +117,7 @@ impl Function {
         ("upper", Function::Upper),
         ("lower", Function::Lower),
         ("trim", Function::Trim),
-        ("title", Function::Title),
+        ("titleCase", Function::Title),
         ("capitalize", Function::Capitalize),
         ("join", Function::Join),
         ("concat", Function::Concat),
@@ -247,7 +247,7 @@ impl Function {
             F::Substring => {
                 for (i, what) in [(1, "the start"), (2, "the length")] {
                     if let Some(v) = arg(i) {
-                        count(v, what, usize::MAX)?;
+                        count(v, what, MAX_COUNT)?;
                     }
                 }
             }
@@ -446,10 +446,10 @@ impl Function {
                     .map_or(Value::Null, s)
             }
             F::Substring => {
-                let start = count(nth(1)?, "the start", usize::MAX).map_err(|e| fail(&e))?;
+                let start = count(nth(1)?, "the start", MAX_COUNT).map_err(|e| fail(&e))?;
                 let len = given
                     .get(2)
-                    .map(|l| count(l, "the length", usize::MAX))
+                    .map(|l| count(l, "the length", MAX_COUNT))
                     .transpose()
                     .map_err(|e| fail(&e))?;
                 s(text::substring(&as_text(nth(0)?), start, len))
@@ -505,6 +505,9 @@ impl Function {
         self.run(args, names, env, true)
     }
 }
+
+/// The largest start or length of `substring`.
+const MAX_COUNT: usize = 1_000_000_000;
 
 fn plural(n: usize) -> String {
     if n == 1 {
