@@ -23,6 +23,7 @@ mod helios;
 mod hostile;
 mod invalid;
 mod mapping;
+mod mapping_functions;
 mod outbound_auth;
 mod push_signatures;
 mod reload;

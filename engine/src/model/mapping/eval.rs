@@ -189,9 +189,7 @@ impl Evaluator<'_> {
                         (
                             Some(Value::Array(a)),
                             Kind::Each { .. } | Kind::EachOf { .. } | Kind::Paths(_),
-                        ) => {
-                            out.extend(a)
-                        }
+                        ) => out.extend(a),
                         (Some(v), _) => out.push(v),
                         (None, _) => {}
                     }
