@@ -194,7 +194,7 @@ impl Compiler<'_> {
             "$each" if matches!(value.value, NodeValue::Map(_)) => {
                 let name = match self.each_name(get("$as"), at) {
                     Ok(n) => n,
-                    Err(e) => return e,
+                    Err(e) => return *e,
                 };
                 let body = get("$do").map(|n| self.compile(n, &push(at, "$do")));
                 Kind::EachOf {
@@ -236,7 +236,7 @@ impl Compiler<'_> {
                     "$each" => {
                         let name = match self.each_name(get("$as"), at) {
                             Ok(n) => n,
-                            Err(e) => return e,
+                            Err(e) => return *e,
                         };
                         let body = get("$do").map(|n| self.compile(n, &push(at, "$do")));
                         Kind::Each {
@@ -337,7 +337,11 @@ impl Compiler<'_> {
 
 impl Compiler<'_> {
     /// The name `$as` gives an `$each` element; the error expression when it is not one.
-    fn each_name(&mut self, node: Option<&Node>, at: &[String]) -> Result<Option<String>, Expr> {
+    fn each_name(
+        &mut self,
+        node: Option<&Node>,
+        at: &[String],
+    ) -> Result<Option<String>, Box<Expr>> {
         let Some(n) = node else {
             return Ok(None);
         };
@@ -348,12 +352,12 @@ impl Compiler<'_> {
             {
                 Ok(Some(s.to_owned()))
             }
-            _ => Err(self.error(
+            _ => Err(Box::new(self.error(
                 &push(at, "$as"),
                 n,
                 "`$as` takes a name (letters, digits, `_`) other than record, item, vars, params and index".into(),
                 None,
-            )),
+            ))),
         }
     }
 

@@ -131,9 +131,11 @@ pub struct TableSpec {
     pub file: Option<String>,
     /// The CSV column of the codes. Default: the first.
     #[serde(default)]
+    #[schemars(extend("examples" = ["local"]))]
     pub key: Option<String>,
     /// The CSV column of the values. Default: the second.
     #[serde(default)]
+    #[schemars(extend("examples" = ["ucum"]))]
     pub value: Option<String>,
     /// Value for codes not in the table; without it an unmapped code is a mapping error
     /// (unless the lookup gives its own default).

@@ -364,32 +364,35 @@ mod tests {
 
     #[test]
     fn the_formats_real_sources_write() {
-        let vienna: Tz = "Europe/Vienna".parse().unwrap();
+        let vienna: Tz = "Europe/Vienna".parse().expect("a value");
         assert_eq!(
-            p("20240105213000+0100", "%Y%m%d%H%M%S%z", Output::DateTime).unwrap(),
+            p("20240105213000+0100", "%Y%m%d%H%M%S%z", Output::DateTime).expect("a value"),
             "2024-01-05T21:30:00+01:00"
         );
         assert_eq!(
-            p("20240105213000+0100", "%Y%m%d%H%M%S%z", Output::Instant).unwrap(),
+            p("20240105213000+0100", "%Y%m%d%H%M%S%z", Output::Instant).expect("a value"),
             "2024-01-05T21:30:00+01:00"
         );
         assert_eq!(
-            p("05.01.2024", "%d.%m.%Y", Output::Date).unwrap(),
+            p("05.01.2024", "%d.%m.%Y", Output::Date).expect("a value"),
             "2024-01-05"
         );
         assert_eq!(
-            p("05/01/2024", "%d/%m/%Y", Output::DateTime).unwrap(),
+            p("05/01/2024", "%d/%m/%Y", Output::DateTime).expect("a value"),
             "2024-01-05"
         );
         assert_eq!(
-            p("5 Jan 2024", "%d %b %Y", Output::Date).unwrap(),
+            p("5 Jan 2024", "%d %b %Y", Output::Date).expect("a value"),
             "2024-01-05"
         );
-        assert_eq!(p("01/2024", "%m/%Y", Output::DateTime).unwrap(), "2024-01");
-        assert_eq!(p("2024", "%Y", Output::Date).unwrap(), "2024");
+        assert_eq!(
+            p("01/2024", "%m/%Y", Output::DateTime).expect("a value"),
+            "2024-01"
+        );
+        assert_eq!(p("2024", "%Y", Output::Date).expect("a value"), "2024");
         // Unix seconds and milliseconds written as text: UTC, or the declared zone's offset.
         assert_eq!(
-            p("1704490200", "unix", Output::Instant).unwrap(),
+            p("1704490200", "unix", Output::Instant).expect("a value"),
             "2024-01-05T21:30:00Z"
         );
         assert_eq!(
@@ -399,11 +402,11 @@ mod tests {
                 Some(vienna),
                 Output::DateTime
             )
-            .unwrap(),
+            .expect("a value"),
             "2024-01-05T22:30:00.123+01:00"
         );
         assert_eq!(
-            parse_with("1704495600", "unix", Some(vienna), Output::Date).unwrap(),
+            parse_with("1704495600", "unix", Some(vienna), Output::Date).expect("a value"),
             "2024-01-06"
         );
         // A local time in a declared zone, in summer and winter.
@@ -414,38 +417,38 @@ mod tests {
                 Some(vienna),
                 Output::Instant
             )
-            .unwrap(),
+            .expect("a value"),
             "2024-07-05T08:30:00+02:00"
         );
         assert_eq!(
-            p("05.01.2024 08:30", "%d.%m.%Y %H:%M", Output::DateTime).unwrap(),
+            p("05.01.2024 08:30", "%d.%m.%Y %H:%M", Output::DateTime).expect("a value"),
             "2024-01-05T08:30:00Z"
         );
     }
 
     #[test]
     fn bad_input_names_the_format() {
-        let e = p("32.01.2024", "%d.%m.%Y", Output::Date).unwrap_err();
+        let e = p("32.01.2024", "%d.%m.%Y", Output::Date).expect_err("an error");
         assert!(e.to_string().contains("`%d.%m.%Y`"), "{e}");
-        let e = p("2024-01-05", "%d.%m.%Y", Output::Date).unwrap_err();
+        let e = p("2024-01-05", "%d.%m.%Y", Output::Date).expect_err("an error");
         assert!(matches!(e, DateFormatError::NoMatch { .. }), "{e}");
-        let e = p("12x", "unix", Output::Instant).unwrap_err();
+        let e = p("12x", "unix", Output::Instant).expect_err("an error");
         assert!(e.to_string().contains("seconds since 1970"), "{e}");
         // Out of range: an epoch past year 9999, a year 0.
-        let e = p("999999999999", "unix", Output::DateTime).unwrap_err();
+        let e = p("999999999999", "unix", Output::DateTime).expect_err("an error");
         assert!(matches!(e, DateFormatError::OutOfRange { .. }), "{e}");
-        let e = p("0000", "%Y", Output::Date).unwrap_err();
+        let e = p("0000", "%Y", Output::Date).expect_err("an error");
         assert!(matches!(e, DateFormatError::OutOfRange { .. }), "{e}");
         assert!(p(&"9".repeat(40), "unixMillis", Output::DateTime).is_err());
         // The hour the clocks skip.
-        let vienna: Tz = "Europe/Vienna".parse().unwrap();
+        let vienna: Tz = "Europe/Vienna".parse().expect("a value");
         let e = parse_with(
             "31.03.2024 02:30",
             "%d.%m.%Y %H:%M",
             Some(vienna),
             Output::DateTime,
         )
-        .unwrap_err();
+        .expect_err("an error");
         assert!(matches!(e, DateFormatError::NoSuchLocalTime { .. }), "{e}");
     }
 

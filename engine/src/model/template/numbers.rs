@@ -130,11 +130,11 @@ mod tests {
         );
         assert_eq!(text(Op::Multiply, json!("2.5e3"), json!(2)), "5000");
         assert_eq!(
-            to_value(apply(Op::Add, &json!(1), &json!(2)).unwrap()),
+            to_value(apply(Op::Add, &json!(1), &json!(2)).expect("a value")),
             json!(3)
         );
         assert_eq!(
-            to_value(apply(Op::Add, &json!("0.1"), &json!("0.2")).unwrap()),
+            to_value(apply(Op::Add, &json!("0.1"), &json!("0.2")).expect("a value")),
             json!(0.3)
         );
     }
@@ -164,10 +164,13 @@ mod tests {
 
     #[test]
     fn rounding_half_away_from_zero_to_the_places() {
-        assert_eq!(round(&json!("2.345"), 2).unwrap().to_string(), "2.35");
-        assert_eq!(round(&json!(-0.5), 0).unwrap().to_string(), "-1");
-        assert_eq!(round(&json!("3"), 2).unwrap().to_string(), "3.00");
-        assert_eq!(places(&json!(2)).unwrap(), 2);
+        assert_eq!(
+            round(&json!("2.345"), 2).expect("a value").to_string(),
+            "2.35"
+        );
+        assert_eq!(round(&json!(-0.5), 0).expect("a value").to_string(), "-1");
+        assert_eq!(round(&json!("3"), 2).expect("a value").to_string(), "3.00");
+        assert_eq!(places(&json!(2)).expect("a value"), 2);
         assert!(places(&json!(-1)).is_err());
         assert!(places(&json!("1.5")).is_err());
         assert!(places(&json!(29)).is_err());

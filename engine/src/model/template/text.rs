@@ -255,25 +255,25 @@ mod tests {
         let url = base64_encode(s, Alphabet::UrlSafe);
         assert_eq!(std, "R3LDvMOfZT8+Pg==");
         assert_eq!(url, "R3LDvMOfZT8-Pg");
-        assert_eq!(base64_decode(&std, Alphabet::Standard).unwrap(), s);
-        assert_eq!(base64_decode(&url, Alphabet::UrlSafe).unwrap(), s);
+        assert_eq!(base64_decode(&std, Alphabet::Standard).expect("a value"), s);
+        assert_eq!(base64_decode(&url, Alphabet::UrlSafe).expect("a value"), s);
         // Line breaks of MIME-wrapped data and missing padding are fine.
         assert_eq!(
-            base64_decode("R3LDvMOf\r\nZT8+Pg", Alphabet::Standard).unwrap(),
+            base64_decode("R3LDvMOf\r\nZT8+Pg", Alphabet::Standard).expect("a value"),
             s
         );
-        let bad = base64_decode("R3LD*MOf", Alphabet::Standard).unwrap_err();
+        let bad = base64_decode("R3LD*MOf", Alphabet::Standard).expect_err("an error");
         assert!(bad.to_string().contains("is not standard base64"), "{bad}");
         // The URL-safe alphabet refuses the standard one's `+`.
         assert!(base64_decode(&std, Alphabet::UrlSafe).is_err());
         // Bytes that are not text.
-        let e = base64_decode("//79", Alphabet::Standard).unwrap_err();
+        let e = base64_decode("//79", Alphabet::Standard).expect_err("an error");
         assert!(matches!(e, TextError::NotUtf8(_)), "{e}");
         // A huge bad input is not echoed whole.
         let huge = "*".repeat(100_000);
         assert!(
             base64_decode(&huge, Alphabet::Standard)
-                .unwrap_err()
+                .expect_err("an error")
                 .to_string()
                 .len()
                 < 300
@@ -283,16 +283,16 @@ mod tests {
     #[test]
     fn hostile_patterns_are_refused_or_linear() {
         // Catastrophic for a backtracking engine; linear here.
-        let re = compile_pattern("^(a+)+$").unwrap();
+        let re = compile_pattern("^(a+)+$").expect("a value");
         let input = format!("{}b", "a".repeat(100_000));
         let t = std::time::Instant::now();
         assert!(!re.is_match(&input));
         assert!(t.elapsed() < std::time::Duration::from_secs(2));
         // Too big once compiled.
-        let e = compile_pattern("(a{1000}){1000}").unwrap_err();
+        let e = compile_pattern("(a{1000}){1000}").expect_err("an error");
         assert!(e.to_string().contains("compiles to more than"), "{e}");
         // Invalid syntax names the problem.
-        let e = compile_pattern("(unclosed").unwrap_err();
+        let e = compile_pattern("(unclosed").expect_err("an error");
         assert!(e.to_string().contains("unclosed group"), "{e}");
         // Too long.
         assert!(compile_pattern(&"a".repeat(MAX_PATTERN + 1)).is_err());
@@ -302,21 +302,25 @@ mod tests {
 
     #[test]
     fn capture_by_default_index_and_name() {
-        let re = compile_pattern(r"(?<mg>\d+(?:\.\d+)?)\s*mg").unwrap();
+        let re = compile_pattern(r"(?<mg>\d+(?:\.\d+)?)\s*mg").expect("a value");
         assert_eq!(
-            capture(&re, "Ibuprofen 400 mg", None).unwrap().as_deref(),
+            capture(&re, "Ibuprofen 400 mg", None)
+                .expect("a value")
+                .as_deref(),
             Some("400")
         );
         let g = Group::Name("mg".into());
         assert_eq!(
-            capture(&re, "x 2.5mg", Some(&g)).unwrap().as_deref(),
+            capture(&re, "x 2.5mg", Some(&g))
+                .expect("a value")
+                .as_deref(),
             Some("2.5")
         );
-        assert_eq!(capture(&re, "none", None).unwrap(), None);
+        assert_eq!(capture(&re, "none", None).expect("a value"), None);
         assert!(capture(&re, "1 mg", Some(&Group::Index(3))).is_err());
-        let whole = compile_pattern(r"\d+").unwrap();
+        let whole = compile_pattern(r"\d+").expect("a value");
         assert_eq!(
-            capture(&whole, "ab 12", None).unwrap().as_deref(),
+            capture(&whole, "ab 12", None).expect("a value").as_deref(),
             Some("12")
         );
     }
@@ -325,10 +329,10 @@ mod tests {
     fn substring_and_pad_count_characters() {
         assert_eq!(substring("Zoë Müller", 2, Some(3)), "ë M");
         assert_eq!(substring("abc", 10, None), "");
-        assert_eq!(pad("7", 3, '0', true).unwrap(), "007");
-        assert_eq!(pad("ü", 3, '·', false).unwrap(), "ü··");
-        assert_eq!(pad("long", 2, ' ', true).unwrap(), "long");
-        let e = pad("x", MAX_PAD + 1, ' ', true).unwrap_err();
+        assert_eq!(pad("7", 3, '0', true).expect("a value"), "007");
+        assert_eq!(pad("ü", 3, '·', false).expect("a value"), "ü··");
+        assert_eq!(pad("long", 2, ' ', true).expect("a value"), "long");
+        let e = pad("x", MAX_PAD + 1, ' ', true).expect_err("an error");
         assert!(e.to_string().contains("pad width"), "{e}");
     }
 
