@@ -418,9 +418,12 @@ impl Compiler<'_> {
             // Point at the argument the error is about when it is one, else at the call.
             let (n, a) = arg_position(&e, &arg_nodes).unwrap_or((value, &value_at));
             let hint = match &e {
-                crate::model::template::CallError::NoTable(t) => {
-                    crate::model::hint::did_you_mean(t, self.tables.keys().map(String::as_str))
-                }
+                crate::model::template::CallError::Argument { error, .. } => match error.as_ref() {
+                    crate::model::template::CallError::NoTable(t) => {
+                        crate::model::hint::did_you_mean(t, self.tables.keys().map(String::as_str))
+                    }
+                    _ => None,
+                },
                 _ => None,
             };
             return self.error(&a.clone(), n, e.to_string(), hint);
@@ -432,19 +435,17 @@ impl Compiler<'_> {
     }
 }
 
-/// The argument a call error is about: the pattern, format, width... (the second argument) for
-/// the errors of literal arguments, none for a wrong arity.
+/// The argument a call error is about, when it is about one.
 fn arg_position<'n>(
     e: &crate::model::template::CallError,
     args: &'n [(&'n Node, Vec<String>)],
 ) -> Option<(&'n Node, &'n Vec<String>)> {
-    use crate::model::template::CallError as E;
-    let i = match e {
-        E::Arity { .. } => return None,
-        E::NoTable(_) => 0,
-        _ => 1,
-    };
-    args.get(i).map(|(n, a)| (*n, a))
+    match e {
+        crate::model::template::CallError::Argument { index, .. } => {
+            args.get(*index).map(|(n, a)| (*n, a))
+        }
+        _ => None,
+    }
 }
 
 fn push(at: &[String], s: &str) -> Vec<String> {

@@ -71,6 +71,9 @@ pub enum CallError {
     Number(#[from] NumberError),
     #[error("no table `{0}` in spec.tables")]
     NoTable(String),
+    /// The error of one argument (0-based), for its position.
+    #[error("{error}")]
+    Argument { index: usize, error: Box<CallError> },
 }
 
 /// A template function.
@@ -224,82 +227,93 @@ impl Function {
             });
         }
         let arg = |i: usize| args.get(i).copied().flatten();
+        let at = |index: usize, error: CallError| CallError::Argument {
+            index,
+            error: Box::new(error),
+        };
         match self {
             F::Match | F::Capture => {
                 let Some(Value::String(p)) = arg(1) else {
-                    return Err(CallError::NotLiteral {
-                        name,
-                        what: "the regular expression (argument 2)",
-                    });
+                    return Err(at(
+                        1,
+                        CallError::NotLiteral {
+                            name,
+                            what: "the regular expression (argument 2)",
+                        },
+                    ));
                 };
                 let re = match patterns.get(p) {
                     Some(re) => re.clone(),
                     None => {
-                        let re = text::compile_pattern(p)?;
+                        let re = text::compile_pattern(p).map_err(|e| at(1, e.into()))?;
                         patterns.insert(p.clone(), re.clone());
                         re
                     }
                 };
                 if let Some(g) = arg(2) {
-                    group(g)?.check(&re)?;
+                    group(g)
+                        .and_then(|g| g.check(&re))
+                        .map_err(|e| at(2, e.into()))?;
                 }
             }
             F::Substring => {
                 for (i, what) in [(1, "the start"), (2, "the length")] {
                     if let Some(v) = arg(i) {
-                        count(v, what, MAX_COUNT)?;
+                        count(v, what, MAX_COUNT).map_err(|e| at(i, e.into()))?;
                     }
                 }
             }
             F::PadLeft | F::PadRight => {
                 if let Some(w) = arg(1) {
-                    count(w, "the pad width", text::MAX_PAD)?;
+                    count(w, "the pad width", text::MAX_PAD).map_err(|e| at(1, e.into()))?;
                 }
                 if let Some(c) = arg(2) {
-                    pad_char(c)?;
+                    pad_char(c).map_err(|e| at(2, e.into()))?;
                 }
             }
             F::Split | F::Replace => {
                 if let Some(v) = arg(1)
                     && text(v).is_empty()
                 {
-                    return Err(TextError::Empty(if self == F::Split {
-                        "separator of `split`"
-                    } else {
-                        "text that `replace` looks for"
-                    })
-                    .into());
+                    return Err(at(
+                        1,
+                        TextError::Empty(if self == F::Split {
+                            "separator of `split`"
+                        } else {
+                            "text that `replace` looks for"
+                        })
+                        .into(),
+                    ));
                 }
             }
             F::ParseDate | F::ParseDateTime | F::ParseInstant => {
                 if let Some(f) = arg(1) {
-                    dates::check(&text(f), self.output())?;
+                    dates::check(&text(f), self.output()).map_err(|e| at(1, e.into()))?;
                 }
                 if let Some(z) = arg(2) {
-                    dates::zone(&text(z))?;
+                    dates::zone(&text(z)).map_err(|e| at(2, e.into()))?;
                 }
             }
             F::Add | F::Subtract | F::Multiply | F::Divide => {
-                for v in [arg(0), arg(1)].into_iter().flatten() {
-                    numbers::decimal(v)?;
-                }
-                if self == F::Divide
-                    && let Some(v) = arg(1)
-                    && numbers::decimal(v)?.is_zero()
-                {
-                    return Err(NumberError::DivisionByZero.into());
+                for i in [0, 1] {
+                    if let Some(v) = arg(i) {
+                        let d = numbers::decimal(v).map_err(|e| at(i, e.into()))?;
+                        if self == F::Divide && i == 1 && d.is_zero() {
+                            return Err(at(1, NumberError::DivisionByZero.into()));
+                        }
+                    }
                 }
             }
             F::Round => {
                 if let Some(v) = arg(1) {
-                    numbers::places(v)?;
+                    numbers::places(v).map_err(|e| at(1, e.into()))?;
                 }
             }
             F::Translate => {
                 if let Some(t) = arg(0)
                     && !tables.contains_key(&text(t))
                 {
-                    return Err(CallError::NoTable(text(t)));
+                    return Err(at(0, CallError::NoTable(text(t))));
                 }
             }
             _ => {}
