@@ -75,7 +75,11 @@ pub fn apply(op: Op, a: &Value, b: &Value) -> Result<Decimal, NumberError> {
 
 /// The places argument of `round`.
 pub fn places(v: &Value) -> Result<u32, NumberError> {
-    let bad = || NumberError::Places(super::text::shown(&super::functions::text(v)));
+    let written = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let bad = || NumberError::Places(super::text::shown(&written));
     let d = decimal(v).map_err(|_| bad())?;
     if !d.fract().is_zero() || d.is_sign_negative() || d > Decimal::from(MAX_PLACES) {
         return Err(bad());
