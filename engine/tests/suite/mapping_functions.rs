@@ -282,6 +282,32 @@ fn a_slow_pattern_on_a_huge_input_stays_linear() {
     );
 }
 
+#[test]
+fn a_split_into_too_many_parts_is_an_error_not_a_huge_array() {
+    let defs = definitions(&push_connector(
+        r#"    resourceType: Basic
+    code: { text: functions }
+    identifier:
+      $each: { $split: [{ $path: $.s }, ","] }
+      $do: { value: "{{item}}" }
+"#,
+        "",
+    ));
+    let model = load(defs.path());
+    let connector = model.connector("fns").expect("the connector");
+    let few = connector
+        .map_document(&json!({ "s": "a,b" }), &json!({}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        few[0]["identifier"],
+        json!([{ "value": "a" }, { "value": "b" }])
+    );
+    let e = connector
+        .map_document(&json!({ "s": ",".repeat(200_000) }), &json!({}))
+        .expect_err("refused");
+    assert!(e.to_string().contains("more than 100000 parts"), "{e}");
+}
+
 /// The legacy lab's export: the records of `patient`, or one that lies about its content.
 async fn export(
     State(asked): State<Arc<Mutex<Vec<String>>>>,

@@ -431,6 +431,9 @@ impl Function {
                 if sep.is_empty() {
                     return Err(fail(&TextError::Empty("separator of `split`")));
                 }
+                if v.matches(sep.as_str()).count() >= text::MAX_PARTS {
+                    return Err(fail(&TextError::TooManyParts(text::MAX_PARTS)));
+                }
                 Value::Array(if v.is_empty() {
                     Vec::new()
                 } else {
@@ -439,10 +442,7 @@ impl Function {
             }
             F::Replace => {
                 let (v, from, to) = (as_text(nth(0)?), text(nth(1)?), text(nth(2)?));
-                if from.is_empty() {
-                    return Err(fail(&TextError::Empty("text that `replace` looks for")));
-                }
-                s(v.replace(from.as_str(), &to))
+                s(text::replace(&v, &from, &to).map_err(|e| fail(&e))?)
             }
             F::Match => {
                 let re = text::pattern(env.patterns, &text(nth(1)?)).map_err(|e| fail(&e))?;

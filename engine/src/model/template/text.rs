@@ -19,6 +19,13 @@ pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// The longest pattern accepted, in bytes.
 pub const MAX_PATTERN: usize = 1_000;
 
+/// The longest text `replace` makes, in bytes: a replacement taken from the record could
+/// otherwise multiply an input many times over.
+pub const MAX_REPLACED: usize = 16 << 20;
+
+/// The most parts `split` makes: each is a JSON value, which costs far more than its text.
+pub const MAX_PARTS: usize = 100_000;
+
 /// Regular expressions by their text, compiled when definitions are checked.
 pub type Patterns = HashMap<String, Regex>;
 
@@ -51,6 +58,28 @@ pub enum TextError {
     PadChar(String),
     #[error("the {0} must not be empty")]
     Empty(&'static str),
+    #[error("the replaced text would be longer than {0} bytes")]
+    TooLong(usize),
+    #[error("the text splits into more than {0} parts")]
+    TooManyParts(usize),
+}
+
+/// Every `from` in `s` replaced by `to` (literal text); a result over [`MAX_REPLACED`] bytes
+/// is an error, found before it is built.
+pub fn replace(s: &str, from: &str, to: &str) -> Result<String, TextError> {
+    if from.is_empty() {
+        return Err(TextError::Empty("text that `replace` looks for"));
+    }
+    if to.len() > from.len() {
+        let n = s.matches(from).count();
+        let grown = n
+            .saturating_mul(to.len() - from.len())
+            .saturating_add(s.len());
+        if grown > MAX_REPLACED {
+            return Err(TextError::TooLong(MAX_REPLACED));
+        }
+    }
+    Ok(s.replace(from, to))
 }
 
 /// At most 60 characters of an input, for messages.
@@ -334,6 +363,15 @@ mod tests {
         assert_eq!(pad("long", 2, ' ', true).expect("a value"), "long");
         let e = pad("x", MAX_PAD + 1, ' ', true).expect_err("an error");
         assert!(e.to_string().contains("pad width"), "{e}");
+    }
+
+    #[test]
+    fn replace_is_literal_and_bounded() {
+        assert_eq!(replace("a.b.c", ".", "-").expect("replaced"), "a-b-c");
+        assert!(replace("abc", "", "x").is_err());
+        // 1 MiB of `a`, each replaced by 1 KiB: refused before 1 GiB is built.
+        let e = replace(&"a".repeat(1 << 20), "a", &"b".repeat(1024)).expect_err("too long");
+        assert_eq!(e, TextError::TooLong(MAX_REPLACED));
     }
 
     #[test]
