@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::yaml::{Node, NodeValue, display_path};
 use crate::model::jsonpath::Query;
 use crate::model::mapping::{CompileError, Conversion, Expr, Kind, is_resource_type};
-use crate::model::template::{Table, Templates, Text};
+use crate::model::template::{Function, Table, Templates, Text};
 
 /// The operators of structural templates; the first is the head, the rest its options.
 const OPERATORS: [(&str, &[&str], &[&str]); 15] = [
@@ -17,7 +17,7 @@ const OPERATORS: [(&str, &[&str], &[&str]); 15] = [
     ("$paths", &[], &[]),
     ("$each", &["$as"], &["$do"]),
     ("$if", &["$equals", "$else"], &["$then"]),
-    ("$translate", &[], &["$table"]),
+    ("$translate", &["$default"], &["$table"]),
     ("$date", &[], &[]),
     ("$dateTime", &[], &[]),
     ("$instant", &[], &[]),
@@ -98,9 +98,20 @@ impl Compiler<'_> {
         rule: Arc<str>,
     ) -> Expr {
         let names: Vec<&str> = entries.iter().map(|(k, _)| k.name.as_str()).collect();
+        if let Some((key, value)) = entries
+            .iter()
+            .find(|(k, _)| Function::by_operator(&k.name).is_some())
+        {
+            return self.call(node, entries, key, value, at, rule);
+        }
         let heads: Vec<_> = OPERATORS
             .iter()
             .filter(|(h, _, _)| names.contains(h))
+            .collect();
+        let functions: Vec<String> = Function::ALL
+            .iter()
+            .map(|(n, _)| format!("${n}"))
+            .filter(|n| Function::by_operator(n).is_some())
             .collect();
         let known: Vec<&str> = OPERATORS
             .iter()
@@ -109,6 +120,7 @@ impl Compiler<'_> {
                     .chain(o.iter().copied())
                     .chain(r.iter().copied())
             })
+            .chain(functions.iter().map(String::as_str))
             .collect();
         let [(head, optional, required)] = heads.as_slice() else {
             let first = names
@@ -117,7 +129,13 @@ impl Compiler<'_> {
                 .copied()
                 .unwrap_or_default();
             return if heads.is_empty() {
-                let hint = crate::model::hint::did_you_mean(first, OPERATORS.iter().map(|o| o.0));
+                let hint = crate::model::hint::did_you_mean(
+                    first,
+                    OPERATORS
+                        .iter()
+                        .map(|o| o.0)
+                        .chain(functions.iter().map(String::as_str)),
+                );
                 self.error(at, node, format!("unknown operator `{first}`"), hint.or(Some("a key that starts with `$` is an operator; write `$literal: {...}` for a literal object".into())))
             } else {
                 let found: Vec<&str> = heads.iter().map(|h| h.0).collect();
@@ -173,6 +191,21 @@ impl Compiler<'_> {
         let value = get(head).unwrap_or(node);
         let value_at = push(at, head);
         let kind = match *head {
+            "$each" if matches!(value.value, NodeValue::Map(_)) => {
+                let name = match self.each_name(get("$as"), at) {
+                    Ok(n) => n,
+                    Err(e) => return *e,
+                };
+                let body = get("$do").map(|n| self.compile(n, &push(at, "$do")));
+                Kind::EachOf {
+                    value: Box::new(self.compile(value, &value_at)),
+                    name,
+                    body: Box::new(body.unwrap_or(Expr {
+                        rule: rule.clone(),
+                        kind: Kind::Literal(Value::Null),
+                    })),
+                }
+            }
             "$path" | "$paths" | "$each" | "$if" => {
                 let Some(text) = value.as_str() else {
                     return self.error(
@@ -201,12 +234,9 @@ impl Compiler<'_> {
                     },
                     "$paths" => Kind::Paths(query),
                     "$each" => {
-                        let name = match get("$as") {
-                            None => None,
-                            Some(n) => match n.as_str() {
-                                Some(s) if is_identifier(s) && !["record", "item", "vars", "params", "index"].contains(&s) => Some(s.to_owned()),
-                                _ => return self.error(&push(at, "$as"), n, "`$as` takes a name (letters, digits, `_`) other than record, item, vars, params and index".into(), None),
-                            },
+                        let name = match self.each_name(get("$as"), at) {
+                            Ok(n) => n,
+                            Err(e) => return *e,
                         };
                         let body = get("$do").map(|n| self.compile(n, &push(at, "$do")));
                         Kind::Each {
@@ -254,6 +284,8 @@ impl Compiler<'_> {
                 Kind::Translate {
                     value: Box::new(self.compile(value, &value_at)),
                     table: table.to_owned(),
+                    default: get("$default")
+                        .map(|n| Box::new(self.compile(n, &push(at, "$default")))),
                 }
             }
             "$date" | "$dateTime" => Kind::Date {
@@ -300,6 +332,119 @@ impl Compiler<'_> {
             },
         };
         Expr { rule, kind }
+    }
+}
+
+impl Compiler<'_> {
+    /// The name `$as` gives an `$each` element; the error expression when it is not one.
+    fn each_name(
+        &mut self,
+        node: Option<&Node>,
+        at: &[String],
+    ) -> Result<Option<String>, Box<Expr>> {
+        let Some(n) = node else {
+            return Ok(None);
+        };
+        match n.as_str() {
+            Some(s)
+                if is_identifier(s)
+                    && !["record", "item", "vars", "params", "index"].contains(&s) =>
+            {
+                Ok(Some(s.to_owned()))
+            }
+            _ => Err(Box::new(self.error(
+                &push(at, "$as"),
+                n,
+                "`$as` takes a name (letters, digits, `_`) other than record, item, vars, params and index".into(),
+                None,
+            ))),
+        }
+    }
+
+    /// A function operator, `{ $NAME: [ARG, ...] }` (or `{ $NAME: ARG }` for one argument):
+    /// alone in its mapping, its arity and literal arguments checked (a regular expression
+    /// compiled, a date format read), each error at the argument's line and column.
+    fn call(
+        &mut self,
+        node: &Node,
+        entries: &[(crate::config::yaml::Key, Node)],
+        key: &crate::config::yaml::Key,
+        value: &Node,
+        at: &[String],
+        rule: Arc<str>,
+    ) -> Expr {
+        let head = key.name.as_str();
+        let Some(function) = Function::by_operator(head) else {
+            return self.error(at, node, format!("unknown operator `{head}`"), None);
+        };
+        if let Some((other, _)) = entries.iter().find(|(k, _)| k.name != head) {
+            let key_node = Node {
+                value: NodeValue::Null,
+                line: other.line,
+                column: other.column,
+            };
+            return self.error(
+                &push(at, &other.name),
+                &key_node,
+                format!("`{head}` takes its arguments as a list and no options; `{}` does not go with it", other.name),
+                Some(format!("write `{head}: [VALUE, ...]`")),
+            );
+        }
+        let value_at = push(at, head);
+        let arg_nodes: Vec<(&Node, Vec<String>)> = match &value.value {
+            NodeValue::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n, push(&value_at, &i.to_string())))
+                .collect(),
+            _ => vec![(value, value_at.clone())],
+        };
+        let errors = self.errors.len();
+        let args: Vec<Expr> = arg_nodes.iter().map(|(n, a)| self.compile(n, a)).collect();
+        if self.errors.len() != errors {
+            return Expr {
+                rule,
+                kind: Kind::Literal(Value::Null),
+            };
+        }
+        let literals: Vec<Option<&Value>> = args
+            .iter()
+            .map(|a| match &a.kind {
+                Kind::Literal(v) => Some(v),
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = self.templates.check_call(function, &literals) {
+            // Point at the argument the error is about when it is one, else at the call.
+            let (n, a) = arg_position(&e, &arg_nodes).unwrap_or((value, &value_at));
+            let hint = match &e {
+                crate::model::template::CallError::Argument { error, .. } => match error.as_ref() {
+                    crate::model::template::CallError::NoTable(t) => {
+                        crate::model::hint::did_you_mean(t, self.tables.keys().map(String::as_str))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            return self.error(&a.clone(), n, e.to_string(), hint);
+        }
+        Expr {
+            rule,
+            kind: Kind::Call { function, args },
+        }
+    }
+}
+
+/// The argument a call error is about, when it is about one.
+fn arg_position<'n>(
+    e: &crate::model::template::CallError,
+    args: &'n [(&'n Node, Vec<String>)],
+) -> Option<(&'n Node, &'n Vec<String>)> {
+    match e {
+        crate::model::template::CallError::Argument { index, .. } => {
+            args.get(*index).map(|(n, a)| (*n, a))
+        }
+        _ => None,
     }
 }
 

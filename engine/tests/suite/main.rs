@@ -24,6 +24,7 @@ mod helios;
 mod hostile;
 mod invalid;
 mod mapping;
+mod mapping_functions;
 mod otlp_export;
 mod outbound_auth;
 mod push_signatures;

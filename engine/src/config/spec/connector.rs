@@ -115,14 +115,33 @@ pub enum Strategy {
     Cron,
 }
 
-/// A code translation table (ConceptMap-like).
+/// A code translation table (ConceptMap-like), written in `map` or read from a `file`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
-    /// Source code to target value (a code, a Coding, any JSON).
+    /// Source code to target value (a code, a Coding, any JSON). Give `map` or `file`, not
+    /// both.
+    #[serde(default)]
     #[schemars(extend("examples" = [{"AE": "AE", "adverse-event": "AE"}]))]
-    pub map: BTreeMap<String, Value>,
-    /// Value for codes not in `map`; without it an unmapped code is a mapping error.
+    pub map: Option<BTreeMap<String, Value>>,
+    /// A file holding the table, relative to this definition's file, read and checked when
+    /// definitions load (at most 4 MiB and 100,000 codes, UTF-8): `.json` is an object of
+    /// code to value (any JSON, such as whole Codings); `.csv` has a header row, and the
+    /// `key` column's codes map to the `value` column's text. A code written twice is an
+    /// error.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["tables/units.csv"]))]
+    pub file: Option<String>,
+    /// The CSV column of the codes. Default: the first.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["local"]))]
+    pub key: Option<String>,
+    /// The CSV column of the values. Default: the second.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["ucum"]))]
+    pub value: Option<String>,
+    /// Value for codes not in the table; without it an unmapped code is a mapping error
+    /// (unless the lookup gives its own default).
     #[serde(default)]
     pub default: Option<Value>,
 }

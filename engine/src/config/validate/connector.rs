@@ -29,20 +29,7 @@ pub fn connector(
     let name = doc.metadata.name.as_str();
     sections(ctx, spec);
 
-    let tables: Arc<BTreeMap<String, Table>> = Arc::new(
-        spec.tables
-            .iter()
-            .map(|(k, t)| {
-                (
-                    k.clone(),
-                    Table {
-                        map: t.map.clone(),
-                        default: t.default.clone(),
-                    },
-                )
-            })
-            .collect(),
-    );
+    let tables: Arc<BTreeMap<String, Table>> = Arc::new(super::tables::tables(ctx, spec));
     let time_zone = time_zone(ctx, spec.time_zone.as_deref());
     let mut templates = Templates::new(tables.clone(), time_zone);
 

@@ -16,7 +16,7 @@ use crate::model::fhir_structure::{
 };
 use crate::model::hint::did_you_mean;
 use crate::model::mapping::{Conversion, Expr, Kind};
-use crate::model::template::Table;
+use crate::model::template::{Function, Table};
 use crate::model::vocabulary::FhirVersion;
 
 const VERSIONS: [FhirVersion; 3] = [FhirVersion::R4, FhirVersion::R4B, FhirVersion::R5];
@@ -141,7 +141,9 @@ impl<'c> Checker<'c, '_> {
                         self.resources(Val::Expr(x), push(&at, &i.to_string()));
                     }
                 }
-                Kind::Each { body, .. } => self.resources(Val::Expr(body), push(&at, "$do")),
+                Kind::Each { body, .. } | Kind::EachOf { body, .. } => {
+                    self.resources(Val::Expr(body), push(&at, "$do"))
+                }
                 Kind::If {
                     then, otherwise, ..
                 } => {
@@ -356,7 +358,11 @@ impl<'c> Checker<'c, '_> {
                     }
                     return;
                 }
-                Kind::Literal(Value::Array(_)) | Kind::Array(_) | Kind::Each { .. } => Some(true),
+                Kind::Literal(Value::Array(_))
+                | Kind::Array(_)
+                | Kind::Each { .. }
+                | Kind::EachOf { .. } => Some(true),
+                Kind::Call { function, .. } => Some(*function == Function::Split),
                 Kind::Paths(_) => Some(true),
                 Kind::Path { .. } | Kind::Translate { .. } => None,
                 _ => Some(false),
@@ -396,14 +402,18 @@ impl<'c> Checker<'c, '_> {
                         let item_at = push(&at, &i.to_string());
                         match &item.kind {
                             // Spliced into the list.
-                            Kind::Each { .. } => self.items(Val::Expr(item), e, item_at, label),
+                            Kind::Each { .. } | Kind::EachOf { .. } => {
+                                self.items(Val::Expr(item), e, item_at, label)
+                            }
                             Kind::Paths(_) => {}
                             _ => self.item(Val::Expr(item), e, item_at, label),
                         }
                     }
                 }
                 // A list made by the body is spliced into the list.
-                Kind::Each { body, .. } => self.items(Val::Expr(body), e, push(&at, "$do"), label),
+                Kind::Each { body, .. } | Kind::EachOf { body, .. } => {
+                    self.items(Val::Expr(body), e, push(&at, "$do"), label)
+                }
                 Kind::Literal(Value::Array(items)) => {
                     let at = self.literal_at(&at);
                     for (i, item) in items.iter().enumerate() {
@@ -578,8 +588,17 @@ impl<'c> Checker<'c, '_> {
             Kind::Array(_) => {
                 self.error(&at, format!("a list inside the list `{label}`"), None);
             }
-            Kind::Translate { table, .. } => self.translated(table, e, type_name, label),
-            Kind::Each { .. } | Kind::Paths(_) | Kind::Path { .. } => {}
+            Kind::Translate { table, default, .. } => {
+                self.translated(table, e, type_name, label);
+                if let Some(d) = default {
+                    self.item(Val::Expr(d), e, push(&at, "$default"), label);
+                }
+            }
+            Kind::Each { .. }
+            | Kind::EachOf { .. }
+            | Kind::Call { .. }
+            | Kind::Paths(_)
+            | Kind::Path { .. } => {}
         }
     }
 
@@ -620,10 +639,12 @@ impl<'c> Checker<'c, '_> {
             return Vec::new();
         };
         let base = ["spec", "tables", table].map(str::to_owned).to_vec();
+        // A file's codes are named under `file`, where a diagnostic points.
+        let within = if t.file.is_some() { "file" } else { "map" };
         let mut out: Vec<_> = t
             .map
             .iter()
-            .map(|(k, v)| (v, push(&push(&base, "map"), k)))
+            .map(|(k, v)| (v, push(&push(&base, within), k)))
             .collect();
         if let Some(d) = &t.default {
             out.push((d, push(&base, "default")));

@@ -16,6 +16,7 @@ mod pull;
 mod push;
 mod references;
 mod source;
+mod tables;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -291,6 +292,19 @@ impl Documents {
                 let mut ctx = Ctx::new(doc, diags);
                 if let Some(mut c) = connector::connector(&mut ctx, spec, &names, &mut used) {
                     c.fingerprint = self.fingerprint(doc, spec);
+                    // A table read from a file changes the connector as its definition does.
+                    let files: Vec<String> = c
+                        .templates
+                        .tables()
+                        .iter()
+                        .filter(|(_, t)| t.file.is_some())
+                        .map(|(n, t)| {
+                            format!("{n}={}", Value::Object(t.map.clone().into_iter().collect()))
+                        })
+                        .collect();
+                    if !files.is_empty() {
+                        c.fingerprint = content_digest(&[&c.fingerprint, &files.join("\u{1f}")]);
+                    }
                     compiled.push(c);
                 }
             }

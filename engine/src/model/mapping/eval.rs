@@ -60,6 +60,24 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// A child scope over a value an expression made (not selected from the record, so it
+    /// has no input path of its own).
+    fn derived(&'a self, current: &'a Value, index: usize, name: Option<&'a str>) -> Scope<'a> {
+        let mut bindings = self.bindings.clone();
+        if let Some(n) = name {
+            bindings.push((n, current));
+        }
+        Scope {
+            input: self.input,
+            templates: self.templates,
+            current,
+            index: Some(Value::from(index)),
+            bindings,
+            parent: None,
+            context: OnceCell::new(),
+        }
+    }
+
     /// The normalized path of the current element inside the record (`$` for the record).
     fn current_path(&self) -> String {
         match self.parent {
@@ -168,9 +186,10 @@ impl Evaluator<'_> {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
                     match (self.eval(item, scope)?, &item.kind) {
-                        (Some(Value::Array(a)), Kind::Each { .. } | Kind::Paths(_)) => {
-                            out.extend(a)
-                        }
+                        (
+                            Some(Value::Array(a)),
+                            Kind::Each { .. } | Kind::EachOf { .. } | Kind::Paths(_),
+                        ) => out.extend(a),
                         (Some(v), _) => out.push(v),
                         (None, _) => {}
                     }
@@ -227,6 +246,43 @@ impl Evaluator<'_> {
                 }
                 Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
             }
+            Kind::EachOf { value, name, body } => {
+                let items = match self.eval(value, scope)? {
+                    None => return Ok(None),
+                    Some(Value::Array(a)) => a,
+                    Some(one) => vec![one],
+                };
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let child = scope.derived(item, i, name.as_deref());
+                    match self.eval(body, &child)? {
+                        Some(Value::Array(a)) => out.extend(a),
+                        Some(v) => out.push(v),
+                        None => {}
+                    }
+                }
+                Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
+            }
+            Kind::Call { function, args } => {
+                let mut values = Vec::with_capacity(args.len());
+                for a in args {
+                    match self.eval(a, scope)? {
+                        Some(v) => values.push(v),
+                        // A missing argument makes nothing, as a missing value does for
+                        // `$date` or `$translate`.
+                        None => return Ok(None),
+                    }
+                }
+                let refs: Vec<Option<&Value>> = values.iter().map(Some).collect();
+                let value = self
+                    .templates
+                    .call_value(*function, &refs, &|_| None)
+                    .map_err(|m| match args.first() {
+                        Some(first) => self.with_input(e, first, scope, m),
+                        None => self.fail(e, m),
+                    })?;
+                Some(value).filter(|v| !fhir::is_empty(v))
+            }
             Kind::If {
                 query,
                 equals,
@@ -246,7 +302,11 @@ impl Evaluator<'_> {
                     (false, None) => None,
                 }
             }
-            Kind::Translate { value, table } => match self.eval(value, scope)? {
+            Kind::Translate {
+                value,
+                table,
+                default,
+            } => match self.eval(value, scope)? {
                 None => None,
                 Some(v) => {
                     let code = match &v {
@@ -266,6 +326,11 @@ impl Evaluator<'_> {
                         .tables
                         .get(table)
                         .ok_or_else(|| self.fail(e, format!("no table `{table}`")))?;
+                    if let Some(d) = default
+                        && !t.map.contains_key(&code)
+                    {
+                        return self.eval(d, scope);
+                    }
                     Some(
                         t.translate(table, &code)
                             .map_err(|m| self.with_input(e, value, scope, m))?,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::model::jsonpath::Query;
-use crate::model::template::Text;
+use crate::model::template::{Function, Text};
 
 /// A compiled template node and the YAML path it came from (named in errors).
 #[derive(Debug)]
@@ -42,6 +42,21 @@ pub enum Kind {
     Translate {
         value: Box<Expr>,
         table: String,
+        /// `$default`: the value of a code the table does not have (before the table's own).
+        default: Option<Box<Expr>>,
+    },
+    /// `$each` over the array an expression makes (`$each: { $split: [...] }`) rather than
+    /// over what a query selects.
+    EachOf {
+        value: Box<Expr>,
+        name: Option<String>,
+        body: Box<Expr>,
+    },
+    /// `{ $NAME: [ARG, ...] }`: a template function applied to values, typed (an array, a
+    /// number); nothing when an argument is missing.
+    Call {
+        function: Function,
+        args: Vec<Expr>,
     },
     Date {
         value: Box<Expr>,

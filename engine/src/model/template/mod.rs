@@ -7,14 +7,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+mod dates;
 mod functions;
+mod numbers;
+mod text;
 
 use handlebars::template::{Parameter, Template, TemplateElement};
 use handlebars::{Context, Handlebars, Path, PathSeg, RenderError, RenderErrorReason};
 use serde_json::Value;
 
 use functions::AsHelper;
-pub use functions::{Function, Table};
+pub use functions::{CallError, Env, Function, Table};
+pub use text::{Patterns, shown};
 
 /// Helpers that come with Handlebars.
 pub const BUILTIN_HELPERS: [&str; 17] = [
@@ -113,6 +117,8 @@ pub struct Templates {
     tables: Arc<BTreeMap<String, Table>>,
     /// The zone of local times in the records (`timeZone`); UTC when `None`.
     zone: Option<chrono_tz::Tz>,
+    /// The regular expressions of `match` and `capture` calls, compiled as templates are.
+    patterns: Arc<Patterns>,
     /// Top-level context names the Handlebars templates read; `None` when some template may
     /// read the whole context (`this`, `..`, `@root`), so contexts must hold everything.
     needs: Option<BTreeSet<String>>,
@@ -142,22 +148,68 @@ impl Templates {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);
         registry.register_escape_fn(handlebars::no_escape);
-        for (name, function) in Function::ALL {
-            registry.register_helper(
-                name,
-                Box::new(AsHelper {
-                    function,
-                    tables: tables.clone(),
-                    zone,
-                }),
-            );
-        }
-        Templates {
+        let mut templates = Templates {
             registry,
             tables,
             zone,
+            patterns: Arc::default(),
             needs: Some(BTreeSet::new()),
+        };
+        templates.register_helpers();
+        templates
+    }
+
+    /// Registers the engine's functions as Handlebars helpers (again when a pattern was
+    /// added, so that the helpers see it).
+    fn register_helpers(&mut self) {
+        for (name, function) in Function::ALL {
+            self.registry.register_helper(
+                name,
+                Box::new(AsHelper {
+                    function,
+                    tables: self.tables.clone(),
+                    zone: self.zone,
+                    patterns: self.patterns.clone(),
+                }),
+            );
         }
+    }
+
+    /// What the functions read besides their arguments.
+    pub fn env(&self) -> Env<'_> {
+        Env {
+            tables: &self.tables,
+            zone: self.zone,
+            patterns: &self.patterns,
+        }
+    }
+
+    /// Checks a call of `f` whose arguments are `literals` (`None` for one that is not a
+    /// literal), as definitions are checked: compiles its regular expression for later calls.
+    pub fn check_call(
+        &mut self,
+        f: Function,
+        literals: &[Option<&Value>],
+    ) -> Result<(), CallError> {
+        let before = self.patterns.len();
+        let mut patterns = (*self.patterns).clone();
+        f.check(literals, &mut patterns, &self.tables)?;
+        if patterns.len() != before {
+            self.patterns = Arc::new(patterns);
+            self.register_helpers();
+        }
+        Ok(())
+    }
+
+    /// The value of a call of `f` in a structural template (`{ $split: [...] }`): typed, not
+    /// text (an array, a number).
+    pub fn call_value(
+        &self,
+        f: Function,
+        args: &[Option<&Value>],
+        names: &dyn Fn(usize) -> Option<String>,
+    ) -> Result<Value, String> {
+        f.call(args, names, &self.env())
     }
 
     /// The zone of local times in the records; UTC when `None`.
@@ -197,6 +249,7 @@ impl Templates {
                 hint,
             });
         }
+        self.check_calls(&template)?;
         if let Some(pieces) = direct(&template) {
             return Ok(Text::Direct(pieces));
         }
@@ -274,8 +327,59 @@ impl Templates {
                 Arg::Literal(l) => l.to_string(),
             })
         };
-        f.call(&values, &names, &self.tables, self.zone)
+        f.call_text(&values, &names, &self.env())
             .map_err(|m| format!("{m}{}", place(at)))
+    }
+
+    /// Checks every call of an engine function in a template (arity, literal arguments).
+    fn check_calls(&mut self, t: &Template) -> Result<(), TemplateError> {
+        for (i, el) in t.elements.iter().enumerate() {
+            let pos = t.mapping.get(i).map(|m| (m.0, m.1));
+            if let TemplateElement::Expression(h)
+            | TemplateElement::HtmlExpression(h)
+            | TemplateElement::HelperBlock(h) = el
+            {
+                self.check_helper(h, pos)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_helper(
+        &mut self,
+        h: &handlebars::template::HelperTemplate,
+        pos: Option<(usize, usize)>,
+    ) -> Result<(), TemplateError> {
+        for p in h.params.iter().chain(h.hash.values()) {
+            if let Parameter::Subexpression(s) = p
+                && let TemplateElement::Expression(inner) = s.element.as_ref()
+            {
+                self.check_helper(inner, pos)?;
+            }
+        }
+        let is_call = h.block || !h.params.is_empty() || !h.hash.is_empty();
+        if let Parameter::Name(n) = &h.name
+            && is_call
+            && let Some(f) = Function::by_name(n)
+        {
+            let literals: Vec<Option<&Value>> = h
+                .params
+                .iter()
+                .map(|p| match p {
+                    Parameter::Literal(l) => Some(l),
+                    _ => None,
+                })
+                .collect();
+            self.check_call(f, &literals).map_err(|e| TemplateError {
+                message: e.to_string(),
+                position: pos,
+                hint: None,
+            })?;
+        }
+        for t in [&h.template, &h.inverse].into_iter().flatten() {
+            self.check_calls(t)?;
+        }
+        Ok(())
     }
 }
 
