@@ -120,6 +120,16 @@ pub struct Source {
     pub statuses: Statuses,
     /// When calls to the source stop being sent after repeated failures.
     pub breaker: BreakerSettings,
+    /// The source's requests-per-second budget (`rate`), if it has one.
+    pub rate: Option<Rate>,
+}
+
+/// A requests-per-second budget: a token bucket of `burst` tokens refilled at `per_second`
+/// (more than 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 /// A source's circuit breaker: `failures` failed calls in a row open it; while open, calls
@@ -195,7 +205,7 @@ pub struct SmartBackend {
     pub scopes: Vec<String>,
 }
 
-/// TLS with a source: the client certificate (chain) and its key (mutual TLS), and an extra
+/// TLS with a source, a sink or a guide server: the client certificate (chain) and its key (mutual TLS), and an extra
 /// CA, all PEM text (checked to parse).
 #[derive(Debug, Clone)]
 pub struct Tls {
@@ -239,6 +249,8 @@ pub struct FhirSink {
     pub url: url::Url,
     pub version: FhirVersion,
     pub auth: Option<Auth>,
+    /// Mutual TLS with the sink.
+    pub tls: Option<Tls>,
     pub timeout: Duration,
     pub batch_size: u32,
     /// Bundles of one write in flight at once (1 or more).
@@ -422,6 +434,10 @@ pub enum CronRead {
 #[derive(Debug)]
 pub struct Import {
     pub guide: GuideLocation,
+    /// Authentication of the package download (a guide given by URL).
+    pub auth: Option<Auth>,
+    /// Mutual TLS with the package server.
+    pub tls: Option<Tls>,
     /// The allow-list; empty lists allow all.
     pub include_files: Vec<Glob>,
     pub include_types: Vec<String>,

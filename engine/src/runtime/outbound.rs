@@ -75,6 +75,10 @@ pub enum OutboundError {
     /// A 2xx body that `statuses.errorWhen` reads as an error: the matched text.
     #[error("answered an error: {0}")]
     InBody(String),
+    /// Not sent: the source's rate budget (`rate`) had no request left before the deadline;
+    /// the wait the next would have needed.
+    #[error("not sent: no request left in the source's rate budget (`rate`) before the deadline; the next in {}", humanize(*.0))]
+    RateLimited(Duration),
     /// A retry the source asked for (or backoff) that would pass the call's deadline (the
     /// source's `timeout` or the caller's deadline), or leave too little of it.
     #[error("{last}; not retried: waiting {} would pass the call's deadline", humanize(*wait))]
@@ -109,7 +113,8 @@ impl OutboundError {
             | OutboundError::TooLarge(_)
             | OutboundError::NotJson(_)
             | OutboundError::TooManyValues(_)
-            | OutboundError::InBody(_) => false,
+            | OutboundError::InBody(_)
+            | OutboundError::RateLimited(_) => false,
             OutboundError::PastDeadline { last, .. } => last.transient(),
         }
     }

@@ -7,20 +7,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::model::{Auth, Pagination, Source};
+use crate::model::{Pagination, Source};
 use crate::runtime::breaker::{Breaker, Refused};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::metrics::{Answer, Metrics};
 use crate::runtime::outbound::{self, ConnectRetry, OutboundError, RetryFit, RetryPolicy};
 use crate::runtime::outbound_auth::{self, TokenError, Tokens};
 use crate::runtime::problem::ProblemKind;
+use crate::runtime::rate::{Bucket, RateLimited};
 use crate::runtime::trace_context::TraceContext;
 
 /// Why a call to a source failed.
@@ -46,6 +46,8 @@ pub enum FailureKind {
     Unusable,
     /// Not called: the source's circuit breaker is open.
     Open,
+    /// Not called: the source's rate budget had no request left before the deadline.
+    RateLimited,
 }
 
 impl Failure {
@@ -55,6 +57,7 @@ impl Failure {
             OutboundError::Timeout(_) | OutboundError::Deadline => FailureKind::Timeout,
             OutboundError::Connect | OutboundError::Send(_) => FailureKind::NoAnswer,
             OutboundError::Status { .. } | OutboundError::Redirect(_) => FailureKind::Refused,
+            OutboundError::RateLimited(_) => FailureKind::RateLimited,
             OutboundError::TooLarge(_)
             | OutboundError::Cut(_)
             | OutboundError::NotJson(_)
@@ -88,10 +91,12 @@ impl Failure {
 }
 
 impl FailureKind {
-    /// What a caller is answered for a source that failed so: a timeout 504, the others 502.
+    /// What a caller is answered for a source that failed so: a timeout 504, a source whose
+    /// rate budget is spent 503 (sending again in a second may fit it), the others 502.
     pub fn problem(self) -> ProblemKind {
         match self {
             FailureKind::Timeout => ProblemKind::Timeout,
+            FailureKind::RateLimited => ProblemKind::Unavailable { retry_after: 1 },
             FailureKind::NoAnswer
             | FailureKind::Refused
             | FailureKind::Unusable
@@ -142,6 +147,9 @@ pub struct SourceClient {
     fixed: HeaderMap,
     metrics: Arc<Metrics>,
     breaker: Arc<Breaker>,
+    /// The source's requests-per-second budget (`rate`), shared by every caller of the
+    /// source and kept across reloads.
+    rate: Option<Arc<Bucket>>,
     /// Access tokens, for `oauth2` and `smartBackend` auth (`runtime::outbound_auth`).
     tokens: Option<Tokens>,
 }
@@ -163,6 +171,7 @@ impl Upstreams {
         for s in sources {
             let fixed = fixed_headers(&s)?;
             let breaker = metrics.breaker(&s.name, s.breaker);
+            let rate = s.rate.map(|r| metrics.rate(&s.name, r));
             // Outbound auth hook: a source with mutual TLS has a client of its own.
             let client = match &s.tls {
                 Some(tls) => outbound_auth::tls::client(&s.name, tls)?,
@@ -178,6 +187,7 @@ impl Upstreams {
                     fixed,
                     tokens,
                     breaker,
+                    rate,
                     metrics: metrics.clone(),
                 }),
             );
@@ -202,23 +212,9 @@ fn fixed_headers(s: &Source) -> Result<HeaderMap, BuildError> {
         value.set_sensitive(true);
         h.insert(name, value);
     }
-    let (name, value) = match &s.auth {
-        // Tokens are asked for per call (`outbound_auth::Tokens`).
-        None | Some(Auth::OAuth2(_) | Auth::SmartBackend(_)) => return Ok(h),
-        Some(Auth::Bearer(t)) => (reqwest::header::AUTHORIZATION, format!("Bearer {}", t.0)),
-        Some(Auth::ApiKey { header, value }) => (
-            HeaderName::from_bytes(header.as_bytes()).map_err(|_| bad("API key header"))?,
-            value.0.clone(),
-        ),
-        Some(Auth::Basic { username, password }) => {
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", username.0, password.0));
-            (reqwest::header::AUTHORIZATION, format!("Basic {token}"))
-        }
-    };
-    let mut value = HeaderValue::from_str(&value).map_err(|_| bad("credential"))?;
-    value.set_sensitive(true);
-    h.insert(name, value);
+    if let Some((name, value)) = outbound_auth::credentials::fixed_header(&s.name, s.auth.as_ref())? {
+        h.insert(name, value);
+    }
     Ok(h)
 }
 
@@ -305,7 +301,10 @@ impl SourceClient {
             })
             .await;
         match &result {
-            Err(e) if matches!(e.last(), OutboundError::Deadline) => drop(ticket),
+            // Ended by the caller, or never sent: nothing learnt of the source.
+            Err(e) if matches!(e.last(), OutboundError::Deadline | OutboundError::RateLimited(_)) => {
+                drop(ticket)
+            }
             Err(e) if e.last().transient() => ticket.failed(),
             _ => ticket.succeeded(),
         }
@@ -322,8 +321,9 @@ impl SourceClient {
         }
     }
 
-    /// One HTTP exchange, holding one of the source's concurrency permits while it lasts, and
-    /// ending by `budget` (the call's) or the caller's `deadline`, whichever comes first.
+    /// One HTTP exchange: a token of the source's rate budget first (waited for only while
+    /// the wait fits), then one of its concurrency permits, held while the exchange lasts; it
+    /// ends by `budget` (the call's) or the caller's `deadline`, whichever comes first.
     async fn attempt(
         &self,
         call: &Call,
@@ -342,6 +342,11 @@ impl SourceClient {
                 OutboundError::Timeout(s.timeout)
             }
         };
+        if let Some(rate) = &self.rate {
+            rate.take(end)
+                .await
+                .map_err(|RateLimited(wait)| OutboundError::RateLimited(wait))?;
+        }
         let permit = tokio::time::timeout_at(end, self.limit.acquire())
             .await
             .map_err(|_| out_of_time())?;

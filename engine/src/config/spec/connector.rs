@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::source::{RequestSpec, SourceSpec};
+use super::source::{AuthSpec, RequestSpec, SourceSpec, TlsSpec};
 use crate::model::vocabulary::{
     FhirVersion, HmacEncoding, HmacSigned, MatchMode, ParamType, PushMode, RecordErrorPolicy,
     Validation,
@@ -423,10 +423,18 @@ pub struct ImportSpec {
     #[serde(default)]
     #[schemars(extend("pattern" = "^[0-9]+(B|KB|MB|GB|KiB|MiB|GiB)?$"))]
     pub max_size: Option<String>,
-    /// Time allowed for the package download (default `5m`).
+    /// Time allowed for the package download (default `5m`); a token request of `auth` is
+    /// bounded by it too.
     #[serde(default)]
     #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
     pub timeout: Option<String>,
+    /// Authentication of the package download, as a source's (`bearer`, `apiKey`, `basic`,
+    /// `oauth2`, `smartBackend`; secrets only from references): for a guide given by URL.
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
+    /// Mutual TLS with the package server, as a source's `tls`: for a guide given by URL.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
 }
 
 /// Files and resource types of a guide import's allow- or deny-list.

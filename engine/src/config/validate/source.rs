@@ -14,7 +14,7 @@ use crate::model::jsonpath::Query;
 use crate::model::template::Templates;
 use crate::model::{
     Auth, BreakerSettings, DEFAULT_BREAKER_COOL_DOWN, DEFAULT_BREAKER_FAILURES, FhirSink,
-    Pagination, Request, Secret, Sink, Source, Statuses,
+    Pagination, Rate, Request, Secret, Sink, Source, Statuses,
 };
 
 fn with<'p>(base: &[&'p str], more: &[&'p str]) -> Vec<&'p str> {
@@ -56,6 +56,7 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
     );
     let statuses = statuses(ctx, &with(at, &["statuses"]), s.statuses.as_ref());
     let breaker = breaker(ctx, &with(at, &["breaker"]), s.breaker.as_ref());
+    let rate = s.rate.as_ref().and_then(|r| rate(ctx, &with(at, &["rate"]), r));
     if s.fhir_version.is_some() && s.kind != crate::config::spec::SourceType::Fhir {
         ctx.error(
             &with(at, &["fhirVersion"]),
@@ -88,7 +89,31 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         max_answer,
         statuses,
         breaker,
+        rate,
     })
+}
+
+/// Most requests a second a `rate` may give.
+const MAX_RATE: f64 = 100_000.0;
+
+/// Checks a source's requests-per-second budget: a rate above 0 (a rate of 0 would make every
+/// request wait forever, or fail), at most `MAX_RATE`; the burst defaults to the rate rounded
+/// up.
+fn rate(ctx: &mut Ctx<'_>, at: &[&str], r: &crate::config::spec::RateSpec) -> Option<Rate> {
+    let per_second = r.per_second;
+    if !(per_second.is_finite() && per_second > 0.0 && per_second <= MAX_RATE) {
+        ctx.error(
+            &with(at, &["perSecond"]),
+            format!("`perSecond` is {per_second}: it must be more than 0 and at most 100000"),
+            Some("e.g. `rate: { perSecond: 10, burst: 20 }`, or leave `rate` out for no budget".into()),
+        );
+        return None;
+    }
+    let burst = r
+        .burst
+        .unwrap_or_else(|| (per_second.ceil() as u32).max(1))
+        .max(1);
+    Some(Rate { per_second, burst })
 }
 
 /// A source's circuit breaker settings, defaults where unset.
@@ -453,7 +478,10 @@ pub fn sink(ctx: &mut Ctx<'_>, name: &str, s: &SinkSpec) -> Option<Sink> {
                 .auth
                 .as_ref()
                 .and_then(|a| auth(ctx, &["spec", "fhir", "auth"], a));
-            credentials::sink_auth(ctx, &["spec", "fhir", "auth"], auth.as_ref());
+            let tls = f
+                .tls
+                .as_ref()
+                .and_then(|t| credentials::tls(ctx, &["spec", "fhir", "tls"], t));
             let timeout = ctx.duration(
                 &["spec", "fhir", "timeout"],
                 f.timeout.as_deref(),
@@ -464,6 +492,7 @@ pub fn sink(ctx: &mut Ctx<'_>, name: &str, s: &SinkSpec) -> Option<Sink> {
                 url: url.unwrap_or_else(placeholder_url),
                 version: f.version,
                 auth,
+                tls,
                 timeout,
                 batch_size: f.batch_size.unwrap_or(100),
                 concurrency: f.concurrency.unwrap_or(1),
