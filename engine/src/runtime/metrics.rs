@@ -18,8 +18,8 @@ use prometheus_client::registry::{Metric, Registry};
 
 use crate::model::{BreakerSettings, Rate};
 use crate::runtime::breaker::{Breaker, BreakerView};
-use crate::runtime::rate::Bucket;
 use crate::runtime::cache::Stats;
+use crate::runtime::rate::Bucket;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 12] = [

@@ -14,10 +14,10 @@ use serde_json::{Value, json};
 
 use crate::model::vocabulary::BundleMode;
 use crate::model::{FhirSink, Sink, SinkRef};
-use crate::runtime::outbound_auth::credentials::{self, with_header};
-use crate::runtime::outbound_auth::{Credentials, TokenError};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::outbound::{self, OutboundError, RetryPolicy};
+use crate::runtime::outbound_auth::credentials::{self, with_header};
+use crate::runtime::outbound_auth::{Credentials, TokenError};
 use crate::runtime::state::StateError;
 
 /// One resource that could not be written, and why.
@@ -140,13 +140,8 @@ pub struct SinkClient {
 
 /// A ready sink.
 pub enum Writer {
-    Fhir {
-        sink: FhirSink,
-        client: SinkClient,
-    },
-    Ndjson {
-        dir: PathBuf,
-    },
+    Fhir { sink: FhirSink, client: SinkClient },
+    Ndjson { dir: PathBuf },
 }
 
 impl Writer {
@@ -709,9 +704,11 @@ async fn write_bundle(
     if sink.mode == BundleMode::Transaction
         && let Err((Some(status), ..)) = &result
         && (400..500).contains(status)
+        && !matches!(status, 401 | 403)
     {
         // A transaction is all or nothing: send the entries as a batch to learn (and
-        // keep) what each one does.
+        // keep) what each one does; not when the credentials were refused, which a batch
+        // would only meet again.
         result = send_bundle(sink, client, BundleMode::Batch, &bodies, &mut report).await;
     }
     match result {

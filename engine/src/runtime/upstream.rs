@@ -212,7 +212,8 @@ fn fixed_headers(s: &Source) -> Result<HeaderMap, BuildError> {
         value.set_sensitive(true);
         h.insert(name, value);
     }
-    if let Some((name, value)) = outbound_auth::credentials::fixed_header(&s.name, s.auth.as_ref())? {
+    if let Some((name, value)) = outbound_auth::credentials::fixed_header(&s.name, s.auth.as_ref())?
+    {
         h.insert(name, value);
     }
     Ok(h)
@@ -302,7 +303,12 @@ impl SourceClient {
             .await;
         match &result {
             // Ended by the caller, or never sent: nothing learnt of the source.
-            Err(e) if matches!(e.last(), OutboundError::Deadline | OutboundError::RateLimited(_)) => {
+            Err(e)
+                if matches!(
+                    e.last(),
+                    OutboundError::Deadline | OutboundError::RateLimited(_)
+                ) =>
+            {
                 drop(ticket)
             }
             Err(e) if e.last().transient() => ticket.failed(),

@@ -56,7 +56,10 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
     );
     let statuses = statuses(ctx, &with(at, &["statuses"]), s.statuses.as_ref());
     let breaker = breaker(ctx, &with(at, &["breaker"]), s.breaker.as_ref());
-    let rate = s.rate.as_ref().and_then(|r| rate(ctx, &with(at, &["rate"]), r));
+    let rate = s
+        .rate
+        .as_ref()
+        .and_then(|r| rate(ctx, &with(at, &["rate"]), r));
     if s.fhir_version.is_some() && s.kind != crate::config::spec::SourceType::Fhir {
         ctx.error(
             &with(at, &["fhirVersion"]),
@@ -105,7 +108,10 @@ fn rate(ctx: &mut Ctx<'_>, at: &[&str], r: &crate::config::spec::RateSpec) -> Op
         ctx.error(
             &with(at, &["perSecond"]),
             format!("`perSecond` is {per_second}: it must be more than 0 and at most 100000"),
-            Some("e.g. `rate: { perSecond: 10, burst: 20 }`, or leave `rate` out for no budget".into()),
+            Some(
+                "e.g. `rate: { perSecond: 10, burst: 20 }`, or leave `rate` out for no budget"
+                    .into(),
+            ),
         );
         return None;
     }

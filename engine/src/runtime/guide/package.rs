@@ -37,7 +37,8 @@ pub(super) async fn download(
             async move {
                 policy
                     .run(None, &mut 0, |_| {
-                        let req = with_header(client.get(url.clone()).timeout(timeout), header.clone());
+                        let req =
+                            with_header(client.get(url.clone()).timeout(timeout), header.clone());
                         outbound::exchange(req, max, timeout)
                     })
                     .await

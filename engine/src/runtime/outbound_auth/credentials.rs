@@ -94,7 +94,10 @@ impl Credentials {
 }
 
 /// A request with `header` when there is one.
-pub fn with_header(req: reqwest::RequestBuilder, header: Option<AuthHeader>) -> reqwest::RequestBuilder {
+pub fn with_header(
+    req: reqwest::RequestBuilder,
+    header: Option<AuthHeader>,
+) -> reqwest::RequestBuilder {
     match header {
         Some((name, value)) => req.header(name, value),
         None => req,
