@@ -25,6 +25,7 @@ mod invalid;
 mod mapping;
 mod outbound_auth;
 mod push_signatures;
+mod rate_budget;
 mod reload;
 mod run_progress;
 mod serve;
