@@ -162,6 +162,27 @@ pub struct Statuses {
     pub retry: Vec<u16>,
     /// A query whose match on a 2xx body makes the answer a failure.
     pub error_when: Option<Query>,
+    /// Response classification rules, in order (`statuses.rules`).
+    pub rules: Vec<ResponseRule>,
+}
+
+/// A response classification rule: its conditions (all that are set must hold) and action.
+#[derive(Debug, Clone)]
+pub struct ResponseRule {
+    /// Statuses it applies to; empty: any 2xx.
+    pub statuses: Vec<u16>,
+    /// A query whose match (a value that is not `null`, `false` or `""`, or equal to
+    /// `equals`) the body must have.
+    pub path: Option<Query>,
+    pub equals: Option<Value>,
+    /// A header the answer must carry (lower case).
+    pub header: Option<String>,
+    pub action: crate::model::vocabulary::RuleAction,
+    /// Where the failure's message is.
+    pub message: Option<Query>,
+    /// Where the wait before sending again is: seconds in the body, or in a header.
+    pub delay_path: Option<Query>,
+    pub delay_header: Option<String>,
 }
 
 /// Outbound authentication.

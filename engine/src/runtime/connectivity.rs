@@ -177,6 +177,7 @@ async fn check_sink(
             not_found: None,
             retry: Vec::new(),
             error_when: None,
+            rules: Vec::new(),
         },
         breaker: BreakerSettings {
             failures: u32::MAX,

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -13,7 +14,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::model::{Pagination, Source};
+use crate::model::vocabulary::RuleAction;
+use crate::model::{Pagination, ResponseRule, Source};
 use crate::runtime::breaker::{Breaker, Refused};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::metrics::{Answer, Metrics};
@@ -56,7 +58,9 @@ impl Failure {
         let kind = match e.last() {
             OutboundError::Timeout(_) | OutboundError::Deadline => FailureKind::Timeout,
             OutboundError::Connect | OutboundError::Send(_) => FailureKind::NoAnswer,
-            OutboundError::Status { .. } | OutboundError::Redirect(_) => FailureKind::Refused,
+            OutboundError::Status { .. }
+            | OutboundError::Redirect(_)
+            | OutboundError::Retry { .. } => FailureKind::Refused,
             OutboundError::RateLimited(_) => FailureKind::RateLimited,
             OutboundError::TooLarge(_)
             | OutboundError::Cut(_)
@@ -150,6 +154,9 @@ pub struct SourceClient {
     /// The source's requests-per-second budget (`rate`), shared by every caller of the
     /// source and kept across reloads.
     rate: Option<Arc<Bucket>>,
+    /// The error statuses the source's classification rules read (their answers are read
+    /// whole rather than as error statuses).
+    kept: Vec<u16>,
     /// Access tokens, for `oauth2` and `smartBackend` auth (`runtime::outbound_auth`).
     tokens: Option<Tokens>,
 }
@@ -172,6 +179,15 @@ impl Upstreams {
             let fixed = fixed_headers(&s)?;
             let breaker = metrics.breaker(&s.name, s.breaker);
             let rate = s.rate.map(|r| metrics.rate(&s.name, r));
+            let mut kept: Vec<u16> = s
+                .statuses
+                .rules
+                .iter()
+                .flat_map(|r| r.statuses.iter().copied())
+                .filter(|code| !(200..300).contains(code))
+                .collect();
+            kept.sort_unstable();
+            kept.dedup();
             // Outbound auth hook: a source with mutual TLS has a client of its own.
             let client = match &s.tls {
                 Some(tls) => outbound_auth::tls::client(&s.name, tls)?,
@@ -188,6 +204,7 @@ impl Upstreams {
                     tokens,
                     breaker,
                     rate,
+                    kept,
                     metrics: metrics.clone(),
                 }),
             );
@@ -384,7 +401,8 @@ impl SourceClient {
                 .body(serde_json::to_vec(body).unwrap_or_default());
         }
         let started = Instant::now();
-        let result = match outbound::exchange(req, s.max_answer, timeout).await {
+        let result = match outbound::exchange_keeping(req, s.max_answer, timeout, &self.kept).await
+        {
             // Cut short by the caller's deadline, or the end of the call's time.
             Err(OutboundError::Timeout(_)) => Err(out_of_time()),
             other => other,
@@ -404,17 +422,33 @@ impl SourceClient {
         // Counted before parsing: a parsed value costs far more memory than its text.
         crate::runtime::json_count::count_values(&got.body, s.max_values)
             .map_err(|e| OutboundError::TooManyValues(e.max))?;
-        let body = outbound::json(&got.body)?;
-        if let Some(q) = &s.statuses.error_when
+        let success = (200..300).contains(&got.status);
+        let body = if success {
+            outbound::json(&got.body)?
+        } else {
+            // An error status a rule reads: its body may well not be JSON.
+            outbound::json(&got.body).unwrap_or(Value::Null)
+        };
+        if success
+            && let Some(q) = &s.statuses.error_when
             && let Some(text) = error_text(q, &body)
         {
             return Err(OutboundError::InBody(text));
         }
-        Ok(Reply {
-            status: got.status,
-            headers: got.headers,
-            body,
-        })
+        let rule = s
+            .statuses
+            .rules
+            .iter()
+            .find(|r| holds(r, got.status, &got.headers, &body));
+        match rule {
+            None if success => Ok(Reply {
+                status: got.status,
+                headers: got.headers,
+                body,
+            }),
+            None => Err(outbound::status_error(got.status, &got.headers, &got.body)),
+            Some(r) => classified(r, got.status, got.headers, body, &got.body),
+        }
     }
 
     /// Sends the first call and follows the source's pagination, collecting the records
@@ -694,14 +728,94 @@ fn content_type(s: &Source) -> &'static str {
     }
 }
 
-/// The text of the first value `q` matches in a 2xx body, unless it is `null`, `false` or
-/// an empty string: the message of a failure that `statuses.errorWhen` finds.
-fn error_text(q: &crate::model::jsonpath::Query, body: &Value) -> Option<String> {
-    let found = q.select(body, body).into_iter().find(|v| match v {
+/// True when an answer meets every condition of rule `r`.
+fn holds(r: &ResponseRule, status: u16, headers: &HeaderMap, body: &Value) -> bool {
+    let status_holds = if r.statuses.is_empty() {
+        (200..300).contains(&status)
+    } else {
+        r.statuses.contains(&status)
+    };
+    status_holds
+        && r.header
+            .as_ref()
+            .is_none_or(|h| headers.contains_key(h.as_str()))
+        && r.path.as_ref().is_none_or(|q| {
+            let found = q.select(body, body);
+            match &r.equals {
+                Some(want) => found.iter().any(|v| *v == want),
+                None => found.iter().any(|v| truthy(v)),
+            }
+        })
+}
+
+/// A value that says something: not `null`, `false` or an empty string.
+fn truthy(v: &Value) -> bool {
+    match v {
         Value::Null | Value::Bool(false) => false,
         Value::String(s) => !s.trim().is_empty(),
         _ => true,
-    })?;
+    }
+}
+
+/// What an answer that rule `r` matched is: a failure, one to send again (after the delay it
+/// gives), or no data.
+fn classified(
+    r: &ResponseRule,
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+    raw: &[u8],
+) -> Result<Reply, OutboundError> {
+    let message = || {
+        r.message
+            .as_ref()
+            .or(r.path.as_ref())
+            .and_then(|q| error_text(q, &body))
+            .or_else(|| outbound::message_of(raw).0)
+            .unwrap_or_else(|| format!("status {status}"))
+    };
+    match r.action {
+        RuleAction::Empty => Ok(Reply {
+            status,
+            headers,
+            body: Value::Null,
+        }),
+        RuleAction::Error => Err(OutboundError::InBody(message())),
+        RuleAction::Retry => Err(OutboundError::Retry {
+            message: format!("an error to send again: {}", message()),
+            wait: delay(r, &headers, &body),
+        }),
+        RuleAction::RateLimited => Err(OutboundError::Retry {
+            message: "that it is rate-limiting".to_owned(),
+            wait: delay(r, &headers, &body).or_else(|| outbound::retry_after(&headers)),
+        }),
+    }
+}
+
+/// The wait a matched answer asks for: seconds at the rule's `delayPath` in the body, or in
+/// its `delayHeader`; at most `outbound::MAX_RETRY_AFTER`.
+fn delay(r: &ResponseRule, headers: &HeaderMap, body: &Value) -> Option<Duration> {
+    let seconds = |v: &Value| match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    let secs = match (&r.delay_path, &r.delay_header) {
+        (Some(q), _) => q.select(body, body).into_iter().find_map(seconds),
+        (None, Some(h)) => headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok()),
+        (None, None) => None,
+    }?;
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(outbound::MAX_RETRY_AFTER.as_secs_f64())))
+}
+
+/// The text of the first value `q` matches in a 2xx body, unless it is `null`, `false` or
+/// an empty string: the message of a failure that `statuses.errorWhen` finds.
+fn error_text(q: &crate::model::jsonpath::Query, body: &Value) -> Option<String> {
+    let found = q.select(body, body).into_iter().find(|v| truthy(v))?;
     Some(match found {
         Value::String(s) => outbound::clean(s),
         other => outbound::message_of(other.to_string().as_bytes())

@@ -27,6 +27,7 @@ mod outbound_auth;
 mod push_signatures;
 mod rate_budget;
 mod reload;
+mod response_rules;
 mod run_progress;
 mod serve;
 mod shared_cache;

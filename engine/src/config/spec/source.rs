@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::model::vocabulary::{
-    BundleMode, FhirVersion, Method, NotFoundReading, SigningAlg, SourceType,
+    BundleMode, FhirVersion, Method, NotFoundReading, RuleAction, SigningAlg, SourceType,
 };
 
 /// Where data comes from: a JSON HTTP API or a FHIR server.
@@ -152,6 +152,57 @@ pub struct StatusesSpec {
     #[serde(default)]
     #[schemars(extend("examples" = ["$.error"]))]
     pub error_when: Option<String>,
+    /// How answers are classified, beyond their status: rules tried in order (after
+    /// `errorWhen`, a shorthand for a rule with `path` and `action: error`), the first whose
+    /// conditions all hold deciding what the answer is. At most 50.
+    #[serde(default)]
+    #[schemars(length(max = 50))]
+    pub rules: Vec<ResponseRuleSpec>,
+}
+
+/// A response classification rule: conditions (at least one of `status`, `path`, `header`;
+/// all that are given must hold) and the `action` taken on an answer that meets them. As
+/// Airbyte's `response_filters`, for sources that answer `200` with an error inside.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResponseRuleSpec {
+    /// Statuses the rule applies to, each from 200 to 599 (default: any 2xx). An error
+    /// status listed here is read through the rule (its body and headers too) instead of as
+    /// an error status.
+    #[serde(default)]
+    #[schemars(length(max = 100))]
+    #[schemars(extend("examples" = [[200], [404]]))]
+    pub status: Option<Vec<u16>>,
+    /// JSONPath over the answer's body: the rule holds when it matches a value other than
+    /// `null`, `false` or an empty string (or, with `equals`, when a value it matches equals
+    /// `equals`).
+    #[serde(default)]
+    #[schemars(extend("examples" = ["$.error.code", "$.status"]))]
+    pub path: Option<String>,
+    /// The value `path` must match (a string, number or boolean).
+    #[serde(default)]
+    #[schemars(extend("examples" = ["THROTTLED"]))]
+    pub equals: Option<Value>,
+    /// A header the answer must carry (any value), e.g. `X-Error`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// What the answer is then.
+    pub action: RuleAction,
+    /// JSONPath to the failure's message (for `error` and `retry`; default: the text `path`
+    /// matched, or the source's own message).
+    #[serde(default)]
+    #[schemars(extend("examples" = ["$.error.message"]))]
+    pub message: Option<String>,
+    /// JSONPath to the seconds to wait before sending again (`rateLimited`, `retry`), a
+    /// number or a numeric string.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["$.error.retryAfter"]))]
+    pub delay_path: Option<String>,
+    /// A header holding the seconds to wait before sending again (`rateLimited`, `retry`);
+    /// default `Retry-After`.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["X-RateLimit-Reset-After"]))]
+    pub delay_header: Option<String>,
 }
 
 /// Authentication of outbound requests: exactly one of `bearer`, `apiKey`, `basic`,
