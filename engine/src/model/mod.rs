@@ -442,6 +442,8 @@ pub enum CronRead {
         incremental: Option<(Query, String)>,
         /// Values the request runs once for each (`params.item`); empty: once.
         each: Vec<Value>,
+        /// A parent request whose records the request runs once for each (`params.parent`).
+        parent: Option<Parent>,
     },
     Sync {
         resource_types: Vec<String>,
@@ -449,6 +451,14 @@ pub enum CronRead {
         page_size: u32,
     },
     Import(Import),
+}
+
+/// The parent request of a fetch, where its records are, and the most it may give.
+#[derive(Debug)]
+pub struct Parent {
+    pub request: Request,
+    pub records: Query,
+    pub max_children: usize,
 }
 
 /// A checked implementation guide import.

@@ -24,6 +24,7 @@ mod hostile;
 mod invalid;
 mod mapping;
 mod outbound_auth;
+mod parent_child;
 mod push_signatures;
 mod rate_budget;
 mod reload;
