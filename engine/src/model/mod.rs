@@ -257,6 +257,7 @@ pub enum Pagination {
 }
 
 /// A checked sink.
+#[allow(clippy::large_enum_variant)] // built once per load; boxing would only add indirection
 #[derive(Debug)]
 pub enum Sink {
     Fhir(FhirSink),

@@ -742,7 +742,7 @@ fn holds(r: &ResponseRule, status: u16, headers: &HeaderMap, body: &Value) -> bo
         && r.path.as_ref().is_none_or(|q| {
             let found = q.select(body, body);
             match &r.equals {
-                Some(want) => found.iter().any(|v| *v == want),
+                Some(want) => found.contains(&want),
                 None => found.iter().any(|v| truthy(v)),
             }
         })
