@@ -83,7 +83,7 @@ spec:
   url: "{url}"
   timeout: 2s
   retries: 0
-  rate: {{ perSecond: 20, burst: 1 }}
+  rate: {{ perSecond: 10, burst: 1 }}
   pagination:
     cursor: {{ path: $.next, param: after }}
 ---
@@ -132,12 +132,13 @@ async fn each_parent_record_makes_one_child_request_within_the_rate_budget() {
     let children = clinic.seen.children.lock().expect("lock").clone();
     let ids: Vec<&str> = children.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["p1", "p2", "p3", "p4"]);
-    // 20 a second, burst 1: the parent took the burst, so the four children took 50 ms
-    // each (arrivals measured at the server: allow its grain).
+    // 10 a second, burst 1: the parent took the burst, so the children's tokens came 100 ms
+    // apart, 300 ms from the first to the fourth (arrivals are measured at the server, where
+    // a loaded machine's latency moves each a little: allow a third of it).
     let span = children[3].1 - children[0].1;
     assert!(
-        span >= Duration::from_millis(120),
-        "{span:?} for 3 intervals"
+        span >= Duration::from_millis(200),
+        "{span:?} for 3 intervals of 100 ms"
     );
 }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use reqwest::header::{HeaderName, HeaderValue};
 
-use super::{TokenError, Tokens, tls};
+use super::tls;
+use super::token::{TokenError, Tokens};
 use crate::model::{Auth, Tls};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::outbound::{self, OutboundError};
