@@ -124,6 +124,16 @@ pub struct Source {
     pub statuses: Statuses,
     /// When calls to the source stop being sent after repeated failures.
     pub breaker: BreakerSettings,
+    /// The source's requests-per-second budget (`rate`), if it has one.
+    pub rate: Option<Rate>,
+}
+
+/// A requests-per-second budget: a token bucket of `burst` tokens refilled at `per_second`
+/// (more than 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 /// A source's circuit breaker: `failures` failed calls in a row open it; while open, calls
@@ -156,6 +166,27 @@ pub struct Statuses {
     pub retry: Vec<u16>,
     /// A query whose match on a 2xx body makes the answer a failure.
     pub error_when: Option<Query>,
+    /// Response classification rules, in order (`statuses.rules`).
+    pub rules: Vec<ResponseRule>,
+}
+
+/// A response classification rule: its conditions (all that are set must hold) and action.
+#[derive(Debug, Clone)]
+pub struct ResponseRule {
+    /// Statuses it applies to; empty: any 2xx.
+    pub statuses: Vec<u16>,
+    /// A query whose match (a value that is not `null`, `false` or `""`, or equal to
+    /// `equals`) the body must have.
+    pub path: Option<Query>,
+    pub equals: Option<Value>,
+    /// A header the answer must carry (lower case).
+    pub header: Option<String>,
+    pub action: crate::model::vocabulary::RuleAction,
+    /// Where the failure's message is.
+    pub message: Option<Query>,
+    /// Where the wait before sending again is: seconds in the body, or in a header.
+    pub delay_path: Option<Query>,
+    pub delay_header: Option<String>,
 }
 
 /// Outbound authentication.
@@ -199,7 +230,7 @@ pub struct SmartBackend {
     pub scopes: Vec<String>,
 }
 
-/// TLS with a source: the client certificate (chain) and its key (mutual TLS), and an extra
+/// TLS with a source, a sink or a guide server: the client certificate (chain) and its key (mutual TLS), and an extra
 /// CA, all PEM text (checked to parse).
 #[derive(Debug, Clone)]
 pub struct Tls {
@@ -230,6 +261,7 @@ pub enum Pagination {
 }
 
 /// A checked sink.
+#[allow(clippy::large_enum_variant)] // built once per load; boxing would only add indirection
 #[derive(Debug)]
 pub enum Sink {
     Fhir(FhirSink),
@@ -243,6 +275,8 @@ pub struct FhirSink {
     pub url: url::Url,
     pub version: FhirVersion,
     pub auth: Option<Auth>,
+    /// Mutual TLS with the sink.
+    pub tls: Option<Tls>,
     pub timeout: Duration,
     pub batch_size: u32,
     /// Bundles of one write in flight at once (1 or more).
@@ -407,6 +441,8 @@ pub enum CronRead {
         incremental: Option<(Query, String)>,
         /// Values the request runs once for each (`params.item`); empty: once.
         each: Vec<Value>,
+        /// A parent request whose records the request runs once for each (`params.parent`).
+        parent: Option<Parent>,
     },
     Sync {
         resource_types: Vec<String>,
@@ -416,10 +452,22 @@ pub enum CronRead {
     Import(Import),
 }
 
+/// The parent request of a fetch, where its records are, and the most it may give.
+#[derive(Debug)]
+pub struct Parent {
+    pub request: Request,
+    pub records: Query,
+    pub max_children: usize,
+}
+
 /// A checked implementation guide import.
 #[derive(Debug)]
 pub struct Import {
     pub guide: GuideLocation,
+    /// Authentication of the package download (a guide given by URL).
+    pub auth: Option<Auth>,
+    /// Mutual TLS with the package server.
+    pub tls: Option<Tls>,
     /// The allow-list; empty lists allow all.
     pub include_files: Vec<Glob>,
     pub include_types: Vec<String>,

@@ -53,6 +53,23 @@ pub enum NotFoundReading {
     Error,
 }
 
+/// What a source's answer that a `statuses.rules` rule matches is taken for.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RuleAction {
+    /// A failure (502 to a caller) with the rule's `message`: not retried.
+    Error,
+    /// A transient failure: the request is sent again, as after a retried status, within
+    /// the source's `retries` and `timeout`; the last failure stands when they run out.
+    Retry,
+    /// No data: a search finds nothing (an empty searchset), a run reads no records.
+    Empty,
+    /// The source is throttling: sent again after the delay it gives (`delayPath`,
+    /// `delayHeader`, else `Retry-After`, else backoff; at most 30 s), within `retries` and
+    /// `timeout`.
+    RateLimited,
+}
+
 /// How a sink groups writes.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

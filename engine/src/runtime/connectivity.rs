@@ -165,8 +165,7 @@ async fn check_sink(
         fhir_version: Some(sink.version),
         headers: Vec::new(),
         auth: sink.auth.clone(),
-        // Sinks take no `tls` setting yet (model::FhirSink has none).
-        tls: None,
+        tls: sink.tls.clone(),
         timeout: sink.timeout,
         retries: 0,
         concurrency: 1,
@@ -178,11 +177,13 @@ async fn check_sink(
             not_found: None,
             retry: Vec::new(),
             error_when: None,
+            rules: Vec::new(),
         },
         breaker: BreakerSettings {
             failures: u32::MAX,
             cool_down: Duration::from_secs(1),
         },
+        rate: None,
     });
     let upstreams = Upstreams::new([as_source], metrics)?;
     let part = format!("sink {}", sink.name);

@@ -1,7 +1,8 @@
 //! Prometheus metrics over `prometheus-client`: counters and latency histograms with typed
 //! label sets, and the sizes read at scrape time, rendered in the text exposition format at
 //! `/metrics`. Every metric's name, help and labels are declared here. The sources' circuit
-//! breakers are kept here too, by source name, since metrics outlive reloads.
+//! breakers and rate budgets are kept here too, by source name, since metrics outlive
+//! reloads.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,9 +16,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 
-use crate::model::BreakerSettings;
+use crate::model::{BreakerSettings, Rate};
 use crate::runtime::breaker::{Breaker, BreakerView};
 use crate::runtime::cache::Stats;
+use crate::runtime::rate::Bucket;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 12] = [
@@ -158,6 +160,8 @@ pub struct Metrics {
     fhir_invalid: Family<OutcomeLabels, Counter>,
     shared_cache: Family<OutcomeLabels, Counter>,
     breakers: Mutex<BTreeMap<String, Arc<Breaker>>>,
+    /// Sources' rate budgets, by name, kept across reloads as the breakers are.
+    rates: Mutex<BTreeMap<String, Arc<Bucket>>>,
 }
 
 impl Default for Metrics {
@@ -273,6 +277,7 @@ impl Default for Metrics {
                 Family::default(),
             ),
             breakers: Mutex::default(),
+            rates: Mutex::default(),
             registry: r,
         }
     }
@@ -431,6 +436,20 @@ impl Metrics {
         let b = all
             .entry(source.to_owned())
             .or_insert_with(|| Arc::new(Breaker::new(settings)));
+        b.set(settings);
+        b.clone()
+    }
+
+    /// The rate budget of source `source`, made full with `settings` the first time, kept
+    /// (with the new settings and the tokens it had) across reloads.
+    pub fn rate(&self, source: &str, settings: Rate) -> Arc<Bucket> {
+        let mut all = self
+            .rates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let b = all
+            .entry(source.to_owned())
+            .or_insert_with(|| Arc::new(Bucket::new(settings)));
         b.set(settings);
         b.clone()
     }

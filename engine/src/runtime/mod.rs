@@ -21,6 +21,7 @@ pub mod outbound_auth;
 pub mod problem;
 pub mod pull;
 pub mod push;
+pub mod rate;
 pub mod readiness;
 pub mod report;
 pub mod request;

@@ -75,6 +75,17 @@ pub enum OutboundError {
     /// A 2xx body that `statuses.errorWhen` reads as an error: the matched text.
     #[error("answered an error: {0}")]
     InBody(String),
+    /// An answer a classification rule reads as a transient failure (`retry`) or as the
+    /// source throttling (`rateLimited`): sent again after `wait` (backoff when `None`).
+    #[error("answered {message}")]
+    Retry {
+        message: String,
+        wait: Option<Duration>,
+    },
+    /// Not sent: the source's rate budget (`rate`) had no request left before the deadline;
+    /// the wait the next would have needed.
+    #[error("not sent: no request left in the source's rate budget (`rate`) before the deadline; the next in {}", humanize(*.0))]
+    RateLimited(Duration),
     /// A retry the source asked for (or backoff) that would pass the call's deadline (the
     /// source's `timeout` or the caller's deadline), or leave too little of it.
     #[error("{last}; not retried: waiting {} would pass the call's deadline", humanize(*wait))]
@@ -103,13 +114,15 @@ impl OutboundError {
             | OutboundError::Deadline
             | OutboundError::Connect
             | OutboundError::Send(_)
-            | OutboundError::Cut(_) => true,
+            | OutboundError::Cut(_)
+            | OutboundError::Retry { .. } => true,
             OutboundError::Status { status, .. } => *status >= 500 || *status == 429,
             OutboundError::Redirect(_)
             | OutboundError::TooLarge(_)
             | OutboundError::NotJson(_)
             | OutboundError::TooManyValues(_)
-            | OutboundError::InBody(_) => false,
+            | OutboundError::InBody(_)
+            | OutboundError::RateLimited(_) => false,
             OutboundError::PastDeadline { last, .. } => last.transient(),
         }
     }
@@ -232,6 +245,17 @@ pub async fn exchange(
     cap: u64,
     timeout: Duration,
 ) -> Result<Exchanged, OutboundError> {
+    exchange_keeping(req, cap, timeout, &[]).await
+}
+
+/// As `exchange`, giving the answers of the error statuses in `keep` whole too (a source's
+/// classification rules read them), their bodies under the same cap.
+pub async fn exchange_keeping(
+    req: reqwest::RequestBuilder,
+    cap: u64,
+    timeout: Duration,
+    keep: &[u16],
+) -> Result<Exchanged, OutboundError> {
     let resp = req
         .send()
         .await
@@ -241,15 +265,13 @@ pub async fn exchange(
     if status.is_redirection() {
         return Err(OutboundError::Redirect(RedirectRefused::NotFollowed));
     }
-    if !status.is_success() {
+    if !status.is_success() && !keep.contains(&status.as_u16()) {
         let body = read_body(resp, cap, timeout).await.ok();
-        let (message, outcome) = body.as_deref().map(message_of).unwrap_or_default();
-        return Err(OutboundError::Status {
-            status: status.as_u16(),
-            message,
-            retry_after: retry_after(&headers),
-            outcome: outcome.map(Box::new),
-        });
+        return Err(status_error(
+            status.as_u16(),
+            &headers,
+            body.as_deref().unwrap_or_default(),
+        ));
     }
     let body = read_body(resp, cap, timeout).await?;
     Ok(Exchanged {
@@ -257,6 +279,22 @@ pub async fn exchange(
         headers,
         body,
     })
+}
+
+/// The error of an answer with error status `status`: the server's message and outcome out
+/// of its body, its `Retry-After`.
+pub fn status_error(status: u16, headers: &HeaderMap, body: &[u8]) -> OutboundError {
+    let (message, outcome) = if body.is_empty() {
+        (None, None)
+    } else {
+        message_of(body)
+    };
+    OutboundError::Status {
+        status,
+        message,
+        retry_after: retry_after(headers),
+        outcome: outcome.map(Box::new),
+    }
 }
 
 /// Reads a body of at most `cap` bytes: an announced length above the cap is refused before
@@ -410,6 +448,7 @@ impl RetryPolicy<'_> {
                 ConnectRetry::Never => None,
             },
             OutboundError::Timeout(_) | OutboundError::Cut(_) => Some(backoff(attempt)),
+            OutboundError::Retry { wait, .. } => Some(wait.unwrap_or_else(|| backoff(attempt))),
             OutboundError::Status {
                 status,
                 retry_after,

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::model::digest::content_digest;
 use crate::model::jsonpath::Query;
 use crate::model::vocabulary::RecordErrorPolicy;
-use crate::model::{Connector, Cron, CronRead, Import, Pagination, Request, Strategy};
+use crate::model::{Connector, Cron, CronRead, Import, Pagination, Parent, Request, Strategy};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
 use crate::runtime::dead_letters::{DeadLetterStore, DeadLetters, DirStore, Letter, Resend};
@@ -26,6 +26,18 @@ use crate::runtime::sink::{ProvenanceOf, WriteFailure, WriteOptions, Writer};
 use crate::runtime::state::{self, ConnectorState, StateDir};
 use crate::runtime::trace_context::TraceContext;
 use crate::runtime::upstream::{Call, SourceClient, Upstreams};
+
+/// How a parent record is named in a run report: its `id` when it has a short one, else its
+/// position.
+fn parent_label(record: &Value, n: usize) -> String {
+    match record.get("id") {
+        Some(Value::String(id)) if id.len() <= 64 => {
+            format!("parent `{}`", crate::runtime::outbound::clean(id))
+        }
+        Some(Value::Number(id)) => format!("parent `{id}`"),
+        _ => format!("parent record {n}"),
+    }
+}
 
 /// Most record failures listed one by one in a run report; the rest are counted in one.
 const LISTED_FAILURES: usize = 100;
@@ -37,6 +49,7 @@ struct Fetch<'a> {
     records: &'a Query,
     incremental: Option<&'a (Query, String)>,
     each: &'a [Value],
+    parent: Option<&'a Parent>,
 }
 
 /// One stream of a run: where its records are in each page, its name (the key of its
@@ -336,6 +349,7 @@ impl Runner {
                     records,
                     incremental,
                     each,
+                    parent,
                 },
                 Some(client),
             ) => {
@@ -344,6 +358,7 @@ impl Runner {
                     records,
                     incremental: incremental.as_ref(),
                     each,
+                    parent: parent.as_ref(),
                 };
                 let out = (&mut resources, watermarks);
                 self.fetch(cron, (client, trace), fetch, state, report, out)
@@ -380,17 +395,32 @@ impl Runner {
             .watermarks
             .get("records")
             .map(|w| asked_from(w, cron.lookback));
-        let items: Vec<Option<&Value>> = if fetch.each.is_empty() {
-            vec![None]
-        } else {
-            fetch.each.iter().map(Some).collect()
-        };
-        for item in items {
-            let mut params = json!({"watermark": watermark.clone().unwrap_or_default()});
-            if let Some(v) = item {
-                params["item"] = v.clone();
+        let parents = match fetch.parent {
+            None => None,
+            Some(p) => {
+                let params = json!({"watermark": watermark.clone().unwrap_or_default()});
+                match self.parents(p, (client, trace), &params, report).await {
+                    Some(found) => Some(found),
+                    None => return,
+                }
             }
-            let subject = item.map_or_else(|| "request".to_owned(), |v| format!("request for {v}"));
+        };
+        let items: Vec<Option<&Value>> = match &parents {
+            Some(found) => found.iter().map(Some).collect(),
+            None if fetch.each.is_empty() => vec![None],
+            None => fetch.each.iter().map(Some).collect(),
+        };
+        for (n, item) in items.into_iter().enumerate() {
+            let mut params = json!({"watermark": watermark.clone().unwrap_or_default()});
+            let key = if parents.is_some() { "parent" } else { "item" };
+            if let Some(v) = item {
+                params[key] = v.clone();
+            }
+            let subject = match item {
+                None => "request".to_owned(),
+                Some(v) if parents.is_some() => format!("child request for {}", parent_label(v, n)),
+                Some(v) => format!("request for {v}"),
+            };
             match crate::runtime::request::build(
                 &self.connector,
                 &client.source.url,
@@ -416,11 +446,91 @@ impl Runner {
                         resource_type: None,
                     };
                     let out = (&mut *resources, &mut *watermarks);
-                    self.read_stream(cron, (client, trace), call, stream, report, out)
+                    let source_failed = self
+                        .read_stream(cron, (client, trace), call, stream, report, out)
                         .await;
+                    // A child that failed is its parent record's failure: skipped, and the
+                    // run goes on, when records may be skipped.
+                    if source_failed
+                        && parents.is_some()
+                        && let Some(f) = report.failures.pop()
+                    {
+                        let reason = format!("the child request failed: {}", f.message);
+                        if cron.on_record_error == RecordErrorPolicy::Skip {
+                            report.skipped.push(Skipped::one(&subject, &reason));
+                        } else {
+                            report.failures.push(Failure {
+                                subject: subject.clone(),
+                                message: reason,
+                                ..f
+                            });
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// The records of a fetch's parent request, at most its `maxChildren`; `None` (with the
+    /// run's failure reported) when it could not be read or held more.
+    async fn parents(
+        &self,
+        parent: &Parent,
+        (client, trace): (&SourceClient, &TraceContext),
+        params: &Value,
+        report: &mut RunReport,
+    ) -> Option<Vec<Value>> {
+        let fail = |message: String| Failure {
+            stage: Stage::Read,
+            subject: "parent request".into(),
+            message,
+            outcome: None,
+        };
+        let call = match crate::runtime::request::build(
+            &self.connector,
+            &client.source.url,
+            &parent.request,
+            params,
+            None,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                report.failures.push(fail(e.to_string()));
+                return None;
+            }
+        };
+        let max_pages = match &client.source.pagination {
+            Some(_) => client.source.max_pages,
+            None => 1,
+        };
+        // One record more than the cap, to know that there are too many; no more is kept.
+        let paged = client
+            .pages_with(
+                call,
+                &parent.records,
+                Some(parent.max_children.saturating_add(1)),
+                max_pages,
+                client.source.pagination.as_ref(),
+                trace,
+                None,
+                &mut report.source_calls,
+            )
+            .await;
+        let paged = match paged {
+            Ok(p) => p,
+            Err(f) => {
+                report.failures.push(fail(f.to_string()));
+                return None;
+            }
+        };
+        if paged.records.len() > parent.max_children || paged.pages_left {
+            report.failures.push(fail(format!(
+                "the parent answer holds more than {} records (`fetch.parent.maxChildren`) or more pages than the source's `pagination.maxPages`; no child request was sent and nothing is written",
+                parent.max_children
+            )));
+            return None;
+        }
+        Some(paged.records)
     }
 
     /// A sync: a FHIR search per resource type, from each type's watermark when incremental.
@@ -534,7 +644,7 @@ impl Runner {
         }: Stream<'_>,
         report: &mut RunReport,
         (out, watermarks): (&mut Vec<Value>, &mut BTreeMap<String, String>),
-    ) {
+    ) -> bool {
         let max_pages = match &client.source.pagination {
             Some(_) => client.source.max_pages,
             None if stream != "records" => client.source.max_pages,
@@ -570,7 +680,7 @@ impl Runner {
         let paged = match result {
             Err(f) => {
                 report.failures.push(read_failure(f.to_string()));
-                return;
+                return true;
             }
             Ok(p) => p,
         };
@@ -580,14 +690,14 @@ impl Runner {
             report.failures.push(read_failure(format!(
                 "stopped after {max_pages} pages with more to read (the source's `pagination.maxPages`); nothing is written"
             )));
-            return;
+            return false;
         }
         if paged.records.len() > room {
             report.failures.push(read_failure(format!(
                 "more than {} records in one run (`run.maxRecords`); nothing is written",
                 cron.max_records
             )));
-            return;
+            return false;
         }
         let found = paged.records;
         report.records_read += found.len();
@@ -643,6 +753,7 @@ impl Runner {
                 outcome: None,
             }),
         }
+        false
     }
 
     /// Moves a stream's watermark candidate to the largest cursor read, except cursors dated

@@ -8,13 +8,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
 
 use crate::model::vocabulary::BundleMode;
-use crate::model::{Auth, FhirSink, Sink, SinkRef};
+use crate::model::{FhirSink, Sink, SinkRef};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::outbound::{self, OutboundError, RetryPolicy};
+use crate::runtime::outbound_auth::credentials::{self, with_header};
+use crate::runtime::outbound_auth::{Credentials, TokenError};
 use crate::runtime::state::StateError;
 
 /// One resource that could not be written, and why.
@@ -132,15 +135,18 @@ impl ProvenanceOf {
     }
 }
 
+/// The HTTP client of a FHIR sink (with its TLS identity, when it has one) and its
+/// credentials (`runtime::outbound_auth`, as sources'), tokens kept for the writer's life.
+pub struct SinkClient {
+    http: reqwest::Client,
+    auth: Credentials,
+}
+
 /// A ready sink.
+#[allow(clippy::large_enum_variant)] // one per connector build; boxing would only add indirection
 pub enum Writer {
-    Fhir {
-        sink: FhirSink,
-        client: reqwest::Client,
-    },
-    Ndjson {
-        dir: PathBuf,
-    },
+    Fhir { sink: FhirSink, client: SinkClient },
+    Ndjson { dir: PathBuf },
 }
 
 impl Writer {
@@ -153,11 +159,11 @@ impl Writer {
             SinkRef::Named(s) => match s.as_ref() {
                 Sink::Ndjson { dir, .. } => Ok(Writer::Ndjson { dir: dir.clone() }),
                 Sink::Fhir(f) => {
-                    let client =
-                        outbound::client().map_err(|e| BuildError::Client(e.to_string()))?;
+                    let http = credentials::client(&f.name, f.tls.as_ref())?;
+                    let auth = Credentials::new(&f.name, f.auth.as_ref(), f.timeout, &http)?;
                     Ok(Writer::Fhir {
                         sink: clone_fhir(f),
-                        client,
+                        client: SinkClient { http, auth },
                     })
                 }
             },
@@ -385,6 +391,7 @@ fn clone_fhir(f: &FhirSink) -> FhirSink {
         url: f.url.clone(),
         version: f.version,
         auth: f.auth.clone(),
+        tls: f.tls.clone(),
         timeout: f.timeout,
         batch_size: f.batch_size,
         concurrency: f.concurrency,
@@ -584,7 +591,7 @@ fn last_newline(f: &mut std::fs::File, len: u64) -> std::io::Result<u64> {
 
 async fn write_fhir(
     sink: &FhirSink,
-    client: &reqwest::Client,
+    client: &SinkClient,
     resources: Vec<Value>,
     opts: &WriteOptions,
 ) -> WriteReport {
@@ -668,7 +675,7 @@ fn bundles_referenced(chunks: &[&[(String, Value)]]) -> Vec<Vec<usize>> {
 /// Writes the `n`th Bundle of a write (with its Provenance when asked): its own report.
 async fn write_bundle(
     sink: &FhirSink,
-    client: &reqwest::Client,
+    client: &SinkClient,
     n: usize,
     chunk: &[(String, Value)],
     provenance: Option<&ProvenanceOf>,
@@ -709,9 +716,11 @@ async fn write_bundle(
     if sink.mode == BundleMode::Transaction
         && let Err((Some(status), ..)) = &result
         && (400..500).contains(status)
+        && !matches!(status, 401 | 403)
     {
         // A transaction is all or nothing: send the entries as a batch to learn (and
-        // keep) what each one does.
+        // keep) what each one does; not when the credentials were refused, which a batch
+        // would only meet again.
         result = send_bundle(sink, client, BundleMode::Batch, &bodies, &mut report, trace).await;
     }
     match result {
@@ -765,6 +774,9 @@ pub enum LookupError {
     NotIt,
     #[error("the sink URL cannot take a path")]
     Url,
+    /// No token from the sink's token endpoint.
+    #[error("no token for the sink: {0}")]
+    Token(TokenError),
 }
 
 impl LookupError {
@@ -779,7 +791,7 @@ impl LookupError {
 /// Whether the Provenance `id` is on the sink (a transaction that carried it was applied).
 async fn written_before(
     sink: &FhirSink,
-    client: &reqwest::Client,
+    client: &SinkClient,
     id: &str,
     report: &mut WriteReport,
 ) -> Result<bool, LookupError> {
@@ -788,15 +800,24 @@ async fn written_before(
         .map_err(|()| LookupError::Url)?
         .pop_if_empty()
         .extend(["Provenance", id]);
-    report.calls += 1;
-    let req = authorized(
-        client
-            .get(url)
-            .timeout(sink.timeout)
-            .header("accept", "application/fhir+json"),
-        sink,
-    );
-    match outbound::exchange(req, crate::model::DEFAULT_MAX_ANSWER, sink.timeout).await {
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let answer = client
+        .auth
+        .send(|header| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            let req = with_header(
+                client
+                    .http
+                    .get(url.clone())
+                    .timeout(sink.timeout)
+                    .header("accept", "application/fhir+json"),
+                header,
+            );
+            outbound::exchange(req, crate::model::DEFAULT_MAX_ANSWER, sink.timeout)
+        })
+        .await;
+    report.calls += calls.load(Ordering::Relaxed);
+    match answer.map_err(LookupError::Token)? {
         Ok(got) => {
             // Only the Provenance asked for says the write was applied: a server (or a proxy
             // in front of it) answering 200 to anything must not make a payload be dropped.
@@ -810,18 +831,6 @@ async fn written_before(
         }
         Err(e) if matches!(e.status(), Some(404 | 410)) => Ok(false),
         Err(e) => Err(LookupError::Failed(e)),
-    }
-}
-
-/// A request with the sink's credentials.
-fn authorized(req: reqwest::RequestBuilder, sink: &FhirSink) -> reqwest::RequestBuilder {
-    match &sink.auth {
-        None => req,
-        Some(Auth::Bearer(t)) => req.bearer_auth(&t.0),
-        Some(Auth::ApiKey { header, value }) => req.header(header.as_str(), value.0.as_str()),
-        Some(Auth::Basic { username, password }) => req.basic_auth(&username.0, Some(&password.0)),
-        // Token auth is for sources: validation refuses it on a sink.
-        Some(Auth::OAuth2(_) | Auth::SmartBackend(_)) => req,
     }
 }
 
@@ -870,7 +879,7 @@ type SendError = (Option<u16>, String, Option<Value>, bool);
 /// retrying transient failures; gives the answer's entries.
 async fn send_bundle(
     sink: &FhirSink,
-    client: &reqwest::Client,
+    client: &SinkClient,
     mode: BundleMode,
     entries: &[&Value],
     report: &mut WriteReport,
@@ -881,39 +890,64 @@ async fn send_bundle(
         retries: sink.retries,
         statuses: &crate::model::DEFAULT_RETRY_STATUSES,
     };
-    let mut calls = 0;
-    let result = policy
-        .run(None, &mut calls, |attempt| {
-            // Each post its own span, a child of the write's trace.
-            let span_id = crate::runtime::trace_context::new_span_id();
-            let mut req = client
-                .post(sink.url.clone())
-                .timeout(sink.timeout)
-                .header("content-type", "application/fhir+json")
-                .header("accept", "application/fhir+json")
-                // Only each entry's status and outcome are read: no copies of the
-                // resources back.
-                .header("prefer", "return=minimal")
-                .body(body.clone());
-            if let Some(t) = trace {
-                req = req.header("traceparent", t.outbound_as(span_id));
-                if let Some(state) = &t.state {
-                    req = req.header("tracestate", state.clone());
-                }
-            }
-            let req = authorized(req, sink);
-            let began = (trace.is_some() && crate::runtime::otlp::enabled())
-                .then(std::time::SystemTime::now);
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let result = client
+        .auth
+        .send(|header| {
+            let calls = &calls;
+            let body = &body;
+            let policy = &policy;
             async move {
-                let got =
-                    outbound::exchange(req, crate::model::DEFAULT_MAX_ANSWER, sink.timeout).await;
-                if let (Some(began), Some(t)) = (began, trace) {
-                    post_span(sink, t, span_id, (attempt, began), &got);
-                }
-                got
+                let mut n = 0;
+                let result = policy
+                    .run(None, &mut n, |attempt| {
+                        // Each post its own span, a child of the write's trace.
+                        let span_id = crate::runtime::trace_context::new_span_id();
+                        let mut req = with_header(
+                            client
+                                .http
+                                .post(sink.url.clone())
+                                .timeout(sink.timeout)
+                                .header("content-type", "application/fhir+json")
+                                .header("accept", "application/fhir+json")
+                                // Only each entry's status and outcome are read: no copies
+                                // of the resources back.
+                                .header("prefer", "return=minimal")
+                                .body(body.clone()),
+                            header.clone(),
+                        );
+                        if let Some(t) = trace {
+                            req = req.header("traceparent", t.outbound_as(span_id));
+                            if let Some(state) = &t.state {
+                                req = req.header("tracestate", state.clone());
+                            }
+                        }
+                        let began = (trace.is_some() && crate::runtime::otlp::enabled())
+                            .then(std::time::SystemTime::now);
+                        async move {
+                            let got = outbound::exchange(
+                                req,
+                                crate::model::DEFAULT_MAX_ANSWER,
+                                sink.timeout,
+                            )
+                            .await;
+                            if let (Some(began), Some(t)) = (began, trace) {
+                                post_span(sink, t, span_id, (attempt, began), &got);
+                            }
+                            got
+                        }
+                    })
+                    .await;
+                calls.fetch_add(n, Ordering::Relaxed);
+                result
             }
         })
-        .await;
+        .await
+        .map_err(|e| {
+            let transient = e.transient();
+            (None, format!("no token for the sink: {e}"), None, transient)
+        })?;
+    let calls = calls.load(Ordering::Relaxed);
     report.calls += calls;
     report.retries += calls.saturating_sub(1);
     let got = result.map_err(|e| {

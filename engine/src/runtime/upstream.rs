@@ -6,21 +6,23 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use base64::Engine as _;
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::model::{Auth, Pagination, Source};
+use crate::model::vocabulary::RuleAction;
+use crate::model::{Pagination, ResponseRule, Source};
 use crate::runtime::breaker::{Breaker, Refused};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::metrics::{Answer, Metrics};
 use crate::runtime::outbound::{self, ConnectRetry, OutboundError, RetryFit, RetryPolicy};
 use crate::runtime::outbound_auth::{self, TokenError, Tokens};
 use crate::runtime::problem::ProblemKind;
+use crate::runtime::rate::{Bucket, RateLimited};
 use crate::runtime::trace_context::TraceContext;
 
 /// Why a call to a source failed.
@@ -46,6 +48,8 @@ pub enum FailureKind {
     Unusable,
     /// Not called: the source's circuit breaker is open.
     Open,
+    /// Not called: the source's rate budget had no request left before the deadline.
+    RateLimited,
 }
 
 impl Failure {
@@ -54,7 +58,10 @@ impl Failure {
         let kind = match e.last() {
             OutboundError::Timeout(_) | OutboundError::Deadline => FailureKind::Timeout,
             OutboundError::Connect | OutboundError::Send(_) => FailureKind::NoAnswer,
-            OutboundError::Status { .. } | OutboundError::Redirect(_) => FailureKind::Refused,
+            OutboundError::Status { .. }
+            | OutboundError::Redirect(_)
+            | OutboundError::Retry { .. } => FailureKind::Refused,
+            OutboundError::RateLimited(_) => FailureKind::RateLimited,
             OutboundError::TooLarge(_)
             | OutboundError::Cut(_)
             | OutboundError::NotJson(_)
@@ -88,10 +95,12 @@ impl Failure {
 }
 
 impl FailureKind {
-    /// What a caller is answered for a source that failed so: a timeout 504, the others 502.
+    /// What a caller is answered for a source that failed so: a timeout 504, a source whose
+    /// rate budget is spent 503 (sending again in a second may fit it), the others 502.
     pub fn problem(self) -> ProblemKind {
         match self {
             FailureKind::Timeout => ProblemKind::Timeout,
+            FailureKind::RateLimited => ProblemKind::Unavailable { retry_after: 1 },
             FailureKind::NoAnswer
             | FailureKind::Refused
             | FailureKind::Unusable
@@ -142,6 +151,12 @@ pub struct SourceClient {
     fixed: HeaderMap,
     metrics: Arc<Metrics>,
     breaker: Arc<Breaker>,
+    /// The source's requests-per-second budget (`rate`), shared by every caller of the
+    /// source and kept across reloads.
+    rate: Option<Arc<Bucket>>,
+    /// The error statuses the source's classification rules read (their answers are read
+    /// whole rather than as error statuses).
+    kept: Vec<u16>,
     /// Access tokens, for `oauth2` and `smartBackend` auth (`runtime::outbound_auth`).
     tokens: Option<Tokens>,
 }
@@ -163,6 +178,16 @@ impl Upstreams {
         for s in sources {
             let fixed = fixed_headers(&s)?;
             let breaker = metrics.breaker(&s.name, s.breaker);
+            let rate = s.rate.map(|r| metrics.rate(&s.name, r));
+            let mut kept: Vec<u16> = s
+                .statuses
+                .rules
+                .iter()
+                .flat_map(|r| r.statuses.iter().copied())
+                .filter(|code| !(200..300).contains(code))
+                .collect();
+            kept.sort_unstable();
+            kept.dedup();
             // Outbound auth hook: a source with mutual TLS has a client of its own.
             let client = match &s.tls {
                 Some(tls) => outbound_auth::tls::client(&s.name, tls)?,
@@ -178,6 +203,8 @@ impl Upstreams {
                     fixed,
                     tokens,
                     breaker,
+                    rate,
+                    kept,
                     metrics: metrics.clone(),
                 }),
             );
@@ -202,23 +229,10 @@ fn fixed_headers(s: &Source) -> Result<HeaderMap, BuildError> {
         value.set_sensitive(true);
         h.insert(name, value);
     }
-    let (name, value) = match &s.auth {
-        // Tokens are asked for per call (`outbound_auth::Tokens`).
-        None | Some(Auth::OAuth2(_) | Auth::SmartBackend(_)) => return Ok(h),
-        Some(Auth::Bearer(t)) => (reqwest::header::AUTHORIZATION, format!("Bearer {}", t.0)),
-        Some(Auth::ApiKey { header, value }) => (
-            HeaderName::from_bytes(header.as_bytes()).map_err(|_| bad("API key header"))?,
-            value.0.clone(),
-        ),
-        Some(Auth::Basic { username, password }) => {
-            let token = base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", username.0, password.0));
-            (reqwest::header::AUTHORIZATION, format!("Basic {token}"))
-        }
-    };
-    let mut value = HeaderValue::from_str(&value).map_err(|_| bad("credential"))?;
-    value.set_sensitive(true);
-    h.insert(name, value);
+    if let Some((name, value)) = outbound_auth::credentials::fixed_header(&s.name, s.auth.as_ref())?
+    {
+        h.insert(name, value);
+    }
     Ok(h)
 }
 
@@ -305,7 +319,15 @@ impl SourceClient {
             })
             .await;
         match &result {
-            Err(e) if matches!(e.last(), OutboundError::Deadline) => drop(ticket),
+            // Ended by the caller, or never sent: nothing learnt of the source.
+            Err(e)
+                if matches!(
+                    e.last(),
+                    OutboundError::Deadline | OutboundError::RateLimited(_)
+                ) =>
+            {
+                drop(ticket)
+            }
             Err(e) if e.last().transient() => ticket.failed(),
             _ => ticket.succeeded(),
         }
@@ -322,8 +344,9 @@ impl SourceClient {
         }
     }
 
-    /// One HTTP exchange, holding one of the source's concurrency permits while it lasts, and
-    /// ending by `budget` (the call's) or the caller's `deadline`, whichever comes first.
+    /// One HTTP exchange: a token of the source's rate budget first (waited for only while
+    /// the wait fits), then one of its concurrency permits, held while the exchange lasts; it
+    /// ends by `budget` (the call's) or the caller's `deadline`, whichever comes first.
     async fn attempt(
         &self,
         call: &Call,
@@ -344,6 +367,11 @@ impl SourceClient {
                 OutboundError::Timeout(s.timeout)
             }
         };
+        if let Some(rate) = &self.rate {
+            rate.take(end)
+                .await
+                .map_err(|RateLimited(wait)| OutboundError::RateLimited(wait))?;
+        }
         let permit = tokio::time::timeout_at(end, self.limit.acquire())
             .await
             .map_err(|_| out_of_time())?;
@@ -376,7 +404,8 @@ impl SourceClient {
         }
         let started = Instant::now();
         let began = crate::runtime::otlp::enabled().then(std::time::SystemTime::now);
-        let result = match outbound::exchange(req, s.max_answer, timeout).await {
+        let result = match outbound::exchange_keeping(req, s.max_answer, timeout, &self.kept).await
+        {
             // Cut short by the caller's deadline, or the end of the call's time.
             Err(OutboundError::Timeout(_)) => Err(out_of_time()),
             other => other,
@@ -399,17 +428,33 @@ impl SourceClient {
         // Counted before parsing: a parsed value costs far more memory than its text.
         crate::runtime::json_count::count_values(&got.body, s.max_values)
             .map_err(|e| OutboundError::TooManyValues(e.max))?;
-        let body = outbound::json(&got.body)?;
-        if let Some(q) = &s.statuses.error_when
+        let success = (200..300).contains(&got.status);
+        let body = if success {
+            outbound::json(&got.body)?
+        } else {
+            // An error status a rule reads: its body may well not be JSON.
+            outbound::json(&got.body).unwrap_or(Value::Null)
+        };
+        if success
+            && let Some(q) = &s.statuses.error_when
             && let Some(text) = error_text(q, &body)
         {
             return Err(OutboundError::InBody(text));
         }
-        Ok(Reply {
-            status: got.status,
-            headers: got.headers,
-            body,
-        })
+        let rule = s
+            .statuses
+            .rules
+            .iter()
+            .find(|r| holds(r, got.status, &got.headers, &body));
+        match rule {
+            None if success => Ok(Reply {
+                status: got.status,
+                headers: got.headers,
+                body,
+            }),
+            None => Err(outbound::status_error(got.status, &got.headers, &got.body)),
+            Some(r) => classified(r, got.status, got.headers, body, &got.body),
+        }
     }
 
     /// The exported span of one attempt of a source call: the source, its origin only (a URL
@@ -728,14 +773,94 @@ fn content_type(s: &Source) -> &'static str {
     }
 }
 
-/// The text of the first value `q` matches in a 2xx body, unless it is `null`, `false` or
-/// an empty string: the message of a failure that `statuses.errorWhen` finds.
-fn error_text(q: &crate::model::jsonpath::Query, body: &Value) -> Option<String> {
-    let found = q.select(body, body).into_iter().find(|v| match v {
+/// True when an answer meets every condition of rule `r`.
+fn holds(r: &ResponseRule, status: u16, headers: &HeaderMap, body: &Value) -> bool {
+    let status_holds = if r.statuses.is_empty() {
+        (200..300).contains(&status)
+    } else {
+        r.statuses.contains(&status)
+    };
+    status_holds
+        && r.header
+            .as_ref()
+            .is_none_or(|h| headers.contains_key(h.as_str()))
+        && r.path.as_ref().is_none_or(|q| {
+            let found = q.select(body, body);
+            match &r.equals {
+                Some(want) => found.contains(&want),
+                None => found.iter().any(|v| truthy(v)),
+            }
+        })
+}
+
+/// A value that says something: not `null`, `false` or an empty string.
+fn truthy(v: &Value) -> bool {
+    match v {
         Value::Null | Value::Bool(false) => false,
         Value::String(s) => !s.trim().is_empty(),
         _ => true,
-    })?;
+    }
+}
+
+/// What an answer that rule `r` matched is: a failure, one to send again (after the delay it
+/// gives), or no data.
+fn classified(
+    r: &ResponseRule,
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+    raw: &[u8],
+) -> Result<Reply, OutboundError> {
+    let message = || {
+        r.message
+            .as_ref()
+            .or(r.path.as_ref())
+            .and_then(|q| error_text(q, &body))
+            .or_else(|| outbound::message_of(raw).0)
+            .unwrap_or_else(|| format!("status {status}"))
+    };
+    match r.action {
+        RuleAction::Empty => Ok(Reply {
+            status,
+            headers,
+            body: Value::Null,
+        }),
+        RuleAction::Error => Err(OutboundError::InBody(message())),
+        RuleAction::Retry => Err(OutboundError::Retry {
+            message: format!("an error to send again: {}", message()),
+            wait: delay(r, &headers, &body),
+        }),
+        RuleAction::RateLimited => Err(OutboundError::Retry {
+            message: "that it is rate-limiting".to_owned(),
+            wait: delay(r, &headers, &body).or_else(|| outbound::retry_after(&headers)),
+        }),
+    }
+}
+
+/// The wait a matched answer asks for: seconds at the rule's `delayPath` in the body, or in
+/// its `delayHeader`; at most `outbound::MAX_RETRY_AFTER`.
+fn delay(r: &ResponseRule, headers: &HeaderMap, body: &Value) -> Option<Duration> {
+    let seconds = |v: &Value| match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    let secs = match (&r.delay_path, &r.delay_header) {
+        (Some(q), _) => q.select(body, body).into_iter().find_map(seconds),
+        (None, Some(h)) => headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok()),
+        (None, None) => None,
+    }?;
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(outbound::MAX_RETRY_AFTER.as_secs_f64())))
+}
+
+/// The text of the first value `q` matches in a 2xx body, unless it is `null`, `false` or
+/// an empty string: the message of a failure that `statuses.errorWhen` finds.
+fn error_text(q: &crate::model::jsonpath::Query, body: &Value) -> Option<String> {
+    let found = q.select(body, body).into_iter().find(|v| truthy(v))?;
     Some(match found {
         Value::String(s) => outbound::clean(s),
         other => outbound::message_of(other.to_string().as_bytes())

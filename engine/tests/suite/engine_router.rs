@@ -66,6 +66,16 @@ impl EngineRouter {
         EngineRouter::with_limits(model, state, Limits::default(), timeout)
     }
 
+    /// The router of an engine already built (a reload's, made `with_previous`).
+    pub fn of(engine: Arc<Engine>, timeout: Duration) -> EngineRouter {
+        EngineRouter {
+            base: "http://engine.test".to_owned(),
+            router: router(engine.clone()),
+            engine,
+            timeout,
+        }
+    }
+
     /// The engine of `model`, with `limits` and its directories in `state`.
     pub fn with_limits(
         model: Model,

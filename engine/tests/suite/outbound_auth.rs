@@ -88,6 +88,11 @@ struct Stand {
     /// The resource server refuses every token (a token revoked, or a server that never
     /// takes one).
     refuse_all: std::sync::atomic::AtomicBool,
+    /// Bundles the FHIR sink (`/fhir`) took, and the ones it refused with a 401.
+    sink_posts: AtomicUsize,
+    sink_401s: AtomicUsize,
+    /// Guide packages (`/package.tgz`) served.
+    packages: AtomicUsize,
 }
 
 /// A token endpoint (`/token`) and a resource server (`/items`) on one 127.0.0.1 port.
@@ -111,10 +116,15 @@ impl Servers {
             resource_calls: AtomicUsize::new(0),
             resource_401s: AtomicUsize::new(0),
             refuse_all: false.into(),
+            sink_posts: AtomicUsize::new(0),
+            sink_401s: AtomicUsize::new(0),
+            packages: AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .route("/token", post(token))
             .route("/items", get(items))
+            .route("/fhir", post(fhir_sink))
+            .route("/package.tgz", get(guide_package))
             .with_state(stand.clone());
         spawn_app(listener, app);
         Servers { url, stand }
@@ -264,6 +274,59 @@ async fn items(State(s): State<Arc<Stand>>, headers: HeaderMap) -> Response {
             .into_response();
     }
     axum::Json(json!({"results": [{"id": "a1", "name": "Aspirin"}]})).into_response()
+}
+
+/// True when the call carries a token the endpoint issued and that is still live.
+fn live_bearer(s: &Stand, headers: &HeaderMap) -> bool {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let live = s
+        .live
+        .lock()
+        .expect("lock")
+        .get(token)
+        .is_some_and(|until| *until > Instant::now());
+    live && !s.refuse_all.load(Ordering::SeqCst)
+}
+
+/// A FHIR server's transaction endpoint that takes only live tokens: every entry answered
+/// `201 Created`.
+async fn fhir_sink(State(s): State<Arc<Stand>>, headers: HeaderMap, body: String) -> Response {
+    if !live_bearer(&s, &headers) {
+        s.sink_401s.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login", "diagnostics": "invalid token"}]})),
+        )
+            .into_response();
+    }
+    s.sink_posts.fetch_add(1, Ordering::SeqCst);
+    let bundle: Value = serde_json::from_str(&body).expect("a Bundle");
+    let entries: Vec<Value> = bundle["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|_| json!({"response": {"status": "201 Created"}}))
+        .collect();
+    axum::Json(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": entries}))
+        .into_response()
+}
+
+/// A FHIR package behind live tokens: one StructureDefinition.
+async fn guide_package(State(s): State<Arc<Stand>>, headers: HeaderMap) -> Response {
+    if !live_bearer(&s, &headers) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    s.packages.fetch_add(1, Ordering::SeqCst);
+    let sd = json!({"resourceType": "StructureDefinition", "id": "guarded", "url": "http://example.org/sd/guarded"});
+    crate::fhir_package::package_tgz(&[(
+        "package/StructureDefinition-guarded.json",
+        serde_json::to_vec(&sd).expect("json"),
+    )])
+    .into_response()
 }
 
 /// A source named `labs` at `url` with `auth_and_tls` (YAML lines at the spec's indent) and
@@ -693,4 +756,242 @@ async fn mtls_source_answers_with_the_certificate_and_refuses_without() {
     let (engine, _defs) = engine_of(&definitions_of(&url, &wrong), &[]);
     let got = search(&engine, "a").await;
     assert_outcome(&got, 502, &["labs"]);
+}
+
+// Sinks and guide downloads (issue 13, part 1 for the other outbound parties): the same `auth`
+// as sources, through the same code.
+
+/// A FHIR sink `store` at `servers`'s `/fhir` with `auth` (YAML at the spec's `fhir` indent),
+/// and the writer the engine builds for it.
+fn sink_writer(
+    servers: &Servers,
+    auth: &str,
+    files: &[(&str, &str)],
+) -> (engine::runtime::sink::Writer, tempfile::TempDir) {
+    let mut yaml = format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Sink
+metadata: {{ name: store }}
+spec:
+  fhir:
+    url: "{}/fhir"
+    version: R4
+    timeout: 2s
+    retries: 0
+{auth}
+"#,
+        servers.url
+    );
+    let defs = definitions("");
+    for (name, text) in files {
+        let path = defs.path().join(name);
+        std::fs::write(&path, text).expect("write secret file");
+        yaml = yaml.replace(&format!("@{name}"), &path.display().to_string());
+    }
+    std::fs::write(defs.path().join("definitions.yaml"), yaml).expect("write definitions");
+    let model = load(defs.path());
+    let sink = model.sinks.get("store").expect("the sink").clone();
+    let writer = engine::runtime::sink::Writer::new(
+        &engine::model::SinkRef::Named(sink),
+        &defs.path().join("ndjson"),
+    )
+    .expect("a writer");
+    (writer, defs)
+}
+
+fn patients(ids: &[&str]) -> Vec<Value> {
+    ids.iter()
+        .map(|id| json!({"resourceType": "Patient", "id": id}))
+        .collect()
+}
+
+fn sink_oauth2(url: &str) -> String {
+    oauth2_auth(url)
+        .lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn a_fhir_sink_writes_with_an_oauth2_token_kept_and_renewed_once_on_a_401() {
+    let servers = Servers::start(
+        Mode::Issue,
+        Expect::Secret(SECRET),
+        Duration::from_secs(300),
+    )
+    .await;
+    let (writer, _defs) = sink_writer(&servers, &sink_oauth2(&servers.url), &[("secret", SECRET)]);
+    let opts = engine::runtime::sink::WriteOptions::default();
+    let report = writer.write(patients(&["p1", "p2"]), &opts).await;
+    assert_eq!(report.written, 2, "{report:?}");
+    let report = writer.write(patients(&["p3"]), &opts).await;
+    assert_eq!(report.written, 1, "{report:?}");
+    assert_eq!(servers.tokens(), 1, "one token for both writes");
+    assert_eq!(servers.stand.sink_posts.load(Ordering::SeqCst), 2);
+
+    // The server forgets its tokens (a restart): the next write is refused once, renews the
+    // token, and goes through.
+    servers.stand.live.lock().expect("lock").clear();
+    let report = writer.write(patients(&["p4"]), &opts).await;
+    assert_eq!(report.written, 1, "{report:?}");
+    assert_eq!(servers.tokens(), 2, "renewed once");
+    assert_eq!(servers.stand.sink_401s.load(Ordering::SeqCst), 1);
+
+    // A server that refuses every token: renewed once, then the 401 stands.
+    servers.stand.refuse_all.store(true, Ordering::SeqCst);
+    let report = writer.write(patients(&["p5"]), &opts).await;
+    assert_eq!(report.written, 0);
+    assert_eq!(report.failures[0].status, Some(401), "{report:?}");
+    assert_eq!(servers.tokens(), 3, "one renewal, not a loop");
+    assert_eq!(servers.stand.sink_401s.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_fhir_sink_signs_a_smart_backend_assertion() {
+    let key = DecodingKey::from_rsa_pem(read("rsa.pub.pem").as_bytes()).expect("public key");
+    let servers = smart(Algorithm::RS384, key, "rsa.pem", None).await;
+    let auth = smart_auth(&servers.url, "RS384", "rsa.pem", None)
+        .lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (writer, _defs) = sink_writer(&servers, &auth, &[]);
+    let report = writer
+        .write(
+            patients(&["p1"]),
+            &engine::runtime::sink::WriteOptions::default(),
+        )
+        .await;
+    assert_eq!(report.written, 1, "{report:?}");
+    assert_eq!(servers.stand.refused_clients.load(Ordering::SeqCst), 0);
+}
+
+/// A write to a sink whose token endpoint is in `mode`: the report and how long it took.
+async fn sink_write_with_token_endpoint(
+    mode: Mode,
+) -> (engine::runtime::sink::WriteReport, Duration, Servers) {
+    let servers = Servers::start(mode, Expect::Secret(SECRET), Duration::from_secs(300)).await;
+    let (writer, _defs) = sink_writer(&servers, &sink_oauth2(&servers.url), &[("secret", SECRET)]);
+    let started = Instant::now();
+    let report = tokio::time::timeout(
+        CLIENT_TIMEOUT,
+        writer.write(
+            patients(&["p1"]),
+            &engine::runtime::sink::WriteOptions::default(),
+        ),
+    )
+    .await
+    .expect("the write ends");
+    (report, started.elapsed(), servers)
+}
+
+#[tokio::test]
+async fn a_sink_token_endpoint_that_hangs_fails_the_write_by_its_timeout_as_transient() {
+    let (report, took, servers) = sink_write_with_token_endpoint(Mode::Hang).await;
+    assert_eq!(report.written, 0);
+    let f = &report.failures[0];
+    assert!(f.transient, "a hung endpoint may answer later: {f:?}");
+    assert!(f.message.contains("token endpoint"), "{}", f.message);
+    assert!(
+        took < Duration::from_secs(4),
+        "bounded by the sink's 2s: {took:?}"
+    );
+    assert_eq!(servers.stand.sink_posts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_sink_token_answer_of_garbage_fails_the_write_for_good() {
+    for (mode, words) in [(Mode::NotJson, "not JSON"), (Mode::Huge, "larger than")] {
+        let (report, _, servers) = sink_write_with_token_endpoint(mode).await;
+        assert_eq!(report.written, 0);
+        let f = &report.failures[0];
+        assert!(!f.transient, "{f:?}");
+        assert!(f.message.contains(words), "{}", f.message);
+        assert_eq!(servers.stand.sink_posts.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            servers.stand.sink_401s.load(Ordering::SeqCst),
+            0,
+            "nothing sent"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_sink_refused_by_its_token_endpoint_never_shows_the_secret() {
+    let servers = Servers::start(
+        Mode::Issue,
+        Expect::Secret(SECRET),
+        Duration::from_secs(300),
+    )
+    .await;
+    let wrong = "wrong-Secret-Value-1234";
+    let (writer, _defs) = sink_writer(&servers, &sink_oauth2(&servers.url), &[("secret", wrong)]);
+    let report = writer
+        .write(
+            patients(&["p1"]),
+            &engine::runtime::sink::WriteOptions::default(),
+        )
+        .await;
+    let f = &report.failures[0];
+    assert!(f.message.contains("invalid_client"), "{}", f.message);
+    assert!(
+        !f.message.contains(wrong),
+        "the echoed secret is blanked: {}",
+        f.message
+    );
+    assert_eq!(servers.stand.sink_posts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_guide_package_is_downloaded_with_an_oauth2_token() {
+    let servers = Servers::start(
+        Mode::Issue,
+        Expect::Secret(SECRET),
+        Duration::from_secs(300),
+    )
+    .await;
+    let auth = oauth2_auth(&servers.url)
+        .lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let yaml = format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: guarded-guide }}
+spec:
+  strategy: cron
+  schedule: {{ cron: "0 3 * * *" }}
+  import:
+    guide: "{}/package.tgz"
+    timeout: 5s
+{auth}
+"#,
+        servers.url
+    );
+    let defs = definitions("");
+    let secret = defs.path().join("secret");
+    std::fs::write(&secret, SECRET).expect("secret");
+    std::fs::write(
+        defs.path().join("definitions.yaml"),
+        yaml.replace("@secret", &secret.display().to_string()),
+    )
+    .expect("write");
+    let model = load(defs.path());
+    let engine::model::Strategy::Cron(cron) =
+        &model.connector("guarded-guide").expect("c").strategy
+    else {
+        panic!("a cron connector");
+    };
+    let engine::model::CronRead::Import(import) = &cron.read else {
+        panic!("an import");
+    };
+    let guide = engine::runtime::guide::read(import)
+        .await
+        .expect("the guide");
+    assert_eq!(guide.resources.len(), 1, "{:?}", guide.skipped);
+    assert_eq!(guide.resources[0].1["id"], "guarded");
+    assert_eq!(servers.tokens(), 1);
+    assert_eq!(servers.stand.packages.load(Ordering::SeqCst), 1);
 }

@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::source::{RequestSpec, SourceSpec};
+use super::source::{AuthSpec, RequestSpec, SourceSpec, TlsSpec};
 use crate::model::vocabulary::{
     FhirVersion, HmacEncoding, HmacSigned, Interaction, MatchMode, OtherSystem, ParamType,
     PushMode, RecordErrorPolicy, StringModifier, Validation,
@@ -419,9 +419,34 @@ pub struct FetchSpec {
     #[serde(default)]
     #[schemars(extend("examples" = [["pregnancy-lens.json", "allergy-lens.json"]]))]
     pub each: Vec<Value>,
+    /// Parent and child requests: `parent.request` is read first (paged as any request of the
+    /// source), and `request` then runs once for each record `parent.records` selects in it,
+    /// with the record as `params.parent` (e.g. `/patients/{{params.parent.id}}/observations`);
+    /// the records of every child answer are read. Children are sent one after the other,
+    /// each within the source's `concurrency`, `rate` and `timeout`. A parent answer with more
+    /// than `parent.maxChildren` records fails the run before any child is sent (nothing is
+    /// written, as for `run.maxRecords`). A child that fails is reported for its parent
+    /// record: with `run.onRecordError: skip` it is skipped and the run goes on (partial),
+    /// with `fail` (the default) the run fails. Not with `each`.
+    #[serde(default)]
+    pub parent: Option<ParentSpec>,
     /// Read only what changed since the last successful run.
     #[serde(default)]
     pub incremental: Option<IncrementalSpec>,
+}
+
+/// The parent request of a fetch: its answers' records each make one child request.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ParentSpec {
+    /// The parent request (its templates see `params.watermark`).
+    pub request: RequestSpec,
+    /// JSONPath to the parent records in its answers, e.g. `$.patients[*]`.
+    pub records: String,
+    /// Most parent records, so most child requests, of one run (default 1000).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_children: Option<u32>,
 }
 
 /// Incremental reads with a watermark kept in the state directory.
@@ -475,10 +500,18 @@ pub struct ImportSpec {
     #[serde(default)]
     #[schemars(extend("pattern" = "^[0-9]+(B|KB|MB|GB|KiB|MiB|GiB)?$"))]
     pub max_size: Option<String>,
-    /// Time allowed for the package download (default `5m`).
+    /// Time allowed for the package download (default `5m`); a token request of `auth` is
+    /// bounded by it too.
     #[serde(default)]
     #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
     pub timeout: Option<String>,
+    /// Authentication of the package download, as a source's (`bearer`, `apiKey`, `basic`,
+    /// `oauth2`, `smartBackend`; secrets only from references): for a guide given by URL.
+    #[serde(default)]
+    pub auth: Option<AuthSpec>,
+    /// Mutual TLS with the package server, as a source's `tls`: for a guide given by URL.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
 }
 
 /// Files and resource types of a guide import's allow- or deny-list.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::model::vocabulary::{
-    BundleMode, FhirVersion, Method, NotFoundReading, SigningAlg, SourceType,
+    BundleMode, FhirVersion, Method, NotFoundReading, RuleAction, SigningAlg, SourceType,
 };
 
 /// Where data comes from: a JSON HTTP API or a FHIR server.
@@ -59,6 +59,16 @@ pub struct SourceSpec {
     #[serde(default)]
     #[schemars(range(min = 1, max = 1024))]
     pub concurrency: Option<u32>,
+    /// A requests-per-second budget for this source, beside `concurrency`: a token bucket
+    /// that holds `burst` requests and refills at `perSecond`. Every HTTP request to the
+    /// source takes a token (retries, pages and each record's request included), whatever the
+    /// route, run or connector that sends it; the budget is kept across reloads while the
+    /// source keeps its name. A request waits for its token only while the wait fits its
+    /// deadline (the source's `timeout`, or the caller's, when earlier); otherwise it fails
+    /// at once as rate-limited (503 to a caller, with `Retry-After`), without being sent.
+    /// Unset: no budget.
+    #[serde(default)]
+    pub rate: Option<RateSpec>,
     /// Most JSON values (objects, arrays, strings and object keys, numbers, literals) one
     /// answer of this source may hold (default 500000). They are counted on the answer's bytes
     /// before it is parsed, since a parsed value takes tens to hundreds of bytes of memory
@@ -83,6 +93,22 @@ pub struct SourceSpec {
     /// The source's circuit breaker (on by default: 5 failures, 30 s cool-down).
     #[serde(default)]
     pub breaker: Option<BreakerSpec>,
+}
+
+/// A token bucket: `perSecond` requests a second on average, `burst` at once after a quiet
+/// spell.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateSpec {
+    /// Requests a second, more than 0 (a fraction for slower budgets: `0.5` is one request
+    /// every two seconds), at most 100000.
+    #[schemars(extend("examples" = [10, 0.5]))]
+    pub per_second: f64,
+    /// Requests that may go at once when the bucket is full, 1 to 100000 (default: `perSecond`
+    /// rounded up, at least 1).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100000))]
+    pub burst: Option<u32>,
 }
 
 /// A circuit breaker: after `failures` failed calls in a row the source is not called for
@@ -126,6 +152,57 @@ pub struct StatusesSpec {
     #[serde(default)]
     #[schemars(extend("examples" = ["$.error"]))]
     pub error_when: Option<String>,
+    /// How answers are classified, beyond their status: rules tried in order (after
+    /// `errorWhen`, a shorthand for a rule with `path` and `action: error`), the first whose
+    /// conditions all hold deciding what the answer is. At most 50.
+    #[serde(default)]
+    #[schemars(length(max = 50))]
+    pub rules: Vec<ResponseRuleSpec>,
+}
+
+/// A response classification rule: conditions (at least one of `status`, `path`, `header`;
+/// all that are given must hold) and the `action` taken on an answer that meets them. As
+/// Airbyte's `response_filters`, for sources that answer `200` with an error inside.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResponseRuleSpec {
+    /// Statuses the rule applies to, each from 200 to 599 (default: any 2xx). An error
+    /// status listed here is read through the rule (its body and headers too) instead of as
+    /// an error status.
+    #[serde(default)]
+    #[schemars(length(max = 100))]
+    #[schemars(extend("examples" = [[200], [404]]))]
+    pub status: Option<Vec<u16>>,
+    /// JSONPath over the answer's body: the rule holds when it matches a value other than
+    /// `null`, `false` or an empty string (or, with `equals`, when a value it matches equals
+    /// `equals`).
+    #[serde(default)]
+    #[schemars(extend("examples" = ["$.error.code", "$.status"]))]
+    pub path: Option<String>,
+    /// The value `path` must match (a string, number or boolean).
+    #[serde(default)]
+    #[schemars(extend("examples" = ["THROTTLED"]))]
+    pub equals: Option<Value>,
+    /// A header the answer must carry (any value), e.g. `X-Error`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// What the answer is then.
+    pub action: RuleAction,
+    /// JSONPath to the failure's message (for `error` and `retry`; default: the text `path`
+    /// matched, or the source's own message).
+    #[serde(default)]
+    #[schemars(extend("examples" = ["$.error.message"]))]
+    pub message: Option<String>,
+    /// JSONPath to the seconds to wait before sending again (`rateLimited`, `retry`), a
+    /// number or a numeric string.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["$.error.retryAfter"]))]
+    pub delay_path: Option<String>,
+    /// A header holding the seconds to wait before sending again (`rateLimited`, `retry`);
+    /// default `Retry-After`.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["X-RateLimit-Reset-After"]))]
+    pub delay_header: Option<String>,
 }
 
 /// Authentication of outbound requests: exactly one of `bearer`, `apiKey`, `basic`,
@@ -142,10 +219,10 @@ pub struct AuthSpec {
     /// HTTP basic authentication.
     #[serde(default)]
     pub basic: Option<BasicSpec>,
-    /// OAuth2 client credentials grant (sources only).
+    /// OAuth2 client credentials grant.
     #[serde(default)]
     pub oauth2: Option<OAuth2Spec>,
-    /// SMART Backend Services: a client assertion signed with a private key (sources only).
+    /// SMART Backend Services: a client assertion signed with a private key.
     #[serde(default)]
     pub smart_backend: Option<SmartBackendSpec>,
 }
@@ -207,8 +284,9 @@ pub struct SmartBackendSpec {
     pub scopes: Vec<String>,
 }
 
-/// TLS with a source: a client certificate (mutual TLS) and an extra CA to trust, PEM text,
-/// normally `${file:PATH}`. A source with `tls` has a connection pool of its own.
+/// TLS with a source, a sink or a guide server: a client certificate (mutual TLS) and an extra
+/// CA to trust, PEM text, normally `${file:PATH}`. A party with `tls` has a connection pool of
+/// its own.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TlsSpec {
@@ -360,9 +438,16 @@ pub struct FhirSinkSpec {
     pub url: String,
     /// FHIR version of the server (`R4` or `R5`; the ePI server is R5).
     pub version: FhirVersion,
-    /// Authentication of writes.
+    /// Authentication of writes, as a source's: `bearer`, `apiKey`, `basic`, or a token from
+    /// `oauth2` or `smartBackend` (kept until shortly before it expires, renewed once after a
+    /// 401; asking for it is bounded by `timeout`; a token endpoint that refuses or cannot be
+    /// reached fails the write with its reason, a transient one to be tried again).
     #[serde(default)]
     pub auth: Option<AuthSpec>,
+    /// Mutual TLS with the server: a client certificate and key, and an extra CA, as a
+    /// source's `tls`.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
     /// Time allowed for one write, e.g. `60s` (default `60s`).
     #[serde(default)]
     #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]

@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use super::context::Ctx;
 use crate::config::spec::{OAuth2Spec, SmartBackendSpec, TlsSpec};
 use crate::model::vocabulary::SigningAlg;
-use crate::model::{Auth, OAuth2, Secret, SmartBackend, Tls};
+use crate::model::{OAuth2, Secret, SmartBackend, Tls};
 
 /// The check of an absolute `http(s)` URL (`source::url`, handed in by the caller so that
 /// this file does not import the one that imports it).
@@ -127,20 +127,6 @@ pub fn tls(ctx: &mut Ctx<'_>, at: &[&str], t: &TlsSpec) -> Option<Tls> {
         identity: identity.map(|(c, k)| (Secret(c.clone()), Secret(k.clone()))),
         ca: t.ca.clone().map(Secret),
     })
-}
-
-/// Refuses token-based authentication on a sink, whose writes send fixed credentials only.
-pub fn sink_auth(ctx: &mut Ctx<'_>, at: &[&str], auth: Option<&Auth>) {
-    let kind = match auth {
-        Some(Auth::OAuth2(_)) => "oauth2",
-        Some(Auth::SmartBackend(_)) => "smartBackend",
-        _ => return,
-    };
-    ctx.error(
-        &with(at, &[kind]),
-        format!("`{kind}` is for sources; a sink's writes take `bearer`, `apiKey` or `basic`"),
-        None,
-    );
 }
 
 /// True when the value at `at` came from a reference; otherwise a diagnostic: a secret is

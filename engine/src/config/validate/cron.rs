@@ -12,7 +12,7 @@ use crate::config::spec::{ConnectorSpec, FetchSpec, ImportSpec, SyncSpec};
 use crate::model::hint::did_you_mean;
 use crate::model::mapping::is_resource_type;
 use crate::model::template::{Table, Templates};
-use crate::model::{Cron, CronRead, Schedule};
+use crate::model::{Cron, CronRead, Parent, Schedule};
 
 pub fn cron(
     ctx: &mut Ctx<'_>,
@@ -56,11 +56,38 @@ pub fn cron(
                 )),
                 None => None,
             };
+            let parent = match &f.parent {
+                None => None,
+                Some(p) => {
+                    if !f.each.is_empty() {
+                        ctx.error_key(
+                            &["spec", "fetch", "parent"],
+                            "`parent` and `each` both say what the request runs for: give one",
+                            None,
+                        );
+                    }
+                    let parent_request = super::source::request(
+                        ctx,
+                        &["spec", "fetch", "parent", "request"],
+                        &p.request,
+                        templates,
+                        tables,
+                    );
+                    let parent_records =
+                        query(ctx, &["spec", "fetch", "parent", "records"], &p.records);
+                    Some(Parent {
+                        request: parent_request?,
+                        records: parent_records?,
+                        max_children: p.max_children.unwrap_or(1000) as usize,
+                    })
+                }
+            };
             CronRead::Fetch {
                 request: request?,
                 records: records?,
                 incremental,
                 each: f.each.clone(),
+                parent,
             }
         }
         Read::Import(i) => CronRead::Import(super::guide::import(ctx, i)?),

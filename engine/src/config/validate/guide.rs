@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::context::Ctx;
-use super::source::url;
+use super::credentials;
+use super::source::{auth, url};
 use crate::config::spec::{GuideFilterSpec, ImportSpec};
 use crate::model::glob::Glob;
 use crate::model::mapping::is_resource_type;
@@ -53,8 +54,29 @@ pub fn import(ctx: &mut Ctx<'_>, i: &ImportSpec) -> Option<Import> {
         i.timeout.as_deref(),
         Duration::from_secs(300),
     );
+    let auth = i
+        .auth
+        .as_ref()
+        .and_then(|a| auth(ctx, &["spec", "import", "auth"], a));
+    let tls = i
+        .tls
+        .as_ref()
+        .and_then(|t| credentials::tls(ctx, &["spec", "import", "tls"], t));
+    if let Some(GuideLocation::Path(_)) = &guide {
+        for (key, given) in [("auth", i.auth.is_some()), ("tls", i.tls.is_some())] {
+            if given {
+                ctx.error_key(
+                    &["spec", "import", key],
+                    format!("`{key}` is for a guide downloaded by URL; this guide is a path"),
+                    None,
+                );
+            }
+        }
+    }
     Some(Import {
         guide: guide?,
+        auth,
+        tls,
         include_files,
         include_types,
         exclude_files,

@@ -7,14 +7,14 @@ use super::context::{Ctx, segs};
 use super::credentials;
 use crate::config::spec::{
     ApiKeySpec, AuthSpec, BasicSpec, BearerSpec, BundleMode, CursorSpec, FhirSinkSpec, Method,
-    NdjsonSinkSpec, OffsetSpec, PageSpec, PaginationSpec, RequestSpec, SinkSpec, SourceSpec,
-    StatusesSpec,
+    NdjsonSinkSpec, OffsetSpec, PageSpec, PaginationSpec, RequestSpec, ResponseRuleSpec,
+    RuleAction, SinkSpec, SourceSpec, StatusesSpec,
 };
 use crate::model::jsonpath::Query;
 use crate::model::template::Templates;
 use crate::model::{
     Auth, BreakerSettings, DEFAULT_BREAKER_COOL_DOWN, DEFAULT_BREAKER_FAILURES, FhirSink,
-    Pagination, Request, Secret, Sink, Source, Statuses,
+    Pagination, Rate, Request, ResponseRule, Secret, Sink, Source, Statuses,
 };
 
 fn with<'p>(base: &[&'p str], more: &[&'p str]) -> Vec<&'p str> {
@@ -56,6 +56,10 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
     );
     let statuses = statuses(ctx, &with(at, &["statuses"]), s.statuses.as_ref());
     let breaker = breaker(ctx, &with(at, &["breaker"]), s.breaker.as_ref());
+    let rate = s
+        .rate
+        .as_ref()
+        .and_then(|r| rate(ctx, &with(at, &["rate"]), r));
     if s.fhir_version.is_some() && s.kind != crate::config::spec::SourceType::Fhir {
         ctx.error(
             &with(at, &["fhirVersion"]),
@@ -88,7 +92,34 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         max_answer,
         statuses,
         breaker,
+        rate,
     })
+}
+
+/// Most requests a second a `rate` may give.
+const MAX_RATE: f64 = 100_000.0;
+
+/// Checks a source's requests-per-second budget: a rate above 0 (a rate of 0 would make every
+/// request wait forever, or fail), at most `MAX_RATE`; the burst defaults to the rate rounded
+/// up.
+fn rate(ctx: &mut Ctx<'_>, at: &[&str], r: &crate::config::spec::RateSpec) -> Option<Rate> {
+    let per_second = r.per_second;
+    if !(per_second.is_finite() && per_second > 0.0 && per_second <= MAX_RATE) {
+        ctx.error(
+            &with(at, &["perSecond"]),
+            format!("`perSecond` is {per_second}: it must be more than 0 and at most 100000"),
+            Some(
+                "e.g. `rate: { perSecond: 10, burst: 20 }`, or leave `rate` out for no budget"
+                    .into(),
+            ),
+        );
+        return None;
+    }
+    let burst = r
+        .burst
+        .unwrap_or_else(|| (per_second.ceil() as u32).max(1))
+        .max(1);
+    Some(Rate { per_second, burst })
 }
 
 /// A source's circuit breaker settings, defaults where unset.
@@ -138,11 +169,111 @@ fn statuses(ctx: &mut Ctx<'_>, at: &[&str], s: Option<&StatusesSpec>) -> Statuse
     let error_when = s
         .and_then(|s| s.error_when.as_deref())
         .and_then(|q| query(ctx, &with(at, &["errorWhen"]), q));
+    let rules = s.map_or_else(Vec::new, |s| {
+        s.rules
+            .iter()
+            .enumerate()
+            .filter_map(|(n, r)| rule(ctx, &with(at, &["rules", &n.to_string()]), r))
+            .collect()
+    });
     Statuses {
         not_found: s.and_then(|s| s.not_found),
         retry,
         error_when,
+        rules,
     }
+}
+
+/// Checks a response classification rule: at least one condition, statuses from 200 to 599,
+/// JSONPath queries, header names, and only the settings its action reads.
+fn rule(ctx: &mut Ctx<'_>, at: &[&str], r: &ResponseRuleSpec) -> Option<ResponseRule> {
+    let errors = ctx.diags.len();
+    if r.status.is_none() && r.path.is_none() && r.header.is_none() {
+        ctx.error(
+            at,
+            "a rule needs at least one condition: `status`, `path` or `header`",
+            Some("e.g. `{ path: $.error.code, equals: THROTTLED, action: rateLimited }`".into()),
+        );
+    }
+    let statuses = r.status.clone().unwrap_or_default();
+    for (i, code) in statuses.iter().enumerate() {
+        if !(200..=599).contains(code) {
+            let index = i.to_string();
+            ctx.error(
+                &with(at, &["status", &index]),
+                format!("{code} is not a status a rule can read: only 200 to 599"),
+                None,
+            );
+        }
+    }
+    if let Some(v) = &r.equals {
+        if r.path.is_none() {
+            ctx.error_key(&with(at, &["equals"]), "`equals` needs a `path`", None);
+        }
+        if v.is_object() || v.is_array() || v.is_null() {
+            ctx.error(
+                &with(at, &["equals"]),
+                "`equals` is a string, a number or a boolean",
+                None,
+            );
+        }
+    }
+    let path = r
+        .path
+        .as_deref()
+        .and_then(|q| query(ctx, &with(at, &["path"]), q));
+    let message = r
+        .message
+        .as_deref()
+        .and_then(|q| query(ctx, &with(at, &["message"]), q));
+    let delay_path = r
+        .delay_path
+        .as_deref()
+        .and_then(|q| query(ctx, &with(at, &["delayPath"]), q));
+    let header_name = |ctx: &mut Ctx<'_>, key: &str, name: &Option<String>| {
+        let name = name.as_ref()?;
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            ctx.error(
+                &with(at, &[key]),
+                format!("`{name}` is not a valid header name"),
+                None,
+            );
+            return None;
+        }
+        Some(name.to_ascii_lowercase())
+    };
+    let header = header_name(ctx, "header", &r.header);
+    let delay_header = header_name(ctx, "delayHeader", &r.delay_header);
+    let waits = matches!(r.action, RuleAction::Retry | RuleAction::RateLimited);
+    for (key, given) in [
+        ("delayPath", r.delay_path.is_some()),
+        ("delayHeader", r.delay_header.is_some()),
+    ] {
+        if given && !waits {
+            ctx.error_key(
+                &with(at, &[key]),
+                format!("`{key}` is for `retry` and `rateLimited` rules"),
+                None,
+            );
+        }
+    }
+    if r.message.is_some() && !matches!(r.action, RuleAction::Error | RuleAction::Retry) {
+        ctx.error_key(
+            &with(at, &["message"]),
+            "`message` is for `error` and `retry` rules",
+            None,
+        );
+    }
+    (ctx.diags.len() == errors).then(|| ResponseRule {
+        statuses,
+        path,
+        equals: r.equals.clone(),
+        header,
+        action: r.action,
+        message,
+        delay_path,
+        delay_header,
+    })
 }
 
 /// The URL used for a value whose secret is unresolved (validation only, never served).
@@ -453,7 +584,10 @@ pub fn sink(ctx: &mut Ctx<'_>, name: &str, s: &SinkSpec) -> Option<Sink> {
                 .auth
                 .as_ref()
                 .and_then(|a| auth(ctx, &["spec", "fhir", "auth"], a));
-            credentials::sink_auth(ctx, &["spec", "fhir", "auth"], auth.as_ref());
+            let tls = f
+                .tls
+                .as_ref()
+                .and_then(|t| credentials::tls(ctx, &["spec", "fhir", "tls"], t));
             let timeout = ctx.duration(
                 &["spec", "fhir", "timeout"],
                 f.timeout.as_deref(),
@@ -464,6 +598,7 @@ pub fn sink(ctx: &mut Ctx<'_>, name: &str, s: &SinkSpec) -> Option<Sink> {
                 url: url.unwrap_or_else(placeholder_url),
                 version: f.version,
                 auth,
+                tls,
                 timeout,
                 batch_size: f.batch_size.unwrap_or(100),
                 concurrency: f.concurrency.unwrap_or(1),

@@ -33,7 +33,14 @@ pub async fn read(import: &Import) -> Result<Guide, GuideError> {
     let max = import.max_bytes;
     let files = match &import.guide {
         GuideLocation::Url(url) => {
-            let bytes = package::download(url, max, import.timeout).await?;
+            let bytes = package::download(
+                url,
+                max,
+                import.timeout,
+                import.auth.as_ref(),
+                import.tls.as_ref(),
+            )
+            .await?;
             blocking(move || package::unpack(&bytes, max)).await?
         }
         GuideLocation::Path(path) => {

@@ -5,29 +5,51 @@ use std::io::Read;
 use std::time::Duration;
 
 use super::error::{GuideError, MAX_FILES};
+use crate::model::{Auth, Tls};
 use crate::runtime::outbound::{self, OutboundError, RetryPolicy};
+use crate::runtime::outbound_auth::Credentials;
+use crate::runtime::outbound_auth::credentials::{self, with_header};
 
 /// Files of the guide by their path in it, in path order.
 pub(super) type Files = Vec<(String, Vec<u8>)>;
 
 /// Downloads a package over the outbound layer (its redirect policy, body reader and retry
-/// policy), refusing answers larger than `max` bytes.
+/// policy) with the import's credentials and TLS identity (`runtime::outbound_auth`, as a
+/// source's), refusing answers larger than `max` bytes.
 pub(super) async fn download(
     url: &url::Url,
     max: u64,
     timeout: Duration,
+    auth: Option<&Auth>,
+    tls: Option<&Tls>,
 ) -> Result<Vec<u8>, GuideError> {
-    let client = outbound::client().map_err(|e| GuideError::Client(e.to_string()))?;
+    const PARTY: &str = "guide download";
+    let client = credentials::client(PARTY, tls).map_err(|e| GuideError::Client(e.to_string()))?;
+    let creds = Credentials::new(PARTY, auth, timeout, &client)
+        .map_err(|e| GuideError::Client(e.to_string()))?;
     let policy = RetryPolicy {
         retries: 2,
         statuses: &crate::model::DEFAULT_RETRY_STATUSES,
     };
-    policy
-        .run(None, &mut 0, |_| {
-            outbound::exchange(client.get(url.clone()).timeout(timeout), max, timeout)
+    let sent = creds
+        .send(|header| {
+            let (client, policy) = (&client, &policy);
+            async move {
+                policy
+                    .run(None, &mut 0, |_| {
+                        let req =
+                            with_header(client.get(url.clone()).timeout(timeout), header.clone());
+                        outbound::exchange(req, max, timeout)
+                    })
+                    .await
+            }
         })
         .await
-        .map(|got| got.body.to_vec())
+        .map_err(|e| GuideError::Download {
+            url: url.to_string(),
+            message: format!("no token: {e}"),
+        })?;
+    sent.map(|got| got.body.to_vec())
         .map_err(|e| match e.last() {
             OutboundError::TooLarge(_) => GuideError::TooLarge {
                 what: format!("the package is larger than {max} bytes"),

@@ -100,7 +100,18 @@ pub struct Tokens {
 impl Tokens {
     /// The tokens of `source` when its auth takes them, fetched with `client`.
     pub fn of(source: &Source, client: &reqwest::Client) -> Result<Option<Tokens>, BuildError> {
-        let (token_url, auth, scopes, audience) = match &source.auth {
+        Tokens::for_auth(&source.name, source.auth.as_ref(), source.timeout, client)
+    }
+
+    /// The tokens of `auth` (of a source, a sink or a guide download named `name`) when it
+    /// takes them, fetched with `client`, each token request bounded by `timeout`.
+    pub fn for_auth(
+        name: &str,
+        auth: Option<&Auth>,
+        timeout: Duration,
+        client: &reqwest::Client,
+    ) -> Result<Option<Tokens>, BuildError> {
+        let (token_url, auth, scopes, audience) = match auth {
             Some(Auth::OAuth2(o)) => {
                 let enc = |s: &str| -> String {
                     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
@@ -111,7 +122,7 @@ impl Tokens {
                     base64::engine::general_purpose::STANDARD.encode(pair)
                 ))
                 .map_err(|_| BuildError::Header {
-                    source_name: source.name.clone(),
+                    source_name: name.to_owned(),
                     what: "OAuth2 client credentials",
                 })?;
                 basic.set_sensitive(true);
@@ -123,7 +134,7 @@ impl Tokens {
             }
             Some(Auth::SmartBackend(s)) => {
                 let signer = Signer::new(s, Clock::system()).map_err(|_| BuildError::Header {
-                    source_name: source.name.clone(),
+                    source_name: name.to_owned(),
                     what: "SMART Backend Services private key",
                 })?;
                 (
@@ -147,7 +158,7 @@ impl Tokens {
             token_url: token_url.clone(),
             form,
             auth,
-            timeout: source.timeout,
+            timeout,
             kept: Mutex::new(None),
         }))
     }

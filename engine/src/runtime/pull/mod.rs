@@ -254,6 +254,7 @@ fn mapping_failure(client: &SourceClient, e: &crate::model::mapping::MapError) -
 
 fn all_failed(failures: &[Failure]) -> Problem {
     let timeout = failures.iter().all(|f| f.kind == FailureKind::Timeout);
+    let rate_limited = failures.iter().all(|f| f.kind == FailureKind::RateLimited);
     let text = failures
         .iter()
         .map(ToString::to_string)
@@ -261,6 +262,8 @@ fn all_failed(failures: &[Failure]) -> Problem {
         .join("; ");
     if timeout {
         Problem::new(ProblemKind::Timeout, text)
+    } else if rate_limited && !failures.is_empty() {
+        Problem::new(FailureKind::RateLimited.problem(), text)
     } else {
         Problem::new(ProblemKind::SourceFailed, text)
     }
