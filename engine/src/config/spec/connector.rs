@@ -414,6 +414,7 @@ pub struct SyncSpec {
 /// sink's writes by id make the second write of a resource replace the first. A malformed
 /// or too long line is a failed record (`run.onRecordError`); a file cut off mid-download
 /// is read again, skipping the lines already taken, as often as the source's `retries`.
+/// `run.maxRecords` bounds the lines of one run. See `docs/bulk-export.md`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BulkExportSpec {
@@ -441,6 +442,7 @@ pub struct BulkExportSpec {
     /// `_outputFormat`: `application/fhir+ndjson` (the default), `application/ndjson` or
     /// `ndjson`; the engine reads NDJSON only.
     #[serde(default)]
+    #[schemars(extend("examples" = ["application/fhir+ndjson"]))]
     pub output_format: Option<String>,
     /// Longest the whole export may take, from the kick-off to the last line of the last
     /// file (default `1h`): a server that never finishes, or a file that drips, fails the
