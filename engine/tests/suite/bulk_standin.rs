@@ -2,8 +2,8 @@
 //! 127.0.0.1: `GET /$export` (also `/Patient/$export`, `/Group/{id}/$export`) answers
 //! `202 Accepted` with the `Content-Location` of the job's status; the status answers `202`
 //! with `Retry-After` and `X-Progress` a given number of times (or for ever), then the
-//! manifest; the NDJSON files it lists are served from `/files/{n}` (streamed, one chunk per
-//! line), optionally cut off midway once, or left hanging after some lines; `DELETE` of the
+//! manifest; the NDJSON files it lists are served from `/files/{n}` (streamed, a chunk per 64
+//! lines), optionally cut off midway once, or left hanging after some lines; `DELETE` of the
 //! status is recorded. Every request is recorded as `METHOD path?query`, with the
 //! `Authorization` it carried. Used by `bulk_export` and by `benches/bulk.rs`.
 
@@ -180,7 +180,12 @@ async fn record(
 }
 
 fn fhir(status: u16, body: &Value) -> Response {
-    crate::fhir_standin::fhir_json(status, body)
+    (
+        StatusCode::from_u16(status).expect("a status code"),
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn kick_off(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -251,36 +256,48 @@ async fn status(State(s): State<Arc<Shared>>, method: Method) -> Response {
         .into_response()
 }
 
-/// Lines as an NDJSON body, one chunk per line; with `cut`, an error after that many lines
-/// (the connection breaks); with `hang`, nothing more after that many lines, never ending.
+/// Lines per chunk of an NDJSON body.
+const CHUNK_LINES: usize = 64;
+
+/// Lines as an NDJSON body, in chunks of up to 64 lines; with `cut`, an error after that many
+/// lines (the connection breaks); with `hang`, nothing more after that many lines, never
+/// ending.
 fn ndjson(lines: Vec<String>, cut: Option<usize>, hang: Option<usize>) -> Response {
-    let stream = async_stream(lines, cut, hang);
+    let lines = Arc::new(lines);
+    let stream = futures_util::stream::unfold(0usize, move |i| {
+        let lines = lines.clone();
+        async move {
+            if cut == Some(i) {
+                // Pending once, so that the server sends what came before: the cut falls
+                // after the answer's head and first lines, mid-download.
+                tokio::task::yield_now().await;
+                return Some((Err(std::io::Error::other("cut off")), usize::MAX));
+            }
+            if hang == Some(i) {
+                std::future::pending::<()>().await;
+            }
+            if i >= lines.len() {
+                return None;
+            }
+            let stop = [cut, hang]
+                .into_iter()
+                .flatten()
+                .filter(|s| *s > i)
+                .fold((i + CHUNK_LINES).min(lines.len()), usize::min);
+            let mut chunk = Vec::new();
+            for line in &lines[i..stop] {
+                chunk.extend_from_slice(line.as_bytes());
+                chunk.push(b'\n');
+            }
+            Some((Ok::<_, std::io::Error>(chunk), stop))
+        }
+    });
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/fhir+ndjson")],
         Body::from_stream(stream),
     )
         .into_response()
-}
-
-fn async_stream(
-    lines: Vec<String>,
-    cut: Option<usize>,
-    hang: Option<usize>,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send {
-    futures_util::stream::unfold(0usize, move |i| {
-        let lines = lines.clone();
-        async move {
-            if cut == Some(i) {
-                return Some((Err(std::io::Error::other("cut off")), usize::MAX));
-            }
-            if hang == Some(i) {
-                std::future::pending::<()>().await;
-            }
-            let line = lines.get(i)?;
-            Some((Ok(format!("{line}\n").into_bytes()), i + 1))
-        }
-    })
 }
 
 async fn file(
@@ -294,10 +311,9 @@ async fn file(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if got != Some(format!("Bearer {t}").as_str()) {
-            return fhir(
-                401,
-                &crate::fhir_standin::operation_outcome("login", "no token"),
-            );
+            let outcome = json!({"resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "login", "diagnostics": "no token"}]});
+            return fhir(401, &outcome);
         }
     }
     let Some((_, lines)) = b.files.get(n) else {
