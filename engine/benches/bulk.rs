@@ -76,7 +76,17 @@ fn peak_rss(pid: u32) -> Option<u64> {
 async fn engine_import(defs: &std::path::Path, n: usize) -> (Duration, u64) {
     let state = tempfile::tempdir().expect("state");
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+    // On the system's core when `scripts/bench.sh` names one (`taskset` execs the engine:
+    // same pid).
+    let mut cmd = match std::env::var("BENCH_SUT_CPU") {
+        Ok(cpu) if !cpu.is_empty() => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.args(["-c", &cpu, env!("CARGO_BIN_EXE_engine")]);
+            c
+        }
+        _ => tokio::process::Command::new(env!("CARGO_BIN_EXE_engine")),
+    };
+    let mut child = cmd
         .args(["run", "export", "-d"])
         .arg(defs)
         .arg("--state-dir")

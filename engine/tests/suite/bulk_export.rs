@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::bulk_standin::{Behaviour, BulkServer, RUN_BOUND, observation_line, patient_line};
 use crate::engine_under_test::{
     definitions, engine_run_command, load, run_with_deadline, runner, runner_with_sink_dir,
-    watermarks,
+    wait_until, watermarks,
 };
 use crate::helios_client::{read_all, seed};
 use crate::helios_server::{Db, Helios};
@@ -266,6 +266,39 @@ async fn a_job_that_never_finishes_fails_at_the_exports_deadline_and_is_deleted(
     );
     assert!(took >= Duration::from_secs(2), "{took:?}");
     assert_eq!(server.deletes(), 1, "{:?}", server.requests());
+    assert!(watermarks(state.path(), "export").is_empty());
+}
+
+#[tokio::test]
+async fn a_run_dropped_midway_still_deletes_its_job() {
+    let server = BulkServer::start(Behaviour {
+        polls_before_done: usize::MAX,
+        retry_after: vec!["1".into()],
+        ..Behaviour::default()
+    })
+    .await;
+    let dir = definitions(&defs(&server.url, "    maxPollInterval: 1s", "", ""));
+    let model = load(dir.path());
+    let state = tempfile::tempdir().expect("state");
+    let r = runner(&model, "export", state.path());
+    // Dropped (as a shutdown drops a run's task) once it polls.
+    let mut run = Box::pin(r.run(false));
+    let polled = async {
+        while !server.requests().iter().any(|q| q == "GET /jobs/1") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = &mut run => panic!("the run never ends on its own within its bound"),
+        _ = tokio::time::timeout(RUN_BOUND, polled) => {}
+    }
+    drop(run);
+    wait_until(
+        Duration::from_secs(10),
+        "the dropped run's job deleted",
+        || server.deletes() == 1,
+    )
+    .await;
     assert!(watermarks(state.path(), "export").is_empty());
 }
 

@@ -11,7 +11,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::BulkError;
+use super::error::BulkError;
 use crate::model::BulkExport;
 use crate::model::vocabulary::BulkLevel;
 use crate::runtime::outbound;

@@ -4,84 +4,29 @@
 //! job deleted at the end, after a failure too. The runner maps and writes each batch
 //! (`Consumer`); nothing of an export is held whole.
 
+pub mod error;
 pub mod job;
 pub mod manifest;
 pub mod ndjson;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderValue};
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::model::BulkExport;
-use crate::runtime::outbound::humanize;
-use crate::runtime::report::{Failure, Phase, Progress, RunReport, Stage};
+use crate::runtime::report::{Phase, Progress, RunReport};
 use crate::runtime::trace_context::TraceContext;
 use crate::runtime::upstream::SourceClient;
+pub use error::BulkError;
 use job::Job;
-use manifest::{FileRef, Manifest, ManifestError};
+use manifest::{FileRef, Manifest};
 use ndjson::{Lines, Text};
 
 /// Most server errors (lines of the `error` files) listed in a run report.
 const LISTED_ERRORS: usize = 100;
-
-/// Why an export failed. No variant holds a URL.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum BulkError {
-    #[error("the `$export` kick-off failed: {message}")]
-    KickOff {
-        message: String,
-        outcome: Option<Value>,
-    },
-    #[error("the `$export` kick-off was accepted without a `Content-Location` to poll")]
-    NoStatus,
-    #[error(
-        "the `$export` status is on another origin ({0}), which is refused: declare it in `bulkExport.fileOrigins` to allow it"
-    )]
-    StatusElsewhere(String),
-    #[error("the `$export` status could not be read: {0}")]
-    Status(String),
-    #[error("the export failed: the status {message}")]
-    Failed {
-        message: String,
-        outcome: Option<Value>,
-    },
-    #[error("the export did not finish within {} (`bulkExport.maxDuration`)", humanize(*.0))]
-    Deadline(Duration),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    #[error("{file}: {reason}")]
-    File { file: String, reason: String },
-    /// The runner stopped the export (its report says why).
-    #[error("stopped by the run")]
-    Stopped,
-}
-
-impl BulkError {
-    /// The failure of a run that met this error, with the server's `OperationOutcome`.
-    fn failure(self) -> Failure {
-        let subject = match &self {
-            BulkError::File { file, .. } => file.clone(),
-            _ => "$export".to_owned(),
-        };
-        let outcome = match &self {
-            BulkError::KickOff { outcome, .. } | BulkError::Failed { outcome, .. } => {
-                outcome.clone()
-            }
-            _ => None,
-        };
-        Failure {
-            stage: Stage::Read,
-            subject,
-            message: self.to_string(),
-            outcome,
-        }
-    }
-}
 
 /// One line of an exported file, for the runner: where it is and what it holds.
 #[derive(Debug)]
@@ -132,7 +77,7 @@ impl Export<'_> {
             match Job::kick_off(self.client.clone(), url, &origins, self.trace, deadline).await {
                 Ok(j) => j,
                 Err(e) => {
-                    report.failures.push(e.failure());
+                    report.failures.push(e.into_failure());
                     return None;
                 }
             };
@@ -149,7 +94,7 @@ impl Export<'_> {
             Ok(t) if report.failures.is_empty() => Some(t),
             Ok(_) | Err(BulkError::Stopped) => None,
             Err(e) => {
-                report.failures.push(e.failure());
+                report.failures.push(e.into_failure());
                 None
             }
         }
