@@ -497,7 +497,12 @@ impl Runner {
             // One Provenance per Bundle of the run, when the sink asks for it.
             provenance: Some(ProvenanceOf {
                 connector: self.connector.name.clone(),
-                occasion: format!("run {}", report.started.to_rfc3339()),
+                // A bulk export's later batches are other occasions: the Provenance of a
+                // batch's first Bundle does not replace the one of the batch before.
+                occasion: match report.sink_calls {
+                    0 => format!("run {}", report.started.to_rfc3339()),
+                    n => format!("run {} after call {n}", report.started.to_rfc3339()),
+                },
                 source: if sources.is_empty() {
                     "an implementation guide import".to_owned()
                 } else {

@@ -59,7 +59,7 @@ fn helios_sink(url: &str) -> String {
 kind: Sink
 metadata: {{ name: helios }}
 spec:
-  fhir: {{ url: \"{url}\", version: R4, batchSize: 100, mode: transaction, retries: 2, timeout: 30s }}
+  fhir: {{ url: \"{url}\", version: R4, batchSize: 100, mode: transaction, retries: 2, timeout: 30s, provenance: true }}
 ---
 "
     )
@@ -150,6 +150,10 @@ async fn an_export_is_polled_streamed_into_helios_and_deleted_and_the_next_asks_
             "Patient/p2"
         ]
     );
+    // One Provenance per batch (two of the Patient file, one of the Observation file), none
+    // replacing another.
+    let provenances = crate::helios_client::search_all(&c, &helios, "Provenance", 10).await;
+    assert_eq!(provenances.len(), 3, "{provenances:#?}");
     // Kick-off as the IG says, two polls answered 202, the manifest, the files with the
     // token, the job deleted.
     let headers = server.kick_off_headers();
