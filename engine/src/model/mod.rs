@@ -450,6 +450,33 @@ pub enum CronRead {
         page_size: u32,
     },
     Import(Import),
+    /// A FHIR Bulk Data `$export` from the connector's FHIR source.
+    BulkExport(BulkExport),
+}
+
+/// A checked FHIR Bulk Data export (`bulkExport`).
+#[derive(Debug, Clone)]
+pub struct BulkExport {
+    /// `system`, `patient` or `group` (with `group`, the Group's id).
+    pub level: crate::model::vocabulary::BulkLevel,
+    pub group: Option<String>,
+    /// `_type`; empty: every type.
+    pub types: Vec<String>,
+    /// `_typeFilter` queries, each `Type?params`.
+    pub type_filters: Vec<String>,
+    pub since: crate::model::vocabulary::BulkSince,
+    /// `_outputFormat`.
+    pub output_format: String,
+    /// Longest the whole export may take (`maxDuration`).
+    pub max_duration: Duration,
+    /// Longest wait between two status polls (`maxPollInterval`).
+    pub max_poll_interval: Duration,
+    /// Longest NDJSON line, in bytes (`maxLine`).
+    pub max_line: usize,
+    /// Records mapped and written together (`batchSize`).
+    pub batch_size: usize,
+    /// Origins besides the source's own that files may come from (`fileOrigins`).
+    pub file_origins: Vec<url::Origin>,
 }
 
 /// The parent request of a fetch, where its records are, and the most it may give.
@@ -518,7 +545,7 @@ impl Connector {
             Strategy::Push(p) => Some(&p.records),
             Strategy::Cron(c) => match &c.read {
                 CronRead::Fetch { records, .. } => Some(records),
-                CronRead::Sync { .. } | CronRead::Import(_) => None,
+                CronRead::Sync { .. } | CronRead::Import(_) | CronRead::BulkExport(_) => None,
             },
         }
     }

@@ -199,3 +199,26 @@ pub enum Interaction {
     Search,
     Read,
 }
+
+/// The level of a FHIR Bulk Data export: every resource the server exports (`system`,
+/// `[base]/$export`), the data of all its patients (`patient`, `[base]/Patient/$export`), or
+/// of the members of one Group (`group`, `[base]/Group/{id}/$export`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkLevel {
+    #[default]
+    System,
+    Patient,
+    Group,
+}
+
+/// What a FHIR Bulk Data export asks for: `watermark` (the default) only what changed since
+/// the `transactionTime` of the last successful run (`_since`; everything on the first run),
+/// `none` everything on every run.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkSince {
+    #[default]
+    Watermark,
+    None,
+}

@@ -6,6 +6,7 @@
 pub mod admin_access;
 pub mod breaker;
 pub mod build_error;
+pub mod bulk;
 pub mod cache;
 pub mod clock;
 pub mod connectivity;

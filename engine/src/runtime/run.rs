@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use crate::model::digest::content_digest;
 use crate::model::jsonpath::Query;
 use crate::model::vocabulary::RecordErrorPolicy;
-use crate::model::{Connector, Cron, CronRead, Import, Pagination, Parent, Request, Strategy};
+use crate::model::{
+    BulkExport, Connector, Cron, CronRead, Import, Pagination, Parent, Request, Strategy,
+};
 use crate::runtime::build_error::BuildError;
 use crate::runtime::clock::Clock;
 use crate::runtime::dead_letters::{DeadLetterStore, DeadLetters, DirStore, Letter, Resend};
@@ -89,13 +91,25 @@ fn map_stream(
     found: Vec<Value>,
     declared: Option<&BTreeSet<String>>,
 ) -> Mapped {
+    let named = found
+        .into_iter()
+        .enumerate()
+        .map(|(i, record)| (format!("{stream}[{i}]"), record));
+    map_named(connector, named, declared)
+}
+
+/// As `map_stream`, each record named by its subject (a bulk export's `file, line`).
+fn map_named(
+    connector: &Connector,
+    named: impl IntoIterator<Item = (String, Value)>,
+    declared: Option<&BTreeSet<String>>,
+) -> Mapped {
     let mut mapped = Mapped {
         resources: Vec::new(),
         rejected: Vec::new(),
         warned: Vec::new(),
     };
-    for (i, record) in found.into_iter().enumerate() {
-        let subject = format!("{stream}[{i}]");
+    for (subject, record) in named {
         let result = connector
             .map_records([(subject.clone(), &record)], &json!({}))
             .map_err(|e| (e.to_string(), None))
@@ -265,6 +279,10 @@ impl Runner {
         let Some(mut state) = self.load_state(&mut report).await else {
             return (self.finish(report), Vec::new());
         };
+        if let CronRead::BulkExport(bulk) = &cron.read {
+            // Streamed: written batch by batch as the files are read.
+            return self.bulk_export(cron, bulk, state, report).await;
+        }
         let mut watermarks = state.watermarks.clone();
         // One trace (and request id) for all the source calls and sink posts of the run.
         let trace = TraceContext::fresh(uuid::Uuid::new_v4().to_string());
@@ -337,6 +355,8 @@ impl Runner {
             (CronRead::Import(import), _) => {
                 self.import(import, report, &mut resources).await;
             }
+            // Run by `bulk_export` instead, batch by batch.
+            (CronRead::BulkExport(_), _) => {}
             (_, None) => report.failures.push(Failure {
                 stage: Stage::Read,
                 subject: "source".into(),
@@ -600,7 +620,12 @@ impl Runner {
             // One Provenance per Bundle of the run, when the sink asks for it.
             provenance: Some(ProvenanceOf {
                 connector: self.connector.name.clone(),
-                occasion: format!("run {}", report.started.to_rfc3339()),
+                // A bulk export's later batches are other occasions: the Provenance of a
+                // batch's first Bundle does not replace the one of the batch before.
+                occasion: match report.sink_calls {
+                    0 => format!("run {}", report.started.to_rfc3339()),
+                    n => format!("run {} after call {n}", report.started.to_rfc3339()),
+                },
                 source: if sources.is_empty() {
                     "an implementation guide import".to_owned()
                 } else {
@@ -612,9 +637,10 @@ impl Runner {
             trace: Some(trace.trace.clone()),
         };
         let w = self.writer.write(to_write, &opts).await;
-        report.resources_written = w.written;
-        report.sink_calls = w.calls;
-        report.sink_retries = w.retries;
+        // Added up: a bulk export writes batch by batch.
+        report.resources_written += w.written;
+        report.sink_calls += w.calls;
+        report.sink_retries += w.retries;
         self.progress.observe(Phase::Writing, report);
         let failed: std::collections::HashSet<String> =
             w.failures.iter().map(|f| f.resource.clone()).collect();
@@ -943,6 +969,57 @@ impl Runner {
         out.extend(imported.resources);
     }
 
+    /// A FHIR Bulk Data export (`runtime::bulk`): its files mapped and written batch by batch
+    /// (`BulkBatches`), the manifest's `transactionTime` kept as the watermark only when the
+    /// whole run succeeded. A dry run writes nothing and gives what it would write.
+    async fn bulk_export(
+        &self,
+        cron: &Cron,
+        bulk: &BulkExport,
+        mut state: ConnectorState,
+        mut report: RunReport,
+    ) -> (RunReport, Vec<Value>) {
+        let Some(client) = &self.client else {
+            return (self.finish(report), Vec::new());
+        };
+        let since = match bulk.since {
+            crate::model::vocabulary::BulkSince::Watermark => state
+                .watermarks
+                .get(BULK_WATERMARK)
+                .map(|w| asked_from(w, cron.lookback)),
+            crate::model::vocabulary::BulkSince::None => None,
+        };
+        let trace = TraceContext::fresh(uuid::Uuid::new_v4().to_string());
+        let export = crate::runtime::bulk::Export {
+            client,
+            bulk,
+            since,
+            trace: &trace,
+            progress: &self.progress,
+            connector: &self.connector.name,
+        };
+        let dry_run = report.dry_run;
+        let mut batches = BulkBatches {
+            runner: self,
+            cron,
+            state: &mut state,
+            trace: &trace,
+            kept: Vec::new(),
+        };
+        let done = export.run(&mut report, &mut batches).await;
+        let kept = std::mem::take(&mut batches.kept);
+        if dry_run {
+            return (self.finish(report), kept);
+        }
+        if let Some(t) = done
+            && report.failures.is_empty()
+        {
+            state.watermarks.insert(BULK_WATERMARK.to_owned(), t);
+        }
+        self.save_state(state, &mut report).await;
+        (self.finish(report), kept)
+    }
+
     fn finish(&self, mut report: RunReport) -> RunReport {
         report.finished = self.clock.now();
         self.progress.observe(Phase::Done, &report);
@@ -1041,6 +1118,112 @@ impl DeadLetters for Runner {
 
     fn now(&self) -> String {
         self.clock.now().to_rfc3339()
+    }
+}
+
+/// The key of a bulk export's watermark (the last `transactionTime`) in the connector's
+/// state.
+const BULK_WATERMARK: &str = "$export";
+
+/// Maps and writes the batches of a bulk export as they come.
+struct BulkBatches<'a> {
+    runner: &'a Runner,
+    cron: &'a Cron,
+    state: &'a mut ConnectorState,
+    /// The run's trace, carried to the sink's posts.
+    trace: &'a TraceContext,
+    /// What a dry run would write.
+    kept: Vec<Value>,
+}
+
+impl crate::runtime::bulk::Consumer for BulkBatches<'_> {
+    async fn take(
+        &mut self,
+        batch: Vec<crate::runtime::bulk::Line>,
+        report: &mut RunReport,
+    ) -> bool {
+        let runner = self.runner;
+        let cron = self.cron;
+        report.records_read += batch.len();
+        if report.records_read > cron.max_records {
+            report.failures.push(Failure {
+                stage: Stage::Read,
+                subject: "$export".into(),
+                message: format!(
+                    "more than {} records in one run (`run.maxRecords`); the rest is not read",
+                    cron.max_records
+                ),
+                outcome: None,
+            });
+            return false;
+        }
+        runner.progress.observe(Phase::Reading, report);
+        let connector = runner.connector.clone();
+        let mapped = tokio::task::spawn_blocking(move || {
+            let mut bad = Vec::new();
+            let mut good = Vec::new();
+            for line in batch {
+                let why = match line.text {
+                    crate::runtime::bulk::ndjson::Text::TooLong(n) => {
+                        format!("a line of {n} bytes, longer than `bulkExport.maxLine`")
+                    }
+                    crate::runtime::bulk::ndjson::Text::Line(bytes) => {
+                        match serde_json::from_slice::<Value>(&bytes) {
+                            Ok(v) if v.is_object() => {
+                                good.push((line.subject, v));
+                                continue;
+                            }
+                            Ok(_) => "the line is not a JSON object".to_owned(),
+                            Err(e) => format!("the line is not JSON: {e}"),
+                        }
+                    }
+                };
+                bad.push(Rejected {
+                    record: json!({"line": line.subject}),
+                    subject: line.subject,
+                    reason: why,
+                    outcome: None,
+                });
+            }
+            let mut m = map_named(&connector, good, connector.declared_types().as_ref());
+            bad.append(&mut m.rejected);
+            m.rejected = bad;
+            m
+        })
+        .await;
+        let m = match mapped {
+            Ok(m) => m,
+            Err(e) => {
+                report.failures.push(Failure {
+                    stage: Stage::Map,
+                    subject: "$export".into(),
+                    message: format!("the mapping stopped: {e}"),
+                    outcome: None,
+                });
+                return false;
+            }
+        };
+        let name = &runner.connector.name;
+        runner.metrics.fhir_invalid(name, "written", m.warned.len());
+        let refused = m.rejected.iter().filter(|r| r.outcome.is_some()).count();
+        runner.metrics.fhir_invalid(name, "refused", refused);
+        let room = LISTED_FAILURES.saturating_sub(report.warnings.len());
+        report.warnings.extend(m.warned.into_iter().take(room));
+        runner.rejected(cron, m.rejected, report).await;
+        if !report.failures.is_empty() {
+            return false;
+        }
+        let resources = crate::runtime::sink::last_versions(without_server_meta(m.resources));
+        let (to_write, digests) = changed(resources, cron, self.state, report);
+        if report.dry_run {
+            self.kept.extend(to_write);
+            return true;
+        }
+        runner.progress.observe(Phase::Writing, report);
+        runner
+            .write(cron, (to_write, self.trace), digests, self.state, report)
+            .await;
+        report.failures.is_empty()
     }
 }
 

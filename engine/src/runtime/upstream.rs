@@ -496,6 +496,73 @@ impl SourceClient {
         });
     }
 
+    /// Sends one request as it is (a FHIR Bulk Data kick-off, status poll, file download or
+    /// delete) with the source's client and trace headers and, when `credentials`, its
+    /// configured headers and auth (a token renewed once after a 401), and gives the answer
+    /// unread: its status not judged, its body left to stream. Not retried, and outside the
+    /// breaker and the concurrency limit (a bulk run is one request at a time). `head` bounds
+    /// the wait for the answer's head; `total` the whole exchange, body included.
+    pub async fn open(
+        &self,
+        method: Method,
+        url: url::Url,
+        headers: HeaderMap,
+        credentials: bool,
+        (head, total): (std::time::Duration, std::time::Duration),
+        trace: &TraceContext,
+    ) -> Result<reqwest::Response, Failure> {
+        let bearer = match (&self.tokens, credentials) {
+            (Some(tokens), true) => Some(
+                tokens
+                    .bearer(Some(Instant::now() + head))
+                    .await
+                    .map_err(|e| Failure::of_token(&self.source.name, &e))?,
+            ),
+            _ => None,
+        };
+        let send = |bearer: Option<HeaderValue>| {
+            let mut req = self
+                .client
+                .request(method.clone(), url.clone())
+                .timeout(total)
+                .header("x-request-id", trace.request_id.as_str())
+                .header("traceparent", trace.trace.outbound())
+                .headers(headers.clone());
+            if credentials {
+                req = req.headers(self.fixed.clone());
+            }
+            if let Some(b) = bearer {
+                req = req.header(reqwest::header::AUTHORIZATION, b);
+            }
+            async move {
+                let started = Instant::now();
+                let got = tokio::time::timeout(head, req.send())
+                    .await
+                    .map_err(|_| OutboundError::Timeout(head))
+                    .and_then(|r| r.map_err(|e| OutboundError::of(&e, head)));
+                let answer = match &got {
+                    Ok(r) => Answer::Status(r.status().as_u16()),
+                    Err(OutboundError::Timeout(_)) => Answer::Timeout,
+                    Err(_) => Answer::Error,
+                };
+                self.metrics
+                    .upstream(&self.source.name, answer, started.elapsed());
+                got.map_err(|e| Failure::of(&self.source.name, e))
+            }
+        };
+        let resp = send(bearer.clone()).await?;
+        match (&self.tokens, bearer) {
+            (Some(tokens), Some(stale)) if resp.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                let renewed = tokens
+                    .renew(&stale, Some(Instant::now() + head))
+                    .await
+                    .map_err(|e| Failure::of_token(&self.source.name, &e))?;
+                send(Some(renewed)).await
+            }
+            _ => Ok(resp),
+        }
+    }
+
     /// Sends the first call and follows the source's pagination, collecting the records
     /// `records` selects from each page, until `want` records (when given), the last page or
     /// the page limit. Gives the records and the first page's reply.

@@ -8,6 +8,7 @@ mod admin_auth;
 mod alerts;
 mod architecture;
 mod bounded;
+mod bulk_export;
 mod cache_hits;
 mod cli;
 mod connectivity;
@@ -43,6 +44,7 @@ mod ui;
 mod versions;
 
 // What they share.
+mod bulk_standin;
 mod engine_router;
 mod engine_under_test;
 mod fhir_package;

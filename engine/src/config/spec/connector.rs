@@ -91,6 +91,10 @@ pub struct ConnectorSpec {
     /// from a directory or a FHIR package).
     #[serde(default)]
     pub import: Option<ImportSpec>,
+    /// What a cron connector exports from a FHIR source with FHIR Bulk Data `$export`: the
+    /// NDJSON files of the export streamed through the mapping into the sink, in batches.
+    #[serde(default)]
+    pub bulk_export: Option<BulkExportSpec>,
     /// How resources are written to the sink.
     #[serde(default)]
     pub write: Option<WriteSpec>,
@@ -474,6 +478,77 @@ pub struct SyncSpec {
     #[serde(default)]
     #[schemars(range(min = 1, max = 1000))]
     pub page_size: Option<u32>,
+}
+
+/// A FHIR Bulk Data `$export` (Bulk Data Access IG 2.0) from the connector's FHIR source: a
+/// kick-off (`Prefer: respond-async`), status polls that honour `Retry-After` (bounded by
+/// `maxPollInterval` and `maxDuration`) and log `X-Progress`, then the manifest's `output`
+/// files read line by line (never held whole) and mapped and written to the sink in batches
+/// of `batchSize`; its `error` files are read as `OperationOutcome`s into the run report's
+/// warnings. The job is deleted at the end, after a failure too. The `transactionTime` of
+/// the manifest becomes the watermark (`_since` of the next run) only when the whole run
+/// succeeded; a failed or killed run is exported again from the same point, and a FHIR
+/// sink's writes by id make the second write of a resource replace the first. A malformed
+/// or too long line is a failed record (`run.onRecordError`); a file cut off mid-download
+/// is read again, skipping the lines already taken, as often as the source's `retries`.
+/// `run.maxRecords` bounds the lines of one run. See `docs/bulk-export.md`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BulkExportSpec {
+    /// `system` (`[base]/$export`, the default), `patient` (`[base]/Patient/$export`) or
+    /// `group` (`[base]/Group/{group}/$export`).
+    #[serde(default)]
+    pub level: Option<crate::model::vocabulary::BulkLevel>,
+    /// The id of the Group exported, with `level: group` (and only then).
+    #[serde(default)]
+    #[schemars(extend("examples" = ["diabetes-cohort"]))]
+    pub group: Option<String>,
+    /// Resource types exported (`_type`); empty: every type the server exports.
+    #[serde(default)]
+    #[schemars(extend("examples" = [["Patient", "Observation"]]))]
+    pub types: Vec<String>,
+    /// FHIR search queries that narrow a type's resources (`_typeFilter`), each
+    /// `Type?params`, e.g. `Observation?category=laboratory`.
+    #[serde(default)]
+    #[schemars(extend("examples" = [["Observation?category=laboratory"]]))]
+    pub type_filter: Vec<String>,
+    /// `watermark` (the default): only what changed since the `transactionTime` of the last
+    /// successful run (`_since`, less `run.lookback`); `none`: everything on every run.
+    #[serde(default)]
+    pub since: Option<crate::model::vocabulary::BulkSince>,
+    /// `_outputFormat`: `application/fhir+ndjson` (the default), `application/ndjson` or
+    /// `ndjson`; the engine reads NDJSON only.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["application/fhir+ndjson"]))]
+    pub output_format: Option<String>,
+    /// Longest the whole export may take, from the kick-off to the last line of the last
+    /// file (default `1h`): a server that never finishes, or a file that drips, fails the
+    /// run when it passes, and the job is deleted.
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub max_duration: Option<String>,
+    /// Longest wait between two status polls (default `1m`): a longer `Retry-After` (in
+    /// seconds or as a date) is cut to it. Without `Retry-After`, polls wait 1s, then twice
+    /// as long each time, up to this.
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^([0-9]+(ms|s|m|h|d))+$"))]
+    pub max_poll_interval: Option<String>,
+    /// Longest line of an NDJSON file (default `4MiB`): a longer line is a failed record
+    /// (`run.onRecordError`), read past without being held.
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^[0-9]+(B|KB|MB|GB|KiB|MiB|GiB)?$"))]
+    pub max_line: Option<String>,
+    /// Records mapped and written together (default 1000): what a run holds at once.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100000))]
+    pub batch_size: Option<u32>,
+    /// Origins besides the source's own (`https://files.example.org`) that the manifest's
+    /// files may be downloaded from; a file anywhere else fails the run before any download.
+    /// The source's credentials go with a download only when the manifest says
+    /// `requiresAccessToken: true`.
+    #[serde(default)]
+    #[schemars(extend("examples" = [["https://exports.example.org"]]))]
+    pub file_origins: Vec<String>,
 }
 
 /// An implementation guide import: every FHIR resource of a built guide, written to the

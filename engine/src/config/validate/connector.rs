@@ -177,6 +177,7 @@ fn sections(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) {
         ("fetch", spec.fetch.is_some(), &[S::Cron][..]),
         ("sync", spec.sync.is_some(), &[S::Cron][..]),
         ("import", spec.import.is_some(), &[S::Cron][..]),
+        ("bulkExport", spec.bulk_export.is_some(), &[S::Cron][..]),
         ("sink", spec.sink.is_some(), &[S::Cron, S::Push][..]),
         ("write", spec.write.is_some(), &[S::Cron, S::Push][..]),
         // Pull routes answer callers with what the source has; only writes are screened.

@@ -1,5 +1,5 @@
 //! Checks of a cron connector: its schedule (cron expression and time zone) and what it
-//! reads (`fetch`, `sync` or `import`), sink and write options.
+//! reads (`fetch`, `sync`, `import` or `bulkExport`), sink and write options.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -28,6 +28,7 @@ pub fn cron(
         Fetch(&'a FetchSpec),
         Sync(&'a SyncSpec),
         Import(&'a ImportSpec),
+        BulkExport(&'a crate::config::spec::BulkExportSpec),
     }
     let read = exactly_one(
         ctx,
@@ -37,6 +38,10 @@ pub fn cron(
             ("fetch", spec.fetch.as_ref().map(Read::Fetch)),
             ("sync", spec.sync.as_ref().map(Read::Sync)),
             ("import", spec.import.as_ref().map(Read::Import)),
+            (
+                "bulkExport",
+                spec.bulk_export.as_ref().map(Read::BulkExport),
+            ),
         ],
     );
     let read = match read? {
@@ -91,6 +96,9 @@ pub fn cron(
             }
         }
         Read::Import(i) => CronRead::Import(super::guide::import(ctx, i)?),
+        Read::BulkExport(b) => {
+            CronRead::BulkExport(super::bulk_export::bulk_export(ctx, b, fhir_source)?)
+        }
         Read::Sync(y) => {
             if !fhir_source {
                 ctx.error(

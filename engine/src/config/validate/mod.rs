@@ -3,6 +3,7 @@
 //! then each document is checked for meaning and compiled; references, names and routes are
 //! checked across documents; last, the definitions' own tests run.
 
+mod bulk_export;
 mod connector;
 mod context;
 mod credentials;
