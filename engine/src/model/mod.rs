@@ -2,6 +2,7 @@
 //! `Duration`s, queries and templates are compiled, cron is parsed, references are resolved;
 //! runtime code reads only these types.
 
+pub mod decode;
 pub mod digest;
 pub mod fhir;
 pub mod fhir_structure;
@@ -120,6 +121,20 @@ pub struct Source {
     pub statuses: Statuses,
     /// When calls to the source stop being sent after repeated failures.
     pub breaker: BreakerSettings,
+    /// How its answers (or files) are read (`format`).
+    pub format: crate::model::decode::Format,
+    /// A file source: the files read instead of calling `url` (`path`).
+    pub files: Option<Files>,
+}
+
+/// The files of a file source: `dir` (absolute, or relative to the working directory as the
+/// definition's path is), and a pattern below it; no pattern: `dir` is the one file.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub dir: PathBuf,
+    pub pattern: Option<Glob>,
+    /// The path as the definition writes it, for messages (never resolved further).
+    pub shown: String,
 }
 
 /// A source's circuit breaker: `failures` failed calls in a row open it; while open, calls
@@ -322,6 +337,8 @@ pub struct Push {
     pub max_records: usize,
     /// Most JSON values one payload may hold, counted before it is parsed (`push.maxValues`).
     pub max_values: usize,
+    /// How a payload is read (`push.format`).
+    pub format: crate::model::decode::Format,
     pub idempotency_header: String,
     pub dedup_window: Duration,
     /// The most deliveries remembered at once (`dedupLimit`).
@@ -455,6 +472,19 @@ pub struct Test {
 }
 
 impl Connector {
+    /// The format of the documents this connector maps: its push endpoint's, or its first
+    /// source's (JSON when it has none).
+    pub fn input_format(&self) -> crate::model::decode::Format {
+        match &self.strategy {
+            Strategy::Push(p) => p.format.clone(),
+            _ => self
+                .sources
+                .first()
+                .map(|s| s.format.clone())
+                .unwrap_or_default(),
+        }
+    }
+
     /// The records selector of the documents this connector maps.
     pub fn records(&self) -> Option<&Query> {
         match &self.strategy {

@@ -183,6 +183,8 @@ async fn check_sink(
             failures: u32::MAX,
             cool_down: Duration::from_secs(1),
         },
+        format: crate::model::decode::Format::Json,
+        files: None,
     });
     let upstreams = Upstreams::new([as_source], metrics)?;
     let part = format!("sink {}", sink.name);

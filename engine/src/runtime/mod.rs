@@ -11,6 +11,7 @@ pub mod clock;
 pub mod connectivity;
 pub mod engine;
 pub mod fhir_validation;
+pub mod file_source;
 pub mod guide;
 pub mod json_count;
 pub mod metrics;

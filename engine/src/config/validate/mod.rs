@@ -9,6 +9,7 @@ mod credentials;
 mod cron;
 mod deftests;
 mod fhir_check;
+mod format;
 mod guide;
 mod names;
 mod pull;

@@ -215,7 +215,14 @@ mod tests {
         let f = CsvFormat::default();
         let err = decode(&f, b"a,b\n1,2\n3\n", LIMITS).expect_err("short row");
         assert!(
-            matches!(err, DecodeError::Csv { record: 2, line: 3, .. }),
+            matches!(
+                err,
+                DecodeError::Csv {
+                    record: 2,
+                    line: 3,
+                    ..
+                }
+            ),
             "{err}"
         );
         let err = decode(&f, b"a,a\n1,2\n", LIMITS).expect_err("repeated column");
@@ -226,7 +233,10 @@ mod tests {
     fn invalid_utf8_and_the_value_cap_are_errors() {
         let f = CsvFormat::default();
         let err = decode(&f, b"a\n\xFF\n", LIMITS).expect_err("not UTF-8");
-        assert!(matches!(err, DecodeError::Encoding { line: 2, .. }), "{err}");
+        assert!(
+            matches!(err, DecodeError::Encoding { line: 2, .. }),
+            "{err}"
+        );
         let body = format!("a,b\n{}", "1,2\n".repeat(400));
         let err = decode(&f, body.as_bytes(), LIMITS).expect_err("over the cap");
         assert_eq!(err, DecodeError::TooManyValues { max: 1000 });

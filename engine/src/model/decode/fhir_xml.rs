@@ -91,8 +91,13 @@ pub(super) fn decode(
                                 "<{local}> is not in the FHIR namespace `http://hl7.org/fhir`"
                             )));
                         }
-                        if let Some(Frame::Slot { resource: Some(_), .. }) = stack.last() {
-                            return Err(at(format!("a second resource, <{local}>, where one is allowed")));
+                        if let Some(Frame::Slot {
+                            resource: Some(_), ..
+                        }) = stack.last()
+                        {
+                            return Err(at(format!(
+                                "a second resource, <{local}>, where one is allowed"
+                            )));
                         }
                         resource(structure, &local, version).map_err(at)?
                     }
@@ -131,8 +136,13 @@ pub(super) fn decode(
                                     .map_err(|e| err_at(reader.error_position(), e.to_string()))?;
                                 text[before as usize..reader.buffer_position() as usize].to_owned()
                             };
-                            insert(stack.last_mut(), &local, element.array, Value::String(outer))
-                                .map_err(at)?;
+                            insert(
+                                stack.last_mut(),
+                                &local,
+                                element.array,
+                                Value::String(outer),
+                            )
+                            .map_err(at)?;
                             continue;
                         }
                         if type_name == "Resource" {
@@ -171,22 +181,34 @@ pub(super) fn decode(
             }
             Event::End(_) => close(&mut stack, &mut result).map_err(at)?,
             Event::Text(t) => {
-                if !AsRef::<[u8]>::as_ref(&*t).iter().all(u8::is_ascii_whitespace) {
-                    return Err(at("text where FHIR XML has only elements and `value` attributes".into()));
+                if !AsRef::<[u8]>::as_ref(&*t)
+                    .iter()
+                    .all(u8::is_ascii_whitespace)
+                {
+                    return Err(at(
+                        "text where FHIR XML has only elements and `value` attributes".into(),
+                    ));
                 }
             }
             Event::GeneralRef(_) | Event::CData(_) => {
-                return Err(at("text where FHIR XML has only elements and `value` attributes".into()));
+                return Err(at(
+                    "text where FHIR XML has only elements and `value` attributes".into(),
+                ));
             }
             Event::DocType(_) => {
-                return Err(at("a DOCTYPE is refused in FHIR XML (entities are never expanded)".into()));
+                return Err(at(
+                    "a DOCTYPE is refused in FHIR XML (entities are never expanded)".into(),
+                ));
             }
             Event::Eof => break,
             Event::Comment(_) | Event::Decl(_) | Event::PI(_) => {}
         }
     }
     if !stack.is_empty() {
-        return Err(err_at(reader.buffer_position(), "the document ends inside an element".into()));
+        return Err(err_at(
+            reader.buffer_position(),
+            "the document ends inside an element".into(),
+        ));
     }
     result.ok_or_else(|| err_at(0, "no resource".into()))
 }
@@ -245,7 +267,11 @@ fn attributes<'s>(
                 }
                 _ => {}
             },
-            Frame::Object { obj, resource: false, .. } if key == "id" || key == "url" => {
+            Frame::Object {
+                obj,
+                resource: false,
+                ..
+            } if key == "id" || key == "url" => {
                 obj.insert(key, Value::String(value.into_owned()));
             }
             _ => {}
@@ -340,9 +366,7 @@ fn close(stack: &mut Vec<Frame<'_>>, result: &mut Option<Value>) -> Result<(), S
                     items.push(value.unwrap_or(Value::Null));
                 }
                 if !ext.is_empty() {
-                    let extras = obj
-                        .entry(under)
-                        .or_insert_with(|| Value::Array(Vec::new()));
+                    let extras = obj.entry(under).or_insert_with(|| Value::Array(Vec::new()));
                     if let Value::Array(extras) = extras {
                         extras.resize(index, Value::Null);
                         extras.push(Value::Object(ext));
@@ -455,7 +479,10 @@ mod tests {
   </Observation></resource></entry></Bundle>"#;
         let got = decode(FhirVersion::R4, xml, LIMITS).expect("decoded");
         assert_eq!(got["entry"][0]["resource"]["resourceType"], "Observation");
-        assert_eq!(got["entry"][0]["resource"]["valueQuantity"]["value"], json!(13.5));
+        assert_eq!(
+            got["entry"][0]["resource"]["valueQuantity"]["value"],
+            json!(13.5)
+        );
     }
 
     #[test]

@@ -42,10 +42,7 @@ mod tests {
     #[test]
     fn a_bad_line_is_named_by_its_number() {
         let err = decode(b"{\"a\":1}\n{\"a\":\n", LIMITS).expect_err("bad line");
-        assert!(
-            matches!(err, DecodeError::Ndjson { line: 2, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, DecodeError::Ndjson { line: 2, .. }), "{err}");
     }
 
     #[test]

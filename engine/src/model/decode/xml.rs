@@ -33,8 +33,8 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
     let mut building: Vec<(String, Frame)> = Vec::new();
     let mut records = Vec::new();
     let mut root: Option<Value> = None;
-    let at = |reader: &NsReader<&[u8]>, message: String| {
-        let (line, column) = position(src, reader.buffer_position() as usize);
+    let at = |offset: u64, message: String| {
+        let (line, column) = position(src, offset as usize);
         DecodeError::Xml {
             line,
             column,
@@ -42,29 +42,38 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
         }
     };
     loop {
-        let (ns, event) = reader.read_resolved_event().map(|(ns, e)| {
-            let ns = match ns {
-                ResolveResult::Bound(n) => Ok(Some(String::from_utf8_lossy(n.0).into_owned())),
-                ResolveResult::Unbound => Ok(None),
-                ResolveResult::Unknown(p) => Err(String::from_utf8_lossy(&p).into_owned()),
-            };
-            (ns, e)
-        }).map_err(|e| {
-            let (line, column) = position(src, reader.error_position() as usize);
-            DecodeError::Xml {
-                line,
-                column,
-                message: e.to_string(),
-            }
-        })?;
+        // Errors of an event are placed where it starts.
+        let before = reader.buffer_position();
+        let (ns, event) = reader
+            .read_resolved_event()
+            .map(|(ns, e)| {
+                let ns = match ns {
+                    ResolveResult::Bound(n) => Ok(Some(String::from_utf8_lossy(n.0).into_owned())),
+                    ResolveResult::Unbound => Ok(None),
+                    ResolveResult::Unknown(p) => Err(String::from_utf8_lossy(&p).into_owned()),
+                };
+                (ns, e)
+            })
+            .map_err(|e| {
+                let (line, column) = position(src, reader.error_position() as usize);
+                DecodeError::Xml {
+                    line,
+                    column,
+                    message: e.to_string(),
+                }
+            })?;
         match event {
             Event::Start(ref e) | Event::Empty(ref e) => {
-                let ns = ns.map_err(|p| at(&reader, format!("undeclared namespace prefix `{p}`")))?;
+                let ns =
+                    ns.map_err(|p| at(before, format!("undeclared namespace prefix `{p}`")))?;
                 let empty = matches!(event, Event::Empty(_));
                 let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
                 path.push((ns, local.clone()));
                 if path.len() > MAX_DEPTH {
-                    return Err(at(&reader, format!("elements nested deeper than {MAX_DEPTH}")));
+                    return Err(at(
+                        before,
+                        format!("elements nested deeper than {MAX_DEPTH}"),
+                    ));
                 }
                 let starts_record = building.is_empty()
                     && if f.records.is_empty() {
@@ -73,14 +82,15 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
                         path.len() == f.records.len()
                             && path.iter().zip(&f.records).all(|((ns, local), step)| {
                                 *local == step.local
-                                    && step.namespace.as_ref().is_none_or(|want| {
-                                        ns.as_deref() == Some(want.as_str())
-                                    })
+                                    && step
+                                        .namespace
+                                        .as_ref()
+                                        .is_none_or(|want| ns.as_deref() == Some(want.as_str()))
                             })
                     };
                 if starts_record || !building.is_empty() {
                     budget.take(2)?;
-                    let frame = frame(e, &mut budget).map_err(|m| at(&reader, m))?;
+                    let frame = frame(e, &mut budget).map_err(|m| at(before, m))?;
                     if let Some((_, parent)) = building.last_mut() {
                         parent.children = true;
                     }
@@ -93,40 +103,43 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
             Event::End(_) => close(f, &mut path, &mut building, &mut records, &mut root),
             Event::Text(t) => {
                 if let Some((_, frame)) = building.last_mut() {
-                    let s = t.xml_content().map_err(|e| at(&reader, e.to_string()))?;
+                    let s = t.xml_content().map_err(|e| at(before, e.to_string()))?;
                     frame.text.push_str(&s);
                 }
             }
             Event::CData(t) => {
                 if let Some((_, frame)) = building.last_mut() {
-                    let s = t.xml_content().map_err(|e| at(&reader, e.to_string()))?;
+                    let s = t.xml_content().map_err(|e| at(before, e.to_string()))?;
                     frame.text.push_str(&s);
                 }
             }
             Event::GeneralRef(r) => {
-                let name = r.xml_content().map_err(|e| at(&reader, e.to_string()))?;
+                let name = r.xml_content().map_err(|e| at(before, e.to_string()))?;
                 let resolved = match r.resolve_char_ref() {
                     Ok(Some(c)) => c.to_string(),
                     Ok(None) => quick_xml::escape::resolve_predefined_entity(&name)
                         .ok_or_else(|| {
                             at(
-                                &reader,
+                                before,
                                 format!(
                                     "the entity `&{name};` is not read: only the five XML entities and character references are"
                                 ),
                             )
                         })?
                         .to_owned(),
-                    Err(e) => return Err(at(&reader, e.to_string())),
+                    Err(e) => return Err(at(before, e.to_string())),
                 };
                 if let Some((_, frame)) = building.last_mut() {
                     frame.text.push_str(&resolved);
                 }
             }
             Event::DocType(d) => {
-                if AsRef::<[u8]>::as_ref(&*d).windows(8).any(|w| w == b"<!ENTITY") {
+                if AsRef::<[u8]>::as_ref(&*d)
+                    .windows(8)
+                    .any(|w| w == b"<!ENTITY")
+                {
                     return Err(at(
-                        &reader,
+                        before,
                         "a DOCTYPE that declares entities is refused (entities are never expanded)"
                             .into(),
                     ));
@@ -137,12 +150,14 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
         }
     }
     if let Some((_, local)) = path.last() {
-        return Err(at(&reader, format!("the document ends inside <{local}>")));
+        return Err(at(
+            reader.buffer_position(),
+            format!("the document ends inside <{local}>"),
+        ));
     }
     if f.records.is_empty() {
-        root.ok_or_else(|| at(&reader, "no root element".into()))
+        root.ok_or_else(|| at(reader.buffer_position(), "no root element".into()))
     } else {
-        let _ = budget;
         Ok(Value::Array(records))
     }
 }
@@ -301,8 +316,7 @@ mod tests {
         );
         let err = decode(&XmlFormat::default(), b"<a>&ext;</a>", LIMITS).expect_err("unknown");
         assert!(err.to_string().contains("`&ext;` is not read"), "{err}");
-        let err =
-            decode(&XmlFormat::default(), b"<a b='&ext;'/>", LIMITS).expect_err("unknown");
+        let err = decode(&XmlFormat::default(), b"<a b='&ext;'/>", LIMITS).expect_err("unknown");
         assert!(err.to_string().contains("`&ext;` is not read"), "{err}");
     }
 
