@@ -427,3 +427,88 @@ async fn a_file_source_reads_its_glob_on_every_run() {
         "{reasons}"
     );
 }
+
+#[tokio::test]
+async fn a_pull_route_over_a_file_source_reads_the_file_and_names_a_missing_one() {
+    let yaml = "apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: { name: local-patients }
+spec:
+  strategy: pull
+  source:
+    path: data/patients.ndjson
+    format: { type: ndjson }
+  pull:
+    resources:
+      - type: Patient
+        search:
+          request: { path: / }
+          records: $[*]
+";
+    let (engine, defs, _state) = open_engine(yaml, TIMEOUT);
+    let data_dir = defs.path().join("data");
+    std::fs::create_dir(&data_dir).expect("data");
+    std::fs::write(
+        data_dir.join("patients.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n",
+    )
+    .expect("write");
+    let url = format!("{}/fhir/local-patients/Patient", engine.base);
+    let got = engine.get(&url).send().await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let ids: Vec<Value> = resources(&got.json())
+        .iter()
+        .map(|r| r["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("a"), json!("b")]);
+
+    std::fs::remove_file(data_dir.join("patients.ndjson")).expect("remove");
+    let got = engine.get(&url).send().await;
+    assert_outcome(&got, 502, &["data/patients.ndjson", "not found"]);
+    assert!(
+        !got.text.contains(&defs.path().display().to_string()),
+        "{}",
+        got.text
+    );
+}
+
+#[test]
+fn engine_map_reads_a_csv_input_in_the_connectors_format() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let map = |input: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+            .current_dir(&root)
+            .args([
+                "map",
+                "-d",
+                "examples",
+                "--connector",
+                "lab-export-csv",
+                "--input",
+            ])
+            .arg(input)
+            .output()
+            .expect("engine map runs")
+    };
+    let out = map(Path::new(
+        "examples/lab-export-csv/exports/labs-2024-01.csv",
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let expected: Value = serde_json::from_slice(
+        &std::fs::read(root.join("examples/lab-export-csv/expected.json")).expect("expected"),
+    )
+    .expect("JSON");
+    assert_eq!(got, expected);
+
+    let bad = tempfile::NamedTempFile::new().expect("a file");
+    std::fs::write(bad.path(), b"patient;loinc\np1;1;extra\n").expect("write");
+    let out = map(bad.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CSV record 1 (line 2)"), "{stderr}");
+}
