@@ -222,7 +222,7 @@ fn close(
     };
     match building.last_mut() {
         Some((_, parent)) => {
-            let always = f.arrays.iter().any(|a| *a == name);
+            let always = f.arrays.contains(&name);
             match parent.obj.get_mut(&name) {
                 Some(Value::Array(items)) => items.push(value),
                 Some(existing) => {
