@@ -7,7 +7,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{Budget, CsvFormat, DecodeError, Limits, text};
+use super::format::{CsvFormat, DecodeError, Limits};
+use super::text::{Budget, text};
 
 /// Decodes CSV text into an array of row objects.
 pub(super) fn decode(f: &CsvFormat, bytes: &[u8], limits: Limits) -> Result<Value, DecodeError> {
@@ -160,7 +161,7 @@ fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::decode::TextEncoding;
+    use crate::model::decode::format::TextEncoding;
     use serde_json::json;
 
     const LIMITS: Limits = Limits { max_values: 1000 };

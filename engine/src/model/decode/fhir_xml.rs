@@ -12,7 +12,8 @@ use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
 use serde_json::{Map, Value};
 
-use super::{Budget, DecodeError, Limits, MAX_DEPTH, TextEncoding, position, text};
+use super::format::{DecodeError, Limits, MAX_DEPTH, TextEncoding};
+use super::text::{Budget, position, text};
 use crate::model::fhir_structure::{self, Elements, Structure};
 use crate::model::vocabulary::FhirVersion;
 

@@ -2,7 +2,8 @@
 
 use serde_json::Value;
 
-use super::{Budget, DecodeError, Limits, TextEncoding, json_reason, text};
+use super::format::{DecodeError, Limits, TextEncoding};
+use super::text::{Budget, count, json_reason, text};
 
 /// Decodes NDJSON (UTF-8) into an array of its lines' values.
 pub(super) fn decode(bytes: &[u8], limits: Limits) -> Result<Value, DecodeError> {
@@ -20,7 +21,7 @@ pub(super) fn decode(bytes: &[u8], limits: Limits) -> Result<Value, DecodeError>
             column: e.column(),
             message: json_reason(&e),
         })?;
-        budget.take(super::count(&v))?;
+        budget.take(count(&v))?;
         out.push(v);
     }
     Ok(Value::Array(out))

@@ -12,7 +12,8 @@ use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
 use serde_json::{Map, Value};
 
-use super::{Budget, DecodeError, Limits, MAX_DEPTH, XmlFormat, position, text};
+use super::format::{DecodeError, Limits, MAX_DEPTH, XmlFormat};
+use super::text::{Budget, position, text};
 
 /// An element being built.
 struct Frame {
@@ -245,7 +246,7 @@ fn close(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::decode::Step;
+    use crate::model::decode::format::Step;
     use serde_json::json;
 
     const LIMITS: Limits = Limits { max_values: 1000 };
