@@ -102,7 +102,7 @@ pub(super) fn map(
             .unwrap_or_else(|| format!("connectors: {}", names.join(", ")));
         return usage(&format!("no connector `{connector}` ({hint})"));
     };
-    let document = match read_input(&input) {
+    let document = match read_input_as(&input, &c.input_format()) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e}");
@@ -223,6 +223,12 @@ pub(super) fn map(
 
 /// Reads a JSON input of bounded size; the error says why it is unusable.
 pub fn read_input(path: &Path) -> Result<Value, String> {
+    read_input_as(path, &crate::model::decode::Format::Json)
+}
+
+/// Reads an input of bounded size in a connector's input format (`format` of its source or
+/// push endpoint); the error says why it is unusable, with its line or record.
+pub fn read_input_as(path: &Path, format: &crate::model::decode::Format) -> Result<Value, String> {
     let mut bytes = Vec::new();
     let name = path.display();
     let read = if path == Path::new("-") {
@@ -239,5 +245,12 @@ pub fn read_input(path: &Path) -> Result<Value, String> {
     if bytes.len() as u64 > MAX_INPUT {
         return Err(format!("{name}: larger than {} MiB", MAX_INPUT >> 20));
     }
-    serde_json::from_slice(&bytes).map_err(|e| format!("{name}: not JSON: {e}"))
+    if *format == crate::model::decode::Format::Json {
+        return serde_json::from_slice(&bytes).map_err(|e| format!("{name}: not JSON: {e}"));
+    }
+    let limits = crate::model::decode::Limits {
+        max_values: usize::MAX,
+    };
+    crate::model::decode::decode(format, &bytes, limits)
+        .map_err(|e| format!("{name}: not {}: {e}", format.name()))
 }

@@ -2,6 +2,7 @@
 //! `Duration`s, queries and templates are compiled, cron is parsed, references are resolved;
 //! runtime code reads only these types.
 
+pub mod decode;
 pub mod digest;
 pub mod fhir;
 pub mod fhir_structure;
@@ -126,6 +127,10 @@ pub struct Source {
     pub breaker: BreakerSettings,
     /// The source's requests-per-second budget (`rate`), if it has one.
     pub rate: Option<Rate>,
+    /// How its answers (or files) are read (`format`).
+    pub format: crate::model::decode::Format,
+    /// A file source: the files read instead of calling `url` (`path`).
+    pub files: Option<Files>,
 }
 
 /// A requests-per-second budget: a token bucket of `burst` tokens refilled at `per_second`
@@ -134,6 +139,16 @@ pub struct Source {
 pub struct Rate {
     pub per_second: f64,
     pub burst: u32,
+}
+
+/// The files of a file source: `dir` (absolute, or relative to the working directory as the
+/// definition's path is), and a pattern below it; no pattern: `dir` is the one file.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub dir: PathBuf,
+    pub pattern: Option<Glob>,
+    /// The path as the definition writes it, for messages (never resolved further).
+    pub shown: String,
 }
 
 /// A source's circuit breaker: `failures` failed calls in a row open it; while open, calls
@@ -354,6 +369,8 @@ pub struct Push {
     pub max_records: usize,
     /// Most JSON values one payload may hold, counted before it is parsed (`push.maxValues`).
     pub max_values: usize,
+    /// How a payload is read (`push.format`).
+    pub format: crate::model::decode::Format,
     pub idempotency_header: String,
     pub dedup_window: Duration,
     /// The most deliveries remembered at once (`dedupLimit`).
@@ -535,6 +552,19 @@ pub struct Test {
 }
 
 impl Connector {
+    /// The format of the documents this connector maps: its push endpoint's, or its first
+    /// source's (JSON when it has none).
+    pub fn input_format(&self) -> crate::model::decode::Format {
+        match &self.strategy {
+            Strategy::Push(p) => p.format.clone(),
+            _ => self
+                .sources
+                .first()
+                .map(|s| s.format.clone())
+                .unwrap_or_default(),
+        }
+    }
+
     /// The records selector of the documents this connector maps.
     pub fn records(&self) -> Option<&Query> {
         match &self.strategy {

@@ -184,6 +184,8 @@ async fn check_sink(
             cool_down: Duration::from_secs(1),
         },
         rate: None,
+        format: crate::model::decode::Format::Json,
+        files: None,
     });
     let upstreams = Upstreams::new([as_source], metrics)?;
     let part = format!("sink {}", sink.name);

@@ -13,6 +13,7 @@ pub mod connectivity;
 pub mod dead_letters;
 pub mod engine;
 pub mod fhir_validation;
+pub mod file_source;
 pub mod guide;
 pub mod json_count;
 pub mod metrics;

@@ -69,6 +69,12 @@ pub enum OutboundError {
     /// The body is not JSON.
     #[error("answer is not JSON: {0}")]
     NotJson(String),
+    /// The body is not in the source's declared `format` (CSV, XML, NDJSON...).
+    #[error("answer is not {format}: {error}")]
+    Format {
+        format: &'static str,
+        error: crate::model::decode::DecodeError,
+    },
     /// More JSON values than the source's cap, counted before parsing.
     #[error("answer refused: it holds more than {0} JSON values (the source's `maxValues`)")]
     TooManyValues(usize),
@@ -120,6 +126,7 @@ impl OutboundError {
             OutboundError::Redirect(_)
             | OutboundError::TooLarge(_)
             | OutboundError::NotJson(_)
+            | OutboundError::Format { .. }
             | OutboundError::TooManyValues(_)
             | OutboundError::InBody(_)
             | OutboundError::RateLimited(_) => false,

@@ -65,6 +65,7 @@ impl Failure {
             OutboundError::TooLarge(_)
             | OutboundError::Cut(_)
             | OutboundError::NotJson(_)
+            | OutboundError::Format { .. }
             | OutboundError::TooManyValues(_)
             | OutboundError::InBody(_)
             | OutboundError::PastDeadline { .. } => FailureKind::Unusable,
@@ -263,6 +264,10 @@ impl SourceClient {
         deadline: Option<Instant>,
         calls: &mut usize,
     ) -> Result<Reply, Failure> {
+        if let Some(files) = &self.source.files {
+            *calls += 1;
+            return self.read_files(files, deadline).await;
+        }
         // Outbound auth hook: a token per call, renewed once after a 401 (then the 401 stands).
         let Some(tokens) = &self.tokens else {
             return self.send_as(call, trace, deadline, calls, None).await;
@@ -332,6 +337,50 @@ impl SourceClient {
             _ => ticket.succeeded(),
         }
         result.map_err(|e| Failure::of(&s.name, e))
+    }
+
+    /// A file source's call: its files read and decoded on the blocking pool, within the
+    /// source's `timeout` (or the caller's deadline); the request's path and query are not
+    /// read.
+    async fn read_files(
+        &self,
+        files: &crate::model::Files,
+        deadline: Option<Instant>,
+    ) -> Result<Reply, Failure> {
+        let budget = Instant::now() + self.source.timeout;
+        let end = deadline.map_or(budget, |d| d.min(budget));
+        let (source, files) = (self.source.clone(), files.clone());
+        let work =
+            tokio::task::spawn_blocking(move || crate::runtime::file_source::read(&source, &files));
+        let failure = |kind, reason: String| Failure {
+            source: self.source.name.clone(),
+            reason,
+            kind,
+            status: None,
+        };
+        match tokio::time::timeout_at(end, work).await {
+            Err(_) => Err(failure(
+                FailureKind::Timeout,
+                OutboundError::Timeout(self.source.timeout).to_string(),
+            )),
+            Ok(Err(e)) => Err(failure(
+                FailureKind::NoAnswer,
+                format!("reading failed: {e}"),
+            )),
+            Ok(Ok(Err(e))) => {
+                let kind = if e.unusable() {
+                    FailureKind::Unusable
+                } else {
+                    FailureKind::NoAnswer
+                };
+                Err(failure(kind, e.to_string()))
+            }
+            Ok(Ok(Ok(body))) => Ok(Reply {
+                status: 200,
+                headers: HeaderMap::new(),
+                body,
+            }),
+        }
     }
 
     /// The failure of a call the breaker refused.
@@ -425,15 +474,22 @@ impl SourceClient {
             self.call_span(trace, span_id, call, (attempt, answer), began);
         }
         let got = result?;
-        // Counted before parsing: a parsed value costs far more memory than its text.
-        crate::runtime::json_count::count_values(&got.body, s.max_values)
-            .map_err(|e| OutboundError::TooManyValues(e.max))?;
         let success = (200..300).contains(&got.status);
-        let body = if success {
-            outbound::json(&got.body)?
-        } else {
-            // An error status a rule reads: its body may well not be JSON.
-            outbound::json(&got.body).unwrap_or(Value::Null)
+        let body = match &s.format {
+            crate::model::decode::Format::Json => {
+                // Counted before parsing: a parsed value costs far more memory than its text.
+                crate::runtime::json_count::count_values(&got.body, s.max_values)
+                    .map_err(|e| OutboundError::TooManyValues(e.max))?;
+                if success {
+                    outbound::json(&got.body)?
+                } else {
+                    // An error status a rule reads: its body may well not be JSON.
+                    outbound::json(&got.body).unwrap_or(Value::Null)
+                }
+            }
+            // Other formats count their values as they decode.
+            format if success => decode_answer(format, &got.body, s.max_values)?,
+            format => decode_answer(format, &got.body, s.max_values).unwrap_or(Value::Null),
         };
         if success
             && let Some(q) = &s.statuses.error_when
@@ -822,7 +878,37 @@ fn param_value(s: &str) -> Option<(String, &str)> {
     None
 }
 
+/// An answer in a declared format other than JSON, decoded (an empty body is no document).
+fn decode_answer(
+    format: &crate::model::decode::Format,
+    body: &[u8],
+    max_values: usize,
+) -> Result<Value, OutboundError> {
+    use crate::model::decode::{DecodeError, Limits, decode};
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    decode(format, body, Limits { max_values }).map_err(|e| match e {
+        DecodeError::TooManyValues { max } => OutboundError::TooManyValues(max),
+        error => OutboundError::Format {
+            format: format.name(),
+            error,
+        },
+    })
+}
+
 fn accept(s: &Source) -> &'static str {
+    match &s.format {
+        crate::model::decode::Format::Json => {}
+        crate::model::decode::Format::Ndjson => {
+            return "application/x-ndjson, application/fhir+ndjson;q=0.9";
+        }
+        crate::model::decode::Format::Csv(_) => return "text/csv, text/plain;q=0.5",
+        crate::model::decode::Format::Xml(_) => return "application/xml, text/xml;q=0.9",
+        crate::model::decode::Format::FhirXml(_) => {
+            return "application/fhir+xml, application/xml;q=0.9";
+        }
+    }
     match s.kind {
         crate::model::vocabulary::SourceType::Fhir => {
             "application/fhir+json, application/json;q=0.9"

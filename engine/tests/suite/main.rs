@@ -21,6 +21,7 @@ mod fanout;
 mod faults;
 mod fhir_validity;
 mod fhir_versions_helios;
+mod formats;
 mod helios;
 mod hostile;
 mod invalid;

@@ -285,6 +285,11 @@ pub struct PushSpec {
     /// JSONPath to the records in a payload (default `$`).
     #[serde(default)]
     pub records: Option<String>,
+    /// How a payload is read: `json` by default (see `FormatSpec`). A body whose
+    /// `Content-Type` names another format is refused with 415; one without a
+    /// `Content-Type` is read in this format.
+    #[serde(default)]
+    pub format: Option<super::format::FormatSpec>,
     /// Most records one payload may hold (default 1000): a payload with more is refused
     /// with 413 and an `OperationOutcome` before anything is mapped or queued.
     #[serde(default)]
@@ -652,7 +657,8 @@ pub struct TestSpec {
     /// The input, inline (a source answer, or a payload for push).
     #[serde(default)]
     pub input: Option<Value>,
-    /// The input, as a JSON file relative to the definition.
+    /// The input, as a file relative to the definition, in the format of the connector's
+    /// input (its source's or push endpoint's `format`: a CSV export, an XML answer, ...).
     #[serde(default)]
     pub input_file: Option<String>,
     /// Caller parameters of a pull search, as a caller writes them in the query (`code:

@@ -3,9 +3,11 @@
 //! user documentation.
 
 mod connector;
+mod format;
 mod source;
 
 pub use connector::*;
+pub use format::*;
 pub use source::*;
 
 pub use crate::model::vocabulary::*;

@@ -15,9 +15,26 @@ use crate::model::vocabulary::{
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SourceSpec {
-    /// Base URL (`http` or `https`); request paths are appended to it.
+    /// Base URL (`http` or `https`); request paths are appended to it. Use either `url` or
+    /// `path`.
+    #[serde(default)]
     #[schemars(extend("examples" = ["https://api.regulator.example", "${env:EPI_FHIR_URL}"]))]
-    pub url: String,
+    pub url: Option<String>,
+    /// A file source: a file, or a glob of files (`*`, `?`, `**`, `[abc]`, `{a,b}` in the
+    /// file part), read instead of calling a URL; each file is decoded with `format`. A
+    /// relative path is relative to the definition's directory and may not leave it (`..`);
+    /// an absolute path may be anywhere (a mounted export). A cron run reads the files anew
+    /// on each run; a pull route reads them on each answer it does not have cached (set
+    /// `cache`), and ignores its request's path and query. With a glob the files are read in
+    /// name order and their documents concatenated (an array's items, or the document
+    /// itself), so `records: $[*]` selects the rows of all of them; no file matching is an
+    /// empty array. Each file is bounded by `maxAnswer`, and all by `maxValues`.
+    #[serde(default)]
+    #[schemars(extend("examples" = ["exports/labs-*.csv", "/mnt/exports/**/*.ndjson"]))]
+    pub path: Option<String>,
+    /// How the source's answers (or files) are read: `json` by default (see `FormatSpec`).
+    #[serde(default)]
+    pub format: Option<super::format::FormatSpec>,
     /// `json` (default) for a JSON HTTP API, `fhir` for a FHIR server (searches, reads and
     /// batches pass through; FHIR `next` links are followed).
     #[serde(default, rename = "type")]

@@ -93,8 +93,16 @@ pub fn connector(
         );
     }
 
+    // Test input files are read as the connector's inputs are.
+    let input_format = match &strategy {
+        Some(Strategy::Push(p)) => p.format.clone(),
+        _ => sources
+            .first()
+            .map(|s| s.format.clone())
+            .unwrap_or_default(),
+    };
     let tests = if names.tests {
-        super::deftests::tests(ctx, spec)
+        super::deftests::tests(ctx, spec, &input_format)
     } else {
         Vec::new()
     };

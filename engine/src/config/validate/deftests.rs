@@ -12,8 +12,12 @@ use super::source::exactly_one;
 use crate::config::diagnostic::Diagnostic;
 use crate::config::fhir_schema::FhirSchema;
 use crate::config::spec::{ConnectorSpec, Interaction, MatchMode, Strategy, TestSpec};
+use crate::model::decode::{Format, Limits};
 use crate::model::hint::did_you_mean;
 use crate::model::{Connector, Test, fhir_structure};
+
+/// Most values a test's input file may decode to.
+const MAX_INPUT_VALUES: usize = 10_000_000;
 
 /// Most difference lines shown for one test.
 const MAX_LINES: usize = 20;
@@ -160,7 +164,7 @@ enum Given<'a> {
 }
 
 /// Checks the `tests` of a connector and reads their files: the tests `run` runs.
-pub fn tests(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> Vec<Test> {
+pub fn tests(ctx: &mut Ctx<'_>, spec: &ConnectorSpec, format: &Format) -> Vec<Test> {
     let dir = ctx
         .doc
         .file
@@ -189,7 +193,9 @@ pub fn tests(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> Vec<Test> {
             ],
         ) {
             Some(Given::Inline(v)) => Some(v.clone()),
-            Some(Given::File(f)) => json_file(ctx, &["spec", "tests", &idx, "inputFile"], &dir, f),
+            Some(Given::File(f)) => {
+                input_file(ctx, &["spec", "tests", &idx, "inputFile"], &dir, f, format)
+            }
             Some(Given::Error) | None => None,
         };
         let expect = match exactly_one(
@@ -351,6 +357,43 @@ fn json_file(ctx: &mut Ctx<'_>, at: &[&str], dir: &std::path::Path, name: &str) 
         Ok(v) => Some(v),
         Err(e) => {
             ctx.error(at, format!("`{name}` is not JSON: {e}"), None);
+            None
+        }
+    }
+}
+
+/// A test's input file, read in the connector's input format (JSON by default).
+fn input_file(
+    ctx: &mut Ctx<'_>,
+    at: &[&str],
+    dir: &std::path::Path,
+    name: &str,
+    format: &Format,
+) -> Option<Value> {
+    if *format == Format::Json {
+        return json_file(ctx, at, dir, name);
+    }
+    let bytes = match std::fs::read(dir.join(name)) {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.error(
+                at,
+                format!(
+                    "cannot read `{name}`: {}",
+                    crate::config::load::io_reason(&e)
+                ),
+                Some(format!("paths are relative to {}", dir.display())),
+            );
+            return None;
+        }
+    };
+    let limits = Limits {
+        max_values: MAX_INPUT_VALUES,
+    };
+    match crate::model::decode::decode(format, &bytes, limits) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            ctx.error(at, format!("`{name}` is not {}: {e}", format.name()), None);
             None
         }
     }

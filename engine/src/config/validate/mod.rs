@@ -10,6 +10,7 @@ mod credentials;
 mod cron;
 mod deftests;
 mod fhir_check;
+mod format;
 mod guide;
 mod mappings;
 mod names;

@@ -36,6 +36,13 @@ pub fn push(
         max_values: p
             .max_values
             .map_or(500_000, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        format: super::format::format(
+            ctx,
+            &["spec", "push", "format"],
+            p.format.as_ref(),
+            spec.fhir_version
+                .unwrap_or(crate::model::vocabulary::FhirVersion::R4),
+        ),
         idempotency_header: p
             .idempotency_header
             .clone()

@@ -25,7 +25,41 @@ fn with<'p>(base: &[&'p str], more: &[&'p str]) -> Vec<&'p str> {
 pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Option<Source> {
     let errors = ctx.diags.len();
     let url_at = with(at, &["url"]);
-    let url = url(ctx, &url_at, &s.url);
+    enum Where<'a> {
+        Url(&'a str),
+        Path(&'a str),
+    }
+    let (url, files) = match exactly_one(
+        ctx,
+        at,
+        "a source",
+        vec![
+            ("url", s.url.as_deref().map(Where::Url)),
+            ("path", s.path.as_deref().map(Where::Path)),
+        ],
+    ) {
+        Some(Where::Url(u)) => (url(ctx, &url_at, u), None),
+        Some(Where::Path(p)) => {
+            let files = super::format::files(ctx, &with(at, &["path"]), p);
+            if s.pagination.is_some() {
+                ctx.error_key(
+                    &with(at, &["pagination"]),
+                    "a file source has no pages",
+                    None,
+                );
+            }
+            // Never called over HTTP: a URL that names no host.
+            (url::Url::parse("file:///").ok(), files)
+        }
+        None => (None, None),
+    };
+    let format = super::format::format(
+        ctx,
+        &with(at, &["format"]),
+        s.format.as_ref(),
+        s.fhir_version
+            .unwrap_or(crate::model::vocabulary::FhirVersion::R4),
+    );
     let mut headers = Vec::new();
     for (k, v) in &s.headers {
         let h = with(at, &["headers", k]);
@@ -93,6 +127,8 @@ pub fn source(ctx: &mut Ctx<'_>, name: &str, s: &SourceSpec, at: &[&str]) -> Opt
         statuses,
         breaker,
         rate,
+        format,
+        files,
     })
 }
 
