@@ -4,8 +4,23 @@
 //! to a list of steps walked directly over the value, without the general evaluator's
 //! intermediate node lists; every other query goes through `serde_json_path`.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use serde_json_path::JsonPath;
+
+/// Objects of at most this many members are searched by scanning their names rather than
+/// by hashing the name: cheaper for the small objects most records are made of.
+const SCAN: usize = 8;
+
+/// The member `name` of an object. Names are unique in an object, so scanning gives what a
+/// look-up gives; small objects are scanned (comparing a few short names costs less than
+/// hashing one with the map's SipHash), larger ones looked up.
+pub fn member<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if o.len() <= SCAN {
+        o.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+    } else {
+        o.get(name)
+    }
+}
 
 /// A compiled query.
 #[derive(Debug, Clone)]
@@ -93,7 +108,7 @@ fn walk<'a>(v: &'a Value, steps: &[Step], out: &mut impl FnMut(&'a Value)) {
     };
     match (step, v) {
         (Step::Name(n), Value::Object(o)) => {
-            if let Some(c) = o.get(n) {
+            if let Some(c) = member(o, n) {
                 walk(c, rest, out);
             }
         }
