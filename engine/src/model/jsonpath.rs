@@ -230,6 +230,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Scanned (small) or looked up (large), a member is found exactly when the map has it,
+    /// also for names that share a length or a prefix with another.
+    #[test]
+    fn members_are_found_by_scan_and_by_look_up_alike() {
+        for size in [0, 1, 2, SCAN - 1, SCAN, SCAN + 1, 3 * SCAN] {
+            let mut o = Map::new();
+            for i in 0..size {
+                o.insert(format!("k{i:02}"), json!(i));
+            }
+            for i in 0..size + 2 {
+                for name in [format!("k{i:02}"), format!("k{i:02}x"), format!("k{i}")] {
+                    assert_eq!(member(&o, &name), o.get(&name), "{name} in {size} members");
+                }
+            }
+            if size > 0 {
+                assert_eq!(member(&o, "k00"), Some(&json!(0)), "{size} members");
+            }
+        }
+    }
+
     #[test]
     fn relative_and_absolute() {
         let record = json!({"a": [{"b": 1}, {"b": 2}]});
