@@ -140,10 +140,16 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         poll: std::time::Duration::from_millis(500),
         served,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // On one core (a CPU limit of one, or pinned to one), tokio's current-thread scheduler:
+    // the multi-threaded one would run one worker there anyway, paying for hand-offs between
+    // threads that cannot run at once. Blocking work still goes to the blocking pool.
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_core {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => return usage(&format!("runtime: {e}")),
     };

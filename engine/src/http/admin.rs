@@ -31,6 +31,11 @@ pub(super) async fn reload_status(State(engine): State<Arc<Engine>>) -> Response
 
 /// The process is alive: a constant answer, made without allocating.
 pub(super) async fn healthz() -> Response {
+    health()
+}
+
+/// The liveness answer (also given by the guard without the router: `Guard::direct`).
+pub(super) fn health() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         r#"{"status":"ok"}"#,

@@ -18,11 +18,9 @@ use super::outcome::{FHIR_JSON, fhir_response};
 use crate::runtime::engine::Engine;
 use crate::runtime::metrics::RouteMetrics;
 use crate::runtime::problem::{Problem, ProblemKind};
-use crate::runtime::trace_context::Trace;
+use crate::runtime::trace_context::{Trace, TraceId};
 
-fn x_request_id() -> HeaderName {
-    HeaderName::from_static("x-request-id")
-}
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request id of a request (from `X-Request-Id`, or made here), kept as the header value
 /// it is sent back as, and its W3C trace (from `traceparent`, or started here): one request
@@ -100,6 +98,40 @@ impl Guard {
         }
     }
 
+    /// The answer to `GET /healthz` (no query, headers within the limit), made here without
+    /// the router and its middleware: the liveness probe is the most frequent request, and
+    /// its answer never changes. It gets what the guard gives every request (its id, its
+    /// count in the route's metrics, the log line); `None` for every other request, which
+    /// goes through the router.
+    pub(super) fn direct(&self, req: &Request) -> Option<Response> {
+        let uri = req.uri();
+        if req.method() != Method::GET
+            || uri.path() != "/healthz"
+            || uri.query().is_some()
+            || uri.path().len() > self.engine.limits.uri
+            || header_bytes(req) > self.engine.limits.headers
+        {
+            return None;
+        }
+        let start = Instant::now();
+        let h = req.headers();
+        let id = request_id(h.get(X_REQUEST_ID));
+        let trace = Trace::from_caller(
+            h.get("traceparent").map(HeaderValue::as_bytes),
+            h.get("tracestate"),
+        );
+        let resp = super::admin::health();
+        Some(finish(
+            resp,
+            &self.healthz,
+            start,
+            id,
+            SpanOf::of(&trace),
+            &Method::GET,
+            uri.path(),
+        ))
+    }
+
     /// The metrics of a path's route. Bounded: a connector's series only for a configured
     /// connector, and paths of no known route are `other`, so callers cannot make new series.
     fn route_of(&self, path: &str) -> &RouteMetrics {
@@ -124,27 +156,22 @@ impl Guard {
 pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let engine = &g.engine;
-    let id = request_id(req.headers().get(x_request_id()));
+    let id = request_id(req.headers().get(X_REQUEST_ID));
     let route = g.route_of(req.uri().path());
     // Both cheap: a standard method is an enum, and a URI shares its bytes.
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
+    let header_bytes = header_bytes(&req);
     let h = req.headers();
     let trace = Trace::from_caller(
         h.get("traceparent").map(HeaderValue::as_bytes),
         h.get("tracestate"),
     );
-    let trace_id = trace.id();
-    let (span_id, parent_span) = (trace.span_id, trace.parent_span);
-    let began = crate::runtime::otlp::enabled().then(std::time::SystemTime::now);
+    let span = SpanOf::of(&trace);
+    let trace_id = span.trace_id;
     req.extensions_mut().insert(RequestId(id.clone(), trace));
     let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
-    let mut resp = if target > engine.limits.uri {
+    let resp = if target > engine.limits.uri {
         Problem::new(
             ProblemKind::UriTooLong,
             format!(
@@ -178,20 +205,62 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
             .into_response(),
         }
     };
+    finish(resp, route, start, id, span, &method, uri.path())
+}
+
+/// The size of a request's headers as the limit counts it (names, values, `: ` and CRLF).
+fn header_bytes(req: &Request) -> usize {
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum()
+}
+
+/// What a request's exported span needs: its trace, its own span id and the caller's, and when
+/// it began (only when OTLP export is on).
+struct SpanOf {
+    trace_id: TraceId,
+    span_id: u64,
+    parent: Option<u64>,
+    began: Option<std::time::SystemTime>,
+}
+
+impl SpanOf {
+    fn of(trace: &Trace) -> SpanOf {
+        SpanOf {
+            trace_id: trace.id(),
+            span_id: trace.span_id,
+            parent: trace.parent_span,
+            began: crate::runtime::otlp::enabled().then(std::time::SystemTime::now),
+        }
+    }
+}
+
+/// The end of every request: counted in its route's metrics, logged, its id sent back.
+fn finish(
+    mut resp: Response,
+    route: &RouteMetrics,
+    start: Instant,
+    id: HeaderValue,
+    span: SpanOf,
+    method: &Method,
+    path: &str,
+) -> Response {
     let status = resp.status().as_u16();
     let took = start.elapsed();
     route.request(status, took);
-    if let Some(began) = began {
+    if let Some(began) = span.began {
         let (connector, kind) = route.names();
         server_span(
-            (trace_id.0, span_id, parent_span),
-            (&method, kind, connector),
+            (span.trace_id.0, span.span_id, span.parent),
+            (method, kind, connector),
             status,
             (began, began + took),
         );
     }
-    tracing::info!(request_id = id.to_str().unwrap_or_default(), trace_id = %trace_id, %method, path = uri.path(), status, ms = took.as_secs_f64() * 1000.0, "request");
-    resp.headers_mut().insert(x_request_id(), id);
+    let trace_id = span.trace_id;
+    tracing::info!(request_id = id.to_str().unwrap_or_default(), trace_id = %trace_id, %method, path, status, ms = took.as_secs_f64() * 1000.0, "request");
+    resp.headers_mut().insert(X_REQUEST_ID, id);
     resp
 }
 

@@ -25,11 +25,18 @@ use admin::{
     dead_letter, dead_letters, delete_dead_letter, healthz, invalidate, list, metrics, openapi,
     readyz, reload_status, replay_dead_letter, run_now, show,
 };
-use guard::{Guard, guard, not_found};
+use guard::{Guard, not_found};
 use routes::{batch, push, scoped_read, search, search_or_read, version_batch};
 
 /// The application.
 pub fn router(engine: Arc<Engine>) -> Router {
+    app(engine).0
+}
+
+/// The application and its guard, whose direct answers (`Guard::direct`) `engine serve`
+/// gives before the router.
+fn app(engine: Arc<Engine>) -> (Router, Arc<Guard>) {
+    let guard = Arc::new(Guard::new(engine.clone()));
     let mut app = Router::new();
     for ep in engine.pushes.values() {
         let ep = ep.clone();
@@ -58,7 +65,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/connectors/{name}/cache", delete(invalidate))
         .merge(ui::routes())
         .route_layer(middleware::from_fn_with_state(engine.clone(), auth::admin));
-    app.merge(admin)
+    let app = app
+        .merge(admin)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -77,9 +85,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(scoped_read),
         )
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            Arc::new(Guard::new(engine.clone())),
-            guard,
-        ))
-        .with_state(engine)
+        .layer(middleware::from_fn_with_state(guard.clone(), guard::guard))
+        .with_state(engine);
+    (app, guard)
 }

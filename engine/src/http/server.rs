@@ -23,7 +23,8 @@ use axum::response::IntoResponse;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::http::router;
+use crate::http::app;
+use crate::http::guard::Guard;
 use crate::model::Model;
 use crate::model::digest::content_digest;
 use crate::runtime::engine::{Dirs, Engine};
@@ -134,7 +135,7 @@ pub async fn serve(
     let local = listener.local_addr().map_err(ServeError::Listener)?;
     tracing::info!(address = %local, connectors = engine.model.connectors.len(), "serving");
 
-    let current = Arc::new(RwLock::new((engine.clone(), router(engine.clone()))));
+    let current: Current = Arc::new(RwLock::new((engine.clone(), app(engine.clone()))));
     let tracker = engine.tasks.clone();
     let tasks = Arc::new(Mutex::new(Tasks {
         run_schedules,
@@ -156,11 +157,20 @@ pub async fn serve(
 
     let serving = current.clone();
     let app = tower::service_fn(move |req: Request| {
-        let router = serving.read().ok().map(|g| g.1.clone());
+        // The guard's direct answers (`/healthz`) first, without the router's clone and
+        // middleware; every other request through the router.
+        let served = match serving.read() {
+            Ok(g) => match g.1.1.direct(&req) {
+                Some(answer) => Ok(answer),
+                None => Err(Some(g.1.0.clone())),
+            },
+            Err(_) => Err(None),
+        };
         async move {
-            match router {
-                Some(r) => r.oneshot(req).await,
-                None => Ok(axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+            match served {
+                Ok(answer) => Ok(answer),
+                Err(Some(r)) => r.oneshot(req).await,
+                Err(None) => Ok(axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()),
             }
         }
     });
@@ -233,7 +243,8 @@ pub fn definitions_digest(paths: &[PathBuf]) -> String {
     }
 }
 
-type Current = Arc<RwLock<(Arc<Engine>, Router)>>;
+/// The engine served, its router and the router's guard.
+type Current = Arc<RwLock<(Arc<Engine>, (Router, Arc<Guard>))>>;
 
 /// The digest of the definition files, read on the blocking pool; `None` if that stopped.
 async fn digest_of(paths: &[PathBuf]) -> Option<String> {
@@ -302,7 +313,7 @@ async fn watch_definitions(
         match result {
             Ok(new) => {
                 if let Ok(mut g) = current.write() {
-                    *g = (new.clone(), router(new.clone()));
+                    *g = (new.clone(), app(new.clone()));
                 }
                 if let Ok(mut t) = tasks.lock() {
                     t.sync(&new);

@@ -4,8 +4,23 @@
 //! to a list of steps walked directly over the value, without the general evaluator's
 //! intermediate node lists; every other query goes through `serde_json_path`.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use serde_json_path::JsonPath;
+
+/// Objects of at most this many members are searched by scanning their names rather than
+/// by hashing the name: cheaper for the small objects most records are made of.
+const SCAN: usize = 8;
+
+/// The member `name` of an object. Names are unique in an object, so scanning gives what a
+/// look-up gives; small objects are scanned (comparing a few short names costs less than
+/// hashing one with the map's SipHash), larger ones looked up.
+pub fn member<'a>(o: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    if o.len() <= SCAN {
+        o.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+    } else {
+        o.get(name)
+    }
+}
 
 /// A compiled query.
 #[derive(Debug, Clone)]
@@ -93,7 +108,7 @@ fn walk<'a>(v: &'a Value, steps: &[Step], out: &mut impl FnMut(&'a Value)) {
     };
     match (step, v) {
         (Step::Name(n), Value::Object(o)) => {
-            if let Some(c) = o.get(n) {
+            if let Some(c) = member(o, n) {
                 walk(c, rest, out);
             }
         }
@@ -214,6 +229,26 @@ impl Query {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Scanned (small) or looked up (large), a member is found exactly when the map has it,
+    /// also for names that share a length or a prefix with another.
+    #[test]
+    fn members_are_found_by_scan_and_by_look_up_alike() {
+        for size in [0, 1, 2, SCAN - 1, SCAN, SCAN + 1, 3 * SCAN] {
+            let mut o = Map::new();
+            for i in 0..size {
+                o.insert(format!("k{i:02}"), json!(i));
+            }
+            for i in 0..size + 2 {
+                for name in [format!("k{i:02}"), format!("k{i:02}x"), format!("k{i}")] {
+                    assert_eq!(member(&o, &name), o.get(&name), "{name} in {size} members");
+                }
+            }
+            if size > 0 {
+                assert_eq!(member(&o, "k00"), Some(&json!(0)), "{size} members");
+            }
+        }
+    }
 
     #[test]
     fn relative_and_absolute() {

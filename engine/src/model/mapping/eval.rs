@@ -185,13 +185,18 @@ impl Evaluator<'_> {
             Kind::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
-                    match (self.eval(item, scope)?, &item.kind) {
-                        (
-                            Some(Value::Array(a)),
-                            Kind::Each { .. } | Kind::EachOf { .. } | Kind::Paths(_),
-                        ) => out.extend(a),
-                        (Some(v), _) => out.push(v),
-                        (None, _) => {}
+                    // `$each` and `$paths` items add their elements here, without an array
+                    // of their own; an `$each` over what an expression makes splices its array.
+                    match &item.kind {
+                        Kind::Each { query, name, body } => {
+                            self.each(query, name.as_deref(), body, scope, &mut out)?
+                        }
+                        Kind::Paths(query) => paths(query, scope, &mut out),
+                        Kind::EachOf { .. } => match self.eval(item, scope)? {
+                            Some(Value::Array(a)) => out.extend(a),
+                            other => out.extend(other),
+                        },
+                        _ => out.extend(self.eval(item, scope)?),
                     }
                 }
                 Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
@@ -220,30 +225,13 @@ impl Evaluator<'_> {
                 }
             }
             Kind::Paths(query) => {
-                let items: Vec<Value> = query
-                    .select(scope.input.record, scope.current)
-                    .into_iter()
-                    .filter_map(pruned)
-                    .collect();
-                Some(Value::Array(items)).filter(|v| !fhir::is_empty(v))
+                let mut out = Vec::new();
+                paths(query, scope, &mut out);
+                Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
             }
             Kind::Each { query, name, body } => {
-                let nodes = query.select(scope.input.record, scope.current);
-                let mut out = Vec::with_capacity(nodes.len());
-                for (i, node) in nodes.into_iter().enumerate() {
-                    let child = scope.child(query, node, i, name.as_deref());
-                    match self.eval(body, &child) {
-                        Ok(Some(Value::Array(a))) => out.extend(a),
-                        Ok(Some(v)) => out.push(v),
-                        Ok(None) => {}
-                        Err(mut err) => {
-                            if err.input.is_none() {
-                                err.input = scope.input_path(query, i);
-                            }
-                            return Err(err);
-                        }
-                    }
-                }
+                let mut out = Vec::new();
+                self.each(query, name.as_deref(), body, scope, &mut out)?;
                 Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
             }
             Kind::EachOf { value, name, body } => {
@@ -401,6 +389,35 @@ impl Evaluator<'_> {
         })
     }
 
+    /// `$each`: the body evaluated for every selected element, its values (an array's
+    /// elements) added to `out`.
+    fn each(
+        &self,
+        query: &Query,
+        name: Option<&str>,
+        body: &Expr,
+        scope: &Scope<'_>,
+        out: &mut Vec<Value>,
+    ) -> Result<(), MapError> {
+        let nodes = query.select(scope.input.record, scope.current);
+        out.reserve(nodes.len());
+        for (i, node) in nodes.into_iter().enumerate() {
+            let child = scope.child(query, node, i, name);
+            match self.eval(body, &child) {
+                Ok(Some(Value::Array(a))) => out.extend(a),
+                Ok(Some(v)) => out.push(v),
+                Ok(None) => {}
+                Err(mut err) => {
+                    if err.input.is_none() {
+                        err.input = scope.input_path(query, i);
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// An error with the input path of `source` when it is a query.
     fn with_input(&self, e: &Expr, source: &Expr, scope: &Scope<'_>, message: String) -> MapError {
         let input = match &source.kind {
@@ -413,6 +430,16 @@ impl Evaluator<'_> {
             message,
         }
     }
+}
+
+/// `$paths`: copies of the selected values, without their empty parts, added to `out`.
+fn paths(query: &Query, scope: &Scope<'_>, out: &mut Vec<Value>) {
+    out.extend(
+        query
+            .select(scope.input.record, scope.current)
+            .into_iter()
+            .filter_map(pruned),
+    );
 }
 
 /// A copy of a selected value without its empty values, as FHIR allows none (`None` when

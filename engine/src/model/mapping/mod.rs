@@ -72,7 +72,10 @@ impl Mapping {
             Some(v) => vec![v],
         };
         for r in &resources {
-            if !r.get("resourceType").is_some_and(Value::is_string) {
+            let kind = r
+                .as_object()
+                .and_then(|o| crate::model::jsonpath::member(o, "resourceType"));
+            if !kind.is_some_and(Value::is_string) {
                 return Err(MapError {
                     rule: self.root.rule.to_string(),
                     input: None,

@@ -96,7 +96,7 @@ impl Var {
         self.rest
             .iter()
             .try_fold(scope.value(&self.root)?, |v, seg| match v {
-                Value::Object(o) => o.get(seg),
+                Value::Object(o) => crate::model::jsonpath::member(o, seg),
                 Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
                 _ => None,
             })
@@ -314,20 +314,31 @@ impl Templates {
         at: (usize, usize),
         scope: &dyn Scope,
     ) -> Result<Value, String> {
-        let values: Vec<Option<&Value>> = args
-            .iter()
-            .map(|a| match a {
+        fn value<'a>(a: &'a Arg, scope: &'a dyn Scope) -> Option<&'a Value> {
+            match a {
                 Arg::Var(v) => v.resolve(scope),
                 Arg::Literal(l) => Some(l),
-            })
-            .collect();
+            }
+        }
+        // The arguments' values, on the stack for the usual few (no allocation per call).
+        let mut few: [Option<&Value>; FEW] = [None; FEW];
+        let many: Vec<Option<&Value>>;
+        let values: &[Option<&Value>] = if args.len() <= FEW {
+            for (slot, a) in few.iter_mut().zip(args) {
+                *slot = value(a, scope);
+            }
+            &few[..args.len()]
+        } else {
+            many = args.iter().map(|a| value(a, scope)).collect();
+            &many
+        };
         let names = |i: usize| {
             args.get(i).map(|a| match a {
                 Arg::Var(v) => v.raw.clone(),
                 Arg::Literal(l) => l.to_string(),
             })
         };
-        f.call_text(&values, &names, &self.env())
+        f.call_text(values, &names, &self.env())
             .map_err(|m| format!("{m}{}", place(at)))
     }
 
@@ -382,6 +393,9 @@ impl Templates {
         Ok(())
     }
 }
+
+/// Most arguments a function call's values are kept on the stack for.
+const FEW: usize = 4;
 
 fn place((line, column): (usize, usize)) -> String {
     format!(" at line {line}, column {column} of the template")

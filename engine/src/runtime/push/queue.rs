@@ -279,21 +279,10 @@ impl Queue {
             })
             .collect();
         let dir = self.dir.join("queue");
-        let per = written.len().div_ceil(FLUSHERS).max(1);
-        let dir_flushed = std::thread::scope(|s| {
-            for (chunk, waiting) in written.chunks_mut(per).zip(group.chunks(per)) {
-                s.spawn(move || {
-                    for (f, w) in chunk.iter_mut().zip(waiting) {
-                        if let Ok(file) = f
-                            && let Err(e) = file.sync_all()
-                        {
-                            *f = Err(StateError::io(&w.path, e));
-                        }
-                    }
-                });
-            }
-            state::sync_dir(&dir)
-        });
+        let dir_flushed = match tokio::runtime::Handle::try_current() {
+            Ok(pool) => flush_on(&pool, &mut written, group, || state::sync_dir(&dir)),
+            Err(_) => flush_scoped(&mut written, group, || state::sync_dir(&dir)),
+        };
         written
             .into_iter()
             .map(|f| match (f, &dir_flushed) {
@@ -388,6 +377,80 @@ impl Queue {
         state::sync_dir(&self.dir.join("dead"))?;
         state::sync_dir(&self.dir.join("queue"))
     }
+}
+
+/// The written files' fsyncs, issued together on the runtime's blocking pool (its threads
+/// are kept between groups: starting a thread per flusher cost more than many a flush),
+/// with `also` (the directory's) on this thread meanwhile; a file whose flush fails, or
+/// whose flusher stopped, becomes an error. Blocks until all are done.
+fn flush_on<T>(
+    pool: &tokio::runtime::Handle,
+    written: &mut [Result<std::fs::File, StateError>],
+    group: &[Waiting],
+    also: impl FnOnce() -> T,
+) -> T {
+    let per = written.len().div_ceil(FLUSHERS).max(1);
+    let (told, heard) = std::sync::mpsc::channel::<(usize, std::io::Result<()>)>();
+    let mut asked = Vec::with_capacity(written.len());
+    for (start, chunk) in (0..).step_by(per).zip(written.chunks(per)) {
+        // The same open file (a second descriptor of it), flushed by another thread.
+        let files: Vec<(usize, std::io::Result<std::fs::File>)> = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.as_ref().ok().map(|f| (start + i, f.try_clone())))
+            .collect();
+        if files.is_empty() {
+            continue;
+        }
+        asked.extend(files.iter().map(|(i, _)| *i));
+        let told = told.clone();
+        pool.spawn_blocking(move || {
+            for (i, file) in files {
+                let _ = told.send((i, file.and_then(|f| f.sync_all())));
+            }
+        });
+    }
+    drop(told);
+    let out = also();
+    let mut flushed = vec![false; written.len()];
+    // Ends once every flusher has ended (its sender dropped, also when it panicked).
+    for (i, result) in heard {
+        flushed[i] = true;
+        if let Err(e) = result {
+            written[i] = Err(StateError::io(&group[i].path, e));
+        }
+    }
+    for i in asked {
+        if !flushed[i] {
+            written[i] = Err(StateError::Stopped(
+                "the flush of a queued file stopped".into(),
+            ));
+        }
+    }
+    out
+}
+
+/// The same as `flush_on`, on threads of its own (outside a runtime).
+fn flush_scoped<T>(
+    written: &mut [Result<std::fs::File, StateError>],
+    group: &[Waiting],
+    also: impl FnOnce() -> T,
+) -> T {
+    let per = written.len().div_ceil(FLUSHERS).max(1);
+    std::thread::scope(|s| {
+        for (chunk, waiting) in written.chunks_mut(per).zip(group.chunks(per)) {
+            s.spawn(move || {
+                for (f, w) in chunk.iter_mut().zip(waiting) {
+                    if let Ok(file) = f
+                        && let Err(e) = file.sync_all()
+                    {
+                        *f = Err(StateError::io(&w.path, e));
+                    }
+                }
+            });
+        }
+        also()
+    })
 }
 
 /// Files of a queue directory in order.
