@@ -20,6 +20,9 @@
 mod dedup;
 /// The queue directory's layout, also the layout of cron dead letters (`run.rs`).
 pub(crate) mod queue;
+mod stream_queue;
+
+pub use self::stream_queue::{StreamBackend, StreamQueueError};
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -66,6 +69,8 @@ pub struct PushEndpoint {
     invalidate: Invalidate,
     /// Reads HMAC timestamps and deduplication windows, and dates queued payloads.
     clock: Clock,
+    /// The connector's queue on Redis Streams (`--push-queue`), instead of the directory's.
+    stream: Option<Arc<stream_queue::StreamQueue>>,
 }
 
 /// A delivery reserved for one request; dropping it releases the reservation, also when the
@@ -118,7 +123,23 @@ impl PushEndpoint {
             metrics,
             invalidate,
             clock,
+            stream: None,
         })
+    }
+
+    /// The endpoint with its queued payloads on Redis Streams (`backend`) instead of the
+    /// queue directory; on a reload, the stream of `previous` is kept.
+    pub fn with_stream_queue(
+        mut self,
+        backend: &StreamBackend,
+        previous: Option<&PushEndpoint>,
+    ) -> PushEndpoint {
+        let push = self.push();
+        self.stream = Some(match previous.and_then(|p| p.stream.clone()) {
+            Some(kept) => kept,
+            None => backend.queue(&self.connector.name, push.dedup_window, push.dedup_limit),
+        });
+        self
     }
 
     fn push(&self) -> &Push {
@@ -301,6 +322,9 @@ impl PushEndpoint {
     async fn accept(&self, keys: &[String], payload: &Value) -> Result<Reply, Problem> {
         match self.push().mode {
             PushMode::Queued => {
+                if let Some(stream) = &self.stream {
+                    return self.enqueue_stream(stream, keys, payload).await;
+                }
                 self.enqueue(keys, payload).await?;
                 // Learnt in memory: the queue file holds the keys (a restart learns them
                 // from it) until the drainer remembers them in `seen.jsonl`.
@@ -445,6 +469,9 @@ impl PushEndpoint {
             turn = lock.lock_owned() => turn,
             _ = stop.wait_for(|s| *s) => return,
         };
+        if let Some(stream) = self.stream.clone() {
+            return self.drain_stream(stream, stop).await;
+        }
         let mut backoff = Duration::from_millis(500);
         loop {
             if *stop.borrow() {
@@ -592,6 +619,9 @@ impl PushEndpoint {
 
     /// Dead letters: id, when received, and why.
     pub async fn dead_letters(&self) -> Vec<Value> {
+        if let Some(stream) = &self.stream {
+            return self.stream_dead_letters(stream).await;
+        }
         let dir = self.queue.dir.join("dead");
         state::blocking(move || Ok(read_dead_letters(&dir)))
             .await
@@ -601,6 +631,9 @@ impl PushEndpoint {
     /// How many dead letters there are, and the first `limit` with their payloads (see
     /// `dead_letters_shown`).
     pub async fn dead_letters_shown(&self, limit: usize) -> (usize, Vec<Value>) {
+        if let Some(stream) = &self.stream {
+            return self.stream_dead_letters_shown(stream, limit).await;
+        }
         let dir = self.queue.dir.join("dead");
         state::blocking(move || Ok(dead_letters_shown(&dir, limit)))
             .await
@@ -609,6 +642,9 @@ impl PushEndpoint {
 
     /// When the oldest payload waiting in the queue was received (RFC 3339), if one waits.
     pub async fn oldest_queued(&self) -> Option<String> {
+        if let Some(stream) = &self.stream {
+            return stream.oldest().await;
+        }
         let dir = self.queue.dir.join("queue");
         state::blocking(move || {
             let oldest = queue::files(&dir)
@@ -625,6 +661,9 @@ impl PushEndpoint {
 
     /// Payloads waiting in the queue, and dead letters (counted, not listed).
     pub fn depths(&self) -> (usize, usize) {
+        if let Some(stream) = &self.stream {
+            return stream.depths();
+        }
         (
             self.queue.queued.load(Ordering::SeqCst),
             self.queue.dead.load(Ordering::SeqCst),
