@@ -25,6 +25,7 @@ mod invalid;
 mod mapping;
 mod outbound_auth;
 mod push_signatures;
+mod push_stream_queue;
 mod reload;
 mod run_progress;
 mod serve;
