@@ -192,11 +192,22 @@ async fn three_engines_lose_one_to_kill_9_and_write_1000_queued_pushes_once() {
     std::fs::remove_dir_all(root.path().join("e0/state")).expect("its state directory deleted");
     let waiting = xlen(&mut conn, STREAM).await;
     assert!(waiting > 0, "the kill came after the drain had ended");
-    until(Duration::from_secs(180), "the two others drain the queue", || {
-        let mut c = conn.clone();
-        async move { xlen(&mut c, STREAM).await == 0 }
-    })
-    .await;
+    let end = Instant::now() + Duration::from_secs(180);
+    loop {
+        let left = xlen(&mut conn, STREAM).await;
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > end {
+            let mut logs = String::new();
+            for mut e in engines {
+                e.child.start_kill().expect("stop");
+                logs += &e.exit(WAIT).await.1;
+            }
+            panic!("the two others did not drain the queue ({left} left); their logs:\n{logs}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let pending_count: usize = redis::cmd("XPENDING")
         .arg(STREAM)
         .arg("drainers")
@@ -227,7 +238,10 @@ async fn three_engines_lose_one_to_kill_9_and_write_1000_queued_pushes_once() {
     for mut e in engines {
         e.child.start_kill().expect("stop");
         let (_, log) = e.exit(WAIT).await;
-        assert!(!log.contains(PASSWORD), "the Redis password is never logged");
+        assert!(
+            !log.contains(PASSWORD),
+            "the Redis password is never logged"
+        );
         taken_over += log.matches("taken over").count();
     }
     eprintln!(
@@ -392,7 +406,10 @@ async fn hostile_huge_payloads_slow_redis_and_a_full_queue_are_refused() {
         took < Duration::from_secs(5),
         "answered before Redis woke up: {took:?}"
     );
-    sleep.await.expect("DEBUG SLEEP").expect("DEBUG SLEEP answered");
+    sleep
+        .await
+        .expect("DEBUG SLEEP")
+        .expect("DEBUG SLEEP answered");
     // Its resend is taken once: the XADD sent to the sleeping Redis may have landed.
     let (status, _, body) = push(&http, &e.base, "s1").await;
     assert!(matches!(status, 200 | 202), "{status} {body}");
@@ -501,9 +518,21 @@ async fn dead_letters_are_kept_in_redis_listed_sent_back_and_deleted() {
         async move { xlen(&mut c, DEAD).await == 2 }
     })
     .await;
-    assert!(ep.delete_stream_dead_letter(&second).await.expect("Redis answers"));
-    assert!(!ep.delete_stream_dead_letter(&second).await.expect("Redis answers"));
-    assert!(!ep.requeue_dead_letter("../../etc").await.expect("not an id"));
+    assert!(
+        ep.delete_stream_dead_letter(&second)
+            .await
+            .expect("Redis answers")
+    );
+    assert!(
+        !ep.delete_stream_dead_letter(&second)
+            .await
+            .expect("Redis answers")
+    );
+    assert!(
+        !ep.requeue_dead_letter("../../etc")
+            .await
+            .expect("not an id")
+    );
     assert_eq!(xlen(&mut conn, DEAD).await, 1);
     assert_eq!(ep.depths(), (0, 1));
     drainer.stop().await;

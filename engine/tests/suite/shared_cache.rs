@@ -101,8 +101,20 @@ async fn spawn_redis(port: u16, dir: &Path, durable: Option<&str>) -> Option<Chi
             "yes",
         ]),
         Some(password) => cmd
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
-            .args(["--maxmemory-policy", "noeviction", "--requirepass", password])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .args([
+                "--maxmemory-policy",
+                "noeviction",
+                "--requirepass",
+                password,
+            ])
             .args(["--enable-debug-command", "local"]),
     };
     let mut child = cmd

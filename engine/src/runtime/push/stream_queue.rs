@@ -77,9 +77,10 @@ pub enum StreamQueueError {
 impl From<redis::RedisError> for StreamQueueError {
     fn from(e: redis::RedisError) -> Self {
         // The kind and the server's words, never the address (which may carry credentials).
-        let text = match e.detail() {
-            Some(detail) => format!("{}: {detail}", e.category()),
-            None => e.category().to_owned(),
+        let text = match (e.code(), e.detail()) {
+            (Some(code), Some(detail)) => format!("{code}: {detail}"),
+            (None, Some(detail)) => format!("{}: {detail}", e.category()),
+            _ => e.category().to_owned(),
         };
         StreamQueueError::Redis(text)
     }
@@ -357,7 +358,7 @@ impl StreamQueue {
             })
             .await;
         match made {
-            Err(StreamQueueError::Redis(text)) if text.contains("BUSYGROUP") => Ok(()),
+            Err(StreamQueueError::Redis(text)) if text.starts_with("BUSYGROUP") => Ok(()),
             other => other,
         }
     }
@@ -839,7 +840,7 @@ impl PushEndpoint {
                 Ok(None) => stream.away(false, &""),
                 Err(e) => {
                     stream.away(true, &e);
-                    if matches!(e, StreamQueueError::Redis(ref t) if t.contains("NOGROUP")) {
+                    if matches!(e, StreamQueueError::Redis(ref t) if t.starts_with("NOGROUP")) {
                         // The stream was deleted at Redis: made again on the next turn.
                         reader = None;
                     }
