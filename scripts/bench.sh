@@ -43,7 +43,7 @@ fi
 # Release builds of the engine and of the benches (the bench profile is the release one).
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
-if ! cargo bench --locked -p engine --no-run --bench serve --bench mapping --bench sink >"$out" 2>&1; then
+if ! cargo bench --locked -p engine --no-run --bench serve --bench mapping --bench sink --bench push >"$out" 2>&1; then
   cat "$out" >&2
   exit 1
 fi
@@ -54,8 +54,9 @@ BENCH_REPS="$reps" BENCH_SECONDS="$seconds" BENCH_SUT_CPU="$sut_cpu" \
   taskset -c "$client_cpu" cargo bench --locked -q -p engine --bench serve 2>&1 |
   grep -E '^(ratio:|reps|note:|thread .* panicked)' || true
 
-# Mapping against serde, sink against Helios direct: their own benches' `ratio:` lines.
-for bench in mapping sink; do
+# Mapping against serde, sink against Helios direct, queued push acceptance on Redis against
+# the local queue (with Debian's redis-server): their own benches' `ratio:` lines.
+for bench in mapping sink push; do
   if [ "$bench" = sink ]; then
     # Helios, installed once per machine by scripts/tools.sh (a long build the first time).
     # shellcheck disable=SC1091

@@ -439,6 +439,28 @@ async fn hostile_huge_payloads_slow_redis_and_a_full_queue_are_refused() {
         log.contains("127.0.0.1"),
         "logs name the server by HOST:PORT"
     );
+    assert!(log.contains("AOF fsync always"), "checked at start: {log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_may_lose_acknowledged_pushes_is_named_at_start() {
+    // No AOF: what it acknowledges is lost with it.
+    let redis = Redis::start().await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let out = root.path().join("out");
+    let defs = definitions(&feed(&format!("ndjson: {{ dir: \"{}\" }}", out.display()), ""));
+    let mut e = engine(defs.path(), &root.path().join("state"), &redis.url, &[]).await;
+    let (status, _, body) = push(&client(WAIT), &e.base, "w1").await;
+    assert_eq!(status, 202, "{body}");
+    e.child.start_kill().expect("stop");
+    let (_, log) = e.exit(WAIT).await;
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("may lose or evict acknowledged pushes"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "appendonly and appendfsync: {log}");
+    assert!(warnings[0].contains("appendonly yes"), "{}", warnings[0]);
+    assert!(warnings[1].contains("appendfsync always"), "{}", warnings[1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

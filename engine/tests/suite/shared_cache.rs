@@ -39,7 +39,7 @@ impl Redis {
     /// Starts Debian's `redis-server` without persistence on a free port (chosen by binding
     /// port 0 and given back; a start that loses the port to another process is retried on
     /// another one).
-    async fn start() -> Redis {
+    pub(crate) async fn start() -> Redis {
         Redis::start_with(None).await
     }
 

@@ -183,35 +183,33 @@ impl StreamBackend {
     /// Never fails: a Redis away now is waited for by the drainers.
     pub async fn check_durability(&self) {
         let shown = self.shown().to_owned();
-        let get = |name: &'static str| async move {
-            let got: Result<Vec<String>, StreamQueueError> = self
-                .call(|mut c| async move {
-                    redis::cmd("CONFIG")
-                        .arg("GET")
-                        .arg(name)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await;
-            got.map(|v| v.get(1).cloned().unwrap_or_default())
-        };
         let wanted = [
             ("appendonly", "yes"),
             ("appendfsync", "always"),
             ("maxmemory-policy", "noeviction"),
         ];
+        let got: Result<Vec<Vec<String>>, StreamQueueError> = self
+            .call(|mut c| async move {
+                let mut pipe = redis::pipe();
+                for (name, _) in wanted {
+                    pipe.cmd("CONFIG").arg("GET").arg(name);
+                }
+                pipe.query_async(&mut c).await
+            })
+            .await;
+        let values = match got {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(redis = %shown, "cannot check that the push queue's Redis keeps what it acknowledges (want appendonly yes, appendfsync always, maxmemory-policy noeviction): {e}");
+                return;
+            }
+        };
         let mut all = true;
-        for (name, want) in wanted {
-            match get(name).await {
-                Ok(v) if v == want => {}
-                Ok(v) => {
-                    all = false;
-                    tracing::warn!(redis = %shown, setting = name, value = %v, wanted = want, "the push queue's Redis may lose or evict acknowledged pushes: set `{name} {want}` on the server");
-                }
-                Err(e) => {
-                    all = false;
-                    tracing::warn!(redis = %shown, setting = name, "cannot check the push queue's Redis setting `{name}` (want `{want}`): {e}");
-                }
+        for ((name, want), v) in wanted.into_iter().zip(values) {
+            let value = v.get(1).cloned().unwrap_or_default();
+            if value != want {
+                all = false;
+                tracing::warn!(redis = %shown, setting = name, value = %value, wanted = want, "the push queue's Redis may lose or evict acknowledged pushes: set `{name} {want}` on the server");
             }
         }
         if all {
