@@ -154,7 +154,14 @@ impl Drop for Redis {
 fn start_redis(dir: &Path) -> Option<Redis> {
     let port = free_port();
     let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
         .args(["--appendonly", "yes", "--appendfsync", "always"])
         .args(["--maxmemory-policy", "noeviction", "--dir"])
         .arg(dir)

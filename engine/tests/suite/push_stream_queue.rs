@@ -448,7 +448,10 @@ async fn a_redis_that_may_lose_acknowledged_pushes_is_named_at_start() {
     let redis = Redis::start().await;
     let root = tempfile::tempdir().expect("tempdir");
     let out = root.path().join("out");
-    let defs = definitions(&feed(&format!("ndjson: {{ dir: \"{}\" }}", out.display()), ""));
+    let defs = definitions(&feed(
+        &format!("ndjson: {{ dir: \"{}\" }}", out.display()),
+        "",
+    ));
     let mut e = engine(defs.path(), &root.path().join("state"), &redis.url, &[]).await;
     let (status, _, body) = push(&client(WAIT), &e.base, "w1").await;
     assert_eq!(status, 202, "{body}");
@@ -460,7 +463,11 @@ async fn a_redis_that_may_lose_acknowledged_pushes_is_named_at_start() {
         .collect();
     assert_eq!(warnings.len(), 2, "appendonly and appendfsync: {log}");
     assert!(warnings[0].contains("appendonly yes"), "{}", warnings[0]);
-    assert!(warnings[1].contains("appendfsync always"), "{}", warnings[1]);
+    assert!(
+        warnings[1].contains("appendfsync always"),
+        "{}",
+        warnings[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -409,7 +409,7 @@ impl StreamQueue {
             Reply::Array(streams) => streams
                 .first()
                 .and_then(|s| match s {
-                    Reply::Array(pair) => pair.get(1).and_then(|e| entries(e)),
+                    Reply::Array(pair) => pair.get(1).and_then(entries),
                     _ => None,
                 })
                 .and_then(|e| e.into_iter().next()),
