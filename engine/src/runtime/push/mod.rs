@@ -323,7 +323,23 @@ impl PushEndpoint {
         match self.push().mode {
             PushMode::Queued => {
                 if let Some(stream) = &self.stream {
-                    return self.enqueue_stream(stream, keys, payload).await;
+                    let accepted = stream
+                        .enqueue(&self.connector.name, keys, self.clock.now(), payload)
+                        .await;
+                    return match accepted {
+                        Ok(stream_queue::Accepted::Duplicate) => {
+                            self.count("duplicate");
+                            Ok(Reply::Duplicate)
+                        }
+                        Ok(_) => {
+                            self.count("queued");
+                            Ok(Reply::Queued)
+                        }
+                        Err(p) => {
+                            self.count("queue-unavailable");
+                            Err(p)
+                        }
+                    };
                 }
                 self.enqueue(keys, payload).await?;
                 // Learnt in memory: the queue file holds the keys (a restart learns them
@@ -470,7 +486,7 @@ impl PushEndpoint {
             _ = stop.wait_for(|s| *s) => return,
         };
         if let Some(stream) = self.stream.clone() {
-            return self.drain_stream(stream, stop).await;
+            return stream.drain(self.as_ref(), stop).await;
         }
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -620,7 +636,7 @@ impl PushEndpoint {
     /// Dead letters: id, when received, and why.
     pub async fn dead_letters(&self) -> Vec<Value> {
         if let Some(stream) = &self.stream {
-            return self.stream_dead_letters(stream).await;
+            return stream.dead_letters_listed(&self.connector.name).await;
         }
         let dir = self.queue.dir.join("dead");
         state::blocking(move || Ok(read_dead_letters(&dir)))
@@ -632,7 +648,9 @@ impl PushEndpoint {
     /// `dead_letters_shown`).
     pub async fn dead_letters_shown(&self, limit: usize) -> (usize, Vec<Value>) {
         if let Some(stream) = &self.stream {
-            return self.stream_dead_letters_shown(stream, limit).await;
+            return stream
+                .dead_letters_shown(&self.connector.name, limit, SHOWN_DEAD_LETTER_BYTES)
+                .await;
         }
         let dir = self.queue.dir.join("dead");
         state::blocking(move || Ok(dead_letters_shown(&dir, limit)))
@@ -657,6 +675,24 @@ impl PushEndpoint {
         .await
         .ok()
         .flatten()
+    }
+
+    /// Sends dead letter `id` of the Redis queue back to its stream, where any replica's
+    /// drainer writes it: `Ok(false)` when there is no such letter, or when the queue is the
+    /// directory's (whose letters the dead-letter API handles); 503 when Redis is away.
+    pub async fn requeue_dead_letter(&self, id: &str) -> Result<bool, Problem> {
+        match &self.stream {
+            Some(stream) => stream.requeue_dead_letter(&self.connector.name, id).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Deletes dead letter `id` of the Redis queue: `Ok(false)` as `requeue_dead_letter`.
+    pub async fn delete_stream_dead_letter(&self, id: &str) -> Result<bool, Problem> {
+        match &self.stream {
+            Some(stream) => stream.delete_dead_letter(&self.connector.name, id).await,
+            None => Ok(false),
+        }
     }
 
     /// Payloads waiting in the queue, and dead letters (counted, not listed).
@@ -689,6 +725,36 @@ impl PushEndpoint {
 
     fn count(&self, outcome: &'static str) {
         self.metrics.push_delivery(&self.connector.name, outcome);
+    }
+}
+
+/// The Redis queue's drainer writes through the endpoint.
+impl stream_queue::Writes for PushEndpoint {
+    fn connector(&self) -> &str {
+        &self.connector.name
+    }
+
+    fn write<'a>(
+        &'a self,
+        keys: &'a [String],
+        received: &'a str,
+        payload: &'a Value,
+        recovering: bool,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), stream_queue::Failure>> {
+        Box::pin(async move {
+            let provenance = self.provenance(keys, received, recovering);
+            match self.process(payload, provenance, None).await {
+                Ok(_) => Ok(()),
+                Err(Outcome::Transient(why)) => Err(stream_queue::Failure::Transient(why)),
+                Err(Outcome::Permanent(why, outcome)) => {
+                    Err(stream_queue::Failure::Permanent(why, outcome))
+                }
+            }
+        })
+    }
+
+    fn count(&self, outcome: &'static str) {
+        PushEndpoint::count(self, outcome);
     }
 }
 

@@ -29,8 +29,8 @@ use redis::Value as Reply;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 
-use super::{Outcome, PushEndpoint, Reply as Delivered};
 use crate::runtime::problem::{Problem, ProblemKind, RETRY_AFTER};
+use futures_util::future::BoxFuture;
 
 /// Longest wait for one Redis call of an accept or an acknowledgement.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -567,10 +567,7 @@ impl StreamQueue {
     }
 
     /// How many dead letters there are, and the first `limit` of them.
-    pub(super) async fn dead_letters(
-        &self,
-        limit: usize,
-    ) -> Result<(usize, Vec<Entry>), StreamQueueError> {
+    async fn dead_letters(&self, limit: usize) -> Result<(usize, Vec<Entry>), StreamQueueError> {
         let dead = self.dead.clone();
         let count: usize = self
             .backend
@@ -582,7 +579,7 @@ impl StreamQueue {
 
     /// Sends a dead letter back to the queue (its keys and arrival kept); false when there is
     /// no such dead letter.
-    pub(super) async fn replay_dead(&self, id: &str) -> Result<bool, StreamQueueError> {
+    async fn replay_dead(&self, id: &str) -> Result<bool, StreamQueueError> {
         let Some(entry) = self.dead_letter(id).await? else {
             return Ok(false);
         };
@@ -620,7 +617,7 @@ impl StreamQueue {
     }
 
     /// Deletes a dead letter; false when there is no such dead letter.
-    pub(super) async fn delete_dead(&self, id: &str) -> Result<bool, StreamQueueError> {
+    async fn delete_dead(&self, id: &str) -> Result<bool, StreamQueueError> {
         let (dead, id) = (self.dead.clone(), id.to_owned());
         let removed: usize = self
             .backend
@@ -637,7 +634,7 @@ impl StreamQueue {
     }
 
     /// One dead letter, by id.
-    pub(super) async fn dead_letter(&self, id: &str) -> Result<Option<Entry>, StreamQueueError> {
+    async fn dead_letter(&self, id: &str) -> Result<Option<Entry>, StreamQueueError> {
         if !is_entry_id(id) {
             return Ok(None);
         }
@@ -745,64 +742,74 @@ fn entry(v: &Reply) -> Option<Entry> {
     Some(out)
 }
 
-/// A transient failure's text, for the drainer's log.
-type Why = String;
+/// Why an entry was not written.
+pub(super) enum Failure {
+    /// Trying again later may succeed (the sink away).
+    Transient(String),
+    /// It can never be written as it is: to the dead letters, with the sink's answer.
+    Permanent(String, Option<Value>),
+}
 
-impl PushEndpoint {
-    /// Queues a payload on Redis: 202 once Redis has it, a duplicate when a key was seen
-    /// within the window on any replica, 503 (with `Retry-After`) when Redis is away, slow or
-    /// the connector's stream is full.
-    pub(super) async fn enqueue_stream(
+/// What a drainer writes entries through: the connector's push endpoint.
+pub(super) trait Writes: Send + Sync {
+    fn connector(&self) -> &str;
+    /// Maps and writes a payload under its delivery's Provenance, looked up at the sink
+    /// first when `recovering` (it may have been written before a crash).
+    fn write<'a>(
+        &'a self,
+        keys: &'a [String],
+        received: &'a str,
+        payload: &'a Value,
+        recovering: bool,
+    ) -> BoxFuture<'a, Result<(), Failure>>;
+    /// Counts a delivery's outcome (`engine_push_deliveries_total`).
+    fn count(&self, outcome: &'static str);
+}
+
+/// A 503 with `Retry-After`, saying `why`.
+fn unavailable(why: &str) -> Problem {
+    Problem::new(
+        ProblemKind::Unavailable {
+            retry_after: RETRY_AFTER,
+        },
+        format!("{why}; send again later (retry after {RETRY_AFTER} s)"),
+    )
+}
+
+impl StreamQueue {
+    /// Queues a payload received `now` for connector `connector`: queued once Redis has it,
+    /// a duplicate when a key was seen within the window on any replica; 503 (with
+    /// `Retry-After`) when Redis is away, slow or the stream is full.
+    pub(super) async fn enqueue(
         &self,
-        stream: &StreamQueue,
+        connector: &str,
         keys: &[String],
+        now: chrono::DateTime<chrono::Utc>,
         payload: &Value,
-    ) -> Result<Delivered, Problem> {
-        let now = self.clock.now();
-        let unavailable = |why: String| {
-            Problem::new(
-                ProblemKind::Unavailable {
-                    retry_after: RETRY_AFTER,
-                },
-                format!("{why}; send again later (retry after {RETRY_AFTER} s)"),
-            )
-        };
-        match stream
+    ) -> Result<Accepted, Problem> {
+        match self
             .accept(keys, &now.to_rfc3339(), now.timestamp_millis(), payload)
             .await
         {
-            Ok(Accepted::Queued) => {
-                self.count("queued");
-                Ok(Delivered::Queued)
-            }
-            Ok(Accepted::Duplicate) => {
-                self.count("duplicate");
-                Ok(Delivered::Duplicate)
-            }
-            Ok(Accepted::Full) => {
-                self.count("queue-full");
-                Err(unavailable(format!(
-                    "the push queue of this connector is full ({} payloads wait)",
-                    stream.backend.inner.limit
-                )))
-            }
+            Ok(Accepted::Full) => Err(unavailable(&format!(
+                "the push queue of this connector is full ({} payloads wait)",
+                self.backend.inner.limit
+            ))),
+            Ok(done) => Ok(done),
             Err(e) => {
-                tracing::error!(connector = %self.connector.name, redis = %stream.backend.shown(), "the push queue cannot take a payload: {e}");
-                self.count("queue-unavailable");
-                Err(unavailable(
-                    "the push queue cannot take the payload now".into(),
-                ))
+                tracing::error!(connector = %connector, redis = %self.backend.shown(), "the push queue cannot take a payload: {e}");
+                Err(unavailable("the push queue cannot take the payload now"))
             }
         }
     }
 
-    /// Drains the connector's stream as one consumer of its group until `stop`: entries of
-    /// dead consumers reclaimed first, then new ones; each written, then acknowledged (or
-    /// dead-lettered). A transient failure waits (backing off, the entry kept touched) and
-    /// tries the same entry again; Redis away waits and resumes.
-    pub(super) async fn drain_stream(
+    /// Drains the stream as one consumer of its group until `stop`, writing through
+    /// `writer`: entries of dead consumers reclaimed first, then new ones; each written, then
+    /// acknowledged (or dead-lettered). A transient failure waits (backing off, the entry
+    /// kept touched) and tries the same entry again; Redis away waits and resumes.
+    pub(super) async fn drain(
         &self,
-        stream: Arc<StreamQueue>,
+        writer: &dyn Writes,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut backoff = Duration::from_millis(200);
@@ -813,12 +820,12 @@ impl PushEndpoint {
             }
             let step = async {
                 if reader.is_none() {
-                    stream.ensure_group().await?;
-                    reader = Some(stream.backend.reader()?);
+                    self.ensure_group().await?;
+                    reader = Some(self.backend.reader()?);
                 }
-                stream.refresh_depths().await?;
+                self.refresh_depths().await?;
                 match reader.as_mut() {
-                    Some(r) => stream.next(r).await,
+                    Some(r) => self.next(r).await,
                     None => Ok(None),
                 }
             };
@@ -828,16 +835,16 @@ impl PushEndpoint {
             };
             match next {
                 Ok(Some((entry, reclaimed))) => {
-                    stream.away(false, &"");
+                    self.away(false, &"");
                     backoff = Duration::from_millis(200);
                     if reclaimed {
-                        tracing::info!(connector = %self.connector.name, "an entry of a consumer that stopped is taken over; it is looked up at the sink before it is written again");
+                        tracing::info!(connector = %writer.connector(), "an entry of a consumer that stopped is taken over; it is looked up at the sink before it is written again");
                     }
-                    self.drain_entry(&stream, entry, reclaimed, &mut stop).await;
+                    self.drain_entry(writer, entry, reclaimed, &mut stop).await;
                 }
-                Ok(None) => stream.away(false, &""),
+                Ok(None) => self.away(false, &""),
                 Err(e) => {
-                    stream.away(true, &e);
+                    self.away(true, &e);
                     if matches!(e, StreamQueueError::Redis(ref t) if t.starts_with("NOGROUP")) {
                         // The stream was deleted at Redis: made again on the next turn.
                         reader = None;
@@ -857,7 +864,7 @@ impl PushEndpoint {
     /// pending, and is taken over by another consumer).
     async fn drain_entry(
         &self,
-        stream: &StreamQueue,
+        writer: &dyn Writes,
         entry: Entry,
         reclaimed: bool,
         stop: &mut tokio::sync::watch::Receiver<bool>,
@@ -866,42 +873,41 @@ impl PushEndpoint {
         let mut recovering = reclaimed;
         loop {
             let outcome = match &entry.payload {
-                None => Err(Outcome::Permanent(
+                None => Err(Failure::Permanent(
                     "the queued entry is not a payload the engine wrote".into(),
                     None,
                 )),
                 Some(payload) => {
-                    let provenance = self.provenance(&entry.keys, &entry.received, recovering);
-                    let work = self.process(payload, provenance, None);
-                    touching(stream, &entry.id, work).await
+                    let work = writer.write(&entry.keys, &entry.received, payload, recovering);
+                    touching(self, &entry.id, work).await
                 }
             };
-            let why: Why = match outcome {
-                Ok(_) => {
-                    self.acknowledge(stream, &entry, stop).await;
+            let why = match outcome {
+                Ok(()) => {
+                    self.acknowledge(&entry, stop).await;
                     return;
                 }
-                Err(Outcome::Permanent(why, outcome)) => {
+                Err(Failure::Permanent(why, outcome)) => {
                     let raw = entry
                         .payload
                         .as_ref()
                         .map(|p| p.to_string().into_bytes())
                         .unwrap_or_default();
-                    match stream.bury(&entry, raw, &why, outcome.as_ref()).await {
+                    match self.bury(&entry, raw, &why, outcome.as_ref()).await {
                         Ok(()) => {
-                            tracing::warn!(connector = %self.connector.name, "payload dead-lettered: {why}");
-                            self.count("dead-letter");
+                            tracing::warn!(connector = %writer.connector(), "payload dead-lettered: {why}");
+                            writer.count("dead-letter");
                             return;
                         }
                         Err(e) => format!("cannot keep a dead letter: {e}"),
                     }
                 }
-                Err(Outcome::Transient(why)) => why,
+                Err(Failure::Transient(why)) => why,
             };
             // A write that failed may have reached the sink in part: looked up next time.
             recovering = true;
-            tracing::warn!(connector = %self.connector.name, wait_ms = backoff.as_millis() as u64, "queued payload not written yet: {why}");
-            let wait = touching(stream, &entry.id, tokio::time::sleep(backoff));
+            tracing::warn!(connector = %writer.connector(), wait_ms = backoff.as_millis() as u64, "queued payload not written yet: {why}");
+            let wait = touching(self, &entry.id, tokio::time::sleep(backoff));
             tokio::select! {
                 () = wait => {}
                 _ = stop.wait_for(|s| *s) => return,
@@ -912,22 +918,17 @@ impl PushEndpoint {
 
     /// Acknowledges a written entry, trying again while Redis is away (until `stop`: the
     /// entry then stays pending, and another consumer writes it again after its look-up).
-    async fn acknowledge(
-        &self,
-        stream: &StreamQueue,
-        entry: &Entry,
-        stop: &mut tokio::sync::watch::Receiver<bool>,
-    ) {
+    async fn acknowledge(&self, entry: &Entry, stop: &mut tokio::sync::watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match stream.ack(&entry.id).await {
+            match self.ack(&entry.id).await {
                 Ok(()) => {
-                    stream.away(false, &"");
+                    self.away(false, &"");
                     return;
                 }
                 Err(e) => {
-                    stream.away(true, &e);
-                    let wait = touching(stream, &entry.id, tokio::time::sleep(backoff));
+                    self.away(true, &e);
+                    let wait = touching(self, &entry.id, tokio::time::sleep(backoff));
                     tokio::select! {
                         () = wait => {}
                         _ = stop.wait_for(|s| *s) => return,
@@ -938,85 +939,81 @@ impl PushEndpoint {
         }
     }
 
-    /// Sends dead letter `id` of the Redis queue back to its stream, where any replica's
-    /// drainer writes it (under its delivery's Provenance, its keys kept): `Ok(false)` when
-    /// there is no such letter, or when the endpoint's queue is the directory's (whose
-    /// letters the dead-letter API handles); 503 when Redis is away.
-    pub async fn requeue_dead_letter(&self, id: &str) -> Result<bool, Problem> {
-        let Some(stream) = &self.stream else {
-            return Ok(false);
-        };
-        let done = stream
+    /// Sends dead letter `id` back to the stream, where any replica's drainer writes it
+    /// (under its delivery's Provenance, its keys kept): `Ok(false)` when there is no such
+    /// letter; 503 when Redis is away.
+    pub(super) async fn requeue_dead_letter(
+        &self,
+        connector: &str,
+        id: &str,
+    ) -> Result<bool, Problem> {
+        let done = self
             .replay_dead(id)
             .await
-            .map_err(|e| self.redis_away(&e))?;
+            .map_err(|e| self.redis_away(connector, &e))?;
         if done {
-            tracing::info!(connector = %self.connector.name, "a dead letter was sent back to the queue");
+            tracing::info!(connector = %connector, "a dead letter was sent back to the queue");
         }
         Ok(done)
     }
 
-    /// Deletes dead letter `id` of the Redis queue: `Ok(false)` as `requeue_dead_letter`.
-    pub async fn delete_stream_dead_letter(&self, id: &str) -> Result<bool, Problem> {
-        let Some(stream) = &self.stream else {
-            return Ok(false);
-        };
+    /// Deletes dead letter `id`: `Ok(false)` when there is no such letter.
+    pub(super) async fn delete_dead_letter(
+        &self,
+        connector: &str,
+        id: &str,
+    ) -> Result<bool, Problem> {
         if !is_entry_id(id) {
             return Ok(false);
         }
-        stream
-            .delete_dead(id)
+        self.delete_dead(id)
             .await
-            .map_err(|e| self.redis_away(&e))
+            .map_err(|e| self.redis_away(connector, &e))
     }
 
     /// A 503 for a Redis call that failed (logged with the reason, never the URL).
-    fn redis_away(&self, e: &StreamQueueError) -> Problem {
-        tracing::warn!(connector = %self.connector.name, "the push queue's Redis cannot be used now: {e}");
-        Problem::new(
-            ProblemKind::Unavailable {
-                retry_after: RETRY_AFTER,
-            },
-            format!(
-                "the push queue's Redis cannot be used now; try again later (retry after {RETRY_AFTER} s)"
-            ),
-        )
+    fn redis_away(&self, connector: &str, e: &StreamQueueError) -> Problem {
+        tracing::warn!(connector = %connector, redis = %self.backend.shown(), "the push queue's Redis cannot be used now: {e}");
+        unavailable("the push queue's Redis cannot be used now")
     }
 
-    /// The dead letters of the Redis queue, as `dead_letters` lists them.
-    pub(super) async fn stream_dead_letters(&self, stream: &StreamQueue) -> Vec<Value> {
-        match stream.dead_letters(usize::MAX >> 1).await {
+    /// The dead letters as the endpoint's `dead_letters` lists them: id, received, reason,
+    /// outcome.
+    pub(super) async fn dead_letters_listed(&self, connector: &str) -> Vec<Value> {
+        match self.dead_letters(usize::MAX >> 1).await {
             Ok((_, letters)) => letters
                 .into_iter()
                 .map(|e| json!({"id": e.id, "received": e.received, "reason": e.reason, "outcome": e.outcome}))
                 .collect(),
             Err(e) => {
-                tracing::warn!(connector = %self.connector.name, "cannot list the dead letters in Redis: {e}");
+                tracing::warn!(connector = %connector, "cannot list the dead letters in Redis: {e}");
                 Vec::new()
             }
         }
     }
 
-    /// The dead letters of the Redis queue, as `dead_letters_shown` shows them.
-    pub(super) async fn stream_dead_letters_shown(
+    /// How many dead letters there are, and the first `limit` with their payloads, a payload
+    /// larger than `largest` bytes left out (`tooLarge`), as `dead_letters_shown` shows them.
+    pub(super) async fn dead_letters_shown(
         &self,
-        stream: &StreamQueue,
+        connector: &str,
         limit: usize,
+        largest: u64,
     ) -> (usize, Vec<Value>) {
-        match stream.dead_letters(limit).await {
+        match self.dead_letters(limit).await {
             Ok((count, letters)) => (
                 count,
                 letters
                     .into_iter()
                     .map(|e| {
-                        let too_large = e.size as u64 > super::SHOWN_DEAD_LETTER_BYTES;
+                        let too_large = e.size as u64 > largest;
                         let payload = if too_large { Value::Null } else { e.payload.unwrap_or_default() };
                         json!({"id": e.id, "received": e.received, "reason": e.reason, "payload": payload, "payloadBytes": e.size, "tooLarge": too_large})
                     })
                     .collect(),
             ),
             Err(e) => {
-                tracing::warn!(connector = %self.connector.name, "cannot list the dead letters in Redis: {e}");
+                tracing::warn!(connector = %connector, "cannot list the dead letters in Redis: {e}");
                 (0, Vec::new())
             }
         }
