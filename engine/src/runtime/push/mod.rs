@@ -20,6 +20,7 @@
 mod dedup;
 /// The queue directory's layout, also the layout of cron dead letters (`run.rs`).
 pub(crate) mod queue;
+mod stream_drain;
 mod stream_queue;
 
 pub use self::stream_queue::{StreamBackend, StreamQueueError};
@@ -729,7 +730,7 @@ impl PushEndpoint {
 }
 
 /// The Redis queue's drainer writes through the endpoint.
-impl stream_queue::Writes for PushEndpoint {
+impl stream_drain::Writes for PushEndpoint {
     fn connector(&self) -> &str {
         &self.connector.name
     }
@@ -740,14 +741,14 @@ impl stream_queue::Writes for PushEndpoint {
         received: &'a str,
         payload: &'a Value,
         recovering: bool,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), stream_queue::Failure>> {
+    ) -> futures_util::future::BoxFuture<'a, Result<(), stream_drain::Failure>> {
         Box::pin(async move {
             let provenance = self.provenance(keys, received, recovering);
             match self.process(payload, provenance, None).await {
                 Ok(_) => Ok(()),
-                Err(Outcome::Transient(why)) => Err(stream_queue::Failure::Transient(why)),
+                Err(Outcome::Transient(why)) => Err(stream_drain::Failure::Transient(why)),
                 Err(Outcome::Permanent(why, outcome)) => {
-                    Err(stream_queue::Failure::Permanent(why, outcome))
+                    Err(stream_drain::Failure::Permanent(why, outcome))
                 }
             }
         })
