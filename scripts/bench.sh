@@ -43,7 +43,7 @@ fi
 # Release builds of the engine and of the benches (the bench profile is the release one).
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
-if ! cargo bench --locked -p engine --no-run --bench serve --bench mapping --bench sink --bench bulk --bench formats >"$out" 2>&1; then
+if ! cargo bench --locked -p engine --no-run --bench serve --bench mapping --bench sink --bench bulk --bench formats --bench push >"$out" 2>&1; then
   cat "$out" >&2
   exit 1
 fi
@@ -54,11 +54,12 @@ BENCH_REPS="$reps" BENCH_SECONDS="$seconds" BENCH_SUT_CPU="$sut_cpu" \
   taskset -c "$client_cpu" cargo bench --locked -q -p engine --bench serve 2>&1 |
   grep -E '^(ratio:|reps|note:|thread .* panicked)' || true
 
-# Mapping against serde, sink against Helios direct, record formats against JSON, the Bulk
+# Mapping against serde, sink against Helios direct, record formats against JSON, queued
+# push acceptance on Redis against the local queue (with Debian's redis-server), the Bulk
 # Data import of 100,000 resources against a plain read (and its peak RSS against 10,000):
 # their own benches' `ratio:` lines. The bulk bench's `engine run` on the system's core, its
 # stand-in and plain reader on the client's.
-for bench in mapping sink formats bulk; do
+for bench in mapping sink formats push bulk; do
   if [ "$bench" = bulk ]; then
     lines="$(BENCH_REPS="$reps" BENCH_SUT_CPU="$sut_cpu" taskset -c "$client_cpu" cargo bench --locked -q -p engine --bench bulk 2>/dev/null | grep -E '^ratio:' || true)"
     echo "${lines:-ratio: bulk: not measured (the bench printed no ratio: line)}"

@@ -40,7 +40,8 @@ core=()
 for kind in deployment service pdb hpa pvc configmap cronjobs networkpolicy; do core+=("deploy/base/$kind.yaml"); done
 "$VENV/bin/kubernetes-validate" --strict --quiet "${core[@]}"
 # The optional components' patches are valid objects of their own.
-"$VENV/bin/kubernetes-validate" --strict --quiet deploy/components/shared-cache/deployment-patch.yaml
+"$VENV/bin/kubernetes-validate" --strict --quiet deploy/components/shared-cache/deployment-patch.yaml \
+  deploy/components/push-queue/deployment-patch.yaml
 istio="engine/tests/data/istio-crd-schemas"
 for pair in virtualservice:virtualservice_v1 authorizationpolicy:authorizationpolicy_v1 requestauthentication:requestauthentication_v1; do
   "$VENV/bin/check-jsonschema" --schemafile "$istio/${pair#*:}.json" "deploy/base/${pair%%:*}.yaml"

@@ -7,6 +7,11 @@
 //! nothing from the other), and each rate printed as a ratio to it.
 //! Run: `cargo bench -p engine --bench push` (needs `wrk`). `ENGINE_BIN` measures another
 //! build of this engine (a debug one, say) instead of the release binary cargo builds.
+//!
+//! When Debian's `redis-server` is installed, a second engine of the same build queues on
+//! Redis Streams (`--push-queue`, a server started here with AOF and `appendfsync always` in
+//! a temp dir), measured alternately with the local-queue engine in the same run (the other
+//! paused), and its rate printed as a ratio to the local queue's.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -89,6 +94,10 @@ impl Drop for Engine {
 }
 
 fn start(bin: &Path, defs: &Path, state: &Path) -> Engine {
+    start_with(bin, defs, state, &[])
+}
+
+fn start_with(bin: &Path, defs: &Path, state: &Path, extra: &[&str]) -> Engine {
     let port = free_port();
     let mut child = Command::new(bin)
         .arg("serve")
@@ -96,6 +105,7 @@ fn start(bin: &Path, defs: &Path, state: &Path) -> Engine {
         .arg("--state-dir")
         .arg(state)
         .args(["--listen", &format!("127.0.0.1:{port}"), "--log", "warn"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -130,6 +140,45 @@ fn wrk(e: &Engine, connections: usize, script: &Path) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A `redis-server` as a push queue needs it (AOF, `appendfsync always`, no eviction) on a
+/// free port with its files in `dir`, once it answers; killed when dropped.
+struct Redis(Child, u16);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis(dir: &Path) -> Option<Redis> {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "always"])
+        .args(["--maxmemory-policy", "noeviction", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let redis = Redis(child, port);
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(redis);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
 fn spread(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -161,29 +210,64 @@ fn main() {
     let baseline = std::env::var("ENGINE_BASELINE_BIN")
         .ok()
         .map(|b| start(Path::new(&b), &defs, &dir.path().join("state-baseline")));
+    let redis_dir = dir.path().join("redis");
+    std::fs::create_dir(&redis_dir).expect("mkdir");
+    let redis = start_redis(&redis_dir);
+    if redis.is_none() {
+        eprintln!("note: redis-server is not installed: the Redis queue is not measured");
+    }
+    let on_redis = redis.as_ref().map(|r| {
+        let url = format!("redis://127.0.0.1:{}", r.1);
+        start_with(
+            &bin,
+            &defs,
+            &dir.path().join("state-redis"),
+            &["--push-queue", &url],
+        )
+    });
     let mut run = 0;
     let mut next_script = || {
         run += 1;
         script(dir.path(), &format!("r{run}"))
     };
     for c in connections {
-        let (mut new, mut old) = (Vec::new(), Vec::new());
+        let (mut new, mut old, mut streams) = (Vec::new(), Vec::new(), Vec::new());
+        let all: Vec<&Engine> = [Some(&engine), baseline.as_ref(), on_redis.as_ref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        // One engine measured at a time, the others paused.
+        let mut alone = |e: &Engine| {
+            for other in all.iter().filter(|o| !std::ptr::eq(**o, e)) {
+                signal(other, "STOP");
+            }
+            let rate = wrk(e, c, &next_script());
+            for other in all.iter().filter(|o| !std::ptr::eq(**o, e)) {
+                signal(other, "CONT");
+            }
+            rate
+        };
         for _ in 0..REPEATS {
             if let Some(b) = &baseline {
-                signal(&engine, "STOP");
-                old.push(wrk(b, c, &next_script()));
-                signal(&engine, "CONT");
-                signal(b, "STOP");
+                old.push(alone(b));
             }
-            new.push(wrk(&engine, c, &next_script()));
-            if let Some(b) = &baseline {
-                signal(b, "CONT");
+            if let Some(r) = &on_redis {
+                streams.push(alone(r));
             }
+            new.push(alone(&engine));
         }
         let (m, lo, hi) = spread(&new);
         println!(
             "figure: queued push acceptance, c={c} = {m:.0} payloads/s (spread {lo:.0}-{hi:.0})"
         );
+        if !streams.is_empty() {
+            let per: Vec<f64> = streams.iter().zip(&new).map(|(r, l)| r / l).collect();
+            let (r, lo, hi) = spread(&per);
+            println!(
+                "ratio: queued push acceptance on Redis vs the local queue, c={c} = {r:.2}x (spread {lo:.2}-{hi:.2}; engine {:.0} payloads/s, anchor local queue {m:.0} payloads/s)",
+                spread(&streams).0
+            );
+        }
         if baseline.is_some() {
             let per: Vec<f64> = new.iter().zip(&old).map(|(n, o)| n / o).collect();
             let (r, lo, hi) = spread(&per);

@@ -373,6 +373,22 @@ pub struct ServeArgs {
     /// Most spans waiting for the OTLP collector; more are dropped and counted.
     #[arg(long, env = "ENGINE_OTLP_QUEUE", default_value_t = crate::runtime::otlp::DEFAULT_QUEUE, value_parser = clap::value_parser!(usize))]
     pub otlp_queue: usize,
+    /// Queued pushes on Redis Streams shared by replicas, `redis://[user:password@]HOST:PORT[/DB]`,
+    /// instead of each pod's state directory: a 202 means Redis has the payload (on disk when
+    /// the server runs `appendonly yes` and `appendfsync always`, checked at start), any
+    /// replica drains, and a dead replica's entries are taken over. Its own setting, apart
+    /// from `--shared-cache`: a cache server may evict, a queue's must not. The URL is never
+    /// shown.
+    #[arg(long, env = "ENGINE_PUSH_QUEUE", hide_env_values = true)]
+    pub push_queue: Option<String>,
+    /// Most payloads waiting in one connector's Redis queue; more are answered 503.
+    #[arg(long, env = "ENGINE_PUSH_QUEUE_LIMIT", default_value_t = 100_000)]
+    pub push_queue_limit: usize,
+    /// Idle time after which a replica takes over the Redis queue entries another replica
+    /// read and did not acknowledge (a replica that died); a live replica keeps the entry it
+    /// writes touched, so this needs not exceed the longest write.
+    #[arg(long, env = "ENGINE_PUSH_QUEUE_CLAIM_AFTER", default_value = "30s")]
+    pub push_queue_claim_after: String,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

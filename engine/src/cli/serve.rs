@@ -29,6 +29,9 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         shared_cache,
         otlp_endpoint,
         otlp_queue,
+        push_queue,
+        push_queue_limit,
+        push_queue_claim_after,
         admin,
     } = args;
     let filter = match tracing_subscriber::EnvFilter::try_new(&log) {
@@ -53,11 +56,16 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         ("--shutdown-grace", &shutdown_grace),
         ("--shutdown-delay", &shutdown_delay),
         ("--header-read-timeout", &header_read_timeout),
+        ("--push-queue-claim-after", &push_queue_claim_after),
     ]
     .map(|(flag, v)| parse(flag, v));
-    let [timeout, grace, delay, header_read] = match durations {
-        [Ok(a), Ok(b), Ok(c), Ok(d)] => [a, b, c, d],
-        [Err(e), ..] | [_, Err(e), ..] | [_, _, Err(e), _] | [.., Err(e)] => return usage(&e),
+    let [timeout, grace, delay, header_read, claim_after] = match durations {
+        [Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)] => [a, b, c, d, e],
+        [Err(e), ..]
+        | [_, Err(e), ..]
+        | [_, _, Err(e), ..]
+        | [_, _, _, Err(e), _]
+        | [.., Err(e)] => return usage(&e),
     };
     let admin = match admin_access(admin) {
         Ok(a) => a,
@@ -84,6 +92,17 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage(&format!("--shared-cache: {e}")),
     };
+    if push_queue_limit == 0 {
+        return usage("--push-queue-limit must be at least 1");
+    }
+    let push_queue = match push_queue
+        .as_deref()
+        .map(|url| crate::runtime::push::StreamBackend::new(url, push_queue_limit, claim_after))
+        .transpose()
+    {
+        Ok(q) => q,
+        Err(e) => return usage(&format!("--push-queue: {e}")),
+    };
     let limits = crate::runtime::engine::Limits {
         timeout,
         body: body as usize,
@@ -92,6 +111,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         connections: max_connections,
         admin,
         shared: shared.clone(),
+        push_queue: push_queue.clone(),
         ..Default::default()
     };
     let stop = crate::http::server::Stop { grace, delay };
@@ -161,6 +181,9 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
             && let Err(e) = crate::runtime::otlp::start(endpoint, otlp_queue)
         {
             tracing::error!("--otlp-endpoint: {e}; no spans are exported");
+        }
+        if let Some(queue) = &push_queue {
+            queue.check_durability().await;
         }
         let listener = crate::http::server::bind(&listen).await?;
         crate::http::server::serve(

@@ -126,6 +126,26 @@ pub struct Taken {
     key: PathBuf,
 }
 
+impl Taken {
+    /// Claims the letter a store knows as `key` for one request, and reads it with `read`;
+    /// `Busy` when another request has it, and the claim released again when `read` fails.
+    pub async fn claim<F>(key: PathBuf, id: &LetterId, read: F) -> Result<Taken, DeadLetterError>
+    where
+        F: Future<Output = Result<Letter, DeadLetterError>>,
+    {
+        if !claim(&key) {
+            return Err(DeadLetterError::Busy(id.0.clone()));
+        }
+        match read.await {
+            Ok(letter) => Ok(Taken { letter, key }),
+            Err(e) => {
+                release(&key);
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Drop for Taken {
     fn drop(&mut self) {
         release(&self.key);

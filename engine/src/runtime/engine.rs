@@ -52,6 +52,9 @@ pub struct Limits {
     /// The cache tier shared by replicas (Redis), behind each pull cache, also claiming
     /// schedule ticks; none by default.
     pub shared: Option<crate::runtime::shared_cache::SharedTier>,
+    /// Where queued pushes wait: Redis Streams shared by replicas (`--push-queue`), or, by
+    /// default (`None`), each connector's directory under the state directory.
+    pub push_queue: Option<crate::runtime::push::StreamBackend>,
 }
 
 impl Default for Limits {
@@ -66,6 +69,7 @@ impl Default for Limits {
             connections: 1024,
             admin: Default::default(),
             shared: None,
+            push_queue: None,
         }
     }
 }
@@ -250,18 +254,22 @@ impl Engine {
                                 }
                             }
                         });
-                    let ep = PushEndpoint::new(
+                    // A changed definition takes over the queue of the one it replaces.
+                    let replaced = previous
+                        .and_then(|p| p.pushes.get(&c.name))
+                        .map(Arc::as_ref);
+                    let mut ep = PushEndpoint::new(
                         c.clone(),
                         &dirs.state,
                         &dirs.sink,
                         metrics.clone(),
                         invalidate,
                         clock,
-                        // A changed definition takes over the queue of the one it replaces.
-                        previous
-                            .and_then(|p| p.pushes.get(&c.name))
-                            .map(Arc::as_ref),
+                        replaced,
                     )?;
+                    if let Some(backend) = &limits.push_queue {
+                        ep = ep.with_stream_queue(backend, replaced);
+                    }
                     pushes.insert(c.name.clone(), Arc::new(ep));
                 }
                 Strategy::Pull(_) => {}

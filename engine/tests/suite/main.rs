@@ -31,6 +31,7 @@ mod otlp_export;
 mod outbound_auth;
 mod parent_child;
 mod push_signatures;
+mod push_stream_queue;
 mod rate_budget;
 mod reload;
 mod response_rules;

@@ -25,70 +25,124 @@ const WAIT: Duration = Duration::from_secs(30);
 const PUBLIC: &str = "http://fosps.test/api";
 const TOKEN: &str = "push-token-0123456789";
 
-/// A `redis-server` on 127.0.0.1, killed when dropped.
-struct Redis {
+/// A `redis-server` on 127.0.0.1, killed when dropped. Also used by `push_stream_queue`,
+/// whose servers keep an append-only file flushed at every write in their temp dir.
+pub(crate) struct Redis {
     child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
+    pub(crate) url: String,
+    port: u16,
+    durable: Option<&'static str>,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
     /// Starts Debian's `redis-server` without persistence on a free port (chosen by binding
     /// port 0 and given back; a start that loses the port to another process is retried on
     /// another one).
-    async fn start() -> Redis {
-        let bin = which_redis();
+    pub(crate) async fn start() -> Redis {
+        Redis::start_with(None).await
+    }
+
+    /// Starts a `redis-server` as a push queue needs it: AOF on, `appendfsync always`, no
+    /// eviction, the password `password`, `DEBUG` allowed from 127.0.0.1 (to make it slow).
+    pub(crate) async fn start_durable(password: &'static str) -> Redis {
+        Redis::start_with(Some(password)).await
+    }
+
+    async fn start_with(durable: Option<&'static str>) -> Redis {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = {
                 let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
                 l.local_addr().expect("addr").port()
             };
-            let mut child = Command::new(&bin)
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "yes",
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("redis-server starts");
-            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-            let ready = tokio::time::timeout(WAIT, async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if line.contains("Ready to accept connections") {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await
-            .unwrap_or(false);
-            if ready {
-                // Keep reading, so that redis never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            if let Some(child) = spawn_redis(port, dir.path(), durable).await {
+                let url = match durable {
+                    Some(p) => format!("redis://:{p}@127.0.0.1:{port}"),
+                    None => format!("redis://127.0.0.1:{port}"),
+                };
                 return Redis {
                     child,
-                    url: format!("redis://127.0.0.1:{port}"),
-                    _dir: dir,
+                    url,
+                    port,
+                    durable,
+                    dir,
                 };
             }
-            let _ = child.kill().await;
         }
         panic!("redis-server did not start on 127.0.0.1 in five tries");
     }
 
-    async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         self.child.kill().await.expect("redis-server killed");
     }
+
+    /// Starts the server again after `kill`, on the same port and directory (its AOF read
+    /// back).
+    pub(crate) async fn restart(&mut self) {
+        self.child = spawn_redis(self.port, self.dir.path(), self.durable)
+            .await
+            .expect("redis-server starts again on its port");
+    }
+}
+
+/// A `redis-server` on `port` with its files in `dir`, once it accepts connections.
+async fn spawn_redis(port: u16, dir: &Path, durable: Option<&str>) -> Option<Child> {
+    let bin = which_redis();
+    let mut cmd = Command::new(&bin);
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
+    match durable {
+        None => cmd.args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]),
+        Some(password) => cmd
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .args([
+                "--maxmemory-policy",
+                "noeviction",
+                "--requirepass",
+                password,
+            ])
+            .args(["--enable-debug-command", "local"]),
+    };
+    let mut child = cmd
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Ready to accept connections") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if ready {
+        // Keep reading, so that redis never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        return Some(child);
+    }
+    let _ = child.kill().await;
+    None
 }
 
 fn which_redis() -> std::path::PathBuf {

@@ -20,6 +20,11 @@
 mod dedup;
 /// The queue directory's layout, also the layout of cron dead letters (`run.rs`).
 pub(crate) mod queue;
+mod stream_drain;
+mod stream_letters;
+mod stream_queue;
+
+pub use self::stream_queue::{StreamBackend, StreamQueueError};
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -69,6 +74,10 @@ pub struct PushEndpoint {
     clock: Clock,
     /// The dead letters of the queue directory, for operators (`dead_letters`).
     letters: DirStore,
+    /// The connector's queue on Redis Streams (`--push-queue`), instead of the directory's.
+    stream: Option<Arc<stream_queue::StreamQueue>>,
+    /// That queue's dead letters, for operators, instead of the directory's.
+    stream_letters: Option<stream_letters::StreamLetters>,
 }
 
 /// A delivery reserved for one request; dropping it releases the reservation, also when the
@@ -123,7 +132,28 @@ impl PushEndpoint {
             metrics,
             invalidate,
             clock,
+            stream: None,
+            stream_letters: None,
         })
+    }
+
+    /// The endpoint with its queued payloads on Redis Streams (`backend`) instead of the
+    /// queue directory; on a reload, the stream of `previous` is kept.
+    pub fn with_stream_queue(
+        mut self,
+        backend: &StreamBackend,
+        previous: Option<&PushEndpoint>,
+    ) -> PushEndpoint {
+        let push = self.push();
+        self.stream = Some(match previous.and_then(|p| p.stream.clone()) {
+            Some(kept) => kept,
+            None => backend.queue(&self.connector.name, push.dedup_window, push.dedup_limit),
+        });
+        self.stream_letters = self
+            .stream
+            .clone()
+            .map(|queue| stream_letters::StreamLetters { queue });
+        self
     }
 
     fn push(&self) -> &Push {
@@ -293,6 +323,25 @@ impl PushEndpoint {
     async fn accept(&self, keys: &[String], payload: &Value) -> Result<Reply, Problem> {
         match self.push().mode {
             PushMode::Queued => {
+                if let Some(stream) = &self.stream {
+                    let accepted = stream
+                        .enqueue(&self.connector.name, keys, self.clock.now(), payload)
+                        .await;
+                    return match accepted {
+                        Ok(stream_queue::Accepted::Duplicate) => {
+                            self.count("duplicate");
+                            Ok(Reply::Duplicate)
+                        }
+                        Ok(_) => {
+                            self.count("queued");
+                            Ok(Reply::Queued)
+                        }
+                        Err(p) => {
+                            self.count("queue-unavailable");
+                            Err(p)
+                        }
+                    };
+                }
                 self.enqueue(keys, payload).await?;
                 // Learnt in memory: the queue file holds the keys (a restart learns them
                 // from it) until the drainer remembers them in `seen.jsonl`.
@@ -439,6 +488,9 @@ impl PushEndpoint {
             turn = lock.lock_owned() => turn,
             _ = stop.wait_for(|s| *s) => return,
         };
+        if let Some(stream) = self.stream.clone() {
+            return stream.drain(self.as_ref(), stop).await;
+        }
         let mut backoff = Duration::from_millis(500);
         loop {
             if *stop.borrow() {
@@ -586,6 +638,9 @@ impl PushEndpoint {
 
     /// Dead letters: id, when received, and why.
     pub async fn dead_letters(&self) -> Vec<Value> {
+        if let Some(stream) = &self.stream {
+            return stream.dead_letters_listed(&self.connector.name).await;
+        }
         let dir = self.queue.dir.join("dead");
         state::blocking(move || Ok(read_dead_letters(&dir)))
             .await
@@ -595,6 +650,11 @@ impl PushEndpoint {
     /// How many dead letters there are, and the first `limit` with their payloads (see
     /// `dead_letters_shown`).
     pub async fn dead_letters_shown(&self, limit: usize) -> (usize, Vec<Value>) {
+        if let Some(stream) = &self.stream {
+            return stream
+                .dead_letters_shown(&self.connector.name, limit, SHOWN_DEAD_LETTER_BYTES)
+                .await;
+        }
         let dir = self.queue.dir.join("dead");
         state::blocking(move || Ok(dead_letters_shown(&dir, limit)))
             .await
@@ -603,6 +663,9 @@ impl PushEndpoint {
 
     /// When the oldest payload waiting in the queue was received (RFC 3339), if one waits.
     pub async fn oldest_queued(&self) -> Option<String> {
+        if let Some(stream) = &self.stream {
+            return stream.oldest().await;
+        }
         let dir = self.queue.dir.join("queue");
         state::blocking(move || {
             let oldest = queue::files(&dir)
@@ -617,8 +680,29 @@ impl PushEndpoint {
         .flatten()
     }
 
+    /// Sends dead letter `id` of the Redis queue back to its stream, where any replica's
+    /// drainer writes it: `Ok(false)` when there is no such letter, or when the queue is the
+    /// directory's (whose letters the dead-letter API handles); 503 when Redis is away.
+    pub async fn requeue_dead_letter(&self, id: &str) -> Result<bool, Problem> {
+        match &self.stream {
+            Some(stream) => stream.requeue_dead_letter(&self.connector.name, id).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Deletes dead letter `id` of the Redis queue: `Ok(false)` as `requeue_dead_letter`.
+    pub async fn delete_stream_dead_letter(&self, id: &str) -> Result<bool, Problem> {
+        match &self.stream {
+            Some(stream) => stream.delete_dead_letter(&self.connector.name, id).await,
+            None => Ok(false),
+        }
+    }
+
     /// Payloads waiting in the queue, and dead letters (counted, not listed).
     pub fn depths(&self) -> (usize, usize) {
+        if let Some(stream) = &self.stream {
+            return stream.depths();
+        }
         (
             self.queue.queued.load(Ordering::SeqCst),
             self.queue.dead.load(Ordering::SeqCst),
@@ -656,7 +740,10 @@ impl DeadLetters for PushEndpoint {
     }
 
     fn store(&self) -> &dyn DeadLetterStore {
-        &self.letters
+        match &self.stream_letters {
+            Some(redis) => redis,
+            None => &self.letters,
+        }
     }
 
     fn resend<'a>(
@@ -683,6 +770,36 @@ impl DeadLetters for PushEndpoint {
 
     fn now(&self) -> String {
         self.clock.now().to_rfc3339()
+    }
+}
+
+/// The Redis queue's drainer writes through the endpoint.
+impl stream_drain::Writes for PushEndpoint {
+    fn connector(&self) -> &str {
+        &self.connector.name
+    }
+
+    fn write<'a>(
+        &'a self,
+        keys: &'a [String],
+        received: &'a str,
+        payload: &'a Value,
+        recovering: bool,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), stream_drain::Failure>> {
+        Box::pin(async move {
+            let provenance = self.provenance(keys, received, recovering);
+            match self.process(payload, provenance, None).await {
+                Ok(_) => Ok(()),
+                Err(Outcome::Transient(why)) => Err(stream_drain::Failure::Transient(why)),
+                Err(Outcome::Permanent(why, outcome)) => {
+                    Err(stream_drain::Failure::Permanent(why, outcome))
+                }
+            }
+        })
+    }
+
+    fn count(&self, outcome: &'static str) {
+        PushEndpoint::count(self, outcome);
     }
 }
 
