@@ -589,7 +589,10 @@ async fn dead_letters_are_kept_in_redis_listed_sent_back_and_deleted() {
         .send()
         .await;
     assert_eq!(got.status, 422, "{}", got.text);
-    assert!(refusals.load(Ordering::SeqCst) > before, "the sink was asked again");
+    assert!(
+        refusals.load(Ordering::SeqCst) > before,
+        "the sink was asked again"
+    );
     assert_eq!(xlen(&mut conn, DEAD).await, 1, "kept, once");
     let got = served
         .get(format!("{}/connectors/feed/dead-letters", served.base))
