@@ -472,29 +472,14 @@ impl StreamQueue {
         reason: &str,
         outcome: Option<&Value>,
     ) -> Result<(), StreamQueueError> {
+        let letter = DeadFields::of(entry, raw_payload, reason, outcome)?;
         let (stream, dead, id) = (self.stream.clone(), self.dead.clone(), entry.id.clone());
-        let keys = serde_json::to_string(&entry.keys).map_err(|_| StreamQueueError::Malformed)?;
-        let outcome = outcome.map(Value::to_string).unwrap_or_default();
-        let (received, reason) = (entry.received.clone(), reason.to_owned());
         let _: Reply = self
             .backend
             .call(|mut c| async move {
-                redis::pipe()
-                    .atomic()
-                    .cmd("XADD")
-                    .arg(&dead)
-                    .arg("*")
-                    .arg("keys")
-                    .arg(keys)
-                    .arg("received")
-                    .arg(received)
-                    .arg("reason")
-                    .arg(reason)
-                    .arg("outcome")
-                    .arg(outcome)
-                    .arg("payload")
-                    .arg(raw_payload)
-                    .cmd("XACK")
+                let mut pipe = redis::pipe();
+                letter.add_to(pipe.atomic(), &dead);
+                pipe.cmd("XACK")
                     .arg(&stream)
                     .arg(GROUP)
                     .arg(&id)
@@ -627,34 +612,19 @@ impl StreamQueue {
         let Some(entry) = self.dead_letter(id).await? else {
             return Ok(());
         };
-        let dead = self.dead.clone();
-        let keys = serde_json::to_string(&entry.keys).map_err(|_| StreamQueueError::Malformed)?;
-        let outcome = outcome.map(Value::to_string).unwrap_or_default();
         let payload = entry
             .payload
             .as_ref()
-            .map(Value::to_string)
+            .map(|p| p.to_string().into_bytes())
             .unwrap_or_default();
-        let (received, reason, id) = (entry.received.clone(), reason.to_owned(), id.to_owned());
+        let letter = DeadFields::of(&entry, payload, reason, outcome)?;
+        let (dead, id) = (self.dead.clone(), id.to_owned());
         let _: Reply = self
             .backend
             .call(|mut c| async move {
-                redis::pipe()
-                    .atomic()
-                    .cmd("XADD")
-                    .arg(&dead)
-                    .arg("*")
-                    .arg("keys")
-                    .arg(keys)
-                    .arg("received")
-                    .arg(received)
-                    .arg("reason")
-                    .arg(reason)
-                    .arg("outcome")
-                    .arg(outcome)
-                    .arg("payload")
-                    .arg(payload)
-                    .cmd("XDEL")
+                let mut pipe = redis::pipe();
+                letter.add_to(pipe.atomic(), &dead);
+                pipe.cmd("XDEL")
                     .arg(&dead)
                     .arg(&id)
                     .query_async(&mut c)
@@ -751,6 +721,49 @@ impl StreamQueue {
                 false => tracing::info!(redis = %redis, "the push queue's Redis is back"),
             }
         }
+    }
+}
+
+/// A dead letter's fields as the dead-letter stream keeps them.
+struct DeadFields {
+    keys: String,
+    received: String,
+    reason: String,
+    outcome: String,
+    payload: Vec<u8>,
+}
+
+impl DeadFields {
+    fn of(
+        entry: &Entry,
+        payload: Vec<u8>,
+        reason: &str,
+        outcome: Option<&Value>,
+    ) -> Result<DeadFields, StreamQueueError> {
+        Ok(DeadFields {
+            keys: serde_json::to_string(&entry.keys).map_err(|_| StreamQueueError::Malformed)?,
+            received: entry.received.clone(),
+            reason: reason.to_owned(),
+            outcome: outcome.map(Value::to_string).unwrap_or_default(),
+            payload,
+        })
+    }
+
+    /// The `XADD` of the letter to the dead-letter stream `dead`, added to a pipeline.
+    fn add_to(self, pipe: &mut redis::Pipeline, dead: &str) {
+        pipe.cmd("XADD")
+            .arg(dead)
+            .arg("*")
+            .arg("keys")
+            .arg(self.keys)
+            .arg("received")
+            .arg(self.received)
+            .arg("reason")
+            .arg(self.reason)
+            .arg("outcome")
+            .arg(self.outcome)
+            .arg("payload")
+            .arg(self.payload);
     }
 }
 
