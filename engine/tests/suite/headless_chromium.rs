@@ -179,8 +179,18 @@ impl Chromium {
     }
 
     pub async fn navigate(&mut self, url: &str) {
+        // The document being left is marked, so that what follows (a wait for an element, a
+        // click) sees the new document only, loaded with its style sheet, and not the old
+        // one, which may hold the same elements until the new one replaces it.
+        let _ = self.eval("window.__leaving = true").await;
         let got = self.page("Page.navigate", json!({"url": url})).await;
         assert!(got.get("errorText").is_none(), "{url}: {got}");
+        self.wait_for(
+            "window.__leaving === undefined && document.readyState === 'complete'",
+            Duration::from_secs(20),
+            &format!("{url} loaded"),
+        )
+        .await;
     }
 
     /// The value of a JavaScript expression in the page, or `Err` while the page is between
