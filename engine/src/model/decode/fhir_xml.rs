@@ -13,7 +13,7 @@ use quick_xml::reader::NsReader;
 use serde_json::{Map, Value};
 
 use super::format::{DecodeError, Limits, MAX_DEPTH, TextEncoding};
-use super::text::{Budget, position, text};
+use super::text::{Budget, text, xml_error};
 use crate::model::fhir_structure::{self, Elements, Structure};
 use crate::model::vocabulary::FhirVersion;
 
@@ -62,14 +62,7 @@ pub(super) fn decode(
     let mut budget = Budget::new(limits);
     let mut stack: Vec<Frame<'_>> = Vec::new();
     let mut result = None;
-    let err_at = |offset: u64, message: String| {
-        let (line, column) = position(src, offset as usize);
-        DecodeError::Xml {
-            line,
-            column,
-            message,
-        }
-    };
+    let err_at = |offset: u64, message: String| xml_error(src, offset, message);
     loop {
         let before = reader.buffer_position();
         let (ns, event) = reader

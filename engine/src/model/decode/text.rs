@@ -67,6 +67,16 @@ pub(crate) fn position(bytes: &[u8], offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// An XML document's error, placed at the byte `offset` of its text `src`.
+pub(crate) fn xml_error(src: &[u8], offset: u64, message: String) -> DecodeError {
+    let (line, column) = position(src, offset as usize);
+    DecodeError::Xml {
+        line,
+        column,
+        message,
+    }
+}
+
 /// A count of values against `Limits::max_values`.
 pub(crate) struct Budget {
     left: usize,

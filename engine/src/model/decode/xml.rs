@@ -13,7 +13,7 @@ use quick_xml::reader::NsReader;
 use serde_json::{Map, Value};
 
 use super::format::{DecodeError, Limits, MAX_DEPTH, XmlFormat};
-use super::text::{Budget, position, text};
+use super::text::{Budget, text, xml_error};
 
 /// An element being built.
 struct Frame {
@@ -34,14 +34,7 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
     let mut building: Vec<(String, Frame)> = Vec::new();
     let mut records = Vec::new();
     let mut root: Option<Value> = None;
-    let at = |offset: u64, message: String| {
-        let (line, column) = position(src, offset as usize);
-        DecodeError::Xml {
-            line,
-            column,
-            message,
-        }
-    };
+    let at = |offset: u64, message: String| xml_error(src, offset, message);
     loop {
         // Errors of an event are placed where it starts.
         let before = reader.buffer_position();
@@ -55,14 +48,7 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
                 };
                 (ns, e)
             })
-            .map_err(|e| {
-                let (line, column) = position(src, reader.error_position() as usize);
-                DecodeError::Xml {
-                    line,
-                    column,
-                    message: e.to_string(),
-                }
-            })?;
+            .map_err(|e| at(reader.error_position(), e.to_string()))?;
         match event {
             Event::Start(ref e) | Event::Empty(ref e) => {
                 let ns =

@@ -447,15 +447,8 @@ impl StreamQueue {
         let _: Reply = self
             .backend
             .call(|mut c| async move {
-                redis::pipe()
-                    .atomic()
-                    .cmd("XACK")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg(&id)
-                    .cmd("XDEL")
-                    .arg(&stream)
-                    .arg(&id)
+                let mut pipe = redis::pipe();
+                settled(pipe.atomic(), &stream, &id)
                     .query_async(&mut c)
                     .await
             })
@@ -479,15 +472,7 @@ impl StreamQueue {
             .call(|mut c| async move {
                 let mut pipe = redis::pipe();
                 letter.add_to(pipe.atomic(), &dead);
-                pipe.cmd("XACK")
-                    .arg(&stream)
-                    .arg(GROUP)
-                    .arg(&id)
-                    .cmd("XDEL")
-                    .arg(&stream)
-                    .arg(&id)
-                    .query_async(&mut c)
-                    .await
+                settled(&mut pipe, &stream, &id).query_async(&mut c).await
             })
             .await?;
         crate::runtime::push::queue::decrement(&self.queued);
@@ -722,6 +707,18 @@ impl StreamQueue {
             }
         }
     }
+}
+
+/// An entry of `stream` settled: acknowledged for the group and deleted, added to a pipeline
+/// (in the same transaction as what else the pipeline does with it).
+fn settled<'p>(pipe: &'p mut redis::Pipeline, stream: &str, id: &str) -> &'p mut redis::Pipeline {
+    pipe.cmd("XACK")
+        .arg(stream)
+        .arg(GROUP)
+        .arg(id)
+        .cmd("XDEL")
+        .arg(stream)
+        .arg(id)
 }
 
 /// A dead letter's fields as the dead-letter stream keeps them.
