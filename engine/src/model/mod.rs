@@ -47,6 +47,10 @@ pub struct Model {
     pub connectors: Vec<Arc<Connector>>,
     pub sources: BTreeMap<String, Arc<Source>>,
     pub sinks: BTreeMap<String, Arc<Sink>>,
+    /// The files besides the definitions that the model was compiled from (table files,
+    /// `${file:...}` references), each with the SHA-256 of its bytes as they were read: a
+    /// served engine reloads when one of them changes.
+    pub inputs: BTreeMap<std::path::PathBuf, String>,
 }
 
 impl Model {
