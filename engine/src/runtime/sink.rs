@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::model::vocabulary::BundleMode;
 use crate::model::{FhirSink, Sink, SinkRef};
-use crate::runtime::build_error::BuildError;
+use crate::runtime::build_error::{BuildError, Party};
 use crate::runtime::outbound::{self, OutboundError, RetryPolicy};
 use crate::runtime::outbound_auth::credentials::{self, with_header};
 use crate::runtime::outbound_auth::{Credentials, TokenError};
@@ -159,8 +159,9 @@ impl Writer {
             SinkRef::Named(s) => match s.as_ref() {
                 Sink::Ndjson { dir, .. } => Ok(Writer::Ndjson { dir: dir.clone() }),
                 Sink::Fhir(f) => {
-                    let http = credentials::client(&f.name, f.tls.as_ref())?;
-                    let auth = Credentials::new(&f.name, f.auth.as_ref(), f.timeout, &http)?;
+                    let party = Party::Sink(f.name.clone());
+                    let http = credentials::client(&party, f.tls.as_ref())?;
+                    let auth = Credentials::new(&party, f.auth.as_ref(), f.timeout, &http)?;
                     Ok(Writer::Fhir {
                         sink: clone_fhir(f),
                         client: SinkClient { http, auth },

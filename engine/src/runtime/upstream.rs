@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::model::vocabulary::RuleAction;
 use crate::model::{Pagination, ResponseRule, Source};
 use crate::runtime::breaker::{Breaker, Refused};
-use crate::runtime::build_error::BuildError;
+use crate::runtime::build_error::{BuildError, Party};
 use crate::runtime::metrics::{Answer, Metrics};
 use crate::runtime::outbound::{self, ConnectRetry, OutboundError, RetryFit, RetryPolicy};
 use crate::runtime::outbound_auth::{self, TokenError, Tokens};
@@ -221,7 +221,7 @@ impl Upstreams {
 fn fixed_headers(s: &Source) -> Result<HeaderMap, BuildError> {
     let mut h = HeaderMap::new();
     let bad = |what: &'static str| BuildError::Header {
-        source_name: s.name.clone(),
+        party: Party::Source(s.name.clone()),
         what,
     };
     for (k, v) in &s.headers {

@@ -995,3 +995,59 @@ spec:
     assert_eq!(servers.tokens(), 1);
     assert_eq!(servers.stand.packages.load(Ordering::SeqCst), 1);
 }
+
+/// A FHIR sink `store` whose `auth` or `tls` the HTTP layer refuses (a checked model has
+/// none: the checks refuse such values first; the build still says whose they are).
+fn refused_sink(
+    auth: Option<engine::model::Auth>,
+    tls: Option<engine::model::Tls>,
+) -> engine::model::SinkRef {
+    engine::model::SinkRef::Named(Arc::new(engine::model::Sink::Fhir(
+        engine::model::FhirSink {
+            name: "store".into(),
+            url: url::Url::parse("http://127.0.0.1:9/fhir").expect("a URL"),
+            version: engine::model::vocabulary::FhirVersion::R4,
+            auth,
+            tls,
+            timeout: Duration::from_secs(2),
+            batch_size: 10,
+            concurrency: 1,
+            mode: engine::model::vocabulary::BundleMode::Transaction,
+            retries: 0,
+            provenance: false,
+        },
+    )))
+}
+
+#[test]
+fn a_sink_that_cannot_be_built_is_named_as_a_sink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = |s: &str| engine::model::Secret(s.to_owned());
+    let header = refused_sink(
+        Some(engine::model::Auth::ApiKey {
+            header: "X-Key".into(),
+            value: secret("line\nbreak"),
+        }),
+        None,
+    );
+    let tls = refused_sink(
+        None,
+        Some(engine::model::Tls {
+            identity: None,
+            ca: Some(secret(
+                "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----",
+            )),
+        }),
+    );
+    for (sink, want) in [
+        (header, "sink `store`: invalid credential"),
+        (tls, "sink `store`: invalid TLS "),
+    ] {
+        let got = match engine::runtime::sink::Writer::new(&sink, dir.path()) {
+            Ok(_) => panic!("the sink is built"),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.starts_with(want), "{got}");
+        assert!(!got.contains("source"), "{got}");
+    }
+}
