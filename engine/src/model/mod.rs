@@ -494,6 +494,8 @@ pub struct BulkExport {
     pub max_poll_interval: Duration,
     /// Longest NDJSON line, in bytes (`maxLine`).
     pub max_line: usize,
+    /// Largest file, in bytes, counted inflated when it comes compressed (`maxFileSize`).
+    pub max_file_size: u64,
     /// Records mapped and written together (`batchSize`).
     pub batch_size: usize,
     /// Origins besides the source's own that files may come from (`fileOrigins`).

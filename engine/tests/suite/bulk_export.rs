@@ -669,3 +669,134 @@ spec:
     }
     assert!(outcome.model.is_none());
 }
+
+/// Files sent gzip-compressed (the engine asks for gzip) are inflated as they stream, and
+/// `maxLine` counts the inflated bytes: a line of 64 KiB that compresses to a few hundred
+/// bytes is still too long.
+#[tokio::test]
+async fn gzip_files_are_inflated_as_they_stream_and_max_line_counts_inflated_bytes() {
+    let n = 300;
+    let mut lines: Vec<String> = (0..n).map(|i| patient_line(&format!("g{i}"))).collect();
+    lines.insert(
+        7,
+        format!(
+            "{{\"resourceType\":\"Patient\",\"id\":\"big\",\"text\":\"{}\"}}",
+            "x".repeat(64 << 10)
+        ),
+    );
+    let server = BulkServer::start(Behaviour {
+        files: vec![("Patient".into(), lines)],
+        gzip: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let dir = definitions(&defs(
+        &server.url,
+        "    maxLine: 8KiB\n    batchSize: 50",
+        "  run: { onRecordError: skip }",
+        "",
+    ));
+    let model = load(dir.path());
+    let state = tempfile::tempdir().expect("state");
+    let report = run_with_deadline(&runner(&model, "export", state.path()), RUN_BOUND).await;
+    assert!(report.ok(), "{}", failures(&report));
+    let got = ids(&written(state.path(), "Patient"));
+    let mut want: Vec<String> = (0..n).map(|i| format!("g{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(report.records_dead_lettered, 1, "{:?}", report.skipped);
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.subject.contains("line 8") && s.reason.contains("maxLine")),
+        "{:?}",
+        report.skipped
+    );
+}
+
+/// A gzip bomb (under 1 MiB that inflates to 256 MiB) fails its file at `maxFileSize`,
+/// counted inflated, without being read again; the job is deleted.
+#[tokio::test]
+async fn a_gzip_bomb_fails_at_max_file_size_and_is_not_read_again() {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![b'0'; 1 << 20];
+    for _ in 0..256 {
+        std::io::Write::write_all(&mut gz, &zeros).expect("gzip");
+    }
+    let bomb = gz.finish().expect("gzip");
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    let server = BulkServer::start(Behaviour {
+        files: vec![("Patient".into(), vec![patient_line("never")])],
+        gzip_body: Some(std::sync::Arc::new(bomb)),
+        ..Behaviour::default()
+    })
+    .await;
+    let dir = definitions(&defs(&server.url, "    maxFileSize: 4MiB", "", ""));
+    let model = load(dir.path());
+    let state = tempfile::tempdir().expect("state");
+    let started = std::time::Instant::now();
+    let report = run_with_deadline(&runner(&model, "export", state.path()), RUN_BOUND).await;
+    let why = failures(&report);
+    assert!(
+        why.contains("Patient file 1") && why.contains("maxFileSize"),
+        "{why}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.downloads(), 1, "a bomb is not downloaded again");
+    assert_eq!(server.deletes(), 1);
+    assert!(written(state.path(), "Patient").is_empty());
+    assert!(watermarks(state.path(), "export").is_empty());
+}
+
+/// A Bulk kick-off goes through the source's circuit breaker: once a failed kick-off has
+/// opened it, the next run is refused without calling the server.
+#[tokio::test]
+async fn an_open_breaker_stops_a_bulk_kick_off_without_calling_the_server() {
+    let server = BulkServer::start(Behaviour {
+        kick_off_error: Some((
+            500,
+            crate::fhir_standin::operation_outcome("exception", "the server is down"),
+        )),
+        ..Behaviour::default()
+    })
+    .await;
+    let yaml = defs(&server.url, "    maxPollInterval: 1s", "", "").replace(
+        "  retries: 2\n",
+        "  retries: 2\n  breaker: { failures: 1, coolDown: 1h }\n",
+    );
+    assert!(yaml.contains("coolDown"));
+    let dir = definitions(&yaml);
+    let model = load(dir.path());
+    let state = tempfile::tempdir().expect("state");
+    let r = runner(&model, "export", state.path());
+    let report = run_with_deadline(&r, RUN_BOUND).await;
+    assert!(
+        failures(&report).contains("answered 500"),
+        "{}",
+        failures(&report)
+    );
+    let kick_offs = || {
+        server
+            .requests()
+            .iter()
+            .filter(|q| q.contains("$export"))
+            .count()
+    };
+    assert_eq!(kick_offs(), 1);
+    let report = run_with_deadline(&r, RUN_BOUND).await;
+    let why = failures(&report);
+    assert!(
+        why.contains("kick-off failed") && why.contains("open"),
+        "{why}"
+    );
+    assert_eq!(
+        kick_offs(),
+        1,
+        "the open breaker kept the kick-off from the server"
+    );
+}

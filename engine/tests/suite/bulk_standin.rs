@@ -3,7 +3,8 @@
 //! `202 Accepted` with the `Content-Location` of the job's status; the status answers `202`
 //! with `Retry-After` and `X-Progress` a given number of times (or for ever), then the
 //! manifest; the NDJSON files it lists are served from `/files/{n}` (streamed, a chunk per 64
-//! lines), optionally cut off midway once, or left hanging after some lines; `DELETE` of the
+//! lines), optionally cut off midway once, or left hanging after some lines, or gzip-compressed
+//! for a client that accepts gzip, or replaced by given gzip bytes (a bomb); `DELETE` of the
 //! status is recorded. Every request is recorded as `METHOD path?query`, with the
 //! `Authorization` it carried. Used by `bulk_export` and by `benches/bulk.rs`.
 
@@ -41,6 +42,11 @@ pub struct Behaviour {
     pub cut_once_after: Option<usize>,
     /// Every download of file 0 stops sending after this many lines, without ending.
     pub hang_after: Option<usize>,
+    /// Files are sent gzip-compressed (`Content-Encoding: gzip`) to a client that sends
+    /// `Accept-Encoding: gzip`.
+    pub gzip: bool,
+    /// File 0's body instead of its lines: these bytes, sent as `Content-Encoding: gzip`.
+    pub gzip_body: Option<Arc<Vec<u8>>>,
     pub transaction_time: String,
 }
 
@@ -57,6 +63,8 @@ impl Default for Behaviour {
             file_token: None,
             cut_once_after: None,
             hang_after: None,
+            gzip: false,
+            gzip_body: None,
             transaction_time: "2026-03-01T10:00:00Z".to_owned(),
         }
     }
@@ -320,12 +328,42 @@ async fn file(
         return StatusCode::NOT_FOUND.into_response();
     };
     s.downloads.fetch_add(1, Ordering::SeqCst);
+    let accepts_gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim() == "gzip"));
+    if let Some(body) = b.gzip_body.as_ref().filter(|_| n == 0) {
+        return gzipped((**body).clone());
+    }
+    if b.gzip && accepts_gzip {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for line in lines {
+            std::io::Write::write_all(&mut gz, line.as_bytes()).expect("gzip");
+            std::io::Write::write_all(&mut gz, b"\n").expect("gzip");
+        }
+        return gzipped(gz.finish().expect("gzip"));
+    }
     let cut = match b.cut_once_after {
         Some(c) if n == 0 && s.cuts.fetch_add(1, Ordering::SeqCst) == 0 => Some(c),
         _ => None,
     };
     let hang = b.hang_after.filter(|_| n == 0);
     ndjson(lines.clone(), cut, hang)
+}
+
+/// `body` as a gzip-compressed NDJSON answer, in chunks of 16 KiB.
+fn gzipped(body: Vec<u8>) -> Response {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(16 << 10).map(|c| Ok(c.to_vec())).collect();
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/fhir+ndjson"),
+            (header::CONTENT_ENCODING, "gzip"),
+        ],
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
 }
 
 async fn errors(State(s): State<Arc<Shared>>) -> Response {

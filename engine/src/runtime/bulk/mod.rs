@@ -152,11 +152,16 @@ impl Export<'_> {
             reqwest::header::ACCEPT,
             HeaderValue::from_static("application/fhir+ndjson"),
         );
+        // Bulk servers may compress files for a client that says it reads gzip.
+        headers.insert(
+            reqwest::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip"),
+        );
         let failed = |reason: String| BulkError::File {
             file: name.to_owned(),
             reason,
         };
-        let resp = self
+        let opened = self
             .client
             .open(
                 Method::GET,
@@ -171,12 +176,36 @@ impl Export<'_> {
                 let transient = e.status.is_none();
                 (failed(e.reason), transient)
             })?;
-        let status = resp.status();
+        let status = opened.response.status();
         if !status.is_success() {
             let transient = status.is_server_error() || status.as_u16() == 429;
             return Err((failed(format!("answered {}", status.as_u16())), transient));
         }
-        Ok(Lines::new(resp, self.bulk.max_line, s.timeout, deadline))
+        let encoding = opened
+            .response
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+        let gzip = match encoding.as_deref() {
+            None | Some("" | "identity") => false,
+            Some("gzip" | "x-gzip") => true,
+            Some(other) => {
+                let other: String = other.chars().take(40).collect();
+                return Err((
+                    failed(format!(
+                        "sent with `Content-Encoding: {other}`, which is not read (gzip is)"
+                    )),
+                    false,
+                ));
+            }
+        };
+        Ok(Lines::new(
+            opened,
+            (self.bulk.max_line, self.bulk.max_file_size),
+            gzip,
+            s.timeout,
+            deadline,
+        ))
     }
 
     /// Streams one output file through the consumer in batches. A file cut off midway is
@@ -203,11 +232,8 @@ impl Export<'_> {
                         .await
                     {
                         Ok(()) => return Ok(()),
-                        Err(BulkError::Stopped) => return Err(BulkError::Stopped),
-                        Err(e) => {
-                            let transient = !matches!(e, BulkError::Deadline(_));
-                            (e, transient)
-                        }
+                        Err((BulkError::Stopped, _)) => return Err(BulkError::Stopped),
+                        Err(failed) => failed,
                     }
                 }
             };
@@ -222,7 +248,8 @@ impl Export<'_> {
         }
     }
 
-    /// Reads the lines of an open file past the first `taken`, handing them over in batches.
+    /// Reads the lines of an open file past the first `taken`, handing them over in batches;
+    /// an error says whether reading the file again may succeed.
     async fn lines(
         &self,
         lines: &mut Lines,
@@ -230,16 +257,20 @@ impl Export<'_> {
         taken: &mut usize,
         report: &mut RunReport,
         consumer: &mut (impl Consumer + Send),
-    ) -> Result<(), BulkError> {
+    ) -> Result<(), (BulkError, bool)> {
+        let stopped = || (BulkError::Stopped, false);
         let mut n = 0usize;
         let mut batch = Vec::new();
         loop {
             let next = lines.next().await.map_err(|e| match e {
-                ndjson::ReadError::Deadline => BulkError::Deadline(self.bulk.max_duration),
-                e => BulkError::File {
-                    file: name.to_owned(),
-                    reason: format!("{e} after line {n}"),
-                },
+                ndjson::ReadError::Deadline => (BulkError::Deadline(self.bulk.max_duration), false),
+                e => (
+                    BulkError::File {
+                        file: name.to_owned(),
+                        reason: format!("{e} after line {n}"),
+                    },
+                    e.transient(),
+                ),
             })?;
             let Some(text) = next else { break };
             n += 1;
@@ -252,13 +283,13 @@ impl Export<'_> {
             });
             if batch.len() >= self.bulk.batch_size {
                 if !consumer.take(std::mem::take(&mut batch), report).await {
-                    return Err(BulkError::Stopped);
+                    return Err(stopped());
                 }
                 *taken = n;
             }
         }
         if !batch.is_empty() && !consumer.take(batch, report).await {
-            return Err(BulkError::Stopped);
+            return Err(stopped());
         }
         *taken = n;
         Ok(())
