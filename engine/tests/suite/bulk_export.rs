@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::bulk_standin::{Behaviour, BulkServer, RUN_BOUND, observation_line, patient_line};
@@ -799,4 +799,84 @@ async fn an_open_breaker_stops_a_bulk_kick_off_without_calling_the_server() {
         1,
         "the open breaker kept the kick-off from the server"
     );
+}
+
+/// The export of a Patient and of the deletion of two others (one there, one already gone)
+/// and of an entry that is not a `DELETE`.
+fn export_with_deletions() -> Behaviour {
+    Behaviour {
+        files: vec![("Patient".into(), vec![patient_line("kept-new")])],
+        deleted: vec![
+            crate::bulk_standin::deleted_line(&["Patient/gone-1"]),
+            crate::bulk_standin::deleted_line(&["http://elsewhere.test/fhir/Patient/never-there"]),
+            json!({"resourceType": "Bundle", "type": "transaction",
+                   "entry": [{"request": {"method": "POST", "url": "Patient"}}]})
+            .to_string(),
+        ],
+        ..Behaviour::default()
+    }
+}
+
+/// The manifest's `deleted` files (Bulk Data 2.0) are applied to a FHIR sink as `DELETE`s:
+/// the resource deleted at the source is gone from Helios, one never there counts as
+/// deleted, and an entry that is not a `DELETE` is left alone with a warning.
+#[tokio::test]
+async fn deleted_resources_of_an_export_are_deleted_at_a_fhir_sink() {
+    let helios = Helios::start(Db::Memory).await;
+    let c = reqwest::Client::new();
+    seed(
+        &c,
+        &helios.url,
+        &[
+            json!({"resourceType": "Patient", "id": "gone-1", "active": true}),
+            json!({"resourceType": "Patient", "id": "stays", "active": true}),
+        ],
+    )
+    .await;
+    let server = BulkServer::start(export_with_deletions()).await;
+    let dir = definitions(&defs(
+        &server.url,
+        "    types: [Patient]",
+        "  sink: helios",
+        &helios_sink(&helios.url),
+    ));
+    let model = load(dir.path());
+    let state = tempfile::tempdir().expect("state");
+    let report = run_with_deadline(&runner(&model, "export", state.path()), RUN_BOUND).await;
+    assert!(report.ok(), "{}", failures(&report));
+    assert_eq!(report.resources_written, 1);
+    assert_eq!(report.resources_deleted, 2, "{report:?}");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("deleted file 1: 1 entries are not a `DELETE`")),
+        "{:?}",
+        report.warnings
+    );
+    let all = read_all(&c, &helios, &["Patient"], 10).await;
+    assert_eq!(
+        all.keys().cloned().collect::<Vec<_>>(),
+        ["Patient/kept-new", "Patient/stays"]
+    );
+}
+
+/// Into the NDJSON sink, which only appends, deletions are counted in a warning, not applied.
+#[tokio::test]
+async fn deleted_resources_into_the_ndjson_sink_are_counted_in_a_warning() {
+    let server = BulkServer::start(export_with_deletions()).await;
+    let dir = definitions(&defs(&server.url, "    types: [Patient]", "", ""));
+    let model = load(dir.path());
+    let state = tempfile::tempdir().expect("state");
+    let report = run_with_deadline(&runner(&model, "export", state.path()), RUN_BOUND).await;
+    assert!(report.ok(), "{}", failures(&report));
+    assert_eq!(report.resources_deleted, 0);
+    assert!(
+        report.warnings.iter().any(|w| w.contains(
+            "2 resources the export lists as deleted are not deleted at the sink: the NDJSON sink only appends"
+        )),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(ids(&written(state.path(), "Patient")), ["kept-new"]);
 }

@@ -34,6 +34,8 @@ pub struct Behaviour {
     pub files: Vec<(String, Vec<String>)>,
     /// Lines of the one error file (none when empty).
     pub errors: Vec<String>,
+    /// Lines of the one file of deleted resources (Bundles of `DELETE`s; none when empty).
+    pub deleted: Vec<String>,
     /// A file of the manifest on another origin (its URL).
     pub foreign_file: Option<String>,
     /// The token the files require (`requiresAccessToken: true`); `None`: no token.
@@ -59,6 +61,7 @@ impl Default for Behaviour {
             job_error: None,
             files: Vec::new(),
             errors: Vec::new(),
+            deleted: Vec::new(),
             foreign_file: None,
             file_token: None,
             cut_once_after: None,
@@ -108,6 +111,7 @@ impl BulkServer {
             .route("/jobs/{id}", any(status))
             .route("/files/{n}", get(file))
             .route("/errors", get(errors))
+            .route("/deleted", get(deleted))
             .layer(axum::middleware::from_fn_with_state(shared.clone(), record))
             .with_state(shared.clone());
         crate::local_http::spawn_app(listener, app);
@@ -244,6 +248,11 @@ async fn status(State(s): State<Arc<Shared>>, method: Method) -> Response {
     if let Some(u) = &b.foreign_file {
         output.push(json!({"type": "Patient", "url": u}));
     }
+    let deleted: Vec<Value> = if b.deleted.is_empty() {
+        Vec::new()
+    } else {
+        vec![json!({"type": "Bundle", "url": format!("{}/deleted", s.base)})]
+    };
     let error: Vec<Value> = if b.errors.is_empty() {
         Vec::new()
     } else {
@@ -258,6 +267,7 @@ async fn status(State(s): State<Arc<Shared>>, method: Method) -> Response {
             "requiresAccessToken": b.file_token.is_some(),
             "output": output,
             "error": error,
+            "deleted": deleted,
         })
         .to_string(),
     )
@@ -364,6 +374,20 @@ fn gzipped(body: Vec<u8>) -> Response {
         Body::from_stream(futures_util::stream::iter(chunks)),
     )
         .into_response()
+}
+
+async fn deleted(State(s): State<Arc<Shared>>) -> Response {
+    let b = s.behaviour.lock().expect("the behaviour").clone();
+    ndjson(b.deleted, None, None)
+}
+
+/// A Bundle of `DELETE` requests, one line of a file of deleted resources.
+pub fn deleted_line(urls: &[&str]) -> String {
+    let entry: Vec<Value> = urls
+        .iter()
+        .map(|u| json!({"request": {"method": "DELETE", "url": u}}))
+        .collect();
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entry}).to_string()
 }
 
 async fn errors(State(s): State<Arc<Shared>>) -> Response {
