@@ -700,6 +700,11 @@ async fn gzip_files_are_inflated_as_they_stream_and_max_line_counts_inflated_byt
     let state = tempfile::tempdir().expect("state");
     let report = run_with_deadline(&runner(&model, "export", state.path()), RUN_BOUND).await;
     assert!(report.ok(), "{}", failures(&report));
+    assert_eq!(
+        server.gzipped(),
+        1,
+        "the engine asked for gzip, and read it"
+    );
     let got = ids(&written(state.path(), "Patient"));
     let mut want: Vec<String> = (0..n).map(|i| format!("g{i}")).collect();
     want.sort();

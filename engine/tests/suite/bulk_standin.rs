@@ -82,6 +82,8 @@ struct Shared {
     kick_offs: Mutex<Vec<HeaderMap>>,
     polls: AtomicUsize,
     downloads: AtomicUsize,
+    /// Downloads sent gzip-compressed (the client asked for gzip).
+    gzipped: AtomicUsize,
     cuts: AtomicUsize,
 }
 
@@ -102,6 +104,7 @@ impl BulkServer {
             kick_offs: Mutex::default(),
             polls: AtomicUsize::new(0),
             downloads: AtomicUsize::new(0),
+            gzipped: AtomicUsize::new(0),
             cuts: AtomicUsize::new(0),
         });
         let app = axum::Router::new()
@@ -168,6 +171,11 @@ impl BulkServer {
     /// Downloads of output files begun so far.
     pub fn downloads(&self) -> usize {
         self.shared.downloads.load(Ordering::SeqCst)
+    }
+
+    /// Downloads sent gzip-compressed so far.
+    pub fn gzipped(&self) -> usize {
+        self.shared.gzipped.load(Ordering::SeqCst)
     }
 }
 
@@ -346,6 +354,7 @@ async fn file(
         return gzipped((**body).clone());
     }
     if b.gzip && accepts_gzip {
+        s.gzipped.fetch_add(1, Ordering::SeqCst);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         for line in lines {
             std::io::Write::write_all(&mut gz, line.as_bytes()).expect("gzip");
