@@ -62,8 +62,9 @@ pub(super) fn decode(f: &CsvFormat, bytes: &[u8], limits: Limits) -> Result<Valu
                 record: number,
                 line,
                 message: format!(
-                    "{} cells where the header has {} columns",
+                    "{} cell{} where the header has {} columns",
                     row.len(),
+                    if row.len() == 1 { "" } else { "s" },
                     names.len()
                 ),
             });
@@ -120,8 +121,13 @@ fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
     let mut line = 1usize;
     let mut record = 0usize;
     let (mut open_line, mut open_record) = (0, 0);
+    // Whether the row so far holds anything: a blank line is no record (the reader skips it).
+    let mut row_has_bytes = false;
     for b in text.bytes() {
         let end_of_row = b == b'\n';
+        if !end_of_row && b != b'\r' {
+            row_has_bytes = true;
+        }
         state = match state {
             State::FieldStart if b == f.quote => {
                 open_line = line;
@@ -138,7 +144,10 @@ fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
         if end_of_row {
             line += 1;
             if state == State::FieldStart {
-                record += 1;
+                if row_has_bytes {
+                    record += 1;
+                }
+                row_has_bytes = false;
             }
         }
     }
