@@ -622,3 +622,29 @@ async fn a_pull_route_over_a_malformed_xml_file_names_its_line() {
         got.text
     );
 }
+
+#[test]
+fn fhir_xml_attributes_it_does_not_read_are_errors_not_silently_dropped() {
+    let patient = |inner: &str| {
+        format!(
+            "<Patient xmlns=\"http://hl7.org/fhir\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:schemaLocation=\"http://hl7.org/fhir fhir-all.xsd\">\n{inner}</Patient>"
+        )
+        .into_bytes()
+    };
+    // A misspelt `value`: the birth date would be gone without a word.
+    let err = fhir_xml(&patient("<birthDate valu=\"1970-01-01\"/>")).expect_err("valu");
+    assert!(
+        matches!(&err, DecodeError::Xml { line: 2, message, .. } if message.contains("<birthDate> has no attribute `valu`")),
+        "{err}"
+    );
+    // A `value` on an element that is not a primitive.
+    let err = fhir_xml(&patient("<maritalStatus value=\"M\"/>")).expect_err("not a primitive");
+    assert!(
+        err.to_string()
+            .contains("<maritalStatus> has no attribute `value`"),
+        "{err}"
+    );
+    // The schema location (a prefixed attribute) is fine.
+    let got = fhir_xml(&patient("<birthDate value=\"1970-01-01\"/>")).expect("read");
+    assert_eq!(got["birthDate"], "1970-01-01");
+}

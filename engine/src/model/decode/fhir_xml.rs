@@ -236,7 +236,9 @@ fn resource<'s>(
 }
 
 /// Reads the attributes of an element into its frame: `value` and `id` of a primitive, `id`
-/// and `url` of other elements.
+/// and `url` of other elements. Any other attribute without a prefix is an error (a misspelt
+/// `valu` would otherwise drop the value unseen); prefixed ones (`xsi:schemaLocation`) are
+/// left out.
 fn attributes<'s>(
     mut frame: Frame<'s>,
     e: &BytesStart<'_>,
@@ -244,7 +246,7 @@ fn attributes<'s>(
 ) -> Result<Frame<'s>, String> {
     for a in e.attributes() {
         let a = a.map_err(|e| e.to_string())?;
-        if a.key.as_namespace_binding().is_some() {
+        if a.key.as_namespace_binding().is_some() || a.key.prefix().is_some() {
             continue;
         }
         let key = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
@@ -267,7 +269,11 @@ fn attributes<'s>(
                 "id" => {
                     ext.insert("id".into(), Value::String(value.into_owned()));
                 }
-                _ => {}
+                _ => {
+                    return Err(format!(
+                        "<{name}> has no attribute `{key}`: a primitive takes `value` and `id`"
+                    ));
+                }
             },
             Frame::Object {
                 obj,
@@ -276,7 +282,21 @@ fn attributes<'s>(
             } if key == "id" || key == "url" => {
                 obj.insert(key, Value::String(value.into_owned()));
             }
-            _ => {}
+            Frame::Object {
+                name,
+                resource: false,
+                ..
+            } => {
+                return Err(format!(
+                    "<{name}> has no attribute `{key}`: it is not a primitive, so it takes only \
+                     `id` and `url`, its values in child elements"
+                ));
+            }
+            Frame::Object { name, .. } | Frame::Slot { name, .. } => {
+                return Err(format!(
+                    "<{name}> has no attribute `{key}` (a resource's id is its <id value=\"...\"/>)"
+                ));
+            }
         }
     }
     Ok(frame)
