@@ -648,3 +648,28 @@ fn fhir_xml_attributes_it_does_not_read_are_errors_not_silently_dropped() {
     let got = fhir_xml(&patient("<birthDate value=\"1970-01-01\"/>")).expect("read");
     assert_eq!(got["birthDate"], "1970-01-01");
 }
+
+#[test]
+fn declared_csv_columns_are_trimmed_as_a_header_rows_are() {
+    let dir = definitions(&file_connector(
+        "in/*.csv",
+        "{ type: csv, columns: [a, \" a\"] }",
+        "",
+        "x",
+    ));
+    let got = diagnostics(dir.path());
+    assert!(got.contains("column `a` is named twice"), "{got}");
+    assert!(got.contains("definitions.yaml:9:"), "{got}");
+    let dir = definitions(&file_connector(
+        "in/*.csv",
+        "{ type: csv, header: false, columns: [\"code \", \" name\"] }",
+        "",
+        "x",
+    ));
+    let model = load(dir.path());
+    let source = &model.connector("files").expect("the connector").sources[0];
+    let Format::Csv(f) = &source.format else {
+        panic!("{:?}", source.format)
+    };
+    assert_eq!(f.columns, ["code", "name"]);
+}
