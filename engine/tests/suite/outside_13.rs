@@ -331,6 +331,13 @@ fn numbers_at_their_edges() {
     assert!(e.contains("too large for a decimal of 28 digits"), "{e}");
     let e = mapped("{ $string: { $multiply: [{ $path: $.m }, 10] } }", &big).expect_err("overflow");
     assert!(e.contains("too large for a decimal of 28 digits"), "{e}");
+    // Two signs are no number, however many digits follow.
+    let e = mapped(
+        "{ $string: { $add: [{ $path: $.bad }, 1] } }",
+        &json!({ "bad": "+-5" }),
+    )
+    .expect_err("two signs");
+    assert!(e.contains("`+-5` is not a number"), "{e}");
 }
 
 #[test]

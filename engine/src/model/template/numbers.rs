@@ -43,7 +43,7 @@ pub fn decimal(v: &Value) -> Result<Decimal, NumberError> {
         Value::String(s) => s.trim().to_owned(),
         other => return Err(NumberError::Expected(crate::model::fhir::kind(other))),
     };
-    let digits = text.trim_start_matches(['-', '+']);
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(&text);
     let plain = !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
         && digits.bytes().filter(|b| *b == b'.').count() <= 1
