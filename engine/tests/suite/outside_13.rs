@@ -680,3 +680,22 @@ fn declared_csv_columns_are_trimmed_as_a_header_rows_are() {
     };
     assert_eq!(f.columns, ["code", "name"]);
 }
+
+#[test]
+fn ndjson_files_joined_with_their_byte_order_marks_and_clashing_xml_attributes() {
+    // Two exports joined with `cat`: the second one's mark starts line 2.
+    let got = decode(
+        &Format::Ndjson,
+        b"\xEF\xBB\xBF{\"a\":1}\n\xEF\xBB\xBF{\"a\":2}\n",
+        LIMITS,
+    )
+    .expect("decoded");
+    assert_eq!(got, json!([{"a": 1}, {"a": 2}]));
+    // `type` and `xsi:type` share the key `@type`: one would be lost.
+    let err = xml(b"<a xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\n<v type=\"x\" xsi:type=\"PQ\"/></a>")
+        .expect_err("a clash");
+    assert!(
+        matches!(&err, DecodeError::Xml { line: 2, message, .. } if message.contains("two attributes named `type`")),
+        "{err}"
+    );
+}

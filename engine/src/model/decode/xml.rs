@@ -215,6 +215,14 @@ fn frame(e: &BytesStart<'_>, budget: &mut Budget) -> Result<Frame, String> {
         })?;
         budget.take(2).map_err(|e| e.to_string())?;
         let name = format!("@{}", String::from_utf8_lossy(key.local_name().as_ref()));
+        // `a` and `x:a` share a key: the second would replace the first without a word.
+        if obj.contains_key(&name) {
+            return Err(format!(
+                "two attributes named `{}` (in different namespaces): their JSON key `{name}` \
+                 would hold only one",
+                &name[1..]
+            ));
+        }
         obj.insert(name, Value::String(value.into_owned()));
     }
     Ok(Frame {
