@@ -342,6 +342,15 @@ fn numbers_at_their_edges() {
 
 #[test]
 fn text_functions_at_their_edges() {
+    // Decomposed text (`é` as `e` + U+0301, as macOS and some exports write it) stays one word.
+    assert_eq!(
+        mapped(
+            "{ $titleCase: { $path: $.n } }",
+            &json!({ "n": "he\u{301}le\u{300}ne de\u{301}LAGE" })
+        )
+        .as_deref(),
+        Ok("He\u{301}le\u{300}ne De\u{301}lage")
+    );
     let record = json!({ "s": "Grüße, Ωμέγα" });
     assert_eq!(
         mapped("{ $capture: [{ $path: $.s }, '(\\p{Greek}+)'] }", &record).as_deref(),
