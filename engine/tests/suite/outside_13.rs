@@ -81,6 +81,12 @@ fn csv_errors_name_the_data_record_and_its_line() {
         err.to_string(),
         "CSV record 2 (line 4): a quoted field is never closed"
     );
+    // Old Mac line ends (a lone CR): an open quote was read to the end without a word.
+    let err = csv(b"id,name\r1,ok\r2,\"open\r3,x\r").expect_err("open quote, CR lines");
+    assert_eq!(
+        err.to_string(),
+        "CSV record 2 (line 3): a quoted field is never closed"
+    );
     let err = csv(b"a,b\n1\n").expect_err("short row");
     assert_eq!(
         err.to_string(),

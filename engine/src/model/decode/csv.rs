@@ -123,9 +123,13 @@ fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
     let (mut open_line, mut open_record) = (0, 0);
     // Whether the row so far holds anything: a blank line is no record (the reader skips it).
     let mut row_has_bytes = false;
-    for b in text.bytes() {
-        let end_of_row = b == b'\n';
-        if !end_of_row && b != b'\r' {
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        // `\n`, `\r\n` and a lone `\r` (old Mac exports) each end a row, as the reader
+        // takes them; `\r\n` is one line.
+        let end_of_row = b == b'\n' || b == b'\r';
+        let new_line = b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
+        if !end_of_row {
             row_has_bytes = true;
         }
         state = match state {
@@ -142,7 +146,9 @@ fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
             _ => State::Unquoted,
         };
         if end_of_row {
-            line += 1;
+            if new_line {
+                line += 1;
+            }
             if state == State::FieldStart {
                 if row_has_bytes {
                     record += 1;
