@@ -714,3 +714,45 @@ fn ndjson_files_joined_with_their_byte_order_marks_and_clashing_xml_attributes()
         "{err}"
     );
 }
+
+/// `diagnostics` of `dir`, or a panic when they take longer than 20 seconds.
+fn diagnostics_in_time(dir: &std::path::Path) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(diagnostics(&dir));
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("validation ends in time")
+}
+
+#[test]
+fn table_files_that_are_pipes_or_leave_a_quote_open_are_refused() {
+    let mapping = "\"{{translate 'units' record.u}}\"";
+    let tables = "  tables:\n    units: { file: units.csv }\n";
+    // A named pipe: opening it waits for a writer, for ever.
+    let dir = definitions(&file_connector(
+        "in/*.csv",
+        "{ type: csv }",
+        tables,
+        mapping,
+    ));
+    fifo(&dir.path().join("units.csv"));
+    let got = diagnostics_in_time(dir.path());
+    assert!(got.contains("definitions.yaml:14:"), "{got}");
+    assert!(got.contains("`units.csv`: not a regular file"), "{got}");
+    // A quote left open in the last column swallows the rows after it into one value.
+    let dir = definitions(&file_connector(
+        "in/*.csv",
+        "{ type: csv }",
+        tables,
+        mapping,
+    ));
+    std::fs::write(dir.path().join("units.csv"), "local,ucum\nmg,\"mg\nl,L\n").expect("write");
+    let got = diagnostics_in_time(dir.path());
+    assert!(got.contains("definitions.yaml:14:"), "{got}");
+    assert!(
+        got.contains("record 1 (line 2): a quoted field is never closed"),
+        "{got}"
+    );
+}

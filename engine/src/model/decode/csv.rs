@@ -109,7 +109,7 @@ fn header(row: &csv::StringRecord, line: usize) -> Result<Vec<String>, DecodeErr
 
 /// A quoted field left open at the end of the text (which the `csv` crate reads as ending
 /// there) is an error at the line where it opened.
-fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
+pub(super) fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
     #[derive(Clone, Copy, PartialEq)]
     enum State {
         FieldStart,
