@@ -237,7 +237,7 @@ pub fn parse(
     let count = match given.remove("_count") {
         Some((m, text)) => {
             no_modifier("_count", m)?;
-            integer("_count", text)?.min(max)
+            saturating("_count", text)?.min(max)
         }
         None => params
             .get("_count")
@@ -248,7 +248,7 @@ pub fn parse(
     let offset = match given.remove("_offset") {
         Some((m, text)) => {
             no_modifier("_offset", m)?;
-            integer("_offset", text)?
+            saturating("_offset", text)?
         }
         None => 0,
     };
@@ -314,6 +314,21 @@ fn accepted_modifier(
                 )
             },
         })
+}
+
+/// `_count` or `_offset`: an integer, one past 64 bits held at the end of the range (a huge
+/// `_count` is capped as any over the cap is; a huge `_offset` is past every match).
+fn saturating(name: &str, text: &str) -> Result<i64, SearchParamError> {
+    let t = text.trim();
+    let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(t.parse().unwrap_or(if t.starts_with('-') {
+            i64::MIN
+        } else {
+            i64::MAX
+        }));
+    }
+    integer(name, text)
 }
 
 fn integer(name: &str, text: &str) -> Result<i64, SearchParamError> {

@@ -99,6 +99,10 @@ fn walk(
             if recursive {
                 walk(&entry.path(), &here, recursive, out, files)?;
             }
+        } else if !regular(&entry.path()) {
+            // A named pipe, socket or device (or a link to one, or to a folder) is no export:
+            // opening a pipe would wait for a writer for ever.
+            continue;
         } else {
             if out.len() >= MAX_FILES {
                 return Err(FileError::TooManyFiles {
@@ -117,6 +121,23 @@ fn one(source: &Source, path: &Path, name: &str, left: &mut usize) -> Result<Val
         name: name.to_owned(),
         reason: reason(&e),
     };
+    // Only a regular file is opened: a named pipe would block the read until a writer came.
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            return Err(FileError::Io {
+                name: name.to_owned(),
+                reason: "is a folder, not a file".into(),
+            });
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(FileError::Io {
+                name: name.to_owned(),
+                reason: "not a regular file (a pipe, socket or device)".into(),
+            });
+        }
+        Ok(_) => {}
+        Err(e) => return Err(io(e)),
+    }
     let file = std::fs::File::open(path).map_err(io)?;
     let mut bytes = Vec::new();
     file.take(source.max_answer.saturating_add(1))
@@ -142,6 +163,11 @@ fn one(source: &Source, path: &Path, name: &str, left: &mut usize) -> Result<Val
         .map_err(decode_error)?;
     *left = left.saturating_sub(decode::count(&value));
     Ok(value)
+}
+
+/// Whether `path` is a regular file, following a symbolic link.
+fn regular(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// Why a file could not be read, without its path.

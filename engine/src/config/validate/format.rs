@@ -81,15 +81,17 @@ pub fn format(ctx: &mut Ctx<'_>, at: &[&str], f: Option<&FormatSpec>, fhir: Fhir
                     Some("write `columns: [a, b, ...]`, or `header: true`".into()),
                 );
             }
-            for (i, c) in f.columns.iter().enumerate() {
+            // Names are trimmed, as a header row's are: ` a` and `a` name one column.
+            let columns: Vec<String> = f.columns.iter().map(|c| c.trim().to_owned()).collect();
+            for (i, c) in columns.iter().enumerate() {
                 let index = i.to_string();
-                if c.trim().is_empty() {
+                if c.is_empty() {
                     ctx.error(
                         &with(at, &["columns", &index]),
                         "a column name is empty",
                         None,
                     );
-                } else if f.columns[..i].contains(c) {
+                } else if columns[..i].contains(c) {
                     ctx.error(
                         &with(at, &["columns", &index]),
                         format!("column `{c}` is named twice"),
@@ -99,7 +101,7 @@ pub fn format(ctx: &mut Ctx<'_>, at: &[&str], f: Option<&FormatSpec>, fhir: Fhir
             }
             Format::Csv(CsvFormat {
                 header,
-                columns: f.columns.clone(),
+                columns,
                 delimiter,
                 quote,
                 encoding,

@@ -140,7 +140,24 @@ pub fn read(
             _ => e.kind().to_string(),
         },
     };
-    let f = std::fs::File::open(base.join(file)).map_err(unreadable)?;
+    // Only a regular file is opened: a named pipe would hold `engine validate` (and every
+    // load) until a writer came.
+    let path = base.join(file);
+    match std::fs::metadata(&path) {
+        Ok(m) if !m.is_file() => {
+            return Err(TableFileError::Unreadable {
+                file: shown,
+                reason: if m.is_dir() {
+                    "a folder, not a file".into()
+                } else {
+                    "not a regular file (a pipe, socket or device)".into()
+                },
+            });
+        }
+        Ok(_) => {}
+        Err(e) => return Err(unreadable(e)),
+    }
+    let f = std::fs::File::open(path).map_err(unreadable)?;
     let mut bytes = Vec::new();
     f.take(MAX_TABLE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -207,6 +224,12 @@ fn read_csv(
         file: file.to_owned(),
         reason: e.to_string(),
     };
+    // A quote left open would swallow every row after it into one value.
+    crate::model::decode::csv_open_quote(text, &crate::model::decode::CsvFormat::default())
+        .map_err(|e| TableFileError::Csv {
+            file: file.to_owned(),
+            reason: e.to_string(),
+        })?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)

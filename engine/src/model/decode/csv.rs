@@ -62,8 +62,9 @@ pub(super) fn decode(f: &CsvFormat, bytes: &[u8], limits: Limits) -> Result<Valu
                 record: number,
                 line,
                 message: format!(
-                    "{} cells where the header has {} columns",
+                    "{} cell{} where the header has {} columns",
                     row.len(),
+                    if row.len() == 1 { "" } else { "s" },
                     names.len()
                 ),
             });
@@ -108,7 +109,7 @@ fn header(row: &csv::StringRecord, line: usize) -> Result<Vec<String>, DecodeErr
 
 /// A quoted field left open at the end of the text (which the `csv` crate reads as ending
 /// there) is an error at the line where it opened.
-fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
+pub(super) fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
     #[derive(Clone, Copy, PartialEq)]
     enum State {
         FieldStart,
@@ -120,8 +121,17 @@ fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
     let mut line = 1usize;
     let mut record = 0usize;
     let (mut open_line, mut open_record) = (0, 0);
-    for b in text.bytes() {
-        let end_of_row = b == b'\n';
+    // Whether the row so far holds anything: a blank line is no record (the reader skips it).
+    let mut row_has_bytes = false;
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        // `\n`, `\r\n` and a lone `\r` (old Mac exports) each end a row, as the reader
+        // takes them; `\r\n` is one line.
+        let end_of_row = b == b'\n' || b == b'\r';
+        let new_line = b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
+        if !end_of_row {
+            row_has_bytes = true;
+        }
         state = match state {
             State::FieldStart if b == f.quote => {
                 open_line = line;
@@ -136,9 +146,14 @@ fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
             _ => State::Unquoted,
         };
         if end_of_row {
-            line += 1;
+            if new_line {
+                line += 1;
+            }
             if state == State::FieldStart {
-                record += 1;
+                if row_has_bytes {
+                    record += 1;
+                }
+                row_has_bytes = false;
             }
         }
     }

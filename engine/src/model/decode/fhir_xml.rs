@@ -95,6 +95,14 @@ pub(super) fn decode(
                         }
                         resource(structure, &local, version).map_err(at)?
                     }
+                    // Every element but the XHTML `div` is in the FHIR namespace.
+                    Some(Frame::Primitive { .. }) | Some(Frame::Object { .. })
+                        if !ns && local != "div" =>
+                    {
+                        return Err(at(format!(
+                            "<{local}> is not in the FHIR namespace `http://hl7.org/fhir`"
+                        )));
+                    }
                     Some(Frame::Primitive { name, .. }) => {
                         if local != "extension" {
                             return Err(at(format!(
@@ -228,7 +236,9 @@ fn resource<'s>(
 }
 
 /// Reads the attributes of an element into its frame: `value` and `id` of a primitive, `id`
-/// and `url` of other elements.
+/// and `url` of other elements. Any other attribute without a prefix is an error (a misspelt
+/// `valu` would otherwise drop the value unseen); prefixed ones (`xsi:schemaLocation`) are
+/// left out.
 fn attributes<'s>(
     mut frame: Frame<'s>,
     e: &BytesStart<'_>,
@@ -236,7 +246,7 @@ fn attributes<'s>(
 ) -> Result<Frame<'s>, String> {
     for a in e.attributes() {
         let a = a.map_err(|e| e.to_string())?;
-        if a.key.as_namespace_binding().is_some() {
+        if a.key.as_namespace_binding().is_some() || a.key.prefix().is_some() {
             continue;
         }
         let key = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
@@ -259,7 +269,11 @@ fn attributes<'s>(
                 "id" => {
                     ext.insert("id".into(), Value::String(value.into_owned()));
                 }
-                _ => {}
+                _ => {
+                    return Err(format!(
+                        "<{name}> has no attribute `{key}`: a primitive takes `value` and `id`"
+                    ));
+                }
             },
             Frame::Object {
                 obj,
@@ -268,30 +282,67 @@ fn attributes<'s>(
             } if key == "id" || key == "url" => {
                 obj.insert(key, Value::String(value.into_owned()));
             }
-            _ => {}
+            Frame::Object {
+                name,
+                resource: false,
+                ..
+            } => {
+                return Err(format!(
+                    "<{name}> has no attribute `{key}`: it is not a primitive, so it takes only \
+                     `id` and `url`, its values in child elements"
+                ));
+            }
+            Frame::Object { name, .. } | Frame::Slot { name, .. } => {
+                return Err(format!(
+                    "<{name}> has no attribute `{key}` (a resource's id is its <id value=\"...\"/>)"
+                ));
+            }
         }
     }
     Ok(frame)
 }
 
 /// A primitive's `value` attribute in its JSON type (FHIR JSON: booleans, integers and
-/// decimals are JSON literals and numbers; `integer64` and the rest are strings).
+/// decimals are JSON literals and numbers; `integer64` and the rest are strings). White space
+/// around the value of any type but `string` and `markdown` is dropped, as the FHIR schema's
+/// XML types (`xs:boolean`, `xs:int`, `xs:token`...) collapse it; an integer is FHIR's 32-bit
+/// one, in its written form (`-?(0|[1-9][0-9]*)`), and in its type's range.
 fn typed(type_name: &str, element: &str, value: &str) -> Result<Value, String> {
     let bad = || format!("`{value}` is not a FHIR {type_name}, as <{element}> needs");
+    let kept = match type_name {
+        "string" | "markdown" => value,
+        _ => value.trim_matches([' ', '\t', '\r', '\n']),
+    };
     match type_name {
-        "boolean" => match value {
+        "boolean" => match kept {
             "true" => Ok(Value::Bool(true)),
             "false" => Ok(Value::Bool(false)),
             _ => Err(bad()),
         },
         "integer" | "positiveInt" | "unsignedInt" => {
-            value.parse::<i64>().map(Value::from).map_err(|_| bad())
+            let digits = kept.strip_prefix('-').unwrap_or(kept);
+            let written = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0'));
+            let n = written
+                .then(|| kept.parse::<i32>().ok())
+                .flatten()
+                .ok_or_else(bad)?;
+            let least = match type_name {
+                "positiveInt" => 1,
+                "unsignedInt" => 0,
+                _ => i32::MIN,
+            };
+            if n < least {
+                return Err(bad());
+            }
+            Ok(Value::from(n))
         }
-        "decimal" => match serde_json::from_str::<Value>(value) {
+        "decimal" => match serde_json::from_str::<Value>(kept) {
             Ok(n @ Value::Number(_)) => Ok(n),
             _ => Err(bad()),
         },
-        _ => Ok(Value::String(value.to_owned())),
+        _ => Ok(Value::String(kept.to_owned())),
     }
 }
 

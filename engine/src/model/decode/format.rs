@@ -113,7 +113,7 @@ pub enum DecodeError {
         column: usize,
         message: String,
     },
-    #[error("CSV record {record} (line {line}): {message}")]
+    #[error("CSV {} (line {line}): {message}", csv_place(*.record))]
     Csv {
         record: usize,
         line: usize,
@@ -134,6 +134,15 @@ pub enum DecodeError {
     },
     #[error("more than {max} values (the `maxValues` cap)")]
     TooManyValues { max: usize },
+}
+
+/// A CSV error's place: the header row is record 0, the data rows count from 1.
+fn csv_place(record: usize) -> String {
+    if record == 0 {
+        "header".to_owned()
+    } else {
+        format!("record {record}")
+    }
 }
 
 impl Format {

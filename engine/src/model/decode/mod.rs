@@ -34,6 +34,13 @@ pub fn decode(format: &Format, bytes: &[u8], limits: Limits) -> Result<Value, De
     }
 }
 
+/// An error when a quoted field of CSV `text` is left open (the `csv` crate reads it to the
+/// end of the text, swallowing every row after it): for other readers of CSV, such as code
+/// tables.
+pub(crate) fn csv_open_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
+    csv::unterminated_quote(text, f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::text::text;

@@ -1,4 +1,5 @@
-//! NDJSON: one JSON value per line (blank lines skipped); the document is the array of them.
+//! NDJSON: one JSON value per line (blank lines skipped, a byte-order mark at a line's start
+//! dropped); the document is the array of them.
 
 use serde_json::Value;
 
@@ -13,6 +14,8 @@ pub(super) fn decode(bytes: &[u8], limits: Limits) -> Result<Value, DecodeError>
     let mut out = Vec::new();
     for (i, line) in text.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
+        // Files joined with `cat` carry each one's byte-order mark at the start of a line.
+        let line = line.strip_prefix('\u{feff}').unwrap_or(line);
         if line.trim().is_empty() {
             continue;
         }

@@ -17,11 +17,16 @@ pub(crate) fn json_reason(e: &serde_json::Error) -> String {
 }
 
 /// The text of `bytes` in `encoding`, a byte-order mark dropped; malformed bytes are an
-/// error naming their place (never replaced silently).
+/// error naming their place (never replaced silently). A byte-order mark (UTF-8, UTF-16LE or
+/// UTF-16BE) says what the bytes are whatever the declared encoding, as browsers and XML
+/// readers take it: Excel's "Unicode text" is UTF-16 with its mark, and a UTF-8 export
+/// declared `windows-1252` would otherwise read its mark and every accent as mojibake.
 pub(crate) fn text(bytes: &[u8], encoding: TextEncoding) -> Result<Cow<'_, str>, DecodeError> {
-    let enc = encoding.0;
+    let (enc, bytes) = match encoding_rs::Encoding::for_bom(bytes) {
+        Some((bom, len)) => (bom, &bytes[len..]),
+        None => (encoding.0, bytes),
+    };
     if enc == encoding_rs::UTF_8 {
-        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         return match std::str::from_utf8(bytes) {
             Ok(s) => Ok(Cow::Borrowed(s)),
             Err(e) => Err(bad_encoding(bytes, e.valid_up_to(), enc)),

@@ -20,6 +20,31 @@ struct Frame {
     obj: Map<String, Value>,
     text: String,
     children: bool,
+    /// A child element came since the last text: the next piece is a new word.
+    gap: bool,
+}
+
+impl Frame {
+    /// Adds a piece of text. Pieces that a child element parts (`Take <b>two</b> daily`) are
+    /// joined by one space, whatever white space was around the child; pieces of one run
+    /// (text, an entity, CDATA) are joined as they are.
+    fn push_text(&mut self, piece: &str) {
+        if self.gap {
+            let piece = piece.trim_start();
+            if piece.is_empty() {
+                return;
+            }
+            let kept = self.text.trim_end().len();
+            self.text.truncate(kept);
+            if !self.text.is_empty() {
+                self.text.push(' ');
+            }
+            self.gap = false;
+            self.text.push_str(piece);
+        } else {
+            self.text.push_str(piece);
+        }
+    }
 }
 
 /// Decodes XML into the root element's JSON, or the array of the records at `f.records`.
@@ -34,6 +59,7 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
     let mut building: Vec<(String, Frame)> = Vec::new();
     let mut records = Vec::new();
     let mut root: Option<Value> = None;
+    let mut seen_root = false;
     let at = |offset: u64, message: String| xml_error(src, offset, message);
     loop {
         // Errors of an event are placed where it starts.
@@ -55,6 +81,15 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
                     ns.map_err(|p| at(before, format!("undeclared namespace prefix `{p}`")))?;
                 let empty = matches!(event, Event::Empty(_));
                 let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if path.is_empty() {
+                    if seen_root {
+                        return Err(at(
+                            before,
+                            format!("a second root element, <{local}>: a document has one"),
+                        ));
+                    }
+                    seen_root = true;
+                }
                 path.push((ns, local.clone()));
                 if path.len() > MAX_DEPTH {
                     return Err(at(
@@ -80,6 +115,7 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
                     let frame = frame(e, &mut budget).map_err(|m| at(before, m))?;
                     if let Some((_, parent)) = building.last_mut() {
                         parent.children = true;
+                        parent.gap = true;
                     }
                     building.push((local, frame));
                 }
@@ -91,13 +127,24 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
             Event::Text(t) => {
                 if let Some((_, frame)) = building.last_mut() {
                     let s = t.xml_content().map_err(|e| at(before, e.to_string()))?;
-                    frame.text.push_str(&s);
+                    frame.push_text(&s);
+                } else if path.is_empty() {
+                    // Placed at its first character, past the line break before it.
+                    let raw: &[u8] = AsRef::<[u8]>::as_ref(&*t);
+                    if let Some(lead) = raw.iter().position(|b| !b.is_ascii_whitespace()) {
+                        return Err(at(
+                            before + lead as u64,
+                            "text outside the root element".into(),
+                        ));
+                    }
                 }
             }
             Event::CData(t) => {
                 if let Some((_, frame)) = building.last_mut() {
                     let s = t.xml_content().map_err(|e| at(before, e.to_string()))?;
-                    frame.text.push_str(&s);
+                    frame.push_text(&s);
+                } else if path.is_empty() {
+                    return Err(at(before, "text outside the root element".into()));
                 }
             }
             Event::GeneralRef(r) => {
@@ -117,7 +164,9 @@ pub(super) fn decode(f: &XmlFormat, bytes: &[u8], limits: Limits) -> Result<Valu
                     Err(e) => return Err(at(before, e.to_string())),
                 };
                 if let Some((_, frame)) = building.last_mut() {
-                    frame.text.push_str(&resolved);
+                    frame.push_text(&resolved);
+                } else if path.is_empty() {
+                    return Err(at(before, "text outside the root element".into()));
                 }
             }
             Event::DocType(d) => {
@@ -166,12 +215,21 @@ fn frame(e: &BytesStart<'_>, budget: &mut Budget) -> Result<Frame, String> {
         })?;
         budget.take(2).map_err(|e| e.to_string())?;
         let name = format!("@{}", String::from_utf8_lossy(key.local_name().as_ref()));
+        // `a` and `x:a` share a key: the second would replace the first without a word.
+        if obj.contains_key(&name) {
+            return Err(format!(
+                "two attributes named `{}` (in different namespaces): their JSON key `{name}` \
+                 would hold only one",
+                &name[1..]
+            ));
+        }
         obj.insert(name, Value::String(value.into_owned()));
     }
     Ok(Frame {
         obj,
         text: String::new(),
         children: false,
+        gap: false,
     })
 }
 

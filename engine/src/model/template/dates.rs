@@ -227,12 +227,22 @@ pub fn parse_with(
     };
     let reading = match kind(format)? {
         Kind::Unix { millis } => Reading::At(
-            epoch(s, millis).ok_or_else(|| {
-                no_match(format!(
-                    "expected a whole number of {} since 1970",
-                    if millis { "milliseconds" } else { "seconds" }
-                ))
-            })?,
+            match epoch(s, millis) {
+                Epoch::At(t) => t,
+                // A whole number too large for any calendar: outside FHIR's years.
+                Epoch::OutOfRange => {
+                    return Err(DateFormatError::OutOfRange {
+                        input: crate::model::template::text::shown(s),
+                        format: format.to_owned(),
+                    });
+                }
+                Epoch::NotANumber => {
+                    return Err(no_match(format!(
+                        "expected a whole number of {} since 1970",
+                        if millis { "milliseconds" } else { "seconds" }
+                    )));
+                }
+            },
             false,
         ),
         Kind::Pattern(f) => {
@@ -276,25 +286,40 @@ pub fn parse_with(
 
 fn year_of(p: &Parsed) -> Option<i32> {
     p.year().or_else(|| {
-        // A two-digit year alone (`%y`): 69-99 are 19xx, 00-68 are 20xx, as chrono reads it.
+        // A two-digit year alone (`%y`): 70-99 are 19xx, 00-69 are 20xx, as chrono reads it
+        // in a full date, so `%m/%y` and `%d.%m.%y` read `69` as the same year.
         let m = p.year_mod_100()?;
-        let c = p.year_div_100().unwrap_or(if m < 69 { 20 } else { 19 });
+        let c = p.year_div_100().unwrap_or(if m < 70 { 20 } else { 19 });
         Some(c * 100 + m)
     })
 }
 
-fn epoch(s: &str, millis: bool) -> Option<DateTime<FixedOffset>> {
+/// What a Unix time reads as.
+enum Epoch {
+    At(DateTime<FixedOffset>),
+    /// A whole number, but of a time no calendar holds.
+    OutOfRange,
+    NotANumber,
+}
+
+fn epoch(s: &str, millis: bool) -> Epoch {
     let digits = s.strip_prefix('-').unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 16 {
-        return None;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Epoch::NotANumber;
     }
-    let n: i64 = s.parse().ok()?;
-    let t = if millis {
-        DateTime::from_timestamp_millis(n)?
-    } else {
-        DateTime::from_timestamp(n, 0)?
+    // 16 digits of seconds or milliseconds are past year 9999 already.
+    let Some(n) = (digits.len() <= 16)
+        .then(|| s.parse::<i64>().ok())
+        .flatten()
+    else {
+        return Epoch::OutOfRange;
     };
-    Some(t.fixed_offset())
+    let t = if millis {
+        DateTime::from_timestamp_millis(n)
+    } else {
+        DateTime::from_timestamp(n, 0)
+    };
+    t.map_or(Epoch::OutOfRange, |t| Epoch::At(t.fixed_offset()))
 }
 
 fn write(

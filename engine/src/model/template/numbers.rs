@@ -20,7 +20,7 @@ pub enum NumberError {
     Expected(&'static str),
     #[error("division by zero")]
     DivisionByZero,
-    #[error("the result is too large for a decimal of 28 digits")]
+    #[error("the number is too large for a decimal of 28 digits")]
     Overflow,
     #[error("the places to round to must be a whole number from 0 to {MAX_PLACES}, found `{0}`")]
     Places(String),
@@ -43,13 +43,16 @@ pub fn decimal(v: &Value) -> Result<Decimal, NumberError> {
         Value::String(s) => s.trim().to_owned(),
         other => return Err(NumberError::Expected(crate::model::fhir::kind(other))),
     };
-    let digits = text.trim_start_matches(['-', '+']);
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(&text);
     let plain = !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
         && digits.bytes().filter(|b| *b == b'.').count() <= 1
         && digits != ".";
     let parsed = if plain {
-        Decimal::from_str_exact(&text).or_else(|_| Decimal::from_str(&text))
+        // Digits that no 28-digit decimal holds are a number all the same: say so.
+        return Decimal::from_str_exact(&text)
+            .or_else(|_| Decimal::from_str(&text))
+            .map_err(|_| NumberError::Overflow);
     } else if text.contains(['e', 'E']) && text.len() <= 40 {
         Decimal::from_scientific(&text)
     } else {

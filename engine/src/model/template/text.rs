@@ -244,12 +244,15 @@ pub fn pad(s: &str, width: usize, fill: char, left: bool) -> Result<String, Text
 }
 
 /// Each word's first letter in upper case and the rest in lower case (`mARIA von TRAPP` ->
-/// `Maria Von Trapp`); words are separated by anything that is not a letter or digit.
+/// `Maria Von Trapp`); words are separated by anything that is not a letter, a digit or a
+/// combining mark (text in decomposed form writes `é` as `e` and U+0301, inside its word).
 pub fn title(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut start = true;
     for c in s.chars() {
-        if c.is_alphanumeric() {
+        if combining(c) {
+            out.push(c);
+        } else if c.is_alphanumeric() {
             if start {
                 out.extend(c.to_uppercase());
             } else {
@@ -262,6 +265,19 @@ pub fn title(s: &str) -> String {
         }
     }
     out
+}
+
+/// Whether `c` is a combining mark of the blocks that accent letters (diacritical marks and
+/// their supplements and extensions, those for symbols, and the half marks).
+fn combining(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0300}'..='\u{036F}'
+            | '\u{1AB0}'..='\u{1AFF}'
+            | '\u{1DC0}'..='\u{1DFF}'
+            | '\u{20D0}'..='\u{20FF}'
+            | '\u{FE20}'..='\u{FE2F}'
+    )
 }
 
 /// The first character in upper case, the rest as it is.

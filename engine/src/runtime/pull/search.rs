@@ -158,8 +158,9 @@ impl PullRuntime {
         if !failures.is_empty() && failures.len() == clients.len() {
             return Err(all_failed(&failures));
         }
-        let more =
-            matches.len() > q.count || total.is_some_and(|t| t > (q.offset + q.count) as u64);
+        // `_count=0` asks for no entries: a `next` link would name this same page again.
+        let more = q.count > 0
+            && (matches.len() > q.count || total.is_some_and(|t| t > (q.offset + q.count) as u64));
         matches.truncate(q.count);
         let total = if failures.is_empty() { total } else { None };
         let matches = matches
