@@ -646,3 +646,82 @@ mod tests {
         );
     }
 }
+
+/// A searchset Bundle whose matches are resources already written as JSON text (a mapping's
+/// `Written`), serialised without turning them back into values. Members in the order FHIR
+/// servers write them: `resourceType`, `type`, `total` (when known), `link`, `entry` (when
+/// there is one: the matches, each with its `fullUrl` when it has one, then the outcomes).
+#[derive(Debug)]
+pub struct Searchset {
+    pub total: Option<u64>,
+    pub links: Vec<Value>,
+    pub matches: Vec<(Option<String>, Box<serde_json::value::RawValue>)>,
+    pub outcomes: Vec<Value>,
+}
+
+impl serde::Serialize for Searchset {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+
+        /// `{"fullUrl"?, "resource", "search": {"mode"}}`.
+        struct Entry<'a, R: serde::Serialize> {
+            full_url: Option<&'a str>,
+            resource: &'a R,
+            mode: &'static str,
+        }
+        impl<R: serde::Serialize> serde::Serialize for Entry<'_, R> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(None)?;
+                if let Some(u) = self.full_url {
+                    m.serialize_entry("fullUrl", u)?;
+                }
+                m.serialize_entry("resource", self.resource)?;
+                m.serialize_entry("search", &Mode(self.mode))?;
+                m.end()
+            }
+        }
+        struct Mode(&'static str);
+        impl serde::Serialize for Mode {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("mode", self.0)?;
+                m.end()
+            }
+        }
+        struct Entries<'a>(&'a Searchset);
+        impl serde::Serialize for Entries<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let b = self.0;
+                let mut seq = s.serialize_seq(Some(b.matches.len() + b.outcomes.len()))?;
+                for (full_url, resource) in &b.matches {
+                    seq.serialize_element(&Entry {
+                        full_url: full_url.as_deref(),
+                        resource,
+                        mode: "match",
+                    })?;
+                }
+                for o in &b.outcomes {
+                    seq.serialize_element(&Entry {
+                        full_url: None,
+                        resource: o,
+                        mode: "outcome",
+                    })?;
+                }
+                seq.end()
+            }
+        }
+
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("resourceType", "Bundle")?;
+        m.serialize_entry("type", "searchset")?;
+        if let Some(t) = self.total {
+            m.serialize_entry("total", &t)?;
+        }
+        m.serialize_entry("link", &self.links)?;
+        if !self.matches.is_empty() || !self.outcomes.is_empty() {
+            m.serialize_entry("entry", &Entries(self))?;
+        }
+        m.end()
+    }
+}
