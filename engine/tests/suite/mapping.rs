@@ -169,9 +169,10 @@ fn written_json_and_values_agree_on_every_fixture() {
         let written = connector
             .write_records_with(mapping, selected, &params)
             .expect("maps to JSON text");
-        let want: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
-                .expect("expected.json");
+        let want: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("expected.json")).expect("expected.json"),
+        )
+        .expect("expected.json");
         // Member order counts: compare the texts of the values, not the values.
         let texts: Vec<String> = written.iter().map(|w| w.json.get().to_owned()).collect();
         let value_texts: Vec<String> = values.iter().map(Value::to_string).collect();
