@@ -84,7 +84,7 @@ fn main() {
                 // What the pull route does per record: each resource written as JSON
                 // text (with its `Type/id` for the `fullUrl`), no `Value` built.
                 for r in mapping.write(input).expect("maps") {
-                    bytes += r.json.get().len() + r.local.map_or(0, |l| l.len());
+                    bytes += r.json.len() + r.local.map_or(0, |l| l.len());
                 }
             }
             bytes

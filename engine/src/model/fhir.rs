@@ -648,80 +648,72 @@ mod tests {
 }
 
 /// A searchset Bundle whose matches are resources already written as JSON text (a mapping's
-/// `Written`), serialised without turning them back into values. Members in the order FHIR
-/// servers write them: `resourceType`, `type`, `total` (when known), `link`, `entry` (when
-/// there is one: the matches, each with its `fullUrl` when it has one, then the outcomes).
+/// `Written`), written around them without turning them back into values. Members in the
+/// order FHIR servers write them: `resourceType`, `type`, `total` (when known), `link`,
+/// `entry` (when there is one: the matches, each with its `fullUrl` when it has one, then the
+/// outcomes); compact, as `serde_json::to_vec` writes a `Value`.
 #[derive(Debug)]
 pub struct Searchset {
     pub total: Option<u64>,
     pub links: Vec<Value>,
-    pub matches: Vec<(Option<String>, Box<serde_json::value::RawValue>)>,
+    /// Each match's `fullUrl` and its resource as JSON text (one JSON object).
+    pub matches: Vec<(Option<String>, String)>,
     pub outcomes: Vec<Value>,
 }
 
-impl serde::Serialize for Searchset {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-
-        /// `{"fullUrl"?, "resource", "search": {"mode"}}`.
-        struct Entry<'a, R: serde::Serialize> {
-            full_url: Option<&'a str>,
-            resource: &'a R,
-            mode: &'static str,
-        }
-        impl<R: serde::Serialize> serde::Serialize for Entry<'_, R> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(None)?;
-                if let Some(u) = self.full_url {
-                    m.serialize_entry("fullUrl", u)?;
-                }
-                m.serialize_entry("resource", self.resource)?;
-                m.serialize_entry("search", &Mode(self.mode))?;
-                m.end()
-            }
-        }
-        struct Mode(&'static str);
-        impl serde::Serialize for Mode {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("mode", self.0)?;
-                m.end()
-            }
-        }
-        struct Entries<'a>(&'a Searchset);
-        impl serde::Serialize for Entries<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                use serde::ser::SerializeSeq;
-                let b = self.0;
-                let mut seq = s.serialize_seq(Some(b.matches.len() + b.outcomes.len()))?;
-                for (full_url, resource) in &b.matches {
-                    seq.serialize_element(&Entry {
-                        full_url: full_url.as_deref(),
-                        resource,
-                        mode: "match",
-                    })?;
-                }
-                for o in &b.outcomes {
-                    seq.serialize_element(&Entry {
-                        full_url: None,
-                        resource: o,
-                        mode: "outcome",
-                    })?;
-                }
-                seq.end()
-            }
-        }
-
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("resourceType", "Bundle")?;
-        m.serialize_entry("type", "searchset")?;
+impl Searchset {
+    /// The Bundle as JSON text.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let size: usize = self
+            .matches
+            .iter()
+            .map(|(u, r)| r.len() + u.as_ref().map_or(0, String::len) + 64)
+            .sum();
+        let mut out = Vec::with_capacity(size + 256);
+        out.extend_from_slice(br#"{"resourceType":"Bundle","type":"searchset""#);
         if let Some(t) = self.total {
-            m.serialize_entry("total", &t)?;
+            out.extend_from_slice(format!(r#","total":{t}"#).as_bytes());
         }
-        m.serialize_entry("link", &self.links)?;
+        out.extend_from_slice(br#","link":"#);
+        write_json(&mut out, &self.links);
         if !self.matches.is_empty() || !self.outcomes.is_empty() {
-            m.serialize_entry("entry", &Entries(self))?;
+            out.extend_from_slice(br#","entry":["#);
+            let mut first = true;
+            for (full_url, resource) in &self.matches {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.push(b'{');
+                if let Some(u) = full_url {
+                    out.extend_from_slice(br#""fullUrl":"#);
+                    write_json(&mut out, u);
+                    out.push(b',');
+                }
+                out.extend_from_slice(br#""resource":"#);
+                out.extend_from_slice(resource.as_bytes());
+                out.extend_from_slice(br#","search":{"mode":"match"}}"#);
+            }
+            for o in &self.outcomes {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(br#"{"resource":"#);
+                write_json(&mut out, o);
+                out.extend_from_slice(br#","search":{"mode":"outcome"}}"#);
+            }
+            out.push(b']');
         }
-        m.end()
+        out.push(b'}');
+        out
+    }
+}
+
+/// Appends a value as compact JSON (writing to memory cannot fail, nor can a `Value` or a
+/// string be refused by the serialiser).
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    if serde_json::to_writer(&mut *out, v).is_err() {
+        out.extend_from_slice(b"null");
     }
 }

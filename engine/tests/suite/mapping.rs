@@ -174,7 +174,7 @@ fn written_json_and_values_agree_on_every_fixture() {
         )
         .expect("expected.json");
         // Member order counts: compare the texts of the values, not the values.
-        let texts: Vec<String> = written.iter().map(|w| w.json.get().to_owned()).collect();
+        let texts: Vec<String> = written.iter().map(|w| w.json.clone()).collect();
         let value_texts: Vec<String> = values.iter().map(Value::to_string).collect();
         if texts != value_texts {
             failures.push(format!(
@@ -253,7 +253,7 @@ fn written_json_prunes_selected_structure_as_values_do() {
             connector.write_records_with(connector.mapping.as_ref(), selected, &Value::Null);
         match (values, written) {
             (Ok(values), Ok(written)) => {
-                let texts: Vec<&str> = written.iter().map(|w| w.json.get()).collect();
+                let texts: Vec<&str> = written.iter().map(|w| w.json.as_str()).collect();
                 let value_texts: Vec<String> = values.iter().map(Value::to_string).collect();
                 assert_eq!(texts, value_texts, "record {record}");
                 assert!(
@@ -269,4 +269,65 @@ fn written_json_prunes_selected_structure_as_values_do() {
         }
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The searchset written around resources already written as text is, byte for byte, the
+/// compact JSON of the same Bundle built as a value (members in the same order), with or
+/// without a total, matches, `fullUrl`s or outcomes, and with text that needs escaping.
+#[test]
+fn searchset_written_around_resources_is_the_bundle_value_s_json() {
+    use engine::model::fhir::Searchset;
+    use serde_json::json;
+    let resource =
+        json!({"resourceType": "Patient", "id": "p\"1", "name": [{"text": "Zoë \u{1F600} \\ \n"}]});
+    let outcome = json!({"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "timeout", "diagnostics": "source `a\"b` </script>"}]});
+    let links = vec![
+        json!({"relation": "self", "url": "http://127.0.0.1:1/fhir/x/Patient?name=%22a"}),
+        json!({"relation": "next", "url": "http://127.0.0.1:1/fhir/x/Patient?_offset=2"}),
+    ];
+    for (total, with_url, matches, outcomes) in [
+        (Some(2), true, 2, 1),
+        (None, false, 1, 0),
+        (Some(0), false, 0, 0),
+        (None, true, 0, 2),
+    ] {
+        let url = with_url.then(|| "http://h/fhir/x/Patient/p\"1".to_owned());
+        let bundle = Searchset {
+            total,
+            links: links.clone(),
+            matches: (0..matches)
+                .map(|_| (url.clone(), resource.to_string()))
+                .collect(),
+            outcomes: vec![outcome.clone(); outcomes],
+        };
+        let mut entries: Vec<Value> = (0..matches)
+            .map(|_| {
+                let mut e = serde_json::Map::new();
+                if let Some(u) = &url {
+                    e.insert("fullUrl".into(), json!(u));
+                }
+                e.insert("resource".into(), resource.clone());
+                e.insert("search".into(), json!({"mode": "match"}));
+                Value::Object(e)
+            })
+            .collect();
+        entries.extend(
+            (0..outcomes).map(|_| json!({"resource": outcome, "search": {"mode": "outcome"}})),
+        );
+        let mut b = serde_json::Map::new();
+        b.insert("resourceType".into(), json!("Bundle"));
+        b.insert("type".into(), json!("searchset"));
+        if let Some(t) = total {
+            b.insert("total".into(), json!(t));
+        }
+        b.insert("link".into(), Value::Array(links.clone()));
+        if !entries.is_empty() {
+            b.insert("entry".into(), Value::Array(entries));
+        }
+        let want = serde_json::to_vec(&Value::Object(b)).expect("json");
+        assert_eq!(
+            String::from_utf8(bundle.to_vec()).expect("utf-8"),
+            String::from_utf8(want).expect("utf-8")
+        );
+    }
 }

@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use crate::model::fhir;
 use crate::model::template::{Table, Templates};
@@ -84,9 +83,16 @@ impl Mapping {
                     (Some(t), Some(id)) => Some(format!("{t}/{id}")),
                     _ => None,
                 };
+                // Sized for a usual resource: one allocation, not a few as it grows.
+                let mut json = Vec::with_capacity(WRITE_CAPACITY);
+                serde_json::to_writer(&mut json, r).map_err(|e| MapError {
+                    rule: self.root.rule.to_string(),
+                    input: None,
+                    message: format!("could not be written as JSON: {e}"),
+                })?;
                 Ok(Written {
                     local,
-                    json: serde_json::value::to_raw_value(r).map_err(|e| MapError {
+                    json: String::from_utf8(json).map_err(|e| MapError {
                         rule: self.root.rule.to_string(),
                         input: None,
                         message: format!("could not be written as JSON: {e}"),
@@ -129,15 +135,19 @@ impl Mapping {
 #[derive(Debug)]
 pub struct Written {
     pub local: Option<String>,
-    pub json: Box<RawValue>,
+    /// The resource as compact JSON text (one object).
+    pub json: String,
 }
+
+/// The room a written resource starts with.
+const WRITE_CAPACITY: usize = 512;
 
 impl Written {
     /// A resource that is already a JSON value (a record taken as it is).
     pub fn of_value(resource: &Value) -> Result<Written, serde_json::Error> {
         Ok(Written {
             local: fhir::local_reference(resource),
-            json: serde_json::value::to_raw_value(resource)?,
+            json: serde_json::to_string(resource)?,
         })
     }
 }

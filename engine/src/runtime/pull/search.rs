@@ -5,7 +5,6 @@
 
 use futures_util::future::join_all;
 use reqwest::Method;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{PullRuntime, RequestInfo, Scope, SourceError, all_failed, mapping_failure};
@@ -62,11 +61,7 @@ impl PullRuntime {
         if q.matches_nothing {
             // A token of a system this parameter answers empty for: no source can match.
             let bundle = searchset(info, q, Vec::new(), Vec::new(), Some(0), false);
-            return Ok(Answer::new(
-                200,
-                serde_json::to_vec(&bundle).unwrap_or_default(),
-                true,
-            ));
+            return Ok(Answer::new(200, bundle.to_vec(), true));
         }
         let want = q.count + 1;
         let mapping = self.connector.mapping_for(res, Interaction::Search);
@@ -169,11 +164,7 @@ impl PullRuntime {
             .map(|(source, r)| (self.full_url_of(info, source, r.local.as_deref()), r.json))
             .collect();
         let bundle = searchset(info, q, matches, outcomes, total, more);
-        Ok(Answer::new(
-            200,
-            serde_json::to_vec(&bundle).unwrap_or_default(),
-            failures.is_empty(),
-        ))
+        Ok(Answer::new(200, bundle.to_vec(), failures.is_empty()))
     }
 }
 
@@ -203,7 +194,7 @@ fn fhir_search_call(client: &SourceClient, resource_type: &str, params: &Value) 
 fn searchset(
     info: &RequestInfo,
     q: &SearchQuery,
-    matches: Vec<(Option<String>, Box<RawValue>)>,
+    matches: Vec<(Option<String>, String)>,
     outcomes: Vec<Value>,
     total: Option<u64>,
     more: bool,
