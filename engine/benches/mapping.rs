@@ -2,7 +2,8 @@
 //! MedicinalProductDefinition, `examples/drug-labels`), against plain serde_json parse plus
 //! serialise of the same records in the same run: three interleaved repetitions, each the
 //! best of a few rounds per side. Prints both rates and the ratio of times (median and
-//! spread), as a `ratio:` line that `scripts/bench.sh` collects.
+//! spread), as a `ratio:` line that `scripts/bench.sh` collects. The mapping side runs what
+//! the pull route runs per record (`Mapping::write`: resources written as JSON text).
 //! Run: `cargo bench -p engine --bench mapping`.
 
 #[path = "example/mod.rs"]
@@ -65,8 +66,11 @@ fn main() {
                     vars: &connector.vars,
                     params: &params,
                 };
-                let out = mapping.apply(input).expect("maps");
-                bytes += serde_json::to_string(&out).expect("json").len();
+                // What the pull route does per record: each resource written as JSON
+                // text (with its `Type/id` for the `fullUrl`), no `Value` built.
+                for r in mapping.write(input).expect("maps") {
+                    bytes += r.json.len() + r.local.map_or(0, |l| l.len());
+                }
             }
             bytes
         })

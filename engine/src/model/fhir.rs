@@ -646,3 +646,74 @@ mod tests {
         );
     }
 }
+
+/// A searchset Bundle whose matches are resources already written as JSON text (a mapping's
+/// `Written`), written around them without turning them back into values. Members in the
+/// order FHIR servers write them: `resourceType`, `type`, `total` (when known), `link`,
+/// `entry` (when there is one: the matches, each with its `fullUrl` when it has one, then the
+/// outcomes); compact, as `serde_json::to_vec` writes a `Value`.
+#[derive(Debug)]
+pub struct Searchset {
+    pub total: Option<u64>,
+    pub links: Vec<Value>,
+    /// Each match's `fullUrl` and its resource as JSON text (one JSON object).
+    pub matches: Vec<(Option<String>, String)>,
+    pub outcomes: Vec<Value>,
+}
+
+impl Searchset {
+    /// The Bundle as JSON text.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let size: usize = self
+            .matches
+            .iter()
+            .map(|(u, r)| r.len() + u.as_ref().map_or(0, String::len) + 64)
+            .sum();
+        let mut out = Vec::with_capacity(size + 256);
+        out.extend_from_slice(br#"{"resourceType":"Bundle","type":"searchset""#);
+        if let Some(t) = self.total {
+            out.extend_from_slice(format!(r#","total":{t}"#).as_bytes());
+        }
+        out.extend_from_slice(br#","link":"#);
+        write_json(&mut out, &self.links);
+        if !self.matches.is_empty() || !self.outcomes.is_empty() {
+            out.extend_from_slice(br#","entry":["#);
+            let mut first = true;
+            for (full_url, resource) in &self.matches {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.push(b'{');
+                if let Some(u) = full_url {
+                    out.extend_from_slice(br#""fullUrl":"#);
+                    write_json(&mut out, u);
+                    out.push(b',');
+                }
+                out.extend_from_slice(br#""resource":"#);
+                out.extend_from_slice(resource.as_bytes());
+                out.extend_from_slice(br#","search":{"mode":"match"}}"#);
+            }
+            for o in &self.outcomes {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(br#"{"resource":"#);
+                write_json(&mut out, o);
+                out.extend_from_slice(br#","search":{"mode":"outcome"}}"#);
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+/// Appends a value as compact JSON (writing to memory cannot fail, nor can a `Value` or a
+/// string be refused by the serialiser).
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    if serde_json::to_writer(&mut *out, v).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}

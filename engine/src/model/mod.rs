@@ -746,6 +746,36 @@ impl Connector {
         selected: impl IntoIterator<Item = (String, &'a Value)>,
         params: &Value,
     ) -> Result<Vec<Value>, MapError> {
+        self.records_through(mapping, selected, params, Mapping::apply, |r| Ok(r.clone()))
+    }
+
+    /// What `map_records_with` makes, each resource written as JSON text directly (the
+    /// same evaluation, without building `Value`s): for answers that only send them.
+    pub fn write_records_with<'a>(
+        &self,
+        mapping: Option<&Mapping>,
+        selected: impl IntoIterator<Item = (String, &'a Value)>,
+        params: &Value,
+    ) -> Result<Vec<mapping::Written>, MapError> {
+        self.records_through(mapping, selected, params, Mapping::write, |r| {
+            mapping::Written::of_value(r).map_err(|e| MapError {
+                rule: "spec".into(),
+                input: None,
+                message: format!("could not be written as JSON: {e}"),
+            })
+        })
+    }
+
+    /// Records already selected, Bundles split when asked, each through `map` (with
+    /// `mapping`) or, without a mapping, taken as a resource by `take`.
+    fn records_through<'a, T>(
+        &self,
+        mapping: Option<&Mapping>,
+        selected: impl IntoIterator<Item = (String, &'a Value)>,
+        params: &Value,
+        map: impl Fn(&Mapping, Input<'_>) -> Result<Vec<T>, MapError>,
+        take: impl Fn(&Value) -> Result<T, MapError>,
+    ) -> Result<Vec<T>, MapError> {
         let mut out = Vec::new();
         for (path, record) in selected {
             let split;
@@ -769,7 +799,7 @@ impl Connector {
                             vars: &self.vars,
                             params,
                         };
-                        out.extend(m.apply(input).map_err(|mut e| {
+                        out.extend(map(m, input).map_err(|mut e| {
                             e.input = Some(match e.input.take() {
                                 Some(inner) => format!("{path}{}", inner.trim_start_matches('$')),
                                 None => path.clone(),
@@ -778,7 +808,7 @@ impl Connector {
                         })?);
                     }
                     None if r.get("resourceType").is_some_and(Value::is_string) => {
-                        out.push(r.clone())
+                        out.push(take(r)?)
                     }
                     None => {
                         return Err(MapError {

@@ -1,32 +1,36 @@
 //! Evaluation of compiled templates per record: the scope (record, current element, `$each`
 //! bindings, input paths for errors), the operators' semantics, pruning and conversions.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use handlebars::Context;
 use serde_json::{Map, Value};
 
+use super::output::Out;
 use super::tree::{Conversion, Expr, Input, Kind, MapError};
 use crate::model::fhir;
 use crate::model::jsonpath::{Query, Single};
 use crate::model::template::{Table, Templates};
 
 /// Where a mapping is evaluating: the record, the current element and the names bound by
-/// enclosing `$each`es, and how the current element was reached (for error paths).
-struct Scope<'a> {
-    input: Input<'a>,
-    templates: &'a Templates,
-    current: &'a Value,
+/// enclosing `$each`es, and how the current element was reached (for error paths). `'r` is
+/// what the values made may borrow (the input and the compiled mapping), `'s` the scope's
+/// links.
+struct Scope<'s, 'r> {
+    input: Input<'r>,
+    templates: &'s Templates,
+    current: &'r Value,
     index: Option<Value>,
-    bindings: Vec<(&'a str, &'a Value)>,
+    bindings: Vec<(&'r str, &'r Value)>,
     /// The enclosing scope, the query that selected the current element, and its position.
-    parent: Option<(&'a Scope<'a>, &'a Query, usize)>,
+    parent: Option<(&'s Scope<'s, 'r>, &'r Query, usize)>,
     context: OnceCell<Context>,
 }
 
-impl<'a> Scope<'a> {
-    fn new(input: Input<'a>, templates: &'a Templates) -> Self {
+impl<'s, 'r> Scope<'s, 'r> {
+    fn new(input: Input<'r>, templates: &'s Templates) -> Self {
         Scope {
             input,
             templates,
@@ -39,12 +43,12 @@ impl<'a> Scope<'a> {
     }
 
     fn child(
-        &'a self,
-        query: &'a Query,
-        current: &'a Value,
+        &'s self,
+        query: &'r Query,
+        current: &'r Value,
         index: usize,
-        name: Option<&'a str>,
-    ) -> Scope<'a> {
+        name: Option<&'r str>,
+    ) -> Scope<'s, 'r> {
         let mut bindings = self.bindings.clone();
         if let Some(n) = name {
             bindings.push((n, current));
@@ -62,8 +66,16 @@ impl<'a> Scope<'a> {
 
     /// A child scope over a value an expression made (not selected from the record, so it
     /// has no input path of its own).
-    fn derived(&'a self, current: &'a Value, index: usize, name: Option<&'a str>) -> Scope<'a> {
-        let mut bindings = self.bindings.clone();
+    fn derived<'t>(
+        &'t self,
+        current: &'t Value,
+        index: usize,
+        name: Option<&'t str>,
+    ) -> Scope<'t, 't>
+    where
+        'r: 't,
+    {
+        let mut bindings: Vec<(&'t str, &'t Value)> = self.bindings.clone();
         if let Some(n) = name {
             bindings.push((n, current));
         }
@@ -100,7 +112,7 @@ impl<'a> Scope<'a> {
     }
 }
 
-impl crate::model::template::Scope for Scope<'_> {
+impl crate::model::template::Scope for Scope<'_, '_> {
     fn value(&self, name: &str) -> Option<&Value> {
         match name {
             "record" => Some(self.input.record),
@@ -151,6 +163,12 @@ pub struct Evaluator<'a> {
 impl Evaluator<'_> {
     /// The value of an expression for one input; `None` when it is empty.
     pub fn evaluate(&self, e: &Expr, input: Input<'_>) -> Result<Option<Value>, MapError> {
+        Ok(self.made(e, input)?.map(Out::into_value))
+    }
+
+    /// What an expression makes for one input, borrowing from the input and the expression
+    /// (written as JSON directly, or turned into a `Value`); `None` when it is empty.
+    pub fn made<'r>(&self, e: &'r Expr, input: Input<'r>) -> Result<Option<Out<'r>>, MapError> {
         let scope = Scope::new(input, self.templates);
         self.eval(e, &scope)
     }
@@ -163,24 +181,24 @@ impl Evaluator<'_> {
         }
     }
 
-    fn eval(&self, e: &Expr, scope: &Scope<'_>) -> Result<Option<Value>, MapError> {
+    fn eval<'r>(&self, e: &'r Expr, scope: &Scope<'_, 'r>) -> Result<Option<Out<'r>>, MapError> {
         Ok(match &e.kind {
-            Kind::Literal(v) => Some(v.clone()).filter(|v| !fhir::is_empty(v)),
+            Kind::Literal(v) => (!fhir::is_empty(v)).then_some(Out::Literal(v)),
             Kind::Text(t) => {
                 let s = self
                     .templates
                     .render(t, scope)
                     .map_err(|m| self.fail(e, m))?;
-                Some(Value::String(s)).filter(|v| !fhir::is_empty(v))
+                Out::made(Value::String(s))
             }
             Kind::Object(fields) => {
-                let mut m = Map::with_capacity(fields.len());
+                let mut m = Vec::with_capacity(fields.len());
                 for (k, f) in fields {
                     if let Some(v) = self.eval(f, scope)? {
-                        m.insert(k.clone(), v);
+                        m.push((k.as_str(), v));
                     }
                 }
-                Some(Value::Object(m)).filter(|v| !fhir::is_empty(v))
+                (!m.is_empty()).then_some(Out::Object(m))
             }
             Kind::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
@@ -192,14 +210,15 @@ impl Evaluator<'_> {
                             self.each(query, name.as_deref(), body, scope, &mut out)?
                         }
                         Kind::Paths(query) => paths(query, scope, &mut out),
-                        Kind::EachOf { .. } => match self.eval(item, scope)? {
-                            Some(Value::Array(a)) => out.extend(a),
-                            other => out.extend(other),
-                        },
+                        Kind::EachOf { .. } => {
+                            if let Some(o) = self.eval(item, scope)? {
+                                o.splice_into(&mut out)
+                            }
+                        }
                         _ => out.extend(self.eval(item, scope)?),
                     }
                 }
-                Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
+                array(out)
             }
             Kind::Path { query, default } => {
                 match query.single(scope.input.record, scope.current) {
@@ -207,7 +226,7 @@ impl Evaluator<'_> {
                         Some(d) => self.eval(d, scope)?,
                         None => None,
                     },
-                    Single::One(one) => match (pruned(one), default) {
+                    Single::One(one) => match (Out::selected(one), default) {
                         (None, Some(d)) => self.eval(d, scope)?,
                         (value, _) => value,
                     },
@@ -227,35 +246,36 @@ impl Evaluator<'_> {
             Kind::Paths(query) => {
                 let mut out = Vec::new();
                 paths(query, scope, &mut out);
-                Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
+                array(out)
             }
             Kind::Each { query, name, body } => {
                 let mut out = Vec::new();
                 self.each(query, name.as_deref(), body, scope, &mut out)?;
-                Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
+                array(out)
             }
             Kind::EachOf { value, name, body } => {
                 let items = match self.eval(value, scope)? {
                     None => return Ok(None),
-                    Some(Value::Array(a)) => a,
-                    Some(one) => vec![one],
+                    Some(made) => match made.into_value() {
+                        Value::Array(a) => a,
+                        one => vec![one],
+                    },
                 };
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
                     let child = scope.derived(item, i, name.as_deref());
-                    match self.eval(body, &child)? {
-                        Some(Value::Array(a)) => out.extend(a),
-                        Some(v) => out.push(v),
-                        None => {}
+                    // What the body makes may borrow the items, made here: it is copied.
+                    if let Some(v) = self.eval(body, &child)? {
+                        v.into_owned().splice_into(&mut out);
                     }
                 }
-                Some(Value::Array(out)).filter(|v| !fhir::is_empty(v))
+                array(out)
             }
             Kind::Call { function, args } => {
                 let mut values = Vec::with_capacity(args.len());
                 for a in args {
                     match self.eval(a, scope)? {
-                        Some(v) => values.push(v),
+                        Some(v) => values.push(v.into_value()),
                         // A missing argument makes nothing, as a missing value does for
                         // `$date` or `$translate`.
                         None => return Ok(None),
@@ -269,7 +289,7 @@ impl Evaluator<'_> {
                         Some(first) => self.with_input(e, first, scope, m),
                         None => self.fail(e, m),
                     })?;
-                Some(value).filter(|v| !fhir::is_empty(v))
+                Out::made(value)
             }
             Kind::If {
                 query,
@@ -296,8 +316,9 @@ impl Evaluator<'_> {
                 default,
             } => match self.eval(value, scope)? {
                 None => None,
-                Some(v) => {
-                    let code = match &v {
+                Some(made) => {
+                    let v = view(&made);
+                    let code = match v.as_ref() {
                         Value::String(s) => s.clone(),
                         Value::Number(n) => n.to_string(),
                         Value::Bool(b) => b.to_string(),
@@ -319,37 +340,37 @@ impl Evaluator<'_> {
                     {
                         return self.eval(d, scope);
                     }
-                    Some(
+                    Out::made(
                         t.translate(table, &code)
                             .map_err(|m| self.with_input(e, value, scope, m))?,
                     )
-                    .filter(|v| !fhir::is_empty(v))
                 }
             },
             Kind::Date { value, time } => match self.eval(value, scope)? {
                 None => None,
-                Some(v) => {
+                Some(made) => {
+                    let v = view(&made);
                     let out = if *time {
                         fhir::date_time_in(&v, self.templates.zone())
                     } else {
                         fhir::date(&v)
                     };
-                    Some(Value::String(out.map_err(|m| {
+                    Some(Out::Made(Value::String(out.map_err(|m| {
                         self.with_input(e, value, scope, m.to_string())
-                    })?))
+                    })?)))
                 }
             },
             Kind::Instant { value } => match self.eval(value, scope)? {
                 None => None,
-                Some(v) => Some(Value::String(
-                    fhir::instant(&v, self.templates.zone())
+                Some(made) => Some(Out::Made(Value::String(
+                    fhir::instant(&view(&made), self.templates.zone())
                         .map_err(|m| self.with_input(e, value, scope, m.to_string()))?,
-                )),
+                ))),
             },
             Kind::Uuid(parts) => {
                 let mut texts = Vec::with_capacity(parts.len());
                 for p in parts {
-                    match self.eval(p, scope)? {
+                    match self.eval(p, scope)?.map(Out::into_value) {
                         Some(Value::String(s)) => texts.push(s),
                         Some(other) => texts.push(other.to_string()),
                         None => {
@@ -363,49 +384,52 @@ impl Evaluator<'_> {
                         }
                     }
                 }
-                Some(Value::String(fhir::uuid5(&texts)))
+                Some(Out::Made(Value::String(fhir::uuid5(&texts))))
             }
             Kind::Reference { resource_type, id } => match self.eval(id, scope)? {
                 None => None,
-                Some(Value::String(s)) => {
-                    Some(serde_json::json!({"reference": format!("{resource_type}/{s}")}))
-                }
-                Some(Value::Number(n)) => {
-                    Some(serde_json::json!({"reference": format!("{resource_type}/{n}")}))
-                }
-                Some(other) => {
-                    return Err(self.with_input(
-                        e,
-                        id,
-                        scope,
-                        format!("a reference id must be text, found {}", fhir::kind(&other)),
-                    ));
-                }
+                Some(made) => match view(&made).as_ref() {
+                    Value::String(s) => Some(Out::Made(
+                        serde_json::json!({"reference": format!("{resource_type}/{s}")}),
+                    )),
+                    Value::Number(n) => Some(Out::Made(
+                        serde_json::json!({"reference": format!("{resource_type}/{n}")}),
+                    )),
+                    other => {
+                        return Err(self.with_input(
+                            e,
+                            id,
+                            scope,
+                            format!("a reference id must be text, found {}", fhir::kind(other)),
+                        ));
+                    }
+                },
             },
             Kind::Convert { value, to } => match self.eval(value, scope)? {
                 None => None,
-                Some(v) => Some(convert(&v, *to).map_err(|m| self.with_input(e, value, scope, m))?),
+                Some(made) => Some(Out::Made(
+                    convert(&view(&made), *to).map_err(|m| self.with_input(e, value, scope, m))?,
+                )),
             },
         })
     }
 
     /// `$each`: the body evaluated for every selected element, its values (an array's
     /// elements) added to `out`.
-    fn each(
+    fn each<'r>(
         &self,
-        query: &Query,
-        name: Option<&str>,
-        body: &Expr,
-        scope: &Scope<'_>,
-        out: &mut Vec<Value>,
+        query: &'r Query,
+        name: Option<&'r str>,
+        body: &'r Expr,
+        scope: &Scope<'_, 'r>,
+        out: &mut Vec<Out<'r>>,
     ) -> Result<(), MapError> {
         let nodes = query.select(scope.input.record, scope.current);
         out.reserve(nodes.len());
         for (i, node) in nodes.into_iter().enumerate() {
             let child = scope.child(query, node, i, name);
             match self.eval(body, &child) {
-                Ok(Some(Value::Array(a))) => out.extend(a),
-                Ok(Some(v)) => out.push(v),
+                Ok(Some(v)) => v.splice_into(out),
                 Ok(None) => {}
                 Err(mut err) => {
                     if err.input.is_none() {
@@ -419,7 +443,13 @@ impl Evaluator<'_> {
     }
 
     /// An error with the input path of `source` when it is a query.
-    fn with_input(&self, e: &Expr, source: &Expr, scope: &Scope<'_>, message: String) -> MapError {
+    fn with_input(
+        &self,
+        e: &Expr,
+        source: &Expr,
+        scope: &Scope<'_, '_>,
+        message: String,
+    ) -> MapError {
         let input = match &source.kind {
             Kind::Path { query, .. } => scope.input_path(query, 0),
             _ => None,
@@ -432,35 +462,31 @@ impl Evaluator<'_> {
     }
 }
 
-/// `$paths`: copies of the selected values, without their empty parts, added to `out`.
-fn paths(query: &Query, scope: &Scope<'_>, out: &mut Vec<Value>) {
+/// An array of what was made, `None` when nothing was.
+fn array(items: Vec<Out<'_>>) -> Option<Out<'_>> {
+    (!items.is_empty()).then_some(Out::Array(items))
+}
+
+/// A made value as a JSON value for the operators that read one (`$date`, `$translate`,
+/// ...): borrowed when it is one already, else copied (a selected structure without its
+/// empty parts).
+fn view<'v>(made: &'v Out<'_>) -> Cow<'v, Value> {
+    match made {
+        Out::Made(v) => Cow::Borrowed(v),
+        Out::Literal(v) => Cow::Borrowed(v),
+        Out::Selected(v) if !v.is_object() && !v.is_array() => Cow::Borrowed(v),
+        other => Cow::Owned(other.clone().into_value()),
+    }
+}
+
+/// `$paths`: the selected values, without their empty parts, added to `out`.
+fn paths<'r>(query: &'r Query, scope: &Scope<'_, 'r>, out: &mut Vec<Out<'r>>) {
     out.extend(
         query
             .select(scope.input.record, scope.current)
             .into_iter()
-            .filter_map(pruned),
+            .filter_map(Out::selected),
     );
-}
-
-/// A copy of a selected value without its empty values, as FHIR allows none (`None` when
-/// nothing is left); only what is kept is copied.
-fn pruned(v: &Value) -> Option<Value> {
-    let v = match v {
-        Value::Object(o) => {
-            let mut m = Map::with_capacity(o.len());
-            for (k, c) in o {
-                if let Some(c) = pruned(c) {
-                    m.insert(k.clone(), c);
-                }
-            }
-            Value::Object(m)
-        }
-        Value::Array(a) => Value::Array(a.iter().filter_map(pruned).collect()),
-        Value::Null => return None,
-        Value::String(s) if s.is_empty() => return None,
-        other => other.clone(),
-    };
-    Some(v).filter(|v| !fhir::is_empty(v))
 }
 
 fn convert(v: &Value, to: Conversion) -> Result<Value, String> {

@@ -1,9 +1,12 @@
 //! Structural templates: the FHIR resource written as YAML, compiled once into an expression
 //! tree (JSONPath queries, Handlebars strings, operators) and evaluated per record. Output is
-//! built as a structure, never printed as JSON text, and empty values are left out.
+//! built as a structure (never by printing JSON text from templates), and empty values are
+//! left out.
 //!
 //! `tree.rs` defines the expression tree (which `config::mapping` compiles from YAML nodes);
-//! `eval.rs` evaluates it per record.
+//! `eval.rs` evaluates it per record into `output.rs`'s tree, which borrows its keys and the
+//! values it copies; that tree is written as JSON directly (`Mapping::resources`, where the
+//! result is only sent) or turned into `serde_json::Value`s (`Mapping::apply`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,9 +17,11 @@ use crate::model::fhir;
 use crate::model::template::{Table, Templates};
 
 mod eval;
+mod output;
 mod tree;
 
 pub use eval::Evaluator;
+pub use output::Out;
 pub use tree::{CompileError, Conversion, Expr, Input, Kind, MapError, is_resource_type};
 
 /// A connector's compiled mapping.
@@ -59,33 +64,90 @@ impl Mapping {
         types(&self.root, &mut out).then_some(out)
     }
 
-    /// The FHIR resources made from one record.
+    /// The FHIR resources made from one record, as JSON values.
     pub fn apply(&self, input: Input<'_>) -> Result<Vec<Value>, MapError> {
+        Ok(self
+            .resources(input)?
+            .into_iter()
+            .map(Out::into_value)
+            .collect())
+    }
+
+    /// The FHIR resources made from one record, each written as JSON text directly (no
+    /// `Value` built), with its `Type/id`: what the pull route's Bundle sends.
+    pub fn write(&self, input: Input<'_>) -> Result<Vec<Written>, MapError> {
+        self.resources(input)?
+            .iter()
+            .map(|r| {
+                let local = match (r.member_str("resourceType"), r.member_str("id")) {
+                    (Some(t), Some(id)) => Some(format!("{t}/{id}")),
+                    _ => None,
+                };
+                // Sized for a usual resource: one allocation, not a few as it grows.
+                let mut json = Vec::with_capacity(WRITE_CAPACITY);
+                serde_json::to_writer(&mut json, r).map_err(|e| MapError {
+                    rule: self.root.rule.to_string(),
+                    input: None,
+                    message: format!("could not be written as JSON: {e}"),
+                })?;
+                Ok(Written {
+                    local,
+                    json: String::from_utf8(json).map_err(|e| MapError {
+                        rule: self.root.rule.to_string(),
+                        input: None,
+                        message: format!("could not be written as JSON: {e}"),
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    /// The FHIR resources made from one record, borrowing from the record and the mapping:
+    /// serialised directly (what the pull route's Bundle does) or turned into `Value`s
+    /// (`apply`); the same evaluation either way.
+    pub fn resources<'r>(&'r self, input: Input<'r>) -> Result<Vec<Out<'r>>, MapError> {
         let evaluator = Evaluator {
             templates: &self.templates,
             tables: &self.tables,
         };
-        let out = evaluator.evaluate(&self.root, input)?;
-        let resources = match out {
-            None => Vec::new(),
-            Some(Value::Array(items)) => items,
-            Some(v) => vec![v],
-        };
+        let mut resources = Vec::new();
+        if let Some(out) = evaluator.made(&self.root, input)? {
+            out.splice_into(&mut resources);
+        }
         for r in &resources {
-            let kind = r
-                .as_object()
-                .and_then(|o| crate::model::jsonpath::member(o, "resourceType"));
-            if !kind.is_some_and(Value::is_string) {
+            if r.member_str("resourceType").is_none() {
                 return Err(MapError {
                     rule: self.root.rule.to_string(),
                     input: None,
                     message: format!(
                         "produced {} without a `resourceType`, not a FHIR resource",
-                        fhir::kind(r)
+                        r.kind()
                     ),
                 });
             }
         }
         Ok(resources)
+    }
+}
+
+/// A FHIR resource written as JSON text, and its `Type/id` when it has both (as
+/// `fhir::local_reference` reads it).
+#[derive(Debug)]
+pub struct Written {
+    pub local: Option<String>,
+    /// The resource as compact JSON text (one object).
+    pub json: String,
+}
+
+/// The room a written resource starts with.
+const WRITE_CAPACITY: usize = 512;
+
+impl Written {
+    /// A resource that is already a JSON value (a record taken as it is).
+    pub fn of_value(resource: &Value) -> Result<Written, serde_json::Error> {
+        Ok(Written {
+            local: fhir::local_reference(resource),
+            json: serde_json::to_string(resource)?,
+        })
     }
 }

@@ -200,6 +200,12 @@ impl PullRuntime {
     /// The `fullUrl` of a resource that `source` answered: a URL that reads it back.
     fn full_url(&self, info: &RequestInfo, source: &str, resource: &Value) -> Option<String> {
         let local = crate::model::fhir::local_reference(resource)?;
+        self.full_url_of(info, source, Some(local.as_str()))
+    }
+
+    /// The `fullUrl` of a resource whose `Type/id` is `local` (`None`: it has none).
+    fn full_url_of(&self, info: &RequestInfo, source: &str, local: Option<&str>) -> Option<String> {
+        let local = local?;
         let base = format!(
             "{}/fhir/{}",
             info.base.trim_end_matches('/'),

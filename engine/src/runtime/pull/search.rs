@@ -5,11 +5,11 @@
 
 use futures_util::future::join_all;
 use reqwest::Method;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{PullRuntime, RequestInfo, Scope, SourceError, all_failed, mapping_failure};
 use crate::model::PullResource;
-use crate::model::fhir::outcome;
+use crate::model::fhir::{Searchset, outcome};
 use crate::model::jsonpath::Query;
 use crate::model::search_params::{self, SearchParamError};
 use crate::model::vocabulary::{Interaction, NotFoundReading, SourceType};
@@ -61,11 +61,7 @@ impl PullRuntime {
         if q.matches_nothing {
             // A token of a system this parameter answers empty for: no source can match.
             let bundle = searchset(info, q, Vec::new(), Vec::new(), Some(0), false);
-            return Ok(Answer::new(
-                200,
-                serde_json::to_vec(&bundle).unwrap_or_default(),
-                true,
-            ));
+            return Ok(Answer::new(200, bundle.to_vec(), true));
         }
         let want = q.count + 1;
         let mapping = self.connector.mapping_for(res, Interaction::Search);
@@ -118,7 +114,8 @@ impl PullRuntime {
                 total = Some(records.len() as u64);
             }
             // Mapped lazily: only the records the answer needs (one more than `_count`, to
-            // know whether there is a next page), never every record a source sent.
+            // know whether there is a next page), never every record a source sent; each
+            // resource written as JSON text directly (no `Value` built for it).
             let mut mapped = Vec::new();
             for (i, r) in records.iter().enumerate() {
                 if mapped.len() >= want {
@@ -126,7 +123,7 @@ impl PullRuntime {
                 }
                 let resources = self
                     .connector
-                    .map_records_with(mapping, [(format!("$[{i}]"), r)], &q.params)
+                    .write_records_with(mapping, [(format!("$[{i}]"), r)], &q.params)
                     .map_err(|e| mapping_failure(client, &e))?;
                 mapped.extend(
                     resources
@@ -165,14 +162,10 @@ impl PullRuntime {
         let total = if failures.is_empty() { total } else { None };
         let matches = matches
             .into_iter()
-            .map(|(source, r)| (self.full_url(info, source, &r), r))
+            .map(|(source, r)| (self.full_url_of(info, source, r.local.as_deref()), r.json))
             .collect();
         let bundle = searchset(info, q, matches, outcomes, total, more);
-        Ok(Answer::new(
-            200,
-            serde_json::to_vec(&bundle).unwrap_or_default(),
-            failures.is_empty(),
-        ))
+        Ok(Answer::new(200, bundle.to_vec(), failures.is_empty()))
     }
 }
 
@@ -202,11 +195,11 @@ fn fhir_search_call(client: &SourceClient, resource_type: &str, params: &Value) 
 fn searchset(
     info: &RequestInfo,
     q: &SearchQuery,
-    matches: Vec<(Option<String>, Value)>,
+    matches: Vec<(Option<String>, String)>,
     outcomes: Vec<Value>,
     total: Option<u64>,
     more: bool,
-) -> Value {
+) -> Searchset {
     let mut links = vec![json!({"relation": "self", "url": info.self_url})];
     if more && let Ok(mut next) = url::Url::parse(&info.self_url) {
         crate::runtime::upstream::set_query(
@@ -215,32 +208,10 @@ fn searchset(
         );
         links.push(json!({"relation": "next", "url": next.as_str()}));
     }
-    let mut entries: Vec<Value> = matches
-        .into_iter()
-        .map(|(full_url, r)| {
-            let mut e = Map::new();
-            if let Some(u) = full_url {
-                e.insert("fullUrl".into(), Value::String(u));
-            }
-            e.insert("resource".into(), r);
-            e.insert("search".into(), json!({"mode": "match"}));
-            Value::Object(e)
-        })
-        .collect();
-    entries.extend(
-        outcomes
-            .into_iter()
-            .map(|o| json!({"resource": o, "search": {"mode": "outcome"}})),
-    );
-    let mut b = Map::new();
-    b.insert("resourceType".into(), json!("Bundle"));
-    b.insert("type".into(), json!("searchset"));
-    if let Some(t) = total {
-        b.insert("total".into(), json!(t));
+    Searchset {
+        total,
+        links,
+        matches,
+        outcomes,
     }
-    b.insert("link".into(), Value::Array(links));
-    if !entries.is_empty() {
-        b.insert("entry".into(), Value::Array(entries));
-    }
-    Value::Object(b)
 }
