@@ -20,6 +20,43 @@ pub struct UnusablePath {
     pub reason: String,
 }
 
+/// The largest definition file read.
+pub const MAX_DEFINITION_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why a file could not be read (its words follow "cannot read ...: ").
+#[derive(Debug, thiserror::Error)]
+pub enum FileReadError {
+    #[error("{}", io_reason(.0))]
+    Io(#[from] std::io::Error),
+    #[error("a folder, not a file")]
+    Folder,
+    #[error("not a regular file (a pipe, socket or device)")]
+    NotRegular,
+    #[error("larger than {max} bytes")]
+    TooLarge { max: u64 },
+}
+
+/// Reads a regular file of at most `max` bytes. Anything else is refused before it is
+/// opened: a named pipe would hold the reader until a writer came, a device could be endless.
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, FileReadError> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        return Err(FileReadError::Folder);
+    }
+    if !meta.is_file() {
+        return Err(FileReadError::NotRegular);
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(FileReadError::TooLarge { max });
+    }
+    Ok(bytes)
+}
+
 /// Short, stable words for an I/O error.
 pub fn io_reason(e: &std::io::Error) -> String {
     match e.kind() {
@@ -94,13 +131,8 @@ fn read_one(path: &Path) -> Result<String, Diagnostic> {
             "cannot read the file: it is a symbolic link to nothing",
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| {
-        Diagnostic::error(
-            path,
-            &at(1, 1),
-            format!("cannot read the file: {}", io_reason(&e)),
-        )
-    })?;
+    let bytes = read_regular(path, MAX_DEFINITION_BYTES)
+        .map_err(|e| Diagnostic::error(path, &at(1, 1), format!("cannot read the file: {e}")))?;
     String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let valid = String::from_utf8_lossy(good);

@@ -756,3 +756,42 @@ fn table_files_that_are_pipes_or_leave_a_quote_open_are_refused() {
         "{got}"
     );
 }
+
+#[test]
+fn pipes_among_definitions_and_test_files_and_tables_above_the_folder_are_refused() {
+    // A table file above the definition's folder is refused as a file source's path is.
+    let mapping = "\"{{translate 'units' record.u}}\"";
+    let dir = definitions(&file_connector(
+        "in/*.csv",
+        "{ type: csv }",
+        "  tables:\n    units: { file: ../units.csv }\n",
+        mapping,
+    ));
+    let got = diagnostics_in_time(dir.path());
+    assert!(got.contains("definitions.yaml:14:"), "{got}");
+    assert!(
+        got.contains("`../units.csv` leaves the definition's directory"),
+        "{got}"
+    );
+    // A definition test whose input file is a named pipe, in a format read as bytes and in
+    // JSON: each refused, neither waits for a writer.
+    for (format, name) in [("{ type: csv }", "in.csv"), ("{ type: json }", "in.json")] {
+        let text = file_connector("in/*.csv", format, "", "x")
+            + &format!("  tests:\n    - name: piped\n      inputFile: {name}\n      expect: []\n");
+        let dir = definitions(&text);
+        fifo(&dir.path().join(name));
+        let got = diagnostics_in_time(dir.path());
+        assert!(
+            got.contains(&format!("cannot read `{name}`: not a regular file")),
+            "{got}"
+        );
+    }
+    // A definition file that is a named pipe.
+    let dir = definitions(&file_connector("in/*.csv", "{ type: csv }", "", "x"));
+    fifo(&dir.path().join("piped.yaml"));
+    let got = diagnostics_in_time(dir.path());
+    assert!(
+        got.contains("piped.yaml:1:1") && got.contains("not a regular file"),
+        "{got}"
+    );
+}

@@ -18,6 +18,8 @@ use crate::model::{Connector, Test, fhir_structure};
 
 /// Most values a test's input file may decode to.
 const MAX_INPUT_VALUES: usize = 10_000_000;
+/// The largest file a definition test reads (an input or an expected output).
+const MAX_INPUT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Most difference lines shown for one test.
 const MAX_LINES: usize = 20;
@@ -338,25 +340,31 @@ fn target(ctx: &mut Ctx<'_>, spec: &ConnectorSpec, t: &TestSpec, idx: &str) -> I
 }
 
 fn json_file(ctx: &mut Ctx<'_>, at: &[&str], dir: &std::path::Path, name: &str) -> Option<Value> {
-    let path = dir.join(name);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => {
-            ctx.error(
-                at,
-                format!(
-                    "cannot read `{name}`: {}",
-                    crate::config::load::io_reason(&e)
-                ),
-                Some(format!("paths are relative to {}", dir.display())),
-            );
-            return None;
-        }
-    };
-    match serde_json::from_str(&text) {
+    let bytes = read_input(ctx, at, dir, name)?;
+    match serde_json::from_slice(&bytes) {
         Ok(v) => Some(v),
         Err(e) => {
             ctx.error(at, format!("`{name}` is not JSON: {e}"), None);
+            None
+        }
+    }
+}
+
+/// The bytes of a test's file: a regular file of at most `MAX_INPUT_BYTES`.
+fn read_input(
+    ctx: &mut Ctx<'_>,
+    at: &[&str],
+    dir: &std::path::Path,
+    name: &str,
+) -> Option<Vec<u8>> {
+    match crate::config::load::read_regular(&dir.join(name), MAX_INPUT_BYTES) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            ctx.error(
+                at,
+                format!("cannot read `{name}`: {e}"),
+                Some(format!("paths are relative to {}", dir.display())),
+            );
             None
         }
     }
@@ -373,20 +381,7 @@ fn input_file(
     if *format == Format::Json {
         return json_file(ctx, at, dir, name);
     }
-    let bytes = match std::fs::read(dir.join(name)) {
-        Ok(b) => b,
-        Err(e) => {
-            ctx.error(
-                at,
-                format!(
-                    "cannot read `{name}`: {}",
-                    crate::config::load::io_reason(&e)
-                ),
-                Some(format!("paths are relative to {}", dir.display())),
-            );
-            return None;
-        }
-    };
+    let bytes = read_input(ctx, at, dir, name)?;
     let limits = Limits {
         max_values: MAX_INPUT_VALUES,
     };

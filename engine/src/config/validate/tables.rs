@@ -2,12 +2,12 @@
 //! definition (size-capped, each code once), into the model's [`Table`]s.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::context::Ctx;
+use crate::config::load::{FileReadError, read_regular};
 use crate::config::spec::{ConnectorSpec, TableSpec};
 use crate::model::digest::content_digest;
 use crate::model::template::Table;
@@ -49,6 +49,10 @@ pub enum TableFileError {
     },
     #[error("`{file}` line {line}: the code is empty")]
     EmptyCode { file: String, line: u64 },
+    #[error(
+        "`{file}` leaves the definition's directory (`..`); write an absolute path for files elsewhere"
+    )]
+    LeavesDirectory { file: String },
     #[error("`{file}` is neither `.csv` nor `.json`")]
     Extension { file: String },
 }
@@ -132,42 +136,24 @@ pub fn read(
     } else {
         return Err(TableFileError::Extension { file: shown });
     };
-    let unreadable = |e: std::io::Error| TableFileError::Unreadable {
-        file: shown.clone(),
-        reason: match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file".into(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-            _ => e.kind().to_string(),
+    let path = Path::new(file);
+    if !path.is_absolute()
+        && path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(TableFileError::LeavesDirectory { file: shown });
+    }
+    let bytes = read_regular(&base.join(file), MAX_TABLE_BYTES).map_err(|e| match e {
+        FileReadError::TooLarge { max } => TableFileError::TooLarge {
+            file: shown.clone(),
+            max,
         },
-    };
-    // Only a regular file is opened: a named pipe would hold `engine validate` (and every
-    // load) until a writer came.
-    let path = base.join(file);
-    match std::fs::metadata(&path) {
-        Ok(m) if !m.is_file() => {
-            return Err(TableFileError::Unreadable {
-                file: shown,
-                reason: if m.is_dir() {
-                    "a folder, not a file".into()
-                } else {
-                    "not a regular file (a pipe, socket or device)".into()
-                },
-            });
-        }
-        Ok(_) => {}
-        Err(e) => return Err(unreadable(e)),
-    }
-    let f = std::fs::File::open(path).map_err(unreadable)?;
-    let mut bytes = Vec::new();
-    f.take(MAX_TABLE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(unreadable)?;
-    if bytes.len() as u64 > MAX_TABLE_BYTES {
-        return Err(TableFileError::TooLarge {
-            file: shown,
-            max: MAX_TABLE_BYTES,
-        });
-    }
+        e => TableFileError::Unreadable {
+            file: shown.clone(),
+            reason: e.to_string(),
+        },
+    })?;
     let digest = content_digest(&[&bytes]);
     let text = String::from_utf8(bytes).map_err(|_| TableFileError::NotUtf8 {
         file: shown.clone(),
