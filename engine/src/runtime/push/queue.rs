@@ -618,7 +618,7 @@ impl Queue {
             }
             entry.segment().filter(|s| {
                 log.active != Some(*s)
-                    && !log.entries.front().is_some_and(|e| e.segment() == Some(*s))
+                    && log.entries.front().is_none_or(|e| e.segment() != Some(*s))
             })
         };
         if let Place::File(file) = &entry.place {
