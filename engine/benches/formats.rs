@@ -5,14 +5,13 @@
 //! `scripts/bench.sh` collects, the time of NDJSON, CSV and XML against JSON.
 //! Run: `cargo bench -p engine --bench formats`.
 
+#[path = "example/mod.rs"]
+mod example;
 #[path = "timing/mod.rs"]
 mod timing;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use engine::config::secrets::ProcessEnvironment;
-use engine::config::validate::{Options, validate};
 use engine::model::decode::{CsvFormat, Format, Limits, Step, XmlFormat, decode};
 use serde_json::{Value, json};
 use timing::best;
@@ -81,21 +80,7 @@ fn documents() -> Vec<(&'static str, Format, Vec<u8>)> {
 }
 
 fn main() {
-    let root = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/lab-export-csv/connector.yaml"
-    ));
-    let (files, errors) = engine::config::load::read_all(&[root]).expect("example");
-    let opts = Options {
-        allow_unresolved: true,
-        run_tests: false,
-        fhir_schema: None,
-        env: &ProcessEnvironment,
-    };
-    let model = validate(&files, errors, &opts)
-        .model
-        .expect("valid example");
-    let connector = model.connector("lab-export-csv").expect("connector");
+    let connector = example::connector("lab-export-csv/connector.yaml", "lab-export-csv");
     let params = json!({});
     let docs = documents();
     let limits = Limits {

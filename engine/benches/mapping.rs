@@ -5,14 +5,13 @@
 //! spread), as a `ratio:` line that `scripts/bench.sh` collects.
 //! Run: `cargo bench -p engine --bench mapping`.
 
+#[path = "example/mod.rs"]
+mod example;
 #[path = "timing/mod.rs"]
 mod timing;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use engine::config::secrets::ProcessEnvironment;
-use engine::config::validate::{Options, validate};
 use serde_json::{Value, json};
 use timing::best;
 
@@ -41,21 +40,7 @@ fn records() -> Vec<String> {
 }
 
 fn main() {
-    let root = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/drug-labels/connector.yaml"
-    ));
-    let (files, errors) = engine::config::load::read_all(&[root]).expect("example");
-    let opts = Options {
-        allow_unresolved: true,
-        run_tests: false,
-        fhir_schema: None,
-        env: &ProcessEnvironment,
-    };
-    let model = validate(&files, errors, &opts)
-        .model
-        .expect("valid example");
-    let connector = model.connector("drug-labels").expect("connector");
+    let connector = example::connector("drug-labels/connector.yaml", "drug-labels");
     let mapping = connector.mapping.as_ref().expect("mapping");
     let texts = records();
     let params = json!({});

@@ -39,6 +39,8 @@ pub enum Command {
         output: RunOutput,
         #[command(flatten)]
         dirs: DirArgs,
+        #[command(flatten)]
+        otlp: OtlpArgs,
     },
     /// Check definitions without network: schema, meaning, expressions, templates, cron,
     /// references, routes, and the definitions' own tests. Exit 0 valid, 1 invalid, 2
@@ -212,6 +214,22 @@ pub enum DeadLetterAction {
     Delete { id: String },
 }
 
+/// The OTLP export of spans, for `serve` and `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OtlpArgs {
+    /// An OTLP/HTTP collector (`http://HOST:4318`; `/v1/traces` is added) that gets a span
+    /// per inbound request, per source call attempt and per sink post, with the W3C trace ids the engine
+    /// carries, as OTLP JSON in background batches. A collector that is down or slow costs
+    /// requests nothing: spans that do not fit the bounded queue are dropped and counted
+    /// (`engine_otlp_spans_total{outcome="dropped"}`). Spans still queued when the
+    /// process ends are posted first, for at most 3 s.
+    #[arg(long, env = "ENGINE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Most spans waiting for the OTLP collector; more are dropped and counted.
+    #[arg(long, env = "ENGINE_OTLP_QUEUE", default_value_t = crate::runtime::otlp::DEFAULT_QUEUE, value_parser = clap::value_parser!(usize))]
+    pub otlp_queue: usize,
+}
+
 /// Where local state and the embedded NDJSON sink live.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DirArgs {
@@ -363,16 +381,8 @@ pub struct ServeArgs {
     /// Redis is away, the engine serves from memory and the sources. The URL is never shown.
     #[arg(long, env = "ENGINE_SHARED_CACHE", hide_env_values = true)]
     pub shared_cache: Option<String>,
-    /// An OTLP/HTTP collector (`http://HOST:4318`; `/v1/traces` is added) that gets a span
-    /// per inbound request and per source call attempt, with the W3C trace ids the engine
-    /// carries, as OTLP JSON in background batches. A collector that is down or slow costs
-    /// requests nothing: spans that do not fit the bounded queue are dropped and counted
-    /// (`engine_otlp_spans_total{outcome="dropped"}`).
-    #[arg(long, env = "ENGINE_OTLP_ENDPOINT", value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
-    /// Most spans waiting for the OTLP collector; more are dropped and counted.
-    #[arg(long, env = "ENGINE_OTLP_QUEUE", default_value_t = crate::runtime::otlp::DEFAULT_QUEUE, value_parser = clap::value_parser!(usize))]
-    pub otlp_queue: usize,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
     /// Queued pushes on Redis Streams shared by replicas, `redis://[user:password@]HOST:PORT[/DB]`,
     /// instead of each pod's state directory: a 202 means Redis has the payload (on disk when
     /// the server runs `appendonly yes` and `appendfsync always`, checked at start), any

@@ -35,7 +35,8 @@ pub fn run(cli: Cli) -> ExitCode {
             dry_run,
             output,
             dirs,
-        } => serve::run_once(name, definitions, dry_run, output, dirs),
+            otlp,
+        } => serve::run_once(name, definitions, dry_run, output, dirs, otlp),
         Command::Validate {
             paths,
             format,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::args::{AdminArgs, DirArgs, LogFormat, RunOutput, ServeArgs};
+use super::args::{AdminArgs, DirArgs, LogFormat, OtlpArgs, RunOutput, ServeArgs};
 use super::definitions::{load_and_validate, model_of, usage};
 use crate::config::diagnostic::{self, Format};
 
@@ -27,8 +27,10 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         header_read_timeout,
         max_connections,
         shared_cache,
-        otlp_endpoint,
-        otlp_queue,
+        otlp: OtlpArgs {
+            otlp_endpoint,
+            otlp_queue,
+        },
         push_queue,
         push_queue_limit,
         push_queue_claim_after,
@@ -186,7 +188,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
             queue.check_durability().await;
         }
         let listener = crate::http::server::bind(&listen).await?;
-        crate::http::server::serve(
+        let served = crate::http::server::serve(
             engine,
             listener,
             stop,
@@ -194,7 +196,10 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
             Some(reload),
             crate::http::server::shutdown_signal(),
         )
-        .await
+        .await;
+        // The spans of the last requests and runs, before the process ends.
+        crate::runtime::otlp::flush(crate::runtime::otlp::FLUSH_DEADLINE).await;
+        served
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -245,6 +250,7 @@ pub(super) fn run_once(
     dry_run: bool,
     output: RunOutput,
     dirs: DirArgs,
+    otlp: OtlpArgs,
 ) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn")
@@ -286,8 +292,15 @@ pub(super) fn run_once(
     };
     let shown = super::progress::Shown::new(&name);
     let (report, resources) = runtime.block_on(async {
+        if let Some(endpoint) = &otlp.otlp_endpoint
+            && let Err(e) = crate::runtime::otlp::start(endpoint, otlp.otlp_queue)
+        {
+            tracing::error!("--otlp-endpoint: {e}; no spans are exported");
+        }
         let watched = runner.progress.watch();
         let (ran, ()) = tokio::join!(runner.run(dry_run), shown.follow(watched));
+        // The run's spans, before the process ends.
+        crate::runtime::otlp::flush(crate::runtime::otlp::FLUSH_DEADLINE).await;
         ran
     });
     shown.finish();

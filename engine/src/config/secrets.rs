@@ -2,7 +2,11 @@
 //! (never by text substitution), through a small seam so that tests choose the environment.
 //! `${env:NAME:-default}` gives a default; `$${` writes a literal `${`.
 
-use std::path::Path;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::model::digest::content_digest;
 
 /// Where references are looked up.
 pub trait Environment {
@@ -20,6 +24,41 @@ impl Environment for ProcessEnvironment {
 
     fn read(&self, path: &Path) -> std::io::Result<String> {
         std::fs::read_to_string(path)
+    }
+}
+
+/// An environment that notes the files read through it, with the SHA-256 of each as read, so
+/// that the model can name the files it was compiled from (`Model::inputs`).
+pub struct Recording<'a> {
+    inner: &'a dyn Environment,
+    read: RefCell<BTreeMap<PathBuf, String>>,
+}
+
+impl<'a> Recording<'a> {
+    pub fn new(inner: &'a dyn Environment) -> Self {
+        Recording {
+            inner,
+            read: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// The files read, by path, each with the digest of its content.
+    pub fn into_read(self) -> BTreeMap<PathBuf, String> {
+        self.read.into_inner()
+    }
+}
+
+impl Environment for Recording<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.inner.var(name)
+    }
+
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        let text = self.inner.read(path)?;
+        self.read
+            .borrow_mut()
+            .insert(path.to_path_buf(), content_digest(&[text.as_bytes()]));
+        Ok(text)
     }
 }
 

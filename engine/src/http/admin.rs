@@ -70,7 +70,12 @@ pub(super) async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
         .pushes
         .iter()
         .map(|(name, ep)| (name.as_str(), ep.depths()));
-    let text = engine.metrics.render(caches, queues);
+    // Each cron connector's dead letters, counted in its folder at scrape time.
+    let mut cron_dead = Vec::with_capacity(engine.crons.len());
+    for (name, job) in &engine.crons {
+        cron_dead.push((name.as_str(), job.runner.dead_letters_shown(0).await.0));
+    }
+    let text = engine.metrics.render(caches, queues, cron_dead);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -14,18 +14,18 @@ mod ui;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::middleware;
 use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
 
 use crate::runtime::engine::Engine;
 use admin::{
     dead_letter, dead_letters, delete_dead_letter, healthz, invalidate, list, metrics, openapi,
     readyz, reload_status, replay_dead_letter, run_now, show,
 };
-use guard::{Guard, not_found};
+use guard::{Guard, RequestId, not_found};
 use routes::{batch, push, scoped_read, search, search_or_read, version_batch};
 
 /// The application.
@@ -43,7 +43,11 @@ fn app(engine: Arc<Engine>) -> (Router, Arc<Guard>) {
         let path = ep.path().to_owned();
         app = app.route(
             &path,
-            post(move |headers: HeaderMap, body: Body| push(ep, headers, body)),
+            post(
+                move |id: Option<Extension<RequestId>>, headers: HeaderMap, body: Body| {
+                    push(ep, id.map(|Extension(i)| i), headers, body)
+                },
+            ),
         );
     }
     // The admin API: its callers are checked (`auth`) before any handler runs.

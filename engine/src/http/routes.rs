@@ -25,7 +25,14 @@ use crate::runtime::pull::{PullRuntime, RequestInfo, Scope, is_version_name};
 use crate::runtime::push::{PushEndpoint, Reply};
 use crate::runtime::trace_context::{Trace, TraceContext};
 
-pub(super) async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) -> Response {
+/// A push webhook; a sync write's sink posts are children of the request's span (`id`, from
+/// the guard).
+pub(super) async fn push(
+    ep: Arc<PushEndpoint>,
+    id: Option<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let limit = ep.max_body();
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return Problem::new(
@@ -37,7 +44,10 @@ pub(super) async fn push(ep: Arc<PushEndpoint>, headers: HeaderMap, body: Body) 
     if let Err(p) = ep.authenticate(&headers, &bytes) {
         return p.into_response();
     }
-    match ep.deliver(&headers, &bytes).await {
+    match ep
+        .deliver(&headers, &bytes, id.as_ref().map(|i| &i.1))
+        .await
+    {
         Ok(Reply::Written(n)) => (
             StatusCode::OK,
             axum::Json(json!({"status": "written", "resources": n})),

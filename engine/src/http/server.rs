@@ -1,6 +1,7 @@
 //! `engine serve`: binds the listener, serves the current engine's router, runs cron schedules
 //! and push queue drainers, reloads the definitions when their files change (a mounted
-//! ConfigMap's `..data` swap included) or on SIGHUP, and shuts down gracefully on SIGTERM or
+//! ConfigMap's `..data` swap included), when a file they compiled in changes (a table file, a
+//! `${file:...}` secret), or on SIGHUP, and shuts down gracefully on SIGTERM or
 //! SIGINT: no new run, drain or reload starts, and the requests, runs and queue drains in
 //! flight finish, for at most the grace period. Every task is spawned on the engine's task
 //! tracker, so the shutdown knows what it waits for.
@@ -246,12 +247,40 @@ pub fn definitions_digest(paths: &[PathBuf]) -> String {
 /// The engine served, its router and the router's guard.
 type Current = Arc<RwLock<(Arc<Engine>, (Router, Arc<Guard>))>>;
 
-/// The digest of the definition files, read on the blocking pool; `None` if that stopped.
-async fn digest_of(paths: &[PathBuf]) -> Option<String> {
+/// A digest of the files besides the definitions that a model was compiled from, as they are
+/// now (`Model::inputs`): a file gone or unreadable counts as changed.
+fn inputs_digest(inputs: &[PathBuf]) -> String {
+    let parts: Vec<String> = inputs
+        .iter()
+        .map(|p| {
+            let now = std::fs::read(p)
+                .map(|bytes| content_digest(&[bytes]))
+                .unwrap_or_default();
+            format!("{}\u{1e}{now}", p.display())
+        })
+        .collect();
+    content_digest(&parts)
+}
+
+/// The digest `inputs_digest` gives while the inputs are as the model read them.
+fn inputs_digest_as_read(model: &Model) -> String {
+    let parts: Vec<String> = model
+        .inputs
+        .iter()
+        .map(|(p, digest)| format!("{}\u{1e}{digest}", p.display()))
+        .collect();
+    content_digest(&parts)
+}
+
+/// The digest of the definition files and of the served model's other inputs, read on the
+/// blocking pool; `None` if that stopped.
+async fn digest_of(paths: &[PathBuf], inputs: Vec<PathBuf>) -> Option<String> {
     let paths = paths.to_vec();
-    tokio::task::spawn_blocking(move || definitions_digest(&paths))
-        .await
-        .ok()
+    tokio::task::spawn_blocking(move || {
+        content_digest(&[definitions_digest(&paths), inputs_digest(&inputs)])
+    })
+    .await
+    .ok()
 }
 
 /// Reloads when the files change or SIGHUP arrives, until `stop`. Reading, validating and
@@ -264,7 +293,11 @@ async fn watch_definitions(
 ) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut last = r.served.clone();
+    // The served set as it was read: its definition files and its other inputs.
+    let mut last = match current.read() {
+        Ok(g) => content_digest(&[r.served.clone(), inputs_digest_as_read(&g.0.model)]),
+        Err(_) => return,
+    };
     loop {
         #[cfg(unix)]
         let hup = async {
@@ -282,7 +315,11 @@ async fn watch_definitions(
             () = tokio::time::sleep(r.poll) => false,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let Some(now) = digest_of(&r.paths).await else {
+        let inputs: Vec<PathBuf> = match current.read() {
+            Ok(g) => g.0.model.inputs.keys().cloned().collect(),
+            Err(_) => return,
+        };
+        let Some(now) = digest_of(&r.paths, inputs).await else {
             continue;
         };
         if !forced && now == last {

@@ -47,6 +47,10 @@ pub struct Model {
     pub connectors: Vec<Arc<Connector>>,
     pub sources: BTreeMap<String, Arc<Source>>,
     pub sinks: BTreeMap<String, Arc<Sink>>,
+    /// The files besides the definitions that the model was compiled from (table files,
+    /// `${file:...}` references), each with the SHA-256 of its bytes as they were read: a
+    /// served engine reloads when one of them changes.
+    pub inputs: BTreeMap<std::path::PathBuf, String>,
 }
 
 impl Model {
@@ -490,6 +494,8 @@ pub struct BulkExport {
     pub max_poll_interval: Duration,
     /// Longest NDJSON line, in bytes (`maxLine`).
     pub max_line: usize,
+    /// Largest file, in bytes, counted inflated when it comes compressed (`maxFileSize`).
+    pub max_file_size: u64,
     /// Records mapped and written together (`batchSize`).
     pub batch_size: usize,
     /// Origins besides the source's own that files may come from (`fileOrigins`).

@@ -4,24 +4,37 @@
 
 use crate::runtime::state::StateError;
 
+/// Who sends with the headers or TLS settings a build error is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Party {
+    Source(String),
+    Sink(String),
+    GuideDownload,
+}
+
+impl std::fmt::Display for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Party::Source(name) => write!(f, "source `{name}`"),
+            Party::Sink(name) => write!(f, "sink `{name}`"),
+            Party::GuideDownload => f.write_str("guide download"),
+        }
+    }
+}
+
 /// Why a part of the engine could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The HTTP client could not be made (its TLS setup).
     #[error("HTTP client: {0}")]
     Client(String),
-    /// A header of a source that HTTP cannot carry (a checked model has none).
-    #[error("source `{source_name}`: invalid {what}")]
-    Header {
-        source_name: String,
-        what: &'static str,
-    },
-    /// A source's mutual TLS settings that the TLS layer refuses (a checked model has none).
-    #[error("source `{source_name}`: invalid TLS {what}")]
-    Tls {
-        source_name: String,
-        what: &'static str,
-    },
+    /// A header of a source, sink or guide download that HTTP cannot carry (a checked model
+    /// has none).
+    #[error("{party}: invalid {what}")]
+    Header { party: Party, what: &'static str },
+    /// Mutual TLS settings that the TLS layer refuses (a checked model has none).
+    #[error("{party}: invalid TLS {what}")]
+    Tls { party: Party, what: &'static str },
     /// A connector handed to the builder of another strategy.
     #[error("`{connector}` is not a {strategy} connector")]
     Strategy {

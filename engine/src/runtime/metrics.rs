@@ -478,12 +478,14 @@ impl Metrics {
         all.get(source).map(|b| b.view())
     }
 
-    /// The exposition text, with the sizes read at scrape time: each cached connector's cache
-    /// and each push connector's queue and dead letters (waiting, dead).
+    /// The exposition text, with the sizes read at scrape time: each cached connector's cache,
+    /// each push connector's queue and dead letters (waiting, dead), and each cron
+    /// connector's dead letters.
     pub fn render<'a>(
         &self,
         caches: impl IntoIterator<Item = (&'a str, Stats)>,
         queues: impl IntoIterator<Item = (&'a str, (usize, usize))>,
+        cron_dead: impl IntoIterator<Item = (&'a str, usize)>,
     ) -> String {
         let mut r = Registry::default();
         let gauges = Family::<ConnectorLabel, Gauge>::default;
@@ -536,6 +538,18 @@ impl Metrics {
             "Push payloads that can never be written",
             gauges(),
         );
+        let cron_dead_letters = add(
+            &mut r,
+            "engine_cron_dead_letters",
+            "Records cron runs dead-lettered (`run.onRecordError: skip`) and still kept",
+            gauges(),
+        );
+        for (name, n) in cron_dead {
+            let c = ConnectorLabel {
+                connector: name.to_owned(),
+            };
+            cron_dead_letters.get_or_create(&c).set(gauge(n));
+        }
         let sources = Family::<SourceLabel, Gauge>::default;
         let breaker_state = add(
             &mut r,
@@ -629,7 +643,7 @@ mod tests {
             entries: 5,
             ..Stats::default()
         };
-        let text = m.render([("a\"b", stats)], [("p", (2, 0))]);
+        let text = m.render([("a\"b", stats)], [("p", (2, 0))], [("c", 3)]);
         for line in [
             "# HELP engine_requests_total HTTP requests answered.\n",
             "# TYPE engine_requests_total counter\n",

@@ -11,7 +11,9 @@
 //! dropped and counted when the queue is full (a collector that is down or hangs fills it).
 //! One background task takes spans off the queue in batches (up to 512, or what came within a
 //! second) and posts each batch within a bounded time; a failed post is counted and logged,
-//! its spans are not tried again. Span times are read from the system clock (OTLP wants Unix
+//! its spans are not tried again. At the end of the process (`engine serve` stopping,
+//! `engine run` done) `flush` posts what is still queued, bounded by a short deadline, so that
+//! the last spans of a run are not lost with the process. Span times are read from the system clock (OTLP wants Unix
 //! nanoseconds), the only other read of it beside a source's `Retry-After` date.
 
 use std::sync::OnceLock;
@@ -19,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Spans waiting for export by default (`--otlp-queue`); more are dropped.
 pub const DEFAULT_QUEUE: usize = 4096;
@@ -29,6 +31,8 @@ const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_secs(1);
 /// Longest one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the process waits at its end for the spans still queued to be posted.
+pub const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
 
 /// Why `--otlp-endpoint` cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,8 @@ pub struct Counts {
 }
 
 static QUEUED: OnceLock<mpsc::Sender<Span>> = OnceLock::new();
+/// Asks the exporter to post every span queued now, answering on the sender once it has.
+static FLUSHES: OnceLock<mpsc::Sender<oneshot::Sender<()>>> = OnceLock::new();
 static EXPORTED: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static FAILED: AtomicU64 = AtomicU64::new(0);
@@ -98,8 +104,8 @@ pub fn traces_url(endpoint: &str) -> Result<url::Url, OtlpError> {
 }
 
 /// Starts the exporter to `endpoint`, with room for `queue` spans waiting (once per process;
-/// inside a tokio runtime). Its task ends when the process does: spans still queued then are
-/// not sent.
+/// inside a tokio runtime). Its task ends when the process does: `flush` first posts the spans
+/// still queued.
 pub fn start(endpoint: &str, queue: usize) -> Result<(), OtlpError> {
     let url = traces_url(endpoint)?;
     let client = reqwest::Client::builder()
@@ -109,10 +115,33 @@ pub fn start(endpoint: &str, queue: usize) -> Result<(), OtlpError> {
         .build()
         .map_err(|e| OtlpError::Client(e.to_string()))?;
     let (tx, rx) = mpsc::channel(queue.max(1));
+    let (flush_tx, flushes) = mpsc::channel(4);
     QUEUED.set(tx).map_err(|_| OtlpError::Started)?;
+    let _ = FLUSHES.set(flush_tx);
     tracing::info!(collector = %url.origin().ascii_serialization(), "spans are exported over OTLP/HTTP");
-    tokio::spawn(export(rx, client, url));
+    tokio::spawn(export(rx, flushes, client, url));
     Ok(())
+}
+
+/// Posts the spans queued now (the batch being filled included), waiting at most `deadline`
+/// (`FLUSH_DEADLINE` at the end of a process); nothing to do when no exporter runs. Whether
+/// the exporter said it was done in time.
+pub async fn flush(deadline: Duration) -> bool {
+    let Some(flushes) = FLUSHES.get() else {
+        return true;
+    };
+    let (done, finished) = oneshot::channel();
+    let asked = async { flushes.send(done).await.is_ok() && finished.await.is_ok() };
+    match tokio::time::timeout(deadline, asked).await {
+        Ok(done) => done,
+        Err(_) => {
+            tracing::warn!(
+                deadline_seconds = deadline.as_secs_f64(),
+                "spans still queued for the OTLP collector are dropped at exit"
+            );
+            false
+        }
+    }
 }
 
 /// Whether spans are exported (so that callers make them only then).
@@ -138,41 +167,90 @@ pub fn counts() -> Counts {
     }
 }
 
-/// Takes spans off the queue in batches and posts them.
-async fn export(mut rx: mpsc::Receiver<Span>, client: reqwest::Client, url: url::Url) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let until = tokio::time::Instant::now() + LINGER;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(s)) => batch.push(s),
-                Ok(None) | Err(_) => break,
+/// Takes spans off the queue in batches and posts them; on a flush, posts at once the batch
+/// being filled and every span queued, then says so.
+async fn export(
+    mut rx: mpsc::Receiver<Span>,
+    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
+    client: reqwest::Client,
+    url: url::Url,
+) {
+    loop {
+        let mut batch = Vec::new();
+        let mut flush = None;
+        tokio::select! {
+            asked = flushes.recv() => match asked {
+                Some(done) => flush = Some(done),
+                None => return,
+            },
+            first = rx.recv() => match first {
+                Some(s) => batch.push(s),
+                None => return,
+            },
+        }
+        if flush.is_none() {
+            let until = tokio::time::Instant::now() + LINGER;
+            while batch.len() < BATCH {
+                tokio::select! {
+                    next = tokio::time::timeout_at(until, rx.recv()) => match next {
+                        Ok(Some(s)) => batch.push(s),
+                        Ok(None) | Err(_) => break,
+                    },
+                    asked = flushes.recv() => {
+                        flush = asked;
+                        break;
+                    }
+                }
             }
         }
-        let n = batch.len() as u64;
-        let body = serde_json::to_vec(&encode(&batch)).unwrap_or_default();
-        let sent = client
-            .post(url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().is_success() => {
-                EXPORTED.fetch_add(n, Ordering::Relaxed);
+        if !batch.is_empty() {
+            post(&client, &url, &batch).await;
+        }
+        if let Some(done) = flush {
+            // Everything queued by now, in batches.
+            loop {
+                let mut rest = Vec::new();
+                while rest.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(s) => rest.push(s),
+                        Err(_) => break,
+                    }
+                }
+                if rest.is_empty() {
+                    break;
+                }
+                post(&client, &url, &rest).await;
             }
-            Ok(r) => {
-                FAILED.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    spans = n,
-                    status = r.status().as_u16(),
-                    "the OTLP collector refused spans"
-                );
-            }
-            Err(e) => {
-                FAILED.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(spans = n, "spans not exported: {}", e.without_url());
-            }
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Posts one batch; a failure is counted and logged, its spans are not tried again.
+async fn post(client: &reqwest::Client, url: &url::Url, batch: &[Span]) {
+    let n = batch.len() as u64;
+    let body = serde_json::to_vec(&encode(batch)).unwrap_or_default();
+    let sent = client
+        .post(url.clone())
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => {
+            EXPORTED.fetch_add(n, Ordering::Relaxed);
+        }
+        Ok(r) => {
+            FAILED.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                spans = n,
+                status = r.status().as_u16(),
+                "the OTLP collector refused spans"
+            );
+        }
+        Err(e) => {
+            FAILED.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(spans = n, "spans not exported: {}", e.without_url());
         }
     }
 }

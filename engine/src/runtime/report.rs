@@ -17,6 +17,8 @@ pub struct RunReport {
     pub records_read: usize,
     pub resources_written: usize,
     pub resources_unchanged: usize,
+    /// Resources deleted at the sink because a bulk export listed them as deleted.
+    pub resources_deleted: usize,
     /// HTTP calls to the source and to the sink.
     pub source_calls: usize,
     pub sink_calls: usize,
@@ -99,6 +101,7 @@ impl RunReport {
             failures: Vec::new(),
             skipped: Vec::new(),
             records_dead_lettered: 0,
+            resources_deleted: 0,
             warnings: Vec::new(),
             dry_run,
         }

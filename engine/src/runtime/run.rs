@@ -1005,8 +1005,19 @@ impl Runner {
             state: &mut state,
             trace: &trace,
             kept: Vec::new(),
+            not_deleted: 0,
         };
         let done = export.run(&mut report, &mut batches).await;
+        if batches.not_deleted > 0
+            && let Some(why) = batches.why_not_deleted(dry_run)
+        {
+            let text = format!(
+                "{} resources the export lists as deleted are not deleted at the sink: {why}",
+                batches.not_deleted
+            );
+            tracing::warn!(connector = %self.connector.name, "{text}");
+            report.warnings.push(text);
+        }
         let kept = std::mem::take(&mut batches.kept);
         if dry_run {
             return (self.finish(report), kept);
@@ -1134,9 +1145,65 @@ struct BulkBatches<'a> {
     trace: &'a TraceContext,
     /// What a dry run would write.
     kept: Vec<Value>,
+    /// Resources the export listed as deleted and the run did not delete (a dry run, a
+    /// mapped connector, the NDJSON sink).
+    not_deleted: usize,
+}
+
+impl BulkBatches<'_> {
+    /// Why resources deleted at the source are not deleted by this run, if they are not.
+    fn why_not_deleted(&self, dry_run: bool) -> Option<&'static str> {
+        if dry_run {
+            Some("a dry run deletes nothing")
+        } else if self.runner.connector.mapping.is_some() {
+            Some(
+                "the connector's mapping makes the ids it writes, so they are not deleted by the source's ids",
+            )
+        } else if matches!(self.runner.writer, Writer::Ndjson { .. }) {
+            Some("the NDJSON sink only appends")
+        } else {
+            None
+        }
+    }
 }
 
 impl crate::runtime::bulk::Consumer for BulkBatches<'_> {
+    async fn delete(&mut self, references: Vec<String>, report: &mut RunReport) -> bool {
+        let runner = self.runner;
+        if self.why_not_deleted(report.dry_run).is_some() {
+            self.not_deleted += references.len();
+            return true;
+        }
+        runner.progress.observe(Phase::Writing, report);
+        let Some(w) = runner
+            .writer
+            .delete(&references, Some(&self.trace.trace))
+            .await
+        else {
+            self.not_deleted += references.len();
+            return true;
+        };
+        report.resources_deleted += w.written;
+        report.sink_calls += w.calls;
+        report.sink_retries += w.retries;
+        let failed: std::collections::HashSet<String> =
+            w.failures.iter().map(|f| f.resource.clone()).collect();
+        // A deleted resource written again later is not "unchanged".
+        if w.failures.is_empty() {
+            for r in &references {
+                self.state.written.remove(r);
+            }
+        } else {
+            for r in references.iter().filter(|r| !failed.contains(*r)) {
+                self.state.written.remove(r);
+            }
+        }
+        report
+            .failures
+            .extend(w.failures.into_iter().map(write_failure));
+        report.failures.is_empty()
+    }
+
     async fn take(
         &mut self,
         batch: Vec<crate::runtime::bulk::Line>,

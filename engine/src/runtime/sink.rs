@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::model::vocabulary::BundleMode;
 use crate::model::{FhirSink, Sink, SinkRef};
-use crate::runtime::build_error::BuildError;
+use crate::runtime::build_error::{BuildError, Party};
 use crate::runtime::outbound::{self, OutboundError, RetryPolicy};
 use crate::runtime::outbound_auth::credentials::{self, with_header};
 use crate::runtime::outbound_auth::{Credentials, TokenError};
@@ -159,8 +159,9 @@ impl Writer {
             SinkRef::Named(s) => match s.as_ref() {
                 Sink::Ndjson { dir, .. } => Ok(Writer::Ndjson { dir: dir.clone() }),
                 Sink::Fhir(f) => {
-                    let http = credentials::client(&f.name, f.tls.as_ref())?;
-                    let auth = Credentials::new(&f.name, f.auth.as_ref(), f.timeout, &http)?;
+                    let party = Party::Sink(f.name.clone());
+                    let http = credentials::client(&party, f.tls.as_ref())?;
+                    let auth = Credentials::new(&party, f.auth.as_ref(), f.timeout, &http)?;
                     Ok(Writer::Fhir {
                         sink: clone_fhir(f),
                         client: SinkClient { http, auth },
@@ -168,6 +169,62 @@ impl Writer {
                 }
             },
         }
+    }
+
+    /// Deletes resources (`Type/id` references) at a FHIR sink: a `batch` Bundle of
+    /// `DELETE` entries per `batchSize` (each entry on its own, so one resource already gone
+    /// does not undo the others; 404 and 410 count as deleted). `written` counts the
+    /// resources deleted. `None` for the NDJSON sink, which only appends.
+    pub async fn delete(
+        &self,
+        references: &[String],
+        trace: Option<&crate::runtime::trace_context::Trace>,
+    ) -> Option<WriteReport> {
+        let Writer::Fhir { sink, client } = self else {
+            return None;
+        };
+        let mut report = WriteReport::default();
+        for chunk in references.chunks(sink.batch_size.max(1) as usize) {
+            let entries: Vec<Value> = chunk
+                .iter()
+                .map(|r| json!({"request": {"method": "DELETE", "url": r}}))
+                .collect();
+            let refs: Vec<&Value> = entries.iter().collect();
+            match send_bundle(sink, client, BundleMode::Batch, &refs, &mut report, trace).await {
+                Err((status, message, outcome, transient)) => {
+                    report.failures.push(WriteFailure {
+                        resource: format!("{} deletions", chunk.len()),
+                        status,
+                        message,
+                        outcome: outcome.map(Box::new),
+                        transient,
+                    });
+                    return Some(report);
+                }
+                Ok(answers) => {
+                    for (r, a) in chunk.iter().zip(answers) {
+                        let status = a["response"]["status"]
+                            .as_str()
+                            .and_then(|s| s.split_whitespace().next())
+                            .and_then(|s| s.parse::<u16>().ok());
+                        match status {
+                            Some(200..=299 | 404 | 410) => report.written += 1,
+                            other => report.failures.push(WriteFailure {
+                                resource: r.clone(),
+                                status: other,
+                                message: format!(
+                                    "the server did not delete it ({})",
+                                    other.map_or("no status".to_owned(), |s| s.to_string())
+                                ),
+                                outcome: a["response"].get("outcome").cloned().map(Box::new),
+                                transient: other.is_some_and(|s| s >= 500 || s == 429),
+                            }),
+                        }
+                    }
+                }
+            }
+        }
+        Some(report)
     }
 
     /// A short description for logs and reports.

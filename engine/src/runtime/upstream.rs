@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::model::vocabulary::RuleAction;
 use crate::model::{Pagination, ResponseRule, Source};
 use crate::runtime::breaker::{Breaker, Refused};
-use crate::runtime::build_error::BuildError;
+use crate::runtime::build_error::{BuildError, Party};
 use crate::runtime::metrics::{Answer, Metrics};
 use crate::runtime::outbound::{self, ConnectRetry, OutboundError, RetryFit, RetryPolicy};
 use crate::runtime::outbound_auth::{self, TokenError, Tokens};
@@ -144,11 +144,18 @@ pub struct Paged {
     pub pages_left: bool,
 }
 
+/// An answer of `SourceClient::open`, unread, holding one of the source's concurrency
+/// permits until it is dropped.
+pub struct Opened {
+    pub response: reqwest::Response,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// The client of one source.
 pub struct SourceClient {
     pub source: Arc<Source>,
     client: reqwest::Client,
-    limit: Semaphore,
+    limit: Arc<Semaphore>,
     fixed: HeaderMap,
     metrics: Arc<Metrics>,
     breaker: Arc<Breaker>,
@@ -198,7 +205,7 @@ impl Upstreams {
             clients.insert(
                 s.name.clone(),
                 Arc::new(SourceClient {
-                    limit: Semaphore::new(s.concurrency as usize),
+                    limit: Arc::new(Semaphore::new(s.concurrency as usize)),
                     source: s,
                     client,
                     fixed,
@@ -221,7 +228,7 @@ impl Upstreams {
 fn fixed_headers(s: &Source) -> Result<HeaderMap, BuildError> {
     let mut h = HeaderMap::new();
     let bad = |what: &'static str| BuildError::Header {
-        source_name: s.name.clone(),
+        party: Party::Source(s.name.clone()),
         what,
     };
     for (k, v) in &s.headers {
@@ -552,12 +559,15 @@ impl SourceClient {
         });
     }
 
-    /// Sends one request as it is (a FHIR Bulk Data kick-off, status poll, file download or
+    /// Sends one request (a Bulk Data kick-off, status poll, file download or job
     /// delete) with the source's client and trace headers and, when `credentials`, its
     /// configured headers and auth (a token renewed once after a 401), and gives the answer
-    /// unread: its status not judged, its body left to stream. Not retried, and outside the
-    /// breaker and the concurrency limit (a bulk run is one request at a time). `head` bounds
-    /// the wait for the answer's head; `total` the whole exchange, body included.
+    /// unread: its status not judged, its body left to stream. Not retried; like every call
+    /// to the source, it goes through the source's circuit breaker (refused at once while it
+    /// is open; a 5xx, a 429 or no answer count as failures), its rate budget and its
+    /// concurrency limit, whose permit the answer holds until it is dropped (a file download
+    /// counts while it streams). `head` bounds the wait for the answer's head; `total` the
+    /// whole exchange, body included.
     pub async fn open(
         &self,
         method: Method,
@@ -566,11 +576,23 @@ impl SourceClient {
         credentials: bool,
         (head, total): (std::time::Duration, std::time::Duration),
         trace: &TraceContext,
-    ) -> Result<reqwest::Response, Failure> {
+    ) -> Result<Opened, Failure> {
+        let ticket = self.breaker.admit().map_err(|e| self.refused(&e))?;
+        let end = Instant::now() + head;
+        let not_sent = |e: OutboundError| Failure::of(&self.source.name, e);
+        if let Some(rate) = &self.rate {
+            rate.take(end)
+                .await
+                .map_err(|RateLimited(wait)| not_sent(OutboundError::RateLimited(wait)))?;
+        }
+        let permit = tokio::time::timeout_at(end, self.limit.clone().acquire_owned())
+            .await
+            .map_err(|_| not_sent(OutboundError::Timeout(head)))?
+            .map_err(|_| not_sent(OutboundError::Send("the client is closed".into())))?;
         let bearer = match (&self.tokens, credentials) {
             (Some(tokens), true) => Some(
                 tokens
-                    .bearer(Some(Instant::now() + head))
+                    .bearer(Some(end))
                     .await
                     .map_err(|e| Failure::of_token(&self.source.name, &e))?,
             ),
@@ -603,20 +625,35 @@ impl SourceClient {
                 };
                 self.metrics
                     .upstream(&self.source.name, answer, started.elapsed());
-                got.map_err(|e| Failure::of(&self.source.name, e))
+                got
             }
         };
-        let resp = send(bearer.clone()).await?;
-        match (&self.tokens, bearer) {
-            (Some(tokens), Some(stale)) if resp.status() == reqwest::StatusCode::UNAUTHORIZED => {
-                let renewed = tokens
-                    .renew(&stale, Some(Instant::now() + head))
-                    .await
-                    .map_err(|e| Failure::of_token(&self.source.name, &e))?;
-                send(Some(renewed)).await
-            }
-            _ => Ok(resp),
+        let mut got = send(bearer.clone()).await;
+        if let (Some(tokens), Some(stale), Ok(resp)) = (&self.tokens, bearer, &got)
+            && resp.status() == reqwest::StatusCode::UNAUTHORIZED
+        {
+            let renewed = tokens
+                .renew(&stale, Some(end))
+                .await
+                .map_err(|e| Failure::of_token(&self.source.name, &e))?;
+            got = send(Some(renewed)).await;
         }
+        match &got {
+            Ok(r)
+                if r.status().is_server_error()
+                    || r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                ticket.failed()
+            }
+            Ok(_) => ticket.succeeded(),
+            Err(e) if e.transient() => ticket.failed(),
+            Err(_) => drop(ticket),
+        }
+        let response = got.map_err(not_sent)?;
+        Ok(Opened {
+            response,
+            _permit: permit,
+        })
     }
 
     /// Sends the first call and follows the source's pagination, collecting the records

@@ -11,10 +11,12 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::bulk_standin::{Behaviour, BulkServer, RUN_BOUND, observation_line, patient_line};
+use engine::runtime::run::Runner;
+
 use crate::engine_under_test::{
     definitions, engine_run_command, load, run_with_deadline, runner, runner_with_sink_dir,
     wait_until, watermarks,
@@ -51,6 +53,16 @@ spec:
 {bulk}
 {extra}"
     )
+}
+
+/// The runner of connector `export` of `yaml`, on a new state directory (its NDJSON sink in
+/// `STATE/ndjson`), with the state and definitions directories it lives on.
+fn export_runner(yaml: &str) -> (Runner, tempfile::TempDir, tempfile::TempDir) {
+    let defs = definitions(yaml);
+    let model = load(defs.path());
+    let state = tempfile::tempdir().expect("state");
+    let r = runner(&model, "export", state.path());
+    (r, state, defs)
 }
 
 fn helios_sink(url: &str) -> String {
@@ -116,15 +128,13 @@ async fn an_export_is_polled_streamed_into_helios_and_deleted_and_the_next_asks_
         ..Behaviour::default()
     })
     .await;
-    let dir = definitions(&defs(
+    let (r, state, _defs) = export_runner(&defs(
         &server.url,
         "    types: [Patient, Observation]\n    batchSize: 2\n    maxPollInterval: 5s",
         "  sink: helios",
         &helios_sink(&helios.url),
     ));
-    let model = load(dir.path());
-    let state = tempfile::tempdir().expect("state");
-    let r = runner(&model, "export", state.path());
+
     let report = run_with_deadline(&r, RUN_BOUND).await;
     assert!(report.ok(), "{}", failures(&report));
     assert_eq!(report.records_read, 5);
@@ -211,15 +221,13 @@ async fn helios_exports_into_the_engine_and_the_next_run_reads_only_what_changed
         .map(|i| serde_json::from_str(&patient_line(&format!("h{i}"))).expect("JSON"))
         .collect();
     seed(&c, &helios.url, &patients).await;
-    let dir = definitions(&defs(
+    let (r, state, _defs) = export_runner(&defs(
         &helios.url,
         "    types: [Patient]\n    maxPollInterval: 1s",
         "",
         "",
     ));
-    let model = load(dir.path());
-    let state = tempfile::tempdir().expect("state");
-    let r = runner(&model, "export", state.path());
+
     let report = run_with_deadline(&r, RUN_BOUND).await;
     assert!(report.ok(), "{}\n{}", failures(&report), helios.log());
     assert_eq!(
@@ -250,15 +258,13 @@ async fn a_job_that_never_finishes_fails_at_the_exports_deadline_and_is_deleted(
         ..Behaviour::default()
     })
     .await;
-    let dir = definitions(&defs(
+    let (r, state, _defs) = export_runner(&defs(
         &server.url,
         "    maxDuration: 3s\n    maxPollInterval: 1s",
         "",
         "",
     ));
-    let model = load(dir.path());
-    let state = tempfile::tempdir().expect("state");
-    let r = runner(&model, "export", state.path());
+
     let started = Instant::now();
     let report = run_with_deadline(&r, RUN_BOUND).await;
     let took = started.elapsed();
@@ -281,10 +287,8 @@ async fn a_run_dropped_midway_still_deletes_its_job() {
         ..Behaviour::default()
     })
     .await;
-    let dir = definitions(&defs(&server.url, "    maxPollInterval: 1s", "", ""));
-    let model = load(dir.path());
-    let state = tempfile::tempdir().expect("state");
-    let r = runner(&model, "export", state.path());
+    let (r, state, _defs) = export_runner(&defs(&server.url, "    maxPollInterval: 1s", "", ""));
+
     // Dropped (as a shutdown drops a run's task) once it polls.
     let mut run = Box::pin(r.run(false));
     let polled = async {
@@ -316,10 +320,8 @@ async fn a_retry_after_of_a_year_is_cut_to_the_longest_poll_interval() {
         ..Behaviour::default()
     })
     .await;
-    let dir = definitions(&defs(&server.url, "    maxPollInterval: 1s", "", ""));
-    let model = load(dir.path());
-    let state = tempfile::tempdir().expect("state");
-    let r = runner(&model, "export", state.path());
+    let (r, state, _defs) = export_runner(&defs(&server.url, "    maxPollInterval: 1s", "", ""));
+
     let report = run_with_deadline(&r, RUN_BOUND).await;
     assert!(report.ok(), "{}", failures(&report));
     assert_eq!(ids(&written(state.path(), "Patient")), ["y0"]);
@@ -345,10 +347,8 @@ async fn a_file_on_another_origin_is_refused_before_any_download() {
         ..Behaviour::default()
     })
     .await;
-    let dir = definitions(&defs(&server.url, "    maxPollInterval: 1s", "", ""));
-    let model = load(dir.path());
-    let state = tempfile::tempdir().expect("state");
-    let r = runner(&model, "export", state.path());
+    let (r, state, _defs) = export_runner(&defs(&server.url, "    maxPollInterval: 1s", "", ""));
+
     let report = run_with_deadline(&r, RUN_BOUND).await;
     assert!(!report.ok());
     let text = failures(&report);
@@ -381,15 +381,13 @@ async fn malformed_and_huge_lines_fail_their_records_and_the_rest_goes_on() {
     })
     .await;
     let bulk = "    maxLine: 1KiB\n    batchSize: 2";
-    let dir = definitions(&defs(
+    let (r, state, _defs) = export_runner(&defs(
         &server.url,
         bulk,
         "  run: { onRecordError: skip }",
         "",
     ));
-    let model = load(dir.path());
-    let state = tempfile::tempdir().expect("state");
-    let r = runner(&model, "export", state.path());
+
     let report = run_with_deadline(&r, RUN_BOUND).await;
     assert!(report.ok(), "{}", failures(&report));
     assert_eq!(ids(&written(state.path(), "Patient")), ["m0", "m1"]);
@@ -413,10 +411,8 @@ async fn malformed_and_huge_lines_fail_their_records_and_the_rest_goes_on() {
     }
     assert!(watermarks(state.path(), "export").contains_key("$export"));
     // With `onRecordError: fail` (the default) the same export fails, and keeps no watermark.
-    let dir = definitions(&defs(&server.url, bulk, "", ""));
-    let model = load(dir.path());
-    let state = tempfile::tempdir().expect("state");
-    let report = run_with_deadline(&runner(&model, "export", state.path()), RUN_BOUND).await;
+    let (r, state, _defs) = export_runner(&defs(&server.url, bulk, "", ""));
+    let report = run_with_deadline(&r, RUN_BOUND).await;
     assert!(!report.ok());
     assert!(
         failures(&report).contains("line 2"),
@@ -438,10 +434,8 @@ async fn a_file_cut_midway_is_read_again_and_nothing_is_written_twice() {
         ..Behaviour::default()
     })
     .await;
-    let dir = definitions(&defs(&server.url, "    batchSize: 50", "", ""));
-    let model = load(dir.path());
-    let state = tempfile::tempdir().expect("state");
-    let r = runner(&model, "export", state.path());
+    let (r, state, _defs) = export_runner(&defs(&server.url, "    batchSize: 50", "", ""));
+
     let report = run_with_deadline(&r, RUN_BOUND).await;
     assert!(report.ok(), "{}", failures(&report));
     assert_eq!(server.downloads(), 2);
@@ -470,10 +464,8 @@ async fn kick_off_and_job_failures_are_reported_with_their_outcome() {
         ..Behaviour::default()
     })
     .await;
-    let dir = definitions(&defs(&server.url, "    maxPollInterval: 1s", "", ""));
-    let model = load(dir.path());
-    let state = tempfile::tempdir().expect("state");
-    let r = runner(&model, "export", state.path());
+    let (r, state, _defs) = export_runner(&defs(&server.url, "    maxPollInterval: 1s", "", ""));
+
     let report = run_with_deadline(&r, RUN_BOUND).await;
     let f = report.failures.first().expect("a failure");
     assert!(
@@ -668,4 +660,210 @@ spec:
         );
     }
     assert!(outcome.model.is_none());
+}
+
+/// Files sent gzip-compressed (the engine asks for gzip) are inflated as they stream, and
+/// `maxLine` counts the inflated bytes: a line of 64 KiB that compresses to a few hundred
+/// bytes is still too long.
+#[tokio::test]
+async fn gzip_files_are_inflated_as_they_stream_and_max_line_counts_inflated_bytes() {
+    let n = 300;
+    let mut lines: Vec<String> = (0..n).map(|i| patient_line(&format!("g{i}"))).collect();
+    lines.insert(
+        7,
+        format!(
+            "{{\"resourceType\":\"Patient\",\"id\":\"big\",\"text\":\"{}\"}}",
+            "x".repeat(64 << 10)
+        ),
+    );
+    let server = BulkServer::start(Behaviour {
+        files: vec![("Patient".into(), lines)],
+        gzip: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let (r, state, _defs) = export_runner(&defs(
+        &server.url,
+        "    maxLine: 8KiB\n    batchSize: 50",
+        "  run: { onRecordError: skip }",
+        "",
+    ));
+    let report = run_with_deadline(&r, RUN_BOUND).await;
+    assert!(report.ok(), "{}", failures(&report));
+    assert_eq!(
+        server.gzipped(),
+        1,
+        "the engine asked for gzip, and read it"
+    );
+    let got = ids(&written(state.path(), "Patient"));
+    let mut want: Vec<String> = (0..n).map(|i| format!("g{i}")).collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(report.records_dead_lettered, 1, "{:?}", report.skipped);
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.subject.contains("line 8") && s.reason.contains("maxLine")),
+        "{:?}",
+        report.skipped
+    );
+}
+
+/// A gzip bomb (under 1 MiB that inflates to 256 MiB) fails its file at `maxFileSize`,
+/// counted inflated, without being read again; the job is deleted.
+#[tokio::test]
+async fn a_gzip_bomb_fails_at_max_file_size_and_is_not_read_again() {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![b'0'; 1 << 20];
+    for _ in 0..256 {
+        std::io::Write::write_all(&mut gz, &zeros).expect("gzip");
+    }
+    let bomb = gz.finish().expect("gzip");
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    let server = BulkServer::start(Behaviour {
+        files: vec![("Patient".into(), vec![patient_line("never")])],
+        gzip_body: Some(std::sync::Arc::new(bomb)),
+        ..Behaviour::default()
+    })
+    .await;
+    let (r, state, _defs) = export_runner(&defs(&server.url, "    maxFileSize: 4MiB", "", ""));
+    let started = std::time::Instant::now();
+    let report = run_with_deadline(&r, RUN_BOUND).await;
+    let why = failures(&report);
+    assert!(
+        why.contains("Patient file 1") && why.contains("maxFileSize"),
+        "{why}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.downloads(), 1, "a bomb is not downloaded again");
+    assert_eq!(server.deletes(), 1);
+    assert!(written(state.path(), "Patient").is_empty());
+    assert!(watermarks(state.path(), "export").is_empty());
+}
+
+/// A Bulk kick-off goes through the source's circuit breaker: once a failed kick-off has
+/// opened it, the next run is refused without calling the server.
+#[tokio::test]
+async fn an_open_breaker_stops_a_bulk_kick_off_without_calling_the_server() {
+    let server = BulkServer::start(Behaviour {
+        kick_off_error: Some((
+            500,
+            crate::fhir_standin::operation_outcome("exception", "the server is down"),
+        )),
+        ..Behaviour::default()
+    })
+    .await;
+    let yaml = defs(&server.url, "    maxPollInterval: 1s", "", "").replace(
+        "  retries: 2\n",
+        "  retries: 2\n  breaker: { failures: 1, coolDown: 1h }\n",
+    );
+    assert!(yaml.contains("coolDown"));
+    let (r, _state, _defs) = export_runner(&yaml);
+
+    let report = run_with_deadline(&r, RUN_BOUND).await;
+    assert!(
+        failures(&report).contains("answered 500"),
+        "{}",
+        failures(&report)
+    );
+    let kick_offs = || {
+        server
+            .requests()
+            .iter()
+            .filter(|q| q.contains("$export"))
+            .count()
+    };
+    assert_eq!(kick_offs(), 1);
+    let report = run_with_deadline(&r, RUN_BOUND).await;
+    let why = failures(&report);
+    assert!(
+        why.contains("kick-off failed") && why.contains("open"),
+        "{why}"
+    );
+    assert_eq!(
+        kick_offs(),
+        1,
+        "the open breaker kept the kick-off from the server"
+    );
+}
+
+/// The export of a Patient and of the deletion of two others (one there, one already gone)
+/// and of an entry that is not a `DELETE`.
+fn export_with_deletions() -> Behaviour {
+    Behaviour {
+        files: vec![("Patient".into(), vec![patient_line("kept-new")])],
+        deleted: vec![
+            crate::bulk_standin::deleted_line(&["Patient/gone-1"]),
+            crate::bulk_standin::deleted_line(&["http://elsewhere.test/fhir/Patient/never-there"]),
+            json!({"resourceType": "Bundle", "type": "transaction",
+                   "entry": [{"request": {"method": "POST", "url": "Patient"}}]})
+            .to_string(),
+        ],
+        ..Behaviour::default()
+    }
+}
+
+/// The manifest's `deleted` files (Bulk Data 2.0) are applied to a FHIR sink as `DELETE`s:
+/// the resource deleted at the source is gone from Helios, one never there counts as
+/// deleted, and an entry that is not a `DELETE` is left alone with a warning.
+#[tokio::test]
+async fn deleted_resources_of_an_export_are_deleted_at_a_fhir_sink() {
+    let helios = Helios::start(Db::Memory).await;
+    let c = reqwest::Client::new();
+    seed(
+        &c,
+        &helios.url,
+        &[
+            json!({"resourceType": "Patient", "id": "gone-1", "active": true}),
+            json!({"resourceType": "Patient", "id": "stays", "active": true}),
+        ],
+    )
+    .await;
+    let server = BulkServer::start(export_with_deletions()).await;
+    let (r, _state, _defs) = export_runner(&defs(
+        &server.url,
+        "    types: [Patient]",
+        "  sink: helios",
+        &helios_sink(&helios.url),
+    ));
+    let report = run_with_deadline(&r, RUN_BOUND).await;
+    assert!(report.ok(), "{}", failures(&report));
+    assert_eq!(report.resources_written, 1);
+    assert_eq!(report.resources_deleted, 2, "{report:?}");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("deleted file 1: 1 entries are not a `DELETE`")),
+        "{:?}",
+        report.warnings
+    );
+    let all = read_all(&c, &helios, &["Patient"], 10).await;
+    assert_eq!(
+        all.keys().cloned().collect::<Vec<_>>(),
+        ["Patient/kept-new", "Patient/stays"]
+    );
+}
+
+/// Into the NDJSON sink, which only appends, deletions are counted in a warning, not applied.
+#[tokio::test]
+async fn deleted_resources_into_the_ndjson_sink_are_counted_in_a_warning() {
+    let server = BulkServer::start(export_with_deletions()).await;
+    let (r, state, _defs) = export_runner(&defs(&server.url, "    types: [Patient]", "", ""));
+    let report = run_with_deadline(&r, RUN_BOUND).await;
+    assert!(report.ok(), "{}", failures(&report));
+    assert_eq!(report.resources_deleted, 0);
+    assert!(
+        report.warnings.iter().any(|w| w.contains(
+            "2 resources the export lists as deleted are not deleted at the sink: the NDJSON sink only appends"
+        )),
+        "{:?}",
+        report.warnings
+    );
+    assert_eq!(ids(&written(state.path(), "Patient")), ["kept-new"]);
 }

@@ -3,7 +3,8 @@
 //! `202 Accepted` with the `Content-Location` of the job's status; the status answers `202`
 //! with `Retry-After` and `X-Progress` a given number of times (or for ever), then the
 //! manifest; the NDJSON files it lists are served from `/files/{n}` (streamed, a chunk per 64
-//! lines), optionally cut off midway once, or left hanging after some lines; `DELETE` of the
+//! lines), optionally cut off midway once, or left hanging after some lines, or gzip-compressed
+//! for a client that accepts gzip, or replaced by given gzip bytes (a bomb); `DELETE` of the
 //! status is recorded. Every request is recorded as `METHOD path?query`, with the
 //! `Authorization` it carried. Used by `bulk_export` and by `benches/bulk.rs`.
 
@@ -33,6 +34,8 @@ pub struct Behaviour {
     pub files: Vec<(String, Vec<String>)>,
     /// Lines of the one error file (none when empty).
     pub errors: Vec<String>,
+    /// Lines of the one file of deleted resources (Bundles of `DELETE`s; none when empty).
+    pub deleted: Vec<String>,
     /// A file of the manifest on another origin (its URL).
     pub foreign_file: Option<String>,
     /// The token the files require (`requiresAccessToken: true`); `None`: no token.
@@ -41,6 +44,11 @@ pub struct Behaviour {
     pub cut_once_after: Option<usize>,
     /// Every download of file 0 stops sending after this many lines, without ending.
     pub hang_after: Option<usize>,
+    /// Files are sent gzip-compressed (`Content-Encoding: gzip`) to a client that sends
+    /// `Accept-Encoding: gzip`.
+    pub gzip: bool,
+    /// File 0's body instead of its lines: these bytes, sent as `Content-Encoding: gzip`.
+    pub gzip_body: Option<Arc<Vec<u8>>>,
     pub transaction_time: String,
 }
 
@@ -53,10 +61,13 @@ impl Default for Behaviour {
             job_error: None,
             files: Vec::new(),
             errors: Vec::new(),
+            deleted: Vec::new(),
             foreign_file: None,
             file_token: None,
             cut_once_after: None,
             hang_after: None,
+            gzip: false,
+            gzip_body: None,
             transaction_time: "2026-03-01T10:00:00Z".to_owned(),
         }
     }
@@ -71,6 +82,8 @@ struct Shared {
     kick_offs: Mutex<Vec<HeaderMap>>,
     polls: AtomicUsize,
     downloads: AtomicUsize,
+    /// Downloads sent gzip-compressed (the client asked for gzip).
+    gzipped: AtomicUsize,
     cuts: AtomicUsize,
 }
 
@@ -91,6 +104,7 @@ impl BulkServer {
             kick_offs: Mutex::default(),
             polls: AtomicUsize::new(0),
             downloads: AtomicUsize::new(0),
+            gzipped: AtomicUsize::new(0),
             cuts: AtomicUsize::new(0),
         });
         let app = axum::Router::new()
@@ -100,6 +114,7 @@ impl BulkServer {
             .route("/jobs/{id}", any(status))
             .route("/files/{n}", get(file))
             .route("/errors", get(errors))
+            .route("/deleted", get(deleted))
             .layer(axum::middleware::from_fn_with_state(shared.clone(), record))
             .with_state(shared.clone());
         crate::local_http::spawn_app(listener, app);
@@ -156,6 +171,11 @@ impl BulkServer {
     /// Downloads of output files begun so far.
     pub fn downloads(&self) -> usize {
         self.shared.downloads.load(Ordering::SeqCst)
+    }
+
+    /// Downloads sent gzip-compressed so far.
+    pub fn gzipped(&self) -> usize {
+        self.shared.gzipped.load(Ordering::SeqCst)
     }
 }
 
@@ -236,6 +256,11 @@ async fn status(State(s): State<Arc<Shared>>, method: Method) -> Response {
     if let Some(u) = &b.foreign_file {
         output.push(json!({"type": "Patient", "url": u}));
     }
+    let deleted: Vec<Value> = if b.deleted.is_empty() {
+        Vec::new()
+    } else {
+        vec![json!({"type": "Bundle", "url": format!("{}/deleted", s.base)})]
+    };
     let error: Vec<Value> = if b.errors.is_empty() {
         Vec::new()
     } else {
@@ -250,6 +275,7 @@ async fn status(State(s): State<Arc<Shared>>, method: Method) -> Response {
             "requiresAccessToken": b.file_token.is_some(),
             "output": output,
             "error": error,
+            "deleted": deleted,
         })
         .to_string(),
     )
@@ -320,12 +346,57 @@ async fn file(
         return StatusCode::NOT_FOUND.into_response();
     };
     s.downloads.fetch_add(1, Ordering::SeqCst);
+    let accepts_gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim() == "gzip"));
+    if let Some(body) = b.gzip_body.as_ref().filter(|_| n == 0) {
+        return gzipped((**body).clone());
+    }
+    if b.gzip && accepts_gzip {
+        s.gzipped.fetch_add(1, Ordering::SeqCst);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for line in lines {
+            std::io::Write::write_all(&mut gz, line.as_bytes()).expect("gzip");
+            std::io::Write::write_all(&mut gz, b"\n").expect("gzip");
+        }
+        return gzipped(gz.finish().expect("gzip"));
+    }
     let cut = match b.cut_once_after {
         Some(c) if n == 0 && s.cuts.fetch_add(1, Ordering::SeqCst) == 0 => Some(c),
         _ => None,
     };
     let hang = b.hang_after.filter(|_| n == 0);
     ndjson(lines.clone(), cut, hang)
+}
+
+/// `body` as a gzip-compressed NDJSON answer, in chunks of 16 KiB.
+fn gzipped(body: Vec<u8>) -> Response {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.chunks(16 << 10).map(|c| Ok(c.to_vec())).collect();
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/fhir+ndjson"),
+            (header::CONTENT_ENCODING, "gzip"),
+        ],
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
+}
+
+async fn deleted(State(s): State<Arc<Shared>>) -> Response {
+    let b = s.behaviour.lock().expect("the behaviour").clone();
+    ndjson(b.deleted, None, None)
+}
+
+/// A Bundle of `DELETE` requests, one line of a file of deleted resources.
+pub fn deleted_line(urls: &[&str]) -> String {
+    let entry: Vec<Value> = urls
+        .iter()
+        .map(|u| json!({"request": {"method": "DELETE", "url": u}}))
+        .collect();
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entry}).to_string()
 }
 
 async fn errors(State(s): State<Arc<Shared>>) -> Response {

@@ -388,6 +388,13 @@ async fn a_cron_dead_letter_is_replayed_through_the_current_mapping() {
     let runner = &served.engine.crons.get("nightly").expect("the job").runner;
     let (report, _) = runner.run(false).await;
     assert_eq!(report.records_dead_lettered, 1, "{report:#?}");
+    // The gauge counts the letters kept, as the push queue's does.
+    let metrics = served.get("/metrics").send().await.text;
+    assert_eq!(
+        metric(&metrics, "engine_cron_dead_letters{connector=\"nightly\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
     let listed = served
         .get("/connectors/nightly/dead-letters")
         .send()
@@ -418,6 +425,12 @@ async fn a_cron_dead_letter_is_replayed_through_the_current_mapping() {
     assert_eq!(lines[1]["id"], "repaired-1");
     let listed = served.get("/connectors/nightly/dead-letters").send().await;
     assert_eq!(listed.json(), json!([]), "{}", listed.text);
+    let metrics = served.get("/metrics").send().await.text;
+    assert_eq!(
+        metric(&metrics, "engine_cron_dead_letters{connector=\"nightly\"}"),
+        Some(0.0),
+        "{metrics}"
+    );
 }
 
 /// `engine dead-letters ARGS` against `url` with `token` in `ENGINE_ADMIN_TOKEN`: its exit

@@ -672,7 +672,7 @@ async fn a_reload_while_draining_hands_the_queue_to_one_drainer() {
         reqwest::header::HeaderValue::from_static("application/json"),
     );
     let again = next.pushes["feed"]
-        .deliver(&headers, &patient_payload("h-60"))
+        .deliver(&headers, &patient_payload("h-60"), None)
         .await
         .expect("an answer");
     assert!(matches!(again, Reply::Duplicate), "{again:?}");

@@ -349,14 +349,10 @@ async fn sink(seen: Arc<Mutex<Vec<String>>>) -> String {
     url
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cron_run_s_source_calls_and_sink_posts_share_its_trace() {
-    let (collector, collector_url) = Collector::start().await;
-    let from_source = Arc::new(Mutex::new(Vec::new()));
-    let at_sink = Arc::new(Mutex::new(Vec::new()));
-    let a = source("from-a", from_source.clone()).await;
-    let store = sink(at_sink.clone()).await;
-    let yaml = format!(
+/// A cron connector `copy` syncing Patients from a FHIR source at `a` into a FHIR sink at
+/// `store`.
+fn copy_yaml(a: &str, store: &str) -> String {
+    format!(
         r#"{}apiVersion: fosps.gravitate-health.eu/v1
 kind: Sink
 metadata: {{ name: store }}
@@ -373,9 +369,18 @@ spec:
   sync: {{ resourceTypes: [Patient] }}
   sink: store
 "#,
-        fhir_source("a", &a)
-    );
-    let defs = definitions(&yaml);
+        fhir_source("a", a)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_run_s_source_calls_and_sink_posts_share_its_trace() {
+    let (collector, collector_url) = Collector::start().await;
+    let from_source = Arc::new(Mutex::new(Vec::new()));
+    let at_sink = Arc::new(Mutex::new(Vec::new()));
+    let a = source("from-a", from_source.clone()).await;
+    let store = sink(at_sink.clone()).await;
+    let defs = definitions(&copy_yaml(&a, &store));
     let state = tempfile::tempdir().expect("state");
     let server = serve(
         defs.path(),
@@ -426,4 +431,121 @@ spec:
     assert_eq!(&posted[36..52], post["spanId"], "{posted}: {post}");
     assert_eq!(attr(post, "server.origin")["stringValue"], store.as_str());
     assert_eq!(attr(post, "http.response.status_code")["intValue"], "200");
+}
+
+/// An `engine run` exits right after its run; the spans it queued reach the collector first
+/// (flushed at exit, within a short deadline), though the exporter would have waited up to a
+/// second to fill its batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_run_s_spans_arrive_although_it_exits_right_after() {
+    let (collector, collector_url) = Collector::start().await;
+    let from_source = Arc::new(Mutex::new(Vec::new()));
+    let at_sink = Arc::new(Mutex::new(Vec::new()));
+    let a = source("from-a", from_source.clone()).await;
+    let store = sink(at_sink.clone()).await;
+    let defs = definitions(&copy_yaml(&a, &store));
+    let state = tempfile::tempdir().expect("state");
+    let mut cmd = crate::engine_under_test::engine_run_command(defs.path(), "copy", state.path());
+    cmd.arg("--otlp-endpoint").arg(&collector_url);
+    let exit = crate::engine_under_test::exit_of(cmd, Duration::from_secs(30)).await;
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+
+    // Already there when the process has ended: nothing is awaited after the exit.
+    let posted = at_sink.lock().expect("seen").first().cloned();
+    let posted = posted.unwrap_or_else(|| panic!("the run posted to the sink: {}", exit.stderr));
+    let spans = collector.of_trace(&posted[3..35]);
+    assert!(
+        spans.iter().any(|s| s["name"] == "POST sink"),
+        "the sink post's span was exported before the exit: {spans:#?}\n{}",
+        exit.stderr
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|s| attr(s, "fosps.source")["stringValue"] == "a"),
+        "the source call's span was exported before the exit: {spans:#?}"
+    );
+}
+
+/// A sync push connector `inbox` writing Patients to a FHIR sink at `store`.
+fn sync_push_yaml(store: &str) -> String {
+    format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Sink
+metadata: {{ name: store }}
+spec:
+  fhir: {{ url: "{store}", version: R4, mode: transaction, retries: 0, timeout: 5s }}
+---
+apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: inbox }}
+spec:
+  strategy: push
+  push:
+    auth: {{ bearer: {{ token: push-token-0123456789 }} }}
+    mode: sync
+  sink: store
+  mapping:
+    resourceType: Patient
+    id: {{ $path: $.id }}
+"#
+    )
+}
+
+/// A sync push's sink post belongs to the push request's trace: its `traceparent` carries the
+/// caller's trace id, and its span is a child of the request's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_push_s_sink_post_is_a_child_of_the_request() {
+    let (collector, collector_url) = Collector::start().await;
+    let at_sink = Arc::new(Mutex::new(Vec::new()));
+    let store = sink(at_sink.clone()).await;
+    let defs = definitions(&sync_push_yaml(&store));
+    let state = tempfile::tempdir().expect("state");
+    let server = serve(
+        defs.path(),
+        state.path(),
+        &["--otlp-endpoint", &collector_url],
+    )
+    .await;
+    let c = client(CLIENT_TIMEOUT);
+    let got = send(
+        c.post(format!("{}/push/inbox", server.base))
+            .bearer_auth("push-token-0123456789")
+            .header("traceparent", CALLER)
+            .header("content-type", "application/json")
+            .body(r#"{"id": "p1"}"#),
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let posted = at_sink.lock().expect("seen").first().cloned();
+    let posted = posted.unwrap_or_else(|| panic!("the push posted to the sink"));
+    assert_eq!(
+        &posted[3..35],
+        CALLER_TRACE,
+        "the sink post's traceparent: {posted}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let spans = loop {
+        let spans = collector.of_trace(CALLER_TRACE);
+        if spans.iter().any(|s| s["kind"] == 2) && spans.iter().any(|s| s["name"] == "POST sink") {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the request's and the sink post's spans within 15 s: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let request = spans
+        .iter()
+        .find(|s| s["kind"] == 2)
+        .unwrap_or_else(|| panic!("the request's span: {spans:#?}"));
+    assert_eq!(request["parentSpanId"], CALLER_SPAN, "{request}");
+    let post = spans
+        .iter()
+        .find(|s| s["name"] == "POST sink")
+        .unwrap_or_else(|| panic!("the sink's span: {spans:#?}"));
+    assert_eq!(post["parentSpanId"], request["spanId"], "{spans:#?}");
+    assert_eq!(&posted[36..52], post["spanId"], "{posted}: {post}");
 }

@@ -102,6 +102,17 @@ struct Servers {
 }
 
 impl Servers {
+    /// A token endpoint issuing 5-minute tokens for the client secret `SECRET`, and the
+    /// resources behind it.
+    async fn issuing() -> Servers {
+        Servers::start(
+            Mode::Issue,
+            Expect::Secret(SECRET),
+            Duration::from_secs(300),
+        )
+        .await
+    }
+
     async fn start(mode: Mode, expect: Expect, lifetime: Duration) -> Servers {
         let (listener, url) = bind().await;
         let stand = Arc::new(Stand {
@@ -426,12 +437,7 @@ fn assert_found(got: &Got) {
 
 #[tokio::test]
 async fn oauth2_token_fetched_once_for_many_calls() {
-    let servers = Servers::start(
-        Mode::Issue,
-        Expect::Secret(SECRET),
-        Duration::from_secs(300),
-    )
-    .await;
+    let servers = Servers::issuing().await;
     let (engine, _defs) = oauth2_engine(&servers, SECRET);
     // Eight at once: one token request, the others wait for its token.
     let searches = (0..8).map(|i| {
@@ -470,12 +476,7 @@ async fn oauth2_token_renewed_before_it_expires() {
 
 #[tokio::test]
 async fn oauth2_token_renewed_once_on_a_401_then_the_401_stands() {
-    let servers = Servers::start(
-        Mode::Issue,
-        Expect::Secret(SECRET),
-        Duration::from_secs(300),
-    )
-    .await;
+    let servers = Servers::issuing().await;
     let (engine, _defs) = oauth2_engine(&servers, SECRET);
     assert_found(&search(&engine, "a").await);
     // The server forgets its tokens (a restart, a revocation): the next call's 401 renews.
@@ -515,12 +516,7 @@ async fn a_wrong_secret_fails_clearly_without_the_secret_in_the_answer_or_the_lo
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let servers = Servers::start(
-        Mode::Issue,
-        Expect::Secret(SECRET),
-        Duration::from_secs(300),
-    )
-    .await;
+    let servers = Servers::issuing().await;
     let wrong = "wrong-Secret-Value-77ab";
     let (engine, _defs) = oauth2_engine(&servers, wrong);
     let got = search(&engine, "a").await;
@@ -815,12 +811,7 @@ fn sink_oauth2(url: &str) -> String {
 
 #[tokio::test]
 async fn a_fhir_sink_writes_with_an_oauth2_token_kept_and_renewed_once_on_a_401() {
-    let servers = Servers::start(
-        Mode::Issue,
-        Expect::Secret(SECRET),
-        Duration::from_secs(300),
-    )
-    .await;
+    let servers = Servers::issuing().await;
     let (writer, _defs) = sink_writer(&servers, &sink_oauth2(&servers.url), &[("secret", SECRET)]);
     let opts = engine::runtime::sink::WriteOptions::default();
     let report = writer.write(patients(&["p1", "p2"]), &opts).await;
@@ -919,12 +910,7 @@ async fn a_sink_token_answer_of_garbage_fails_the_write_for_good() {
 
 #[tokio::test]
 async fn a_sink_refused_by_its_token_endpoint_never_shows_the_secret() {
-    let servers = Servers::start(
-        Mode::Issue,
-        Expect::Secret(SECRET),
-        Duration::from_secs(300),
-    )
-    .await;
+    let servers = Servers::issuing().await;
     let wrong = "wrong-Secret-Value-1234";
     let (writer, _defs) = sink_writer(&servers, &sink_oauth2(&servers.url), &[("secret", wrong)]);
     let report = writer
@@ -945,12 +931,7 @@ async fn a_sink_refused_by_its_token_endpoint_never_shows_the_secret() {
 
 #[tokio::test]
 async fn a_guide_package_is_downloaded_with_an_oauth2_token() {
-    let servers = Servers::start(
-        Mode::Issue,
-        Expect::Secret(SECRET),
-        Duration::from_secs(300),
-    )
-    .await;
+    let servers = Servers::issuing().await;
     let auth = oauth2_auth(&servers.url)
         .lines()
         .map(|l| format!("  {l}"))
@@ -994,4 +975,60 @@ spec:
     assert_eq!(guide.resources[0].1["id"], "guarded");
     assert_eq!(servers.tokens(), 1);
     assert_eq!(servers.stand.packages.load(Ordering::SeqCst), 1);
+}
+
+/// A FHIR sink `store` whose `auth` or `tls` the HTTP layer refuses (a checked model has
+/// none: the checks refuse such values first; the build still says whose they are).
+fn refused_sink(
+    auth: Option<engine::model::Auth>,
+    tls: Option<engine::model::Tls>,
+) -> engine::model::SinkRef {
+    engine::model::SinkRef::Named(Arc::new(engine::model::Sink::Fhir(
+        engine::model::FhirSink {
+            name: "store".into(),
+            url: url::Url::parse("http://127.0.0.1:9/fhir").expect("a URL"),
+            version: engine::model::vocabulary::FhirVersion::R4,
+            auth,
+            tls,
+            timeout: Duration::from_secs(2),
+            batch_size: 10,
+            concurrency: 1,
+            mode: engine::model::vocabulary::BundleMode::Transaction,
+            retries: 0,
+            provenance: false,
+        },
+    )))
+}
+
+#[test]
+fn a_sink_that_cannot_be_built_is_named_as_a_sink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = |s: &str| engine::model::Secret(s.to_owned());
+    let header = refused_sink(
+        Some(engine::model::Auth::ApiKey {
+            header: "X-Key".into(),
+            value: secret("line\nbreak"),
+        }),
+        None,
+    );
+    let tls = refused_sink(
+        None,
+        Some(engine::model::Tls {
+            identity: None,
+            ca: Some(secret(
+                "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----",
+            )),
+        }),
+    );
+    for (sink, want) in [
+        (header, "sink `store`: invalid credential"),
+        (tls, "sink `store`: invalid TLS "),
+    ] {
+        let got = match engine::runtime::sink::Writer::new(&sink, dir.path()) {
+            Ok(_) => panic!("the sink is built"),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.starts_with(want), "{got}");
+        assert!(!got.contains("source"), "{got}");
+    }
 }

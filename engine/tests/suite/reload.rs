@@ -160,3 +160,125 @@ async fn reload_under_load() {
     assert!(ok > 0, "the load ran");
     assert_eq!(failed, 0, "no request failed during the reloads");
 }
+
+/// A pull connector whose mapping reads a table file and whose source header is a
+/// `${file:...}` secret: what the route answers depends on both files.
+const TABLE_CONNECTOR: &str = r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: { name: coded }
+spec:
+  strategy: pull
+  source:
+    url: "@URL@"
+    timeout: 5s
+    auth:
+      apiKey: { header: X-Key, value: "${file:key.txt}" }
+  tables:
+    genders: { file: genders.csv }
+  pull:
+    resources:
+      - type: Patient
+        search: { request: { path: /patients }, records: "$[*]" }
+  mapping:
+    resourceType: Patient
+    id: { $path: $.id }
+    gender: "{{translate 'genders' record.g}}"
+    name:
+      - text: { $path: $.key }
+"#;
+
+/// The first Patient of a search on `url`: its gender and name text, once it answers 200.
+async fn coded_patient(client: &reqwest::Client, url: &str) -> Option<(String, String)> {
+    let got = client.get(url).send().await.ok()?;
+    if got.status() != 200 {
+        return None;
+    }
+    let bundle: serde_json::Value = got.json().await.ok()?;
+    let p = &bundle["entry"][0]["resource"];
+    Some((
+        p["gender"].as_str()?.to_owned(),
+        p["name"][0]["text"].as_str()?.to_owned(),
+    ))
+}
+
+/// Waits until the route answers `want`; the last answer when it does not within `WAIT`.
+async fn wait_for_patient(
+    client: &reqwest::Client,
+    url: &str,
+    want: (&str, &str),
+) -> Result<(), Option<(String, String)>> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = coded_patient(client, url).await;
+        if got
+            .as_ref()
+            .is_some_and(|(g, k)| g == want.0 && k == want.1)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(got);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A table file or a `${file:...}` secret changed alone, the YAML untouched, is served: the
+/// engine reloads on the files a definition compiled in, not only on the definitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_table_file_or_secret_file_reloads() {
+    use axum::http::HeaderMap;
+    let (listener, source) = crate::local_http::bind().await;
+    let app = axum::Router::new().route(
+        "/patients",
+        axum::routing::get(|headers: HeaderMap| async move {
+            let key = headers
+                .get("x-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .to_owned();
+            axum::Json(serde_json::json!([{ "id": "p1", "g": "F", "key": key }]))
+        }),
+    );
+    let _source = crate::local_http::spawn_app(listener, app);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let defs = dir.path().join("defs");
+    std::fs::create_dir(&defs).expect("mkdir");
+    std::fs::write(
+        defs.join("coded.yaml"),
+        TABLE_CONNECTOR.replace("@URL@", &source),
+    )
+    .expect("write");
+    std::fs::write(defs.join("genders.csv"), "code,gender\nF,female\n").expect("write");
+    std::fs::write(defs.join("key.txt"), "first-key\n").expect("write");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    cmd.arg("serve")
+        .arg(&defs)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+    let server = ServeProcess::start(cmd, WAIT).await;
+    let url = format!("{}/fhir/coded/Patient", server.base);
+    let client = reqwest::Client::new();
+    wait_for_patient(&client, &url, ("female", "first-key"))
+        .await
+        .expect("served from the files as they were at start");
+
+    // The table file changes; the YAML does not.
+    std::fs::write(defs.join("genders.csv"), "code,gender\nF,other\n").expect("write");
+    if let Err(got) = wait_for_patient(&client, &url, ("other", "first-key")).await {
+        panic!(
+            "the changed table is not served within {WAIT:?}: {got:?}\n{}",
+            server.log()
+        );
+    }
+    // The secret file changes; nothing else does.
+    std::fs::write(defs.join("key.txt"), "second-key\n").expect("write");
+    if let Err(got) = wait_for_patient(&client, &url, ("other", "second-key")).await {
+        panic!(
+            "the changed secret file is not used within {WAIT:?}: {got:?}\n{}",
+            server.log()
+        );
+    }
+    drop(server);
+}

@@ -543,6 +543,13 @@ pub struct BulkExportSpec {
     #[serde(default)]
     #[schemars(extend("pattern" = "^[0-9]+(B|KB|MB|GB|KiB|MiB|GiB)?$"))]
     pub max_line: Option<String>,
+    /// Largest output or error file (default `1GiB`), counted in the bytes it holds once
+    /// inflated when the server sends it gzip-compressed (`Content-Encoding: gzip`, which the
+    /// engine asks for): a larger file, a gzip bomb among them, fails the run without being
+    /// read again.
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^[0-9]+(B|KB|MB|GB|KiB|MiB|GiB)?$"))]
+    pub max_file_size: Option<String>,
     /// Records mapped and written together (default 1000): what a run holds at once.
     #[serde(default)]
     #[schemars(range(min = 1, max = 100000))]

@@ -1,6 +1,6 @@
 //! Checks of a cron connector's FHIR Bulk Data export (`bulkExport`): a FHIR source, the
 //! level and its Group, resource types and type filters, NDJSON output, the bounds of the
-//! job (durations, line size, batch size) and the origins files may come from.
+//! job (durations, line and file sizes, batch size) and the origins files may come from.
 
 use std::time::Duration;
 
@@ -97,6 +97,7 @@ pub fn bulk_export(ctx: &mut Ctx<'_>, b: &BulkExportSpec, fhir_source: bool) -> 
         Duration::from_secs(60),
     );
     let max_line = ctx.size(&at("maxLine"), b.max_line.as_deref(), 4 << 20);
+    let max_file_size = ctx.size(&at("maxFileSize"), b.max_file_size.as_deref(), 1 << 30);
     let mut file_origins = Vec::new();
     for (i, o) in b.file_origins.iter().enumerate() {
         let path = ["spec", "bulkExport", "fileOrigins", &i.to_string()];
@@ -134,6 +135,7 @@ pub fn bulk_export(ctx: &mut Ctx<'_>, b: &BulkExportSpec, fhir_source: bool) -> 
         max_duration,
         max_poll_interval,
         max_line: usize::try_from(max_line).unwrap_or(usize::MAX),
+        max_file_size,
         batch_size: b.batch_size.map_or(1000, |n| n as usize),
         file_origins,
     })

@@ -2,6 +2,7 @@
 //! routes, push endpoint, schedule, mapping, tables and the definition's tests.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -23,13 +24,14 @@ pub fn connector(
     doc: &ConnectorDoc,
     names: &Names<'_>,
     used: &mut HashSet<String>,
+    inputs: &mut BTreeMap<PathBuf, String>,
 ) -> Option<Connector> {
     let errors = error_count(ctx);
     let spec = &doc.spec;
     let name = doc.metadata.name.as_str();
     sections(ctx, spec);
 
-    let tables: Arc<BTreeMap<String, Table>> = Arc::new(super::tables::tables(ctx, spec));
+    let tables: Arc<BTreeMap<String, Table>> = Arc::new(super::tables::tables(ctx, spec, inputs));
     let time_zone = time_zone(ctx, spec.time_zone.as_deref());
     let mut templates = Templates::new(tables.clone(), time_zone);
 

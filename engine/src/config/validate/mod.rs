@@ -29,7 +29,7 @@ use serde_json::Value;
 use crate::config::diagnostic::{Diagnostic, Location, Severity};
 use crate::config::fhir_schema::FhirSchema;
 use crate::config::load::SourceFile;
-use crate::config::secrets::Environment;
+use crate::config::secrets::{Environment, Recording};
 use crate::config::spec::{ConnectorDoc, SinkDoc, SourceDoc};
 use crate::config::yaml::{self, Node, NodeValue, display_path};
 use crate::model::Model;
@@ -71,6 +71,14 @@ impl Outcome {
 /// resolved, names checked unique, sources and sinks checked, connectors checked and compiled,
 /// the checks across documents (unused sources, routes), and last the definitions' tests.
 pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Options<'_>) -> Outcome {
+    // The files that references read are noted, so that the model names its inputs.
+    let recording = Recording::new(opts.env);
+    let opts = &Options {
+        allow_unresolved: opts.allow_unresolved,
+        run_tests: opts.run_tests,
+        fhir_schema: opts.fhir_schema,
+        env: &recording,
+    };
     let mut diags = read_errors;
     let mut texts = HashMap::new();
     let mut docs = Documents::default();
@@ -89,6 +97,7 @@ pub fn validate(files: &[SourceFile], read_errors: Vec<Diagnostic>, opts: &Optio
     if opts.run_tests && !diags.iter().any(|d| d.severity == Severity::Error) {
         docs.run_tests(&model, opts.fhir_schema, &mut diags);
     }
+    model.inputs.extend(recording.into_read());
     crate::config::diagnostic::sort(&mut diags);
     let ok = !diags.iter().any(|d| d.severity == Severity::Error);
     Outcome {
@@ -292,7 +301,10 @@ impl Documents {
             };
             for (doc, spec) in &self.connectors {
                 let mut ctx = Ctx::new(doc, diags);
-                if let Some(mut c) = connector::connector(&mut ctx, spec, &names, &mut used) {
+                let compiled_from = &mut model.inputs;
+                if let Some(mut c) =
+                    connector::connector(&mut ctx, spec, &names, &mut used, compiled_from)
+                {
                     c.fingerprint = self.fingerprint(doc, spec);
                     // A table read from a file changes the connector as its definition does.
                     let files: Vec<String> = c

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::context::Ctx;
 use crate::config::spec::{ConnectorSpec, TableSpec};
+use crate::model::digest::content_digest;
 use crate::model::template::Table;
 
 /// The largest table file read.
@@ -53,7 +54,12 @@ pub enum TableFileError {
 }
 
 /// The tables of a connector; errors are reported at the table's `file` or `map`.
-pub fn tables(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> BTreeMap<String, Table> {
+/// Each file read is noted in `inputs` with the digest of its bytes.
+pub fn tables(
+    ctx: &mut Ctx<'_>,
+    spec: &ConnectorSpec,
+    inputs: &mut BTreeMap<PathBuf, String>,
+) -> BTreeMap<String, Table> {
     let base = ctx
         .doc
         .file
@@ -65,7 +71,10 @@ pub fn tables(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> BTreeMap<String, Table
         let map = match (&t.map, &t.file) {
             (Some(map), None) => map.clone(),
             (None, Some(file)) => match read(&base, file, t) {
-                Ok(map) => map,
+                Ok((map, digest)) => {
+                    inputs.insert(base.join(file), digest);
+                    map
+                }
                 Err(e) => {
                     ctx.error(&["spec", "tables", name, "file"], e.to_string(), None);
                     continue;
@@ -109,12 +118,12 @@ pub fn tables(ctx: &mut Ctx<'_>, spec: &ConnectorSpec) -> BTreeMap<String, Table
     out
 }
 
-/// The codes and values of a table file.
+/// The codes and values of a table file, and the digest of its bytes.
 pub fn read(
     base: &Path,
     file: &str,
     spec: &TableSpec,
-) -> Result<BTreeMap<String, Value>, TableFileError> {
+) -> Result<(BTreeMap<String, Value>, String), TableFileError> {
     let shown = file.to_owned();
     let csv = if file.ends_with(".csv") {
         true
@@ -142,6 +151,7 @@ pub fn read(
             max: MAX_TABLE_BYTES,
         });
     }
+    let digest = content_digest(&[&bytes]);
     let text = String::from_utf8(bytes).map_err(|_| TableFileError::NotUtf8 {
         file: shown.clone(),
     })?;
@@ -162,7 +172,7 @@ pub fn read(
             max: MAX_TABLE_ENTRIES,
         });
     }
-    Ok(map)
+    Ok((map, digest))
 }
 
 fn read_json(text: &str, file: &str) -> Result<BTreeMap<String, Value>, TableFileError> {

@@ -129,6 +129,7 @@ impl Job {
                 trace,
             )
             .await
+            .map(|o| o.response)
             .map_err(|f| BulkError::KickOff {
                 message: f.reason,
                 outcome: None,
@@ -190,7 +191,8 @@ impl Job {
                     (timeout, timeout),
                     &self.trace,
                 )
-                .await;
+                .await
+                .map(|o| o.response);
             polled();
             let wait = match resp {
                 Err(f) if deadline <= Instant::now() => {
@@ -276,6 +278,7 @@ async fn delete(client: &SourceClient, url: url::Url, trace: &TraceContext) -> R
     match client
         .open(Method::DELETE, url, HeaderMap::new(), true, (t, t), trace)
         .await
+        .map(|o| o.response)
     {
         Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => Ok(()),
         Ok(r) => Err(format!("answered {}", r.status().as_u16())),

@@ -1,6 +1,6 @@
 //! The manifest of a finished FHIR Bulk Data export: its `transactionTime` (the next run's
-//! `_since`), whether files need the access token, and its `output` and `error` files, each
-//! checked to be on the source's origin or one the definition declares.
+//! `_since`), whether files need the access token, and its `output`, `error` and `deleted`
+//! files, each checked to be on the source's origin or one the definition declares.
 
 use serde_json::Value;
 
@@ -22,8 +22,8 @@ pub struct Manifest {
     pub requires_access_token: bool,
     pub output: Vec<FileRef>,
     pub error: Vec<FileRef>,
-    /// Files of deleted resources (Bulk Data 2.0 `deleted`), which the engine does not apply.
-    pub deleted: usize,
+    /// Files of deleted resources (Bulk Data 2.0 `deleted`): Bundles of `DELETE` requests.
+    pub deleted: Vec<FileRef>,
 }
 
 /// Why a manifest was refused. No variant holds a URL (it may carry a signature).
@@ -84,7 +84,8 @@ impl Manifest {
         };
         let output = files("output")?;
         let error = files("error")?;
-        if output.len() + error.len() > MAX_FILES {
+        let deleted = files("deleted")?;
+        if output.len() + error.len() + deleted.len() > MAX_FILES {
             return Err(ManifestError::TooMany);
         }
         Ok(Manifest {
@@ -95,10 +96,7 @@ impl Manifest {
                 .unwrap_or(false),
             output,
             error,
-            deleted: o
-                .get("deleted")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len),
+            deleted,
         })
     }
 }

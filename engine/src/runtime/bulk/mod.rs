@@ -1,7 +1,8 @@
 //! FHIR Bulk Data `$export` (Bulk Data Access IG 2.0) as a cron read: the job kicked off and
 //! polled (`job`), its manifest checked (`manifest`), its `output` files streamed line by line
-//! (`ndjson`) to the runner in batches, its `error` files read into the run report, and the
-//! job deleted at the end, after a failure too. The runner maps and writes each batch
+//! (`ndjson`) to the runner in batches, its `deleted` files (Bundles of `DELETE` requests)
+//! handed over as references, its `error` files read into the run report, and the job
+//! deleted at the end, after a failure too. The runner maps and writes each batch
 //! (`Consumer`); nothing of an export is held whole.
 
 pub mod error;
@@ -45,6 +46,30 @@ pub trait Consumer {
         batch: Vec<Line>,
         report: &mut RunReport,
     ) -> impl Future<Output = bool> + Send;
+
+    /// Applies one batch of deletions (`Type/id` references of resources the server deleted);
+    /// false when the run must stop.
+    fn delete(
+        &mut self,
+        references: Vec<String>,
+        report: &mut RunReport,
+    ) -> impl Future<Output = bool> + Send;
+}
+
+/// The `Type/id` a `DELETE` entry of a deleted file names (its `request.url`, relative, or
+/// absolute ending in `Type/id`), when it names one.
+pub fn deleted_reference(entry: &serde_json::Value) -> Option<String> {
+    let request = &entry["request"];
+    if request["method"].as_str() != Some("DELETE") {
+        return None;
+    }
+    let url = request["url"].as_str()?.trim();
+    let path = url.split(['?', '#']).next()?.trim_end_matches('/');
+    let mut parts = path.rsplit('/');
+    let id = parts.next()?;
+    let kind = parts.next()?;
+    (crate::model::fhir::is_resource_type(kind) && crate::model::fhir::is_id(id))
+        .then(|| format!("{kind}/{id}"))
 }
 
 /// One export of a cron run.
@@ -116,12 +141,6 @@ impl Export<'_> {
             })
             .await;
         let manifest = Manifest::read(&polled?, origins)?;
-        if manifest.deleted > 0 {
-            report.warnings.push(format!(
-                "the export lists {} files of deleted resources, which are not applied",
-                manifest.deleted
-            ));
-        }
         let mut per_type = std::collections::BTreeMap::<&str, usize>::new();
         for f in &manifest.output {
             let n = per_type.entry(f.kind.as_str()).or_default();
@@ -130,8 +149,85 @@ impl Export<'_> {
             self.file(&manifest, f, &name, deadline, report, consumer)
                 .await?;
         }
+        for (i, f) in manifest.deleted.iter().enumerate() {
+            let name = format!("deleted file {}", i + 1);
+            self.deleted(&manifest, f, &name, deadline, report, consumer)
+                .await?;
+        }
         self.errors(&manifest, deadline, report).await?;
         Ok(manifest.transaction_time)
+    }
+
+    /// Reads one file of deleted resources (each line a Bundle of `DELETE` entries) and hands
+    /// its references to the consumer in batches. An entry that is not a `DELETE` of
+    /// `Type/id` is left alone and counted in a warning; a line that is not a Bundle fails
+    /// the run.
+    async fn deleted(
+        &self,
+        manifest: &Manifest,
+        f: &FileRef,
+        name: &str,
+        deadline: Instant,
+        report: &mut RunReport,
+        consumer: &mut (impl Consumer + Send),
+    ) -> Result<(), BulkError> {
+        report.source_calls += 1;
+        let mut lines = self
+            .open(manifest, f, name, deadline)
+            .await
+            .map_err(|(e, _)| e)?;
+        let failed = |n: usize, reason: String| BulkError::File {
+            file: name.to_owned(),
+            reason: format!("line {n}: {reason}"),
+        };
+        let (mut n, mut ignored) = (0usize, 0usize);
+        let mut batch = Vec::new();
+        while let Some(text) = lines.next().await.map_err(|e| match e {
+            ndjson::ReadError::Deadline => BulkError::Deadline(self.bulk.max_duration),
+            e => failed(n, e.to_string()),
+        })? {
+            n += 1;
+            let bytes = match text {
+                Text::Line(b) if b.iter().all(u8::is_ascii_whitespace) => continue,
+                Text::Line(b) => b,
+                Text::TooLong(len) => {
+                    return Err(failed(
+                        n,
+                        format!("{len} bytes, longer than `bulkExport.maxLine`"),
+                    ));
+                }
+            };
+            let bundle: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| failed(n, format!("not JSON: {e}")))?;
+            let Some(entries) = bundle["entry"]
+                .as_array()
+                .filter(|_| bundle["resourceType"] == "Bundle")
+            else {
+                return Err(failed(n, "not a Bundle with entries".into()));
+            };
+            for e in entries {
+                match deleted_reference(e) {
+                    Some(r) => batch.push(r),
+                    None => ignored += 1,
+                }
+            }
+            if batch.len() >= self.bulk.batch_size
+                && !consumer.delete(std::mem::take(&mut batch), report).await
+            {
+                return Err(BulkError::Stopped);
+            }
+        }
+        if !batch.is_empty() && !consumer.delete(batch, report).await {
+            return Err(BulkError::Stopped);
+        }
+        if ignored > 0 {
+            let text = format!(
+                "{name}: {ignored} entries are not a `DELETE` of `Type/id` and are left alone"
+            );
+            tracing::warn!(connector = self.connector, "{text}");
+            report.warnings.push(text);
+        }
+        Ok(())
     }
 
     /// Opens a file of the manifest (with the access token when it requires one).
@@ -152,11 +248,16 @@ impl Export<'_> {
             reqwest::header::ACCEPT,
             HeaderValue::from_static("application/fhir+ndjson"),
         );
+        // Bulk servers may compress files for a client that says it reads gzip.
+        headers.insert(
+            reqwest::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip"),
+        );
         let failed = |reason: String| BulkError::File {
             file: name.to_owned(),
             reason,
         };
-        let resp = self
+        let opened = self
             .client
             .open(
                 Method::GET,
@@ -171,12 +272,36 @@ impl Export<'_> {
                 let transient = e.status.is_none();
                 (failed(e.reason), transient)
             })?;
-        let status = resp.status();
+        let status = opened.response.status();
         if !status.is_success() {
             let transient = status.is_server_error() || status.as_u16() == 429;
             return Err((failed(format!("answered {}", status.as_u16())), transient));
         }
-        Ok(Lines::new(resp, self.bulk.max_line, s.timeout, deadline))
+        let encoding = opened
+            .response
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+        let gzip = match encoding.as_deref() {
+            None | Some("" | "identity") => false,
+            Some("gzip" | "x-gzip") => true,
+            Some(other) => {
+                let other: String = other.chars().take(40).collect();
+                return Err((
+                    failed(format!(
+                        "sent with `Content-Encoding: {other}`, which is not read (gzip is)"
+                    )),
+                    false,
+                ));
+            }
+        };
+        Ok(Lines::new(
+            opened,
+            (self.bulk.max_line, self.bulk.max_file_size),
+            gzip,
+            s.timeout,
+            deadline,
+        ))
     }
 
     /// Streams one output file through the consumer in batches. A file cut off midway is
@@ -203,11 +328,8 @@ impl Export<'_> {
                         .await
                     {
                         Ok(()) => return Ok(()),
-                        Err(BulkError::Stopped) => return Err(BulkError::Stopped),
-                        Err(e) => {
-                            let transient = !matches!(e, BulkError::Deadline(_));
-                            (e, transient)
-                        }
+                        Err((BulkError::Stopped, _)) => return Err(BulkError::Stopped),
+                        Err(failed) => failed,
                     }
                 }
             };
@@ -222,7 +344,8 @@ impl Export<'_> {
         }
     }
 
-    /// Reads the lines of an open file past the first `taken`, handing them over in batches.
+    /// Reads the lines of an open file past the first `taken`, handing them over in batches;
+    /// an error says whether reading the file again may succeed.
     async fn lines(
         &self,
         lines: &mut Lines,
@@ -230,16 +353,20 @@ impl Export<'_> {
         taken: &mut usize,
         report: &mut RunReport,
         consumer: &mut (impl Consumer + Send),
-    ) -> Result<(), BulkError> {
+    ) -> Result<(), (BulkError, bool)> {
+        let stopped = || (BulkError::Stopped, false);
         let mut n = 0usize;
         let mut batch = Vec::new();
         loop {
             let next = lines.next().await.map_err(|e| match e {
-                ndjson::ReadError::Deadline => BulkError::Deadline(self.bulk.max_duration),
-                e => BulkError::File {
-                    file: name.to_owned(),
-                    reason: format!("{e} after line {n}"),
-                },
+                ndjson::ReadError::Deadline => (BulkError::Deadline(self.bulk.max_duration), false),
+                e => (
+                    BulkError::File {
+                        file: name.to_owned(),
+                        reason: format!("{e} after line {n}"),
+                    },
+                    e.transient(),
+                ),
             })?;
             let Some(text) = next else { break };
             n += 1;
@@ -252,13 +379,13 @@ impl Export<'_> {
             });
             if batch.len() >= self.bulk.batch_size {
                 if !consumer.take(std::mem::take(&mut batch), report).await {
-                    return Err(BulkError::Stopped);
+                    return Err(stopped());
                 }
                 *taken = n;
             }
         }
         if !batch.is_empty() && !consumer.take(batch, report).await {
-            return Err(BulkError::Stopped);
+            return Err(stopped());
         }
         *taken = n;
         Ok(())

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::error::{GuideError, MAX_FILES};
 use crate::model::{Auth, Tls};
+use crate::runtime::build_error::Party;
 use crate::runtime::outbound::{self, OutboundError, RetryPolicy};
 use crate::runtime::outbound_auth::Credentials;
 use crate::runtime::outbound_auth::credentials::{self, with_header};
@@ -23,9 +24,9 @@ pub(super) async fn download(
     auth: Option<&Auth>,
     tls: Option<&Tls>,
 ) -> Result<Vec<u8>, GuideError> {
-    const PARTY: &str = "guide download";
-    let client = credentials::client(PARTY, tls).map_err(|e| GuideError::Client(e.to_string()))?;
-    let creds = Credentials::new(PARTY, auth, timeout, &client)
+    let party = Party::GuideDownload;
+    let client = credentials::client(&party, tls).map_err(|e| GuideError::Client(e.to_string()))?;
+    let creds = Credentials::new(&party, auth, timeout, &client)
         .map_err(|e| GuideError::Client(e.to_string()))?;
     let policy = RetryPolicy {
         retries: 2,

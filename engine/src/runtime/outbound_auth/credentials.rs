@@ -12,7 +12,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use super::tls;
 use super::token::{TokenError, Tokens};
 use crate::model::{Auth, Tls};
-use crate::runtime::build_error::BuildError;
+use crate::runtime::build_error::{BuildError, Party};
 use crate::runtime::outbound::{self, OutboundError};
 
 /// A header that authenticates a request (marked sensitive: never logged).
@@ -21,8 +21,13 @@ pub type AuthHeader = (HeaderName, HeaderValue);
 /// The fixed header of `auth` (of party `name`), when it is a fixed credential: `bearer`,
 /// `apiKey` or `basic`. Token auth gives none: its header is asked for per call.
 pub fn fixed_header(name: &str, auth: Option<&Auth>) -> Result<Option<AuthHeader>, BuildError> {
+    header_of(&Party::Source(name.to_owned()), auth)
+}
+
+/// The fixed header of `auth` of `party`, as `fixed_header` makes a source's.
+fn header_of(party: &Party, auth: Option<&Auth>) -> Result<Option<AuthHeader>, BuildError> {
     let bad = |what: &'static str| BuildError::Header {
-        source_name: name.to_owned(),
+        party: party.clone(),
         what,
     };
     let (header, value) = match auth {
@@ -44,9 +49,9 @@ pub fn fixed_header(name: &str, auth: Option<&Auth>) -> Result<Option<AuthHeader
 }
 
 /// The client of a party with `tls` (its certificate and extra CA), or the one shared client.
-pub fn client(name: &str, tls: Option<&Tls>) -> Result<reqwest::Client, BuildError> {
+pub fn client(party: &Party, tls: Option<&Tls>) -> Result<reqwest::Client, BuildError> {
     match tls {
-        Some(t) => tls::client(name, t),
+        Some(t) => tls::client_of(party, t),
         None => outbound::client().map_err(|e| BuildError::Client(e.to_string())),
     }
 }
@@ -58,17 +63,17 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// The credentials of `auth` for party `name`, tokens fetched with `client`, each token
+    /// The credentials of `auth` for `party`, tokens fetched with `client`, each token
     /// request bounded by `timeout`.
     pub fn new(
-        name: &str,
+        party: &Party,
         auth: Option<&Auth>,
         timeout: Duration,
         client: &reqwest::Client,
     ) -> Result<Credentials, BuildError> {
         Ok(Credentials {
-            fixed: fixed_header(name, auth)?,
-            tokens: Tokens::for_auth(name, auth, timeout, client)?,
+            fixed: header_of(party, auth)?,
+            tokens: Tokens::for_auth(party, auth, timeout, client)?,
         })
     }
 

@@ -2,14 +2,19 @@
 //! source's certificate and trusts its extra CA besides the system's roots.
 
 use crate::model::Tls;
-use crate::runtime::build_error::BuildError;
+use crate::runtime::build_error::{BuildError, Party};
 use crate::runtime::outbound;
 
 /// The client of a source with `tls`: the certificate and key as its identity, the extra CA
 /// trusted. Errors name no file and quote no key.
 pub fn client(source: &str, tls: &Tls) -> Result<reqwest::Client, BuildError> {
+    client_of(&Party::Source(source.to_owned()), tls)
+}
+
+/// The client of `party` with `tls`, as `client` makes a source's.
+pub fn client_of(party: &Party, tls: &Tls) -> Result<reqwest::Client, BuildError> {
     let bad = |what: &'static str| BuildError::Tls {
-        source_name: source.to_owned(),
+        party: party.clone(),
         what,
     };
     let mut builder = outbound::builder();

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::assertion::{ASSERTION_TYPE, SignError, Signer};
 use crate::model::{Auth, Secret, Source};
-use crate::runtime::build_error::BuildError;
+use crate::runtime::build_error::{BuildError, Party};
 use crate::runtime::clock::Clock;
 use crate::runtime::outbound::{self, OutboundError};
 
@@ -100,13 +100,14 @@ pub struct Tokens {
 impl Tokens {
     /// The tokens of `source` when its auth takes them, fetched with `client`.
     pub fn of(source: &Source, client: &reqwest::Client) -> Result<Option<Tokens>, BuildError> {
-        Tokens::for_auth(&source.name, source.auth.as_ref(), source.timeout, client)
+        let party = Party::Source(source.name.clone());
+        Tokens::for_auth(&party, source.auth.as_ref(), source.timeout, client)
     }
 
-    /// The tokens of `auth` (of a source, a sink or a guide download named `name`) when it
-    /// takes them, fetched with `client`, each token request bounded by `timeout`.
+    /// The tokens of `auth` (of a source, a sink or a guide download) when it takes them,
+    /// fetched with `client`, each token request bounded by `timeout`.
     pub fn for_auth(
-        name: &str,
+        party: &Party,
         auth: Option<&Auth>,
         timeout: Duration,
         client: &reqwest::Client,
@@ -122,7 +123,7 @@ impl Tokens {
                     base64::engine::general_purpose::STANDARD.encode(pair)
                 ))
                 .map_err(|_| BuildError::Header {
-                    source_name: name.to_owned(),
+                    party: party.clone(),
                     what: "OAuth2 client credentials",
                 })?;
                 basic.set_sensitive(true);
@@ -134,7 +135,7 @@ impl Tokens {
             }
             Some(Auth::SmartBackend(s)) => {
                 let signer = Signer::new(s, Clock::system()).map_err(|_| BuildError::Header {
-                    source_name: name.to_owned(),
+                    party: party.clone(),
                     what: "SMART Backend Services private key",
                 })?;
                 (

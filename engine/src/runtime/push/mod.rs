@@ -51,6 +51,7 @@ use crate::runtime::metrics::Metrics;
 use crate::runtime::problem::{Problem, ProblemKind, RETRY_AFTER};
 use crate::runtime::sink::{ProvenanceOf, WriteOptions, Writer};
 use crate::runtime::state;
+use crate::runtime::trace_context::Trace;
 
 /// What the endpoint answers, before it becomes HTTP.
 #[derive(Debug)]
@@ -246,8 +247,14 @@ impl PushEndpoint {
         }
     }
 
-    /// Handles an authenticated delivery.
-    pub async fn deliver(&self, headers: &HeaderMap, body: &[u8]) -> Result<Reply, Problem> {
+    /// Handles an authenticated delivery; a sync write's sink posts belong to `trace` (the
+    /// inbound request's), when given.
+    pub async fn deliver(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        trace: Option<&Trace>,
+    ) -> Result<Reply, Problem> {
         let media = headers
             .get("content-type")
             .and_then(|v| v.to_str().ok())
@@ -285,7 +292,7 @@ impl PushEndpoint {
                     endpoint: self,
                     keys,
                 };
-                self.accept(&claim.keys, &payload).await
+                self.accept(&claim.keys, &payload, trace).await
             }
         }
     }
@@ -321,7 +328,12 @@ impl PushEndpoint {
     }
 
     /// Writes (sync) or queues (queued) a claimed delivery; remembers it once durable.
-    async fn accept(&self, keys: &[String], payload: &Value) -> Result<Reply, Problem> {
+    async fn accept(
+        &self,
+        keys: &[String],
+        payload: &Value,
+        trace: Option<&Trace>,
+    ) -> Result<Reply, Problem> {
         match self.push().mode {
             PushMode::Queued => {
                 if let Some(stream) = &self.stream {
@@ -356,7 +368,7 @@ impl PushEndpoint {
             }
             PushMode::Sync => {
                 let provenance = self.provenance(keys, &self.clock.now().to_rfc3339(), false);
-                match self.process(payload, provenance, None).await {
+                match self.process(payload, provenance, None, trace).await {
                     Ok(n) => {
                         self.remember(keys).await;
                         self.count("written");
@@ -395,12 +407,14 @@ impl PushEndpoint {
 
     /// Maps and writes one payload; with `inflight` (a queued payload: its sequence, and
     /// the NDJSON lengths recorded by an earlier try cut short), the write is recorded in
-    /// flight first.
+    /// flight first. The sink's posts belong to `trace` (a sync push's request), else to a
+    /// trace of their own.
     async fn process(
         &self,
         payload: &Value,
         provenance: ProvenanceOf,
         inflight: Option<(u64, Option<BTreeMap<String, u64>>)>,
+        trace: Option<&Trace>,
     ) -> Result<usize, Outcome> {
         // Up to `maxRecords` records: mapped on the blocking pool, off the async workers.
         let (connector, document) = (self.connector.clone(), payload.clone());
@@ -428,8 +442,8 @@ impl PushEndpoint {
             identifier_system: self.push().identifier_system.clone(),
             declared_types: self.connector.declared_types(),
             provenance: Some(provenance),
-            // Its own trace: the sink's posts carry it.
-            trace: Some(crate::runtime::trace_context::Trace::fresh()),
+            // The request's trace (a sync push), else its own: the sink's posts carry it.
+            trace: Some(trace.cloned().unwrap_or_else(Trace::fresh)),
         };
         let report = match inflight {
             None => self.writer.write(resources, &opts).await,
@@ -563,7 +577,7 @@ impl PushEndpoint {
         let provenance = self.provenance(&item.keys, &item.received, recovering);
         let cut = earlier.map(|r| r.ndjson);
         match self
-            .process(&item.payload, provenance, Some((entry.seq, cut)))
+            .process(&item.payload, provenance, Some((entry.seq, cut)), None)
             .await
         {
             Ok(_) => {}
@@ -755,7 +769,7 @@ impl DeadLetters for PushEndpoint {
                 .clone()
                 .unwrap_or_else(|| self.clock.now().to_rfc3339());
             let provenance = self.provenance(&letter.keys, &received, false);
-            match self.process(&letter.payload, provenance, None).await {
+            match self.process(&letter.payload, provenance, None, None).await {
                 Ok(n) => Ok(n),
                 Err(Outcome::Transient(why)) => Err(Resend::Transient(why)),
                 Err(Outcome::Permanent(why, outcome)) => Err(Resend::Permanent(why, outcome)),
@@ -787,7 +801,7 @@ impl stream_drain::Writes for PushEndpoint {
     ) -> futures_util::future::BoxFuture<'a, Result<(), stream_drain::Failure>> {
         Box::pin(async move {
             let provenance = self.provenance(keys, received, recovering);
-            match self.process(payload, provenance, None).await {
+            match self.process(payload, provenance, None, None).await {
                 Ok(_) => Ok(()),
                 Err(Outcome::Transient(why)) => Err(stream_drain::Failure::Transient(why)),
                 Err(Outcome::Permanent(why, outcome)) => {
