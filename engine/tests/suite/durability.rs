@@ -1325,10 +1325,11 @@ async fn a_damaged_record_in_the_middle_of_a_segment_becomes_a_dead_letter_and_t
         (4, 1),
         "four records queued, the damaged one a dead letter"
     );
-    let metrics = served
-        .engine
-        .metrics
-        .render(std::iter::empty(), std::iter::empty());
+    let metrics =
+        served
+            .engine
+            .metrics
+            .render(std::iter::empty(), std::iter::empty(), std::iter::empty());
     assert_eq!(
         feed_counter(&metrics, "engine_push_queue_damaged_total"),
         Some(1),
