@@ -157,6 +157,7 @@ pub struct Metrics {
     push_deliveries: Family<OutcomeLabels, Counter>,
     push_queue_commits: Family<ConnectorLabel, Counter>,
     push_queue_committed: Family<ConnectorLabel, Counter>,
+    push_queue_damaged: Family<ConnectorLabel, Counter>,
     fhir_invalid: Family<OutcomeLabels, Counter>,
     shared_cache: Family<OutcomeLabels, Counter>,
     breakers: Mutex<BTreeMap<String, Arc<Breaker>>>,
@@ -255,13 +256,19 @@ impl Default for Metrics {
             push_queue_commits: add(
                 &mut r,
                 "engine_push_queue_commits",
-                "Group commits of push queues: one flush of the queue directory for the payloads that arrived together",
+                "Group commits of push queues: one write and flush of the queue segment for the payloads that arrived together",
                 Family::default(),
             ),
             push_queue_committed: add(
                 &mut r,
                 "engine_push_queue_committed",
                 "Payloads queued by the group commits of push queues",
+                Family::default(),
+            ),
+            push_queue_damaged: add(
+                &mut r,
+                "engine_push_queue_damaged",
+                "Damaged records (a wrong checksum or length) found in push queue segments at open, each moved to the dead letters with its bytes",
                 Family::default(),
             ),
             fhir_invalid: add(
@@ -414,6 +421,14 @@ impl Metrics {
         self.push_queue_committed
             .get_or_create(&c)
             .inc_by(payloads as u64);
+    }
+
+    /// A damaged record of a push queue's segment, moved to the dead letters.
+    pub fn push_queue_damaged(&self, connector: &str) {
+        let c = ConnectorLabel {
+            connector: connector.to_owned(),
+        };
+        self.push_queue_damaged.get_or_create(&c).inc();
     }
 
     /// Retried writes of one push delivery.

@@ -5,7 +5,9 @@
 //! of the queue removed; no absolute state path in a caller's answer; and the Provenance of a
 //! delivery or of a cron run written in the same transaction as what it is about; and
 //! concurrent queued pushes grouped into fewer flushes of the queue than payloads, none
-//! acknowledged lost or written twice across `kill -9` in the midst of them.
+//! acknowledged lost or written twice across `kill -9` in the midst of them; the queue's
+//! segments: a torn tail truncated at open, a damaged record dead-lettered with the rest
+//! written, and a queue of the earlier file-per-payload layout drained first.
 //!
 //! The sink is a stand-in FHIR server written here (an axum app on 127.0.0.1): it applies
 //! `transaction` Bundles all or nothing, counts the writes of each `Type/id`, answers
@@ -556,6 +558,18 @@ async fn concurrent_queued_pushes_share_flushes_and_none_acknowledged_is_lost_ac
         .expect("/metrics text");
     kill_9(engine).await;
     let acked_at_kill = acked.lock().expect("acked").clone();
+    // The queue as the kill left it: records in segment files appended to by the group
+    // commits, not a file per payload.
+    let (segs, files) = (segments(&state), payload_files(&state));
+    println!(
+        "at the kill: {} segment(s), {} payload files",
+        segs.len(),
+        files.len()
+    );
+    assert!(
+        !segs.is_empty() && files.is_empty(),
+        "segments {segs:?}, payload files {files:?}"
+    );
     let commits = feed_counter(&metrics, "engine_push_queue_commits_total");
     let committed = feed_counter(&metrics, "engine_push_queue_committed_total");
     println!(
@@ -1164,4 +1178,246 @@ fn bearer_push(served: &EngineRouter) -> RouterCall {
         .post(format!("{}/push/feed", served.base))
         .header("content-type", "application/json")
         .header("authorization", format!("Bearer {TOKEN}"))
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. The queue's segments: torn tails, damage, the earlier layout
+// ------------------------------------------------------------------------------------------
+
+/// The segment files of `feed`'s queue in `state`, in order.
+fn segments(state: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(state.join("push/feed/queue"))
+        .map(|r| {
+            r.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// The queue files of the earlier layout (a `.json` per payload) in `feed`'s queue.
+fn payload_files(state: &Path) -> Vec<String> {
+    std::fs::read_dir(state.join("push/feed/queue"))
+        .map(|r| {
+            r.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `n` queued pushes `{prefix}-{i}` to a fresh engine on `state` (no drainer), each 202.
+async fn queue_payloads(defs: &Path, state: &Path, prefix: &str, n: usize) {
+    let served = EngineRouter::new(load(defs), state, CLIENT_TIMEOUT);
+    for i in 0..n {
+        let got = bearer_push(&served)
+            .body(patient_payload(&format!("{prefix}-{i}")))
+            .send()
+            .await;
+        assert_eq!(got.status, 202, "{}", got.text);
+    }
+}
+
+/// The Patients the sink was sent, in order of their writes.
+fn written_ids(sink: &Sink) -> Vec<String> {
+    sink.store()
+        .applied
+        .iter()
+        .filter(|(k, _)| k.starts_with("Patient/"))
+        .map(|(k, _)| k.trim_start_matches("Patient/").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_of_the_queue_is_truncated_at_open_and_no_record_before_it_lost() {
+    let sink = Sink::start(Duration::ZERO).await;
+    let defs = definitions(
+        &(sink_doc(&sink.url, "transaction", true) + &feed_doc(&bearer_auth(), "queued", "v1", "")),
+    );
+    let state = tempfile::tempdir().expect("state");
+    queue_payloads(defs.path(), state.path(), "t", 3).await;
+    let segs = segments(state.path());
+    assert_eq!(segs.len(), 1, "three payloads in one segment: {segs:?}");
+    let whole = std::fs::read(&segs[0]).expect("segment");
+    // Half of a fourth record, as a group commit cut by `kill -9` leaves it: a header that
+    // announces 400 bytes (length, checksum, sequence) and 100 of them.
+    let mut torn = whole.clone();
+    torn.extend(400u32.to_le_bytes());
+    torn.extend(0x5eed_u32.to_le_bytes());
+    torn.extend(3u64.to_le_bytes());
+    torn.extend(&patient_payload("t-3")[..60]);
+    torn.extend([b' '; 40]);
+    std::fs::write(&segs[0], &torn).expect("write");
+
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    assert_eq!(
+        std::fs::read(&segs[0]).expect("segment").len(),
+        whole.len(),
+        "the torn tail is truncated at open"
+    );
+    let endpoint = served.engine.pushes["feed"].clone();
+    assert_eq!(
+        endpoint.depths(),
+        (3, 0),
+        "the three records before it queued"
+    );
+    // A payload accepted after the truncation goes on being queued, after them.
+    let got = bearer_push(&served)
+        .body(patient_payload("t-4"))
+        .send()
+        .await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    let drainer = Drainer::start(endpoint.clone());
+    let e = endpoint.clone();
+    wait_until(WAIT, "the queue empties", move || e.depths().0 == 0).await;
+    drainer.stop().await;
+    assert_eq!(written_ids(&sink), ["t-0", "t-1", "t-2", "t-4"]);
+    drop(served);
+
+    // Reopened after the drain: the records settled are not written again, and the
+    // segments that held only them are deleted.
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let endpoint = served.engine.pushes["feed"].clone();
+    assert_eq!(endpoint.depths(), (0, 0));
+    assert!(
+        segments(state.path()).is_empty(),
+        "{:?}",
+        segments(state.path())
+    );
+    let drainer = Drainer::start(endpoint.clone());
+    let got = bearer_push(&served)
+        .body(patient_payload("t-5"))
+        .send()
+        .await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    let e = endpoint.clone();
+    wait_until(WAIT, "the queue empties", move || e.depths().0 == 0).await;
+    drainer.stop().await;
+    assert_eq!(written_ids(&sink), ["t-0", "t-1", "t-2", "t-4", "t-5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_record_in_the_middle_of_a_segment_becomes_a_dead_letter_and_the_rest_is_written()
+{
+    let sink = Sink::start(Duration::ZERO).await;
+    let defs = definitions(
+        &(sink_doc(&sink.url, "transaction", true) + &feed_doc(&bearer_auth(), "queued", "v1", "")),
+    );
+    let state = tempfile::tempdir().expect("state");
+    queue_payloads(defs.path(), state.path(), "m", 5).await;
+    let segs = segments(state.path());
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    // Disk damage: one byte of the third payload changed (`m-2` becomes `m-X`).
+    let mut bytes = std::fs::read(&segs[0]).expect("segment");
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"\"m-2\"")
+        .expect("the third payload's id");
+    bytes[at + 3] = b'X';
+    std::fs::write(&segs[0], &bytes).expect("write");
+
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let endpoint = served.engine.pushes["feed"].clone();
+    assert_eq!(
+        endpoint.depths(),
+        (4, 1),
+        "four records queued, the damaged one a dead letter"
+    );
+    let metrics =
+        served
+            .engine
+            .metrics
+            .render(std::iter::empty(), std::iter::empty(), std::iter::empty());
+    assert_eq!(
+        feed_counter(&metrics, "engine_push_queue_damaged_total"),
+        Some(1),
+        "{metrics}"
+    );
+    let letters = endpoint.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let reason = letters[0]["reason"].as_str().unwrap_or_default().to_owned();
+    let root = state.path().to_string_lossy().into_owned();
+    assert!(
+        reason.contains("push/feed/queue/") && reason.contains(".seg") && !reason.contains(&root),
+        "the reason names the segment within the state directory: {reason}"
+    );
+    let (_, shown) = endpoint.dead_letters_shown(10).await;
+    assert!(
+        shown[0]["payload"]
+            .as_str()
+            .is_some_and(|p| p.contains("m-X")),
+        "the damaged bytes are kept as read: {shown:?}"
+    );
+    let drainer = Drainer::start(endpoint.clone());
+    let e = endpoint.clone();
+    wait_until(WAIT, "the queue empties", move || e.depths().0 == 0).await;
+    drainer.stop().await;
+    assert_eq!(written_ids(&sink), ["m-0", "m-1", "m-3", "m-4"]);
+    drop(served);
+    // Opened again: the damage is not dead-lettered twice.
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    assert_eq!(served.engine.pushes["feed"].depths(), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_of_the_file_per_payload_layout_is_drained_first_after_an_upgrade() {
+    let sink = Sink::start(Duration::ZERO).await;
+    let defs = definitions(
+        &(sink_doc(&sink.url, "transaction", true) + &feed_doc(&bearer_auth(), "queued", "v1", "")),
+    );
+    let state = tempfile::tempdir().expect("state");
+    // What the earlier engine left: a file per queued payload, named by its sequence.
+    let queue = state.path().join("push/feed/queue");
+    std::fs::create_dir_all(&queue).expect("mkdir");
+    let received = Utc::now().to_rfc3339();
+    for i in 0..3 {
+        let payload: Value =
+            serde_json::from_slice(&patient_payload(&format!("old-{i}"))).expect("JSON");
+        let item = json!({"key": format!("key:old-{i}"), "keys": [format!("key:old-{i}")], "received": received, "payload": payload});
+        std::fs::write(queue.join(format!("{:020}.json", 40 + i)), item.to_string())
+            .expect("write");
+    }
+
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    let endpoint = served.engine.pushes["feed"].clone();
+    assert_eq!(
+        endpoint.depths(),
+        (3, 0),
+        "the earlier layout's payloads queued"
+    );
+    // Their keys are known: a resend is a duplicate.
+    let got = bearer_push(&served)
+        .header("Idempotency-Key", "old-1")
+        .body(patient_payload("old-1"))
+        .send()
+        .await;
+    assert_eq!(status_of(&got).await, (200, json!("duplicate")));
+    for i in 0..2 {
+        let got = bearer_push(&served)
+            .body(patient_payload(&format!("new-{i}")))
+            .send()
+            .await;
+        assert_eq!(got.status, 202, "{}", got.text);
+    }
+    assert_eq!(segments(state.path()).len(), 1, "new payloads in a segment");
+    assert_eq!(payload_files(state.path()).len(), 3);
+    let drainer = Drainer::start(endpoint.clone());
+    let e = endpoint.clone();
+    wait_until(WAIT, "the queue empties", move || e.depths().0 == 0).await;
+    drainer.stop().await;
+    assert_eq!(
+        written_ids(&sink),
+        ["old-0", "old-1", "old-2", "new-0", "new-1"],
+        "the earlier payloads first, each once"
+    );
+    assert!(
+        payload_files(state.path()).is_empty(),
+        "{:?}",
+        payload_files(state.path())
+    );
+    drop(served);
+    let served = EngineRouter::new(load(defs.path()), state.path(), CLIENT_TIMEOUT);
+    assert_eq!(served.engine.pushes["feed"].depths(), (0, 0));
 }

@@ -11,15 +11,16 @@
 //! before it is written and looked up at the sink (its Provenance) or cut back (NDJSON) after
 //! a crash, and the keys of queued payloads remembered from their files after a crash.
 //!
-//! Every file operation (payload and dead-letter files, their fsyncs and the directory's, the
-//! deduplication memory `seen.jsonl`, the in-flight record, directory listings) runs on
-//! tokio's blocking pool. The queue depths shown by `/metrics` are counters kept by enqueue,
-//! drain and dead-letter (counted from the directories once, at start), so a scrape lists no
+//! Every file operation (queue segments and dead-letter files, their fsyncs and the
+//! directory's, the deduplication memory `seen.jsonl`, the drain's record, directory
+//! listings) runs on tokio's blocking pool. The queue depths shown by `/metrics` are counters
+//! kept by enqueue, drain and dead-letter (counted once, at start), so a scrape lists no
 //! directory.
 
 mod dedup;
 /// The queue directory's layout, also the layout of cron dead letters (`run.rs`).
 pub(crate) mod queue;
+mod segment;
 mod stream_drain;
 mod stream_letters;
 mod stream_queue;
@@ -39,7 +40,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use self::dedup::Verdict;
-use self::queue::{Queue, Read, decrement};
+use self::queue::{Entry, Queue, Read, decrement};
 use crate::model::digest::hex;
 use crate::model::vocabulary::{HmacEncoding, HmacSigned, PushMode};
 use crate::model::{Connector, Push, PushAuth, Strategy};
@@ -363,7 +364,6 @@ impl PushEndpoint {
                     tracing::warn!(connector = %self.connector.name, "cannot record a delivery: {}", self.queue.why(&e));
                 }
                 self.count("queued");
-                self.queue.wake.notify_one();
                 Ok(Reply::Queued)
             }
             PushMode::Sync => {
@@ -405,7 +405,7 @@ impl PushEndpoint {
         }
     }
 
-    /// Maps and writes one payload; with `inflight` (a queued payload: its file name, and
+    /// Maps and writes one payload; with `inflight` (a queued payload: its sequence, and
     /// the NDJSON lengths recorded by an earlier try cut short), the write is recorded in
     /// flight first. The sink's posts belong to `trace` (a sync push's request), else to a
     /// trace of their own.
@@ -413,7 +413,7 @@ impl PushEndpoint {
         &self,
         payload: &Value,
         provenance: ProvenanceOf,
-        inflight: Option<(String, Option<BTreeMap<String, u64>>)>,
+        inflight: Option<(u64, Option<BTreeMap<String, u64>>)>,
         trace: Option<&Trace>,
     ) -> Result<usize, Outcome> {
         // Up to `maxRecords` records: mapped on the blocking pool, off the async workers.
@@ -447,10 +447,10 @@ impl PushEndpoint {
         };
         let report = match inflight {
             None => self.writer.write(resources, &opts).await,
-            Some((file, cut)) => {
+            Some((seq, cut)) => {
                 let queue = self.queue.clone();
                 let record =
-                    move |ndjson: &BTreeMap<String, u64>| queue.record_inflight(&file, ndjson);
+                    move |ndjson: &BTreeMap<String, u64>| queue.record_inflight(seq, ndjson);
                 self.writer
                     .write_recorded(resources, &opts, cut, record)
                     .await
@@ -492,10 +492,9 @@ impl PushEndpoint {
     }
 
     /// Writes queued payloads in order until `stop`: a transient failure waits (backing off)
-    /// and tries the same payload again; a permanent one moves it to the dead letters. The
-    /// queue is listed once per batch; a stop lets the payload being written finish. Only
-    /// one drainer of a queue runs at a time: a drainer of a newer generation waits here
-    /// until the one before has stopped.
+    /// and tries the same payload again; a permanent one moves it to the dead letters. A stop
+    /// lets the payload being written finish. Only one drainer of a queue runs at a time: a
+    /// drainer of a newer generation waits here until the one before has stopped.
     pub async fn drain(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let lock = self.queue.drain.clone();
         let _turn = tokio::select! {
@@ -510,32 +509,26 @@ impl PushEndpoint {
             if *stop.borrow() {
                 return;
             }
-            let queue = self.queue.clone();
-            let files = state::blocking(move || Ok(queue.listing()))
-                .await
-                .unwrap_or_default();
-            if files.is_empty() {
+            let Some(entry) = self.queue.front() else {
                 tokio::select! {
                     () = self.queue.wake.notified() => continue,
                     _ = stop.wait_for(|s| *s) => return,
                 }
-            }
-            for file in files {
-                loop {
-                    if *stop.borrow() {
-                        return;
-                    }
-                    let Err(why) = self.drain_one(&file).await else {
-                        backoff = Duration::from_millis(500);
-                        break;
-                    };
-                    tracing::warn!(connector = %self.connector.name, wait_ms = backoff.as_millis() as u64, "queued payload not written yet: {why}");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        _ = stop.wait_for(|s| *s) => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
+            };
+            loop {
+                if *stop.borrow() {
+                    return;
                 }
+                let Err(why) = self.drain_one(&entry).await else {
+                    backoff = Duration::from_millis(500);
+                    break;
+                };
+                tracing::warn!(connector = %self.connector.name, wait_ms = backoff.as_millis() as u64, "queued payload not written yet: {why}");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
             }
         }
     }
@@ -544,17 +537,12 @@ impl PushEndpoint {
     /// the error is a transient failure, the payload staying queued. A payload that the
     /// in-flight record names may have reached the sink already: it is looked up there (its
     /// Provenance) or its NDJSON files are cut back before it is written again.
-    async fn drain_one(&self, file: &Path) -> Result<(), String> {
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        let (queue, path, named) = (self.queue.clone(), file.to_path_buf(), name.clone());
+    async fn drain_one(&self, entry: &Entry) -> Result<(), String> {
+        let (queue, at) = (self.queue.clone(), entry.clone());
         let read = state::blocking(move || {
             Ok((
-                Queue::read(&path),
-                queue.inflight().filter(|r| r.file == named),
+                queue.read(&at),
+                queue.inflight().filter(|r| r.seq == at.seq),
             ))
         })
         .await
@@ -564,20 +552,22 @@ impl PushEndpoint {
             Read::Item(item) => item,
             Read::Gone => {
                 // Taken off the queue meanwhile.
-                decrement(&self.queue.queued);
-                return Ok(());
+                return self.settle(entry).await;
             }
-            Read::Unreadable => {
-                let (queue, path) = (self.queue.clone(), file.to_path_buf());
-                match state::blocking(move || queue.bury(&path)).await {
+            Read::Unreadable(bytes) => {
+                let (queue, at, now) = (self.queue.clone(), entry.clone(), self.clock.now());
+                let buried =
+                    state::blocking(move || queue.bury(&at, bytes, &now.to_rfc3339())).await;
+                return match buried {
                     Ok(()) => {
                         decrement(&self.queue.queued);
                         self.queue.dead.fetch_add(1, Ordering::SeqCst);
+                        self.count("dead-letter");
                         tracing::warn!(connector = %self.connector.name, "an unreadable queued payload was moved to the dead letters");
+                        Ok(())
                     }
-                    Err(e) => return Err(self.queue.why(&e)),
-                }
-                return Ok(());
+                    Err(e) => Err(self.queue.why(&e)),
+                };
             }
         };
         let recovering = earlier.is_some();
@@ -587,7 +577,7 @@ impl PushEndpoint {
         let provenance = self.provenance(&item.keys, &item.received, recovering);
         let cut = earlier.map(|r| r.ndjson);
         match self
-            .process(&item.payload, provenance, Some((name, cut)), None)
+            .process(&item.payload, provenance, Some((entry.seq, cut)), None)
             .await
         {
             Ok(_) => {}
@@ -597,24 +587,35 @@ impl PushEndpoint {
             }
             Err(Outcome::Transient(why)) => return Err(why),
         }
-        // Remembered in `seen.jsonl` (dated when it was received) before its file, from
-        // which a restart would learn its keys, is removed.
+        // Remembered in `seen.jsonl` (dated when it was received) before it is settled,
+        // after which a restart no longer learns its keys from its record.
         let received = chrono::DateTime::parse_from_rfc3339(&item.received)
             .map_or_else(|_| self.clock.now().timestamp(), |t| t.timestamp());
         self.remember_at(&item.keys, received).await;
-        let (queue, path) = (self.queue.clone(), file.to_path_buf());
-        match state::blocking(move || queue.remove(&path)).await {
-            Ok(()) => decrement(&self.queue.queued),
-            Err(e) => {
-                tracing::warn!(connector = %self.connector.name, "a written payload stays queued: {}", self.queue.why(&e));
+        self.settle(entry).await
+    }
+
+    /// Takes a written payload off the queue (see `Queue::settle`). When that cannot be
+    /// recorded, the payload stays first in the queue, still named in flight, so that it is
+    /// looked up (or cut back) before it is written again.
+    async fn settle(&self, entry: &Entry) -> Result<(), String> {
+        let (queue, at) = (self.queue.clone(), entry.clone());
+        match state::blocking(move || queue.settle(&at)).await {
+            Ok(()) => {
+                decrement(&self.queue.queued);
+                Ok(())
             }
+            Err(e) => Err(format!(
+                "a written payload stays queued: {}",
+                self.queue.why(&e)
+            )),
         }
-        Ok(())
     }
 
     /// Queues a payload by group commit (see `queue`): answered once it is flushed.
     async fn enqueue(&self, keys: &[String], payload: &Value) -> Result<(), Problem> {
         let bytes = Queue::item_bytes(keys, &self.clock.now().to_rfc3339(), payload);
+        // Counted in the queue's depth, and the drainer woken, by the commit.
         if let Err(e) = self.queue.commit(bytes).await {
             tracing::error!(connector = %self.connector.name, "the queue cannot take a payload: {}", self.queue.why(&e));
             return Err(Problem::new(
@@ -624,7 +625,6 @@ impl PushEndpoint {
                 format!("the local queue cannot take the payload: {}", e.reason()),
             ));
         }
-        self.queue.queued.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -680,13 +680,12 @@ impl PushEndpoint {
         if let Some(stream) = &self.stream {
             return stream.oldest().await;
         }
-        let dir = self.queue.dir.join("queue");
+        let queue = self.queue.clone();
         state::blocking(move || {
-            let oldest = queue::files(&dir)
-                .first()
-                .and_then(|p| std::fs::read(p).ok())
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .and_then(|v| v["received"].as_str().map(str::to_owned));
+            let oldest = queue.front().and_then(|e| match queue.read(&e) {
+                Read::Item(item) => Some(item.received),
+                _ => None,
+            });
             Ok(oldest)
         })
         .await
