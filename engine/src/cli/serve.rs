@@ -45,9 +45,16 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    // A line written while a request is served carries its trace id (`log_trace`).
+    use crate::runtime::log_trace::WithTraceId;
     match log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .map_event_format(|f| WithTraceId::new(f, true))
+            .init(),
+        LogFormat::Text => builder
+            .map_event_format(|f| WithTraceId::new(f, false))
+            .init(),
     }
     let parse = |flag: &str, v: &str| {
         crate::config::validate::parse_duration(v)

@@ -190,10 +190,10 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
         )
         .into_response()
     } else {
-        // Every log line of the request carries its trace id (the `request` span's field).
-        let span = tracing::info_span!("request", trace_id = %trace_id);
+        // Every log line of the request carries its trace id (`log_trace`: a thread-local
+        // set around each poll, read only when a line is written; no span per request).
         let answered = tokio::time::timeout(engine.limits.timeout, next.run(req));
-        match tracing::Instrument::instrument(answered, span).await {
+        match crate::runtime::log_trace::with_trace(trace_id, answered).await {
             Ok(r) if r.status().as_u16() >= 400 && !is_json(&r) => {
                 as_outcome(r, &method, uri.path()).await
             }

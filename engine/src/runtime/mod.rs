@@ -16,6 +16,7 @@ pub mod fhir_validation;
 pub mod file_source;
 pub mod guide;
 pub mod json_count;
+pub mod log_trace;
 pub mod metrics;
 pub mod otlp;
 pub mod outbound;

@@ -316,26 +316,38 @@ pub async fn read_body(
     if announced.is_some_and(|n| n > cap) {
         return Err(OutboundError::TooLarge(cap));
     }
+    // The first chunk is kept as it is (a small answer is one chunk: no copy); a second one
+    // starts a buffer holding both.
+    let mut first: Option<Bytes> = None;
     let mut bytes = Vec::new();
+    let mut len = 0u64;
     while let Some(chunk) = resp
         .chunk()
         .await
         .map_err(|e| OutboundError::of(&e, timeout))?
     {
-        if (bytes.len() + chunk.len()) as u64 > cap {
+        len += chunk.len() as u64;
+        if len > cap {
             return Err(OutboundError::TooLarge(cap));
         }
-        bytes.extend_from_slice(&chunk);
+        match first.take() {
+            None if bytes.is_empty() => first = Some(chunk),
+            None => bytes.extend_from_slice(&chunk),
+            Some(f) => {
+                bytes.reserve(f.len() + chunk.len());
+                bytes.extend_from_slice(&f);
+                bytes.extend_from_slice(&chunk);
+            }
+        }
     }
     if let Some(n) = announced
-        && n != bytes.len() as u64
+        && n != len
     {
         return Err(OutboundError::Cut(format!(
-            "{} bytes of the {n} its Content-Length announced",
-            bytes.len()
+            "{len} bytes of the {n} its Content-Length announced"
         )));
     }
-    Ok(Bytes::from(bytes))
+    Ok(first.unwrap_or_else(|| Bytes::from(bytes)))
 }
 
 /// A JSON body; an empty one is `null`.

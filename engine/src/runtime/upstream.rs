@@ -25,6 +25,11 @@ use crate::runtime::problem::ProblemKind;
 use crate::runtime::rate::{Bucket, RateLimited};
 use crate::runtime::trace_context::TraceContext;
 
+/// The trace headers of every attempt, as names made once (not parsed from text per call).
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// Why a call to a source failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -441,14 +446,14 @@ impl SourceClient {
             .request(call.method.clone(), call.url.clone())
             .timeout(timeout)
             .headers(self.fixed.clone())
-            .header("x-request-id", trace.request_id.as_str())
-            .header("traceparent", trace.trace.outbound_as(span_id))
+            .header(X_REQUEST_ID, trace.request_id.as_str())
+            .header(TRACEPARENT, trace.trace.outbound_as(span_id))
             .header(reqwest::header::ACCEPT, accept(s));
         for (k, v) in &call.headers {
             req = req.header(k, v);
         }
         if let Some(state) = &trace.trace.state {
-            req = req.header("tracestate", state.clone());
+            req = req.header(TRACESTATE, state.clone());
         }
         if let Some(bearer) = bearer {
             req = req.header(reqwest::header::AUTHORIZATION, bearer.clone());
@@ -603,8 +608,8 @@ impl SourceClient {
                 .client
                 .request(method.clone(), url.clone())
                 .timeout(total)
-                .header("x-request-id", trace.request_id.as_str())
-                .header("traceparent", trace.trace.outbound())
+                .header(X_REQUEST_ID, trace.request_id.as_str())
+                .header(TRACEPARENT, trace.trace.outbound())
                 .headers(headers.clone());
             if credentials {
                 req = req.headers(self.fixed.clone());

@@ -25,6 +25,7 @@ mod formats;
 mod helios;
 mod hostile;
 mod invalid;
+mod log_trace;
 mod mapping;
 mod mapping_functions;
 mod otlp_export;

@@ -36,9 +36,15 @@ impl ServeProcess {
     /// `--listen`, `--log` or `--log-format`, given here), and waits until it says where it
     /// listens; fails the test, with its log, when it exits first or has not said so within
     /// `deadline`.
-    pub async fn start(mut cmd: Command, deadline: Duration) -> ServeProcess {
+    pub async fn start(cmd: Command, deadline: Duration) -> ServeProcess {
+        ServeProcess::start_logging(cmd, deadline, "warn,engine=info").await
+    }
+
+    /// As `start`, with `--log filter` (which must keep the `serving` line of
+    /// `engine::http::server` at `info`).
+    pub async fn start_logging(mut cmd: Command, deadline: Duration, filter: &str) -> ServeProcess {
         cmd.args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--log", "warn,engine=info"])
+            .args(["--log", filter])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);

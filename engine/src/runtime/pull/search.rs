@@ -100,9 +100,9 @@ impl PullRuntime {
                 other => other.map_err(SourceError::Failed)?,
             };
             let (records, reply, _) = pages;
-            let total_query = search.total.clone().or_else(|| {
+            let total_query = search.total.as_ref().or_else(|| {
                 (client.source.kind == SourceType::Fhir)
-                    .then(|| Query::parse("$.total").ok())
+                    .then(fhir_total)
                     .flatten()
             });
             let mut total = total_query.and_then(|t| {
@@ -167,6 +167,12 @@ impl PullRuntime {
         let bundle = searchset(info, q, matches, outcomes, total, more);
         Ok(Answer::new(200, bundle.to_vec(), failures.is_empty()))
     }
+}
+
+/// A FHIR searchset's `$.total`, compiled once (not per source call).
+fn fhir_total() -> Option<&'static Query> {
+    static TOTAL: std::sync::OnceLock<Option<Query>> = std::sync::OnceLock::new();
+    TOTAL.get_or_init(|| Query::parse("$.total").ok()).as_ref()
 }
 
 fn fhir_search_call(client: &SourceClient, resource_type: &str, params: &Value) -> Call {
