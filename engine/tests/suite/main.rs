@@ -29,6 +29,7 @@ mod mapping;
 mod mapping_functions;
 mod otlp_export;
 mod outbound_auth;
+mod outside_15;
 mod parent_child;
 mod push_signatures;
 mod push_stream_queue;

@@ -1,0 +1,168 @@
+//! Issue 15's operator features tried from outside like a hostile tester: the dead-letter
+//! admin API given a parameter twice, and the dead-letter CLI pointed at servers that are not
+//! the engine (an HTML page answering 200, a gateway's 404 page), at one that lies with
+//! terminal control characters, and given a URL holding a password.
+
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::engine_router::{EngineRouter, open_admin};
+use crate::engine_under_test::{definitions, load};
+use crate::local_http::{assert_outcome, bind, spawn_app};
+
+const PUSH_TOKEN: &str = "push-token-0123456789";
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn push_yaml() -> String {
+    format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: inbox }}
+spec:
+  strategy: push
+  push:
+    auth: {{ bearer: {{ token: {PUSH_TOKEN} }} }}
+    mode: sync
+  mapping:
+    resourceType: Observation
+    id: {{ $path: "$.id" }}
+    status: final
+    code: {{ text: reading }}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_parameter_given_twice_is_refused() {
+    let state = tempfile::tempdir().expect("state");
+    let defs = definitions(&push_yaml());
+    let served = EngineRouter::with_limits(load(defs.path()), state.path(), open_admin(), TIMEOUT);
+    for i in 0..3 {
+        let got = served
+            .post("/push/inbox")
+            .header("authorization", format!("Bearer {PUSH_TOKEN}"))
+            .header("content-type", "application/json")
+            .body(json!({"id": format!("bad id {i}")}).to_string())
+            .send()
+            .await;
+        assert_eq!(got.status, 422, "{}", got.text);
+    }
+    let got = served.get("/connectors/inbox/dead-letters").send().await;
+    assert_eq!(got.header("x-total-count"), "3", "{}", got.text);
+    for q in [
+        "limit=1&limit=1000",
+        "after=00000000000000000000&after=00000000000000000001",
+        "limit=2&after=00000000000000000000&limit=2",
+    ] {
+        let got = served
+            .get(format!("/connectors/inbox/dead-letters?{q}"))
+            .send()
+            .await;
+        assert_outcome(&got, 400, &["more than once"]);
+    }
+}
+
+/// `engine dead-letters ARGS --url URL` with `token`: exit code, standard output and error.
+async fn cli(url: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::time::timeout(
+        TIMEOUT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+            .arg("dead-letters")
+            .args(args)
+            .args(["--url", url])
+            .env("ENGINE_ADMIN_TOKEN", token)
+            .env_remove("ENGINE_URL")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the command ends in time")
+    .expect("the command runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_does_not_take_another_server_or_a_lying_one_for_the_engine() {
+    const TOKEN: &str = "cli-token-secret-0123456789";
+    const HTML: &str = "<!doctype html><title>Some other site</title>";
+    let page = || async { ([("content-type", "text/html")], HTML) };
+    let missing = || async {
+        (
+            axum::http::StatusCode::NOT_FOUND,
+            [("content-type", "text/html")],
+            "<h1>404 Not Found</h1>",
+        )
+    };
+    let lying = || async {
+        axum::Json(json!([{
+            "id": "1-0",
+            "received": "2026-01-01T00:00:00Z",
+            "reason": "\u{1b}[2J\u{1b}[31mall is fine\u{7}",
+            "bytes": 3
+        }]))
+    };
+    let app = axum::Router::new()
+        .route("/html/connectors/inbox/dead-letters", get(page))
+        .route(
+            "/html/connectors/inbox/dead-letters/{id}",
+            get(page).delete(page),
+        )
+        .route(
+            "/html/connectors/inbox/dead-letters/{id}/replay",
+            post(page),
+        )
+        .route("/gateway/connectors/inbox/dead-letters", get(missing))
+        .route("/lying/connectors/inbox/dead-letters", get(lying));
+    let (listener, base) = bind().await;
+    let _server = spawn_app(listener, app);
+
+    // A 200 page of another site: not "0 dead letters listed", not "replayed", exit 2.
+    for args in [
+        &["inbox", "list"][..],
+        &["inbox", "show", "1-0"],
+        &["inbox", "replay", "1-0"],
+        &["inbox", "delete", "1-0"],
+    ] {
+        let (code, out, err) = cli(&format!("{base}/html"), TOKEN, args).await;
+        assert_eq!(code, 2, "{args:?}: {out} {err}");
+        assert!(err.contains("is --url the engine?"), "{args:?}: {err}");
+        assert!(
+            !out.contains("listed") && !out.contains("replayed") && !out.contains("deleted"),
+            "{args:?}: {out}"
+        );
+        assert!(!format!("{out}{err}").contains(TOKEN), "{out} {err}");
+    }
+    // A gateway's 404 page: a wrong URL (2), not "the engine has no such letter" (1).
+    let (code, out, err) = cli(&format!("{base}/gateway"), TOKEN, &["inbox", "list"]).await;
+    assert_eq!(code, 2, "{out} {err}");
+    assert!(err.contains("404"), "{err}");
+
+    // A server's text reaches the terminal without control characters.
+    let (code, out, err) = cli(&format!("{base}/lying"), TOKEN, &["inbox", "list"]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("all is fine"), "{out}");
+    assert!(
+        !out.chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t'),
+        "{out:?}"
+    );
+
+    // A URL with a password that does not parse is not quoted back.
+    let (code, out, err) = cli(
+        "http://admin:hunter2-secret@127.0.0.1:99999/",
+        TOKEN,
+        &["inbox", "list"],
+    )
+    .await;
+    assert_eq!(code, 2, "{out} {err}");
+    assert!(
+        !format!("{out}{err}").contains("hunter2-secret"),
+        "{out} {err}"
+    );
+}
