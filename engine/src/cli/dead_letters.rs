@@ -3,7 +3,9 @@
 //! pod). The bearer token comes from `ENGINE_ADMIN_TOKEN` (an environment variable, not a
 //! flag, so that it does not show in `ps`) and is never printed. Exit 0 when done, 1 when the
 //! engine answered that it could not (no such letter, busy, replayed but not written), 2 for an
-//! unusable invocation (a bad URL, an engine that does not answer, a refused token).
+//! unusable invocation (a bad URL, an engine that does not answer, a refused token, a server
+//! that answers but not as the engine's admin API does). What the server says is printed
+//! without control characters; the URL is never quoted (it may hold a password).
 
 use std::process::ExitCode;
 use std::time::Duration;
