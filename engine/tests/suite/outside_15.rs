@@ -1,7 +1,8 @@
 //! Issue 15's operator features tried from outside like a hostile tester: the dead-letter
 //! admin API given a parameter twice, and the dead-letter CLI pointed at servers that are not
 //! the engine (an HTML page answering 200, a gateway's 404 page), at one that lies with
-//! terminal control characters, and given a URL holding a password.
+//! terminal control characters, and given a URL holding a password; the shared cache tier
+//! holding an entry in its format with a status no engine stores (a corrupt or foreign value).
 
 use std::time::Duration;
 
@@ -165,4 +166,75 @@ async fn the_cli_does_not_take_another_server_or_a_lying_one_for_the_engine() {
         !format!("{out}{err}").contains("hunter2-secret"),
         "{out} {err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_cache_entry_with_a_status_never_stored_is_not_served() {
+    use crate::fhir_standin::FhirSource;
+    use crate::shared_cache::{Redis, definitions, engine, families, pull_and_push, search};
+
+    let redis = Redis::start().await;
+    let source = FhirSource::start().await;
+    source.put(json!({"resourceType": "Patient", "id": "p1", "name": [{"family": "Ng"}]}));
+    let root = tempfile::tempdir().expect("tempdir");
+    let yaml = pull_and_push(&source.url, &root.path().join("out"));
+    let mut engines = Vec::new();
+    for i in 0..2 {
+        let dir = root.path().join(format!("e{i}"));
+        definitions(&dir.join("defs"), &yaml);
+        engines.push(engine(&dir, &redis.url).await);
+    }
+    let http = crate::local_http::client(TIMEOUT);
+    let (status, body) = search(&http, &engines[0].base, "?name=Ng").await;
+    assert_eq!((status, families(&body)), (200, vec!["Ng".to_owned()]));
+    assert_eq!(source.calls(), 1);
+
+    // The one stored answer rewritten in the same format with a status no engine stores (a
+    // corrupt or foreign entry), its expiry kept.
+    let mut c = crate::push_stream_queue::redis_conn(&redis.url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("fosps:v1:answer:mirror:*")
+        .query_async(&mut c)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let mut stored: Vec<u8> = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut c)
+        .await
+        .expect("GET");
+    assert!(stored.len() > 11, "a stored answer");
+    stored[1..3].copy_from_slice(&500u16.to_be_bytes());
+    let () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg(&stored)
+        .arg("KEEPTTL")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    // Another engine, whose memory is cold, asks: the source answers, not the entry.
+    let (status, body) = search(&http, &engines[1].base, "?name=Ng").await;
+    assert_eq!(
+        (status, families(&body)),
+        (200, vec!["Ng".to_owned()]),
+        "{body}"
+    );
+    assert_eq!(source.calls(), 2, "the source was asked again");
+    let text = http
+        .get(format!("{}/metrics", engines[1].base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("a text");
+    let unreadable = text
+        .lines()
+        .find(|l| {
+            l.starts_with("engine_shared_cache_operations_total")
+                && l.contains("connector=\"mirror\"")
+                && l.contains("outcome=\"unreadable\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(unreadable, Some(1.0), "{text}");
 }

@@ -88,7 +88,7 @@ async fn engine(defs: &Path, state: &Path, redis: &str, extra: &[&str]) -> Serve
 }
 
 /// A connection of the test's own to `redis` (calls wait for as long as Redis sleeps).
-async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+pub(crate) async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(WAIT));
     redis::Client::open(url)
         .expect("a Redis URL")
