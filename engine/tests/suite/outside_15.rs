@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use axum::http::Method;
 use axum::routing::{get, post};
 use serde_json::json;
 
@@ -237,4 +238,121 @@ async fn a_shared_cache_entry_with_a_status_never_stored_is_not_served() {
         })
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(unreadable, Some(1.0), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_dead_letter_listing_after_an_id_it_cannot_hold_is_refused_not_restarted() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use engine::runtime::engine::Limits;
+    use engine::runtime::push::StreamBackend;
+
+    use crate::engine_under_test::{Drainer, patient_payload};
+    use crate::fhir_standin::{fhir_json, operation_outcome};
+    use crate::push_stream_queue::{DEAD, feed, fhir_sink, redis_conn, until, xlen};
+    use crate::shared_cache::Redis;
+
+    let redis = Redis::start().await;
+    // A sink that refuses every write for good: every push becomes a dead letter.
+    let (listener, sink) = bind().await;
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/",
+        post({
+            let refusals = refusals.clone();
+            move || {
+                refusals.fetch_add(1, Ordering::SeqCst);
+                async { fhir_json(422, &operation_outcome("invalid", "no such thing")) }
+            }
+        }),
+    );
+    let _sink = spawn_app(listener, app);
+    let defs = definitions(&feed(&fhir_sink(&sink), ""));
+    let state = tempfile::tempdir().expect("state");
+    let limits = Limits {
+        push_queue: Some(
+            StreamBackend::new(&redis.url, 100, Duration::from_secs(2)).expect("backend"),
+        ),
+        ..open_admin()
+    };
+    let served = EngineRouter::with_limits(load(defs.path()), state.path(), limits, TIMEOUT);
+    let _drainer = Drainer::start(served.engine.pushes["feed"].clone());
+    for id in ["d1", "d2", "d3"] {
+        let got = served
+            .post("/push/feed")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {PUSH_TOKEN}"))
+            .body(patient_payload(id))
+            .send()
+            .await;
+        assert_eq!(got.status, 202, "{}", got.text);
+    }
+    let conn = redis_conn(&redis.url).await;
+    until(TIMEOUT, "three dead letters", || {
+        let mut c = conn.clone();
+        async move { xlen(&mut c, DEAD).await == 3 }
+    })
+    .await;
+    let got = served.get("/connectors/feed/dead-letters").send().await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let ids: Vec<String> = got
+        .json()
+        .as_array()
+        .expect("a page")
+        .iter()
+        .map(|l| l["id"].as_str().expect("an id").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+
+    // After a letter deleted meanwhile: the ones after it, not the first page again.
+    let got = served
+        .delete(format!("/connectors/feed/dead-letters/{}", ids[1]))
+        .send()
+        .await;
+    assert_eq!(got.status, 204, "{}", got.text);
+    let got = served
+        .get(format!("/connectors/feed/dead-letters?after={}", ids[1]))
+        .send()
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let after: Vec<String> = got
+        .json()
+        .as_array()
+        .expect("a page")
+        .iter()
+        .filter_map(|l| l["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(after, [ids[2].clone()], "{}", got.text);
+
+    // A cursor this queue could never have given (a typo, another store's id): refused,
+    // rather than silently answered with the first page (a paging client would loop).
+    for bad in [
+        "zzzz",
+        "00000000000000000001",
+        "1-x",
+        "99999999999999999999-0",
+    ] {
+        let got = served
+            .get(format!("/connectors/feed/dead-letters?after={bad}"))
+            .send()
+            .await;
+        assert_outcome(&got, 400, &["not a dead-letter id"]);
+    }
+    // An id past what Redis takes: no such letter, not a 500.
+    for method in [Method::GET, Method::DELETE] {
+        let got = served
+            .raw(
+                method,
+                "/connectors/feed/dead-letters/99999999999999999999-0",
+            )
+            .send()
+            .await;
+        assert_outcome(&got, 404, &["no dead letter"]);
+    }
+    let got = served
+        .post("/connectors/feed/dead-letters/99999999999999999999-0/replay")
+        .send()
+        .await;
+    assert_outcome(&got, 404, &["no dead letter"]);
 }
