@@ -3,7 +3,9 @@
 //! pod). The bearer token comes from `ENGINE_ADMIN_TOKEN` (an environment variable, not a
 //! flag, so that it does not show in `ps`) and is never printed. Exit 0 when done, 1 when the
 //! engine answered that it could not (no such letter, busy, replayed but not written), 2 for an
-//! unusable invocation (a bad URL, an engine that does not answer, a refused token).
+//! unusable invocation (a bad URL, an engine that does not answer, a refused token, a server
+//! that answers but not as the engine's admin API does). What the server says is printed
+//! without control characters; the URL is never quoted (it may hold a password).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,11 +27,12 @@ pub(super) fn dead_letters(
     base: String,
     output: RunOutput,
 ) -> ExitCode {
+    // The URL is never quoted back: it may hold a password (`http://user:pass@host`).
     let Ok(mut url) = url::Url::parse(&base) else {
-        return usage(&format!("--url `{base}` is not a URL"));
+        return usage("--url is not a URL");
     };
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
-        return usage(&format!("--url `{base}` is not an http:// or https:// URL"));
+        return usage("--url is not an http:// or https:// URL");
     }
     let (method, id) = match &action {
         DeadLetterAction::List { .. } => (reqwest::Method::GET, None),
@@ -98,10 +101,15 @@ pub(super) fn dead_letters(
         }
     };
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let origin = url.origin().ascii_serialization();
     if !(200..300).contains(&status) {
-        let why = body["issue"][0]["diagnostics"]
-            .as_str()
-            .map_or_else(|| format!("answered {status}"), str::to_owned);
+        let Some(why) = body["issue"][0]["diagnostics"].as_str() else {
+            // Not the engine's `OperationOutcome`: another server, a gateway, a wrong URL.
+            return usage(&format!(
+                "{origin} answered {status}, not as the engine's admin API does (is --url the engine?)"
+            ));
+        };
+        let why = shown(why);
         if output == RunOutput::Json && body.is_object() {
             println!("{body}");
         }
@@ -115,6 +123,11 @@ pub(super) fn dead_letters(
             }
             _ => ExitCode::from(1),
         };
+    }
+    if !answers_as_engine(&action, status, &body) {
+        return usage(&format!(
+            "{origin} answered {status} with something other than the engine's admin API answers (is --url the engine?)"
+        ));
     }
     if output == RunOutput::Json {
         match &action {
@@ -190,11 +203,30 @@ fn next_after(link: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Whether a 2xx answer has the shape the engine gives for `action`: a listing is an array,
+/// a letter or a replay an object, a deletion 204 (another server's 200 page is none of these).
+fn answers_as_engine(action: &DeadLetterAction, status: u16, body: &Value) -> bool {
+    match action {
+        DeadLetterAction::List { .. } => body.is_array(),
+        DeadLetterAction::Show { .. } => body["id"].is_string(),
+        DeadLetterAction::Replay { .. } => body["status"].is_string(),
+        DeadLetterAction::Delete { .. } => status == 204,
+    }
+}
+
+/// A text from the server as printed on a terminal: without control characters, so that an
+/// answer cannot move the cursor, recolour or rewrite what the operator sees.
+fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 fn text_of(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => shown(s),
         Value::Null => String::new(),
-        other => other.to_string(),
+        other => shown(&other.to_string()),
     }
 }
 

@@ -204,7 +204,15 @@ pub(super) async fn dead_letters(
         Err(p) => return p.into_response(),
     };
     let (mut limit, mut after) = (DEFAULT_PAGE, None);
+    let mut seen: Vec<String> = Vec::new();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        // A parameter given twice is refused, not read as its last (or first) value.
+        if matches!(k.as_ref(), "limit" | "after") {
+            if seen.iter().any(|s| *s == k) {
+                return Problem::invalid(format!("`{k}` is given more than once")).into_response();
+            }
+            seen.push(k.clone().into_owned());
+        }
         match k.as_ref() {
             "limit" => match v.parse::<usize>() {
                 Ok(n) if (1..=dead_letters::MAX_PAGE).contains(&n) => limit = n,

@@ -41,6 +41,8 @@ const LARGEST_BODY: u64 = 256 << 20;
 const QUEUED_INVALIDATIONS: usize = 1024;
 /// First byte of a stored answer, for the format of this version.
 const FORMAT: u8 = 1;
+/// The statuses of the answers this version stores (a complete read or search).
+const STORED_STATUSES: [u16; 2] = [200, 404];
 
 /// Why the shared cache cannot be set up from its URL. The URL itself is never quoted: it may
 /// hold a password.
@@ -563,13 +565,18 @@ fn encode(answer: &Answer, stale_ms: u64) -> Option<Vec<u8>> {
 }
 
 /// A stored answer and its stale window in milliseconds; `None` when it is not one (another
-/// format, cut short, or a body past the largest allowed).
+/// format, cut short, a status this version never stores, or a body past the largest allowed).
 fn decode(bytes: &[u8]) -> Option<(Answer, u64)> {
     let (&format, rest) = bytes.split_first()?;
     if format != FORMAT || rest.len() < 10 {
         return None;
     }
     let status = u16::from_be_bytes([rest[0], rest[1]]);
+    // Only complete answers are stored, and those are a read's or a search's 200 or 404: any
+    // other status (a 500, a redirect, a 0 served as 200) is a corrupt or foreign entry.
+    if !STORED_STATUSES.contains(&status) {
+        return None;
+    }
     let stale_ms = u64::from_be_bytes(rest[2..10].try_into().ok()?);
     let mut body = Vec::new();
     flate2::read::DeflateDecoder::new(&rest[10..])
@@ -598,6 +605,9 @@ mod tests {
             (200, &body[..], 30_000)
         );
         assert_eq!(back.etag, a.etag);
+        let not_found = Answer::new(404, b"{}".to_vec(), true);
+        let bytes404 = encode(&not_found, 0).expect("encodes");
+        assert_eq!(decode(&bytes404).map(|(a, _)| a.status), Some(404));
         // Another format, cut short, not deflate, and a bomb past the largest body.
         assert!(decode(&[2, 0, 200]).is_none());
         assert!(decode(&bytes[..5]).is_none());
@@ -611,6 +621,17 @@ mod tests {
             z.write_all(&zeros).expect("deflates");
         }
         assert!(decode(&z.finish().expect("deflated")).is_none());
+    }
+
+    #[test]
+    fn an_entry_with_a_status_this_version_never_stores_is_not_served() {
+        // A corrupt or foreign entry in the right format: a 500, a redirect, a 0 that the
+        // router would send as 200, a status past 599 it would send as is.
+        for status in [0, 100, 302, 500, 503, 999, u16::MAX] {
+            let a = Answer::new(status, br#"{"resourceType":"Bundle"}"#.to_vec(), true);
+            let bytes = encode(&a, 1_000).expect("encodes");
+            assert!(decode(&bytes).is_none(), "status {status} read back");
+        }
     }
 
     #[test]

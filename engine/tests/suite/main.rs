@@ -31,6 +31,7 @@ mod mapping_functions;
 mod otlp_export;
 mod outbound_auth;
 mod outside_13;
+mod outside_15;
 mod parent_child;
 mod push_signatures;
 mod push_stream_queue;

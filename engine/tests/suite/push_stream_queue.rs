@@ -37,10 +37,10 @@ const TOKEN: &str = "push-token-0123456789";
 const PASSWORD: &str = "queue-secret-Zq83x";
 /// The stream of connector `feed`.
 const STREAM: &str = "fosps:v1:push:feed:queue";
-const DEAD: &str = "fosps:v1:push:feed:dead";
+pub(crate) const DEAD: &str = "fosps:v1:push:feed:dead";
 
 /// A sink document `store` and a queued push connector `feed` writing Patients into it.
-fn feed(sink: &str, extra: &str) -> String {
+pub(crate) fn feed(sink: &str, extra: &str) -> String {
     format!(
         r#"apiVersion: fosps.gravitate-health.eu/v1
 kind: Sink
@@ -65,7 +65,7 @@ spec:
     )
 }
 
-fn fhir_sink(url: &str) -> String {
+pub(crate) fn fhir_sink(url: &str) -> String {
     format!(
         "fhir: {{ url: \"{url}\", version: R4, batchSize: 100, mode: transaction, retries: 0, timeout: 10s, provenance: true }}"
     )
@@ -88,7 +88,7 @@ async fn engine(defs: &Path, state: &Path, redis: &str, extra: &[&str]) -> Serve
 }
 
 /// A connection of the test's own to `redis` (calls wait for as long as Redis sleeps).
-async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+pub(crate) async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(WAIT));
     redis::Client::open(url)
         .expect("a Redis URL")
@@ -97,7 +97,7 @@ async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("Redis answers")
 }
 
-async fn xlen(c: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+pub(crate) async fn xlen(c: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
     redis::cmd("XLEN")
         .arg(key)
         .query_async(c)
@@ -106,7 +106,7 @@ async fn xlen(c: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
 }
 
 /// Polls `check` every 50 ms until it holds; fails the test after `deadline`.
-async fn until<F, Fut>(deadline: Duration, what: &str, mut check: F)
+pub(crate) async fn until<F, Fut>(deadline: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,

@@ -156,13 +156,13 @@ fn which_redis() -> std::path::PathBuf {
     )
 }
 
-fn definitions(dir: &Path, yaml: &str) {
+pub(crate) fn definitions(dir: &Path, yaml: &str) {
     std::fs::create_dir_all(dir).expect("mkdir");
     std::fs::write(dir.join("defs.yaml"), yaml).expect("write");
 }
 
 /// A cached pull connector over `url` and a push connector whose Patients invalidate it.
-fn pull_and_push(url: &str, sink: &Path) -> String {
+pub(crate) fn pull_and_push(url: &str, sink: &Path) -> String {
     format!(
         r#"apiVersion: fosps.gravitate-health.eu/v1
 kind: Sink
@@ -203,7 +203,7 @@ spec:
 }
 
 /// `engine serve` of the definitions in `dir`, sharing `redis`.
-async fn engine(dir: &Path, redis: &str) -> ServeProcess {
+pub(crate) async fn engine(dir: &Path, redis: &str) -> ServeProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_engine"));
     cmd.arg("serve")
         .arg(dir.join("defs"))
@@ -228,7 +228,7 @@ async fn three(root: &Path, yaml: &str, redis: &str) -> Vec<ServeProcess> {
 }
 
 /// The families in a searchset, sorted.
-fn families(bundle: &Value) -> Vec<String> {
+pub(crate) fn families(bundle: &Value) -> Vec<String> {
     let mut out: Vec<String> = bundle["entry"]
         .as_array()
         .into_iter()
@@ -243,7 +243,7 @@ fn families(bundle: &Value) -> Vec<String> {
     out
 }
 
-async fn search(http: &reqwest::Client, base: &str, query: &str) -> (u16, Value) {
+pub(crate) async fn search(http: &reqwest::Client, base: &str, query: &str) -> (u16, Value) {
     let r = http
         .get(format!("{base}/fhir/mirror/Patient{query}"))
         .send()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
-use super::stream_queue::{Entry, StreamQueue, StreamQueueError};
+use super::stream_queue::{Entry, StreamQueue, StreamQueueError, is_entry_id};
 use crate::runtime::dead_letters::{
     DeadLetterError, DeadLetterStore, Letter, LetterId, Page, Summary, Taken,
 };
@@ -66,6 +66,11 @@ impl DeadLetterStore for StreamLetters {
         limit: usize,
     ) -> BoxFuture<'_, Result<Page, DeadLetterError>> {
         Box::pin(async move {
+            // A cursor this queue could never have given is refused: started from the first
+            // instead, a paging client would go round for ever.
+            if let Some(a) = after.as_ref().filter(|a| !is_entry_id(a.as_str())) {
+                return Err(DeadLetterError::InvalidId(a.as_str().to_owned()));
+            }
             let after = after.map(|a| a.as_str().to_owned());
             let (total, entries) = self
                 .queue

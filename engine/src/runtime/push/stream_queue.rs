@@ -764,11 +764,12 @@ impl DeadFields {
     }
 }
 
-/// Whether `id` reads as a stream entry id (`MS-SEQ`), so no caller text reaches Redis as one.
+/// Whether `id` reads as a stream entry id (`MS-SEQ`, each part a 64-bit number, as Redis
+/// takes them), so no caller text reaches Redis as one.
 pub(super) fn is_entry_id(id: &str) -> bool {
     let mut parts = id.split('-');
     let ok = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
+        p.is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok())
     };
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
 }
@@ -863,7 +864,19 @@ mod tests {
     #[test]
     fn entry_ids_are_checked_before_reaching_redis() {
         assert!(is_entry_id("1700000000000-0"));
-        for bad in ["", "-", "1-", "1-2-3", "a-1", "+", "1700000000000-0 x"] {
+        assert!(is_entry_id("18446744073709551615-18446744073709551615"));
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "1-2-3",
+            "a-1",
+            "+",
+            "1700000000000-0 x",
+            "+1-0",
+            "18446744073709551616-0",
+            "99999999999999999999-0",
+        ] {
             assert!(!is_entry_id(bad), "{bad}");
         }
     }
