@@ -112,20 +112,31 @@ impl<'s, 'r> Scope<'s, 'r> {
     }
 }
 
-impl crate::model::template::Scope for Scope<'_, '_> {
-    fn value(&self, name: &str) -> Option<&Value> {
+impl<'r> Scope<'_, 'r> {
+    /// The value of a top-level name that is borrowed from the input (all but `index`,
+    /// which the scope makes), for as long as the input lives.
+    fn lent(&self, name: &str) -> Option<&'r Value> {
         match name {
             "record" => Some(self.input.record),
             "item" => Some(self.current),
             "vars" => Some(self.input.vars),
             "params" => Some(self.input.params),
-            "index" => self.index.as_ref(),
+            "index" => None,
             other => self
                 .bindings
                 .iter()
                 .rev()
                 .find(|(n, _)| *n == other)
                 .map(|(_, v)| *v),
+        }
+    }
+}
+
+impl crate::model::template::Scope for Scope<'_, '_> {
+    fn value(&self, name: &str) -> Option<&Value> {
+        match name {
+            "index" => self.index.as_ref(),
+            other => self.lent(other),
         }
     }
 
@@ -185,6 +196,14 @@ impl Evaluator<'_> {
         Ok(match &e.kind {
             Kind::Literal(v) => (!fhir::is_empty(v)).then_some(Out::Literal(v)),
             Kind::Text(t) => {
+                // A template that is one variable whose value is text: that text, borrowed
+                // (what rendering would copy).
+                if let Some(var) = t.lone_var()
+                    && let Some(text @ Value::String(s)) =
+                        scope.lent(var.root()).and_then(|root| var.within(root))
+                {
+                    return Ok((!s.is_empty()).then_some(Out::Literal(text)));
+                }
                 let s = self
                     .templates
                     .render(t, scope)
