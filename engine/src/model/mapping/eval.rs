@@ -539,3 +539,72 @@ fn convert(v: &Value, to: Conversion) -> Result<Value, String> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::super::output::Out;
+    use super::super::tree::{Expr, Input, Kind};
+    use super::Evaluator;
+    use crate::model::template::{Table, Templates};
+
+    /// The compiled template `source`, as a mapping expression.
+    fn text(templates: &mut Templates, source: &str) -> Expr {
+        Expr {
+            rule: "mapping.t".into(),
+            kind: Kind::Text(templates.compile("t", source).expect("template")),
+        }
+    }
+
+    #[test]
+    fn a_lone_text_variable_is_borrowed_and_other_values_still_render() {
+        let record = json!({"a": {"b": "x"}, "n": 5, "t": true, "e": ""});
+        let (vars, params) = (json!({"s": "sys"}), json!({}));
+        let input = Input {
+            record: &record,
+            vars: &vars,
+            params: &params,
+        };
+        let tables: BTreeMap<String, Table> = BTreeMap::new();
+        let mut templates = Templates::new(Arc::new(BTreeMap::new()), None);
+        let borrowed = [
+            (text(&mut templates, "{{vars.s}}"), &vars["s"]),
+            (text(&mut templates, "{{record.a.b}}"), &record["a"]["b"]),
+        ];
+        let rendered = [
+            (text(&mut templates, "{{record.n}}"), Some(json!("5"))),
+            (text(&mut templates, "{{record.t}}"), Some(json!("true"))),
+            (text(&mut templates, "{{record.e}}"), None),
+            (text(&mut templates, "x{{record.a.b}}"), Some(json!("xx"))),
+        ];
+        let evaluator = Evaluator {
+            templates: &templates,
+            tables: &tables,
+        };
+        for (expr, value) in &borrowed {
+            match evaluator.made(expr, input).expect("evaluates") {
+                Some(Out::Literal(v)) => assert!(std::ptr::eq(v, *value), "{expr:?}"),
+                other => panic!("{expr:?}: expected the borrowed text, made {other:?}"),
+            }
+        }
+        for (expr, expected) in &rendered {
+            let made: Option<Value> = evaluator
+                .made(expr, input)
+                .expect("evaluates")
+                .map(Out::into_value);
+            assert_eq!(&made, expected, "{expr:?}");
+        }
+        let missing = text(
+            &mut Templates::new(Arc::new(BTreeMap::new()), None),
+            "{{record.gone}}",
+        );
+        assert!(
+            evaluator.made(&missing, input).is_err(),
+            "a missing variable is an error"
+        );
+    }
+}
