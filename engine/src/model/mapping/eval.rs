@@ -112,20 +112,31 @@ impl<'s, 'r> Scope<'s, 'r> {
     }
 }
 
-impl crate::model::template::Scope for Scope<'_, '_> {
-    fn value(&self, name: &str) -> Option<&Value> {
+impl<'r> Scope<'_, 'r> {
+    /// The value of a top-level name that is borrowed from the input (all but `index`,
+    /// which the scope makes), for as long as the input lives.
+    fn lent(&self, name: &str) -> Option<&'r Value> {
         match name {
             "record" => Some(self.input.record),
             "item" => Some(self.current),
             "vars" => Some(self.input.vars),
             "params" => Some(self.input.params),
-            "index" => self.index.as_ref(),
+            "index" => None,
             other => self
                 .bindings
                 .iter()
                 .rev()
                 .find(|(n, _)| *n == other)
                 .map(|(_, v)| *v),
+        }
+    }
+}
+
+impl crate::model::template::Scope for Scope<'_, '_> {
+    fn value(&self, name: &str) -> Option<&Value> {
+        match name {
+            "index" => self.index.as_ref(),
+            other => self.lent(other),
         }
     }
 
@@ -185,6 +196,14 @@ impl Evaluator<'_> {
         Ok(match &e.kind {
             Kind::Literal(v) => (!fhir::is_empty(v)).then_some(Out::Literal(v)),
             Kind::Text(t) => {
+                // A template that is one variable whose value is text: that text, borrowed
+                // (what rendering would copy).
+                if let Some(var) = t.lone_var()
+                    && let Some(text @ Value::String(s)) =
+                        scope.lent(var.root()).and_then(|root| var.within(root))
+                {
+                    return Ok((!s.is_empty()).then_some(Out::Literal(text)));
+                }
                 let s = self
                     .templates
                     .render(t, scope)
@@ -518,5 +537,74 @@ fn convert(v: &Value, to: Conversion) -> Result<Value, String> {
             "false" | "False" | "FALSE" | "0" | "no" | "N" | "n" => Ok(Value::Bool(false)),
             _ => Err(format!("`{text}` is not a boolean")),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use super::super::output::Out;
+    use super::super::tree::{Expr, Input, Kind};
+    use super::Evaluator;
+    use crate::model::template::{Table, Templates};
+
+    /// The compiled template `source`, as a mapping expression.
+    fn text(templates: &mut Templates, source: &str) -> Expr {
+        Expr {
+            rule: "mapping.t".into(),
+            kind: Kind::Text(templates.compile("t", source).expect("template")),
+        }
+    }
+
+    #[test]
+    fn a_lone_text_variable_is_borrowed_and_other_values_still_render() {
+        let record = json!({"a": {"b": "x"}, "n": 5, "t": true, "e": ""});
+        let (vars, params) = (json!({"s": "sys"}), json!({}));
+        let input = Input {
+            record: &record,
+            vars: &vars,
+            params: &params,
+        };
+        let tables: BTreeMap<String, Table> = BTreeMap::new();
+        let mut templates = Templates::new(Arc::new(BTreeMap::new()), None);
+        let borrowed = [
+            (text(&mut templates, "{{vars.s}}"), &vars["s"]),
+            (text(&mut templates, "{{record.a.b}}"), &record["a"]["b"]),
+        ];
+        let rendered = [
+            (text(&mut templates, "{{record.n}}"), Some(json!("5"))),
+            (text(&mut templates, "{{record.t}}"), Some(json!("true"))),
+            (text(&mut templates, "{{record.e}}"), None),
+            (text(&mut templates, "x{{record.a.b}}"), Some(json!("xx"))),
+        ];
+        let evaluator = Evaluator {
+            templates: &templates,
+            tables: &tables,
+        };
+        for (expr, value) in &borrowed {
+            match evaluator.made(expr, input).expect("evaluates") {
+                Some(Out::Literal(v)) => assert!(std::ptr::eq(v, *value), "{expr:?}"),
+                other => panic!("{expr:?}: expected the borrowed text, made {other:?}"),
+            }
+        }
+        for (expr, expected) in &rendered {
+            let made: Option<Value> = evaluator
+                .made(expr, input)
+                .expect("evaluates")
+                .map(Out::into_value);
+            assert_eq!(&made, expected, "{expr:?}");
+        }
+        let missing = text(
+            &mut Templates::new(Arc::new(BTreeMap::new()), None),
+            "{{record.gone}}",
+        );
+        assert!(
+            evaluator.made(&missing, input).is_err(),
+            "a missing variable is an error"
+        );
     }
 }

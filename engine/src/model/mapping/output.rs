@@ -14,7 +14,7 @@ use crate::model::fhir;
 pub enum Out<'a> {
     /// A value the mapping computed (text, a date, a function's result), kept as it is.
     Made(Value),
-    /// A literal of the mapping, kept as it is.
+    /// A literal of the mapping, or a variable's text borrowed from the input, kept as it is.
     Literal(&'a Value),
     /// A value selected from the input, written without its empty parts (`null`, `""`, `[]`,
     /// `{}`, recursively); it has something left.

@@ -93,13 +93,37 @@ impl Var {
     }
 
     fn resolve<'a>(&self, scope: &'a dyn Scope) -> Option<&'a Value> {
-        self.rest
-            .iter()
-            .try_fold(scope.value(&self.root)?, |v, seg| match v {
-                Value::Object(o) => crate::model::jsonpath::member(o, seg),
-                Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+        self.within(scope.value(&self.root)?)
+    }
+
+    /// The top-level name the variable starts from (`record`, `item`, `vars`, ...).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The variable's value inside `root`, the value of its top-level name (what `resolve`
+    /// reads, for callers whose scope lends values longer than itself).
+    pub fn within<'a>(&self, root: &'a Value) -> Option<&'a Value> {
+        self.rest.iter().try_fold(root, |v, seg| match v {
+            Value::Object(o) => crate::model::jsonpath::member(o, seg),
+            Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
+        })
+    }
+}
+
+impl Text {
+    /// The variable a direct template is made of alone (`{{vars.system}}`): when its value
+    /// is a string, the rendered text is that string, which a caller may borrow instead of
+    /// rendering a copy.
+    pub fn lone_var(&self) -> Option<&Var> {
+        match self {
+            Text::Direct(pieces) => match pieces.as_slice() {
+                [Piece::Var(v, _)] => Some(v),
                 _ => None,
-            })
+            },
+            _ => None,
+        }
     }
 }
 
