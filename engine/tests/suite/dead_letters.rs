@@ -17,12 +17,13 @@ use crate::fhir_standin::FhirSource;
 use crate::local_http::Got;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
-const PUSH_TOKEN: &str = "push-token-0123456789";
+pub(crate) const PUSH_TOKEN: &str = "push-token-0123456789";
 /// A header value that must never be kept with a dead letter.
 const HEADER_SECRET: &str = "header-secret-9f8e7d6c";
 
-/// A sync push connector into the embedded NDJSON sink, its Observation id taken from `id_path`.
-fn push_yaml(id_path: &str) -> String {
+/// A sync push connector `inbox` into the embedded NDJSON sink, its Observation id taken from
+/// `id_path` (a payload whose id breaks the id rule is dead-lettered).
+pub(crate) fn push_yaml(id_path: &str) -> String {
     format!(
         r#"apiVersion: fosps.gravitate-health.eu/v1
 kind: Connector

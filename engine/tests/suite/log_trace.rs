@@ -8,27 +8,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::dead_letters::{PUSH_TOKEN, push_yaml};
 use crate::engine_under_test::definitions;
 use crate::local_http::{client, send};
 use crate::serve_process::ServeProcess;
-
-/// A push connector whose payloads with a bad id are dead-lettered (a warning logged inside
-/// the request).
-const INBOX: &str = r#"---
-apiVersion: fosps.gravitate-health.eu/v1
-kind: Connector
-metadata: { name: inbox }
-spec:
-  strategy: push
-  push:
-    auth: { bearer: { token: push-token-0123456789 } }
-    mode: sync
-  mapping:
-    resourceType: Observation
-    id: { $path: $.id }
-    status: final
-    code: { text: reading }
-"#;
 
 /// The dead-letter warnings of a log, in order.
 fn warnings(log: &str) -> Vec<Value> {
@@ -44,7 +27,7 @@ fn warnings(log: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn warnings_inside_a_request_carry_its_trace_id_at_the_warn_level() {
-    let defs = definitions(INBOX);
+    let defs = definitions(&push_yaml("$.id"));
     let state = tempfile::tempdir().expect("state dir");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
     cmd.arg("serve")
@@ -66,7 +49,7 @@ async fn warnings_inside_a_request_carry_its_trace_id_at_the_warn_level() {
     let push = |traceparent: Option<&'static str>, body: &'static str| {
         let mut req = c
             .post(format!("{}/push/inbox", server.base))
-            .bearer_auth("push-token-0123456789")
+            .bearer_auth(PUSH_TOKEN)
             .header("content-type", "application/json")
             .body(body);
         if let Some(tp) = traceparent {

@@ -208,27 +208,12 @@ fn written_json_and_values_agree_on_every_fixture() {
 /// it; a record where nothing is left makes the same nothing both ways.
 #[test]
 fn written_json_prunes_selected_structure_as_values_do() {
-    let dir = std::env::temp_dir().join(format!("mapwrite-prune-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    std::fs::write(
-        dir.join("connector.yaml"),
+    let defs = crate::engine_under_test::definitions(
         "apiVersion: fosps.gravitate-health.eu/v1\nkind: Connector\nmetadata: { name: prune }\n\
          spec:\n  strategy: push\n  push:\n    auth: { bearer: { token: \"${env:MAPWRITE_TOKEN:-token-1234567890}\" } }\n  mapping:\n    resourceType: Basic\n    id: { $path: $.id }\n\
          \x20   extension: { $paths: '$.ext[*]' }\n    code: { $path: $.code }\n",
-    )
-    .expect("write");
-    let (files, read_errors) =
-        engine::config::load::read_all(&[dir.join("connector.yaml")]).expect("read");
-    let opts = Options {
-        allow_unresolved: true,
-        run_tests: false,
-        fhir_schema: None,
-        env: &ProcessEnvironment,
-    };
-    let outcome = validate(&files, read_errors, &opts);
-    let model = outcome
-        .model
-        .unwrap_or_else(|| panic!("{:?}", outcome.diagnostics));
+    );
+    let model = crate::engine_under_test::load(defs.path());
     let connector = model.connectors.first().expect("a connector");
     // Nested 100 deep: `{"a": {"a": ... {"a": [null, "", {}, []]}}}`.
     let mut deep = serde_json::json!([null, "", {}, []]);
@@ -267,7 +252,6 @@ fn written_json_prunes_selected_structure_as_values_do() {
             (a, b) => panic!("record {record}: values {a:?}, written {b:?}"),
         }
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The searchset written around resources already written as text is, byte for byte, the

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
+use crate::dead_letters::{PUSH_TOKEN, push_yaml};
 use crate::engine_under_test::definitions;
 use crate::fhir_standin::{SEARCH_OVER_A_AND_B, fhir_json, fhir_source};
 use crate::local_http::{bind, client, send, spawn_app};
@@ -93,24 +94,6 @@ async fn source(id: &'static str, seen: Arc<Mutex<Vec<String>>>) -> String {
     url
 }
 
-/// A push connector whose payloads with a bad id are dead-lettered (a warning logged inside
-/// the request).
-const INBOX: &str = r#"---
-apiVersion: fosps.gravitate-health.eu/v1
-kind: Connector
-metadata: { name: inbox }
-spec:
-  strategy: push
-  push:
-    auth: { bearer: { token: push-token-0123456789 } }
-    mode: sync
-  mapping:
-    resourceType: Observation
-    id: { $path: $.id }
-    status: final
-    code: { text: reading }
-"#;
-
 async fn serve(defs: &std::path::Path, state: &std::path::Path, flags: &[&str]) -> ServeProcess {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
     cmd.arg("serve")
@@ -139,9 +122,10 @@ async fn a_request_and_its_two_source_calls_are_exported_as_linked_spans() {
     let a = source("from-a", seen.clone()).await;
     let b = source("from-b", seen.clone()).await;
     let yaml = format!(
-        "{}{}{SEARCH_OVER_A_AND_B}{INBOX}",
+        "{}{}{SEARCH_OVER_A_AND_B}---\n{}",
         fhir_source("a", &a),
-        fhir_source("b", &b)
+        fhir_source("b", &b),
+        push_yaml("$.id")
     );
     let defs = definitions(&yaml);
     let state = tempfile::tempdir().expect("state");
@@ -223,7 +207,7 @@ async fn a_request_and_its_two_source_calls_are_exported_as_linked_spans() {
     let other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let got = send(
         c.post(format!("{}/push/inbox", server.base))
-            .bearer_auth("push-token-0123456789")
+            .bearer_auth(PUSH_TOKEN)
             .header("traceparent", other)
             .header("content-type", "application/json")
             .body(r#"{"id": "bad id"}"#),
@@ -482,7 +466,7 @@ metadata: {{ name: inbox }}
 spec:
   strategy: push
   push:
-    auth: {{ bearer: {{ token: push-token-0123456789 }} }}
+    auth: {{ bearer: {{ token: {PUSH_TOKEN} }} }}
     mode: sync
   sink: store
   mapping:
@@ -510,7 +494,7 @@ async fn a_sync_push_s_sink_post_is_a_child_of_the_request() {
     let c = client(CLIENT_TIMEOUT);
     let got = send(
         c.post(format!("{}/push/inbox", server.base))
-            .bearer_auth("push-token-0123456789")
+            .bearer_auth(PUSH_TOKEN)
             .header("traceparent", CALLER)
             .header("content-type", "application/json")
             .body(r#"{"id": "p1"}"#),

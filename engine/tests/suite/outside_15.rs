@@ -10,36 +10,17 @@ use axum::http::Method;
 use axum::routing::{get, post};
 use serde_json::json;
 
+use crate::dead_letters::{PUSH_TOKEN, push_yaml};
 use crate::engine_router::{EngineRouter, open_admin};
 use crate::engine_under_test::{definitions, load};
 use crate::local_http::{assert_outcome, bind, spawn_app};
 
-const PUSH_TOKEN: &str = "push-token-0123456789";
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn push_yaml() -> String {
-    format!(
-        r#"apiVersion: fosps.gravitate-health.eu/v1
-kind: Connector
-metadata: {{ name: inbox }}
-spec:
-  strategy: push
-  push:
-    auth: {{ bearer: {{ token: {PUSH_TOKEN} }} }}
-    mode: sync
-  mapping:
-    resourceType: Observation
-    id: {{ $path: "$.id" }}
-    status: final
-    code: {{ text: reading }}
-"#
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listing_parameter_given_twice_is_refused() {
     let state = tempfile::tempdir().expect("state");
-    let defs = definitions(&push_yaml());
+    let defs = definitions(&push_yaml("$.id"));
     let served = EngineRouter::with_limits(load(defs.path()), state.path(), open_admin(), TIMEOUT);
     for i in 0..3 {
         let got = served
