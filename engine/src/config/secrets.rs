@@ -22,10 +22,20 @@ impl Environment for ProcessEnvironment {
         std::env::var(name).ok()
     }
 
+    /// Only a regular file of at most `MAX_SECRET_BYTES` (a named pipe would hold the reader
+    /// until a writer came).
     fn read(&self, path: &Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
+        use crate::config::load::{FileReadError, read_regular};
+        let bytes = read_regular(path, MAX_SECRET_BYTES).map_err(|e| match e {
+            FileReadError::Io(e) => e,
+            e => std::io::Error::other(e.to_string()),
+        })?;
+        String::from_utf8(bytes).map_err(|_| std::io::Error::other("not UTF-8 text"))
     }
 }
+
+/// The largest file a `${file:...}` reference reads.
+pub const MAX_SECRET_BYTES: u64 = 1024 * 1024;
 
 /// An environment that notes the files read through it, with the SHA-256 of each as read, so
 /// that the model can name the files it was compiled from (`Model::inputs`).

@@ -248,14 +248,16 @@ pub fn definitions_digest(paths: &[PathBuf]) -> String {
 type Current = Arc<RwLock<(Arc<Engine>, (Router, Arc<Guard>))>>;
 
 /// A digest of the files besides the definitions that a model was compiled from, as they are
-/// now (`Model::inputs`): a file gone or unreadable counts as changed.
+/// now (`Model::inputs`): a file gone, unreadable, no longer a regular file or over the
+/// largest size a definition may have counts as changed.
 fn inputs_digest(inputs: &[PathBuf]) -> String {
     let parts: Vec<String> = inputs
         .iter()
         .map(|p| {
-            let now = std::fs::read(p)
-                .map(|bytes| content_digest(&[bytes]))
-                .unwrap_or_default();
+            let now =
+                crate::config::load::read_regular(p, crate::config::load::MAX_DEFINITION_BYTES)
+                    .map(|bytes| content_digest(&[bytes]))
+                    .unwrap_or_default();
             format!("{}\u{1e}{now}", p.display())
         })
         .collect();

@@ -758,7 +758,7 @@ fn table_files_that_are_pipes_or_leave_a_quote_open_are_refused() {
 }
 
 #[test]
-fn pipes_among_definitions_and_test_files_and_tables_above_the_folder_are_refused() {
+fn pipes_among_definitions_test_files_and_secrets_and_tables_above_the_folder_are_refused() {
     // A table file above the definition's folder is refused as a file source's path is.
     let mapping = "\"{{translate 'units' record.u}}\"";
     let dir = definitions(&file_connector(
@@ -786,6 +786,18 @@ fn pipes_among_definitions_and_test_files_and_tables_above_the_folder_are_refuse
             "{got}"
         );
     }
+    // A `${file:}` secret that is a named pipe.
+    let dir = definitions(
+        "apiVersion: fosps.gravitate-health.eu/v1\nkind: Connector\nmetadata: { name: inbox }\n\
+         spec:\n  strategy: push\n  push:\n    auth: { bearer: { token: \"${file:token.txt}\" } }\n\
+         \x20 mapping: { resourceType: Basic, code: { text: x } }\n",
+    );
+    fifo(&dir.path().join("token.txt"));
+    let got = diagnostics_in_time(dir.path());
+    assert!(
+        got.contains("token.txt") && got.contains("not a regular file"),
+        "{got}"
+    );
     // A definition file that is a named pipe.
     let dir = definitions(&file_connector("in/*.csv", "{ type: csv }", "", "x"));
     fifo(&dir.path().join("piped.yaml"));
