@@ -28,23 +28,21 @@ pub(super) fn decode(f: &CsvFormat, bytes: &[u8], limits: Limits) -> Result<Valu
     let mut row = csv::StringRecord::new();
     let mut number = 0usize;
     loop {
-        let line = reader.position().line() as usize;
-        let more = reader.read_record(&mut row).map_err(|e| {
-            let line = e.position().map_or(line, |p| p.line() as usize);
-            DecodeError::Csv {
-                record: number + 1,
-                line,
-                message: e.to_string(),
-            }
+        // Byte offsets, turned into lines only for an error: the reader counts only `\n`.
+        let at = reader.position().byte();
+        let more = reader.read_record(&mut row).map_err(|e| DecodeError::Csv {
+            record: number + 1,
+            line: line_at(&text, e.position().map_or(at, csv::Position::byte)),
+            message: e.to_string(),
         })?;
         if !more {
             break;
         }
-        let line = row.position().map_or(line, |p| p.line() as usize);
+        let at = row.position().map_or(at, csv::Position::byte);
         if skip_header {
             skip_header = false;
             if names.is_none() {
-                names = Some(header(&row, line)?);
+                names = Some(header(&row, line_at(&text, at))?);
             }
             continue;
         }
@@ -53,14 +51,14 @@ pub(super) fn decode(f: &CsvFormat, bytes: &[u8], limits: Limits) -> Result<Valu
             // Neither a header nor columns: the checks of the definition refuse this.
             return Err(DecodeError::Csv {
                 record: number,
-                line,
+                line: line_at(&text, at),
                 message: "no column names: declare `header: true` or `columns`".into(),
             });
         };
         if row.len() != names.len() {
             return Err(DecodeError::Csv {
                 record: number,
-                line,
+                line: line_at(&text, at),
                 message: format!(
                     "{} cell{} where the header has {} columns",
                     row.len(),
@@ -107,6 +105,24 @@ fn header(row: &csv::StringRecord, line: usize) -> Result<Vec<String>, DecodeErr
     Ok(names)
 }
 
+/// Whether the byte at `i` ends a line: `\n`, or a `\r` not followed by `\n` (old Mac
+/// exports); `\r\n` is one line end.
+fn ends_line(bytes: &[u8], i: usize) -> bool {
+    bytes[i] == b'\n' || (bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
+}
+
+/// The line (from 1) of the record the reader placed at `offset` of `text`, line ends read
+/// as the reader reads them. The reader places a record before the blank lines it skipped
+/// to reach it, so those are passed over first.
+fn line_at(text: &str, offset: u64) -> usize {
+    let bytes = text.as_bytes();
+    let mut end = usize::try_from(offset).map_or(bytes.len(), |o| o.min(bytes.len()));
+    while matches!(bytes.get(end), Some(b'\r' | b'\n')) {
+        end += 1;
+    }
+    1 + (0..end).filter(|&i| ends_line(bytes, i)).count()
+}
+
 /// A quoted field left open at the end of the text (which the `csv` crate reads as ending
 /// there) is an error at the line where it opened.
 pub(super) fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), DecodeError> {
@@ -128,7 +144,7 @@ pub(super) fn unterminated_quote(text: &str, f: &CsvFormat) -> Result<(), Decode
         // `\n`, `\r\n` and a lone `\r` (old Mac exports) each end a row, as the reader
         // takes them; `\r\n` is one line.
         let end_of_row = b == b'\n' || b == b'\r';
-        let new_line = b == b'\n' || (b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
+        let new_line = ends_line(bytes, i);
         if !end_of_row {
             row_has_bytes = true;
         }
@@ -243,6 +259,45 @@ mod tests {
         );
         let err = decode(&f, b"a,a\n1,2\n", LIMITS).expect_err("repeated column");
         assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn errors_in_files_with_lone_carriage_returns_name_their_line() {
+        let f = CsvFormat::default();
+        let err = decode(&f, b"a,b\r1,2\r3\r", LIMITS).expect_err("short row");
+        assert_eq!(
+            err,
+            DecodeError::Csv {
+                record: 2,
+                line: 3,
+                message: "1 cell where the header has 2 columns".into()
+            }
+        );
+        // Mixed line ends: `\r\n` is one line, a lone `\r` another.
+        let err = decode(&f, b"a,b\r\n1,2\r3,4\n5\n", LIMITS).expect_err("short row");
+        assert!(
+            matches!(
+                err,
+                DecodeError::Csv {
+                    record: 3,
+                    line: 4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = decode(&f, b"\r\ra,a\r1,2\r", LIMITS).expect_err("repeated column");
+        assert!(
+            matches!(
+                err,
+                DecodeError::Csv {
+                    record: 0,
+                    line: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
