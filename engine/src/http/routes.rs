@@ -155,17 +155,24 @@ fn parse_plain_host(scheme: &str, host: &str) -> Option<String> {
     })
 }
 
+/// An entity tag without its weakness mark: what RFC 9110's weak comparison compares.
+fn opaque(tag: &[u8]) -> &[u8] {
+    tag.strip_prefix(b"W/").unwrap_or(tag)
+}
+
 /// A pull answer as sent: the stored bytes (shared, not copied) and the prepared entity tag,
-/// or 304 when the caller holds that tag. `HEAD` gets the same headers (hyper drops the body).
+/// or 304 when the caller holds that tag (`If-None-Match` compares weakly: `W/"x"` and `"x"`
+/// match, as a proxy that drops or adds the `W/` sends them). `HEAD` gets the same headers
+/// (hyper drops the body).
 fn answer(a: &Answer, how: CacheSource, req_headers: &HeaderMap) -> Response {
-    let tag = a.etag.as_bytes();
+    let tag = opaque(a.etag.as_bytes());
     let matches = req_headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .any(|t| {
             let t = t.trim_ascii();
-            t == tag || t == b"*"
+            t == b"*" || opaque(t) == tag
         });
     let mut resp = if matches && a.status == 200 {
         let mut r = Response::new(Body::empty());

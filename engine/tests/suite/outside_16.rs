@@ -1,0 +1,532 @@
+//! Issue 16's behaviours tried from outside with cases its own tests did not have: deadlines
+//! against sources that hang, trickle, ask to be called again in 30 s or redirect to a hung
+//! one; the circuit breaker against 4xx, 429, concurrent probes and a stale cache; the cached
+//! answer's `If-None-Match`, `HEAD` and parameter spellings; `/healthz` spelt otherwise; the
+//! queue's group commit when the disk refuses, with repeated keys and damaged drain records.
+//! Real stand-ins on 127.0.0.1 (a small axum app here, `fhir_standin`), the engine's router
+//! in-process (`engine_router`) or the binary (`serve_process`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use engine::runtime::engine::Limits;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::engine_router::{EngineRouter, open_admin};
+use crate::engine_under_test::{definitions, load};
+use crate::fhir_standin::{FhirSource, fhir_json};
+use crate::local_http::{Got, assert_outcome, bind, spawn_app};
+
+/// Longest any request of these tests may take before the test fails.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+// ------------------------------------------------------------------------------------------
+// A misbehaving source
+// ------------------------------------------------------------------------------------------
+
+/// Calls the misbehaving source received, by path kind.
+#[derive(Default)]
+struct Calls {
+    hang: AtomicUsize,
+    trickle: AtomicUsize,
+    busy: AtomicUsize,
+    redirect: AtomicUsize,
+    status: AtomicUsize,
+}
+
+/// A source whose bases each misbehave in one way: `/hang` accepts and never answers,
+/// `/trickle` sends its headers then a byte a second, `/busy` answers 503 with
+/// `Retry-After: 30`, `/redirect/{n}` redirects `n` times within its origin and then hangs,
+/// `/status/{code}` answers that status with an `OperationOutcome`.
+struct Misbehaving {
+    url: String,
+    calls: Arc<Calls>,
+}
+
+impl Misbehaving {
+    async fn start() -> Misbehaving {
+        let (listener, url) = bind().await;
+        let calls = Arc::new(Calls::default());
+        let app = axum::Router::new()
+            .route("/hang/{*rest}", any(hang))
+            .route("/trickle/{*rest}", any(trickle))
+            .route("/busy/{*rest}", any(busy))
+            .route("/redirect/{n}/{*rest}", any(redirect))
+            .route("/status/{code}/{*rest}", any(status))
+            .with_state(calls.clone());
+        spawn_app(listener, app);
+        Misbehaving { url, calls }
+    }
+
+    fn base(&self, kind: &str) -> String {
+        format!("{}/{kind}", self.url)
+    }
+}
+
+async fn hang(State(c): State<Arc<Calls>>) -> Response {
+    c.hang.fetch_add(1, Ordering::SeqCst);
+    std::future::pending::<()>().await;
+    StatusCode::OK.into_response()
+}
+
+async fn trickle(State(c): State<Arc<Calls>>) -> Response {
+    c.trickle.fetch_add(1, Ordering::SeqCst);
+    let text = br#"{"resourceType":"Bundle","type":"searchset","entry":[]}"#.to_vec();
+    let bytes = futures_util::stream::unfold(0usize, move |i| {
+        let text = text.clone();
+        async move {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            text.get(i)
+                .map(|b| (Ok::<_, std::io::Error>(vec![*b]), i + 1))
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/fhir+json")
+        .body(Body::from_stream(bytes))
+        .expect("a response")
+}
+
+async fn busy(State(c): State<Arc<Calls>>) -> Response {
+    c.busy.fetch_add(1, Ordering::SeqCst);
+    let mut r = fhir_json(
+        503,
+        &crate::fhir_standin::operation_outcome("transient", "busy, come back later"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
+    r
+}
+
+async fn redirect(
+    State(c): State<Arc<Calls>>,
+    UrlPath((n, rest)): UrlPath<(u32, String)>,
+) -> Response {
+    c.redirect.fetch_add(1, Ordering::SeqCst);
+    let to = match n {
+        0 => format!("/hang/{rest}"),
+        n => format!("/redirect/{}/{rest}", n - 1),
+    };
+    (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
+}
+
+async fn status(State(c): State<Arc<Calls>>, UrlPath((code, _)): UrlPath<(u16, String)>) -> Response {
+    c.status.fetch_add(1, Ordering::SeqCst);
+    fhir_json(
+        code,
+        &crate::fhir_standin::operation_outcome("processing", &format!("answered {code}")),
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// Definitions and reading answers
+// ------------------------------------------------------------------------------------------
+
+/// A FHIR source document; `extra` lines go in its spec.
+fn source(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {{ name: {name} }}\nspec:\n  type: fhir\n  url: \"{url}\"\n{extra}\n---\n"
+    )
+}
+
+/// A pull connector searching and reading `Patient` over `sources` (comma-separated), with
+/// batches; `extra` lines go in its `spec`.
+fn connector(name: &str, sources: &str, extra: &str) -> String {
+    format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: {name} }}
+spec:
+  strategy: pull
+  sources: [{sources}]
+{extra}  pull:
+    batch: true
+    resources:
+      - type: Patient
+        read: {{}}
+        search:
+          params:
+            _count: {{ type: integer, default: 20, max: 100 }}
+            family: {{ type: string }}
+---
+"#
+    )
+}
+
+/// The engine of `yaml` in-process, its request timeout `timeout`, the admin API open.
+fn engine_of(yaml: &str, timeout: Duration) -> (EngineRouter, tempfile::TempDir) {
+    let defs = definitions(yaml);
+    let limits = Limits {
+        timeout,
+        ..open_admin()
+    };
+    let engine = EngineRouter::with_limits(
+        load(defs.path()),
+        &defs.path().join("state"),
+        limits,
+        CLIENT_TIMEOUT,
+    );
+    (engine, defs)
+}
+
+/// A FHIR source holding one patient, `id`.
+async fn holding(id: &str) -> FhirSource {
+    let s = FhirSource::start().await;
+    s.put(json!({"resourceType": "Patient", "id": id, "name": [{"family": "Smith"}]}));
+    s
+}
+
+/// `GET` of `path` on the engine: the answer and the time it took.
+async fn timed_get(engine: &EngineRouter, path: &str) -> (Got, Duration) {
+    let started = Instant::now();
+    let got = engine.get(format!("{}{path}", engine.base)).send().await;
+    (got, started.elapsed())
+}
+
+/// The resources of a Bundle's entries whose search mode is `mode`.
+fn entries<'a>(bundle: &'a Value, mode: &str) -> Vec<&'a Value> {
+    bundle["entry"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter(|e| e["search"]["mode"] == mode)
+                .map(|e| &e["resource"])
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The diagnostics of a Bundle's outcome entries.
+fn outcome_texts(bundle: &Value) -> Vec<String> {
+    entries(bundle, "outcome")
+        .iter()
+        .map(|o| o["issue"][0]["diagnostics"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Deadlines
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_trickling_busy_and_redirected_sources_each_end_by_their_timeout_named() {
+    let good = holding("g1").await;
+    let bad = Misbehaving::start().await;
+    let slow = "  timeout: 1s\n  retries: 2";
+    let yaml = [
+        source("good", &good.url, "  timeout: 5s"),
+        source("hung", &bad.base("hang"), slow),
+        source("trickling", &bad.base("trickle"), slow),
+        source("busy", &bad.base("busy"), slow),
+        source("redirected", &bad.base("redirect/3"), slow),
+        connector("all", "good, hung, trickling, busy, redirected", ""),
+    ]
+    .concat();
+    let (engine, _defs) = engine_of(&yaml, Duration::from_secs(10));
+
+    let (got, took) = timed_get(&engine, "/fhir/all/Patient").await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let b = got.json();
+    let ids: Vec<&str> = entries(&b, "match")
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["g1"], "{b}");
+    let texts = outcome_texts(&b);
+    assert_eq!(texts.len(), 4, "{b}");
+    for (name, words) in [
+        ("hung", "within 1s"),
+        ("trickling", "within 1s"),
+        ("busy", "503"),
+        ("redirected", "within 1s"),
+    ] {
+        let text = texts
+            .iter()
+            .find(|t| t.contains(&format!("`{name}`")))
+            .unwrap_or_else(|| panic!("no outcome names `{name}`: {texts:?}"));
+        assert!(text.contains(words), "{name}: {text}");
+        assert!(!text.contains(&bad.url), "no URL in {text}");
+    }
+    assert!(
+        took < Duration::from_millis(1_800),
+        "every source has 1 s, retries and a Retry-After of 30 s included: took {took:?}"
+    );
+    assert_eq!(
+        bad.calls.busy.load(Ordering::SeqCst),
+        1,
+        "a Retry-After past the deadline is not waited"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_timeout_longer_than_the_request_deadline_still_gives_the_partial_answer() {
+    let good = holding("g1").await;
+    let bad = Misbehaving::start().await;
+    let yaml = [
+        source("good", &good.url, "  timeout: 5s"),
+        source("hung", &bad.base("hang"), "  timeout: 1h\n  retries: 2"),
+        connector("both", "good, hung", ""),
+    ]
+    .concat();
+    let (engine, _defs) = engine_of(&yaml, Duration::from_secs(1));
+
+    // A search, a read and a batch: each the partial answer by the request's deadline, the
+    // hung source named, not a 504 that throws the good source's answer away.
+    let (got, took) = timed_get(&engine, "/fhir/both/Patient").await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let b = got.json();
+    assert_eq!(entries(&b, "match").len(), 1, "{b}");
+    let texts = outcome_texts(&b);
+    assert!(
+        texts.len() == 1 && texts[0].contains("`hung`"),
+        "{texts:?}"
+    );
+    assert!(took < Duration::from_millis(1_300), "took {took:?}");
+
+    let (got, took) = timed_get(&engine, "/fhir/both/Patient/g1").await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.json()["id"], "g1", "{}", got.text);
+    assert!(took < Duration::from_millis(1_300), "took {took:?}");
+
+    let started = Instant::now();
+    let got = engine
+        .post(format!("{}/fhir/both", engine.base))
+        .header("content-type", "application/fhir+json")
+        .body(
+            json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "GET", "url": "Patient/g1"}}
+            ]})
+            .to_string(),
+        )
+        .send()
+        .await;
+    let took = started.elapsed();
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert!(got.text.contains("`hung`"), "{}", got.text);
+    assert!(took < Duration::from_millis(1_300), "took {took:?}");
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. The circuit breaker
+// ------------------------------------------------------------------------------------------
+
+/// The breaker of `source` in the detail of `connector`.
+async fn breaker_detail(engine: &EngineRouter, connector: &str, source: &str) -> Value {
+    let got = engine
+        .get(format!("{}/connectors/{connector}", engine.base))
+        .send()
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let detail = got.json();
+    detail["breakers"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["source"] == source))
+        .cloned()
+        .unwrap_or_else(|| panic!("no breaker of `{source}` in {detail}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_4xx_leave_the_breaker_closed_and_429_opens_it() {
+    let bad = Misbehaving::start().await;
+    let breaker = "  timeout: 2s\n  retries: 0\n  breaker: { failures: 2, coolDown: 1m }";
+    let mut yaml = String::new();
+    for code in [404, 400, 422, 410, 429] {
+        yaml += &source(&format!("s{code}"), &bad.base(&format!("status/{code}")), breaker);
+        yaml += &connector(&format!("c{code}"), &format!("s{code}"), "");
+    }
+    let (engine, _defs) = engine_of(&yaml, Duration::from_secs(10));
+    for code in [404, 400, 422, 410] {
+        for _ in 0..4 {
+            let (got, _) = timed_get(&engine, &format!("/fhir/c{code}/Patient")).await;
+            assert_ne!(got.status, 200, "{}", got.text);
+            assert!(!got.text.contains("circuit breaker"), "{code}: {}", got.text);
+        }
+        let b = breaker_detail(&engine, &format!("c{code}"), &format!("s{code}")).await;
+        assert_eq!(b["state"], "closed", "{code}: {b}");
+    }
+    assert_eq!(bad.calls.status.load(Ordering::SeqCst), 16, "every 4xx was called");
+    for _ in 0..2 {
+        timed_get(&engine, "/fhir/c429/Patient").await;
+    }
+    let (got, _) = timed_get(&engine, "/fhir/c429/Patient").await;
+    assert_outcome(&got, 502, &["circuit breaker is open"]);
+    assert_eq!(bad.calls.status.load(Ordering::SeqCst), 18);
+    let b = breaker_detail(&engine, "c429", "s429").await;
+    assert_eq!(b["state"], "open", "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_while_half_open_send_one_probe() {
+    let sick = holding("s1").await;
+    sick.fail(None, 503);
+    let yaml = [
+        source(
+            "sick",
+            &sick.url,
+            "  timeout: 3s\n  retries: 0\n  breaker: { failures: 1, coolDown: 300ms }",
+        ),
+        connector("alone", "sick", ""),
+    ]
+    .concat();
+    let (engine, _defs) = engine_of(&yaml, Duration::from_secs(10));
+    let (got, _) = timed_get(&engine, "/fhir/alone/Patient").await;
+    assert_outcome(&got, 502, &["503"]);
+    assert_eq!(sick.calls(), 1);
+    // Healed but slow: the probe takes 500 ms, and 16 callers come meanwhile.
+    sick.heal();
+    sick.delay(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let engine = Arc::new(engine);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let e = engine.clone();
+            tokio::spawn(async move { timed_get(&e, "/fhir/alone/Patient").await })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let (got, took) = t.await.expect("a request");
+        if got.status == 200 {
+            ok += 1;
+        } else {
+            assert_outcome(&got, 502, &["circuit breaker"]);
+            assert!(took < Duration::from_millis(100), "refused at once: {took:?}");
+        }
+    }
+    assert_eq!(sick.calls(), 2, "one probe reached the source");
+    assert_eq!(ok, 1, "the probe's caller got the answer");
+    assert_eq!(breaker_detail(&engine, "alone", "sick").await["state"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_serves_the_stale_answer_within_stale_if_error() {
+    let sick = holding("s1").await;
+    let yaml = [
+        source(
+            "sick",
+            &sick.url,
+            "  timeout: 2s\n  retries: 0\n  breaker: { failures: 1, coolDown: 1m }",
+        ),
+        connector(
+            "cached",
+            "sick",
+            "  cache: { ttl: 200ms, staleIfError: 1m }\n",
+        ),
+    ]
+    .concat();
+    let (engine, _defs) = engine_of(&yaml, Duration::from_secs(10));
+    let (got, _) = timed_get(&engine, "/fhir/cached/Patient").await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let fresh = got.text.clone();
+    sick.fail(None, 503);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The failed call opens the breaker; stale is served; then again while it is open.
+    for _ in 0..2 {
+        let (got, _) = timed_get(&engine, "/fhir/cached/Patient").await;
+        assert_eq!(got.status, 200, "{}", got.text);
+        assert_eq!(got.header("x-cache"), "stale");
+        assert_eq!(got.text, fresh);
+    }
+    assert_eq!(breaker_detail(&engine, "cached", "sick").await["state"], "open");
+    assert_eq!(sick.calls(), 2);
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. Cache hits
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_search_answers_weak_tags_head_and_other_spellings_of_its_parameters() {
+    let src = holding("p1").await;
+    let yaml = [
+        source("src", &src.url, "  timeout: 5s"),
+        connector("cached", "src", "  cache: { ttl: 1m }\n"),
+    ]
+    .concat();
+    let (engine, _defs) = engine_of(&yaml, Duration::from_secs(10));
+    let (got, _) = timed_get(&engine, "/fhir/cached/Patient?family=Smith&_count=5").await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.header("x-cache"), "miss");
+    let tag = got.header("etag").to_owned();
+    let opaque = tag.trim_start_matches("W/").to_owned();
+    assert!(opaque.starts_with('"') && opaque.ends_with('"'), "{tag}");
+
+    // Another order, another percent-encoding: the same entry (documented: normalised).
+    for q in ["_count=5&family=Smith", "family=Sm%69th&_count=5", "family=Smith&_count=05"] {
+        let (got, _) = timed_get(&engine, &format!("/fhir/cached/Patient?{q}")).await;
+        assert_eq!(got.status, 200, "{q}: {}", got.text);
+        assert_eq!(got.header("x-cache"), "hit", "{q}");
+        assert_eq!(got.header("etag"), tag, "{q}");
+    }
+    assert_eq!(src.calls(), 1);
+
+    // If-None-Match: the tag, a list holding it, and the same opaque tag without `W/` (RFC
+    // 9110: If-None-Match compares weakly, as a proxy that drops the `W/` sends it) give 304.
+    for inm in [tag.clone(), format!("\"other\", {tag}"), opaque.clone(), format!("\"x\",{opaque}")] {
+        let got = engine
+            .get(format!("{}/fhir/cached/Patient?family=Smith&_count=5", engine.base))
+            .header("if-none-match", &inm)
+            .send()
+            .await;
+        assert_eq!(got.status, 304, "If-None-Match: {inm}");
+        assert!(got.text.is_empty());
+        assert_eq!(got.header("etag"), tag);
+    }
+    // HEAD: the headers of the hit, no body.
+    let got = engine
+        .raw(
+            axum::http::Method::HEAD,
+            "/fhir/cached/Patient?family=Smith&_count=5",
+        )
+        .send()
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.header("etag"), tag);
+    assert_eq!(got.header("x-cache"), "hit");
+    // no-cache: loads again (allowNoCache's default).
+    let got = engine
+        .get(format!("{}/fhir/cached/Patient?family=Smith&_count=5", engine.base))
+        .header("cache-control", "no-cache")
+        .send()
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.header("x-cache"), "miss");
+    assert_eq!(src.calls(), 2);
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. /healthz spelt otherwise
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_head_and_a_query_and_refuses_post_with_allow() {
+    let src = holding("p1").await;
+    let yaml = [
+        source("src", &src.url, "  timeout: 5s"),
+        connector("c", "src", ""),
+    ]
+    .concat();
+    let (engine, _defs) = engine_of(&yaml, Duration::from_secs(10));
+    let got = engine
+        .raw(axum::http::Method::HEAD, "/healthz")
+        .send()
+        .await;
+    assert_eq!(got.status, 200);
+    assert!(got.text.is_empty());
+    assert!(!got.header("x-request-id").is_empty());
+    let (got, _) = timed_get(&engine, "/healthz?probe=1").await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let got = engine.post(format!("{}/healthz", engine.base)).send().await;
+    assert_outcome(&got, 405, &["POST"]);
+    assert!(got.header("allow").contains("GET"), "{:?}", got.headers);
+    let (got, _) = timed_get(&engine, "/healthz/").await;
+    assert_outcome(&got, 404, &["/healthz/"]);
+}
