@@ -530,3 +530,240 @@ async fn healthz_answers_head_and_a_query_and_refuses_post_with_allow() {
     let (got, _) = timed_get(&engine, "/healthz/").await;
     assert_outcome(&got, 404, &["/healthz/"]);
 }
+
+// ------------------------------------------------------------------------------------------
+// 5. Queued pushes: group commit against a refusing disk, repeated keys, the drain's record
+// ------------------------------------------------------------------------------------------
+
+const PUSH_TOKEN: &str = "push-token-0123456789";
+
+/// A queued push connector `inbox` into the embedded NDJSON sink, Observations whose id is
+/// the payload's `id`; bodies of at most `max_body`.
+fn inbox_yaml(max_body: &str) -> String {
+    format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: inbox }}
+spec:
+  strategy: push
+  push:
+    auth: {{ bearer: {{ token: {PUSH_TOKEN} }} }}
+    mode: queued
+    maxBody: {max_body}
+  mapping:
+    resourceType: Observation
+    id: {{ $path: "$.id" }}
+    status: final
+    code: {{ text: {{ $path: "$.text" }} }}
+"#
+    )
+}
+
+/// A push of `body` to the in-process engine, with `key` as its idempotency key if given.
+async fn push_to(engine: &EngineRouter, body: &str, key: Option<&str>) -> Got {
+    let mut call = engine
+        .post(format!("{}/push/inbox", engine.base))
+        .header("authorization", format!("Bearer {PUSH_TOKEN}"))
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        call = call.header("idempotency-key", k);
+    }
+    call.body(body.to_owned()).send().await
+}
+
+/// A payload `{"id": id, "text": ...}` whose text is `pad` bytes long.
+fn payload(id: &str, pad: usize) -> String {
+    json!({"id": id, "text": "a".repeat(pad)}).to_string()
+}
+
+/// The in-process engine of `inbox` on `state` (no drainer: payloads stay queued).
+fn inbox_engine(defs: &std::path::Path, state: &std::path::Path) -> EngineRouter {
+    EngineRouter::with_limits(load(defs), state, open_admin(), CLIENT_TIMEOUT)
+}
+
+/// The Observation ids the NDJSON sink of `state` holds, in order.
+fn written(state: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(state.join("ndjson/Observation.ndjson"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("an NDJSON line");
+            v["id"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// `engine serve` of `defs` on `state`, the admin API open; `fsize_kib`: the file size
+/// limit (`ulimit -f`, in KiB through bash) of the process, if any.
+fn serve_cmd(
+    defs: &std::path::Path,
+    state: &std::path::Path,
+    fsize_kib: Option<u32>,
+) -> tokio::process::Command {
+    let engine = env!("CARGO_BIN_EXE_engine");
+    let mut cmd = match fsize_kib {
+        Some(kib) => {
+            let mut c = tokio::process::Command::new("bash");
+            c.arg("-c")
+                .arg(format!("ulimit -f {kib} && exec \"$0\" \"$@\""))
+                .arg(engine);
+            c
+        }
+        None => tokio::process::Command::new(engine),
+    };
+    cmd.arg("serve")
+        .arg(defs)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--admin-open")
+        .env_remove("ENGINE_STATE_DIR")
+        .env_remove("ENGINE_SINK_DIR");
+    cmd
+}
+
+/// Waits (at most 10 s) until the sink of `state` holds `n` Observations.
+async fn await_written(state: &std::path::Path, n: usize) -> Vec<String> {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids = written(state);
+        if ids.len() >= n || Instant::now() > until {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_size_limit_gives_503s_not_a_dead_engine_and_loses_nothing_acknowledged() {
+    let defs = definitions(&inbox_yaml("1MiB"));
+    let state = tempfile::tempdir().expect("state");
+    // 64 KiB a file: the queue's segment (and the sink's file) reach it after a few pushes.
+    let p = crate::serve_process::ServeProcess::start(
+        serve_cmd(defs.path(), state.path(), Some(64)),
+        Duration::from_secs(10),
+    )
+    .await;
+    let http = crate::local_http::client(CLIENT_TIMEOUT);
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for i in 0..14 {
+        let id = format!("o{i}");
+        let got = crate::local_http::send(
+            http.post(format!("{}/push/inbox", p.base))
+                .header("authorization", format!("Bearer {PUSH_TOKEN}"))
+                .header("content-type", "application/json")
+                .body(payload(&id, 10_000)),
+        )
+        .await;
+        match got.status {
+            202 => acknowledged.push(id),
+            _ => {
+                assert_outcome(&got, 503, &["queue"]);
+                let root = state.path().to_string_lossy().into_owned();
+                assert!(!got.text.contains(&root), "{}", got.text);
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "64 KiB cannot take 14 payloads of 10 kB");
+    let got = crate::local_http::send(http.get(format!("{}/healthz", p.base))).await;
+    assert_eq!(got.status, 200, "the engine lives on");
+    drop(p);
+
+    // Restarted without the limit: every acknowledged payload written, once, in order.
+    let p = crate::serve_process::ServeProcess::start(
+        serve_cmd(defs.path(), state.path(), None),
+        Duration::from_secs(10),
+    )
+    .await;
+    let ids = await_written(state.path(), acknowledged.len()).await;
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique, acknowledged, "{:?}", p.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_in_one_group_is_queued_once_and_a_body_at_the_cap_is_taken() {
+    let defs = definitions(&inbox_yaml("20000B"));
+    let state = tempfile::tempdir().expect("state");
+    let engine = Arc::new(inbox_engine(defs.path(), state.path()));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let e = engine.clone();
+            tokio::spawn(async move {
+                push_to(&e, &payload(&format!("k{i}"), 10), Some("same-key")).await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("a push").status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [202, 200, 409].contains(s)),
+        "{statuses:?}"
+    );
+    // A body of exactly the cap is taken; one byte more is 413.
+    let at_cap = payload("cap", 0);
+    let at_cap = payload("cap", 20_000 - at_cap.len());
+    assert_eq!(at_cap.len(), 20_000);
+    let got = push_to(&engine, &at_cap, None).await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    let over = payload("over", 20_001 - payload("over", 0).len());
+    let got = push_to(&engine, &over, None).await;
+    assert_outcome(&got, 413, &["20000"]);
+    let got = engine
+        .get(format!("{}/connectors/inbox", engine.base))
+        .send()
+        .await;
+    assert_eq!(got.json()["push"]["queued"], 2, "{}", got.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_of_a_long_outage_and_a_garbage_drain_record_drain_in_order_once() {
+    let defs = definitions(&inbox_yaml("1MiB"));
+    let state = tempfile::tempdir().expect("state");
+    // Three engines one after another (each opens a new segment), three payloads each.
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        let engine = inbox_engine(defs.path(), state.path());
+        for i in 0..3 {
+            let id = format!("r{round}-{i}");
+            let got = push_to(&engine, &payload(&id, 10), None).await;
+            assert_eq!(got.status, 202, "{}", got.text);
+            sent.push(id);
+        }
+    }
+    let segments = std::fs::read_dir(state.path().join("push/inbox/queue"))
+        .expect("the queue")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        })
+        .count();
+    assert_eq!(segments, 3);
+    // The drain's record damaged (a torn write by another tool, or garbage).
+    std::fs::write(state.path().join("push/inbox/inflight.json"), b"{\"settled\": 1")
+        .expect("write");
+    let p = crate::serve_process::ServeProcess::start(
+        serve_cmd(defs.path(), state.path(), None),
+        Duration::from_secs(10),
+    )
+    .await;
+    let ids = await_written(state.path(), sent.len()).await;
+    assert_eq!(ids, sent, "{}", p.log());
+    // And again after a restart: nothing written twice.
+    drop(p);
+    let p = crate::serve_process::ServeProcess::start(
+        serve_cmd(defs.path(), state.path(), None),
+        Duration::from_secs(10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(written(state.path()), sent, "{}", p.log());
+}
