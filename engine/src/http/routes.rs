@@ -310,16 +310,31 @@ async fn search_in(
     let base = base_of(&engine, &headers);
     let key = format!("{base} {}{}", scope.prefix(), q.key(resource_type));
     let (engine, rt_ref, q, id, trace, base) = (&engine, &rt, &q, &id, &trace, &base);
+    let pairs = &pairs;
     let load = move || async move {
         let path = format!("/fhir/{connector}/{}{resource_type}", scope.prefix());
-        let path_and_query = match &query {
-            Some(q) if !q.is_empty() => format!("{path}?{q}"),
-            _ => path,
+        let path_and_query = match self_query(pairs) {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
         };
         let info = request_info(engine, base, &path_and_query, id, trace);
         rt_ref.search(res, q, &info, scope).await
     };
     cached(&rt, &key, &headers, load).await
+}
+
+/// The query of a search's `self` link: the caller's parameters that the search reads, in the
+/// caller's order, encoded again. A parameter the search ignores (`_format`: every answer is
+/// JSON) is left out: the key does not hold it, so a cached answer would otherwise carry one
+/// caller's text in the links served to every caller of that entry.
+fn self_query(pairs: &[(String, String)]) -> Option<String> {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    let mut any = false;
+    for (k, v) in pairs.iter().filter(|(k, _)| k != "_format") {
+        q.append_pair(k, v);
+        any = true;
+    }
+    any.then(|| q.finish())
 }
 
 /// The answer to a pull request: through the connector's cache when it has one. The key
