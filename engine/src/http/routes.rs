@@ -88,8 +88,21 @@ fn request_info(
         },
         self_url: format!("{base}{path_and_query}"),
         base: base.to_owned(),
-        deadline: Some(tokio::time::Instant::now() + engine.limits.timeout),
+        deadline: Some(sources_deadline(engine, id)),
     }
+}
+
+/// Most time kept, between the sources' deadline and the request's, to make the partial
+/// answer.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// When the sources of a request stop: a tenth of the request's time limit (at most
+/// `ANSWER_MARGIN`) before the guard answers 504, so that a source slower than the request
+/// gives the partial answer (the others' resources and an outcome naming it) rather than a
+/// 504 that loses them all: on the same instant, the guard's timer fired first now and then.
+fn sources_deadline(engine: &Engine, id: &RequestId) -> tokio::time::Instant {
+    let margin = (engine.limits.timeout / 10).min(ANSWER_MARGIN);
+    id.2.checked_sub(margin).unwrap_or(id.2)
 }
 
 /// The base URL callers reach the engine at, without `--public-url`: a proxy's
@@ -276,6 +289,7 @@ impl FromRequestParts<Arc<Engine>> for Call {
                     HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
                         .unwrap_or_else(|_| HeaderValue::from_static("-")),
                     Trace::fresh(),
+                    tokio::time::Instant::now() + engine.limits.timeout,
                 )
             });
         Ok(Call {

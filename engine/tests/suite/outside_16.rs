@@ -266,8 +266,29 @@ async fn hanging_trickling_busy_and_redirected_sources_each_end_by_their_timeout
     );
 }
 
+/// A search, a read or a batch (`n` modulo 3) of `both`: its answer and the time it took.
+async fn interaction(engine: &EngineRouter, n: usize) -> (Got, Duration) {
+    let started = Instant::now();
+    let got = match n % 3 {
+        0 => engine.get(format!("{}/fhir/both/Patient", engine.base)).send().await,
+        1 => engine.get(format!("{}/fhir/both/Patient/g1", engine.base)).send().await,
+        _ => {
+            let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                {"request": {"method": "GET", "url": "Patient/g1"}}
+            ]});
+            engine
+                .post(format!("{}/fhir/both", engine.base))
+                .header("content-type", "application/fhir+json")
+                .body(batch.to_string())
+                .send()
+                .await
+        }
+    };
+    (got, started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_timeout_longer_than_the_request_deadline_still_gives_the_partial_answer() {
+async fn a_source_slower_than_the_request_gives_the_partial_answer_every_time_never_a_504() {
     let good = holding("g1").await;
     let bad = Misbehaving::start().await;
     let yaml = [
@@ -276,42 +297,31 @@ async fn a_source_timeout_longer_than_the_request_deadline_still_gives_the_parti
         connector("both", "good, hung", ""),
     ]
     .concat();
-    let (engine, _defs) = engine_of(&yaml, Duration::from_secs(1));
-
-    // A search, a read and a batch: each the partial answer by the request's deadline, the
-    // hung source named, not a 504 that throws the good source's answer away.
-    let (got, took) = timed_get(&engine, "/fhir/both/Patient").await;
-    assert_eq!(got.status, 200, "{}", got.text);
-    let b = got.json();
-    assert_eq!(entries(&b, "match").len(), 1, "{b}");
-    let texts = outcome_texts(&b);
-    assert!(
-        texts.len() == 1 && texts[0].contains("`hung`"),
-        "{texts:?}"
-    );
-    assert!(took < Duration::from_millis(1_300), "took {took:?}");
-
-    let (got, took) = timed_get(&engine, "/fhir/both/Patient/g1").await;
-    assert_eq!(got.status, 200, "{}", got.text);
-    assert_eq!(got.json()["id"], "g1", "{}", got.text);
-    assert!(took < Duration::from_millis(1_300), "took {took:?}");
-
-    let started = Instant::now();
-    let got = engine
-        .post(format!("{}/fhir/both", engine.base))
-        .header("content-type", "application/fhir+json")
-        .body(
-            json!({"resourceType": "Bundle", "type": "batch", "entry": [
-                {"request": {"method": "GET", "url": "Patient/g1"}}
-            ]})
-            .to_string(),
-        )
-        .send()
-        .await;
-    let took = started.elapsed();
-    assert_eq!(got.status, 200, "{}", got.text);
-    assert!(got.text.contains("`hung`"), "{}", got.text);
-    assert!(took < Duration::from_millis(1_300), "took {took:?}");
+    let (engine, _defs) = engine_of(&yaml, Duration::from_millis(150));
+    let engine = Arc::new(engine);
+    // Concurrent searches, reads and batches, each cut by the request's deadline: the
+    // guard's time limit and the sources' deadline fell on the same instant, and the guard's
+    // 504 (which loses the good source's answer) won now and then (2 in 40 before).
+    let tasks: Vec<_> = (0..90)
+        .map(|n| {
+            let e = engine.clone();
+            tokio::spawn(async move { (n, interaction(&e, n).await) })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for t in tasks {
+        let (n, (got, took)) = t.await.expect("an interaction");
+        assert!(took < Duration::from_millis(1_000), "took {took:?}");
+        if got.status != 200 {
+            refused.push((n % 3, got.status));
+            continue;
+        }
+        assert!(got.text.contains("g1"), "{}", got.text);
+        if n % 3 != 1 {
+            assert!(got.text.contains("`hung`"), "{}", got.text);
+        }
+    }
+    assert!(refused.is_empty(), "(interaction, status): {refused:?}");
 }
 
 // ------------------------------------------------------------------------------------------
