@@ -449,6 +449,52 @@ async fn an_open_breaker_serves_the_stale_answer_within_stale_if_error() {
     assert_eq!(sick.calls(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_removed_by_a_reload_leaves_no_breaker_in_metrics() {
+    let sick = holding("s1").await;
+    sick.fail(None, 503);
+    let well = holding("w1").await;
+    let breaker = "  timeout: 2s\n  retries: 0\n  breaker: { failures: 1, coolDown: 1h }";
+    let keep = source("well", &well.url, breaker) + &connector("kept", "well", "");
+    let yaml = source("sick", &sick.url, breaker) + &connector("gone", "sick", "") + &keep;
+    let (engine, defs) = engine_of(&yaml, Duration::from_secs(10));
+    let (got, _) = timed_get(&engine, "/fhir/gone/Patient").await;
+    assert_outcome(&got, 502, &["503"]);
+    let (got, _) = timed_get(&engine, "/metrics").await;
+    assert!(
+        got.text.contains("engine_source_breaker_state{source=\"sick\"} 1\n"),
+        "{}",
+        got.text
+    );
+    // The operator removes the source and its connector: a reload.
+    let next_defs = definitions(&keep);
+    let next = engine::runtime::engine::Engine::with_previous(
+        Arc::new(load(next_defs.path())),
+        Limits {
+            timeout: Duration::from_secs(10),
+            ..open_admin()
+        },
+        &crate::engine_under_test::dirs_in(&defs.path().join("state")),
+        Some(&engine.engine),
+    )
+    .expect("the reloaded engine");
+    drop(engine);
+    let engine = EngineRouter::of(next, CLIENT_TIMEOUT);
+    let (got, _) = timed_get(&engine, "/metrics").await;
+    assert!(
+        got.text.contains("engine_source_breaker_state{source=\"well\"} 0\n"),
+        "{}",
+        got.text
+    );
+    // Not a breaker "open" for an hour (then "half-open" for ever) of a source that is not
+    // configured: `FospsSourceBreakerOpen` would fire for it.
+    assert!(
+        !got.text.contains("breaker_state{source=\"sick\"}"),
+        "{}",
+        got.text
+    );
+}
+
 // ------------------------------------------------------------------------------------------
 // 3. Cache hits
 // ------------------------------------------------------------------------------------------
