@@ -838,3 +838,27 @@ async fn segments_of_a_long_outage_and_a_garbage_drain_record_drain_in_order_onc
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_too_long_to_keep_is_refused_not_silently_ignored() {
+    let defs = definitions(&inbox_yaml("1MiB"));
+    let state = tempfile::tempdir().expect("state");
+    let engine = inbox_engine(defs.path(), state.path());
+    // The longest key kept: a retry with a changed body is a duplicate.
+    let key = "k".repeat(200);
+    let got = push_to(&engine, &payload("a1", 10), Some(&key)).await;
+    assert_eq!(got.status, 202, "{}", got.text);
+    let got = push_to(&engine, &payload("a1", 11), Some(&key)).await;
+    assert_eq!((got.status, got.json()["status"].clone()), (200, json!("duplicate")));
+    // One more character: refused, rather than dropped (two bodies, two writes).
+    let longer = "k".repeat(201);
+    for pad in [10, 11] {
+        let got = push_to(&engine, &payload("b1", pad), Some(&longer)).await;
+        assert_outcome(&got, 400, &["Idempotency-Key", "200"]);
+    }
+    let got = engine
+        .get(format!("{}/connectors/inbox", engine.base))
+        .send()
+        .await;
+    assert_eq!(got.json()["push"]["queued"], 1, "{}", got.text);
+}
