@@ -725,7 +725,8 @@ async fn a_file_size_limit_gives_503s_not_a_dead_engine_and_loses_nothing_acknow
         match got.status {
             202 => acknowledged.push(id),
             _ => {
-                assert_outcome(&got, 503, &["queue"]);
+                assert_outcome(&got, 503, &["queue", "File too large"]);
+                assert!(!got.text.contains("stopped"), "{}", got.text);
                 let root = state.path().to_string_lossy().into_owned();
                 assert!(!got.text.contains(&root), "{}", got.text);
                 refused += 1;
@@ -735,6 +736,10 @@ async fn a_file_size_limit_gives_503s_not_a_dead_engine_and_loses_nothing_acknow
     assert!(refused > 0, "64 KiB cannot take 14 payloads of 10 kB");
     let got = crate::local_http::send(http.get(format!("{}/healthz", p.base))).await;
     assert_eq!(got.status, 200, "the engine lives on");
+    // The log names the file, relative to the state directory, and no absolute path.
+    let log = p.log();
+    assert!(log.contains("push/inbox/queue/"), "{log}");
+    assert!(!log.contains(&*state.path().to_string_lossy()), "{log}");
     drop(p);
 
     // Restarted without the limit: every acknowledged payload written, once, in order.

@@ -450,7 +450,7 @@ impl Queue {
             for w in group {
                 let r = match &result {
                     Ok(()) => Ok(()),
-                    Err(e) => Err(StateError::Stopped(e.reason())),
+                    Err(e) => Err(again(e)),
                 };
                 let _ = w.done.send(r);
             }
@@ -675,6 +675,22 @@ impl Queue {
             "payload": payload
         }))
         .unwrap_or_default()
+    }
+}
+
+/// The same error again, for each waiter of a failed group: what the disk said (a full disk,
+/// a file size limit) and the file, not "the file work stopped".
+fn again(e: &StateError) -> StateError {
+    match e {
+        StateError::Io { path, source } => StateError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        StateError::Corrupt { path, message } => StateError::Corrupt {
+            path: path.clone(),
+            message: message.clone(),
+        },
+        StateError::Stopped(why) => StateError::Stopped(why.clone()),
     }
 }
 
