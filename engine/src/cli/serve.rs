@@ -58,7 +58,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     }
     let parse = |flag: &str, v: &str| {
         crate::config::validate::parse_duration(v)
-            .ok_or_else(|| format!("{flag} `{v}` is not a duration"))
+            .ok_or_else(|| format!("{flag} `{v}` is not a duration of at most 100 years"))
     };
     let durations = [
         ("--request-timeout", &request_timeout),

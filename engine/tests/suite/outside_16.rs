@@ -867,3 +867,41 @@ async fn an_idempotency_key_too_long_to_keep_is_refused_not_silently_ignored() {
         .await;
     assert_eq!(got.json()["push"]["queued"], 1, "{}", got.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duration_past_what_the_clock_can_add_is_refused_not_a_panic_at_the_first_call() {
+    // 200,000,000,000,000 days fit in a `Duration` but not in an instant of the clock: taken,
+    // the source's first call (or a breaker's opening, a cache entry) panicked.
+    let huge = "200000000000000d";
+    let yaml = source("s", "http://127.0.0.1:9/", &format!("  timeout: {huge}"))
+        + &connector("c", "s", &format!("  cache: {{ ttl: {huge} }}\n"));
+    let defs = definitions(&yaml);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+        .arg("validate")
+        .arg(defs.path())
+        .output()
+        .await
+        .expect("engine validate");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    for path in ["spec.timeout", "spec.cache.ttl"] {
+        assert!(text.contains(path), "{path}: {text}");
+    }
+    assert!(text.contains("at most 100 years"), "{text}");
+    // The flags too: `--request-timeout` is added to every request's start.
+    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--request-timeout", huge])
+        .arg(defs.path())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(10), serve)
+        .await
+        .expect("engine serve refuses the flag at once")
+        .expect("engine serve");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--request-timeout"),
+        "{out:?}"
+    );
+}
