@@ -171,7 +171,8 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
     let span = SpanOf::of(&trace);
     let trace_id = span.trace_id;
     let ends = start + engine.limits.timeout;
-    req.extensions_mut().insert(RequestId(id.clone(), trace, ends));
+    req.extensions_mut()
+        .insert(RequestId(id.clone(), trace, ends));
     let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
     let resp = if target > engine.limits.uri {
         Problem::new(

@@ -322,7 +322,10 @@ impl PushEndpoint {
         }
         let name = self.push().idempotency_header.as_str();
         match headers.get(name).map(|v| v.as_bytes()) {
-            Some(k) if k.len() > MAX_IDEMPOTENCY_KEY || !k.iter().all(|b| (b' '..=b'~').contains(b)) => {
+            Some(k)
+                if k.len() > MAX_IDEMPOTENCY_KEY
+                    || !k.iter().all(|b| (b' '..=b'~').contains(b)) =>
+            {
                 return Err(Problem::invalid(format!(
                     "the `{name}` header must be at most {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
                 )));
