@@ -2,8 +2,9 @@
 //! tests did not have and that failed before its fix: a source slower than the request (the
 //! guard's 504 raced the partial answer), a breaker left in `/metrics` by a reload that
 //! removed its source, a cached search's weak entity tag and the links of its first caller,
-//! a file size limit that killed the engine mid-push, an idempotency key too long to keep,
-//! and durations past what the clock can add. Real stand-ins on 127.0.0.1 (a source that
+//! a file size limit that killed the engine mid-push, a queued push whose caller left during
+//! its flush (its resend queued again), an idempotency key too long to keep, and durations
+//! past what the clock can add. Real stand-ins on 127.0.0.1 (a source that
 //! never answers here, `fhir_standin`), the engine's router in-process (`engine_router`) or
 //! the binary (`serve_process`).
 
@@ -539,4 +540,49 @@ async fn a_duration_past_what_the_clock_can_add_is_refused_not_a_panic_at_the_fi
         String::from_utf8_lossy(&out.stderr).contains("--request-timeout"),
         "{out:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_whose_caller_left_during_the_flush_is_a_duplicate_when_sent_again() {
+    let defs = definitions(&inbox_yaml("1MiB"));
+    let state = tempfile::tempdir().expect("state");
+    let engine = inbox_engine(defs.path(), state.path());
+    let endpoint = engine.engine.pushes["inbox"].clone();
+    // The caller goes (its connection cut, its handler dropped) while the group commit is
+    // being flushed: the payload is queued all the same. A delivery whose flush ended
+    // within its first poll is not cut: the next one, under another key, is tried.
+    let mut cut = None;
+    for n in 0..50 {
+        let key = format!("left-early-{n}");
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().expect("a value"));
+        headers.insert("idempotency-key", key.parse().expect("a value"));
+        let body = payload(&format!("gone{n}"), 10);
+        let before = endpoint.depths().0;
+        let polled = tokio::time::timeout(
+            Duration::ZERO,
+            endpoint.deliver(&headers, body.as_bytes(), None),
+        )
+        .await;
+        let until = Instant::now() + Duration::from_secs(5);
+        while endpoint.depths().0 == before {
+            assert!(Instant::now() < until, "the payload was never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if polled.is_err() {
+            cut = Some((key, body));
+            break;
+        }
+    }
+    let (key, body) = cut.expect("a delivery cut while its group was flushed");
+    let queued = endpoint.depths().0;
+    // It sends it again with the same key: a duplicate, not a second payload queued.
+    let got = push_to(&engine, &body, Some(&key)).await;
+    assert_eq!(
+        (got.status, got.json()["status"].clone()),
+        (200, json!("duplicate")),
+        "{}",
+        got.text
+    );
+    assert_eq!(endpoint.depths().0, queued);
 }

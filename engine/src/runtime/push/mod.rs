@@ -370,14 +370,10 @@ impl PushEndpoint {
                         }
                     };
                 }
+                // Learnt in memory by the commit, once flushed: the queue file holds the keys
+                // (a restart learns them from it) until the drainer remembers them in
+                // `seen.jsonl`.
                 self.enqueue(keys, payload).await?;
-                // Learnt in memory: the queue file holds the keys (a restart learns them
-                // from it) until the drainer remembers them in `seen.jsonl`.
-                let now = self.clock.now().timestamp();
-                let (window, limit) = (self.window(), self.push().dedup_limit);
-                if let Err(e) = self.queue.memory.learn(keys, now, now, window, limit) {
-                    tracing::warn!(connector = %self.connector.name, "cannot record a delivery: {}", self.queue.why(&e));
-                }
                 self.count("queued");
                 Ok(Reply::Queued)
             }
@@ -631,7 +627,13 @@ impl PushEndpoint {
     async fn enqueue(&self, keys: &[String], payload: &Value) -> Result<(), Problem> {
         let bytes = Queue::item_bytes(keys, &self.clock.now().to_rfc3339(), payload);
         // Counted in the queue's depth, and the drainer woken, by the commit.
-        if let Err(e) = self.queue.commit(bytes).await {
+        let learn = queue::Learn {
+            keys: keys.to_vec(),
+            at: self.clock.now().timestamp(),
+            window: self.window(),
+            limit: self.push().dedup_limit,
+        };
+        if let Err(e) = self.queue.commit(bytes, learn).await {
             tracing::error!(connector = %self.connector.name, "the queue cannot take a payload: {}", self.queue.why(&e));
             return Err(Problem::new(
                 ProblemKind::Unavailable {
