@@ -227,7 +227,7 @@ async fn a_source_removed_by_a_reload_leaves_no_breaker_in_metrics() {
 // ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cached_search_answers_weak_tags_head_and_other_spellings_of_its_parameters() {
+async fn a_cached_search_matches_weak_tags_and_links_only_what_it_read() {
     let src = holding("p1").await;
     let yaml = [
         source("src", &src.url, "  timeout: 5s"),
