@@ -58,7 +58,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     }
     let parse = |flag: &str, v: &str| {
         crate::config::validate::parse_duration(v)
-            .ok_or_else(|| format!("{flag} `{v}` is not a duration"))
+            .ok_or_else(|| format!("{flag} `{v}` is not a duration of at most 100 years"))
     };
     let durations = [
         ("--request-timeout", &request_timeout),
@@ -183,6 +183,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return usage(&format!("runtime: {e}")),
     };
     let served = runtime.block_on(async {
+        let _file_size = file_size_limit_as_error();
         if let Some(tier) = &shared {
             tier.start();
         }
@@ -211,6 +212,25 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => usage(&e.to_string()),
+    }
+}
+
+/// `SIGXFSZ` (25 on Linux, the BSDs and macOS), sent when a write passes the process's file
+/// size limit (`ulimit -f`, systemd's `LimitFSIZE`).
+const SIGXFSZ: i32 = 25;
+
+/// Catches `SIGXFSZ` for as long as the result is kept (tokio's handler stays installed
+/// after it), so that a write past the file size limit fails with `EFBIG`, as a full disk
+/// fails with `ENOSPC`: the queue answers 503 and a run fails, where the signal's default
+/// action killed the whole engine mid-write. Must be called within the runtime.
+fn file_size_limit_as_error() -> Option<tokio::signal::unix::Signal> {
+    let kind = tokio::signal::unix::SignalKind::from_raw(SIGXFSZ);
+    match tokio::signal::unix::signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot catch SIGXFSZ ({e}): a write past `ulimit -f` ends the engine");
+            None
+        }
     }
 }
 
@@ -299,6 +319,7 @@ pub(super) fn run_once(
     };
     let shown = super::progress::Shown::new(&name);
     let (report, resources) = runtime.block_on(async {
+        let _file_size = file_size_limit_as_error();
         if let Some(endpoint) = &otlp.otlp_endpoint
             && let Err(e) = crate::runtime::otlp::start(endpoint, otlp.otlp_queue)
         {

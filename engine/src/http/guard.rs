@@ -23,10 +23,11 @@ use crate::runtime::trace_context::{Trace, TraceId};
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request id of a request (from `X-Request-Id`, or made here), kept as the header value
-/// it is sent back as, and its W3C trace (from `traceparent`, or started here): one request
-/// extension, so that the trace costs the hit path no allocation of its own.
+/// it is sent back as, its W3C trace (from `traceparent`, or started here), and the end of
+/// its time limit (when the guard answers 504): one request extension, so that the trace
+/// costs the hit path no allocation of its own.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue, pub Trace);
+pub struct RequestId(pub HeaderValue, pub Trace, pub Instant);
 
 impl RequestId {
     /// The id as text (always ASCII: a caller's id is taken only when it is printable ASCII).
@@ -169,7 +170,9 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
     );
     let span = SpanOf::of(&trace);
     let trace_id = span.trace_id;
-    req.extensions_mut().insert(RequestId(id.clone(), trace));
+    let ends = start + engine.limits.timeout;
+    req.extensions_mut()
+        .insert(RequestId(id.clone(), trace, ends));
     let target = uri.path_and_query().map_or(0, |p| p.as_str().len());
     let resp = if target > engine.limits.uri {
         Problem::new(
@@ -192,7 +195,7 @@ pub(super) async fn guard(State(g): State<Arc<Guard>>, mut req: Request, next: N
     } else {
         // Every log line of the request carries its trace id (`log_trace`: a thread-local
         // set around each poll, read only when a line is written; no span per request).
-        let answered = tokio::time::timeout(engine.limits.timeout, next.run(req));
+        let answered = tokio::time::timeout_at(ends, next.run(req));
         match crate::runtime::log_trace::with_trace(trace_id, answered).await {
             Ok(r) if r.status().as_u16() >= 400 && !is_json(&r) => {
                 as_outcome(r, &method, uri.path()).await

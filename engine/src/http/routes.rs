@@ -88,8 +88,21 @@ fn request_info(
         },
         self_url: format!("{base}{path_and_query}"),
         base: base.to_owned(),
-        deadline: Some(tokio::time::Instant::now() + engine.limits.timeout),
+        deadline: Some(sources_deadline(engine, id)),
     }
+}
+
+/// Most time kept, between the sources' deadline and the request's, to make the partial
+/// answer.
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// When the sources of a request stop: a tenth of the request's time limit (at most
+/// `ANSWER_MARGIN`) before the guard answers 504, so that a source slower than the request
+/// gives the partial answer (the others' resources and an outcome naming it) rather than a
+/// 504 that loses them all: on the same instant, the guard's timer fired first now and then.
+fn sources_deadline(engine: &Engine, id: &RequestId) -> tokio::time::Instant {
+    let margin = (engine.limits.timeout / 10).min(ANSWER_MARGIN);
+    id.2.checked_sub(margin).unwrap_or(id.2)
 }
 
 /// The base URL callers reach the engine at, without `--public-url`: a proxy's
@@ -155,17 +168,24 @@ fn parse_plain_host(scheme: &str, host: &str) -> Option<String> {
     })
 }
 
+/// An entity tag without its weakness mark: what RFC 9110's weak comparison compares.
+fn opaque(tag: &[u8]) -> &[u8] {
+    tag.strip_prefix(b"W/").unwrap_or(tag)
+}
+
 /// A pull answer as sent: the stored bytes (shared, not copied) and the prepared entity tag,
-/// or 304 when the caller holds that tag. `HEAD` gets the same headers (hyper drops the body).
+/// or 304 when the caller holds that tag (`If-None-Match` compares weakly: `W/"x"` and `"x"`
+/// match, as a proxy that drops or adds the `W/` sends them). `HEAD` gets the same headers
+/// (hyper drops the body).
 fn answer(a: &Answer, how: CacheSource, req_headers: &HeaderMap) -> Response {
-    let tag = a.etag.as_bytes();
+    let tag = opaque(a.etag.as_bytes());
     let matches = req_headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .any(|t| {
             let t = t.trim_ascii();
-            t == tag || t == b"*"
+            t == b"*" || opaque(t) == tag
         });
     let mut resp = if matches && a.status == 200 {
         let mut r = Response::new(Body::empty());
@@ -269,6 +289,7 @@ impl FromRequestParts<Arc<Engine>> for Call {
                     HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
                         .unwrap_or_else(|_| HeaderValue::from_static("-")),
                     Trace::fresh(),
+                    tokio::time::Instant::now() + engine.limits.timeout,
                 )
             });
         Ok(Call {
@@ -303,16 +324,31 @@ async fn search_in(
     let base = base_of(&engine, &headers);
     let key = format!("{base} {}{}", scope.prefix(), q.key(resource_type));
     let (engine, rt_ref, q, id, trace, base) = (&engine, &rt, &q, &id, &trace, &base);
+    let pairs = &pairs;
     let load = move || async move {
         let path = format!("/fhir/{connector}/{}{resource_type}", scope.prefix());
-        let path_and_query = match &query {
-            Some(q) if !q.is_empty() => format!("{path}?{q}"),
-            _ => path,
+        let path_and_query = match self_query(pairs) {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
         };
         let info = request_info(engine, base, &path_and_query, id, trace);
         rt_ref.search(res, q, &info, scope).await
     };
     cached(&rt, &key, &headers, load).await
+}
+
+/// The query of a search's `self` link: the caller's parameters that the search reads, in the
+/// caller's order, encoded again. A parameter the search ignores (`_format`: every answer is
+/// JSON) is left out: the key does not hold it, so a cached answer would otherwise carry one
+/// caller's text in the links served to every caller of that entry.
+fn self_query(pairs: &[(String, String)]) -> Option<String> {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    let mut any = false;
+    for (k, v) in pairs.iter().filter(|(k, _)| k != "_format") {
+        q.append_pair(k, v);
+        any = true;
+    }
+    any.then(|| q.finish())
 }
 
 /// The answer to a pull request: through the connector's cache when it has one. The key

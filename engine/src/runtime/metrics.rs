@@ -568,6 +568,10 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
+            // Only the breakers of sources some engine still calls: one a reload removed is
+            // held by this map alone, and would show its last state (open, then half-open
+            // for ever, since no probe comes) for a source that is not configured.
+            .filter(|(_, b)| Arc::strong_count(b) > 1)
             .map(|(name, b)| (name.clone(), b.view()))
             .collect();
         for (source, v) in views {

@@ -32,6 +32,7 @@ mod otlp_export;
 mod outbound_auth;
 mod outside_13;
 mod outside_15;
+mod outside_16;
 mod parent_child;
 mod push_signatures;
 mod push_stream_queue;

@@ -301,7 +301,8 @@ pub struct PushSpec {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_values: Option<u64>,
-    /// Header with the caller's idempotency key (default `Idempotency-Key`).
+    /// Header with the caller's idempotency key (default `Idempotency-Key`): at most 200
+    /// printable ASCII characters; a longer key is refused with 400.
     #[serde(default)]
     pub idempotency_header: Option<String>,
     /// How long a delivery is remembered to acknowledge repeats without writing (default

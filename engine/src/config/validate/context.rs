@@ -122,7 +122,10 @@ impl<'a> Ctx<'a> {
             None => {
                 self.error(
                     path,
-                    format!("{} is not a duration", self.show(path, text)),
+                    format!(
+                        "{} is not a duration of at most 100 years (36500d)",
+                        self.show(path, text)
+                    ),
                     None,
                 );
                 default
@@ -147,7 +150,12 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// Parses `500ms`, `30s`, `10m`, `1h30m`, `1d`.
+/// Longest duration a definition or flag may give: 100 years. Longer ones (up to `u64`
+/// seconds parse) would overflow the clock's instants when added to now, a panic at the
+/// first request, run or open of a breaker.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// Parses `500ms`, `30s`, `10m`, `1h30m`, `1d`; `None` past `MAX_DURATION`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -171,7 +179,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         };
         total = total.checked_add(part)?;
     }
-    Some(total)
+    (total <= MAX_DURATION).then_some(total)
 }
 
 /// Parses `1048576`, `512KiB`, `1MiB`, `1MB`.

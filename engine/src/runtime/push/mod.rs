@@ -95,6 +95,9 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// Longest idempotency key a caller may send, in bytes.
+const MAX_IDEMPOTENCY_KEY: usize = 200;
+
 impl PushEndpoint {
     /// Prepares the endpoint: its directories under `state/push/{name}` and the deliveries
     /// remembered from earlier runs, or, on a reload, the queue of `previous` (the endpoint of
@@ -271,7 +274,7 @@ impl PushEndpoint {
                 ),
             ));
         }
-        let keys = self.keys(headers, &payload);
+        let keys = self.keys(headers, &payload)?;
         let (now, window) = (self.clock.now().timestamp(), self.window());
         match self.queue.memory.reserve(&keys, now, window) {
             Verdict::Seen => {
@@ -298,8 +301,11 @@ impl PushEndpoint {
     }
 
     /// The keys of a delivery: what an HMAC signature covers, and the caller's idempotency
-    /// key or else the digest of the canonical JSON.
-    fn keys(&self, headers: &HeaderMap, payload: &Value) -> Vec<String> {
+    /// key or else the digest of the canonical JSON. An idempotency key that cannot be kept
+    /// (longer than `MAX_IDEMPOTENCY_KEY` bytes, or not printable ASCII) is refused with 400:
+    /// left out, the delivery would be told apart by its content alone, and a retry whose
+    /// body changed (a new timestamp) would be written twice.
+    fn keys(&self, headers: &HeaderMap, payload: &Value) -> Result<Vec<String>, Problem> {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let mut keys = Vec::new();
         if let PushAuth::Hmac {
@@ -314,13 +320,22 @@ impl PushEndpoint {
         {
             keys.push(dedup::signed_key(ts, digest));
         }
-        match header(self.push().idempotency_header.as_str())
-            .filter(|k| !k.is_empty() && k.len() <= 200)
-        {
-            Some(k) => keys.push(format!("key:{k}")),
-            None => keys.push(dedup::content_key(payload)),
+        let name = self.push().idempotency_header.as_str();
+        match headers.get(name).map(|v| v.as_bytes()) {
+            Some(k)
+                if k.len() > MAX_IDEMPOTENCY_KEY
+                    || !k.iter().all(|b| (b' '..=b'~').contains(b)) =>
+            {
+                return Err(Problem::invalid(format!(
+                    "the `{name}` header must be at most {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+                )));
+            }
+            Some(k) if !k.is_empty() => {
+                keys.push(format!("key:{}", String::from_utf8_lossy(k)));
+            }
+            _ => keys.push(dedup::content_key(payload)),
         }
-        keys
+        Ok(keys)
     }
 
     fn window(&self) -> i64 {
@@ -355,14 +370,10 @@ impl PushEndpoint {
                         }
                     };
                 }
+                // Learnt in memory by the commit, once flushed: the queue file holds the keys
+                // (a restart learns them from it) until the drainer remembers them in
+                // `seen.jsonl`.
                 self.enqueue(keys, payload).await?;
-                // Learnt in memory: the queue file holds the keys (a restart learns them
-                // from it) until the drainer remembers them in `seen.jsonl`.
-                let now = self.clock.now().timestamp();
-                let (window, limit) = (self.window(), self.push().dedup_limit);
-                if let Err(e) = self.queue.memory.learn(keys, now, now, window, limit) {
-                    tracing::warn!(connector = %self.connector.name, "cannot record a delivery: {}", self.queue.why(&e));
-                }
                 self.count("queued");
                 Ok(Reply::Queued)
             }
@@ -616,7 +627,13 @@ impl PushEndpoint {
     async fn enqueue(&self, keys: &[String], payload: &Value) -> Result<(), Problem> {
         let bytes = Queue::item_bytes(keys, &self.clock.now().to_rfc3339(), payload);
         // Counted in the queue's depth, and the drainer woken, by the commit.
-        if let Err(e) = self.queue.commit(bytes).await {
+        let learn = queue::Learn {
+            keys: keys.to_vec(),
+            at: self.clock.now().timestamp(),
+            window: self.window(),
+            limit: self.push().dedup_limit,
+        };
+        if let Err(e) = self.queue.commit(bytes, learn).await {
             tracing::error!(connector = %self.connector.name, "the queue cannot take a payload: {}", self.queue.why(&e));
             return Err(Problem::new(
                 ProblemKind::Unavailable {

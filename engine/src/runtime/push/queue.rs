@@ -90,10 +90,23 @@ struct Group {
     committing: bool,
 }
 
-/// A payload waiting for its group commit: its record's body, and who hears the end.
+/// A payload waiting for its group commit: its record's body, the keys to learn once it is
+/// flushed, and who hears the end.
 struct Waiting {
     bytes: Vec<u8>,
+    learn: Learn,
     done: tokio::sync::oneshot::Sender<Result<(), StateError>>,
+}
+
+/// A queued delivery's keys, learnt by the deduplication memory once its record is flushed
+/// (`at`, within `window`, at most `limit` remembered): by the committer, so that they are
+/// learnt even when the caller has gone meanwhile (its connection cut, its time limit
+/// passed), and a resend of that payload is a duplicate.
+pub(super) struct Learn {
+    pub(super) keys: Vec<String>,
+    pub(super) at: i64,
+    pub(super) window: i64,
+    pub(super) limit: usize,
 }
 
 /// The segment being appended to.
@@ -400,8 +413,13 @@ impl Queue {
     }
 
     /// Queues a payload's record body by group commit: returns once its record is flushed,
-    /// together with those of the payloads that arrived meanwhile, in their order of arrival.
-    pub(super) async fn commit(self: &Arc<Self>, bytes: Vec<u8>) -> Result<(), StateError> {
+    /// together with those of the payloads that arrived meanwhile, in their order of arrival,
+    /// and its keys learnt (`learn`; also when the caller has stopped waiting).
+    pub(super) async fn commit(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+        learn: Learn,
+    ) -> Result<(), StateError> {
         if bytes.len() > MAX_RECORD {
             return Err(StateError::Stopped(format!(
                 "a payload of {} bytes is larger than a queue record",
@@ -414,7 +432,7 @@ impl Queue {
                 .group
                 .lock()
                 .map_err(|e| StateError::Stopped(e.to_string()))?;
-            g.waiting.push(Waiting { bytes, done });
+            g.waiting.push(Waiting { bytes, learn, done });
             !std::mem::replace(&mut g.committing, true)
         };
         if lead {
@@ -446,11 +464,17 @@ impl Queue {
             let result = self.commit_group(&group);
             if result.is_ok() {
                 self.metrics.push_queue_commit(&self.connector, group.len());
+                for w in &group {
+                    let l = &w.learn;
+                    if let Err(e) = self.memory.learn(&l.keys, l.at, l.at, l.window, l.limit) {
+                        tracing::warn!(connector = %self.connector, "cannot record a delivery: {}", self.why(&e));
+                    }
+                }
             }
             for w in group {
                 let r = match &result {
                     Ok(()) => Ok(()),
-                    Err(e) => Err(StateError::Stopped(e.reason())),
+                    Err(e) => Err(again(e)),
                 };
                 let _ = w.done.send(r);
             }
@@ -675,6 +699,22 @@ impl Queue {
             "payload": payload
         }))
         .unwrap_or_default()
+    }
+}
+
+/// The same error again, for each waiter of a failed group: what the disk said (a full disk,
+/// a file size limit) and the file, not "the file work stopped".
+fn again(e: &StateError) -> StateError {
+    match e {
+        StateError::Io { path, source } => StateError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        StateError::Corrupt { path, message } => StateError::Corrupt {
+            path: path.clone(),
+            message: message.clone(),
+        },
+        StateError::Stopped(why) => StateError::Stopped(why.clone()),
     }
 }
 
