@@ -301,7 +301,7 @@ async fn search_in(
             .collect();
     let q = rt.parse_search(res, &pairs)?;
     let base = base_of(&engine, &headers);
-    let key = format!("{base} {}{}", scope.prefix(), q.key(resource_type));
+    let key = search_key(&base, scope, &q, resource_type);
     let (engine, rt_ref, q, id, trace, base) = (&engine, &rt, &q, &id, &trace, &base);
     let load = move || async move {
         let path = format!("/fhir/{connector}/{}{resource_type}", scope.prefix());
@@ -313,6 +313,42 @@ async fn search_in(
         rt_ref.search(res, q, &info, scope).await
     };
     cached(&rt, &key, &headers, load).await
+}
+
+/// The cache key of a search: the base the caller reached, the scope, the search.
+fn search_key(
+    base: &str,
+    scope: &Scope,
+    q: &crate::model::search_params::SearchQuery,
+    resource_type: &str,
+) -> String {
+    format!("{base} {}{}", scope.prefix(), q.key(resource_type))
+}
+
+/// A fresh cached answer to `GET /fhir/{connector}/{Type}?{query}` (every source), found
+/// without the router (`Guard::direct`): the key and the answer `search_in` gives on a hit.
+/// `None` for anything else (no cache, nothing fresh, a caller's `no-cache`, parameters
+/// refused), which then goes through the router and `search_in`.
+pub(super) fn cached_search(
+    engine: &Engine,
+    connector: &str,
+    resource_type: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let rt = engine.pull(connector).ok()?;
+    let cache = rt.cache.as_ref()?;
+    if no_cache(headers) && rt.cache_allows_no_cache() {
+        return None;
+    }
+    let res = rt.resource(resource_type).ok()?;
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    let q = rt.parse_search(res, &pairs).ok()?;
+    let key = search_key(&base_of(engine, headers), &Scope::All, &q, resource_type);
+    let a = cache.fresh(&key)?;
+    Some(answer(&a, CacheSource::Hit, headers))
 }
 
 /// The answer to a pull request: through the connector's cache when it has one. The key
