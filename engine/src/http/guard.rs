@@ -59,9 +59,8 @@ fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
 
 /// A pull search's fresh cached answer, if there is one (`routes::cached_search`, handed to
 /// the guard by the router's maker so that the guard does not import the routes, which import
-/// it): the engine, the connector, the resource type, the query and the request's headers.
-pub(super) type CachedSearch =
-    fn(&Engine, &str, &str, Option<&str>, &axum::http::HeaderMap) -> Option<Response>;
+/// it); what it parsed for a request it cannot answer is left in the request for the router.
+pub(super) type CachedSearch = fn(&Engine, &mut Request) -> Option<Response>;
 
 /// The per-router state of the guard: the engine, the metrics of every route it can count,
 /// resolved when the router is made, and the look-up of a cached search.
@@ -113,8 +112,8 @@ impl Guard {
     /// limit. Each gets what the guard gives every request (its id, its count in the route's
     /// metrics, the log line). `None` for every other request (over a limit, a segment
     /// percent-encoded, anything but a fresh hit), which goes through the router.
-    pub(super) fn direct(&self, req: &Request) -> Option<Response> {
-        let uri = req.uri();
+    pub(super) fn direct(&self, req: &mut Request) -> Option<Response> {
+        let uri = req.uri().clone();
         if req.method() != Method::GET
             || uri.path_and_query().map_or(0, |p| p.as_str().len()) > self.engine.limits.uri
             || header_bytes(req) > self.engine.limits.headers
@@ -135,14 +134,7 @@ impl Guard {
                 return None;
             }
             let routes = self.pulls.get(connector)?;
-            let resp = (self.cached_search)(
-                &self.engine,
-                connector,
-                resource_type,
-                uri.query(),
-                req.headers(),
-            )?;
-            (resp, &routes[1])
+            ((self.cached_search)(&self.engine, req)?, &routes[1])
         };
         let h = req.headers();
         let id = request_id(h.get(X_REQUEST_ID));

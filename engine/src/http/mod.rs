@@ -188,16 +188,11 @@ mod tests {
         let (router, guard) = app(engine.clone());
         let target = "/fhir/c/Patient?_count=5";
 
-        // A miss is not answered directly: the router loads it.
-        assert!(guard.direct(&get(target, &[])).is_none());
-        let (status, headers, body) = whole(
-            router
-                .clone()
-                .oneshot(get(target, &[]))
-                .await
-                .expect("answer"),
-        )
-        .await;
+        // A miss is not answered directly: the router loads it, with the search parsed here.
+        let mut first = get(target, &[]);
+        assert!(guard.direct(&mut first).is_none());
+        let (status, headers, body) =
+            whole(router.clone().oneshot(first).await.expect("answer")).await;
         assert_eq!(
             (status, &headers["x-cache"]),
             (200, &HeaderValue::from_static("miss"))
@@ -205,8 +200,12 @@ mod tests {
 
         // The hit: the same status, body, type and ETag as the router's, marked a hit, with
         // its own request id, counted in the cache and the route's metrics.
-        let (hit_status, hit_headers, hit_body) =
-            whole(guard.direct(&get(target, &[])).expect("answered directly")).await;
+        let (hit_status, hit_headers, hit_body) = whole(
+            guard
+                .direct(&mut get(target, &[]))
+                .expect("answered directly"),
+        )
+        .await;
         assert_eq!(hit_status, 200);
         assert_eq!(hit_body, body);
         for h in [header::CONTENT_TYPE, header::ETAG] {
@@ -214,7 +213,14 @@ mod tests {
         }
         assert_eq!(hit_headers["x-cache"], "hit");
         assert_ne!(hit_headers[X_REQUEST_ID], headers[X_REQUEST_ID]);
-        let routed_hit = whole(router.oneshot(get(target, &[])).await.expect("answer")).await;
+        let routed_hit = whole(
+            router
+                .clone()
+                .oneshot(get(target, &[]))
+                .await
+                .expect("answer"),
+        )
+        .await;
         assert_eq!((routed_hit.0, &routed_hit.2), (200, &body));
         assert_eq!(calls.load(Ordering::SeqCst), 1, "the source called once");
         let cache = engine.pulls["c"].cache.as_ref().expect("a cache");
@@ -239,7 +245,7 @@ mod tests {
         let etag = headers[header::ETAG].to_str().expect("etag").to_owned();
         let (s304, _, b304) = whole(
             guard
-                .direct(&get(target, &[("if-none-match", &etag)]))
+                .direct(&mut get(target, &[("if-none-match", &etag)]))
                 .expect("answered directly"),
         )
         .await;
@@ -265,10 +271,22 @@ mod tests {
             let mut req = get(target, &headers);
             *req.method_mut() = method.clone();
             assert!(
-                guard.direct(&req).is_none(),
+                guard.direct(&mut req).is_none(),
                 "{method} {target} {headers:?}"
             );
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // A caller's no-cache, left to the router with its search parsed: loaded again.
+        let mut again = get(target, &[("cache-control", "no-cache")]);
+        assert!(guard.direct(&mut again).is_none());
+        let (status, reloaded, body_again) =
+            whole(router.oneshot(again).await.expect("answer")).await;
+        assert_eq!(
+            (status, &reloaded["x-cache"]),
+            (200, &HeaderValue::from_static("miss"))
+        );
+        assert_eq!(body_again, body);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }
