@@ -254,7 +254,15 @@ mod tests {
         // What the router must settle is not answered here: another search (a miss), the
         // caller's no-cache, another base (its links differ), another method, a percent-encoded
         // segment, a version's or a source's base, a path of no pull connector.
+        // Malformed or oversized requests are the router's too (it answers 400, 414, 431).
+        let long = format!("{target}&x={}", "a".repeat(Limits::default().uri));
+        let big = "b".repeat(Limits::default().headers);
         for (target, headers, method) in [
+            ("/fhir/c/Patient?_count=5&_count=5", vec![], Method::GET),
+            ("/fhir/c/Patient?_count=many", vec![], Method::GET),
+            ("/fhir/c/Patient?_count=5&%FF=1", vec![], Method::GET),
+            (long.as_str(), vec![], Method::GET),
+            (target, vec![("x-big", big.as_str())], Method::GET),
             ("/fhir/c/Patient?_count=6", vec![], Method::GET),
             (target, vec![("cache-control", "no-cache")], Method::GET),
             (
@@ -276,6 +284,15 @@ mod tests {
             );
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let refused = whole(
+            router
+                .clone()
+                .oneshot(get("/fhir/c/Patient?_count=5&_count=5", &[]))
+                .await
+                .expect("answer"),
+        )
+        .await;
+        assert_eq!(refused.0, 400);
 
         // A caller's no-cache, left to the router with its search parsed: loaded again.
         let mut again = get(target, &[("cache-control", "no-cache")]);
