@@ -8,7 +8,7 @@
 #   scripts/bench-cpu-per-request.sh BEFORE_BIN AFTER_BIN hit        # cached search, c=1
 #   scripts/bench-cpu-per-request.sh BEFORE_BIN AFTER_BIN miss       # cache-filling miss, c=1
 # hit and miss use the `labels` connector of benches/serve.rs over a Python stand-in source.
-# Environment: SECONDS_PER_RUN (default 4).
+# Environment: SECONDS_PER_RUN (default 4), ROUNDS (default 3).
 set -euo pipefail
 before="$1" after="$2" what="${3:-healthz}"
 dir="$(mktemp -d)"
@@ -124,7 +124,7 @@ for side in before after; do
 done
 tck="$(getconf CLK_TCK)"
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-for round in 1 2 3; do
+for round in $(seq "${ROUNDS:-3}"); do
   for side in before after; do
     c0="$(cpu "${pid[$side]}")"
     n="$(taskset -c 1 wrk -t1 -c"$conns" -d"${SECONDS_PER_RUN:-4}"s "${script[@]}" \

@@ -3,7 +3,9 @@
 # Installs the anchors where missing (nginx, wrk from Debian), builds the release engine and
 # benches, pins the system under test (the engine, nginx) to core 0 and the client (wrk, the
 # stand-in sources) to core 1, runs each pair interleaved three times (`--quick`: once, shorter
-# runs), and prints one `ratio:` line per measure with its spread. Then the mapping and sink
+# runs), and prints one `ratio:` line per measure with its spread (the cached search at c=1 and
+# the miss also against their floors: a bare hyper server on the same core; `note:` lines give
+# each side's rate and CPU per request). Then the mapping and sink
 # benches' `ratio:` lines ("not measured" where a bench prints none, or cannot run).
 # Usage: scripts/bench.sh [--quick]. Environment: BENCH_SECONDS (per wrk run), SUT_CPU,
 # CLIENT_CPU.

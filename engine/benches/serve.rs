@@ -6,6 +6,12 @@
 //! their timeout and a failed connect, and queued push acceptance against the figure of
 //! 2026-11-27. Each result is one `ratio:` line (`scripts/bench.sh` collects them).
 //!
+//! The cached search at one connection and the cache-filling miss are also measured against
+//! their floors (`floor`): a bare hyper server answering the engine's cached answer as fixed
+//! bytes, and one forwarding each miss to the same source with hyper-util's pooled client,
+//! both pinned like the engine and taking turns with it and nginx. The engine over its floor
+//! is what the engine adds; the floor is what the HTTP stack and the kernel cost.
+//!
 //! Run: `scripts/bench.sh` (installs nginx and wrk, pins the engine and nginx to core 0 and
 //! this process, its stand-in sources and wrk to core 1). Directly: `cargo bench -p engine
 //! --bench serve`, with `BENCH_REPS` (default 3), `BENCH_SECONDS` (per wrk run, default 5)
@@ -352,6 +358,53 @@ http {{
     (p, port)
 }
 
+/// A floor anchor (`floor`): this bench binary again, pinned like the engine, serving `kind`
+/// with `envs` on a port of its own; `probe` is a path it answers 200 once it is up.
+fn start_floor(opts: &Opts, kind: &str, envs: &[(&str, String)], probe: &str) -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = opts.sut(&std::env::current_exe().expect("this bench's path"));
+    cmd.env("BENCH_FLOOR", kind)
+        .env("BENCH_FLOOR_PORT", port.to_string());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the floor starts");
+    let p = Proc(child);
+    wait_ok(&format!("http://127.0.0.1:{port}{probe}"), "a floor anchor");
+    (p, port)
+}
+
+/// Rates and CPU per request of wrk runs against several servers taking turns, `reps` rounds.
+struct Turns {
+    rates: Vec<Vec<f64>>,
+    cpu_us: Vec<Vec<f64>>,
+}
+
+fn turns(opts: &Opts, sides: &[(&Proc, String)], connections: u32, script: Option<&Path>) -> Turns {
+    let mut t = Turns {
+        rates: vec![Vec::new(); sides.len()],
+        cpu_us: vec![Vec::new(); sides.len()],
+    };
+    for _ in 0..opts.reps {
+        for (i, (proc_, url)) in sides.iter().enumerate() {
+            let c0 = proc_.cpu();
+            let r = wrk(url, connections, opts.seconds, script);
+            t.rates[i].push(r.rate);
+            t.cpu_us[i].push((proc_.cpu() - c0).as_secs_f64() * 1e6 / r.requests);
+        }
+    }
+    t
+}
+
+/// The paired ratios of `a` to `b`, round by round.
+fn per_round(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| a / b).collect()
+}
+
 fn which(name: &str) -> PathBuf {
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
         let p = Path::new(dir).join(name);
@@ -399,6 +452,14 @@ fn wrk(url: &str, connections: u32, seconds: u64, script: Option<&Path>) -> Run 
 
 /// A plain blocking GET over std: the status, if any answer came.
 fn get_status(url: &str) -> Option<u16> {
+    String::from_utf8_lossy(&get_raw(url)?)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+}
+
+/// A plain blocking GET over std: the answer's bytes as they came, if the connection was made.
+fn get_raw(url: &str) -> Option<Vec<u8>> {
     use std::io::Read;
     let rest = url.trim_start_matches("http://");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -411,10 +472,7 @@ fn get_status(url: &str) -> Option<u16> {
     .ok()?;
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
+    Some(buf)
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -489,6 +547,10 @@ fn timed(url: &str) -> Duration {
 }
 
 fn main() {
+    if let Some((port, mode)) = floor::from_env() {
+        floor::serve(port, mode);
+        return;
+    }
     for (tool, package) in [("wrk", "wrk"), ("nginx", "nginx")] {
         if !which(tool).exists() && Command::new(tool).arg("-v").output().is_err() {
             eprintln!("{tool} is needed: apt-get install {package} (scripts/bench.sh does it)");
@@ -523,10 +585,59 @@ fn main() {
     let nhit = format!("{n}/drug/label.json?search=brand:Painaway");
     wait_ok(&hit, "the warm-up search");
     wait_ok(&nhit, "nginx's warm-up");
+    // The floors: the engine's cached answer, captured once, served as fixed bytes by a bare
+    // hyper server (hit), and a hyper server forwarding each miss to the same source with
+    // hyper-util's client (miss).
+    let answer = dir.path().join("cached-answer");
+    std::fs::write(&answer, get_raw(&hit).expect("the cached answer")).expect("answer");
+    let (hit_floor, hport) = start_floor(
+        &opts,
+        "hit",
+        &[("BENCH_FLOOR_ANSWER", answer.display().to_string())],
+        "/",
+    );
+    let (miss_floor, mport) = start_floor(
+        &opts,
+        "miss",
+        &[("BENCH_FLOOR_UPSTREAM", labels.to_string())],
+        "/?name=warm",
+    );
+    let fhit =
+        format!("http://127.0.0.1:{hport}/fhir/labels/MedicinalProductDefinition?name=Painaway");
+    let t = turns(
+        &opts,
+        &[
+            (&engine, hit.clone()),
+            (&nginx, nhit.clone()),
+            (&hit_floor, fhit),
+        ],
+        1,
+        None,
+    );
     throughput(
         "cached search c=1",
         "nginx proxy_cache HIT",
-        pair(&opts, &hit, &nhit, 1, None),
+        (t.rates[0].clone(), t.rates[1].clone()),
+    );
+    throughput(
+        "cached search c=1, engine / floor",
+        "hit floor (hyper, fixed bytes)",
+        (t.rates[0].clone(), t.rates[2].clone()),
+    );
+    ratio(
+        "CPU per cached search c=1, engine / floor (lower is better)",
+        &per_round(&t.cpu_us[0], &t.cpu_us[2]),
+        (median(&t.cpu_us[0]), "us"),
+        ("hit floor (hyper, fixed bytes)", median(&t.cpu_us[2]), "us"),
+    );
+    println!(
+        "note: cached search c=1: engine {:.0} req/s, {:.1} us CPU per request; hit floor {:.0} req/s, {:.1} us; nginx HIT {:.0} req/s, {:.1} us",
+        median(&t.rates[0]),
+        median(&t.cpu_us[0]),
+        median(&t.rates[2]),
+        median(&t.cpu_us[2]),
+        median(&t.rates[1]),
+        median(&t.cpu_us[1]),
     );
     throughput(
         "cached search c=32",
@@ -552,35 +663,54 @@ fn main() {
         "counter = 0\nrequest = function()\n  counter = counter + 1\n  return wrk.format(nil, wrk.path .. counter .. '-' .. math.random(1, 1000000000))\nend\n",
     )
     .expect("script");
-    let (mut er, mut nr, mut ecpu, mut ncpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..opts.reps {
-        let c0 = engine.cpu();
-        let r = wrk(
-            &format!("{e}/fhir/labels/MedicinalProductDefinition?name=m"),
-            1,
-            opts.seconds,
-            Some(&script),
-        );
-        er.push(r.rate);
-        ecpu.push((engine.cpu() - c0).as_secs_f64() * 1e6 / r.requests);
-        let c0 = nginx.cpu();
-        let r = wrk(
-            &format!("{n}/drug/label.json?search=brand:m"),
-            1,
-            opts.seconds,
-            Some(&script),
-        );
-        nr.push(r.rate);
-        ncpu.push((nginx.cpu() - c0).as_secs_f64() * 1e6 / r.requests);
-    }
-    throughput("cache-filling miss c=1", "nginx proxy_cache MISS", (er, nr));
-    let ratios: Vec<f64> = ecpu.iter().zip(&ncpu).map(|(e, a)| e / a).collect();
+    let t = turns(
+        &opts,
+        &[
+            (
+                &engine,
+                format!("{e}/fhir/labels/MedicinalProductDefinition?name=m"),
+            ),
+            (&nginx, format!("{n}/drug/label.json?search=brand:m")),
+            (
+                &miss_floor,
+                format!("http://127.0.0.1:{mport}/fhir/labels/MedicinalProductDefinition?name=m"),
+            ),
+        ],
+        1,
+        Some(&script),
+    );
+    throughput(
+        "cache-filling miss c=1",
+        "nginx proxy_cache MISS",
+        (t.rates[0].clone(), t.rates[1].clone()),
+    );
     ratio(
         "CPU per miss (lower is better)",
-        &ratios,
-        (median(&ecpu), "us"),
-        ("nginx proxy_cache MISS", median(&ncpu), "us"),
+        &per_round(&t.cpu_us[0], &t.cpu_us[1]),
+        (median(&t.cpu_us[0]), "us"),
+        ("nginx proxy_cache MISS", median(&t.cpu_us[1]), "us"),
     );
+    ratio(
+        "CPU per miss, engine / floor (lower is better)",
+        &per_round(&t.cpu_us[0], &t.cpu_us[2]),
+        (median(&t.cpu_us[0]), "us"),
+        (
+            "miss floor (hyper server + client)",
+            median(&t.cpu_us[2]),
+            "us",
+        ),
+    );
+    println!(
+        "note: cache-filling miss c=1: engine {:.0} req/s, {:.1} us CPU per miss; miss floor {:.0} req/s, {:.1} us; nginx MISS {:.0} req/s, {:.1} us; half of the first measured 104 us is 52 us",
+        median(&t.rates[0]),
+        median(&t.cpu_us[0]),
+        median(&t.rates[2]),
+        median(&t.cpu_us[2]),
+        median(&t.rates[1]),
+        median(&t.cpu_us[1]),
+    );
+    drop(hit_floor);
+    drop(miss_floor);
 
     // Fan-out over two 20 ms sources, no cache, 32 connections.
     let fan = format!("{e}/fhir/fanout/Patient?_count=10");
@@ -659,4 +789,170 @@ fn main() {
     );
     drop(engine);
     drop(nginx);
+}
+
+/// The floor anchors: the least a Rust HTTP server on this stack (tokio's current-thread
+/// runtime, hyper 1's HTTP/1 server, hyper-util's pooled client) can spend on the bench's two
+/// requests. Each runs as this bench binary started again with `BENCH_FLOOR` set, so that it is
+/// a process of its own, pinned to the engine's core like the engine, and its CPU is counted
+/// the same way (`/proc/PID/stat`).
+mod floor {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty, Full};
+    use hyper::body::Incoming;
+    use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper::{Request, Response, StatusCode};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    /// What the floor answers.
+    pub enum Mode {
+        /// Every request: the same status line, headers and body (the engine's cached answer,
+        /// captured once), written by hyper with its `Date` and `Content-Length`.
+        Hit {
+            headers: Vec<(HeaderName, HeaderValue)>,
+            body: Bytes,
+        },
+        /// Every request: its `name` query value sent to the source as the engine's `labels`
+        /// search sends it (`/drug/label.json?search=brand:NAME`) over one pooled client, and
+        /// the source's body returned as it came (no mapping, no cache).
+        Miss { upstream: u16 },
+    }
+
+    /// The floor's mode from the environment of a `BENCH_FLOOR` start, if this is one.
+    pub fn from_env() -> Option<(u16, Mode)> {
+        let kind = std::env::var("BENCH_FLOOR").ok()?;
+        let port = std::env::var("BENCH_FLOOR_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .expect("BENCH_FLOOR_PORT");
+        let mode = match kind.as_str() {
+            "hit" => {
+                let raw = std::fs::read(std::env::var("BENCH_FLOOR_ANSWER").expect("answer"))
+                    .expect("the captured answer");
+                let (headers, body) = parse_answer(&raw);
+                Mode::Hit { headers, body }
+            }
+            "miss" => Mode::Miss {
+                upstream: std::env::var("BENCH_FLOOR_UPSTREAM")
+                    .ok()
+                    .and_then(|p| p.parse().ok())
+                    .expect("BENCH_FLOOR_UPSTREAM"),
+            },
+            other => panic!("BENCH_FLOOR={other}: hit or miss"),
+        };
+        Some((port, mode))
+    }
+
+    /// The headers (but those hyper writes itself, and `Connection`) and body of a raw HTTP/1.1
+    /// answer with a `Content-Length`.
+    fn parse_answer(raw: &[u8]) -> (Vec<(HeaderName, HeaderValue)>, Bytes) {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an answer head");
+        let head = std::str::from_utf8(&raw[..end]).expect("an ASCII head");
+        let mut headers = Vec::new();
+        for line in head.split("\r\n").skip(1) {
+            let (k, v) = line.split_once(':').expect("a header line");
+            let k = k.trim().to_ascii_lowercase();
+            assert!(k != "transfer-encoding", "the cached answer is not chunked");
+            if matches!(k.as_str(), "date" | "content-length" | "connection") {
+                continue;
+            }
+            headers.push((
+                HeaderName::from_bytes(k.as_bytes()).expect("a header name"),
+                HeaderValue::from_str(v.trim()).expect("a header value"),
+            ));
+        }
+        (headers, Bytes::copy_from_slice(&raw[end + 4..]))
+    }
+
+    /// Serves `mode` on 127.0.0.1:`port` until killed.
+    pub fn serve(port: u16, mode: Mode) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+                .await
+                .expect("the floor's port");
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            let client: Client<HttpConnector, Empty<Bytes>> =
+                Client::builder(TokioExecutor::new()).build(connector);
+            let mode = std::sync::Arc::new(mode);
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let (mode, client) = (mode.clone(), client.clone());
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (mode, client) = (mode.clone(), client.clone());
+                    async move { Ok::<_, Infallible>(answer(&mode, &client, req).await) }
+                });
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    }
+
+    async fn answer(
+        mode: &Mode,
+        client: &Client<HttpConnector, Empty<Bytes>>,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        match mode {
+            Mode::Hit { headers, body } => {
+                let mut resp = Response::new(Full::new(body.clone()));
+                for (k, v) in headers {
+                    resp.headers_mut().insert(k, v.clone());
+                }
+                resp
+            }
+            Mode::Miss { upstream } => {
+                let name = req
+                    .uri()
+                    .query()
+                    .unwrap_or_default()
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("name="))
+                    .unwrap_or_default();
+                let uri =
+                    format!("http://127.0.0.1:{upstream}/drug/label.json?search=brand:{name}");
+                let sent = client
+                    .request(Request::get(uri).body(Empty::new()).expect("a request"))
+                    .await;
+                let failed = || {
+                    let mut r = Response::new(Full::new(Bytes::new()));
+                    *r.status_mut() = StatusCode::BAD_GATEWAY;
+                    r
+                };
+                let Ok(resp) = sent else {
+                    return failed();
+                };
+                let (parts, body) = resp.into_parts();
+                let Ok(body) = body.collect().await else {
+                    return failed();
+                };
+                let mut r = Response::new(Full::new(body.to_bytes()));
+                *r.status_mut() = parts.status;
+                if let Some(t) = parts.headers.get(CONTENT_TYPE) {
+                    r.headers_mut().insert(CONTENT_TYPE, t.clone());
+                }
+                r
+            }
+        }
+    }
 }

@@ -58,10 +58,16 @@ fn request_id(given: Option<&HeaderValue>) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// The per-router state of the guard: the engine, and the metrics of every route it can
-/// count, resolved when the router is made.
+/// A pull search's fresh cached answer, if there is one (`routes::cached_search`, handed to
+/// the guard by the router's maker so that the guard does not import the routes, which import
+/// it); what it parsed for a request it cannot answer is left in the request for the router.
+pub(super) type CachedSearch = fn(&Engine, &mut Request) -> Option<Response>;
+
+/// The per-router state of the guard: the engine, the metrics of every route it can count,
+/// resolved when the router is made, and the look-up of a cached search.
 pub(super) struct Guard {
     engine: Arc<Engine>,
+    cached_search: CachedSearch,
     pulls: HashMap<String, [RouteMetrics; 3]>,
     pushes: HashMap<String, RouteMetrics>,
     healthz: RouteMetrics,
@@ -72,7 +78,7 @@ pub(super) struct Guard {
 }
 
 impl Guard {
-    pub(super) fn new(engine: Arc<Engine>) -> Guard {
+    pub(super) fn new(engine: Arc<Engine>, cached_search: CachedSearch) -> Guard {
         let m = &engine.metrics;
         let pulls = engine
             .pulls
@@ -88,6 +94,7 @@ impl Guard {
             .map(|c| (c.clone(), m.route(c, "push")))
             .collect();
         Guard {
+            cached_search,
             pulls,
             pushes,
             healthz: m.route("", "healthz"),
@@ -99,37 +106,51 @@ impl Guard {
         }
     }
 
-    /// The answer to `GET /healthz` (no query, headers within the limit), made here without
-    /// the router and its middleware: the liveness probe is the most frequent request, and
-    /// its answer never changes. It gets what the guard gives every request (its id, its
-    /// count in the route's metrics, the log line); `None` for every other request, which
-    /// goes through the router.
-    pub(super) fn direct(&self, req: &Request) -> Option<Response> {
-        let uri = req.uri();
+    /// The answers made here without the router and its middleware: `GET /healthz` (no
+    /// query), the liveness probe, the most frequent request, whose answer never changes; and
+    /// a pull search's fresh cached answer (`GET /fhir/{connector}/{Type}?...`, every source:
+    /// `CachedSearch`), the hit path, which needs no future, no routing and no time
+    /// limit. Each gets what the guard gives every request (its id, its count in the route's
+    /// metrics, the log line). `None` for every other request (over a limit, a segment
+    /// percent-encoded, anything but a fresh hit), which goes through the router.
+    pub(super) fn direct(&self, req: &mut Request) -> Option<Response> {
+        let uri = req.uri().clone();
         if req.method() != Method::GET
-            || uri.path() != "/healthz"
-            || uri.query().is_some()
-            || uri.path().len() > self.engine.limits.uri
+            || uri.path_and_query().map_or(0, |p| p.as_str().len()) > self.engine.limits.uri
             || header_bytes(req) > self.engine.limits.headers
         {
             return None;
         }
         let start = Instant::now();
+        let path = uri.path();
+        let (resp, route) = if path == "/healthz" {
+            if uri.query().is_some() {
+                return None;
+            }
+            (super::admin::health(), &self.healthz)
+        } else {
+            let mut parts = path.strip_prefix("/fhir/")?.split('/');
+            let (connector, resource_type) = (parts.next()?, parts.next()?);
+            if parts.next().is_some() || connector.contains('%') || resource_type.contains('%') {
+                return None;
+            }
+            let routes = self.pulls.get(connector)?;
+            ((self.cached_search)(&self.engine, req)?, &routes[1])
+        };
         let h = req.headers();
         let id = request_id(h.get(X_REQUEST_ID));
         let trace = Trace::from_caller(
             h.get("traceparent").map(HeaderValue::as_bytes),
             h.get("tracestate"),
         );
-        let resp = super::admin::health();
         Some(finish(
             resp,
-            &self.healthz,
+            route,
             start,
             id,
             SpanOf::of(&trace),
             &Method::GET,
-            uri.path(),
+            path,
         ))
     }
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, RawQuery};
+use axum::extract::{FromRequestParts, Path, RawQuery, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::guard::RequestId;
 use super::outcome::{FHIR_JSON, fhir_response};
+use crate::model::search_params::SearchQuery;
 use crate::runtime::cache::{Answer, Source as CacheSource};
 use crate::runtime::engine::Engine;
 use crate::runtime::problem::{Problem, ProblemKind};
@@ -271,6 +272,8 @@ pub(super) struct Call {
     id: RequestId,
     trace: Trace,
     headers: HeaderMap,
+    /// The search `cached_search` parsed before the router, if it did.
+    searched: Option<Searched>,
 }
 
 impl FromRequestParts<Arc<Engine>> for Call {
@@ -297,6 +300,7 @@ impl FromRequestParts<Arc<Engine>> for Call {
             trace: id.1.clone(),
             id,
             headers: std::mem::take(&mut parts.headers),
+            searched: parts.extensions.remove::<Searched>(),
         })
     }
 }
@@ -313,16 +317,24 @@ async fn search_in(
         id,
         trace,
         headers,
+        searched,
     } = call;
     let rt = engine.pull(connector)?.clone();
     let res = rt.resource(resource_type)?;
-    let pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    let q = rt.parse_search(res, &pairs)?;
     let base = base_of(&engine, &headers);
-    let key = format!("{base} {}{}", scope.prefix(), q.key(resource_type));
+    let (q, key, pairs) = match searched {
+        // Parsed by `cached_search` from this request's path, query and headers.
+        Some(Searched { q, key, pairs }) if matches!(scope, Scope::All) => (q, key, pairs),
+        _ => {
+            let pairs: Vec<(String, String)> =
+                url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+                    .into_owned()
+                    .collect();
+            let q = rt.parse_search(res, &pairs)?;
+            let key = search_key(&base, scope, &q, resource_type);
+            (q, key, pairs)
+        }
+    };
     let (engine, rt_ref, q, id, trace, base) = (&engine, &rt, &q, &id, &trace, &base);
     let pairs = &pairs;
     let load = move || async move {
@@ -349,6 +361,55 @@ fn self_query(pairs: &[(String, String)]) -> Option<String> {
         any = true;
     }
     any.then(|| q.finish())
+}
+
+/// The cache key of a search: the base the caller reached, the scope, the search.
+fn search_key(base: &str, scope: &Scope, q: &SearchQuery, resource_type: &str) -> String {
+    format!("{base} {}{}", scope.prefix(), q.key(resource_type))
+}
+
+/// A search of every source parsed, and its cache key, by `cached_search` for a request it
+/// could not answer: left in the request's extensions, so that `search_in` does not parse it
+/// again.
+#[derive(Clone)]
+pub(super) struct Searched {
+    q: SearchQuery,
+    key: String,
+    pairs: Vec<(String, String)>,
+}
+
+/// A fresh cached answer to `GET /fhir/{connector}/{Type}?{query}` (every source: the
+/// request's path is that), found without the router (`Guard::direct`): the key and the
+/// answer `search_in` gives on a hit. `None` for anything else (no cache, nothing fresh, a
+/// caller's `no-cache`, parameters refused), which then goes through the router and
+/// `search_in`; when the search was parsed, it is left in the request (`Searched`).
+pub(super) fn cached_search(engine: &Engine, req: &mut Request) -> Option<Response> {
+    let (rt, resource_type) = {
+        let mut parts = req.uri().path().strip_prefix("/fhir/")?.split('/');
+        let rt = engine.pull(parts.next()?).ok()?;
+        (rt, parts.next()?.to_owned())
+    };
+    let cache = rt.cache.as_ref()?;
+    let res = rt.resource(&resource_type).ok()?;
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let q = rt.parse_search(res, &pairs).ok()?;
+    let headers = req.headers();
+    let key = search_key(&base_of(engine, headers), &Scope::All, &q, &resource_type);
+    let fresh = if no_cache(headers) && rt.cache_allows_no_cache() {
+        None
+    } else {
+        cache.fresh(&key)
+    };
+    match fresh {
+        Some(a) => Some(answer(&a, CacheSource::Hit, headers)),
+        None => {
+            req.extensions_mut().insert(Searched { q, key, pairs });
+            None
+        }
+    }
 }
 
 /// The answer to a pull request: through the connector's cache when it has one. The key
@@ -387,6 +448,7 @@ async fn read_in(
         id,
         trace,
         headers,
+        ..
     } = call;
     let rt = engine.pull(connector)?.clone();
     let res = rt.resource(resource_type)?;
@@ -439,6 +501,7 @@ async fn batch_in(
         id,
         trace,
         headers,
+        ..
     } = call;
     let rt = engine.pull(connector)?.clone();
     let bytes = axum::body::to_bytes(body, engine.limits.body)

@@ -157,11 +157,11 @@ pub async fn serve(
     }
 
     let serving = current.clone();
-    let app = tower::service_fn(move |req: Request| {
+    let app = tower::service_fn(move |mut req: Request| {
         // The guard's direct answers (`/healthz`) first, without the router's clone and
         // middleware; every other request through the router.
         let served = match serving.read() {
-            Ok(g) => match g.1.1.direct(&req) {
+            Ok(g) => match g.1.1.direct(&mut req) {
                 Some(answer) => Ok(answer),
                 None => Err(Some(g.1.0.clone())),
             },

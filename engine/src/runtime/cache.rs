@@ -320,6 +320,28 @@ impl AnswerCache {
         }
     }
 
+    /// The answer for `key` when the cache holds a fresh one, counted as a hit; `None` for
+    /// anything else (absent, being loaded, expired, failed: `get_or_load` settles those).
+    /// Synchronous, so that a hit can be answered without a future (`http::guard`'s direct
+    /// answers).
+    pub fn fresh(&self, key: &str) -> Option<Arc<Answer>> {
+        if let Some(shared) = &self.shared
+            && shared.invalidated()
+        {
+            self.cache.clear();
+            return None;
+        }
+        let entry = self.cache.get(key)?;
+        match &entry.state {
+            State::Fresh { until, .. } if Instant::now() < *until => {
+                let answer = entry.answer.clone()?;
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Some(answer)
+            }
+            _ => None,
+        }
+    }
+
     /// Drops every entry; gives how many there were.
     pub fn invalidate(&self) -> usize {
         let n = self.cache.len();
