@@ -33,6 +33,7 @@ mod outbound_auth;
 mod outside_13;
 mod outside_15;
 mod parent_child;
+mod projection;
 mod push_signatures;
 mod push_stream_queue;
 mod rate_budget;

@@ -223,3 +223,272 @@ impl<'e> Walk<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::model::template::Function;
+
+    fn q(text: &str) -> Query {
+        Query::parse(text).expect("query")
+    }
+
+    fn e(kind: Kind) -> Expr {
+        Expr {
+            rule: "mapping".into(),
+            kind,
+        }
+    }
+
+    fn path(text: &str) -> Expr {
+        e(Kind::Path {
+            query: q(text),
+            default: None,
+        })
+    }
+
+    fn text(t: &mut Templates, source: &str) -> Expr {
+        e(Kind::Text(t.compile(source, source).expect("template")))
+    }
+
+    fn object(fields: Vec<(&str, Expr)>) -> Expr {
+        e(Kind::Object(
+            fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        ))
+    }
+
+    fn each(query: &str, name: Option<&str>, body: Expr) -> Expr {
+        e(Kind::Each {
+            query: q(query),
+            name: name.map(str::to_owned),
+            body: Box::new(body),
+        })
+    }
+
+    /// What `query` reads, `tail` at what it selects: the expected shapes, written as queries.
+    fn r(query: &str, tail: Reads) -> Reads {
+        q(query).reads(tail)
+    }
+
+    fn union(all: impl IntoIterator<Item = Reads>) -> Reads {
+        all.into_iter().fold(Reads::nothing(), Reads::union)
+    }
+
+    fn templates() -> Templates {
+        Templates::new(Arc::new(BTreeMap::new()), None)
+    }
+
+    #[test]
+    fn queries_conditions_and_operators_read_what_they_select_whole() {
+        let mut t = templates();
+        let tree = object(vec![
+            ("literal", e(Kind::Literal(json!("x")))),
+            ("path", path("$.a.b")),
+            (
+                "default",
+                e(Kind::Path {
+                    query: q("$.c[0]"),
+                    default: Some(Box::new(path("$.d"))),
+                }),
+            ),
+            ("paths", e(Kind::Paths(q("$.e[*].f")))),
+            (
+                "if",
+                e(Kind::If {
+                    query: q("$.flag"),
+                    equals: Some(json!(true)),
+                    then: Box::new(path("$.g")),
+                    otherwise: Some(Box::new(text(&mut t, "{{record.h.[1]}}"))),
+                }),
+            ),
+            (
+                "call",
+                e(Kind::Call {
+                    function: Function::by_name("split").expect("split"),
+                    args: vec![path("$.i"), e(Kind::Literal(json!(",")))],
+                }),
+            ),
+            (
+                "date",
+                e(Kind::Date {
+                    value: Box::new(path("$.j")),
+                    time: true,
+                }),
+            ),
+            (
+                "uuid",
+                e(Kind::Uuid(vec![text(
+                    &mut t,
+                    "{{vars.s}}-{{upper record.k}}",
+                )])),
+            ),
+            (
+                "ref",
+                e(Kind::Reference {
+                    resource_type: "Patient".into(),
+                    id: Box::new(path("$.l")),
+                }),
+            ),
+        ]);
+        let expected = union([
+            r("$.a.b", Reads::All),
+            r("$.c[0]", Reads::All),
+            r("$.d", Reads::All),
+            r("$.e[*].f", Reads::All),
+            r("$.flag", Reads::All),
+            r("$.g", Reads::All),
+            Reads::at(
+                &[Step::Member("h".into()), Step::MemberOrIndex("1".into())],
+                Reads::All,
+            ),
+            r("$.i", Reads::All),
+            r("$.j", Reads::All),
+            r("$.k", Reads::All),
+            r("$.l", Reads::All),
+        ]);
+        assert_eq!(reads_of(&tree, &t), expected);
+        assert_eq!(
+            reads_of(&e(Kind::Literal(json!({"a": 1}))), &t),
+            Reads::nothing()
+        );
+    }
+
+    #[test]
+    fn each_reads_its_nodes_with_the_body_relative_shape_and_named_bindings() {
+        let mut t = templates();
+        let inner = object(vec![
+            ("id", path("@.id")),
+            ("group", text(&mut t, "{{g.name}}")),
+            ("top", text(&mut t, "{{record.top}}")),
+        ]);
+        let tree = object(vec![
+            (
+                "outer",
+                each(
+                    "$.groups[*]",
+                    Some("g"),
+                    object(vec![
+                        ("members", each("@.members[*]", None, inner)),
+                        ("first", text(&mut t, "{{item.codes.[0]}}")),
+                    ]),
+                ),
+            ),
+            ("count", each("$.rows[*]", None, e(Kind::Literal(json!(1))))),
+        ]);
+        let expected = union([
+            r("$.groups[*]", Reads::nothing()),
+            r("$.groups[*].members[*]", Reads::nothing()),
+            r("$.groups[*].members[*].id", Reads::All),
+            r("$.groups[*].name", Reads::All),
+            r("$.top", Reads::All),
+            Reads::at(
+                &[
+                    Step::Member("groups".into()),
+                    Step::Any,
+                    Step::MemberOrIndex("codes".into()),
+                    Step::MemberOrIndex("0".into()),
+                ],
+                Reads::All,
+            ),
+            // Read bare, the rows still count: each is kept, nothing of it read.
+            r("$.rows[*]", Reads::nothing()),
+        ]);
+        assert_eq!(reads_of(&tree, &t), expected);
+    }
+
+    #[test]
+    fn filters_descendants_and_slices_read_everything_from_their_step() {
+        let t = templates();
+        let tree = object(vec![
+            (
+                "filter",
+                e(Kind::Paths(q("$.results[?@.active == true].name"))),
+            ),
+            ("slice", e(Kind::Paths(q("$.a.b[0:2].c")))),
+            ("quoted", path("$.d['e f']")),
+            ("each", each("$.x..y", Some("n"), path("@.z"))),
+        ]);
+        let expected = union([
+            r("$.results", Reads::All),
+            r("$.a.b", Reads::All),
+            r("$.d", Reads::All),
+            r("$.x", Reads::All),
+        ]);
+        assert_eq!(reads_of(&tree, &t), expected);
+        let everything = path("$..id");
+        assert_eq!(reads_of(&everything, &t), Reads::All);
+    }
+
+    #[test]
+    fn each_of_a_made_value_reads_the_record_only_through_record() {
+        let mut t = templates();
+        let tree = e(Kind::EachOf {
+            value: Box::new(e(Kind::Call {
+                function: Function::by_name("split").expect("split"),
+                args: vec![path("$.csv"), e(Kind::Literal(json!(",")))],
+            })),
+            name: Some("part".into()),
+            body: Box::new(object(vec![
+                ("code", text(&mut t, "{{part}}")),
+                ("item", text(&mut t, "{{item}}")),
+                ("rel", path("@.x")),
+                ("abs", path("$.system")),
+                ("rec", text(&mut t, "{{record.display}}")),
+            ])),
+        });
+        let expected = union([
+            r("$.csv", Reads::All),
+            r("$.system", Reads::All),
+            r("$.display", Reads::All),
+        ]);
+        assert_eq!(reads_of(&tree, &t), expected);
+    }
+
+    #[test]
+    fn handlebars_templates_read_whole_the_names_they_may_read() {
+        // Reads `item` only: inside an `$each`, the selected elements are read whole.
+        let mut t = templates();
+        let body = text(&mut t, "{{#each item.list}}{{this}}{{/each}}");
+        assert!(matches!(body.kind, Kind::Text(Text::Template(_))));
+        let tree = object(vec![
+            ("each", each("$.rows[*]", Some("row"), body)),
+            ("other", path("$.o.p")),
+        ]);
+        assert_eq!(
+            reads_of(&tree, &t),
+            union([r("$.rows[*]", Reads::All), r("$.o.p", Reads::All)])
+        );
+        // A template that reads `record`: the whole record.
+        let mut t = templates();
+        let tree = object(vec![
+            ("t", text(&mut t, "{{#if record.a}}{{record.a}}{{/if}}")),
+            ("p", path("$.b")),
+        ]);
+        assert_eq!(reads_of(&tree, &t), Reads::All);
+        // A bound name read by Handlebars: that binding's nodes whole.
+        let mut t = templates();
+        let tree = each(
+            "$.rows[*]",
+            Some("row"),
+            each(
+                "@.cells[*]",
+                None,
+                text(&mut t, "{{#if row.k}}{{row.k}}{{/if}}"),
+            ),
+        );
+        assert_eq!(reads_of(&tree, &t), r("$.rows[*]", Reads::All));
+        // A template whose names are unknown (`@root`): everything.
+        let mut t = templates();
+        let tree = each(
+            "$.rows[*]",
+            None,
+            text(&mut t, "{{#with @root}}{{this.x}}{{/with}}"),
+        );
+        assert_eq!(reads_of(&tree, &t), Reads::All);
+    }
+}
