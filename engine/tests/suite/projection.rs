@@ -64,7 +64,8 @@ fn with_input(t: &Test, input: Value) -> Test {
 /// Every test of every connector in `dir` runs alike on its input parsed whole and parsed
 /// with its shape; gives how many tests ran and how many read less than everything.
 fn same_with_projection(dir: PathBuf) -> (usize, usize) {
-    let (files, errors) = engine::config::load::read_all(std::slice::from_ref(&dir)).expect("definitions");
+    let (files, errors) =
+        engine::config::load::read_all(std::slice::from_ref(&dir)).expect("definitions");
     let opts = Options {
         allow_unresolved: true,
         // The tests are read (and run, as `engine validate` runs them) only when asked.

@@ -67,6 +67,12 @@ impl Mapping {
         types(&self.root, &mut out).then_some(out)
     }
 
+    /// What this mapping reads of a record (`reads::reads_of`): the shape a record may be
+    /// parsed with and map the same as parsed whole.
+    pub fn reads(&self) -> crate::model::reads::Reads {
+        reads_of(&self.root, &self.templates)
+    }
+
     /// The FHIR resources made from one record, as JSON values.
     pub fn apply(&self, input: Input<'_>) -> Result<Vec<Value>, MapError> {
         Ok(self

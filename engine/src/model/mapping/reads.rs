@@ -4,7 +4,6 @@
 //! A value an expression made (`$each` over `{ $split: ... }`) is not the record: reads of it
 //! read nothing of the record.
 
-use super::Mapping;
 use super::tree::{Expr, Kind};
 use crate::model::jsonpath::Query;
 use crate::model::reads::{Reads, Step};
@@ -64,14 +63,6 @@ impl Scope<'_> {
 struct Walk<'t> {
     templates: &'t Templates,
     reads: Reads,
-}
-
-impl Mapping {
-    /// What this mapping reads of a record: the shape a record may be parsed with and map
-    /// the same as parsed whole.
-    pub fn reads(&self) -> Reads {
-        reads_of(&self.root, &self.templates)
-    }
 }
 
 /// What `e` reads of the record, with `templates` (whose Handlebars templates read whole
