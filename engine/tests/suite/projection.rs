@@ -240,6 +240,11 @@ async fn a_large_answer_read_little_of_is_mapped_as_parsed_whole_in_bounded_memo
     // The answer's bytes are held while it is parsed; parsed whole, its unread members would
     // take some ten times their text (a key and a value per 10 bytes).
     let grew = peak.saturating_sub(before);
+    eprintln!(
+        "peak RSS grew by {} MiB for an answer of {} MiB",
+        grew / 1024,
+        size >> 20
+    );
     assert!(
         grew < 3 * (size as u64 / 1024),
         "the search grew the peak RSS by {} MiB for an answer of {} MiB",
