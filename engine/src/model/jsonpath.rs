@@ -7,6 +7,8 @@
 use serde_json::{Map, Value};
 use serde_json_path::JsonPath;
 
+use crate::model::reads::{self, Reads};
+
 /// Objects of at most this many members are searched by scanning their names rather than
 /// by hashing the name: cheaper for the small objects most records are made of.
 const SCAN: usize = 8;
@@ -55,6 +57,14 @@ pub enum Single<'a> {
 /// The steps of `text` (after its root) when it is made only of dot names (ASCII letters,
 /// digits, `_`, not starting with a digit), `[n]` indexes and wildcards; `None` otherwise.
 fn simple_steps(rest: &str) -> Option<Vec<Step>> {
+    let (steps, complete) = leading_steps(rest);
+    complete.then_some(steps)
+}
+
+/// The simple steps `rest` starts with (as `simple_steps` reads them), and whether they are
+/// all of it. A name counts only when a step or the end follows it (`$.aé` is one name,
+/// not `a`), so the steps given are always the query's own first segments.
+fn leading_steps(rest: &str) -> (Vec<Step>, bool) {
     let mut steps = Vec::new();
     let b = rest.as_bytes();
     let mut i = 0;
@@ -70,14 +80,17 @@ fn simple_steps(rest: &str) -> Option<Vec<Step>> {
                 while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
                     end += 1;
                 }
-                if end == start || b[start].is_ascii_digit() {
-                    return None;
+                let ends = end == b.len() || b[end] == b'.' || b[end] == b'[';
+                if end == start || b[start].is_ascii_digit() || !ends {
+                    return (steps, false);
                 }
                 steps.push(Step::Name(rest[start..end].to_owned()));
                 i = end;
             }
             b'[' => {
-                let close = i + rest[i..].find(']')?;
+                let Some(close) = rest[i..].find(']').map(|c| i + c) else {
+                    return (steps, false);
+                };
                 let inner = &rest[i + 1..close];
                 if inner == "*" {
                     steps.push(Step::Wildcard);
@@ -87,17 +100,17 @@ fn simple_steps(rest: &str) -> Option<Vec<Step>> {
                         && digits.bytes().all(|c| c.is_ascii_digit())
                         && (digits == "0" || !digits.starts_with('0'))
                         && inner != "-0";
-                    if !canonical {
-                        return None;
+                    match inner.parse() {
+                        Ok(n) if canonical => steps.push(Step::Index(n)),
+                        _ => return (steps, false),
                     }
-                    steps.push(Step::Index(inner.parse().ok()?));
                 }
                 i = close + 1;
             }
-            _ => return None,
+            _ => return (steps, false),
         }
     }
-    Some(steps)
+    (steps, true)
 }
 
 /// Walks `steps` from `v`, calling `out` with each selected node in document order.
@@ -166,6 +179,30 @@ impl Query {
             relative,
             steps: simple_steps(&source[1..]),
         })
+    }
+
+    /// The path this query walks from its root, as steps of what it reads, and whether
+    /// that is the whole query: `false` when a step that is not a plain name, index or
+    /// wildcard (a filter, `..`, a slice, a quoted name) follows, from which everything is read.
+    pub fn read_path(&self) -> (Vec<reads::Step>, bool) {
+        // After the root (`$` or `@`, one byte).
+        let (steps, complete) = leading_steps(&self.text[1..]);
+        let path = steps
+            .into_iter()
+            .map(|s| match s {
+                Step::Name(n) => reads::Step::Member(n),
+                Step::Index(_) => reads::Step::Element,
+                Step::Wildcard => reads::Step::Any,
+            })
+            .collect();
+        (path, complete)
+    }
+
+    /// What this query reads of its root when `tail` is read of each node it selects
+    /// (everything from the first step that is not a plain name, index or wildcard).
+    pub fn reads(&self, tail: Reads) -> Reads {
+        let (path, complete) = self.read_path();
+        Reads::at(&path, if complete { tail } else { Reads::All })
     }
 
     /// True for a query of the current element (`@...`).

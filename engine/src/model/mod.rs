@@ -10,6 +10,7 @@ pub mod glob;
 pub mod hint;
 pub mod jsonpath;
 pub mod mapping;
+pub mod reads;
 pub mod search_params;
 pub mod template;
 pub mod vocabulary;

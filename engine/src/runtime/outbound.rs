@@ -358,6 +358,19 @@ pub fn json(body: &[u8]) -> Result<Value, OutboundError> {
     serde_json::from_slice(body).map_err(|e| OutboundError::NotJson(e.to_string()))
 }
 
+/// A JSON body parsed keeping what `reads` reads (`decode::json_reading`: the members no one
+/// reads skipped, not built; the same errors as `json`); an empty one is `null`.
+pub fn json_reading(
+    body: &[u8],
+    reads: &crate::model::reads::Reads,
+) -> Result<Value, OutboundError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    crate::model::decode::json_reading(body, reads)
+        .map_err(|e| OutboundError::NotJson(e.to_string()))
+}
+
 /// The server's own message in an error answer, and its `OperationOutcome` when it sent one:
 /// the outcome's text, a `message`, `error` (or `error.message`) or `detail` string of a JSON
 /// body, or the start of a text body; at most 200 characters, without control characters.

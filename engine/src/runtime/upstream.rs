@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::model::reads::Reads;
 use crate::model::vocabulary::RuleAction;
 use crate::model::{Pagination, ResponseRule, Source};
 use crate::runtime::breaker::{Breaker, Refused};
@@ -172,6 +173,9 @@ pub struct SourceClient {
     kept: Vec<u16>,
     /// Access tokens, for `oauth2` and `smartBackend` auth (`runtime::outbound_auth`).
     tokens: Option<Tokens>,
+    /// What the source's own settings read of every JSON answer (`statuses`, `errorWhen`,
+    /// the pagination's next link or cursor): a part of every projection of its answers.
+    reads: Reads,
 }
 
 /// Clients of every source, sharing one connection pool.
@@ -207,6 +211,7 @@ impl Upstreams {
                 None => client.clone(),
             };
             let tokens = Tokens::of(&s, &client)?;
+            let reads = source_reads(&s);
             clients.insert(
                 s.name.clone(),
                 Arc::new(SourceClient {
@@ -218,6 +223,7 @@ impl Upstreams {
                     breaker,
                     rate,
                     kept,
+                    reads,
                     metrics: metrics.clone(),
                 }),
             );
@@ -276,18 +282,35 @@ impl SourceClient {
         deadline: Option<Instant>,
         calls: &mut usize,
     ) -> Result<Reply, Failure> {
+        self.send_reading(call, &Reads::All, trace, deadline, calls)
+            .await
+    }
+
+    /// As `send_counted`, a JSON answer parsed keeping only what `reads` reads (which holds
+    /// what the source's own settings read, `SourceClient::reads`): the members no one
+    /// reads are skipped by the parser, never built.
+    pub async fn send_reading(
+        &self,
+        call: &Call,
+        reads: &Reads,
+        trace: &TraceContext,
+        deadline: Option<Instant>,
+        calls: &mut usize,
+    ) -> Result<Reply, Failure> {
         if let Some(files) = &self.source.files {
             *calls += 1;
             return self.read_files(files, deadline).await;
         }
         // Outbound auth hook: a token per call, renewed once after a 401 (then the 401 stands).
         let Some(tokens) = &self.tokens else {
-            return self.send_as(call, trace, deadline, calls, None).await;
+            return self
+                .send_as(call, reads, trace, deadline, calls, None)
+                .await;
         };
         let token_failed = |e: TokenError| Failure::of_token(&self.source.name, &e);
         let bearer = tokens.bearer(deadline).await.map_err(token_failed)?;
         match self
-            .send_as(call, trace, deadline, calls, Some(&bearer))
+            .send_as(call, reads, trace, deadline, calls, Some(&bearer))
             .await
         {
             Err(f) if f.status == Some(401) => {
@@ -295,7 +318,7 @@ impl SourceClient {
                     .renew(&bearer, deadline)
                     .await
                     .map_err(token_failed)?;
-                self.send_as(call, trace, deadline, calls, Some(&renewed))
+                self.send_as(call, reads, trace, deadline, calls, Some(&renewed))
                     .await
             }
             other => other,
@@ -306,6 +329,7 @@ impl SourceClient {
     async fn send_as(
         &self,
         call: &Call,
+        reads: &Reads,
         trace: &TraceContext,
         deadline: Option<Instant>,
         calls: &mut usize,
@@ -332,7 +356,7 @@ impl SourceClient {
         let budget = Instant::now() + s.timeout;
         let result = policy
             .run_fit(fit, Some(budget), calls, |n| {
-                self.attempt(call, trace, budget, deadline, (bearer, n))
+                self.attempt(call, reads, trace, budget, deadline, (bearer, n))
             })
             .await;
         match &result {
@@ -395,6 +419,11 @@ impl SourceClient {
         }
     }
 
+    /// What the source's own settings read of each of its JSON answers (`source_reads`).
+    pub fn reads(&self) -> &Reads {
+        &self.reads
+    }
+
     /// The failure of a call the breaker refused.
     fn refused(&self, e: &Refused) -> Failure {
         Failure {
@@ -411,6 +440,7 @@ impl SourceClient {
     async fn attempt(
         &self,
         call: &Call,
+        reads: &Reads,
         trace: &TraceContext,
         budget: Instant,
         deadline: Option<Instant>,
@@ -493,10 +523,10 @@ impl SourceClient {
                 crate::runtime::json_count::count_values(&got.body, s.max_values)
                     .map_err(|e| OutboundError::TooManyValues(e.max))?;
                 if success {
-                    outbound::json(&got.body)?
+                    outbound::json_reading(&got.body, reads)?
                 } else {
                     // An error status a rule reads: its body may well not be JSON.
-                    outbound::json(&got.body).unwrap_or(Value::Null)
+                    outbound::json_reading(&got.body, reads).unwrap_or(Value::Null)
                 }
             }
             // Other formats count their values as they decode.
@@ -664,6 +694,9 @@ impl SourceClient {
     /// Sends the first call and follows the source's pagination, collecting the records
     /// `records` selects from each page, until `want` records (when given), the last page or
     /// the page limit. Gives the records and the first page's reply.
+    /// Each page parsed keeping what `reads` reads (the records query composed with what
+    /// the mapping reads, and the rest the caller reads of a page; see `send_reading`).
+    #[allow(clippy::too_many_arguments)] // a paged read: each argument is a distinct part of it
     pub async fn pages(
         &self,
         first: Call,
@@ -672,11 +705,12 @@ impl SourceClient {
         max_pages: u32,
         trace: &TraceContext,
         deadline: Option<Instant>,
+        reads: &Reads,
     ) -> Result<(Vec<Value>, Reply, usize), Failure> {
         let pagination = self.source.pagination.clone();
         let mut calls = 0;
         let Paged { records, first, .. } = self
-            .pages_with(
+            .paged(
                 first,
                 records,
                 want,
@@ -685,6 +719,7 @@ impl SourceClient {
                 trace,
                 deadline,
                 &mut calls,
+                reads,
             )
             .await?;
         Ok((records, first, calls))
@@ -706,6 +741,34 @@ impl SourceClient {
         deadline: Option<Instant>,
         calls: &mut usize,
     ) -> Result<Paged, Failure> {
+        self.paged(
+            first,
+            records,
+            want,
+            max_pages,
+            pagination,
+            trace,
+            deadline,
+            calls,
+            &Reads::All,
+        )
+        .await
+    }
+
+    /// As `pages_with`, each page parsed keeping what `reads` reads.
+    #[allow(clippy::too_many_arguments)] // a paged read: each argument is a distinct part of it
+    async fn paged(
+        &self,
+        first: Call,
+        records: &crate::model::jsonpath::Query,
+        want: Option<usize>,
+        max_pages: u32,
+        pagination: Option<&Pagination>,
+        trace: &TraceContext,
+        deadline: Option<Instant>,
+        calls: &mut usize,
+        reads: &Reads,
+    ) -> Result<Paged, Failure> {
         let mut call = first;
         let mut out = Vec::new();
         let mut first_reply = None;
@@ -713,7 +776,9 @@ impl SourceClient {
         let mut page = 0u32;
         let mut pages_left = false;
         loop {
-            let reply = self.send_counted(&call, trace, deadline, calls).await?;
+            let reply = self
+                .send_reading(&call, reads, trace, deadline, calls)
+                .await?;
             // References first: only the records still wanted are cloned.
             let found = records.select(&reply.body, &reply.body);
             let n = found.len();
@@ -838,6 +903,35 @@ impl SourceClient {
             }
         }
     }
+}
+
+/// What a source's own settings read of each of its JSON answers: the queries of its
+/// `statuses` rules (`path`, `message`, `delayPath`) and `errorWhen`, and its pagination's
+/// next link (`nextUrl`, a FHIR Bundle's `link`) or cursor, each selected node whole.
+fn source_reads(s: &Source) -> Reads {
+    let mut reads = Reads::nothing();
+    let queries = s
+        .statuses
+        .rules
+        .iter()
+        .flat_map(|r| [&r.path, &r.message, &r.delay_path])
+        .chain([&s.statuses.error_when])
+        .flatten();
+    for q in queries {
+        reads.add(q.reads(Reads::All));
+    }
+    match &s.pagination {
+        Some(Pagination::NextUrl(q)) | Some(Pagination::Cursor { path: q, .. }) => {
+            reads.add(q.reads(Reads::All))
+        }
+        Some(Pagination::Fhir) => reads.add(Reads::at(
+            &[crate::model::reads::Step::Member("link".into())],
+            Reads::All,
+        )),
+        Some(Pagination::LinkHeader | Pagination::Offset { .. } | Pagination::Page { .. })
+        | None => {}
+    }
+    reads
 }
 
 /// Sets query parameters, replacing earlier values of the same names.

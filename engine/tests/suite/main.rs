@@ -34,6 +34,7 @@ mod outside_13;
 mod outside_15;
 mod outside_16;
 mod parent_child;
+mod projection;
 mod push_signatures;
 mod push_stream_queue;
 mod rate_budget;

@@ -3,11 +3,13 @@
 //! that a mapping is the same whatever the format. Pure functions over bytes already bounded
 //! by the caller's size cap, each bounded again by a count of values and a nesting depth;
 //! every failure is a `DecodeError` with its line and column or record number.
+//! `projection.rs` parses JSON keeping only what a definition reads (`json_reading`).
 
 mod csv;
 mod fhir_xml;
 mod format;
 mod ndjson;
+mod projection;
 mod text;
 mod xml;
 
@@ -16,6 +18,7 @@ use serde_json::Value;
 pub use self::format::{
     CsvFormat, DecodeError, Format, Limits, MAX_DEPTH, Step, TextEncoding, XmlFormat,
 };
+pub use self::projection::json_reading;
 pub(crate) use self::text::count;
 use self::text::json_reason;
 

@@ -6,7 +6,8 @@
 //! `tree.rs` defines the expression tree (which `config::mapping` compiles from YAML nodes);
 //! `eval.rs` evaluates it per record into `output.rs`'s tree, which borrows its keys and the
 //! values it copies; that tree is written as JSON directly (`Mapping::resources`, where the
-//! result is only sent) or turned into `serde_json::Value`s (`Mapping::apply`).
+//! result is only sent) or turned into `serde_json::Value`s (`Mapping::apply`); `reads.rs`
+//! what the tree reads of a record (`Mapping::reads`), the shape its answer is parsed with.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,10 +19,12 @@ use crate::model::template::{Table, Templates};
 
 mod eval;
 mod output;
+mod reads;
 mod tree;
 
 pub use eval::Evaluator;
 pub use output::Out;
+pub use reads::reads_of;
 pub use tree::{CompileError, Conversion, Expr, Input, Kind, MapError, is_resource_type};
 
 /// A connector's compiled mapping.
@@ -62,6 +65,12 @@ impl Mapping {
         }
         let mut out = BTreeSet::new();
         types(&self.root, &mut out).then_some(out)
+    }
+
+    /// What this mapping reads of a record (`reads::reads_of`): the shape a record may be
+    /// parsed with and map the same as parsed whole.
+    pub fn reads(&self) -> crate::model::reads::Reads {
+        reads_of(&self.root, &self.templates)
     }
 
     /// The FHIR resources made from one record, as JSON values.

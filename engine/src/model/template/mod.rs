@@ -101,6 +101,12 @@ impl Var {
         &self.root
     }
 
+    /// The segments after the top-level name (`brand_name`, `0` of `record.brand_name.[0]`):
+    /// each a member name, or an element's index when it is a number.
+    pub fn segments(&self) -> &[String] {
+        &self.rest
+    }
+
     /// The variable's value inside `root`, the value of its top-level name (what `resolve`
     /// reads, for callers whose scope lends values longer than itself).
     pub fn within<'a>(&self, root: &'a Value) -> Option<&'a Value> {

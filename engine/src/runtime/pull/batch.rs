@@ -46,7 +46,10 @@ impl PullRuntime {
                 headers: Vec::new(),
                 body: Some(bundle.clone()),
             };
-            let reply = client.send(&call, &info.trace, info.deadline).await?;
+            let reads = self.reads.batch(&client.source.name);
+            let reply = client
+                .send_reading(&call, reads, &info.trace, info.deadline, &mut 0)
+                .await?;
             let mut entries = reply
                 .body
                 .get("entry")

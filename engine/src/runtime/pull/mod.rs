@@ -5,7 +5,8 @@
 //! source gives a partial answer with an `OperationOutcome` naming it.
 //!
 //! Each interaction lives with its upstream calls and its answer: `search.rs` (parameters,
-//! searchset Bundles), `read.rs` and `batch.rs` (batch-response merged entry by entry).
+//! searchset Bundles), `read.rs` and `batch.rs` (batch-response merged entry by entry);
+//! `projection.rs` what each reads of a source's JSON answer, which is parsed with it.
 //!
 //! FHIR versions are kept apart: an interaction asks the sources of a [`Scope`]. A connector
 //! whose sources are all of one FHIR version answers at `/fhir/{connector}`; one whose sources
@@ -24,6 +25,7 @@ use crate::runtime::problem::{Problem, ProblemKind};
 use crate::runtime::upstream::{Failure, FailureKind, SourceClient, Upstreams};
 
 mod batch;
+pub mod projection;
 mod read;
 mod search;
 
@@ -89,6 +91,9 @@ pub struct PullRuntime {
     pub connector: Arc<Connector>,
     pub cache: Option<AnswerCache>,
     clients: Vec<Arc<SourceClient>>,
+    /// What each route reads of each source's JSON answers, made once: the answers are
+    /// parsed with it (`projection`).
+    reads: projection::RouteReads,
 }
 
 impl PullRuntime {
@@ -97,15 +102,17 @@ impl PullRuntime {
             return None;
         };
         let cache = pull.cache.as_ref().map(AnswerCache::new);
-        let clients = connector
+        let clients: Vec<Arc<SourceClient>> = connector
             .sources
             .iter()
             .filter_map(|s| upstreams.get(&s.name).cloned())
             .collect();
+        let reads = projection::RouteReads::new(&connector, pull, &clients);
         Some(PullRuntime {
             connector,
             cache,
             clients,
+            reads,
         })
     }
 

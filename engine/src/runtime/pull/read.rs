@@ -45,7 +45,11 @@ impl PullRuntime {
                     .map_err(|e| SourceError::Problem(e.into()))?,
                     None => fhir_read_call(client, &res.resource_type, id),
                 };
-                let reply = match client.send(&call, &info.trace, info.deadline).await {
+                let reads = self.reads.read(&client.source.name, &res.resource_type);
+                let mut calls = 0;
+                let sent =
+                    client.send_reading(&call, reads, &info.trace, info.deadline, &mut calls);
+                let reply = match sent.await {
                     Ok(r) => r,
                     // A read's 404 (and 410) is "not found" unless the source says it is an
                     // error.

@@ -85,6 +85,7 @@ impl PullRuntime {
                     MAX_PAGES.min(client.source.max_pages),
                     &info.trace,
                     info.deadline,
+                    self.reads.search(&client.source.name, &res.resource_type),
                 )
                 .await
             {
