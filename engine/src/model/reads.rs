@@ -158,6 +158,12 @@ impl Parts {
     pub fn elements(&self) -> Option<&Reads> {
         self.elements.as_ref()
     }
+
+    /// The most members of an object that can be kept, when only named members are read:
+    /// the capacity to make its map with, so that it is not grown member by member.
+    pub fn most_members(&self) -> Option<usize> {
+        self.any_member.is_none().then_some(self.members.len())
+    }
 }
 
 #[cfg(test)]

@@ -95,7 +95,12 @@ impl<'de> Visitor<'de> for PartsVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
+        // Sized once when the shape names every member that can be kept (a record of an
+        // answer usually keeps a few): a map grown member by member re-hashes as it grows.
+        let mut out = match self.0.most_members() {
+            Some(n) => Map::with_capacity(n.min(map.size_hint().unwrap_or(n))),
+            None => Map::new(),
+        };
         while let Some(key) = map.next_key_seed(KeySeed(self.0))? {
             match key {
                 Key::Kept(name, r) => {
