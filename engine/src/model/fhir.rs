@@ -657,7 +657,7 @@ pub struct Searchset {
     pub total: Option<u64>,
     pub links: Vec<Value>,
     /// Each match's `fullUrl` and its resource as JSON text (one JSON object).
-    pub matches: Vec<(Option<String>, String)>,
+    pub matches: Vec<(Option<String>, Vec<u8>)>,
     pub outcomes: Vec<Value>,
 }
 
@@ -691,7 +691,7 @@ impl Searchset {
                     out.push(b',');
                 }
                 out.extend_from_slice(br#""resource":"#);
-                out.extend_from_slice(resource.as_bytes());
+                out.extend_from_slice(resource);
                 out.extend_from_slice(br#","search":{"mode":"match"}}"#);
             }
             for o in &self.outcomes {

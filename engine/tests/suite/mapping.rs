@@ -174,7 +174,10 @@ fn written_json_and_values_agree_on_every_fixture() {
         )
         .expect("expected.json");
         // Member order counts: compare the texts of the values, not the values.
-        let texts: Vec<String> = written.iter().map(|w| w.json.clone()).collect();
+        let texts: Vec<String> = written
+            .iter()
+            .map(|w| String::from_utf8(w.json.clone()).expect("UTF-8"))
+            .collect();
         let value_texts: Vec<String> = values.iter().map(Value::to_string).collect();
         if texts != value_texts {
             failures.push(format!(
@@ -238,7 +241,10 @@ fn written_json_prunes_selected_structure_as_values_do() {
             connector.write_records_with(connector.mapping.as_ref(), selected, &Value::Null);
         match (values, written) {
             (Ok(values), Ok(written)) => {
-                let texts: Vec<&str> = written.iter().map(|w| w.json.as_str()).collect();
+                let texts: Vec<&str> = written
+                    .iter()
+                    .map(|w| std::str::from_utf8(&w.json).expect("UTF-8"))
+                    .collect();
                 let value_texts: Vec<String> = values.iter().map(Value::to_string).collect();
                 assert_eq!(texts, value_texts, "record {record}");
                 assert!(
@@ -279,7 +285,7 @@ fn searchset_written_around_resources_is_the_bundle_value_s_json() {
             total,
             links: links.clone(),
             matches: (0..matches)
-                .map(|_| (url.clone(), resource.to_string()))
+                .map(|_| (url.clone(), resource.to_string().into_bytes()))
                 .collect(),
             outcomes: vec![outcome.clone(); outcomes],
         };

@@ -99,14 +99,7 @@ impl Mapping {
                     input: None,
                     message: format!("could not be written as JSON: {e}"),
                 })?;
-                Ok(Written {
-                    local,
-                    json: String::from_utf8(json).map_err(|e| MapError {
-                        rule: self.root.rule.to_string(),
-                        input: None,
-                        message: format!("could not be written as JSON: {e}"),
-                    })?,
-                })
+                Ok(Written { local, json })
             })
             .collect()
     }
@@ -144,8 +137,9 @@ impl Mapping {
 #[derive(Debug)]
 pub struct Written {
     pub local: Option<String>,
-    /// The resource as compact JSON text (one object).
-    pub json: String,
+    /// The resource as compact JSON text (one object), UTF-8: the serialiser's bytes, kept
+    /// as bytes since they are sent as bytes (not checked again as a `String` would be).
+    pub json: Vec<u8>,
 }
 
 /// The room a written resource starts with.
@@ -156,7 +150,7 @@ impl Written {
     pub fn of_value(resource: &Value) -> Result<Written, serde_json::Error> {
         Ok(Written {
             local: fhir::local_reference(resource),
-            json: serde_json::to_string(resource)?,
+            json: serde_json::to_vec(resource)?,
         })
     }
 }

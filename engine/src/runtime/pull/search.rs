@@ -202,7 +202,7 @@ fn fhir_search_call(client: &SourceClient, resource_type: &str, params: &Value) 
 fn searchset(
     info: &RequestInfo,
     q: &SearchQuery,
-    matches: Vec<(Option<String>, String)>,
+    matches: Vec<(Option<String>, Vec<u8>)>,
     outcomes: Vec<Value>,
     total: Option<u64>,
     more: bool,
