@@ -89,7 +89,14 @@ impl Mapping {
             .iter()
             .map(|r| {
                 let local = match (r.member_str("resourceType"), r.member_str("id")) {
-                    (Some(t), Some(id)) => Some(format!("{t}/{id}")),
+                    // Joined by hand: `format!`'s machinery was 2% of a mapped record.
+                    (Some(t), Some(id)) => {
+                        let mut local = String::with_capacity(t.len() + 1 + id.len());
+                        local.push_str(t);
+                        local.push('/');
+                        local.push_str(id);
+                        Some(local)
+                    }
                     _ => None,
                 };
                 // Sized for a usual resource: one allocation, not a few as it grows.
