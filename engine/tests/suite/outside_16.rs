@@ -588,3 +588,43 @@ async fn a_push_whose_caller_left_during_the_flush_is_a_duplicate_when_sent_agai
     );
     assert_eq!(endpoint.depths().0, queued);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_during_the_flush_its_caller_left_is_never_queued_again() {
+    use engine::runtime::push::Reply;
+    let defs = definitions(&inbox_yaml("1MiB"));
+    let state = tempfile::tempdir().expect("state");
+    let engine = inbox_engine(defs.path(), state.path());
+    let endpoint = engine.engine.pushes["inbox"].clone();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().expect("a value"));
+    headers.insert("idempotency-key", "left-then-resent".parse().expect("a value"));
+    let body = payload("resent", 10);
+    let before = endpoint.depths().0;
+    // The caller goes as soon as its delivery waits for the flush (polled once, dropped)...
+    let first = {
+        let mut delivery = std::pin::pin!(endpoint.deliver(&headers, body.as_bytes(), None));
+        std::future::poll_fn(|cx| std::task::Poll::Ready(delivery.as_mut().poll(cx))).await
+    };
+    assert!(first.is_pending(), "the first delivery waits for its flush");
+    // ... and sends it again at once, while that flush may still be running: the delivery is
+    // being processed (409) or already a duplicate, never a second payload queued.
+    let again = {
+        let mut delivery = std::pin::pin!(endpoint.deliver(&headers, body.as_bytes(), None));
+        std::future::poll_fn(|cx| std::task::Poll::Ready(delivery.as_mut().poll(cx))).await
+    };
+    match again {
+        std::task::Poll::Ready(Ok(Reply::Duplicate)) => {}
+        std::task::Poll::Ready(Err(p)) => assert_eq!(p.kind.status(), 409, "{p:?}"),
+        other => panic!("the resend was taken again: {other:?}"),
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while endpoint.depths().0 == before {
+        assert!(Instant::now() < until, "the first payload was never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Once flushed, a later resend is a duplicate.
+    let got = push_to(&engine, &body, Some("left-then-resent")).await;
+    assert_eq!(got.json()["status"], json!("duplicate"), "{}", got.text);
+    assert_eq!(endpoint.depths().0, before + 1);
+}

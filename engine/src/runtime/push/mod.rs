@@ -83,15 +83,29 @@ pub struct PushEndpoint {
 }
 
 /// A delivery reserved for one request; dropping it releases the reservation, also when the
-/// request is cancelled midway (a timeout, a closed connection).
+/// request is cancelled midway (a timeout, a closed connection), unless it was handed over
+/// to the local queue's committer (`hand_over`), which releases it once the payload's record
+/// is flushed and its keys learnt, or the flush failed: a caller that leaves during the flush
+/// does not open the way for its own resend to be queued a second time.
 struct Claim<'a> {
     endpoint: &'a PushEndpoint,
     keys: Vec<String>,
+    handed: std::sync::atomic::AtomicBool,
+}
+
+impl Claim<'_> {
+    /// The reservation is the queue's from now on.
+    fn hand_over(&self) {
+        self.handed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        self.endpoint.queue.memory.release(&self.keys);
+        if !*self.handed.get_mut() {
+            self.endpoint.queue.memory.release(&self.keys);
+        }
     }
 }
 
@@ -294,8 +308,9 @@ impl PushEndpoint {
                 let claim = Claim {
                     endpoint: self,
                     keys,
+                    handed: false.into(),
                 };
-                self.accept(&claim.keys, &payload, trace).await
+                self.accept(&claim, &payload, trace).await
             }
         }
     }
@@ -345,10 +360,11 @@ impl PushEndpoint {
     /// Writes (sync) or queues (queued) a claimed delivery; remembers it once durable.
     async fn accept(
         &self,
-        keys: &[String],
+        claim: &Claim<'_>,
         payload: &Value,
         trace: Option<&Trace>,
     ) -> Result<Reply, Problem> {
+        let keys = claim.keys.as_slice();
         match self.push().mode {
             PushMode::Queued => {
                 if let Some(stream) = &self.stream {
@@ -372,8 +388,8 @@ impl PushEndpoint {
                 }
                 // Learnt in memory by the commit, once flushed: the queue file holds the keys
                 // (a restart learns them from it) until the drainer remembers them in
-                // `seen.jsonl`.
-                self.enqueue(keys, payload).await?;
+                // `seen.jsonl`. The reservation is released by the committer after that.
+                self.enqueue(claim, payload).await?;
                 self.count("queued");
                 Ok(Reply::Queued)
             }
@@ -624,7 +640,8 @@ impl PushEndpoint {
     }
 
     /// Queues a payload by group commit (see `queue`): answered once it is flushed.
-    async fn enqueue(&self, keys: &[String], payload: &Value) -> Result<(), Problem> {
+    async fn enqueue(&self, claim: &Claim<'_>, payload: &Value) -> Result<(), Problem> {
+        let keys = claim.keys.as_slice();
         let bytes = Queue::item_bytes(keys, &self.clock.now().to_rfc3339(), payload);
         // Counted in the queue's depth, and the drainer woken, by the commit.
         let learn = queue::Learn {
@@ -633,6 +650,7 @@ impl PushEndpoint {
             window: self.window(),
             limit: self.push().dedup_limit,
         };
+        claim.hand_over();
         if let Err(e) = self.queue.commit(bytes, learn).await {
             tracing::error!(connector = %self.connector.name, "the queue cannot take a payload: {}", self.queue.why(&e));
             return Err(Problem::new(

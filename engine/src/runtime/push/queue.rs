@@ -101,7 +101,9 @@ struct Waiting {
 /// A queued delivery's keys, learnt by the deduplication memory once its record is flushed
 /// (`at`, within `window`, at most `limit` remembered): by the committer, so that they are
 /// learnt even when the caller has gone meanwhile (its connection cut, its time limit
-/// passed), and a resend of that payload is a duplicate.
+/// passed), and a resend of that payload is a duplicate. The request's reservation of the
+/// keys is the committer's too, released after the flush (or its failure): until then a
+/// resend is "being processed", never queued again.
 pub(super) struct Learn {
     pub(super) keys: Vec<String>,
     pub(super) at: i64,
@@ -421,6 +423,7 @@ impl Queue {
         learn: Learn,
     ) -> Result<(), StateError> {
         if bytes.len() > MAX_RECORD {
+            self.memory.release(&learn.keys);
             return Err(StateError::Stopped(format!(
                 "a payload of {} bytes is larger than a queue record",
                 bytes.len()
@@ -428,10 +431,13 @@ impl Queue {
         }
         let (done, heard) = tokio::sync::oneshot::channel();
         let lead = {
-            let mut g = self
-                .group
-                .lock()
-                .map_err(|e| StateError::Stopped(e.to_string()))?;
+            let mut g = match self.group.lock() {
+                Ok(g) => g,
+                Err(e) => {
+                    self.memory.release(&learn.keys);
+                    return Err(StateError::Stopped(e.to_string()));
+                }
+            };
             g.waiting.push(Waiting { bytes, learn, done });
             !std::mem::replace(&mut g.committing, true)
         };
@@ -472,6 +478,9 @@ impl Queue {
                 }
             }
             for w in group {
+                // The request's reservation, handed over with the payload: released now that
+                // the keys are learnt (or the flush failed and a resend may be taken).
+                self.memory.release(&w.learn.keys);
                 let r = match &result {
                     Ok(()) => Ok(()),
                     Err(e) => Err(again(e)),
