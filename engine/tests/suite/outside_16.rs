@@ -598,7 +598,10 @@ async fn a_resend_during_the_flush_its_caller_left_is_never_queued_again() {
     let endpoint = engine.engine.pushes["inbox"].clone();
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("content-type", "application/json".parse().expect("a value"));
-    headers.insert("idempotency-key", "left-then-resent".parse().expect("a value"));
+    headers.insert(
+        "idempotency-key",
+        "left-then-resent".parse().expect("a value"),
+    );
     let body = payload("resent", 10);
     let before = endpoint.depths().0;
     // The caller goes as soon as its delivery waits for the flush (polled once, dropped)...
