@@ -307,21 +307,39 @@ impl SourceClient {
                 .send_as(call, reads, trace, deadline, calls, None)
                 .await;
         };
-        let token_failed = |e: TokenError| Failure::of_token(&self.source.name, &e);
-        let bearer = tokens.bearer(deadline).await.map_err(token_failed)?;
+        let bearer = self.token(tokens.bearer(deadline)).await?;
         match self
             .send_as(call, reads, trace, deadline, calls, Some(&bearer))
             .await
         {
             Err(f) if f.status == Some(401) => {
-                let renewed = tokens
-                    .renew(&bearer, deadline)
-                    .await
-                    .map_err(token_failed)?;
+                let renewed = self.token(tokens.renew(&bearer, deadline)).await?;
                 self.send_as(call, reads, trace, deadline, calls, Some(&renewed))
                     .await
             }
             other => other,
+        }
+    }
+
+    /// A token for a call, through the source's breaker: refused at once while it is open
+    /// (the token endpoint not asked either), and a token endpoint that is down, slow or
+    /// answering 5xx/429 counts as a failure of the source (its calls cannot be made), so that
+    /// the breaker opens for it as for the source itself. A token in hand, or a failure that
+    /// says nothing of the endpoint's health (the caller's deadline, an unusable answer),
+    /// leaves the breaker as it was; the call then takes its own ticket.
+    async fn token(
+        &self,
+        fetch: impl std::future::Future<Output = Result<HeaderValue, TokenError>>,
+    ) -> Result<HeaderValue, Failure> {
+        let ticket = self.breaker.admit().map_err(|e| self.refused(&e))?;
+        match fetch.await {
+            Ok(bearer) => Ok(bearer),
+            Err(e) => {
+                if e.transient() && !matches!(e, TokenError::Deadline) {
+                    ticket.failed();
+                }
+                Err(Failure::of_token(&self.source.name, &e))
+            }
         }
     }
 

@@ -51,6 +51,8 @@ enum Mode {
     Issue,
     /// Never answers.
     Hang,
+    /// Answers 503: the token endpoint is down.
+    Down,
     /// Answers 2 MB of JSON.
     Huge,
     /// Answers 200 with HTML.
@@ -158,6 +160,7 @@ async fn token(State(s): State<Arc<Stand>>, headers: HeaderMap, body: String) ->
     s.token_requests.fetch_add(1, Ordering::SeqCst);
     match s.mode {
         Mode::Hang => std::future::pending::<()>().await,
+        Mode::Down => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
         Mode::Huge => {
             let big = "x".repeat(2 << 20);
             return axum::Json(json!({"access_token": big, "expires_in": 60})).into_response();
@@ -635,6 +638,43 @@ async fn a_hung_token_endpoint_fails_by_the_source_timeout() {
         took < REQUEST_TIMEOUT,
         "bounded by the source's 2s: {took:?}"
     );
+    assert_eq!(servers.stand.resource_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_is_down_opens_the_source_s_breaker() {
+    let servers =
+        Servers::start(Mode::Down, Expect::Secret(SECRET), Duration::from_secs(300)).await;
+    let yaml = definitions_of(
+        &servers.url,
+        &format!(
+            "{}\n  breaker: {{ failures: 2, coolDown: 30s }}",
+            oauth2_auth(&servers.url)
+        ),
+    );
+    let (engine, _defs) = engine_of(&yaml, &[("secret", SECRET)]);
+    for _ in 0..2 {
+        let got = search(&engine, "a").await;
+        assert_outcome(&got, 502, &["labs", "token endpoint"]);
+    }
+    let asked = servers.tokens();
+    assert!(asked >= 2, "the token endpoint was asked: {asked}");
+    // Two failures of the token endpoint open the breaker: the next call is refused at once,
+    // without asking the token endpoint or the source.
+    let started = Instant::now();
+    let got = search(&engine, "a").await;
+    assert!(got.status >= 500, "{}", got.text);
+    assert!(
+        got.text.contains("circuit") || got.text.contains("breaker"),
+        "{}",
+        got.text
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(servers.tokens(), asked);
     assert_eq!(servers.stand.resource_calls.load(Ordering::SeqCst), 0);
 }
 
