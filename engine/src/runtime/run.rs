@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::model::digest::content_digest;
 use crate::model::jsonpath::Query;
+use crate::model::reads::Reads;
 use crate::model::vocabulary::RecordErrorPolicy;
 use crate::model::{
     BulkExport, Connector, Cron, CronRead, Import, Pagination, Parent, Request, Strategy,
@@ -534,6 +535,7 @@ impl Runner {
                 trace,
                 None,
                 &mut report.source_calls,
+                &Reads::All,
             )
             .await;
         let paged = match paged {
@@ -695,6 +697,7 @@ impl Runner {
                 trace,
                 None,
                 &mut report.source_calls,
+                &Reads::All,
             )
             .await;
         let read_failure = |message: String| Failure {

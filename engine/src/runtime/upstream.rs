@@ -728,7 +728,7 @@ impl SourceClient {
         let pagination = self.source.pagination.clone();
         let mut calls = 0;
         let Paged { records, first, .. } = self
-            .paged(
+            .pages_with(
                 first,
                 records,
                 want,
@@ -746,36 +746,10 @@ impl SourceClient {
     /// As `pages`, with the given pagination instead of the source's, adding every HTTP
     /// attempt (failed ones and retries included) to `calls`. An answer with an error status
     /// is a failure (with its status), as `send` reads it. Only the records kept are cloned
-    /// out of a page (the first `want`, or all), and each page is dropped once read.
+    /// out of a page (the first `want`, or all), and each page is dropped once read. Each
+    /// page is parsed keeping what `reads` reads (`Reads::All`: whole).
     #[allow(clippy::too_many_arguments)] // a paged read: each argument is a distinct part of it
     pub async fn pages_with(
-        &self,
-        first: Call,
-        records: &crate::model::jsonpath::Query,
-        want: Option<usize>,
-        max_pages: u32,
-        pagination: Option<&Pagination>,
-        trace: &TraceContext,
-        deadline: Option<Instant>,
-        calls: &mut usize,
-    ) -> Result<Paged, Failure> {
-        self.paged(
-            first,
-            records,
-            want,
-            max_pages,
-            pagination,
-            trace,
-            deadline,
-            calls,
-            &Reads::All,
-        )
-        .await
-    }
-
-    /// As `pages_with`, each page parsed keeping what `reads` reads.
-    #[allow(clippy::too_many_arguments)] // a paged read: each argument is a distinct part of it
-    async fn paged(
         &self,
         first: Call,
         records: &crate::model::jsonpath::Query,
