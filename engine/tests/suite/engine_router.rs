@@ -48,6 +48,24 @@ pub fn open_engine(
     (served, defs, state)
 }
 
+/// The engine of the definitions `yaml` with `limits`, called in-process, and the directory
+/// that holds the definitions and, beside them, the engine's state; a request fails the test
+/// when it takes longer than `timeout`.
+pub fn engine_with(
+    yaml: &str,
+    limits: Limits,
+    timeout: Duration,
+) -> (EngineRouter, tempfile::TempDir) {
+    let defs = crate::engine_under_test::definitions(yaml);
+    let engine = EngineRouter::with_limits(
+        crate::engine_under_test::load(defs.path()),
+        &defs.path().join("state"),
+        limits,
+        timeout,
+    );
+    (engine, defs)
+}
+
 /// The engine of a model and its router.
 pub struct EngineRouter {
     /// The base of the URLs the tests write: `http://engine.test` (its host reaches the

@@ -11,7 +11,7 @@ use engine::runtime::engine::Limits;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::engine_router::{EngineRouter, open_admin};
+use crate::engine_router::{EngineRouter, engine_with, open_admin};
 use crate::engine_under_test::{definitions, load};
 use crate::fhir_standin::FhirSource;
 use crate::local_http::{Got, dead_url};
@@ -49,18 +49,11 @@ spec:
 }
 
 fn engine_of(yaml: &str) -> (EngineRouter, tempfile::TempDir) {
-    let defs = definitions(yaml);
     let limits = Limits {
         timeout: REQUEST_TIMEOUT,
         ..open_admin()
     };
-    let engine = EngineRouter::with_limits(
-        load(defs.path()),
-        &defs.path().join("state"),
-        limits,
-        CLIENT_TIMEOUT,
-    );
-    (engine, defs)
+    engine_with(yaml, limits, CLIENT_TIMEOUT)
 }
 
 /// A FHIR source holding one patient, `id`.

@@ -14,7 +14,7 @@ use engine::runtime::sink::{WriteOptions, Writer};
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::engine_router::EngineRouter;
+use crate::engine_router::{EngineRouter, engine_with};
 use crate::engine_under_test::{definitions, load, run_with_deadline, runner};
 use crate::hostile_source::HostileSource;
 use crate::local_http::Got;
@@ -82,18 +82,11 @@ spec:
 
 /// The engine of `yaml` with the tests' request timeout, and its definitions' directory.
 fn engine_of(yaml: &str) -> (EngineRouter, tempfile::TempDir) {
-    let defs = definitions(yaml);
     let limits = Limits {
         timeout: REQUEST_TIMEOUT,
         ..Limits::default()
     };
-    let engine = EngineRouter::with_limits(
-        load(defs.path()),
-        &defs.path().join("state"),
-        limits,
-        CLIENT_TIMEOUT,
-    );
-    (engine, defs)
+    engine_with(yaml, limits, CLIENT_TIMEOUT)
 }
 
 async fn search(engine: &EngineRouter, connector: &str) -> Got {

@@ -18,7 +18,7 @@ use engine::runtime::engine::Limits;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::engine_router::{EngineRouter, open_admin};
+use crate::engine_router::{EngineRouter, engine_with, open_admin};
 use crate::engine_under_test::{definitions, load};
 use crate::fhir_standin::FhirSource;
 use crate::local_http::{Got, assert_outcome, bind, spawn_app};
@@ -70,18 +70,11 @@ spec:
 
 /// The engine of `yaml` in-process, its request timeout `timeout`, the admin API open.
 fn engine_of(yaml: &str, timeout: Duration) -> (EngineRouter, tempfile::TempDir) {
-    let defs = definitions(yaml);
     let limits = Limits {
         timeout,
         ..open_admin()
     };
-    let engine = EngineRouter::with_limits(
-        load(defs.path()),
-        &defs.path().join("state"),
-        limits,
-        CLIENT_TIMEOUT,
-    );
-    (engine, defs)
+    engine_with(yaml, limits, CLIENT_TIMEOUT)
 }
 
 /// A FHIR source holding one patient, `id`.

@@ -13,8 +13,7 @@ use axum::response::{IntoResponse, Response};
 use engine::runtime::engine::Limits;
 use serde_json::{Value, json};
 
-use crate::engine_router::{EngineRouter, open_admin};
-use crate::engine_under_test::{definitions, load};
+use crate::engine_router::{EngineRouter, engine_with, open_admin};
 use crate::fhir_resources::entries_of;
 use crate::local_http::{Got, assert_outcome, bind, client, dead_url, send, spawn_app};
 use crate::serve_process::ServeProcess;
@@ -157,14 +156,7 @@ async fn stub_handler(State(s): State<Arc<StubState>>, req: Request) -> Response
 /// The engine of `yaml`, called in-process; the definitions, and the engine's state beside
 /// them, are in the directory given with it.
 fn engine_of(yaml: &str, limits: Limits) -> (EngineRouter, tempfile::TempDir) {
-    let defs = definitions(yaml);
-    let engine = EngineRouter::with_limits(
-        load(defs.path()),
-        &defs.path().join("state"),
-        limits,
-        CLIENT_TIMEOUT,
-    );
-    (engine, defs)
+    engine_with(yaml, limits, CLIENT_TIMEOUT)
 }
 
 async fn get(engine: &EngineRouter, url: &str) -> Got {
