@@ -356,7 +356,10 @@ async fn search_in(
 fn self_query(pairs: &[(String, String)]) -> Option<String> {
     let mut q = url::form_urlencoded::Serializer::new(String::new());
     let mut any = false;
-    for (k, v) in pairs.iter().filter(|(k, _)| k != "_format") {
+    for (k, v) in pairs
+        .iter()
+        .filter(|(k, _)| k != crate::model::search_params::IGNORED)
+    {
         q.append_pair(k, v);
         any = true;
     }

@@ -35,6 +35,9 @@ pub const DEFAULT_COUNT: i64 = 20;
 pub const MAX_COUNT: i64 = 1000;
 /// The key under `params` that holds each modifier-taking parameter's modifier.
 pub const MODIFIERS: &str = "_modifiers";
+/// The parameter a search takes and ignores (every answer is JSON): not in the parsed query,
+/// its cache key or its links.
+pub const IGNORED: &str = "_format";
 /// Most characters of a caller's value quoted back in an error.
 const SHOWN: usize = 60;
 
@@ -187,7 +190,7 @@ pub fn parse(
     // Each parameter by its declared name, with the modifier it was given with.
     let mut given: BTreeMap<&str, (Option<&str>, &str)> = BTreeMap::new();
     for (k, v) in raw {
-        if k == "_format" {
+        if k == IGNORED {
             continue;
         }
         let (name, modifier) = if declared.contains_key(k.as_str()) {
