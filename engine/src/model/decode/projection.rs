@@ -98,7 +98,7 @@ impl<'de> Visitor<'de> for PartsVisitor<'_> {
         // Sized once when the shape names every member that can be kept (a record of an
         // answer usually keeps a few): a map grown member by member re-hashes as it grows.
         let mut out = match self.0.most_members() {
-            Some(n) => Map::with_capacity(n.min(map.size_hint().unwrap_or(n))),
+            Some(n) => Map::with_capacity(n),
             None => Map::new(),
         };
         while let Some(key) = map.next_key_seed(KeySeed(self.0))? {
