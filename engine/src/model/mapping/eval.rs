@@ -208,7 +208,7 @@ impl Evaluator<'_> {
                     .templates
                     .render(t, scope)
                     .map_err(|m| self.fail(e, m))?;
-                Out::made(Value::String(s))
+                Out::text(s)
             }
             Kind::Object(fields) => {
                 let mut m = Vec::with_capacity(fields.len());
@@ -336,7 +336,7 @@ impl Evaluator<'_> {
             } => match self.eval(value, scope)? {
                 None => None,
                 Some(made) => {
-                    let v = view(&made);
+                    let v = view(made);
                     let code = match v.as_ref() {
                         Value::String(s) => s.clone(),
                         Value::Number(n) => n.to_string(),
@@ -368,23 +368,23 @@ impl Evaluator<'_> {
             Kind::Date { value, time } => match self.eval(value, scope)? {
                 None => None,
                 Some(made) => {
-                    let v = view(&made);
+                    let v = view(made);
                     let out = if *time {
                         fhir::date_time_in(&v, self.templates.zone())
                     } else {
                         fhir::date(&v)
                     };
-                    Some(Out::Made(Value::String(out.map_err(|m| {
+                    Some(Out::Text(out.map_err(|m| {
                         self.with_input(e, value, scope, m.to_string())
-                    })?)))
+                    })?))
                 }
             },
             Kind::Instant { value } => match self.eval(value, scope)? {
                 None => None,
-                Some(made) => Some(Out::Made(Value::String(
-                    fhir::instant(&view(&made), self.templates.zone())
+                Some(made) => Some(Out::Text(
+                    fhir::instant(&view(made), self.templates.zone())
                         .map_err(|m| self.with_input(e, value, scope, m.to_string()))?,
-                ))),
+                )),
             },
             Kind::Uuid(parts) => {
                 let mut texts = Vec::with_capacity(parts.len());
@@ -403,17 +403,17 @@ impl Evaluator<'_> {
                         }
                     }
                 }
-                Some(Out::Made(Value::String(fhir::uuid5(&texts))))
+                Some(Out::Text(fhir::uuid5(&texts)))
             }
             Kind::Reference { resource_type, id } => match self.eval(id, scope)? {
                 None => None,
-                Some(made) => match view(&made).as_ref() {
-                    Value::String(s) => Some(Out::Made(
+                Some(made) => match view(made).as_ref() {
+                    Value::String(s) => Some(Out::Made(Box::new(
                         serde_json::json!({"reference": format!("{resource_type}/{s}")}),
-                    )),
-                    Value::Number(n) => Some(Out::Made(
+                    ))),
+                    Value::Number(n) => Some(Out::Made(Box::new(
                         serde_json::json!({"reference": format!("{resource_type}/{n}")}),
-                    )),
+                    ))),
                     other => {
                         return Err(self.with_input(
                             e,
@@ -426,8 +426,8 @@ impl Evaluator<'_> {
             },
             Kind::Convert { value, to } => match self.eval(value, scope)? {
                 None => None,
-                Some(made) => Some(Out::Made(
-                    convert(&view(&made), *to).map_err(|m| self.with_input(e, value, scope, m))?,
+                Some(made) => Some(Out::of(
+                    convert(&view(made), *to).map_err(|m| self.with_input(e, value, scope, m))?,
                 )),
             },
         })
@@ -487,14 +487,13 @@ fn array(items: Vec<Out<'_>>) -> Option<Out<'_>> {
 }
 
 /// A made value as a JSON value for the operators that read one (`$date`, `$translate`,
-/// ...): borrowed when it is one already, else copied (a selected structure without its
-/// empty parts).
-fn view<'v>(made: &'v Out<'_>) -> Cow<'v, Value> {
+/// ...): borrowed when it is one already, else owned (made text moved, a selected
+/// structure copied without its empty parts).
+fn view(made: Out<'_>) -> Cow<'_, Value> {
     match made {
-        Out::Made(v) => Cow::Borrowed(v),
         Out::Literal(v) => Cow::Borrowed(v),
         Out::Selected(v) if !v.is_object() && !v.is_array() => Cow::Borrowed(v),
-        other => Cow::Owned(other.clone().into_value()),
+        other => Cow::Owned(other.into_value()),
     }
 }
 

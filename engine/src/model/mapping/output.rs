@@ -10,10 +10,14 @@ use serde_json::{Map, Value};
 use crate::model::fhir;
 
 /// A non-empty value made by a mapping (an empty one is never made: FHIR allows none).
+/// Kept small (32 bytes: a `Value` is 80), as evaluation moves these through every level.
 #[derive(Debug, Clone)]
 pub enum Out<'a> {
-    /// A value the mapping computed (text, a date, a function's result), kept as it is.
-    Made(Value),
+    /// Text the mapping computed (a rendered template, a date, a function's text).
+    Text(String),
+    /// Any other value the mapping computed (a number, an array, an object), kept as it is;
+    /// boxed, as these are rarer than text and a `Value` is large.
+    Made(Box<Value>),
     /// A literal of the mapping, or a variable's text borrowed from the input, kept as it is.
     Literal(&'a Value),
     /// A value selected from the input, written without its empty parts (`null`, `""`, `[]`,
@@ -32,14 +36,28 @@ impl<'a> Out<'a> {
 
     /// A made value, `None` when it is empty.
     pub(super) fn made(v: Value) -> Option<Out<'a>> {
-        (!fhir::is_empty(&v)).then_some(Out::Made(v))
+        (!fhir::is_empty(&v)).then(|| Out::of(v))
+    }
+
+    /// Made text, `None` when it is empty.
+    pub(super) fn text(s: String) -> Option<Out<'a>> {
+        (!s.is_empty()).then_some(Out::Text(s))
+    }
+
+    /// A made value as it is (text kept as text).
+    pub(super) fn of(v: Value) -> Out<'a> {
+        match v {
+            Value::String(s) => Out::Text(s),
+            other => Out::Made(Box::new(other)),
+        }
     }
 
     /// The value as an owned JSON value (copying what is borrowed, pruning what was
     /// selected).
     pub fn into_value(self) -> Value {
         match self {
-            Out::Made(v) => v,
+            Out::Text(s) => Value::String(s),
+            Out::Made(v) => *v,
             Out::Literal(v) => v.clone(),
             Out::Selected(v) => pruned(v).unwrap_or(Value::Null),
             Out::Object(fields) => {
@@ -56,7 +74,10 @@ impl<'a> Out<'a> {
     /// The same value with nothing borrowed (for values made from what an expression built,
     /// which does not outlive the expression).
     pub(super) fn into_owned(self) -> Out<'static> {
-        Out::Made(self.into_value())
+        match self {
+            Out::Text(s) => Out::Text(s),
+            other => Out::of(other.into_value()),
+        }
     }
 
     /// Adds this value to an array being built: an array's elements are added one by one
@@ -64,7 +85,11 @@ impl<'a> Out<'a> {
     pub(super) fn splice_into(self, out: &mut Vec<Out<'a>>) {
         match self {
             Out::Array(items) => out.extend(items),
-            Out::Made(Value::Array(items)) => out.extend(items.into_iter().map(Out::Made)),
+            Out::Made(v) if v.is_array() => {
+                if let Value::Array(items) = *v {
+                    out.extend(items.into_iter().map(Out::of))
+                }
+            }
             Out::Literal(Value::Array(items)) => out.extend(items.iter().map(Out::Literal)),
             Out::Selected(Value::Array(items)) => {
                 out.extend(items.iter().filter_map(Out::selected))
@@ -80,7 +105,11 @@ impl<'a> Out<'a> {
                 .iter()
                 .find(|(k, _)| *k == name)
                 .and_then(|(_, v)| v.as_str()),
-            Out::Made(Value::Object(o)) | Out::Literal(Value::Object(o)) => {
+            Out::Made(v) => match &**v {
+                Value::Object(o) => crate::model::jsonpath::member(o, name).and_then(Value::as_str),
+                _ => None,
+            },
+            Out::Literal(Value::Object(o)) => {
                 crate::model::jsonpath::member(o, name).and_then(Value::as_str)
             }
             Out::Selected(Value::Object(o)) => crate::model::jsonpath::member(o, name)
@@ -92,9 +121,9 @@ impl<'a> Out<'a> {
 
     fn as_str(&self) -> Option<&str> {
         match self {
-            Out::Made(Value::String(s))
-            | Out::Literal(Value::String(s))
-            | Out::Selected(Value::String(s)) => Some(s),
+            Out::Text(s) | Out::Literal(Value::String(s)) | Out::Selected(Value::String(s)) => {
+                Some(s)
+            }
             _ => None,
         }
     }
@@ -103,6 +132,7 @@ impl<'a> Out<'a> {
     pub fn is_object(&self) -> bool {
         match self {
             Out::Object(_) => true,
+            Out::Text(_) => false,
             Out::Made(v) => v.is_object(),
             Out::Literal(v) | Out::Selected(v) => v.is_object(),
             Out::Array(_) => false,
@@ -114,6 +144,7 @@ impl<'a> Out<'a> {
         match self {
             Out::Object(_) => fhir::kind(&Value::Object(Map::new())),
             Out::Array(_) => fhir::kind(&Value::Array(Vec::new())),
+            Out::Text(_) => fhir::kind(&Value::String(String::new())),
             Out::Made(v) => fhir::kind(v),
             Out::Literal(v) | Out::Selected(v) => fhir::kind(v),
         }
@@ -123,6 +154,7 @@ impl<'a> Out<'a> {
 impl Serialize for Out<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
+            Out::Text(t) => s.serialize_str(t),
             Out::Made(v) => v.serialize(s),
             Out::Literal(v) => v.serialize(s),
             Out::Selected(v) => Pruned(v).serialize(s),
