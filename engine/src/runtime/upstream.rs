@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::model::reads::Reads;
 use crate::model::vocabulary::RuleAction;
 use crate::model::{Pagination, ResponseRule, Source};
-use crate::runtime::breaker::{Breaker, Refused};
+use crate::runtime::breaker::{Breaker, Refused, Ticket};
 use crate::runtime::build_error::{BuildError, Party};
 use crate::runtime::metrics::{Answer, Metrics};
 use crate::runtime::outbound::{self, ConnectRetry, OutboundError, RetryFit, RetryPolicy};
@@ -332,15 +332,17 @@ impl SourceClient {
         fetch: impl std::future::Future<Output = Result<HeaderValue, TokenError>>,
     ) -> Result<HeaderValue, Failure> {
         let ticket = self.breaker.admit().map_err(|e| self.refused(&e))?;
-        match fetch.await {
-            Ok(bearer) => Ok(bearer),
-            Err(e) => {
-                if e.transient() && !matches!(e, TokenError::Deadline) {
-                    ticket.failed();
-                }
-                Err(Failure::of_token(&self.source.name, &e))
-            }
+        fetch.await.map_err(|e| self.token_failed(ticket, &e))
+    }
+
+    /// A token that could not be had under `ticket`: an endpoint down, slow or answering
+    /// 5xx/429 counts as a failure of the source; the caller's deadline or an unusable
+    /// answer leaves the breaker as it was.
+    fn token_failed(&self, ticket: Ticket<'_>, e: &TokenError) -> Failure {
+        if e.transient() && !matches!(e, TokenError::Deadline) {
+            ticket.failed();
         }
+        Failure::of_token(&self.source.name, e)
     }
 
     /// As `send_counted`, with `bearer` as the `Authorization` of every attempt.
@@ -642,13 +644,12 @@ impl SourceClient {
             .await
             .map_err(|_| not_sent(OutboundError::Timeout(head)))?
             .map_err(|_| not_sent(OutboundError::Send("the client is closed".into())))?;
+        // A token endpoint that is down counts against the source, as for its other calls.
         let bearer = match (&self.tokens, credentials) {
-            (Some(tokens), true) => Some(
-                tokens
-                    .bearer(Some(end))
-                    .await
-                    .map_err(|e| Failure::of_token(&self.source.name, &e))?,
-            ),
+            (Some(tokens), true) => match tokens.bearer(Some(end)).await {
+                Ok(bearer) => Some(bearer),
+                Err(e) => return Err(self.token_failed(ticket, &e)),
+            },
             _ => None,
         };
         let send = |bearer: Option<HeaderValue>| {
@@ -685,10 +686,10 @@ impl SourceClient {
         if let (Some(tokens), Some(stale), Ok(resp)) = (&self.tokens, bearer, &got)
             && resp.status() == reqwest::StatusCode::UNAUTHORIZED
         {
-            let renewed = tokens
-                .renew(&stale, Some(end))
-                .await
-                .map_err(|e| Failure::of_token(&self.source.name, &e))?;
+            let renewed = match tokens.renew(&stale, Some(end)).await {
+                Ok(renewed) => renewed,
+                Err(e) => return Err(self.token_failed(ticket, &e)),
+            };
             got = send(Some(renewed)).await;
         }
         match &got {

@@ -6,8 +6,9 @@
 //! a job that never finishes (the export's deadline), a `Retry-After` of a year (capped), a
 //! file on another origin (refused), malformed and huge lines (their records fail, the rest
 //! go on), a file cut midway (read again, nothing written twice), failures at kick-off and of
-//! the job (reported with their `OperationOutcome`), and `engine run` killed mid-export (the
-//! watermark stays, the rerun exports again, each resource once at the sink).
+//! the job (reported with their `OperationOutcome`), `engine run` killed mid-export (the
+//! watermark stays, the rerun exports again, each resource once at the sink), and an OAuth2
+//! token endpoint that is down (it opens the source's breaker).
 
 use std::time::Duration;
 
@@ -866,4 +867,70 @@ async fn deleted_resources_into_the_ndjson_sink_are_counted_in_a_warning() {
         report.warnings
     );
     assert_eq!(ids(&written(state.path(), "Patient")), ["kept-new"]);
+}
+
+/// A Bulk source whose OAuth2 token endpoint is down: the failed token counts against the
+/// source's breaker as a failed call would, so the next run is refused at once, without
+/// asking the token endpoint again or calling the server.
+#[tokio::test]
+async fn a_token_endpoint_that_is_down_opens_a_bulk_source_s_breaker() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = BulkServer::start(Behaviour::default()).await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counted = asked.clone();
+    let (listener, token_url) = crate::local_http::bind().await;
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "down for maintenance",
+                )
+            }
+        }),
+    );
+    let _token_server = crate::local_http::spawn_app(listener, app);
+    let defs_dir = definitions("");
+    let secret = defs_dir.path().join("secret");
+    std::fs::write(&secret, "client-secret-0123456789").expect("secret");
+    let auth = format!(
+        "  auth:\n    oauth2:\n      tokenUrl: \"{token_url}/token\"\n      clientId: exporter\n      clientSecret: \"${{file:{}}}\"\n",
+        secret.display()
+    );
+    let yaml = defs(&server.url, "    maxPollInterval: 1s", "", "").replace(
+        &format!("  auth: {{ bearer: {{ token: {TOKEN} }} }}\n"),
+        &format!("{auth}  breaker: {{ failures: 1, coolDown: 1h }}\n"),
+    );
+    assert!(
+        yaml.contains("tokenUrl") && yaml.contains("coolDown"),
+        "{yaml}"
+    );
+    std::fs::write(defs_dir.path().join("definitions.yaml"), &yaml).expect("definitions");
+    let model = load(defs_dir.path());
+    let state = tempfile::tempdir().expect("state");
+    let r = runner(&model, "export", state.path());
+
+    let report = run_with_deadline(&r, RUN_BOUND).await;
+    assert!(
+        failures(&report).contains("token endpoint"),
+        "{}",
+        failures(&report)
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    let report = run_with_deadline(&r, RUN_BOUND).await;
+    let why = failures(&report);
+    assert!(why.contains("open"), "{why}");
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "the open breaker kept the token endpoint from being asked again"
+    );
+    assert!(
+        server.requests().iter().all(|q| !q.contains("$export")),
+        "{:?}",
+        server.requests()
+    );
 }
