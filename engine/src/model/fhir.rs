@@ -505,11 +505,19 @@ pub fn writable(
                 .join(", "),
         });
     }
-    match resource.get("id") {
+    match bad_id(resource.get("id")) {
         None => Ok(()),
-        Some(Value::String(id)) if is_id(id) => Ok(()),
-        Some(other) => {
-            // Shown as JSON, cut: the id came from outside and may be long or hold anything.
+        Some(shown) => Err(Unwritable::Id(shown)),
+    }
+}
+
+/// A resource's `id` (`None`: it has none) when it breaks FHIR's id rule (not text, or text
+/// `is_id` refuses), shown as JSON and cut: the id came from outside and may be long or hold
+/// anything.
+pub fn bad_id(id: Option<&Value>) -> Option<String> {
+    match id? {
+        Value::String(id) if is_id(id) => None,
+        other => {
             let mut shown = other.to_string();
             if shown.len() > 80 {
                 let cut = (0..=80)
@@ -519,7 +527,7 @@ pub fn writable(
                 shown.truncate(cut);
                 shown.push_str("...");
             }
-            Err(Unwritable::Id(shown))
+            Some(shown)
         }
     }
 }

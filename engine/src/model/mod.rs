@@ -665,9 +665,11 @@ impl Connector {
         self.map_records_with(self.mapping_for(res, Interaction::Search), selected, params)
     }
 
-    /// What a read of `res` `id` makes of one source answer: the first record `read.records`
-    /// selects, mapped with the read's mapping, and of what that makes, the resource of the
-    /// type with that id, else the first of the type; `None` when there is none (a 404).
+    /// What a read of `res` `id` makes of one source answer: the resource of the type with
+    /// that id, from the first record `read.records` selects that makes one (each mapped with
+    /// the read's mapping, in order, until one does); `None` when none does (a 404). A
+    /// resource with another id is not the one asked for, even when the source answered it
+    /// alone (a read made as a search that matched loosely, a source ignoring the query).
     pub fn map_read(
         &self,
         res: &PullResource,
@@ -677,20 +679,18 @@ impl Connector {
         let Some(read) = &res.read else {
             return Ok(None);
         };
-        let Some(record) = read.records.select(document, document).into_iter().next() else {
-            return Ok(None);
-        };
-        let mut mapped = self.map_records_with(
-            self.mapping_for(res, Interaction::Read),
-            [("$".to_owned(), record)],
-            &Value::Object(serde_json::Map::new()),
-        )?;
-        let of_type = |r: &Value| r["resourceType"] == res.resource_type.as_str();
-        let pick = mapped
-            .iter()
-            .position(|r| of_type(r) && r["id"] == id)
-            .or_else(|| mapped.iter().position(of_type));
-        Ok(pick.map(|i| mapped.swap_remove(i)))
+        let mapping = self.mapping_for(res, Interaction::Read);
+        let params = Value::Object(serde_json::Map::new());
+        for record in read.records.select(document, document) {
+            let mapped = self.map_records_with(mapping, [("$".to_owned(), record)], &params)?;
+            if let Some(found) = mapped
+                .into_iter()
+                .find(|r| r["resourceType"] == res.resource_type.as_str() && r["id"] == id)
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 
     /// What a definition test makes of its input: in a pull connector, the search (its

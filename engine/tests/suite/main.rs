@@ -46,6 +46,7 @@ mod serve;
 mod shared_cache;
 mod shipped;
 mod sink_concurrency;
+mod source_records;
 mod tracing_context;
 mod ui;
 mod versions;

@@ -99,6 +99,11 @@ impl Mapping {
                     }
                     _ => None,
                 };
+                // An id that is fine is text: the rarer others are looked at closer.
+                let bad_id = match r.member_str("id") {
+                    Some(id) if fhir::is_id(id) => None,
+                    _ => fhir::bad_id(r.member_value("id").as_ref()),
+                };
                 // Sized for a usual resource: one allocation, not a few as it grows.
                 let mut json = Vec::with_capacity(WRITE_CAPACITY);
                 serde_json::to_writer(&mut json, r).map_err(|e| MapError {
@@ -106,7 +111,11 @@ impl Mapping {
                     input: None,
                     message: format!("could not be written as JSON: {e}"),
                 })?;
-                Ok(Written { local, json })
+                Ok(Written {
+                    local,
+                    bad_id,
+                    json,
+                })
             })
             .collect()
     }
@@ -144,6 +153,9 @@ impl Mapping {
 #[derive(Debug)]
 pub struct Written {
     pub local: Option<String>,
+    /// The resource's id when it breaks FHIR's id rule (`fhir::bad_id`: a number, `../x`,
+    /// 65 characters), shown as JSON and cut: not an id to serve or write.
+    pub bad_id: Option<String>,
     /// The resource as compact JSON text (one object), UTF-8: the serialiser's bytes, kept
     /// as bytes since they are sent as bytes (not checked again as a `String` would be).
     pub json: Vec<u8>,
@@ -157,6 +169,7 @@ impl Written {
     pub fn of_value(resource: &Value) -> Result<Written, serde_json::Error> {
         Ok(Written {
             local: fhir::local_reference(resource),
+            bad_id: fhir::bad_id(resource.get("id")),
             json: serde_json::to_vec(resource)?,
         })
     }

@@ -119,6 +119,21 @@ impl<'a> Out<'a> {
         }
     }
 
+    /// A member of an object, copied as a JSON value (for the rarer checks that read a
+    /// member that is not text).
+    pub fn member_value(&self, name: &str) -> Option<Value> {
+        match self {
+            Out::Object(fields) => fields
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone().into_value()),
+            Out::Made(v) => v.get(name).cloned(),
+            Out::Literal(v) => v.get(name).cloned(),
+            Out::Selected(v) => v.get(name).and_then(pruned),
+            Out::Text(_) | Out::Array(_) => None,
+        }
+    }
+
     fn as_str(&self) -> Option<&str> {
         match self {
             Out::Text(s) | Out::Literal(Value::String(s)) | Out::Selected(Value::String(s)) => {

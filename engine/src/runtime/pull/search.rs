@@ -92,7 +92,7 @@ impl PullRuntime {
                 // A search's 404 is an error (a wrong path or base URL must show) unless the
                 // source declares it "no data" or "not found".
                 Err(f) if f.status == Some(404) => match client.source.statuses.not_found {
-                    Some(NotFoundReading::Empty) => return Ok((Vec::new(), Some(0))),
+                    Some(NotFoundReading::Empty) => return Ok((Vec::new(), Some(0), Vec::new())),
                     Some(NotFoundReading::NotFound) => {
                         return Err(SourceError::Problem(Problem::not_found(f.to_string())));
                     }
@@ -117,7 +117,13 @@ impl PullRuntime {
             // Mapped lazily: only the records the answer needs (one more than `_count`, to
             // know whether there is a next page), never every record a source sent; each
             // resource written as JSON text directly (no `Value` built for it).
+            // A resource whose id breaks FHIR's id rule, or a second one with the `Type/id`
+            // of an earlier one (a source repeating a record, pages overlapping), is left
+            // out, and said so in the Bundle: a caller is never served an id that is not
+            // one, nor two entries with one `fullUrl`.
             let mut mapped = Vec::new();
+            let mut left_out = LeftOut::default();
+            let mut seen = std::collections::HashSet::new();
             for (i, r) in records.iter().enumerate() {
                 if mapped.len() >= want {
                     break;
@@ -126,13 +132,20 @@ impl PullRuntime {
                     .connector
                     .write_records_with(mapping, [(format!("$[{i}]"), r)], &q.params)
                     .map_err(|e| mapping_failure(client, &e))?;
-                mapped.extend(
-                    resources
-                        .into_iter()
-                        .map(|r| (client.source.name.as_str(), r)),
-                );
+                for w in resources {
+                    if let Some(shown) = &w.bad_id {
+                        left_out.bad_ids.note(i, shown);
+                    } else if let Some(local) = &w.local
+                        && !seen.insert(local.clone())
+                    {
+                        left_out.repeated.note(i, local);
+                    } else {
+                        mapped.push((client.source.name.as_str(), w));
+                    }
+                }
             }
-            Ok::<_, SourceError>((mapped, total))
+            let notes = left_out.outcomes(&client.source.name);
+            Ok::<_, SourceError>((mapped, total, notes))
         }))
         .await;
 
@@ -142,8 +155,9 @@ impl PullRuntime {
         let mut total = Some(0u64);
         for r in results {
             match r {
-                Ok((resources, t)) => {
+                Ok((resources, t, notes)) => {
                     matches.extend(resources);
+                    outcomes.extend(notes);
                     total = total.zip(t).map(|(a, b)| a + b);
                 }
                 Err(SourceError::Problem(p)) => return Err(p),
@@ -167,6 +181,55 @@ impl PullRuntime {
             .collect();
         let bundle = searchset(info, q, matches, outcomes, total, more);
         Ok(Answer::new(200, bundle.to_vec(), failures.is_empty()))
+    }
+}
+
+/// What one source's answer had that a searchset must not hold, for the Bundle's warnings.
+#[derive(Default)]
+struct LeftOut {
+    bad_ids: Seen,
+    repeated: Seen,
+}
+
+/// How many were left out for one reason, and the first (its record and what it was).
+#[derive(Default)]
+struct Seen {
+    count: usize,
+    first: Option<(usize, String)>,
+}
+
+impl Seen {
+    fn note(&mut self, record: usize, what: &str) {
+        self.count += 1;
+        self.first.get_or_insert_with(|| (record, what.to_owned()));
+    }
+}
+
+impl LeftOut {
+    /// One warning per reason (not one per resource: a source may repeat thousands).
+    fn outcomes(&self, source: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        if let Some((i, id)) = &self.bad_ids.first {
+            out.push(outcome(
+                "warning",
+                "value",
+                &format!(
+                    "source `{source}`: {} resource(s) with an id that breaks FHIR's id rule (1 to 64 of A-Z, a-z, 0-9, `-`, `.`) left out; the first, of record $[{i}], had id {id}",
+                    self.bad_ids.count
+                ),
+            ));
+        }
+        if let Some((i, local)) = &self.repeated.first {
+            out.push(outcome(
+                "warning",
+                "duplicate",
+                &format!(
+                    "source `{source}`: {} resource(s) repeating one answered before left out (the first kept); the first repeat, of record $[{i}], was {local}",
+                    self.repeated.count
+                ),
+            ));
+        }
+        out
     }
 }
 
