@@ -80,7 +80,7 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Openapi { paths, prefix } => generate::openapi(paths, prefix),
         Command::Schema { format } => {
-            print!("{}", schema_text(format));
+            stdout(&schema_text(format));
             ExitCode::SUCCESS
         }
         Command::Map {
@@ -100,5 +100,18 @@ pub fn run(cli: Cli) -> ExitCode {
             fhir_schema,
             check,
         ),
+    }
+}
+
+/// Writes a command's output to standard output. A reader that stops early (`engine map ... |
+/// head`) closes the pipe: the rest is not written, and that is no error (`print!` panics on
+/// it, with a backtrace).
+pub(crate) fn stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write the output: {e}");
     }
 }

@@ -263,11 +263,7 @@ impl Templates {
         if !source.contains("{{") {
             return Ok(Text::Const(source.to_owned()));
         }
-        let template = Template::compile(source).map_err(|e| TemplateError {
-            message: "invalid Handlebars syntax: each `{{` needs a closing `}}` around a path or a helper call".into(),
-            position: e.pos(),
-            hint: Some("write `\\{{` for a literal `{{`".into()),
-        })?;
+        let template = Template::compile(source).map_err(|e| syntax_error(source, &e))?;
         if let Some((helper, position)) = unknown_helper(&template) {
             let mut known: Vec<&str> = Function::ALL.iter().map(|(n, _)| *n).collect();
             known.extend(BUILTIN_HELPERS);
@@ -279,6 +275,9 @@ impl Templates {
                 hint,
             });
         }
+        let mut inline = BTreeSet::new();
+        inline_partials(&template, &mut inline);
+        check_partials(&template, &inline)?;
         self.check_calls(&template)?;
         if let Some(pieces) = direct(&template) {
             return Ok(Text::Direct(pieces));
@@ -376,11 +375,16 @@ impl Templates {
     fn check_calls(&mut self, t: &Template) -> Result<(), TemplateError> {
         for (i, el) in t.elements.iter().enumerate() {
             let pos = t.mapping.get(i).map(|m| (m.0, m.1));
-            if let TemplateElement::Expression(h)
-            | TemplateElement::HtmlExpression(h)
-            | TemplateElement::HelperBlock(h) = el
-            {
-                self.check_helper(h, pos)?;
+            match el {
+                TemplateElement::Expression(h)
+                | TemplateElement::HtmlExpression(h)
+                | TemplateElement::HelperBlock(h) => self.check_helper(h, pos)?,
+                TemplateElement::DecoratorBlock(d) | TemplateElement::PartialBlock(d) => {
+                    if let Some(inner) = &d.template {
+                        self.check_calls(inner)?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -398,9 +402,34 @@ impl Templates {
                 self.check_helper(inner, pos)?;
             }
         }
-        let is_call = h.block || !h.params.is_empty() || !h.hash.is_empty();
-        if let Parameter::Name(n) = &h.name
-            && is_call
+        // A function or helper named alone (`{{upper}}`) is a call without arguments too:
+        // Handlebars calls it, so its arity is checked as any call's.
+        let name = match &h.name {
+            Parameter::Name(n) => Some(n.as_str()),
+            // `{{upper}}` alone parses as a path of one name.
+            Parameter::Path(Path::Relative((segs, raw)))
+                if matches!(segs.as_slice(), [PathSeg::Named(_)]) =>
+            {
+                Some(raw.as_str())
+            }
+            _ => None,
+        };
+        if let Some(n) = name
+            && let Some((min, max)) = builtin_arity(n)
+            && !(min..=max).contains(&h.params.len())
+        {
+            let takes = match (min, max) {
+                (1, 1) => "1 argument".to_owned(),
+                (m, usize::MAX) => format!("at least {m} argument{}", if m == 1 { "" } else { "s" }),
+                (m, _) => format!("{m} arguments"),
+            };
+            return Err(TemplateError {
+                message: format!("`{n}` takes {takes}, found {}", h.params.len()),
+                position: pos,
+                hint: None,
+            });
+        }
+        if let Some(n) = name
             && let Some(f) = Function::by_name(n)
         {
             let literals: Vec<Option<&Value>> = h
@@ -422,6 +451,139 @@ impl Templates {
         }
         Ok(())
     }
+}
+
+/// How many arguments each of Handlebars' own helpers takes (at least, at most), for those
+/// that check theirs only when they run.
+fn builtin_arity(name: &str) -> Option<(usize, usize)> {
+    match name {
+        "if" | "unless" | "with" | "each" | "not" | "len" => Some((1, 1)),
+        "lookup" | "eq" | "ne" | "gt" | "gte" | "lt" | "lte" => Some((2, 2)),
+        "and" | "or" => Some((1, usize::MAX)),
+        _ => None,
+    }
+}
+
+/// A template that does not compile, said in the engine's words: a block closed by another
+/// name's `{{/...}}`, a block left open (pointing at where it opens), or a `{{` without `}}`.
+fn syntax_error(source: &str, e: &handlebars::TemplateError) -> TemplateError {
+    use handlebars::TemplateErrorReason as R;
+    let unclosed = || TemplateError {
+        message: "invalid Handlebars syntax: each `{{` needs a closing `}}` around a path or a helper call".into(),
+        position: e.pos(),
+        hint: Some("write `\\{{` for a literal `{{`".into()),
+    };
+    match e.reason() {
+        R::MismatchingClosedHelper(open, close) | R::MismatchingClosedDecorator(open, close) => {
+            TemplateError {
+                message: format!("`{{{{#{open}}}}}` is closed by `{{{{/{close}}}}}`"),
+                position: e.pos(),
+                hint: Some(format!("close it with `{{{{/{open}}}}}`")),
+            }
+        }
+        _ => match open_block(source) {
+            Some((name, at)) => TemplateError {
+                message: format!("`{{{{#{name}}}}}` is never closed"),
+                position: Some(at),
+                hint: Some(format!("end the block with `{{{{/{name}}}}}`")),
+            },
+            None => unclosed(),
+        },
+    }
+}
+
+/// The innermost block a template opens and never closes, with its line and column, when
+/// every `{{` of it is closed (so the syntax error is the block's).
+fn open_block(source: &str) -> Option<(String, (usize, usize))> {
+    let mut open: Vec<(String, usize)> = Vec::new();
+    let mut rest = 0;
+    while let Some(i) = source[rest..].find("{{").map(|i| rest + i) {
+        let end = source[i..].find("}}").map(|e| i + e)?;
+        let tag = source[i + 2..end].trim_start_matches(['{', '~']).trim_start();
+        let name = |t: &str| {
+            t.split(|c: char| c.is_whitespace() || c == '}' || c == '~')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        };
+        let escaped = i > 0 && source.as_bytes()[i - 1] == b'\\';
+        if !escaped {
+            if let Some(t) = tag.strip_prefix('#') {
+                open.push((name(t.trim_start_matches(['*', '>'])), i));
+            } else if tag.starts_with('/') {
+                open.pop();
+            }
+        }
+        rest = end + 2;
+    }
+    let (name, at) = open.pop()?;
+    let before = &source[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((name, (line, column)))
+}
+
+/// The names `{{#*inline "name"}}` defines anywhere in a template.
+fn inline_partials(t: &Template, out: &mut BTreeSet<String>) {
+    for el in &t.elements {
+        match el {
+            TemplateElement::DecoratorBlock(d) | TemplateElement::PartialBlock(d) => {
+                if matches!(&d.name, Parameter::Name(n) if n == "inline")
+                    && let Some(Parameter::Literal(Value::String(name))) = d.params.first()
+                {
+                    out.insert(name.clone());
+                }
+                if let Some(inner) = &d.template {
+                    inline_partials(inner, out);
+                }
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in [&h.template, &h.inverse].into_iter().flatten() {
+                    inline_partials(inner, out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A partial (`{{> name}}`) must be one the template defines with `{{#*inline}}`: the
+/// engine registers none, so any other fails every render.
+fn check_partials(t: &Template, inline: &BTreeSet<String>) -> Result<(), TemplateError> {
+    for (i, el) in t.elements.iter().enumerate() {
+        let pos = t.mapping.get(i).map(|m| (m.0, m.1));
+        match el {
+            TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
+                let name = match &d.name {
+                    Parameter::Name(n) => n.clone(),
+                    Parameter::Literal(Value::String(n)) => n.clone(),
+                    _ => String::new(),
+                };
+                if !inline.contains(&name) {
+                    return Err(TemplateError {
+                        message: format!("no partial `{name}`: the engine has no partials but those a template defines"),
+                        position: pos,
+                        hint: Some("define it in the same template with `{{#*inline \"NAME\"}}...{{/inline}}`, or write its text in place".into()),
+                    });
+                }
+                if let Some(inner) = &d.template {
+                    check_partials(inner, inline)?;
+                }
+            }
+            TemplateElement::DecoratorBlock(d) => {
+                if let Some(inner) = &d.template {
+                    check_partials(inner, inline)?;
+                }
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in [&h.template, &h.inverse].into_iter().flatten() {
+                    check_partials(inner, inline)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Most arguments a function call's values are kept on the stack for.
