@@ -160,7 +160,11 @@ fn nth_line(text: &str, n: usize) -> Option<&str> {
     let mut rest = text;
     for _ in 1..n {
         let end = rest.find(['\n', '\r'])?;
-        let skip = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+        let skip = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
         rest = &rest[end + skip..];
     }
     // Past the last line break there is no line (as `str::lines` has none).

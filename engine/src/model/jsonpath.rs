@@ -171,11 +171,16 @@ fn arity_said_right(message: &str) -> String {
         .split_once(" args, but received ")
         .and_then(|(given, rest)| {
             let takes: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            Some((given.parse::<usize>().ok()?, takes.parse::<usize>().ok()?, takes.len()))
+            Some((
+                given.parse::<usize>().ok()?,
+                takes.parse::<usize>().ok()?,
+                takes.len(),
+            ))
         });
     match counts {
         Some((given, takes, digits)) => {
-            let end = at + SAID.len() + given.to_string().len() + " args, but received ".len() + digits;
+            let end =
+                at + SAID.len() + given.to_string().len() + " args, but received ".len() + digits;
             let plural = if takes == 1 { "" } else { "s" };
             format!(
                 "{}the function takes {takes} argument{plural}, not {given}{}",

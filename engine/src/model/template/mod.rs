@@ -178,6 +178,7 @@ impl Templates {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);
         registry.register_escape_fn(handlebars::no_escape);
+        registry.register_helper(TEXT, Box::new(TextOf));
         let mut templates = Templates {
             registry,
             tables,
@@ -287,6 +288,8 @@ impl Templates {
         {
             self.needs = None;
         }
+        let mut template = template;
+        text_calls(&mut template);
         self.registry.register_template(name, template);
         Ok(Text::Template(name.to_owned()))
     }
@@ -295,10 +298,20 @@ impl Templates {
     pub fn render(&self, text: &Text, scope: &dyn Scope) -> Result<String, String> {
         match text {
             Text::Const(s) => Ok(s.clone()),
-            Text::Template(name) => self
-                .registry
-                .render_with_context(name, scope.context())
-                .map_err(|e| describe(&e)),
+            Text::Template(name) => {
+                let mut out = Bounded::default();
+                match self
+                    .registry
+                    .render_with_context_to_write(name, scope.context(), &mut out)
+                {
+                    Ok(()) => String::from_utf8(out.bytes)
+                        .map_err(|_| "the template wrote text that is not UTF-8".to_owned()),
+                    Err(_) if out.full => Err(format!(
+                        "the template's text is longer than {MAX_TEMPLATE_TEXT} bytes"
+                    )),
+                    Err(e) => Err(describe(&e)),
+                }
+            }
             Text::Direct(pieces) => {
                 if let [Piece::Call(f, args, at)] = pieces.as_slice() {
                     // A template that is one call: its text is the result, not a copy of it.
@@ -420,7 +433,9 @@ impl Templates {
         {
             let takes = match (min, max) {
                 (1, 1) => "1 argument".to_owned(),
-                (m, usize::MAX) => format!("at least {m} argument{}", if m == 1 { "" } else { "s" }),
+                (m, usize::MAX) => {
+                    format!("at least {m} argument{}", if m == 1 { "" } else { "s" })
+                }
                 (m, _) => format!("{m} arguments"),
             };
             return Err(TemplateError {
@@ -453,6 +468,91 @@ impl Templates {
     }
 }
 
+/// The most text one Handlebars template may write for one value (a block over a large
+/// array inside another could otherwise write gigabytes from a record within its limits).
+pub const MAX_TEMPLATE_TEXT: usize = 16 * 1024 * 1024;
+
+/// Text written by Handlebars, refused past `MAX_TEMPLATE_TEXT`.
+#[derive(Default)]
+struct Bounded {
+    bytes: Vec<u8>,
+    full: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_TEMPLATE_TEXT {
+            self.full = true;
+            return Err(std::io::Error::other("the template's text is too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The helper a plain `{{path}}` of a Handlebars template is compiled to (`text_calls`): the
+/// value as text, and an error for an object or array, as the direct renderer says (Handlebars
+/// itself writes `[object]` and `[a, b]`). A user cannot call it: it is no known helper.
+const TEXT: &str = "__text";
+
+struct TextOf;
+
+impl handlebars::HelperDef for TextOf {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &handlebars::Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut handlebars::RenderContext<'reg, 'rc>,
+        out: &mut dyn handlebars::Output,
+    ) -> handlebars::HelperResult {
+        let Some(p) = h.param(0) else {
+            return Ok(());
+        };
+        let raw = p.relative_path().cloned().unwrap_or_else(|| "value".into());
+        if p.is_value_missing() {
+            return Err(RenderErrorReason::MissingVariable(Some(raw)).into());
+        }
+        let mut text = String::new();
+        push_text(&mut text, p.value(), &raw).map_err(RenderErrorReason::Other)?;
+        out.write(&text)
+            .map_err(|e| RenderErrorReason::Other(e.to_string()).into())
+    }
+}
+
+/// Turns each plain `{{path}}` (no helper, no arguments) of a template, inside blocks too,
+/// into a call of `TEXT`.
+fn text_calls(t: &mut Template) {
+    for el in &mut t.elements {
+        match el {
+            TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h)
+                if !h.block
+                    && h.params.is_empty()
+                    && h.hash.is_empty()
+                    && matches!(h.name, Parameter::Path(_)) =>
+            {
+                let path = std::mem::replace(&mut h.name, Parameter::Name(TEXT.into()));
+                h.params.push(path);
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in [&mut h.template, &mut h.inverse].into_iter().flatten() {
+                    text_calls(inner);
+                }
+            }
+            TemplateElement::DecoratorBlock(d) | TemplateElement::PartialBlock(d) => {
+                if let Some(inner) = &mut d.template {
+                    text_calls(inner);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// How many arguments each of Handlebars' own helpers takes (at least, at most), for those
 /// that check theirs only when they run.
 fn builtin_arity(name: &str) -> Option<(usize, usize)> {
@@ -468,10 +568,12 @@ fn builtin_arity(name: &str) -> Option<(usize, usize)> {
 /// name's `{{/...}}`, a block left open (pointing at where it opens), or a `{{` without `}}`.
 fn syntax_error(source: &str, e: &handlebars::TemplateError) -> TemplateError {
     use handlebars::TemplateErrorReason as R;
-    let unclosed = || TemplateError {
+    let unclosed = || {
+        TemplateError {
         message: "invalid Handlebars syntax: each `{{` needs a closing `}}` around a path or a helper call".into(),
         position: e.pos(),
         hint: Some("write `\\{{` for a literal `{{`".into()),
+    }
     };
     match e.reason() {
         R::MismatchingClosedHelper(open, close) | R::MismatchingClosedDecorator(open, close) => {
@@ -499,7 +601,9 @@ fn open_block(source: &str) -> Option<(String, (usize, usize))> {
     let mut rest = 0;
     while let Some(i) = source[rest..].find("{{").map(|i| rest + i) {
         let end = source[i..].find("}}").map(|e| i + e)?;
-        let tag = source[i + 2..end].trim_start_matches(['{', '~']).trim_start();
+        let tag = source[i + 2..end]
+            .trim_start_matches(['{', '~'])
+            .trim_start();
         let name = |t: &str| {
             t.split(|c: char| c.is_whitespace() || c == '}' || c == '~')
                 .next()
@@ -598,7 +702,7 @@ fn missing(raw: &str) -> String {
 }
 
 /// Appends a value as text; objects and arrays have no text form, so they are errors.
-fn push_text(out: &mut String, value: &Value, what: &str) -> Result<(), String> {
+pub(super) fn push_text(out: &mut String, value: &Value, what: &str) -> Result<(), String> {
     match value {
         Value::String(s) => out.push_str(s),
         Value::Object(_) | Value::Array(_) => {
