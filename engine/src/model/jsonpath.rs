@@ -204,7 +204,7 @@ impl Query {
         }
         let path = JsonPath::parse(&source).map_err(|e| QueryError::Invalid {
             character: e.position() + 1,
-            message: arity_said_right(&e.message().to_string()),
+            message: arity_said_right(e.message()),
         })?;
         Ok(Query {
             text: text.to_owned(),
@@ -318,6 +318,28 @@ mod tests {
                 assert_eq!(member(&o, "k00"), Some(&json!(0)), "{size} members");
             }
         }
+    }
+
+    /// serde_json_path's own arity message is backwards; this fails when an upgrade turns it
+    /// round (then `arity_said_right` must go).
+    #[test]
+    fn function_arity_is_said_as_the_function_takes_it() {
+        let said = |q: &str| {
+            Query::parse(q)
+                .map(|_| ())
+                .expect_err("invalid")
+                .to_string()
+        };
+        assert!(
+            said("$[?length(@.a, 1)]").ends_with("the function takes 1 argument, not 2"),
+            "{}",
+            said("$[?length(@.a, 1)]")
+        );
+        assert!(
+            said("$[?match(@.a)]").ends_with("the function takes 2 arguments, not 1"),
+            "{}",
+            said("$[?match(@.a)]")
+        );
     }
 
     #[test]
