@@ -332,21 +332,34 @@ fn error_at(span: &Span, message: &str) -> YamlError {
 }
 
 fn syntax_error(text: &str, line: usize, column: usize, info: &str) -> YamlError {
-    let tab = text
-        .lines()
-        .nth(line.wrapping_sub(1))
-        .is_some_and(|l| l.contains('\t'));
+    let written = text.lines().nth(line.wrapping_sub(1)).unwrap_or("");
+    let indented_with_tab = written
+        .chars()
+        .take_while(|c| c.is_whitespace())
+        .any(|c| c == '\t');
+    let tab = written.contains('\t');
+    // saphyr points past the tab that follows a `:`; the tab is what to change.
+    let after_tab = column >= 2 && written.chars().nth(column - 2) == Some('\t');
     YamlError {
         line,
-        column,
+        column: if after_tab && info.contains("':'") {
+            column - 1
+        } else {
+            column
+        },
         path: String::new(),
         message: if info.contains("recursion limit") {
             format!("nesting deeper than {MAX_DEPTH} levels")
         } else {
             format!("YAML syntax: {info}")
         },
-        hint: if tab {
+        hint: if indented_with_tab {
             Some("YAML does not allow tabs for indentation: use spaces".into())
+        } else if tab && info.contains("':'") {
+            Some(
+                "the YAML reader takes no tab between a key's `:` and its value: use a space"
+                    .into(),
+            )
         } else if info.contains("flow") {
             Some("inside `{ }` or `[ ]`, quote values that contain `[`, `]`, `{`, `}` or `,` (such as JSONPath queries)".into())
         } else {

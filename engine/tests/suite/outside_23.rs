@@ -428,3 +428,22 @@ async fn a_file_with_lone_cr_line_ends_shows_its_line() {
         "{out}"
     );
 }
+
+/// A tab between a key's `:` and its value is refused by the YAML reader (saphyr-parser, a
+/// limit of the library: YAML 1.2 allows it); the hint said tabs are not allowed for
+/// indentation, which this line does not use. It now says what to change.
+#[tokio::test]
+async fn a_tab_after_a_colon_is_hinted_as_such() {
+    let yaml = connector("").replace("    url: http", "    url:\thttp");
+    let (code, diags) = validate_json("tab.yaml", yaml.as_bytes()).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(diags.len(), 1, "{diags:#?}");
+    assert_eq!(
+        (&diags[0]["line"], &diags[0]["column"]),
+        (&8.into(), &9.into())
+    );
+    assert_eq!(
+        diags[0]["hint"],
+        "the YAML reader takes no tab between a key's `:` and its value: use a space"
+    );
+}
