@@ -204,7 +204,7 @@ pub(super) fn map(
                     None,
                 ),
             };
-            super::stdout(&format!(
+            super::output::stdout(&format!(
                 "{}\n",
                 serde_json::to_string_pretty(&out).unwrap_or_default()
             ));

@@ -65,7 +65,7 @@ pub(super) fn openapi(paths: Vec<PathBuf>, prefix: String) -> ExitCode {
         Ok(m) => m,
         Err(code) => return code,
     };
-    super::stdout(&format!(
+    super::output::stdout(&format!(
         "{}\n",
         serde_json::to_string_pretty(&crate::generate::openapi::document(&model, &prefix))
             .unwrap_or_default()

@@ -7,7 +7,7 @@
 //! `check.rs` checks definitions offline (`validate`, `map`); `connectivity.rs` calls one
 //! connector's source and sink once (`check`); `dead_letters.rs` works with a running
 //! engine's dead letters through its admin API; `generate.rs` prints what is generated from
-//! them.
+//! them; `output.rs` writes to standard output, a closed pipe ending it quietly.
 
 use std::process::ExitCode;
 
@@ -17,6 +17,7 @@ mod connectivity;
 mod dead_letters;
 mod definitions;
 mod generate;
+mod output;
 mod progress;
 mod serve;
 
@@ -80,7 +81,7 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Openapi { paths, prefix } => generate::openapi(paths, prefix),
         Command::Schema { format } => {
-            stdout(&schema_text(format));
+            output::stdout(&schema_text(format));
             ExitCode::SUCCESS
         }
         Command::Map {
@@ -100,18 +101,5 @@ pub fn run(cli: Cli) -> ExitCode {
             fhir_schema,
             check,
         ),
-    }
-}
-
-/// Writes a command's output to standard output. A reader that stops early (`engine map ... |
-/// head`) closes the pipe: the rest is not written, and that is no error (`print!` panics on
-/// it, with a backtrace).
-pub(crate) fn stdout(text: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        eprintln!("error: cannot write the output: {e}");
     }
 }
