@@ -204,7 +204,10 @@ pub(super) fn map(
                     None,
                 ),
             };
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            super::output::stdout(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&out).unwrap_or_default()
+            ));
             if invalid {
                 ExitCode::from(1)
             } else {

@@ -65,11 +65,11 @@ pub(super) fn openapi(paths: Vec<PathBuf>, prefix: String) -> ExitCode {
         Ok(m) => m,
         Err(code) => return code,
     };
-    println!(
-        "{}",
+    super::output::stdout(&format!(
+        "{}\n",
         serde_json::to_string_pretty(&crate::generate::openapi::document(&model, &prefix))
             .unwrap_or_default()
-    );
+    ));
     ExitCode::SUCCESS
 }
 

@@ -7,7 +7,7 @@
 //! `check.rs` checks definitions offline (`validate`, `map`); `connectivity.rs` calls one
 //! connector's source and sink once (`check`); `dead_letters.rs` works with a running
 //! engine's dead letters through its admin API; `generate.rs` prints what is generated from
-//! them.
+//! them; `output.rs` writes to standard output, a closed pipe ending it quietly.
 
 use std::process::ExitCode;
 
@@ -17,6 +17,7 @@ mod connectivity;
 mod dead_letters;
 mod definitions;
 mod generate;
+mod output;
 mod progress;
 mod serve;
 
@@ -80,7 +81,7 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Openapi { paths, prefix } => generate::openapi(paths, prefix),
         Command::Schema { format } => {
-            print!("{}", schema_text(format));
+            output::stdout(&schema_text(format));
             ExitCode::SUCCESS
         }
         Command::Map {

@@ -137,7 +137,7 @@ fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
         d.line,
         d.column
     );
-    if let Some(text) = source.and_then(|s| s.lines().nth(d.line.wrapping_sub(1))) {
+    if let Some(text) = source.and_then(|s| nth_line(s, d.line)) {
         let number = d.line.to_string();
         let pad = " ".repeat(number.len());
         let (shown, caret) = snippet(text, d.column);
@@ -151,6 +151,24 @@ fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
         let _ = writeln!(out, "  = hint: {hint}");
     }
     out.push('\n');
+}
+
+/// The 1-based `n`th line of a text, lines ended as YAML ends them: `\n`, `\r\n` or a lone
+/// `\r` (which `str::lines` does not split, so a file written with old Mac line ends had no
+/// snippet).
+fn nth_line(text: &str, n: usize) -> Option<&str> {
+    let mut rest = text;
+    for _ in 1..n {
+        let end = rest.find(['\n', '\r'])?;
+        let skip = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
+        rest = &rest[end + skip..];
+    }
+    // Past the last line break there is no line (as `str::lines` has none).
+    (!rest.is_empty()).then(|| &rest[..rest.find(['\n', '\r']).unwrap_or(rest.len())])
 }
 
 /// Most characters of a source line shown under a message.

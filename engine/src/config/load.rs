@@ -71,13 +71,14 @@ pub fn io_reason(e: &std::io::Error) -> String {
 /// become diagnostics; a path that does not exist is unusable.
 pub fn read_all(paths: &[PathBuf]) -> Result<(Vec<SourceFile>, Vec<Diagnostic>), UnusablePath> {
     let mut files = Vec::new();
+    let mut loops = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(p).map_err(|e| UnusablePath {
             path: p.display().to_string(),
             reason: io_reason(&e),
         })?;
         if meta.is_dir() {
-            walk(p, &mut files).map_err(|e| UnusablePath {
+            walk(p, &mut Vec::new(), &mut files, &mut loops).map_err(|e| UnusablePath {
                 path: p.display().to_string(),
                 reason: io_reason(&e),
             })?;
@@ -86,7 +87,20 @@ pub fn read_all(paths: &[PathBuf]) -> Result<(Vec<SourceFile>, Vec<Diagnostic>),
         }
     }
     let mut out = Vec::with_capacity(files.len());
-    let mut diags = Vec::new();
+    let mut diags: Vec<Diagnostic> = loops
+        .iter()
+        .map(|dir| {
+            Diagnostic::error(
+                dir,
+                &Location {
+                    line: 1,
+                    column: 1,
+                    path: String::new(),
+                },
+                "a folder that links back to a folder it is inside (a symbolic link loop): not read again",
+            )
+        })
+        .collect();
     for path in files {
         match read_one(&path) {
             Ok(text) => out.push(SourceFile { path, text }),
@@ -96,7 +110,32 @@ pub fn read_all(paths: &[PathBuf]) -> Result<(Vec<SourceFile>, Vec<Diagnostic>),
     Ok((out, diags))
 }
 
-fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Adds the definition files under `dir` to `files`; `inside` holds the real paths of the
+/// folders being walked, so that a link back to one of them is noted in `loops` once, not
+/// followed until the path is too long.
+fn walk(
+    dir: &Path,
+    inside: &mut Vec<PathBuf>,
+    files: &mut Vec<PathBuf>,
+    loops: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    let real = std::fs::canonicalize(dir)?;
+    if inside.contains(&real) {
+        loops.push(dir.to_path_buf());
+        return Ok(());
+    }
+    inside.push(real);
+    let walked = walk_entries(dir, inside, files, loops);
+    inside.pop();
+    walked
+}
+
+fn walk_entries(
+    dir: &Path,
+    inside: &mut Vec<PathBuf>,
+    files: &mut Vec<PathBuf>,
+    loops: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
@@ -108,7 +147,7 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let is_yaml = path.extension().is_some_and(|x| x == "yaml" || x == "yml");
         // Follows symlinks, as a ConfigMap's files are links into `..data`.
         match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() && !is_yaml => walk(&path, files)?,
+            Ok(m) if m.is_dir() && !is_yaml => walk(&path, inside, files, loops)?,
             _ if is_yaml => files.push(path),
             _ => {}
         }
@@ -122,14 +161,15 @@ fn read_one(path: &Path) -> Result<String, Diagnostic> {
         column,
         path: String::new(),
     };
-    let broken_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
-        && std::fs::metadata(path).is_err();
-    if broken_link {
-        return Err(Diagnostic::error(
-            path,
-            &at(1, 1),
-            "cannot read the file: it is a symbolic link to nothing",
-        ));
+    let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if link && let Err(e) = std::fs::metadata(path) {
+        // ELOOP: the link leads back to itself through other links.
+        let why = if e.raw_os_error() == Some(40) {
+            "cannot read the file: it is a symbolic link loop"
+        } else {
+            "cannot read the file: it is a symbolic link to nothing"
+        };
+        return Err(Diagnostic::error(path, &at(1, 1), why));
     }
     let bytes = read_regular(path, MAX_DEFINITION_BYTES)
         .map_err(|e| Diagnostic::error(path, &at(1, 1), format!("cannot read the file: {e}")))?;

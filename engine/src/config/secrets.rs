@@ -119,6 +119,10 @@ pub enum Unresolved {
     /// `${file:}`.
     #[error("`${{file:}}` names no file")]
     NoFile,
+    /// A reference inside a reference (`${env:A:-${env:B}}`): references are resolved once,
+    /// never inside one another.
+    #[error("`${{{0}` holds a reference inside a reference: references do not nest")]
+    Nested(String),
     /// A reference of an unknown kind (`${vault:x}`).
     #[error("unknown reference `${{{0}}}`: use `${{env:NAME}}` or `${{file:PATH}}`")]
     UnknownKind(String),
@@ -149,6 +153,9 @@ pub fn resolve(s: &str, env: &dyn Environment, base: &Path) -> Result<String, Un
         } else if let Some(after) = tail.strip_prefix("${") {
             let end = after.find('}').ok_or(Unresolved::Unclosed)?;
             let reference = &after[..end];
+            if reference.contains("${") {
+                return Err(Unresolved::Nested(reference.to_owned()));
+            }
             out.push_str(&lookup(reference, env, base)?);
             rest = &after[end + 1..];
         } else {

@@ -66,7 +66,14 @@ enum Frame {
     Map {
         node: Node,
         entries: Vec<(Key, Node)>,
+        /// Where each key of `entries` is (duplicates found without scanning: a file may hold
+        /// hundreds of thousands of keys).
+        names: HashMap<String, usize>,
         key: Option<Key>,
+        /// The key being read is a plain `<<`: its value is merged.
+        merging: bool,
+        /// What `<<` keys gave, in order (an explicit key wins over a merged one).
+        merged: Vec<(Key, Node)>,
         anchor: usize,
     },
 }
@@ -101,6 +108,12 @@ pub fn parse(text: &str) -> Parsed {
                 None
             }
             Event::Scalar(text, style, anchor, tag) => {
+                if let Some(Frame::Map {
+                    key: None, merging, ..
+                }) = stack.last_mut()
+                {
+                    *merging = style == ScalarStyle::Plain && tag.is_none() && text == "<<";
+                }
                 let core_str = tag
                     .as_ref()
                     .is_some_and(|t| t.handle == "tag:yaml.org,2002:" && t.suffix == "str");
@@ -130,7 +143,10 @@ pub fn parse(text: &str) -> Parsed {
                 stack.push(Frame::Map {
                     node: at(NodeValue::Null),
                     entries: Vec::new(),
+                    names: HashMap::new(),
                     key: None,
+                    merging: false,
+                    merged: Vec::new(),
                     anchor,
                 });
                 None
@@ -146,10 +162,18 @@ pub fn parse(text: &str) -> Parsed {
                 }
                 Some(Frame::Map {
                     mut node,
-                    entries,
+                    mut entries,
+                    mut names,
+                    merged,
                     anchor,
                     ..
                 }) => {
+                    for (k, v) in merged {
+                        if !names.contains_key(&k.name) {
+                            names.insert(k.name.clone(), entries.len());
+                            entries.push((k, v));
+                        }
+                    }
                     node.value = NodeValue::Map(entries);
                     Some((node, anchor))
                 }
@@ -203,17 +227,31 @@ pub fn parse(text: &str) -> Parsed {
         match stack.last_mut() {
             None => out.documents.push(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, key, .. }) => match key.take() {
+            Some(Frame::Map {
+                entries,
+                names,
+                key,
+                merging,
+                merged,
+                ..
+            }) => match key.take() {
+                Some(k) if std::mem::take(merging) => {
+                    if let Err(e) = merge(&k, node, merged) {
+                        out.errors.push(e);
+                        return out;
+                    }
+                }
                 Some(k) => {
-                    if let Some((first, _)) = entries.iter().find(|(e, _)| e.name == k.name) {
+                    if let Some(&first) = names.get(&k.name) {
                         out.errors.push(YamlError {
                             line: k.line,
                             column: k.column,
                             path: String::new(),
                             message: format!("duplicate key `{}`", k.name),
-                            hint: Some(format!("first written at line {}", first.line)),
+                            hint: Some(format!("first written at line {}", entries[first].0.line)),
                         });
                     } else {
+                        names.insert(k.name.clone(), entries.len());
                         entries.push((k, node));
                     }
                 }
@@ -244,6 +282,37 @@ pub fn parse(text: &str) -> Parsed {
     out
 }
 
+/// A merge key's value (YAML 1.1 `<<`, as Kubernetes and Compose files use it): a mapping, or
+/// a sequence of mappings (the earlier winning), whose entries the enclosing mapping takes
+/// where it writes no key of the same name.
+fn merge(key: &Key, value: Node, merged: &mut Vec<(Key, Node)>) -> Result<(), YamlError> {
+    let maps = match value.value {
+        NodeValue::Map(entries) => vec![entries],
+        NodeValue::Seq(items) => items
+            .into_iter()
+            .map(|item| match item.value {
+                NodeValue::Map(entries) => Some(entries),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| merge_error(key))?,
+        _ => return Err(merge_error(key)),
+    };
+    // Kept in order; the first of a name wins when the mapping ends.
+    merged.extend(maps.into_iter().flatten());
+    Ok(())
+}
+
+fn merge_error(key: &Key) -> YamlError {
+    YamlError {
+        line: key.line,
+        column: key.column,
+        path: String::new(),
+        message: "a merge key `<<` takes a mapping or a list of mappings".into(),
+        hint: Some("write `<<: *anchor` where `&anchor` names a mapping, or quote `\"<<\"` for a key of that name".into()),
+    }
+}
+
 fn count(node: &Node) -> usize {
     match &node.value {
         NodeValue::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
@@ -263,21 +332,34 @@ fn error_at(span: &Span, message: &str) -> YamlError {
 }
 
 fn syntax_error(text: &str, line: usize, column: usize, info: &str) -> YamlError {
-    let tab = text
-        .lines()
-        .nth(line.wrapping_sub(1))
-        .is_some_and(|l| l.contains('\t'));
+    let written = text.lines().nth(line.wrapping_sub(1)).unwrap_or("");
+    let indented_with_tab = written
+        .chars()
+        .take_while(|c| c.is_whitespace())
+        .any(|c| c == '\t');
+    let tab = written.contains('\t');
+    // saphyr points past the tab that follows a `:`; the tab is what to change.
+    let after_tab = column >= 2 && written.chars().nth(column - 2) == Some('\t');
     YamlError {
         line,
-        column,
+        column: if after_tab && info.contains("':'") {
+            column - 1
+        } else {
+            column
+        },
         path: String::new(),
         message: if info.contains("recursion limit") {
             format!("nesting deeper than {MAX_DEPTH} levels")
         } else {
             format!("YAML syntax: {info}")
         },
-        hint: if tab {
+        hint: if indented_with_tab {
             Some("YAML does not allow tabs for indentation: use spaces".into())
+        } else if tab && info.contains("':'") {
+            Some(
+                "the YAML reader takes no tab between a key's `:` and its value: use a space"
+                    .into(),
+            )
         } else if info.contains("flow") {
             Some("inside `{ }` or `[ ]`, quote values that contain `[`, `]`, `{`, `}` or `,` (such as JSONPath queries)".into())
         } else {

@@ -46,11 +46,12 @@ pub fn date(v: &Value) -> Result<String, DateError> {
     match v {
         Value::String(s) => {
             let s = s.trim();
+            let bad = || DateError::NotADate(s.to_owned());
             if let Some(d) = partial_date(s) {
-                return Ok(d);
+                return fhir_year(d, bad);
             }
             if let Some(d) = parse_date(s) {
-                return Ok(ymd(d));
+                return fhir_year(ymd(d), bad);
             }
             // The date as written at the source, in its own offset.
             parse_date_time(s)
@@ -58,7 +59,8 @@ pub fn date(v: &Value) -> Result<String, DateError> {
                     Some(o) => dt.with_timezone(&o).format("%Y-%m-%d").to_string(),
                     None => dt.format("%Y-%m-%d").to_string(),
                 })
-                .ok_or_else(|| DateError::NotADate(s.to_owned()))
+                .ok_or_else(bad)
+                .and_then(|d| fhir_year(d, bad))
         }
         Value::Number(_) => epoch(v).map(|dt| dt.format("%Y-%m-%d").to_string()),
         other => Err(DateError::Expected {
@@ -81,13 +83,14 @@ pub fn date_time_in(v: &Value, zone: Option<Tz>) -> Result<String, DateError> {
     match v {
         Value::String(s) => {
             let s = s.trim();
+            let bad = || DateError::NotADateTime(s.to_owned());
             if let Some(d) = partial_date(s) {
-                return Ok(d);
+                return fhir_year(d, bad);
             }
             if let Some(d) = parse_date(s) {
-                return Ok(ymd(d));
+                return fhir_year(ymd(d), bad);
             }
-            stamp(s, zone, || DateError::NotADateTime(s.to_owned()))
+            stamp(s, zone, bad).and_then(|d| fhir_year(d, bad))
         }
         Value::Number(_) => epoch(v).map(|dt| dt.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
         other => Err(DateError::Expected {
@@ -108,7 +111,8 @@ pub fn instant(v: &Value, zone: Option<Tz>) -> Result<String, DateError> {
             if partial_date(s).is_some() || parse_date(s).is_some() {
                 return Err(DateError::NoTime(s.to_owned()));
             }
-            stamp(s, zone, || DateError::NotAnInstant(s.to_owned()))
+            let bad = || DateError::NotAnInstant(s.to_owned());
+            stamp(s, zone, bad).and_then(|d| fhir_year(d, bad))
         }
         Value::Number(_) => epoch(v).map(|dt| dt.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
         other => Err(DateError::Expected {
@@ -143,6 +147,18 @@ fn stamp(s: &str, zone: Option<Tz>, bad: impl Fn() -> DateError) -> Result<Strin
                 zone: z.name().to_owned(),
             }),
         },
+    }
+}
+
+/// A date FHIR can write: its year four digits from 0001 to 9999 (chrono reads `0000` and
+/// signed years, which FHIR's date types do not have).
+fn fhir_year(d: String, bad: impl Fn() -> DateError) -> Result<String, DateError> {
+    let b = d.as_bytes();
+    let four = b.len() >= 4 && b[..4].iter().all(u8::is_ascii_digit);
+    if four && b.get(4).is_none_or(|c| !c.is_ascii_digit()) && &d[..4] != "0000" {
+        Ok(d)
+    } else {
+        Err(bad())
     }
 }
 

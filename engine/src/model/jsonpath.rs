@@ -159,6 +159,39 @@ pub enum QueryError {
     Invalid { character: usize, message: String },
 }
 
+/// serde_json_path (0.7) says a function's argument count the wrong way round: `length(@.a,
+/// 1)` gets "expected 2 args, but received 1" (its validator passes the count it received
+/// as `expected`). Turned into what the function takes and what it was given.
+fn arity_said_right(message: &str) -> String {
+    const SAID: &str = "expected ";
+    let Some(at) = message.find(SAID) else {
+        return message.to_owned();
+    };
+    let counts = message[at + SAID.len()..]
+        .split_once(" args, but received ")
+        .and_then(|(given, rest)| {
+            let takes: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            Some((
+                given.parse::<usize>().ok()?,
+                takes.parse::<usize>().ok()?,
+                takes.len(),
+            ))
+        });
+    match counts {
+        Some((given, takes, digits)) => {
+            let end =
+                at + SAID.len() + given.to_string().len() + " args, but received ".len() + digits;
+            let plural = if takes == 1 { "" } else { "s" };
+            format!(
+                "{}the function takes {takes} argument{plural}, not {given}{}",
+                &message[..at],
+                &message[end..]
+            )
+        }
+        None => message.to_owned(),
+    }
+}
+
 impl Query {
     /// Compiles a query; the error says what is wrong and at which character (1-based).
     pub fn parse(text: &str) -> Result<Query, QueryError> {
@@ -171,7 +204,7 @@ impl Query {
         }
         let path = JsonPath::parse(&source).map_err(|e| QueryError::Invalid {
             character: e.position() + 1,
-            message: e.message().to_string(),
+            message: arity_said_right(e.message()),
         })?;
         Ok(Query {
             text: text.to_owned(),
@@ -285,6 +318,28 @@ mod tests {
                 assert_eq!(member(&o, "k00"), Some(&json!(0)), "{size} members");
             }
         }
+    }
+
+    /// serde_json_path's own arity message is backwards; this fails when an upgrade turns it
+    /// round (then `arity_said_right` must go).
+    #[test]
+    fn function_arity_is_said_as_the_function_takes_it() {
+        let said = |q: &str| {
+            Query::parse(q)
+                .map(|_| ())
+                .expect_err("invalid")
+                .to_string()
+        };
+        assert!(
+            said("$[?length(@.a, 1)]").ends_with("the function takes 1 argument, not 2"),
+            "{}",
+            said("$[?length(@.a, 1)]")
+        );
+        assert!(
+            said("$[?match(@.a)]").ends_with("the function takes 2 arguments, not 1"),
+            "{}",
+            said("$[?match(@.a)]")
+        );
     }
 
     #[test]

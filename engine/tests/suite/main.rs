@@ -33,6 +33,7 @@ mod outbound_auth;
 mod outside_13;
 mod outside_15;
 mod outside_16;
+mod outside_23;
 mod parent_child;
 mod projection;
 mod push_signatures;

@@ -633,4 +633,31 @@ impl HelperDef for AsHelper {
             .map(ScopedJson::Derived)
             .map_err(|e| RenderErrorReason::Other(e).into())
     }
+
+    /// Written into the text (not a subexpression's value): an array or object has no text
+    /// form, so it is an error, as in the direct renderer (Handlebars would write `[a, b]`
+    /// or `[object]` into the resource).
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        rc: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn handlebars::Output,
+    ) -> handlebars::HelperResult {
+        let value = self.call_inner(h, r, ctx, rc)?;
+        let written = match value.as_json() {
+            v @ (Value::Array(_) | Value::Object(_)) => {
+                return Err(RenderErrorReason::Other(format!(
+                    "the result of `{name}` is {}, not text: use the operator `${name}` to keep it, or `join`",
+                    fhir::kind(v),
+                    name = h.name()
+                ))
+                .into());
+            }
+            v => text(v),
+        };
+        out.write(&written)
+            .map_err(|e| RenderErrorReason::Other(e.to_string()).into())
+    }
 }

@@ -178,6 +178,7 @@ impl Templates {
         let mut registry = Handlebars::new();
         registry.set_strict_mode(true);
         registry.register_escape_fn(handlebars::no_escape);
+        registry.register_helper(TEXT, Box::new(TextOf));
         let mut templates = Templates {
             registry,
             tables,
@@ -263,11 +264,7 @@ impl Templates {
         if !source.contains("{{") {
             return Ok(Text::Const(source.to_owned()));
         }
-        let template = Template::compile(source).map_err(|e| TemplateError {
-            message: "invalid Handlebars syntax: each `{{` needs a closing `}}` around a path or a helper call".into(),
-            position: e.pos(),
-            hint: Some("write `\\{{` for a literal `{{`".into()),
-        })?;
+        let template = Template::compile(source).map_err(|e| syntax_error(source, &e))?;
         if let Some((helper, position)) = unknown_helper(&template) {
             let mut known: Vec<&str> = Function::ALL.iter().map(|(n, _)| *n).collect();
             known.extend(BUILTIN_HELPERS);
@@ -279,6 +276,9 @@ impl Templates {
                 hint,
             });
         }
+        let mut inline = BTreeSet::new();
+        inline_partials(&template, &mut inline);
+        check_partials(&template, &inline)?;
         self.check_calls(&template)?;
         if let Some(pieces) = direct(&template) {
             return Ok(Text::Direct(pieces));
@@ -288,6 +288,8 @@ impl Templates {
         {
             self.needs = None;
         }
+        let mut template = template;
+        text_calls(&mut template);
         self.registry.register_template(name, template);
         Ok(Text::Template(name.to_owned()))
     }
@@ -296,10 +298,20 @@ impl Templates {
     pub fn render(&self, text: &Text, scope: &dyn Scope) -> Result<String, String> {
         match text {
             Text::Const(s) => Ok(s.clone()),
-            Text::Template(name) => self
-                .registry
-                .render_with_context(name, scope.context())
-                .map_err(|e| describe(&e)),
+            Text::Template(name) => {
+                let mut out = Bounded::default();
+                match self
+                    .registry
+                    .render_with_context_to_write(name, scope.context(), &mut out)
+                {
+                    Ok(()) => String::from_utf8(out.bytes)
+                        .map_err(|_| "the template wrote text that is not UTF-8".to_owned()),
+                    Err(_) if out.full => Err(format!(
+                        "the template's text is longer than {MAX_TEMPLATE_TEXT} bytes"
+                    )),
+                    Err(e) => Err(describe(&e)),
+                }
+            }
             Text::Direct(pieces) => {
                 if let [Piece::Call(f, args, at)] = pieces.as_slice() {
                     // A template that is one call: its text is the result, not a copy of it.
@@ -376,11 +388,16 @@ impl Templates {
     fn check_calls(&mut self, t: &Template) -> Result<(), TemplateError> {
         for (i, el) in t.elements.iter().enumerate() {
             let pos = t.mapping.get(i).map(|m| (m.0, m.1));
-            if let TemplateElement::Expression(h)
-            | TemplateElement::HtmlExpression(h)
-            | TemplateElement::HelperBlock(h) = el
-            {
-                self.check_helper(h, pos)?;
+            match el {
+                TemplateElement::Expression(h)
+                | TemplateElement::HtmlExpression(h)
+                | TemplateElement::HelperBlock(h) => self.check_helper(h, pos)?,
+                TemplateElement::DecoratorBlock(d) | TemplateElement::PartialBlock(d) => {
+                    if let Some(inner) = &d.template {
+                        self.check_calls(inner)?;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -398,9 +415,36 @@ impl Templates {
                 self.check_helper(inner, pos)?;
             }
         }
-        let is_call = h.block || !h.params.is_empty() || !h.hash.is_empty();
-        if let Parameter::Name(n) = &h.name
-            && is_call
+        // A function or helper named alone (`{{upper}}`) is a call without arguments too:
+        // Handlebars calls it, so its arity is checked as any call's.
+        let name = match &h.name {
+            Parameter::Name(n) => Some(n.as_str()),
+            // `{{upper}}` alone parses as a path of one name.
+            Parameter::Path(Path::Relative((segs, raw)))
+                if matches!(segs.as_slice(), [PathSeg::Named(_)]) =>
+            {
+                Some(raw.as_str())
+            }
+            _ => None,
+        };
+        if let Some(n) = name
+            && let Some((min, max)) = builtin_arity(n)
+            && !(min..=max).contains(&h.params.len())
+        {
+            let takes = match (min, max) {
+                (1, 1) => "1 argument".to_owned(),
+                (m, usize::MAX) => {
+                    format!("at least {m} argument{}", if m == 1 { "" } else { "s" })
+                }
+                (m, _) => format!("{m} arguments"),
+            };
+            return Err(TemplateError {
+                message: format!("`{n}` takes {takes}, found {}", h.params.len()),
+                position: pos,
+                hint: None,
+            });
+        }
+        if let Some(n) = name
             && let Some(f) = Function::by_name(n)
         {
             let literals: Vec<Option<&Value>> = h
@@ -424,6 +468,228 @@ impl Templates {
     }
 }
 
+/// The most text one Handlebars template may write for one value (a block over a large
+/// array inside another could otherwise write gigabytes from a record within its limits).
+pub const MAX_TEMPLATE_TEXT: usize = 16 * 1024 * 1024;
+
+/// Text written by Handlebars, refused past `MAX_TEMPLATE_TEXT`.
+#[derive(Default)]
+struct Bounded {
+    bytes: Vec<u8>,
+    full: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_TEMPLATE_TEXT {
+            self.full = true;
+            return Err(std::io::Error::other("the template's text is too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The helper a plain `{{path}}` of a Handlebars template is compiled to (`text_calls`): the
+/// value as text, and an error for an object or array, as the direct renderer says (Handlebars
+/// itself writes `[object]` and `[a, b]`). A user cannot call it: it is no known helper.
+const TEXT: &str = "__text";
+
+struct TextOf;
+
+impl handlebars::HelperDef for TextOf {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &handlebars::Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut handlebars::RenderContext<'reg, 'rc>,
+        out: &mut dyn handlebars::Output,
+    ) -> handlebars::HelperResult {
+        let Some(p) = h.param(0) else {
+            return Ok(());
+        };
+        let raw = p.relative_path().cloned().unwrap_or_else(|| "value".into());
+        if p.is_value_missing() {
+            return Err(RenderErrorReason::MissingVariable(Some(raw)).into());
+        }
+        let mut text = String::new();
+        push_text(&mut text, p.value(), &raw).map_err(RenderErrorReason::Other)?;
+        out.write(&text)
+            .map_err(|e| RenderErrorReason::Other(e.to_string()).into())
+    }
+}
+
+/// Turns each plain `{{path}}` (no helper, no arguments) of a template, inside blocks too,
+/// into a call of `TEXT`.
+fn text_calls(t: &mut Template) {
+    for el in &mut t.elements {
+        match el {
+            TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h)
+                if !h.block
+                    && h.params.is_empty()
+                    && h.hash.is_empty()
+                    && matches!(h.name, Parameter::Path(_)) =>
+            {
+                let path = std::mem::replace(&mut h.name, Parameter::Name(TEXT.into()));
+                h.params.push(path);
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in [&mut h.template, &mut h.inverse].into_iter().flatten() {
+                    text_calls(inner);
+                }
+            }
+            TemplateElement::DecoratorBlock(d) | TemplateElement::PartialBlock(d) => {
+                if let Some(inner) = &mut d.template {
+                    text_calls(inner);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How many arguments each of Handlebars' own helpers takes (at least, at most), for those
+/// that check theirs only when they run.
+fn builtin_arity(name: &str) -> Option<(usize, usize)> {
+    match name {
+        "if" | "unless" | "with" | "each" | "not" | "len" => Some((1, 1)),
+        "lookup" | "eq" | "ne" | "gt" | "gte" | "lt" | "lte" => Some((2, 2)),
+        "and" | "or" => Some((1, usize::MAX)),
+        _ => None,
+    }
+}
+
+/// A template that does not compile, said in the engine's words: a block closed by another
+/// name's `{{/...}}`, a block left open (pointing at where it opens), or a `{{` without `}}`.
+fn syntax_error(source: &str, e: &handlebars::TemplateError) -> TemplateError {
+    use handlebars::TemplateErrorReason as R;
+    let unclosed = || {
+        TemplateError {
+        message: "invalid Handlebars syntax: each `{{` needs a closing `}}` around a path or a helper call".into(),
+        position: e.pos(),
+        hint: Some("write `\\{{` for a literal `{{`".into()),
+    }
+    };
+    match e.reason() {
+        R::MismatchingClosedHelper(open, close) | R::MismatchingClosedDecorator(open, close) => {
+            TemplateError {
+                message: format!("`{{{{#{open}}}}}` is closed by `{{{{/{close}}}}}`"),
+                position: e.pos(),
+                hint: Some(format!("close it with `{{{{/{open}}}}}`")),
+            }
+        }
+        _ => match open_block(source) {
+            Some((name, at)) => TemplateError {
+                message: format!("`{{{{#{name}}}}}` is never closed"),
+                position: Some(at),
+                hint: Some(format!("end the block with `{{{{/{name}}}}}`")),
+            },
+            None => unclosed(),
+        },
+    }
+}
+
+/// The innermost block a template opens and never closes, with its line and column, when
+/// every `{{` of it is closed (so the syntax error is the block's).
+fn open_block(source: &str) -> Option<(String, (usize, usize))> {
+    let mut open: Vec<(String, usize)> = Vec::new();
+    let mut rest = 0;
+    while let Some(i) = source[rest..].find("{{").map(|i| rest + i) {
+        let end = source[i..].find("}}").map(|e| i + e)?;
+        let tag = source[i + 2..end]
+            .trim_start_matches(['{', '~'])
+            .trim_start();
+        let name = |t: &str| {
+            t.split(|c: char| c.is_whitespace() || c == '}' || c == '~')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        };
+        let escaped = i > 0 && source.as_bytes()[i - 1] == b'\\';
+        if !escaped {
+            if let Some(t) = tag.strip_prefix('#') {
+                open.push((name(t.trim_start_matches(['*', '>'])), i));
+            } else if tag.starts_with('/') {
+                open.pop();
+            }
+        }
+        rest = end + 2;
+    }
+    let (name, at) = open.pop()?;
+    let before = &source[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((name, (line, column)))
+}
+
+/// The names `{{#*inline "name"}}` defines anywhere in a template.
+fn inline_partials(t: &Template, out: &mut BTreeSet<String>) {
+    for el in &t.elements {
+        match el {
+            TemplateElement::DecoratorBlock(d) | TemplateElement::PartialBlock(d) => {
+                if matches!(&d.name, Parameter::Name(n) if n == "inline")
+                    && let Some(Parameter::Literal(Value::String(name))) = d.params.first()
+                {
+                    out.insert(name.clone());
+                }
+                if let Some(inner) = &d.template {
+                    inline_partials(inner, out);
+                }
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in [&h.template, &h.inverse].into_iter().flatten() {
+                    inline_partials(inner, out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A partial (`{{> name}}`) must be one the template defines with `{{#*inline}}`: the
+/// engine registers none, so any other fails every render.
+fn check_partials(t: &Template, inline: &BTreeSet<String>) -> Result<(), TemplateError> {
+    for (i, el) in t.elements.iter().enumerate() {
+        let pos = t.mapping.get(i).map(|m| (m.0, m.1));
+        match el {
+            TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
+                let name = match &d.name {
+                    Parameter::Name(n) => n.clone(),
+                    Parameter::Literal(Value::String(n)) => n.clone(),
+                    _ => String::new(),
+                };
+                if !inline.contains(&name) {
+                    return Err(TemplateError {
+                        message: format!("no partial `{name}`: the engine has no partials but those a template defines"),
+                        position: pos,
+                        hint: Some("define it in the same template with `{{#*inline \"NAME\"}}...{{/inline}}`, or write its text in place".into()),
+                    });
+                }
+                if let Some(inner) = &d.template {
+                    check_partials(inner, inline)?;
+                }
+            }
+            TemplateElement::DecoratorBlock(d) => {
+                if let Some(inner) = &d.template {
+                    check_partials(inner, inline)?;
+                }
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in [&h.template, &h.inverse].into_iter().flatten() {
+                    check_partials(inner, inline)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Most arguments a function call's values are kept on the stack for.
 const FEW: usize = 4;
 
@@ -436,7 +702,7 @@ fn missing(raw: &str) -> String {
 }
 
 /// Appends a value as text; objects and arrays have no text form, so they are errors.
-fn push_text(out: &mut String, value: &Value, what: &str) -> Result<(), String> {
+pub(super) fn push_text(out: &mut String, value: &Value, what: &str) -> Result<(), String> {
     match value {
         Value::String(s) => out.push_str(s),
         Value::Object(_) | Value::Array(_) => {
