@@ -93,8 +93,20 @@ pub fn render(
         Format::Github => diags.iter().map(github).collect(),
         Format::Human => {
             let mut out = String::new();
+            // Each file read and split into lines once, not once per diagnostic: a
+            // definition with thousands of findings renders in linear time.
+            let mut file: Option<(&Path, Vec<String>)> = None;
             for d in diags {
-                human(&mut out, d, source(&d.file).as_deref());
+                if file.as_ref().map(|(p, _)| *p) != Some(d.file.as_path()) {
+                    let lines = source(&d.file)
+                        .map(|s| s.lines().map(str::to_owned).collect())
+                        .unwrap_or_default();
+                    file = Some((&d.file, lines));
+                }
+                let line = file
+                    .as_ref()
+                    .and_then(|(_, lines)| lines.get(d.line.wrapping_sub(1)));
+                human(&mut out, d, line.map(String::as_str));
             }
             if !diags.is_empty() {
                 out.push_str(&summary(diags));
@@ -119,7 +131,8 @@ pub fn summary(diags: &[Diagnostic]) -> String {
     )
 }
 
-fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
+/// One diagnostic; `line` is the text of its line, for the snippet.
+fn human(out: &mut String, d: &Diagnostic, line: Option<&str>) {
     let level = match d.severity {
         Severity::Error => "error",
         Severity::Warning => "warning",
@@ -137,7 +150,7 @@ fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
         d.line,
         d.column
     );
-    if let Some(text) = source.and_then(|s| s.lines().nth(d.line.wrapping_sub(1))) {
+    if let Some(text) = line {
         let number = d.line.to_string();
         let pad = " ".repeat(number.len());
         let (shown, caret) = snippet(text, d.column);

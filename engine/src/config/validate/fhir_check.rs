@@ -266,9 +266,21 @@ impl<'c> Checker<'c, '_> {
         for (name, v, field_at) in &fields {
             let label = format!("{owner}.{name}");
             if let Some(base) = name.strip_prefix('_') {
-                // `_birthDate`: the id and extensions of a primitive element.
-                if !elements.contains_key(base) {
-                    self.unknown(base, elements, owner, field_at);
+                // `_birthDate`: the id and extensions of a primitive element, an `Element`.
+                match elements.get(base).map(|e| (e, self.s.primitive_extras(e))) {
+                    Some((_, Some(extras))) => self.value(*v, extras, field_at.clone(), &label),
+                    Some((e, None)) => self.error(
+                        field_at,
+                        format!(
+                            "`{name}` holds the id and extensions of a primitive element, but `{owner}.{base}` is {}",
+                            match e.type_name.as_deref() {
+                                Some(t) => format!("a `{t}`"),
+                                None => "a choice".to_owned(),
+                            }
+                        ),
+                        Some(format!("write `id` and `extension` inside `{base}` itself")),
+                    ),
+                    None => self.unknown(base, elements, owner, field_at),
                 }
                 continue;
             }
