@@ -1,0 +1,341 @@
+//! Issue 12's FHIR-aware definitions tried from outside like a hostile tester: a primitive's
+//! `_element` (its id and extensions, `_birthDate`) written wrongly, given to the real
+//! `engine validate`, to `engine map --check` and to a strict push connector writing into a
+//! real Helios R4 (the outside `validator-cli` agreeing that what is refused is invalid); an
+//! extension a null left with its `url` alone; and a definition with 10,000 findings, whose
+//! human diagnostics must come as fast as their JSON.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::engine_router::open_engine;
+use crate::helios_client::get_json;
+use crate::helios_server::{Db, Helios};
+use crate::local_http::{assert_outcome, client};
+use crate::outside_tools::installed_tool;
+
+/// Longest one command or request may take.
+const TIMEOUT: Duration = Duration::from_secs(20);
+const PUSH_TOKEN: &str = "push-token-0123456789abcdef";
+
+/// A pull connector of `version` serving `rtype`, whose mapping's rules are `rules` (indented
+/// by four spaces under `mapping:`).
+fn pull_definition(version: &str, rtype: &str, rules: &str) -> String {
+    format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata:
+  name: case
+spec:
+  strategy: pull
+  fhirVersion: {version}
+  source:
+    url: https://api.example.org
+  pull:
+    resources:
+      - type: {rtype}
+        search:
+          request: {{ path: /items }}
+          records: $[*]
+  mapping:
+    resourceType: {rtype}
+{rules}"#
+    )
+}
+
+/// `engine ARGS` in `dir`: exit code, standard output and standard error.
+async fn engine(dir: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("the engine starts");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .await
+        .expect("stdin written");
+    drop(input);
+    let out = tokio::time::timeout(TIMEOUT, child.wait_with_output())
+        .await
+        .expect("the command ends in time")
+        .expect("the command runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `yaml` as `case.yaml` in a new directory.
+fn definition_dir(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a directory");
+    std::fs::write(dir.path().join("case.yaml"), yaml).expect("written");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primitives_id_and_extensions_are_checked_by_engine_validate() {
+    let cases = [
+        // An extension of `_birthDate` with a misspelt value[x], at R4.
+        (
+            "R4",
+            "Patient",
+            "    birthDate: \"2020-01-01\"\n    _birthDate:\n      extension: [ { url: \"http://x\", valueStrng: a } ]\n",
+            "20:39 at spec.mapping._birthDate.extension[0].valueStrng",
+            "`valueStrng` is not a type `Patient._birthDate.extension.value[x]` can take",
+            Some("did you mean `valueString`?"),
+        ),
+        // Inside a data type, through `$each`, at R5: an element `Element` does not have,
+        // and an impossible date in an extension of the primitive.
+        (
+            "R5",
+            "Patient",
+            "    name:\n      $each: $.names\n      $do:\n        family: { $path: \"@.f\" }\n        _family: { extension: [ { url: \"http://x\", valueDate: \"2023-02-29\" } ], extensoin: [] }\n",
+            "22:81 at spec.mapping.name.$do._family.extensoin",
+            "`Patient.name._family` has no element `extensoin` in FHIR R5",
+            Some("did you mean `extension`?"),
+        ),
+        (
+            "R5",
+            "Patient",
+            "    name:\n      $each: $.names\n      $do:\n        family: { $path: \"@.f\" }\n        _family: { extension: [ { url: \"http://x\", valueDate: \"2023-02-29\" } ] }\n",
+            "22:63 at spec.mapping.name.$do._family.extension[0].valueDate",
+            "`2023-02-29` is not a FHIR `date`",
+            None,
+        ),
+        // `_name` beside an element that is not a primitive is no element at all.
+        (
+            "R4B",
+            "Patient",
+            "    _name: { id: n1 }\n",
+            "18:5 at spec.mapping._name",
+            "`_name` holds the id and extensions of a primitive element, but `Patient.name` is a `HumanName`",
+            Some("write `id` and `extension` inside `name` itself"),
+        ),
+    ];
+    for (version, rtype, rules, at, message, hint) in cases {
+        let dir = definition_dir(&pull_definition(version, rtype, rules));
+        let (code, out, err) = engine(dir.path(), &["validate", "case.yaml"], None).await;
+        let all = format!("{out}{err}");
+        assert_eq!(code, 1, "{rules}: {all}");
+        assert!(all.contains(&format!("case.yaml:{at}")), "{rules}: {all}");
+        assert!(all.contains(message), "{rules}: {all}");
+        if let Some(hint) = hint {
+            assert!(all.contains(&format!("= hint: {hint}")), "{rules}: {all}");
+        }
+    }
+    // What is right stays valid: an id and an extension beside a primitive, and the nulls
+    // that keep the places of a list's items.
+    let dir = definition_dir(&pull_definition(
+        "R4",
+        "Patient",
+        "    birthDate: \"2020-01-01\"\n    _birthDate: { id: b1, extension: [ { url: \"http://x\", valueBoolean: true } ] }\n    name: [ { given: [a, b], _given: [ null, { id: g2 } ] } ]\n",
+    ));
+    let (code, out, err) = engine(dir.path(), &["validate", "case.yaml"], None).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_map_check_looks_into_primitive_extensions_and_half_made_extensions() {
+    let dir = definition_dir(&pull_definition(
+        "R4",
+        "Patient",
+        "    id: { $path: $.id }\n    birthDate: { $path: $.born }\n    _birthDate: { $path: $.bornExtras }\n    extension: [ { url: \"http://example.org/nick\", valueString: { $path: $.nick } } ]\n",
+    ));
+    let check = [
+        "map",
+        "-d",
+        "case.yaml",
+        "--connector",
+        "case",
+        "--input",
+        "-",
+    ];
+    // The record's extension of `birthDate` names an element FHIR does not have.
+    let input = json!([{"id": "p1", "born": "2020-01-01", "nick": "Al",
+        "bornExtras": {"extension": [{"url": "http://x", "valueStrng": "a"}]}}]);
+    let (code, out, err) = engine(
+        dir.path(),
+        &[&check[..], &["--check"]].concat(),
+        Some(&input.to_string()),
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("Patient._birthDate.extension[0].valueStrng: `valueStrng` is not a type `value[x]` can take"),
+        "{err}"
+    );
+    // A record without a nickname: the extension keeps its `url` alone (ext-1).
+    let input = json!([{"id": "p2", "born": "2020-01-01"}]);
+    let (code, out, err) = engine(
+        dir.path(),
+        &[&check[..], &["--check"]].concat(),
+        Some(&input.to_string()),
+    )
+    .await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("Patient.extension[0]: an Extension without its `value[x]` (half made"),
+        "{err}"
+    );
+    // Both made right: valid.
+    let input = json!([{"id": "p3", "born": "2020-01-01", "nick": "Al",
+        "bornExtras": {"id": "b", "extension": [{"url": "http://x", "valueString": "a"}]}}]);
+    let (code, out, err) = engine(
+        dir.path(),
+        &[&check[..], &["--check"]].concat(),
+        Some(&input.to_string()),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// The outside validator's errors on one resource of FHIR `version`.
+fn validator_errors(version: &str, resource: &Value) -> Vec<String> {
+    let validator = installed_tool(
+        "VALIDATOR_CLI",
+        "validator/bin/validator-cli",
+        "validator-cli",
+    );
+    let file = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(file.path(), resource.to_string()).expect("written");
+    let out = std::process::Command::new(validator)
+        .args(["--fhir-version", version, "--output", "json"])
+        .arg(file.path())
+        .output()
+        .expect("validator-cli runs");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("validator-cli gives JSON");
+    report["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| format!("{}: {}", e["path"], e["message"]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_push_never_writes_a_resource_whose_primitive_extension_is_invalid() {
+    let helios = Helios::start(Db::Memory).await;
+    let yaml = format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Sink
+metadata: {{ name: store }}
+spec:
+  fhir: {{ url: "{url}", version: R4, mode: batch, retries: 0, timeout: 10s }}
+---
+apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: births }}
+spec:
+  strategy: push
+  sink: store
+  validation: strict
+  push:
+    auth: {{ bearer: {{ token: {PUSH_TOKEN} }} }}
+    mode: sync
+  mapping:
+    resourceType: Patient
+    id: {{ $path: $.id }}
+    birthDate: {{ $path: $.born }}
+    _birthDate: {{ $path: $.bornExtras }}
+"#,
+        url = helios.url
+    );
+    let (served, _defs, _state) = open_engine(&yaml, TIMEOUT);
+    let push = |body: Value| {
+        served
+            .post("/push/births")
+            .header("authorization", format!("Bearer {PUSH_TOKEN}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let http = client(TIMEOUT);
+
+    let bad = json!({"id": "x1", "born": "2020-01-01",
+        "bornExtras": {"extension": [{"url": "http://x", "valueStrng": "a"}]}});
+    // The outside validator refuses the resource this record makes.
+    let made = json!({"resourceType": "Patient", "id": "x1", "birthDate": "2020-01-01",
+        "_birthDate": bad["bornExtras"]});
+    let outside = validator_errors("R4", &made);
+    assert!(
+        outside.iter().any(|e| e.contains("valueStrng")),
+        "{outside:?}"
+    );
+    let got = push(bad).await;
+    assert_outcome(&got, 422, &["Patient._birthDate.extension[0].valueStrng"]);
+    let (status, body) = get_json(&http, &format!("{}/Patient/x1", helios.url)).await;
+    assert_eq!(status, 404, "an invalid resource is never written: {body}");
+    let dead = served.get("/connectors/births/dead-letters").send().await;
+    assert_eq!(dead.status, 200, "{}", dead.text);
+    assert!(
+        dead.text
+            .contains("Patient._birthDate.extension[0].valueStrng"),
+        "{}",
+        dead.text
+    );
+
+    // The same connector writes a valid one, extension and all.
+    let good = json!({"id": "x2", "born": "2020-01-01",
+        "bornExtras": {"extension": [{"url": "http://x", "valueString": "a"}]}});
+    let got = push(good).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let (status, body) = get_json(&http, &format!("{}/Patient/x2", helios.url)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["_birthDate"]["extension"][0]["valueString"], "a",
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_findings_print_as_fast_as_their_json() {
+    let names: String = (0..10_000)
+        .map(|i| format!("      - {{ family: f{i}, givn: [g] }}\n"))
+        .collect();
+    let dir = definition_dir(&pull_definition(
+        "R4",
+        "Patient",
+        &format!("    name:\n{names}"),
+    ));
+    let timed = |format: &'static str| {
+        let dir = dir.path().to_owned();
+        async move {
+            let started = Instant::now();
+            let (code, out, _) =
+                engine(&dir, &["validate", "case.yaml", "--format", format], None).await;
+            (code, out, started.elapsed())
+        }
+    };
+    // Interleaved, the best of two each: the machine is shared.
+    let mut human = Duration::MAX;
+    let mut json = Duration::MAX;
+    for _ in 0..2 {
+        let (code, out, took) = timed("json").await;
+        assert_eq!(code, 1);
+        assert_eq!(out.matches("no element `givn`").count(), 10_000);
+        json = json.min(took);
+        let (code, out, took) = timed("human").await;
+        assert_eq!(code, 1);
+        assert!(
+            out.ends_with("10000 errors, 0 warnings\n"),
+            "{}",
+            &out[out.len().saturating_sub(200)..]
+        );
+        assert!(out.contains("case.yaml:10018:26 at spec.mapping.name[9999].givn"));
+        human = human.min(took);
+    }
+    // Reading the definition and checking it is the same work in both; only the rendering
+    // differs, and it must stay linear in the findings.
+    assert!(
+        human < json * 3,
+        "human diagnostics took {human:?}, their JSON {json:?}"
+    );
+}
