@@ -339,3 +339,77 @@ async fn ten_thousand_findings_print_as_fast_as_their_json() {
         "human diagnostics took {human:?}, their JSON {json:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn year_zero_and_offsets_past_fourteen_hours_are_not_fhir() {
+    // The outside validator refuses both, in R4 and R5.
+    for version in ["R4", "R5"] {
+        let made = json!({"resourceType": "Observation", "id": "o", "status": "final",
+            "code": {"text": "x"}, "effectiveDateTime": "0000-12-31T23:59:59Z",
+            "issued": "2024-05-01T10:00:00+14:30"});
+        let outside = validator_errors(version, &made);
+        assert!(
+            outside.iter().any(|e| e.contains("effectiveDateTime"))
+                && outside.iter().any(|e| e.contains("issued")),
+            "{version}: {outside:?}"
+        );
+    }
+    // engine validate refuses the literals, located.
+    let dir = definition_dir(&pull_definition(
+        "R4",
+        "Observation",
+        "    status: final\n    code: { text: x }\n    effectiveDateTime: \"0000-12-31T23:59:59Z\"\n    issued: \"2024-05-01T10:00:00+14:30\"\n    subject: { display: x }\n    meta: { lastUpdated: \"2024-05-01T10:00:00-15:00\" }\n",
+    ));
+    let (code, out, err) = engine(dir.path(), &["validate", "case.yaml"], None).await;
+    let all = format!("{out}{err}");
+    assert_eq!(code, 1, "{all}");
+    for (at, value) in [
+        (
+            "20:24 at spec.mapping.effectiveDateTime",
+            "`0000-12-31T23:59:59Z` is not a FHIR `dateTime`",
+        ),
+        (
+            "21:13 at spec.mapping.issued",
+            "`2024-05-01T10:00:00+14:30` is not a FHIR `instant`",
+        ),
+        (
+            "23:26 at spec.mapping.meta.lastUpdated",
+            "`2024-05-01T10:00:00-15:00` is not a FHIR `instant`",
+        ),
+    ] {
+        assert!(all.contains(&format!("case.yaml:{at}")), "{at}: {all}");
+        assert!(all.contains(value), "{value}: {all}");
+    }
+    // The run-time check refuses what `$instant` makes of a Unix time before year 1 and of an
+    // offset FHIR has not.
+    let dir = definition_dir(&pull_definition(
+        "R4",
+        "Observation",
+        "    status: final\n    code: { text: x }\n    issued: { $instant: { $path: $.t } }\n",
+    ));
+    for (t, made) in [
+        (json!(-62_135_596_801_i64), "0000-12-31T23:59:59Z"),
+        (
+            json!("2024-05-01T10:00:00+14:30"),
+            "2024-05-01T10:00:00+14:30",
+        ),
+    ] {
+        let input = json!([{ "t": t }]).to_string();
+        let args = [
+            "map",
+            "-d",
+            "case.yaml",
+            "--connector",
+            "case",
+            "--input",
+            "-",
+            "--check",
+        ];
+        let (code, out, err) = engine(dir.path(), &args, Some(&input)).await;
+        assert_eq!(code, 1, "{t}: {out}{err}");
+        assert!(
+            err.contains(&format!("`{made}` is not a FHIR `instant`")),
+            "{t}: {err}"
+        );
+    }
+}

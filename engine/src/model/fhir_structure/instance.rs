@@ -62,7 +62,10 @@ pub enum InstanceProblem {
     },
     #[error("{path}: required (min 1) and missing")]
     Missing { path: String },
-    #[error("{path}: {} {type_name} without its `{field}` (half made, e.g. by a null)", article(type_name))]
+    #[error(
+        "{path}: {} {type_name} without its `{field}` (half made, e.g. by a null)",
+        article(type_name)
+    )]
     HalfMade {
         path: String,
         type_name: &'static str,

@@ -178,7 +178,10 @@ impl Structure {
     /// `birthDate`): its id and extensions, one or a list as the primitive. `None` when
     /// `element` is not of a primitive type (`_name` beside a `HumanName` is no element).
     pub fn primitive_extras(&self, element: &Element) -> Option<&Element> {
-        let primitive = element.type_name.as_deref().is_some_and(|t| self.is_primitive(t));
+        let primitive = element
+            .type_name
+            .as_deref()
+            .is_some_and(|t| self.is_primitive(t));
         primitive.then(|| &self.primitive_extras[usize::from(element.array)])
     }
 
