@@ -2,15 +2,19 @@
 //! `_element` (its id and extensions, `_birthDate`) written wrongly, given to the real
 //! `engine validate`, to `engine map --check` and to a strict push connector writing into a
 //! real Helios R4 (the outside `validator-cli` agreeing that what is refused is invalid); an
-//! extension a null left with its `url` alone; and a definition with 10,000 findings, whose
-//! human diagnostics must come as fast as their JSON.
+//! extension a null left with its `url` alone; a definition with 10,000 findings, whose
+//! human diagnostics must come as fast as their JSON; year 0000 and offsets past 14:00; and
+//! the pull proxy of an R4 and an R5 server (stand-ins) asked an R5-only type at its R4 base
+//! and lied to with an id that is no FHIR id.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::engine_router::open_engine;
+use crate::engine_router::{EngineRouter, open_engine};
+use crate::engine_under_test::{definitions, load};
+use crate::fhir_standin::FhirSource;
 use crate::helios_client::get_json;
 use crate::helios_server::{Db, Helios};
 use crate::local_http::{assert_outcome, client};
@@ -411,5 +415,109 @@ async fn year_zero_and_offsets_past_fourteen_hours_are_not_fhir() {
             err.contains(&format!("`{made}` is not a FHIR `instant`")),
             "{t}: {err}"
         );
+    }
+}
+
+/// A pull proxy over an R4 source `a` and an R5 source `b`, serving `Patient` and the R5-only
+/// `Ingredient` (search and read).
+fn mixed_proxy(r4: &FhirSource, r5: &FhirSource) -> String {
+    let source = |name: &str, url: &str, version: &str| {
+        format!(
+            "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {{ name: {name} }}\n\
+             spec: {{ type: fhir, fhirVersion: {version}, url: \"{url}\", retries: 0, timeout: 5s }}\n---\n"
+        )
+    };
+    format!(
+        "{}{}{}",
+        source("a", &r4.url, "R4"),
+        source("b", &r5.url, "R5"),
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: { name: proxy }
+spec:
+  strategy: pull
+  sources: [a, b]
+  pull:
+    resources:
+      - type: Patient
+        search: { params: { _count: { type: integer, default: 20, max: 100 } } }
+        read: {}
+      - type: Ingredient
+        search: { params: { _count: { type: integer, default: 20, max: 100 } } }
+        read: {}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_r5_only_type_asked_of_the_r4_base_is_not_found_and_asks_no_r4_server() {
+    let (r4, r5) = tokio::join!(FhirSource::start(), FhirSource::start());
+    // A server that holds what its version does not have (or a lying one).
+    r4.put(json!({"resourceType": "Ingredient", "id": "i4", "role": {"text": "x"}}));
+    r5.put(json!({"resourceType": "Ingredient", "id": "i5", "role": {"text": "x"}}));
+    let defs = definitions(&mixed_proxy(&r4, &r5));
+    let engine = EngineRouter::new(load(defs.path()), &defs.path().join("state"), TIMEOUT);
+
+    for path in [
+        "/fhir/proxy/R4/Ingredient",
+        "/fhir/proxy/R4/Ingredient/i4",
+        "/fhir/proxy/a/Ingredient/i4",
+    ] {
+        let got = engine.get(path).send().await;
+        assert_outcome(
+            &got,
+            404,
+            &[
+                "`Ingredient` is not a resource type of FHIR R4",
+                "/fhir/proxy/R5",
+            ],
+        );
+    }
+    assert_eq!(
+        r4.calls(),
+        0,
+        "the R4 server is not asked for an R5-only type"
+    );
+    // The R5 base serves it.
+    let got = engine.get("/fhir/proxy/R5/Ingredient").send().await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(
+        got.json()["entry"][0]["resource"]["id"],
+        "i5",
+        "{}",
+        got.text
+    );
+    let got = engine.get("/fhir/proxy/b/Ingredient/i5").send().await;
+    assert_eq!(got.status, 200, "{}", got.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_lying_with_an_id_that_is_no_fhir_id_gets_no_full_url() {
+    let (r4, r5) = tokio::join!(FhirSource::start(), FhirSource::start());
+    r4.put(json!({"resourceType": "Patient", "id": "1", "name": [{"family": "Honest"}]}));
+    r4.put(json!({"resourceType": "Patient", "id": "a b/../../x", "name": [{"family": "Liar"}]}));
+    let defs = definitions(&mixed_proxy(&r4, &r5));
+    let engine = EngineRouter::new(load(defs.path()), &defs.path().join("state"), TIMEOUT);
+
+    let got = engine.get("/fhir/proxy/R4/Patient").send().await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    let bundle = got.json();
+    let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 2, "{bundle}");
+    for e in &entries {
+        match e["resource"]["id"].as_str() {
+            Some("1") => {
+                let url = e["fullUrl"].as_str().expect("a fullUrl");
+                assert_eq!(url, "http://engine.test/fhir/proxy/a/Patient/1");
+                // It reads back its own resource.
+                let path = url.trim_start_matches("http://engine.test");
+                let read = engine.get(path).send().await;
+                assert_eq!(read.status, 200, "{}", read.text);
+                assert_eq!(read.json()["name"][0]["family"], "Honest");
+            }
+            // No URL of the engine reads it back, and a client resolving `../..` would land
+            // elsewhere: no fullUrl at all.
+            _ => assert!(e.get("fullUrl").is_none(), "{e}"),
+        }
     }
 }

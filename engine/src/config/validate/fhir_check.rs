@@ -55,6 +55,50 @@ pub fn check(
     .resources(Val::Expr(root), at.to_vec());
 }
 
+/// A pull connector's route types (`spec.pull.resources[i].type`, each with its index) against
+/// the FHIR versions its answers come in (its sources' versions, or its own): a type must be a
+/// resource type of at least one, else no answer holding it is valid FHIR. Each refusal is
+/// located at the type, with the closest name or the versions that have it.
+pub fn route_types(ctx: &mut Ctx<'_>, types: &[(usize, &str)], versions: &[FhirVersion]) {
+    let has = |v: FhirVersion, t: &str| structure(v).is_ok_and(|s| s.resource(t).is_some());
+    for (i, t) in types {
+        if versions.iter().any(|v| has(*v, t)) {
+            continue;
+        }
+        let at = ["spec", "pull", "resources", &i.to_string(), "type"];
+        let names: Vec<&str> = versions.iter().map(|v| v.name()).collect();
+        let elsewhere: Vec<&str> = VERSIONS
+            .iter()
+            .filter(|v| has(**v, t))
+            .map(|v| v.name())
+            .collect();
+        if elsewhere.is_empty() {
+            let known = versions
+                .iter()
+                .filter_map(|v| structure(*v).ok())
+                .flat_map(|s| s.resource_names());
+            ctx.error(
+                &at,
+                format!("`{t}` is not a FHIR resource type"),
+                did_you_mean(t, known),
+            );
+        } else {
+            ctx.error(
+                &at,
+                format!(
+                    "`{t}` is not a resource type of FHIR {} (only of {})",
+                    names.join(" or "),
+                    elsewhere.join(" and ")
+                ),
+                Some(format!(
+                    "the connector's answers are FHIR {} (from its sources or its `fhirVersion`)",
+                    names.join(" and ")
+                )),
+            );
+        }
+    }
+}
+
 /// A value of the mapping: a compiled node, or a part of a literal.
 #[derive(Clone, Copy)]
 enum Val<'a> {
