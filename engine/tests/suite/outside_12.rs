@@ -521,3 +521,36 @@ async fn a_source_lying_with_an_id_that_is_no_fhir_id_gets_no_full_url() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_extension_moved_onto_another_value_by_a_left_out_null_is_reported() {
+    // `_given: [null, {...}]` says the extension is the second given name's; the engine
+    // leaves nulls out, so the written `_given` has one item, which FHIR reads as the first's.
+    let dir = definition_dir(&pull_definition(
+        "R4",
+        "Patient",
+        "    name:\n      - given: { $path: $.given }\n        _given: { $path: $._given }\n",
+    ));
+    let args = [
+        "map",
+        "-d",
+        "case.yaml",
+        "--connector",
+        "case",
+        "--input",
+        "-",
+        "--check",
+    ];
+    let input = json!([{"given": ["Ann", "Bea"],
+        "_given": [null, {"extension": [{"url": "http://x", "valueString": "nick"}]}]}]);
+    let (code, out, err) = engine(dir.path(), &args, Some(&input.to_string())).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("Patient.name[0]._given: 1 items beside the 2 of `given`"),
+        "{err}"
+    );
+    // Aligned without a null: valid.
+    let input = json!([{"given": ["Ann", "Bea"], "_given": [{"id": "a"}, {"id": "b"}]}]);
+    let (code, out, err) = engine(dir.path(), &args, Some(&input.to_string())).await;
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -63,6 +63,16 @@ pub enum InstanceProblem {
     #[error("{path}: required (min 1) and missing")]
     Missing { path: String },
     #[error(
+        "{path}: {extras} items beside the {values} of `{name}`: a list's `_{name}` gives one \
+         item (or null) for each of its values, in order"
+    )]
+    Misaligned {
+        path: String,
+        name: String,
+        values: usize,
+        extras: usize,
+    },
+    #[error(
         "{path}: {} {type_name} without its `{field}` (half made, e.g. by a null)",
         article(type_name)
     )]
@@ -88,6 +98,7 @@ impl InstanceProblem {
             | InstanceProblem::CodeOutsideBinding { path, .. }
             | InstanceProblem::ReferenceTarget { path, .. }
             | InstanceProblem::Missing { path }
+            | InstanceProblem::Misaligned { path, .. }
             | InstanceProblem::HalfMade { path, .. } => path,
         }
     }
@@ -218,6 +229,21 @@ impl Walk<'_> {
                 }),
                 Some(e) => self.value(v, e, &path, depth),
                 None => self.unknown(name, elements, &path),
+            }
+        }
+        // `given` and `_given`: the same length, each id or extension at its value's place
+        // (nulls left out of `_given` would move them onto other values).
+        for (name, v) in obj {
+            if let (Some(base), Value::Array(extras)) = (name.strip_prefix('_'), v)
+                && let Some(Value::Array(values)) = obj.get(base)
+                && values.len() != extras.len()
+            {
+                self.push(InstanceProblem::Misaligned {
+                    path: format!("{prefix}.{name}"),
+                    name: base.to_owned(),
+                    values: values.len(),
+                    extras: extras.len(),
+                });
             }
         }
         for r in required {
