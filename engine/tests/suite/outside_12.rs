@@ -554,3 +554,62 @@ async fn a_list_extension_moved_onto_another_value_by_a_left_out_null_is_reporte
     let (code, out, err) = engine(dir.path(), &args, Some(&input.to_string())).await;
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_id_and_codes_with_control_characters_or_tabs_are_not_fhir() {
+    // FHIR's `code`: "no whitespace other than single spaces in the contents"; a resource's
+    // id: 1 to 64 letters, digits, `-` and `.` (validator-cli looks at neither).
+    let dir = definition_dir(&pull_definition(
+        "R4",
+        "Patient",
+        "    id: { $path: $.id }\n    language: { $path: $.lang }\n    gender: { $path: $.g }\n",
+    ));
+    let args = [
+        "map",
+        "-d",
+        "case.yaml",
+        "--connector",
+        "case",
+        "--input",
+        "-",
+        "--check",
+    ];
+    for (record, named) in [
+        (
+            json!({"id": "a\u{1}b", "g": "male"}),
+            "`a\u{1}b` is not a FHIR `id`",
+        ),
+        (
+            json!({"id": "a", "lang": "en\tUS"}),
+            "`en\tUS` is not a FHIR `code`",
+        ),
+        (
+            json!({"id": "a", "g": "ma  le"}),
+            "`ma  le` is not a FHIR `code`",
+        ),
+        (
+            json!({"id": "a", "lang": "en\nUS"}),
+            "`en\nUS` is not a FHIR `code`",
+        ),
+    ] {
+        let input = json!([record]).to_string();
+        let (code, out, err) = engine(dir.path(), &args, Some(&input)).await;
+        assert_eq!(code, 1, "{record}: {out}{err}");
+        assert!(err.contains(named), "{record}: {err}");
+    }
+    // engine validate refuses a literal id that is no FHIR id, located.
+    let dir = definition_dir(&pull_definition(
+        "R4",
+        "Patient",
+        "    id: \"p 1\"\n    language: \"en US\"\n",
+    ));
+    let (code, out, err) = engine(dir.path(), &["validate", "case.yaml"], None).await;
+    let all = format!("{out}{err}");
+    assert_eq!(code, 1, "{all}");
+    assert!(all.contains("case.yaml:18:9 at spec.mapping.id"), "{all}");
+    assert!(all.contains("`p 1` is not a FHIR `id`"), "{all}");
+    assert!(
+        !all.contains("spec.mapping.language"),
+        "`en US` is a code: {all}"
+    );
+}

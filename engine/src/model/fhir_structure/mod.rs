@@ -326,11 +326,21 @@ fn decode(version: FhirVersion, (schemas, terminology): (&[u8], &[u8])) -> Loade
                 "logical" => TypeKind::Logical,
                 _ => TypeKind::Complex,
             };
+            let mut elements = elements(t.elements);
+            // A resource's logical id is typed `string` in the packs (FHIRPath's System.String,
+            // its pattern in an extension they leave out), but it is FHIR's `id`: 1 to 64
+            // letters, digits, `-` and `.`.
+            if kind == TypeKind::Resource
+                && let Some(id) = elements.get_mut("id")
+                && id.type_name.as_deref() == Some("string")
+            {
+                id.type_name = Some("id".to_owned());
+            }
             let def = TypeDef {
                 is_abstract: t.is_abstract.unwrap_or(false) || ABSTRACT.contains(&t.name.as_str()),
                 name: t.name.clone(),
                 kind,
-                elements: elements(t.elements),
+                elements,
                 required: t.required,
             };
             (t.name, def)

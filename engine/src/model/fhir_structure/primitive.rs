@@ -106,7 +106,10 @@ pub fn check_literal(element: &str, type_name: &str, value: &Value) -> Result<()
                 return Err(wrong_type("a string"));
             };
             let ok = match type_name {
-                "code" => !s.is_empty() && s.trim() == s,
+                // `[^\s]+( [^\s]+)*`: words joined by single spaces, no tab or line break.
+                "code" => s
+                    .split(' ')
+                    .all(|w| !w.is_empty() && !w.contains(char::is_whitespace)),
                 "id" => {
                     !s.is_empty()
                         && s.len() <= 64
@@ -119,7 +122,7 @@ pub fn check_literal(element: &str, type_name: &str, value: &Value) -> Result<()
                 _ => !s.is_empty(),
             };
             let wants = match type_name {
-                "code" => "text without leading or trailing spaces",
+                "code" => "words joined by single spaces, without leading or trailing spaces",
                 "id" => "1 to 64 letters, digits, `-` and `.`",
                 "uri" | "url" | "canonical" => "a URI without spaces",
                 "oid" => "`urn:oid:` and the OID",
