@@ -93,8 +93,20 @@ pub fn render(
         Format::Github => diags.iter().map(github).collect(),
         Format::Human => {
             let mut out = String::new();
+            // Each file read and split into lines once, not once per diagnostic: a
+            // definition with thousands of findings renders in linear time.
+            let mut file: Option<(&Path, Vec<String>)> = None;
             for d in diags {
-                human(&mut out, d, source(&d.file).as_deref());
+                if file.as_ref().map(|(p, _)| *p) != Some(d.file.as_path()) {
+                    let lines = source(&d.file)
+                        .map(|s| lines_of(&s).map(str::to_owned).collect())
+                        .unwrap_or_default();
+                    file = Some((&d.file, lines));
+                }
+                let line = file
+                    .as_ref()
+                    .and_then(|(_, lines)| lines.get(d.line.wrapping_sub(1)));
+                human(&mut out, d, line.map(String::as_str));
             }
             if !diags.is_empty() {
                 out.push_str(&summary(diags));
@@ -119,7 +131,8 @@ pub fn summary(diags: &[Diagnostic]) -> String {
     )
 }
 
-fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
+/// One diagnostic; `line` is the text of its line, for the snippet.
+fn human(out: &mut String, d: &Diagnostic, line: Option<&str>) {
     let level = match d.severity {
         Severity::Error => "error",
         Severity::Warning => "warning",
@@ -137,7 +150,7 @@ fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
         d.line,
         d.column
     );
-    if let Some(text) = source.and_then(|s| nth_line(s, d.line)) {
+    if let Some(text) = line {
         let number = d.line.to_string();
         let pad = " ".repeat(number.len());
         let (shown, caret) = snippet(text, d.column);
@@ -153,22 +166,24 @@ fn human(out: &mut String, d: &Diagnostic, source: Option<&str>) {
     out.push('\n');
 }
 
-/// The 1-based `n`th line of a text, lines ended as YAML ends them: `\n`, `\r\n` or a lone
-/// `\r` (which `str::lines` does not split, so a file written with old Mac line ends had no
-/// snippet).
-fn nth_line(text: &str, n: usize) -> Option<&str> {
-    let mut rest = text;
-    for _ in 1..n {
-        let end = rest.find(['\n', '\r'])?;
-        let skip = if rest[end..].starts_with("\r\n") {
-            2
-        } else {
-            1
-        };
-        rest = &rest[end + skip..];
-    }
-    // Past the last line break there is no line (as `str::lines` has none).
-    (!rest.is_empty()).then(|| &rest[..rest.find(['\n', '\r']).unwrap_or(rest.len())])
+/// The lines of a text, broken as YAML breaks them: at `\r\n`, `\n` or a lone `\r` (which
+/// `str::lines` does not break at); none past the last line break.
+fn lines_of(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text).filter(|t| !t.is_empty());
+    std::iter::from_fn(move || {
+        let now = rest?;
+        match now.find(['\n', '\r']) {
+            Some(end) => {
+                let skip = if now[end..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&now[end + skip..]).filter(|r| !r.is_empty());
+                Some(&now[..end])
+            }
+            None => {
+                rest = None;
+                Some(now)
+            }
+        }
+    })
 }
 
 /// Most characters of a source line shown under a message.

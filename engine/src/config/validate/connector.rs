@@ -45,6 +45,31 @@ pub fn connector(
     // A pull connector's version comes from its sources and its own word (it has no sink), and
     // its resource types' own mappings are checked against it as they are compiled.
     let pull_version = (spec.strategy == S::Pull).then(|| version(ctx, spec, &sources, None));
+    if let (Some(v), Some(pull)) = (pull_version, &spec.pull)
+        && spec.mapping.is_none()
+    {
+        // The routes no mapping makes (a mapping's types are checked with it) pass on what
+        // the sources answer: a proxy of FHIR sources answers in each one's version.
+        let mut versions = vec![v];
+        if fhir_source && spec.fhir_version.is_none() {
+            versions = sources
+                .iter()
+                .map(|s| s.fhir_version.unwrap_or(FhirVersion::R4))
+                .collect();
+        }
+        let types: Vec<(usize, &str)> = pull
+            .resources
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.mapping.is_none()
+                    && r.read.as_ref().is_none_or(|rd| rd.mapping.is_none())
+                    && crate::model::mapping::is_resource_type(&r.resource_type)
+            })
+            .map(|(i, r)| (i, r.resource_type.as_str()))
+            .collect();
+        super::fhir_check::route_types(ctx, &types, &versions);
+    }
     let mut own_mappings = Vec::new();
     let strategy = match spec.strategy {
         S::Pull => super::pull::pull(

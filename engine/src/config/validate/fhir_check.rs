@@ -55,6 +55,50 @@ pub fn check(
     .resources(Val::Expr(root), at.to_vec());
 }
 
+/// A pull connector's route types (`spec.pull.resources[i].type`, each with its index) against
+/// the FHIR versions its answers come in (its sources' versions, or its own): a type must be a
+/// resource type of at least one, else no answer holding it is valid FHIR. Each refusal is
+/// located at the type, with the closest name or the versions that have it.
+pub fn route_types(ctx: &mut Ctx<'_>, types: &[(usize, &str)], versions: &[FhirVersion]) {
+    let has = |v: FhirVersion, t: &str| structure(v).is_ok_and(|s| s.resource(t).is_some());
+    for (i, t) in types {
+        if versions.iter().any(|v| has(*v, t)) {
+            continue;
+        }
+        let at = ["spec", "pull", "resources", &i.to_string(), "type"];
+        let names: Vec<&str> = versions.iter().map(|v| v.name()).collect();
+        let elsewhere: Vec<&str> = VERSIONS
+            .iter()
+            .filter(|v| has(**v, t))
+            .map(|v| v.name())
+            .collect();
+        if elsewhere.is_empty() {
+            let known = versions
+                .iter()
+                .filter_map(|v| structure(*v).ok())
+                .flat_map(|s| s.resource_names());
+            ctx.error(
+                &at,
+                format!("`{t}` is not a FHIR resource type"),
+                did_you_mean(t, known),
+            );
+        } else {
+            ctx.error(
+                &at,
+                format!(
+                    "`{t}` is not a resource type of FHIR {} (only of {})",
+                    names.join(" or "),
+                    elsewhere.join(" and ")
+                ),
+                Some(format!(
+                    "the connector's answers are FHIR {} (from its sources or its `fhirVersion`)",
+                    names.join(" and ")
+                )),
+            );
+        }
+    }
+}
+
 /// A value of the mapping: a compiled node, or a part of a literal.
 #[derive(Clone, Copy)]
 enum Val<'a> {
@@ -266,9 +310,21 @@ impl<'c> Checker<'c, '_> {
         for (name, v, field_at) in &fields {
             let label = format!("{owner}.{name}");
             if let Some(base) = name.strip_prefix('_') {
-                // `_birthDate`: the id and extensions of a primitive element.
-                if !elements.contains_key(base) {
-                    self.unknown(base, elements, owner, field_at);
+                // `_birthDate`: the id and extensions of a primitive element, an `Element`.
+                match elements.get(base).map(|e| (e, self.s.primitive_extras(e))) {
+                    Some((_, Some(extras))) => self.value(*v, extras, field_at.clone(), &label),
+                    Some((e, None)) => self.error(
+                        field_at,
+                        format!(
+                            "`{name}` holds the id and extensions of a primitive element, but `{owner}.{base}` is {}",
+                            match e.type_name.as_deref() {
+                                Some(t) => format!("a `{t}`"),
+                                None => "a choice".to_owned(),
+                            }
+                        ),
+                        Some(format!("write `id` and `extension` inside `{base}` itself")),
+                    ),
+                    None => self.unknown(base, elements, owner, field_at),
                 }
                 continue;
             }

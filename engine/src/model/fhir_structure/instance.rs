@@ -62,7 +62,20 @@ pub enum InstanceProblem {
     },
     #[error("{path}: required (min 1) and missing")]
     Missing { path: String },
-    #[error("{path}: a {type_name} without its `{field}` (half made, e.g. by a null)")]
+    #[error(
+        "{path}: {extras} items beside the {values} of `{name}`: a list's `_{name}` gives one \
+         item (or null) for each of its values, in order"
+    )]
+    Misaligned {
+        path: String,
+        name: String,
+        values: usize,
+        extras: usize,
+    },
+    #[error(
+        "{path}: {} {type_name} without its `{field}` (half made, e.g. by a null)",
+        article(type_name)
+    )]
     HalfMade {
         path: String,
         type_name: &'static str,
@@ -85,8 +98,18 @@ impl InstanceProblem {
             | InstanceProblem::CodeOutsideBinding { path, .. }
             | InstanceProblem::ReferenceTarget { path, .. }
             | InstanceProblem::Missing { path }
+            | InstanceProblem::Misaligned { path, .. }
             | InstanceProblem::HalfMade { path, .. } => path,
         }
+    }
+}
+
+/// `a` or `an` before a type's name (`an Identifier`, `an Extension`).
+fn article(type_name: &str) -> &'static str {
+    if type_name.starts_with(['A', 'E', 'I', 'O', 'U']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
@@ -177,9 +200,24 @@ impl Walk<'_> {
         for (name, v) in obj {
             let path = format!("{prefix}.{name}");
             if let Some(base) = name.strip_prefix('_') {
-                // `_birthDate`: the id and extensions of a primitive element.
-                if !elements.contains_key(base) {
-                    self.unknown(base, elements, &format!("{prefix}.{base}"));
+                // `_birthDate`: the id and extensions of a primitive element, checked as an
+                // `Element` (a list's nulls keep the places of items without them).
+                match elements.get(base).map(|e| (e, self.s.primitive_extras(e))) {
+                    Some((_, Some(extras))) => match v {
+                        Value::Array(items) if extras.array => {
+                            for (i, item) in items.iter().enumerate() {
+                                if !item.is_null() {
+                                    self.item(item, extras, &format!("{path}[{i}]"), depth + 1);
+                                }
+                            }
+                        }
+                        _ => self.value(v, extras, &path, depth),
+                    },
+                    Some((_, None)) => self.push(InstanceProblem::UnknownElement {
+                        path,
+                        version: self.s.version.name(),
+                    }),
+                    None => self.unknown(base, elements, &format!("{prefix}.{base}")),
                 }
                 continue;
             }
@@ -191,6 +229,21 @@ impl Walk<'_> {
                 }),
                 Some(e) => self.value(v, e, &path, depth),
                 None => self.unknown(name, elements, &path),
+            }
+        }
+        // `given` and `_given`: the same length, each id or extension at its value's place
+        // (nulls left out of `_given` would move them onto other values).
+        for (name, v) in obj {
+            if let (Some(base), Value::Array(extras)) = (name.strip_prefix('_'), v)
+                && let Some(Value::Array(values)) = obj.get(base)
+                && values.len() != extras.len()
+            {
+                self.push(InstanceProblem::Misaligned {
+                    path: format!("{prefix}.{name}"),
+                    name: base.to_owned(),
+                    values: values.len(),
+                    extras: extras.len(),
+                });
             }
         }
         for r in required {
@@ -300,6 +353,19 @@ impl Walk<'_> {
                     .find(|(t, _)| *t == type_name)
                     .map_or("element", |(t, _)| t),
                 field,
+            });
+        }
+        // An extension says nothing without a value or extensions of its own (ext-1): the
+        // one a null left with its `url` alone is half made.
+        if type_name == "Extension"
+            && !obj
+                .keys()
+                .any(|k| k == "extension" || k.starts_with("value"))
+        {
+            self.push(InstanceProblem::HalfMade {
+                path: path.to_owned(),
+                type_name: "Extension",
+                field: "value[x]",
             });
         }
         if let Some(b) = e.binding.as_ref().filter(|b| b.required) {

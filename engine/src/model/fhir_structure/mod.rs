@@ -90,6 +90,9 @@ pub struct Structure {
     pub version: FhirVersion,
     types: HashMap<String, TypeDef>,
     value_sets: HashMap<String, ValueSet>,
+    /// What `_birthDate` (`_given`) holds, the id and extensions of a primitive element: an
+    /// element of type `Element`, taking one value (0) or a list (1) as its primitive does.
+    primitive_extras: [Element; 2],
 }
 
 /// The codes of one value set, with the systems of each.
@@ -169,6 +172,17 @@ impl Structure {
         }
         let t = self.types.get(element.type_name.as_deref()?)?;
         (t.kind != TypeKind::Primitive).then_some((&t.elements, &t.required[..]))
+    }
+
+    /// The element `_name` stands for beside a primitive element `name` (`_birthDate` beside
+    /// `birthDate`): its id and extensions, one or a list as the primitive. `None` when
+    /// `element` is not of a primitive type (`_name` beside a `HumanName` is no element).
+    pub fn primitive_extras(&self, element: &Element) -> Option<&Element> {
+        let primitive = element
+            .type_name
+            .as_deref()
+            .is_some_and(|t| self.is_primitive(t));
+        primitive.then(|| &self.primitive_extras[usize::from(element.array)])
     }
 
     /// The element an `elementReference` names: `[Type, "elements", name, "elements", ...]`.
@@ -312,11 +326,21 @@ fn decode(version: FhirVersion, (schemas, terminology): (&[u8], &[u8])) -> Loade
                 "logical" => TypeKind::Logical,
                 _ => TypeKind::Complex,
             };
+            let mut elements = elements(t.elements);
+            // A resource's logical id is typed `string` in the packs (FHIRPath's System.String,
+            // its pattern in an extension they leave out), but it is FHIR's `id`: 1 to 64
+            // letters, digits, `-` and `.`.
+            if kind == TypeKind::Resource
+                && let Some(id) = elements.get_mut("id")
+                && id.type_name.as_deref() == Some("string")
+            {
+                id.type_name = Some("id".to_owned());
+            }
             let def = TypeDef {
                 is_abstract: t.is_abstract.unwrap_or(false) || ABSTRACT.contains(&t.name.as_str()),
                 name: t.name.clone(),
                 kind,
-                elements: elements(t.elements),
+                elements,
                 required: t.required,
             };
             (t.name, def)
@@ -335,10 +359,16 @@ fn decode(version: FhirVersion, (schemas, terminology): (&[u8], &[u8])) -> Loade
             (url, ValueSet { codes, systems })
         })
         .collect();
+    let extras = |array| Element {
+        type_name: Some("Element".to_owned()),
+        array,
+        ..Element::default()
+    };
     Ok(Structure {
         version,
         types,
         value_sets,
+        primitive_extras: [extras(false), extras(true)],
     })
 }
 

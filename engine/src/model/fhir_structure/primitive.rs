@@ -106,7 +106,10 @@ pub fn check_literal(element: &str, type_name: &str, value: &Value) -> Result<()
                 return Err(wrong_type("a string"));
             };
             let ok = match type_name {
-                "code" => !s.is_empty() && s.trim() == s,
+                // `[^\s]+( [^\s]+)*`: words joined by single spaces, no tab or line break.
+                "code" => s
+                    .split(' ')
+                    .all(|w| !w.is_empty() && !w.contains(char::is_whitespace)),
                 "id" => {
                     !s.is_empty()
                         && s.len() <= 64
@@ -119,7 +122,7 @@ pub fn check_literal(element: &str, type_name: &str, value: &Value) -> Result<()
                 _ => !s.is_empty(),
             };
             let wants = match type_name {
-                "code" => "text without leading or trailing spaces",
+                "code" => "words joined by single spaces, without leading or trailing spaces",
                 "id" => "1 to 64 letters, digits, `-` and `.`",
                 "uri" | "url" | "canonical" => "a URI without spaces",
                 "oid" => "`urn:oid:` and the OID",
@@ -132,10 +135,14 @@ pub fn check_literal(element: &str, type_name: &str, value: &Value) -> Result<()
     }
 }
 
-/// `YYYY`, `YYYY-MM` or `YYYY-MM-DD`, a date that exists.
+/// `YYYY`, `YYYY-MM` or `YYYY-MM-DD`, a date that exists: FHIR's years run from 0001 (its
+/// pattern has no year 0000, which chrono takes for 1 BC).
 fn is_date(s: &str) -> bool {
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if s.get(0..4) == Some("0000") {
+        return false;
+    }
     match b.len() {
         4 => digits(0..4),
         7 => {
@@ -161,11 +168,13 @@ fn is_date_time(s: &str) -> bool {
         Some(i) => time.split_at(i),
         None => return false,
     };
+    // FHIR's offsets run from -14:00 to +14:00 (`(0[0-9]|1[0-3]):[0-5][0-9]|14:00`).
     let zone_ok = zone == "Z"
         || (zone.len() == 6
             && zone.as_bytes()[3] == b':'
             && chrono::NaiveTime::parse_from_str(&format!("{}:00", &zone[1..]), "%H:%M:%S")
-                .is_ok());
+                .is_ok()
+            && (&zone[1..3] < "14" || &zone[1..] == "14:00"));
     zone_ok && is_time(clock)
 }
 
@@ -192,6 +201,19 @@ mod tests {
         assert!(check_literal("n", "positiveInt", &json!(0)).is_err());
         assert!(check_literal("n", "integer", &json!(3)).is_ok());
         assert!(check_literal("d", "date", &json!("2024-02-30")).is_err());
+        for year_zero in ["0000", "0000-01", "0000-01-01"] {
+            assert!(check_literal("d", "date", &json!(year_zero)).is_err());
+        }
+        assert!(check_literal("d", "date", &json!("0001-01-01")).is_ok());
+        assert!(check_literal("d", "instant", &json!("0000-01-01T00:00:00Z")).is_err());
+        for zone in ["+14:00", "-14:00", "+13:59", "-00:00"] {
+            let t = format!("2024-05-01T10:00:00{zone}");
+            assert!(check_literal("d", "instant", &json!(t)).is_ok(), "{t}");
+        }
+        for zone in ["+14:30", "+15:00", "-23:00"] {
+            let t = format!("2024-05-01T10:00:00{zone}");
+            assert!(check_literal("d", "dateTime", &json!(t)).is_err(), "{t}");
+        }
         assert!(check_literal("d", "date", &json!("2024-02-29")).is_ok());
         assert!(check_literal("d", "date", &json!("2024-13")).is_err());
         assert!(check_literal("d", "dateTime", &json!("2024-02-29T10:00:00Z")).is_ok());

@@ -210,9 +210,15 @@ impl PullRuntime {
         self.full_url_of(info, source, Some(local.as_str()))
     }
 
-    /// The `fullUrl` of a resource whose `Type/id` is `local` (`None`: it has none).
+    /// The `fullUrl` of a resource whose `Type/id` is `local` (`None`: it has none, or a
+    /// source gave it an id that is no FHIR id, which no URL of the engine reads back: `a b`,
+    /// `../../x`).
     fn full_url_of(&self, info: &RequestInfo, source: &str, local: Option<&str>) -> Option<String> {
         let local = local?;
+        let (t, id) = local.split_once('/')?;
+        if !crate::model::mapping::is_resource_type(t) || !crate::model::fhir::is_id(id) {
+            return None;
+        }
         let base = format!(
             "{}/fhir/{}",
             info.base.trim_end_matches('/'),
@@ -223,6 +229,47 @@ impl PullRuntime {
         } else {
             format!("{base}/{local}")
         })
+    }
+
+    /// The sources of `clients` whose FHIR version has `resource_type`; a 404 naming the
+    /// versions that have it when none does (`Ingredient` asked of `/fhir/proxy/R4`: an R4
+    /// answer holding an R5-only resource would be valid in no version).
+    fn having_type<'c>(
+        &self,
+        clients: Vec<&'c Arc<SourceClient>>,
+        resource_type: &str,
+    ) -> Result<Vec<&'c Arc<SourceClient>>, Problem> {
+        let of = |c: &SourceClient| c.source.fhir_version.unwrap_or(self.connector.fhir_version);
+        let has = |v: FhirVersion| {
+            crate::model::fhir_structure::structure(v)
+                .map_or(true, |s| s.resource(resource_type).is_some())
+        };
+        let Some(asked) = clients.first().map(|c| of(c)) else {
+            return Ok(clients);
+        };
+        let kept: Vec<_> = clients.into_iter().filter(|c| has(of(c))).collect();
+        if !kept.is_empty() {
+            return Ok(kept);
+        }
+        let elsewhere: Vec<String> = self
+            .versions()
+            .into_iter()
+            .filter(|v| {
+                self.clients
+                    .iter()
+                    .any(|c| version_of(&c.source) == *v && has(of(c)))
+            })
+            .map(|v| format!("/fhir/{}/{v}", self.connector.name))
+            .collect();
+        Err(Problem::not_found(format!(
+            "`{resource_type}` is not a resource type of FHIR {}{}",
+            asked.name(),
+            if elsewhere.is_empty() {
+                String::new()
+            } else {
+                format!("; ask {}", elsewhere.join(", "))
+            }
+        )))
     }
 
     /// The declared resource type.

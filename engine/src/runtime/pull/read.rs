@@ -29,7 +29,7 @@ impl PullRuntime {
                 format!("`{}` has no read here", res.resource_type),
             ));
         };
-        let clients = self.clients_in(scope)?;
+        let clients = self.having_type(self.clients_in(scope)?, &res.resource_type)?;
         let params = json!({});
         let results = join_all(clients.iter().map(|client| {
             let params = &params;

@@ -57,7 +57,7 @@ impl PullRuntime {
         let Some(search) = &res.search else {
             return Err(Problem::not_found("no search"));
         };
-        let clients = self.clients_in(scope)?;
+        let clients = self.having_type(self.clients_in(scope)?, &res.resource_type)?;
         if q.matches_nothing {
             // A token of a system this parameter answers empty for: no source can match.
             let bundle = searchset(info, q, Vec::new(), Vec::new(), Some(0), false);
