@@ -523,7 +523,10 @@ async fn a_source_lying_with_an_id_that_is_no_fhir_id_is_left_out_and_said() {
         .map(|e| e["resource"].to_string())
         .collect::<Vec<_>>()
         .join(" ");
-    assert!(said.contains("id rule") && said.contains("a b/../../x"), "{bundle}");
+    assert!(
+        said.contains("id rule") && said.contains("a b/../../x"),
+        "{bundle}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -837,13 +837,16 @@ fn segment_problem(path: &str, prefix: &str, value: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_values_cannot_change_upstream_host_path_or_headers() {
-    let api = Stub::start(|seen| {
+    // A read answers the record of the id its path asks (a read is answered with the resource
+    // of the id asked, or 404).
+    let asked = |path: &str| percent_decode(path.rsplit('/').next().unwrap_or_default());
+    let api = Stub::start(move |seen| {
         if seen.path.starts_with("/api/labels/by-name/") {
             (200, json!({"results": []}))
         } else if seen.path.starts_with("/fhir-api/") {
-            (200, patient("x1"))
+            (200, patient(&asked(&seen.path)))
         } else {
-            (200, json!({"id": "x1"}))
+            (200, json!({"id": asked(&seen.path)}))
         }
     })
     .await;
