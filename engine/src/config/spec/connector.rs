@@ -213,7 +213,9 @@ pub struct ReadSpec {
     /// The upstream request; `{{id}}` is the requested id.
     #[serde(default)]
     pub request: Option<RequestSpec>,
-    /// JSONPath to the record in the answer (default `$`); no record gives 404.
+    /// JSONPath to the record in the answer (default `$`): of the records it selects, the one
+    /// whose resource has the id asked is answered (a source answering a loose match may send
+    /// others too); none gives 404.
     #[serde(default)]
     pub records: Option<String>,
     /// The read's own mapping, where the read's answer differs from the search's records
