@@ -3,7 +3,9 @@
 //! it was sent in its error message (the key reached the caller's `OperationOutcome`), a
 //! `200` with an empty body (an empty searchset, cached), and a next page that cannot be
 //! followed (a link to another origin, or back to the same page) read as the last page, so
-//! that a cron run wrote a partial read as whole. Real stand-ins on 127.0.0.1 (`Scripted`, a
+//! that a cron run wrote a partial read as whole; and a FHIR sink that applies a
+//! transaction and answers too late, which the engine sent again (written twice, under the
+//! conditions of the exactly-once promise). Real stand-ins on 127.0.0.1 (`Scripted`, a
 //! source whose answer the test sets and which records what reached it), the engine's router
 //! in-process (`engine_router`) and a cron runner (`engine_under_test`).
 
@@ -301,4 +303,98 @@ async fn a_next_page_elsewhere_or_the_same_page_again_fails_the_run_and_writes_n
         elsewhere.seen().is_empty(),
         "nothing reached the other origin"
     );
+}
+
+/// A FHIR sink that applies every transaction at once, but answers the first one only after
+/// `late` (past the sink's timeout); it answers `GET Type/id` with what it holds. Gives its
+/// URL and the `method url` of every entry it applied, in order.
+async fn late_sink(late: Duration) -> (String, Arc<Mutex<Vec<String>>>) {
+    #[derive(Clone, Default)]
+    struct Sink {
+        applied: Arc<Mutex<Vec<String>>>,
+        held: Arc<Mutex<std::collections::HashMap<String, serde_json::Value>>>,
+        posts: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    let sink = Sink::default();
+    let applied = sink.applied.clone();
+    let app = axum::Router::new()
+        .fallback(any(
+            move |State(s): State<Sink>, method: axum::http::Method, uri: axum::http::Uri, body: axum::body::Bytes| async move {
+                let fhir = |status: u16, v: serde_json::Value| {
+                    (
+                        StatusCode::from_u16(status).expect("a status"),
+                        [("content-type", "application/fhir+json")],
+                        v.to_string(),
+                    )
+                        .into_response()
+                };
+                if method == axum::http::Method::GET {
+                    let key = uri.path().trim_start_matches('/').to_owned();
+                    return match s.held.lock().expect("held").get(&key) {
+                        Some(r) => fhir(200, r.clone()),
+                        None => fhir(404, serde_json::json!({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]})),
+                    };
+                }
+                let bundle: serde_json::Value = serde_json::from_slice(&body).expect("a Bundle");
+                let entries = bundle["entry"].as_array().cloned().unwrap_or_default();
+                for e in &entries {
+                    let url = e["request"]["url"].as_str().unwrap_or_default().to_owned();
+                    s.applied.lock().expect("applied").push(format!("{} {url}", e["request"]["method"].as_str().unwrap_or_default()));
+                    s.held.lock().expect("held").insert(url, e["resource"].clone());
+                }
+                if s.posts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    // Applied, then answered too late: the answer is lost to the engine.
+                    tokio::time::sleep(late).await;
+                }
+                let answers: Vec<serde_json::Value> = entries.iter().map(|_| serde_json::json!({"response": {"status": "201 Created"}})).collect();
+                fhir(200, serde_json::json!({"resourceType": "Bundle", "type": "transaction-response", "entry": answers}))
+            },
+        ))
+        .with_state(sink);
+    let (listener, url) = bind().await;
+    spawn_app(listener, app);
+    (url, applied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_applied_but_answered_too_late_is_not_written_again() {
+    let (sink_url, applied) = late_sink(Duration::from_millis(1500)).await;
+    let yaml = format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Sink
+metadata: {{ name: store }}
+spec:
+  fhir: {{ url: "{sink_url}", version: R4, mode: transaction, provenance: true, retries: 2, timeout: 1s }}
+---
+apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: feed }}
+spec:
+  strategy: push
+  sink: store
+  push:
+    auth: {{ bearer: {{ token: push-token-0123456789 }} }}
+    mode: sync
+  mapping:
+    resourceType: Patient
+    id: {{ $path: $.id }}
+"#
+    );
+    let (engine, _defs) = engine_of(&yaml);
+    let got = engine
+        .post(format!("{}/push/feed", engine.base))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer push-token-0123456789")
+        .body(br#"{"id":"p1"}"#.to_vec())
+        .send()
+        .await;
+    assert!(
+        (200..300).contains(&got.status),
+        "{} {}",
+        got.status,
+        got.text
+    );
+    let applied = applied.lock().expect("applied").clone();
+    let patients = applied.iter().filter(|e| *e == "PUT Patient/p1").count();
+    assert_eq!(patients, 1, "the Patient was written once: {applied:?}");
 }
