@@ -5,7 +5,9 @@
 //! followed (a link to another origin, or back to the same page) read as the last page, so
 //! that a cron run wrote a partial read as whole; and a FHIR sink that applies a
 //! transaction and answers too late, which the engine sent again (written twice, under the
-//! conditions of the exactly-once promise). Real stand-ins on 127.0.0.1 (`Scripted`, a
+//! conditions of the exactly-once promise); and cron cursors in odd formats (a date alone or
+//! a date-time without its zone far in the future, a word among dates) that carried the
+//! watermark where no later record can pass it. Real stand-ins on 127.0.0.1 (`Scripted`, a
 //! source whose answer the test sets and which records what reached it), the engine's router
 //! in-process (`engine_router`) and a cron runner (`engine_under_test`).
 
@@ -397,4 +399,59 @@ spec:
     let applied = applied.lock().expect("applied").clone();
     let patients = applied.iter().filter(|e| *e == "PUT Patient/p1").count();
     assert_eq!(patients, 1, "the Patient was written once: {applied:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_in_odd_formats_never_carry_the_watermark_away() {
+    let (src, url) = Scripted::start().await;
+    let yaml = format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: odd }}
+spec:
+  strategy: cron
+  schedule: {{ cron: "0 2 * * *" }}
+  source: {{ url: "{url}", retries: 0, timeout: 2s }}
+  fetch:
+    request: {{ path: /records }}
+    records: $[*]
+    incremental: {{ cursor: $.u, param: since }}
+  mapping:
+    resourceType: Patient
+    id: {{ $path: $.id }}
+"#
+    );
+    let defs = definitions(&yaml);
+    let model = load(defs.path());
+    for (odd, why) in [
+        ("yesterday", "not a date like the others"),
+        ("2999-12-31", "later than now"),
+        ("2999-01-01T00:00:00", "later than now"),
+    ] {
+        let records = serde_json::json!([
+            {"id": "a", "u": "2025-01-01T00:00:00Z"},
+            {"id": "b", "u": odd},
+            {"id": "c", "u": "2025-03-01T10:00:00+01:00"},
+        ]);
+        src.answer(200, "application/json", &records.to_string());
+        let state = tempfile::tempdir().expect("state");
+        let r = runner(&model, "odd", state.path());
+        let report = run_with_deadline(&r, RUN_TIMEOUT).await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert_eq!(report.resources_written, 3, "every record is written");
+        let marks = crate::engine_under_test::watermarks(state.path(), "odd");
+        assert_eq!(
+            marks.get("records").map(String::as_str),
+            Some("2025-03-01T10:00:00+01:00"),
+            "the latest real date, not `{odd}`"
+        );
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains(odd) && w.contains(why)),
+            "`{odd}` is reported: {:?}",
+            report.warnings
+        );
+    }
 }
