@@ -7,7 +7,8 @@
 //! transaction and answers too late, which the engine sent again (written twice, under the
 //! conditions of the exactly-once promise); and cron cursors in odd formats (a date alone or
 //! a date-time without its zone far in the future, a word among dates) that carried the
-//! watermark where no later record can pass it. Real stand-ins on 127.0.0.1 (`Scripted`, a
+//! watermark where no later record can pass it; and a forwarded host longer than any host
+//! name, or with port 0, taken into every link of the answer. Real stand-ins on 127.0.0.1 (`Scripted`, a
 //! source whose answer the test sets and which records what reached it), the engine's router
 //! in-process (`engine_router`) and a cron runner (`engine_under_test`).
 
@@ -454,4 +455,48 @@ spec:
             report.warnings
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_host_longer_than_a_host_name_or_on_port_0_is_not_taken_into_links() {
+    let (src, url) = Scripted::start().await;
+    src.answer(
+        200,
+        "application/json",
+        r#"{"results":[{"id":"a","name":"x"}]}"#,
+    );
+    let yaml = [source("s", &url, ""), connector("c", "s")].concat();
+    let (engine, _defs) = engine_of(&yaml);
+    let long = format!("{}.test", "a".repeat(10_000));
+    for (i, host) in [long.as_str(), "proxy.test:0"].into_iter().enumerate() {
+        let got = engine
+            .get(format!("/fhir/c/Basic?name=h{i}"))
+            .header("x-forwarded-host", host)
+            .send()
+            .await;
+        assert_eq!(got.status, 200, "{}", got.text);
+        let link = got.json()["link"][0]["url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            link.starts_with(&format!("{}/fhir/c/Basic", engine.base)),
+            "the links keep the Host, not `{}`: {}",
+            &host[..host.len().min(20)],
+            &link[..link.len().min(80)]
+        );
+    }
+    // A plain forwarded host and port still make the links.
+    let got = engine
+        .get("/fhir/c/Basic?name=h2")
+        .header("x-forwarded-host", "proxy.test:8443")
+        .send()
+        .await;
+    assert!(
+        got.json()["link"][0]["url"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("http://proxy.test:8443/fhir/c/Basic")),
+        "{}",
+        got.text
+    );
 }
