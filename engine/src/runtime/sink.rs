@@ -1058,7 +1058,11 @@ async fn send_bundle(
         .await
         .map_err(|e| {
             let transient = e.transient();
-            (None, format!("no token for the sink: {e}"), None, transient)
+            let text = outbound::redact(
+                &format!("no token for the sink: {e}"),
+                &credentials::secret_values(sink.auth.as_ref()),
+            );
+            (None, text, None, transient)
         })?;
     // An attempt that found its Bundle applied posted nothing.
     let applied = applied.load(Ordering::Relaxed) && result.is_ok();
@@ -1071,6 +1075,10 @@ async fn send_bundle(
             .map(|_| json!({"response": {"status": "200 OK"}}))
             .collect());
     }
+    // The sink's words without its credentials (a server may echo the token it refused):
+    // they reach run reports, dead letters, logs and a sync push's caller.
+    let secrets = credentials::secret_values(sink.auth.as_ref());
+    let result = result.map_err(|e| e.redacted(&secrets));
     let got = result.map_err(|e| {
         let outcome = match e.last() {
             OutboundError::Status { outcome, .. } => outcome.as_deref().cloned(),

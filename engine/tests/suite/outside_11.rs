@@ -1,6 +1,7 @@
 //! Issue 11's behaviours tried from outside as a hostile tester, each test a case its own
-//! tests did not have and that failed before its fix: a source that echoes the credentials
-//! it was sent in its error message (the key reached the caller's `OperationOutcome`), a
+//! tests did not have and that failed before its fix: a source or a FHIR sink that echoes
+//! the credentials it was sent in its error message (the key reached the caller's
+//! `OperationOutcome`), a
 //! `200` with an empty body (an empty searchset, cached), and a next page that cannot be
 //! followed (a link to another origin, or back to the same page) read as the last page, so
 //! that a cron run wrote a partial read as whole; and a FHIR sink that applies a
@@ -499,4 +500,48 @@ async fn a_forwarded_host_longer_than_a_host_name_or_on_port_0_is_not_taken_into
         "{}",
         got.text
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_echoing_its_token_never_hands_it_to_a_push_caller() {
+    const SINK_TOKEN: &str = "sink-t0ken-8830";
+    let (sink, sink_url) = Scripted::start().await;
+    sink.answer(
+        403,
+        "application/json",
+        &format!(r#"{{"message":"token {SINK_TOKEN} may not write"}}"#),
+    );
+    let yaml = format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Sink
+metadata: {{ name: store }}
+spec:
+  fhir: {{ url: "{sink_url}", version: R4, retries: 0, timeout: 2s, auth: {{ bearer: {{ token: {SINK_TOKEN} }} }} }}
+---
+apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: feed }}
+spec:
+  strategy: push
+  sink: store
+  push:
+    auth: {{ bearer: {{ token: push-token-0123456789 }} }}
+    mode: sync
+  mapping:
+    resourceType: Patient
+    id: {{ $path: $.id }}
+"#
+    );
+    let (engine, _defs) = engine_of(&yaml);
+    let got = engine
+        .post(format!("{}/push/feed", engine.base))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer push-token-0123456789")
+        .body(br#"{"id":"p1"}"#.to_vec())
+        .send()
+        .await;
+    assert!(got.status >= 400, "{} {}", got.status, got.text);
+    assert!(got.text.contains("may not write"), "{}", got.text);
+    assert!(!got.text.contains(&SINK_TOKEN[..10]), "{}", got.text);
+    assert!(!sink.seen().is_empty(), "the write reached the sink");
 }
