@@ -133,6 +133,9 @@ fn forwarded_base(headers: &HeaderMap) -> String {
     .unwrap_or_else(|| format!("{scheme}://localhost"))
 }
 
+/// Longest forwarded host (and port) taken: a DNS name's 253 characters, a port and brackets.
+const MAX_HOST: usize = 253 + 8;
+
 /// `scheme://host[:port]` when `host` is a host with an optional port and nothing else.
 /// The last host seen is remembered per thread, since callers mostly send the same one: its
 /// base is then found without parsing a URL.
@@ -155,18 +158,24 @@ fn plain_host(scheme: &'static str, host: &str) -> Option<String> {
 }
 
 fn parse_plain_host(scheme: &str, host: &str) -> Option<String> {
-    if !host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    // A host name is at most 253 characters (RFC 1035), with a port and brackets a little
+    // more: a longer value is no host, and would be copied into every link of the answer.
+    if host.len() > MAX_HOST
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
     {
         return None;
     }
     let u = url::Url::parse(&format!("{scheme}://{host}")).ok()?;
     let name = u.host_str()?;
-    (u.username().is_empty() && u.path() == "/" && u.query().is_none()).then(|| match u.port() {
-        Some(p) => format!("{scheme}://{name}:{p}"),
-        None => format!("{scheme}://{name}"),
-    })
+    // Port 0 reaches nothing.
+    (u.username().is_empty() && u.path() == "/" && u.query().is_none() && u.port() != Some(0)).then(
+        || match u.port() {
+            Some(p) => format!("{scheme}://{name}:{p}"),
+            None => format!("{scheme}://{name}"),
+        },
+    )
 }
 
 /// An entity tag without its weakness mark: what RFC 9110's weak comparison compares.

@@ -66,6 +66,11 @@ pub enum OutboundError {
     /// The body ended before its length, or broke off.
     #[error("answer cut short: {0}")]
     Cut(String),
+    /// A success status (other than `204 No Content`) with no body at all: a source that
+    /// answers data requests never means "nothing" so (a proxy or server that broke), and
+    /// reading it as no data would hide the failure.
+    #[error("answered {} with an empty body", status_text(*.0))]
+    Empty(u16),
     /// The body is not JSON.
     #[error("answer is not JSON: {0}")]
     NotJson(String),
@@ -125,6 +130,7 @@ impl OutboundError {
             OutboundError::Status { status, .. } => *status >= 500 || *status == 429,
             OutboundError::Redirect(_)
             | OutboundError::TooLarge(_)
+            | OutboundError::Empty(_)
             | OutboundError::NotJson(_)
             | OutboundError::Format { .. }
             | OutboundError::TooManyValues(_)
@@ -138,6 +144,46 @@ impl OutboundError {
     pub fn last(&self) -> &OutboundError {
         match self {
             OutboundError::PastDeadline { last, .. } => last.last(),
+            other => other,
+        }
+    }
+
+    /// The error with every one of `secrets` (a party's credentials and configured header
+    /// values) taken out of the texts it holds from the server (its message, its
+    /// `OperationOutcome`, the matched text of a 2xx error): a server that echoes the key it
+    /// was sent (`invalid api key ...`) must not hand it on to a caller, a report or a log.
+    pub fn redacted(self, secrets: &[String]) -> OutboundError {
+        if secrets.is_empty() {
+            return self;
+        }
+        let text = |t: String| redact(&t, secrets);
+        match self {
+            OutboundError::Status {
+                status,
+                message,
+                retry_after,
+                outcome,
+            } => OutboundError::Status {
+                status,
+                message: message.map(text),
+                retry_after,
+                outcome: outcome.map(|mut o| {
+                    redact_value(&mut o, secrets);
+                    o
+                }),
+            },
+            OutboundError::Send(t) => OutboundError::Send(text(t)),
+            OutboundError::Cut(t) => OutboundError::Cut(text(t)),
+            OutboundError::NotJson(t) => OutboundError::NotJson(text(t)),
+            OutboundError::InBody(t) => OutboundError::InBody(text(t)),
+            OutboundError::Retry { message, wait } => OutboundError::Retry {
+                message: text(message),
+                wait,
+            },
+            OutboundError::PastDeadline { last, wait } => OutboundError::PastDeadline {
+                last: Box::new(last.redacted(secrets)),
+                wait,
+            },
             other => other,
         }
     }
@@ -408,6 +454,51 @@ pub fn clean(text: &str) -> String {
     cleaned.trim().to_owned()
 }
 
+/// Shortest secret taken out of texts: a shorter value (`1`, `on`) is no credential, and
+/// taking it out would only garble the text.
+const MIN_SECRET: usize = 4;
+/// What stands for a secret taken out of a text.
+const REDACTED: &str = "[redacted]";
+
+/// `text` with every occurrence of each of `secrets` (of at least `MIN_SECRET` bytes)
+/// replaced by `[redacted]`, and a tail that begins one of them (a message cut at its
+/// 200 characters mid-secret) too.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets.iter().filter(|s| s.len() >= MIN_SECRET) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), REDACTED);
+        }
+    }
+    for s in secrets.iter().filter(|s| s.len() >= MIN_SECRET) {
+        let cut = (MIN_SECRET..s.len())
+            .rev()
+            .filter(|n| s.is_char_boundary(*n))
+            .find(|n| out.ends_with(&s[..*n]));
+        if let Some(n) = cut {
+            out.truncate(out.len() - n);
+            out.push_str(REDACTED);
+        }
+    }
+    out
+}
+
+/// Every string (and object key) of `v` with `secrets` taken out, as `redact` does.
+pub fn redact_value(v: &mut Value, secrets: &[String]) {
+    match v {
+        Value::String(s) => *s = redact(s, secrets),
+        Value::Array(items) => items.iter_mut().for_each(|i| redact_value(i, secrets)),
+        Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (k, mut item) in old {
+                redact_value(&mut item, secrets);
+                map.insert(redact(&k, secrets), item);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The wait a `Retry-After` asks for, as seconds or an HTTP date, at most `MAX_RETRY_AFTER`.
 pub fn retry_after(h: &HeaderMap) -> Option<Duration> {
     let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
@@ -619,6 +710,43 @@ mod tests {
             Some(MAX_MESSAGE)
         );
         assert_eq!(message_of(b"").0, None);
+    }
+
+    #[test]
+    fn secrets_are_taken_out_whole_and_when_cut_at_the_end() {
+        let secrets = vec!["k3y-0f-the-source".to_owned(), "on".to_owned()];
+        assert_eq!(
+            redact(
+                "bad key k3y-0f-the-source, twice k3y-0f-the-source",
+                &secrets
+            ),
+            "bad key [redacted], twice [redacted]"
+        );
+        assert_eq!(redact("cut at k3y-0f", &secrets), "cut at [redacted]");
+        assert_eq!(redact("turned on", &secrets), "turned on");
+        let e = OutboundError::PastDeadline {
+            last: Box::new(OutboundError::Status {
+                status: 401,
+                message: Some("key k3y-0f-the-source".into()),
+                retry_after: None,
+                outcome: Some(Box::new(
+                    serde_json::json!({"issue": [{"diagnostics": "k3y-0f-the-source"}]}),
+                )),
+            }),
+            wait: Duration::from_secs(1),
+        }
+        .redacted(&secrets);
+        assert!(!format!("{e}").contains("k3y"), "{e}");
+        let OutboundError::Status { outcome, .. } = e.last() else {
+            panic!("a status")
+        };
+        assert!(
+            !outcome
+                .as_ref()
+                .expect("outcome")
+                .to_string()
+                .contains("k3y")
+        );
     }
 
     #[test]

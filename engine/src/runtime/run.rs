@@ -799,17 +799,48 @@ impl Runner {
         let skew = chrono::Duration::from_std(cron.max_clock_skew).unwrap_or_default();
         let limit = self.clock.now() + skew;
         let mut future: Vec<String> = Vec::new();
-        let best = found
+        let values: Vec<String> = found
             .iter()
             .filter_map(|r| cursor.select(r, r).into_iter().next().and_then(cursor_text))
-            .filter(|v| match DateTime::parse_from_rfc3339(v) {
-                Ok(at) if at > limit => {
-                    future.push(v.clone());
+            .collect();
+        // The watermark's kind: dates when any value (or the watermark kept) is a date, else
+        // numbers when any is one. A value of a lesser kind (`yesterday` among dates) would
+        // win or lose by its text alone: it is left out, and reported.
+        let kind = values
+            .iter()
+            .chain(watermarks.get(stream))
+            .map(|v| CursorKind::of(v))
+            .max()
+            .unwrap_or(CursorKind::Text);
+        let mut odd: Vec<&str> = Vec::new();
+        let best = values
+            .iter()
+            .filter(|v| {
+                let fits = CursorKind::of(v) == kind;
+                if !fits {
+                    odd.push(v);
+                }
+                fits
+            })
+            .filter(|v| match instant(v) {
+                Some(at) if at > limit => {
+                    future.push((*v).clone());
                     false
                 }
                 _ => true,
             })
-            .max_by(|a, b| compare(a, b));
+            .max_by(|a, b| compare(a, b))
+            .cloned();
+        if let Some(first) = odd.first() {
+            let shown: String = first.chars().take(64).collect();
+            let message = format!(
+                "{} records whose cursor is not {} like the others (the first `{shown}`): left out of the watermark",
+                odd.len(),
+                kind.name()
+            );
+            tracing::warn!(connector = %self.connector.name, stream, "{message}");
+            report.warnings.push(format!("{stream}: {message}"));
+        }
         if let Some(latest) = future.iter().max_by(|a, b| compare(a, b)) {
             let message = format!(
                 "{} records dated later than now + {}s (the latest `{latest}`): the watermark does not move past now + {}s (`run.maxClockSkew`)",
@@ -821,9 +852,9 @@ impl Runner {
             report.warnings.push(format!("{stream}: {message}"));
         }
         if let Some(b) = best {
-            let keep = watermarks
-                .get(stream)
-                .is_some_and(|old| compare(old, &b) != std::cmp::Ordering::Less);
+            let keep = watermarks.get(stream).is_some_and(|old| {
+                CursorKind::of(old) == kind && compare(old, &b) != std::cmp::Ordering::Less
+            });
             if !keep {
                 watermarks.insert(stream.to_owned(), b);
             }
@@ -1327,18 +1358,75 @@ fn compare(a: &str, b: &str) -> std::cmp::Ordering {
     if let (Ok(x), Ok(y)) = (a.parse::<f64>(), b.parse::<f64>()) {
         return x.total_cmp(&y);
     }
-    if let (Ok(x), Ok(y)) = (
-        DateTime::parse_from_rfc3339(a),
-        DateTime::parse_from_rfc3339(b),
-    ) {
+    if let (Some(x), Some(y)) = (instant(a), instant(b)) {
         return x.cmp(&y);
     }
     a.cmp(b)
 }
 
+/// The instant a cursor value names: an RFC 3339 date-time, or one without its zone, or a
+/// date alone (both read as UTC, the start of the day for a date), as sources write them.
+fn instant(v: &str) -> Option<DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    if let Ok(at) = DateTime::parse_from_rfc3339(v) {
+        return Some(at.to_utc());
+    }
+    if let Ok(at) = NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Some(at.and_utc());
+    }
+    NaiveDate::parse_from_str(v, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|at| at.and_utc())
+}
+
+/// What a cursor value is, in the order a watermark's kind is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum CursorKind {
+    Text,
+    Number,
+    Date,
+}
+
+impl CursorKind {
+    fn of(v: &str) -> CursorKind {
+        if instant(v).is_some() {
+            CursorKind::Date
+        } else if v.parse::<f64>().is_ok() {
+            CursorKind::Number
+        } else {
+            CursorKind::Text
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CursorKind::Text => "text",
+            CursorKind::Number => "a number",
+            CursorKind::Date => "a date",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursor_dates_are_read_with_or_without_zone_or_time() {
+        assert_eq!(CursorKind::of("2025-01-02"), CursorKind::Date);
+        assert_eq!(CursorKind::of("2025-01-02T03:04:05.6"), CursorKind::Date);
+        assert_eq!(
+            CursorKind::of("2025-01-02T03:04:05-01:00"),
+            CursorKind::Date
+        );
+        assert_eq!(CursorKind::of("1767225600"), CursorKind::Number);
+        assert_eq!(CursorKind::of("yesterday"), CursorKind::Text);
+        assert_eq!(
+            compare("2025-01-02", "2025-01-01T23:00:00-02:00"),
+            std::cmp::Ordering::Less
+        );
+    }
 
     #[test]
     fn watermarks_compare_by_kind() {

@@ -190,7 +190,17 @@ impl Writer {
                 .map(|r| json!({"request": {"method": "DELETE", "url": r}}))
                 .collect();
             let refs: Vec<&Value> = entries.iter().collect();
-            match send_bundle(sink, client, BundleMode::Batch, &refs, &mut report, trace).await {
+            match send_bundle(
+                sink,
+                client,
+                BundleMode::Batch,
+                &refs,
+                &mut report,
+                trace,
+                None,
+            )
+            .await
+            {
                 Err((status, message, outcome, transient)) => {
                     report.failures.push(WriteFailure {
                         resource: format!("{} deletions", chunk.len()),
@@ -769,7 +779,21 @@ async fn write_bundle(
         provenance_entry = p.entry(n, targets);
         bodies.push(&provenance_entry);
     }
-    let mut result = send_bundle(sink, client, sink.mode, &bodies, &mut report, trace).await;
+    // A transaction carrying its Provenance: before it is sent again (after a timeout, a cut
+    // answer, a 5xx), the Provenance says whether the first one was applied after all.
+    let applied_if = provenance
+        .filter(|_| sink.mode == BundleMode::Transaction)
+        .map(|p| p.id(n));
+    let mut result = send_bundle(
+        sink,
+        client,
+        sink.mode,
+        &bodies,
+        &mut report,
+        trace,
+        applied_if.as_deref(),
+    )
+    .await;
     if sink.mode == BundleMode::Transaction
         && let Err((Some(status), ..)) = &result
         && (400..500).contains(status)
@@ -778,7 +802,16 @@ async fn write_bundle(
         // A transaction is all or nothing: send the entries as a batch to learn (and
         // keep) what each one does; not when the credentials were refused, which a batch
         // would only meet again.
-        result = send_bundle(sink, client, BundleMode::Batch, &bodies, &mut report, trace).await;
+        result = send_bundle(
+            sink,
+            client,
+            BundleMode::Batch,
+            &bodies,
+            &mut report,
+            trace,
+            None,
+        )
+        .await;
     }
     match result {
         Ok(answers) => {
@@ -941,8 +974,13 @@ async fn send_bundle(
     entries: &[&Value],
     report: &mut WriteReport,
     trace: Option<&crate::runtime::trace_context::Trace>,
+    applied_if: Option<&str>,
 ) -> Result<Vec<Value>, SendError> {
     let body = bundle_bytes(mode, entries);
+    // Set when a retry found the Bundle's Provenance (`applied_if`) on the sink: the Bundle
+    // was applied before its answer was lost, and is not sent again.
+    let applied = std::sync::atomic::AtomicBool::new(false);
+    let lookups = std::sync::atomic::AtomicUsize::new(0);
     let policy = RetryPolicy {
         retries: sink.retries,
         statuses: &crate::model::DEFAULT_RETRY_STATUSES,
@@ -954,6 +992,7 @@ async fn send_bundle(
             let calls = &calls;
             let body = &body;
             let policy = &policy;
+            let (applied, lookups) = (&applied, &lookups);
             async move {
                 let mut n = 0;
                 let result = policy
@@ -982,6 +1021,23 @@ async fn send_bundle(
                         let began = (trace.is_some() && crate::runtime::otlp::enabled())
                             .then(std::time::SystemTime::now);
                         async move {
+                            if attempt > 0
+                                && let Some(id) = applied_if
+                            {
+                                let mut looked = WriteReport::default();
+                                let found = written_before(sink, client, id, &mut looked).await;
+                                lookups.fetch_add(looked.calls, Ordering::Relaxed);
+                                // Not found, or not known (the look-up failed): sent again,
+                                // as before (at least once).
+                                if matches!(found, Ok(true)) {
+                                    applied.store(true, Ordering::Relaxed);
+                                    return Ok(outbound::Exchanged {
+                                        status: 200,
+                                        headers: reqwest::header::HeaderMap::new(),
+                                        body: bytes::Bytes::new(),
+                                    });
+                                }
+                            }
                             let got = outbound::exchange(
                                 req,
                                 crate::model::DEFAULT_MAX_ANSWER,
@@ -1002,11 +1058,27 @@ async fn send_bundle(
         .await
         .map_err(|e| {
             let transient = e.transient();
-            (None, format!("no token for the sink: {e}"), None, transient)
+            let text = outbound::redact(
+                &format!("no token for the sink: {e}"),
+                &credentials::secret_values(sink.auth.as_ref()),
+            );
+            (None, text, None, transient)
         })?;
-    let calls = calls.load(Ordering::Relaxed);
-    report.calls += calls;
+    // An attempt that found its Bundle applied posted nothing.
+    let applied = applied.load(Ordering::Relaxed) && result.is_ok();
+    let calls = calls.load(Ordering::Relaxed) - usize::from(applied);
+    report.calls += calls + lookups.load(Ordering::Relaxed);
     report.retries += calls.saturating_sub(1);
+    if applied {
+        return Ok(entries
+            .iter()
+            .map(|_| json!({"response": {"status": "200 OK"}}))
+            .collect());
+    }
+    // The sink's words without its credentials (a server may echo the token it refused):
+    // they reach run reports, dead letters, logs and a sync push's caller.
+    let secrets = credentials::secret_values(sink.auth.as_ref());
+    let result = result.map_err(|e| e.redacted(&secrets));
     let got = result.map_err(|e| {
         let outcome = match e.last() {
             OutboundError::Status { outcome, .. } => outcome.as_deref().cloned(),

@@ -70,6 +70,7 @@ impl Failure {
             OutboundError::RateLimited(_) => FailureKind::RateLimited,
             OutboundError::TooLarge(_)
             | OutboundError::Cut(_)
+            | OutboundError::Empty(_)
             | OutboundError::NotJson(_)
             | OutboundError::Format { .. }
             | OutboundError::TooManyValues(_)
@@ -176,6 +177,9 @@ pub struct SourceClient {
     /// What the source's own settings read of every JSON answer (`statuses`, `errorWhen`,
     /// the pagination's next link or cursor): a part of every projection of its answers.
     reads: Reads,
+    /// The values the source is sent that no one else may see (its credentials and
+    /// configured header values): taken out of its failures' texts.
+    secrets: Vec<String>,
 }
 
 /// Clients of every source, sharing one connection pool.
@@ -212,6 +216,12 @@ impl Upstreams {
             };
             let tokens = Tokens::of(&s, &client)?;
             let reads = source_reads(&s);
+            let secrets = s
+                .headers
+                .iter()
+                .map(|(_, v)| v.0.clone())
+                .chain(outbound_auth::credentials::secret_values(s.auth.as_ref()))
+                .collect();
             clients.insert(
                 s.name.clone(),
                 Arc::new(SourceClient {
@@ -224,6 +234,7 @@ impl Upstreams {
                     rate,
                     kept,
                     reads,
+                    secrets,
                     metrics: metrics.clone(),
                 }),
             );
@@ -392,7 +403,15 @@ impl SourceClient {
             Err(e) if e.last().transient() => ticket.failed(),
             _ => ticket.succeeded(),
         }
-        result.map_err(|e| Failure::of(&s.name, e))
+        result.map_err(|e| Failure::of(&s.name, e.redacted(&self.secrets_with(bearer))))
+    }
+
+    /// The source's secrets, and the token of this call when it has one.
+    fn secrets_with(&self, bearer: Option<&HeaderValue>) -> Vec<String> {
+        let token = bearer
+            .and_then(|b| b.to_str().ok())
+            .map(|b| b.strip_prefix("Bearer ").unwrap_or(b).to_owned());
+        self.secrets.iter().cloned().chain(token).collect()
     }
 
     /// A file source's call: its files read and decoded on the blocking pool, within the
@@ -565,6 +584,13 @@ impl SourceClient {
             .iter()
             .find(|r| holds(r, got.status, &got.headers, &body));
         match rule {
+            // No rule reads it: a 2xx with nothing in it is a failure, never "no data".
+            None if success
+                && got.status != 204
+                && got.body.iter().all(u8::is_ascii_whitespace) =>
+            {
+                Err(OutboundError::Empty(got.status))
+            }
             None if success => Ok(Reply {
                 status: got.status,
                 headers: got.headers,
@@ -778,8 +804,22 @@ impl SourceClient {
             let room = want.map_or(n, |w| w.saturating_sub(out.len()));
             out.extend(found.into_iter().take(room).cloned());
             page += 1;
-            let next =
-                pagination.and_then(|p| self.next_call(p, &call, &reply, n, &mut offset, page));
+            let next = match pagination
+                .and_then(|p| self.next_call(p, &call, &reply, n, &mut offset, page))
+            {
+                Some(Ok(c)) => Some(c),
+                // A next page that cannot be followed, when more records are wanted: the
+                // read is not whole, and ending it there would pass for the last page.
+                Some(Err(reason)) if n > 0 && want.is_none_or(|w| out.len() < w) => {
+                    return Err(Failure {
+                        source: self.source.name.clone(),
+                        reason: reason.to_owned(),
+                        kind: FailureKind::Unusable,
+                        status: None,
+                    });
+                }
+                Some(Err(_)) | None => None,
+            };
             if first_reply.is_none() {
                 first_reply = Some(reply);
             }
@@ -807,6 +847,8 @@ impl SourceClient {
         })
     }
 
+    /// The call of the page after `reply`, if there is one; an error (why it is not
+    /// followed) for a next link that leads to another origin or back to the page just read.
     fn next_call(
         &self,
         pagination: &Pagination,
@@ -815,13 +857,19 @@ impl SourceClient {
         found: usize,
         offset: &mut u64,
         page: u32,
-    ) -> Option<Call> {
+    ) -> Option<Result<Call, &'static str>> {
         let with_url = |u: url::Url| {
             // Only follow links to the source's own origin, so that an answer cannot send
-            // credentials elsewhere.
-            (u.origin() == self.source.url.origin()).then(|| Call {
-                url: u,
-                ..call.clone()
+            // credentials elsewhere; a link elsewhere is an error, not the last page.
+            Some(if u.origin() != self.source.url.origin() {
+                Err("the link to the next page leads to another origin, which is never followed")
+            } else if u == call.url {
+                Err("the link to the next page is the page just read (a pagination loop)")
+            } else {
+                Ok(Call {
+                    url: u,
+                    ..call.clone()
+                })
             })
         };
         match pagination {
@@ -867,18 +915,18 @@ impl SourceClient {
                         (limit_param, limit.to_string()),
                     ],
                 );
-                Some(Call {
+                Some(Ok(Call {
                     url: u,
                     ..call.clone()
-                })
+                }))
             }
             Pagination::Page { param, start } => {
                 let mut u = call.url.clone();
                 set_query(&mut u, &[(param, (start + page).to_string())]);
-                Some(Call {
+                Some(Ok(Call {
                     url: u,
                     ..call.clone()
-                })
+                }))
             }
             Pagination::Cursor { path, param } => {
                 let cursor = path.select(&reply.body, &reply.body).into_iter().next()?;
@@ -889,9 +937,13 @@ impl SourceClient {
                 };
                 let mut u = call.url.clone();
                 set_query(&mut u, &[(param, text)]);
-                Some(Call {
-                    url: u,
-                    ..call.clone()
+                Some(if u == call.url {
+                    Err("the next cursor is the one just sent (a pagination loop)")
+                } else {
+                    Ok(Call {
+                        url: u,
+                        ..call.clone()
+                    })
                 })
             }
         }

@@ -30,6 +30,7 @@ mod mapping;
 mod mapping_functions;
 mod otlp_export;
 mod outbound_auth;
+mod outside_11;
 mod outside_12;
 mod outside_13;
 mod outside_15;

@@ -24,6 +24,23 @@ pub fn fixed_header(name: &str, auth: Option<&Auth>) -> Result<Option<AuthHeader
     header_of(&Party::Source(name.to_owned()), auth)
 }
 
+/// The values of `auth` that must never be shown: the bearer token, API key, password (and
+/// the `user:password` pair as sent), client secret; for `smartBackend` none is sent (its
+/// private key signs, and the assertion is new for each token).
+pub fn secret_values(auth: Option<&Auth>) -> Vec<String> {
+    match auth {
+        None | Some(Auth::SmartBackend(_)) => Vec::new(),
+        Some(Auth::Bearer(t)) => vec![t.0.clone()],
+        Some(Auth::ApiKey { value, .. }) => vec![value.0.clone()],
+        Some(Auth::Basic { username, password }) => vec![
+            password.0.clone(),
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", username.0, password.0)),
+        ],
+        Some(Auth::OAuth2(o)) => vec![o.client_secret.0.clone()],
+    }
+}
+
 /// The fixed header of `auth` of `party`, as `fixed_header` makes a source's.
 fn header_of(party: &Party, auth: Option<&Auth>) -> Result<Option<AuthHeader>, BuildError> {
     let bad = |what: &'static str| BuildError::Header {
