@@ -63,20 +63,32 @@ impl PullRuntime {
             let bundle = searchset(info, q, Vec::new(), Vec::new(), Some(0), false);
             return Ok(Answer::new(200, bundle.to_vec(), true));
         }
-        let want = q.count + 1;
+        // A page past the first is skipped to by the one source when its request carries
+        // `_offset`; else here, over the sources' records from their start, one source's
+        // after another's (in declared order): that is the one list every page is cut from,
+        // so following `next` gives each record once, whatever the sources can skip.
+        let skip_here = q.offset > 0
+            && match clients.as_slice() {
+                [one] => !self.asks_offset(one, res, q),
+                _ => true,
+            };
+        let from_start;
+        let (asked, want) = if skip_here {
+            if q.offset > MAX_SKIPPED {
+                return Err(Problem::invalid(format!(
+                    "`_offset` past {MAX_SKIPPED} is not served here: this search's sources cannot skip to it; narrow the search"
+                )));
+            }
+            from_start = window_from_start(q);
+            (&from_start, q.offset + q.count + 1)
+        } else {
+            (&q.params, q.count + 1)
+        };
         let mapping = self.connector.mapping_for(res, Interaction::Search);
         let results = join_all(clients.iter().map(|client| async move {
-            let call = match &search.request {
-                Some(r) => crate::runtime::request::build(
-                    &self.connector,
-                    &client.source.url,
-                    r,
-                    &q.params,
-                    None,
-                )
-                .map_err(|e| SourceError::Problem(e.into()))?,
-                None => fhir_search_call(client, &res.resource_type, &q.params),
-            };
+            let call = self
+                .search_call(client, res, asked)
+                .map_err(|e| SourceError::Problem(e.into()))?;
             let pages = match client
                 .pages(
                     call,
@@ -111,7 +123,7 @@ impl PullRuntime {
                     .first()
                     .and_then(|v| v.as_u64())
             });
-            if total.is_none() && records.len() < want && q.offset == 0 {
+            if total.is_none() && records.len() < want && (q.offset == 0 || skip_here) {
                 total = Some(records.len() as u64);
             }
             // Mapped lazily: only the records the answer needs (one more than `_count`, to
@@ -170,6 +182,9 @@ impl PullRuntime {
         if !failures.is_empty() && failures.len() == clients.len() {
             return Err(all_failed(&failures));
         }
+        if skip_here {
+            matches.drain(..q.offset.min(matches.len()));
+        }
         // `_count=0` asks for no entries: a `next` link would name this same page again.
         let more = q.count > 0
             && (matches.len() > q.count || total.is_some_and(|t| t > (q.offset + q.count) as u64));
@@ -181,6 +196,61 @@ impl PullRuntime {
             .collect();
         let bundle = searchset(info, q, matches, outcomes, total, more);
         Ok(Answer::new(200, bundle.to_vec(), failures.is_empty()))
+    }
+}
+
+/// Most records a search skips itself for a caller's `_offset` (when its sources cannot):
+/// each source is then read from its start, so a deeper page is refused rather than read.
+const MAX_SKIPPED: usize = 10_000;
+
+/// The parameters that ask a source for the records of pages up to `q`'s from its start:
+/// `_offset` 0 and `_count` the records of those pages.
+fn window_from_start(q: &SearchQuery) -> Value {
+    let mut params = q.params.clone();
+    if let Value::Object(o) = &mut params {
+        o.insert("_offset".into(), Value::from(0));
+        o.insert("_count".into(), Value::from(q.offset + q.count));
+    }
+    params
+}
+
+impl PullRuntime {
+    /// The call of a search of `client` with `params`: its request template, or a FHIR search.
+    fn search_call(
+        &self,
+        client: &SourceClient,
+        res: &PullResource,
+        params: &Value,
+    ) -> Result<Call, crate::runtime::request::RequestError> {
+        match res.search.as_ref().and_then(|s| s.request.as_ref()) {
+            Some(r) => {
+                crate::runtime::request::build(&self.connector, &client.source.url, r, params, None)
+            }
+            None => Ok(fhir_search_call(client, &res.resource_type, params)),
+        }
+    }
+
+    /// Whether `client` is asked for `q`'s offset (its request changes with `_offset`), so that
+    /// it skips to the page itself: not a file source (it reads no request), nor a template
+    /// that does not name the offset (the source would send the first page for every page).
+    fn asks_offset(&self, client: &SourceClient, res: &PullResource, q: &SearchQuery) -> bool {
+        if client.source.files.is_some() {
+            return false;
+        }
+        let mut first = q.params.clone();
+        if let Value::Object(o) = &mut first {
+            o.insert("_offset".into(), Value::from(0));
+        }
+        match (
+            self.search_call(client, res, &q.params),
+            self.search_call(client, res, &first),
+        ) {
+            (Ok(a), Ok(b)) => {
+                a.method != b.method || a.url != b.url || a.headers != b.headers || a.body != b.body
+            }
+            // The build's error is the caller's answer, given when the search is sent.
+            _ => true,
+        }
     }
 }
 
