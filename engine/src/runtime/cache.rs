@@ -155,11 +155,19 @@ pub struct AnswerCache {
     shared: Option<Box<dyn SecondLevel>>,
 }
 
+/// Shards of the cache: an answer larger than `maxBytes / SHARDS` is served but not kept.
+const SHARDS: usize = 4;
+
 impl AnswerCache {
     pub fn new(spec: &crate::model::Cache) -> AnswerCache {
         let evictions = Evictions::default();
         let floor = (spec.max_bytes / spec.max_entries.max(1)).max(1);
         let options = quick_cache::OptionsBuilder::new()
+            // Each shard holds its share of `maxBytes` and never keeps an answer larger than
+            // that share: quick_cache's default, four shards per core, kept no answer over
+            // 1 MiB of the default 64 MiB on a 16-core node. A fixed number keeps the
+            // largest answer kept (a quarter of `maxBytes`) the same on every machine.
+            .shards(SHARDS)
             .estimated_items_capacity(spec.max_entries.min(1 << 20) as usize)
             .weight_capacity(spec.max_bytes)
             .build()
