@@ -801,12 +801,14 @@ async fn write_bundle(
     {
         // A transaction is all or nothing: send the entries as a batch to learn (and
         // keep) what each one does; not when the credentials were refused, which a batch
-        // would only meet again.
+        // would only meet again. Without the Provenance: a batch may be applied in part,
+        // and the Provenance on the sink is what a later try takes as the proof that the
+        // whole Bundle was applied (it would then not write the entries that failed).
         result = send_bundle(
             sink,
             client,
             BundleMode::Batch,
-            &bodies,
+            &bodies[..labels.len()],
             &mut report,
             trace,
             None,
