@@ -39,13 +39,13 @@ fn app(engine: Arc<Engine>) -> (Router, Arc<Guard>) {
     let guard = Arc::new(Guard::new(engine.clone(), routes::cached_search));
     let mut app = Router::new();
     for ep in engine.pushes.values() {
-        let ep = ep.clone();
+        let (ep, tasks) = (ep.clone(), engine.tasks.clone());
         let path = ep.path().to_owned();
         app = app.route(
             &path,
             post(
                 move |id: Option<Extension<RequestId>>, headers: HeaderMap, body: Body| {
-                    push(ep, id.map(|Extension(i)| i), headers, body)
+                    push(ep, tasks, id.map(|Extension(i)| i), headers, body)
                 },
             ),
         );

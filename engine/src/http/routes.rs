@@ -27,9 +27,13 @@ use crate::runtime::push::{PushEndpoint, Reply};
 use crate::runtime::trace_context::{Trace, TraceContext};
 
 /// A push webhook; a sync write's sink posts are children of the request's span (`id`, from
-/// the guard).
+/// the guard). The delivery runs in a task of the engine's (`tasks`), so that a caller that
+/// leaves, or the request's time limit (504), never cuts a sync write midway: the write goes
+/// on to its end and its keys are remembered once it is done, so that the caller's resend is
+/// a duplicate (409 while the write still runs), never a second write.
 pub(super) async fn push(
     ep: Arc<PushEndpoint>,
+    tasks: tokio_util::task::TaskTracker,
     id: Option<RequestId>,
     headers: HeaderMap,
     body: Body,
@@ -45,10 +49,25 @@ pub(super) async fn push(
     if let Err(p) = ep.authenticate(&headers, &bytes) {
         return p.into_response();
     }
-    match ep
-        .deliver(&headers, &bytes, id.as_ref().map(|i| &i.1))
-        .await
-    {
+    let trace = id.map(|i| i.1);
+    // Its log lines carry the request's trace id, as the request's own do.
+    let logged_as = crate::runtime::log_trace::current();
+    let delivered = tasks
+        .spawn(async move {
+            let delivery = ep.deliver(&headers, &bytes, trace.as_ref());
+            match logged_as {
+                Some(t) => crate::runtime::log_trace::with_trace(t, delivery).await,
+                None => delivery.await,
+            }
+        })
+        .await;
+    let delivered = delivered.unwrap_or_else(|e| {
+        Err(Problem::new(
+            ProblemKind::Internal,
+            format!("the delivery stopped: {e}"),
+        ))
+    });
+    match delivered {
         Ok(Reply::Written(n)) => (
             StatusCode::OK,
             axum::Json(json!({"status": "written", "resources": n})),
