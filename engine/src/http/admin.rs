@@ -148,15 +148,16 @@ pub(super) async fn run_now(
         )
         .into_response();
     }
-    if job.is_running() {
+    // Taken here, before the answer: two requests at once start one run, not two "started".
+    let Some(turn) = job.turn() else {
         return Problem::new(
             ProblemKind::Conflict,
             format!("`{name}` is running already"),
         )
         .into_response();
-    }
+    };
     // Tracked: a shutdown lets the run finish within its grace period.
-    engine.tasks.spawn(async move { job.run_now().await });
+    engine.tasks.spawn(async move { job.run_in(turn).await });
     (
         StatusCode::ACCEPTED,
         axum::Json(json!({"connector": name, "status": "started"})),

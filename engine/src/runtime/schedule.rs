@@ -45,12 +45,17 @@ impl Job for Runner {
     }
 }
 
+/// A cron connector's turn to run: no other run starts while it is held.
+pub struct Turn {
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
 /// A cron connector at run time.
 pub struct CronJob<J = Runner> {
     pub runner: J,
     pub schedule: Schedule,
     clock: Clock,
-    running: Mutex<()>,
+    running: Arc<Mutex<()>>,
     last: std::sync::Mutex<Option<RunReport>>,
     next: std::sync::Mutex<Option<DateTime<Utc>>>,
     skipped: AtomicU64,
@@ -65,7 +70,7 @@ impl<J: Job> CronJob<J> {
             runner,
             schedule,
             clock,
-            running: Mutex::new(()),
+            running: Arc::new(Mutex::new(())),
             last: std::sync::Mutex::new(None),
             next: std::sync::Mutex::new(None),
             skipped: AtomicU64::new(0),
@@ -82,11 +87,28 @@ impl<J: Job> CronJob<J> {
 
     /// Runs now unless a run is going; `None` (and a skip counted) when one is.
     pub async fn run_now(&self) -> Option<RunReport> {
-        let Ok(_guard) = self.running.try_lock() else {
+        let Some(turn) = self.turn() else {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(connector = %self.runner.name(), "run skipped: the last run is still going");
             return None;
         };
+        Some(self.run_in(turn).await)
+    }
+
+    /// The turn to run, unless a run is going: taken at once, so that a run asked for
+    /// (`POST /connectors/{name}/run`) holds it before its answer, and a second request
+    /// meanwhile is refused rather than told "started" and then skipped.
+    pub fn turn(&self) -> Option<Turn> {
+        self.running
+            .clone()
+            .try_lock_owned()
+            .ok()
+            .map(|held| Turn { _held: held })
+    }
+
+    /// Runs in the turn taken by `turn`.
+    pub async fn run_in(&self, turn: Turn) -> RunReport {
+        let _turn = turn;
         tracing::info!(connector = %self.runner.name(), "run started");
         let report = self.runner.run_once().await;
         if report.ok() {
@@ -99,7 +121,7 @@ impl<J: Job> CronJob<J> {
         if let Ok(mut last) = self.last.lock() {
             *last = Some(report.clone());
         }
-        Some(report)
+        report
     }
 
     pub fn is_running(&self) -> bool {
