@@ -3,10 +3,12 @@
 //! followed to the end over two sources (the second source's first records were never
 //! served) and over a source whose request does not carry `_offset` (every page was the
 //! first, and `next` never ended); an answer far below the cache's `maxBytes` never kept on
-//! a machine with several cores; and a queued push whose transaction was refused and whose
-//! batch was applied in part, taken as written whole on its next try. Real stand-ins on
-//! 127.0.0.1 (`fhir_standin`, small axum apps here), the engine's router in-process
-//! (`engine_router`) with a push endpoint's drainer (`engine_under_test::Drainer`).
+//! a machine with several cores; a queued push whose transaction was refused and whose batch
+//! was applied in part, taken as written whole on its next try; a sync push cut at the
+//! request's time limit, its write applied and its resend written again; and runs asked for
+//! at once, several told "started". Real stand-ins on 127.0.0.1 (`fhir_standin`, small axum
+//! apps here), the engine's router in-process (`engine_router`) with a push endpoint's
+//! drainer (`engine_under_test::Drainer`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -445,4 +447,82 @@ spec:
     );
     let applied = applied.lock().expect("applied").clone();
     assert_eq!(applied, ["Patient/s1"], "written once");
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. Runs asked for at once
+// ------------------------------------------------------------------------------------------
+
+/// A JSON API that answers `GET /records` with one record after `late`, counting its calls.
+async fn slow_records(late: Duration) -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let (listener, url) = bind().await;
+    spawn_app(
+        listener,
+        axum::Router::new().route(
+            "/records",
+            axum::routing::get(move || {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(late).await;
+                    axum::Json(json!([{"id": "r1"}]))
+                }
+            }),
+        ),
+    );
+    (url, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_asked_for_at_once_start_one_and_refuse_the_others() {
+    let (url, calls) = slow_records(Duration::from_millis(150)).await;
+    let yaml = format!(
+        r#"apiVersion: fosps.gravitate-health.eu/v1
+kind: Connector
+metadata: {{ name: slow }}
+spec:
+  strategy: cron
+  schedule: {{ cron: "0 2 * * *" }}
+  source: {{ url: "{url}", timeout: 5s }}
+  fetch:
+    request: {{ path: /records }}
+    records: $[*]
+  mapping:
+    resourceType: Patient
+    id: {{ $path: $.id }}
+"#
+    );
+    let (engine, _defs, _state) = open_engine(&yaml, CLIENT_TIMEOUT);
+    let engine = Arc::new(engine);
+    // Rounds of requests at once (a double click, two operators, a script's retry), each
+    // round once the run before has ended.
+    for round in 1..=10 {
+        let asks: Vec<_> = (0..16)
+            .map(|_| {
+                let e = engine.clone();
+                tokio::spawn(async move {
+                    e.post(format!("{}/connectors/slow/run", e.base))
+                        .send()
+                        .await
+                })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for a in asks {
+            statuses.push(a.await.expect("an answer").status);
+        }
+        // Before: the turn was taken by the spawned run, after the answer: now and then two
+        // requests were told "started" (202), and one of those runs was then skipped.
+        let started = statuses.iter().filter(|s| **s == 202).count();
+        let refused = statuses.iter().filter(|s| **s == 409).count();
+        assert_eq!((started, refused), (1, 15), "round {round}: {statuses:?}");
+        let e = engine.clone();
+        wait_until(Duration::from_secs(10), "the run ends", move || {
+            !e.engine.crons["slow"].is_running()
+        })
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), round, "one run per round");
+    }
 }
