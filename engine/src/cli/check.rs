@@ -32,7 +32,7 @@ pub(super) fn validate(
 ) -> ExitCode {
     let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
         Ok(s) => s,
-        Err(e) => return usage(&e),
+        Err(e) => return usage(&e.to_string()),
     };
     let outcome = match load_and_validate(&paths, allow_unresolved, !no_tests, schema.as_ref()) {
         Ok(o) => o,
@@ -83,7 +83,7 @@ pub(super) fn map(
 ) -> ExitCode {
     let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
         Ok(s) => s,
-        Err(e) => return usage(&e),
+        Err(e) => return usage(&e.to_string()),
     };
     let outcome = match load_and_validate(&definitions, true, false, None) {
         Ok(o) => o,
