@@ -5,8 +5,9 @@
 # stand-in sources) to core 1, runs each pair interleaved three times (`--quick`: once, shorter
 # runs), and prints one `ratio:` line per measure with its spread (the cached search at c=1 and
 # the miss also against their floors: a bare hyper server on the same core; `note:` lines give
-# each side's rate and CPU per request). Then the mapping and sink
-# benches' `ratio:` lines ("not measured" where a bench prints none, or cannot run).
+# each side's rate and CPU per request). Then the mapping, sink, formats, push and bulk
+# benches' `ratio:` lines ("not measured" where a bench prints none, or cannot run); the
+# shared_cache and guide benches are run on their own.
 # Usage: scripts/bench.sh [--quick]. Environment: BENCH_SECONDS (per wrk run), SUT_CPU,
 # CLIENT_CPU.
 set -euo pipefail

@@ -1,5 +1,5 @@
 //! Timing of the benchmarks that measure a computation in-process: the best of a few rounds.
-//! Shared by `benches/mapping.rs` and `benches/guide.rs`.
+//! Shared by `benches/mapping.rs`, `benches/formats.rs` and `benches/guide.rs`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

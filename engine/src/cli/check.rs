@@ -16,7 +16,7 @@ use crate::config::load;
 use crate::model::fhir::{BundleKind, bundle};
 use crate::model::fhir_structure;
 use crate::model::vocabulary::{Interaction, MatchMode};
-use crate::model::{Strategy, Test, TestRunError};
+use crate::model::{Connector, Strategy, Test, TestRunError};
 
 /// Largest input `engine map` reads.
 const MAX_INPUT: u64 = 256 << 20;
@@ -32,7 +32,7 @@ pub(super) fn validate(
 ) -> ExitCode {
     let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
         Ok(s) => s,
-        Err(e) => return usage(&e),
+        Err(e) => return usage(&e.to_string()),
     };
     let outcome = match load_and_validate(&paths, allow_unresolved, !no_tests, schema.as_ref()) {
         Ok(o) => o,
@@ -83,7 +83,7 @@ pub(super) fn map(
 ) -> ExitCode {
     let schema = match fhir_schema.as_deref().map(FhirSchema::load).transpose() {
         Ok(s) => s,
-        Err(e) => return usage(&e),
+        Err(e) => return usage(&e.to_string()),
     };
     let outcome = match load_and_validate(&definitions, true, false, None) {
         Ok(o) => o,
@@ -109,88 +109,13 @@ pub(super) fn map(
             return ExitCode::from(1);
         }
     };
-    let mut param_values = serde_json::Map::new();
-    for p in &target.params {
-        let Some((k, v)) = p.split_once('=') else {
-            return usage(&format!("`{p}` is not NAME=VALUE"));
-        };
-        param_values.insert(k.to_owned(), Value::String(v.to_owned()));
-    }
-    let interaction = match target.read {
-        Some(_) => Interaction::Read,
-        None => Interaction::Search,
-    };
-    let pull = matches!(c.strategy, Strategy::Pull(_));
-    if !pull && (target.resource_type.is_some() || target.read.is_some()) {
-        return usage("`--type` and `--read` are for pull connectors");
-    }
-    if let Some(t) = &target.resource_type
-        && c.pull_resource(Some(t), interaction).is_none()
-    {
-        return usage(&format!("connector `{connector}` serves no `{t}`"));
-    }
-    if pull
-        && c.pull_resource(target.resource_type.as_deref(), interaction)
-            .is_some_and(|r| {
-                (interaction == Interaction::Read && r.read.is_none())
-                    || (interaction == Interaction::Search && r.search.is_none())
-            })
-    {
-        let what = if target.read.is_some() {
-            "read"
-        } else {
-            "search"
-        };
-        return usage(&format!("that resource type has no {what}"));
-    }
-    if let Some(id) = &target.read
-        && !crate::model::fhir::is_id(id)
-    {
-        return usage(&format!("`{id}` is not a FHIR id"));
-    }
-    let run = Test {
-        name: "engine map".into(),
-        at: Vec::new(),
-        input: document,
-        params: Value::Object(param_values),
-        resource_type: target.resource_type,
-        interaction,
-        id: target.read,
-        expect: None,
-        match_mode: MatchMode::Exact,
-        expect_error: None,
+    let run = match map_run(c, &connector, document, target) {
+        Ok(run) => run,
+        Err(exit) => return exit,
     };
     match c.run_test(&run) {
         Ok(resources) => {
-            let mut invalid = false;
-            if check {
-                let version = c.fhir_version;
-                match fhir_structure::structure(version) {
-                    Ok(structure) => {
-                        for (i, r) in resources.iter().enumerate() {
-                            for problem in structure.check_instance(r) {
-                                eprintln!(
-                                    "error: resource {i} is not valid FHIR {}: {problem}",
-                                    version.name()
-                                );
-                                invalid = true;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        invalid = true;
-                    }
-                }
-            }
-            if let Some(schema) = &schema {
-                for (i, r) in resources.iter().enumerate() {
-                    for problem in schema.check(r) {
-                        eprintln!("error: resource {i} is not valid FHIR R4: {problem}");
-                        invalid = true;
-                    }
-                }
-            }
+            let invalid = report_invalid(c, &resources, check, schema.as_ref());
             let out = match as_bundle {
                 None => Value::Array(resources),
                 Some(kind) => bundle(
@@ -222,6 +147,108 @@ pub(super) fn map(
             ExitCode::from(1)
         }
     }
+}
+
+/// The run `engine map` asks of connector `c` (named `connector` on the command line): the
+/// input mapped as the search or read of the type `target` names, with its parameters; a
+/// target the connector cannot run is an unusable invocation (exit 2).
+fn map_run(
+    c: &Connector,
+    connector: &str,
+    document: Value,
+    target: MapTarget,
+) -> Result<Test, ExitCode> {
+    let mut param_values = serde_json::Map::new();
+    for p in &target.params {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(usage(&format!("`{p}` is not NAME=VALUE")));
+        };
+        param_values.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    let interaction = match target.read {
+        Some(_) => Interaction::Read,
+        None => Interaction::Search,
+    };
+    let pull = matches!(c.strategy, Strategy::Pull(_));
+    if !pull && (target.resource_type.is_some() || target.read.is_some()) {
+        return Err(usage("`--type` and `--read` are for pull connectors"));
+    }
+    if let Some(t) = &target.resource_type
+        && c.pull_resource(Some(t), interaction).is_none()
+    {
+        return Err(usage(&format!("connector `{connector}` serves no `{t}`")));
+    }
+    if pull
+        && c.pull_resource(target.resource_type.as_deref(), interaction)
+            .is_some_and(|r| {
+                (interaction == Interaction::Read && r.read.is_none())
+                    || (interaction == Interaction::Search && r.search.is_none())
+            })
+    {
+        let what = if target.read.is_some() {
+            "read"
+        } else {
+            "search"
+        };
+        return Err(usage(&format!("that resource type has no {what}")));
+    }
+    if let Some(id) = &target.read
+        && !crate::model::fhir::is_id(id)
+    {
+        return Err(usage(&format!("`{id}` is not a FHIR id")));
+    }
+    Ok(Test {
+        name: "engine map".into(),
+        at: Vec::new(),
+        input: document,
+        params: Value::Object(param_values),
+        resource_type: target.resource_type,
+        interaction,
+        id: target.read,
+        expect: None,
+        match_mode: MatchMode::Exact,
+        expect_error: None,
+    })
+}
+
+/// Says on standard error which resources are not valid FHIR: of the connector's version
+/// (`--check`), and of R4 by the schema (`--fhir-schema`); true when one was not.
+fn report_invalid(
+    c: &Connector,
+    resources: &[Value],
+    check: bool,
+    schema: Option<&FhirSchema>,
+) -> bool {
+    let mut invalid = false;
+    if check {
+        let version = c.fhir_version;
+        match fhir_structure::structure(version) {
+            Ok(structure) => {
+                for (i, r) in resources.iter().enumerate() {
+                    for problem in structure.check_instance(r) {
+                        eprintln!(
+                            "error: resource {i} is not valid FHIR {}: {problem}",
+                            version.name()
+                        );
+                        invalid = true;
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                invalid = true;
+            }
+        }
+    }
+    if let Some(schema) = schema {
+        for (i, r) in resources.iter().enumerate() {
+            for problem in schema.check(r) {
+                eprintln!("error: resource {i} is not valid FHIR R4: {problem}");
+                invalid = true;
+            }
+        }
+    }
+    invalid
 }
 
 /// Reads a JSON input of bounded size; the error says why it is unusable.

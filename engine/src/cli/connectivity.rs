@@ -65,13 +65,18 @@ pub(super) fn check(
     };
     let ok = parts.iter().all(|p| p.ok);
     match output {
-        RunOutput::Json => println!("{}", json!({"connector": name, "ok": ok, "parts": parts})),
+        RunOutput::Json => super::output::line(format_args!(
+            "{}",
+            json!({"connector": name, "ok": ok, "parts": parts})
+        )),
         RunOutput::Text => {
             for p in &parts {
-                println!("{}", line(p));
+                super::output::line(format_args!("{}", line(p)));
             }
             if parts.is_empty() {
-                println!("{name}: nothing to call (no source, no FHIR sink)");
+                super::output::line(format_args!(
+                    "{name}: nothing to call (no source, no FHIR sink)"
+                ));
             }
         }
     }

@@ -111,7 +111,7 @@ pub(super) fn dead_letters(
         };
         let why = shown(why);
         if output == RunOutput::Json && body.is_object() {
-            println!("{body}");
+            super::output::line(format_args!("{body}"));
         }
         eprintln!("error: {why}");
         return match status {
@@ -132,16 +132,16 @@ pub(super) fn dead_letters(
     if output == RunOutput::Json {
         match &action {
             DeadLetterAction::Delete { id } => {
-                println!(
+                super::output::line(format_args!(
                     "{}",
                     serde_json::json!({"connector": name, "id": id, "status": "deleted"})
-                );
+                ));
             }
-            DeadLetterAction::List { .. } => println!(
+            DeadLetterAction::List { .. } => super::output::line(format_args!(
                 "{}",
                 serde_json::json!({"letters": body, "total": total.and_then(|t| t.parse::<u64>().ok()), "next": next})
-            ),
-            _ => println!("{body}"),
+            )),
+            _ => super::output::line(format_args!("{body}")),
         }
         return ExitCode::SUCCESS;
     }
@@ -149,13 +149,13 @@ pub(super) fn dead_letters(
         DeadLetterAction::List { .. } => {
             let letters = body.as_array().cloned().unwrap_or_default();
             for l in &letters {
-                println!(
+                super::output::line(format_args!(
                     "{}\t{}\t{} bytes\t{}",
                     text_of(&l["id"]),
                     text_of(&l["received"]),
                     text_of(&l["bytes"]),
                     text_of(&l["reason"])
-                );
+                ));
             }
             let total = total.unwrap_or_else(|| letters.len().to_string());
             match next {
@@ -167,28 +167,33 @@ pub(super) fn dead_letters(
             }
         }
         DeadLetterAction::Show { .. } => {
-            println!("id: {}", text_of(&body["id"]));
-            println!("received: {}", text_of(&body["received"]));
-            println!("reason: {}", text_of(&body["reason"]));
+            super::output::line(format_args!("id: {}", text_of(&body["id"])));
+            super::output::line(format_args!("received: {}", text_of(&body["received"])));
+            super::output::line(format_args!("reason: {}", text_of(&body["reason"])));
             if !body["lastReplay"].is_null() {
-                println!("last replay: {}", text_of(&body["lastReplay"]));
+                super::output::line(format_args!(
+                    "last replay: {}",
+                    text_of(&body["lastReplay"])
+                ));
             }
             if !body["outcome"].is_null() {
-                println!(
+                super::output::line(format_args!(
                     "outcome:\n{}",
                     serde_json::to_string_pretty(&body["outcome"]).unwrap_or_default()
-                );
+                ));
             }
-            println!(
+            super::output::line(format_args!(
                 "payload:\n{}",
                 serde_json::to_string_pretty(&body["payload"]).unwrap_or_default()
-            );
+            ));
         }
-        DeadLetterAction::Replay { id } => println!(
+        DeadLetterAction::Replay { id } => super::output::line(format_args!(
             "dead letter {id} replayed: {} resources written; removed",
             text_of(&body["resources"])
-        ),
-        DeadLetterAction::Delete { id } => println!("dead letter {id} deleted"),
+        )),
+        DeadLetterAction::Delete { id } => {
+            super::output::line(format_args!("dead letter {id} deleted"))
+        }
     }
     ExitCode::SUCCESS
 }

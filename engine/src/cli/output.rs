@@ -13,3 +13,8 @@ pub(super) fn stdout(text: &str) {
         eprintln!("error: cannot write the output: {e}");
     }
 }
+
+/// One line of a command's output, as `println!` writes it, through `stdout`.
+pub(super) fn line(text: std::fmt::Arguments<'_>) {
+    stdout(&format!("{text}\n"));
+}

@@ -7,6 +7,20 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
+/// Why the FHIR JSON Schema file could not be read; each message starts with the path given.
+#[derive(Debug, thiserror::Error)]
+pub enum FhirSchemaError {
+    #[error("{path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("{path}: not JSON: {source}")]
+    NotJson {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path}: no `definitions`")]
+    NoDefinitions { path: String },
+}
+
 /// The FHIR JSON Schema and the validators compiled from it so far.
 pub struct FhirSchema {
     definitions: Value,
@@ -15,15 +29,21 @@ pub struct FhirSchema {
 
 impl FhirSchema {
     /// Reads the schema file (`fhir.schema.json`).
-    pub fn load(path: &Path) -> Result<FhirSchema, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: {}", path.display(), crate::config::load::io_reason(&e)))?;
-        let mut root: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<FhirSchema, FhirSchemaError> {
+        let shown = || path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| FhirSchemaError::Unreadable {
+            path: shown(),
+            reason: crate::config::load::io_reason(&e),
+        })?;
+        let mut root: Value =
+            serde_json::from_str(&text).map_err(|source| FhirSchemaError::NotJson {
+                path: shown(),
+                source,
+            })?;
         let definitions = root
             .get_mut("definitions")
             .map(Value::take)
-            .ok_or_else(|| format!("{}: no `definitions`", path.display()))?;
+            .ok_or_else(|| FhirSchemaError::NoDefinitions { path: shown() })?;
         Ok(FhirSchema {
             definitions,
             validators: Mutex::new(HashMap::new()),

@@ -1,5 +1,8 @@
 //! FHIR rules the mapping relies on: empty values, deterministic ids, date, dateTime and instant
-//! normalisation (local times read in a declared zone), Bundle assembly and splitting a Bundle into entries with references rewritten.
+//! normalisation (local times read in a declared zone), Bundle assembly and splitting a Bundle
+//! into entries with references rewritten; the id rule and `writable` (a resource's id and
+//! type checked before any write), the searchset written around resources already serialised
+//! (`Searchset`), and `OperationOutcome` resources.
 
 use std::collections::HashMap;
 

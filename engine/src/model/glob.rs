@@ -1,7 +1,14 @@
-//! File patterns of guide imports, compiled by `globset` to a regular expression automaton
-//! (matching is linear in the path: no backtracking blow-up).
+//! File patterns of guide imports and file sources (`path`), compiled by `globset` to a
+//! regular expression automaton (matching is linear in the path: no backtracking blow-up);
+//! `GlobError`, why a pattern does not compile.
 
 use globset::GlobBuilder;
+
+/// Why a pattern does not compile (globset's reason, without the pattern: the caller shows it
+/// where it was written).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct GlobError(globset::ErrorKind);
 
 /// A file pattern: `*` and `?` match within one name, `**` as a whole folder name across
 /// folders, `[abc]` one of a set, `{a,b}` either. Without `/` it matches a file's name in any
@@ -16,13 +23,13 @@ pub struct Glob {
 
 impl Glob {
     /// Compiles a pattern; the error says what is wrong with it.
-    pub fn new(pattern: &str) -> Result<Glob, String> {
+    pub fn new(pattern: &str) -> Result<Glob, GlobError> {
         let pattern = pattern.trim_start_matches('/');
         let matcher = GlobBuilder::new(pattern)
             .literal_separator(true)
             .backslash_escape(true)
             .build()
-            .map_err(|e| e.kind().to_string())?
+            .map_err(|e| GlobError(e.kind().clone()))?
             .compile_matcher();
         Ok(Glob {
             pattern: pattern.to_owned(),
@@ -86,7 +93,7 @@ mod tests {
     fn invalid_patterns_say_why() {
         for p in ["Patient-[ab.json", "{a,b.json", "a/**/b/[z-a]"] {
             let e = Glob::new(p).expect_err(p);
-            assert!(!e.is_empty(), "{p}");
+            assert!(!e.to_string().is_empty(), "{p}");
         }
     }
 

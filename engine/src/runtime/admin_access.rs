@@ -234,11 +234,6 @@ impl AdminAccess {
         Ok(AdminAccess(Arc::new(Mode::Checked { token, oidc, roles })))
     }
 
-    /// Whether anybody may call the admin API.
-    pub fn is_open(&self) -> bool {
-        matches!(*self.0, Mode::Open)
-    }
-
     /// Whether nobody may call the admin API.
     pub fn is_closed(&self) -> bool {
         matches!(*self.0, Mode::Closed)

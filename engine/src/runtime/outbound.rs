@@ -641,17 +641,6 @@ impl RetryPolicy<'_> {
     }
 }
 
-/// Time left before `deadline`, at most `timeout`; `None` when the deadline has passed.
-pub fn time_left(timeout: Duration, deadline: Option<Instant>) -> Option<Duration> {
-    match deadline {
-        None => Some(timeout),
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            (!left.is_zero()).then(|| left.min(timeout))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

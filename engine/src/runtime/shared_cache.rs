@@ -226,11 +226,6 @@ impl SharedTier {
         }
     }
 
-    /// Whether the tier is stepping aside after a failed call.
-    pub fn is_away(&self) -> bool {
-        self.inner.away.load(Ordering::Relaxed)
-    }
-
     /// This process's token: what a lock it holds is set to.
     pub(crate) fn token(&self) -> &str {
         &self.inner.token

@@ -1,7 +1,8 @@
 //! `engine check NAME` against real servers on 127.0.0.1: a healthy source and FHIR sink
 //! (the real credentials sent, none printed), a source where nothing listens, a source that
-//! answers 401, a sink that reports R5 for an R4 connector, and a source that never answers,
-//! bounded by its timeout. Each run of the binary is bounded in time.
+//! answers 401, a sink that reports R5 for an R4 connector, a source that never answers,
+//! bounded by its timeout, and a report printed into a closed pipe. Each run of the binary is
+//! bounded in time.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -301,4 +302,36 @@ async fn a_pull_source_is_asked_with_the_tests_params_or_the_given_ones() {
         vec!["name=from-the-test".to_owned(), "name=given".to_owned()]
     );
     server.abort();
+}
+
+/// `engine check ... | head -0`: the reader closed the pipe before the report was printed,
+/// and `println!` panicked on it (exit 101) instead of the check's own exit code.
+#[tokio::test]
+async fn a_report_into_a_closed_pipe_does_not_panic() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (source_url, a) = source(200, seen).await;
+    let (sink_url, b) = sink("4.0.1").await;
+    let dir = definitions(&source_url, &sink_url, "5s");
+    for output in ["text", "json"] {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(["check", "feed", "-d"])
+            .arg(dir.path())
+            .args(["--output", output])
+            .env("CHECK_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("engine check starts");
+        drop(child.stdout.take());
+        let o = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("engine check ends within 60s")
+            .expect("engine check runs");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{output}: {err}");
+        assert_eq!(o.status.code(), Some(0), "{output}: {err}");
+    }
+    a.abort();
+    b.abort();
 }

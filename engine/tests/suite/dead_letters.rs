@@ -3,7 +3,8 @@
 //! kept), replayed through the *current* definition (kept with the new reason when it still
 //! fails, removed once written: eight concurrent replays write it once, counted at the NDJSON
 //! sink), deleted (204, then 404), hostile ids refused without touching a file outside the
-//! dead letters, and the counters and the dead-letter gauge in `/metrics`. Push and cron.
+//! dead letters, and the counters and the dead-letter gauge in `/metrics`. Push and cron. And
+//! `engine dead-letters` against a real `engine serve`, also into a closed pipe.
 
 use std::path::Path;
 use std::time::Duration;
@@ -551,4 +552,69 @@ async fn the_cli_lists_shows_replays_and_deletes_against_a_running_engine() {
         serde_json::from_str::<Value>(&out).expect("JSON")["total"],
         1
     );
+}
+
+/// `engine dead-letters ... | head` closes the pipe early: a letter shown (or listed) past the
+/// pipe's buffer was printed with `println!`, which panicked on the closed pipe (exit 101,
+/// "failed printing to stdout"). Now the rest of the output is dropped quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_into_a_closed_pipe_does_not_panic() {
+    use std::process::Stdio;
+    const ADMIN: &str = "cli-admin-token-0123456789";
+    let defs = definitions(&push_yaml("$.id"));
+    let state = tempfile::tempdir().expect("state");
+    let token_file = state.path().join("admin-token");
+    std::fs::write(&token_file, ADMIN).expect("the token file");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"));
+    cmd.arg("serve")
+        .arg(defs.path())
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--admin-token-file")
+        .arg(&token_file)
+        .env_remove("ENGINE_STATE_DIR")
+        .env_remove("ENGINE_SINK_DIR")
+        .env_remove("ENGINE_ADMIN_OPEN")
+        .env_remove("ENGINE_OIDC_ISSUER");
+    let server = crate::serve_process::ServeProcess::start(cmd, Duration::from_secs(10)).await;
+    let base = server.base.clone();
+    // A payload of 512 KiB, far past a pipe's 64 KiB buffer, dead-lettered for its id.
+    let c = crate::local_http::client(CLIENT_TIMEOUT);
+    let got = crate::local_http::send(
+        c.post(format!("{base}/push/inbox"))
+            .bearer_auth(PUSH_TOKEN)
+            .header("content-type", "application/json")
+            .body(json!({"id": "bad id", "note": "n".repeat(512 << 10)}).to_string()),
+    )
+    .await;
+    assert_eq!(got.status, 422, "{}", got.text);
+    let (code, out, err) = cli(&base, Some(ADMIN), &["inbox", "list", "--output", "json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let listed: Value = serde_json::from_str(&out).expect("JSON");
+    let id = listed["letters"][0]["id"]
+        .as_str()
+        .expect("an id")
+        .to_owned();
+
+    for output in ["text", "json"] {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+            .args(["dead-letters", "inbox", "show", &id, "--output", output])
+            .args(["--url", &base])
+            .env("ENGINE_ADMIN_TOKEN", ADMIN)
+            .env_remove("ENGINE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("engine dead-letters starts");
+        // The reader leaves before anything is written.
+        drop(child.stdout.take());
+        let o = tokio::time::timeout(CLIENT_TIMEOUT, child.wait_with_output())
+            .await
+            .expect("engine dead-letters ends in time")
+            .expect("engine dead-letters runs");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{output}: {err}");
+        assert_eq!(o.status.code(), Some(0), "{output}: {err}");
+    }
 }

@@ -5,7 +5,7 @@
 //! `content-length`), and it runs in a task of its own, as a connection would; the answer is
 //! read whole into a `Got`, as `local_http::send` reads a server's. Stand-in upstreams stay
 //! real servers on 127.0.0.1; the tests of the `engine` binary use `serve_process`. Used by
-//! `serve`, `cron_push`, `helios`, `shipped` and `durability`.
+//! most of the suite's subjects.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 //! and loaded into a model; a runner of a cron connector, a run with a deadline, and the
 //! watermarks it keeps; the `engine run` binary with a deadline (`Exit`); the engine's
 //! directories; signed pushes (to the router of `engine_router`) and the drainer of queued
-//! ones; and polls with a deadline for its background work. Used by `cron_push`, `helios`,
-//! `shipped`, `serve` and `durability`.
+//! ones; and polls with a deadline for its background work. Used by most of the suite's
+//! subjects.
 
 use std::collections::BTreeMap;
 use std::path::Path;

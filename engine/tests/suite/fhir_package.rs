@@ -1,5 +1,6 @@
 //! FHIR packages as the guide publisher builds them (a gzipped tar of `package/...` files),
-//! built in memory. Used by `shipped`, and by `benches/guide.rs` (which includes this file).
+//! built in memory. Used by `shipped` and `outbound_auth`, and by `benches/guide.rs` (which
+//! includes this file).
 
 /// A `package.tgz` holding each file at `package/{path}`.
 pub fn package_tgz<P: AsRef<str>>(files: &[(P, Vec<u8>)]) -> Vec<u8> {

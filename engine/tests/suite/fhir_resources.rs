@@ -1,8 +1,8 @@
 //! FHIR resources as the end-to-end tests handle them, as `serde_json` values: a resource's
 //! `Type/id`, the resource without its server-managed `meta`, the `reference` strings inside
 //! a value, the entries of a search Bundle, and FHIR instants counted from a fixed time.
-//! Used by `cron_push`, `helios`, `shipped` and `serve`, and by `fhir_standin` and
-//! `helios_client`.
+//! Used by the subjects that read FHIR answers (`cron_push`, `helios`, `shipped`, `serve`,
+//! `versions`, ...), and by `fhir_standin` and `helios_client`.
 
 use chrono::{TimeZone, Utc};
 use serde_json::Value;

@@ -1,11 +1,11 @@
 //! Pieces of the stand-in FHIR servers that the end-to-end tests write as small axum apps: a
 //! FHIR JSON answer, an `OperationOutcome`, and a FHIR *source* answering searches of the
 //! resources it holds page by page as a FHIR server does (`_count`, `_offset`,
-//! `_lastUpdated=gtX`, absolute `self` and `next` links). Used by `cron_push` (its FHIR source
-//! and sink), `shipped` (the HL7 sandbox, the recording sink, the lenses) and `durability`
-//! (the FHIR source of a cron run, the `fhir_json` answers of its own sink). The source also
-//! answers reads (`GET /{Type}/{id}`) and batches of searches and reads (`POST /`), for
-//! `versions`.
+//! `_lastUpdated=gtX`, absolute `self` and `next` links). The source also answers reads
+//! (`GET /{Type}/{id}`) and batches of searches and reads (`POST /`). Used by most subjects
+//! that stand in for a FHIR server: `cron_push` (its FHIR source and sink), `shipped` (the
+//! HL7 sandbox, the recording sink, the lenses), `durability`, `versions`, `faults`,
+//! `fanout`, `edge`, `ui`, ...
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

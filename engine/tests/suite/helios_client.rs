@@ -1,6 +1,7 @@
 //! The end-to-end tests' own requests to a Helios FHIR Server (`helios_server`): a read as
 //! JSON, seeding with a transaction Bundle, and every resource of some types by following the
-//! searches' `next` links. Used by `helios`, `shipped` and `durability`.
+//! searches' `next` links. Used by every subject that writes into Helios (`helios`, `shipped`,
+//! `durability`, `bulk_export`, `fhir_versions_helios`, `outside_12`, `push_stream_queue`).
 
 use std::collections::{BTreeMap, HashSet};
 

@@ -3,8 +3,10 @@
 //! serving R4 or R5 by default, ready once `GET /metadata` answers as this server in that
 //! version, and killed when dropped. One binary, built with both versions by
 //! `scripts/tools.sh`, serves both: each request in the version its `fhirVersion` MIME
-//! parameter names, and without one (as the engine writes) in `HFS_DEFAULT_FHIR_VERSION`. Used by `helios`,
-//! `shipped` and `durability`, and by `benches/sink.rs` (which includes this file).
+//! parameter names, and without one (as the engine writes) in `HFS_DEFAULT_FHIR_VERSION`.
+//! Used by every subject that writes into Helios (`helios`, `shipped`, `durability`,
+//! `bulk_export`, `fhir_validity`, `fhir_versions_helios`, `outside_12`, `push_stream_queue`),
+//! and by `benches/sink.rs` (which includes this file).
 //!
 //! Helios must be told its port, so the port is taken free and given back before Helios binds
 //! it, and another process of the machine (or another test of the run) may bind it in between.

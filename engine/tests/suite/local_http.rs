@@ -5,8 +5,7 @@
 //! No port is taken and given back for someone else to bind later (another test of the same
 //! run could take it meanwhile): a server binds port 0 and is asked its address, and the URL
 //! where nothing listens keeps its port bound.
-//! Used by `serve`, `cron_push`, `helios`, `shipped`, `reload` and
-//! `durability`.
+//! Used by nearly every subject of the suite, and by `benches/bulk.rs`.
 
 use std::time::Duration;
 

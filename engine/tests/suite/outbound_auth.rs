@@ -343,7 +343,7 @@ async fn guide_package(State(s): State<Arc<Stand>>, headers: HeaderMap) -> Respo
     .into_response()
 }
 
-/// A source named `labs` at `url` with `auth_and_tls` (YAML lines at the spec's indent) and
+/// A source named `labs` at `url` with `extra` (YAML lines at the spec's indent) and
 /// a pull connector over it.
 fn definitions_of(url: &str, extra: &str) -> String {
     format!(

@@ -1,7 +1,7 @@
 //! The outside tools the tests run (Helios FHIR Server, validator-cli), installed by
 //! `scripts/tools.sh` under `$FOSPS_TOOLS` (default `~/.local/share/fosps-tools`), or named by
-//! an environment variable. Used by `helios_server` (also in the sink benchmark) and
-//! `fhir_validity`.
+//! an environment variable. Used by `helios_server` (also in the sink benchmark),
+//! `fhir_validity` and `outside_12`.
 
 use std::path::PathBuf;
 

@@ -2,8 +2,9 @@
 //! (signals, reloads): it listens on `127.0.0.1:0`, a port it binds itself, and the test
 //! learns the address from its `serving` log line, so no port is taken and given back for
 //! another test to bind meanwhile. Its stderr (JSON log lines) is read all along, so the
-//! process never blocks on a full pipe, and kept for the test's messages. Used by `serve`,
-//! `reload` and `durability`.
+//! process never blocks on a full pipe, and kept for the test's messages. Used by every
+//! subject that needs the real binary (`serve`, `reload`, `durability`, `edge`, `ui`,
+//! `shared_cache`, ...).
 
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,8 @@
 //! Validation: definition files in, a checked [`Model`] or a list of diagnostics out. YAML is
-//! parsed into a located tree, checked against the generated schema, secrets are resolved,
-//! then each document is checked for meaning and compiled; references, names and routes are
-//! checked across documents; last, the definitions' own tests run.
+//! parsed into a located tree, its references (secrets) are resolved inside string values,
+//! it is checked against the generated schema, then each document is checked for meaning and
+//! compiled; references, names and routes are checked across documents; last, the
+//! definitions' own tests run.
 
 mod bulk_export;
 mod connector;
