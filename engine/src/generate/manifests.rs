@@ -117,6 +117,8 @@ fn public_routes(model: &Model) -> Vec<(String, bool)> {
         }
     }
     routes.push(("/connectors".into(), true));
+    // The status page, part of the admin API (its relative links resolve below `/ui/`).
+    routes.push(("/ui".into(), true));
     routes.push(("/openapi.json".into(), false));
     routes
 }
@@ -152,18 +154,28 @@ fn virtual_service(model: &Model, opts: &Options) -> Value {
 }
 
 /// The admin API needs a JWT of the realm carrying a role (the engine checks it again):
-/// acting (starting runs, emptying caches, replaying and deleting dead letters) the operator
-/// role, reading (listings, `/reload`, dead letters) the reader or operator role. FHIR routes, push endpoints (which authenticate
+/// acting (starting runs, emptying caches, replaying and deleting dead letters, the status
+/// page's buttons) the operator role, reading (listings, `/reload`, dead letters, the status
+/// page) the reader or operator role. FHIR routes, push endpoints (which authenticate
 /// callers themselves), operations endpoints and CORS preflights need none.
 fn authorization(model: &Model, opts: &Options) -> Value {
     let mut acting = Vec::new();
-    let mut reading: Vec<String> = vec!["/connectors".into(), "/connectors/list".into()];
+    // The status page is read with the reader role, its buttons pressed with the operator's.
+    let mut reading: Vec<String> = [
+        "/connectors",
+        "/connectors/list",
+        "/ui",
+        "/ui/",
+        "/ui/style.css",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut open_posts = vec!["/fhir/*".to_owned()];
     for c in &model.connectors {
         reading.push(format!("/connectors/{}", c.name));
         match &c.strategy {
             Strategy::Cron(_) => {
-                acting.push(json!({"operation": {"methods": ["POST"], "paths": [format!("/connectors/{}/run", c.name)]}}));
+                acting.push(json!({"operation": {"methods": ["POST"], "paths": [format!("/connectors/{}/run", c.name), format!("/ui/connectors/{}/run", c.name)]}}));
                 // The records its runs skipped (`run.onRecordError: skip`).
                 dead_letters(&c.name, &mut reading, &mut acting);
             }
@@ -216,11 +228,13 @@ fn authorization(model: &Model, opts: &Options) -> Value {
 }
 
 /// The dead-letter paths of connector `name`: the listing and each letter read; each letter
-/// replayed (POST) or deleted (DELETE).
+/// replayed (POST) or deleted (DELETE), through the API or the status page's buttons.
 fn dead_letters(name: &str, reading: &mut Vec<String>, acting: &mut Vec<Value>) {
     reading.push(format!("/connectors/{name}/dead-letters"));
     reading.push(format!("/connectors/{name}/dead-letters/*"));
     acting.push(json!({"operation": {"methods": ["POST", "DELETE"], "paths": [format!("/connectors/{name}/dead-letters/*")]}}));
+    // The page's replay and delete buttons (forms, so POST).
+    acting.push(json!({"operation": {"methods": ["POST"], "paths": [format!("/ui/connectors/{name}/dead-letters/*")]}}));
 }
 
 /// Only the Istio ingress gateway, and the pods of the namespace labelled as the engine's
@@ -257,12 +271,18 @@ fn cron_jobs(model: &Model, opts: &Options) -> Vec<Value> {
             _ => None,
         })
         .map(|(c, cron)| {
-            let mut job_labels = labels(opts);
-            job_labels["eu.gravitate-health.fosps.cron"] = json!(c.name);
+            let name = job_name(&opts.app, &c.name);
+            // Their own `app`: with the Deployment's, a running job's pod (Ready, having no
+            // probe) was an endpoint of the engine's Service, and counted by its PDB and HPA.
+            let job_labels = json!({
+                "app": name,
+                "eu.gravitate-health.fosps.connector": "true",
+                "eu.gravitate-health.fosps.cron": c.name,
+            });
             json!({
                 "apiVersion": "batch/v1",
                 "kind": "CronJob",
-                "metadata": {"name": format!("{}-{}", opts.app, c.name).chars().take(52).collect::<String>(), "namespace": opts.namespace, "labels": job_labels},
+                "metadata": {"name": name, "namespace": opts.namespace, "labels": job_labels},
                 "spec": {
                     "schedule": cron.schedule.cron,
                     "timeZone": cron.schedule.time_zone.name(),
@@ -300,6 +320,23 @@ fn cron_jobs(model: &Model, opts: &Options) -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// Longest name of a CronJob: its Jobs are named after it plus 11 characters, and a Job's
+/// name is a label value of its pods (at most 63).
+const MAX_JOB_NAME: usize = 52;
+
+/// The CronJob of connector `connector`: `{app}-{connector}`, or when that is too long its
+/// start and 8 hex digits of the connector's name, so that names sharing a long start stay
+/// apart and the name still ends with a letter or digit (DNS-1123).
+fn job_name(app: &str, connector: &str) -> String {
+    let full = format!("{app}-{connector}");
+    if full.len() <= MAX_JOB_NAME {
+        return full;
+    }
+    let digest = crate::model::digest::content_digest(&[connector]);
+    let head = full[..MAX_JOB_NAME - 9].trim_end_matches('-');
+    format!("{head}-{}", &digest[..8])
 }
 
 /// YAML text of a JSON value (block style; strings quoted when they could read as something

@@ -36,6 +36,7 @@ mod outside_13;
 mod outside_15;
 mod outside_16;
 mod outside_23;
+mod outside_67;
 mod parent_child;
 mod projection;
 mod push_signatures;
