@@ -543,3 +543,35 @@ async fn a_refused_reload_logs_and_shows_no_credential_and_no_local_directory() 
         .expect("push");
     assert_eq!(pushed.status(), 200);
 }
+
+#[tokio::test]
+async fn two_definition_files_of_one_name_are_refused_not_one_left_out_of_the_config_map() {
+    // `engine serve` reads folders recursively; the ConfigMap is mounted as one flat folder,
+    // keyed by file name: of `ips/sync.yaml` and `epi/sync.yaml` one would vanish.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (folder, name) in [("ips", "ips-sync"), ("epi", "epi-sync")] {
+        std::fs::create_dir_all(dir.path().join("defs").join(folder)).expect("mkdir");
+        std::fs::write(
+            dir.path().join("defs").join(folder).join("sync.yaml"),
+            cron(name),
+        )
+        .expect("write");
+    }
+    let o = engine(dir.path(), &["manifests", "defs", "--out", "out"]).await;
+    let said = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("defs/ips/sync.yaml") && said.contains("defs/epi/sync.yaml"),
+        "both files are named: {said}"
+    );
+    assert!(
+        !dir.path().join("out/configmap.yaml").exists(),
+        "no ConfigMap is written without one of them"
+    );
+    // A file name no ConfigMap key can be.
+    let odd = tempfile::tempdir().expect("tempdir");
+    std::fs::write(odd.path().join("my sync.yaml"), cron("sync")).expect("write");
+    let o = engine(odd.path(), &["manifests", "my sync.yaml", "--out", "out"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("ConfigMap key"), "{}", text(&o));
+}
