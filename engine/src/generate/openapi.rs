@@ -2,8 +2,8 @@
 //! parameters, push endpoints with their bodies and authentication, the admin API (dead
 //! letters by id included), the status page and the operations endpoints: every route
 //! `engine serve` serves. It never holds a secret. A pull connector's paths are under its FHIR
-//! bases: `/fhir/{connector}` when its sources share one FHIR version, else one base per
-//! version (`/fhir/{connector}/R4`, `/R5`); one with several sources also has the
+//! bases: one per FHIR version of its sources (`/fhir/{connector}/R4`, `/R5`), and
+//! `/fhir/{connector}` when they share one; one with several sources also has the
 //! source-qualified read its entries' `fullUrl`s name.
 
 use serde_json::{Map, Value, json};
@@ -47,15 +47,16 @@ pub fn document(model: &Model, prefix: &str) -> Value {
                         versions.push(v);
                     }
                 }
-                // (path prefix after the connector, operationId suffix, summary suffix)
-                let bases: Vec<(String, String, String)> = if versions.len() > 1 {
-                    versions
-                        .iter()
-                        .map(|v| (format!("/{v}"), format!("-{v}"), format!(" (FHIR {v})")))
-                        .collect()
-                } else {
-                    vec![(String::new(), String::new(), String::new())]
-                };
+                // (path prefix after the connector, operationId suffix, summary suffix): each
+                // version's base, served for every connector, and the versionless one when
+                // the sources share one version.
+                let mut bases: Vec<(String, String, String)> = versions
+                    .iter()
+                    .map(|v| (format!("/{v}"), format!("-{v}"), format!(" (FHIR {v})")))
+                    .collect();
+                if versions.len() == 1 {
+                    bases.insert(0, (String::new(), String::new(), String::new()));
+                }
                 let sources: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
                 for r in &p.resources {
                     let t = &r.resource_type;
