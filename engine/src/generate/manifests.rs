@@ -68,6 +68,12 @@ pub enum ManifestError {
         first: String,
         second: String,
     },
+    /// A cron connector whose schedule has seconds: a Kubernetes CronJob cannot run it, and
+    /// the Deployment runs no schedules (`ENGINE_RUN_SCHEDULES=false`), so it would never run.
+    #[error(
+        "cron connector `{connector}`: schedule `{schedule}` has seconds, which a Kubernetes CronJob cannot run (and the Deployment runs no schedules): write it with 5 fields"
+    )]
+    Seconds { connector: String, schedule: String },
     /// A file name that cannot be a ConfigMap key (letters, digits, `-`, `_` and `.`).
     #[error(
         "`{0}` cannot be a ConfigMap key (only letters, digits, `-`, `_` and `.`): rename the file"
@@ -99,7 +105,7 @@ pub fn generate(
         "networkpolicy.yaml".into(),
         format!("{header}{}", yaml(&network_policy(opts))),
     );
-    let jobs: Vec<String> = cron_jobs(model, opts).iter().map(yaml).collect();
+    let jobs: Vec<String> = cron_jobs(model, opts)?.iter().map(yaml).collect();
     let jobs = if jobs.is_empty() {
         "# No cron connectors.\n".to_owned()
     } else {
@@ -301,16 +307,29 @@ fn network_policy(opts: &Options) -> Value {
     })
 }
 
-fn cron_jobs(model: &Model, opts: &Options) -> Vec<Value> {
-    model
-        .connectors
-        .iter()
-        .filter_map(|c| match &c.strategy {
-            // Kubernetes CronJobs have no seconds field: 6-field schedules run in `serve`.
-            Strategy::Cron(cron) if cron.schedule.cron.split_whitespace().count() == 5 => Some((c, cron)),
-            _ => None,
-        })
-        .map(|(c, cron)| {
+/// One CronJob per cron connector; a schedule with seconds refused (`ManifestError::Seconds`).
+fn cron_jobs(model: &Model, opts: &Options) -> Result<Vec<Value>, ManifestError> {
+    let crons = model.connectors.iter().filter_map(|c| match &c.strategy {
+        Strategy::Cron(cron) => Some((c, cron)),
+        _ => None,
+    });
+    let mut jobs = Vec::new();
+    for (c, cron) in crons {
+        // Kubernetes CronJobs have no seconds field.
+        if cron.schedule.cron.split_whitespace().count() != 5 {
+            return Err(ManifestError::Seconds {
+                connector: c.name.clone(),
+                schedule: cron.schedule.cron.clone(),
+            });
+        }
+        jobs.push(cron_job(c, cron, opts));
+    }
+    Ok(jobs)
+}
+
+fn cron_job(c: &crate::model::Connector, cron: &crate::model::Cron, opts: &Options) -> Value {
+    {
+        {
             let name = job_name(&opts.app, &c.name);
             // Their own `app`: with the Deployment's, a running job's pod (Ready, having no
             // probe) was an endpoint of the engine's Service, and counted by its PDB and HPA.
@@ -358,8 +377,8 @@ fn cron_jobs(model: &Model, opts: &Options) -> Vec<Value> {
                     }}
                 }
             })
-        })
-        .collect()
+        }
+    }
 }
 
 /// Longest name of a CronJob: its Jobs are named after it plus 11 characters, and a Job's

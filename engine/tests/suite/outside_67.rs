@@ -580,3 +580,19 @@ async fn two_definition_files_of_one_name_are_refused_not_one_left_out_of_the_co
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("ConfigMap key"), "{}", text(&o));
 }
+
+#[tokio::test]
+async fn a_cron_schedule_with_seconds_is_refused_by_the_manifests_not_left_to_never_run() {
+    // The Deployment sets ENGINE_RUN_SCHEDULES=false (the CronJobs run the schedules), and a
+    // Kubernetes CronJob has no seconds field: such a connector ran nowhere, without a word.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = cron("every-thirty-seconds").replace(r#""0 2 * * *""#, r#""*/30 * * * * *""#);
+    std::fs::write(dir.path().join("c.yaml"), yaml).expect("write");
+    let o = engine(dir.path(), &["manifests", "c.yaml", "--out", "out"]).await;
+    let said = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("every-thirty-seconds") && said.contains("seconds"),
+        "{said}"
+    );
+}
