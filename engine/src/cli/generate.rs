@@ -37,7 +37,13 @@ pub(super) fn manifests(
         image,
         ..Default::default()
     };
-    let generated = crate::generate::manifests::generate(&model, &files, &opts);
+    let generated = match crate::generate::manifests::generate(&model, &files, &opts) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let mut stale = Vec::new();
     for (name, text) in &generated {
         let path = out.join(name);

@@ -137,9 +137,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return usage(&e.to_string()),
     };
-    let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
-        outcome.texts.get(p).cloned()
-    });
+    let text = served_diagnostics(&outcome.diagnostics, &paths);
     let Some(model) = outcome.model else {
         eprint!("{text}");
         eprintln!("error: the definitions are invalid; not starting");
@@ -157,9 +155,7 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
     let load: crate::http::server::Loader = std::sync::Arc::new(move || {
         let outcome =
             load_and_validate(&loader_paths, false, false, None).map_err(|e| e.to_string())?;
-        let text = diagnostic::render(&outcome.diagnostics, Format::Human, &|p: &Path| {
-            outcome.texts.get(p).cloned()
-        });
+        let text = served_diagnostics(&outcome.diagnostics, &loader_paths);
         outcome.model.ok_or(text)
     });
     let reload = crate::http::server::Reload {
@@ -213,6 +209,44 @@ pub(super) fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => usage(&e.to_string()),
     }
+}
+
+/// The diagnostics of the definitions `serve` reads, as its log (and `GET /reload`) shows them:
+/// each with its file, line, column, YAML path, message and hint, but without the quoted
+/// source line (a line may hold a credential written in the definition, such as a push
+/// endpoint's token) and with each file named from the definition path given, not from the
+/// root of the file system (`/etc/engine/connectors.d/a.yaml` is `connectors.d/a.yaml`).
+fn served_diagnostics(diagnostics: &[diagnostic::Diagnostic], paths: &[PathBuf]) -> String {
+    let shown: Vec<diagnostic::Diagnostic> = diagnostics
+        .iter()
+        .map(|d| {
+            let mut d = d.clone();
+            d.file = shown_path(&d.file, paths);
+            d
+        })
+        .collect();
+    diagnostic::render(&shown, Format::Human, &|_: &Path| None)
+}
+
+/// `file` (of the definitions read from `paths`) named from the given path that holds it:
+/// from its last component when it is absolute, so that no local directory shows.
+fn shown_path(file: &Path, paths: &[PathBuf]) -> PathBuf {
+    if !file.is_absolute() {
+        return file.to_path_buf();
+    }
+    paths
+        .iter()
+        .filter(|p| p.is_absolute())
+        .find_map(|p| {
+            let base = if p.as_path() == file {
+                p.parent()?
+            } else {
+                p.parent().unwrap_or(p)
+            };
+            file.strip_prefix(base).ok().map(Path::to_path_buf)
+        })
+        .or_else(|| file.file_name().map(PathBuf::from))
+        .unwrap_or_default()
 }
 
 /// `SIGXFSZ` (25 on Linux, the BSDs and macOS), sent when a write passes the process's file

@@ -1,8 +1,9 @@
 //! The OpenAPI 3.0 document of the configured routes: pull interactions with their search
-//! parameters, push endpoints with their bodies and authentication, the admin API and the
-//! operations endpoints. It never holds a secret. A pull connector's paths are under its FHIR
-//! bases: `/fhir/{connector}` when its sources share one FHIR version, else one base per
-//! version (`/fhir/{connector}/R4`, `/R5`); one with several sources also has the
+//! parameters, push endpoints with their bodies and authentication, the admin API (dead
+//! letters by id included), the status page and the operations endpoints: every route
+//! `engine serve` serves. It never holds a secret. A pull connector's paths are under its FHIR
+//! bases: one per FHIR version of its sources (`/fhir/{connector}/R4`, `/R5`), and
+//! `/fhir/{connector}` when they share one; one with several sources also has the
 //! source-qualified read its entries' `fullUrl`s name.
 
 use serde_json::{Map, Value, json};
@@ -46,15 +47,16 @@ pub fn document(model: &Model, prefix: &str) -> Value {
                         versions.push(v);
                     }
                 }
-                // (path prefix after the connector, operationId suffix, summary suffix)
-                let bases: Vec<(String, String, String)> = if versions.len() > 1 {
-                    versions
-                        .iter()
-                        .map(|v| (format!("/{v}"), format!("-{v}"), format!(" (FHIR {v})")))
-                        .collect()
-                } else {
-                    vec![(String::new(), String::new(), String::new())]
-                };
+                // (path prefix after the connector, operationId suffix, summary suffix): each
+                // version's base, served for every connector, and the versionless one when
+                // the sources share one version.
+                let mut bases: Vec<(String, String, String)> = versions
+                    .iter()
+                    .map(|v| (format!("/{v}"), format!("-{v}"), format!(" (FHIR {v})")))
+                    .collect();
+                if versions.len() == 1 {
+                    bases.insert(0, (String::new(), String::new(), String::new()));
+                }
                 let sources: Vec<&str> = c.sources.iter().map(|s| s.name.as_str()).collect();
                 for r in &p.resources {
                     let t = &r.resource_type;
@@ -70,7 +72,7 @@ pub fn document(model: &Model, prefix: &str) -> Value {
                             format!("/fhir/{}/{{source}}/{t}/{{id}}", c.name),
                             json!({"get": {
                                 "tags": [tag], "summary": format!("Read {t} from one source (the fullUrl of a search entry)"),
-                                "operationId": format!("read-{}-source-{t}", c.name),
+                                "operationId": format!("read-{}-{t}-from-source", c.name),
                                 "parameters": [
                                     {"name": "source", "in": "path", "required": true, "schema": {"type": "string", "enum": sources}},
                                     {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9\\-\\.]{1,64}$"}}
@@ -249,7 +251,18 @@ pub fn document(model: &Model, prefix: &str) -> Value {
     }
     let admin = ["admin"];
     let names: Vec<&str> = model.connectors.iter().map(|c| c.name.as_str()).collect();
-    let name_param = json!([{"name": "name", "in": "path", "required": true, "schema": {"type": "string", "enum": names}}]);
+    // An empty `enum` is no schema in OpenAPI 3.0 (`minItems: 1`): without connectors, any name.
+    let name_schema = if names.is_empty() {
+        json!({"type": "string"})
+    } else {
+        json!({"type": "string", "enum": names})
+    };
+    let name_param =
+        json!([{"name": "name", "in": "path", "required": true, "schema": name_schema}]);
+    let letter_params = json!([
+        {"name": "name", "in": "path", "required": true, "schema": name_schema},
+        {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}
+    ]);
     let list = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}});
     let not_found = outcome_responses(&[("404", "no such connector")]);
     let with = |ok: (&str, Value), extra: &Map<String, Value>| {
@@ -266,6 +279,59 @@ pub fn document(model: &Model, prefix: &str) -> Value {
     paths.insert("/connectors/{name}/run".into(), json!({"post": {"tags": admin, "summary": "Run a cron connector now", "operationId": "run-connector", "parameters": name_param, "responses": run}}));
     paths.insert("/connectors/{name}/cache".into(), json!({"delete": {"tags": admin, "summary": "Empty a pull connector's cache", "operationId": "invalidate-cache", "parameters": name_param, "responses": with(("200", json_ok("how many answers were dropped")), &not_found)}}));
     paths.insert("/connectors/{name}/dead-letters".into(), json!({"get": {"tags": admin, "summary": "Push payloads, or records of cron runs, that could not be written, with the reason", "operationId": "dead-letters", "parameters": name_param, "responses": with(("200", list("the dead letters")), &not_found)}}));
+    let letter = outcome_responses(&[
+        ("400", "not a dead letter id"),
+        ("404", "no such connector or dead letter"),
+        ("409", "a replay or deletion of it is going"),
+    ]);
+    let mut deleted = letter.clone();
+    deleted.insert("204".into(), json!({"description": "deleted"}));
+    let mut replayed = letter.clone();
+    replayed.extend(outcome_responses(&[
+        ("422", "replayed, not written: the dead letter stays"),
+        (
+            "503",
+            "the sink is unavailable: the dead letter stays; replay after Retry-After",
+        ),
+    ]));
+    paths.insert("/connectors/{name}/dead-letters/{id}".into(), json!({
+        "get": {"tags": admin, "summary": "One dead letter: the reason and the payload or record", "operationId": "dead-letter", "parameters": letter_params, "responses": with(("200", json_ok("the dead letter")), &letter)},
+        "delete": {"tags": admin, "summary": "Delete a dead letter", "operationId": "delete-dead-letter", "parameters": letter_params, "responses": deleted}
+    }));
+    paths.insert("/connectors/{name}/dead-letters/{id}/replay".into(), json!({"post": {"tags": admin, "summary": "Replay a dead letter through the current definition", "operationId": "replay-dead-letter", "parameters": letter_params, "responses": with(("200", json_ok("written: the dead letter removed")), &replayed)}}));
+    // The status page (`http::ui`): HTML for browsers, its buttons' forms taken from its own
+    // origin only (scripts use the API above); listed so that every route served is.
+    let page = ["status page"];
+    let html = |what: &str| json!({"description": what, "content": {"text/html": {"schema": {"type": "string"}}}});
+    let moved = |what: &str| json!({"description": what, "headers": {"Location": {"schema": {"type": "string"}}}});
+    let form = |what: &str, id: &str, params: &Value| {
+        let mut responses = outcome_responses(&[("403", "not from the page's own origin")]);
+        responses.insert("303".into(), moved("back to the page"));
+        json!({"post": {"tags": page, "summary": what, "operationId": id, "parameters": params, "responses": responses}})
+    };
+    paths.insert("/ui".into(), json!({"get": {"tags": page, "summary": "To the status page", "operationId": "status-page-redirect", "responses": {"308": moved("to /ui/")}}}));
+    paths.insert("/ui/".into(), json!({"get": {"tags": page, "summary": "The status page", "operationId": "status-page", "responses": {"200": html("the page")}}}));
+    paths.insert("/ui/style.css".into(), json!({"get": {"tags": page, "summary": "The status page's style", "operationId": "status-page-style", "responses": {"200": {"description": "the style", "content": {"text/css": {"schema": {"type": "string"}}}}}}}));
+    paths.insert(
+        "/ui/connectors/{name}/run".into(),
+        form("The page's run button", "status-page-run", &name_param),
+    );
+    paths.insert(
+        "/ui/connectors/{name}/dead-letters/{id}/replay".into(),
+        form(
+            "The page's replay button",
+            "status-page-replay",
+            &letter_params,
+        ),
+    );
+    paths.insert(
+        "/ui/connectors/{name}/dead-letters/{id}/delete".into(),
+        form(
+            "The page's delete button",
+            "status-page-delete",
+            &letter_params,
+        ),
+    );
     paths.insert("/reload".into(), json!({"get": {"tags": admin, "summary": "Reloads of the definitions: generation, and the diagnostics of a refused set", "operationId": "reload-status", "responses": {"200": json_ok("the reload status")}}}));
     // The admin API checks its callers itself (`http::auth`): a bearer token, static or a JWT
     // of the configured issuer with the reader or operator role.
@@ -288,7 +354,7 @@ pub fn document(model: &Model, prefix: &str) -> Value {
         ),
     ]);
     for (path, item) in paths.iter_mut() {
-        if !(path.starts_with("/connectors") || path == "/reload") {
+        if !(path.starts_with("/connectors") || path.starts_with("/ui") || path == "/reload") {
             continue;
         }
         for op in item

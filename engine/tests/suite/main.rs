@@ -37,6 +37,7 @@ mod outside_15;
 mod outside_16;
 mod outside_23;
 mod outside_45;
+mod outside_67;
 mod parent_child;
 mod projection;
 mod push_signatures;

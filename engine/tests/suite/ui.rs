@@ -410,9 +410,10 @@ async fn a_refused_reload_is_shown_with_its_secrets_masked() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!refused.is_empty(), "the reload is refused within 10 s");
+    // `engine serve` quotes no definition line (qa67): the admin API's diagnostics neither.
     assert!(
-        refused.contains(secret),
-        "the admin API's diagnostics quote the line with the secret: {refused}"
+        !refused.contains(secret) && refused.contains("tokn"),
+        "the admin API's diagnostics name the key, not the line with the secret: {refused}"
     );
     let page = send(c.get(format!("{base}/ui/")).bearer_auth(TOKEN)).await;
     assert_eq!(page.status, 200);
@@ -429,11 +430,10 @@ async fn a_refused_reload_is_shown_with_its_secrets_masked() {
     assert!(!page.text.contains(secret), "{}", page.text);
     let defs_dir = defs.path().to_string_lossy().into_owned();
     assert!(
-        refused.contains(&defs_dir) && !page.text.contains(&defs_dir),
-        "the page names the file without its directory: {}",
+        !refused.contains(&defs_dir) && !page.text.contains(&defs_dir),
+        "the API and the page name the file without its directory: {refused} {}",
         page.text
     );
-    assert!(page.text.contains("token: ****"), "{}", page.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
