@@ -620,14 +620,14 @@ pub fn append_lines<'a>(
         .read(true)
         .append(true)
         .open(path)?;
-    let len = f.metadata()?.len();
+    let mut len = f.metadata()?.len();
     if len > 0 {
         let mut last = [0u8; 1];
         f.seek(SeekFrom::Start(len - 1))?;
         f.read_exact(&mut last)?;
         if last[0] != b'\n' {
-            let keep = last_newline(&mut f, len)?;
-            f.set_len(keep)?;
+            len = last_newline(&mut f, len)?;
+            f.set_len(len)?;
         }
     }
     let mut buf = Vec::new();
@@ -635,7 +635,11 @@ pub fn append_lines<'a>(
         serde_json::to_writer(&mut buf, v)?;
         buf.push(b'\n');
     }
-    f.write_all(&buf)?;
+    // A write that fails part-way (a full disk, a file size limit) is taken back, so that no
+    // torn line is left for a reader until the next append.
+    f.write_all(&buf).inspect_err(|_| {
+        let _ = f.set_len(len);
+    })?;
     f.sync_data()
 }
 

@@ -360,9 +360,11 @@ fn inbox_engine(defs: &std::path::Path, state: &std::path::Path) -> EngineRouter
 
 /// The Observation ids the NDJSON sink of `state` holds, in order.
 fn written(state: &std::path::Path) -> Vec<String> {
+    // Only whole lines: a line the engine is writing now may be read half-written.
     std::fs::read_to_string(state.join("ndjson/Observation.ndjson"))
         .unwrap_or_default()
-        .lines()
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
         .map(|l| {
             let v: Value = serde_json::from_str(l).expect("an NDJSON line");
             v["id"].as_str().unwrap_or_default().to_owned()
