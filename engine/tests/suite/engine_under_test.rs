@@ -221,3 +221,30 @@ pub async fn wait_until(deadline: Duration, what: &str, mut check: impl FnMut() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs `engine ARGS` in `dir` (standard input closed), its output collected; fails the test
+/// when it takes longer than `limit`.
+pub async fn engine_in(dir: &Path, args: &[&str], limit: Duration) -> std::process::Output {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_engine"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("engine starts");
+    tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("`engine {}` took longer than {limit:?}", args.join(" ")))
+        .expect("engine runs")
+}
+
+/// What a run printed: its standard output, then its standard error.
+pub fn printed(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

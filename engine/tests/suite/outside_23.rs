@@ -14,32 +14,14 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::process::Command;
 
+use crate::engine_under_test::printed;
+
 /// Longest one run of the binary may take before the test fails.
 const RUN_LIMIT: Duration = Duration::from_secs(15);
 
 /// Runs `engine ARGS` in `dir`, its output collected; fails past `RUN_LIMIT`.
 async fn engine(dir: &Path, args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("engine starts");
-    tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("`engine {}` took longer than {RUN_LIMIT:?}", args.join(" ")))
-        .expect("engine runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    crate::engine_under_test::engine_in(dir, args, RUN_LIMIT).await
 }
 
 /// `engine validate FILE --format json` of `yaml` written as `name`: the exit code and the
@@ -49,7 +31,7 @@ async fn validate_json(name: &str, yaml: &[u8]) -> (Option<i32>, Vec<Value>) {
     std::fs::write(dir.path().join(name), yaml).expect("write");
     let o = engine(dir.path(), &["validate", name, "--format", "json"]).await;
     let diags: Vec<Value> = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("--format json is JSON ({e}): {}", text(&o)));
+        .unwrap_or_else(|e| panic!("--format json is JSON ({e}): {}", printed(&o)));
     (o.status.code(), diags)
 }
 
@@ -98,7 +80,7 @@ async fn map(definition: &str, input: &str) -> (Option<i32>, String) {
         ],
     )
     .await;
-    (o.status.code(), text(&o))
+    (o.status.code(), printed(&o))
 }
 
 /// The one diagnostic of a list, as `line:column message`.
@@ -179,7 +161,7 @@ async fn a_folder_that_links_back_to_itself_is_read_once() {
     std::os::unix::fs::symlink("b.yaml", defs.join("a.yaml")).expect("link");
     std::os::unix::fs::symlink("a.yaml", defs.join("b.yaml")).expect("link");
     let o = engine(dir.path(), &["validate", "defs", "--format", "json"]).await;
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
     let diags: Vec<Value> = serde_json::from_slice(&o.stdout).expect("JSON");
     let found: Vec<(String, String)> = diags
         .iter()
@@ -422,7 +404,7 @@ async fn a_file_with_lone_cr_line_ends_shows_its_line() {
     std::fs::write(dir.path().join("cr.yaml"), yaml).expect("write");
     let o = engine(dir.path(), &["validate", "cr.yaml"]).await;
     assert_eq!(o.status.code(), Some(1));
-    let out = text(&o);
+    let out = printed(&o);
     assert!(
         out.contains("--> cr.yaml:8:5 at spec.source.urll\n  |\n8 |     urll: http://127.0.0.1:9101\n  |     ^\n"),
         "{out}"

@@ -15,6 +15,7 @@ use serde_json::Value;
 use tokio::process::Command;
 
 use crate::engine_router::open_engine;
+use crate::engine_under_test::printed;
 use crate::outside_tools::installed_tool;
 
 /// Longest one run of the binary, or one request, may take before the test fails.
@@ -22,27 +23,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(15);
 
 /// Runs `engine ARGS` in `dir`, its output collected; fails past `RUN_LIMIT`.
 async fn engine(dir: &Path, args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_engine"))
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("engine starts");
-    tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("`engine {}` took longer than {RUN_LIMIT:?}", args.join(" ")))
-        .expect("engine runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    crate::engine_under_test::engine_in(dir, args, RUN_LIMIT).await
 }
 
 /// The repository's root.
@@ -150,7 +131,7 @@ async fn cron_jobs_of_names_at_the_length_limit_stay_apart_and_are_dns_names() {
     let yaml: String = names.iter().map(|n| cron(n)).collect();
     std::fs::write(dir.path().join("crons.yaml"), yaml).expect("write");
     let o = engine(dir.path(), &["manifests", "crons.yaml", "--out", "out"]).await;
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", printed(&o));
     let text = std::fs::read_to_string(dir.path().join("out/cronjobs.yaml")).expect("read");
     let jobs = documents(&text);
     assert_eq!(jobs.len(), names.len(), "{text}");
@@ -296,7 +277,7 @@ async fn assert_valid_openapi(doc: &str) {
         .await
         .expect("openapi-spec-validator ends in time")
         .expect("openapi-spec-validator runs");
-    assert!(o.status.success(), "not valid OpenAPI: {}", text(&o));
+    assert!(o.status.success(), "not valid OpenAPI: {}", printed(&o));
 }
 
 #[tokio::test]
@@ -309,7 +290,7 @@ async fn the_openapi_document_of_no_connectors_is_valid() {
     )
     .expect("write");
     let o = engine(dir.path(), &["openapi", "sinks.yaml"]).await;
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", printed(&o));
     assert_valid_openapi(&String::from_utf8_lossy(&o.stdout)).await;
 }
 
@@ -345,7 +326,7 @@ spec:
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("a.yaml"), yaml).expect("write");
     let o = engine(dir.path(), &["openapi", "a.yaml"]).await;
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", printed(&o));
     let doc: Value = serde_json::from_slice(&o.stdout).expect("JSON");
     let mut ids = std::collections::BTreeMap::<String, String>::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -563,7 +544,7 @@ async fn two_definition_files_of_one_name_are_refused_not_one_left_out_of_the_co
         .expect("write");
     }
     let o = engine(dir.path(), &["manifests", "defs", "--out", "out"]).await;
-    let said = text(&o);
+    let said = printed(&o);
     assert_eq!(o.status.code(), Some(1), "{said}");
     assert!(
         said.contains("defs/ips/sync.yaml") && said.contains("defs/epi/sync.yaml"),
@@ -577,8 +558,8 @@ async fn two_definition_files_of_one_name_are_refused_not_one_left_out_of_the_co
     let odd = tempfile::tempdir().expect("tempdir");
     std::fs::write(odd.path().join("my sync.yaml"), cron("sync")).expect("write");
     let o = engine(odd.path(), &["manifests", "my sync.yaml", "--out", "out"]).await;
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("ConfigMap key"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", printed(&o));
+    assert!(printed(&o).contains("ConfigMap key"), "{}", printed(&o));
 }
 
 #[tokio::test]
@@ -589,7 +570,7 @@ async fn a_cron_schedule_with_seconds_is_refused_by_the_manifests_not_left_to_ne
     let yaml = cron("every-thirty-seconds").replace(r#""0 2 * * *""#, r#""*/30 * * * * *""#);
     std::fs::write(dir.path().join("c.yaml"), yaml).expect("write");
     let o = engine(dir.path(), &["manifests", "c.yaml", "--out", "out"]).await;
-    let said = text(&o);
+    let said = printed(&o);
     assert_eq!(o.status.code(), Some(1), "{said}");
     assert!(
         said.contains("every-thirty-seconds") && said.contains("seconds"),
