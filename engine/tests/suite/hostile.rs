@@ -24,12 +24,12 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The engine's request timeout in these tests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-const API_KEY: &str = "secret-key-123";
-const TENANT: &str = "tenant-secret-456";
+pub const API_KEY: &str = "secret-key-123";
+pub const TENANT: &str = "tenant-secret-456";
 
 /// A source document over `url`, with an API key, a configured header and `extra` lines of
 /// its spec.
-fn source(name: &str, url: &str, extra: &str) -> String {
+pub fn source(name: &str, url: &str, extra: &str) -> String {
     format!(
         r#"apiVersion: fosps.gravitate-health.eu/v1
 kind: Source

@@ -24,6 +24,7 @@ use engine::runtime::engine::Limits;
 
 use crate::engine_router::{EngineRouter, engine_with};
 use crate::engine_under_test::{definitions, load, run_with_deadline, runner};
+use crate::hostile::{API_KEY, TENANT, source};
 use crate::local_http::{Got, assert_outcome, bind, spawn_app};
 
 /// Longest any request of these tests may take before the test fails.
@@ -32,27 +33,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a cron run of these tests may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(15);
-
-const API_KEY: &str = "k3y-0f-the-source-9183";
-const TENANT: &str = "tenant-hdr-7741";
-
-/// A source document over `url` with an API key, a configured header and `extra` lines.
-fn source(name: &str, url: &str, extra: &str) -> String {
-    format!(
-        r#"apiVersion: fosps.gravitate-health.eu/v1
-kind: Source
-metadata: {{ name: {name} }}
-spec:
-  url: "{url}"
-  auth: {{ apiKey: {{ header: X-Api-Key, value: {API_KEY} }} }}
-  headers: {{ X-Tenant: {TENANT} }}
-  timeout: 1s
-  retries: 0
-{extra}
----
-"#
-    )
-}
 
 /// A cached pull connector whose search and read call `/x` of `source`.
 fn connector(name: &str, source: &str) -> String {

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::engine_router::{EngineRouter, open_engine};
 use crate::engine_under_test::{Drainer, wait_until};
-use crate::fhir_standin::FhirSource;
+use crate::fhir_standin::{FhirSource, SEARCH_OVER_A_AND_B, fhir_source};
 use crate::local_http::{Got, bind, spawn_app};
 
 /// Longest any request of these tests may take before the test fails.
@@ -31,13 +31,6 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Most pages a test follows before it calls the `next` links endless.
 const MOST_PAGES: usize = 12;
-
-/// A FHIR source document with a 5 s timeout, ending in a document separator.
-fn fhir_source(name: &str, url: &str) -> String {
-    format!(
-        "apiVersion: fosps.gravitate-health.eu/v1\nkind: Source\nmetadata: {{ name: {name} }}\nspec:\n  type: fhir\n  url: \"{url}\"\n  timeout: 5s\n---\n"
-    )
-}
 
 /// Every page of a search, from `first` along its `next` links: each page's answer, until a
 /// page has no `next` (or `MOST_PAGES` were read: the test then fails).
@@ -85,21 +78,7 @@ async fn next_links_over_two_sources_give_every_record_once() {
             s.put(json!({"resourceType": "Patient", "id": format!("{prefix}{n}")}));
         }
     }
-    let yaml = fhir_source("a", &a.url)
-        + &fhir_source("b", &b.url)
-        + r#"apiVersion: fosps.gravitate-health.eu/v1
-kind: Connector
-metadata: { name: both }
-spec:
-  strategy: pull
-  sources: [a, b]
-  pull:
-    resources:
-      - type: Patient
-        search:
-          params:
-            _count: { type: integer, default: 20, max: 100 }
-"#;
+    let yaml = fhir_source("a", &a.url) + &fhir_source("b", &b.url) + SEARCH_OVER_A_AND_B;
     let (engine, _defs, _state) = open_engine(&yaml, CLIENT_TIMEOUT);
     let pages = every_page(&engine, "/fhir/both/Patient?_count=2").await;
     let mut ids = ids_of(&pages);
