@@ -88,7 +88,8 @@ impl Mapping {
         self.resources(input)?
             .iter()
             .map(|r| {
-                let local = match (r.member_str("resourceType"), r.member_str("id")) {
+                let id = r.member_str("id");
+                let local = match (r.member_str("resourceType"), id) {
                     // Joined by hand: `format!`'s machinery was 2% of a mapped record.
                     (Some(t), Some(id)) => {
                         let mut local = String::with_capacity(t.len() + 1 + id.len());
@@ -100,7 +101,7 @@ impl Mapping {
                     _ => None,
                 };
                 // An id that is fine is text: the rarer others are looked at closer.
-                let bad_id = match r.member_str("id") {
+                let bad_id = match id {
                     Some(id) if fhir::is_id(id) => None,
                     _ => fhir::bad_id(r.member_value("id").as_ref()),
                 };
